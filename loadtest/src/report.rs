@@ -1,0 +1,53 @@
+//! Latency and throughput summaries that people can read and machines can parse.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Percentiles of a latency histogram recorded in microseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    /// Samples.
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 90th percentile, ms.
+    pub p90_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// 99.9th percentile, ms.
+    pub p999_ms: f64,
+    /// Largest sample, ms.
+    pub max_ms: f64,
+}
+
+impl Latency {
+    /// Summarises a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} samples)",
+            self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms, self.count
+        )
+    }
+}
+
+/// A histogram for latencies from 1 µs to 60 s at 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    // The bounds are constants within hdrhistogram's supported range, so this cannot fail.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}

@@ -1,0 +1,325 @@
+//! Channels, DMs and group DMs, and who is in them.
+//!
+//! Visibility is decided here and only here: a public channel is visible to everyone in its
+//! workspace; a private channel, DM or group DM only to its members. Anything invisible answers
+//! exactly like something that does not exist, so private channels do not leak through ids.
+//! Membership is stored in both directions (`member` by channel, `joined` by user) in the same
+//! transaction, with a feed event for each change.
+
+use selvage_shared::{Channel, ChannelId, ChannelKind, Event, Seq, UserId, WorkspaceId};
+use serde::Serialize;
+
+use crate::{
+    accounts::{Caller, Membership},
+    error::{OriginError, Result},
+    feed::{le_i64, Appender},
+    ids,
+    store::{keys, KvTxn, RangeRead, Store, StoreError},
+    transact,
+};
+
+/// Most people in a group DM, the caller included (Slack's limit).
+pub const MAX_CONVERSATION_MEMBERS: usize = 9;
+
+/// A channel as the API shows it to one caller.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelView {
+    /// The channel record.
+    #[serde(flatten)]
+    pub channel: Channel,
+    /// Whether the caller is a member.
+    pub is_member: bool,
+    /// The newest message's seq (0 when empty).
+    pub last_seq: Seq,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, StoreError> {
+    selvage_shared::from_msgpack(raw).map_err(|e| StoreError::Engine(format!("{what} record does not decode: {e}")))
+}
+
+/// Reads a channel record.
+pub async fn load(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Option<Channel>, StoreError> {
+    match tx.get(&keys::channel(w, c)).await? {
+        None => Ok(None),
+        Some(raw) => decode("channel", &raw).map(Some),
+    }
+}
+
+/// Whether `u` is a member of `c`.
+pub async fn is_member(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId, u: &UserId) -> Result<bool, StoreError> {
+    Ok(tx.get(&keys::member(w, c, u)).await?.is_some())
+}
+
+/// The last assigned seq of a channel.
+pub async fn last_seq(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Seq, StoreError> {
+    Ok(tx.get(&keys::head(w, c)).await?.as_deref().map(le_i64).unwrap_or(0) as Seq)
+}
+
+/// Whether a caller who is (or is not) a member may see the channel at all.
+pub fn visible(channel: &Channel, member: bool) -> bool {
+    member || !channel.private
+}
+
+/// The channel, if the caller may see it, and whether they are a member.
+pub async fn visible_channel(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId) -> Result<Option<(Channel, bool)>, StoreError> {
+    let Some(channel) = load(tx, &caller.workspace, c).await? else { return Ok(None) };
+    let member = is_member(tx, &caller.workspace, c, &caller.user.id).await?;
+    Ok(visible(&channel, member).then_some((channel, member)))
+}
+
+/// Writes a new channel record (and its name index) with a `channel_created` event.
+pub fn write_channel(tx: &mut dyn KvTxn, log: &mut Appender, w: &WorkspaceId, channel: &Channel, now: i64) -> Result<(), StoreError> {
+    tx.set(&keys::channel(w, &channel.id), &selvage_shared::to_msgpack(channel))?;
+    if !channel.is_conversation() {
+        tx.set(&keys::channel_name(w, &channel.name), channel.id.as_str().as_bytes())?;
+    }
+    log.append(tx, w, now, Event::ChannelCreated { channel: channel.clone() })?;
+    Ok(())
+}
+
+/// Adds a member (both directions) with a `member_joined` event.
+pub fn write_member(tx: &mut dyn KvTxn, log: &mut Appender, w: &WorkspaceId, c: &ChannelId, u: &UserId, now: i64) -> Result<(), StoreError> {
+    let record = selvage_shared::to_msgpack(&Membership { joined_at: now });
+    tx.set(&keys::member(w, c, u), &record)?;
+    tx.set(&keys::joined(w, u, c), &record)?;
+    log.append(tx, w, now, Event::MemberJoined { channel: c.clone(), user: u.clone() })?;
+    Ok(())
+}
+
+/// Checks a channel name the way Slack does: 1–80 of `a-z 0-9 - _`.
+pub fn validate_channel_name(name: &str) -> Result<()> {
+    let ok = (1..=selvage_shared::MAX_NAME_CHARS).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(OriginError::BadRequest(format!(
+            "channel name {name:?} is invalid: use 1 to 80 of a-z, 0-9, '-' and '_'"
+        )))
+    }
+}
+
+/// Creates a channel with the caller as its first member.
+pub async fn create(store: &Store, caller: &Caller, name: &str, private: bool, topic: &str, purpose: &str) -> Result<ChannelView> {
+    validate_channel_name(name)?;
+    for (what, text) in [("topic", topic), ("purpose", purpose)] {
+        if text.chars().count() > 250 {
+            return Err(OriginError::BadRequest(format!("{what} must be at most 250 characters")));
+        }
+    }
+    let w = &caller.workspace;
+    let (created, _) = transact!(store, |tx| {
+        if tx.get(&keys::channel_name(w, name)).await?.is_some() {
+            None
+        } else {
+            let now = crate::now_ms();
+            let channel = Channel {
+                id: ChannelId::new_unchecked(ids::new_id('C')),
+                name: name.to_string(),
+                kind: ChannelKind::Channel,
+                private,
+                archived: false,
+                topic: topic.to_string(),
+                purpose: purpose.to_string(),
+                created_by: caller.user.id.clone(),
+                created_at: now,
+            };
+            let mut log = Appender::new();
+            write_channel(tx, &mut log, w, &channel, now)?;
+            write_member(tx, &mut log, w, &channel.id, &caller.user.id, now)?;
+            log.finish(tx)?;
+            Some(channel)
+        }
+    })?;
+    let channel = created.ok_or_else(|| OriginError::Conflict(format!("a channel named {name:?} already exists")))?;
+    tracing::info!(ws.id = %w, channel.id = %channel.id, private, "channel created");
+    Ok(ChannelView { channel, is_member: true, last_seq: 0 })
+}
+
+/// One channel as the caller sees it; not found if invisible.
+pub async fn get(store: &Store, caller: &Caller, c: &ChannelId) -> Result<ChannelView> {
+    let (view, _) = transact!(store, |tx| {
+        match visible_channel(tx, caller, c).await? {
+            None => None,
+            Some((channel, is_member)) => {
+                let last_seq = last_seq(tx, &caller.workspace, c).await?;
+                Some(ChannelView { channel, is_member, last_seq })
+            }
+        }
+    })?;
+    view.ok_or_else(|| OriginError::no_channel(c.as_str()))
+}
+
+/// Every channel the caller may see: the workspace's public channels and everything the caller
+/// is a member of, by name.
+pub async fn list(store: &Store, caller: &Caller) -> Result<Vec<ChannelView>> {
+    let w = &caller.workspace;
+    let (views, _) = transact!(store, |tx| {
+        let mut joined = std::collections::HashSet::new();
+        let prefix = keys::joined_by(w, &caller.user.id);
+        for (key, _) in tx.get_range(&RangeRead::prefix(&prefix)).await? {
+            if let Some(c) = last_str(&key).and_then(|s| ChannelId::parse(&s)) {
+                joined.insert(c);
+            }
+        }
+        let mut views = Vec::new();
+        for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::channels(w))).await? {
+            let channel: Channel = decode("channel", &raw)?;
+            let is_member = joined.contains(&channel.id);
+            if visible(&channel, is_member) {
+                let last_seq = last_seq(tx, w, &channel.id).await?;
+                views.push(ChannelView { channel, is_member, last_seq });
+            }
+        }
+        views.sort_by(|a, b| a.channel.name.cmp(&b.channel.name));
+        views
+    })?;
+    Ok(views)
+}
+
+/// The last element of a tuple key, if it is a string.
+fn last_str(key: &[u8]) -> Option<String> {
+    crate::store::tuple::unpack(key).ok()?.pop()?.as_str().map(str::to_string)
+}
+
+/// Adds `user` to a channel: joining a public channel yourself, or inviting someone into a
+/// channel you are in. DMs and group DMs have fixed membership. Joining twice is a no-op.
+pub async fn add_member(store: &Store, caller: &Caller, c: &ChannelId, user: &UserId) -> Result<()> {
+    let w = &caller.workspace;
+    let (outcome, _) = transact!(store, |tx| {
+        match visible_channel(tx, caller, c).await? {
+            None => Err(OriginError::no_channel(c.as_str())),
+            Some((channel, caller_is_member)) => {
+                if channel.is_conversation() {
+                    Err(OriginError::Forbidden("DMs and group DMs have fixed membership".into()))
+                } else if channel.archived {
+                    Err(OriginError::Archived(format!("channel {} is archived", c)))
+                } else if *user != caller.user.id && !caller_is_member {
+                    Err(OriginError::NotMember("only members can invite others to a channel".into()))
+                } else if crate::accounts::get_user(tx, w, user).await?.is_none() {
+                    Err(OriginError::NotFound(format!("user {user} not found")))
+                } else if is_member(tx, w, c, user).await? {
+                    Ok(())
+                } else {
+                    let mut log = Appender::new();
+                    write_member(tx, &mut log, w, c, user, crate::now_ms())?;
+                    log.finish(tx)?;
+                    Ok(())
+                }
+            }
+        }
+    })?;
+    outcome
+}
+
+/// Removes `user` from a channel: leaving yourself, or an admin removing someone.
+pub async fn remove_member(store: &Store, caller: &Caller, c: &ChannelId, user: &UserId) -> Result<()> {
+    let w = &caller.workspace;
+    let (outcome, _) = transact!(store, |tx| {
+        match visible_channel(tx, caller, c).await? {
+            None => Err(OriginError::no_channel(c.as_str())),
+            Some((channel, _)) => {
+                if channel.is_conversation() {
+                    Err(OriginError::Forbidden("DMs and group DMs have fixed membership".into()))
+                } else if *user != caller.user.id && !caller.user.admin {
+                    Err(OriginError::Forbidden("only admins can remove other members".into()))
+                } else if !is_member(tx, w, c, user).await? {
+                    Err(OriginError::NotFound(format!("user {user} is not a member of {c}")))
+                } else {
+                    tx.clear(&keys::member(w, c, user))?;
+                    tx.clear(&keys::joined(w, user, c))?;
+                    let mut log = Appender::new();
+                    log.append(tx, w, crate::now_ms(), Event::MemberLeft { channel: c.clone(), user: user.clone() })?;
+                    log.finish(tx)?;
+                    Ok(())
+                }
+            }
+        }
+    })?;
+    outcome
+}
+
+/// Opens the DM (two people, or one: a note to self) or group DM (up to nine) between the
+/// caller and `others`; the same set of people always gets the same channel.
+pub async fn open_conversation(store: &Store, caller: &Caller, others: &[UserId]) -> Result<ChannelView> {
+    let mut people: Vec<UserId> = others.to_vec();
+    people.push(caller.user.id.clone());
+    people.sort();
+    people.dedup();
+    if people.len() > MAX_CONVERSATION_MEMBERS {
+        return Err(OriginError::BadRequest(format!(
+            "a group DM has at most {MAX_CONVERSATION_MEMBERS} people"
+        )));
+    }
+    let w = &caller.workspace;
+    let set_key = people.iter().map(UserId::as_str).collect::<Vec<_>>().join(",");
+    let (outcome, _) = transact!(store, |tx| {
+        let existing = tx.get(&keys::conversation(w, &set_key)).await?;
+        match existing.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(ChannelId::parse) {
+            Some(c) => match load(tx, w, &c).await? {
+                Some(channel) => {
+                    let last_seq = last_seq(tx, w, &c).await?;
+                    Ok(ChannelView { channel, is_member: true, last_seq })
+                }
+                None => Err(OriginError::Internal(format!("conversation index points at missing channel {c}"))),
+            },
+            None => {
+                let mut handles = Vec::with_capacity(people.len());
+                let mut missing = None;
+                for u in &people {
+                    match crate::accounts::get_user(tx, w, u).await? {
+                        Some(user) => handles.push(user.handle),
+                        None => missing = Some(u.clone()),
+                    }
+                }
+                if let Some(u) = missing {
+                    Err(OriginError::NotFound(format!("user {u} not found")))
+                } else {
+                    let now = crate::now_ms();
+                    let kind = if people.len() <= 2 { ChannelKind::Dm } else { ChannelKind::GroupDm };
+                    let channel = Channel {
+                        id: ChannelId::new_unchecked(ids::new_id(if kind == ChannelKind::Dm { 'D' } else { 'G' })),
+                        name: handles.join(","),
+                        kind,
+                        private: true,
+                        archived: false,
+                        topic: String::new(),
+                        purpose: String::new(),
+                        created_by: caller.user.id.clone(),
+                        created_at: now,
+                    };
+                    tx.set(&keys::conversation(w, &set_key), channel.id.as_str().as_bytes())?;
+                    let mut log = Appender::new();
+                    write_channel(tx, &mut log, w, &channel, now)?;
+                    for u in &people {
+                        write_member(tx, &mut log, w, &channel.id, u, now)?;
+                    }
+                    log.finish(tx)?;
+                    Ok(ChannelView { channel, is_member: true, last_seq: 0 })
+                }
+            }
+        }
+    })?;
+    outcome
+}
+
+/// A page of a channel's members, by user id, after `after`.
+pub async fn members(store: &Store, caller: &Caller, c: &ChannelId, after: Option<&UserId>, limit: usize) -> Result<Vec<UserId>> {
+    let w = &caller.workspace;
+    let (page, _) = transact!(store, |tx| {
+        match visible_channel(tx, caller, c).await? {
+            None => None,
+            Some(_) => {
+                let prefix = keys::members(w, c);
+                let (mut begin, end) = crate::store::prefix_range(&prefix);
+                if let Some(after) = after {
+                    begin = keys::member(w, c, after);
+                    begin.push(0x00);
+                }
+                let rows = tx.get_range(&RangeRead::between(begin, end).limit(limit)).await?;
+                Some(rows.iter().filter_map(|(k, _)| last_str(k).and_then(|s| UserId::parse(&s))).collect::<Vec<_>>())
+            }
+        }
+    })?;
+    page.ok_or_else(|| OriginError::no_channel(c.as_str()))
+}

@@ -1,0 +1,171 @@
+//! The origin's configuration: one typed struct with defaults that work on one machine.
+//!
+//! The binary layers it (DESIGN, STYLE): defaults, then a TOML file, then `SELVAGE_*`
+//! environment variables (`SELVAGE_LISTEN`, `SELVAGE_SEQUENCER__QUEUE_CAPACITY`, …), then
+//! command-line flags; [`OriginConfig::validate`] runs before anything starts.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything an origin node needs to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Address of the HTTP API, `/metrics`, `/healthz` and `/readyz`. Port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Which storage engine to use: `embedded` (one file, one machine) or `fdb`.
+    pub store: StoreKind,
+    /// Directory of the embedded engine's data file.
+    pub data_dir: PathBuf,
+    /// Whether the embedded engine fsyncs every commit. Only turn off for throwaway data: an
+    /// acknowledged message may then be lost in a power failure (not in a process crash).
+    pub fsync: bool,
+    /// FoundationDB cluster file for `store = "fdb"`; unset means FoundationDB's default.
+    pub fdb_cluster_file: Option<PathBuf>,
+    /// Key that authorizes `POST /v1/workspaces`. Unset disables workspace creation over HTTP.
+    pub operator_key: Option<String>,
+    /// Largest accepted HTTP request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Lifetime of tokens issued by the API, in seconds; 0 means they do not expire.
+    pub token_ttl_secs: u64,
+    /// The per-channel sequencer and its group commit.
+    pub sequencer: SequencerConfig,
+    /// The feed log and its trimming.
+    pub feed: FeedConfig,
+}
+
+/// Storage engines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// redb, one file under `data_dir`.
+    Embedded,
+    /// FoundationDB (needs a build with the `fdb` feature).
+    Fdb,
+}
+
+/// Tuning of the sequencer's group commit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequencerConfig {
+    /// Sends waiting for a commit before new ones are refused with `overloaded`.
+    pub queue_capacity: usize,
+    /// Most messages in one commit.
+    pub max_batch_messages: usize,
+    /// Most message bytes in one commit (kept well under FoundationDB's 10 MB transaction).
+    pub max_batch_bytes: usize,
+    /// How long a sender waits for its commit before being told to retry, in milliseconds.
+    pub ack_timeout_ms: u64,
+}
+
+/// Retention of the feed log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Events older than this are trimmed, in seconds.
+    pub retention_secs: u64,
+    /// The log is trimmed down to at most this many events.
+    pub max_events: u64,
+    /// How often the trimmer runs, in seconds.
+    pub trim_interval_secs: u64,
+    /// Longest `wait_ms` a long-poll of `/v1/events` may ask for.
+    pub max_wait_ms: u64,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            store: StoreKind::Embedded,
+            data_dir: PathBuf::from("selvage-data"),
+            fsync: true,
+            fdb_cluster_file: None,
+            operator_key: None,
+            max_body_bytes: 256 * 1024,
+            token_ttl_secs: 0,
+            sequencer: SequencerConfig::default(),
+            feed: FeedConfig::default(),
+        }
+    }
+}
+
+impl Default for SequencerConfig {
+    fn default() -> Self {
+        SequencerConfig {
+            queue_capacity: 100_000,
+            max_batch_messages: 8_192,
+            max_batch_bytes: 4 * 1024 * 1024,
+            ack_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            retention_secs: 7 * 24 * 3600,
+            max_events: 50_000_000,
+            trim_interval_secs: 60,
+            max_wait_ms: 30_000,
+        }
+    }
+}
+
+impl OriginConfig {
+    /// Checks the values that defaults and types cannot; the message says which field and why.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.store == StoreKind::Fdb && !cfg!(feature = "fdb") {
+            return Err("store = \"fdb\" needs a selvage built with `--features fdb`".into());
+        }
+        if self.store == StoreKind::Embedded && self.data_dir.as_os_str().is_empty() {
+            return Err("data_dir must be set for the embedded store".into());
+        }
+        if let Some(key) = &self.operator_key {
+            if key.len() < 16 {
+                return Err("operator_key must be at least 16 characters".into());
+            }
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err("max_body_bytes must be between 1024 and 67108864".into());
+        }
+        let s = &self.sequencer;
+        if s.queue_capacity == 0 || s.max_batch_messages == 0 {
+            return Err("sequencer.queue_capacity and sequencer.max_batch_messages must be > 0".into());
+        }
+        if s.max_batch_messages > u16::MAX as usize {
+            return Err(format!("sequencer.max_batch_messages must be at most {}", u16::MAX));
+        }
+        if !(64 * 1024..=8 * 1024 * 1024).contains(&s.max_batch_bytes) {
+            return Err("sequencer.max_batch_bytes must be between 65536 and 8388608 (FoundationDB allows 10 MB per transaction)".into());
+        }
+        if s.ack_timeout_ms == 0 {
+            return Err("sequencer.ack_timeout_ms must be > 0".into());
+        }
+        let f = &self.feed;
+        if f.retention_secs == 0 || f.max_events == 0 || f.trim_interval_secs == 0 {
+            return Err("feed.retention_secs, feed.max_events and feed.trim_interval_secs must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        OriginConfig::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = OriginConfig::default();
+        c.operator_key = Some("short".into());
+        assert!(c.validate().unwrap_err().contains("operator_key"));
+        let mut c = OriginConfig::default();
+        c.sequencer.max_batch_bytes = 100 * 1024 * 1024;
+        assert!(c.validate().unwrap_err().contains("max_batch_bytes"));
+    }
+}

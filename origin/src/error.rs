@@ -1,0 +1,130 @@
+//! The origin's error type and its one mapping to HTTP statuses and protocol error codes.
+//!
+//! Every failure a request can meet ends up as an [`OriginError`]; [`OriginError::status`] and
+//! [`OriginError::code`] are the only place that decides what a client sees for it, rendered as
+//! DESIGN §5's `{"error": {"code", "message"}}`.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use selvage_shared::ErrorCode;
+
+use crate::store::StoreError;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The request is malformed or breaks a rule (bad JSON, unknown field, empty text, …).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than the configured limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// No token, an unknown, expired or revoked token, or a deactivated user.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but not allowed (not an admin, not the operator, …).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing — or a thing the caller may not know exists (private channels, other
+    /// workspaces' ids): both answer the same, so existence does not leak.
+    #[error("{0}")]
+    NotFound(String),
+    /// The caller must be a member of the channel for this.
+    #[error("{0}")]
+    NotMember(String),
+    /// The channel is archived and read-only.
+    #[error("{0}")]
+    Archived(String),
+    /// A uniqueness rule was broken (a taken handle or channel name).
+    #[error("{0}")]
+    Conflict(String),
+    /// A bounded queue is full; retry with backoff.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A dependency (storage) is unreachable or shutting down; retry with backoff.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A storage failure that retrying did not cure.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// A stored record that does not decode: a bug or corruption, never the client's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl OriginError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            OriginError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            OriginError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            OriginError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            OriginError::Forbidden(_) | OriginError::NotMember(_) | OriginError::Archived(_) => {
+                StatusCode::FORBIDDEN
+            }
+            OriginError::NotFound(_) => StatusCode::NOT_FOUND,
+            OriginError::Conflict(_) => StatusCode::CONFLICT,
+            OriginError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            OriginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OriginError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            OriginError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            OriginError::Store(
+                StoreError::KeyTooLarge(_) | StoreError::ValueTooLarge(_) | StoreError::TransactionTooLarge(_),
+            ) => StatusCode::PAYLOAD_TOO_LARGE,
+            OriginError::Store(_) | OriginError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable error code for this error, shared with the client protocol.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            OriginError::BadRequest(_) => ErrorCode::BadRequest,
+            OriginError::TooLarge(_) => ErrorCode::TooLarge,
+            OriginError::Unauthorized(_) => ErrorCode::Unauthorized,
+            OriginError::Forbidden(_) => ErrorCode::Forbidden,
+            OriginError::NotFound(_) => ErrorCode::NotFound,
+            OriginError::NotMember(_) => ErrorCode::NotMember,
+            OriginError::Archived(_) => ErrorCode::Archived,
+            OriginError::Conflict(_) => ErrorCode::Conflict,
+            OriginError::Overloaded(_) => ErrorCode::Overloaded,
+            OriginError::Unavailable(_) => ErrorCode::Unavailable,
+            OriginError::Store(e) if e.is_retryable() => ErrorCode::Unavailable,
+            OriginError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
+            OriginError::Store(
+                StoreError::KeyTooLarge(_) | StoreError::ValueTooLarge(_) | StoreError::TransactionTooLarge(_),
+            ) => ErrorCode::TooLarge,
+            OriginError::Store(_) | OriginError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Shorthand for a [`OriginError::NotFound`] about a channel, used wherever a channel is
+    /// missing *or* invisible to the caller.
+    pub fn no_channel(id: &str) -> Self {
+        OriginError::NotFound(format!("channel {id} not found"))
+    }
+}
+
+impl From<selvage_shared::DecodeError> for OriginError {
+    fn from(e: selvage_shared::DecodeError) -> Self {
+        OriginError::Internal(format!("stored record does not decode: {e}"))
+    }
+}
+
+impl IntoResponse for OriginError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let body = serde_json::json!({
+            "error": { "code": self.code().as_str(), "message": self.to_string() }
+        });
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Shorthand for origin results.
+pub type Result<T, E = OriginError> = std::result::Result<T, E>;

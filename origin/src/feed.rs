@@ -1,0 +1,262 @@
+//! The feed: the deployment's event log, `(log, versionstamp)` (DESIGN §2).
+//!
+//! Every durable change appends one event per affected thing *in the transaction that makes the
+//! change*, under a versionstamped key, so the log order is the commit order and no event exists
+//! for a change that did not commit. A position in the log is 12 bytes: the commit's 10-byte
+//! versionstamp and the event's 2-byte order within that commit; a [`Cursor`] wraps it.
+//!
+//! The read side serves `GET /v1/events` (and, later, edges): read after a cursor, wait for new
+//! entries, and tell a reader whose cursor predates the trim point to `resync`. One
+//! [`Feed::run_notifier`] task holds a single storage watch on the log tick and fans the wake-up
+//! out to every waiter, so waiting readers cost no storage watches each.
+
+use std::{sync::Arc, time::Duration};
+
+use selvage_shared::{Cursor, Event, FeedEvent, WorkspaceId};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::FeedConfig,
+    metrics::Metrics,
+    store::{keys, Committed, KvTxn, RangeRead, Result, Store},
+    transact,
+};
+
+/// A position in the log: commit versionstamp (10 bytes) and order within the commit (2).
+pub type Position = [u8; 12];
+
+/// The position before every event.
+pub const START: Position = [0; 12];
+
+/// The cursor of a position.
+pub fn cursor(pos: &Position) -> Cursor {
+    Cursor::from_position(pos)
+}
+
+/// The position a committed event landed at.
+pub fn position(committed: &Committed, order: u16) -> Position {
+    let mut pos = [0u8; 12];
+    pos[..10].copy_from_slice(&committed.versionstamp.0);
+    pos[10..].copy_from_slice(&order.to_be_bytes());
+    pos
+}
+
+/// Appends events to the log inside a transaction, numbering them in order.
+#[derive(Default)]
+pub struct Appender {
+    next: u16,
+}
+
+impl Appender {
+    /// Starts numbering at 0.
+    pub fn new() -> Self {
+        Appender { next: 0 }
+    }
+
+    /// Writes `event` to the log as part of `tx`; returns its order within the commit, which
+    /// with the commit's versionstamp gives its position ([`position`]).
+    pub fn append(&mut self, tx: &mut dyn KvTxn, workspace: &WorkspaceId, ts: i64, event: Event) -> Result<u16> {
+        let order = self.next;
+        self.next = self.next.checked_add(1).ok_or(crate::store::StoreError::TransactionTooLarge(usize::MAX))?;
+        let record = FeedEvent { workspace: workspace.clone(), ts, event };
+        let (key, offset) = keys::log_entry_placeholder(order);
+        tx.set_versionstamped_key(&key, offset, &selvage_shared::to_msgpack(&record))?;
+        Ok(order)
+    }
+
+    /// Bumps the log tick (which wakes readers) and the log size; call once before committing
+    /// a transaction that appended anything.
+    pub fn finish(&self, tx: &mut dyn KvTxn) -> Result<()> {
+        if self.next > 0 {
+            tx.atomic_add(&keys::meta(TICK), 1)?;
+            tx.atomic_add(&keys::meta(COUNT), i64::from(self.next))?;
+        }
+        Ok(())
+    }
+}
+
+const TICK: &str = "log_tick";
+const COUNT: &str = "log_count";
+const TRIM_POINT: &str = "log_trim_point";
+
+/// What a read of the log found.
+#[derive(Debug)]
+pub enum Read {
+    /// Events after the cursor (possibly none) and the position to read after next time.
+    Events { items: Vec<(Position, FeedEvent)>, next: Position },
+    /// The cursor is older than the trim point: events were dropped, the reader must resync.
+    Resync { trim_point: Position },
+}
+
+/// The read side of the log, shared by every request handler.
+pub struct Feed {
+    store: Store,
+    config: FeedConfig,
+    metrics: Arc<Metrics>,
+    tick: watch::Sender<u64>,
+}
+
+impl Feed {
+    /// A feed over `store`; start [`Feed::run_notifier`] and [`Feed::run_trimmer`] beside it.
+    pub fn new(store: Store, config: FeedConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let (tick, _) = watch::channel(0);
+        Arc::new(Feed { store, config, metrics, tick })
+    }
+
+    /// Reads up to `limit` events after `after`.
+    pub async fn read_after(&self, after: &Position, limit: usize) -> Result<Read> {
+        let (read, _) = transact!(self.store, |tx| {
+            let trim = tx.get(&keys::meta(TRIM_POINT)).await?.and_then(|v| to_position(&v)).unwrap_or(START);
+            if *after < trim {
+                Read::Resync { trim_point: trim }
+            } else {
+                let mut begin = keys::log_entry(after);
+                begin.push(0x00);
+                let (_, end) = crate::store::prefix_range(&keys::log());
+                let rows = tx.get_range(&RangeRead::between(begin, end).limit(limit)).await?;
+                let mut items = Vec::with_capacity(rows.len());
+                let mut next = *after;
+                for (key, value) in rows {
+                    let Some(pos) = keys::log_position(&key) else { continue };
+                    next = pos;
+                    match selvage_shared::from_msgpack::<FeedEvent>(&value) {
+                        Ok(event) => items.push((pos, event)),
+                        Err(e) => tracing::error!(error = %e, cursor = %cursor(&pos), "undecodable feed event skipped"),
+                    }
+                }
+                Read::Events { items, next }
+            }
+        })?;
+        Ok(read)
+    }
+
+    /// The position of the newest event (or the trim point, or [`START`] for an empty log):
+    /// where a reader that wants only new events starts.
+    pub async fn head(&self) -> Result<Position> {
+        let (head, _) = transact!(self.store, |tx| {
+            let last = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1).reverse(true)).await?;
+            match last.first().and_then(|(k, _)| keys::log_position(k)) {
+                Some(pos) => pos,
+                None => tx.get(&keys::meta(TRIM_POINT)).await?.and_then(|v| to_position(&v)).unwrap_or(START),
+            }
+        })?;
+        Ok(head)
+    }
+
+    /// A receiver that changes whenever new events may be in the log.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tick.subscribe()
+    }
+
+    /// Holds one storage watch on the log tick and wakes [`Feed::subscribe`]rs on every change,
+    /// until `shutdown`. A failed watch is retried after a pause; the 1 s re-arm bounds how late
+    /// a wake-up can be even if a watch were ever missed.
+    pub async fn run_notifier(self: Arc<Self>, shutdown: CancellationToken) {
+        let key = keys::meta(TICK);
+        let mut last = None;
+        while !shutdown.is_cancelled() {
+            let armed = async {
+                let mut tx = self.store.begin().await?;
+                let value = tx.get(&key).await?;
+                let watch = tx.watch(&key)?;
+                tx.commit().await?;
+                Ok::<_, crate::store::StoreError>((value, watch))
+            }
+            .await;
+            match armed {
+                Ok((value, watch)) => {
+                    let tick = value.as_deref().map(le_i64).unwrap_or(0) as u64;
+                    if last != Some(tick) {
+                        last = Some(tick);
+                        self.tick.send_replace(tick);
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::timeout(Duration::from_secs(1), watch) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "feed notifier cannot watch the log; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Trims the log by age and size every `trim_interval_secs`, until `shutdown`.
+    pub async fn run_trimmer(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = Duration::from_secs(self.config.trim_interval_secs);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match self.trim(crate::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "feed trimmed"),
+                Err(e) => tracing::warn!(error = %e, "feed trim failed; will retry"),
+            }
+        }
+    }
+
+    /// Removes events older than the retention or beyond the size limit, oldest first, in
+    /// transactions of at most 1,000 events; returns how many went.
+    pub async fn trim(&self, now_ms: i64) -> Result<u64> {
+        let oldest_kept_ms = now_ms.saturating_sub((self.config.retention_secs * 1000) as i64);
+        let max_events = self.config.max_events as i64;
+        let mut total = 0u64;
+        loop {
+            let (dropped, _) = transact!(self.store, |tx| {
+                let count = tx.get(&keys::meta(COUNT)).await?.as_deref().map(le_i64).unwrap_or(0);
+                let rows = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1000)).await?;
+                let mut over = count - max_events;
+                let mut last = None;
+                let mut n = 0i64;
+                for (key, value) in &rows {
+                    let ts = selvage_shared::from_msgpack::<FeedEvent>(value).map(|e| e.ts).unwrap_or(i64::MIN);
+                    if over <= 0 && ts >= oldest_kept_ms {
+                        break;
+                    }
+                    over -= 1;
+                    n += 1;
+                    last = keys::log_position(key).map(|p| (p, key.clone()));
+                }
+                if let Some((pos, key)) = &last {
+                    let (begin, _) = crate::store::prefix_range(&keys::log());
+                    let mut end = key.clone();
+                    end.push(0x00);
+                    tx.clear_range(&begin, &end)?;
+                    tx.set(&keys::meta(TRIM_POINT), pos)?;
+                    tx.atomic_add(&keys::meta(COUNT), -n)?;
+                }
+                n as u64
+            })?;
+            total += dropped;
+            self.metrics.feed_trimmed.inc_by(dropped);
+            if dropped < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+fn to_position(v: &[u8]) -> Option<Position> {
+    v.try_into().ok()
+}
+
+/// A little-endian integer as atomic adds keep them (shorter values are zero-extended).
+pub fn le_i64(v: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v[..n]);
+    i64::from_le_bytes(b)
+}
+
+/// The position of a cursor a client sent, or `None` if it is not one of ours.
+pub fn parse_cursor(s: &str) -> Option<Position> {
+    Cursor::parse(s)?.position()
+}

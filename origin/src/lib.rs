@@ -1,0 +1,158 @@
+//! The Selvage origin: the system of record (DESIGN §1–§2, §5).
+//!
+//! An origin node serves the HTTP API for every write and admin action, gives each channel one
+//! total order ([`sequencer`]), keeps the deployment's event log ([`feed`]) and stores it all in
+//! a FoundationDB-shaped transactional store ([`store`]). It holds no state of its own beyond
+//! caches and batching, so any number of nodes can share one FoundationDB cluster.
+//!
+//! [`start`] opens storage, starts the sequencer, the feed's notifier and trimmer, and binds the
+//! HTTP listener; the returned [`Running`] reports the bound address and finishes once the
+//! shutdown token is cancelled and in-flight work has drained.
+
+pub mod accounts;
+pub mod api;
+pub mod channels;
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod history;
+pub mod ids;
+pub mod metrics;
+pub mod sequencer;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::OriginConfig;
+pub use error::OriginError;
+
+use crate::{config::StoreKind, feed::Feed, metrics::Metrics, sequencer::Sequencer, store::Store};
+
+/// Milliseconds since the Unix epoch, the timestamp of every record.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything a request handler needs: one per origin process.
+pub struct Origin {
+    /// The configuration the node started with.
+    pub config: OriginConfig,
+    /// The storage engine.
+    pub store: Store,
+    /// The group-commit sequencer.
+    pub sequencer: Sequencer,
+    /// The event log's read side.
+    pub feed: Arc<Feed>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the node is shutting down.
+    pub shutdown: CancellationToken,
+}
+
+/// Why an origin could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration failed validation.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The storage engine could not be opened.
+    #[error("cannot open the {engine} store: {source}")]
+    Store {
+        /// Which engine.
+        engine: &'static str,
+        /// The failure.
+        source: store::StoreError,
+    },
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
+/// A started origin.
+pub struct Running {
+    /// The address the HTTP API listens on (the real port when configured with port 0).
+    pub addr: SocketAddr,
+    /// The shared state, for in-process callers (`selvage dev`, tests).
+    pub origin: Arc<Origin>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the node has shut down (after its shutdown token is cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "origin task failed");
+        }
+    }
+}
+
+/// Opens the configured storage engine.
+pub fn open_store(config: &OriginConfig) -> Result<Store, StartError> {
+    match config.store {
+        StoreKind::Embedded => {
+            let dir = &config.data_dir;
+            std::fs::create_dir_all(dir).map_err(|e| StartError::Store {
+                engine: "embedded",
+                source: store::StoreError::Engine(format!("cannot create {}: {e}", dir.display())),
+            })?;
+            let opts = store::embedded::EmbeddedOptions { fsync: config.fsync, ..Default::default() };
+            let store = store::embedded::EmbeddedStore::open(&dir.join("selvage.redb"), opts)
+                .map_err(|source| StartError::Store { engine: "embedded", source })?;
+            Ok(store)
+        }
+        #[cfg(feature = "fdb")]
+        StoreKind::Fdb => {
+            let store = store::fdb::FdbStore::open(config.fdb_cluster_file.as_deref())
+                .map_err(|source| StartError::Store { engine: "fdb", source })?;
+            Ok(store)
+        }
+        #[cfg(not(feature = "fdb"))]
+        StoreKind::Fdb => Err(StartError::Config("store = \"fdb\" needs a selvage built with `--features fdb`".into())),
+    }
+}
+
+/// Starts an origin node; it runs until `shutdown` is cancelled.
+pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<Running, StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let store = open_store(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let (sequencer, committer) = Sequencer::start(store.clone(), config.sequencer.clone(), metrics.clone(), shutdown.clone());
+    let feed = Feed::new(store.clone(), config.feed.clone(), metrics.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    tracing::info!(%addr, engine = store.engine(), "origin listening");
+    let origin = Arc::new(Origin { config, store, sequencer, feed: feed.clone(), metrics, shutdown: shutdown.clone() });
+    let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
+    let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
+    let app = api::router(origin.clone());
+    let task = tokio::spawn(async move {
+        let stop = shutdown.clone();
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        // In-flight requests get a grace period; long-polls end at their own deadline.
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        tokio::select! {
+            r = served => if let Err(e) = r { tracing::error!(error = %e, "HTTP server failed") },
+            _ = grace => tracing::warn!("shutdown grace period over; dropping open requests"),
+        }
+        let _ = committer.await;
+        let _ = notifier.await;
+        let _ = trimmer.await;
+        tracing::info!("origin stopped");
+    });
+    Ok(Running { addr, origin, task })
+}

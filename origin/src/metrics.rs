@@ -1,0 +1,140 @@
+//! Prometheus metrics of an origin node, rendered on `/metrics`.
+//!
+//! One registry per [`crate::Origin`] (not the global default), so several origins in one test
+//! process keep separate counts.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// The origin's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route template, method and status.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency by route template.
+    pub http_latency: HistogramVec,
+    /// Sends waiting in the sequencer's queue.
+    pub queue_depth: IntGauge,
+    /// Messages per group commit.
+    pub batch_size: Histogram,
+    /// Time to commit one group, seconds.
+    pub commit_latency: Histogram,
+    /// Messages durably committed.
+    pub messages_committed: IntCounter,
+    /// Retried sends answered from the dedup index.
+    pub duplicates: IntCounter,
+    /// Sends refused because the queue was full.
+    pub overloaded: IntCounter,
+    /// Group commits that failed and were retried, by reason.
+    pub commit_retries: IntCounterVec,
+    /// Feed events removed by the trimmer.
+    pub feed_trimmed: IntCounter,
+    /// Long-polls of `/v1/events` waiting right now.
+    pub feed_waiters: IntGauge,
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    // Names and help strings are constants of this module, so the options are always valid.
+    #[allow(clippy::expect_used)]
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid histogram options")
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let latency_buckets = vec![
+            0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        // Every metric below is created from constant, valid options and registered once in a
+        // fresh registry, so none of these calls can fail.
+        #[allow(clippy::expect_used)]
+        let m = Metrics {
+            http_requests: IntCounterVec::new(
+                Opts::new("selvage_http_requests_total", "HTTP requests by route, method and status"),
+                &["route", "method", "status"],
+            )
+            .expect("valid counter"),
+            http_latency: HistogramVec::new(
+                HistogramOpts::new("selvage_http_request_seconds", "HTTP request latency by route")
+                    .buckets(latency_buckets.clone()),
+                &["route"],
+            )
+            .expect("valid histogram"),
+            queue_depth: IntGauge::new("selvage_sequencer_queue_depth", "Sends waiting for a group commit")
+                .expect("valid gauge"),
+            batch_size: histogram(
+                "selvage_sequencer_batch_messages",
+                "Messages per group commit",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0],
+            ),
+            commit_latency: histogram(
+                "selvage_sequencer_commit_seconds",
+                "Time to commit one group of messages",
+                latency_buckets,
+            ),
+            messages_committed: IntCounter::new(
+                "selvage_sequencer_messages_total",
+                "Messages durably committed",
+            )
+            .expect("valid counter"),
+            duplicates: IntCounter::new(
+                "selvage_sequencer_duplicates_total",
+                "Retried sends answered with the seq they already had",
+            )
+            .expect("valid counter"),
+            overloaded: IntCounter::new(
+                "selvage_sequencer_overloaded_total",
+                "Sends refused because the sequencer queue was full",
+            )
+            .expect("valid counter"),
+            commit_retries: IntCounterVec::new(
+                Opts::new("selvage_sequencer_commit_retries_total", "Group commits retried, by reason"),
+                &["reason"],
+            )
+            .expect("valid counter"),
+            feed_trimmed: IntCounter::new("selvage_feed_trimmed_total", "Feed events removed by the trimmer")
+                .expect("valid counter"),
+            feed_waiters: IntGauge::new("selvage_feed_waiters", "Long-polls of /v1/events waiting now")
+                .expect("valid gauge"),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_latency.clone()),
+            Box::new(m.queue_depth.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.commit_latency.clone()),
+            Box::new(m.messages_committed.clone()),
+            Box::new(m.duplicates.clone()),
+            Box::new(m.overloaded.clone()),
+            Box::new(m.commit_retries.clone()),
+            Box::new(m.feed_trimmed.clone()),
+            Box::new(m.feed_waiters.clone()),
+        ];
+        for c in collectors {
+            // Names are distinct constants, so registration cannot collide.
+            #[allow(clippy::expect_used)]
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            return format!("# error encoding metrics: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,349 @@
+//! The sequencer: gives every channel one gap-free total order and makes messages durable
+//! before anyone is told they were sent (DESIGN §2 "Ordering").
+//!
+//! Sends wait in one bounded queue per origin node. A single committer task takes everything
+//! queued — for every channel — and writes it in **one** transaction: for each message its
+//! record, its dedup entry `(nonce, C, client_msg_id)`, a thread-index entry for replies, and a
+//! versionstamped feed event; for each channel its new head. Seqs are `head + 1, + 2, …` read
+//! inside that transaction, so they have no gaps, and FoundationDB's serializability keeps them
+//! right even if two nodes ever wrote one channel (the loser conflicts and retries). Only after
+//! the commit returns does each sender get its seq. While one group commits, the next one
+//! gathers, so the group size grows with load and the fsync cost is shared.
+//!
+//! Permission checks (channel visible, caller a member, channel not archived) happen inside the
+//! same transaction, so a member removed a moment ago cannot slip a message in.
+//!
+//! A retried send with a `client_msg_id` the channel already has returns the original seq and
+//! writes nothing — also when both copies arrive in one group, and also after a commit whose
+//! outcome was unknown.
+
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use selvage_shared::{Channel, ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    channels,
+    config::SequencerConfig,
+    error::{OriginError, Result},
+    feed::{self, Appender},
+    metrics::Metrics,
+    store::{keys, KvTxn, Store, StoreError},
+    transact,
+};
+
+/// Most bytes of message text (the 100 KB value limit holds the message and its metadata).
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// A message to sequence.
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    /// The sender's workspace.
+    pub workspace: WorkspaceId,
+    /// The channel to post in.
+    pub channel: ChannelId,
+    /// The sender.
+    pub user: UserId,
+    /// The text.
+    pub text: String,
+    /// The client's id for this message; retries with the same id are answered, not repeated.
+    pub client_msg_id: String,
+    /// The seq of the thread's root, for a reply.
+    pub thread_root: Option<Seq>,
+}
+
+/// A committed send.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    /// The message as stored.
+    pub message: Message,
+    /// Its feed cursor; `None` when the send was a retry answered from the dedup index.
+    pub cursor: Option<Cursor>,
+    /// Whether this send was a retry of an earlier one.
+    pub duplicate: bool,
+}
+
+struct Pending {
+    request: SendRequest,
+    reply: oneshot::Sender<Result<Sent>>,
+    enqueued: Instant,
+}
+
+/// The handle request handlers send through.
+#[derive(Clone)]
+pub struct Sequencer {
+    queue: mpsc::Sender<Pending>,
+    metrics: Arc<Metrics>,
+    ack_timeout: Duration,
+}
+
+impl Sequencer {
+    /// Starts the committer task; it stops (after committing what is queued) on `shutdown`.
+    pub fn start(store: Store, config: SequencerConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(config.queue_capacity);
+        let ack_timeout = Duration::from_millis(config.ack_timeout_ms);
+        let committer = Committer { store, config, metrics: metrics.clone() };
+        let task = tokio::spawn(committer.run(rx, shutdown));
+        (Sequencer { queue, metrics, ack_timeout }, task)
+    }
+
+    /// Sequences one message and waits for its commit.
+    pub async fn send(&self, request: SendRequest) -> Result<Sent> {
+        validate(&request)?;
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending { request, reply, enqueued: Instant::now() };
+        match self.queue.try_send(pending) {
+            Ok(()) => self.metrics.queue_depth.inc(),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.overloaded.inc();
+                return Err(OriginError::Overloaded("the sequencer queue is full; retry with backoff".into()));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(OriginError::Unavailable("the origin is shutting down".into()));
+            }
+        }
+        match tokio::time::timeout(self.ack_timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(OriginError::Unavailable("the sequencer stopped before committing; retry with the same client_msg_id".into())),
+            Err(_) => Err(OriginError::Unavailable(
+                "the commit did not finish in time; retry with the same client_msg_id".into(),
+            )),
+        }
+    }
+}
+
+/// Checks what can be checked without storage.
+fn validate(r: &SendRequest) -> Result<()> {
+    if r.text.is_empty() {
+        return Err(OriginError::BadRequest("text must not be empty".into()));
+    }
+    if r.text.chars().count() > selvage_shared::MAX_TEXT_CHARS || r.text.len() > MAX_TEXT_BYTES {
+        return Err(OriginError::TooLarge(format!(
+            "text is over {} characters or {MAX_TEXT_BYTES} bytes",
+            selvage_shared::MAX_TEXT_CHARS
+        )));
+    }
+    if r.client_msg_id.is_empty() || r.client_msg_id.len() > selvage_shared::MAX_CLIENT_MSG_ID_BYTES {
+        return Err(OriginError::BadRequest(format!(
+            "client_msg_id must be 1 to {} bytes",
+            selvage_shared::MAX_CLIENT_MSG_ID_BYTES
+        )));
+    }
+    if r.thread_root == Some(0) {
+        return Err(OriginError::BadRequest("thread_root must be a message seq (1 or more)".into()));
+    }
+    Ok(())
+}
+
+/// What became of one send in a group.
+enum Outcome {
+    New { message: Message, order: u16 },
+    Duplicate(Message),
+    Rejected(OriginError),
+}
+
+struct Committer {
+    store: Store,
+    config: SequencerConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// Rough bytes a message adds to a transaction: its record and feed event (the text twice)
+/// plus keys and metadata.
+fn weight(r: &SendRequest) -> usize {
+    2 * r.text.len() + 512
+}
+
+impl Committer {
+    async fn run(self, mut rx: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
+        let mut carry: Option<Pending> = None;
+        loop {
+            let first = match carry.take() {
+                Some(p) => p,
+                None => tokio::select! {
+                    biased;
+                    p = rx.recv() => match p { Some(p) => p, None => return },
+                    _ = shutdown.cancelled() => {
+                        // Commit what is already queued, refuse the rest by closing.
+                        rx.close();
+                        match rx.recv().await { Some(p) => p, None => return }
+                    }
+                },
+            };
+            let mut bytes = weight(&first.request);
+            let mut group = vec![first];
+            while group.len() < self.config.max_batch_messages {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        let w = weight(&p.request);
+                        if bytes + w > self.config.max_batch_bytes {
+                            carry = Some(p);
+                            break;
+                        }
+                        bytes += w;
+                        group.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.metrics.queue_depth.sub(group.len() as i64);
+            self.commit_group(group).await;
+        }
+    }
+
+    async fn commit_group(&self, group: Vec<Pending>) {
+        let started = Instant::now();
+        let requests: Vec<&SendRequest> = group.iter().map(|p| &p.request).collect();
+        let mut attempts = 0u32;
+        let result = transact!(self.store, |tx| {
+            attempts += 1;
+            sequence(tx, &requests).await?
+        });
+        if attempts > 1 {
+            self.metrics.commit_retries.with_label_values(&["conflict_or_unknown"]).inc_by(u64::from(attempts - 1));
+        }
+        let elapsed = started.elapsed();
+        self.metrics.commit_latency.observe(elapsed.as_secs_f64());
+        self.metrics.batch_size.observe(group.len() as f64);
+        match result {
+            Ok((outcomes, committed)) => {
+                let mut new = 0u64;
+                for (pending, outcome) in group.into_iter().zip(outcomes) {
+                    let answer = match outcome {
+                        Outcome::New { message, order } => {
+                            new += 1;
+                            let cursor = feed::cursor(&feed::position(&committed, order));
+                            Ok(Sent { message, cursor: Some(cursor), duplicate: false })
+                        }
+                        Outcome::Duplicate(message) => {
+                            self.metrics.duplicates.inc();
+                            Ok(Sent { message, cursor: None, duplicate: true })
+                        }
+                        Outcome::Rejected(e) => Err(e),
+                    };
+                    tracing::trace!(wait_us = pending.enqueued.elapsed().as_micros() as u64, "send answered");
+                    // A sender that gave up waiting dropped its receiver; its message is
+                    // committed all the same and a retry will find it by client_msg_id.
+                    let _ = pending.reply.send(answer);
+                }
+                self.metrics.messages_committed.inc_by(new);
+                tracing::debug!(messages = new, elapsed_us = elapsed.as_micros() as u64, "group committed");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = group.len(), "group commit failed");
+                let retryable = e.is_retryable() || matches!(e, StoreError::Unavailable(_));
+                for pending in group {
+                    let err = if retryable {
+                        OriginError::Unavailable(format!("commit failed ({e}); retry with the same client_msg_id"))
+                    } else {
+                        OriginError::Internal(format!("commit failed: {e}"))
+                    };
+                    let _ = pending.reply.send(Err(err));
+                }
+            }
+        }
+    }
+}
+
+/// Writes one group into `tx`: the body of the group-commit transaction.
+async fn sequence(tx: &mut dyn KvTxn, requests: &[&SendRequest]) -> Result<Vec<Outcome>, StoreError> {
+    let now = crate::now_ms();
+    // Per channel: its record (None if missing) and the head as this transaction moves it.
+    let mut chans: HashMap<(WorkspaceId, ChannelId), (Option<Channel>, Seq, Seq)> = HashMap::new();
+    let mut members: HashMap<(WorkspaceId, ChannelId, UserId), bool> = HashMap::new();
+    let mut seen: HashMap<(&WorkspaceId, &ChannelId, &str), usize> = HashMap::new();
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+    let mut log = Appender::new();
+    for (i, r) in requests.iter().enumerate() {
+        let (w, c) = (&r.workspace, &r.channel);
+        if let Some(&first) = seen.get(&(w, c, r.client_msg_id.as_str())) {
+            let again = match &outcomes[first] {
+                Outcome::New { message, .. } | Outcome::Duplicate(message) => Outcome::Duplicate(message.clone()),
+                Outcome::Rejected(_) => Outcome::Rejected(OriginError::BadRequest("duplicate of a rejected send".into())),
+            };
+            outcomes.push(again);
+            continue;
+        }
+        let (channel, head, _) = match chans.entry((w.clone(), c.clone())) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let channel = channels::load(tx, w, c).await?;
+                let head = channels::last_seq(tx, w, c).await?;
+                e.insert((channel, head, head))
+            }
+        };
+        let member = match members.entry((w.clone(), c.clone(), r.user.clone())) {
+            Entry::Occupied(e) => *e.get(),
+            Entry::Vacant(e) => *e.insert(channels::is_member(tx, w, c, &r.user).await?),
+        };
+        let rejection = match channel {
+            None => Some(OriginError::no_channel(c.as_str())),
+            Some(ch) if !channels::visible(ch, member) => Some(OriginError::no_channel(c.as_str())),
+            Some(_) if !member => Some(OriginError::NotMember(format!("join {c} before posting in it"))),
+            Some(ch) if ch.archived => Some(OriginError::Archived(format!("channel {c} is archived"))),
+            Some(_) => None,
+        };
+        if let Some(e) = rejection {
+            outcomes.push(Outcome::Rejected(e));
+            continue;
+        }
+        if let Some(raw) = tx.get(&keys::nonce(w, c, &r.client_msg_id)).await? {
+            let seq = feed::le_i64(&raw) as Seq;
+            let original = tx.get(&keys::message(w, c, seq)).await?;
+            let message = original
+                .map(|raw| selvage_shared::from_msgpack::<Message>(&raw))
+                .transpose()
+                .map_err(|e| StoreError::Engine(format!("message record does not decode: {e}")))?
+                .ok_or_else(|| StoreError::Engine(format!("dedup entry points at missing message {c}/{seq}")))?;
+            seen.insert((w, c, r.client_msg_id.as_str()), i);
+            outcomes.push(Outcome::Duplicate(message));
+            continue;
+        }
+        if let Some(root) = r.thread_root {
+            let valid = root <= *head
+                && match tx.get(&keys::message(w, c, root)).await? {
+                    Some(raw) => selvage_shared::from_msgpack::<Message>(&raw).is_ok_and(|m| m.thread_root.is_none()),
+                    None => false,
+                };
+            if !valid {
+                outcomes.push(Outcome::Rejected(OriginError::BadRequest(format!(
+                    "thread_root {root} is not a top-level message of {c}"
+                ))));
+                continue;
+            }
+        }
+        *head += 1;
+        let seq = *head;
+        let message = Message {
+            channel: c.clone(),
+            seq,
+            ts: now,
+            user: r.user.clone(),
+            text: r.text.clone(),
+            client_msg_id: r.client_msg_id.clone(),
+            thread_root: r.thread_root,
+            edited_at: None,
+            deleted: false,
+        };
+        tx.set(&keys::message(w, c, seq), &selvage_shared::to_msgpack(&message))?;
+        tx.set(&keys::nonce(w, c, &r.client_msg_id), &(seq as i64).to_le_bytes())?;
+        if let Some(root) = r.thread_root {
+            tx.set(&keys::thread_reply(w, c, root, seq), &[])?;
+        }
+        let order = log.append(tx, w, now, Event::Message(message.clone()))?;
+        seen.insert((w, c, r.client_msg_id.as_str()), i);
+        outcomes.push(Outcome::New { message, order });
+    }
+    for ((w, c), (_, head, read)) in &chans {
+        if head != read {
+            tx.set(&keys::head(w, c), &(*head as i64).to_le_bytes())?;
+        }
+    }
+    log.finish(tx)?;
+    Ok(outcomes)
+}

@@ -1,0 +1,191 @@
+//! The origin's keyspace (DESIGN §2): every key the origin writes, tuple-encoded.
+//!
+//! All workspace data lives under `("ws", W, …)`, so every read and write is scoped by workspace
+//! by construction; the feed log lives under `("log", versionstamp)` and tokens under
+//! `("tok", sha256)`. Keeping the builders in one place keeps the layout reviewable.
+
+use selvage_shared::{ChannelId, Seq, UserId, WorkspaceId};
+
+use super::tuple::Key;
+
+fn ws(w: &WorkspaceId) -> Key {
+    Key::new().str("ws").str(w.as_str())
+}
+
+/// `(ws, W)` → workspace record.
+pub fn workspace(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).finish()
+}
+
+/// `(ws, W, general)` → id of the channel every new user joins.
+pub fn meta_general(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("general").finish()
+}
+
+/// `(ws, W, user, U)` → user record.
+pub fn user(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    ws(w).str("user").str(u.as_str()).finish()
+}
+
+/// Prefix of every user record of a workspace.
+pub fn users(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("user").finish()
+}
+
+/// `(ws, W, handle, h)` → user id, the handle index.
+pub fn handle(w: &WorkspaceId, handle: &str) -> Vec<u8> {
+    ws(w).str("handle").str(handle).finish()
+}
+
+/// `(ws, W, chan, C)` → channel record.
+pub fn channel(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("chan").str(c.as_str()).finish()
+}
+
+/// Prefix of every channel record of a workspace.
+pub fn channels(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("chan").finish()
+}
+
+/// `(ws, W, chname, name)` → channel id: channel names are unique in a workspace.
+pub fn channel_name(w: &WorkspaceId, name: &str) -> Vec<u8> {
+    ws(w).str("chname").str(name).finish()
+}
+
+/// `(ws, W, dm, members)` → channel id: one DM or group DM per set of people.
+pub fn conversation(w: &WorkspaceId, sorted_members: &str) -> Vec<u8> {
+    ws(w).str("dm").str(sorted_members).finish()
+}
+
+/// `(ws, W, member, C, U)` → membership record.
+pub fn member(w: &WorkspaceId, c: &ChannelId, u: &UserId) -> Vec<u8> {
+    ws(w).str("member").str(c.as_str()).str(u.as_str()).finish()
+}
+
+/// Prefix of a channel's members.
+pub fn members(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("member").str(c.as_str()).finish()
+}
+
+/// `(ws, W, joined, U, C)` → membership record, the other direction.
+pub fn joined(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("joined").str(u.as_str()).str(c.as_str()).finish()
+}
+
+/// Prefix of the channels a user is in.
+pub fn joined_by(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    ws(w).str("joined").str(u.as_str()).finish()
+}
+
+/// `(ws, W, head, C)` → last assigned seq of C.
+pub fn head(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("head").str(c.as_str()).finish()
+}
+
+/// `(ws, W, msg, C, seq)` → message.
+pub fn message(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("msg").str(c.as_str()).uint(seq).finish()
+}
+
+/// Prefix of a channel's messages; the seq follows it.
+pub fn messages(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("msg").str(c.as_str()).finish()
+}
+
+/// `(ws, W, nonce, C, client_msg_id)` → seq already given to that client message.
+pub fn nonce(w: &WorkspaceId, c: &ChannelId, client_msg_id: &str) -> Vec<u8> {
+    ws(w).str("nonce").str(c.as_str()).str(client_msg_id).finish()
+}
+
+/// `(ws, W, thread, C, root, reply)` → empty: the thread index.
+pub fn thread_reply(w: &WorkspaceId, c: &ChannelId, root: Seq, reply: Seq) -> Vec<u8> {
+    ws(w).str("thread").str(c.as_str()).uint(root).uint(reply).finish()
+}
+
+/// Prefix of one thread's replies.
+pub fn thread(w: &WorkspaceId, c: &ChannelId, root: Seq) -> Vec<u8> {
+    ws(w).str("thread").str(c.as_str()).uint(root).finish()
+}
+
+/// `(ws, W, read, U, C)` → the user's read marker in C.
+pub fn read_marker(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("read").str(u.as_str()).str(c.as_str()).finish()
+}
+
+/// `(tok, sha256(token))` → token record.
+pub fn token(hash: &[u8; 32]) -> Vec<u8> {
+    Key::new().str("tok").bytes(hash).finish()
+}
+
+/// Prefix of the feed log.
+pub fn log() -> Vec<u8> {
+    Key::new().str("log").finish()
+}
+
+/// Tuple type code of a 96-bit versionstamp.
+const VERSIONSTAMP_CODE: u8 = 0x33;
+
+/// `(log, versionstamp)` with the versionstamp still to be filled in at commit: the key and the
+/// offset of its 10 placeholder bytes, for `set_versionstamped_key`. `order` is the tuple
+/// versionstamp's user version: the event's place among those of one transaction.
+pub fn log_entry_placeholder(order: u16) -> (Vec<u8>, usize) {
+    let mut key = log();
+    key.push(VERSIONSTAMP_CODE);
+    let offset = key.len();
+    key.extend_from_slice(&[0xff; 10]);
+    key.extend_from_slice(&order.to_be_bytes());
+    (key, offset)
+}
+
+/// `(log, versionstamp)` of a known entry: the 10-byte commit versionstamp and the 2-byte
+/// order within it, as a cursor carries them.
+pub fn log_entry(position: &[u8; 12]) -> Vec<u8> {
+    let mut key = log();
+    key.push(VERSIONSTAMP_CODE);
+    key.extend_from_slice(position);
+    key
+}
+
+/// The 12-byte log position of a log key, if it is one.
+pub fn log_position(key: &[u8]) -> Option<[u8; 12]> {
+    let prefix = log();
+    let rest = key.strip_prefix(prefix.as_slice())?;
+    let (code, pos) = rest.split_first()?;
+    if *code != VERSIONSTAMP_CODE || pos.len() != 12 {
+        return None;
+    }
+    let mut out = [0u8; 12];
+    out.copy_from_slice(pos);
+    Some(out)
+}
+
+/// `(meta, name)`: deployment-wide bookkeeping (log tick, log size, trim point).
+pub fn meta(name: &str) -> Vec<u8> {
+    Key::new().str("meta").str(name).finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_round_trip_and_sort_by_position() {
+        let a = log_entry(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5]);
+        let b = log_entry(&[0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]);
+        assert!(a < b);
+        assert_eq!(log_position(&a), Some([0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5]));
+        let (placeholder, offset) = log_entry_placeholder(7);
+        assert_eq!(&placeholder[offset..offset + 10], &[0xff; 10]);
+        assert_eq!(&placeholder[offset + 10..], &[0, 7]);
+        assert_eq!(log_position(&messages(&WorkspaceId::new_unchecked("W1"), &ChannelId::new_unchecked("C1"))), None);
+    }
+
+    #[test]
+    fn message_keys_sort_by_seq() {
+        let w = WorkspaceId::new_unchecked("W1");
+        let c = ChannelId::new_unchecked("C1");
+        assert!(message(&w, &c, 9) < message(&w, &c, 10));
+        assert!(message(&w, &c, 255) < message(&w, &c, 256));
+        assert!(message(&w, &c, 1).starts_with(&messages(&w, &c)));
+    }
+}

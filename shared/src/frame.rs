@@ -1,0 +1,409 @@
+//! Frames: the messages of the client protocol (DESIGN §4) and of the edge ↔ origin feed.
+//!
+//! Every frame is an object tagged by `"type"`. [`ClientFrame`]s come from untrusted clients, so
+//! they reject unknown types and unknown fields, and [`ClientFrame::validate`] checks the limits
+//! that serde cannot express. [`ServerFrame`]s go from the edge to clients; an event frame is the
+//! event's own object plus its `"cursor"`. [`FeedRequest`] and [`FeedFrame`] are what an edge and
+//! the origin say to each other on a feed stream.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::DecodeError;
+use crate::error::ErrorCode;
+use crate::event::{Event, FeedItem};
+use crate::ids::{ChannelId, Cursor, Seq, UserId};
+use crate::limits::{
+    MAX_CLIENT_MSG_ID_BYTES, MAX_PRESENCE_SUB_USERS, MAX_QUERY_LIMIT, MAX_REQUEST_ID_BYTES,
+    MAX_TEXT_CHARS,
+};
+use crate::model::{ChannelBoot, Message, User};
+
+/// A frame a client sends to an edge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Post a message; answered by `ack` once durable, or `error`.
+    Send {
+        /// Request id, echoed as `reply_to`.
+        id: String,
+        /// Where to post.
+        channel: ChannelId,
+        /// The text (1 to [`MAX_TEXT_CHARS`] characters).
+        text: String,
+        /// Idempotency key (1 to [`MAX_CLIENT_MSG_ID_BYTES`] bytes): a retry with the same key
+        /// gets the original `seq`.
+        client_msg_id: String,
+        /// Post as a reply in the thread rooted at this `seq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread_root: Option<Seq>,
+    },
+    /// Liveness check; answered by `pong`.
+    Ping {
+        /// Request id, echoed as `reply_to`.
+        id: String,
+    },
+    /// The user is typing in a channel (ephemeral, not answered).
+    Typing {
+        /// The channel.
+        channel: ChannelId,
+    },
+    /// Replace the set of users whose presence this connection follows.
+    PresenceSub {
+        /// Users to follow (at most [`MAX_PRESENCE_SUB_USERS`]); empty unsubscribes from all.
+        users: Vec<UserId>,
+    },
+    /// Fetch data lazily; answered by `result`.
+    Query(Query),
+    /// Move the user's read marker in a channel.
+    MarkRead {
+        /// The channel.
+        channel: ChannelId,
+        /// The last `seq` read.
+        seq: Seq,
+    },
+}
+
+/// What a `query` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryKind {
+    /// Users by id (`users`), or a page of the workspace's users.
+    Users,
+    /// Members of `channel`.
+    Members,
+    /// Messages of `channel`, newest first, bounded by `before`/`after`.
+    History,
+    /// The caller's channels (and their unread state).
+    Channels,
+    /// Replies in the thread of `channel` rooted at `root`.
+    Thread,
+}
+
+/// A client `query` frame (its `"type"` is `query`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    /// Request id, echoed as `reply_to`.
+    pub id: String,
+    /// What is asked for.
+    pub q: QueryKind,
+    /// The channel, for `members`, `history` and `thread`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelId>,
+    /// The users, for `users` (at most [`MAX_QUERY_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserId>,
+    /// Only messages with `seq` below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Seq>,
+    /// Only messages with `seq` above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Seq>,
+    /// The thread root `seq`, for `thread`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Seq>,
+    /// Most items to return (1 to [`MAX_QUERY_LIMIT`]; the server picks when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Continuation token from a previous result's `next`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<String>,
+}
+
+fn check_request_id(id: &str) -> Result<(), DecodeError> {
+    if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(DecodeError::Invalid(format!(
+            "id must be 1 to {MAX_REQUEST_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn invalid(msg: impl Into<String>) -> Result<(), DecodeError> {
+    Err(DecodeError::Invalid(msg.into()))
+}
+
+impl ClientFrame {
+    /// Checks the limits serde does not: text length, `client_msg_id` and request id sizes, list
+    /// lengths, query limits and the fields each query kind needs. Ids validated themselves when
+    /// deserialised. [`crate::decode_client`] calls this; call it yourself on frames built in code.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        match self {
+            ClientFrame::Send {
+                id,
+                text,
+                client_msg_id,
+                thread_root,
+                ..
+            } => {
+                check_request_id(id)?;
+                // A text of at most MAX_TEXT_CHARS bytes has at most that many chars; only
+                // longer ones need counting.
+                if text.is_empty()
+                    || (text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS)
+                {
+                    return invalid(format!("text must be 1 to {MAX_TEXT_CHARS} characters"));
+                }
+                if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
+                    return invalid(format!(
+                        "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"
+                    ));
+                }
+                if *thread_root == Some(0) {
+                    return invalid("thread_root must be a seq (1 or more)");
+                }
+                Ok(())
+            }
+            ClientFrame::Ping { id } => check_request_id(id),
+            ClientFrame::Typing { .. } | ClientFrame::MarkRead { .. } => Ok(()),
+            ClientFrame::PresenceSub { users } => {
+                if users.len() > MAX_PRESENCE_SUB_USERS {
+                    return invalid(format!(
+                        "presence_sub takes at most {MAX_PRESENCE_SUB_USERS} users"
+                    ));
+                }
+                Ok(())
+            }
+            ClientFrame::Query(query) => query.validate(),
+        }
+    }
+
+    /// The request id the client will expect as `reply_to`, for frames that have one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            ClientFrame::Send { id, .. } | ClientFrame::Ping { id } => Some(id),
+            ClientFrame::Query(q) => Some(&q.id),
+            ClientFrame::Typing { .. }
+            | ClientFrame::PresenceSub { .. }
+            | ClientFrame::MarkRead { .. } => None,
+        }
+    }
+
+    /// The frame's `"type"` string on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Ping { .. } => "ping",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::PresenceSub { .. } => "presence_sub",
+            ClientFrame::Query(_) => "query",
+            ClientFrame::MarkRead { .. } => "mark_read",
+        }
+    }
+}
+
+impl Query {
+    /// Checks sizes and that the query kind has the fields it needs (see
+    /// [`ClientFrame::validate`]).
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        check_request_id(&self.id)?;
+        if let Some(limit) = self.limit {
+            if limit == 0 || limit as usize > MAX_QUERY_LIMIT {
+                return invalid(format!("limit must be 1 to {MAX_QUERY_LIMIT}"));
+            }
+        }
+        if self.users.len() > MAX_QUERY_LIMIT {
+            return invalid(format!("a query takes at most {MAX_QUERY_LIMIT} users"));
+        }
+        let needs_channel = matches!(
+            self.q,
+            QueryKind::Members | QueryKind::History | QueryKind::Thread
+        );
+        if needs_channel && self.channel.is_none() {
+            return invalid("this query needs a channel");
+        }
+        if self.q == QueryKind::Thread && self.root.is_none() {
+            return invalid("a thread query needs a root");
+        }
+        Ok(())
+    }
+}
+
+/// A frame an edge sends to a client.
+///
+/// Event frames are the event's object plus `"cursor"`:
+/// `{"type":"message","channel":"C1","seq":7,…,"cursor":"…"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    expecting = "a server frame: an object with a known \"type\" and its fields"
+)]
+pub enum ServerFrame {
+    /// The first frame of every connection: the session's boot payload.
+    Hello(Hello),
+    /// A `send` is durable: its `seq` and commit time.
+    Ack {
+        /// The `send`'s request id.
+        reply_to: String,
+        /// The channel posted to.
+        channel: ChannelId,
+        /// The message's `seq`.
+        seq: Seq,
+        /// Commit time, ms since the epoch.
+        ts: i64,
+    },
+    /// A request, or the frame itself, failed.
+    Error {
+        /// The failed request's id, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+        /// Stable machine-readable code.
+        code: ErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The `ping`'s request id.
+        reply_to: String,
+    },
+    /// Answer to `query`.
+    Result(QueryResult),
+    /// The edge is going away; reconnect (to any edge) after this delay, resuming from the last
+    /// cursor.
+    Goodbye {
+        /// Jittered delay before reconnecting.
+        reconnect_in_ms: u64,
+    },
+    /// The client's state cannot be resumed (cursor too old, fell too far behind): boot afresh.
+    Resync {
+        /// Why.
+        reason: String,
+    },
+    /// An event with its cursor. Untagged here because the event carries its own `"type"`.
+    #[serde(untagged)]
+    Event(EventFrame),
+}
+
+/// An event as a client receives it: the event's fields plus the feed cursor to resume from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventFrame {
+    /// The event (its `"type"` and fields appear at the top level of the frame).
+    #[serde(flatten)]
+    pub event: Event,
+    /// The event's position in the feed; a client resumes from the last one it processed.
+    pub cursor: Cursor,
+}
+
+/// The boot payload of a session (DESIGN §3, lazy boot): the user, their channels and only the
+/// users those need.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version, [`crate::PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// This connection's session id.
+    pub session_id: String,
+    /// Feed position the payload is consistent with; events follow from here.
+    pub cursor: Cursor,
+    /// The connected user (`"self"` on the wire).
+    #[serde(rename = "self")]
+    pub self_user: User,
+    /// The user's channels with unread state.
+    #[serde(default)]
+    pub channels: Vec<ChannelBoot>,
+    /// The users those channels need (DM partners, recent authors), not the whole workspace.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// The client sends a `ping` at least this often; the edge closes silent connections.
+    pub heartbeat_ms: u64,
+    /// Whether this connection resumed a previous session from its cursor (missed events follow)
+    /// rather than booting afresh.
+    #[serde(default)]
+    pub resumed: bool,
+}
+
+/// Answer to a `query` (its `"type"` is `result`); only the lists the query asked for are present.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryResult {
+    /// The query's request id.
+    pub reply_to: String,
+    /// Users (for `users`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<User>,
+    /// Channels (for `channels`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelBoot>,
+    /// Member ids (for `members`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<UserId>,
+    /// Messages (for `history` and `thread`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<Message>,
+    /// Continuation token to pass as `page` for more; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+impl ServerFrame {
+    /// An event frame.
+    pub fn event(cursor: Cursor, event: Event) -> ServerFrame {
+        ServerFrame::Event(EventFrame { event, cursor })
+    }
+
+    /// An `error` frame.
+    pub fn error(reply_to: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error {
+            reply_to,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The frame's `"type"` string on the wire (an event frame's is its event's).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Hello(_) => "hello",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Error { .. } => "error",
+            ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Result(_) => "result",
+            ServerFrame::Goodbye { .. } => "goodbye",
+            ServerFrame::Resync { .. } => "resync",
+            ServerFrame::Event(frame) => frame.event.kind(),
+        }
+    }
+}
+
+/// What an edge sends the origin on a feed stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FeedRequest {
+    /// Start streaming after `cursor` (from now when absent).
+    Subscribe {
+        /// Last cursor the edge has applied.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
+    },
+    /// The edge has applied everything up to `cursor` (flow control and lag metrics).
+    Ack {
+        /// Last cursor applied.
+        cursor: Cursor,
+    },
+}
+
+/// What the origin sends an edge on a feed stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FeedFrame {
+    /// A batch of log entries, in cursor order.
+    Events {
+        /// The entries.
+        items: Vec<FeedItem>,
+        /// Cursor after the batch (the last item's, or later if entries were filtered out).
+        cursor: Cursor,
+    },
+    /// Nothing new; the feed has reached `cursor`.
+    Heartbeat {
+        /// Current head of the feed.
+        cursor: Cursor,
+    },
+    /// The requested cursor is older than the log's trim point: rebuild caches from a snapshot
+    /// and continue from `cursor`.
+    Resync {
+        /// Why.
+        reason: String,
+        /// Where to continue from after rebuilding.
+        cursor: Cursor,
+    },
+}

@@ -1,0 +1,120 @@
+//! Layered configuration: defaults, then a TOML file, then `SELVAGE_*` environment variables,
+//! then command-line flags — validated before anything starts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use selvage_origin::{config::StoreKind, OriginConfig};
+use serde::Serialize;
+
+/// `selvage origin` arguments.
+#[derive(Args)]
+pub struct OriginArgs {
+    /// TOML configuration file (see infra/origin.example.toml for every field).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: OriginFlags,
+}
+
+/// Flags that override the file and the environment.
+#[derive(Args, Serialize, Default)]
+pub struct OriginFlags {
+    /// Address of the HTTP API and metrics [default: 127.0.0.1:7700].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Storage engine: embedded or fdb [default: embedded].
+    #[arg(long, value_parser = parse_store)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreKind>,
+    /// Data directory of the embedded store [default: ./selvage-data].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// FoundationDB cluster file [default: FoundationDB's default].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fdb_cluster_file: Option<PathBuf>,
+    /// Key that authorizes workspace creation (prefer SELVAGE_OPERATOR_KEY or the file).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_key: Option<String>,
+}
+
+fn parse_store(s: &str) -> Result<StoreKind, String> {
+    match s {
+        "embedded" => Ok(StoreKind::Embedded),
+        "fdb" => Ok(StoreKind::Fdb),
+        _ => Err(format!("unknown store {s:?}: use embedded or fdb")),
+    }
+}
+
+/// The top-level field names of a config, so only `SELVAGE_*` variables meant for it are read
+/// (others, like SELVAGE_TOKEN for `selvage admin`, are not configuration errors).
+fn fields_of<T: Serialize + Default>() -> Vec<String> {
+    match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Builds the origin's configuration from its layers and validates it.
+pub fn load_origin(file: Option<&Path>, flags: &OriginFlags) -> Result<OriginConfig> {
+    let mut figment = Figment::from(Serialized::defaults(OriginConfig::default()));
+    if let Some(file) = file {
+        if !file.exists() {
+            anyhow::bail!("config file {} does not exist", file.display());
+        }
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    let fields = fields_of::<OriginConfig>();
+    let env = Env::prefixed("SELVAGE_")
+        .split("__")
+        .filter(move |key| fields.iter().any(|f| key.as_str() == f || key.as_str().starts_with(&format!("{f}."))));
+    let config: OriginConfig = figment
+        .merge(env)
+        .merge(Serialized::defaults(flags))
+        .extract()
+        .context("invalid origin configuration")?;
+    config.validate().map_err(|e| anyhow::anyhow!("invalid origin configuration: {e}"))?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("o.toml", "listen = \"127.0.0.1:9000\"\ndata_dir = \"from-file\"\n[sequencer]\nqueue_capacity = 7\n")?;
+            jail.set_env("SELVAGE_DATA_DIR", "from-env");
+            jail.set_env("SELVAGE_TOKEN", "not-a-config-field");
+            let flags = OriginFlags { listen: Some("127.0.0.1:9100".parse().unwrap()), ..Default::default() };
+            let c = load_origin(Some(Path::new("o.toml")), &flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 9100, "flag beats file");
+            assert_eq!(c.data_dir, PathBuf::from("from-env"), "env beats file");
+            assert_eq!(c.sequencer.queue_capacity, 7, "file beats default");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "listn = \"127.0.0.1:9000\"\n")?;
+            let err = load_origin(Some(Path::new("bad.toml")), &OriginFlags::default()).unwrap_err();
+            assert!(format!("{err:#}").contains("listn"), "{err:#}");
+            jail.create_file("short.toml", "operator_key = \"abc\"\n")?;
+            let err = load_origin(Some(Path::new("short.toml")), &OriginFlags::default()).unwrap_err();
+            assert!(format!("{err:#}").contains("operator_key"), "{err:#}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,84 @@
+//! `selvage dev`: Selvage on one machine for development — an origin on the embedded store with
+//! a demo workspace (alice, an admin, and bob, both in #general), printing where to connect.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use selvage_origin::{accounts, OriginConfig};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// `selvage dev` arguments.
+#[derive(Args)]
+pub struct DevArgs {
+    /// Address of the origin's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: std::net::SocketAddr,
+    /// Where the dev data lives (kept between runs).
+    #[arg(long, default_value = "selvage-dev")]
+    data_dir: PathBuf,
+    /// Delete the data directory first and start from nothing.
+    #[arg(long)]
+    fresh: bool,
+}
+
+/// What `selvage dev` remembers about its demo workspace between runs (ids only, no tokens:
+/// fresh tokens are minted at every start).
+#[derive(Serialize, Deserialize)]
+struct Demo {
+    workspace: selvage_shared::WorkspaceId,
+    users: Vec<selvage_shared::UserId>,
+}
+
+/// Starts the dev origin, ensures the demo workspace, prints how to use it, and runs until
+/// Ctrl-C.
+pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
+    if args.fresh && args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("cannot remove {}", args.data_dir.display()))?;
+    }
+    let operator_key = selvage_origin::ids::new_token();
+    let config = OriginConfig {
+        listen: args.listen,
+        data_dir: args.data_dir.clone(),
+        operator_key: Some(operator_key.clone()),
+        ..OriginConfig::default()
+    };
+    let running = selvage_origin::start(config, shutdown).await?;
+    let origin = running.origin.clone();
+    let demo_file = args.data_dir.join("demo.json");
+    let demo: Demo = match std::fs::read(&demo_file).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        Some(demo) => demo,
+        None => {
+            let (workspace, alice) = accounts::create_workspace(&origin.store, "Demo", "alice", "Alice", 0).await?;
+            let caller = accounts::authenticate(&origin.store, &alice.token).await?;
+            let bob = accounts::create_user(&origin.store, &caller, "bob", "Bob", false, 0).await?;
+            let demo = Demo { workspace: workspace.id, users: vec![alice.user.id, bob.user.id] };
+            std::fs::write(&demo_file, serde_json::to_vec_pretty(&demo)?)?;
+            demo
+        }
+    };
+    let base = format!("http://{}", running.addr);
+    println!("\nSelvage dev is running.\n");
+    println!("  origin HTTP API   {base}   (OpenAPI: {base}/v1/openapi.json, metrics: {base}/metrics)");
+    println!("  data directory    {}", args.data_dir.display());
+    println!("  operator key      {operator_key}   (valid for this run)");
+    println!("\nDemo workspace {}; fresh tokens for this run:", demo.workspace);
+    let mut first_token = None;
+    for user in &demo.users {
+        let token = accounts::mint_token(&origin.store, &demo.workspace, user, 0).await?;
+        println!("  {user}  {token}");
+        first_token.get_or_insert(token);
+    }
+    if let Some(token) = first_token {
+        println!("\nTry:");
+        println!("  curl -s -H 'Authorization: Bearer {token}' {base}/v1/channels");
+        println!(
+            "  curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n       -d '{{\"text\":\"hello\",\"client_msg_id\":\"m1\"}}' {base}/v1/channels/<channel id>/messages"
+        );
+        println!("  curl -s -H 'Authorization: Bearer {token}' '{base}/v1/events?cursor=<cursor>&wait_ms=25000'");
+    }
+    println!("\nCtrl-C stops it.\n");
+    running.wait().await;
+    Ok(())
+}

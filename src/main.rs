@@ -1,0 +1,107 @@
+//! `selvage`: the one binary. Parses the command line and configuration, sets up tracing, and
+//! hands over to the libraries (`selvage-origin`, `selvage-loadtest`, …).
+
+mod admin;
+mod config;
+mod dev;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+/// Selvage: a real-time team-messaging backend.
+///
+/// An origin tier gives every channel one total order and stores messages durably before
+/// acknowledging them; regional edges (coming next) serve clients from warm caches.
+#[derive(Parser)]
+#[command(name = "selvage", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on this machine for development: an origin on the embedded store, with a
+    /// demo workspace, and print where to connect and the demo users' tokens.
+    Dev(dev::DevArgs),
+    /// Run an origin node (HTTP API, sequencer, feed).
+    ///
+    /// Configuration is layered: built-in defaults, then the TOML file given with --config,
+    /// then SELVAGE_* environment variables (nested fields with `__`, e.g.
+    /// SELVAGE_SEQUENCER__QUEUE_CAPACITY), then the flags below.
+    Origin(config::OriginArgs),
+    /// Administer a running origin over its HTTP API: workspaces, users, tokens.
+    Admin(admin::AdminArgs),
+    /// Load-test an origin: durable sends per second and ack latency.
+    Loadtest(selvage_loadtest::LoadtestArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM: the one shutdown root of the process.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C still works");
+                    let _ = ctrl_c.await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Origin(args) => {
+            init_tracing();
+            let config = config::load_origin(args.config.as_deref(), &args.flags)?;
+            let shutdown = shutdown_on_signals();
+            let running = selvage_origin::start(config, shutdown).await?;
+            println!("selvage origin listening on http://{}", running.addr);
+            running.wait().await;
+            Ok(())
+        }
+        Command::Dev(args) => {
+            init_tracing();
+            dev::run(args, shutdown_on_signals()).await
+        }
+        Command::Admin(args) => admin::run(args).await,
+        Command::Loadtest(args) => {
+            init_tracing();
+            selvage_loadtest::run(args).await
+        }
+    }
+}
+
+/// Where a relative path given on the command line points.
+#[allow(dead_code)]
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
+}
