@@ -74,26 +74,28 @@ pub fn load_origin(file: Option<&Path>, flags: &OriginFlags) -> Result<OriginCon
         figment = figment.merge(Toml::file_exact(file));
     }
     let fields = fields_of::<OriginConfig>();
-    let env = Env::prefixed("SELVAGE_")
-        .split("__")
-        .filter(move |key| fields.iter().any(|f| key.as_str() == f || key.as_str().starts_with(&format!("{f}."))));
-    let config: OriginConfig = figment
-        .merge(env)
-        .merge(Serialized::defaults(flags))
-        .extract()
-        .context("invalid origin configuration")?;
+    let env = Env::prefixed("SELVAGE_").split("__").filter(move |key| {
+        let key = key.as_str().to_ascii_lowercase();
+        fields.iter().any(|f| key == *f || key.starts_with(&format!("{f}__")) || key.starts_with(&format!("{f}.")))
+    });
+    let config: OriginConfig =
+        figment.merge(env).merge(Serialized::defaults(flags)).extract().context("invalid origin configuration")?;
     config.validate().map_err(|e| anyhow::anyhow!("invalid origin configuration: {e}"))?;
     Ok(config)
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its large error type
 mod tests {
     use super::*;
 
     #[test]
     fn layers_apply_in_order() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("o.toml", "listen = \"127.0.0.1:9000\"\ndata_dir = \"from-file\"\n[sequencer]\nqueue_capacity = 7\n")?;
+            jail.create_file(
+                "o.toml",
+                "listen = \"127.0.0.1:9000\"\ndata_dir = \"from-file\"\n[sequencer]\nqueue_capacity = 7\n",
+            )?;
             jail.set_env("SELVAGE_DATA_DIR", "from-env");
             jail.set_env("SELVAGE_TOKEN", "not-a-config-field");
             let flags = OriginFlags { listen: Some("127.0.0.1:9100".parse().unwrap()), ..Default::default() };

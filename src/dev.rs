@@ -35,7 +35,8 @@ struct Demo {
 /// Ctrl-C.
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     if args.fresh && args.data_dir.exists() {
-        std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("cannot remove {}", args.data_dir.display()))?;
+        std::fs::remove_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot remove {}", args.data_dir.display()))?;
     }
     let operator_key = selvage_origin::ids::new_token();
     let config = OriginConfig {

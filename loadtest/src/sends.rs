@@ -126,9 +126,11 @@ impl Target {
             Target::Http { client, base, token } => {
                 let url = format!("{base}/v1/channels/{channel}/messages");
                 let body = json!({ "text": text, "client_msg_id": client_msg_id });
-                let response = client.post(url).bearer_auth(token).json(&body).send().await.map_err(|_| "connect".to_string())?;
+                let response =
+                    client.post(url).bearer_auth(token).json(&body).send().await.map_err(|_| "connect".to_string())?;
                 let status = response.status();
-                let value: serde_json::Value = response.json().await.map_err(|_| format!("http_{}", status.as_u16()))?;
+                let value: serde_json::Value =
+                    response.json().await.map_err(|_| format!("http_{}", status.as_u16()))?;
                 if status.is_success() {
                     value["seq"].as_u64().ok_or_else(|| "no_seq".into())
                 } else {
@@ -241,7 +243,10 @@ pub async fn run(args: SendsArgs) -> Result<()> {
 }
 
 fn print_report(r: &SendsReport) {
-    println!("selvage loadtest sends — {} {}, {} channels, concurrency {}", r.target, r.mode, r.channels, r.concurrency);
+    println!(
+        "selvage loadtest sends — {} {}, {} channels, concurrency {}",
+        r.target, r.mode, r.channels, r.concurrency
+    );
     if let Some(rate) = r.rate {
         println!("  scheduled rate   {rate}/s");
     }
@@ -255,7 +260,11 @@ fn print_report(r: &SendsReport) {
     }
     println!(
         "  seq check        {}",
-        if r.seq_violations == 0 { "ok: every ack got a distinct seq in its channel".to_string() } else { format!("{} channels FAILED", r.seq_violations) }
+        if r.seq_violations == 0 {
+            "ok: every ack got a distinct seq in its channel".to_string()
+        } else {
+            format!("{} channels FAILED", r.seq_violations)
+        }
     );
 }
 
@@ -286,7 +295,10 @@ pub async fn measure(args: &SendsArgs) -> Result<SendsReport> {
     } else {
         let base = args.target.clone().context("give --target URL or --in-process")?;
         let base = base.trim_end_matches('/').to_string();
-        let key = args.operator_key.clone().context("--operator-key (or SELVAGE_OPERATOR_KEY) is needed to seed a workspace")?;
+        let key = args
+            .operator_key
+            .clone()
+            .context("--operator-key (or SELVAGE_OPERATOR_KEY) is needed to seed a workspace")?;
         let (client, token, ids) = seed_http(&base, &key, args.channels).await?;
         (Target::Http { client, base, token }, ids, "http")
     };

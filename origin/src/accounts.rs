@@ -63,9 +63,7 @@ pub fn validate_handle(handle: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(OriginError::BadRequest(format!(
-            "handle {handle:?} is invalid: use 1 to 40 of a-z, 0-9, '.', '_' and '-'"
-        )))
+        Err(OriginError::BadRequest(format!("handle {handle:?} is invalid: use 1 to 40 of a-z, 0-9, '.', '_' and '-'")))
     }
 }
 
@@ -82,7 +80,13 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
 }
 
 /// Writes a new token for `user` in `tx` and returns it.
-pub fn issue_token(tx: &mut dyn KvTxn, workspace: &WorkspaceId, user: &UserId, ttl_secs: u64, now: i64) -> Result<String, StoreError> {
+pub fn issue_token(
+    tx: &mut dyn KvTxn,
+    workspace: &WorkspaceId,
+    user: &UserId,
+    ttl_secs: u64,
+    now: i64,
+) -> Result<String, StoreError> {
     let token = ids::new_token();
     let record = TokenRecord {
         workspace: workspace.clone(),
@@ -95,13 +99,20 @@ pub fn issue_token(tx: &mut dyn KvTxn, workspace: &WorkspaceId, user: &UserId, t
 }
 
 /// Creates a workspace, its first admin (with a token) and its `#general` channel.
-pub async fn create_workspace(store: &Store, name: &str, admin_handle: &str, admin_name: &str, ttl_secs: u64) -> Result<(Workspace, Issued)> {
+pub async fn create_workspace(
+    store: &Store,
+    name: &str,
+    admin_handle: &str,
+    admin_name: &str,
+    ttl_secs: u64,
+) -> Result<(Workspace, Issued)> {
     validate_name("workspace name", name)?;
     validate_handle(admin_handle)?;
     validate_name("name", admin_name)?;
     let ((workspace, issued), _) = transact!(store, |tx| {
         let now = crate::now_ms();
-        let workspace = Workspace { id: WorkspaceId::new_unchecked(ids::new_id('W')), name: name.to_string(), created_at: now };
+        let workspace =
+            Workspace { id: WorkspaceId::new_unchecked(ids::new_id('W')), name: name.to_string(), created_at: now };
         let admin = User {
             id: UserId::new_unchecked(ids::new_id('U')),
             handle: admin_handle.to_string(),
@@ -136,7 +147,13 @@ pub async fn create_workspace(store: &Store, name: &str, admin_handle: &str, adm
     Ok((workspace, issued))
 }
 
-fn write_user(tx: &mut dyn KvTxn, log: &mut Appender, w: &WorkspaceId, user: &User, now: i64) -> Result<(), StoreError> {
+fn write_user(
+    tx: &mut dyn KvTxn,
+    log: &mut Appender,
+    w: &WorkspaceId,
+    user: &User,
+    now: i64,
+) -> Result<(), StoreError> {
     tx.set(&keys::user(w, &user.id), &selvage_shared::to_msgpack(user))?;
     tx.set(&keys::handle(w, &user.handle), user.id.as_str().as_bytes())?;
     log.append(tx, w, now, Event::UserUpdated { user: user.clone() })?;
@@ -145,7 +162,14 @@ fn write_user(tx: &mut dyn KvTxn, log: &mut Appender, w: &WorkspaceId, user: &Us
 
 /// Creates a user in the caller's workspace (the caller must be an admin), joins them to
 /// `#general`, and issues their first token.
-pub async fn create_user(store: &Store, caller: &Caller, handle: &str, name: &str, admin: bool, ttl_secs: u64) -> Result<Issued> {
+pub async fn create_user(
+    store: &Store,
+    caller: &Caller,
+    handle: &str,
+    name: &str,
+    admin: bool,
+    ttl_secs: u64,
+) -> Result<Issued> {
     if !caller.user.admin {
         return Err(OriginError::Forbidden("only workspace admins can create users".into()));
     }
@@ -184,7 +208,8 @@ pub async fn create_user(store: &Store, caller: &Caller, handle: &str, name: &st
 
 /// Issues another token for the caller (a second device, a bot).
 pub async fn new_token_for(store: &Store, caller: &Caller, ttl_secs: u64) -> Result<String> {
-    let (token, _) = transact!(store, |tx| { issue_token(tx, &caller.workspace, &caller.user.id, ttl_secs, crate::now_ms())? })?;
+    let (token, _) =
+        transact!(store, |tx| { issue_token(tx, &caller.workspace, &caller.user.id, ttl_secs, crate::now_ms())? })?;
     Ok(token)
 }
 
@@ -231,7 +256,12 @@ pub async fn revoke(store: &Store, caller: &Caller, token: Option<&str>) -> Resu
                 _ => {
                     tx.clear(&keys::token(&hash))?;
                     let mut log = Appender::new();
-                    log.append(tx, &caller.workspace, crate::now_ms(), Event::TokenRevoked { token_hash: hex::encode(hash) })?;
+                    log.append(
+                        tx,
+                        &caller.workspace,
+                        crate::now_ms(),
+                        Event::TokenRevoked { token_hash: hex::encode(hash) },
+                    )?;
                     log.finish(tx)?;
                     Ok(())
                 }

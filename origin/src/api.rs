@@ -66,11 +66,8 @@ pub fn router(origin: Arc<Origin>) -> Router {
 /// Records every request in the metrics and logs it at debug level.
 async fn track(State(origin): State<Arc<Origin>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    let route =
+        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = request.method().clone();
     let response = next.run(request).await;
     let status = response.status();
@@ -182,7 +179,11 @@ struct CreateWorkspace {
     admin_name: Option<String>,
 }
 
-async fn create_workspace(State(origin): State<Arc<Origin>>, headers: HeaderMap, Json(body): Json<CreateWorkspace>) -> Result<Response> {
+async fn create_workspace(
+    State(origin): State<Arc<Origin>>,
+    headers: HeaderMap,
+    Json(body): Json<CreateWorkspace>,
+) -> Result<Response> {
     let Some(expected) = origin.config.operator_key.as_deref() else {
         return Err(OriginError::Forbidden("workspace creation is disabled: no operator_key is configured".into()));
     };
@@ -191,8 +192,14 @@ async fn create_workspace(State(origin): State<Arc<Origin>>, headers: HeaderMap,
         return Err(OriginError::Unauthorized("wrong operator key".into()));
     }
     let admin_name = body.admin_name.as_deref().unwrap_or(&body.admin_handle);
-    let (workspace, issued) =
-        accounts::create_workspace(&origin.store, &body.name, &body.admin_handle, admin_name, origin.config.token_ttl_secs).await?;
+    let (workspace, issued) = accounts::create_workspace(
+        &origin.store,
+        &body.name,
+        &body.admin_handle,
+        admin_name,
+        origin.config.token_ttl_secs,
+    )
+    .await?;
     Ok(created(json!({ "workspace": workspace, "user": issued.user, "token": issued.token })))
 }
 
@@ -205,9 +212,15 @@ struct CreateUser {
     admin: bool,
 }
 
-async fn create_user(State(origin): State<Arc<Origin>>, caller: Caller, Json(body): Json<CreateUser>) -> Result<Response> {
+async fn create_user(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Json(body): Json<CreateUser>,
+) -> Result<Response> {
     let name = body.name.as_deref().unwrap_or(&body.handle);
-    let issued = accounts::create_user(&origin.store, &caller, &body.handle, name, body.admin, origin.config.token_ttl_secs).await?;
+    let issued =
+        accounts::create_user(&origin.store, &caller, &body.handle, name, body.admin, origin.config.token_ttl_secs)
+            .await?;
     Ok(created(issued))
 }
 
@@ -226,7 +239,11 @@ struct RevokeToken {
     token: Option<String>,
 }
 
-async fn revoke_token(State(origin): State<Arc<Origin>>, caller: Caller, OptionalJson(body): OptionalJson<RevokeToken>) -> Result<Json<serde_json::Value>> {
+async fn revoke_token(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<RevokeToken>,
+) -> Result<Json<serde_json::Value>> {
     accounts::revoke(&origin.store, &caller, body.token.as_deref()).await?;
     Ok(Json(json!({ "revoked": true })))
 }
@@ -248,12 +265,20 @@ struct CreateChannel {
     purpose: String,
 }
 
-async fn create_channel(State(origin): State<Arc<Origin>>, caller: Caller, Json(body): Json<CreateChannel>) -> Result<Response> {
+async fn create_channel(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Json(body): Json<CreateChannel>,
+) -> Result<Response> {
     let view = channels::create(&origin.store, &caller, &body.name, body.private, &body.topic, &body.purpose).await?;
     Ok(created(json!({ "channel": view })))
 }
 
-async fn get_channel(State(origin): State<Arc<Origin>>, caller: Caller, Path(id): Path<String>) -> Result<Json<serde_json::Value>> {
+async fn get_channel(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
     let view = channels::get(&origin.store, &caller, &channel_id(&id)?).await?;
     Ok(Json(json!({ "channel": view })))
 }
@@ -265,7 +290,12 @@ struct MembersQuery {
     limit: Option<usize>,
 }
 
-async fn list_members(State(origin): State<Arc<Origin>>, caller: Caller, Path(id): Path<String>, Query(q): Query<MembersQuery>) -> Result<Json<serde_json::Value>> {
+async fn list_members(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<MembersQuery>,
+) -> Result<Json<serde_json::Value>> {
     let limit = q.limit.unwrap_or(200);
     if !(1..=1000).contains(&limit) {
         return Err(OriginError::BadRequest("limit must be between 1 and 1000".into()));
@@ -283,7 +313,12 @@ struct AddMember {
     user: Option<String>,
 }
 
-async fn add_member(State(origin): State<Arc<Origin>>, caller: Caller, Path(id): Path<String>, OptionalJson(body): OptionalJson<AddMember>) -> Result<Json<serde_json::Value>> {
+async fn add_member(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<AddMember>,
+) -> Result<Json<serde_json::Value>> {
     let user = match body.user.as_deref() {
         Some(raw) => user_id(raw)?,
         None => caller.user.id.clone(),
@@ -292,7 +327,11 @@ async fn add_member(State(origin): State<Arc<Origin>>, caller: Caller, Path(id):
     Ok(Json(json!({ "ok": true })))
 }
 
-async fn remove_member(State(origin): State<Arc<Origin>>, caller: Caller, Path((id, user)): Path<(String, String)>) -> Result<Json<serde_json::Value>> {
+async fn remove_member(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>> {
     channels::remove_member(&origin.store, &caller, &channel_id(&id)?, &user_id(&user)?).await?;
     Ok(Json(json!({ "ok": true })))
 }
@@ -303,7 +342,11 @@ struct OpenDm {
     users: Vec<String>,
 }
 
-async fn open_dm(State(origin): State<Arc<Origin>>, caller: Caller, Json(body): Json<OpenDm>) -> Result<Json<serde_json::Value>> {
+async fn open_dm(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Json(body): Json<OpenDm>,
+) -> Result<Json<serde_json::Value>> {
     if body.users.is_empty() {
         return Err(OriginError::BadRequest("users must name at least one other user".into()));
     }
@@ -320,7 +363,12 @@ struct PostMessage {
     thread_root: Option<Seq>,
 }
 
-async fn post_message(State(origin): State<Arc<Origin>>, caller: Caller, Path(id): Path<String>, Json(body): Json<PostMessage>) -> Result<Response> {
+async fn post_message(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<PostMessage>,
+) -> Result<Response> {
     let request = SendRequest {
         workspace: caller.workspace.clone(),
         channel: channel_id(&id)?,
@@ -347,7 +395,12 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
-async fn history_page(State(origin): State<Arc<Origin>>, caller: Caller, Path(id): Path<String>, Query(q): Query<HistoryQuery>) -> Result<Json<history::Page>> {
+async fn history_page(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<history::Page>> {
     let bounds = history::Bounds { before: q.before, after: q.after, limit: q.limit.unwrap_or(100) };
     Ok(Json(history::page(&origin.store, &caller, &channel_id(&id)?, bounds).await?))
 }
@@ -371,7 +424,11 @@ struct EventsPage {
 /// `GET /v1/events`: the long-poll fallback. Without a cursor it answers at once with the
 /// current head cursor. With one, it returns the caller-visible events after it, waiting up to
 /// `wait_ms` for some to arrive; the returned cursor resumes exactly after the last event read.
-async fn events(State(origin): State<Arc<Origin>>, caller: Caller, Query(q): Query<EventsQuery>) -> Result<Json<EventsPage>> {
+async fn events(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventsPage>> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(OriginError::BadRequest("limit must be between 1 and 1000".into()));
@@ -392,8 +449,13 @@ async fn events(State(origin): State<Arc<Origin>>, caller: Caller, Query(q): Que
         match origin.feed.read_after(&pos, limit).await? {
             Read::Resync { .. } => {
                 let head = origin.feed.head().await?;
-                let reason = "the cursor is older than the feed's retention; reload state and continue from this cursor";
-                return Ok(Json(EventsPage { events: Vec::new(), cursor: feed::cursor(&head), resync: Some(reason.into()) }));
+                let reason =
+                    "the cursor is older than the feed's retention; reload state and continue from this cursor";
+                return Ok(Json(EventsPage {
+                    events: Vec::new(),
+                    cursor: feed::cursor(&head),
+                    resync: Some(reason.into()),
+                }));
             }
             Read::Events { items, next } => {
                 let read_any = !items.is_empty();
@@ -431,7 +493,12 @@ struct Visibility {
 }
 
 impl Visibility {
-    async fn filter(&mut self, origin: &Origin, caller: &Caller, items: Vec<(Position, FeedEvent)>) -> Result<Vec<ServerFrame>> {
+    async fn filter(
+        &mut self,
+        origin: &Origin,
+        caller: &Caller,
+        items: Vec<(Position, FeedEvent)>,
+    ) -> Result<Vec<ServerFrame>> {
         let mut out = Vec::new();
         for (pos, record) in items {
             if record.workspace != caller.workspace || record.event.is_internal() {
@@ -456,7 +523,8 @@ impl Visibility {
         if let Some(v) = self.channels.get(c) {
             return Ok(*v);
         }
-        let (visible, _) = crate::transact!(origin.store, |tx| { channels::visible_channel(tx, caller, c).await?.is_some() })?;
+        let (visible, _) =
+            crate::transact!(origin.store, |tx| { channels::visible_channel(tx, caller, c).await?.is_some() })?;
         self.channels.insert(c.clone(), visible);
         Ok(visible)
     }
@@ -480,7 +548,8 @@ async fn readyz(State(origin): State<Arc<Origin>>) -> Response {
     let store_ok = matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(())));
     let sequencer_ok = !origin.shutdown.is_cancelled();
     let status = if store_ok && sequencer_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "ready": status == StatusCode::OK, "store": store_ok, "sequencer": sequencer_ok }))).into_response()
+    (status, axum::Json(json!({ "ready": status == StatusCode::OK, "store": store_ok, "sequencer": sequencer_ok })))
+        .into_response()
 }
 
 async fn metrics(State(origin): State<Arc<Origin>>) -> Response {

@@ -61,14 +61,24 @@ pub fn visible(channel: &Channel, member: bool) -> bool {
 }
 
 /// The channel, if the caller may see it, and whether they are a member.
-pub async fn visible_channel(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId) -> Result<Option<(Channel, bool)>, StoreError> {
+pub async fn visible_channel(
+    tx: &mut dyn KvTxn,
+    caller: &Caller,
+    c: &ChannelId,
+) -> Result<Option<(Channel, bool)>, StoreError> {
     let Some(channel) = load(tx, &caller.workspace, c).await? else { return Ok(None) };
     let member = is_member(tx, &caller.workspace, c, &caller.user.id).await?;
     Ok(visible(&channel, member).then_some((channel, member)))
 }
 
 /// Writes a new channel record (and its name index) with a `channel_created` event.
-pub fn write_channel(tx: &mut dyn KvTxn, log: &mut Appender, w: &WorkspaceId, channel: &Channel, now: i64) -> Result<(), StoreError> {
+pub fn write_channel(
+    tx: &mut dyn KvTxn,
+    log: &mut Appender,
+    w: &WorkspaceId,
+    channel: &Channel,
+    now: i64,
+) -> Result<(), StoreError> {
     tx.set(&keys::channel(w, &channel.id), &selvage_shared::to_msgpack(channel))?;
     if !channel.is_conversation() {
         tx.set(&keys::channel_name(w, &channel.name), channel.id.as_str().as_bytes())?;
@@ -78,7 +88,14 @@ pub fn write_channel(tx: &mut dyn KvTxn, log: &mut Appender, w: &WorkspaceId, ch
 }
 
 /// Adds a member (both directions) with a `member_joined` event.
-pub fn write_member(tx: &mut dyn KvTxn, log: &mut Appender, w: &WorkspaceId, c: &ChannelId, u: &UserId, now: i64) -> Result<(), StoreError> {
+pub fn write_member(
+    tx: &mut dyn KvTxn,
+    log: &mut Appender,
+    w: &WorkspaceId,
+    c: &ChannelId,
+    u: &UserId,
+    now: i64,
+) -> Result<(), StoreError> {
     let record = selvage_shared::to_msgpack(&Membership { joined_at: now });
     tx.set(&keys::member(w, c, u), &record)?;
     tx.set(&keys::joined(w, u, c), &record)?;
@@ -93,14 +110,19 @@ pub fn validate_channel_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(OriginError::BadRequest(format!(
-            "channel name {name:?} is invalid: use 1 to 80 of a-z, 0-9, '-' and '_'"
-        )))
+        Err(OriginError::BadRequest(format!("channel name {name:?} is invalid: use 1 to 80 of a-z, 0-9, '-' and '_'")))
     }
 }
 
 /// Creates a channel with the caller as its first member.
-pub async fn create(store: &Store, caller: &Caller, name: &str, private: bool, topic: &str, purpose: &str) -> Result<ChannelView> {
+pub async fn create(
+    store: &Store,
+    caller: &Caller,
+    name: &str,
+    private: bool,
+    topic: &str,
+    purpose: &str,
+) -> Result<ChannelView> {
     validate_channel_name(name)?;
     for (what, text) in [("topic", topic), ("purpose", purpose)] {
         if text.chars().count() > 250 {
@@ -247,9 +269,7 @@ pub async fn open_conversation(store: &Store, caller: &Caller, others: &[UserId]
     people.sort();
     people.dedup();
     if people.len() > MAX_CONVERSATION_MEMBERS {
-        return Err(OriginError::BadRequest(format!(
-            "a group DM has at most {MAX_CONVERSATION_MEMBERS} people"
-        )));
+        return Err(OriginError::BadRequest(format!("a group DM has at most {MAX_CONVERSATION_MEMBERS} people")));
     }
     let w = &caller.workspace;
     let set_key = people.iter().map(UserId::as_str).collect::<Vec<_>>().join(",");
@@ -304,7 +324,13 @@ pub async fn open_conversation(store: &Store, caller: &Caller, others: &[UserId]
 }
 
 /// A page of a channel's members, by user id, after `after`.
-pub async fn members(store: &Store, caller: &Caller, c: &ChannelId, after: Option<&UserId>, limit: usize) -> Result<Vec<UserId>> {
+pub async fn members(
+    store: &Store,
+    caller: &Caller,
+    c: &ChannelId,
+    after: Option<&UserId>,
+    limit: usize,
+) -> Result<Vec<UserId>> {
     let w = &caller.workspace;
     let (page, _) = transact!(store, |tx| {
         match visible_channel(tx, caller, c).await? {

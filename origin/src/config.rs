@@ -161,8 +161,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let mut c = OriginConfig::default();
-        c.operator_key = Some("short".into());
+        let c = OriginConfig { operator_key: Some("short".into()), ..Default::default() };
         assert!(c.validate().unwrap_err().contains("operator_key"));
         let mut c = OriginConfig::default();
         c.sequencer.max_batch_bytes = 100 * 1024 * 1024;

@@ -62,9 +62,7 @@ impl OriginError {
             OriginError::BadRequest(_) => StatusCode::BAD_REQUEST,
             OriginError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             OriginError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            OriginError::Forbidden(_) | OriginError::NotMember(_) | OriginError::Archived(_) => {
-                StatusCode::FORBIDDEN
-            }
+            OriginError::Forbidden(_) | OriginError::NotMember(_) | OriginError::Archived(_) => StatusCode::FORBIDDEN,
             OriginError::NotFound(_) => StatusCode::NOT_FOUND,
             OriginError::Conflict(_) => StatusCode::CONFLICT,
             OriginError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -32,10 +32,7 @@ use crate::{config::StoreKind, feed::Feed, metrics::Metrics, sequencer::Sequence
 
 /// Milliseconds since the Unix epoch, the timestamp of every record.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Everything a request handler needs: one per origin process.
@@ -126,7 +123,8 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     config.validate().map_err(StartError::Config)?;
     let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::new());
-    let (sequencer, committer) = Sequencer::start(store.clone(), config.sequencer.clone(), metrics.clone(), shutdown.clone());
+    let (sequencer, committer) =
+        Sequencer::start(store.clone(), config.sequencer.clone(), metrics.clone(), shutdown.clone());
     let feed = Feed::new(store.clone(), config.feed.clone(), metrics.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

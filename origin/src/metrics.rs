@@ -4,8 +4,7 @@
 //! process keep separate counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// The origin's metrics.
@@ -45,9 +44,8 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let latency_buckets = vec![
-            0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-        ];
+        let latency_buckets =
+            vec![0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
         // Every metric below is created from constant, valid options and registered once in a
         // fresh registry, so none of these calls can fail.
         #[allow(clippy::expect_used)]
@@ -75,11 +73,8 @@ impl Metrics {
                 "Time to commit one group of messages",
                 latency_buckets,
             ),
-            messages_committed: IntCounter::new(
-                "selvage_sequencer_messages_total",
-                "Messages durably committed",
-            )
-            .expect("valid counter"),
+            messages_committed: IntCounter::new("selvage_sequencer_messages_total", "Messages durably committed")
+                .expect("valid counter"),
             duplicates: IntCounter::new(
                 "selvage_sequencer_duplicates_total",
                 "Retried sends answered with the seq they already had",

@@ -84,7 +84,12 @@ pub struct Sequencer {
 
 impl Sequencer {
     /// Starts the committer task; it stops (after committing what is queued) on `shutdown`.
-    pub fn start(store: Store, config: SequencerConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        store: Store,
+        config: SequencerConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(config.queue_capacity);
         let ack_timeout = Duration::from_millis(config.ack_timeout_ms);
         let committer = Committer { store, config, metrics: metrics.clone() };
@@ -109,7 +114,9 @@ impl Sequencer {
         }
         match tokio::time::timeout(self.ack_timeout, answer).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(OriginError::Unavailable("the sequencer stopped before committing; retry with the same client_msg_id".into())),
+            Ok(Err(_)) => Err(OriginError::Unavailable(
+                "the sequencer stopped before committing; retry with the same client_msg_id".into(),
+            )),
             Err(_) => Err(OriginError::Unavailable(
                 "the commit did not finish in time; retry with the same client_msg_id".into(),
             )),
@@ -264,7 +271,9 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[&SendRequest]) -> Result<Vec<O
         if let Some(&first) = seen.get(&(w, c, r.client_msg_id.as_str())) {
             let again = match &outcomes[first] {
                 Outcome::New { message, .. } | Outcome::Duplicate(message) => Outcome::Duplicate(message.clone()),
-                Outcome::Rejected(_) => Outcome::Rejected(OriginError::BadRequest("duplicate of a rejected send".into())),
+                Outcome::Rejected(_) => {
+                    Outcome::Rejected(OriginError::BadRequest("duplicate of a rejected send".into()))
+                }
             };
             outcomes.push(again);
             continue;

@@ -90,7 +90,8 @@ impl TestOrigin {
     }
 
     async fn send(&self, token: &str, channel: &str, text: &str, id: &str) -> (StatusCode, Value) {
-        self.post(&format!("/v1/channels/{channel}/messages"), token, json!({ "text": text, "client_msg_id": id })).await
+        self.post(&format!("/v1/channels/{channel}/messages"), token, json!({ "text": text, "client_msg_id": id }))
+            .await
     }
 
     /// Every message of a channel, paging forward with `after`.
@@ -228,7 +229,8 @@ async fn private_channels_and_dms_are_invisible_to_non_members() {
         assert_eq!(s, StatusCode::NOT_FOUND, "bob cannot join a private channel by id");
     }
     let (_, listed) = o.get("/v1/channels", &bob).await;
-    let names: Vec<_> = listed["channels"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    let names: Vec<_> =
+        listed["channels"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
     assert!(!names.contains(&secret) && !names.contains(&dm), "{names:?}");
     // Carol sees the DM, not the private channel.
     let (s, _) = o.get(&format!("/v1/channels/{dm}/messages"), &carol).await;
@@ -241,7 +243,8 @@ async fn private_channels_and_dms_are_invisible_to_non_members() {
     assert_eq!(o.history(&bob, &secret).await.len(), 1);
     let (s, _) = o.send(&bob, &secret, "thanks", "b2").await;
     assert_eq!(s, StatusCode::CREATED);
-    let (s, _) = o.call(reqwest::Method::DELETE, &format!("/v1/channels/{secret}/members/{bob_id}"), &alice, None).await;
+    let (s, _) =
+        o.call(reqwest::Method::DELETE, &format!("/v1/channels/{secret}/members/{bob_id}"), &alice, None).await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = o.send(&bob, &secret, "still here?", "b3").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -270,7 +273,10 @@ async fn other_workspaces_ids_change_nothing() {
         (o.get(&format!("/v1/channels/{acme_general}/messages"), &globex).await.0, "read history"),
         (o.send(&globex, &acme_general, "intruder", "g1").await.0, "post"),
         (o.post(&format!("/v1/channels/{acme_general}/members"), &globex, json!({})).await.0, "join"),
-        (o.post(&format!("/v1/channels/{globex_general}/members"), &globex, json!({ "user": acme_admin })).await.0, "invite a foreign user"),
+        (
+            o.post(&format!("/v1/channels/{globex_general}/members"), &globex, json!({ "user": acme_admin })).await.0,
+            "invite a foreign user",
+        ),
         (o.post("/v1/dms", &globex, json!({ "users": [acme_admin] })).await.0, "DM a foreign user"),
     ] {
         assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
@@ -288,7 +294,9 @@ async fn bad_input_gets_clear_4xx_errors() {
     let o = TestOrigin::start_with(|c| c.max_body_bytes = 4096).await;
     let (admin, general) = o.workspace("acme").await;
     let url = o.url(&format!("/v1/channels/{general}/messages"));
-    let raw = |body: &'static str| o.http.post(&url).bearer_auth(&admin).header("content-type", "application/json").body(body).send();
+    let raw = |body: &'static str| {
+        o.http.post(&url).bearer_auth(&admin).header("content-type", "application/json").body(body).send()
+    };
     let check = |resp: reqwest::Response, status: StatusCode, code: &'static str, needle: &'static str| async move {
         assert_eq!(resp.status(), status);
         let v: Value = resp.json().await.unwrap();
@@ -297,19 +305,44 @@ async fn bad_input_gets_clear_4xx_errors() {
         assert!(message.contains(needle), "{message:?} should mention {needle:?}");
     };
     check(raw("{\"text\": \"hi\", ").await.unwrap(), StatusCode::BAD_REQUEST, "bad_request", "JSON").await;
-    check(raw("{\"text\":\"hi\",\"client_msg_id\":\"x\",\"colour\":\"red\"}").await.unwrap(), StatusCode::BAD_REQUEST, "bad_request", "colour").await;
+    check(
+        raw("{\"text\":\"hi\",\"client_msg_id\":\"x\",\"colour\":\"red\"}").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "colour",
+    )
+    .await;
     check(raw("{\"text\":\"hi\"}").await.unwrap(), StatusCode::BAD_REQUEST, "bad_request", "client_msg_id").await;
-    check(raw("{\"text\":\"\",\"client_msg_id\":\"x\"}").await.unwrap(), StatusCode::BAD_REQUEST, "bad_request", "empty").await;
+    check(
+        raw("{\"text\":\"\",\"client_msg_id\":\"x\"}").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "empty",
+    )
+    .await;
     let big = json!({ "text": "x".repeat(10_000), "client_msg_id": "big" });
     let resp = o.http.post(&url).bearer_auth(&admin).json(&big).send().await.unwrap();
     check(resp, StatusCode::PAYLOAD_TOO_LARGE, "too_large", "size limit").await;
     let resp = o.http.post(&url).json(&json!({ "text": "hi", "client_msg_id": "y" })).send().await.unwrap();
     check(resp, StatusCode::UNAUTHORIZED, "unauthorized", "Authorization").await;
-    let resp = o.http.post(&url).bearer_auth("svt_wrong").json(&json!({ "text": "hi", "client_msg_id": "y" })).send().await.unwrap();
+    let resp = o
+        .http
+        .post(&url)
+        .bearer_auth("svt_wrong")
+        .json(&json!({ "text": "hi", "client_msg_id": "y" }))
+        .send()
+        .await
+        .unwrap();
     check(resp, StatusCode::UNAUTHORIZED, "unauthorized", "token").await;
     let resp = o.http.get(o.url("/v1/nowhere")).send().await.unwrap();
     check(resp, StatusCode::NOT_FOUND, "not_found", "route").await;
-    let resp = o.http.get(o.url(&format!("/v1/channels/{general}/messages?limit=many"))).bearer_auth(&admin).send().await.unwrap();
+    let resp = o
+        .http
+        .get(o.url(&format!("/v1/channels/{general}/messages?limit=many")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     check(resp, StatusCode::BAD_REQUEST, "bad_request", "limit").await;
     let (s, v) = o.post("/v1/workspaces", "not-the-operator-key", json!({ "name": "x", "admin_handle": "x" })).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
@@ -368,7 +401,10 @@ async fn long_poll_returns_events_in_cursor_order_and_resumes_exactly() {
     let url = o.url(&format!("/v1/events?cursor={end}&wait_ms=20000"));
     let http = o.http.clone();
     let token = admin.clone();
-    let waiting = tokio::spawn(async move { http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap() });
+    let waiting =
+        tokio::spawn(
+            async move { http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap() },
+        );
     // The poller must be parked before the send for this to test the wake-up; the gauge says so.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -496,7 +532,9 @@ async fn health_readiness_metrics_and_openapi_are_served() {
     }
     let doc: Value = o.http.get(o.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in ["/v1/workspaces", "/v1/users", "/v1/channels/{id}/messages", "/v1/events", "/v1/dms", "/v1/tokens/revoke"] {
+    for path in
+        ["/v1/workspaces", "/v1/users", "/v1/channels/{id}/messages", "/v1/events", "/v1/dms", "/v1/tokens/revoke"]
+    {
         assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
     o.stop().await;

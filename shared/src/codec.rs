@@ -114,10 +114,7 @@ pub struct EncodeError(String);
 
 fn check_size(bytes: &[u8], max: usize) -> Result<(), DecodeError> {
     if bytes.len() > max {
-        return Err(DecodeError::TooLarge {
-            len: bytes.len(),
-            max,
-        });
+        return Err(DecodeError::TooLarge { len: bytes.len(), max });
     }
     Ok(())
 }
@@ -132,18 +129,12 @@ fn msgpack_decode<T: DeserializeOwned>(bytes: &[u8], depth: usize) -> Result<T, 
     de.set_max_depth(depth);
     let value = T::deserialize(&mut de).map_err(DecodeError::malformed)?;
     if de.position() != bytes.len() as u64 {
-        return Err(DecodeError::Malformed(
-            "trailing bytes after the value".into(),
-        ));
+        return Err(DecodeError::Malformed("trailing bytes after the value".into()));
     }
     Ok(value)
 }
 
-fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
-    format: Format,
-    depth: usize,
-) -> Result<T, DecodeError> {
+fn decode<T: DeserializeOwned>(bytes: &[u8], format: Format, depth: usize) -> Result<T, DecodeError> {
     match format {
         Format::Json => json_decode(bytes),
         Format::MsgPack => msgpack_decode(bytes, depth),

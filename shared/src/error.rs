@@ -61,10 +61,7 @@ impl ErrorCode {
 
     /// Whether the same request may succeed if retried later with backoff.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ErrorCode::RateLimited | ErrorCode::Overloaded | ErrorCode::Unavailable
-        )
+        matches!(self, ErrorCode::RateLimited | ErrorCode::Overloaded | ErrorCode::Unavailable)
     }
 }
 
@@ -101,13 +98,6 @@ mod tests {
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
         }
         let retryable: Vec<_> = all.iter().filter(|c| c.is_retryable()).collect();
-        assert_eq!(
-            retryable,
-            [
-                &ErrorCode::RateLimited,
-                &ErrorCode::Overloaded,
-                &ErrorCode::Unavailable
-            ]
-        );
+        assert_eq!(retryable, [&ErrorCode::RateLimited, &ErrorCode::Overloaded, &ErrorCode::Unavailable]);
     }
 }

@@ -132,12 +132,8 @@ impl Event {
             | Event::MemberLeft { channel, .. }
             | Event::ReadMarker { channel, .. }
             | Event::Typing { channel, .. } => Some(channel),
-            Event::ChannelCreated { channel } | Event::ChannelUpdated { channel } => {
-                Some(&channel.id)
-            }
-            Event::UserUpdated { .. }
-            | Event::PresenceChange { .. }
-            | Event::TokenRevoked { .. } => None,
+            Event::ChannelCreated { channel } | Event::ChannelUpdated { channel } => Some(&channel.id),
+            Event::UserUpdated { .. } | Event::PresenceChange { .. } | Event::TokenRevoked { .. } => None,
         }
     }
 
@@ -203,21 +199,10 @@ mod tests {
     #[test]
     fn kind_matches_serde_tag() {
         let events = [
-            Event::Typing {
-                channel: ChannelId::new_unchecked("C1"),
-                user: UserId::new_unchecked("U1"),
-            },
-            Event::PresenceChange {
-                user: UserId::new_unchecked("U1"),
-                presence: Presence::Away,
-            },
-            Event::TokenRevoked {
-                token_hash: "ab".into(),
-            },
-            Event::MemberLeft {
-                channel: ChannelId::new_unchecked("C1"),
-                user: UserId::new_unchecked("U1"),
-            },
+            Event::Typing { channel: ChannelId::new_unchecked("C1"), user: UserId::new_unchecked("U1") },
+            Event::PresenceChange { user: UserId::new_unchecked("U1"), presence: Presence::Away },
+            Event::TokenRevoked { token_hash: "ab".into() },
+            Event::MemberLeft { channel: ChannelId::new_unchecked("C1"), user: UserId::new_unchecked("U1") },
         ];
         for e in &events {
             let v = serde_json::to_value(e).unwrap();

@@ -13,8 +13,7 @@ use crate::error::ErrorCode;
 use crate::event::{Event, FeedItem};
 use crate::ids::{ChannelId, Cursor, Seq, UserId};
 use crate::limits::{
-    MAX_CLIENT_MSG_ID_BYTES, MAX_PRESENCE_SUB_USERS, MAX_QUERY_LIMIT, MAX_REQUEST_ID_BYTES,
-    MAX_TEXT_CHARS,
+    MAX_CLIENT_MSG_ID_BYTES, MAX_PRESENCE_SUB_USERS, MAX_QUERY_LIMIT, MAX_REQUEST_ID_BYTES, MAX_TEXT_CHARS,
 };
 use crate::model::{ChannelBoot, Message, User};
 
@@ -112,9 +111,7 @@ pub struct Query {
 
 fn check_request_id(id: &str) -> Result<(), DecodeError> {
     if id.is_empty() || id.len() > MAX_REQUEST_ID_BYTES {
-        return Err(DecodeError::Invalid(format!(
-            "id must be 1 to {MAX_REQUEST_ID_BYTES} bytes"
-        )));
+        return Err(DecodeError::Invalid(format!("id must be 1 to {MAX_REQUEST_ID_BYTES} bytes")));
     }
     Ok(())
 }
@@ -129,25 +126,15 @@ impl ClientFrame {
     /// deserialised. [`crate::decode_client`] calls this; call it yourself on frames built in code.
     pub fn validate(&self) -> Result<(), DecodeError> {
         match self {
-            ClientFrame::Send {
-                id,
-                text,
-                client_msg_id,
-                thread_root,
-                ..
-            } => {
+            ClientFrame::Send { id, text, client_msg_id, thread_root, .. } => {
                 check_request_id(id)?;
                 // A text of at most MAX_TEXT_CHARS bytes has at most that many chars; only
                 // longer ones need counting.
-                if text.is_empty()
-                    || (text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS)
-                {
+                if text.is_empty() || (text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS) {
                     return invalid(format!("text must be 1 to {MAX_TEXT_CHARS} characters"));
                 }
                 if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
-                    return invalid(format!(
-                        "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"
-                    ));
+                    return invalid(format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"));
                 }
                 if *thread_root == Some(0) {
                     return invalid("thread_root must be a seq (1 or more)");
@@ -158,9 +145,7 @@ impl ClientFrame {
             ClientFrame::Typing { .. } | ClientFrame::MarkRead { .. } => Ok(()),
             ClientFrame::PresenceSub { users } => {
                 if users.len() > MAX_PRESENCE_SUB_USERS {
-                    return invalid(format!(
-                        "presence_sub takes at most {MAX_PRESENCE_SUB_USERS} users"
-                    ));
+                    return invalid(format!("presence_sub takes at most {MAX_PRESENCE_SUB_USERS} users"));
                 }
                 Ok(())
             }
@@ -173,9 +158,7 @@ impl ClientFrame {
         match self {
             ClientFrame::Send { id, .. } | ClientFrame::Ping { id } => Some(id),
             ClientFrame::Query(q) => Some(&q.id),
-            ClientFrame::Typing { .. }
-            | ClientFrame::PresenceSub { .. }
-            | ClientFrame::MarkRead { .. } => None,
+            ClientFrame::Typing { .. } | ClientFrame::PresenceSub { .. } | ClientFrame::MarkRead { .. } => None,
         }
     }
 
@@ -205,10 +188,7 @@ impl Query {
         if self.users.len() > MAX_QUERY_LIMIT {
             return invalid(format!("a query takes at most {MAX_QUERY_LIMIT} users"));
         }
-        let needs_channel = matches!(
-            self.q,
-            QueryKind::Members | QueryKind::History | QueryKind::Thread
-        );
+        let needs_channel = matches!(self.q, QueryKind::Members | QueryKind::History | QueryKind::Thread);
         if needs_channel && self.channel.is_none() {
             return invalid("this query needs a channel");
         }
@@ -343,11 +323,7 @@ impl ServerFrame {
 
     /// An `error` frame.
     pub fn error(reply_to: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerFrame::Error {
-            reply_to,
-            code,
-            message: message.into(),
-        }
+        ServerFrame::Error { reply_to, code, message: message.into() }
     }
 
     /// The frame's `"type"` string on the wire (an event frame's is its event's).

@@ -7,8 +7,9 @@
 //!
 //! A [`Cursor`] is the opaque position of an event in the global feed: the 12-byte position of
 //! its log entry (the 10-byte FoundationDB commit versionstamp and the 2-byte order of the event
-//! within that commit), written as 24 lowercase hex characters. Lowercase hex sorts
-//! like the bytes it encodes, so cursors compare (as strings too) in feed order.
+//! within that commit: one group commit holds many events), written as 24 lowercase hex
+//! characters. Lowercase hex sorts like the bytes it encodes, so cursors compare (as strings too)
+//! in feed order.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -27,9 +28,7 @@ pub const MAX_ID_LEN: usize = 32;
 /// Whether `s` is a valid workspace, user or channel id: 1 to [`MAX_ID_LEN`] characters of
 /// `A-Z a-z 0-9 _ -`.
 pub fn is_valid_id(s: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=MAX_ID_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A string that is not a valid id of the named kind.
@@ -179,10 +178,14 @@ where
     }
 }
 
+/// Length of a commit versionstamp, the first part of a feed position.
+pub const VERSIONSTAMP_LEN: usize = 10;
+
 /// Length of a feed position: a 10-byte commit versionstamp and a 2-byte order within it.
 pub const POSITION_LEN: usize = 12;
 
-/// Position in the global feed: 12 bytes (commit versionstamp and order) as 24 lowercase hex characters.
+/// Position in the global feed: 12 bytes (10-byte commit versionstamp, 2-byte big-endian order of
+/// the event within the commit) as 24 lowercase hex characters.
 ///
 /// Clients treat it as opaque; they keep the last one they saw and hand it back to resume.
 /// Cursors order all events of a deployment, and their strings sort the same way.
@@ -215,6 +218,13 @@ impl Cursor {
         Cursor(s)
     }
 
+    /// The cursor of the first event (order 0) of the commit with this versionstamp.
+    pub fn from_versionstamp(vs: &[u8; VERSIONSTAMP_LEN]) -> Cursor {
+        let mut pos = [0u8; POSITION_LEN];
+        pos[..VERSIONSTAMP_LEN].copy_from_slice(vs);
+        Cursor::from_position(&pos)
+    }
+
     /// The cursor before every event: all-zero position.
     pub fn zero() -> Cursor {
         Cursor::from_position(&[0; POSITION_LEN])
@@ -232,6 +242,20 @@ impl Cursor {
             *out = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
         }
         Some(vs)
+    }
+
+    /// The commit versionstamp of this cursor's position (its first 10 bytes).
+    pub fn versionstamp(&self) -> Option<[u8; VERSIONSTAMP_LEN]> {
+        let pos = self.position()?;
+        let mut vs = [0u8; VERSIONSTAMP_LEN];
+        vs.copy_from_slice(&pos[..VERSIONSTAMP_LEN]);
+        Some(vs)
+    }
+
+    /// The order of this cursor's event within its commit (the last 2 bytes, big-endian).
+    pub fn order(&self) -> Option<u16> {
+        let pos = self.position()?;
+        Some(u16::from_be_bytes([pos[VERSIONSTAMP_LEN], pos[VERSIONSTAMP_LEN + 1]]))
     }
 
     /// Parses a cursor, returning `None` unless `s` is exactly 24 lowercase hex characters.
@@ -292,10 +316,7 @@ impl Serialize for Cursor {
 
 impl<'de> Deserialize<'de> for Cursor {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_string(ValidatedStr {
-            expecting: "cursor",
-            make: Cursor::try_from,
-        })
+        deserializer.deserialize_string(ValidatedStr { expecting: "cursor", make: Cursor::try_from })
     }
 }
 
@@ -313,14 +334,8 @@ mod tests {
         assert!(UserId::parse("a b").is_none());
         assert!(UserId::parse("é").is_none());
         assert!(WorkspaceId::parse("W/1").is_none());
-        assert_eq!(
-            "C1".parse::<ChannelId>().map(|c| c.to_string()),
-            Ok("C1".into())
-        );
-        assert_eq!(
-            "".parse::<ChannelId>(),
-            Err(InvalidId { kind: "channel id" })
-        );
+        assert_eq!("C1".parse::<ChannelId>().map(|c| c.to_string()), Ok("C1".into()));
+        assert_eq!("".parse::<ChannelId>(), Err(InvalidId { kind: "channel id" }));
     }
 
     #[test]
@@ -345,31 +360,30 @@ mod tests {
 
     #[test]
     fn cursor_round_trip_and_order() {
-        let a = Cursor::from_position(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
-        let b = Cursor::from_position(&[0, 0, 0, 0, 0, 0, 0, 1, 0xab, 0, 0, 0]);
-        assert_eq!(a.as_str(), "00000000000000010000");
-        assert_eq!(b.as_str(), "0000000000000001ab00");
-        assert!(a < b);
-        assert_eq!(b.position(), Some([0, 0, 0, 0, 0, 0, 0, 1, 0xab, 0, 0, 0]));
-        assert_eq!(Cursor::parse(b.as_str()), Some(b.clone()));
-        assert!(Cursor::zero() < a);
-        assert_eq!(
-            serde_json::to_string(&b).unwrap(),
-            "\"0000000000000001ab00\""
-        );
-        assert_eq!(
-            serde_json::from_str::<Cursor>("\"0000000000000001ab00\"").unwrap(),
-            b
-        );
+        let a = Cursor::from_versionstamp(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0]);
+        let b = Cursor::from_position(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2]);
+        let c = Cursor::from_position(&[0, 0, 0, 0, 0, 0, 0, 1, 0xab, 0, 0, 0]);
+        assert_eq!(a.as_str(), "000000000000000100000000");
+        assert_eq!(b.as_str(), "000000000000000100000002");
+        assert_eq!(c.as_str(), "0000000000000001ab000000");
+        assert!(Cursor::zero() < a && a < b && b < c);
+        assert_eq!(b.position(), Some([0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2]));
+        assert_eq!(b.versionstamp(), Some([0, 0, 0, 0, 0, 0, 0, 1, 0, 0]));
+        assert_eq!(b.order(), Some(2));
+        assert_eq!(Cursor::parse(c.as_str()), Some(c.clone()));
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"0000000000000001ab000000\"");
+        assert_eq!(serde_json::from_str::<Cursor>("\"0000000000000001ab000000\"").unwrap(), c);
     }
 
     #[test]
     fn cursor_rejects_invalid() {
         assert!(Cursor::parse("").is_none());
-        assert!(Cursor::parse("0000000000000001AB00").is_none());
-        assert!(Cursor::parse("0000000000000001ab0").is_none());
-        assert!(Cursor::parse("0000000000000001ab000").is_none());
-        assert!(Cursor::parse("000000000000000xab00").is_none());
+        assert!(Cursor::parse("0000000000000001AB000000").is_none());
+        assert!(Cursor::parse("0000000000000001ab00000").is_none());
+        assert!(Cursor::parse("0000000000000001ab0000000").is_none());
+        assert!(Cursor::parse("000000000000000xab000000").is_none());
+        // The 20-character (versionstamp-only) form is not a cursor.
+        assert!(Cursor::parse("0000000000000001ab00").is_none());
         assert!(serde_json::from_str::<Cursor>("\"zz\"").is_err());
     }
 
@@ -386,6 +400,7 @@ mod tests {
             for y in &vs {
                 let (cx, cy) = (Cursor::from_position(x), Cursor::from_position(y));
                 assert_eq!(x.cmp(y), cx.cmp(&cy));
+                assert_eq!(cx.position().as_ref(), Some(x));
             }
         }
     }

@@ -160,10 +160,7 @@ mod tests {
 
     #[test]
     fn kinds_are_snake_case() {
-        assert_eq!(
-            serde_json::to_string(&ChannelKind::GroupDm).unwrap(),
-            "\"group_dm\""
-        );
+        assert_eq!(serde_json::to_string(&ChannelKind::GroupDm).unwrap(), "\"group_dm\"");
         assert_eq!(serde_json::to_string(&Presence::Dnd).unwrap(), "\"dnd\"");
     }
 
@@ -172,14 +169,9 @@ mod tests {
         let c: Channel = serde_json::from_str(r#"{"id":"C1","created_by":"U1"}"#).unwrap();
         assert_eq!(c.kind, ChannelKind::Channel);
         assert!(!c.is_conversation());
-        let m: Message =
-            serde_json::from_str(r#"{"channel":"C1","seq":3,"ts":5,"user":"U1","extra":1}"#)
-                .unwrap();
+        let m: Message = serde_json::from_str(r#"{"channel":"C1","seq":3,"ts":5,"user":"U1","extra":1}"#).unwrap();
         assert_eq!((m.thread_root, m.edited_at, m.deleted), (None, None, false));
         let json = serde_json::to_string(&m).unwrap();
-        assert!(
-            !json.contains("thread_root") && !json.contains("edited_at"),
-            "{json}"
-        );
+        assert!(!json.contains("thread_root") && !json.contains("edited_at"), "{json}");
     }
 }

@@ -4,7 +4,7 @@ use selvage_shared::*;
 use serde_json::{json, Value};
 
 fn cursor() -> Cursor {
-    Cursor::from_position(&[0, 0, 0, 0, 0, 0, 0, 7, 0, 1, 0, 0])
+    Cursor::from_position(&[0, 0, 0, 0, 0, 0, 0, 7, 0, 1, 0, 3])
 }
 
 fn user(id: &str) -> User {
@@ -48,7 +48,7 @@ fn message_event_frame_is_flat() {
     );
     let expected = json!({
         "type": "message",
-        "cursor": "000000000000000700010000",
+        "cursor": "000000000000000700010003",
         "channel": "C1",
         "seq": 42,
         "ts": 1_700_000_000_123_i64,
@@ -66,10 +66,7 @@ fn message_event_frame_is_flat() {
     let mp = encode_server(&frame, Format::MsgPack);
     assert_eq!(rmp_serde::from_slice::<Value>(&mp).unwrap(), expected);
     assert_eq!(decode_server(&mp, Format::MsgPack), Ok(frame.clone()));
-    assert_eq!(
-        decode_server(expected.to_string().as_bytes(), Format::Json),
-        Ok(frame)
-    );
+    assert_eq!(decode_server(expected.to_string().as_bytes(), Format::Json), Ok(frame));
 }
 
 #[test]
@@ -85,19 +82,16 @@ fn other_event_frames() {
     );
     assert_eq!(
         to_json(&frame),
-        json!({"type": "reaction_added", "cursor": "000000000000000700010000",
+        json!({"type": "reaction_added", "cursor": "000000000000000700010003",
                "channel": "C1", "seq": 3, "user": "U2", "emoji": "tada"})
     );
     let frame = ServerFrame::event(
         cursor(),
-        Event::PresenceChange {
-            user: UserId::new_unchecked("U2"),
-            presence: Presence::Away,
-        },
+        Event::PresenceChange { user: UserId::new_unchecked("U2"), presence: Presence::Away },
     );
     assert_eq!(
         to_json(&frame),
-        json!({"type": "presence_change", "cursor": "000000000000000700010000",
+        json!({"type": "presence_change", "cursor": "000000000000000700010003",
                "user": "U2", "presence": "away"})
     );
     assert_eq!(frame.kind(), "presence_change");
@@ -105,16 +99,8 @@ fn other_event_frames() {
 
 #[test]
 fn ack_shape() {
-    let frame = ServerFrame::Ack {
-        reply_to: "r1".into(),
-        channel: ChannelId::new_unchecked("C1"),
-        seq: 9,
-        ts: 5,
-    };
-    assert_eq!(
-        to_json(&frame),
-        json!({"type": "ack", "reply_to": "r1", "channel": "C1", "seq": 9, "ts": 5})
-    );
+    let frame = ServerFrame::Ack { reply_to: "r1".into(), channel: ChannelId::new_unchecked("C1"), seq: 9, ts: 5 };
+    assert_eq!(to_json(&frame), json!({"type": "ack", "reply_to": "r1", "channel": "C1", "seq": 9, "ts": 5}));
 }
 
 #[test]
@@ -125,10 +111,7 @@ fn error_shape() {
         json!({"type": "error", "reply_to": "r1", "code": "not_member", "message": "not a member"})
     );
     let frame = ServerFrame::error(None, ErrorCode::RateLimited, "slow down");
-    assert_eq!(
-        to_json(&frame),
-        json!({"type": "error", "code": "rate_limited", "message": "slow down"})
-    );
+    assert_eq!(to_json(&frame), json!({"type": "error", "code": "rate_limited", "message": "slow down"}));
 }
 
 #[test]
@@ -149,13 +132,7 @@ fn hello_shape() {
         session_id: "s1".into(),
         cursor: cursor(),
         self_user: user("U1"),
-        channels: vec![ChannelBoot {
-            channel,
-            last_seq: 10,
-            read_seq: 8,
-            unread: 2,
-            mentions: 1,
-        }],
+        channels: vec![ChannelBoot { channel, last_seq: 10, read_seq: 8, unread: 2, mentions: 1 }],
         users: vec![],
         heartbeat_ms: 30_000,
         resumed: false,
@@ -163,7 +140,7 @@ fn hello_shape() {
     let v = to_json(&frame);
     assert_eq!(v["type"], "hello");
     assert_eq!(v["protocol"], 1);
-    assert_eq!(v["cursor"], "000000000000000700010000");
+    assert_eq!(v["cursor"], "000000000000000700010003");
     assert_eq!(v["self"]["id"], "U1");
     assert!(v.get("self_user").is_none());
     assert_eq!(v["channels"][0]["channel"]["kind"], "channel");
@@ -184,10 +161,7 @@ fn result_skips_empty_lists() {
         members: vec![UserId::new_unchecked("U1")],
         ..QueryResult::default()
     });
-    assert_eq!(
-        to_json(&frame),
-        json!({"type": "result", "reply_to": "q1", "members": ["U1"]})
-    );
+    assert_eq!(to_json(&frame), json!({"type": "result", "reply_to": "q1", "members": ["U1"]}));
 }
 
 #[test]
@@ -218,17 +192,12 @@ fn client_frames_parse() {
     );
     assert_eq!(
         decode_json(r#"{"channel":"C1","type":"mark_read","seq":4}"#),
-        Ok(ClientFrame::MarkRead {
-            channel: ChannelId::new_unchecked("C1"),
-            seq: 4
-        })
+        Ok(ClientFrame::MarkRead { channel: ChannelId::new_unchecked("C1"), seq: 4 })
     );
     let mp = msgpack_of(&json!({"type": "presence_sub", "users": ["U1", "U2"]}));
     assert_eq!(
         decode_client(&mp, Format::MsgPack),
-        Ok(ClientFrame::PresenceSub {
-            users: vec![UserId::new_unchecked("U1"), UserId::new_unchecked("U2")]
-        })
+        Ok(ClientFrame::PresenceSub { users: vec![UserId::new_unchecked("U1"), UserId::new_unchecked("U2")] })
     );
 }
 
@@ -254,12 +223,8 @@ fn unknown_types_and_fields_are_rejected() {
     assert_malformed(decode_json(r#"{"type":"launch_missiles","id":"1"}"#));
     assert_malformed(decode_json(r#"{"id":"1"}"#));
     assert_malformed(decode_json(r#"{"type":"ping","id":"1","extra":true}"#));
-    assert_malformed(decode_json(
-        r#"{"type":"typing","channel":"C1","user":"U1"}"#,
-    ));
-    assert_malformed(decode_json(
-        r#"{"type":"query","id":"1","q":"users","sql":"drop"}"#,
-    ));
+    assert_malformed(decode_json(r#"{"type":"typing","channel":"C1","user":"U1"}"#));
+    assert_malformed(decode_json(r#"{"type":"query","id":"1","q":"users","sql":"drop"}"#));
     assert_malformed(decode_json(r#"{"type":"query","id":"1","q":"everything"}"#));
     assert_malformed(decode_json(r#"{"type":"ping","type":"ping","id":"1"}"#));
     assert_malformed(decode_json(r#"[1,2,3]"#));
@@ -281,31 +246,17 @@ fn error_details_do_not_echo_large_input() {
 
 #[test]
 fn invalid_ids_are_rejected() {
-    for channel in [
-        r#""""#,
-        r#""has space""#,
-        r#""a/b""#,
-        r#""ünï""#,
-        r#"7"#,
-        r#"null"#,
-    ] {
+    for channel in [r#""""#, r#""has space""#, r#""a/b""#, r#""ünï""#, r#"7"#, r#"null"#] {
         let frame = format!(r#"{{"type":"typing","channel":{channel}}}"#);
         assert_malformed(decode_json(&frame));
     }
     let long = "C".repeat(33);
-    assert_malformed(decode_json(&format!(
-        r#"{{"type":"typing","channel":"{long}"}}"#
-    )));
-    assert_malformed(decode_json(
-        r#"{"type":"presence_sub","users":["U1","bad id"]}"#,
-    ));
+    assert_malformed(decode_json(&format!(r#"{{"type":"typing","channel":"{long}"}}"#)));
+    assert_malformed(decode_json(r#"{"type":"presence_sub","users":["U1","bad id"]}"#));
     let mp = msgpack_of(&json!({"type": "mark_read", "channel": "", "seq": 1}));
     assert_malformed(decode_client(&mp, Format::MsgPack));
-    assert!(decode_server(
-        br#"{"type":"typing","cursor":"not-a-cursor","channel":"C1","user":"U1"}"#,
-        Format::Json
-    )
-    .is_err());
+    assert!(decode_server(br#"{"type":"typing","cursor":"not-a-cursor","channel":"C1","user":"U1"}"#, Format::Json)
+        .is_err());
 }
 
 #[test]
@@ -314,19 +265,10 @@ fn oversized_frames_are_refused_before_parsing() {
     let bytes = vec![0xffu8; MAX_CLIENT_FRAME_BYTES + 1];
     for format in [Format::Json, Format::MsgPack] {
         let err = decode_client(&bytes, format).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::TooLarge {
-                len: MAX_CLIENT_FRAME_BYTES + 1,
-                max: MAX_CLIENT_FRAME_BYTES
-            }
-        );
+        assert_eq!(err, DecodeError::TooLarge { len: MAX_CLIENT_FRAME_BYTES + 1, max: MAX_CLIENT_FRAME_BYTES });
         assert_eq!(err.code(), ErrorCode::TooLarge);
     }
-    assert!(matches!(
-        decode_feed_frame(&vec![0u8; MAX_FEED_FRAME_BYTES + 1]),
-        Err(DecodeError::TooLarge { .. })
-    ));
+    assert!(matches!(decode_feed_frame(&vec![0u8; MAX_FEED_FRAME_BYTES + 1]), Err(DecodeError::TooLarge { .. })));
 }
 
 fn send_with(text: &str, client_msg_id: &str) -> Value {
@@ -341,10 +283,7 @@ fn text_limits() {
     assert!(decode_json(&ok).is_ok());
     let over = format!("{max}a");
     assert_invalid(decode_json(&send_with(&over, "m1").to_string()));
-    assert_invalid(decode_client(
-        &msgpack_of(&send_with(&over, "m1")),
-        Format::MsgPack,
-    ));
+    assert_invalid(decode_client(&msgpack_of(&send_with(&over, "m1")), Format::MsgPack));
     let ascii_over = "a".repeat(MAX_TEXT_CHARS + 1);
     assert_invalid(decode_json(&send_with(&ascii_over, "m1").to_string()));
     assert_invalid(decode_json(&send_with("", "m1").to_string()));
@@ -363,19 +302,10 @@ fn client_msg_id_limits() {
 fn other_limits() {
     assert_invalid(decode_json(r#"{"type":"ping","id":""}"#));
     let long_id = "i".repeat(MAX_REQUEST_ID_BYTES + 1);
-    assert_invalid(decode_json(&format!(
-        r#"{{"type":"ping","id":"{long_id}"}}"#
-    )));
-    let users: Vec<String> = (0..=MAX_PRESENCE_SUB_USERS)
-        .map(|i| format!("U{i}"))
-        .collect();
-    assert_invalid(decode_json(
-        &json!({"type": "presence_sub", "users": users}).to_string(),
-    ));
-    assert!(decode_json(
-        &json!({"type": "presence_sub", "users": users[..MAX_PRESENCE_SUB_USERS]}).to_string()
-    )
-    .is_ok());
+    assert_invalid(decode_json(&format!(r#"{{"type":"ping","id":"{long_id}"}}"#)));
+    let users: Vec<String> = (0..=MAX_PRESENCE_SUB_USERS).map(|i| format!("U{i}")).collect();
+    assert_invalid(decode_json(&json!({"type": "presence_sub", "users": users}).to_string()));
+    assert!(decode_json(&json!({"type": "presence_sub", "users": users[..MAX_PRESENCE_SUB_USERS]}).to_string()).is_ok());
     let q = |extra: Value| {
         let mut v = json!({"type": "query", "id": "q", "q": "history", "channel": "C1"});
         for (k, x) in extra.as_object().unwrap() {
@@ -455,10 +385,7 @@ fn feed_event_is_stored_with_named_fields() {
     let entry = FeedEvent {
         workspace: WorkspaceId::new_unchecked("W1"),
         ts: 7,
-        event: Event::MemberJoined {
-            channel: ChannelId::new_unchecked("C1"),
-            user: UserId::new_unchecked("U1"),
-        },
+        event: Event::MemberJoined { channel: ChannelId::new_unchecked("C1"), user: UserId::new_unchecked("U1") },
     };
     let v: Value = rmp_serde::from_slice(&to_msgpack(&entry)).unwrap();
     assert_eq!(
@@ -477,11 +404,8 @@ fn feed_frames_shape() {
     let frame = FeedFrame::Heartbeat { cursor: cursor() };
     assert_eq!(
         serde_json::to_value(&frame).unwrap(),
-        json!({"type": "heartbeat", "cursor": "000000000000000700010000"})
+        json!({"type": "heartbeat", "cursor": "000000000000000700010003"})
     );
     let req = FeedRequest::Subscribe { cursor: None };
-    assert_eq!(
-        serde_json::to_value(&req).unwrap(),
-        json!({"type": "subscribe"})
-    );
+    assert_eq!(serde_json::to_value(&req).unwrap(), json!({"type": "subscribe"}));
 }

@@ -44,8 +44,8 @@ use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable,
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    backoff_pause, Committed, KeyValue, KvStore, KvTxn, RangeRead, Result, StoreError,
-    Versionstamp, Watch, MAX_KEY_BYTES, MAX_TXN_AGE, MAX_TXN_BYTES, MAX_VALUE_BYTES,
+    backoff_pause, Committed, KeyValue, KvStore, KvTxn, RangeRead, Result, StoreError, Versionstamp, Watch,
+    MAX_KEY_BYTES, MAX_TXN_AGE, MAX_TXN_BYTES, MAX_VALUE_BYTES,
 };
 
 /// The user data: FoundationDB's flat, ordered keyspace.
@@ -152,10 +152,7 @@ fn engine_err(e: impl fmt::Display) -> StoreError {
 impl EmbeddedStore {
     /// Opens (or creates) the store at `path` and starts its commit thread.
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Arc<Self>> {
-        let db = redb::Builder::new()
-            .set_cache_size(opts.cache_bytes)
-            .create(path)
-            .map_err(engine_err)?;
+        let db = redb::Builder::new().set_cache_size(opts.cache_bytes).create(path).map_err(engine_err)?;
         let version = {
             let wtx = db.begin_write().map_err(engine_err)?;
             let version = {
@@ -178,24 +175,13 @@ impl EmbeddedStore {
             opts,
         });
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
-        let mut worker = CommitWorker {
-            db: db.clone(),
-            shared: shared.clone(),
-            version,
-            last_durable: Instant::now(),
-        };
+        let mut worker = CommitWorker { db: db.clone(), shared: shared.clone(), version, last_durable: Instant::now() };
         let handle = std::thread::Builder::new()
             .name("selvage-commit".into())
             .spawn(move || worker.run(rx))
             .map_err(engine_err)?;
         tracing::debug!(path = %path.display(), version, "embedded store open");
-        Ok(Arc::new_cyclic(|me| EmbeddedStore {
-            me: me.clone(),
-            db,
-            shared,
-            commits: Some(tx),
-            worker: Some(handle),
-        }))
+        Ok(Arc::new_cyclic(|me| EmbeddedStore { me: me.clone(), db, shared, commits: Some(tx), worker: Some(handle) }))
     }
 
     /// The version of the last commit (0 for a new store).
@@ -214,10 +200,7 @@ impl EmbeddedStore {
     }
 
     fn begin_txn(&self) -> Result<EmbeddedTxn> {
-        let store = self
-            .me
-            .upgrade()
-            .ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
+        let store = self.me.upgrade().ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
         let started = Instant::now();
         let rtx = self.db.begin_read().map_err(engine_err)?;
         let meta = rtx.open_table(META).map_err(engine_err)?;
@@ -297,9 +280,7 @@ fn add_le(base: Option<&[u8]>, delta: i64) -> Vec<u8> {
 /// A snapshot range entry, copied out of redb's pages.
 type SnapEntry = (redb::AccessGuard<'static, &'static [u8]>, redb::AccessGuard<'static, &'static [u8]>);
 
-fn owned_entry(
-    item: Result<SnapEntry, redb::StorageError>,
-) -> Result<KeyValue, redb::StorageError> {
+fn owned_entry(item: Result<SnapEntry, redb::StorageError>) -> Result<KeyValue, redb::StorageError> {
     item.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
 }
 
@@ -377,8 +358,7 @@ impl WriteSet {
 
     /// Whether this wrote `key`.
     fn touches(&self, key: &[u8]) -> bool {
-        self.keys.binary_search_by(|k| k.as_slice().cmp(key)).is_ok()
-            || range_set_contains(&self.ranges, key)
+        self.keys.binary_search_by(|k| k.as_slice().cmp(key)).is_ok() || range_set_contains(&self.ranges, key)
     }
 }
 
@@ -392,6 +372,7 @@ struct Tracker {
     complete_after: u64,
     /// Pending watches by key. Usually empty; firing checks that first.
     watchers: BTreeMap<Vec<u8>, Vec<oneshot::Sender<()>>>,
+    /// Registrations since the last sweep.
     registrations: usize,
 }
 
@@ -413,18 +394,12 @@ impl Tracker {
     }
 
     /// Registers a watch on `key` for commits after `since` (other than `own`, the watching
-    /// transaction's own commit), firing it at once if a retained commit already wrote it.
-    fn register_watch(
-        &mut self,
-        key: Vec<u8>,
-        tx: oneshot::Sender<()>,
-        since: u64,
-        own: Option<u64>,
-    ) {
-        let already = since < self.complete_after
-            || self
-                .newer_than(since)
-                .any(|w| Some(w.version) != own && w.touches(&key));
+    /// transaction's own commit), firing it at once if a retained commit already wrote it, or if
+    /// commits after `since` are no longer retained (a spurious wake-up, which FoundationDB's
+    /// watches allow too, rather than a missed one).
+    fn register_watch(&mut self, key: Vec<u8>, tx: oneshot::Sender<()>, since: u64, own: Option<u64>) {
+        let already =
+            since < self.complete_after || self.newer_than(since).any(|w| Some(w.version) != own && w.touches(&key));
         if already {
             let _ = tx.send(());
             return;
@@ -433,7 +408,8 @@ impl Tracker {
         list.retain(|s| !s.is_closed());
         list.push(tx);
         self.registrations += 1;
-        if self.registrations % WATCH_SWEEP_EVERY == 0 {
+        if self.registrations >= WATCH_SWEEP_EVERY {
+            self.registrations = 0;
             self.watchers.retain(|_, list| {
                 list.retain(|s| !s.is_closed());
                 !list.is_empty()
@@ -446,12 +422,8 @@ impl Tracker {
         if self.watchers.is_empty() {
             return;
         }
-        let mut hit: Vec<Vec<u8>> = ws
-            .keys
-            .iter()
-            .filter(|k| self.watchers.contains_key(k.as_slice()))
-            .cloned()
-            .collect();
+        let mut hit: Vec<Vec<u8>> =
+            ws.keys.iter().filter(|k| self.watchers.contains_key(k.as_slice())).cloned().collect();
         for (b, e) in &ws.ranges {
             let bounds = (Bound::Included(b.as_slice()), Bound::Excluded(e.as_slice()));
             hit.extend(self.watchers.range::<[u8], _>(bounds).map(|(k, _)| k.clone()));
@@ -606,12 +578,7 @@ impl CommitWorker {
     }
 
     /// Writes a group in one redb write transaction.
-    fn apply(
-        &self,
-        accepted: &[Accepted],
-        new_version: u64,
-        durable: bool,
-    ) -> std::result::Result<(), String> {
+    fn apply(&self, accepted: &[Accepted], new_version: u64, durable: bool) -> std::result::Result<(), String> {
         let s = |e: &dyn fmt::Display| e.to_string();
         let mut wtx = self.db.begin_write().map_err(|e| s(&e))?;
         let durability = if durable { Durability::Immediate } else { Durability::None };
@@ -639,6 +606,9 @@ impl CommitWorker {
                         }
                     }
                 }
+                // Versionstamped keys go last rather than in issue order: their keys hold a
+                // versionstamp nothing else could have named, except a `clear_range` issued
+                // after them over a range that happens to cover the stamp, which they survive.
                 for (set, key) in req.versionstamped.iter().zip(&a.stamped_keys) {
                     kv.insert(key.as_slice(), set.value.as_slice()).map_err(|e| s(&e))?;
                 }
@@ -754,10 +724,7 @@ impl EmbeddedTxn {
 
     fn is_cleared(&self, key: &[u8]) -> bool {
         let upto = (Bound::Unbounded, Bound::Included(key));
-        self.cleared
-            .range::<[u8], _>(upto)
-            .next_back()
-            .is_some_and(|(_, end)| key < end.as_slice())
+        self.cleared.range::<[u8], _>(upto).next_back().is_some_and(|(_, end)| key < end.as_slice())
     }
 
     fn is_read_only(&self) -> bool {
@@ -951,11 +918,7 @@ impl KvTxn for EmbeddedTxn {
             return self.refuse(StoreError::BadVersionstampOffset { offset, len: key.len() });
         }
         self.admit(key, Some(value), point_cost(key, value.len()))?;
-        self.versionstamped.push(VersionstampedSet {
-            key: key.to_vec(),
-            offset,
-            value: value.to_vec(),
-        });
+        self.versionstamped.push(VersionstampedSet { key: key.to_vec(), offset, value: value.to_vec() });
         Ok(())
     }
 
@@ -966,8 +929,7 @@ impl KvTxn for EmbeddedTxn {
         Ok(Box::pin(async move {
             rx.await.map_err(|_| {
                 StoreError::Unavailable(
-                    "watch cancelled: its transaction did not commit or the store was closed"
-                        .into(),
+                    "watch cancelled: its transaction did not commit or the store was closed".into(),
                 )
             })
         }))
@@ -978,10 +940,9 @@ impl KvTxn for EmbeddedTxn {
         if let Some(err) = txn.deferred.take() {
             return Err(err);
         }
-        if txn.size > MAX_TXN_BYTES {
-            return Err(StoreError::TransactionTooLarge(txn.size));
-        }
         if txn.is_read_only() {
+            // Nothing to commit (as in FoundationDB, whose read-only commits never reach the
+            // cluster): no conflict check, no size or age limit, no disk write.
             if !txn.watches.is_empty() {
                 let mut tracker = txn.store.shared.tracker();
                 for (key, tx) in txn.watches.drain(..) {
@@ -990,18 +951,11 @@ impl KvTxn for EmbeddedTxn {
             }
             return Ok(Committed { versionstamp: Versionstamp::ZERO });
         }
+        if txn.size > MAX_TXN_BYTES {
+            return Err(StoreError::TransactionTooLarge(txn.size));
+        }
         txn.check_age()?;
-        let EmbeddedTxn {
-            snapshot,
-            store,
-            read_version,
-            writes,
-            cleared,
-            versionstamped,
-            reads,
-            watches,
-            ..
-        } = txn;
+        let EmbeddedTxn { snapshot, store, read_version, writes, cleared, versionstamped, reads, watches, .. } = txn;
         // The snapshot pins redb pages; let it go before waiting for the commit thread.
         drop(snapshot);
         let (reply, answer) = oneshot::channel();
@@ -1014,14 +968,8 @@ impl KvTxn for EmbeddedTxn {
             watches,
             reply,
         };
-        let queue = store
-            .commits
-            .as_ref()
-            .ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
-        queue
-            .send(req)
-            .await
-            .map_err(|_| StoreError::Unavailable("the commit thread has stopped".into()))?;
+        let queue = store.commits.as_ref().ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
+        queue.send(req).await.map_err(|_| StoreError::Unavailable("the commit thread has stopped".into()))?;
         // Without an answer the commit thread died mid-group: the commit may have happened.
         answer.await.map_err(|_| StoreError::CommitUnknown)?
     }
@@ -1086,7 +1034,9 @@ mod tests {
     #[tokio::test]
     #[ignore = "run as a child process by committed_data_survives_kill_9"]
     async fn crash_child() {
-        let Ok(path) = std::env::var("SELVAGE_CRASH_CHILD_DB") else { return };
+        let Ok(path) = std::env::var("SELVAGE_CRASH_CHILD_DB") else {
+            return;
+        };
         let store = EmbeddedStore::open(Path::new(&path), EmbeddedOptions::default()).unwrap();
         for i in 1u64.. {
             let mut tx = store.begin().await.unwrap();

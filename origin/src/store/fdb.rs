@@ -44,13 +44,12 @@
 //! FoundationDB error codes map to [`StoreError`] in one place (`map_error_sized`): 1020
 //! `not_committed` is [`StoreError::Conflict`], 1007 `transaction_too_old` is [`StoreError::TooOld`], 1021
 //! `commit_unknown_result` is [`StoreError::CommitUnknown`], 2101/2102/2103 are the size errors,
-//! 2005 is [`StoreError::InvertedRange`], and every other code is [`StoreError::Engine`] with the
-//! code and FoundationDB's message. [`KvTxn::on_error`] hands the FoundationDB code back to
-//! FoundationDB's `on_error`, which decides whether to retry, backs off and resets the
-//! transaction; so a transient error raised by a read (say 1009 `future_version`) is retried
-//! even though it surfaces as [`StoreError::Engine`]. Such an error raised by the commit is not:
-//! the commit consumes the transaction and [`StoreError::is_retryable`] knows only the three
-//! retryable variants.
+//! 2005 is [`StoreError::InvertedRange`], any other "maybe committed" code is
+//! [`StoreError::CommitUnknown`], any other code FoundationDB calls retryable (1009
+//! `future_version`, 1037 `process_behind`, …) is [`StoreError::Transient`], and the rest are
+//! [`StoreError::Engine`] with the code and FoundationDB's message. [`KvTxn::on_error`] hands the
+//! FoundationDB code back to FoundationDB's `on_error`, which backs off and resets the
+//! transaction; a retryable error raised by the commit is retried by `transact!`.
 
 use std::{
     path::Path,
@@ -66,8 +65,8 @@ use foundationdb::{
 use futures::TryFutureExt;
 
 use super::{
-    Committed, KeyValue, KvStore, KvTxn, RangeRead, Result, StoreError, Versionstamp, Watch,
-    MAX_KEY_BYTES, MAX_TXN_BYTES, MAX_VALUE_BYTES,
+    Committed, KeyValue, KvStore, KvTxn, RangeRead, Result, StoreError, Versionstamp, Watch, MAX_KEY_BYTES,
+    MAX_TXN_BYTES, MAX_VALUE_BYTES,
 };
 
 /// The FoundationDB error codes this engine treats specially.
@@ -109,12 +108,9 @@ static NETWORK: OnceLock<Result<Mutex<Option<NetworkAutoStop>>, String>> = OnceL
 /// Starts FoundationDB's network thread unless it is already running.
 fn ensure_network() -> Result<()> {
     let network = NETWORK.get_or_init(|| {
-        let builder = FdbApiBuilder::default().build().map_err(|e| {
-            format!(
-                "cannot select FoundationDB API version: {}",
-                engine_message(e)
-            )
-        })?;
+        let builder = FdbApiBuilder::default()
+            .build()
+            .map_err(|e| format!("cannot select FoundationDB API version: {}", engine_message(e)))?;
         // SAFETY: `boot` is unsafe because the returned `NetworkAutoStop` must be dropped (which
         // stops the network and joins its thread) before the program exits. It lives in this
         // static for the rest of the process on purpose: the network can be started only once
@@ -123,26 +119,17 @@ fn ensure_network() -> Result<()> {
         // calling it skips FoundationDB's orderly client shutdown, which risks no data (a commit
         // is acknowledged only once it is durable on the cluster). No other code in this process
         // boots the FoundationDB network: this module is the only user of the crate.
-        let stop = unsafe { builder.boot() }.map_err(|e| {
-            format!(
-                "cannot start the FoundationDB network: {}",
-                engine_message(e)
-            )
-        })?;
+        let stop = unsafe { builder.boot() }
+            .map_err(|e| format!("cannot start the FoundationDB network: {}", engine_message(e)))?;
         Ok(Mutex::new(Some(stop)))
     });
     match network {
         Ok(stop) => {
-            let running = stop
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_some();
+            let running = stop.lock().unwrap_or_else(PoisonError::into_inner).is_some();
             if running {
                 Ok(())
             } else {
-                Err(StoreError::Unavailable(
-                    "the FoundationDB network was stopped".to_owned(),
-                ))
+                Err(StoreError::Unavailable("the FoundationDB network was stopped".to_owned()))
             }
         }
         Err(why) => Err(StoreError::Unavailable(why.clone())),
@@ -172,15 +159,16 @@ impl FdbStore {
     /// default, `FDB_CLUSTER_FILE` or the platform's default path), starting the process's
     /// FoundationDB network on first use. Connecting is lazy: an unreachable cluster shows as
     /// transactions that wait, not as an error here.
+    ///
+    /// Fails with [`StoreError::Unavailable`] when FoundationDB's client library cannot start
+    /// (or its network was stopped), and with [`StoreError::Engine`] for an unusable cluster
+    /// file.
     pub fn open(cluster_file: Option<&Path>) -> Result<Arc<FdbStore>, StoreError> {
         let path = match cluster_file {
             None => None,
             Some(p) => {
                 let s = p.to_str().ok_or_else(|| {
-                    StoreError::Engine(format!(
-                        "FoundationDB cluster file path {} is not valid UTF-8",
-                        p.display()
-                    ))
+                    StoreError::Engine(format!("FoundationDB cluster file path {} is not valid UTF-8", p.display()))
                 })?;
                 // The crate turns the path into a C string and panics on an interior NUL.
                 if s.contains('\0') {
@@ -270,11 +258,7 @@ impl FdbTxn {
     }
 
     fn sizes(&self) -> Sizes {
-        Sizes {
-            key: self.longest_key,
-            value: self.longest_value,
-            txn: self.size.max(MAX_TXN_BYTES + 1),
-        }
+        Sizes { key: self.longest_key, value: self.longest_value, txn: self.size.max(MAX_TXN_BYTES + 1) }
     }
 
     /// Remembers `err` for the commit and returns it.
@@ -342,11 +326,7 @@ impl KvTxn for FdbTxn {
                 Ok(batch) => batch,
                 Err(e) => return Err(self.fail(e)),
             };
-            out.extend(
-                batch
-                    .iter()
-                    .map(|kv| (kv.key().to_vec(), kv.value().to_vec())),
-            );
+            out.extend(batch.iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())));
             // `None` once the range is exhausted or the limit is reached.
             next = opt.next_range(&batch);
             iteration += 1;
@@ -413,10 +393,7 @@ impl KvTxn for FdbTxn {
     }
 
     fn set_versionstamped_key(&mut self, key: &[u8], offset: usize, value: &[u8]) -> Result<()> {
-        let bad_offset = StoreError::BadVersionstampOffset {
-            offset,
-            len: key.len(),
-        };
+        let bad_offset = StoreError::BadVersionstampOffset { offset, len: key.len() };
         let Some(offset_le) = offset
             .checked_add(VERSIONSTAMP_BYTES)
             .filter(|&end| end <= key.len())
@@ -432,8 +409,7 @@ impl KvTxn for FdbTxn {
         // FoundationDB counts the suffix against its key limit, so a key within 4 bytes of the
         // limit fails at commit; remember the length it saw.
         self.longest_key = self.longest_key.max(param.len());
-        self.trx
-            .atomic_op(&param, value, MutationType::SetVersionstampedKey);
+        self.trx.atomic_op(&param, value, MutationType::SetVersionstampedKey);
         self.wrote = true;
         Ok(())
     }
@@ -442,19 +418,14 @@ impl KvTxn for FdbTxn {
         if key.len() > MAX_KEY_BYTES {
             return Err(StoreError::KeyTooLarge(key.len()));
         }
-        let sizes = Sizes {
-            key: key.len(),
-            ..self.sizes()
-        };
+        let sizes = Sizes { key: key.len(), ..self.sizes() };
         // The future is independent of the transaction: once committed, a watch outlives it.
         let watch = self.trx.watch(key).map_err(move |e| match e.code() {
             // The transaction was dropped or reset without committing.
-            code::TRANSACTION_CANCELLED | code::OPERATION_CANCELLED => {
-                StoreError::Unavailable(format!(
-                    "watch cancelled: its transaction did not commit ({})",
-                    engine_message(e)
-                ))
-            }
+            code::TRANSACTION_CANCELLED | code::OPERATION_CANCELLED => StoreError::Unavailable(format!(
+                "watch cancelled: its transaction did not commit ({})",
+                engine_message(e)
+            )),
             _ => map_error_sized(e, sizes),
         });
         Ok(Box::pin(watch))
@@ -493,13 +464,9 @@ impl KvTxn for FdbTxn {
             None => Versionstamp::ZERO,
             Some(stamp) => match stamp.await {
                 Ok(bytes) => {
-                    let bytes: [u8; VERSIONSTAMP_BYTES] =
-                        bytes.as_ref().try_into().map_err(|_| {
-                            StoreError::Engine(format!(
-                                "FoundationDB returned a versionstamp of {} bytes",
-                                bytes.len()
-                            ))
-                        })?;
+                    let bytes: [u8; VERSIONSTAMP_BYTES] = bytes.as_ref().try_into().map_err(|_| {
+                        StoreError::Engine(format!("FoundationDB returned a versionstamp of {} bytes", bytes.len()))
+                    })?;
                     Versionstamp(bytes)
                 }
                 // Every write turned out to be a no-op to FoundationDB, so the commit was
@@ -518,9 +485,9 @@ impl KvTxn for FdbTxn {
             StoreError::Conflict => code::NOT_COMMITTED,
             StoreError::TooOld => code::TRANSACTION_TOO_OLD,
             StoreError::CommitUnknown => code::COMMIT_UNKNOWN_RESULT,
-            // Other FoundationDB errors (future_version, process_behind, throttling, …) can be
-            // retryable too; FoundationDB knows which, given the code this transaction raised.
-            StoreError::Engine(message) => match self.last_error {
+            // Other FoundationDB errors (future_version, process_behind, throttling, …): FoundationDB
+            // knows how to back off for them, given the code this transaction raised.
+            StoreError::Engine(message) | StoreError::Transient(message) => match self.last_error {
                 Some(e) if *message == engine_message(e) => e.code(),
                 _ => return Err(err),
             },
@@ -546,14 +513,7 @@ struct Sizes {
 
 /// Converts a FoundationDB error that is not about sizes.
 fn map_error(e: FdbError) -> StoreError {
-    map_error_sized(
-        e,
-        Sizes {
-            key: MAX_KEY_BYTES + 1,
-            value: MAX_VALUE_BYTES + 1,
-            txn: MAX_TXN_BYTES + 1,
-        },
-    )
+    map_error_sized(e, Sizes { key: MAX_KEY_BYTES + 1, value: MAX_VALUE_BYTES + 1, txn: MAX_TXN_BYTES + 1 })
 }
 
 /// Converts a FoundationDB error, reporting `sizes` for the size errors.
@@ -566,6 +526,8 @@ fn map_error_sized(e: FdbError, sizes: Sizes) -> StoreError {
         code::KEY_TOO_LARGE => StoreError::KeyTooLarge(sizes.key),
         code::VALUE_TOO_LARGE => StoreError::ValueTooLarge(sizes.value),
         code::INVERTED_RANGE => StoreError::InvertedRange,
+        _ if e.is_maybe_committed() => StoreError::CommitUnknown,
+        _ if e.is_retryable() => StoreError::Transient(engine_message(e)),
         _ => StoreError::Engine(engine_message(e)),
     }
 }

@@ -12,8 +12,8 @@
 //! - keys are at most [`MAX_KEY_BYTES`], values at most [`MAX_VALUE_BYTES`], a transaction at most
 //!   [`MAX_TXN_BYTES`] and [`MAX_TXN_AGE`] old.
 //!
-//! Callers retry with [`KvTxn::on_error`], FoundationDB's retry loop, usually via [`transact`].
-//! Keys are built with the tuple layer in [`tuple`] under the subspaces of [`keys`].
+//! Callers retry with [`KvTxn::on_error`], FoundationDB's retry loop, usually via [`transact`](crate::transact).
+//! Keys are built with the tuple layer in [`tuple`](mod@tuple) under the subspaces of [`keys`].
 
 pub mod embedded;
 #[cfg(feature = "fdb")]
@@ -116,6 +116,10 @@ pub enum StoreError {
     /// A range whose end is before its begin.
     #[error("inverted range: end key sorts before begin key")]
     InvertedRange,
+    /// A passing failure inside the engine that a fresh attempt may not meet (FoundationDB's
+    /// retryable errors such as 1009 `future_version` or 1037 `process_behind`).
+    #[error("transient storage error: {0}")]
+    Transient(String),
     /// The engine is shutting down or its commit worker is gone.
     #[error("storage engine is unavailable: {0}")]
     Unavailable(String),
@@ -127,7 +131,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether a fresh attempt of the same transaction may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Conflict | StoreError::TooOld | StoreError::CommitUnknown)
+        matches!(self, StoreError::Conflict | StoreError::TooOld | StoreError::CommitUnknown | StoreError::Transient(_))
     }
 }
 

@@ -299,22 +299,18 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<Element>, TupleError> {
         let element = match code {
             NULL => Element::Null,
             BYTES | STRING => {
-                let (raw, next) = read_escaped(bytes, pos)
-                    .ok_or(TupleError::Unterminated { offset: start })?;
+                let (raw, next) = read_escaped(bytes, pos).ok_or(TupleError::Unterminated { offset: start })?;
                 pos = next;
                 if code == BYTES {
                     Element::Bytes(raw)
                 } else {
-                    let s = String::from_utf8(raw)
-                        .map_err(|_| TupleError::InvalidUtf8 { offset: start })?;
+                    let s = String::from_utf8(raw).map_err(|_| TupleError::InvalidUtf8 { offset: start })?;
                     Element::Str(s)
                 }
             }
             0x0c..=0x1c => {
                 let n = usize::from(code.abs_diff(INT_ZERO));
-                let raw = bytes
-                    .get(pos..pos + n)
-                    .ok_or(TupleError::Truncated { offset: start })?;
+                let raw = bytes.get(pos..pos + n).ok_or(TupleError::Truncated { offset: start })?;
                 pos += n;
                 let mut be = [0u8; 8];
                 be[8 - n..].copy_from_slice(raw);
@@ -336,9 +332,7 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<Element>, TupleError> {
                 }
             }
             VERSIONSTAMP => {
-                let raw = bytes
-                    .get(pos..pos + 12)
-                    .ok_or(TupleError::Truncated { offset: start })?;
+                let raw = bytes.get(pos..pos + 12).ok_or(TupleError::Truncated { offset: start })?;
                 pos += 12;
                 let mut b = [0u8; 12];
                 b.copy_from_slice(raw);
@@ -394,16 +388,12 @@ mod tests {
         assert_eq!(Key::new().uint(u64::MAX).finish(), b"\x1c\xff\xff\xff\xff\xff\xff\xff\xff");
         assert_eq!(Key::new().null().finish(), b"\x00");
         let vs = Versionstamp::new(0x0102_0304_0506_0708, 0x090a);
-        assert_eq!(
-            Key::new().versionstamp(&vs).finish(),
-            b"\x33\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x00\x00"
-        );
+        assert_eq!(Key::new().versionstamp(&vs).finish(), b"\x33\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x00\x00");
     }
 
     #[test]
     fn incomplete_versionstamp_reports_its_offset() {
-        let (key, offset) =
-            Key::new().str("log").incomplete_versionstamp().finish_versionstamped().unwrap();
+        let (key, offset) = Key::new().str("log").incomplete_versionstamp().finish_versionstamped().unwrap();
         assert_eq!(offset, 6);
         assert_eq!(&key[offset..offset + 10], &[0xff; 10]);
         assert_eq!(&key[offset + 10..], &[0, 0]);
@@ -411,8 +401,7 @@ mod tests {
         let two = Key::new().incomplete_versionstamp().incomplete_versionstamp();
         assert_eq!(two.finish_versionstamped(), None);
         let prefix = Key::new().str("a").finish();
-        let (k2, off2) =
-            Key::from_prefix(&prefix).incomplete_versionstamp().finish_versionstamped().unwrap();
+        let (k2, off2) = Key::from_prefix(&prefix).incomplete_versionstamp().finish_versionstamped().unwrap();
         assert!(k2.starts_with(&prefix));
         assert_eq!(off2, prefix.len() + 1);
     }
@@ -449,10 +438,7 @@ mod tests {
         assert_eq!(unpack(b"\x14\x05"), Err(TupleError::UnknownType { code: 5, offset: 1 }));
         assert_eq!(unpack(b"\x02\xff\x00"), Err(TupleError::InvalidUtf8 { offset: 0 }));
         // -(2^64 - 1) is a valid FoundationDB integer but not an i64.
-        assert_eq!(
-            unpack(b"\x0c\x00\x00\x00\x00\x00\x00\x00\x00"),
-            Err(TupleError::IntegerOutOfRange { offset: 0 })
-        );
+        assert_eq!(unpack(b"\x0c\x00\x00\x00\x00\x00\x00\x00\x00"), Err(TupleError::IntegerOutOfRange { offset: 0 }));
         assert_eq!(unpack(b"\x33\x00"), Err(TupleError::Truncated { offset: 0 }));
     }
 

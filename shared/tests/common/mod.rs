@@ -39,57 +39,28 @@ pub fn request_id() -> impl Strategy<Value = String> {
 }
 
 pub fn user() -> impl Strategy<Value = User> {
-    (
-        user_id(),
-        text(),
-        text(),
-        any::<bool>(),
-        any::<bool>(),
-        any::<i64>(),
+    (user_id(), text(), text(), any::<bool>(), any::<bool>(), any::<i64>()).prop_map(
+        |(id, handle, name, admin, deactivated, created_at)| User { id, handle, name, admin, deactivated, created_at },
     )
-        .prop_map(|(id, handle, name, admin, deactivated, created_at)| User {
-            id,
-            handle,
-            name,
-            admin,
-            deactivated,
-            created_at,
-        })
 }
 
 pub fn channel_kind() -> impl Strategy<Value = ChannelKind> {
-    prop_oneof![
-        Just(ChannelKind::Channel),
-        Just(ChannelKind::Dm),
-        Just(ChannelKind::GroupDm)
-    ]
+    prop_oneof![Just(ChannelKind::Channel), Just(ChannelKind::Dm), Just(ChannelKind::GroupDm)]
 }
 
 pub fn channel() -> impl Strategy<Value = Channel> {
-    (
-        channel_id(),
-        text(),
-        channel_kind(),
-        any::<bool>(),
-        any::<bool>(),
-        text(),
-        text(),
-        user_id(),
-        any::<i64>(),
-    )
-        .prop_map(
-            |(id, name, kind, private, archived, topic, purpose, created_by, created_at)| Channel {
-                id,
-                name,
-                kind,
-                private,
-                archived,
-                topic,
-                purpose,
-                created_by,
-                created_at,
-            },
-        )
+    (channel_id(), text(), channel_kind(), any::<bool>(), any::<bool>(), text(), text(), user_id(), any::<i64>())
+        .prop_map(|(id, name, kind, private, archived, topic, purpose, created_by, created_at)| Channel {
+            id,
+            name,
+            kind,
+            private,
+            archived,
+            topic,
+            purpose,
+            created_by,
+            created_at,
+        })
 }
 
 pub fn message() -> impl Strategy<Value = Message> {
@@ -104,107 +75,61 @@ pub fn message() -> impl Strategy<Value = Message> {
         option::of(any::<i64>()),
         any::<bool>(),
     )
-        .prop_map(
-            |(channel, seq, ts, user, text, client_msg_id, thread_root, edited_at, deleted)| {
-                Message {
-                    channel,
-                    seq,
-                    ts,
-                    user,
-                    text,
-                    client_msg_id,
-                    thread_root,
-                    edited_at,
-                    deleted,
-                }
-            },
-        )
+        .prop_map(|(channel, seq, ts, user, text, client_msg_id, thread_root, edited_at, deleted)| Message {
+            channel,
+            seq,
+            ts,
+            user,
+            text,
+            client_msg_id,
+            thread_root,
+            edited_at,
+            deleted,
+        })
 }
 
 pub fn presence() -> impl Strategy<Value = Presence> {
-    prop_oneof![
-        Just(Presence::Active),
-        Just(Presence::Away),
-        Just(Presence::Dnd),
-        Just(Presence::Offline)
-    ]
+    prop_oneof![Just(Presence::Active), Just(Presence::Away), Just(Presence::Dnd), Just(Presence::Offline)]
 }
 
 pub fn channel_boot() -> impl Strategy<Value = ChannelBoot> {
-    (
-        channel(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<u64>(),
+    (channel(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(channel, last_seq, read_seq, unread, mentions)| ChannelBoot { channel, last_seq, read_seq, unread, mentions },
     )
-        .prop_map(
-            |(channel, last_seq, read_seq, unread, mentions)| ChannelBoot {
-                channel,
-                last_seq,
-                read_seq,
-                unread,
-                mentions,
-            },
-        )
 }
 
 pub fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
         message().prop_map(Event::Message),
-        (channel_id(), any::<u64>(), message()).prop_map(|(channel, seq, message)| {
-            Event::MessageChanged {
-                channel,
-                seq,
-                message,
-            }
-        }),
-        (channel_id(), any::<u64>())
-            .prop_map(|(channel, seq)| Event::MessageDeleted { channel, seq }),
-        (channel_id(), any::<u64>(), user_id(), text()).prop_map(|(channel, seq, user, emoji)| {
-            Event::ReactionAdded {
-                channel,
-                seq,
-                user,
-                emoji,
-            }
-        }),
-        (channel_id(), any::<u64>(), user_id(), text()).prop_map(|(channel, seq, user, emoji)| {
-            Event::ReactionRemoved {
-                channel,
-                seq,
-                user,
-                emoji,
-            }
-        }),
+        (channel_id(), any::<u64>(), message())
+            .prop_map(|(channel, seq, message)| { Event::MessageChanged { channel, seq, message } }),
+        (channel_id(), any::<u64>()).prop_map(|(channel, seq)| Event::MessageDeleted { channel, seq }),
+        (channel_id(), any::<u64>(), user_id(), text())
+            .prop_map(|(channel, seq, user, emoji)| { Event::ReactionAdded { channel, seq, user, emoji } }),
+        (channel_id(), any::<u64>(), user_id(), text())
+            .prop_map(|(channel, seq, user, emoji)| { Event::ReactionRemoved { channel, seq, user, emoji } }),
         (channel_id(), user_id()).prop_map(|(channel, user)| Event::MemberJoined { channel, user }),
         (channel_id(), user_id()).prop_map(|(channel, user)| Event::MemberLeft { channel, user }),
         channel().prop_map(|channel| Event::ChannelCreated { channel }),
         channel().prop_map(|channel| Event::ChannelUpdated { channel }),
         user().prop_map(|user| Event::UserUpdated { user }),
-        (channel_id(), user_id(), any::<u64>())
-            .prop_map(|(channel, user, seq)| Event::ReadMarker { channel, user, seq }),
+        (channel_id(), user_id(), any::<u64>()).prop_map(|(channel, user, seq)| Event::ReadMarker {
+            channel,
+            user,
+            seq
+        }),
         (channel_id(), user_id()).prop_map(|(channel, user)| Event::Typing { channel, user }),
-        (user_id(), presence())
-            .prop_map(|(user, presence)| Event::PresenceChange { user, presence }),
+        (user_id(), presence()).prop_map(|(user, presence)| Event::PresenceChange { user, presence }),
         "[0-9a-f]{64}".prop_map(|token_hash| Event::TokenRevoked { token_hash }),
     ]
 }
 
 pub fn feed_event() -> impl Strategy<Value = FeedEvent> {
-    (workspace_id(), any::<i64>(), event()).prop_map(|(workspace, ts, event)| FeedEvent {
-        workspace,
-        ts,
-        event,
-    })
+    (workspace_id(), any::<i64>(), event()).prop_map(|(workspace, ts, event)| FeedEvent { workspace, ts, event })
 }
 
 pub fn feed_item() -> impl Strategy<Value = FeedItem> {
-    (cursor(), workspace_id(), event()).prop_map(|(cursor, workspace, event)| FeedItem {
-        cursor,
-        workspace,
-        event,
-    })
+    (cursor(), workspace_id(), event()).prop_map(|(cursor, workspace, event)| FeedItem { cursor, workspace, event })
 }
 
 pub fn query_kind() -> impl Strategy<Value = QueryKind> {
@@ -231,82 +156,42 @@ pub fn query() -> impl Strategy<Value = Query> {
         option::of(1..=MAX_QUERY_LIMIT as u32),
         option::of(text()),
     )
-        .prop_map(
-            |(id, q, needed, maybe, users, before, after, root, limit, page)| {
-                let needs_channel = matches!(
-                    q,
-                    QueryKind::Members | QueryKind::History | QueryKind::Thread
-                );
-                let channel = if needs_channel { Some(needed) } else { maybe };
-                let root = (q == QueryKind::Thread).then_some(root);
-                Query {
-                    id,
-                    q,
-                    channel,
-                    users,
-                    before,
-                    after,
-                    root,
-                    limit,
-                    page,
-                }
-            },
-        )
+        .prop_map(|(id, q, needed, maybe, users, before, after, root, limit, page)| {
+            let needs_channel = matches!(q, QueryKind::Members | QueryKind::History | QueryKind::Thread);
+            let channel = if needs_channel { Some(needed) } else { maybe };
+            let root = (q == QueryKind::Thread).then_some(root);
+            Query { id, q, channel, users, before, after, root, limit, page }
+        })
 }
 
 /// A client frame that passes validation.
 pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (
-            request_id(),
-            channel_id(),
-            ".{1,24}",
-            request_id(),
-            option::of(1..u64::MAX)
-        )
-            .prop_map(|(id, channel, text, client_msg_id, thread_root)| {
-                ClientFrame::Send {
-                    id,
-                    channel,
-                    text,
-                    client_msg_id,
-                    thread_root,
-                }
-            }),
+        (request_id(), channel_id(), ".{1,24}", request_id(), option::of(1..u64::MAX)).prop_map(
+            |(id, channel, text, client_msg_id, thread_root)| {
+                ClientFrame::Send { id, channel, text, client_msg_id, thread_root }
+            }
+        ),
         request_id().prop_map(|id| ClientFrame::Ping { id }),
         channel_id().prop_map(|channel| ClientFrame::Typing { channel }),
         vec(user_id(), 0..6).prop_map(|users| ClientFrame::PresenceSub { users }),
         query().prop_map(ClientFrame::Query),
-        (channel_id(), any::<u64>())
-            .prop_map(|(channel, seq)| ClientFrame::MarkRead { channel, seq }),
+        (channel_id(), any::<u64>()).prop_map(|(channel, seq)| ClientFrame::MarkRead { channel, seq }),
     ]
 }
 
 pub fn hello() -> impl Strategy<Value = Hello> {
-    (
-        any::<u32>(),
-        text(),
-        cursor(),
-        user(),
-        vec(channel_boot(), 0..4),
-        vec(user(), 0..4),
-        any::<u64>(),
-        any::<bool>(),
-    )
-        .prop_map(
-            |(protocol, session_id, cursor, self_user, channels, users, heartbeat_ms, resumed)| {
-                Hello {
-                    protocol,
-                    session_id,
-                    cursor,
-                    self_user,
-                    channels,
-                    users,
-                    heartbeat_ms,
-                    resumed,
-                }
-            },
-        )
+    (any::<u32>(), text(), cursor(), user(), vec(channel_boot(), 0..4), vec(user(), 0..4), any::<u64>(), any::<bool>())
+        .prop_map(|(protocol, session_id, cursor, self_user, channels, users, heartbeat_ms, resumed)| Hello {
+            protocol,
+            session_id,
+            cursor,
+            self_user,
+            channels,
+            users,
+            heartbeat_ms,
+            resumed,
+        })
 }
 
 pub fn error_code() -> impl Strategy<Value = ErrorCode> {
@@ -336,16 +221,14 @@ pub fn query_result() -> impl Strategy<Value = QueryResult> {
         vec(message(), 0..3),
         option::of(text()),
     )
-        .prop_map(
-            |(reply_to, users, channels, members, messages, next)| QueryResult {
-                reply_to,
-                users,
-                channels,
-                members,
-                messages,
-                next,
-            },
-        )
+        .prop_map(|(reply_to, users, channels, members, messages, next)| QueryResult {
+            reply_to,
+            users,
+            channels,
+            members,
+            messages,
+            next,
+        })
 }
 
 pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
@@ -384,8 +267,7 @@ pub fn feed_request() -> impl Strategy<Value = FeedRequest> {
 
 pub fn feed_frame() -> impl Strategy<Value = FeedFrame> {
     prop_oneof![
-        (vec(feed_item(), 0..5), cursor())
-            .prop_map(|(items, cursor)| FeedFrame::Events { items, cursor }),
+        (vec(feed_item(), 0..5), cursor()).prop_map(|(items, cursor)| FeedFrame::Events { items, cursor }),
         cursor().prop_map(|cursor| FeedFrame::Heartbeat { cursor }),
         (text(), cursor()).prop_map(|(reason, cursor)| FeedFrame::Resync { reason, cursor }),
     ]
