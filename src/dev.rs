@@ -28,7 +28,8 @@ pub struct DevArgs {
 #[derive(Serialize, Deserialize)]
 struct Demo {
     workspace: selvage_shared::WorkspaceId,
-    users: Vec<selvage_shared::UserId>,
+    /// (user id, handle) of the demo users.
+    users: Vec<(selvage_shared::UserId, String)>,
 }
 
 /// Starts the dev origin, ensures the demo workspace, prints how to use it, and runs until
@@ -38,7 +39,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         std::fs::remove_dir_all(&args.data_dir)
             .with_context(|| format!("cannot remove {}", args.data_dir.display()))?;
     }
-    let operator_key = selvage_origin::ids::new_token();
+    let operator_key = selvage_origin::ids::new_token().replacen(selvage_origin::ids::TOKEN_PREFIX, "op_", 1);
     let config = OriginConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
@@ -54,7 +55,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             let (workspace, alice) = accounts::create_workspace(&origin.store, "Demo", "alice", "Alice", 0).await?;
             let caller = accounts::authenticate(&origin.store, &alice.token).await?;
             let bob = accounts::create_user(&origin.store, &caller, "bob", "Bob", false, 0).await?;
-            let demo = Demo { workspace: workspace.id, users: vec![alice.user.id, bob.user.id] };
+            let users = vec![(alice.user.id, alice.user.handle), (bob.user.id, bob.user.handle)];
+            let demo = Demo { workspace: workspace.id, users };
             std::fs::write(&demo_file, serde_json::to_vec_pretty(&demo)?)?;
             demo
         }
@@ -66,18 +68,26 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     println!("  operator key      {operator_key}   (valid for this run)");
     println!("\nDemo workspace {}; fresh tokens for this run:", demo.workspace);
     let mut first_token = None;
-    for user in &demo.users {
+    for (user, handle) in &demo.users {
         let token = accounts::mint_token(&origin.store, &demo.workspace, user, 0).await?;
-        println!("  {user}  {token}");
+        println!("  {handle:<6} {user}  {token}");
         first_token.get_or_insert(token);
     }
     if let Some(token) = first_token {
-        println!("\nTry:");
+        let caller = accounts::authenticate(&origin.store, &token).await?;
+        let general = selvage_origin::channels::list(&origin.store, &caller)
+            .await?
+            .into_iter()
+            .find(|c| c.channel.name == "general")
+            .map(|c| c.channel.id.to_string())
+            .unwrap_or_else(|| "<channel id>".into());
+        let head = selvage_origin::feed::cursor(&origin.feed.head().await?);
+        println!("\nTry (as alice; #general is {general}):");
         println!("  curl -s -H 'Authorization: Bearer {token}' {base}/v1/channels");
         println!(
-            "  curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n       -d '{{\"text\":\"hello\",\"client_msg_id\":\"m1\"}}' {base}/v1/channels/<channel id>/messages"
+            "  curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n       -d '{{\"text\":\"hello\",\"client_msg_id\":\"m1\"}}' {base}/v1/channels/{general}/messages"
         );
-        println!("  curl -s -H 'Authorization: Bearer {token}' '{base}/v1/events?cursor=<cursor>&wait_ms=25000'");
+        println!("  curl -s -H 'Authorization: Bearer {token}' '{base}/v1/events?cursor={head}&wait_ms=25000'");
     }
     println!("\nCtrl-C stops it.\n");
     running.wait().await;

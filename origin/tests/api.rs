@@ -539,3 +539,56 @@ async fn health_readiness_metrics_and_openapi_are_served() {
     }
     o.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sequencer_queue_answers_overloaded_and_stores_nothing_extra() {
+    let o = TestOrigin::start_with(|c| {
+        c.sequencer.queue_capacity = 1;
+        c.sequencer.max_batch_messages = 1;
+    })
+    .await;
+    let (admin, general) = o.workspace("acme").await;
+    let mut created = HashSet::new();
+    let mut overloaded = 0;
+    // Bursts of concurrent sends against a one-slot queue; within a few rounds some must be
+    // refused. Every answer is either a commit or a clear, retryable 429.
+    for round in 0..20 {
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let http = o.http.clone();
+            let url = o.url(&format!("/v1/channels/{general}/messages"));
+            let token = admin.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("r{round}-{i}");
+                let resp = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&json!({ "text": "burst", "client_msg_id": id }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                (id, status, resp.json::<Value>().await.unwrap())
+            }));
+        }
+        for t in tasks {
+            let (id, status, body) = t.await.unwrap();
+            match status {
+                StatusCode::CREATED => assert!(created.insert(id)),
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+                    overloaded += 1;
+                }
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        if overloaded > 0 {
+            break;
+        }
+    }
+    assert!(overloaded > 0, "a one-slot queue under bursts of 64 never refused a send");
+    let stored: HashSet<String> =
+        o.history(&admin, &general).await.iter().map(|m| m["client_msg_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(stored, created, "exactly the acknowledged sends are stored");
+    o.stop().await;
+}
