@@ -5,8 +5,6 @@ mod admin;
 mod config;
 mod dev;
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -86,6 +84,9 @@ async fn main() -> Result<()> {
             let running = selvage_origin::start(config, shutdown).await?;
             println!("selvage origin listening on http://{}", running.addr);
             running.wait().await;
+            // FoundationDB's network thread must be stopped before the process exits.
+            #[cfg(feature = "fdb")]
+            selvage_origin::store::fdb::stop_network();
             Ok(())
         }
         Command::Dev(args) => {
@@ -98,10 +99,4 @@ async fn main() -> Result<()> {
             selvage_loadtest::run(args).await
         }
     }
-}
-
-/// Where a relative path given on the command line points.
-#[allow(dead_code)]
-fn absolute(p: PathBuf) -> PathBuf {
-    std::path::absolute(&p).unwrap_or(p)
 }
