@@ -1,39 +1,76 @@
-//! The embedded storage engine: FoundationDB's transaction model on one redb file.
+//! The embedded storage engine: FoundationDB's transaction model on one redb file, with a
+//! write-ahead log and a versioned memtable in front of it.
 //!
 //! This is the default engine and the one every test runs on. It keeps FoundationDB's semantics
-//! and limits (see [`super`]) so that code which would fail on FoundationDB fails here too:
+//! and limits (see [`super`]) so that code which would fail on FoundationDB fails here too. Its
+//! write path is the one FoundationDB's storage servers use: a commit is durable once it is in
+//! a log; the B-tree catches up later, in bulk.
 //!
-//! - **Snapshot reads.** A transaction reads from a redb read transaction taken at
-//!   [`KvStore::begin`], overlaid with its own buffered writes (read-your-writes).
+//! - **Group commit.** One dedicated commit thread (not a tokio worker: it blocks on fsync) takes
+//!   every pending commit request, checks each for conflicts in arrival order, resolves the
+//!   accepted ones (atomic adds against the newest committed value, versionstamps filled in)
+//!   and appends them as **one record** to the write-ahead log (module `wal`). While a helper thread
+//!   syncs the record (with `fsync` on, the only fsync on the acknowledgement path), the commit
+//!   thread adds the group to the memtable, where no reader sees it yet; once the sync is done
+//!   it makes the group visible by advancing the last committed version, and only then answers:
+//!   acknowledged means in the log and synced. If the log cannot be written, the group is taken
+//!   out of the memtable, answered [`StoreError::CommitUnknown`], and the store refuses further
+//!   commits until it is reopened (the log's tail is unknown; recovery sorts it out).
+//! - **Memtable** (module `memtable`). Committed mutations not yet in redb, by version, shared by
+//!   readers. Writing a group costs an append and an fsync instead of a copy-on-write of every
+//!   B-tree page it touches, which is what a group of writes scattered over many channels costs
+//!   in redb.
+//! - **Flusher.** A background thread freezes the memtable's active table and writes it into
+//!   redb in key order, cleared ranges first, in durable write transactions of a few thousand
+//!   writes each; the last one also records the new **flushed version** in the meta table. Then
+//!   it deletes the log segments that made obsolete. Writing many groups at once touches each
+//!   B-tree page once per flush rather than once per group. It runs every
+//!   [`EmbeddedOptions::flush_interval`], when the memtable passes
+//!   [`EmbeddedOptions::memtable_bytes`] or [`EmbeddedOptions::memtable_entries`], on
+//!   [`EmbeddedStore::flush`] and at shutdown. Past four times those sizes the commit thread
+//!   waits for it (backpressure) rather than letting the memtable grow without bound.
+//! - **Snapshot reads.** A transaction takes a redb read transaction, reads the flushed version
+//!   `F` it holds, then takes the last committed version `V` as its read version: it sees the
+//!   memtable's commits in `(F, V]` over that redb snapshot, plus its own buffered writes
+//!   (read-your-writes). Range reads merge the three, with the memtable's cleared ranges hiding
+//!   redb keys. A flushed memtable table is kept while a live transaction's snapshot predates
+//!   the flush, and at most `max_txn_age` (transactions older than that fail with
+//!   [`StoreError::TooOld`]).
 //! - **Optimistic serializability.** Reads record read conflict ranges, mutations record write
 //!   conflicts. At commit, a transaction fails with [`StoreError::Conflict`] if a transaction
 //!   committed after its read version wrote into its read conflict set. The write sets of recent
 //!   commits are kept in memory for this check (bounded by age and by a key count); a
 //!   transaction older than what is retained fails with [`StoreError::TooOld`].
-//! - **Group commit.** One dedicated commit thread (not a tokio worker: it blocks on fsync) takes
-//!   every pending commit request, checks each for conflicts in arrival order, applies the
-//!   accepted ones in one redb write transaction, makes it durable, then answers them all.
-//! - **Versions.** A `u64` commit version is persisted with the data in the same redb write
-//!   transaction. Each accepted transaction of a group gets its own version and the
-//!   versionstamp `Versionstamp::new(version, 0)`, so versionstamps are unique and increasing,
-//!   also across restarts. A transaction's read version is the version its snapshot saw.
+//! - **Versions.** Each accepted transaction gets its own `u64` commit version and the
+//!   versionstamp `Versionstamp::new(version, 0)`; versions are in every log record and the
+//!   flushed one is in redb, so versionstamps are unique and increasing across restarts.
+//! - **Recovery.** Opening reads the flushed version from redb and replays the log records after
+//!   it, stopping at the first torn or corrupt record (a commit that was never acknowledged).
+//!   The replayed commits are written into redb in one durable transaction, the old segments
+//!   deleted, and versions continue after the last replayed one.
 //! - **Watches** resolve once a commit after the watching transaction's read version writes the
 //!   key.
 //!
-//! Reads run inline on the calling task: a redb read is a B-tree walk over pages that are
-//! almost always in its page cache, as cheap as the bookkeeping a hand-off to a blocking thread
-//! would cost. Everything that can wait on the disk (write transactions, fsync) runs on the
-//! commit thread.
+//! With `fsync` off the log is synced at most every second on the commit path, and the flusher
+//! makes everything durable in redb every `flush_interval`; a crash may lose about a second.
+//! Dropping the last handle flushes the memtable, so a clean reopen replays nothing.
+//!
+//! Reads run inline on the calling task: a memtable lookup and a redb B-tree walk over pages
+//! that are almost always in its page cache cost about what a hand-off to a blocking thread
+//! would. Everything that waits on the disk runs on the commit and flush threads.
+
+mod memtable;
+mod wal;
 
 use std::{
     cmp::Ordering as CmpOrdering,
-    collections::{BTreeMap, VecDeque},
+    collections::{btree_map, BTreeMap, VecDeque},
     fmt,
     ops::Bound,
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError, Weak,
+        Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -43,6 +80,10 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use self::{
+    memtable::{MemRange, Memtable, Table, View},
+    wal::{Mutation, RecordBuilder, Wal},
+};
 use super::{
     backoff_pause, Committed, KeyValue, KvStore, KvTxn, RangeRead, Result, StoreError, Versionstamp, Watch,
     MAX_KEY_BYTES, MAX_TXN_AGE, MAX_TXN_BYTES, MAX_VALUE_BYTES,
@@ -52,23 +93,33 @@ use super::{
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 /// Engine bookkeeping, outside the user keyspace.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The last commit version, in [`META`].
+/// The flushed version in [`META`]: every commit up to it is in [`KV`] (later ones are in the
+/// write-ahead log).
 const VERSION_KEY: &str = "version";
 
 /// Commit requests waiting for the commit thread; senders wait when it is full.
 const COMMIT_QUEUE: usize = 1024;
-/// With `fsync` off, how often a commit is made durable anyway, so that a crash loses at most
-/// this much and redb can reclaim the pages of non-durable commits.
+/// A commit group stops taking requests past this many bytes of transactions (one more may
+/// take it over), which bounds a log record.
+const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// Writes per redb transaction when the flusher writes a memtable table.
+const FLUSH_CHUNK: usize = 8192;
+/// With `fsync` off, how often the commit thread syncs the log anyway.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// The memtable may hold this many times its flush threshold before commits wait for the
+/// flusher.
+const BACKPRESSURE_FACTOR: usize = 4;
+/// How often a commit thread waiting for the flusher looks again.
+const BACKPRESSURE_POLL: Duration = Duration::from_millis(100);
 /// How many watch registrations between sweeps of watchers whose futures were dropped.
 const WATCH_SWEEP_EVERY: usize = 1024;
 
 /// Settings of an [`EmbeddedStore`].
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
-    /// Make every commit durable (fsync) before it is acknowledged. Off, commits are
-    /// acknowledged from memory and made durable at least every second and at shutdown, so a
-    /// crash may lose the last second.
+    /// Sync the write-ahead log before a commit is acknowledged. Off, commits are acknowledged
+    /// from memory; the log is synced at most a second later and the memtable is flushed into
+    /// redb every `flush_interval` and at shutdown, so a crash may lose the last second.
     pub fsync: bool,
     /// Bytes of redb page cache.
     pub cache_bytes: usize,
@@ -78,6 +129,14 @@ pub struct EmbeddedOptions {
     /// checks; a transaction whose read version predates the oldest retained commit fails with
     /// [`StoreError::TooOld`].
     pub max_retained_writes: usize,
+    /// How often the memtable is flushed into redb (when it holds anything).
+    pub flush_interval: Duration,
+    /// Bytes of memtable (keys, values and bookkeeping) that trigger a flush before
+    /// `flush_interval`. Past four times this not yet in redb, commits wait for the flusher.
+    pub memtable_bytes: usize,
+    /// Mutations in the memtable that trigger a flush before `flush_interval`. Past four times
+    /// this not yet in redb, commits wait for the flusher.
+    pub memtable_entries: usize,
 }
 
 impl Default for EmbeddedOptions {
@@ -87,52 +146,227 @@ impl Default for EmbeddedOptions {
             cache_bytes: 256 * 1024 * 1024,
             max_txn_age: MAX_TXN_AGE,
             max_retained_writes: 2_000_000,
+            flush_interval: Duration::from_millis(500),
+            memtable_bytes: 64 * 1024 * 1024,
+            memtable_entries: 200_000,
         }
     }
 }
 
-/// Commit counters since the store was opened.
+/// Commit and flush counters since the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EmbeddedStats {
     /// Transactions committed with writes.
     pub commits: u64,
-    /// redb write transactions, each carrying one group of commits.
+    /// Write-ahead log records, each carrying one group of commits.
     pub commit_groups: u64,
     /// Commits refused with [`StoreError::Conflict`].
     pub conflicts: u64,
     /// Commits refused with [`StoreError::TooOld`].
     pub too_old: u64,
+    /// Memtable flushes into redb (redb write transactions).
+    pub flushes: u64,
 }
 
 /// The embedded engine. Open it with [`EmbeddedStore::open`]; dropping the last handle (every
-/// transaction holds one) stops the commit thread and closes the file.
+/// transaction holds one) stops the commit thread, flushes the memtable and closes the file.
 pub struct EmbeddedStore {
     /// Lets `begin(&self)` hand transactions a strong handle on the store.
     me: Weak<EmbeddedStore>,
-    db: Arc<Database>,
     shared: Arc<Shared>,
     /// `None` only while dropping.
     commits: Option<mpsc::Sender<CommitRequest>>,
     /// `None` only while dropping.
     worker: Option<JoinHandle<()>>,
+    /// `None` only while dropping.
+    flusher: Option<JoinHandle<()>>,
 }
 
-/// State shared by transactions and the commit thread.
+/// State shared by transactions, the commit thread and the flusher.
 struct Shared {
     opts: EmbeddedOptions,
+    db: Database,
+    wal: Wal,
+    mem: Memtable,
     tracker: Mutex<Tracker>,
+    /// The last commit version published in the memtable (stored under its write lock).
     last_version: AtomicU64,
+    /// The flushed version of the last flush (set once it is durable in redb).
+    flushed_version: AtomicU64,
+    /// Live redb snapshots, by a flushed version at or below theirs: memtable tables newer
+    /// than the lowest must stay.
+    pins: Mutex<BTreeMap<u64, usize>>,
+    /// Held by the commit thread from publishing a group in the memtable until it is synced
+    /// and visible, and by a freeze: a frozen table never holds a commit not yet in the log.
+    publish_gate: Mutex<()>,
+    flush: FlushControl,
     commits: AtomicU64,
     commit_groups: AtomicU64,
     conflicts: AtomicU64,
     too_old: AtomicU64,
+    flushes: AtomicU64,
+}
+
+/// How the commit thread and [`EmbeddedStore::flush`] wake the flusher, and wait for it.
+#[derive(Default)]
+struct FlushControl {
+    state: Mutex<FlushState>,
+    /// Wakes the flusher.
+    wake: Condvar,
+    /// Signalled after every flush attempt.
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// The memtable passed its threshold.
+    full: bool,
+    /// Callers waiting for everything committed so far to be flushed.
+    waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// Flush everything and stop (the commit thread has stopped).
+    shutdown: bool,
+    /// Why the last flush attempt failed; `None` after a success.
+    error: Option<String>,
+}
+
+// Every critical section on these locks leaves its state consistent between statements that
+// could panic, so a poisoned lock is still safe to use.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
     fn tracker(&self) -> MutexGuard<'_, Tracker> {
-        // Every critical section leaves the tracker consistent between statements that could
-        // panic, so a poisoned lock is still safe to use.
-        self.tracker.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.tracker)
+    }
+
+    fn flush_state(&self) -> MutexGuard<'_, FlushState> {
+        lock(&self.flush.state)
+    }
+
+    /// A redb snapshot, pinned so that the memtable keeps what it needs alongside.
+    fn snapshot(self: &Arc<Self>) -> Result<Snapshot> {
+        // Pin before the read transaction begins, at a flushed version its snapshot cannot be
+        // below: a flush that the snapshot misses then sees the pin before it retires tables.
+        let pin = {
+            let mut pins = lock(&self.pins);
+            let at = self.flushed_version.load(Ordering::Acquire);
+            *pins.entry(at).or_default() += 1;
+            Pin { shared: self.clone(), at }
+        };
+        let rtx = self.db.begin_read().map_err(engine_err)?;
+        let meta = rtx.open_table(META).map_err(engine_err)?;
+        let flushed = meta.get(VERSION_KEY).map_err(engine_err)?.map_or(0, |g| g.value());
+        let kv = rtx.open_table(KV).map_err(engine_err)?;
+        Ok(Snapshot { kv, flushed, _pin: pin })
+    }
+
+    /// Freezes the active memtable table and writes every frozen one still unflushed into
+    /// redb, oldest first, deleting the log segments each made obsolete.
+    fn flush_all(&self) -> Result<(), String> {
+        {
+            let _gate = lock(&self.publish_gate);
+            self.mem.freeze();
+        }
+        while let Some(table) = self.mem.next_to_flush() {
+            let started = Instant::now();
+            self.write_table(&table)?;
+            let flushed = table.newest();
+            self.flushed_version.store(flushed, Ordering::Release);
+            self.mem.mark_flushed(&table);
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                version = flushed,
+                entries = table.entries(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "memtable flushed"
+            );
+            if let Err(e) = self.wal.truncate_through(flushed) {
+                // Harmless: recovery skips what redb already holds; the next flush retries.
+                tracing::warn!(error = %e, "cannot delete flushed write-ahead log segments");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one frozen table into redb, durably, in key-ordered chunks of
+    /// [`FLUSH_CHUNK`] writes per redb transaction; the last one also records the new flushed
+    /// version.
+    ///
+    /// Chunks keep each commit's burst of page writes (and the stall it causes to a log sync
+    /// queued behind it on the disk) short. A reader whose redb snapshot holds only some
+    /// chunks still reads correctly: the table was frozen before its snapshot, so its read
+    /// version covers the whole table, and the memtable answers for every key the table wrote
+    /// or cleared. After a crash between chunks, the flushed version is still the old one, and
+    /// replaying the log rewrites every key the chunks touched.
+    fn write_table(&self, table: &Table) -> Result<(), String> {
+        let s = |e: &dyn fmt::Display| e.to_string();
+        let mut writes = table.final_writes().peekable();
+        let mut first = true;
+        loop {
+            let mut wtx = self.db.begin_write().map_err(|e| s(&e))?;
+            wtx.set_durability(Durability::Immediate).map_err(|e| s(&e))?;
+            {
+                let mut kv = wtx.open_table(KV).map_err(|e| s(&e))?;
+                if first {
+                    for (begin, end) in table.cleared_ranges() {
+                        kv.retain_in(begin..end, |_, _| false).map_err(|e| s(&e))?;
+                    }
+                }
+                for (key, value) in writes.by_ref().take(FLUSH_CHUNK) {
+                    match value {
+                        Some(v) => {
+                            kv.insert(key, v).map_err(|e| s(&e))?;
+                        }
+                        None => {
+                            kv.remove(key).map_err(|e| s(&e))?;
+                        }
+                    }
+                }
+                if writes.peek().is_none() {
+                    let mut meta = wtx.open_table(META).map_err(|e| s(&e))?;
+                    meta.insert(VERSION_KEY, table.newest()).map_err(|e| s(&e))?;
+                }
+            }
+            wtx.commit().map_err(|e| s(&e))?;
+            first = false;
+            if writes.peek().is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Drops the flushed memtable tables no live transaction can need.
+    fn retire(&self) {
+        let oldest_pin = lock(&self.pins).keys().next().copied();
+        // Dropped here, outside the memtable lock.
+        drop(self.mem.retire(oldest_pin, self.opts.max_txn_age));
+    }
+}
+
+/// A pinned redb snapshot: its `kv` table holds every commit up to `flushed`.
+struct Snapshot {
+    /// Declared first so the read transaction ends before the pin goes.
+    kv: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    flushed: u64,
+    _pin: Pin,
+}
+
+/// A registration in [`Shared::pins`], removed on drop.
+struct Pin {
+    shared: Arc<Shared>,
+    at: u64,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = lock(&self.shared.pins);
+        if let btree_map::Entry::Occupied(mut e) = pins.entry(self.at) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }
 
@@ -140,6 +374,7 @@ impl fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EmbeddedStore")
             .field("last_version", &self.last_version())
+            .field("flushed_version", &self.flushed_version())
             .field("stats", &self.stats())
             .finish()
     }
@@ -150,10 +385,11 @@ fn engine_err(e: impl fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store at `path` and starts its commit thread.
+    /// Opens (or creates) the store at `path`, replays its write-ahead log (files
+    /// `<stem>.wal.<version>` next to it) and starts its commit and flush threads.
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Arc<Self>> {
         let db = redb::Builder::new().set_cache_size(opts.cache_bytes).create(path).map_err(engine_err)?;
-        let version = {
+        let flushed = {
             let wtx = db.begin_write().map_err(engine_err)?;
             let version = {
                 wtx.open_table(KV).map_err(engine_err)?;
@@ -164,24 +400,73 @@ impl EmbeddedStore {
             wtx.commit().map_err(engine_err)?;
             version
         };
-        let db = Arc::new(db);
+        let naming = wal::Naming::new(path);
+        let mem = Memtable::new(flushed);
+        let recovered = {
+            let mut w = mem.write();
+            wal::recover(&naming, flushed, |version, mutations| {
+                for m in mutations {
+                    w.apply(version, m);
+                }
+                w.note_version(version);
+            })
+            .map_err(|e| StoreError::Engine(format!("cannot read the write-ahead log: {e}")))?
+        };
+        let version = recovered.last_version;
         let shared = Arc::new(Shared {
+            db,
+            wal: Wal::new(naming.clone(), opts.fsync),
+            mem,
             tracker: Mutex::new(Tracker::new(version)),
             last_version: AtomicU64::new(version),
+            flushed_version: AtomicU64::new(flushed),
+            pins: Mutex::new(BTreeMap::new()),
+            publish_gate: Mutex::new(()),
+            flush: FlushControl::default(),
             commits: AtomicU64::new(0),
             commit_groups: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             too_old: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
             opts,
         });
+        if recovered.replayed > 0 {
+            shared.flush_all().map_err(|e| StoreError::Engine(format!("cannot flush the replayed log: {e}")))?;
+            shared.retire();
+            tracing::info!(transactions = recovered.replayed, version, "write-ahead log replayed");
+        }
+        // Every commit the old segments hold is in redb now.
+        wal::remove_segments(&naming, &recovered.segments, shared.opts.fsync)
+            .map_err(|e| StoreError::Engine(format!("cannot delete replayed log segments: {e}")))?;
+
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
-        let mut worker = CommitWorker { db: db.clone(), shared: shared.clone(), version, last_durable: Instant::now() };
-        let handle = std::thread::Builder::new()
+        let syncer = Syncer::start(shared.clone()).map_err(engine_err)?;
+        let mut worker = CommitWorker { shared: shared.clone(), version, record: Vec::new(), failed: None, syncer };
+        let worker = std::thread::Builder::new()
             .name("selvage-commit".into())
             .spawn(move || worker.run(rx))
             .map_err(engine_err)?;
-        tracing::debug!(path = %path.display(), version, "embedded store open");
-        Ok(Arc::new_cyclic(|me| EmbeddedStore { me: me.clone(), db, shared, commits: Some(tx), worker: Some(handle) }))
+        let flusher_shared = shared.clone();
+        let flusher = match std::thread::Builder::new()
+            .name("selvage-flush".into())
+            .spawn(move || flusher_shared.run_flusher())
+        {
+            Ok(handle) => handle,
+            Err(e) => {
+                // Stop the commit thread again: closing its queue is enough.
+                drop(tx);
+                let _ = worker.join();
+                return Err(engine_err(e));
+            }
+        };
+        tracing::debug!(path = %path.display(), version, flushed, "embedded store open");
+        Ok(Arc::new_cyclic(|me| EmbeddedStore {
+            me: me.clone(),
+            shared,
+            commits: Some(tx),
+            worker: Some(worker),
+            flusher: Some(flusher),
+        }))
     }
 
     /// The version of the last commit (0 for a new store).
@@ -189,27 +474,49 @@ impl EmbeddedStore {
         self.shared.last_version.load(Ordering::Acquire)
     }
 
-    /// Commit counters since the store was opened.
+    /// The version up to which every commit is in the redb file (the rest is in the
+    /// write-ahead log and the memtable).
+    pub fn flushed_version(&self) -> u64 {
+        self.shared.flushed_version.load(Ordering::Acquire)
+    }
+
+    /// Counters since the store was opened.
     pub fn stats(&self) -> EmbeddedStats {
+        let s = &self.shared;
         EmbeddedStats {
-            commits: self.shared.commits.load(Ordering::Relaxed),
-            commit_groups: self.shared.commit_groups.load(Ordering::Relaxed),
-            conflicts: self.shared.conflicts.load(Ordering::Relaxed),
-            too_old: self.shared.too_old.load(Ordering::Relaxed),
+            commits: s.commits.load(Ordering::Relaxed),
+            commit_groups: s.commit_groups.load(Ordering::Relaxed),
+            conflicts: s.conflicts.load(Ordering::Relaxed),
+            too_old: s.too_old.load(Ordering::Relaxed),
+            flushes: s.flushes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Writes every commit acknowledged so far into the redb file (and drops the log segments
+    /// that held them); returns once that is durable.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.shared.flush_state();
+            if state.shutdown {
+                return Err(StoreError::Unavailable("the store is closing".into()));
+            }
+            state.waiters.push(tx);
+        }
+        self.shared.flush.wake.notify_one();
+        rx.await.map_err(|_| StoreError::Unavailable("the flush thread has stopped".into()))?
     }
 
     fn begin_txn(&self) -> Result<EmbeddedTxn> {
         let store = self.me.upgrade().ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
         let started = Instant::now();
-        let rtx = self.db.begin_read().map_err(engine_err)?;
-        let meta = rtx.open_table(META).map_err(engine_err)?;
-        let read_version = meta.get(VERSION_KEY).map_err(engine_err)?.map(|g| g.value());
-        let snapshot = rtx.open_table(KV).map_err(engine_err)?;
+        let snapshot = self.shared.snapshot()?;
+        // Taken after the snapshot, so it is at least the snapshot's flushed version.
+        let read_version = self.shared.last_version.load(Ordering::Acquire).max(snapshot.flushed);
         Ok(EmbeddedTxn {
             snapshot,
             store,
-            read_version: read_version.unwrap_or(0),
+            read_version,
             started,
             writes: BTreeMap::new(),
             cleared: BTreeMap::new(),
@@ -224,12 +531,20 @@ impl EmbeddedStore {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
-        // Closing the queue lets the commit thread finish its current group and exit; joining
-        // it means the file is closed (and may be reopened) once the last handle is gone.
+        // Closing the queue lets the commit thread finish its current group and exit; then the
+        // flusher writes the memtable into redb and exits. Joining both means the file is
+        // closed (and may be reopened) once the last handle is gone.
         drop(self.commits.take());
         if let Some(worker) = self.worker.take() {
             if worker.join().is_err() {
                 tracing::error!("embedded store commit thread panicked");
+            }
+        }
+        self.shared.flush_state().shutdown = true;
+        self.shared.flush.wake.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            if flusher.join().is_err() {
+                tracing::error!("embedded store flush thread panicked");
             }
         }
     }
@@ -462,6 +777,8 @@ struct CommitRequest {
     ops: Vec<(Vec<u8>, Op)>,
     versionstamped: Vec<VersionstampedSet>,
     watches: Vec<(Vec<u8>, oneshot::Sender<()>)>,
+    /// Bytes of mutations and conflict ranges, for sizing groups.
+    size: usize,
     reply: oneshot::Sender<Result<Committed>>,
 }
 
@@ -472,32 +789,216 @@ struct VersionstampedSet {
     value: Vec<u8>,
 }
 
-/// A request that passed the conflict check, with its place in the group.
+/// A request that passed the conflict check, with its place in the group and its mutations
+/// as they are logged and applied: cleared ranges, then point writes, then versionstamped keys.
 struct Accepted {
-    req: CommitRequest,
+    reply: oneshot::Sender<Result<Committed>>,
+    watches: Vec<(Vec<u8>, oneshot::Sender<()>)>,
+    read_version: u64,
     version: u64,
-    /// The versionstamped keys with the versionstamp filled in.
-    stamped_keys: Vec<Vec<u8>>,
+    cleared: RangeSet,
+    /// Buffered point mutations, sorted by key, until [`Accepted::resolve`] turns them into
+    /// `writes`.
+    ops: Vec<(Vec<u8>, Op)>,
+    /// Point writes (`None`: clear) with atomic adds summed, sorted by key.
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Versionstamped keys with the versionstamp filled in, and their values.
+    stamped: Vec<(Vec<u8>, Vec<u8>)>,
     write_set: WriteSet,
+}
+
+impl Accepted {
+    fn new(req: CommitRequest, version: u64) -> Self {
+        let stamp = Versionstamp::new(version, 0);
+        let stamped: Vec<(Vec<u8>, Vec<u8>)> = req
+            .versionstamped
+            .into_iter()
+            .map(|set| {
+                let mut key = set.key;
+                // The offset was checked against the key length when the mutation was buffered.
+                key[set.offset..set.offset + 10].copy_from_slice(&stamp.0);
+                (key, set.value)
+            })
+            .collect();
+        let mut keys: Vec<Vec<u8>> = req.ops.iter().map(|(k, _)| k.clone()).collect();
+        if !stamped.is_empty() {
+            keys.extend(stamped.iter().map(|(k, _)| k.clone()));
+            keys.sort_unstable();
+            keys.dedup();
+        }
+        let write_set = WriteSet { version, at: Instant::now(), keys, ranges: req.cleared.clone() };
+        Accepted {
+            reply: req.reply,
+            watches: req.watches,
+            read_version: req.read_version,
+            version,
+            cleared: req.cleared,
+            ops: req.ops,
+            writes: Vec::new(),
+            stamped,
+            write_set,
+        }
+    }
+
+    fn has_adds(&self) -> bool {
+        self.ops.iter().any(|(_, op)| matches!(op, Op::Add(_)))
+    }
+
+    /// What this (resolved) transaction leaves at `key`: `Some(None)` if it removed it, `None`
+    /// if it did not touch it.
+    fn leaves(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        if let Some((_, v)) = self.stamped.iter().rev().find(|(k, _)| k.as_slice() == key) {
+            return Some(Some(v));
+        }
+        if let Ok(i) = self.writes.binary_search_by(|(k, _)| k.as_slice().cmp(key)) {
+            return Some(self.writes[i].1.as_deref());
+        }
+        range_set_contains(&self.cleared, key).then_some(None)
+    }
+
+    /// Turns the buffered ops into writes, summing atomic adds against what the earlier
+    /// transactions of the group leave (`earlier`, resolved) or else the newest committed
+    /// value (`committed`).
+    fn resolve(
+        &mut self,
+        earlier: &[Accepted],
+        committed: &mut impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+    ) -> Result<()> {
+        let ops = std::mem::take(&mut self.ops);
+        let mut writes = Vec::with_capacity(ops.len());
+        for (key, op) in ops {
+            let value = match op {
+                Op::Set(v) => Some(v),
+                Op::Clear => None,
+                // An add never sits under a range its own transaction cleared: clearing drops
+                // the buffered add, and an add after the clear is buffered as a set.
+                Op::Add(delta) => Some(match earlier.iter().rev().find_map(|a| a.leaves(&key)) {
+                    Some(base) => add_le(base, delta),
+                    None => add_le(committed(&key)?.as_deref(), delta),
+                }),
+            };
+            writes.push((key, value));
+        }
+        self.writes = writes;
+        Ok(())
+    }
+
+    /// Appends this transaction to a log record.
+    fn encode(&self, record: &mut RecordBuilder<'_>) {
+        record.txn(self.version);
+        for (b, e) in &self.cleared {
+            record.clear_range(b, e);
+        }
+        for (key, value) in &self.writes {
+            match value {
+                Some(v) => record.set(key, v),
+                None => record.clear(key),
+            }
+        }
+        for (key, value) in &self.stamped {
+            record.set(key, value);
+        }
+    }
+
+    /// Moves this transaction's mutations into the memtable, in the order they were logged.
+    fn publish(&mut self, mem: &mut memtable::MemWrite<'_>) {
+        let version = self.version;
+        for (b, e) in std::mem::take(&mut self.cleared) {
+            mem.apply(version, Mutation::ClearRange(b, e));
+        }
+        for (key, value) in std::mem::take(&mut self.writes) {
+            match value {
+                Some(v) => mem.apply(version, Mutation::Set(key, v)),
+                None => mem.apply(version, Mutation::Clear(key)),
+            }
+        }
+        for (key, value) in std::mem::take(&mut self.stamped) {
+            mem.apply(version, Mutation::Set(key, value));
+        }
+        mem.note_version(version);
+    }
 }
 
 /// The commit thread's state.
 struct CommitWorker {
-    db: Arc<Database>,
     shared: Arc<Shared>,
-    /// The last persisted commit version.
+    /// The last commit version.
     version: u64,
-    last_durable: Instant,
+    /// The log record being built, reused between groups.
+    record: Vec<u8>,
+    /// Set when the log could not be written: the log's tail is then unknown, so nothing
+    /// more may be appended to it (reopening the store recovers).
+    failed: Option<String>,
+    syncer: Syncer,
+}
+
+/// A thread that syncs the log, so that the commit thread fills the memtable meanwhile.
+struct Syncer {
+    /// `None` only once the commit thread is done.
+    requests: Option<std::sync::mpsc::Sender<()>>,
+    results: std::sync::mpsc::Receiver<std::io::Result<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(shared: Arc<Shared>) -> std::io::Result<Self> {
+        let (requests, inbox) = std::sync::mpsc::channel::<()>();
+        let (outbox, results) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new().name("selvage-wal-sync".into()).spawn(move || {
+            while inbox.recv().is_ok() {
+                if outbox.send(shared.wal.sync()).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(Syncer { requests: Some(requests), results, handle: Some(handle) })
+    }
+
+    /// Starts syncing what was appended.
+    fn begin(&self) -> bool {
+        self.requests.as_ref().is_some_and(|r| r.send(()).is_ok())
+    }
+
+    /// Waits for the sync [`Syncer::begin`] started.
+    fn finish(&self) -> std::io::Result<()> {
+        self.results.recv().map_err(|_| std::io::Error::other("the log sync thread stopped"))?
+    }
+
+    fn stop(&mut self) {
+        drop(self.requests.take());
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                tracing::error!("embedded store log sync thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl CommitWorker {
     fn run(&mut self, mut rx: mpsc::Receiver<CommitRequest>) {
         while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.size;
             let mut group = vec![first];
-            while let Ok(req) = rx.try_recv() {
-                group.push(req);
+            while bytes < MAX_GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(req) => {
+                        bytes += req.size;
+                        group.push(req);
+                    }
+                    Err(_) => break,
+                }
             }
             self.commit_group(group);
+        }
+        self.syncer.stop();
+        if let Err(e) = self.shared.wal.sync() {
+            tracing::error!(error = %e, "cannot sync the write-ahead log at shutdown");
         }
         tracing::debug!(version = self.version, "embedded store commit thread stopped");
     }
@@ -505,6 +1006,12 @@ impl CommitWorker {
     fn commit_group(&mut self, group: Vec<CommitRequest>) {
         let shared = self.shared.clone();
         let opts = &shared.opts;
+        if let Some(e) = self.failed.clone().or_else(|| self.wait_for_room().err()) {
+            for req in group {
+                let _ = req.reply.send(Err(StoreError::Engine(e.clone())));
+            }
+            return;
+        }
         let mut accepted: Vec<Accepted> = Vec::with_capacity(group.len());
         {
             let tracker = shared.tracker();
@@ -530,23 +1037,76 @@ impl CommitWorker {
         if accepted.is_empty() {
             return;
         }
-        let durable = opts.fsync || self.last_durable.elapsed() >= CHECKPOINT_INTERVAL;
-        let new_version = self.version + accepted.len() as u64;
-        if let Err(e) = self.apply(&accepted, new_version, durable) {
-            tracing::error!(error = %e, "embedded store commit failed");
+        if let Err(e) = self.resolve_adds(&mut accepted) {
+            tracing::error!(error = %e, "cannot resolve atomic adds");
             for a in accepted {
-                let _ = a.req.reply.send(Err(StoreError::Engine(e.clone())));
+                let _ = a.reply.send(Err(e.clone()));
             }
             return;
         }
-        if durable {
-            self.last_durable = Instant::now();
+        let started = Instant::now();
+        let first = self.version + 1;
+        let new_version = self.version + accepted.len() as u64;
+        let mut record = RecordBuilder::new(&mut self.record);
+        for a in &accepted {
+            a.encode(&mut record);
         }
-        self.version = new_version;
+        record.finish();
+        let sync = opts.fsync || shared.wal.last_sync().elapsed() >= CHECKPOINT_INTERVAL;
+        let logged = shared.wal.append(&self.record, first, new_version);
+        let gate = lock(&shared.publish_gate);
+        let logged = logged.and_then(|()| {
+            // The memtable is filled while the log syncs: the group stays invisible to readers
+            // (whose views end at `last_version`) and to freezes (the gate) until it is durable.
+            let syncing = sync && self.syncer.begin();
+            {
+                let mut mem = shared.mem.write();
+                for a in &mut accepted {
+                    a.publish(&mut mem);
+                }
+            }
+            match (sync, syncing) {
+                (false, _) => Ok(()),
+                (true, true) => self.syncer.finish(),
+                (true, false) => shared.wal.sync(),
+            }
+        });
+        let logged_at = Instant::now();
+        if let Err(e) = logged {
+            shared.mem.write().rollback(first);
+            drop(gate);
+            tracing::error!(error = %e, "write-ahead log write failed; the store refuses commits until reopened");
+            self.failed = Some(format!("the write-ahead log failed ({e}); reopen the store"));
+            // Part of the record may be on disk: the outcome is unknown.
+            for a in accepted {
+                let _ = a.reply.send(Err(StoreError::CommitUnknown));
+            }
+            return;
+        }
         shared.last_version.store(new_version, Ordering::Release);
+        drop(gate);
+        self.version = new_version;
         shared.commit_groups.fetch_add(1, Ordering::Relaxed);
         shared.commits.fetch_add(accepted.len() as u64, Ordering::Relaxed);
-        tracing::trace!(group = accepted.len(), version = new_version, "group committed");
+        tracing::trace!(
+            group = accepted.len(),
+            version = new_version,
+            record_bytes = self.record.len(),
+            log_us = logged_at.duration_since(started).as_micros() as u64,
+            "group committed"
+        );
+        if self.record.capacity() > 2 * MAX_GROUP_BYTES {
+            // One huge group should not pin its buffer for ever.
+            self.record = Vec::new();
+        }
+        let (bytes, entries) = shared.mem.active_size();
+        if bytes >= opts.memtable_bytes || entries >= opts.memtable_entries {
+            let mut state = shared.flush_state();
+            if !state.full {
+                state.full = true;
+                shared.flush.wake.notify_one();
+            }
+        }
 
         let now = Instant::now();
         let mut replies = Vec::with_capacity(accepted.len());
@@ -559,11 +1119,11 @@ impl CommitWorker {
             }
             let mut registrations = Vec::new();
             for a in accepted {
-                let Accepted { req, version, mut write_set, .. } = a;
+                let Accepted { reply, watches, read_version, version, mut write_set, .. } = a;
                 write_set.at = now;
                 tracker.push(write_set);
-                registrations.push((req.watches, req.read_version, version));
-                replies.push((req.reply, version));
+                registrations.push((watches, read_version, version));
+                replies.push((reply, version));
             }
             for (watches, since, own) in registrations {
                 for (key, tx) in watches {
@@ -577,77 +1137,111 @@ impl CommitWorker {
         }
     }
 
-    /// Writes a group in one redb write transaction.
-    fn apply(&self, accepted: &[Accepted], new_version: u64, durable: bool) -> std::result::Result<(), String> {
-        let s = |e: &dyn fmt::Display| e.to_string();
-        let mut wtx = self.db.begin_write().map_err(|e| s(&e))?;
-        let durability = if durable { Durability::Immediate } else { Durability::None };
-        wtx.set_durability(durability).map_err(|e| s(&e))?;
-        {
-            let mut kv = wtx.open_table(KV).map_err(|e| s(&e))?;
-            for a in accepted {
-                let req = &a.req;
-                for (b, e) in &req.cleared {
-                    kv.retain_in(b.as_slice()..e.as_slice(), |_, _| false).map_err(|e| s(&e))?;
-                }
-                for (key, op) in &req.ops {
-                    match op {
-                        Op::Set(v) => {
-                            kv.insert(key.as_slice(), v.as_slice()).map_err(|e| s(&e))?;
-                        }
-                        Op::Clear => {
-                            kv.remove(key.as_slice()).map_err(|e| s(&e))?;
-                        }
-                        Op::Add(d) => {
-                            let current = kv.get(key.as_slice()).map_err(|e| s(&e))?;
-                            let sum = add_le(current.as_ref().map(|g| g.value()), *d);
-                            drop(current);
-                            kv.insert(key.as_slice(), sum.as_slice()).map_err(|e| s(&e))?;
-                        }
-                    }
-                }
-                // Versionstamped keys go last rather than in issue order: their keys hold a
-                // versionstamp nothing else could have named, except a `clear_range` issued
-                // after them over a range that happens to cover the stamp, which they survive.
-                for (set, key) in req.versionstamped.iter().zip(&a.stamped_keys) {
-                    kv.insert(key.as_slice(), set.value.as_slice()).map_err(|e| s(&e))?;
-                }
+    /// Resolves the transactions of a group in order, each atomic add against what precedes
+    /// it.
+    fn resolve_adds(&self, accepted: &mut [Accepted]) -> Result<()> {
+        // The newest committed state: the memtable up to the last version over a fresh redb
+        // snapshot, taken once for the group, and only if some transaction adds.
+        let snapshot = match accepted.iter().any(Accepted::has_adds) {
+            true => Some(self.shared.snapshot()?),
+            false => None,
+        };
+        let mut committed = |key: &[u8]| -> Result<Option<Vec<u8>>> {
+            let Some(snapshot) = &snapshot else {
+                return Err(StoreError::Engine("an atomic add without a snapshot to resolve it".into()));
+            };
+            let view = View { flushed: snapshot.flushed, version: self.version };
+            if let Some(v) = self.shared.mem.read().get(key, view) {
+                return Ok(v.map(<[u8]>::to_vec));
             }
-            let mut meta = wtx.open_table(META).map_err(|e| s(&e))?;
-            meta.insert(VERSION_KEY, new_version).map_err(|e| s(&e))?;
+            let v = snapshot.kv.get(key).map_err(engine_err)?;
+            Ok(v.map(|g| g.value().to_vec()))
+        };
+        for i in 0..accepted.len() {
+            let (earlier, rest) = accepted.split_at_mut(i);
+            if let Some(current) = rest.first_mut() {
+                current.resolve(earlier, &mut committed)?;
+            }
         }
-        wtx.commit().map_err(|e| s(&e))
+        Ok(())
+    }
+
+    /// With the memtable past its hard cap, waits until the flusher has made room. Fails when
+    /// flushing fails, rather than waiting for ever.
+    fn wait_for_room(&self) -> Result<(), String> {
+        let opts = &self.shared.opts;
+        let cap_bytes = opts.memtable_bytes.saturating_mul(BACKPRESSURE_FACTOR);
+        let cap_entries = opts.memtable_entries.saturating_mul(BACKPRESSURE_FACTOR);
+        let over = || {
+            let (bytes, entries) = self.shared.mem.unflushed_size();
+            bytes > cap_bytes || entries > cap_entries
+        };
+        if !over() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut state = self.shared.flush_state();
+        while over() {
+            if let Some(e) = &state.error {
+                return Err(format!("the memtable is full and flushing it fails: {e}"));
+            }
+            state.full = true;
+            self.shared.flush.wake.notify_one();
+            state = match self.shared.flush.done.wait_timeout(state, BACKPRESSURE_POLL) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        tracing::debug!(waited_ms = started.elapsed().as_millis() as u64, "commits waited for the flusher");
+        Ok(())
     }
 }
 
-impl Accepted {
-    fn new(req: CommitRequest, version: u64) -> Self {
-        let stamp = Versionstamp::new(version, 0);
-        let stamped_keys: Vec<Vec<u8>> = req
-            .versionstamped
-            .iter()
-            .map(|set| {
-                let mut key = set.key.clone();
-                // The offset was checked against the key length when the mutation was buffered.
-                key[set.offset..set.offset + 10].copy_from_slice(&stamp.0);
-                key
-            })
-            .collect();
-        let mut keys: Vec<Vec<u8>> = req.ops.iter().map(|(k, _)| k.clone()).collect();
-        if !stamped_keys.is_empty() {
-            keys.extend(stamped_keys.iter().cloned());
-            keys.sort_unstable();
-            keys.dedup();
+impl Shared {
+    /// The flush thread: flushes on a timer, on demand and at shutdown, and retires memtable
+    /// tables nobody needs any more.
+    fn run_flusher(self: Arc<Self>) {
+        let interval = self.opts.flush_interval.max(Duration::from_millis(1));
+        let mut due = Instant::now() + interval;
+        loop {
+            let (shutdown, waiters) = {
+                let mut state = self.flush_state();
+                loop {
+                    let now = Instant::now();
+                    if state.full || state.shutdown || !state.waiters.is_empty() || now >= due {
+                        break;
+                    }
+                    state = match self.flush.wake.wait_timeout(state, due - now) {
+                        Ok((guard, _)) => guard,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    };
+                }
+                state.full = false;
+                (state.shutdown, std::mem::take(&mut state.waiters))
+            };
+            due = Instant::now() + interval;
+            let result = self.flush_all();
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "memtable flush failed; retrying at the next interval");
+            }
+            self.retire();
+            self.flush_state().error = result.as_ref().err().cloned();
+            self.flush.done.notify_all();
+            for waiter in waiters {
+                let _ = waiter.send(result.clone().map_err(StoreError::Engine));
+            }
+            if shutdown {
+                break;
+            }
         }
-        let write_set = WriteSet { version, at: Instant::now(), keys, ranges: req.cleared.clone() };
-        Accepted { req, version, stamped_keys, write_set }
+        tracing::debug!(version = self.flushed_version.load(Ordering::Relaxed), "embedded store flush thread stopped");
     }
 }
-
-/// An embedded transaction: a redb snapshot plus buffered writes.
+/// An embedded transaction: a redb snapshot and the memtable as of its read version, plus
+/// buffered writes.
 struct EmbeddedTxn {
     /// Declared first so the redb read transaction ends before the store handle goes.
-    snapshot: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    snapshot: Snapshot,
     store: Arc<EmbeddedStore>,
     read_version: u64,
     started: Instant,
@@ -687,6 +1281,11 @@ fn point_cost(key: &[u8], value_len: usize) -> usize {
 impl EmbeddedTxn {
     fn opts(&self) -> &EmbeddedOptions {
         &self.store.shared.opts
+    }
+
+    /// The commits this transaction sees in the memtable.
+    fn view(&self) -> View {
+        View { flushed: self.snapshot.flushed, version: self.read_version }
     }
 
     /// Remembers `err` for the commit and returns it.
@@ -731,29 +1330,41 @@ impl EmbeddedTxn {
         self.writes.is_empty() && self.cleared.is_empty() && self.versionstamped.is_empty()
     }
 
+    /// `key` as of the read version: the memtable, else the redb snapshot.
     fn snapshot_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let value = self.snapshot.get(key).map_err(engine_err)?;
+        {
+            let mem = self.store.shared.mem.read();
+            // Checked under the memtable lock: a flushed table this snapshot needs is only
+            // dropped (under the write lock) once a transaction this old is too old.
+            self.check_age()?;
+            if let Some(value) = mem.get(key, self.view()) {
+                return Ok(value.map(<[u8]>::to_vec));
+            }
+        }
+        let value = self.snapshot.kv.get(key).map_err(engine_err)?;
         Ok(value.map(|g| g.value().to_vec()))
     }
 
     /// The merged range read; also whether `limit` cut it short.
     fn read_range(&self, r: &RangeRead) -> Result<(Vec<KeyValue>, bool)> {
-        type SnapIter<'a> = Box<dyn Iterator<Item = Result<KeyValue, redb::StorageError>> + 'a>;
         type OwnIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Op)> + 'a>;
 
+        let mem = self.store.shared.mem.read();
+        // Under the memtable lock, as in `snapshot_get`.
+        self.check_age()?;
         let (begin, end) = (r.begin.as_slice(), r.end.as_slice());
-        let range = self.snapshot.range::<&[u8]>(begin..end).map_err(engine_err)?;
+        let range = self.snapshot.kv.range::<&[u8]>(begin..end).map_err(engine_err)?;
         let bounds = (Bound::Included(begin), Bound::Excluded(end));
         let own = self.writes.range::<[u8], _>(bounds);
-        let (mut snap, mut own): (SnapIter<'_>, OwnIter<'_>) = if r.reverse {
+        let (redb, mut own): (SnapIter<'_>, OwnIter<'_>) = if r.reverse {
             (Box::new(range.rev().map(owned_entry)), Box::new(own.rev()))
         } else {
             (Box::new(range.map(owned_entry)), Box::new(own))
         };
+        let mut snap = Merged::new(redb, mem.range(begin, end, r.reverse, self.view()), r.reverse);
         // The next snapshot entry not hidden by a range this transaction cleared.
-        let next_snap = |snap: &mut SnapIter<'_>| -> Result<Option<KeyValue>> {
-            for item in snap.by_ref() {
-                let (k, v) = item.map_err(engine_err)?;
+        let next_snap = |snap: &mut Merged<'_>| -> Result<Option<KeyValue>> {
+            while let Some((k, v)) = snap.next_entry()? {
                 if !self.is_cleared(&k) {
                     return Ok(Some((k, v)));
                 }
@@ -809,6 +1420,74 @@ impl EmbeddedTxn {
     }
 }
 
+type SnapIter<'a> = Box<dyn Iterator<Item = Result<KeyValue, redb::StorageError>> + 'a>;
+
+/// A range of the snapshot as of a read version: the redb snapshot overlaid with the memtable,
+/// whose writes replace redb's values and whose clears and cleared ranges hide redb's keys.
+struct Merged<'a> {
+    redb: SnapIter<'a>,
+    mem: MemRange<'a>,
+    redb_head: Option<KeyValue>,
+    mem_head: Option<(&'a [u8], Option<&'a [u8]>)>,
+    started: bool,
+    reverse: bool,
+}
+
+impl<'a> Merged<'a> {
+    fn new(redb: SnapIter<'a>, mem: MemRange<'a>, reverse: bool) -> Self {
+        Merged { redb, mem, redb_head: None, mem_head: None, started: false, reverse }
+    }
+
+    /// Moves to the next redb entry no memtable cleared range hides.
+    fn advance_redb(&mut self) -> Result<()> {
+        self.redb_head = None;
+        for item in self.redb.by_ref() {
+            let (k, v) = item.map_err(engine_err)?;
+            if !self.mem.covered(&k) {
+                self.redb_head = Some((k, v));
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn next_entry(&mut self) -> Result<Option<KeyValue>> {
+        if !self.started {
+            self.started = true;
+            self.advance_redb()?;
+            self.mem_head = self.mem.next();
+        }
+        loop {
+            let order = match (&self.redb_head, &self.mem_head) {
+                (None, None) => return Ok(None),
+                (Some(_), None) => CmpOrdering::Less,
+                (None, Some(_)) => CmpOrdering::Greater,
+                (Some((rk, _)), Some((mk, _))) => {
+                    let o = rk.as_slice().cmp(mk);
+                    if self.reverse {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
+            };
+            if order == CmpOrdering::Less {
+                let out = self.redb_head.take();
+                self.advance_redb()?;
+                return Ok(out);
+            }
+            if order == CmpOrdering::Equal {
+                // The memtable's newer write (or clear) replaces redb's entry.
+                self.advance_redb()?;
+            }
+            let head = self.mem_head.take();
+            self.mem_head = self.mem.next();
+            if let Some((k, Some(v))) = head {
+                return Ok(Some((k.to_vec(), v.to_vec())));
+            }
+        }
+    }
+}
 #[async_trait]
 impl KvTxn for EmbeddedTxn {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -955,8 +1634,11 @@ impl KvTxn for EmbeddedTxn {
             return Err(StoreError::TransactionTooLarge(txn.size));
         }
         txn.check_age()?;
-        let EmbeddedTxn { snapshot, store, read_version, writes, cleared, versionstamped, reads, watches, .. } = txn;
-        // The snapshot pins redb pages; let it go before waiting for the commit thread.
+        let EmbeddedTxn {
+            snapshot, store, read_version, writes, cleared, versionstamped, reads, watches, size, ..
+        } = txn;
+        // The snapshot pins redb pages and memtable tables; let it go before waiting for the
+        // commit thread.
         drop(snapshot);
         let (reply, answer) = oneshot::channel();
         let req = CommitRequest {
@@ -966,6 +1648,7 @@ impl KvTxn for EmbeddedTxn {
             ops: writes.into_iter().collect(),
             versionstamped,
             watches,
+            size,
             reply,
         };
         let queue = store.commits.as_ref().ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
@@ -987,7 +1670,10 @@ impl KvTxn for EmbeddedTxn {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::store::Store;
 
     fn r(b: &str, e: &str) -> (Vec<u8>, Vec<u8>) {
         (b.as_bytes().to_vec(), e.as_bytes().to_vec())
@@ -1029,45 +1715,92 @@ mod tests {
         assert_eq!(add_le(Some(&i64::MAX.to_le_bytes()), 1), i64::MIN.to_le_bytes());
     }
 
-    /// Child half of [`committed_data_survives_kill_9`]: commits increments and reports each
-    /// acknowledged one on stdout until killed.
+    fn wal_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".wal.")))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Options under which only [`EmbeddedStore::flush`] and shutdown flush the memtable.
+    fn manual_flush() -> EmbeddedOptions {
+        EmbeddedOptions {
+            flush_interval: Duration::from_secs(3600),
+            memtable_bytes: usize::MAX / 8,
+            memtable_entries: usize::MAX / 8,
+            ..EmbeddedOptions::default()
+        }
+    }
+
+    /// Options under which the flusher runs all the time, underneath everything.
+    fn constant_flush() -> EmbeddedOptions {
+        EmbeddedOptions {
+            flush_interval: Duration::from_millis(1),
+            memtable_bytes: 256,
+            memtable_entries: 2,
+            ..EmbeddedOptions::default()
+        }
+    }
+
+    fn num(v: Option<Vec<u8>>) -> Option<u64> {
+        v.map(|v| u64::from_be_bytes(v.try_into().unwrap()))
+    }
+
+    /// Child half of [`committed_data_survives_kill_9`]: commits transactions of every kind of
+    /// mutation and reports each acknowledged one on stdout until killed. With
+    /// `SELVAGE_CRASH_CHILD_MODE=unflushed` nothing is ever flushed into redb, so everything
+    /// survives in the write-ahead log only.
     #[tokio::test]
     #[ignore = "run as a child process by committed_data_survives_kill_9"]
     async fn crash_child() {
         let Ok(path) = std::env::var("SELVAGE_CRASH_CHILD_DB") else {
             return;
         };
-        let store = EmbeddedStore::open(Path::new(&path), EmbeddedOptions::default()).unwrap();
+        let opts = match std::env::var("SELVAGE_CRASH_CHILD_MODE").as_deref() {
+            Ok("unflushed") => manual_flush(),
+            _ => EmbeddedOptions::default(),
+        };
+        let store = EmbeddedStore::open(Path::new(&path), opts).unwrap();
         for i in 1u64.. {
             let mut tx = store.begin().await.unwrap();
             tx.set(b"counter", &i.to_be_bytes()).unwrap();
-            tx.set(&i.to_be_bytes(), b"x").unwrap();
+            tx.set(&[b"k/".as_slice(), &i.to_be_bytes()].concat(), b"x").unwrap();
+            tx.atomic_add(b"sum", 1).unwrap();
+            tx.set_versionstamped_key(&[b"log/".as_slice(), &[0; 10]].concat(), 4, &i.to_be_bytes()).unwrap();
+            if i % 5 == 0 {
+                tx.clear_range(b"tmp/", b"tmp0").unwrap();
+            } else {
+                tx.set(&[b"tmp/".as_slice(), &i.to_be_bytes()].concat(), b"t").unwrap();
+            }
             let c = tx.commit().await.unwrap();
             println!("acked {i} {}", c.versionstamp.version());
         }
     }
 
-    #[tokio::test]
-    async fn committed_data_survives_kill_9() {
+    /// Runs [`crash_child`] until it has acknowledged `acks` commits, then kills it with
+    /// SIGKILL; returns the last acknowledged commit and its version.
+    async fn run_and_kill_child(path: &Path, mode: &str, acks: u64) -> (u64, u64) {
         use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("crash.redb");
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "store::embedded::tests::crash_child", "--ignored", "--nocapture"])
-            .env("SELVAGE_CRASH_CHILD_DB", &path)
+            .env("SELVAGE_CRASH_CHILD_DB", path)
+            .env("SELVAGE_CRASH_CHILD_MODE", mode)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let (last_i, last_version) = tokio::task::spawn_blocking(move || {
+        let last = tokio::task::spawn_blocking(move || {
             let mut last = (0u64, 0u64);
             for line in std::io::BufReader::new(stdout).lines() {
                 let line = line.unwrap();
                 let mut parts = line.strip_prefix("acked ").map(|l| l.split(' ')).into_iter().flatten();
                 if let (Some(i), Some(v)) = (parts.next(), parts.next()) {
                     last = (i.parse().unwrap(), v.parse().unwrap());
-                    if last.0 >= 40 {
+                    if last.0 >= acks {
                         break;
                     }
                 }
@@ -1076,23 +1809,518 @@ mod tests {
         })
         .await
         .unwrap();
-        assert!(last_i >= 40, "the child stopped early");
+        assert!(last.0 >= acks, "the child stopped early");
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
+        last
+    }
 
-        let store = EmbeddedStore::open(&path, EmbeddedOptions::default()).unwrap();
-        assert!(store.last_version() >= last_version);
-        let mut tx = store.begin().await.unwrap();
-        let counter = tx.get(b"counter").await.unwrap().unwrap();
-        let counter = u64::from_be_bytes(counter.try_into().unwrap());
-        assert!(counter >= last_i, "acknowledged commit {last_i} lost (found {counter})");
-        for i in 1..=counter {
-            assert!(tx.get(&i.to_be_bytes()).await.unwrap().is_some(), "commit {i} lost");
+    /// Every acknowledged commit survives kill -9, whether it had reached redb or only the
+    /// write-ahead log, and versions go on after the highest one recovered.
+    #[tokio::test]
+    async fn committed_data_survives_kill_9() {
+        for (mode, acks) in [("default", 300), ("unflushed", 100)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("crash.redb");
+            let (last_i, last_version) = run_and_kill_child(&path, mode, acks).await;
+            if mode == "unflushed" {
+                assert!(!wal_files(dir.path()).is_empty(), "nothing in the log to replay");
+            }
+
+            let store = EmbeddedStore::open(&path, EmbeddedOptions::default()).unwrap();
+            assert!(store.last_version() >= last_version, "{mode}");
+            assert_eq!(store.flushed_version(), store.last_version(), "{mode}: the replay was not flushed");
+            assert!(wal_files(dir.path()).is_empty(), "{mode}: replayed segments were kept");
+            let mut tx = store.begin().await.unwrap();
+            let counter = num(tx.get(b"counter").await.unwrap()).unwrap();
+            assert!(counter >= last_i, "{mode}: acknowledged commit {last_i} lost (found {counter})");
+            for i in 1..=counter {
+                let key = [b"k/".as_slice(), &i.to_be_bytes()].concat();
+                assert!(tx.get(&key).await.unwrap().is_some(), "{mode}: commit {i} lost");
+            }
+            assert_eq!(tx.get(b"sum").await.unwrap(), Some((counter as i64).to_le_bytes().to_vec()), "{mode}");
+            let log = tx.get_range(&RangeRead::prefix(b"log")).await.unwrap();
+            let logged: Vec<u64> = log.iter().map(|(_, v)| num(Some(v.clone())).unwrap()).collect();
+            assert_eq!(logged, (1..=counter).collect::<Vec<_>>(), "{mode}: the log is out of order");
+            let tmp = tx.get_range(&RangeRead::between(b"tmp/".to_vec(), b"tmp0".to_vec())).await.unwrap();
+            assert_eq!(tmp.len() as u64, counter % 5, "{mode}: a clear_range was not replayed");
+            let mut w = store.begin().await.unwrap();
+            w.set(b"after", b"crash").unwrap();
+            let c = w.commit().await.unwrap();
+            assert!(c.versionstamp.version() > store.flushed_version(), "{mode}");
+            assert!(c.versionstamp.version() > last_version, "{mode}");
         }
-        let mut w = store.begin().await.unwrap();
-        w.set(b"after", b"crash").unwrap();
-        let c = w.commit().await.unwrap();
-        assert!(c.versionstamp.version() > last_version);
+    }
+
+    /// A record torn by a crash, garbage after the last record, or a record whose checksum
+    /// fails ends the log there: the commits before it are recovered, nothing after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_log_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("s.redb"), manual_flush()).unwrap();
+        let store_dyn: Store = store.clone();
+        for i in 1..=10u64 {
+            let mut tx = store_dyn.begin().await.unwrap();
+            tx.set(&i.to_be_bytes(), b"v").unwrap();
+            tx.atomic_add(b"n", 1).unwrap();
+            tx.commit().await.unwrap();
+        }
+        // A crash image: the files as a kill -9 would leave them (nothing flushed yet).
+        let image = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, image.path().join(path.file_name().unwrap())).unwrap();
+        }
+        drop(store_dyn);
+        drop(store);
+
+        let damage = |how: &str| {
+            let copy = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(image.path()).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::copy(&path, copy.path().join(path.file_name().unwrap())).unwrap();
+            }
+            let segments = wal_files(copy.path());
+            assert_eq!(segments.len(), 1);
+            let mut bytes = std::fs::read(&segments[0]).unwrap();
+            match how {
+                "torn" => bytes.truncate(bytes.len() - 3),
+                "garbage" => bytes.extend_from_slice(&[0xa5; 11]),
+                "bad checksum" => {
+                    let at = bytes.len() - 2;
+                    bytes[at] ^= 0x01;
+                }
+                _ => unreachable!(),
+            }
+            std::fs::write(&segments[0], bytes).unwrap();
+            copy
+        };
+        for (how, survivors) in [("torn", 9u64), ("garbage", 10), ("bad checksum", 9)] {
+            let copy = damage(how);
+            let path = copy.path().join("s.redb");
+            {
+                let reopened = EmbeddedStore::open(&path, EmbeddedOptions::default()).unwrap();
+                assert_eq!(reopened.last_version(), survivors, "{how}");
+                let store: Store = reopened.clone();
+                let mut tx = store.begin().await.unwrap();
+                for i in 1..=10u64 {
+                    assert_eq!(tx.get(&i.to_be_bytes()).await.unwrap().is_some(), i <= survivors, "{how}: {i}");
+                }
+                assert_eq!(tx.get(b"n").await.unwrap(), Some((survivors as i64).to_le_bytes().to_vec()));
+                let mut w = store.begin().await.unwrap();
+                w.set(b"after", b"recovery").unwrap();
+                let c = w.commit().await.unwrap();
+                assert_eq!(c.versionstamp.version(), survivors + 1, "{how}: versions must continue");
+            }
+            // And the recovered store reopens cleanly, with the write after recovery.
+            let again = EmbeddedStore::open(&path, EmbeddedOptions::default()).unwrap();
+            assert_eq!(again.last_version(), survivors + 1, "{how}");
+            let store: Store = again;
+            let mut tx = store.begin().await.unwrap();
+            assert_eq!(tx.get(b"after").await.unwrap(), Some(b"recovery".to_vec()), "{how}");
+        }
+    }
+
+    /// Point reads of `k0..k9` and two range reads, as one transaction sees them.
+    async fn state_of(tx: &mut dyn KvTxn) -> (Vec<Option<Vec<u8>>>, Vec<KeyValue>, Vec<KeyValue>) {
+        let mut points = Vec::new();
+        for i in 0..10 {
+            points.push(tx.get(&[b'k', i]).await.unwrap());
+        }
+        let rows = tx.get_range(&RangeRead::prefix(b"k")).await.unwrap();
+        let rev = tx.get_range(&RangeRead::prefix(b"k").reverse(true).limit(3)).await.unwrap();
+        (points, rows, rev)
+    }
+
+    /// A transaction keeps reading exactly its snapshot while flushes move what it sees from
+    /// the memtable into redb underneath; once it is too old, it fails rather than read a
+    /// dropped table.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_read_versions_survive_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let age = Duration::from_millis(400);
+        let embedded =
+            EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions { max_txn_age: age, ..manual_flush() })
+                .unwrap();
+        let store: Store = embedded.clone();
+        let key = |i: u8| vec![b'k', i];
+        let mut tx = store.begin().await.unwrap();
+        for i in 0..10 {
+            tx.set(&key(i), b"v1").unwrap();
+        }
+        tx.commit().await.unwrap();
+        embedded.flush().await.unwrap();
+
+        let mut v1 = store.begin().await.unwrap();
+        let seen_v1 = state_of(&mut *v1).await;
+        let mut tx = store.begin().await.unwrap();
+        tx.set(&key(0), b"v2").unwrap();
+        tx.clear(&key(1)).unwrap();
+        tx.clear_range(&key(3), &key(6)).unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
+        tx.set(&key(4), b"v2").unwrap();
+        tx.set(&key(12), b"v2").unwrap();
+        tx.commit().await.unwrap();
+        // v2 begins with these commits in the memtable only.
+        let mut v2 = store.begin().await.unwrap();
+        let seen_v2 = state_of(&mut *v2).await;
+        assert_eq!(seen_v2.1.len(), 8, "{:?}", seen_v2.1);
+        assert_ne!(seen_v1, seen_v2);
+
+        // Flush: v2's commits are now in redb, where v2's snapshot does not see them.
+        embedded.flush().await.unwrap();
+        assert_eq!(state_of(&mut *v1).await, seen_v1);
+        assert_eq!(state_of(&mut *v2).await, seen_v2);
+        let mut fresh = store.begin().await.unwrap();
+        assert_eq!(state_of(&mut *fresh).await, seen_v2);
+
+        // More commits and flushes: none of them shows in the older snapshots.
+        for round in 0..3u8 {
+            let mut tx = store.begin().await.unwrap();
+            tx.clear_range(&key(0), &key(2)).unwrap();
+            tx.set(&key(7), &[round]).unwrap();
+            tx.commit().await.unwrap();
+            embedded.flush().await.unwrap();
+        }
+        assert_eq!(state_of(&mut *v1).await, seen_v1);
+        assert_eq!(state_of(&mut *v2).await, seen_v2);
+        assert_eq!(state_of(&mut *fresh).await, seen_v2);
+        assert!(embedded.shared.mem.table_count() > 1, "tables the snapshots need were dropped");
+
+        // Once nobody needs them, flushed tables go.
+        drop((v1, v2, fresh));
+        embedded.flush().await.unwrap();
+        assert_eq!(embedded.shared.mem.table_count(), 1);
+
+        // A snapshot older than max_txn_age fails instead of reading a table dropped for age.
+        let mut old = store.begin().await.unwrap();
+        write_key(&store, &key(9), b"v3").await;
+        embedded.flush().await.unwrap();
+        tokio::time::sleep(age + Duration::from_millis(100)).await;
+        embedded.flush().await.unwrap(); // retires by age
+        let r = old.get(&key(9)).await;
+        assert!(matches!(r, Err(StoreError::TooOld)), "{r:?}");
+    }
+
+    async fn write_key(store: &Store, key: &[u8], value: &[u8]) {
+        let mut tx = store.begin().await.unwrap();
+        tx.set(key, value).unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    /// Cleared ranges (and clears) in the memtable hide what redb holds, in point and range
+    /// reads of every shape, before and after the flush and across a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memtable_clears_hide_flushed_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let key = |i: u8| vec![b'k', i];
+        let ids = |rows: Vec<KeyValue>| rows.into_iter().map(|(k, _)| k[1]).collect::<Vec<u8>>();
+        let check = |store: Store, when: &'static str| async move {
+            let all = RangeRead::prefix(b"k");
+            let mut tx = store.begin().await.unwrap();
+            assert_eq!(ids(tx.get_range(&all).await.unwrap()), vec![1, 2, 5, 7, 8], "{when}");
+            assert_eq!(ids(tx.get_range(&all.clone().reverse(true)).await.unwrap()), vec![8, 7, 5, 2, 1], "{when}");
+            assert_eq!(ids(tx.get_range(&all.clone().limit(3)).await.unwrap()), vec![1, 2, 5], "{when}");
+            assert_eq!(ids(tx.get_range(&all.clone().reverse(true).limit(2)).await.unwrap()), vec![8, 7], "{when}");
+            let inside = RangeRead::between(key(3), key(7));
+            assert_eq!(ids(tx.get_range(&inside).await.unwrap()), vec![5], "{when}");
+            for (i, present) in [(0, false), (1, true), (3, false), (4, false), (5, true), (6, false), (9, false)] {
+                assert_eq!(tx.get(&key(i)).await.unwrap().is_some(), present, "{when}: key {i}");
+            }
+            assert_eq!(tx.get(&key(5)).await.unwrap(), Some(b"new".to_vec()), "{when}");
+        };
+        {
+            let embedded = EmbeddedStore::open(&path, manual_flush()).unwrap();
+            let store: Store = embedded.clone();
+            let mut tx = store.begin().await.unwrap();
+            for i in 0..10 {
+                tx.set(&key(i), b"flushed").unwrap();
+            }
+            tx.commit().await.unwrap();
+            embedded.flush().await.unwrap();
+            assert_eq!(embedded.flushed_version(), embedded.last_version());
+
+            let mut before = store.begin().await.unwrap();
+            // In the memtable only: ranges over flushed keys, a point clear, a set after a
+            // range in a later commit, and a range and set in one commit.
+            let mut tx = store.begin().await.unwrap();
+            tx.clear_range(&key(3), &key(7)).unwrap();
+            tx.clear(&key(9)).unwrap();
+            tx.commit().await.unwrap();
+            write_key(&store, &key(5), b"new").await;
+            let mut tx = store.begin().await.unwrap();
+            tx.clear_range(&key(0), &key(2)).unwrap();
+            tx.set(&key(1), b"same commit").unwrap();
+            tx.clear_range(&key(6), &[b'k', 6, 0]).unwrap();
+            tx.commit().await.unwrap();
+            assert!(embedded.flushed_version() < embedded.last_version());
+            check(store.clone(), "in the memtable").await;
+            assert_eq!(before.get_range(&RangeRead::prefix(b"k")).await.unwrap().len(), 10);
+
+            embedded.flush().await.unwrap();
+            check(store.clone(), "flushed").await;
+            assert_eq!(before.get_range(&RangeRead::prefix(b"k")).await.unwrap().len(), 10);
+        }
+        let reopened: Store = EmbeddedStore::open(&path, EmbeddedOptions::default()).unwrap();
+        check(reopened, "reopened").await;
+    }
+
+    /// A table larger than [`FLUSH_CHUNK`] reaches redb in several transactions; readers
+    /// running meanwhile, whose snapshots hold only some of them, still read the whole table.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flush_in_chunks_is_invisible_to_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let key = |i: u32| [b"c/".as_slice(), &i.to_be_bytes()].concat();
+        let n = 3 * FLUSH_CHUNK as u32;
+        let expected = (n - n / 2 + 100) as usize;
+        {
+            let embedded = EmbeddedStore::open(&path, manual_flush()).unwrap();
+            let store: Store = embedded.clone();
+            let mut tx = store.begin().await.unwrap();
+            for i in 0..n {
+                tx.set(&key(i), b"a").unwrap();
+            }
+            tx.commit().await.unwrap();
+            let mut tx = store.begin().await.unwrap();
+            tx.clear_range(&key(n / 4), &key(3 * n / 4)).unwrap();
+            tx.commit().await.unwrap();
+            let mut tx = store.begin().await.unwrap();
+            for i in n / 2..n / 2 + 100 {
+                tx.set(&key(i), b"b").unwrap();
+            }
+            tx.commit().await.unwrap();
+
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let reader = {
+                let (store, done) = (store.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut reads = 0;
+                    while !done.load(Ordering::Acquire) || reads == 0 {
+                        let mut tx = store.begin().await.unwrap();
+                        let rows = tx.get_range(&RangeRead::prefix(b"c")).await.unwrap();
+                        assert_eq!(rows.len(), expected, "read {reads}");
+                        assert_eq!(tx.get(&key(n / 2)).await.unwrap(), Some(b"b".to_vec()));
+                        assert_eq!(tx.get(&key(n / 2 - 1)).await.unwrap(), None);
+                        reads += 1;
+                    }
+                })
+            };
+            embedded.flush().await.unwrap();
+            done.store(true, Ordering::Release);
+            reader.await.unwrap();
+            assert_eq!(embedded.flushed_version(), 3);
+        }
+        let store: Store = EmbeddedStore::open(&path, manual_flush()).unwrap();
+        let rows = store.begin().await.unwrap().get_range(&RangeRead::prefix(b"c")).await.unwrap();
+        assert_eq!(rows.len(), expected);
+    }
+
+    /// A clean shutdown flushes everything: no log is left, and nothing is replayed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_flushes_the_memtable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let embedded = EmbeddedStore::open(&path, manual_flush()).unwrap();
+        let store: Store = embedded.clone();
+        for i in 0..20u8 {
+            write_key(&store, &[i], b"v").await;
+        }
+        assert!(!wal_files(dir.path()).is_empty());
+        assert_eq!(embedded.flushed_version(), 0);
+        drop(store);
+        drop(embedded);
+        assert!(wal_files(dir.path()).is_empty(), "the log outlived a clean shutdown");
+        let embedded = EmbeddedStore::open(&path, manual_flush()).unwrap();
+        assert_eq!(embedded.flushed_version(), 20);
+        assert_eq!(embedded.last_version(), 20);
+    }
+
+    /// The memtable thresholds trigger flushes before the interval, and past four times them
+    /// commits wait for the flusher instead of growing the memtable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thresholds_trigger_flushes_and_bound_the_memtable() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = EmbeddedOptions { memtable_entries: 8, ..manual_flush() };
+        let embedded = EmbeddedStore::open(&dir.path().join("s.redb"), opts).unwrap();
+        let store: Store = embedded.clone();
+        // One group holds at most one commit per writer beyond the cap.
+        let bound = 8 * BACKPRESSURE_FACTOR + 8;
+        let tasks: Vec<_> = (0..8u8)
+            .map(|t| {
+                let (store, embedded) = (store.clone(), embedded.clone());
+                tokio::spawn(async move {
+                    for i in 0..25u8 {
+                        write_key(&store, &[t, i], b"v").await;
+                        let (_, entries) = embedded.shared.mem.unflushed_size();
+                        assert!(entries <= bound, "{entries} unflushed entries");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(embedded.stats().flushes >= 5, "{:?}", embedded.stats());
+        let rows = store.begin().await.unwrap().get_range(&RangeRead::between(vec![0], vec![8])).await.unwrap();
+        assert_eq!(rows.len(), 200);
+    }
+
+    /// Every contract check again, with the flusher running all the time underneath.
+    mod contract_while_flushing {
+        use super::constant_flush;
+        use crate::store::{contract, embedded::EmbeddedStore, tuple::Key, Store};
+
+        macro_rules! checks {
+            ($($check:ident),* $(,)?) => {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $check() {
+                        let dir = tempfile::tempdir().unwrap();
+                        let store: Store = EmbeddedStore::open(&dir.path().join("s.redb"), constant_flush()).unwrap();
+                        contract::$check(&store, &Key::new().str("flushing").finish()).await;
+                    }
+                )*
+            };
+        }
+
+        checks!(
+            get_set_clear,
+            range_reads,
+            clear_range,
+            read_your_writes,
+            read_your_writes_model,
+            atomic_add,
+            serializable,
+            transact_retries,
+            versionstamps,
+            read_only_commit,
+            limits,
+            watches,
+        );
+    }
+
+    /// Random transactions against a model, with flushes running all the time: every
+    /// transaction, however old, reads exactly the state of its read version.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_match_a_model_under_constant_flushing() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = EmbeddedStore::open(&dir.path().join("s.redb"), constant_flush()).unwrap();
+        let store: Store = embedded.clone();
+        let key = |i: u8| vec![b'm', i];
+        let mut rng = StdRng::seed_from_u64(0xf1a5);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // Open transactions and the state each must see.
+        type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+        let mut readers: VecDeque<(Box<dyn KvTxn>, Model)> = VecDeque::new();
+        for step in 0..400 {
+            let mut tx = store.begin().await.unwrap();
+            for _ in 0..rng.random_range(1..4) {
+                let i = rng.random_range(0..40);
+                match rng.random_range(0..10) {
+                    0..=4 => {
+                        let v = vec![rng.random::<u8>(); rng.random_range(0..6)];
+                        tx.set(&key(i), &v).unwrap();
+                        model.insert(key(i), v);
+                    }
+                    5 | 6 => {
+                        tx.clear(&key(i)).unwrap();
+                        model.remove(&key(i));
+                    }
+                    7 => {
+                        let j = rng.random_range(i..=i.saturating_add(8).min(40));
+                        tx.clear_range(&key(i), &key(j)).unwrap();
+                        model.retain(|k, _| k < &key(i) || k >= &key(j));
+                    }
+                    _ => {
+                        let d = rng.random_range(-50..50);
+                        tx.atomic_add(&key(i), d).unwrap();
+                        let mut b = [0u8; 8];
+                        if let Some(v) = model.get(&key(i)) {
+                            let n = v.len().min(8);
+                            b[..n].copy_from_slice(&v[..n]);
+                        }
+                        model.insert(key(i), i64::from_le_bytes(b).wrapping_add(d).to_le_bytes().to_vec());
+                    }
+                }
+            }
+            tx.commit().await.unwrap();
+            if step % 7 == 0 {
+                readers.push_back((store.begin().await.unwrap(), model.clone()));
+                if readers.len() > 12 {
+                    readers.pop_front();
+                }
+            }
+            for (reader, seen) in readers.iter_mut() {
+                let i = rng.random_range(0..40);
+                assert_eq!(reader.get(&key(i)).await.unwrap(), seen.get(&key(i)).cloned(), "step {step}: get {i}");
+                let (lo, hi) = (rng.random_range(0..40u8), rng.random_range(0..41u8));
+                let r = RangeRead::between(key(lo.min(hi)), key(lo.max(hi)))
+                    .limit(rng.random_range(0..5))
+                    .reverse(rng.random_bool(0.5));
+                let rows: Vec<KeyValue> =
+                    seen.range(r.begin.clone()..r.end.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let mut want: Vec<KeyValue> = if r.reverse { rows.into_iter().rev().collect() } else { rows };
+                if r.limit > 0 {
+                    want.truncate(r.limit);
+                }
+                assert_eq!(reader.get_range(&r).await.unwrap(), want, "step {step}: {r:?}");
+            }
+        }
+        assert!(embedded.stats().flushes > 10, "{:?}", embedded.stats());
+    }
+
+    /// Atomic adds resolve against earlier transactions of the same commit group, including
+    /// their sets and cleared ranges, exactly as if applied one by one in version order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn atomic_adds_resolve_within_a_group() {
+        // Key, kind of operation, operand.
+        type Op3 = (Vec<u8>, i64, i64);
+        let dir = tempfile::tempdir().unwrap();
+        let embedded = EmbeddedStore::open(&dir.path().join("s.redb"), constant_flush()).unwrap();
+        let store: Store = embedded.clone();
+        let keys = [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for round in 0..10i64 {
+            let mut txns = Vec::new();
+            let mut ops = Vec::new();
+            for j in 0..12i64 {
+                let mut tx = store.begin().await.unwrap();
+                let k = &keys[(j % 3) as usize];
+                let op = (round + j) % 4;
+                match op {
+                    0 => tx.set(k, &(j * 100).to_le_bytes()).unwrap(),
+                    1 => tx.clear_range(b"a", b"c").unwrap(),
+                    _ => tx.atomic_add(k, j + 1).unwrap(),
+                }
+                ops.push((k.clone(), op, j));
+                txns.push(tx);
+            }
+            let committed = futures::future::join_all(txns.into_iter().map(|tx| tx.commit())).await;
+            let mut order: Vec<(Versionstamp, Op3)> =
+                committed.into_iter().map(|c| c.unwrap().versionstamp).zip(ops).collect();
+            order.sort();
+            for (_, (k, op, j)) in order {
+                match op {
+                    0 => {
+                        model.insert(k, (j * 100).to_le_bytes().to_vec());
+                    }
+                    1 => model.retain(|key, _| key.as_slice() < b"a".as_slice() || key.as_slice() >= b"c".as_slice()),
+                    _ => {
+                        let sum = add_le(model.get(&k).map(Vec::as_slice), j + 1);
+                        model.insert(k, sum);
+                    }
+                }
+            }
+            let mut tx = store.begin().await.unwrap();
+            for k in &keys {
+                assert_eq!(tx.get(k).await.unwrap(), model.get(k).cloned(), "round {round}");
+            }
+        }
+        assert!(embedded.stats().commit_groups < embedded.stats().commits, "no group held two commits");
     }
 
     /// Commit throughput with and without fsync; prints its numbers.

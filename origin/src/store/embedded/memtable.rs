@@ -1,0 +1,611 @@
+//! The memtable: committed mutations that are in the write-ahead log but not yet (or only just)
+//! in the redb file, kept by version so that every transaction reads exactly its snapshot.
+//!
+//! It is a short series of **tables**, each a sorted map of key → versions plus a list of
+//! versioned cleared ranges, covering consecutive version intervals:
+//!
+//! - the **active** table receives every commit (the commit thread is its only writer);
+//! - the flusher **freezes** it (an O(1) swap for a new active table) and writes the frozen
+//!   table into redb while commits go on into the new one;
+//! - a flushed table stays, read-only, while a transaction whose redb snapshot predates that
+//!   flush may still read it, and at most `max_txn_age` after the flush (such a transaction is
+//!   too old by then); then it is dropped whole.
+//!
+//! A transaction sees the commits in `(flushed, version]` ([`View`]): `flushed` is what its redb
+//! snapshot holds, `version` its read version. Within one commit version, cleared ranges come
+//! before point writes (a transaction's buffered writes are normalised that way), so a point
+//! write hides a range of the same version and a range hides point writes of older versions.
+
+use std::{
+    collections::{btree_map, BTreeMap, VecDeque},
+    iter::Peekable,
+    ops::Bound,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use super::wal::Mutation;
+
+/// Bytes an entry costs beyond its key and value: its share of tree nodes and version list.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Which commits a reader sees: versions in `(flushed, version]`, over a redb snapshot holding
+/// everything up to `flushed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct View {
+    pub(super) flushed: u64,
+    pub(super) version: u64,
+}
+
+impl View {
+    fn sees(&self, version: u64) -> bool {
+        version > self.flushed && version <= self.version
+    }
+}
+
+/// One write of a key: its version and value (`None`: a clear).
+type Write = (u64, Option<Vec<u8>>);
+
+/// A key's writes in one table, oldest first. Almost always one, kept inline.
+#[derive(Debug)]
+enum Versions {
+    One(Write),
+    Many(Vec<Write>),
+}
+
+impl Versions {
+    /// Adds the write of a newer (or the same) version; a later write of the same version
+    /// (two versionstamped keys of one commit that came out equal) replaces the earlier one.
+    fn push(&mut self, version: u64, value: Option<Vec<u8>>) {
+        match self {
+            Versions::One((v, old)) if *v == version => *old = value,
+            Versions::One(first) => {
+                let first = std::mem::take(first);
+                *self = Versions::Many(vec![first, (version, value)]);
+            }
+            Versions::Many(list) => match list.last_mut() {
+                Some((v, old)) if *v == version => *old = value,
+                _ => list.push((version, value)),
+            },
+        }
+    }
+
+    fn as_slice(&self) -> &[Write] {
+        match self {
+            Versions::One(w) => std::slice::from_ref(w),
+            Versions::Many(list) => list,
+        }
+    }
+
+    /// The newest write that `view` sees, if it sees one.
+    fn newest_in(&self, view: View) -> Option<(u64, Option<&[u8]>)> {
+        let (v, value) = self.as_slice().iter().rev().find(|(v, _)| *v <= view.version)?;
+        (*v > view.flushed).then_some((*v, value.as_deref()))
+    }
+
+    /// The newest write.
+    fn last(&self) -> Option<&Write> {
+        self.as_slice().last()
+    }
+}
+
+/// A `clear_range` of one commit.
+#[derive(Debug)]
+struct ClearedRange {
+    version: u64,
+    begin: Vec<u8>,
+    end: Vec<u8>,
+}
+
+impl ClearedRange {
+    fn covers(&self, key: &[u8]) -> bool {
+        self.begin.as_slice() <= key && key < self.end.as_slice()
+    }
+}
+
+/// The commits of one version interval `(after, newest]`.
+#[derive(Debug)]
+pub(super) struct Table {
+    after: u64,
+    newest: u64,
+    points: BTreeMap<Vec<u8>, Versions>,
+    /// In version order.
+    ranges: Vec<ClearedRange>,
+    bytes: usize,
+    entries: usize,
+}
+
+impl Table {
+    fn new(after: u64) -> Self {
+        Table { after, newest: after, points: BTreeMap::new(), ranges: Vec::new(), bytes: 0, entries: 0 }
+    }
+
+    /// The newest version in the table: what redb holds once it is flushed.
+    pub(super) fn newest(&self) -> u64 {
+        self.newest
+    }
+
+    /// Mutations held, for logs and stats.
+    pub(super) fn entries(&self) -> usize {
+        self.entries
+    }
+
+    fn relevant(&self, view: View) -> bool {
+        self.newest > view.flushed && self.after < view.version
+    }
+
+    /// The newest cleared range covering `key` that `view` sees.
+    fn range_version(&self, key: &[u8], view: View) -> Option<u64> {
+        self.ranges.iter().filter(|r| view.sees(r.version) && r.covers(key)).map(|r| r.version).max()
+    }
+
+    fn apply(&mut self, version: u64, mutation: Mutation) {
+        self.newest = self.newest.max(version);
+        self.entries += 1;
+        let (key, value) = match mutation {
+            Mutation::ClearRange(begin, end) => {
+                self.bytes += begin.len() + end.len() + ENTRY_OVERHEAD;
+                self.ranges.push(ClearedRange { version, begin, end });
+                return;
+            }
+            Mutation::Set(key, value) => (key, Some(value)),
+            Mutation::Clear(key) => (key, None),
+        };
+        self.bytes += value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
+        match self.points.entry(key) {
+            btree_map::Entry::Vacant(e) => {
+                self.bytes += e.key().len();
+                e.insert(Versions::One((version, value)));
+            }
+            btree_map::Entry::Occupied(e) => e.into_mut().push(version, value),
+        }
+    }
+
+    /// Removes every write of a version `>= from`: commits whose log write failed.
+    fn rollback(&mut self, from: u64) {
+        self.ranges.retain(|r| r.version < from);
+        self.points.retain(|_, versions| match versions {
+            Versions::One((v, _)) => *v < from,
+            Versions::Many(list) => {
+                list.retain(|(v, _)| *v < from);
+                !list.is_empty()
+            }
+        });
+        self.newest = self.newest.min(from.saturating_sub(1)).max(self.after);
+        self.entries = self.ranges.len();
+        self.bytes = self.ranges.iter().map(|r| r.begin.len() + r.end.len() + ENTRY_OVERHEAD).sum();
+        for (key, versions) in &self.points {
+            let writes = versions.as_slice();
+            self.entries += writes.len();
+            self.bytes += key.len();
+            self.bytes += writes.iter().map(|(_, v)| v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD).sum::<usize>();
+        }
+    }
+
+    /// The cleared ranges, for the flusher, which applies them before [`Table::final_writes`].
+    pub(super) fn cleared_ranges(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.ranges.iter().map(|r| (r.begin.as_slice(), r.end.as_slice()))
+    }
+
+    /// Each key's last write (`None`: removed), in key order, except those a later cleared
+    /// range of this table removed: with the ranges applied first, this is the table's effect.
+    pub(super) fn final_writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.points.iter().filter_map(|(key, versions)| {
+            let (v, value) = versions.last()?;
+            let cleared_later = self.ranges.iter().any(|r| r.version > *v && r.covers(key));
+            (!cleared_later).then_some((key.as_slice(), value.as_deref()))
+        })
+    }
+}
+
+/// A frozen table and when it reached redb.
+struct Frozen {
+    table: Arc<Table>,
+    flushed_at: Option<Instant>,
+}
+
+struct Tables {
+    active: Table,
+    /// Oldest first: flushed ones (kept for older readers), then those still to flush.
+    frozen: VecDeque<Frozen>,
+}
+
+impl Tables {
+    /// The tables `view` needs, newest first.
+    fn visible(&self, view: View) -> impl Iterator<Item = &Table> {
+        std::iter::once(&self.active)
+            .chain(self.frozen.iter().rev().map(|f| f.table.as_ref()))
+            .filter(move |t| t.relevant(view))
+    }
+}
+
+/// The versioned memtable; see the module documentation.
+pub(super) struct Memtable {
+    tables: RwLock<Tables>,
+    active_bytes: AtomicUsize,
+    active_entries: AtomicUsize,
+    /// Active plus frozen tables not yet in redb.
+    unflushed_bytes: AtomicUsize,
+    unflushed_entries: AtomicUsize,
+}
+
+impl Memtable {
+    /// An empty memtable over a redb file holding everything up to `version`.
+    pub(super) fn new(version: u64) -> Self {
+        Memtable {
+            tables: RwLock::new(Tables { active: Table::new(version), frozen: VecDeque::new() }),
+            active_bytes: AtomicUsize::new(0),
+            active_entries: AtomicUsize::new(0),
+            unflushed_bytes: AtomicUsize::new(0),
+            unflushed_entries: AtomicUsize::new(0),
+        }
+    }
+
+    // Every critical section below leaves the tables consistent between statements that could
+    // panic (allocation failure aborts), so a poisoned lock is still safe to use.
+    fn lock_read(&self) -> RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_write(&self) -> RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Shared access for reads. Holding it keeps every table the reader may need.
+    pub(super) fn read(&self) -> MemRead<'_> {
+        MemRead { tables: self.lock_read() }
+    }
+
+    /// Exclusive access for the commit thread to add commits.
+    pub(super) fn write(&self) -> MemWrite<'_> {
+        let tables = self.lock_write();
+        let (bytes, entries) = (tables.active.bytes, tables.active.entries);
+        MemWrite { tables, mem: self, bytes, entries }
+    }
+
+    /// Bytes and entries in the active table.
+    pub(super) fn active_size(&self) -> (usize, usize) {
+        (self.active_bytes.load(Ordering::Relaxed), self.active_entries.load(Ordering::Relaxed))
+    }
+
+    /// Bytes and entries not yet in redb.
+    pub(super) fn unflushed_size(&self) -> (usize, usize) {
+        (self.unflushed_bytes.load(Ordering::Relaxed), self.unflushed_entries.load(Ordering::Relaxed))
+    }
+
+    /// Starts a new active table and returns the old one for flushing (`None` if it was empty).
+    pub(super) fn freeze(&self) -> Option<Arc<Table>> {
+        let mut tables = self.lock_write();
+        if tables.active.newest == tables.active.after {
+            return None;
+        }
+        let after = tables.active.newest;
+        let table = Arc::new(std::mem::replace(&mut tables.active, Table::new(after)));
+        tables.frozen.push_back(Frozen { table: table.clone(), flushed_at: None });
+        self.active_bytes.store(0, Ordering::Relaxed);
+        self.active_entries.store(0, Ordering::Relaxed);
+        Some(table)
+    }
+
+    /// The oldest frozen table not yet in redb (tables must reach redb in order).
+    pub(super) fn next_to_flush(&self) -> Option<Arc<Table>> {
+        self.lock_read().frozen.iter().find(|f| f.flushed_at.is_none()).map(|f| f.table.clone())
+    }
+
+    /// Records that `table` is durable in redb.
+    pub(super) fn mark_flushed(&self, table: &Arc<Table>) {
+        let mut tables = self.lock_write();
+        if let Some(f) = tables.frozen.iter_mut().find(|f| Arc::ptr_eq(&f.table, table)) {
+            if f.flushed_at.is_none() {
+                f.flushed_at = Some(Instant::now());
+                self.unflushed_bytes.fetch_sub(table.bytes, Ordering::Relaxed);
+                self.unflushed_entries.fetch_sub(table.entries, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Removes flushed tables no reader can need: no live snapshot predates their flush
+    /// (`oldest_pin` is the lowest flushed version a live reader's redb snapshot may hold), or
+    /// the flush is `max_age` old. Returns them, to be dropped after the lock is released.
+    pub(super) fn retire(&self, oldest_pin: Option<u64>, max_age: Duration) -> Vec<Arc<Table>> {
+        let mut tables = self.lock_write();
+        let mut gone = Vec::new();
+        while let Some(f) = tables.frozen.front() {
+            let Some(at) = f.flushed_at else {
+                break;
+            };
+            let unneeded = oldest_pin.is_none_or(|pin| pin >= f.table.newest);
+            if !unneeded && at.elapsed() < max_age {
+                break;
+            }
+            if let Some(f) = tables.frozen.pop_front() {
+                gone.push(f.table);
+            }
+        }
+        gone
+    }
+
+    /// Tables held (active included), for tests.
+    #[cfg(test)]
+    pub(super) fn table_count(&self) -> usize {
+        1 + self.lock_read().frozen.len()
+    }
+}
+
+/// The commit thread's hold on the memtable while it adds a group.
+pub(super) struct MemWrite<'a> {
+    tables: RwLockWriteGuard<'a, Tables>,
+    mem: &'a Memtable,
+    /// Size of the active table when the hold began.
+    bytes: usize,
+    entries: usize,
+}
+
+impl MemWrite<'_> {
+    /// Adds one mutation of the commit at `version` (versions never decrease).
+    pub(super) fn apply(&mut self, version: u64, mutation: Mutation) {
+        self.tables.active.apply(version, mutation);
+    }
+
+    /// Takes back every write of a version `>= from` (its log write failed).
+    pub(super) fn rollback(&mut self, from: u64) {
+        self.tables.active.rollback(from);
+    }
+
+    /// Records that the commit at `version` is in, mutations or not.
+    pub(super) fn note_version(&mut self, version: u64) {
+        let active = &mut self.tables.active;
+        active.newest = active.newest.max(version);
+    }
+}
+
+impl Drop for MemWrite<'_> {
+    fn drop(&mut self) {
+        let active = &self.tables.active;
+        self.mem.active_bytes.store(active.bytes, Ordering::Relaxed);
+        self.mem.active_entries.store(active.entries, Ordering::Relaxed);
+        for (counter, now, then) in [
+            (&self.mem.unflushed_bytes, active.bytes, self.bytes),
+            (&self.mem.unflushed_entries, active.entries, self.entries),
+        ] {
+            if now >= then {
+                counter.fetch_add(now - then, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(then - now, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A reader's hold on the memtable.
+pub(super) struct MemRead<'a> {
+    tables: RwLockReadGuard<'a, Tables>,
+}
+
+impl<'a> MemRead<'a> {
+    /// `key` as `view` sees it in the memtable: `Some(None)` if removed there, `None` if the
+    /// memtable has nothing on it (the redb snapshot decides).
+    pub(super) fn get(&self, key: &[u8], view: View) -> Option<Option<&[u8]>> {
+        for table in self.tables.visible(view) {
+            let cleared = table.range_version(key, view);
+            let point = table.points.get(key).and_then(|vs| vs.newest_in(view));
+            match (point, cleared) {
+                (Some((pv, _)), Some(rv)) if rv > pv => return Some(None),
+                (Some((_, value)), _) => return Some(value),
+                // Older tables only hold older writes, which this range hides.
+                (None, Some(_)) => return Some(None),
+                (None, None) => {}
+            }
+        }
+        None
+    }
+
+    /// The memtable's keys in `[begin, end)` as `view` sees them, in order (descending when
+    /// `reverse`); see [`MemRange`].
+    pub(super) fn range(&self, begin: &[u8], end: &[u8], reverse: bool, view: View) -> MemRange<'_> {
+        let mut sources = Vec::new();
+        let mut ranges = Vec::new();
+        if begin < end {
+            for table in self.tables.visible(view) {
+                let bounds = (Bound::Included(begin), Bound::Excluded(end));
+                let points = table.points.range::<[u8], _>(bounds);
+                let it: PointIter<'_> = if reverse { Box::new(points.rev()) } else { Box::new(points) };
+                sources.push(it.peekable());
+                ranges.extend(
+                    table
+                        .ranges
+                        .iter()
+                        .filter(|r| view.sees(r.version) && r.begin.as_slice() < end && begin < r.end.as_slice())
+                        .map(|r| (r.version, r.begin.as_slice(), r.end.as_slice())),
+                );
+            }
+        }
+        MemRange { sources, ranges, view, reverse }
+    }
+}
+
+type PointIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Versions)> + 'a>;
+
+/// A merged walk over the memtable's tables: yields each key the view has a write for, with
+/// its value or `None` where the newest thing the view sees is a clear (which must hide the
+/// key in redb). [`MemRange::covered`] tells which other keys a cleared range hides.
+pub(super) struct MemRange<'a> {
+    /// Newest table first.
+    sources: Vec<Peekable<PointIter<'a>>>,
+    /// Cleared ranges the view sees that overlap the read: version, begin, end.
+    ranges: Vec<(u64, &'a [u8], &'a [u8])>,
+    view: View,
+    reverse: bool,
+}
+
+impl MemRange<'_> {
+    /// Whether a cleared range of the memtable hides `key` (one the walk does not yield).
+    pub(super) fn covered(&self, key: &[u8]) -> bool {
+        self.ranges.iter().any(|(_, b, e)| *b <= key && key < *e)
+    }
+}
+
+impl<'a> Iterator for MemRange<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let mut next: Option<&'a Vec<u8>> = None;
+            for s in &mut self.sources {
+                if let Some(&(k, _)) = s.peek() {
+                    let first = match next {
+                        None => true,
+                        Some(n) if self.reverse => k > n,
+                        Some(n) => k < n,
+                    };
+                    if first {
+                        next = Some(k);
+                    }
+                }
+            }
+            let key = next?;
+            let mut found = None;
+            for s in &mut self.sources {
+                if let Some((_, versions)) = s.next_if(|(k, _)| *k == key) {
+                    if found.is_none() {
+                        found = versions.newest_in(self.view);
+                    }
+                }
+            }
+            if let Some((pv, value)) = found {
+                let key = key.as_slice();
+                let cleared = self.ranges.iter().any(|(rv, b, e)| *rv > pv && *b <= key && key < *e);
+                return Some((key, if cleared { None } else { value }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(k: &str, v: &str) -> Mutation {
+        Mutation::Set(k.as_bytes().to_vec(), v.as_bytes().to_vec())
+    }
+
+    fn view(flushed: u64, version: u64) -> View {
+        View { flushed, version }
+    }
+
+    fn get(mem: &Memtable, k: &str, v: View) -> Option<Option<String>> {
+        mem.read().get(k.as_bytes(), v).map(|o| o.map(|b| String::from_utf8(b.to_vec()).unwrap()))
+    }
+
+    fn scan(mem: &Memtable, reverse: bool, v: View) -> Vec<(String, Option<String>)> {
+        let read = mem.read();
+        let rows = read
+            .range(b"a", b"z", reverse, v)
+            .map(|(k, val)| {
+                (String::from_utf8(k.to_vec()).unwrap(), val.map(|b| String::from_utf8(b.to_vec()).unwrap()))
+            })
+            .collect();
+        rows
+    }
+
+    #[test]
+    fn views_see_their_versions_across_tables() {
+        let mem = Memtable::new(0);
+        {
+            let mut w = mem.write();
+            w.apply(1, set("a", "1"));
+            w.apply(1, set("c", "1"));
+            w.apply(2, set("a", "2"));
+        }
+        let first = mem.freeze().unwrap();
+        assert_eq!(first.newest(), 2);
+        {
+            let mut w = mem.write();
+            // Version 3 clears [b, d) and then writes c again in the same commit.
+            w.apply(3, Mutation::ClearRange(b"b".to_vec(), b"d".to_vec()));
+            w.apply(3, set("c", "3"));
+            w.apply(4, Mutation::ClearRange(b"a".to_vec(), b"b".to_vec()));
+            w.apply(5, Mutation::Clear(b"e".to_vec()));
+        }
+        assert_eq!(get(&mem, "a", view(0, 1)), Some(Some("1".into())));
+        assert_eq!(get(&mem, "a", view(0, 3)), Some(Some("2".into())));
+        assert_eq!(get(&mem, "a", view(0, 4)), Some(None));
+        assert_eq!(get(&mem, "a", view(2, 3)), None, "flushed: redb decides");
+        assert_eq!(get(&mem, "b", view(0, 9)), Some(None), "inside a cleared range");
+        assert_eq!(get(&mem, "b", view(0, 2)), None);
+        assert_eq!(get(&mem, "c", view(0, 2)), Some(Some("1".into())));
+        assert_eq!(get(&mem, "c", view(0, 9)), Some(Some("3".into())), "a write after a range in one commit");
+        assert_eq!(get(&mem, "e", view(0, 9)), Some(None));
+        assert_eq!(get(&mem, "x", view(0, 9)), None);
+
+        let some = |k: &str, v: &str| (k.to_string(), Some(v.to_string()));
+        let none = |k: &str| (k.to_string(), None);
+        assert_eq!(scan(&mem, false, view(0, 2)), vec![some("a", "2"), some("c", "1")]);
+        assert_eq!(scan(&mem, false, view(0, 9)), vec![none("a"), some("c", "3"), none("e")]);
+        assert_eq!(scan(&mem, true, view(0, 3)), vec![some("c", "3"), some("a", "2")]);
+        assert_eq!(scan(&mem, false, view(2, 9)), vec![some("c", "3"), none("e")]);
+        {
+            let read = mem.read();
+            let r = read.range(b"a", b"z", false, view(2, 9));
+            assert!(r.covered(b"bb") && r.covered(b"a") && !r.covered(b"d"));
+            let r = read.range(b"a", b"z", false, view(0, 2));
+            assert!(!r.covered(b"bb"));
+        }
+
+        // The flusher's view of the first table, then retirement.
+        let writes: Vec<_> = first.final_writes().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
+        assert_eq!(writes, vec![(b"a".to_vec(), Some(b"2".to_vec())), (b"c".to_vec(), Some(b"1".to_vec()))]);
+        assert!(mem.retire(None, Duration::ZERO).is_empty(), "not flushed yet");
+        mem.mark_flushed(&first);
+        assert!(mem.retire(Some(1), Duration::from_secs(60)).is_empty(), "a reader still needs it");
+        assert_eq!(mem.retire(Some(2), Duration::from_secs(60)).len(), 1);
+        assert_eq!(mem.table_count(), 1);
+    }
+
+    #[test]
+    fn final_writes_respect_ranges_of_the_same_table() {
+        let mem = Memtable::new(10);
+        {
+            let mut w = mem.write();
+            w.apply(11, set("b", "old"));
+            w.apply(11, set("k", "kept"));
+            w.apply(12, Mutation::ClearRange(b"a".to_vec(), b"c".to_vec()));
+            w.apply(13, set("a", "new"));
+        }
+        assert_eq!(mem.unflushed_size().1, 4);
+        let t = mem.freeze().unwrap();
+        assert_eq!(mem.active_size(), (0, 0));
+        let writes: Vec<_> = t.final_writes().map(|(k, _)| k.to_vec()).collect();
+        assert_eq!(writes, vec![b"a".to_vec(), b"k".to_vec()]);
+        assert_eq!(t.cleared_ranges().count(), 1);
+        mem.mark_flushed(&t);
+        assert_eq!(mem.unflushed_size(), (0, 0));
+        assert!(mem.freeze().is_none(), "nothing new");
+    }
+
+    #[test]
+    fn rollback_takes_back_failed_commits() {
+        let mem = Memtable::new(0);
+        {
+            let mut w = mem.write();
+            w.apply(1, set("a", "1"));
+            w.note_version(1);
+        }
+        let before = mem.unflushed_size();
+        {
+            let mut w = mem.write();
+            w.apply(2, set("a", "2"));
+            w.apply(2, set("b", "2"));
+            w.apply(3, Mutation::ClearRange(b"a".to_vec(), b"z".to_vec()));
+            w.note_version(3);
+            w.rollback(2);
+        }
+        assert_eq!(mem.unflushed_size(), before);
+        assert_eq!(get(&mem, "a", view(0, 9)), Some(Some("1".into())));
+        assert_eq!(get(&mem, "b", view(0, 9)), None);
+        assert_eq!(mem.freeze().map(|t| t.newest()), Some(1));
+    }
+}
