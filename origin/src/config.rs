@@ -49,7 +49,12 @@ pub enum StoreKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SequencerConfig {
-    /// Sends waiting for a commit before new ones are refused with `overloaded`.
+    /// Independent committers on this node; every channel belongs to one of them (by a hash
+    /// of its id), so a channel's order is one committer's, while committers for different
+    /// channels build their groups in parallel. Their commits never conflict.
+    pub shards: usize,
+    /// Sends waiting for a commit (over all shards) before new ones are refused with
+    /// `overloaded`.
     pub queue_capacity: usize,
     /// Most messages in one commit.
     pub max_batch_messages: usize,
@@ -93,6 +98,7 @@ impl Default for OriginConfig {
 impl Default for SequencerConfig {
     fn default() -> Self {
         SequencerConfig {
+            shards: 4,
             queue_capacity: 100_000,
             max_batch_messages: 8_192,
             max_batch_bytes: 4 * 1024 * 1024,
@@ -132,6 +138,9 @@ impl OriginConfig {
         let s = &self.sequencer;
         if s.queue_capacity == 0 || s.max_batch_messages == 0 {
             return Err("sequencer.queue_capacity and sequencer.max_batch_messages must be > 0".into());
+        }
+        if !(1..=64).contains(&s.shards) {
+            return Err("sequencer.shards must be between 1 and 64".into());
         }
         if s.max_batch_messages > u16::MAX as usize {
             return Err(format!("sequencer.max_batch_messages must be at most {}", u16::MAX));

@@ -1,14 +1,19 @@
 //! The sequencer: gives every channel one gap-free total order and makes messages durable
 //! before anyone is told they were sent (DESIGN §2 "Ordering").
 //!
-//! Sends wait in one bounded queue per origin node. A single committer task takes everything
-//! queued — for every channel — and writes it in **one** transaction: for each message its
+//! Every channel belongs to one of the node's committer shards (a hash of the channel id picks
+//! it; `sequencer.shards` of them). Sends wait in the shard's bounded queue. The shard's one
+//! committer task takes everything queued — for every channel of the shard — and writes it in
+//! **one** transaction: for each message its
 //! record, its dedup entry `(nonce, C, client_msg_id)`, a thread-index entry for replies, and a
 //! versionstamped feed event; for each channel its new head. Seqs are `head + 1, + 2, …` read
 //! inside that transaction, so they have no gaps, and FoundationDB's serializability keeps them
 //! right even if two nodes ever wrote one channel (the loser conflicts and retries). Only after
 //! the commit returns does each sender get its seq. While one group commits, the next one
-//! gathers, so the group size grows with load and the fsync cost is shared.
+//! gathers, so the group size grows with load and the fsync cost is shared. Shards write
+//! disjoint keys (feed entries are versionstamped, counters are atomic adds), so they never
+//! conflict with each other; they let groups of different channels be built in parallel while
+//! the store merges their commits into one log write.
 //!
 //! Permission checks (channel visible, caller a member, channel not archived) happen inside the
 //! same transaction, so a member removed a moment ago cannot slip a message in.

@@ -43,14 +43,17 @@ pub struct Key {
 }
 
 impl Key {
-    /// The empty tuple.
+    /// The empty tuple. The buffer starts with room for a typical key, so building one does
+    /// not reallocate element by element.
     pub fn new() -> Self {
-        Key::default()
+        Key { bytes: Vec::with_capacity(64), ..Key::default() }
     }
 
     /// Extends an already packed tuple (a subspace prefix) with more elements.
     pub fn from_prefix(prefix: &[u8]) -> Self {
-        Key { bytes: prefix.to_vec(), ..Key::default() }
+        let mut bytes = Vec::with_capacity(prefix.len() + 32);
+        bytes.extend_from_slice(prefix);
+        Key { bytes, ..Key::default() }
     }
 
     /// Appends a null element.
