@@ -15,7 +15,7 @@ key=bench-operator-key-$(date +%s)
 out=$(mktemp -d /tmp/selvage-bench.XXXXXX)
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 rate_of() { python3 -c 'import json,sys; print(round(json.load(sys.stdin)["acked_per_sec"]))'; }
-lat_of() { python3 -c 'import json,sys; r=json.load(sys.stdin)["ack_latency"]; print(f"p50 {r[\"p50_ms\"]:.2f} ms, p99 {r[\"p99_ms\"]:.2f} ms")'; }
+lat_of() { python3 -c 'import json,sys; r=json.load(sys.stdin)["ack_latency"]; print("p50 %.2f ms, p99 %.2f ms" % (r["p50_ms"], r["p99_ms"]))'; }
 
 origin_pid=
 start_origin() {
@@ -25,7 +25,7 @@ start_origin() {
   for _ in $(seq 100); do grep -q listening "$out/origin.out" 2>/dev/null && break; sleep 0.1; done
   url=$(awk '{print $NF}' "$out/origin.out")
 }
-stop_origin() { kill "$origin_pid" 2>/dev/null; wait "$origin_pid" 2>/dev/null || true; }
+stop_origin() { [ -n "$origin_pid" ] && { kill "$origin_pid" 2>/dev/null; wait "$origin_pid" 2>/dev/null; }; origin_pid=; return 0; }
 trap stop_origin EXIT
 
 declare -A result

@@ -447,10 +447,10 @@ impl EmbeddedStore {
             .spawn(move || worker.run(rx))
             .map_err(engine_err)?;
         let flusher_shared = shared.clone();
-        let flusher = match std::thread::Builder::new()
-            .name("selvage-flush".into())
-            .spawn(move || flusher_shared.run_flusher())
-        {
+        let flusher = match std::thread::Builder::new().name("selvage-flush".into()).spawn(move || {
+            background_priority();
+            flusher_shared.run_flusher()
+        }) {
             Ok(handle) => handle,
             Err(e) => {
                 // Stop the commit thread again: closing its queue is enough.
@@ -1194,6 +1194,24 @@ impl CommitWorker {
         }
         tracing::debug!(waited_ms = started.elapsed().as_millis() as u64, "commits waited for the flusher");
         Ok(())
+    }
+}
+
+/// Puts the calling thread in Linux's `SCHED_IDLE` class: it runs on CPU time no other thread
+/// wants. The flusher is throughput work that nothing waits for (commits are durable in the log
+/// already), and its bursts of B-tree writing otherwise take a core from request handling and
+/// show up in the ack-latency tail. It still progresses under full load, because a memtable
+/// over its hard cap makes commits wait for it, which frees the CPU it needs.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler with pid 0 changes only the calling thread's policy and
+        // reads `param` only during the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the flusher's priority");
+        }
     }
 }
 
