@@ -146,9 +146,12 @@ impl Default for EmbeddedOptions {
             cache_bytes: 256 * 1024 * 1024,
             max_txn_age: MAX_TXN_AGE,
             max_retained_writes: 2_000_000,
-            flush_interval: Duration::from_millis(500),
-            memtable_bytes: 64 * 1024 * 1024,
-            memtable_entries: 200_000,
+            // Across many channels a flush costs mostly a fixed set of dirty B-tree pages, so
+            // rarer, larger flushes are cheaper per message (500 ms -> 2 s: ~58k -> ~75k
+            // durable sends/s over 1,000 channels in process).
+            flush_interval: Duration::from_millis(2000),
+            memtable_bytes: 256 * 1024 * 1024,
+            memtable_entries: 1_000_000,
         }
     }
 }
