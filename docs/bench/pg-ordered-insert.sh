@@ -14,12 +14,16 @@ seconds=${3:-20}
 bin=/usr/lib/postgresql/15/bin
 dir=$(mktemp -d /tmp/selvage-pg.XXXXXX)
 chown postgres "$dir"
-port=55432
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_pg() { runuser -u postgres -- "$@"; }
 cleanup() { as_pg "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT
 as_pg "$bin/initdb" -D "$dir/data" -A trust >/dev/null
-as_pg "$bin/pg_ctl" -D "$dir/data" -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" -l "$dir/log" -w start >/dev/null
+if ! as_pg "$bin/pg_ctl" -D "$dir/data" -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" -l "$dir/log" -w start >/dev/null; then
+  echo "PostgreSQL did not start; its log:" >&2
+  cat "$dir/log" >&2
+  exit 1
+fi
 psql() { as_pg /usr/bin/psql -h 127.0.0.1 -p $port -q -X -v ON_ERROR_STOP=1 "$@" postgres; }
 psql <<SQL
 CREATE TABLE heads (channel int PRIMARY KEY, head bigint NOT NULL);
