@@ -5,9 +5,6 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -17,47 +14,9 @@ use std::{
 
 use serde_json::{json, Value};
 
-const OPERATOR_KEY: &str = "crash-test-operator-key-42";
+mod common;
 
-/// A `selvage origin` child process and the base URL it printed.
-struct OriginProcess {
-    child: Child,
-    base: String,
-}
-
-impl OriginProcess {
-    fn spawn(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_selvage"))
-            .args(["origin", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("SELVAGE_OPERATOR_KEY", OPERATOR_KEY)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("selvage binary runs");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("origin prints its address");
-        let base = line.trim().rsplit(' ').next().expect("an address").to_string();
-        assert!(base.starts_with("http://127.0.0.1:"), "unexpected first line {line:?}");
-        OriginProcess { child, base }
-    }
-
-    fn kill_9(&mut self) {
-        // SIGKILL: no shutdown hook, no flush, nothing graceful.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        assert_eq!(rc, 0, "kill -9 failed");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for OriginProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{OriginProcess, OPERATOR_KEY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_message() {
