@@ -1,7 +1,7 @@
 //! The origin's error type and its one mapping to HTTP statuses and protocol error codes.
 //!
-//! Every failure a request can meet ends up as an [`OriginError`]; [`OriginError::status`] and
-//! [`OriginError::code`] are the only place that decides what a client sees for it, rendered as
+//! Every failure a request can meet ends up as an [`OriginError`]; [`OriginError::code`] is the
+//! only place that decides what a client sees for it (the HTTP status follows from the code), rendered as
 //! DESIGN §5's `{"error": {"code", "message"}}`.
 
 use axum::{
@@ -56,26 +56,6 @@ pub enum OriginError {
 }
 
 impl OriginError {
-    /// The HTTP status for this error.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            OriginError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            OriginError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            OriginError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            OriginError::Forbidden(_) | OriginError::NotMember(_) | OriginError::Archived(_) => StatusCode::FORBIDDEN,
-            OriginError::NotFound(_) => StatusCode::NOT_FOUND,
-            OriginError::Conflict(_) => StatusCode::CONFLICT,
-            OriginError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            OriginError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            OriginError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            OriginError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            OriginError::Store(
-                StoreError::KeyTooLarge(_) | StoreError::ValueTooLarge(_) | StoreError::TransactionTooLarge(_),
-            ) => StatusCode::PAYLOAD_TOO_LARGE,
-            OriginError::Store(_) | OriginError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     /// The stable error code for this error, shared with the client protocol.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -95,6 +75,21 @@ impl OriginError {
                 StoreError::KeyTooLarge(_) | StoreError::ValueTooLarge(_) | StoreError::TransactionTooLarge(_),
             ) => ErrorCode::TooLarge,
             OriginError::Store(_) | OriginError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP status for this error: follows from its code, so the two never disagree.
+    pub fn status(&self) -> StatusCode {
+        match self.code() {
+            ErrorCode::BadFrame | ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::NotMember | ErrorCode::Archived => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
