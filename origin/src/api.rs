@@ -99,13 +99,9 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> fo
     type Rejection = OriginError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                OriginError::TooLarge("request body is over the size limit".into())
-            } else {
-                OriginError::BadRequest(format!("cannot read body: {}", r.body_text()))
-            }
-        })?;
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| body_rejection(r.status(), "cannot read body", r.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
@@ -116,10 +112,25 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> fo
 }
 
 fn json_rejection(r: JsonRejection) -> OriginError {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    body_rejection(r.status(), "invalid JSON body", r.body_text())
+}
+
+/// A body axum could not take: over the size limit, or unreadable / malformed.
+fn body_rejection(status: StatusCode, what: &str, detail: String) -> OriginError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
         OriginError::TooLarge("request body is over the size limit".into())
     } else {
-        OriginError::BadRequest(format!("invalid JSON body: {}", r.body_text()))
+        OriginError::BadRequest(format!("{what}: {detail}"))
+    }
+}
+
+/// A page size from the query string: `default` when absent, else 1 to 1000.
+fn page_limit(given: Option<usize>, default: usize) -> Result<usize> {
+    let limit = given.unwrap_or(default);
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(OriginError::BadRequest("limit must be between 1 and 1000".into()))
     }
 }
 
@@ -296,10 +307,7 @@ async fn list_members(
     Path(id): Path<String>,
     Query(q): Query<MembersQuery>,
 ) -> Result<Json<serde_json::Value>> {
-    let limit = q.limit.unwrap_or(200);
-    if !(1..=1000).contains(&limit) {
-        return Err(OriginError::BadRequest("limit must be between 1 and 1000".into()));
-    }
+    let limit = page_limit(q.limit, 200)?;
     let after = q.after.as_deref().map(user_id).transpose()?;
     let members = channels::members(&origin.store, &caller, &channel_id(&id)?, after.as_ref(), limit + 1).await?;
     let has_more = members.len() > limit;
@@ -429,10 +437,7 @@ async fn events(
     caller: Caller,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventsPage>> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(OriginError::BadRequest("limit must be between 1 and 1000".into()));
-    }
+    let limit = page_limit(q.limit, 100)?;
     let Some(raw) = q.cursor.as_deref() else {
         let head = origin.feed.head().await?;
         return Ok(Json(EventsPage { events: Vec::new(), cursor: feed::cursor(&head), resync: None }));

@@ -107,7 +107,7 @@ impl Feed {
     /// Reads up to `limit` events after `after`.
     pub async fn read_after(&self, after: &Position, limit: usize) -> Result<Read> {
         let (read, _) = transact!(self.store, |tx| {
-            let trim = tx.get(&keys::meta(TRIM_POINT)).await?.and_then(|v| to_position(&v)).unwrap_or(START);
+            let trim = trim_point(tx).await?;
             if *after < trim {
                 Read::Resync { trim_point: trim }
             } else {
@@ -138,7 +138,7 @@ impl Feed {
             let last = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1).reverse(true)).await?;
             match last.first().and_then(|(k, _)| keys::log_position(k)) {
                 Some(pos) => pos,
-                None => tx.get(&keys::meta(TRIM_POINT)).await?.and_then(|v| to_position(&v)).unwrap_or(START),
+                None => trim_point(tx).await?,
             }
         })?;
         Ok(head)
@@ -244,8 +244,9 @@ impl Feed {
     }
 }
 
-fn to_position(v: &[u8]) -> Option<Position> {
-    v.try_into().ok()
+/// The position of the newest trimmed event ([`START`] if nothing was ever trimmed).
+async fn trim_point(tx: &mut dyn KvTxn) -> Result<Position> {
+    Ok(tx.get(&keys::meta(TRIM_POINT)).await?.and_then(|v| v.as_slice().try_into().ok()).unwrap_or(START))
 }
 
 /// A little-endian integer as atomic adds keep them (shorter values are zero-extended).
