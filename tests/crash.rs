@@ -16,33 +16,21 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{OriginProcess, OPERATOR_KEY};
+use common::{call, OriginProcess, OPERATOR_KEY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut origin = OriginProcess::spawn(dir.path());
     let http = reqwest::Client::new();
-    let ws: Value = http
-        .post(format!("{}/v1/workspaces", origin.base))
-        .bearer_auth(OPERATOR_KEY)
-        .json(&json!({ "name": "crash", "admin_handle": "admin" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ws) = call(
+        http.post(format!("{}/v1/workspaces", origin.base))
+            .bearer_auth(OPERATOR_KEY)
+            .json(&json!({ "name": "crash", "admin_handle": "admin" })),
+    )
+    .await;
     let token = ws["token"].as_str().unwrap().to_string();
-    let channels: Value = http
-        .get(format!("{}/v1/channels", origin.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, channels) = call(http.get(format!("{}/v1/channels", origin.base)).bearer_auth(&token)).await;
     let channel = channels["channels"][0]["id"].as_str().unwrap().to_string();
     let url = format!("{}/v1/channels/{channel}/messages", origin.base);
 
@@ -84,15 +72,8 @@ async fn sigkill_loses_no_acknowledged_message() {
     let mut history: Vec<Value> = Vec::new();
     let mut after = 0;
     loop {
-        let page: Value = http
-            .get(format!("{}/v1/channels/{channel}/messages?after={after}&limit=1000", origin.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{}/v1/channels/{channel}/messages?after={after}&limit=1000", origin.base);
+        let (_, page) = call(http.get(url).bearer_auth(&token)).await;
         let messages = page["messages"].as_array().unwrap().clone();
         if let Some(last) = messages.last() {
             after = last["seq"].as_u64().unwrap();
@@ -113,28 +94,13 @@ async fn sigkill_loses_no_acknowledged_message() {
     }
     // New sends continue the order.
     let url = format!("{}/v1/channels/{channel}/messages", origin.base);
-    let resp = http
-        .post(&url)
-        .bearer_auth(&token)
-        .json(&json!({ "text": "after", "client_msg_id": "after-crash" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
-    let v: Value = resp.json().await.unwrap();
+    let body = json!({ "text": "after", "client_msg_id": "after-crash" });
+    let (status, v) = call(http.post(&url).bearer_auth(&token).json(&body)).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED);
     assert_eq!(v["seq"].as_u64().unwrap(), seqs.len() as u64 + 1);
     // A retry of a message acknowledged before the crash is recognised, not repeated.
     let (id, seq) = acked.iter().next().unwrap();
-    let v: Value = http
-        .post(&url)
-        .bearer_auth(&token)
-        .json(&json!({ "text": "retry", "client_msg_id": id }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = call(http.post(&url).bearer_auth(&token).json(&json!({ "text": "retry", "client_msg_id": id }))).await;
     assert_eq!((v["seq"].as_u64(), v["duplicate"].as_bool()), (Some(*seq), Some(true)));
     eprintln!("sigkill test: {} acknowledged before the kill, {} stored after restart", acked.len(), seqs.len());
 }

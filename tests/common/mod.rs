@@ -52,3 +52,10 @@ impl Drop for OriginProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A request's status and JSON body, as these tests read every answer.
+pub async fn call(req: reqwest::RequestBuilder) -> (reqwest::StatusCode, serde_json::Value) {
+    let resp = req.send().await.expect("the origin answers");
+    let status = resp.status();
+    (status, resp.json().await.expect("a JSON body"))
+}
