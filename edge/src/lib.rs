@@ -2,7 +2,14 @@
 //!
 //! Regional edge nodes terminate client WebSocket and QUIC connections, answer `hello` from
 //! warm caches fed by the origin's feed, fan events out to local connections, resume clients
-//! after reconnects and drain gracefully. This crate is filled in by the edge work; today it
-//! only fixes the crate's place in the workspace and its dependency on the wire contract.
+//! after reconnects and drain gracefully.
+//!
+//! - [`upstream`]: the QUIC link to the origin — the feed subscription and calls.
+//! - [`cache`]: a workspace's state as the edge holds it, kept current by feed events.
+//! - [`metrics`]: Prometheus metrics of the edge.
+
+pub mod cache;
+pub mod metrics;
+pub mod upstream;
 
 pub use selvage_shared::PROTOCOL_VERSION;

@@ -188,6 +188,9 @@ pub struct FeedItem {
     pub cursor: Cursor,
     /// The workspace the event happened in.
     pub workspace: WorkspaceId,
+    /// When the event was committed (ms since the epoch); edges measure feed lag with it.
+    #[serde(default)]
+    pub ts: i64,
     /// What happened.
     pub event: Event,
 }

@@ -14,7 +14,10 @@ pub mod event;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod link;
 pub mod model;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use codec::*;
 pub use error::*;

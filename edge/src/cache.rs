@@ -1,0 +1,1 @@
+//! A workspace as the edge holds it (being written).

@@ -1,0 +1,131 @@
+//! Prometheus metrics of an edge node, rendered on `/metrics`.
+//!
+//! One registry per edge (not the global default), so several edges in one test process keep
+//! separate counts.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The edge's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections by transport (`ws`, `quic`).
+    pub connections: IntGaugeVec,
+    /// Time from an authenticated connection to its `hello`, seconds.
+    pub boot_latency: Histogram,
+    /// Cache lookups by cache (`workspace`, `token`, `history`) and outcome (`hit`, `miss`).
+    pub cache_requests: IntCounterVec,
+    /// Event frames handed to client connections.
+    pub fanout_deliveries: IntCounter,
+    /// Frames not delivered to a slow connection, by what happened (`ephemeral_dropped`,
+    /// `connection_closed`).
+    pub queue_drops: IntCounterVec,
+    /// Age of the newest feed event applied: now minus its commit time, seconds.
+    pub feed_lag_seconds: prometheus::Gauge,
+    /// Feed events received from the origin.
+    pub feed_events: IntCounter,
+    /// 1 while the link to the origin is up.
+    pub link_up: IntGauge,
+    /// Times the link to the origin was (re)established.
+    pub link_connects: IntCounter,
+    /// Calls to the origin by call and outcome (`ok`, `error`, `unavailable`).
+    pub origin_calls: IntCounterVec,
+    /// Client frames by type, and `bad` for frames that did not decode.
+    pub client_frames: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // Every metric below is created from constant, valid options and registered once in a
+        // fresh registry, so none of these calls can fail.
+        #[allow(clippy::expect_used)]
+        let m = Metrics {
+            connections: IntGaugeVec::new(
+                Opts::new("selvage_edge_connections", "Open client connections by transport"),
+                &["transport"],
+            )
+            .expect("valid gauge"),
+            boot_latency: Histogram::with_opts(
+                HistogramOpts::new("selvage_edge_boot_seconds", "Time from an authenticated connection to its hello")
+                    .buckets(vec![0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            )
+            .expect("valid histogram"),
+            cache_requests: IntCounterVec::new(
+                Opts::new("selvage_edge_cache_requests_total", "Cache lookups by cache and outcome"),
+                &["cache", "outcome"],
+            )
+            .expect("valid counter"),
+            fanout_deliveries: IntCounter::new(
+                "selvage_edge_fanout_deliveries_total",
+                "Event frames handed to client connections",
+            )
+            .expect("valid counter"),
+            queue_drops: IntCounterVec::new(
+                Opts::new("selvage_edge_queue_drops_total", "Frames not delivered to slow connections, by outcome"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
+            feed_lag_seconds: prometheus::Gauge::new(
+                "selvage_edge_feed_lag_seconds",
+                "Age of the newest feed event applied (now minus its commit time)",
+            )
+            .expect("valid gauge"),
+            feed_events: IntCounter::new("selvage_edge_feed_events_total", "Feed events received from the origin")
+                .expect("valid counter"),
+            link_up: IntGauge::new("selvage_edge_link_up", "1 while the link to the origin is up").expect("valid gauge"),
+            link_connects: IntCounter::new(
+                "selvage_edge_link_connects_total",
+                "Times the link to the origin was established",
+            )
+            .expect("valid counter"),
+            origin_calls: IntCounterVec::new(
+                Opts::new("selvage_edge_origin_calls_total", "Calls to the origin by call and outcome"),
+                &["call", "outcome"],
+            )
+            .expect("valid counter"),
+            client_frames: IntCounterVec::new(
+                Opts::new("selvage_edge_client_frames_total", "Client frames by type (bad: did not decode)"),
+                &["type"],
+            )
+            .expect("valid counter"),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+            Box::new(m.connections.clone()),
+            Box::new(m.boot_latency.clone()),
+            Box::new(m.cache_requests.clone()),
+            Box::new(m.fanout_deliveries.clone()),
+            Box::new(m.queue_drops.clone()),
+            Box::new(m.feed_lag_seconds.clone()),
+            Box::new(m.feed_events.clone()),
+            Box::new(m.link_up.clone()),
+            Box::new(m.link_connects.clone()),
+            Box::new(m.origin_calls.clone()),
+            Box::new(m.client_frames.clone()),
+        ];
+        for c in collectors {
+            // Names are distinct constants, so registration cannot collide.
+            #[allow(clippy::expect_used)]
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            return format!("# error encoding metrics: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,1 @@
+//! The QUIC link to the origin (being written).

@@ -1,0 +1,283 @@
+//! The origin ↔ edge link (DESIGN §2 "The feed", §3).
+//!
+//! An edge holds one QUIC connection to its origin (ALPN [`LINK_ALPN`]). Every bidirectional
+//! stream the edge opens starts with a [`LinkOpen`] naming what the stream is for and carrying
+//! the edge key; every frame on it, both ways, is a 4-byte big-endian length followed by that
+//! many bytes of MessagePack (named fields), at most [`MAX_LINK_FRAME_BYTES`].
+//!
+//! - A **feed** stream ([`LinkStream::Feed`]): the origin streams [`crate::FeedFrame`]s — every
+//!   event after the edge's cursor, in log order, then new ones as they commit, with heartbeats
+//!   while the log is quiet, or one `resync` when the cursor is older than the trim point.
+//! - A **call** stream ([`LinkStream::Calls`]): the edge writes [`LinkCall`]s, the origin answers
+//!   each with a [`LinkReply`] carrying the same `id`. Calls are answered concurrently, so
+//!   replies may come back in any order; one stream carries many calls at once.
+//!
+//! The origin refuses a stream whose key is wrong by answering one [`LinkReply`] with id 0 and
+//! an `unauthorized` error, then finishing the stream.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::DecodeError;
+use crate::error::ErrorCode;
+use crate::event::FeedItem;
+use crate::ids::{ChannelId, Cursor, Seq, UserId, WorkspaceId};
+use crate::model::{Channel, Message, User, Workspace};
+
+/// ALPN of the origin ↔ edge link.
+pub const LINK_ALPN: &[u8] = b"selvage-link/1";
+
+/// ALPN of client QUIC connections to an edge (DESIGN §4).
+pub const CLIENT_ALPN: &[u8] = b"selvage/1";
+
+/// Largest frame on the link (a workspace snapshot can be large).
+pub const MAX_LINK_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// The first frame of every stream an edge opens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkOpen {
+    /// [`crate::PROTOCOL_VERSION`] of the edge.
+    pub protocol: u32,
+    /// The shared secret that lets an edge use the link (origin config `link.edge_key`).
+    pub edge_key: String,
+    /// The edge's name, for logs and metrics.
+    pub edge_id: String,
+    /// What the stream carries.
+    pub stream: LinkStream,
+}
+
+/// What a link stream carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LinkStream {
+    /// The feed after `cursor` (or from the newest event when `None`).
+    Feed {
+        /// Where the edge left off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
+    },
+    /// Calls and their replies.
+    Calls,
+}
+
+/// One request of the edge to the origin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkCall {
+    /// Chosen by the edge, unique among its calls in flight on the stream; never 0.
+    pub id: u64,
+    /// What is asked.
+    pub call: Call,
+}
+
+/// What an edge can ask its origin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Call {
+    /// Who a token is: the hex SHA-256 of the bearer token (the token itself never crosses).
+    Authenticate {
+        /// Lower-case hex of SHA-256(token).
+        token_hash: String,
+    },
+    /// A workspace's state and the cursor it is consistent with, read in one transaction.
+    Snapshot {
+        /// The workspace.
+        workspace: WorkspaceId,
+    },
+    /// Sequence a message on behalf of `user` (checked for membership inside the commit).
+    Send {
+        /// The sender's workspace.
+        workspace: WorkspaceId,
+        /// The sender.
+        user: UserId,
+        /// The channel.
+        channel: ChannelId,
+        /// The text.
+        text: String,
+        /// The client's id for the message, for dedup.
+        client_msg_id: String,
+        /// The thread's root, for a reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread_root: Option<Seq>,
+    },
+    /// A page of a channel's history as `user` may see it (oldest first).
+    History {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Whose view.
+        user: UserId,
+        /// The channel.
+        channel: ChannelId,
+        /// Only seqs below this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<Seq>,
+        /// Only seqs above this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Seq>,
+        /// At most this many (1..=1000).
+        limit: u32,
+    },
+    /// Events of one workspace after a cursor, for resuming a client whose cursor is older than
+    /// the edge's own buffers. Internal events are included (the edge filters per user).
+    Events {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Events after this cursor.
+        after: Cursor,
+        /// At most this many events in the answer.
+        limit: u32,
+    },
+}
+
+/// The origin's answer to one [`LinkCall`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkReply {
+    /// The call's id (0 for a refused stream).
+    pub id: u64,
+    /// The outcome.
+    pub reply: Result<Answer, LinkError>,
+}
+
+/// A failed call, with the code clients see too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// For [`Call::Authenticate`].
+    Principal {
+        /// The token's workspace.
+        workspace: WorkspaceId,
+        /// The token's user.
+        user: UserId,
+        /// When the token stops working (ms since the epoch), if ever.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
+    /// For [`Call::Snapshot`].
+    Snapshot(Box<WorkspaceSnapshot>),
+    /// For [`Call::Send`].
+    Sent {
+        /// The message as stored (the original one for a retry).
+        message: Message,
+        /// Its feed cursor; `None` when the send was a retry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
+        /// Whether this was a retry of an earlier send.
+        duplicate: bool,
+    },
+    /// For [`Call::History`].
+    Messages {
+        /// Oldest first.
+        messages: Vec<Message>,
+        /// Whether more lie beyond the page in the direction read.
+        has_more: bool,
+    },
+    /// For [`Call::Events`].
+    Events {
+        /// The workspace's events after the cursor, in log order.
+        items: Vec<FeedItem>,
+        /// Where to continue reading from (past events of other workspaces too).
+        next: Cursor,
+        /// Whether the log holds more after `next`.
+        more: bool,
+        /// Set when the cursor is older than the trim point: the events are gone.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resync: bool,
+    },
+}
+
+/// A workspace's state consistent with one cursor: every event at or before `cursor` is
+/// reflected in it and no event after.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkspaceSnapshot {
+    /// The workspace.
+    pub workspace: Workspace,
+    /// The position of the newest log event the state includes.
+    pub cursor: Cursor,
+    /// Every user.
+    pub users: Vec<User>,
+    /// Every channel, DM and group DM with its head and members.
+    pub channels: Vec<ChannelState>,
+    /// Every read marker.
+    pub read_markers: Vec<ReadMarker>,
+}
+
+/// One channel in a snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelState {
+    /// The channel record.
+    pub channel: Channel,
+    /// The last assigned seq (0 for none).
+    pub last_seq: Seq,
+    /// Its members.
+    pub members: Vec<UserId>,
+}
+
+/// How far a user has read a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarker {
+    /// The reader.
+    pub user: UserId,
+    /// The channel.
+    pub channel: ChannelId,
+    /// The last seq read.
+    pub seq: Seq,
+}
+
+/// Length of a frame's prefix.
+pub const FRAME_PREFIX_BYTES: usize = 4;
+
+/// One frame ready to write: the length prefix and the MessagePack body.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Vec<u8>, DecodeError> {
+    let body = crate::to_msgpack(value);
+    if body.len() > MAX_LINK_FRAME_BYTES {
+        return Err(DecodeError::TooLarge { len: body.len(), max: MAX_LINK_FRAME_BYTES });
+    }
+    let mut buf = Vec::with_capacity(FRAME_PREFIX_BYTES + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    Ok(buf)
+}
+
+/// The body length a prefix announces, refused when over `max`: read the prefix, check it
+/// here, then read exactly that many bytes and decode them with [`crate::from_msgpack`].
+pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES], max: usize) -> Result<usize, DecodeError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(DecodeError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_limits_hold() {
+        let call = LinkCall { id: 7, call: Call::Snapshot { workspace: WorkspaceId::new_unchecked("W1") } };
+        let buf = encode_frame(&call).unwrap();
+        let prefix: [u8; 4] = buf[..4].try_into().unwrap();
+        let len = frame_len(prefix, 1024).unwrap();
+        assert_eq!(len, buf.len() - 4);
+        let back: LinkCall = crate::from_msgpack(&buf[4..]).unwrap();
+        assert_eq!(back, call);
+        assert!(frame_len(prefix, len - 1).is_err(), "over the limit");
+    }
+
+    #[test]
+    fn replies_carry_errors() {
+        let reply = LinkReply {
+            id: 3,
+            reply: Err(LinkError { code: ErrorCode::NotMember, message: "join first".into() }),
+        };
+        let back: LinkReply = crate::from_msgpack(&crate::to_msgpack(&reply)).unwrap();
+        assert_eq!(back, reply);
+    }
+}
