@@ -266,6 +266,20 @@ pub struct EventFrame {
     pub cursor: Cursor,
 }
 
+/// The first frame a QUIC client writes on its stream (WebSocket clients put the same in the
+/// upgrade request: `Authorization`/`?token=` and `?resume=`). Every frame on a client QUIC
+/// stream, both ways, is a 4-byte big-endian length and that many bytes of MessagePack
+/// ([`crate::link::encode_frame`], [`crate::link::frame_len`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientOpen {
+    /// The bearer token.
+    pub token: String,
+    /// The cursor to resume after, if reconnecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Cursor>,
+}
+
 /// The boot payload of a session (DESIGN §3, lazy boot): the user, their channels and only the
 /// users those need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
