@@ -84,6 +84,80 @@ pub fn load_origin(file: Option<&Path>, flags: &OriginFlags) -> Result<OriginCon
     Ok(config)
 }
 
+/// `selvage edge` arguments.
+#[derive(Args)]
+pub struct EdgeArgs {
+    /// TOML configuration file (see infra/edge.example.toml for every field).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: EdgeFlags,
+}
+
+/// Flags that override the file and the environment.
+#[derive(Args, Serialize, Default)]
+pub struct EdgeFlags {
+    /// Address of the WebSocket endpoint, metrics and health [default: 127.0.0.1:7800].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// UDP address of the client QUIC endpoint [default: 127.0.0.1:7801].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic_listen: Option<std::net::SocketAddr>,
+    /// Name of this edge in logs and the origin's metrics [default: edge-1].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_id: Option<String>,
+    /// The origin's link: host:port, fingerprint and shared key.
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "OriginLinkFlags::is_empty")]
+    pub origin: OriginLinkFlags,
+}
+
+/// Flags of the edge's `origin` section.
+#[derive(Args, Serialize, Default)]
+pub struct OriginLinkFlags {
+    /// host:port of the origin's QUIC link [default: 127.0.0.1:7701].
+    #[arg(long = "origin-link")]
+    #[serde(rename = "link", skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// SHA-256 fingerprint of the origin's link certificate, as `selvage origin` prints it.
+    #[arg(long = "origin-fingerprint")]
+    #[serde(rename = "fingerprint", skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The link's shared secret (prefer SELVAGE_ORIGIN__EDGE_KEY or the file).
+    #[arg(long = "origin-edge-key")]
+    #[serde(rename = "edge_key", skip_serializing_if = "Option::is_none")]
+    pub edge_key: Option<String>,
+}
+
+impl OriginLinkFlags {
+    fn is_empty(&self) -> bool {
+        self.link.is_none() && self.fingerprint.is_none() && self.edge_key.is_none()
+    }
+}
+
+/// Builds the edge's configuration from its layers and validates it.
+pub fn load_edge(file: Option<&Path>, flags: &EdgeFlags) -> Result<selvage_edge::EdgeConfig> {
+    let mut figment = Figment::from(Serialized::defaults(selvage_edge::EdgeConfig::default()));
+    if let Some(file) = file {
+        if !file.exists() {
+            anyhow::bail!("config file {} does not exist", file.display());
+        }
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    let fields = fields_of::<selvage_edge::EdgeConfig>();
+    let env = Env::prefixed("SELVAGE_").split("__").filter(move |key| {
+        let key = key.as_str().to_ascii_lowercase();
+        fields.iter().any(|f| key == *f || key.starts_with(&format!("{f}__")) || key.starts_with(&format!("{f}.")))
+    });
+    let config: selvage_edge::EdgeConfig =
+        figment.merge(env).merge(Serialized::defaults(flags)).extract().context("invalid edge configuration")?;
+    config.validate().map_err(|e| anyhow::anyhow!("invalid edge configuration: {e}"))?;
+    Ok(config)
+}
+
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment's Jail closures return its large error type
 mod tests {
@@ -103,6 +177,21 @@ mod tests {
             assert_eq!(c.listen.port(), 9100, "flag beats file");
             assert_eq!(c.data_dir, PathBuf::from("from-env"), "env beats file");
             assert_eq!(c.sequencer.queue_capacity, 7, "file beats default");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn link_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SELVAGE_LINK__EDGE_KEY", "edge-key-from-the-environment");
+            jail.set_env("SELVAGE_LINK__LISTEN", "127.0.0.1:0");
+            let c = load_origin(None, &OriginFlags::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.link.edge_key.as_deref(), Some("edge-key-from-the-environment"));
+            assert_eq!(c.link.listen.port(), 0);
+            jail.set_env("SELVAGE_LINK__CERT_FILE", "cert.pem");
+            let err = load_origin(None, &OriginFlags::default()).unwrap_err();
+            assert!(format!("{err:#}").contains("link.key_file"), "{err:#}");
             Ok(())
         });
     }

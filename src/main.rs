@@ -31,6 +31,13 @@ enum Command {
     /// then SELVAGE_* environment variables (nested fields with `__`, e.g.
     /// SELVAGE_SEQUENCER__QUEUE_CAPACITY), then the flags below.
     Origin(config::OriginArgs),
+    /// Run an edge node: client WebSocket and QUIC connections served from warm caches, fed
+    /// by the origin's feed over the QUIC link.
+    ///
+    /// Configuration is layered like the origin's (TOML file, SELVAGE_* environment with `__`
+    /// for nested fields, e.g. SELVAGE_ORIGIN__EDGE_KEY, then flags). SIGTERM drains: clients
+    /// get `goodbye` and are spread over the grace period before the edge exits.
+    Edge(config::EdgeArgs),
     /// Administer a running origin over its HTTP API: workspaces, users, tokens.
     Admin(admin::AdminArgs),
     /// Load-test an origin: durable sends per second and ack latency.
@@ -89,10 +96,39 @@ async fn main() -> Result<()> {
             let shutdown = shutdown_on_signals();
             let running = selvage_origin::start(config, shutdown).await?;
             println!("selvage origin listening on http://{}", running.addr);
+            if let (Some(addr), Some(fingerprint)) = (running.link_addr, running.link_fingerprint.as_deref()) {
+                // A reader that stopped after the first line (a script waiting for the address)
+                // must not take the origin down with a broken pipe, so write errors are ignored.
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "selvage origin link on quic://{addr} fingerprint {fingerprint}");
+                let _ = out.flush();
+            }
             running.wait().await;
             // FoundationDB's network thread must be stopped before the process exits.
             #[cfg(feature = "fdb")]
             selvage_origin::store::fdb::stop_network();
+            Ok(())
+        }
+        Command::Edge(args) => {
+            init_tracing();
+            let config = config::load_edge(args.config.as_deref(), &args.flags)?;
+            let grace = std::time::Duration::from_millis(config.sessions.drain_grace_ms);
+            let signals = shutdown_on_signals();
+            let shutdown = CancellationToken::new();
+            let running = selvage_edge::start(config, shutdown.clone()).await?;
+            println!("selvage edge listening on ws://{}/v1/connect", running.addr);
+            if let (Some(addr), Some(fp)) = (running.quic_addr, running.quic_fingerprint.as_deref()) {
+                println!("selvage edge quic on {addr} fingerprint {fp}");
+            }
+            let edge = running.edge.clone();
+            tokio::spawn(async move {
+                signals.cancelled().await;
+                edge.start_drain();
+                tokio::time::sleep(grace).await;
+                shutdown.cancel();
+            });
+            running.wait().await;
             Ok(())
         }
         Command::Dev(args) => {

@@ -6,10 +6,22 @@
 //!
 //! - [`upstream`]: the QUIC link to the origin — the feed subscription and calls.
 //! - [`cache`]: a workspace's state as the edge holds it, kept current by feed events.
-//! - [`metrics`]: Prometheus metrics of the edge.
+//! - [`fanout`]: loaded workspaces, the feed applied to them, delivery to sessions.
+//! - [`auth`]: tokens → users, remembered.
+//! - [`session`]: one client session, whatever the transport; [`ws`] and [`quic`] carry it.
+//! - [`server`]: starting a node, health, metrics and drain; [`config`], [`metrics`].
 
+pub mod auth;
 pub mod cache;
+pub mod config;
+pub mod fanout;
 pub mod metrics;
+pub mod quic;
+pub mod server;
+pub mod session;
 pub mod upstream;
+pub mod ws;
 
+pub use config::EdgeConfig;
 pub use selvage_shared::PROTOCOL_VERSION;
+pub use server::{start, Edge, Running, StartError};

@@ -2,7 +2,11 @@
 //!
 //! So far it has one scenario, [`sends`]: durable sends per second and ack latency against an
 //! origin, over HTTP or (to measure the sequencer and storage without HTTP) in process.
+//!
+//! [`client`] is the client SDK of the edge protocol (WebSocket and QUIC) that scenarios and the
+//! end-to-end tests of the other crates connect with.
 
+pub mod client;
 pub mod report;
 pub mod sends;
 

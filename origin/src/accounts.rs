@@ -215,7 +215,14 @@ pub async fn new_token_for(store: &Store, caller: &Caller, ttl_secs: u64) -> Res
 
 /// Resolves a bearer token to its caller.
 pub async fn authenticate(store: &Store, token: &str) -> Result<Caller> {
-    let hash = ids::token_hash(token);
+    Ok(authenticate_hash(store, &ids::token_hash(token)).await?.0)
+}
+
+/// Resolves a token by its SHA-256 (what edges send over the link, so tokens never leave the
+/// edge that received them) to its caller: unknown, expired or revoked tokens and deactivated
+/// users are `unauthorized`. Also returns when the token expires (ms since the epoch), if ever.
+pub async fn authenticate_hash(store: &Store, hash: &[u8; 32]) -> Result<(Caller, Option<i64>)> {
+    let hash = *hash;
     let (found, _) = transact!(store, |tx| {
         match tx.get(&keys::token(&hash)).await? {
             None => None,
@@ -238,7 +245,7 @@ pub async fn authenticate(store: &Store, token: &str) -> Result<Caller> {
     if user.deactivated {
         return Err(OriginError::Unauthorized("user is deactivated".into()));
     }
-    Ok(Caller { workspace: record.workspace, user, token_hash: hash })
+    Ok((Caller { workspace: record.workspace, user, token_hash: hash }, record.expires_at))
 }
 
 /// Revokes `token` (or, when `None`, the caller's own token). Revoking someone else's token
@@ -291,4 +298,17 @@ pub async fn mint_token(store: &Store, w: &WorkspaceId, u: &UserId, ttl_secs: u6
         }
     })?;
     token.ok_or_else(|| OriginError::NotFound(format!("user {u} not found in {w}")))
+}
+
+/// The caller a token of `u` in `w` would authenticate as, for work done on a user's behalf by
+/// someone who already checked the token (an edge over the link). The user must exist in the
+/// workspace (`not_found`) and be active (`unauthorized`). The caller carries no token hash
+/// (all zeros), so nothing can be revoked through it.
+pub async fn caller_for(store: &Store, w: &WorkspaceId, u: &UserId) -> Result<Caller> {
+    let (user, _) = transact!(store, |tx| { get_user(tx, w, u).await? })?;
+    let user = user.ok_or_else(|| OriginError::NotFound(format!("user {u} not found in {w}")))?;
+    if user.deactivated {
+        return Err(OriginError::Unauthorized("user is deactivated".into()));
+    }
+    Ok(Caller { workspace: w.clone(), user, token_hash: [0; 32] })
 }

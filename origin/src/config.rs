@@ -33,6 +33,8 @@ pub struct OriginConfig {
     pub sequencer: SequencerConfig,
     /// The feed log and its trimming.
     pub feed: FeedConfig,
+    /// The QUIC link edges connect to (feed and calls). Off until `link.edge_key` is set.
+    pub link: LinkConfig,
 }
 
 /// Storage engines.
@@ -78,6 +80,66 @@ pub struct FeedConfig {
     pub max_wait_ms: u64,
 }
 
+/// The origin ↔ edge link: a QUIC endpoint that edges tail the feed from and send calls to.
+///
+/// It runs only when [`LinkConfig::edge_key`] is set, since that key is what keeps strangers
+/// off it. Without `cert_file`/`key_file` the origin makes a self-signed certificate at start
+/// and prints its SHA-256 fingerprint for edges to pin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    /// UDP address of the QUIC link. Port 0 picks a free one (the origin prints it).
+    pub listen: SocketAddr,
+    /// The shared secret every edge presents (at least 16 characters). Unset leaves the link off.
+    pub edge_key: Option<String>,
+    /// PEM certificate chain for the link; set together with `key_file`, or neither for a
+    /// self-signed certificate.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// DNS names and IP addresses the self-signed certificate is made for.
+    pub names: Vec<String>,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7701)),
+            edge_key: None,
+            cert_file: None,
+            key_file: None,
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+impl LinkConfig {
+    /// Shortest accepted `edge_key`: long enough that guessing it over the network is hopeless.
+    pub const MIN_EDGE_KEY_CHARS: usize = 16;
+
+    /// Checks the link's fields (see [`OriginConfig::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(key) = &self.edge_key {
+            if key.chars().count() < Self::MIN_EDGE_KEY_CHARS {
+                return Err(format!("link.edge_key must be at least {} characters", Self::MIN_EDGE_KEY_CHARS));
+            }
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "link.cert_file and link.key_file must be set together (or neither, for a self-signed certificate)"
+                        .into(),
+                );
+            }
+            (None, None) if self.names.is_empty() || self.names.iter().any(|n| n.trim().is_empty()) => {
+                return Err("link.names must list at least one non-empty DNS name or IP address for the self-signed certificate".into());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 impl Default for OriginConfig {
     fn default() -> Self {
         OriginConfig {
@@ -91,6 +153,7 @@ impl Default for OriginConfig {
             token_ttl_secs: 0,
             sequencer: SequencerConfig::default(),
             feed: FeedConfig::default(),
+            link: LinkConfig::default(),
         }
     }
 }
@@ -155,7 +218,7 @@ impl OriginConfig {
         if f.retention_secs == 0 || f.max_events == 0 || f.trim_interval_secs == 0 {
             return Err("feed.retention_secs, feed.max_events and feed.trim_interval_secs must be > 0".into());
         }
-        Ok(())
+        self.link.validate()
     }
 }
 
@@ -175,5 +238,22 @@ mod tests {
         let mut c = OriginConfig::default();
         c.sequencer.max_batch_bytes = 100 * 1024 * 1024;
         assert!(c.validate().unwrap_err().contains("max_batch_bytes"));
+    }
+
+    #[test]
+    fn link_settings_are_checked() {
+        let mut c = OriginConfig::default();
+        c.link.edge_key = Some("short".into());
+        assert!(c.validate().unwrap_err().contains("link.edge_key"));
+        c.link.edge_key = Some("a-long-enough-edge-key".into());
+        c.validate().expect("a long key validates");
+        c.link.cert_file = Some("cert.pem".into());
+        assert!(c.validate().unwrap_err().contains("link.key_file"));
+        c.link.key_file = Some("key.pem".into());
+        c.validate().expect("both files validate");
+        c.link.cert_file = None;
+        c.link.key_file = None;
+        c.link.names.clear();
+        assert!(c.validate().unwrap_err().contains("link.names"));
     }
 }

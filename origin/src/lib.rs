@@ -5,9 +5,10 @@
 //! a FoundationDB-shaped transactional store ([`store`]). It holds no state of its own beyond
 //! caches and batching, so any number of nodes can share one FoundationDB cluster.
 //!
-//! [`start`] opens storage, starts the sequencer, the feed's notifier and trimmer, and binds the
-//! HTTP listener; the returned [`Running`] reports the bound address and finishes once the
-//! shutdown token is cancelled and in-flight work has drained.
+//! [`start`] opens storage, starts the sequencer, the feed's notifier and trimmer, binds the
+//! HTTP listener and, when `link.edge_key` is set, the QUIC [`link`] edges connect to; the
+//! returned [`Running`] reports the bound addresses and finishes once the shutdown token is
+//! cancelled and in-flight work has drained.
 
 pub mod accounts;
 pub mod api;
@@ -17,8 +18,10 @@ pub mod error;
 pub mod feed;
 pub mod history;
 pub mod ids;
+pub mod link;
 pub mod metrics;
 pub mod sequencer;
+pub mod snapshot;
 pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -65,7 +68,10 @@ pub enum StartError {
         /// The failure.
         source: store::StoreError,
     },
-    /// The HTTP listener could not be bound.
+    /// The edge link's certificate or TLS configuration could not be set up.
+    #[error("cannot start the edge link: {0}")]
+    Link(String),
+    /// The HTTP listener (TCP) or the edge link (UDP) could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The configured address.
@@ -79,6 +85,10 @@ pub enum StartError {
 pub struct Running {
     /// The address the HTTP API listens on (the real port when configured with port 0).
     pub addr: SocketAddr,
+    /// The UDP address of the edge link, when it runs (`link.edge_key` set).
+    pub link_addr: Option<SocketAddr>,
+    /// SHA-256 fingerprint (lower-case hex) of the edge link's certificate, when it runs.
+    pub link_fingerprint: Option<String>,
     /// The shared state, for in-process callers (`selvage dev`, tests).
     pub origin: Arc<Origin>,
     task: tokio::task::JoinHandle<()>,
@@ -121,6 +131,8 @@ pub fn open_store(config: &OriginConfig) -> Result<Store, StartError> {
 /// Starts an origin node; it runs until `shutdown` is cancelled.
 pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<Running, StartError> {
     config.validate().map_err(StartError::Config)?;
+    // The link binds first: a taken UDP port then fails the start before storage is opened.
+    let link = link::bind(&config.link)?;
     let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::new());
     let (sequencer, committer) =
@@ -132,6 +144,8 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     tracing::info!(%addr, engine = store.engine(), "origin listening");
     let origin = Arc::new(Origin { config, store, sequencer, feed: feed.clone(), metrics, shutdown: shutdown.clone() });
+    let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
+    let (link_addr, link_fingerprint) = link.as_ref().map(|l| (l.addr, l.fingerprint.clone())).unzip();
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
     let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
     let app = api::router(origin.clone());
@@ -147,10 +161,13 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
             r = served => if let Err(e) = r { tracing::error!(error = %e, "HTTP server failed") },
             _ = grace => tracing::warn!("shutdown grace period over; dropping open requests"),
         }
+        if let Some(link) = link {
+            link.wait().await;
+        }
         let _ = committer.await;
         let _ = notifier.await;
         let _ = trimmer.await;
         tracing::info!("origin stopped");
     });
-    Ok(Running { addr, origin, task })
+    Ok(Running { addr, link_addr, link_fingerprint, origin, task })
 }

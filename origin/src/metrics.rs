@@ -4,7 +4,8 @@
 //! process keep separate counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The origin's metrics.
@@ -32,6 +33,17 @@ pub struct Metrics {
     pub feed_trimmed: IntCounter,
     /// Long-polls of `/v1/events` waiting right now.
     pub feed_waiters: IntGauge,
+    /// Calls edges made over the link, by call (`authenticate`, `snapshot`, `send`, `history`,
+    /// `events`, `invalid`).
+    pub link_calls: IntCounterVec,
+    /// Link streams open now, by kind (`feed`, `calls`).
+    pub link_streams: IntGaugeVec,
+    /// Feed events streamed to edges over the link.
+    pub link_feed_events: IntCounter,
+    /// Edge connections to the link open now.
+    pub link_connections: IntGauge,
+    /// Link streams refused (wrong edge key or protocol, unreadable first frame).
+    pub link_refused: IntCounter,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -94,9 +106,28 @@ impl Metrics {
                 .expect("valid counter"),
             feed_waiters: IntGauge::new("selvage_feed_waiters", "Long-polls of /v1/events waiting now")
                 .expect("valid gauge"),
+            link_calls: IntCounterVec::new(
+                Opts::new("selvage_link_calls_total", "Calls edges made over the link"),
+                &["call"],
+            )
+            .expect("valid counter"),
+            link_streams: IntGaugeVec::new(
+                Opts::new("selvage_link_streams", "Link streams open now, by kind"),
+                &["kind"],
+            )
+            .expect("valid gauge"),
+            link_feed_events: IntCounter::new("selvage_link_feed_events_total", "Feed events streamed to edges")
+                .expect("valid counter"),
+            link_connections: IntGauge::new("selvage_link_connections", "Edge connections to the link open now")
+                .expect("valid gauge"),
+            link_refused: IntCounter::new(
+                "selvage_link_refused_total",
+                "Link streams refused (wrong edge key or protocol, unreadable first frame)",
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -108,6 +139,11 @@ impl Metrics {
             Box::new(m.commit_retries.clone()),
             Box::new(m.feed_trimmed.clone()),
             Box::new(m.feed_waiters.clone()),
+            Box::new(m.link_calls.clone()),
+            Box::new(m.link_streams.clone()),
+            Box::new(m.link_feed_events.clone()),
+            Box::new(m.link_connections.clone()),
+            Box::new(m.link_refused.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

@@ -1,0 +1,234 @@
+//! The edge's configuration: one typed struct with defaults that work on one machine.
+//!
+//! The binary layers it like the origin's: defaults, then a TOML file, then `SELVAGE_*`
+//! environment variables (`SELVAGE_LISTEN`, `SELVAGE_ORIGIN__EDGE_KEY`, …), then flags;
+//! [`EdgeConfig::validate`] runs before anything starts.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use selvage_shared::WorkspaceId;
+use serde::{Deserialize, Serialize};
+
+/// Everything an edge node needs to run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Name of this edge in logs and in the origin's metrics.
+    pub edge_id: String,
+    /// Address of the WebSocket endpoint `/v1/connect`, `/metrics`, `/healthz`, `/readyz`
+    /// and `/admin/drain`. Port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// UDP address of the client QUIC endpoint (ALPN `selvage/1`); unset turns QUIC off.
+    pub quic_listen: Option<SocketAddr>,
+    /// PEM certificate chain for client QUIC; unset makes a self-signed one at start and
+    /// prints its fingerprint for clients to pin.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Names the self-signed certificate is made for.
+    pub cert_names: Vec<String>,
+    /// Key that authorizes `POST /admin/drain`. Unset disables the endpoint (SIGTERM still
+    /// drains).
+    pub operator_key: Option<String>,
+    /// The link to the origin.
+    pub origin: OriginLink,
+    /// The warm caches.
+    pub cache: CacheConfig,
+    /// Client sessions.
+    pub sessions: SessionConfig,
+}
+
+/// Where the origin is and how to trust it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginLink {
+    /// `host:port` of the origin's QUIC link (its `link.listen`).
+    pub link: String,
+    /// TLS name to expect (with `ca_file`).
+    pub server_name: String,
+    /// SHA-256 fingerprint of the origin's link certificate, as `selvage origin` prints it.
+    pub fingerprint: Option<String>,
+    /// PEM bundle of CAs to verify the origin's certificate with, instead of a fingerprint.
+    pub ca_file: Option<PathBuf>,
+    /// The shared secret of the link (the origin's `link.edge_key`).
+    pub edge_key: String,
+    /// How long one call to the origin may take, in milliseconds.
+    pub call_timeout_ms: u64,
+}
+
+/// Sizes of the warm caches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Memory the workspace caches may hold, in bytes (estimated); least recently used
+    /// workspaces without connections are dropped beyond it.
+    pub max_bytes: u64,
+    /// Tokens remembered (token hash → user); revocations arrive through the feed.
+    pub max_tokens: u64,
+    /// How long a remembered token is trusted without asking the origin again, in seconds.
+    pub token_ttl_secs: u64,
+    /// Recent events kept per channel, to resume clients and answer recent history.
+    pub recent_events_per_channel: usize,
+    /// Recent events kept per workspace that belong to no channel (user updates…).
+    pub recent_workspace_events: usize,
+    /// Workspaces to load at start, so their first clients boot warm.
+    pub preload: Vec<WorkspaceId>,
+}
+
+/// Limits of each client connection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Interval of server pings, in milliseconds (also sent to clients in `hello`); a client
+    /// silent for 2.5 intervals is disconnected.
+    pub heartbeat_ms: u64,
+    /// Frames queued for one connection before it counts as slow: ephemeral events are then
+    /// dropped, and the connection is closed (resumably) when a durable one does not fit.
+    pub outbound_queue: usize,
+    /// Requests (sends, queries) of one connection in flight at once; more wait.
+    pub max_in_flight: usize,
+    /// How long a client may take to authenticate and boot, in milliseconds.
+    pub boot_timeout_ms: u64,
+    /// How long draining connections get between `goodbye` and being closed, in milliseconds;
+    /// each client is told to reconnect at a random point inside it.
+    pub drain_grace_ms: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            edge_id: "edge-1".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
+            quic_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7801))),
+            cert_file: None,
+            key_file: None,
+            cert_names: vec!["localhost".into(), "127.0.0.1".into()],
+            operator_key: None,
+            origin: OriginLink::default(),
+            cache: CacheConfig::default(),
+            sessions: SessionConfig::default(),
+        }
+    }
+}
+
+impl Default for OriginLink {
+    fn default() -> Self {
+        OriginLink {
+            link: "127.0.0.1:7701".into(),
+            server_name: "localhost".into(),
+            fingerprint: None,
+            ca_file: None,
+            edge_key: String::new(),
+            call_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 512 * 1024 * 1024,
+            max_tokens: 100_000,
+            token_ttl_secs: 600,
+            recent_events_per_channel: 256,
+            recent_workspace_events: 1024,
+            preload: Vec::new(),
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            heartbeat_ms: 30_000,
+            outbound_queue: 1024,
+            max_in_flight: 256,
+            boot_timeout_ms: 10_000,
+            drain_grace_ms: 30_000,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// Checks what serde cannot: the first problem found, in words an operator can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.edge_id.is_empty() || self.edge_id.len() > 64 {
+            return Err("edge_id must be 1 to 64 characters".into());
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err("cert_file and key_file go together: set both or neither".into());
+        }
+        if self.origin.edge_key.len() < 16 {
+            return Err("origin.edge_key must be set to the origin's link.edge_key (16 characters or more)".into());
+        }
+        if self.origin.fingerprint.is_none() && self.origin.ca_file.is_none() {
+            return Err("set origin.fingerprint (printed by `selvage origin`) or origin.ca_file to trust the origin".into());
+        }
+        if let Some(fp) = &self.origin.fingerprint {
+            selvage_shared::tls::parse_fingerprint(fp).map_err(|e| format!("origin.fingerprint: {e}"))?;
+        }
+        if self.origin.call_timeout_ms == 0 {
+            return Err("origin.call_timeout_ms must be above 0".into());
+        }
+        if let Some(key) = &self.operator_key {
+            if key.len() < 16 {
+                return Err("operator_key must be 16 characters or more".into());
+            }
+        }
+        let s = &self.sessions;
+        if s.heartbeat_ms < 100 {
+            return Err("sessions.heartbeat_ms must be 100 or more".into());
+        }
+        if s.outbound_queue < 16 {
+            return Err("sessions.outbound_queue must be 16 or more".into());
+        }
+        if s.max_in_flight == 0 {
+            return Err("sessions.max_in_flight must be above 0".into());
+        }
+        if self.cache.recent_events_per_channel == 0 || self.cache.recent_workspace_events == 0 {
+            return Err("cache.recent_events_per_channel and cache.recent_workspace_events must be above 0".into());
+        }
+        Ok(())
+    }
+
+    /// How the edge trusts the origin's certificate.
+    pub fn origin_trust(&self) -> selvage_shared::tls::Trust {
+        match (&self.origin.fingerprint, &self.origin.ca_file) {
+            (Some(fp), _) => selvage_shared::tls::Trust::Pinned(fp.clone()),
+            (None, Some(ca)) => selvage_shared::tls::Trust::CaFile(ca.clone()),
+            // validate() refuses this; pin nothing that could match.
+            (None, None) => selvage_shared::tls::Trust::Pinned(String::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> EdgeConfig {
+        let mut c = EdgeConfig::default();
+        c.origin.edge_key = "0123456789abcdef".into();
+        c.origin.fingerprint = Some("ab".repeat(32));
+        c
+    }
+
+    #[test]
+    fn defaults_need_only_the_link_secrets() {
+        assert!(EdgeConfig::default().validate().unwrap_err().contains("edge_key"));
+        assert_eq!(valid().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = valid();
+        c.origin.fingerprint = Some("xyz".into());
+        assert!(c.validate().unwrap_err().contains("origin.fingerprint"));
+        let mut c = valid();
+        c.cert_file = Some("c.pem".into());
+        assert!(c.validate().unwrap_err().contains("key_file"));
+        let mut c = valid();
+        c.sessions.outbound_queue = 1;
+        assert!(c.validate().unwrap_err().contains("outbound_queue"));
+    }
+}

@@ -1,0 +1,508 @@
+//! Loaded workspaces, the feed applied to them, and fan-out to local connections.
+//!
+//! Every workspace the edge serves is a [`Live`]: its [`WorkspaceState`] and the outboxes of
+//! the sessions connected to it, under one lock. The feed task applies each origin event to
+//! the state and, under the same lock, hands one encoded copy to every session that should see
+//! it — so a session registered under that lock gets exactly the events after the cursor its
+//! `hello` carried, in feed order, and a member removed by an event gets nothing after it.
+//!
+//! Loading a workspace is consistent with the feed without stopping it: a loading workspace
+//! collects the feed's events for it while its snapshot is fetched; the snapshot is consistent
+//! with a cursor, so the collected events after that cursor are applied and those at or
+//! before it dropped. The origin read the snapshot after every event the edge had already
+//! received was committed, so nothing falls between the two.
+//!
+//! Workspaces sit in a moka cache weighed by their estimated size: concurrent first
+//! connections of one workspace make one snapshot request, and idle workspaces are dropped
+//! beyond `cache.max_bytes`. A workspace evicted while sessions still use it stays live (and
+//! current) in the registry until its last session leaves.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock,
+    },
+    time::Duration,
+};
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use selvage_shared::{
+    link::{Answer, Call, LinkError, WorkspaceSnapshot},
+    Cursor, ErrorCode, Event, FeedItem, Format, UserId, WorkspaceId,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cache::{CacheLimits, Recipients, WorkspaceState},
+    metrics::Metrics,
+    upstream::{FeedUpdate, Upstream},
+};
+
+/// One frame on its way to a client, already encoded for the session's format.
+#[derive(Clone, Debug)]
+pub enum Wire {
+    /// A JSON frame (WebSocket text).
+    Text(Utf8Bytes),
+    /// A MessagePack frame (WebSocket binary, or the body of a QUIC frame).
+    Binary(Bytes),
+}
+
+impl Wire {
+    /// Encodes `bytes` made by the codec for `format`.
+    pub fn from_encoded(bytes: Vec<u8>, format: Format) -> Wire {
+        match format {
+            // The codec's JSON output is UTF-8; a failure here would be a codec bug, and
+            // sending it as binary then is still a faithful copy.
+            Format::Json => match String::from_utf8(bytes) {
+                Ok(s) => Wire::Text(Utf8Bytes::from(s)),
+                Err(e) => Wire::Binary(Bytes::from(e.into_bytes())),
+            },
+            Format::MsgPack => Wire::Binary(Bytes::from(bytes)),
+        }
+    }
+
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Wire::Text(t) => t.len(),
+            Wire::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the frame is empty (never, for a real frame).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a session's outbox carries.
+pub enum Out {
+    /// An event, shared by every session that gets it.
+    Event(Arc<Encoded>),
+    /// A reply to the session's own request, already encoded.
+    Reply(Wire),
+}
+
+/// An event encoded at most once per format, however many sessions get it.
+pub struct Encoded {
+    /// The event's cursor.
+    pub cursor: Cursor,
+    event: Event,
+    json: OnceLock<Wire>,
+    msgpack: OnceLock<Wire>,
+}
+
+impl Encoded {
+    /// Wraps an event for fan-out.
+    pub fn new(cursor: Cursor, event: Event) -> Self {
+        Encoded { cursor, event, json: OnceLock::new(), msgpack: OnceLock::new() }
+    }
+
+    /// The frame in `format`, encoded on first use.
+    pub fn wire(&self, format: Format) -> Wire {
+        let cell = match format {
+            Format::Json => &self.json,
+            Format::MsgPack => &self.msgpack,
+        };
+        cell.get_or_init(|| Wire::from_encoded(selvage_shared::encode_event(&self.cursor, &self.event, format), format))
+            .clone()
+    }
+}
+
+/// Why the edge closed a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its outbound queue was full when a durable event had to go in: resume to catch up.
+    SlowConsumer,
+    /// The token it authenticated with was revoked.
+    TokenRevoked,
+    /// The edge lost events (its cursor fell behind the origin's trim point): boot again.
+    Resync,
+}
+
+/// The sending half of one session, as fan-out sees it.
+pub struct Outbox {
+    /// The session's id (unique on this edge).
+    pub id: u64,
+    /// The session's user.
+    pub user: UserId,
+    /// Hash of the token the session authenticated with.
+    pub token_hash: String,
+    /// The session's wire format.
+    pub format: Format,
+    tx: mpsc::Sender<Out>,
+    close: CancellationToken,
+    reason: OnceLock<CloseReason>,
+    dead: AtomicBool,
+}
+
+impl Outbox {
+    /// An outbox and the receiver its session writes from.
+    pub fn new(
+        id: u64,
+        user: UserId,
+        token_hash: String,
+        format: Format,
+        capacity: usize,
+    ) -> (Arc<Outbox>, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let outbox = Outbox {
+            id,
+            user,
+            token_hash,
+            format,
+            tx,
+            close: CancellationToken::new(),
+            reason: OnceLock::new(),
+            dead: AtomicBool::new(false),
+        };
+        (Arc::new(outbox), rx)
+    }
+
+    /// Queues a frame for the client; the queue is bounded. An ephemeral frame that does not
+    /// fit is dropped; a durable one that does not fit closes the session (the client resumes
+    /// from its last cursor and gets it then). Returns false once the session is closing.
+    pub fn push(&self, event: Arc<Encoded>, ephemeral: bool, metrics: &Metrics) -> bool {
+        if self.dead.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.tx.try_send(Out::Event(event)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) if ephemeral => {
+                metrics.queue_drops.with_label_values(&["ephemeral_dropped"]).inc();
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics.queue_drops.with_label_values(&["connection_closed"]).inc();
+                self.close(CloseReason::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.dead.store(true, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Queues a reply to the client's own request, waiting for room (the session limits its
+    /// requests in flight, so this waits for the client to read, not forever).
+    pub async fn reply(&self, wire: Wire) -> bool {
+        self.tx.send(Out::Reply(wire)).await.is_ok()
+    }
+
+    /// Asks the session to close for `reason` (the first reason wins).
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.dead.store(true, Ordering::Relaxed);
+        self.close.cancel();
+    }
+
+    /// Cancelled when fan-out asked the session to close.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.close
+    }
+
+    /// Why fan-out closed the session, if it did.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.reason.get().cloned()
+    }
+}
+
+/// A loaded workspace and its connected sessions.
+pub struct Live {
+    inner: Mutex<LiveInner>,
+}
+
+/// What [`Live`]'s lock guards.
+pub struct LiveInner {
+    /// The workspace's state.
+    pub state: WorkspaceState,
+    sessions: HashMap<u64, Arc<Outbox>>,
+    by_user: HashMap<UserId, Vec<u64>>,
+}
+
+impl LiveInner {
+    /// Registers a session for fan-out; events applied from now on reach it.
+    pub fn register(&mut self, outbox: Arc<Outbox>) {
+        self.by_user.entry(outbox.user.clone()).or_default().push(outbox.id);
+        self.sessions.insert(outbox.id, outbox);
+    }
+
+    /// Connected sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    fn unregister(&mut self, id: u64) {
+        if let Some(outbox) = self.sessions.remove(&id) {
+            if let Some(ids) = self.by_user.get_mut(&outbox.user) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.by_user.remove(&outbox.user);
+                }
+            }
+        }
+    }
+
+    /// Applies one feed event and hands it to the sessions that should see it.
+    fn apply(&mut self, item: &FeedItem, metrics: &Metrics) {
+        let Some(applied) = self.state.apply(item) else { return };
+        if let Event::TokenRevoked { token_hash } = &item.event {
+            for outbox in self.sessions.values().filter(|o| o.token_hash == *token_hash) {
+                outbox.close(CloseReason::TokenRevoked);
+            }
+            return;
+        }
+        let ids: Vec<u64> = match applied.recipients {
+            Recipients::Nobody => return,
+            Recipients::Everyone => self.sessions.keys().copied().collect(),
+            Recipients::Users(users) => {
+                users.iter().filter_map(|u| self.by_user.get(u)).flatten().copied().collect()
+            }
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let encoded = Arc::new(Encoded::new(item.cursor.clone(), item.event.clone()));
+        self.deliver(&encoded, ids, item.event.is_ephemeral(), metrics);
+    }
+
+    /// Hands an ephemeral event (typing) of `channel` to its members' sessions, except `from`'s.
+    /// It carries the cursor of the newest event applied: every durable event at or before it
+    /// is already ahead of it in each outbox, so a client may resume from it.
+    pub fn relay(&mut self, event: Event, from: u64, metrics: &Metrics) {
+        let Some(channel) = event.channel() else { return };
+        let ids: Vec<u64> = self
+            .by_user
+            .iter()
+            .filter(|(user, _)| self.state.is_member(channel, user))
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .filter(|id| *id != from)
+            .collect();
+        let encoded = Arc::new(Encoded::new(self.state.cursor().clone(), event));
+        self.deliver(&encoded, ids, true, metrics);
+    }
+
+    fn deliver(&mut self, encoded: &Arc<Encoded>, ids: Vec<u64>, ephemeral: bool, metrics: &Metrics) {
+        let mut gone = Vec::new();
+        for id in ids {
+            let Some(outbox) = self.sessions.get(&id) else { continue };
+            if outbox.push(encoded.clone(), ephemeral, metrics) {
+                metrics.fanout_deliveries.inc();
+            } else {
+                gone.push(id);
+            }
+        }
+        for id in gone {
+            self.unregister(id);
+        }
+    }
+}
+
+impl Live {
+    /// Locks the workspace: state and sessions together.
+    pub fn lock(&self) -> MutexGuard<'_, LiveInner> {
+        // A panic while holding the lock would leave the state half-applied; the data is still
+        // memory-safe to read, and the next resync or reload replaces it.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Removes a session (when it ends).
+    pub fn unregister(&self, id: u64) {
+        self.lock().unregister(id);
+    }
+
+    fn weight(&self) -> u32 {
+        self.lock().state.weight()
+    }
+}
+
+enum Slot {
+    /// A snapshot is on its way; the feed's events for the workspace wait here.
+    Loading(Vec<FeedItem>),
+    Ready(Arc<Live>),
+}
+
+/// Why a workspace could not be loaded.
+pub type LoadError = Arc<LinkError>;
+
+/// Every workspace this edge serves.
+pub struct Workspaces {
+    registry: Mutex<HashMap<WorkspaceId, Slot>>,
+    cache: moka::future::Cache<WorkspaceId, Arc<Live>>,
+    upstream: Arc<Upstream>,
+    limits: CacheLimits,
+    metrics: Arc<Metrics>,
+    next_session: AtomicU64,
+}
+
+impl Workspaces {
+    /// An empty set, loading through `upstream`, holding up to `max_bytes` of state.
+    pub fn new(upstream: Arc<Upstream>, limits: CacheLimits, max_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_, live: &Arc<Live>| live.weight().max(1))
+            .build();
+        Arc::new(Workspaces {
+            registry: Mutex::new(HashMap::new()),
+            cache,
+            upstream,
+            limits,
+            metrics,
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, HashMap<WorkspaceId, Slot>> {
+        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A fresh session id.
+    pub fn session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The loaded workspace, loading it (once, however many ask at the same time) if needed.
+    pub async fn get(&self, id: &WorkspaceId) -> Result<Arc<Live>, LoadError> {
+        if let Some(live) = self.cache.get(id).await {
+            self.metrics.cache_requests.with_label_values(&["workspace", "hit"]).inc();
+            return Ok(live);
+        }
+        self.metrics.cache_requests.with_label_values(&["workspace", "miss"]).inc();
+        self.cache.try_get_with(id.clone(), self.load(id)).await
+    }
+
+    /// The workspace if it is loaded; never asks the origin.
+    pub fn get_loaded(&self, id: &WorkspaceId) -> Option<Arc<Live>> {
+        match self.registry().get(id) {
+            Some(Slot::Ready(live)) => Some(live.clone()),
+            _ => None,
+        }
+    }
+
+    async fn load(&self, id: &WorkspaceId) -> Result<Arc<Live>, LinkError> {
+        {
+            let mut registry = self.registry();
+            match registry.get(id) {
+                // Evicted from the cache but still live for its sessions: take it back.
+                Some(Slot::Ready(live)) => return Ok(live.clone()),
+                _ => {
+                    registry.insert(id.clone(), Slot::Loading(Vec::new()));
+                }
+            }
+        }
+        let answer = self.upstream.call(Call::Snapshot { workspace: id.clone() }).await;
+        let snapshot = match answer {
+            Ok(Answer::Snapshot(snapshot)) => *snapshot,
+            Ok(other) => {
+                self.registry().remove(id);
+                return Err(LinkError {
+                    code: ErrorCode::Internal,
+                    message: format!("the origin answered a snapshot call with {other:?}"),
+                });
+            }
+            Err(e) => {
+                self.registry().remove(id);
+                return Err(e);
+            }
+        };
+        Ok(self.install(id, snapshot))
+    }
+
+    fn install(&self, id: &WorkspaceId, snapshot: WorkspaceSnapshot) -> Arc<Live> {
+        let mut registry = self.registry();
+        let waiting = match registry.remove(id) {
+            Some(Slot::Loading(items)) => items,
+            _ => Vec::new(),
+        };
+        let mut inner = LiveInner {
+            state: WorkspaceState::from_snapshot(snapshot, self.limits.clone()),
+            sessions: HashMap::new(),
+            by_user: HashMap::new(),
+        };
+        for item in &waiting {
+            inner.apply(item, &self.metrics);
+        }
+        tracing::info!(ws.id = %id, cursor = %inner.state.cursor(), caught_up = waiting.len(), "workspace loaded");
+        let live = Arc::new(Live { inner: Mutex::new(inner) });
+        registry.insert(id.clone(), Slot::Ready(live.clone()));
+        live
+    }
+
+    /// Applies feed events in order.
+    fn apply(&self, items: &[FeedItem]) {
+        let mut registry = self.registry();
+        for item in items {
+            match registry.get_mut(&item.workspace) {
+                Some(Slot::Loading(waiting)) => waiting.push(item.clone()),
+                Some(Slot::Ready(live)) => live.lock().apply(item, &self.metrics),
+                None => {}
+            }
+        }
+    }
+
+    /// Forgets every workspace (after the edge lost events): sessions are told to boot again.
+    fn reset(&self) {
+        let slots: Vec<Slot> = self.registry().drain().map(|(_, slot)| slot).collect();
+        for slot in slots {
+            if let Slot::Ready(live) = slot {
+                for outbox in live.lock().sessions.values() {
+                    outbox.close(CloseReason::Resync);
+                }
+            }
+        }
+        self.cache.invalidate_all();
+    }
+
+    /// Drops workspaces that are neither cached nor used by a session.
+    async fn sweep(&self) {
+        self.cache.run_pending_tasks().await;
+        let mut registry = self.registry();
+        registry.retain(|id, slot| match slot {
+            Slot::Loading(_) => true,
+            Slot::Ready(live) => self.cache.contains_key(id) || live.lock().session_count() > 0,
+        });
+    }
+
+    /// Loaded workspaces (for metrics and tests).
+    pub fn loaded(&self) -> usize {
+        self.registry().values().filter(|s| matches!(s, Slot::Ready(_))).count()
+    }
+}
+
+/// Applies the feed to the loaded workspaces until the feed ends; forgets revoked tokens.
+pub async fn run_feed(
+    workspaces: Arc<Workspaces>,
+    tokens: Arc<crate::auth::Tokens>,
+    mut feed: mpsc::Receiver<FeedUpdate>,
+    shutdown: CancellationToken,
+) {
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            update = feed.recv() => match update {
+                Some(FeedUpdate::Events(items)) => {
+                    for item in &items {
+                        if let Event::TokenRevoked { token_hash } = &item.event {
+                            tokens.forget(token_hash).await;
+                        }
+                    }
+                    workspaces.apply(&items);
+                }
+                Some(FeedUpdate::Resync { cursor, reason }) => {
+                    tracing::warn!(%cursor, %reason, "the edge missed feed events; dropping every cached workspace");
+                    tokens.forget_all();
+                    workspaces.reset();
+                }
+                Some(FeedUpdate::Heartbeat(_) | FeedUpdate::LinkUp | FeedUpdate::LinkDown) => {}
+                None => return,
+            },
+            _ = sweep.tick() => workspaces.sweep().await,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The client QUIC transport: ALPN `selvage/1` (DESIGN §4).
+//!
+//! A client opens one bidirectional stream and writes a `ClientOpen {token, resume}` frame,
+//! then client frames; the edge writes server frames. Every frame is a 4-byte big-endian
+//! length and MessagePack. QUIC's keep-alive and idle timeout (2.5 heartbeats) find dead
+//! clients, so the session does not ping them itself.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use quinn::crypto::rustls::QuicServerConfig;
+use selvage_shared::{
+    link::{frame_len, CLIENT_ALPN, FRAME_PREFIX_BYTES},
+    tls::{self, Identity},
+    ClientOpen, Format, MAX_CLIENT_FRAME_BYTES,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    fanout::Wire,
+    server::{Edge, StartError},
+    session::{self, close, FrameWriter, Inbound, Opening},
+};
+
+/// A running QUIC listener.
+pub struct Listener {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Fingerprint of the certificate (for clients to pin).
+    pub fingerprint: String,
+    /// Ends after shutdown.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Largest `ClientOpen` frame.
+const MAX_OPEN_BYTES: usize = 4096;
+
+/// Binds the QUIC listener and starts accepting.
+pub fn listen(edge: Arc<Edge>, addr: SocketAddr, shutdown: CancellationToken) -> Result<Listener, StartError> {
+    let identity = match (&edge.config.cert_file, &edge.config.key_file) {
+        (Some(cert), Some(key)) => Identity::from_pem_files(cert, key)?,
+        _ => Identity::self_signed(&edge.config.cert_names)?,
+    };
+    let fingerprint = identity.fingerprint();
+    let tls = tls::server_config(identity, &[CLIENT_ALPN])?;
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|e| StartError::Tls(tls::TlsError::Generate(format!("QUIC refused the TLS configuration: {e}"))))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let heartbeat = Duration::from_millis(edge.config.sessions.heartbeat_ms);
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(heartbeat / 2));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(heartbeat * 5 / 2) {
+        transport.max_idle_timeout(Some(idle));
+    }
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    server.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| StartError::Bind { addr, source })?;
+    let bound = endpoint.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let task = tokio::spawn(accept(edge, endpoint, shutdown));
+    Ok(Listener { addr: bound, fingerprint, task })
+}
+
+async fn accept(edge: Arc<Edge>, endpoint: quinn::Endpoint, shutdown: CancellationToken) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        if edge.is_draining() {
+            incoming.refuse();
+            continue;
+        }
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(connection) => serve(edge, connection).await,
+                Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
+            }
+        });
+    }
+    endpoint.close(close::DRAINING.into(), b"edge stopping");
+    endpoint.wait_idle().await;
+}
+
+async fn serve(edge: Arc<Edge>, connection: quinn::Connection) {
+    let timeout = Duration::from_millis(edge.config.sessions.boot_timeout_ms);
+    let opened = tokio::time::timeout(timeout, async {
+        let (send, mut recv) = connection.accept_bi().await.ok()?;
+        let open = read_frame(&mut recv, MAX_OPEN_BYTES).await.ok()??;
+        let open: ClientOpen = selvage_shared::from_msgpack(&open).ok()?;
+        Some((send, recv, open))
+    })
+    .await;
+    let Ok(Some((send, recv, open))) = opened else {
+        connection.close(close::UNAUTHORIZED.into(), b"expected a ClientOpen frame on the first stream");
+        return;
+    };
+    let opening = Opening { token: open.token, format: Format::MsgPack, resume: open.resume, transport: "quic" };
+    let (tx, rx) = mpsc::channel(64);
+    let reader = tokio::spawn(read(recv, tx));
+    session::run(edge, opening, rx, QuicWriter { send, connection }).await;
+    reader.abort();
+}
+
+/// Reads one frame: `Ok(None)` at a clean end of the stream.
+async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, Inbound> {
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(_) => return Err(Inbound::Closed),
+    }
+    let len = frame_len(prefix, max).map_err(|_| Inbound::TooLarge)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|_| Inbound::Closed)?;
+    Ok(Some(body))
+}
+
+async fn read(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
+    loop {
+        let (inbound, last) = match read_frame(&mut recv, MAX_CLIENT_FRAME_BYTES).await {
+            Ok(Some(body)) => (Inbound::Frame(body), false),
+            Ok(None) => (Inbound::Closed, true),
+            Err(end) => (end, true),
+        };
+        if tx.send(inbound).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+struct QuicWriter {
+    send: quinn::SendStream,
+    connection: quinn::Connection,
+}
+
+impl FrameWriter for QuicWriter {
+    async fn write(&mut self, wire: Wire) -> std::io::Result<()> {
+        let body: &[u8] = match &wire {
+            Wire::Binary(b) => b,
+            Wire::Text(t) => t.as_bytes(),
+        };
+        let prefix = (body.len() as u32).to_be_bytes();
+        self.send.write_all(&prefix).await.map_err(std::io::Error::other)?;
+        self.send.write_all(body).await.map_err(std::io::Error::other)
+    }
+
+    async fn ping(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn pings(&self) -> bool {
+        false
+    }
+
+    async fn close(mut self, code: u16, reason: &str) {
+        let _ = self.send.finish();
+        // Give the peer a moment to read what was written before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.send.stopped()).await;
+        self.connection.close(u32::from(code).into(), reason.as_bytes());
+    }
+}

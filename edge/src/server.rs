@@ -1,0 +1,256 @@
+//! Starting an edge node: the link to the origin, the caches, the feed task, the WebSocket and
+//! QUIC listeners, health and metrics, and drain.
+//!
+//! Drain (SIGTERM in the binary, or `POST /admin/drain`): the edge stops accepting connections
+//! and reports not-ready, every session sends `goodbye` with a random `reconnect_in_ms` inside
+//! the grace period and closes at its end, so clients spread their reconnects over it.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::State,
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::Tokens,
+    cache::CacheLimits,
+    config::EdgeConfig,
+    fanout::{self, Workspaces},
+    metrics::Metrics,
+    upstream::{Upstream, UpstreamConfig},
+};
+
+/// Everything a session needs: one per edge process.
+pub struct Edge {
+    /// The configuration the node started with.
+    pub config: EdgeConfig,
+    /// The link to the origin.
+    pub upstream: Arc<Upstream>,
+    /// Loaded workspaces and their sessions.
+    pub workspaces: Arc<Workspaces>,
+    /// Remembered tokens.
+    pub tokens: Arc<Tokens>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the edge starts draining.
+    pub drain: CancellationToken,
+    draining: AtomicBool,
+}
+
+impl Edge {
+    /// Starts draining (once): stop accepting, tell sessions goodbye.
+    pub fn start_drain(&self) {
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            tracing::info!(grace_ms = self.config.sessions.drain_grace_ms, "draining: sending goodbye to every session");
+            self.drain.cancel();
+        }
+    }
+
+    /// Whether the edge is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Ready: linked to the origin and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.upstream.is_up() && !self.is_draining()
+    }
+}
+
+/// Why an edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration failed validation.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The client QUIC certificate could not be loaded or made.
+    #[error("client QUIC TLS: {0}")]
+    Tls(#[from] selvage_shared::tls::TlsError),
+}
+
+/// A started edge.
+pub struct Running {
+    /// The HTTP address (`/v1/connect`, metrics, health).
+    pub addr: SocketAddr,
+    /// The client QUIC address, if QUIC is on.
+    pub quic_addr: Option<SocketAddr>,
+    /// Fingerprint of the client QUIC certificate, for clients to pin.
+    pub quic_fingerprint: Option<String>,
+    /// The shared state, for in-process callers.
+    pub edge: Arc<Edge>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the node has shut down (after its shutdown token is cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "edge task failed");
+        }
+    }
+}
+
+/// Starts an edge node; it runs until `shutdown` is cancelled. Drain first (see
+/// [`Edge::start_drain`]) for a graceful stop.
+pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Running, StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let metrics = Arc::new(Metrics::new());
+    let upstream_config = UpstreamConfig {
+        origin: config.origin.link.clone(),
+        server_name: config.origin.server_name.clone(),
+        trust: config.origin_trust(),
+        edge_key: config.origin.edge_key.clone(),
+        edge_id: config.edge_id.clone(),
+        call_timeout: Duration::from_millis(config.origin.call_timeout_ms),
+        start_cursor: None,
+    };
+    let (upstream, feed) = Upstream::start(upstream_config, metrics.clone(), shutdown.clone());
+    let limits = CacheLimits {
+        recent_events_per_channel: config.cache.recent_events_per_channel,
+        recent_workspace_events: config.cache.recent_workspace_events,
+        ..CacheLimits::default()
+    };
+    let workspaces = Workspaces::new(upstream.clone(), limits, config.cache.max_bytes, metrics.clone());
+    let tokens = Tokens::new(
+        upstream.clone(),
+        config.cache.max_tokens,
+        Duration::from_secs(config.cache.token_ttl_secs),
+        metrics.clone(),
+    );
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let edge = Arc::new(Edge {
+        config,
+        upstream,
+        workspaces: workspaces.clone(),
+        tokens: tokens.clone(),
+        metrics,
+        drain: CancellationToken::new(),
+        draining: AtomicBool::new(false),
+    });
+    let quic = match edge.config.quic_listen {
+        Some(quic_addr) => Some(crate::quic::listen(edge.clone(), quic_addr, shutdown.clone())?),
+        None => None,
+    };
+    let (quic_addr, quic_fingerprint, quic_task) = match quic {
+        Some(q) => (Some(q.addr), Some(q.fingerprint), Some(q.task)),
+        None => (None, None, None),
+    };
+    tracing::info!(%addr, ?quic_addr, origin = %edge.config.origin.link, "edge listening");
+    let feed_task = tokio::spawn(fanout::run_feed(workspaces, tokens, feed, shutdown.clone()));
+    if !edge.config.cache.preload.is_empty() {
+        tokio::spawn(preload(edge.clone(), shutdown.clone()));
+    }
+    let app = router(edge.clone());
+    let task = tokio::spawn(async move {
+        let stop = shutdown.clone();
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        // Sessions end on drain; after shutdown they get a short grace to say goodbye.
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        tokio::select! {
+            r = served => if let Err(e) = r { tracing::error!(error = %e, "HTTP server failed") },
+            _ = grace => {}
+        }
+        let _ = feed_task.await;
+        if let Some(t) = quic_task {
+            let _ = t.await;
+        }
+        tracing::info!("edge stopped");
+    });
+    Ok(Running { addr, quic_addr, quic_fingerprint, edge, task })
+}
+
+/// Loads the configured workspaces, retrying while the origin is unreachable.
+async fn preload(edge: Arc<Edge>, shutdown: CancellationToken) {
+    for id in edge.config.cache.preload.clone() {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match edge.workspaces.get(&id).await {
+                Ok(_) => break,
+                Err(e) if e.code == selvage_shared::ErrorCode::NotFound => {
+                    tracing::warn!(ws.id = %id, "preload: no such workspace");
+                    break;
+                }
+                Err(e) => tracing::debug!(ws.id = %id, error = %e.message, "preload: retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+fn router(edge: Arc<Edge>) -> Router {
+    Router::new()
+        .route("/v1/connect", get(crate::ws::connect))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/drain", post(drain))
+        .with_state(edge)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
+    if edge.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !edge.upstream.is_up() {
+        (StatusCode::SERVICE_UNAVAILABLE, "origin unreachable\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], edge.metrics.render()).into_response()
+}
+
+async fn drain(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
+    let Some(key) = edge.config.operator_key.as_deref() else {
+        return (StatusCode::FORBIDDEN, "set operator_key in the edge's configuration to drain over HTTP\n")
+            .into_response();
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !constant_time_eq(presented.as_bytes(), key.as_bytes()) {
+        return (StatusCode::UNAUTHORIZED, "wrong operator key\n").into_response();
+    }
+    edge.start_drain();
+    (StatusCode::ACCEPTED, "draining\n").into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,147 @@
+//! Workspace snapshots: what an edge builds its warm cache of one workspace from (DESIGN §3).
+//!
+//! An edge keeps a workspace current by applying feed events *after* the snapshot's cursor, so
+//! the state and the cursor must agree exactly: every event at or before the cursor reflected,
+//! none after. Reading both in **one** transaction gives that for free — the transaction sees
+//! one consistent version of the store, and the cursor is the newest log entry in that same
+//! version (every change appends its events in the transaction that makes it). Two separate
+//! reads would race with commits in between and lose or double-apply an event.
+//!
+//! The snapshot is read-only, so the store's 10 MB write limit does not apply; it reads every
+//! user, channel, membership and read marker of the workspace, which is what a cache needs.
+
+use selvage_shared::{
+    link::{ChannelState, ReadMarker, WorkspaceSnapshot},
+    Channel, ChannelId, Seq, User, UserId, Workspace, WorkspaceId,
+};
+use serde::Deserialize;
+
+use crate::{
+    channels,
+    error::{OriginError, Result},
+    feed::{self, Position},
+    store::{keys, tuple, KvTxn, RangeRead, Store, StoreError},
+    transact,
+};
+
+/// Reads a workspace's state and the cursor it is consistent with, in one transaction.
+/// An unknown workspace is `not_found`.
+pub async fn read(store: &Store, w: &WorkspaceId) -> Result<WorkspaceSnapshot> {
+    let (snapshot, _) = transact!(store, |tx| { read_in(tx, w).await? })?;
+    snapshot.ok_or_else(|| OriginError::NotFound(format!("workspace {w} not found")))
+}
+
+async fn read_in(tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<Option<WorkspaceSnapshot>, StoreError> {
+    let Some(raw) = tx.get(&keys::workspace(w)).await? else { return Ok(None) };
+    let workspace: Workspace = decode("workspace", &raw)?;
+    let cursor = newest_position(tx).await?;
+
+    let mut users = Vec::new();
+    for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::users(w))).await? {
+        users.push(decode::<User>("user", &raw)?);
+    }
+
+    let mut channel_states = Vec::new();
+    for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::channels(w))).await? {
+        let channel: Channel = decode("channel", &raw)?;
+        let last_seq = channels::last_seq(tx, w, &channel.id).await?;
+        let mut members = Vec::new();
+        for (key, _) in tx.get_range(&RangeRead::prefix(&keys::members(w, &channel.id))).await? {
+            if let Some(u) = last_str(&key).and_then(|s| UserId::parse(&s)) {
+                members.push(u);
+            }
+        }
+        channel_states.push(ChannelState { channel, last_seq, members });
+    }
+
+    let mut read_markers = Vec::new();
+    for (key, raw) in tx.get_range(&RangeRead::prefix(&read_markers_prefix(w))).await? {
+        let Some((user, channel)) = marker_ids(&key) else { continue };
+        let seq = decode::<StoredMarker>("read marker", &raw)?.seq();
+        read_markers.push(ReadMarker { user, channel, seq });
+    }
+
+    Ok(Some(WorkspaceSnapshot {
+        workspace,
+        cursor: feed::cursor(&cursor),
+        users,
+        channels: channel_states,
+        read_markers,
+    }))
+}
+
+/// The newest log position, as [`crate::feed::Feed::head`] finds it, but inside `tx`.
+async fn newest_position(tx: &mut dyn KvTxn) -> Result<Position, StoreError> {
+    let last = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1).reverse(true)).await?;
+    if let Some(pos) = last.first().and_then(|(k, _)| keys::log_position(k)) {
+        return Ok(pos);
+    }
+    // An empty log: everything up to the trim point is reflected (the feed's own fallback).
+    // The key is the one `feed` keeps its trim point under.
+    let trim = tx.get(&keys::meta("log_trim_point")).await?;
+    Ok(trim.and_then(|v| v.as_slice().try_into().ok()).unwrap_or(feed::START))
+}
+
+/// Prefix of every read marker of a workspace: `(ws, W, read)`, the workspace part of
+/// [`keys::read_marker`]'s `(ws, W, read, U, C)`.
+fn read_markers_prefix(w: &WorkspaceId) -> Vec<u8> {
+    tuple::Key::new().str("ws").str(w.as_str()).str("read").finish()
+}
+
+/// The user and channel of a `(ws, W, read, U, C)` key.
+fn marker_ids(key: &[u8]) -> Option<(UserId, ChannelId)> {
+    let mut parts = tuple::unpack(key).ok()?;
+    let c = parts.pop()?.as_str().and_then(ChannelId::parse)?;
+    let u = parts.pop()?.as_str().and_then(UserId::parse)?;
+    Some((u, c))
+}
+
+/// A read marker as stored: a bare seq, or a record with a `seq` field (named-field MessagePack
+/// lets the record grow).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredMarker {
+    Seq(Seq),
+    Record { seq: Seq },
+}
+
+impl StoredMarker {
+    fn seq(&self) -> Seq {
+        match self {
+            StoredMarker::Seq(seq) | StoredMarker::Record { seq } => *seq,
+        }
+    }
+}
+
+fn last_str(key: &[u8]) -> Option<String> {
+    tuple::unpack(key).ok()?.pop()?.as_str().map(str::to_string)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, StoreError> {
+    selvage_shared::from_msgpack(raw).map_err(|e| StoreError::Engine(format!("{what} record does not decode: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_keys_and_values_decode() {
+        let w = WorkspaceId::new_unchecked("W1");
+        let u = UserId::new_unchecked("U1");
+        let c = ChannelId::new_unchecked("C1");
+        let key = keys::read_marker(&w, &u, &c);
+        assert!(key.starts_with(&read_markers_prefix(&w)));
+        assert_eq!(marker_ids(&key), Some((u, c)));
+        let bare: StoredMarker = selvage_shared::from_msgpack(&selvage_shared::to_msgpack(&7u64)).unwrap();
+        assert_eq!(bare.seq(), 7);
+        #[derive(serde::Serialize)]
+        struct Rec {
+            seq: u64,
+            at: i64,
+        }
+        let rec: StoredMarker =
+            selvage_shared::from_msgpack(&selvage_shared::to_msgpack(&Rec { seq: 9, at: 1 })).unwrap();
+        assert_eq!(rec.seq(), 9);
+    }
+}

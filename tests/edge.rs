@@ -1,0 +1,512 @@
+//! End to end through the edge tier: a real origin (embedded store in a temporary directory,
+//! QUIC link) and real edges on port 0, driven by the client SDK over WebSocket (JSON and
+//! MessagePack) and QUIC.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use selvage_edge::EdgeConfig;
+use selvage_loadtest::client::{Client, ConnectOptions, Inbound, Transport};
+use selvage_origin::OriginConfig;
+use selvage_shared::{tls::Trust, ChannelId, ClientFrame, Cursor, ErrorCode, Event, Query, QueryKind};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const OPERATOR_KEY: &str = "edge-test-operator-key-0042";
+const EDGE_KEY: &str = "edge-test-link-key-00000042";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// An origin with its link, and the workspace the tests use.
+struct Origin {
+    running: Option<selvage_origin::Running>,
+    shutdown: CancellationToken,
+    dir: tempfile::TempDir,
+    base: String,
+    link: std::net::SocketAddr,
+    fingerprint: String,
+    http: reqwest::Client,
+}
+
+fn origin_config(dir: &std::path::Path, listen: std::net::SocketAddr, link: std::net::SocketAddr) -> OriginConfig {
+    let mut config = OriginConfig {
+        listen,
+        data_dir: dir.to_path_buf(),
+        operator_key: Some(OPERATOR_KEY.into()),
+        ..OriginConfig::default()
+    };
+    config.link.listen = link;
+    config.link.edge_key = Some(EDGE_KEY.into());
+    config
+}
+
+impl Origin {
+    async fn start() -> Origin {
+        let dir = tempfile::tempdir().unwrap();
+        let shutdown = CancellationToken::new();
+        let config = origin_config(dir.path(), "127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap());
+        let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();
+        let link = running.link_addr.expect("the link runs");
+        let fingerprint = running.link_fingerprint.clone().expect("a link certificate");
+        Origin {
+            base: format!("http://{}", running.addr),
+            running: Some(running),
+            shutdown,
+            dir,
+            link,
+            fingerprint,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the origin (the edge sees its link go).
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.wait().await;
+        }
+    }
+
+    /// Starts it again on the same data, addresses and certificate.
+    async fn restart(&mut self) {
+        self.shutdown = CancellationToken::new();
+        let listen = self.base.trim_start_matches("http://").parse().unwrap();
+        let config = origin_config(self.dir.path(), listen, self.link);
+        let running = selvage_origin::start(config, self.shutdown.clone()).await.unwrap();
+        assert_eq!(running.link_fingerprint.as_deref(), Some(self.fingerprint.as_str()), "the link keeps its cert");
+        self.running = Some(running);
+    }
+
+    fn edge_config(&self, name: &str) -> EdgeConfig {
+        let mut c = EdgeConfig { edge_id: name.into(), listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
+        c.quic_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.origin.link = self.link.to_string();
+        c.origin.fingerprint = Some(self.fingerprint.clone());
+        c.origin.edge_key = EDGE_KEY.into();
+        c.operator_key = Some(OPERATOR_KEY.into());
+        c.sessions.drain_grace_ms = 1500;
+        c
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    /// A workspace: (admin token, admin id, #general id).
+    async fn workspace(&self) -> (String, String, ChannelId) {
+        let (s, v) = self.post("/v1/workspaces", OPERATOR_KEY, json!({ "name": "Edge", "admin_handle": "alice" })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let token = v["token"].as_str().unwrap().to_string();
+        let id = v["user"]["id"].as_str().unwrap().to_string();
+        let (_, chans) = self.call(reqwest::Method::GET, "/v1/channels", &token, None).await;
+        let general = chans["channels"][0]["id"].as_str().unwrap().parse().unwrap();
+        (token, id, general)
+    }
+
+    /// A user: (id, token).
+    async fn user(&self, admin: &str, handle: &str) -> (String, String) {
+        let (s, v) = self.post("/v1/users", admin, json!({ "handle": handle })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        (v["user"]["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
+    }
+
+    async fn send(&self, token: &str, channel: &ChannelId, id: &str) -> u64 {
+        let path = format!("/v1/channels/{channel}/messages");
+        let (s, v) = self.post(&path, token, json!({ "text": format!("text of {id}"), "client_msg_id": id })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["seq"].as_u64().or_else(|| v["message"]["seq"].as_u64()).unwrap()
+    }
+
+    /// The sum of the origin's link calls so far.
+    async fn link_calls(&self) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("selvage_link_calls_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+async fn start_edge(origin: &Origin, name: &str) -> (selvage_edge::Running, CancellationToken) {
+    start_edge_with(origin.edge_config(name)).await
+}
+
+async fn start_edge_with(config: EdgeConfig) -> (selvage_edge::Running, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let running = selvage_edge::start(config, shutdown.clone()).await.unwrap();
+    wait_until("the edge links to the origin", || running.edge.is_ready()).await;
+    (running, shutdown)
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn options(edge: &selvage_edge::Running, transport: &Transport, token: &str) -> ConnectOptions {
+    let addr = match transport {
+        Transport::Quic { .. } => edge.quic_addr.unwrap().to_string(),
+        _ => edge.addr.to_string(),
+    };
+    ConnectOptions { transport: transport.clone(), addr, token: token.into(), resume: None, timeout: WAIT }
+}
+
+fn quic(edge: &selvage_edge::Running) -> Transport {
+    Transport::Quic {
+        trust: Trust::Pinned(edge.quic_fingerprint.clone().unwrap()),
+        server_name: "localhost".into(),
+    }
+}
+
+/// Message events of `channel` a client receives until it holds `count` distinct seqs.
+async fn collect(client: &mut Client, channel: &ChannelId, count: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    let mut seqs = HashSet::new();
+    let deadline = Instant::now() + WAIT;
+    while seqs.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out with {} of {count} messages: {got:?}", seqs.len());
+        match client.next_event(left).await.unwrap() {
+            Some(Inbound::Event(frame)) => {
+                if let Event::Message(m) = frame.event {
+                    if m.channel == *channel {
+                        seqs.insert(m.seq);
+                        got.push((m.seq, m.client_msg_id));
+                    }
+                }
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {}
+        }
+    }
+    got
+}
+
+fn assert_gap_free(got: &[(u64, String)], from: u64, to: u64) {
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    let expected: Vec<u64> = (from..=to).collect();
+    assert_eq!(seqs, expected, "every message once, in seq order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_deliver_one_order_over_every_transport() {
+    let origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let (_, bob_token) = origin.user(&alice_token, "bob").await;
+    let (a, _sa) = start_edge(&origin, "edge-a").await;
+    let (b, _sb) = start_edge(&origin, "edge-b").await;
+    let mut next_seq = 1;
+    for (name, ta, tb) in [
+        ("ws json", Transport::WsJson, Transport::WsJson),
+        ("ws msgpack", Transport::WsMsgpack, Transport::WsMsgpack),
+        ("quic", quic(&a), quic(&b)),
+    ] {
+        let mut alice = Client::connect(options(&a, &ta, &alice_token)).await.unwrap();
+        let mut bob = Client::connect(options(&b, &tb, &bob_token)).await.unwrap();
+        assert!(alice.hello().channels.iter().any(|c| c.channel.id == general), "{name}: alice boots with #general");
+        assert_eq!(bob.hello().self_user.handle, "bob", "{name}");
+        let alice = Arc::new(alice);
+        let per = 15;
+        let mut sends = Vec::new();
+        for i in 0..per {
+            let (alice, general) = (alice.clone(), general.clone());
+            sends.push(tokio::spawn(async move {
+                alice.send(&general, "hi", &format!("{name}-a{i}"), None).await.unwrap().seq
+            }));
+        }
+        let mut acked = Vec::new();
+        for i in 0..per {
+            acked.push(bob.send(&general, "hey", &format!("{name}-b{i}"), None).await.unwrap().seq);
+        }
+        for s in sends {
+            acked.push(s.await.unwrap());
+        }
+        acked.sort_unstable();
+        let last = next_seq + 2 * per as u64 - 1;
+        assert_eq!(acked, (next_seq..=last).collect::<Vec<_>>(), "{name}: acks are the seqs, once each");
+        let mut alice = Arc::try_unwrap(alice).ok().unwrap();
+        let seen_by_alice = collect(&mut alice, &general, 2 * per).await;
+        let seen_by_bob = collect(&mut bob, &general, 2 * per).await;
+        assert_gap_free(&seen_by_alice, next_seq, last);
+        assert_eq!(seen_by_alice, seen_by_bob, "{name}: both edges deliver the same messages in the same order");
+        next_seq = last + 1;
+        alice.close().await;
+        bob.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_boot_asks_the_origin_nothing() {
+    let origin = Origin::start().await;
+    let (alice_token, _, _) = origin.workspace().await;
+    let (edge, _s) = start_edge(&origin, "edge-a").await;
+    let first = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    first.close().await;
+    let before = origin.link_calls().await;
+    assert!(before >= 2.0, "the cold boot asked the origin (token and snapshot): {before}");
+    for transport in [Transport::WsJson, Transport::WsMsgpack, quic(&edge)] {
+        let again = Client::connect(options(&edge, &transport, &alice_token)).await.unwrap();
+        assert!(!again.hello().channels.is_empty());
+        again.close().await;
+    }
+    assert_eq!(origin.link_calls().await, before, "warm boots are answered by the edge alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_channels_stay_private_and_removed_members_stop_receiving() {
+    let origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let (bob_id, bob_token) = origin.user(&alice_token, "bob").await;
+    let (_, carol_token) = origin.user(&alice_token, "carol").await;
+    let (s, v) = origin.post("/v1/channels", &alice_token, json!({ "name": "secret", "private": true })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let secret: ChannelId = v["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let (s, v) = origin.post(&format!("/v1/channels/{secret}/members"), &alice_token, json!({ "user": bob_id })).await;
+    assert!(s.is_success(), "{v}");
+    let (edge, _s) = start_edge(&origin, "edge-a").await;
+    let mut bob = Client::connect(options(&edge, &Transport::WsJson, &bob_token)).await.unwrap();
+    let mut carol = Client::connect(options(&edge, &Transport::WsMsgpack, &carol_token)).await.unwrap();
+    assert!(bob.hello().channels.iter().any(|c| c.channel.id == secret));
+    assert!(!carol.hello().channels.iter().any(|c| c.channel.id == secret), "not in carol's boot");
+    let history = Query {
+        id: "h1".into(),
+        q: QueryKind::History,
+        channel: Some(secret.clone()),
+        users: vec![],
+        before: None,
+        after: None,
+        root: None,
+        limit: Some(10),
+        page: None,
+    };
+    match carol.query(history).await {
+        Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
+        other => panic!("carol read a private channel: {other:?}"),
+    }
+    match carol.send(&secret, "let me in", "c1", None).await {
+        Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => {
+            assert!(matches!(code, ErrorCode::NotFound | ErrorCode::NotMember), "{code:?}")
+        }
+        other => panic!("carol posted in a private channel: {other:?}"),
+    }
+    origin.send(&alice_token, &secret, "s1").await;
+    assert_eq!(collect(&mut bob, &secret, 1).await.len(), 1);
+    // Bob is removed; everything after that in #secret must not reach him.
+    let (s, v) =
+        origin.call(reqwest::Method::DELETE, &format!("/v1/channels/{secret}/members/{bob_id}"), &alice_token, None).await;
+    assert!(s.is_success(), "{v}");
+    origin.send(&alice_token, &secret, "s2").await;
+    origin.send(&alice_token, &general, "g-marker").await;
+    // The marker in #general comes after s2 in the feed: once bob has it, s2 would have come.
+    let mut saw_left = false;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let event = bob.next_event(deadline.saturating_duration_since(Instant::now())).await.unwrap();
+        match event {
+            Some(Inbound::Event(f)) => match f.event {
+                Event::MemberLeft { channel, .. } if channel == secret => saw_left = true,
+                Event::Message(m) if m.channel == secret => panic!("a removed member got {m:?}"),
+                Event::Message(m) if m.client_msg_id == "g-marker" => break,
+                _ => {}
+            },
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("bob never got the marker"),
+        }
+    }
+    assert!(saw_left, "bob is told he left");
+    // Carol saw nothing of #secret at all.
+    while let Some(event) = carol.next_event(Duration::from_millis(300)).await.unwrap() {
+        if let Inbound::Event(f) = event {
+            assert_ne!(f.event.channel(), Some(&secret), "carol got {f:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_errors_and_the_edge_keeps_serving() {
+    let origin = Origin::start().await;
+    let (alice_token, _, _) = origin.workspace().await;
+    let (_, bob_token) = origin.user(&alice_token, "bob").await;
+    let (edge, _s) = start_edge(&origin, "edge-a").await;
+    let mut alice = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    let bob = Client::connect(options(&edge, &Transport::WsMsgpack, &bob_token)).await.unwrap();
+    for (bytes, binary) in [
+        (b"{not json".to_vec(), false),
+        (br#"{"type":"explode","id":"x"}"#.to_vec(), false),
+        (br#"{"type":"send","id":"1","channel":"C1","text":"","client_msg_id":"m"}"#.to_vec(), false),
+        (vec![0xc1, 0xff, 0x00], true),
+    ] {
+        alice.send_raw(bytes, binary).await.unwrap();
+        match alice.next_event(WAIT).await.unwrap() {
+            Some(Inbound::Error { code, message }) => {
+                assert_eq!(code, ErrorCode::BadFrame, "{message}");
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+    alice.ping().await.expect("the connection survives bad frames");
+    // Over the frame limit: the connection is closed with a reason, others carry on.
+    let huge = format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(selvage_shared::MAX_CLIENT_FRAME_BYTES + 10));
+    alice.send_raw(huge.into_bytes(), false).await.ok();
+    match alice.next_event(WAIT).await {
+        Ok(Some(Inbound::Closed { code, .. })) => assert_eq!(code, Some(1009)),
+        Err(_) => {}
+        other => panic!("expected a close, got {other:?}"),
+    }
+    bob.ping().await.expect("other connections are unaffected");
+    let unauthorized = Client::connect(options(&edge, &Transport::WsJson, "not-a-token")).await;
+    assert!(unauthorized.is_err(), "a wrong token gets no session");
+    bob.ping().await.expect("still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_edge_s_clients_resume_on_another_without_gaps() {
+    let origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let (_, bob_token) = origin.user(&alice_token, "bob").await;
+    let (b, _sb) = start_edge(&origin, "edge-b").await;
+    // Edge A runs on its own runtime, so dropping that runtime kills it: every task and
+    // socket gone at once, nothing said to the clients.
+    let config = origin.edge_config("edge-a");
+    let (a_tx, a_rx) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let a_running = runtime.block_on(async { selvage_edge::start(config, CancellationToken::new()).await.unwrap() });
+    a_tx.send(a_running.addr).unwrap();
+    let a_addr = a_rx.recv().unwrap();
+    wait_until("edge A links", || a_running.edge.is_ready()).await;
+    let opts = ConnectOptions {
+        transport: Transport::WsMsgpack,
+        addr: a_addr.to_string(),
+        token: bob_token.clone(),
+        resume: None,
+        timeout: WAIT,
+    };
+    let mut bob = Client::connect(opts).await.unwrap();
+    let writer = tokio::spawn({
+        let origin_base = origin.base.clone();
+        let (token, general) = (alice_token.clone(), general.clone());
+        async move {
+            let http = reqwest::Client::new();
+            let mut acked = Vec::new();
+            for i in 0..300 {
+                let resp = http
+                    .post(format!("{origin_base}/v1/channels/{general}/messages"))
+                    .bearer_auth(&token)
+                    .json(&json!({ "text": "x", "client_msg_id": format!("w{i}") }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(resp.status().is_success());
+                acked.push(i);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            acked.len()
+        }
+    });
+    let mut got: BTreeMap<u64, usize> = BTreeMap::new();
+    // Read a while on edge A, then kill it.
+    let mut order = Vec::new();
+    while got.len() < 60 {
+        if let Some(Inbound::Event(f)) = bob.next_event(WAIT).await.unwrap() {
+            if let Event::Message(m) = f.event {
+                *got.entry(m.seq).or_default() += 1;
+                order.push(m.seq);
+            }
+        }
+    }
+    drop(a_running);
+    runtime.shutdown_background();
+    let cursor: Cursor = loop {
+        match bob.next_event(WAIT).await {
+            Ok(Some(Inbound::Event(f))) => {
+                if let Event::Message(m) = f.event {
+                    *got.entry(m.seq).or_default() += 1;
+                    order.push(m.seq);
+                }
+            }
+            Ok(Some(Inbound::Closed { .. })) | Err(_) => break bob.last_cursor().unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let mut opts = options(&b, &Transport::WsMsgpack, &bob_token);
+    opts.resume = Some(cursor);
+    let mut bob = Client::connect(opts).await.unwrap();
+    assert!(bob.hello().resumed);
+    let total = writer.await.unwrap() as u64;
+    while (got.len() as u64) < total {
+        match bob.next_event(WAIT).await.unwrap() {
+            Some(Inbound::Event(f)) => {
+                if let Event::Message(m) = f.event {
+                    *got.entry(m.seq).or_default() += 1;
+                    order.push(m.seq);
+                }
+            }
+            other => panic!("missing {} messages, got {other:?}", total - got.len() as u64),
+        }
+    }
+    assert!(got.values().all(|n| *n == 1), "no duplicates across the resume");
+    assert_eq!(order, (1..=total).collect::<Vec<_>>(), "gap-free, in order, across the resume");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_says_goodbye_and_refuses_new_connections() {
+    let origin = Origin::start().await;
+    let (alice_token, _, _) = origin.workspace().await;
+    let (edge, _s) = start_edge(&origin, "edge-a").await;
+    let mut alice = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/admin/drain", edge.addr);
+    assert_eq!(http.post(&url).bearer_auth("wrong-key-wrong-key").send().await.unwrap().status(), 401);
+    assert_eq!(http.post(&url).bearer_auth(OPERATOR_KEY).send().await.unwrap().status(), 202);
+    match alice.next_event(WAIT).await.unwrap() {
+        Some(Inbound::Goodbye { reconnect_in_ms }) => assert!(reconnect_in_ms < 1500, "{reconnect_in_ms}"),
+        other => panic!("expected goodbye, got {other:?}"),
+    }
+    let ready = http.get(format!("http://{}/readyz", edge.addr)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "a draining edge is not ready");
+    assert!(Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.is_err(), "no new sessions");
+    match alice.next_event(WAIT).await {
+        Ok(Some(Inbound::Closed { code, .. })) => assert_eq!(code, Some(1012)),
+        other => panic!("expected the close after the grace period, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_origin_the_edge_serves_boots_and_catches_up_after() {
+    let mut origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let (edge, _s) = start_edge(&origin, "edge-a").await;
+    let warm = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    warm.close().await;
+    origin.stop().await;
+    wait_until("the edge notices", || !edge.edge.is_ready()).await;
+    let mut alice = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    assert!(!alice.hello().channels.is_empty(), "boot from the cache");
+    match alice.send(&general, "anyone?", "down-1", None).await {
+        Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::Unavailable),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    origin.restart().await;
+    wait_until("the edge relinks", || edge.edge.is_ready()).await;
+    let ack = alice.send(&general, "back", "up-1", None).await.unwrap();
+    let got = collect(&mut alice, &general, 1).await;
+    assert_eq!(got, vec![(ack.seq, "up-1".to_string())]);
+    let _ = ClientFrame::Ping { id: "unused".into() };
+}
