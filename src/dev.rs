@@ -1,5 +1,6 @@
 //! `selvage dev`: Selvage on one machine for development — an origin on the embedded store with
-//! a demo workspace (alice, an admin, and bob, both in #general), printing where to connect.
+//! a demo workspace (alice, an admin, and bob, both in #general) and one edge linked to it,
+//! printing where to connect.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,15 @@ pub struct DevArgs {
     /// Address of the origin's HTTP API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: std::net::SocketAddr,
+    /// UDP address of the origin's link to the edge.
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    link_listen: std::net::SocketAddr,
+    /// Address of the edge's WebSocket endpoint.
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    edge_listen: std::net::SocketAddr,
+    /// UDP address of the edge's client QUIC endpoint.
+    #[arg(long, default_value = "127.0.0.1:7801")]
+    edge_quic_listen: std::net::SocketAddr,
     /// Where the dev data lives (kept between runs).
     #[arg(long, default_value = "selvage-dev")]
     data_dir: PathBuf,
@@ -40,13 +50,29 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             .with_context(|| format!("cannot remove {}", args.data_dir.display()))?;
     }
     let operator_key = selvage_origin::ids::new_token().replacen(selvage_origin::ids::TOKEN_PREFIX, "op_", 1);
-    let config = OriginConfig {
+    let edge_key = selvage_origin::ids::new_token();
+    let mut config = OriginConfig {
         listen: args.listen,
         data_dir: args.data_dir.clone(),
         operator_key: Some(operator_key.clone()),
         ..OriginConfig::default()
     };
-    let running = selvage_origin::start(config, shutdown).await?;
+    config.link.listen = args.link_listen;
+    config.link.edge_key = Some(edge_key.clone());
+    let running = selvage_origin::start(config, shutdown.clone()).await?;
+    let (Some(link_addr), Some(link_fingerprint)) = (running.link_addr, running.link_fingerprint.clone()) else {
+        anyhow::bail!("the origin's edge link did not start");
+    };
+    let mut edge_config = selvage_edge::EdgeConfig {
+        listen: args.edge_listen,
+        quic_listen: Some(args.edge_quic_listen),
+        operator_key: Some(operator_key.clone()),
+        ..Default::default()
+    };
+    edge_config.origin.link = link_addr.to_string();
+    edge_config.origin.fingerprint = Some(link_fingerprint);
+    edge_config.origin.edge_key = edge_key;
+    let edge = selvage_edge::start(edge_config, shutdown).await?;
     let origin = running.origin.clone();
     let demo_file = args.data_dir.join("demo.json");
     let demo: Demo = match std::fs::read(&demo_file).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
@@ -63,6 +89,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     };
     let base = format!("http://{}", running.addr);
     println!("\nSelvage dev is running.\n");
+    println!("  edge WebSocket    ws://{}/v1/connect?token=TOKEN   (metrics: http://{}/metrics)", edge.addr, edge.addr);
+    if let (Some(addr), Some(fp)) = (edge.quic_addr, edge.quic_fingerprint.as_deref()) {
+        println!("  edge QUIC         {addr}   (ALPN selvage/1; pin certificate sha256 {fp})");
+    }
     println!("  origin HTTP API   {base}   (OpenAPI: {base}/v1/openapi.json, metrics: {base}/metrics)");
     println!("  data directory    {}", args.data_dir.display());
     println!("  operator key      {operator_key}   (valid for this run)");
@@ -88,8 +118,14 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             "  curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n       -d '{{\"text\":\"hello\",\"client_msg_id\":\"m1\"}}' {base}/v1/channels/{general}/messages"
         );
         println!("  curl -s -H 'Authorization: Bearer {token}' '{base}/v1/events?cursor={head}&wait_ms=25000'");
+        println!("\nOr hold a session on the edge (any WebSocket client, e.g. websocat):");
+        println!("  websocat 'ws://{}/v1/connect?token={token}'", edge.addr);
+        println!(
+            "  {{\"type\":\"send\",\"id\":\"1\",\"channel\":\"{general}\",\"text\":\"hi\",\"client_msg_id\":\"m2\"}}"
+        );
     }
     println!("\nCtrl-C stops it.\n");
+    edge.wait().await;
     running.wait().await;
     Ok(())
 }

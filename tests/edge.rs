@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -221,11 +220,11 @@ async fn two_edges_deliver_one_order_over_every_transport() {
         let mut bob = Client::connect(options(&b, &tb, &bob_token)).await.unwrap();
         assert!(alice.hello().channels.iter().any(|c| c.channel.id == general), "{name}: alice boots with #general");
         assert_eq!(bob.hello().self_user.handle, "bob", "{name}");
-        let alice = Arc::new(alice);
+        let handle = alice.handle();
         let per = 15;
         let mut sends = Vec::new();
         for i in 0..per {
-            let (alice, general) = (alice.clone(), general.clone());
+            let (alice, general) = (handle.clone(), general.clone());
             sends.push(tokio::spawn(async move {
                 alice.send(&general, "hi", &format!("{name}-a{i}"), None).await.unwrap().seq
             }));
@@ -240,7 +239,6 @@ async fn two_edges_deliver_one_order_over_every_transport() {
         acked.sort_unstable();
         let last = next_seq + 2 * per as u64 - 1;
         assert_eq!(acked, (next_seq..=last).collect::<Vec<_>>(), "{name}: acks are the seqs, once each");
-        let mut alice = Arc::try_unwrap(alice).ok().unwrap();
         let seen_by_alice = collect(&mut alice, &general, 2 * per).await;
         let seen_by_bob = collect(&mut bob, &general, 2 * per).await;
         assert_gap_free(&seen_by_alice, next_seq, last);
@@ -382,15 +380,21 @@ async fn a_killed_edge_s_clients_resume_on_another_without_gaps() {
     let (alice_token, _, general) = origin.workspace().await;
     let (_, bob_token) = origin.user(&alice_token, "bob").await;
     let (b, _sb) = start_edge(&origin, "edge-b").await;
-    // Edge A runs on its own runtime, so dropping that runtime kills it: every task and
-    // socket gone at once, nothing said to the clients.
+    // Edge A runs on its own runtime in its own thread, so shutting that runtime down kills
+    // it: every task and socket gone at once, nothing said to the clients.
     let config = origin.edge_config("edge-a");
-    let (a_tx, a_rx) = std::sync::mpsc::channel();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let a_running = runtime.block_on(async { selvage_edge::start(config, CancellationToken::new()).await.unwrap() });
-    a_tx.send(a_running.addr).unwrap();
-    let a_addr = a_rx.recv().unwrap();
-    wait_until("edge A links", || a_running.edge.is_ready()).await;
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let edge_a = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let running = selvage_edge::start(config, CancellationToken::new()).await.unwrap();
+            let _ = addr_tx.send(running.addr);
+            let _ = kill_rx.await;
+        });
+        runtime.shutdown_background();
+    });
+    let a_addr = addr_rx.await.unwrap();
     let opts = ConnectOptions {
         transport: Transport::WsMsgpack,
         addr: a_addr.to_string(),
@@ -398,7 +402,15 @@ async fn a_killed_edge_s_clients_resume_on_another_without_gaps() {
         resume: None,
         timeout: WAIT,
     };
-    let mut bob = Client::connect(opts).await.unwrap();
+    // Edge A boots clients once its link is up.
+    let deadline = Instant::now() + WAIT;
+    let mut bob = loop {
+        match Client::connect(opts.clone()).await {
+            Ok(c) => break c,
+            Err(e) => assert!(Instant::now() < deadline, "edge A never served: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let writer = tokio::spawn({
         let origin_base = origin.base.clone();
         let (token, general) = (alice_token.clone(), general.clone());
@@ -431,8 +443,8 @@ async fn a_killed_edge_s_clients_resume_on_another_without_gaps() {
             }
         }
     }
-    drop(a_running);
-    runtime.shutdown_background();
+    kill_tx.send(()).unwrap();
+    edge_a.join().unwrap();
     let cursor: Cursor = loop {
         match bob.next_event(WAIT).await {
             Ok(Some(Inbound::Event(f))) => {

@@ -525,6 +525,8 @@ impl Upstream {
                 }
             }
             FeedFrame::Heartbeat { cursor } => {
+                // Caught up with the origin: nothing is waiting to be applied.
+                self.metrics.feed_lag_seconds.set(0.0);
                 self.hand(updates, FeedUpdate::Heartbeat(cursor.clone()), Some(cursor)).await;
             }
             FeedFrame::Resync { reason, cursor } => {

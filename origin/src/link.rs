@@ -683,10 +683,13 @@ async fn events(feed: &Feed, workspace: &WorkspaceId, after: &Cursor, limit: u32
     }
     let mut pos: Position =
         after.position().ok_or_else(|| OriginError::BadRequest(format!("{after} is not a feed cursor")))?;
+    // Read in chunks of at least a few hundred entries: other workspaces' events are skipped,
+    // and a small limit must not turn the scan into thousands of tiny reads.
+    let chunk = limit.clamp(256, FEED_BATCH);
     let mut items = Vec::new();
     let mut scanned = 0usize;
     loop {
-        match feed.read_after(&pos, limit).await? {
+        match feed.read_after(&pos, chunk).await? {
             Read::Resync { trim_point } => {
                 return Ok(Answer::Events { items, next: feed::cursor(&trim_point), more: true, resync: true });
             }
@@ -703,7 +706,7 @@ async fn events(feed: &Feed, workspace: &WorkspaceId, after: &Cursor, limit: u32
                 }
                 pos = next;
                 scanned += batch_len;
-                if batch_len < limit {
+                if batch_len < chunk {
                     return Ok(Answer::Events { items, next: feed::cursor(&pos), more: false, resync: false });
                 }
                 if scanned >= EVENTS_SCAN_BUDGET {

@@ -57,8 +57,12 @@ async fn read_in(tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<Option<Workspace
     let mut read_markers = Vec::new();
     for (key, raw) in tx.get_range(&RangeRead::prefix(&read_markers_prefix(w))).await? {
         let Some((user, channel)) = marker_ids(&key) else { continue };
-        let seq = decode::<StoredMarker>("read marker", &raw)?.seq();
-        read_markers.push(ReadMarker { user, channel, seq });
+        match marker_seq(&raw) {
+            Some(seq) => read_markers.push(ReadMarker { user, channel, seq }),
+            None => {
+                tracing::warn!(ws.id = %w, user.id = %user, channel.id = %channel, "undecodable read marker skipped")
+            }
+        }
     }
 
     Ok(Some(WorkspaceSnapshot {
@@ -96,8 +100,18 @@ fn marker_ids(key: &[u8]) -> Option<(UserId, ChannelId)> {
     Some((u, c))
 }
 
-/// A read marker as stored: a bare seq, or a record with a `seq` field (named-field MessagePack
-/// lets the record grow).
+/// The seq of a stored read marker: MessagePack (a bare seq, or a record with a `seq` field, as
+/// named fields let it grow), or a little-endian counter as atomic adds keep them. One bad
+/// marker must not make the whole workspace unloadable, so anything else is `None`.
+fn marker_seq(raw: &[u8]) -> Option<Seq> {
+    match selvage_shared::from_msgpack::<StoredMarker>(raw) {
+        Ok(marker) => Some(marker.seq()),
+        Err(_) if raw.len() <= 8 => u64::try_from(feed::le_i64(raw)).ok(),
+        Err(_) => None,
+    }
+}
+
+/// A read marker as MessagePack.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum StoredMarker {
@@ -133,15 +147,15 @@ mod tests {
         let key = keys::read_marker(&w, &u, &c);
         assert!(key.starts_with(&read_markers_prefix(&w)));
         assert_eq!(marker_ids(&key), Some((u, c)));
-        let bare: StoredMarker = selvage_shared::from_msgpack(&selvage_shared::to_msgpack(&7u64)).unwrap();
-        assert_eq!(bare.seq(), 7);
+        assert_eq!(marker_seq(&selvage_shared::to_msgpack(&7u64)), Some(7));
+        assert_eq!(marker_seq(&selvage_shared::to_msgpack(&70_000u64)), Some(70_000));
+        assert_eq!(marker_seq(&70_000i64.to_le_bytes()), Some(70_000), "an atomic-add counter");
+        assert_eq!(marker_seq(&[0xc1; 20]), None);
         #[derive(serde::Serialize)]
         struct Rec {
             seq: u64,
             at: i64,
         }
-        let rec: StoredMarker =
-            selvage_shared::from_msgpack(&selvage_shared::to_msgpack(&Rec { seq: 9, at: 1 })).unwrap();
-        assert_eq!(rec.seq(), 9);
+        assert_eq!(marker_seq(&selvage_shared::to_msgpack(&Rec { seq: 9, at: 1 })), Some(9));
     }
 }
