@@ -522,3 +522,164 @@ async fn without_its_origin_the_edge_serves_boots_and_catches_up_after() {
     assert_eq!(got, vec![(ack.seq, "up-1".to_string())]);
     let _ = ClientFrame::Ping { id: "unused".into() };
 }
+
+/// A UDP relay between an edge and its origin's link that can be cut and restored.
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(to).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut peer = None;
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut a) => {
+                        peer = Some(from);
+                        if !flag.load(Ordering::Relaxed) {
+                            let _ = back.send(&a[..n]).await;
+                        }
+                    }
+                    Ok(n) = back.recv(&mut b) => {
+                        if let (Some(p), false) = (peer, flag.load(Ordering::Relaxed)) {
+                            let _ = front.send_to(&b[..n], p).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay { addr, cut, task }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Posts messages to `channel` over the origin's HTTP API until `stop`; returns how many.
+fn spawn_writer(
+    origin: &Origin,
+    token: &str,
+    channel: &ChannelId,
+    text: String,
+    every: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<u64> {
+    let (base, token, channel) = (origin.base.clone(), token.to_string(), channel.clone());
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut sent = 0u64;
+        while !stop.is_cancelled() {
+            let resp = http
+                .post(format!("{base}/v1/channels/{channel}/messages"))
+                .bearer_auth(&token)
+                .json(&json!({ "text": text, "client_msg_id": format!("w{sent}") }))
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
+            sent += 1;
+            tokio::time::sleep(every).await;
+        }
+        sent
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_loses_and_repeats_nothing() {
+    let origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let (_, bob_token) = origin.user(&alice_token, "bob").await;
+    let relay = Relay::start(origin.link).await;
+    let mut config = origin.edge_config("edge-a");
+    config.origin.link = relay.addr.to_string();
+    let (edge, _s) = start_edge_with(config).await;
+    let mut bob = Client::connect(options(&edge, &Transport::WsJson, &bob_token)).await.unwrap();
+    let stop = CancellationToken::new();
+    let writer = spawn_writer(&origin, &alice_token, &general, "x".into(), Duration::from_millis(5), stop.clone());
+    let mut got = collect(&mut bob, &general, 20).await;
+    relay.set_cut(true);
+    wait_until("the edge notices the cut link", || !edge.edge.is_ready()).await;
+    relay.set_cut(false);
+    wait_until("the edge relinks", || edge.edge.is_ready()).await;
+    // Traffic after the link came back too.
+    let relinked_at = origin.send(&alice_token, &general, "after-relink").await;
+    stop.cancel();
+    let total = writer.await.unwrap() + 1;
+    assert!(relinked_at <= total);
+    let seen: HashSet<u64> = got.iter().map(|(s, _)| *s).collect();
+    got.extend(collect(&mut bob, &general, total as usize - seen.len()).await);
+    assert_gap_free(&got, 1, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_shed_and_others_keep_up() {
+    let origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let (_, bob_token) = origin.user(&alice_token, "bob").await;
+    let mut config = origin.edge_config("edge-a");
+    config.sessions.outbound_queue = 16;
+    let (edge, _s) = start_edge_with(config).await;
+    let mut alice = Client::connect(options(&edge, &Transport::WsMsgpack, &alice_token)).await.unwrap();
+    // Bob's client reads one event and then nothing: its queue fills, then the socket.
+    let settings = selvage_loadtest::client::ClientSettings {
+        event_queue: 1,
+        heartbeat: selvage_loadtest::client::Heartbeat::Off,
+        ..Default::default()
+    };
+    let slow = Client::connect_with(options(&edge, &Transport::WsJson, &bob_token), settings).await.unwrap();
+    let big = "y".repeat(30_000);
+    let count = 400u64;
+    let stop = CancellationToken::new();
+    let writer = spawn_writer(&origin, &alice_token, &general, big, Duration::ZERO, stop.clone());
+    let metrics_url = format!("http://{}/metrics", edge.addr);
+    let shed = async {
+        loop {
+            let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+            if text.contains("selvage_edge_queue_drops_total{outcome=\"connection_closed\"}") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let got = collect(&mut alice, &general, count as usize);
+    let (text, got) = tokio::time::timeout(WAIT * 2, async { tokio::join!(shed, got) }).await.expect("shed in time");
+    stop.cancel();
+    let sent = writer.await.unwrap();
+    assert!(sent >= count);
+    assert_gap_free(&got, 1, count);
+    assert!(text.contains("selvage_edge_queue_drops_total"), "the shedding is counted");
+    // The shed session is unregistered and its queue freed: only alice's stays open.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let after = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        let open: f64 = after
+            .lines()
+            .find(|l| l.starts_with("selvage_edge_connections{transport=\"ws\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0);
+        if open == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slow session is still open ({open} ws connections)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alice.ping().await.expect("alice is unaffected");
+    drop(slow);
+}

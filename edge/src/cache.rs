@@ -57,7 +57,7 @@ pub const DEFAULT_PAGE_LIMIT: usize = 100;
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 
 /// How much recent data a [`WorkspaceState`] keeps for replays and history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheLimits {
     /// Events kept per channel for replays, and messages kept per channel for `history`.
     pub recent_events_per_channel: usize,
@@ -425,11 +425,19 @@ impl WorkspaceState {
     }
 
     /// The limits the state was built with.
-    pub fn limits(&self) -> CacheLimits {
-        self.limits
+    pub fn limits(&self) -> &CacheLimits {
+        &self.limits
     }
 
     /// Applies one feed item and says who should get its event.
+    ///
+    /// Recipients: events of a channel go to its members — for `member_joined` those after the
+    /// join (the joiner included), for `member_left` those before it (the leaver included);
+    /// `channel_created`/`channel_updated` of a public channel to everyone, of a private channel
+    /// or DM to its members (a new channel has none yet: they follow as `member_joined`);
+    /// `user_updated` to everyone; `read_marker` to its user; internal events to nobody.
+    /// Events of a channel the state does not know go to nobody (their own joins and departures
+    /// to that user).
     ///
     /// `None`, with nothing changed, when the item is for another workspace or at or before
     /// [`cursor`](Self::cursor) (already reflected). Ephemeral events (typing, presence) are

@@ -253,10 +253,17 @@ impl Session {
                         Some(Out::Reply(w)) => w,
                         None => break End::Close(close::NORMAL, "session closed".into()),
                     };
-                    match tokio::time::timeout(write_timeout, writer.write(wire)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break End::Client,
-                        Err(_) => break End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into()),
+                    // A client that stops reading blocks this write; fan-out then finds its
+                    // outbox full and asks it to close, which must not wait for the write.
+                    tokio::select! {
+                        written = tokio::time::timeout(write_timeout, writer.write(wire)) => match written {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break End::Client,
+                            Err(_) => break End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into()),
+                        },
+                        _ = self.outbox.closed().cancelled() => {
+                            break End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into());
+                        }
                     }
                 }
                 got = inbound.recv() => {
@@ -296,7 +303,8 @@ impl Session {
             End::Client => tracing::debug!("client went away"),
             End::Close(code, reason) => {
                 tracing::debug!(code, %reason, "closing session");
-                writer.close(code, &reason).await;
+                // A client that does not read cannot take a close frame either: give it a moment.
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer.close(code, &reason)).await;
             }
         }
     }
