@@ -106,7 +106,8 @@ impl Origin {
 
     /// A workspace: (admin token, admin id, #general id).
     async fn workspace(&self) -> (String, String, ChannelId) {
-        let (s, v) = self.post("/v1/workspaces", OPERATOR_KEY, json!({ "name": "Edge", "admin_handle": "alice" })).await;
+        let (s, v) =
+            self.post("/v1/workspaces", OPERATOR_KEY, json!({ "name": "Edge", "admin_handle": "alice" })).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let token = v["token"].as_str().unwrap().to_string();
         let id = v["user"]["id"].as_str().unwrap().to_string();
@@ -167,10 +168,7 @@ fn options(edge: &selvage_edge::Running, transport: &Transport, token: &str) -> 
 }
 
 fn quic(edge: &selvage_edge::Running) -> Transport {
-    Transport::Quic {
-        trust: Trust::Pinned(edge.quic_fingerprint.clone().unwrap()),
-        server_name: "localhost".into(),
-    }
+    Transport::Quic { trust: Trust::Pinned(edge.quic_fingerprint.clone().unwrap()), server_name: "localhost".into() }
 }
 
 /// Message events of `channel` a client receives until it holds `count` distinct seqs.
@@ -306,8 +304,9 @@ async fn private_channels_stay_private_and_removed_members_stop_receiving() {
     origin.send(&alice_token, &secret, "s1").await;
     assert_eq!(collect(&mut bob, &secret, 1).await.len(), 1);
     // Bob is removed; everything after that in #secret must not reach him.
-    let (s, v) =
-        origin.call(reqwest::Method::DELETE, &format!("/v1/channels/{secret}/members/{bob_id}"), &alice_token, None).await;
+    let (s, v) = origin
+        .call(reqwest::Method::DELETE, &format!("/v1/channels/{secret}/members/{bob_id}"), &alice_token, None)
+        .await;
     assert!(s.is_success(), "{v}");
     origin.send(&alice_token, &secret, "s2").await;
     origin.send(&alice_token, &general, "g-marker").await;

@@ -162,7 +162,9 @@ impl EdgeConfig {
             return Err("origin.edge_key must be set to the origin's link.edge_key (16 characters or more)".into());
         }
         if self.origin.fingerprint.is_none() && self.origin.ca_file.is_none() {
-            return Err("set origin.fingerprint (printed by `selvage origin`) or origin.ca_file to trust the origin".into());
+            return Err(
+                "set origin.fingerprint (printed by `selvage origin`) or origin.ca_file to trust the origin".into()
+            );
         }
         if let Some(fp) = &self.origin.fingerprint {
             selvage_shared::tls::parse_fingerprint(fp).map_err(|e| format!("origin.fingerprint: {e}"))?;

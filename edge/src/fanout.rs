@@ -259,9 +259,7 @@ impl LiveInner {
         let ids: Vec<u64> = match applied.recipients {
             Recipients::Nobody => return,
             Recipients::Everyone => self.sessions.keys().copied().collect(),
-            Recipients::Users(users) => {
-                users.iter().filter_map(|u| self.by_user.get(u)).flatten().copied().collect()
-            }
+            Recipients::Users(users) => users.iter().filter_map(|u| self.by_user.get(u)).flatten().copied().collect(),
         };
         if ids.is_empty() {
             return;

@@ -75,7 +75,8 @@ impl Metrics {
             .expect("valid gauge"),
             feed_events: IntCounter::new("selvage_edge_feed_events_total", "Feed events received from the origin")
                 .expect("valid counter"),
-            link_up: IntGauge::new("selvage_edge_link_up", "1 while the link to the origin is up").expect("valid gauge"),
+            link_up: IntGauge::new("selvage_edge_link_up", "1 while the link to the origin is up")
+                .expect("valid gauge"),
             link_connects: IntCounter::new(
                 "selvage_edge_link_connects_total",
                 "Times the link to the origin was established",

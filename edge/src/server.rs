@@ -53,7 +53,10 @@ impl Edge {
     /// Starts draining (once): stop accepting, tell sessions goodbye.
     pub fn start_drain(&self) {
         if !self.draining.swap(true, Ordering::SeqCst) {
-            tracing::info!(grace_ms = self.config.sessions.drain_grace_ms, "draining: sending goodbye to every session");
+            tracing::info!(
+                grace_ms = self.config.sessions.drain_grace_ms,
+                "draining: sending goodbye to every session"
+            );
             self.drain.cancel();
         }
     }
@@ -137,8 +140,9 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         Duration::from_secs(config.cache.token_ttl_secs),
         metrics.clone(),
     );
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let edge = Arc::new(Edge {
         config,

@@ -321,7 +321,8 @@ impl Session {
         if let Some(frames) = buffered {
             self.edge.metrics.cache_requests.with_label_values(&["replay", "hit"]).inc();
             for frame in frames.into_iter().filter(|f| f.cursor > *after && f.cursor <= *upto) {
-                let wire = Wire::from_encoded(selvage_shared::encode_event(&frame.cursor, &frame.event, format), format);
+                let wire =
+                    Wire::from_encoded(selvage_shared::encode_event(&frame.cursor, &frame.event, format), format);
                 writer.write(wire).await.map_err(|_| End::Client)?;
             }
             return Ok(());
@@ -339,7 +340,11 @@ impl Session {
                 }
                 Ok(Answer::Events { items, next, more, .. }) => (items, next, more),
                 Ok(_) | Err(_) => {
-                    let e = ServerFrame::error(None, ErrorCode::Unavailable, "cannot fetch the missed events; resume again");
+                    let e = ServerFrame::error(
+                        None,
+                        ErrorCode::Unavailable,
+                        "cannot fetch the missed events; resume again",
+                    );
                     let _ = writer.write(encode(&e, format)).await;
                     return Err(End::Close(close::UNAVAILABLE, "resume failed".into()));
                 }
@@ -348,7 +353,9 @@ impl Session {
                 let inner = self.live.lock();
                 items
                     .into_iter()
-                    .filter(|i| i.cursor > *after && i.cursor <= *upto && inner.state.can_see(&self.principal.user, &i.event))
+                    .filter(|i| {
+                        i.cursor > *after && i.cursor <= *upto && inner.state.can_see(&self.principal.user, &i.event)
+                    })
                     .collect()
             };
             for item in visible {
@@ -391,7 +398,8 @@ impl Session {
                 // Presence is not served yet; accepting the subscription keeps clients working.
             }
             ClientFrame::MarkRead { .. } => {
-                let reply = ServerFrame::error(None, ErrorCode::BadRequest, "mark_read is not supported by this edge yet");
+                let reply =
+                    ServerFrame::error(None, ErrorCode::BadRequest, "mark_read is not supported by this edge yet");
                 self.outbox.reply(encode(&reply, format)).await;
             }
             ClientFrame::Send { .. } | ClientFrame::Query(_) => {
@@ -465,12 +473,12 @@ impl Request {
             QueryAnswer::Refused { code, message } => ServerFrame::error(Some(id), code, message),
             QueryAnswer::NeedsOrigin => {
                 self.edge.metrics.cache_requests.with_label_values(&["query", "miss"]).inc();
-                self.from_origin(query).await
+                self.ask_origin(query).await
             }
         }
     }
 
-    async fn from_origin(&self, query: Query) -> ServerFrame {
+    async fn ask_origin(&self, query: Query) -> ServerFrame {
         let id = query.id.clone();
         let (Some(channel), QueryKind::History) = (query.channel.clone(), query.q) else {
             return ServerFrame::error(

@@ -134,6 +134,8 @@ pub struct Upstream {
     up: AtomicBool,
     next_id: AtomicU64,
     consumer_gone: AtomicBool,
+    /// Set by [`Upstream::bounce`], so the reconnect it causes is not logged as an outage.
+    bounced: AtomicBool,
     /// The calls side of the current connection, while up.
     link: Mutex<Option<Arc<CallLink>>>,
     /// The current connection, for [`Upstream::bounce`].
@@ -156,6 +158,10 @@ fn unavailable(message: impl Into<String>) -> LinkError {
     error(ErrorCode::Unavailable, message)
 }
 
+fn internal(message: impl Into<String>) -> LinkError {
+    error(ErrorCode::Internal, message)
+}
+
 const RETRY_HINT: &str = "retry with backoff (a send's outcome is unknown: retry it with the same client_msg_id)";
 
 impl Upstream {
@@ -176,6 +182,7 @@ impl Upstream {
             up: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             consumer_gone: AtomicBool::new(false),
+            bounced: AtomicBool::new(false),
             link: Mutex::new(None),
             conn: Mutex::new(None),
             cursor: Mutex::new(cursor),
@@ -265,6 +272,7 @@ impl Upstream {
     pub fn bounce(&self) {
         if let Some(conn) = lock(&self.conn).as_ref() {
             tracing::info!("closing the link to the origin on request; it reconnects by itself");
+            self.bounced.store(true, Ordering::Relaxed);
             conn.close(0u32.into(), b"bounce");
         }
     }
@@ -297,14 +305,18 @@ impl Upstream {
                     if self.shutdown.is_cancelled() {
                         break;
                     }
-                    tracing::warn!(
-                        origin = %self.config.origin,
-                        code = %reason.code,
-                        reason = %reason.message,
-                        "link to the origin lost; reconnecting"
-                    );
+                    if self.bounced.swap(false, Ordering::Relaxed) {
+                        tracing::info!(reason = %reason.message, "link to the origin bounced; reconnecting");
+                    } else {
+                        tracing::warn!(
+                            origin = %self.config.origin,
+                            code = %reason.code,
+                            reason = %reason.message,
+                            "link to the origin lost; reconnecting"
+                        );
+                        outage = Some((Instant::now(), 0));
+                    }
                     *lock(&self.last_error) = Some(reason);
-                    outage = Some((Instant::now(), 0));
                 }
                 Err(e) => {
                     match &mut outage {
@@ -319,7 +331,8 @@ impl Upstream {
                         }
                         Some((_, attempts)) => {
                             *attempts += 1;
-                            tracing::debug!(code = %e.code, reason = %e.message, attempts = *attempts, "origin still unreachable");
+                            let attempts = *attempts;
+                            tracing::debug!(code = %e.code, reason = %e.message, attempts, "origin still unreachable");
                         }
                     }
                     *lock(&self.last_error) = Some(e);
@@ -453,8 +466,8 @@ impl Upstream {
                 self.hand(updates, FeedUpdate::LinkUp, None).await;
                 self.pump_feed(first, feed_recv, updates).await
             } => reason,
-            joined = &mut reader => joined.unwrap_or_else(|e| error(ErrorCode::Internal, format!("the reply reader failed: {e}"))),
-            joined = &mut writer => joined.unwrap_or_else(|e| error(ErrorCode::Internal, format!("the call writer failed: {e}"))),
+            joined = &mut reader => joined.unwrap_or_else(|e| internal(format!("the reply reader failed: {e}"))),
+            joined = &mut writer => joined.unwrap_or_else(|e| internal(format!("the call writer failed: {e}"))),
             closed = conn.closed() => match closed {
                 quinn::ConnectionError::LocallyClosed => unavailable("the link was closed on request (bounce)"),
                 e => unavailable(format!("the connection to the origin ended: {e}")),
@@ -533,23 +546,35 @@ impl Upstream {
                 tracing::warn!(%cursor, %reason, "the origin says the edge missed feed events: resync");
                 let update = FeedUpdate::Resync { cursor: cursor.clone(), reason };
                 // A resync moves the cursor wherever the origin says, even backwards.
-                self.hand(updates, update, None).await;
+                let Ok(slot) = updates.reserve().await else {
+                    *lock(&self.cursor) = Some(cursor);
+                    return;
+                };
                 *lock(&self.cursor) = Some(cursor);
+                slot.send(update);
             }
         }
     }
 
-    /// Hands one update to the consumer (waiting while its queue is full), then moves the
-    /// cursor forward to `cursor`. Cancelled while waiting, nothing was handed and the cursor
-    /// stays: the next connection asks for the same events again.
+    /// Hands one update to the consumer (waiting while its queue is full) and moves the cursor
+    /// forward to `cursor` in the same step: a queue slot is reserved first, then the cursor is
+    /// set and the update queued with no await in between. Cancelled while waiting, nothing was
+    /// handed and the cursor stays, so the next connection asks for the same events again; and
+    /// a consumer that has the update already sees the new cursor.
     async fn hand(&self, updates: &mpsc::Sender<FeedUpdate>, update: FeedUpdate, cursor: Option<Cursor>) {
-        if updates.send(update).await.is_err() && !self.consumer_gone.swap(true, Ordering::Relaxed) {
-            tracing::warn!("the feed consumer is gone; feed updates are discarded");
-        }
+        let slot = updates.reserve().await;
         if let Some(cursor) = cursor {
             let mut current = lock(&self.cursor);
             if current.as_ref().is_none_or(|c| cursor > *c) {
                 *current = Some(cursor);
+            }
+        }
+        match slot {
+            Ok(slot) => slot.send(update),
+            Err(_) => {
+                if !self.consumer_gone.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("the feed consumer is gone; feed updates are discarded");
+                }
             }
         }
     }

@@ -49,7 +49,9 @@ pub async fn connect(
         None => None,
         Some(c) => match c.parse::<Cursor>() {
             Ok(c) => Some(c),
-            Err(_) => return (StatusCode::BAD_REQUEST, "resume must be a cursor from an earlier session\n").into_response(),
+            Err(_) => {
+                return (StatusCode::BAD_REQUEST, "resume must be a cursor from an earlier session\n").into_response()
+            }
         },
     };
     let bearer = headers

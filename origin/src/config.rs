@@ -132,7 +132,9 @@ impl LinkConfig {
                 );
             }
             (None, None) if self.names.is_empty() || self.names.iter().any(|n| n.trim().is_empty()) => {
-                return Err("link.names must list at least one non-empty DNS name or IP address for the self-signed certificate".into());
+                return Err("link.names must list at least one non-empty DNS name or IP address for the self-signed \
+                            certificate"
+                    .into());
             }
             _ => {}
         }

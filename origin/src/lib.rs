@@ -132,7 +132,7 @@ pub fn open_store(config: &OriginConfig) -> Result<Store, StartError> {
 pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<Running, StartError> {
     config.validate().map_err(StartError::Config)?;
     // The link binds first: a taken UDP port then fails the start before storage is opened.
-    let link = link::bind(&config.link)?;
+    let link = link::bind(&config.link, &config.data_dir)?;
     let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::new());
     let (sequencer, committer) =

@@ -5,7 +5,8 @@
 //! the feed (each stream has its own flow control) and one handshake serves everything. The wire
 //! protocol lives in [`selvage_shared::link`]; this module is its server:
 //!
-//! - every stream an edge opens starts with a [`LinkOpen`]; a wrong edge key or protocol gets one
+//! - every stream an edge opens starts with a `link_open` frame
+//!   ([`selvage_shared::link::LinkOpen`]); a wrong edge key or protocol gets one
 //!   `unauthorized` [`LinkReply`] with id 0 and the stream is finished. Keys are compared in
 //!   constant time (as SHA-256 digests, so their length does not leak either);
 //! - a **feed** stream streams the log after the edge's cursor (one [`Feed::read_after`] batch
@@ -27,8 +28,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use quinn::crypto::rustls::QuicServerConfig;
 use selvage_shared::{
     link::{
-        encode_frame, frame_len, Answer, Call, LinkCall, LinkError, LinkOpen, LinkReply, LinkStream,
-        FRAME_PREFIX_BYTES, LINK_ALPN, MAX_LINK_FRAME_BYTES,
+        encode_frame, frame_len, Answer, Call, LinkCall, LinkError, LinkReply, FRAME_PREFIX_BYTES, LINK_ALPN,
+        MAX_LINK_FRAME_BYTES,
     },
     tls::{self, Identity},
     Cursor, DecodeError, ErrorCode, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
@@ -53,7 +54,7 @@ use crate::{
     snapshot, Origin, StartError,
 };
 
-/// Largest first frame of a stream ([`LinkOpen`] is a few hundred bytes).
+/// Largest first frame of a stream (`link_open` is a few hundred bytes).
 pub const MAX_OPEN_FRAME_BYTES: usize = 64 * 1024;
 /// Largest call frame (a `send` carries at most 64 KiB of text).
 pub const MAX_CALL_FRAME_BYTES: usize = 1024 * 1024;
@@ -65,7 +66,7 @@ const REPLY_QUEUE: usize = 1024;
 const FEED_BATCH: usize = 1024;
 /// A feed stream with nothing new sends a heartbeat this often.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// How long an edge has to send its [`LinkOpen`] on a new stream.
+/// How long an edge has to send its `link_open` on a new stream.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a frame may take to write: an edge that reads nothing for this long has its stream
 /// closed (it reconnects and resumes from its cursor).
@@ -112,14 +113,15 @@ impl Link {
 
 /// Binds the link's endpoint if `config.edge_key` is set; `None` (and one log line saying how
 /// to turn it on) otherwise.
-pub fn bind(config: &LinkConfig) -> Result<Option<Bound>, StartError> {
+pub fn bind(config: &LinkConfig, data_dir: &std::path::Path) -> Result<Option<Bound>, StartError> {
     let Some(edge_key) = config.edge_key.as_deref() else {
         tracing::info!("the edge link is off: set link.edge_key (SELVAGE_LINK__EDGE_KEY) to let edges connect");
         return Ok(None);
     };
     let identity = match (&config.cert_file, &config.key_file) {
         (Some(cert), Some(key)) => Identity::from_pem_files(cert, key),
-        _ => Identity::self_signed(&config.names),
+        // Kept in the data directory, so the fingerprint edges pin survives restarts.
+        _ => Identity::self_signed_in(data_dir, "link", &config.names),
     }
     .map_err(|e| StartError::Link(e.to_string()))?;
     let fingerprint = identity.fingerprint();
@@ -180,7 +182,8 @@ async fn accept_loop(ctx: Arc<Ctx>, endpoint: quinn::Endpoint) {
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(remote = %incoming.remote_address(), max = MAX_CONNECTIONS, "edge link full; connection refused");
+            let remote = incoming.remote_address();
+            tracing::warn!(%remote, max = MAX_CONNECTIONS, "edge link full; connection refused");
             incoming.refuse();
             continue;
         };
@@ -311,7 +314,7 @@ async fn serve_stream(ctx: Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::R
             let e = link_error(ErrorCode::TooLarge, format!("the first frame (link_open) is too large: {e}"));
             return refuse(&ctx, send, recv, e).await;
         }
-        Ok(Ok(Some(bytes))) => match selvage_shared::from_msgpack::<LinkOpen>(&bytes) {
+        Ok(Ok(Some(bytes))) => match selvage_shared::from_msgpack::<LenientOpen>(&bytes) {
             Ok(open) => open,
             Err(e) => {
                 let e =
@@ -336,18 +339,29 @@ async fn serve_stream(ctx: Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::R
     }
     let edge_id: String = open.edge_id.chars().take(64).collect();
     match open.stream {
-        LinkStream::Feed { cursor } => {
+        LenientStream::Feed { cursor } => {
             // Edges write nothing after link_open on a feed stream.
             let _ = recv.stop(0u32.into());
-            let kind = "feed";
-            tracing::info!(edge.id = %edge_id, cursor = ?cursor.as_ref().map(Cursor::as_str), "edge tails the feed");
-            let _open = StreamGauge::new(&ctx, kind);
-            match feed_stream(&ctx, send, cursor).await {
+            let requested = match cursor {
+                None => Requested::Head,
+                Some(s) => match Cursor::parse(&s).and_then(|c| c.position()) {
+                    Some(pos) => Requested::After(pos),
+                    None => Requested::Unparsable(s.chars().take(40).collect()),
+                },
+            };
+            let from = match &requested {
+                Requested::Head => "head".to_owned(),
+                Requested::After(pos) => feed::cursor(pos).to_string(),
+                Requested::Unparsable(s) => format!("unparsable {s:?}"),
+            };
+            tracing::info!(edge.id = %edge_id, from = %from, "edge tails the feed");
+            let _open = StreamGauge::new(&ctx, "feed");
+            match feed_stream(&ctx, send, requested).await {
                 Ok(()) => tracing::debug!(edge.id = %edge_id, "feed stream ended"),
                 Err(e) => tracing::info!(edge.id = %edge_id, error = %e, "feed stream ended"),
             }
         }
-        LinkStream::Calls => {
+        LenientStream::Calls => {
             tracing::info!(edge.id = %edge_id, "edge opened a calls stream");
             let _open = StreamGauge::new(&ctx, "calls");
             calls_stream(&ctx, send, recv).await;
@@ -377,6 +391,40 @@ impl Drop for StreamGauge {
 
 // ---------------------------------------------------------------------------------------------
 // Feed streams.
+
+/// [`selvage_shared::link::LinkOpen`] with the feed cursor as a plain string: an edge whose
+/// cursor does not parse still gets a feed stream, one that starts with a `resync` from the head
+/// saying why, instead of a refusal it could not act on. Decodes every `LinkOpen` (checked by a
+/// test).
+#[derive(Debug, Deserialize)]
+struct LenientOpen {
+    protocol: u32,
+    edge_key: String,
+    edge_id: String,
+    stream: LenientStream,
+}
+
+/// [`selvage_shared::link::LinkStream`] with the cursor as a plain string.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum LenientStream {
+    Feed {
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    Calls,
+}
+
+/// Where a feed stream starts.
+#[derive(Debug)]
+enum Requested {
+    /// At the newest event.
+    Head,
+    /// After this position.
+    After(Position),
+    /// The edge's cursor did not parse (the first 40 characters of it).
+    Unparsable(String),
+}
 
 /// [`FeedFrame::Events`] with borrowed items, so a batch too large for one frame can be split
 /// without copying. Serializes exactly like the owned variant (checked by a test).
@@ -416,31 +464,23 @@ fn encode_feed(frame: &FeedFrame) -> Result<Vec<u8>, String> {
 }
 
 /// Streams the feed after `cursor` until the edge goes away or the origin shuts down.
-async fn feed_stream(ctx: &Ctx, mut send: quinn::SendStream, cursor: Option<Cursor>) -> Result<(), String> {
+async fn feed_stream(ctx: &Ctx, mut send: quinn::SendStream, requested: Requested) -> Result<(), String> {
     let feed: &Feed = &ctx.origin.feed;
     let metrics = &ctx.origin.metrics;
     let head = feed.head().await.map_err(|e| format!("cannot read the feed head: {e}"))?;
-    let (mut pos, first) = match cursor.as_ref().map(|c| (c, c.position())) {
-        None => (head, FeedFrame::Heartbeat { cursor: feed::cursor(&head) }),
-        Some((c, None)) => (
-            head,
-            FeedFrame::Resync {
-                reason: format!(
-                    "{c} is not a feed cursor; rebuild caches from snapshots and continue from this cursor"
-                ),
-                cursor: feed::cursor(&head),
-            },
+    let resync_at_head = |reason: String| (head, FeedFrame::Resync { reason, cursor: feed::cursor(&head) });
+    let (mut pos, first) = match requested {
+        Requested::Head => (head, FeedFrame::Heartbeat { cursor: feed::cursor(&head) }),
+        Requested::Unparsable(s) => resync_at_head(format!(
+            "{s:?} is not a feed cursor (24 lower-case hex digits); rebuild caches from snapshots and continue \
+             from this cursor"
+        )),
+        Requested::After(p) if p > head => resync_at_head(
+            "the cursor is ahead of this origin's feed (restored or different data?); rebuild caches from \
+             snapshots and continue from this cursor"
+                .into(),
         ),
-        Some((_, Some(p))) if p > head => (
-            head,
-            FeedFrame::Resync {
-                reason: "the cursor is ahead of this origin's feed (restored or different data?); rebuild caches \
-                         from snapshots and continue from this cursor"
-                    .into(),
-                cursor: feed::cursor(&head),
-            },
-        ),
-        Some((_, Some(p))) => (p, FeedFrame::Heartbeat { cursor: feed::cursor(&p) }),
+        Requested::After(p) => (p, FeedFrame::Heartbeat { cursor: feed::cursor(&p) }),
     };
     // The first frame goes out at once: it tells the edge its key was accepted.
     write_frame(&mut send, &encode_feed(&first)?).await?;
@@ -719,7 +759,10 @@ async fn events(feed: &Feed, workspace: &WorkspaceId, after: &Cursor, limit: u32
 
 #[cfg(test)]
 mod tests {
-    use selvage_shared::{ChannelId, Event, UserId};
+    use selvage_shared::{
+        link::{LinkOpen, LinkStream},
+        ChannelId, Event, UserId,
+    };
 
     use super::*;
 
@@ -779,6 +822,25 @@ mod tests {
             }
         }
         assert_eq!(seen, items);
+    }
+
+    #[test]
+    fn every_link_open_decodes_leniently() {
+        let cursor = Cursor::from_position(&[7; 12]);
+        for stream in
+            [LinkStream::Feed { cursor: Some(cursor.clone()) }, LinkStream::Feed { cursor: None }, LinkStream::Calls]
+        {
+            let open = LinkOpen { protocol: 1, edge_key: "k".into(), edge_id: "e".into(), stream: stream.clone() };
+            let lenient: LenientOpen = selvage_shared::from_msgpack(&selvage_shared::to_msgpack(&open)).unwrap();
+            assert_eq!((lenient.protocol, lenient.edge_key.as_str(), lenient.edge_id.as_str()), (1, "k", "e"));
+            match (stream, lenient.stream) {
+                (LinkStream::Feed { cursor: a }, LenientStream::Feed { cursor: b }) => {
+                    assert_eq!(a.map(|c| c.as_str().to_owned()), b)
+                }
+                (LinkStream::Calls, LenientStream::Calls) => {}
+                (a, b) => panic!("{a:?} decoded as {b:?}"),
+            }
+        }
     }
 
     #[test]

@@ -150,6 +150,14 @@ impl Metrics {
             #[allow(clippy::expect_used)]
             m.registry.register(c).expect("metric names are unique");
         }
+        // Show every link call and stream kind from the start, at 0: "no calls" is then a line
+        // that reads 0, not a missing series.
+        for call in ["authenticate", "snapshot", "send", "history", "events", "invalid"] {
+            m.link_calls.with_label_values(&[call]);
+        }
+        for kind in ["feed", "calls"] {
+            m.link_streams.with_label_values(&[kind]);
+        }
         m
     }
 

@@ -367,7 +367,36 @@ async fn the_feed_streams_events_after_the_cursor_with_heartbeats() {
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(o.metric("selvage_link_streams{kind=\"feed\"}"), 3);
+
+    // A cursor that does not parse: a resync at the head that says why, not a refusal.
+    #[derive(Serialize)]
+    struct RawOpen<'a> {
+        protocol: u32,
+        edge_key: &'a str,
+        edge_id: &'a str,
+        stream: RawFeed<'a>,
+    }
+    #[derive(Serialize)]
+    #[serde(tag = "kind", rename = "feed")]
+    struct RawFeed<'a> {
+        cursor: &'a str,
+    }
+    let raw = RawOpen {
+        protocol: PROTOCOL_VERSION,
+        edge_key: EDGE_KEY,
+        edge_id: "x",
+        stream: RawFeed { cursor: "yesterday" },
+    };
+    let (mut tx, mut rx) = conn.open_bi().await.unwrap();
+    tx.write_all(&raw_frame(&selvage_shared::to_msgpack(&raw))).await.unwrap();
+    match read_feed(&mut rx).await {
+        FeedFrame::Resync { cursor, reason } => {
+            assert_eq!(Some(cursor), sent.cursor);
+            assert!(reason.contains("\"yesterday\" is not a feed cursor"), "{reason}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(o.metric("selvage_link_streams{kind=\"feed\"}"), 4);
     o.stop().await;
 }
 

@@ -273,10 +273,8 @@ mod tests {
 
     #[test]
     fn replies_carry_errors() {
-        let reply = LinkReply {
-            id: 3,
-            reply: Err(LinkError { code: ErrorCode::NotMember, message: "join first".into() }),
-        };
+        let reply =
+            LinkReply { id: 3, reply: Err(LinkError { code: ErrorCode::NotMember, message: "join first".into() }) };
         let back: LinkReply = crate::from_msgpack(&crate::to_msgpack(&reply)).unwrap();
         assert_eq!(back, reply);
     }

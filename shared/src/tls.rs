@@ -70,10 +70,37 @@ impl Identity {
         Ok(Identity { chain: vec![made.cert.der().clone()], key })
     }
 
+    /// A self-signed certificate kept in `dir` as `{stem}-cert.pem` and `{stem}-key.pem`:
+    /// made and written on first use, read back afterwards, so the fingerprint peers pin
+    /// survives restarts. The key file is readable by its owner only.
+    pub fn self_signed_in(dir: &Path, stem: &str, names: &[String]) -> Result<Identity, TlsError> {
+        let cert = dir.join(format!("{stem}-cert.pem"));
+        let key = dir.join(format!("{stem}-key.pem"));
+        if cert.exists() && key.exists() {
+            return Identity::from_pem_files(&cert, &key);
+        }
+        let io_err =
+            |path: &Path, e: std::io::Error| TlsError::Pem { path: path.display().to_string(), reason: e.to_string() };
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let made = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| TlsError::Generate(e.to_string()))?;
+        write_private(&key, made.key_pair.serialize_pem().as_bytes()).map_err(|e| io_err(&key, e))?;
+        std::fs::write(&cert, made.cert.pem()).map_err(|e| io_err(&cert, e))?;
+        Identity::from_pem_files(&cert, &key)
+    }
+
     /// The leaf certificate's fingerprint (see [`fingerprint`]).
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.chain[0])
     }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }
 
 /// Lower-case hex SHA-256 of a certificate's DER.
@@ -217,11 +244,21 @@ mod tests {
         let id = Identity::self_signed(&["localhost".into()]).unwrap();
         let fp = id.fingerprint();
         assert_eq!(fp.len(), 64);
-        let colons = fp.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap().to_uppercase()).collect::<Vec<_>>();
+        let colons =
+            fp.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).unwrap().to_uppercase()).collect::<Vec<_>>();
         let openssl = format!("sha256:{}", colons.join(":"));
         assert_eq!(parse_fingerprint(&fp).unwrap(), parse_fingerprint(&openssl).unwrap());
         assert!(parse_fingerprint("abc").is_err());
         assert!(parse_fingerprint(&"z".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn a_kept_certificate_keeps_its_fingerprint() {
+        let dir = std::env::temp_dir().join(format!("selvage-tls-{}", std::process::id()));
+        let first = Identity::self_signed_in(&dir, "link", &["localhost".into()]).unwrap();
+        let again = Identity::self_signed_in(&dir, "link", &["localhost".into()]).unwrap();
+        assert_eq!(first.fingerprint(), again.fingerprint());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

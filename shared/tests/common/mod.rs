@@ -129,7 +129,12 @@ pub fn feed_event() -> impl Strategy<Value = FeedEvent> {
 }
 
 pub fn feed_item() -> impl Strategy<Value = FeedItem> {
-    (cursor(), workspace_id(), event()).prop_map(|(cursor, workspace, event)| FeedItem { cursor, workspace, ts: 0, event })
+    (cursor(), workspace_id(), event()).prop_map(|(cursor, workspace, event)| FeedItem {
+        cursor,
+        workspace,
+        ts: 0,
+        event,
+    })
 }
 
 pub fn query_kind() -> impl Strategy<Value = QueryKind> {
