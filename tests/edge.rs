@@ -133,11 +133,13 @@ impl Origin {
     /// The sum of the origin's link calls so far.
     async fn link_calls(&self) -> f64 {
         let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("selvage_link_calls_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&text, "selvage_link_calls_total")
     }
+}
+
+/// The sum of the Prometheus samples whose line starts with `prefix`.
+fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 async fn start_edge(origin: &Origin, name: &str) -> (selvage_edge::Running, CancellationToken) {
@@ -280,17 +282,7 @@ async fn private_channels_stay_private_and_removed_members_stop_receiving() {
     let mut carol = Client::connect(options(&edge, &Transport::WsMsgpack, &carol_token)).await.unwrap();
     assert!(bob.hello().channels.iter().any(|c| c.channel.id == secret));
     assert!(!carol.hello().channels.iter().any(|c| c.channel.id == secret), "not in carol's boot");
-    let history = Query {
-        id: "h1".into(),
-        q: QueryKind::History,
-        channel: Some(secret.clone()),
-        users: vec![],
-        before: None,
-        after: None,
-        root: None,
-        limit: Some(10),
-        page: None,
-    };
+    let history = Query { channel: Some(secret.clone()), limit: Some(10), ..Query::new("h1", QueryKind::History) };
     match carol.query(history).await {
         Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
         other => panic!("carol read a private channel: {other:?}"),
@@ -668,11 +660,7 @@ async fn a_slow_client_is_shed_and_others_keep_up() {
     let deadline = Instant::now() + WAIT;
     loop {
         let after = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-        let open: f64 = after
-            .lines()
-            .find(|l| l.starts_with("selvage_edge_connections{transport=\"ws\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(-1.0);
+        let open = metric_sum(&after, "selvage_edge_connections{transport=\"ws\"}");
         if open == 1.0 {
             break;
         }

@@ -1255,17 +1255,7 @@ mod tests {
     }
 
     fn query(kind: QueryKind) -> Query {
-        Query {
-            id: "q1".into(),
-            q: kind,
-            channel: None,
-            users: Vec::new(),
-            before: None,
-            after: None,
-            root: None,
-            limit: None,
-            page: None,
-        }
+        Query::new("q1", kind)
     }
 
     fn in_channel(kind: QueryKind, channel: &str) -> Query {

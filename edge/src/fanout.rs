@@ -78,6 +78,11 @@ impl Wire {
     }
 }
 
+/// An event frame encoded for `format`.
+pub fn event_wire(cursor: &Cursor, event: &Event, format: Format) -> Wire {
+    Wire::from_encoded(selvage_shared::encode_event(cursor, event, format), format)
+}
+
 /// What a session's outbox carries.
 pub enum Out {
     /// An event, shared by every session that gets it.
@@ -107,8 +112,7 @@ impl Encoded {
             Format::Json => &self.json,
             Format::MsgPack => &self.msgpack,
         };
-        cell.get_or_init(|| Wire::from_encoded(selvage_shared::encode_event(&self.cursor, &self.event, format), format))
-            .clone()
+        cell.get_or_init(|| event_wire(&self.cursor, &self.event, format)).clone()
     }
 }
 

@@ -9,7 +9,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use quinn::crypto::rustls::QuicServerConfig;
 use selvage_shared::{
-    link::{frame_len, CLIENT_ALPN, FRAME_PREFIX_BYTES},
+    link::CLIENT_ALPN,
+    quic::{read_frame, FrameReadError},
     tls::{self, Identity},
     ClientOpen, Format, MAX_CLIENT_FRAME_BYTES,
 };
@@ -103,26 +104,12 @@ async fn serve(edge: Arc<Edge>, connection: quinn::Connection) {
     reader.abort();
 }
 
-/// Reads one frame: `Ok(None)` at a clean end of the stream.
-async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, Inbound> {
-    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(_) => return Err(Inbound::Closed),
-    }
-    let len = frame_len(prefix, max).map_err(|_| Inbound::TooLarge)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|_| Inbound::Closed)?;
-    Ok(Some(body))
-}
-
 async fn read(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
     loop {
         let (inbound, last) = match read_frame(&mut recv, MAX_CLIENT_FRAME_BYTES).await {
             Ok(Some(body)) => (Inbound::Frame(body), false),
-            Ok(None) => (Inbound::Closed, true),
-            Err(end) => (end, true),
+            Ok(None) | Err(FrameReadError::Truncated { .. } | FrameReadError::Read(_)) => (Inbound::Closed, true),
+            Err(FrameReadError::TooLarge(_)) => (Inbound::TooLarge, true),
         };
         if tx.send(inbound).await.is_err() || last {
             return;

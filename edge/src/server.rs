@@ -5,14 +5,7 @@
 //! and reports not-ready, every session sends `goodbye` with a random `reconnect_in_ms` inside
 //! the grace period and closes at its end, so clients spread their reconnects over it.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     extract::State,
@@ -21,6 +14,7 @@ use axum::{
     routing::{get, post},
     Router,
 };
+use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -46,13 +40,12 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the edge starts draining.
     pub drain: CancellationToken,
-    draining: AtomicBool,
 }
 
 impl Edge {
     /// Starts draining (once): stop accepting, tell sessions goodbye.
     pub fn start_drain(&self) {
-        if !self.draining.swap(true, Ordering::SeqCst) {
+        if !self.drain.is_cancelled() {
             tracing::info!(
                 grace_ms = self.config.sessions.drain_grace_ms,
                 "draining: sending goodbye to every session"
@@ -63,7 +56,7 @@ impl Edge {
 
     /// Whether the edge is draining.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.drain.is_cancelled()
     }
 
     /// Ready: linked to the origin and not draining.
@@ -151,7 +144,6 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         tokens: tokens.clone(),
         metrics,
         drain: CancellationToken::new(),
-        draining: AtomicBool::new(false),
     });
     let quic = match edge.config.quic_listen {
         Some(quic_addr) => Some(crate::quic::listen(edge.clone(), quic_addr, shutdown.clone())?),
@@ -243,18 +235,15 @@ async fn drain(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
         return (StatusCode::FORBIDDEN, "set operator_key in the edge's configuration to drain over HTTP\n")
             .into_response();
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !constant_time_eq(presented.as_bytes(), key.as_bytes()) {
+    let presented = bearer(&headers).unwrap_or_default();
+    if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
         return (StatusCode::UNAUTHORIZED, "wrong operator key\n").into_response();
     }
     edge.start_drain();
     (StatusCode::ACCEPTED, "draining\n").into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The token of an `Authorization: Bearer …` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }

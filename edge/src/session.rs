@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::{
     auth::Principal,
     cache::QueryAnswer,
-    fanout::{CloseReason, Live, Out, Outbox, Wire},
+    fanout::{event_wire, CloseReason, Live, Out, Outbox, Wire},
     server::Edge,
 };
 
@@ -110,19 +110,15 @@ pub async fn run<W: FrameWriter>(edge: Arc<Edge>, opening: Opening, inbound: mps
     gauge.inc();
     let started = Instant::now();
     let boot_timeout = Duration::from_millis(edge.config.sessions.boot_timeout_ms);
-    let booted = match tokio::time::timeout(boot_timeout, boot(&edge, &opening)).await {
-        Ok(Ok(booted)) => booted,
-        Ok(Err(e)) => {
+    let booted = tokio::time::timeout(boot_timeout, boot(&edge, &opening)).await.unwrap_or_else(|_| {
+        Err(LinkError { code: ErrorCode::Unavailable, message: "boot took too long; retry".into() })
+    });
+    let booted = match booted {
+        Ok(booted) => booted,
+        Err(e) => {
             let code = if e.code == ErrorCode::Unauthorized { close::UNAUTHORIZED } else { close::UNAVAILABLE };
             let _ = writer.write(encode(&error_frame(None, &e), opening.format)).await;
             writer.close(code, &e.message).await;
-            gauge.dec();
-            return;
-        }
-        Err(_) => {
-            let e = LinkError { code: ErrorCode::Unavailable, message: "boot took too long; retry".into() };
-            let _ = writer.write(encode(&error_frame(None, &e), opening.format)).await;
-            writer.close(close::UNAVAILABLE, &e.message).await;
             gauge.dec();
             return;
         }
@@ -359,8 +355,7 @@ impl Session {
                     .collect()
             };
             for item in visible {
-                let wire = Wire::from_encoded(selvage_shared::encode_event(&item.cursor, &item.event, format), format);
-                writer.write(wire).await.map_err(|_| End::Client)?;
+                writer.write(event_wire(&item.cursor, &item.event, format)).await.map_err(|_| End::Client)?;
             }
             if !more || next >= *upto || next <= pos {
                 return Ok(());

@@ -37,9 +37,10 @@ use std::{
 use quinn::crypto::rustls::QuicClientConfig;
 use selvage_shared::{
     link::{
-        encode_frame, frame_len, Answer, Call, LinkCall, LinkError, LinkOpen, LinkReply, LinkStream,
-        FRAME_PREFIX_BYTES, LINK_ALPN, MAX_LINK_FRAME_BYTES,
+        encode_frame, Answer, Call, LinkCall, LinkError, LinkOpen, LinkReply, LinkStream, LINK_ALPN,
+        MAX_LINK_FRAME_BYTES,
     },
+    quic::read_frame,
     tls::{self, Trust},
     Cursor, ErrorCode, FeedFrame, FeedItem, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
@@ -195,7 +196,7 @@ impl Upstream {
     /// One call; fails fast with code `unavailable` while the link is down, `unavailable` on
     /// timeout or link loss mid-call.
     pub async fn call(&self, call: Call) -> Result<Answer, LinkError> {
-        let name = call_name(&call);
+        let name = call.name();
         let outcome = self.call_inner(call).await;
         let label = match &outcome {
             Ok(_) => "ok",
@@ -422,8 +423,11 @@ impl Upstream {
         let _ = feed_send.finish();
         let (mut calls_send, calls_recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
         write_frame(&mut calls_send, &encode(&open(LinkStream::Calls))?).await.map_err(|e| lost(&e))?;
-        let first = match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame(&mut feed_recv, MAX_FEED_FRAME_BYTES))
-            .await
+        let first = match tokio::time::timeout(
+            FIRST_FRAME_TIMEOUT,
+            read_frame_text(&mut feed_recv, MAX_FEED_FRAME_BYTES),
+        )
+        .await
         {
             Err(_) => {
                 return Err(unavailable(format!(
@@ -502,7 +506,7 @@ impl Upstream {
         let mut frame = first;
         loop {
             self.deliver(frame, updates).await;
-            frame = match tokio::time::timeout(FEED_SILENCE, read_frame(&mut recv, MAX_FEED_FRAME_BYTES)).await {
+            frame = match tokio::time::timeout(FEED_SILENCE, read_frame_text(&mut recv, MAX_FEED_FRAME_BYTES)).await {
                 Err(_) => {
                     return unavailable(format!(
                         "no feed frame or heartbeat from the origin for {} s",
@@ -649,7 +653,7 @@ async fn write_calls(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<
 
 async fn read_replies(mut recv: quinn::RecvStream, link: Arc<CallLink>) -> LinkError {
     loop {
-        match read_frame(&mut recv, MAX_LINK_FRAME_BYTES).await {
+        match read_frame_text(&mut recv, MAX_LINK_FRAME_BYTES).await {
             Ok(Some(bytes)) => match selvage_shared::from_msgpack::<LinkReply>(&bytes) {
                 // Id 0 answers the stream rather than a call: the origin refused it.
                 Ok(LinkReply { id: 0, reply }) => {
@@ -667,19 +671,9 @@ async fn read_replies(mut recv: quinn::RecvStream, link: Arc<CallLink>) -> LinkE
     }
 }
 
-/// Reads one length-prefixed frame, refusing lengths over `max` before allocating. `None` when
-/// the stream ended cleanly between frames.
-async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, String> {
-    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = frame_len(prefix, max).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    Ok(Some(body))
+/// A frame, with the reason it could not be read as text (how this module reports link failures).
+async fn read_frame_text(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, String> {
+    read_frame(recv, max).await.map_err(|e| e.to_string())
 }
 
 async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), String> {
@@ -737,16 +731,6 @@ fn connection_error(addr: SocketAddr, e: &quinn::ConnectionError) -> LinkError {
 /// come back in step.
 fn jittered(base: Duration) -> Duration {
     base.mul_f64(rand::random_range(0.5..=1.0))
-}
-
-fn call_name(call: &Call) -> &'static str {
-    match call {
-        Call::Authenticate { .. } => "authenticate",
-        Call::Snapshot { .. } => "snapshot",
-        Call::Send { .. } => "send",
-        Call::History { .. } => "history",
-        Call::Events { .. } => "events",
-    }
 }
 
 fn now_ms() -> i64 {

@@ -12,7 +12,7 @@ use axum::{
         ws::{CloseFrame, Message, WebSocket},
         Query, State, WebSocketUpgrade,
     },
-    http::{header, HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use futures::{
@@ -54,14 +54,10 @@ pub async fn connect(
             }
         },
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
     // A missing token still upgrades: the session then answers with an `unauthorized` error
     // frame, which a browser can read (it cannot read a refused upgrade's body).
-    let token = bearer.or_else(|| params.get("token").cloned()).unwrap_or_default();
+    let token = crate::server::bearer(&headers).map(str::to_owned).or_else(|| params.get("token").cloned());
+    let token = token.unwrap_or_default();
     let opening = Opening { token, format, resume, transport: "ws" };
     upgrade
         .max_message_size(MAX_CLIENT_FRAME_BYTES)

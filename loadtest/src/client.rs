@@ -46,12 +46,13 @@ use std::time::Duration;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use quinn::crypto::rustls::QuicClientConfig;
-use quinn::{ConnectionError, ReadError, ReadExactError, VarInt, WriteError};
-use selvage_shared::link::{encode_frame, frame_len, CLIENT_ALPN, FRAME_PREFIX_BYTES};
+use quinn::{ConnectionError, ReadError, VarInt, WriteError};
+use selvage_shared::link::{encode_frame, CLIENT_ALPN, FRAME_PREFIX_BYTES};
+use selvage_shared::quic::{read_frame, FrameReadError};
 use selvage_shared::tls::{self, Trust};
 use selvage_shared::{
     decode_server, encode_client, ChannelId, ClientFrame, ClientOpen, Cursor, ErrorCode, EventFrame, Format, Hello,
-    Query, QueryKind, QueryResult, Seq, ServerFrame, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
+    Query, QueryResult, Seq, ServerFrame, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -320,23 +321,6 @@ fn describe_close(code: Option<u16>, reason: &str) -> String {
     match code {
         Some(code) => format!("code {code}, {reason:?}"),
         None => reason.to_owned(),
-    }
-}
-
-/// A query of `kind` with nothing else set, to fill in with struct update syntax:
-/// `Query { channel: Some(c), limit: Some(50), ..new_query(QueryKind::History) }`. The `id` is
-/// left empty: [`Client::query`] sets it.
-pub fn new_query(kind: QueryKind) -> Query {
-    Query {
-        id: String::new(),
-        q: kind,
-        channel: None,
-        users: Vec::new(),
-        before: None,
-        after: None,
-        root: None,
-        limit: None,
-        page: None,
     }
 }
 
@@ -1019,33 +1003,19 @@ impl FrameSource {
 }
 
 async fn read_quic_frame(recv: &mut quinn::RecvStream, conn: &quinn::Connection) -> Next {
-    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => {
-            // The edge finished its stream; the connection's close, with its reason, follows.
+    let body = match read_frame(recv, MAX_SERVER_FRAME_BYTES).await {
+        Ok(Some(body)) => body,
+        // The edge finished its stream; the connection's close, with its reason, follows.
+        Ok(None) => {
             return Next::Closed(match timeout(CLOSE_GRACE, conn.closed()).await {
                 Ok(e) => quic_close_info(e),
                 Err(_) => CloseInfo::new(None, "the edge finished the stream"),
-            });
+            })
         }
-        Err(ReadExactError::FinishedEarly(n)) => {
-            return Next::Invalid(format!("the stream ended inside a frame prefix ({n} of 4 bytes)"))
-        }
-        Err(ReadExactError::ReadError(e)) => return Next::Closed(quic_read_close(e)),
-    }
-    let len = match frame_len(prefix, MAX_SERVER_FRAME_BYTES) {
-        Ok(len) => len,
-        Err(e) => return Next::Invalid(format!("server frame refused: {e}")),
+        Err(FrameReadError::Read(e)) => return Next::Closed(quic_read_close(e)),
+        Err(FrameReadError::TooLarge(e)) => return Next::Invalid(format!("server frame refused: {e}")),
+        Err(e @ FrameReadError::Truncated { .. }) => return Next::Invalid(e.to_string()),
     };
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(n)) => {
-            return Next::Invalid(format!("the stream ended inside a frame ({n} of {len} bytes)"))
-        }
-        Err(ReadExactError::ReadError(e)) => return Next::Closed(quic_read_close(e)),
-    }
     match decode_server(&body, Format::MsgPack) {
         Ok(frame) => Next::Frame(frame),
         Err(e) => Next::Invalid(format!("undecodable server frame: {e}")),
@@ -1399,17 +1369,11 @@ mod tests {
                         Ok(_) => continue,
                     }
                 },
-                ServerConn::Quic { recv, .. } => {
-                    let mut prefix = [0u8; 4];
-                    recv.read_exact(&mut prefix).await.ok()?;
-                    let len = match frame_len(prefix, MAX_CLIENT_FRAME_BYTES) {
-                        Ok(len) => len,
-                        Err(e) => return Some(Err(e)),
-                    };
-                    let mut body = vec![0u8; len];
-                    recv.read_exact(&mut body).await.ok()?;
-                    Some(decode_client(&body, Format::MsgPack))
-                }
+                ServerConn::Quic { recv, .. } => match read_frame(recv, MAX_CLIENT_FRAME_BYTES).await {
+                    Ok(body) => Some(decode_client(&body?, Format::MsgPack)),
+                    Err(FrameReadError::TooLarge(e)) => Some(Err(e)),
+                    Err(_) => None,
+                },
             }
         }
 
@@ -1625,10 +1589,7 @@ mod tests {
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
                     let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
-                    let mut prefix = [0u8; 4];
-                    recv.read_exact(&mut prefix).await.unwrap();
-                    let mut body = vec![0u8; frame_len(prefix, MAX_CLIENT_FRAME_BYTES).unwrap()];
-                    recv.read_exact(&mut body).await.unwrap();
+                    let body = read_frame(&mut recv, MAX_CLIENT_FRAME_BYTES).await.unwrap().unwrap();
                     let open: ClientOpen = from_msgpack(&body).unwrap();
                     if open.token != TOKEN {
                         let refusal = ServerFrame::error(None, ErrorCode::Unauthorized, "bad token");
@@ -1692,7 +1653,10 @@ mod tests {
         assert_eq!(client.connect_options_with_resume().resume, Some(cursor(2)));
 
         client.ping().await.unwrap();
-        let members = client.query(Query { channel: Some(chan()), ..new_query(QueryKind::Members) }).await.unwrap();
+        let members = client
+            .query(Query { channel: Some(chan()), ..Query::new("", selvage_shared::QueryKind::Members) })
+            .await
+            .unwrap();
         assert_eq!(members.members, [user("U1"), user("U2")]);
 
         // Acks come back in reverse order; each call still gets its own.

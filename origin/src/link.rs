@@ -28,11 +28,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use quinn::crypto::rustls::QuicServerConfig;
 use selvage_shared::{
     link::{
-        encode_frame, frame_len, Answer, Call, LinkCall, LinkError, LinkReply, FRAME_PREFIX_BYTES, LINK_ALPN,
-        MAX_LINK_FRAME_BYTES,
+        encode_frame, Answer, Call, LinkCall, LinkError, LinkReply, FRAME_PREFIX_BYTES, LINK_ALPN, MAX_LINK_FRAME_BYTES,
     },
+    quic::{read_frame, FrameReadError},
     tls::{self, Identity},
-    Cursor, DecodeError, ErrorCode, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
+    Cursor, ErrorCode, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -231,36 +231,6 @@ async fn serve_connection(ctx: Arc<Ctx>, incoming: quinn::Incoming, _slot: Owned
     metrics.link_connections.dec();
 }
 
-/// Why a frame could not be read.
-#[derive(Debug)]
-enum FrameError {
-    /// The length prefix announced more than allowed; nothing was allocated.
-    TooLarge(DecodeError),
-    /// The stream ended in the middle of a frame.
-    Truncated,
-    /// The stream or connection failed.
-    Read(String),
-}
-
-/// Reads one length-prefixed frame, refusing lengths over `max` before allocating. `None` when
-/// the stream ended cleanly between frames.
-async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(FrameError::Read(e.to_string())),
-    }
-    let len = frame_len(prefix, max).map_err(FrameError::TooLarge)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => Ok(Some(body)),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(FrameError::Truncated),
-        Err(quinn::ReadExactError::ReadError(e)) => Err(FrameError::Read(e.to_string())),
-    }
-}
-
 /// Writes one encoded frame, giving up after [`WRITE_TIMEOUT`].
 async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), String> {
     match tokio::time::timeout(WRITE_TIMEOUT, send.write_all(frame)).await {
@@ -305,12 +275,12 @@ async fn serve_stream(ctx: Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::R
             let e = link_error(ErrorCode::BadFrame, "no link_open frame within 10 s of opening the stream");
             return refuse(&ctx, send, recv, e).await;
         }
-        Ok(Ok(None)) | Ok(Err(FrameError::Read(_))) => return,
-        Ok(Err(FrameError::Truncated)) => {
+        Ok(Ok(None)) | Ok(Err(FrameReadError::Read(_))) => return,
+        Ok(Err(FrameReadError::Truncated { .. })) => {
             let e = link_error(ErrorCode::BadFrame, "the stream ended inside its first frame");
             return refuse(&ctx, send, recv, e).await;
         }
-        Ok(Err(FrameError::TooLarge(e))) => {
+        Ok(Err(FrameReadError::TooLarge(e))) => {
             let e = link_error(ErrorCode::TooLarge, format!("the first frame (link_open) is too large: {e}"));
             return refuse(&ctx, send, recv, e).await;
         }
@@ -585,12 +555,12 @@ async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::
         let bytes = match frame {
             Ok(Some(bytes)) => bytes,
             Ok(None) => break,
-            Err(FrameError::Read(e)) => {
+            Err(FrameReadError::Read(e)) => {
                 tracing::debug!(error = %e, "calls stream read failed");
                 break;
             }
-            Err(FrameError::Truncated) => break,
-            Err(FrameError::TooLarge(e)) => {
+            Err(FrameReadError::Truncated { .. }) => break,
+            Err(FrameReadError::TooLarge(e)) => {
                 // The stream cannot be resynchronised past a frame that is not read: answer and end.
                 metrics.link_calls.with_label_values(&["invalid"]).inc();
                 let error = link_error(ErrorCode::TooLarge, format!("call frame refused: {e}"));
@@ -626,7 +596,7 @@ async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::
                 Err(_) => break, // never closed
             },
         };
-        let name = call_name(&call.call);
+        let name = call.call.name();
         metrics.link_calls.with_label_values(&[name]).inc();
         let (ctx, replies) = (ctx.clone(), replies.clone());
         let span = tracing::debug_span!("link_call", call.id = call.id, call = name);
@@ -656,17 +626,6 @@ async fn write_replies(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Ve
         }
     }
     let _ = send.finish();
-}
-
-/// The call's label in `selvage_link_calls_total`.
-fn call_name(call: &Call) -> &'static str {
-    match call {
-        Call::Authenticate { .. } => "authenticate",
-        Call::Snapshot { .. } => "snapshot",
-        Call::Send { .. } => "send",
-        Call::History { .. } => "history",
-        Call::Events { .. } => "events",
-    }
 }
 
 /// Runs one call under [`CALL_TIMEOUT`], mapping failures through [`OriginError::code`].

@@ -176,6 +176,22 @@ impl ClientFrame {
 }
 
 impl Query {
+    /// A query of `kind` with nothing else set, to fill in with struct update syntax:
+    /// `Query { channel: Some(c), limit: Some(50), ..Query::new("q1", QueryKind::History) }`.
+    pub fn new(id: impl Into<String>, kind: QueryKind) -> Query {
+        Query {
+            id: id.into(),
+            q: kind,
+            channel: None,
+            users: Vec::new(),
+            before: None,
+            after: None,
+            root: None,
+            limit: None,
+            page: None,
+        }
+    }
+
     /// Checks sizes and that the query kind has the fields it needs (see
     /// [`ClientFrame::validate`]).
     pub fn validate(&self) -> Result<(), DecodeError> {

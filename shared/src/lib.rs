@@ -16,6 +16,8 @@ pub mod ids;
 pub mod limits;
 pub mod link;
 pub mod model;
+#[cfg(feature = "quic")]
+pub mod quic;
 #[cfg(feature = "tls")]
 pub mod tls;
 

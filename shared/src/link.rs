@@ -127,6 +127,19 @@ pub enum Call {
     },
 }
 
+impl Call {
+    /// The call's name, for logs and metric labels.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Call::Authenticate { .. } => "authenticate",
+            Call::Snapshot { .. } => "snapshot",
+            Call::Send { .. } => "send",
+            Call::History { .. } => "history",
+            Call::Events { .. } => "events",
+        }
+    }
+}
+
 /// The origin's answer to one [`LinkCall`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LinkReply {
