@@ -343,6 +343,20 @@ fn restricted(channel: &Channel) -> bool {
     channel.private || channel.is_conversation()
 }
 
+/// Walking the feed backwards: before `user`'s own join they were not a member, before their
+/// departure they were.
+fn roll_back_membership<'a>(member: &mut HashMap<&'a ChannelId, bool>, user: &UserId, event: &'a Event) {
+    match event {
+        Event::MemberJoined { channel, user: subject } if subject == user => {
+            member.insert(channel, false);
+        }
+        Event::MemberLeft { channel, user: subject } if subject == user => {
+            member.insert(channel, true);
+        }
+        _ => {}
+    }
+}
+
 /// An empty channel set, for users who joined nothing.
 static NO_CHANNELS: BTreeSet<ChannelId> = BTreeSet::new();
 
@@ -543,6 +557,9 @@ impl WorkspaceState {
                 if restricted(channel) {
                     entry.recipients()
                 } else {
+                    // For everyone: kept where every replay looks.
+                    let cap = self.limits.recent_workspace_events;
+                    self.workspace_events.push(cursor.clone(), event.clone(), cap).apply_to(&mut self.bytes);
                     Recipients::Everyone
                 }
             }
@@ -737,23 +754,45 @@ impl WorkspaceState {
         self.channels.get(channel).is_some_and(|entry| !restricted(&entry.channel) || entry.members.contains(user))
     }
 
-    /// Whether `user` may see `event` now — the origin's rule for its event feed: internal
-    /// events never; read markers only their owner; a user's own joins and departures always;
-    /// other channel events when the channel is visible to the user; the rest always.
-    pub fn can_see(&self, user: &UserId, event: &Event) -> bool {
-        if event.is_internal() {
-            return false;
-        }
-        match event {
-            Event::ReadMarker { user: owner, .. } => owner == user,
-            Event::MemberJoined { user: subject, .. } | Event::MemberLeft { user: subject, .. } if subject == user => {
-                true
+    /// Which of `events` — consecutive feed events in cursor order, the last at or before
+    /// `upto` — live fan-out sent (or would have sent) to `user`: the rule of
+    /// [`apply`](Self::apply), with each channel's membership *as it was* at each event.
+    ///
+    /// Membership at an event is found by walking back from `upto`: the user's membership now,
+    /// rolled back to `upto` through their own joins and departures since (from their personal
+    /// buffer), then, going back through `events`, the opposite of what each of their own joins
+    /// and departures made it (the origin never logs a join of a member or a departure of a
+    /// non-member). Resume thus replays exactly what a session that never left would have got.
+    pub fn delivered_to(&self, user: &UserId, events: &[&Event], upto: &Cursor) -> Vec<bool> {
+        let mut member: HashMap<&ChannelId, bool> = HashMap::new();
+        if *upto < self.cursor {
+            if let Some(buffer) = self.personal.get(user).filter(|buffer| buffer.covers(upto)) {
+                let since: Vec<&(Cursor, Event)> = buffer.after(upto).collect();
+                for (_, event) in since.into_iter().rev() {
+                    roll_back_membership(&mut member, user, event);
+                }
             }
-            event => match event.channel() {
-                None => true,
-                Some(channel) => self.can_see_channel(user, channel),
-            },
         }
+        let mut out = vec![false; events.len()];
+        for (i, event) in events.iter().enumerate().rev() {
+            out[i] = match event {
+                event if event.is_internal() || event.is_ephemeral() => false,
+                Event::ReadMarker { user: owner, .. } => owner == user,
+                Event::MemberJoined { user: subject, .. } | Event::MemberLeft { user: subject, .. }
+                    if subject == user =>
+                {
+                    true
+                }
+                Event::UserUpdated { .. } => true,
+                Event::ChannelCreated { channel } | Event::ChannelUpdated { channel } if !restricted(channel) => true,
+                event => match event.channel() {
+                    None => true,
+                    Some(channel) => *member.entry(channel).or_insert_with(|| self.is_member(channel, user)),
+                },
+            };
+            roll_back_membership(&mut member, user, event);
+        }
+        out
     }
 
     /// The boot payload for `user`, or `None` if they are unknown or deactivated.
@@ -909,23 +948,24 @@ impl WorkspaceState {
     }
 
     /// `thread`: the cache keeps no thread index, so the origin answers once the channel is
-    /// known to be visible.
+    /// known to be visible and the query is well formed.
     fn query_thread(&self, user: &UserId, q: &Query) -> Result<QueryAnswer, Refusal> {
         self.visible_entry(user, q)?;
-        if q.root.is_none() {
-            return Err(Refusal::new(ErrorCode::BadRequest, "a thread query needs a root"));
+        page_limit(q.limit, DEFAULT_HISTORY_LIMIT)?;
+        match q.root {
+            None | Some(0) => Err(Refusal::new(ErrorCode::BadRequest, "a thread query needs a root seq (1 or more)")),
+            Some(_) => Ok(QueryAnswer::NeedsOrigin),
         }
-        Ok(QueryAnswer::NeedsOrigin)
     }
 
-    /// Every event after `after` that `user` may see now, in cursor order, if the buffers hold
-    /// them all; `None` when they do not (older than the snapshot, or evicted): the caller asks
-    /// the origin or tells the client to `resync`. Empty when `after` is at or past
+    /// The events after `after` that live fan-out sent `user` (see
+    /// [`delivered_to`](Self::delivered_to)), in cursor order, if the buffers hold them all;
+    /// `None` when they do not (older than the snapshot, or evicted): the caller asks the origin
+    /// or tells the client to `resync`. Empty when `after` is at or past
     /// [`cursor`](Self::cursor).
     ///
-    /// The buffers consulted are the workspace's, the user's own, and those of every channel the
-    /// user may see now — the same current-visibility rule as [`can_see`](Self::can_see), which
-    /// includes public channels the user is not in.
+    /// The buffers consulted are the workspace's (events for everyone), the user's own, and those
+    /// of every channel the user is in now or joined or left since `after`.
     pub fn replay_after(&self, user: &UserId, after: &Cursor) -> Option<Vec<EventFrame>> {
         if *after >= self.cursor {
             return Some(Vec::new());
@@ -937,8 +977,19 @@ impl WorkspaceState {
         if personal.is_some_and(|buffer| !buffer.covers(after)) {
             return None;
         }
+        let mut channels: BTreeSet<&ChannelId> = self.channels_of(user).iter().collect();
         let mut picked: Vec<&(Cursor, Event)> = Vec::new();
-        for id in self.visible_channel_ids(user, None) {
+        if let Some(buffer) = personal {
+            for pair in buffer.after(after) {
+                if let Event::MemberJoined { channel, .. } | Event::MemberLeft { channel, .. } = &pair.1 {
+                    channels.insert(channel);
+                }
+                picked.push(pair);
+            }
+        }
+        for id in channels {
+            // A channel the state does not know has only the user's own joins and departures,
+            // which their personal buffer holds.
             let Some(entry) = self.channels.get(id) else { continue };
             if !entry.events.covers(after) {
                 return None;
@@ -946,17 +997,17 @@ impl WorkspaceState {
             picked.extend(entry.events.after(after));
         }
         picked.extend(self.workspace_events.after(after));
-        if let Some(buffer) = personal {
-            picked.extend(buffer.after(after));
-        }
-        picked.retain(|(_, event)| self.can_see(user, event));
-        // A user's own membership change in a channel they can see is in both buffers.
+        // An event can sit in several buffers (a user's own join in theirs and the channel's).
         picked.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         picked.dedup_by(|a, b| a.0 == b.0);
+        let events: Vec<&Event> = picked.iter().map(|(_, event)| event).collect();
+        let keep = self.delivered_to(user, &events, &self.cursor);
         Some(
             picked
                 .into_iter()
-                .map(|(cursor, event)| EventFrame { event: event.clone(), cursor: cursor.clone() })
+                .zip(keep)
+                .filter(|(_, keep)| *keep)
+                .map(|((cursor, event), _)| EventFrame { event: event.clone(), cursor: cursor.clone() })
                 .collect(),
         )
     }
@@ -1465,8 +1516,8 @@ mod tests {
 
         let secret = Event::Message(msg("C2", 4, "U1"));
         let open = Event::Message(msg("C1", 11, "U1"));
-        assert!(!s.can_see(&outsider, &secret) && s.can_see(&uid("U2"), &secret));
-        assert!(s.can_see(&outsider, &open));
+        assert_eq!(s.delivered_to(&outsider, &[&secret, &open], &cur(100)), [false, true]);
+        assert_eq!(s.delivered_to(&uid("U2"), &[&secret, &open], &cur(100)), [true, true]);
         s.apply(&item(101, secret)).expect("applied");
         s.apply(&item(102, open.clone())).expect("applied");
         let replay = s.replay_after(&outsider, &cur(100)).expect("covered");
@@ -1475,15 +1526,41 @@ mod tests {
     }
 
     #[test]
-    fn internal_events_and_other_users_markers_are_never_visible() {
+    fn internal_events_and_other_users_markers_are_never_delivered() {
         let s = state();
-        assert!(!s.can_see(&uid("U1"), &Event::TokenRevoked { token_hash: "ab".into() }));
+        let revoked = Event::TokenRevoked { token_hash: "ab".into() };
         let marker = Event::ReadMarker { channel: cid("C1"), user: uid("U2"), seq: 1 };
-        assert!(s.can_see(&uid("U2"), &marker) && !s.can_see(&uid("U1"), &marker));
         // Someone else joining a private channel is as invisible as the channel.
         let joined = Event::MemberJoined { channel: cid("C2"), user: uid("U4") };
-        assert!(!s.can_see(&uid("U3"), &joined) && s.can_see(&uid("U4"), &joined) && s.can_see(&uid("U1"), &joined));
-        assert!(s.can_see(&uid("U3"), &Event::UserUpdated { user: user("U1") }));
+        let renamed = Event::UserUpdated { user: user("U1") };
+        let public = Event::ChannelUpdated { channel: chan("C3", ChannelKind::Channel, false) };
+        let in_public = Event::Message(msg("C3", 1, "U2"));
+        let events = [&revoked, &marker, &joined, &renamed, &public, &in_public];
+        let upto = s.cursor().clone();
+        assert_eq!(s.delivered_to(&uid("U1"), &events, &upto), [false, false, true, true, true, false]);
+        assert_eq!(s.delivered_to(&uid("U2"), &events, &upto), [false, true, true, true, true, true]);
+        assert_eq!(s.delivered_to(&uid("U3"), &events, &upto), [false, false, false, true, true, false]);
+        assert_eq!(s.delivered_to(&uid("U4"), &events, &upto), [false, false, true, true, true, false]);
+    }
+
+    #[test]
+    fn replay_follows_membership_as_it_was_at_each_event() {
+        let mut s = state();
+        let u3 = uid("U3");
+        let in_c2 = |seq| Event::Message(msg("C2", seq, "U1"));
+        s.apply(&item(101, in_c2(4))).expect("applied");
+        s.apply(&item(102, Event::MemberJoined { channel: cid("C2"), user: u3.clone() })).expect("applied");
+        s.apply(&item(103, in_c2(5))).expect("applied");
+        s.apply(&item(104, Event::MemberLeft { channel: cid("C2"), user: u3.clone() })).expect("applied");
+        s.apply(&item(105, in_c2(6))).expect("applied");
+        let replayed = |after| s.replay_after(&u3, &cur(after)).map(|frames| frame_cursors(&frames));
+        assert_eq!(replayed(100), Some(vec![cur(102), cur(103), cur(104)]));
+        assert_eq!(replayed(102), Some(vec![cur(103), cur(104)]));
+        assert_eq!(replayed(104), Some(vec![]));
+        // Events read from the origin up to an earlier point: membership is rolled back to it.
+        let five = in_c2(5);
+        assert_eq!(s.delivered_to(&u3, &[&five], &cur(103)), [true]);
+        assert_eq!(s.delivered_to(&u3, &[&five], &cur(105)), [false], "past their departure");
     }
 
     #[test]
@@ -1698,7 +1775,8 @@ mod tests {
         // C1 now evicts 101: whoever can see C1 cannot replay from before 101 any more.
         s.apply(&item(107, Event::Message(msg("C1", 14, "U1")))).expect("applied");
         assert_eq!(s.replay_after(&uid("U1"), &cur(100)), None);
-        assert_eq!(s.replay_after(&uid("U4"), &cur(100)), None, "C1 is public: U4 sees it too");
+        // U4 is not in C1, so its eviction does not matter to them.
+        assert_eq!(s.replay_after(&uid("U4"), &cur(100)), Some(frames(&[103])));
         assert_eq!(
             s.replay_after(&uid("U1"), &cur(101)).map(|r| frame_cursors(&r)),
             Some(vec![cur(102), cur(103), cur(104), cur(106), cur(107)])
@@ -1731,9 +1809,10 @@ mod tests {
         s.apply(&item(103, Event::MemberLeft { channel: cid("C2"), user: uid("U2") })).expect("applied");
         s.apply(&item(104, Event::Message(msg("C2", 5, "U1")))).expect("applied");
         let replay = s.replay_after(&uid("U2"), &cur(100)).expect("covered");
+        // The message came while U2 was still a member; the one after their departure did not.
         let kinds: Vec<&str> = replay.iter().map(|f| f.event.kind()).collect();
-        assert_eq!(kinds, ["read_marker", "member_left"]);
-        assert_eq!(frame_cursors(&replay), [cur(102), cur(103)]);
+        assert_eq!(kinds, ["message", "read_marker", "member_left"]);
+        assert_eq!(frame_cursors(&replay), [cur(101), cur(102), cur(103)]);
         // U1 sees the departure once, though it sits in two buffers.
         let replay = s.replay_after(&uid("U1"), &cur(100)).expect("covered");
         assert_eq!(frame_cursors(&replay), [cur(101), cur(103), cur(104)]);
@@ -1788,10 +1867,17 @@ mod tests {
             .expect("applied");
         s.apply(&item(103, Event::Message(msg("C9", 2, "U1")))).expect("applied");
         assert_eq!(s.last_seq(&cid("C9")), Some(2));
-        assert_eq!(s.replay_after(&uid("U1"), &cur(100)), None, "the dropped message cannot be replayed");
-        assert_eq!(s.replay_after(&uid("U1"), &cur(101)).map(|r| r.len()), Some(2));
+        // Nobody is in C9, so nobody missed its first message: the creation is all there is.
+        let replayed = |after| s.replay_after(&uid("U1"), &cur(after)).map(|r| frame_cursors(&r));
+        assert_eq!(replayed(100), Some(vec![cur(102)]));
         assert_eq!(seqs(history(&s, "C9", None, None, 1)), (vec![2], Some("2".into())));
         assert_eq!(history(&s, "C9", None, None, 2), QueryAnswer::NeedsOrigin);
+        s.apply(&item(104, Event::MemberJoined { channel: cid("C9"), user: uid("U1") })).expect("applied");
+        s.apply(&item(105, Event::Message(msg("C9", 3, "U1")))).expect("applied");
+        let replayed = |after| s.replay_after(&uid("U1"), &cur(after)).map(|r| frame_cursors(&r));
+        assert_eq!(replayed(100), None, "a member's replay cannot vouch for the dropped message");
+        // 103 came before U1 joined.
+        assert_eq!(replayed(101), Some(vec![cur(102), cur(104), cur(105)]));
         check_invariants(&s);
     }
 
@@ -1854,8 +1940,9 @@ mod tests {
         let u = uid(users[b % users.len()]);
         let c = channels[a % channels.len()].clone();
         match kind % 10 {
-            0 | 1 => Event::MemberJoined { channel: c, user: u },
-            2 => Event::MemberLeft { channel: c, user: u },
+            // Like the origin: a join only of a non-member, a departure only of a member.
+            0..=2 if s.is_member(&c, &u) => Event::MemberLeft { channel: c, user: u },
+            0..=2 => Event::MemberJoined { channel: c, user: u },
             3 | 4 => {
                 let seq = seq_of.entry(c.clone()).or_insert(0);
                 *seq += 1;
@@ -1905,11 +1992,11 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         /// After any sequence of membership, message and other events, a replay from any earlier
-        /// cursor is either refused or exactly the events the user may see after it, in order;
-        /// with buffers large enough it is never refused. History pages answered from the cache
+        /// cursor is either refused or exactly the events live fan-out sent the user after it,
+        /// in order; with buffers large enough it is never refused. History pages answered from the cache
         /// equal the messages as applied.
         #[test]
-        fn replay_equals_the_visible_suffix(
+        fn replay_equals_what_live_fan_out_sent(
             limits in limits_strategy(),
             ops in prop::collection::vec((any::<u8>(), any::<usize>(), any::<usize>(), any::<u64>()), 0..60),
         ) {
@@ -1923,7 +2010,7 @@ mod tests {
             let mut channels: Vec<ChannelId> = ["C1", "C2", "C3", "D1", "G1", "D2"].into_iter().map(cid).collect();
             let mut seq_of = HashMap::new();
             let mut fresh = 0;
-            let mut applied: Vec<(Cursor, Event)> = Vec::new();
+            let mut applied: Vec<(Cursor, Event, Recipients)> = Vec::new();
             let mut history: HashMap<ChannelId, Vec<Message>> = HashMap::new();
             for (i, op) in ops.into_iter().enumerate() {
                 let event = event_for(&s, op, &channels, &mut seq_of, &mut fresh);
@@ -1942,15 +2029,15 @@ mod tests {
                     _ => {}
                 }
                 let applied_now = s.apply(&FeedItem { cursor: cursor.clone(), workspace: ws_id(), ts: 0, event: event.clone() });
-                prop_assert!(applied_now.is_some());
+                let Some(applied_now) = applied_now else { return Err(TestCaseError::fail("not applied")) };
                 // Ephemeral noise in between changes nothing.
                 let typing = Event::Typing { channel: channels[i % channels.len()].clone(), user: uid("U1") };
                 let typing = FeedItem { cursor: cur(1), workspace: ws_id(), ts: 0, event: typing };
                 prop_assert!(s.apply(&typing).is_some());
-                applied.push((cursor, event));
+                applied.push((cursor, event, applied_now.recipients));
             }
             check_invariants(&s);
-            let newest = applied.last().map_or(cur(100), |(c, _)| c.clone());
+            let newest = applied.last().map_or(cur(100), |(c, _, _)| c.clone());
             prop_assert_eq!(s.cursor(), &newest);
 
             for who in ["U1", "U2", "U3", "U4", "U9"] {
@@ -1959,8 +2046,8 @@ mod tests {
                     let after = cur(100 + k as u64);
                     let expected: Vec<EventFrame> = applied[k..]
                         .iter()
-                        .filter(|(_, e)| s.can_see(&who, e))
-                        .map(|(c, e)| EventFrame { event: e.clone(), cursor: c.clone() })
+                        .filter(|(_, _, recipients)| recipients.includes(&who))
+                        .map(|(c, e, _)| EventFrame { event: e.clone(), cursor: c.clone() })
                         .collect();
                     match s.replay_after(&who, &after) {
                         Some(frames) => prop_assert_eq!(frames, expected, "user {} after {}", who, k),

@@ -7,6 +7,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
 use selvage_shared::{
     link::CLIENT_ALPN,
@@ -100,7 +101,7 @@ async fn serve(edge: Arc<Edge>, connection: quinn::Connection) {
     let opening = Opening { token: open.token, format: Format::MsgPack, resume: open.resume, transport: "quic" };
     let (tx, rx) = mpsc::channel(64);
     let reader = tokio::spawn(read(recv, tx));
-    session::run(edge, opening, rx, QuicWriter { send, connection }).await;
+    session::run(edge, opening, rx, QuicWriter { send, connection, pending: Vec::new() }).await;
     reader.abort();
 }
 
@@ -120,17 +121,36 @@ async fn read(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
 struct QuicWriter {
     send: quinn::SendStream,
     connection: quinn::Connection,
+    /// Length prefixes and bodies fed but not yet written.
+    pending: Vec<Bytes>,
+}
+
+impl QuicWriter {
+    fn push(&mut self, wire: Wire) {
+        let body = match wire {
+            Wire::Binary(b) => b,
+            Wire::Text(t) => Bytes::copy_from_slice(t.as_bytes()),
+        };
+        self.pending.push(Bytes::copy_from_slice(&(body.len() as u32).to_be_bytes()));
+        self.pending.push(body);
+    }
 }
 
 impl FrameWriter for QuicWriter {
     async fn write(&mut self, wire: Wire) -> std::io::Result<()> {
-        let body: &[u8] = match &wire {
-            Wire::Binary(b) => b,
-            Wire::Text(t) => t.as_bytes(),
-        };
-        let prefix = (body.len() as u32).to_be_bytes();
-        self.send.write_all(&prefix).await.map_err(std::io::Error::other)?;
-        self.send.write_all(body).await.map_err(std::io::Error::other)
+        self.push(wire);
+        self.flush().await
+    }
+
+    async fn feed(&mut self, wire: Wire) -> std::io::Result<()> {
+        self.push(wire);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.send.write_all_chunks(&mut self.pending).await.map_err(std::io::Error::other);
+        self.pending.clear();
+        result
     }
 
     async fn ping(&mut self) -> std::io::Result<()> {

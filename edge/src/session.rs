@@ -24,14 +24,14 @@ use std::{
 use rand::Rng;
 use selvage_shared::{
     link::{Answer, Call, LinkError},
-    ClientFrame, Cursor, ErrorCode, Event, EventFrame, Format, Hello, Query, QueryKind, QueryResult, ServerFrame,
-    PROTOCOL_VERSION,
+    ClientFrame, Cursor, ErrorCode, Event, EventFrame, FeedItem, Format, Hello, Query, QueryKind, QueryResult,
+    ServerFrame, MAX_QUERY_LIMIT, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
     auth::Principal,
-    cache::QueryAnswer,
+    cache::{QueryAnswer, DEFAULT_HISTORY_LIMIT},
     fanout::{event_wire, CloseReason, Live, Out, Outbox, Wire},
     server::Edge,
 };
@@ -48,6 +48,12 @@ pub enum Inbound {
     /// The client closed the connection, or it broke.
     Closed,
 }
+
+/// The most frames written with one flush.
+const MAX_BATCH: usize = 64;
+
+/// The most events a resume fetches from the origin; a client further behind boots afresh.
+const MAX_ORIGIN_REPLAY: usize = 20_000;
 
 /// Close codes (WebSocket close codes; QUIC application error codes).
 pub mod close {
@@ -71,8 +77,12 @@ pub mod close {
 
 /// The writing half of a transport.
 pub trait FrameWriter: Send + 'static {
-    /// Writes one frame.
+    /// Writes one frame and flushes it.
     fn write(&mut self, wire: Wire) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Queues one frame of a batch; it may stay buffered until [`flush`](Self::flush).
+    fn feed(&mut self, wire: Wire) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Sends everything fed so far.
+    fn flush(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Sends a transport-level ping, if the transport has one.
     fn ping(&mut self) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Whether the session should ping and time out idle clients itself (WebSocket); QUIC
@@ -223,6 +233,7 @@ impl Session {
         let mut last_heard = Instant::now();
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut batch: Vec<Wire> = Vec::with_capacity(MAX_BATCH);
         let end = loop {
             let drain_at = drain_deadline;
             tokio::select! {
@@ -235,24 +246,40 @@ impl Session {
                             End::Close(close::UNAUTHORIZED, "token revoked".into())
                         }
                         Some(CloseReason::Resync) => {
-                            let r = ServerFrame::Resync { reason: "the edge lost its place in the feed; boot again".into() };
-                            let _ = writer.write(encode(&r, format)).await;
-                            End::Close(close::RESYNC, "resync".into())
+                            self.resync(&mut writer, "the edge lost its place in the feed; boot again").await
                         }
                         _ => End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into()),
                     };
                 }
                 out = outbox_rx.recv() => {
-                    let wire = match out {
-                        Some(Out::Event(e)) if e.cursor <= floor => continue,
-                        Some(Out::Event(e)) => e.wire(format),
-                        Some(Out::Reply(w)) => w,
-                        None => break End::Close(close::NORMAL, "session closed".into()),
+                    let Some(out) = out else { break End::Close(close::NORMAL, "session closed".into()) };
+                    // Everything queued by now goes out as one batch with one flush: under
+                    // fan-out load that is one system call for many frames.
+                    batch.clear();
+                    let mut next = Some(out);
+                    while let Some(out) = next.take() {
+                        match out {
+                            Out::Event(e) if e.cursor <= floor => {}
+                            Out::Event(e) => batch.push(e.wire(format)),
+                            Out::Reply(w) => batch.push(w),
+                        }
+                        if batch.len() < MAX_BATCH {
+                            next = outbox_rx.try_recv().ok();
+                        }
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let write = async {
+                        for wire in batch.drain(..) {
+                            writer.feed(wire).await?;
+                        }
+                        writer.flush().await
                     };
                     // A client that stops reading blocks this write; fan-out then finds its
                     // outbox full and asks it to close, which must not wait for the write.
                     tokio::select! {
-                        written = tokio::time::timeout(write_timeout, writer.write(wire)) => match written {
+                        written = tokio::time::timeout(write_timeout, write) => match written {
                             Ok(Ok(())) => {}
                             Ok(Err(_)) => break End::Client,
                             Err(_) => break End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into()),
@@ -324,15 +351,15 @@ impl Session {
             return Ok(());
         }
         self.edge.metrics.cache_requests.with_label_values(&["replay", "miss"]).inc();
+        // Who got what depends on membership *after* each event, so the whole gap is read
+        // before any of it is filtered; a client further behind than that boots afresh.
+        let mut missed: Vec<FeedItem> = Vec::new();
         let mut pos = after.clone();
         loop {
             let call = Call::Events { workspace: self.principal.workspace.clone(), after: pos.clone(), limit: 1000 };
-            let answer = self.edge.upstream.call(call).await;
-            let (items, next, more) = match answer {
+            let (items, next, more) = match self.edge.upstream.call(call).await {
                 Ok(Answer::Events { resync: true, .. }) => {
-                    let r = ServerFrame::Resync { reason: "the resume cursor is older than the feed keeps".into() };
-                    let _ = writer.write(encode(&r, format)).await;
-                    return Err(End::Close(close::RESYNC, "resync".into()));
+                    return Err(self.resync(writer, "the resume cursor is older than the feed keeps").await);
                 }
                 Ok(Answer::Events { items, next, more, .. }) => (items, next, more),
                 Ok(_) | Err(_) => {
@@ -345,23 +372,30 @@ impl Session {
                     return Err(End::Close(close::UNAVAILABLE, "resume failed".into()));
                 }
             };
-            let visible: Vec<_> = {
-                let inner = self.live.lock();
-                items
-                    .into_iter()
-                    .filter(|i| {
-                        i.cursor > *after && i.cursor <= *upto && inner.state.can_see(&self.principal.user, &i.event)
-                    })
-                    .collect()
-            };
-            for item in visible {
-                writer.write(event_wire(&item.cursor, &item.event, format)).await.map_err(|_| End::Client)?;
+            missed.extend(items.into_iter().filter(|i| i.cursor > *after && i.cursor <= *upto));
+            if missed.len() > MAX_ORIGIN_REPLAY {
+                return Err(self.resync(writer, "too many events were missed to replay; boot again").await);
             }
             if !more || next >= *upto || next <= pos {
-                return Ok(());
+                break;
             }
             pos = next;
         }
+        let keep = {
+            let events: Vec<&Event> = missed.iter().map(|i| &i.event).collect();
+            self.live.lock().state.delivered_to(&self.principal.user, &events, upto)
+        };
+        for (item, _) in missed.iter().zip(keep).filter(|(_, keep)| *keep) {
+            writer.write(event_wire(&item.cursor, &item.event, format)).await.map_err(|_| End::Client)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the client to boot again and ends the session.
+    async fn resync<W: FrameWriter>(&self, writer: &mut W, reason: &str) -> End {
+        let r = ServerFrame::Resync { reason: reason.into() };
+        let _ = writer.write(encode(&r, self.opening.format)).await;
+        End::Close(close::RESYNC, "resync".into())
     }
 
     /// Handles one client frame; requests run in their own tasks, bounded by `permits`.
@@ -473,31 +507,26 @@ impl Request {
         }
     }
 
+    /// `history` and `thread` pages the cache cannot answer. `next` follows the cache's rule:
+    /// the seq to continue from, as `before` when reading back and as `after` when reading on.
     async fn ask_origin(&self, query: Query) -> ServerFrame {
         let id = query.id.clone();
-        let (Some(channel), QueryKind::History) = (query.channel.clone(), query.q) else {
-            return ServerFrame::error(
-                Some(id),
-                ErrorCode::BadRequest,
-                "thread queries are not supported by this edge yet",
-            );
-        };
-        let call = Call::History {
-            workspace: self.principal.workspace.clone(),
-            user: self.principal.user.clone(),
-            channel,
-            before: query.before,
-            after: query.after,
-            limit: query.limit.unwrap_or(50),
+        let workspace = self.principal.workspace.clone();
+        let user = self.principal.user.clone();
+        let limit = query.limit.map_or(DEFAULT_HISTORY_LIMIT as u32, |l| l.min(MAX_QUERY_LIMIT as u32));
+        let (before, after) = (query.before, query.after);
+        let call = match (query.q, query.channel, query.root) {
+            (QueryKind::History, Some(channel), _) => Call::History { workspace, user, channel, before, after, limit },
+            (QueryKind::Thread, Some(channel), Some(root)) => {
+                Call::Thread { workspace, user, channel, root, before, after, limit }
+            }
+            _ => return ServerFrame::error(Some(id), ErrorCode::Internal, "this query cannot be asked of the origin"),
         };
         match self.edge.upstream.call(call).await {
             Ok(Answer::Messages { messages, has_more }) => {
                 let next = if has_more {
-                    match (query.after, messages.first(), messages.last()) {
-                        (Some(_), _, Some(last)) => Some(format!("after:{}", last.seq)),
-                        (None, Some(first), _) => Some(format!("before:{}", first.seq)),
-                        _ => None,
-                    }
+                    let edge = if after.is_some() { messages.last() } else { messages.first() };
+                    edge.map(|m| m.seq.to_string())
                 } else {
                     None
                 };

@@ -101,13 +101,24 @@ struct WsWriter {
     sink: SplitSink<WebSocket, Message>,
 }
 
+fn message(wire: Wire) -> Message {
+    match wire {
+        Wire::Text(t) => Message::Text(t),
+        Wire::Binary(b) => Message::Binary(b),
+    }
+}
+
 impl FrameWriter for WsWriter {
     async fn write(&mut self, wire: Wire) -> std::io::Result<()> {
-        let message = match wire {
-            Wire::Text(t) => Message::Text(t),
-            Wire::Binary(b) => Message::Binary(b),
-        };
-        self.sink.send(message).await.map_err(std::io::Error::other)
+        self.sink.send(message(wire)).await.map_err(std::io::Error::other)
+    }
+
+    async fn feed(&mut self, wire: Wire) -> std::io::Result<()> {
+        self.sink.feed(message(wire)).await.map_err(std::io::Error::other)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        self.sink.flush().await.map_err(std::io::Error::other)
     }
 
     async fn ping(&mut self) -> std::io::Result<()> {

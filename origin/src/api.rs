@@ -50,6 +50,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/channels/{id}/members", get(list_members).post(add_member))
         .route("/v1/channels/{id}/members/{user}", delete(remove_member))
         .route("/v1/channels/{id}/messages", get(history_page).post(post_message))
+        .route("/v1/channels/{id}/messages/{seq}/thread", get(thread_page))
         .route("/v1/dms", post(open_dm))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
@@ -411,6 +412,17 @@ async fn history_page(
 ) -> Result<Json<history::Page>> {
     let bounds = history::Bounds { before: q.before, after: q.after, limit: q.limit.unwrap_or(100) };
     Ok(Json(history::page(&origin.store, &caller, &channel_id(&id)?, bounds).await?))
+}
+
+/// `GET /v1/channels/{id}/messages/{seq}/thread`: a page of a thread's replies.
+async fn thread_page(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, root)): Path<(String, Seq)>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<history::Page>> {
+    let bounds = history::Bounds { before: q.before, after: q.after, limit: q.limit.unwrap_or(100) };
+    Ok(Json(history::thread(&origin.store, &caller, &channel_id(&id)?, root, bounds).await?))
 }
 
 #[derive(Deserialize)]

@@ -669,6 +669,12 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
             let page = history::page(&origin.store, &caller, &channel, bounds).await?;
             Ok(Answer::Messages { messages: page.messages, has_more: page.has_more })
         }
+        Call::Thread { workspace, user, channel, root, before, after, limit } => {
+            let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
+            let bounds = history::Bounds { before, after, limit: limit as usize };
+            let page = history::thread(&origin.store, &caller, &channel, root, bounds).await?;
+            Ok(Answer::Messages { messages: page.messages, has_more: page.has_more })
+        }
         Call::Events { workspace, after, limit } => events(&origin.feed, &workspace, &after, limit).await,
     }
 }

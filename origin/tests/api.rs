@@ -492,6 +492,65 @@ async fn history_pages_in_both_directions() {
 }
 
 #[tokio::test]
+async fn threads_page_their_replies_and_guard_their_roots() {
+    let o = TestOrigin::start().await;
+    let (admin, general) = o.workspace("acme").await;
+    let (other_ws_admin, _) = o.workspace("globex").await;
+    let (_, outsider) = o.user(&admin, "olga").await;
+    let secret = o.channel(&admin, "secret", true).await;
+    let reply = |root: u64, i: u32| json!({ "text": format!("reply {i}"), "client_msg_id": format!("r{root}-{i}"), "thread_root": root });
+    // Seq 1 and 2 are roots; replies to 1 interleave with other messages of the channel.
+    o.send(&admin, &general, "root one", "root-1").await;
+    o.send(&admin, &general, "root two", "root-2").await;
+    let mut replies = Vec::new();
+    for i in 0..12 {
+        let root = if i % 3 == 2 { 2 } else { 1 };
+        let (s, v) = o.post(&format!("/v1/channels/{general}/messages"), &admin, reply(root, i)).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        if root == 1 {
+            replies.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(replies.len(), 8);
+    let thread = |q: &str| format!("/v1/channels/{general}/messages/1/thread{q}");
+
+    // The newest page, then back with `before`, then forward with `after`.
+    let (s, newest) = o.get(&thread("?limit=5"), &admin).await;
+    assert_eq!(s, StatusCode::OK, "{newest}");
+    assert_eq!(seqs(newest["messages"].as_array().unwrap()), replies[3..].to_vec());
+    assert_eq!(newest["has_more"], true);
+    assert!(newest["messages"].as_array().unwrap().iter().all(|m| m["thread_root"] == 1));
+    let (_, older) = o.get(&thread(&format!("?before={}&limit=5", replies[3])), &admin).await;
+    assert_eq!(seqs(older["messages"].as_array().unwrap()), replies[..3].to_vec());
+    assert_eq!(older["has_more"], false);
+    let (_, forward) = o.get(&thread(&format!("?after={}&limit=2", replies[1])), &admin).await;
+    assert_eq!(seqs(forward["messages"].as_array().unwrap()), replies[2..4].to_vec());
+    assert_eq!(forward["has_more"], true);
+    // A root without replies has an empty thread.
+    o.send(&admin, &general, "lonely root", "root-3").await;
+    let (s, empty) = o.get(&format!("/v1/channels/{general}/messages/15/thread"), &admin).await;
+    assert_eq!(s, StatusCode::OK, "{empty}");
+    assert_eq!(empty["messages"], json!([]));
+
+    // A reply is not a root; a missing seq is not found; bad limits are refused.
+    let (s, v) = o.get(&format!("/v1/channels/{general}/messages/{}/thread", replies[0]), &admin).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = o.get(&format!("/v1/channels/{general}/messages/999/thread"), &admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _) = o.get(&thread("?limit=0"), &admin).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A private channel's thread looks missing to a non-member; another workspace cannot see it.
+    o.send(&admin, &secret, "hidden root", "hidden-1").await;
+    let (s, v) = o.get(&format!("/v1/channels/{secret}/messages/1/thread"), &outsider).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, _) = o.get(&thread(""), &other_ws_admin).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = o.get(&format!("/v1/channels/{secret}/messages/1/thread"), &admin).await;
+    assert_eq!(s, StatusCode::OK);
+    o.stop().await;
+}
+
+#[tokio::test]
 async fn dms_are_one_per_set_of_people() {
     let o = TestOrigin::start().await;
     let (alice, _) = o.workspace("acme").await;

@@ -115,6 +115,26 @@ pub enum Call {
         /// At most this many (1..=1000).
         limit: u32,
     },
+    /// A page of the replies to a thread's root as `user` may see it (oldest first; paged
+    /// like [`Call::History`], the root itself not included).
+    Thread {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Whose view.
+        user: UserId,
+        /// The channel.
+        channel: ChannelId,
+        /// The root message's seq.
+        root: Seq,
+        /// Only reply seqs below this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<Seq>,
+        /// Only reply seqs above this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Seq>,
+        /// At most this many (1..=1000).
+        limit: u32,
+    },
     /// Events of one workspace after a cursor, for resuming a client whose cursor is older than
     /// the edge's own buffers. Internal events are included (the edge filters per user).
     Events {
@@ -135,6 +155,7 @@ impl Call {
             Call::Snapshot { .. } => "snapshot",
             Call::Send { .. } => "send",
             Call::History { .. } => "history",
+            Call::Thread { .. } => "thread",
             Call::Events { .. } => "events",
         }
     }
@@ -184,7 +205,7 @@ pub enum Answer {
         /// Whether this was a retry of an earlier send.
         duplicate: bool,
     },
-    /// For [`Call::History`].
+    /// For [`Call::History`] and [`Call::Thread`].
     Messages {
         /// Oldest first.
         messages: Vec<Message>,
