@@ -73,35 +73,22 @@ impl Default for CacheLimits {
     }
 }
 
-/// Who among the workspace's connected users should get an event.
+/// Who among the workspace's connected users should get an event, read against the state
+/// right after the event was applied. Naming the channel instead of listing its members keeps
+/// the cost of an event in a large channel in the sessions it reaches, not in its membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recipients {
     /// No client gets it (internal events, channels nobody is in).
     Nobody,
-    /// Exactly these users (each at most once).
-    Users(Vec<UserId>),
+    /// One user (their own joins and departures in channels the edge does not know, their read
+    /// markers).
+    User(UserId),
+    /// The channel's members.
+    Members(ChannelId),
+    /// The channel's members and one more user: the one who just left it.
+    MembersAnd(ChannelId, UserId),
     /// Every connected user of the workspace.
     Everyone,
-}
-
-impl Recipients {
-    /// `Users`, or `Nobody` when the list is empty.
-    fn users(users: Vec<UserId>) -> Recipients {
-        if users.is_empty() {
-            Recipients::Nobody
-        } else {
-            Recipients::Users(users)
-        }
-    }
-
-    /// Whether `user` is among the recipients.
-    pub fn includes(&self, user: &UserId) -> bool {
-        match self {
-            Recipients::Nobody => false,
-            Recipients::Users(users) => users.contains(user),
-            Recipients::Everyone => true,
-        }
-    }
 }
 
 /// What applying one feed item did, for fan-out.
@@ -333,7 +320,11 @@ impl ChannelEntry {
     }
 
     fn recipients(&self) -> Recipients {
-        Recipients::users(self.members.iter().cloned().collect())
+        if self.members.is_empty() {
+            Recipients::Nobody
+        } else {
+            Recipients::Members(self.channel.id.clone())
+        }
     }
 }
 
@@ -529,7 +520,7 @@ impl WorkspaceState {
                 self.push_personal(user, cursor, event);
                 if !self.channels.contains_key(channel) {
                     self.orphan(channel, cursor, 0);
-                    return Recipients::users(vec![user.clone()]);
+                    return Recipients::User(user.clone());
                 }
                 self.add_member(channel, user.clone());
                 let Some(entry) = self.channels.get_mut(channel) else { return Recipients::Nobody };
@@ -540,15 +531,11 @@ impl WorkspaceState {
                 self.push_personal(user, cursor, event);
                 let Some(entry) = self.channels.get_mut(channel) else {
                     self.orphan(channel, cursor, 0);
-                    return Recipients::users(vec![user.clone()]);
+                    return Recipients::User(user.clone());
                 };
-                let mut before: Vec<UserId> = entry.members.iter().cloned().collect();
-                if !entry.members.contains(user) {
-                    before.push(user.clone());
-                }
                 entry.events.push(cursor.clone(), event.clone(), per_channel).apply_to(&mut self.bytes);
                 self.remove_member(channel, user);
-                Recipients::users(before)
+                Recipients::MembersAnd(channel.clone(), user.clone())
             }
             Event::ChannelCreated { channel } | Event::ChannelUpdated { channel } => {
                 self.put_channel(channel.clone(), 0);
@@ -572,7 +559,7 @@ impl WorkspaceState {
             Event::ReadMarker { channel, user, seq } => {
                 self.move_read_marker(user.clone(), channel.clone(), *seq);
                 self.push_personal(user, cursor, event);
-                Recipients::users(vec![user.clone()])
+                Recipients::User(user.clone())
             }
             // Internal: the edge's token cache handles revocations; nothing to keep here.
             Event::TokenRevoked { .. } => Recipients::Nobody,
@@ -793,6 +780,17 @@ impl WorkspaceState {
             roll_back_membership(&mut member, user, event);
         }
         out
+    }
+
+    /// Whether `user` is among `recipients` (of the event applied last).
+    pub fn receives(&self, recipients: &Recipients, user: &UserId) -> bool {
+        match recipients {
+            Recipients::Nobody => false,
+            Recipients::User(u) => u == user,
+            Recipients::Members(channel) => self.is_member(channel, user),
+            Recipients::MembersAnd(channel, extra) => extra == user || self.is_member(channel, user),
+            Recipients::Everyone => true,
+        }
     }
 
     /// The boot payload for `user`, or `None` if they are unknown or deactivated.
@@ -1327,8 +1325,30 @@ mod tests {
         }
     }
 
-    fn recipients(s: &mut WorkspaceState, n: u64, event: Event) -> Recipients {
-        s.apply(&item(n, event)).map(|a| a.recipients).expect("applied")
+    /// Recipients spelled out, for comparing.
+    #[derive(Debug, PartialEq)]
+    enum Got {
+        Nobody,
+        Users(Vec<UserId>),
+        Everyone,
+    }
+
+    fn recipients(s: &mut WorkspaceState, n: u64, event: Event) -> Got {
+        let recipients = s.apply(&item(n, event)).map(|a| a.recipients).expect("applied");
+        let mut users: Vec<UserId> = match recipients {
+            Recipients::Nobody => return Got::Nobody,
+            Recipients::Everyone => return Got::Everyone,
+            Recipients::User(user) => vec![user],
+            Recipients::Members(c) => s.members(&c).into_iter().flatten().cloned().collect(),
+            Recipients::MembersAnd(c, user) => s.members(&c).into_iter().flatten().cloned().chain([user]).collect(),
+        };
+        users.sort();
+        users.dedup();
+        if users.is_empty() {
+            Got::Nobody
+        } else {
+            Got::Users(users)
+        }
     }
 
     fn ids<T: AsRef<str>>(items: &[T]) -> Vec<&str> {
@@ -1409,8 +1429,8 @@ mod tests {
     #[test]
     fn recipients_for_each_event_type() {
         let mut s = state();
-        let c1 = Recipients::Users(uids(&["U1", "U2", "U3"]));
-        let c2 = Recipients::Users(uids(&["U1", "U2"]));
+        let c1 = Got::Users(uids(&["U1", "U2", "U3"]));
+        let c2 = Got::Users(uids(&["U1", "U2"]));
         assert_eq!(recipients(&mut s, 101, Event::Message(msg("C1", 11, "U1"))), c1);
         let changed = Event::MessageChanged { channel: cid("C2"), seq: 1, message: msg("C2", 1, "U1") };
         assert_eq!(recipients(&mut s, 102, changed), c2);
@@ -1422,41 +1442,41 @@ mod tests {
         // Joins go to the members after the join (the joiner included), departures to those
         // before it (the leaver included).
         let joined = Event::MemberJoined { channel: cid("C3"), user: uid("U1") };
-        assert_eq!(recipients(&mut s, 106, joined), Recipients::Users(uids(&["U1", "U2"])));
+        assert_eq!(recipients(&mut s, 106, joined), Got::Users(uids(&["U1", "U2"])));
         let left = Event::MemberLeft { channel: cid("C1"), user: uid("U3") };
         assert_eq!(recipients(&mut s, 107, left), c1);
         // Channel records: public to everyone, private to members (none yet for a new one).
         let public = Event::ChannelCreated { channel: chan("C9", ChannelKind::Channel, false) };
-        assert_eq!(recipients(&mut s, 108, public), Recipients::Everyone);
+        assert_eq!(recipients(&mut s, 108, public), Got::Everyone);
         let private = Event::ChannelCreated { channel: chan("C8", ChannelKind::Channel, true) };
-        assert_eq!(recipients(&mut s, 109, private), Recipients::Nobody);
+        assert_eq!(recipients(&mut s, 109, private), Got::Nobody);
         assert!(!s.is_member(&cid("C8"), &uid("U1")), "the creator is not implicitly a member");
         let mut topic = chan("C2", ChannelKind::Channel, true);
         topic.topic = "plans".into();
         assert_eq!(recipients(&mut s, 110, Event::ChannelUpdated { channel: topic.clone() }), c2);
         assert_eq!(s.channel(&cid("C2")).map(|c| c.topic.as_str()), Some("plans"));
         let opened = Channel { private: false, ..topic };
-        assert_eq!(recipients(&mut s, 111, Event::ChannelUpdated { channel: opened }), Recipients::Everyone);
+        assert_eq!(recipients(&mut s, 111, Event::ChannelUpdated { channel: opened }), Got::Everyone);
         let dm = Event::ChannelUpdated { channel: chan("D1", ChannelKind::Dm, false) };
-        assert_eq!(recipients(&mut s, 112, dm), Recipients::Users(uids(&["U1", "U4"])), "DMs are never public");
+        assert_eq!(recipients(&mut s, 112, dm), Got::Users(uids(&["U1", "U4"])), "DMs are never public");
         let mut renamed = user("U3");
         renamed.name = "Three".into();
-        assert_eq!(recipients(&mut s, 113, Event::UserUpdated { user: renamed.clone() }), Recipients::Everyone);
+        assert_eq!(recipients(&mut s, 113, Event::UserUpdated { user: renamed.clone() }), Got::Everyone);
         assert_eq!(s.user(&uid("U3")), Some(&renamed));
         let marker = Event::ReadMarker { channel: cid("C1"), user: uid("U2"), seq: 11 };
-        assert_eq!(recipients(&mut s, 114, marker), Recipients::Users(uids(&["U2"])));
-        assert_eq!(recipients(&mut s, 115, Event::TokenRevoked { token_hash: "ab".into() }), Recipients::Nobody);
+        assert_eq!(recipients(&mut s, 114, marker), Got::Users(uids(&["U2"])));
+        assert_eq!(recipients(&mut s, 115, Event::TokenRevoked { token_hash: "ab".into() }), Got::Nobody);
         assert_eq!(s.cursor(), &cur(115), "a revocation advances the cursor");
-        assert_eq!(recipients(&mut s, 116, Event::Message(msg("C404", 1, "U1"))), Recipients::Nobody);
-        assert!(recipients(&mut s, 117, Event::ChannelCreated { channel: chan("C7", ChannelKind::Channel, false) })
-            .includes(&uid("U4")));
+        assert_eq!(recipients(&mut s, 116, Event::Message(msg("C404", 1, "U1"))), Got::Nobody);
+        let created = Event::ChannelCreated { channel: chan("C7", ChannelKind::Channel, false) };
+        assert_eq!(recipients(&mut s, 117, created), Got::Everyone);
 
         // Ephemeral: routed whatever their cursor, never moving it, never buffered.
         let typing = Event::Typing { channel: cid("D1"), user: uid("U1") };
-        assert_eq!(recipients(&mut s, 1, typing.clone()), Recipients::Users(uids(&["U1", "U4"])));
-        assert_eq!(recipients(&mut s, 500, typing), Recipients::Users(uids(&["U1", "U4"])));
+        assert_eq!(recipients(&mut s, 1, typing.clone()), Got::Users(uids(&["U1", "U4"])));
+        assert_eq!(recipients(&mut s, 500, typing), Got::Users(uids(&["U1", "U4"])));
         let presence = Event::PresenceChange { user: uid("U1"), presence: Presence::Away };
-        assert_eq!(recipients(&mut s, 501, presence), Recipients::Nobody);
+        assert_eq!(recipients(&mut s, 501, presence), Got::Nobody);
         assert_eq!(s.cursor(), &cur(117));
         let replay = s.replay_after(&uid("U4"), &cur(100)).expect("covered");
         assert!(replay.iter().all(|f| !f.event.is_ephemeral() && !f.event.is_internal()), "{replay:?}");
@@ -1467,8 +1487,8 @@ mod tests {
     fn removed_member_stops_being_a_recipient() {
         let mut s = state();
         let left = Event::MemberLeft { channel: cid("C2"), user: uid("U2") };
-        assert_eq!(recipients(&mut s, 101, left), Recipients::Users(uids(&["U1", "U2"])));
-        assert_eq!(recipients(&mut s, 102, Event::Message(msg("C2", 4, "U1"))), Recipients::Users(uids(&["U1"])));
+        assert_eq!(recipients(&mut s, 101, left), Got::Users(uids(&["U1", "U2"])));
+        assert_eq!(recipients(&mut s, 102, Event::Message(msg("C2", 4, "U1"))), Got::Users(uids(&["U1"])));
         assert!(!s.is_member(&cid("C2"), &uid("U2")));
         assert!(!s.can_see_channel(&uid("U2"), &cid("C2")));
         assert!(!s.channels_of(&uid("U2")).contains(&cid("C2")));
@@ -1476,10 +1496,10 @@ mod tests {
         assert!(!channel_ids(&boot.channels).contains(&"C2"));
         // Leaving twice still tells the leaver; the last member leaving leaves nobody.
         let again = Event::MemberLeft { channel: cid("C2"), user: uid("U2") };
-        assert_eq!(recipients(&mut s, 103, again), Recipients::Users(uids(&["U1", "U2"])));
+        assert_eq!(recipients(&mut s, 103, again), Got::Users(uids(&["U1", "U2"])));
         let last = Event::MemberLeft { channel: cid("C2"), user: uid("U1") };
-        assert_eq!(recipients(&mut s, 104, last), Recipients::Users(uids(&["U1"])));
-        assert_eq!(recipients(&mut s, 105, Event::Message(msg("C2", 5, "U1"))), Recipients::Nobody);
+        assert_eq!(recipients(&mut s, 104, last), Got::Users(uids(&["U1"])));
+        assert_eq!(recipients(&mut s, 105, Event::Message(msg("C2", 5, "U1"))), Got::Nobody);
         check_invariants(&s);
     }
 
@@ -1827,7 +1847,7 @@ mod tests {
     fn read_markers_only_move_forward() {
         let mut s = state();
         let marker = |seq| Event::ReadMarker { channel: cid("C1"), user: uid("U1"), seq };
-        assert_eq!(recipients(&mut s, 101, marker(5)), Recipients::Users(uids(&["U1"])));
+        assert_eq!(recipients(&mut s, 101, marker(5)), Got::Users(uids(&["U1"])));
         assert_eq!(s.read_seq(&uid("U1"), &cid("C1")), 7, "moving back is ignored");
         recipients(&mut s, 102, marker(9));
         assert_eq!(s.read_seq(&uid("U1"), &cid("C1")), 9);
@@ -1988,6 +2008,9 @@ mod tests {
         ]
     }
 
+    /// The users the property test follows (U9 is in no snapshot).
+    const WHO: [&str; 5] = ["U1", "U2", "U3", "U4", "U9"];
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -2010,7 +2033,7 @@ mod tests {
             let mut channels: Vec<ChannelId> = ["C1", "C2", "C3", "D1", "G1", "D2"].into_iter().map(cid).collect();
             let mut seq_of = HashMap::new();
             let mut fresh = 0;
-            let mut applied: Vec<(Cursor, Event, Recipients)> = Vec::new();
+            let mut applied: Vec<(Cursor, Event, Vec<UserId>)> = Vec::new();
             let mut history: HashMap<ChannelId, Vec<Message>> = HashMap::new();
             for (i, op) in ops.into_iter().enumerate() {
                 let event = event_for(&s, op, &channels, &mut seq_of, &mut fresh);
@@ -2034,19 +2057,20 @@ mod tests {
                 let typing = Event::Typing { channel: channels[i % channels.len()].clone(), user: uid("U1") };
                 let typing = FeedItem { cursor: cur(1), workspace: ws_id(), ts: 0, event: typing };
                 prop_assert!(s.apply(&typing).is_some());
-                applied.push((cursor, event, applied_now.recipients));
+                let got: Vec<UserId> = WHO.iter().map(|w| uid(w)).filter(|w| s.receives(&applied_now.recipients, w)).collect();
+                applied.push((cursor, event, got));
             }
             check_invariants(&s);
             let newest = applied.last().map_or(cur(100), |(c, _, _)| c.clone());
             prop_assert_eq!(s.cursor(), &newest);
 
-            for who in ["U1", "U2", "U3", "U4", "U9"] {
+            for who in WHO {
                 let who = uid(who);
                 for k in 0..=applied.len() {
                     let after = cur(100 + k as u64);
                     let expected: Vec<EventFrame> = applied[k..]
                         .iter()
-                        .filter(|(_, _, recipients)| recipients.includes(&who))
+                        .filter(|(_, _, got)| got.contains(&who))
                         .map(|(c, e, _)| EventFrame { event: e.clone(), cursor: c.clone() })
                         .collect();
                     match s.replay_after(&who, &after) {

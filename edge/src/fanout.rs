@@ -260,11 +260,7 @@ impl LiveInner {
             }
             return;
         }
-        let ids: Vec<u64> = match applied.recipients {
-            Recipients::Nobody => return,
-            Recipients::Everyone => self.sessions.keys().copied().collect(),
-            Recipients::Users(users) => users.iter().filter_map(|u| self.by_user.get(u)).flatten().copied().collect(),
-        };
+        let ids = self.sessions_of(&applied.recipients, None);
         if ids.is_empty() {
             return;
         }
@@ -277,27 +273,51 @@ impl LiveInner {
     /// is already ahead of it in each outbox, so a client may resume from it.
     pub fn relay(&mut self, event: Event, from: u64, metrics: &Metrics) {
         let Some(channel) = event.channel() else { return };
-        let ids: Vec<u64> = self
-            .by_user
-            .iter()
-            .filter(|(user, _)| self.state.is_member(channel, user))
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .filter(|id| *id != from)
-            .collect();
+        let ids = self.sessions_of(&Recipients::Members(channel.clone()), Some(from));
         let encoded = Arc::new(Encoded::new(self.state.cursor().clone(), event));
         self.deliver(&encoded, ids, true, metrics);
     }
 
+    /// The sessions of `recipients`, except `except`. A channel's members are matched against
+    /// the connected users from whichever side is smaller: a huge channel with few people online
+    /// costs the people online, a small one its members.
+    fn sessions_of(&self, recipients: &Recipients, except: Option<u64>) -> Vec<u64> {
+        let mut ids: Vec<u64> = Vec::new();
+        let mut add = |user_ids: &Vec<u64>| ids.extend(user_ids.iter().filter(|id| Some(**id) != except));
+        match recipients {
+            Recipients::Nobody => {}
+            Recipients::Everyone => self.by_user.values().for_each(&mut add),
+            Recipients::User(user) => self.by_user.get(user).into_iter().for_each(&mut add),
+            Recipients::Members(channel) | Recipients::MembersAnd(channel, _) => {
+                let members = self.state.members(channel);
+                let members_len = members.map_or(0, |m| m.len());
+                if members_len <= self.by_user.len() {
+                    members.into_iter().flatten().filter_map(|u| self.by_user.get(u)).for_each(&mut add);
+                } else if let Some(members) = members {
+                    self.by_user.iter().filter(|(u, _)| members.contains(*u)).for_each(|(_, user_ids)| add(user_ids));
+                }
+                if let Recipients::MembersAnd(channel, extra) = recipients {
+                    if !self.state.is_member(channel, extra) {
+                        self.by_user.get(extra).into_iter().for_each(&mut add);
+                    }
+                }
+            }
+        }
+        ids
+    }
+
     fn deliver(&mut self, encoded: &Arc<Encoded>, ids: Vec<u64>, ephemeral: bool, metrics: &Metrics) {
         let mut gone = Vec::new();
+        let mut delivered = 0;
         for id in ids {
             let Some(outbox) = self.sessions.get(&id) else { continue };
             if outbox.push(encoded.clone(), ephemeral, metrics) {
-                metrics.fanout_deliveries.inc();
+                delivered += 1;
             } else {
                 gone.push(id);
             }
         }
+        metrics.fanout_deliveries.inc_by(delivered);
         for id in gone {
             self.unregister(id);
         }
