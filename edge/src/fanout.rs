@@ -20,7 +20,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, OnceLock,
     },
     time::Duration,
@@ -218,6 +218,9 @@ impl Outbox {
 /// A loaded workspace and its connected sessions.
 pub struct Live {
     inner: Mutex<LiveInner>,
+    /// What the cache counts the workspace at: moka weighs an entry only when it goes in, and
+    /// the feed grows and shrinks the state after that (see [`Workspaces::sweep`]).
+    weighed: AtomicU32,
 }
 
 /// What [`Live`]'s lock guards.
@@ -226,6 +229,9 @@ pub struct LiveInner {
     pub state: WorkspaceState,
     sessions: HashMap<u64, Arc<Outbox>>,
     by_user: HashMap<UserId, Vec<u64>>,
+    /// Set when the edge stops feeding this copy (dropped from the registry, or reset): a
+    /// session must not register on it, and boots again from a fresh one.
+    retired: bool,
 }
 
 impl LiveInner {
@@ -233,6 +239,12 @@ impl LiveInner {
     pub fn register(&mut self, outbox: Arc<Outbox>) {
         self.by_user.entry(outbox.user.clone()).or_default().push(outbox.id);
         self.sessions.insert(outbox.id, outbox);
+    }
+
+    /// Whether the feed no longer reaches this copy of the workspace (see
+    /// [`Workspaces::get`]: get it again).
+    pub fn is_retired(&self) -> bool {
+        self.retired
     }
 
     /// Connected sessions.
@@ -338,7 +350,14 @@ impl Live {
     }
 
     fn weight(&self) -> u32 {
-        self.lock().state.weight()
+        self.lock().state.weight().max(1)
+    }
+
+    /// The weight, remembered as what the cache counts.
+    fn weigh(&self) -> u32 {
+        let weight = self.weight();
+        self.weighed.store(weight, Ordering::Relaxed);
+        weight
     }
 }
 
@@ -364,9 +383,12 @@ pub struct Workspaces {
 impl Workspaces {
     /// An empty set, loading through `upstream`, holding up to `max_bytes` of state.
     pub fn new(upstream: Arc<Upstream>, limits: CacheLimits, max_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+        // Least recently used goes first, as `cache.max_bytes` promises (moka's default would
+        // rather refuse a newcomer than drop an old workspace).
         let cache = moka::future::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_, live: &Arc<Live>| live.weight().max(1))
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .weigher(|_, live: &Arc<Live>| live.weigh())
             .build();
         Arc::new(Workspaces {
             registry: Mutex::new(HashMap::new()),
@@ -444,12 +466,13 @@ impl Workspaces {
             state: WorkspaceState::from_snapshot(snapshot, self.limits.clone()),
             sessions: HashMap::new(),
             by_user: HashMap::new(),
+            retired: false,
         };
         for item in &waiting {
             inner.apply(item, &self.metrics);
         }
         tracing::info!(ws.id = %id, cursor = %inner.state.cursor(), caught_up = waiting.len(), "workspace loaded");
-        let live = Arc::new(Live { inner: Mutex::new(inner) });
+        let live = Arc::new(Live { inner: Mutex::new(inner), weighed: AtomicU32::new(0) });
         registry.insert(id.clone(), Slot::Ready(live.clone()));
         live
     }
@@ -471,7 +494,9 @@ impl Workspaces {
         let slots: Vec<Slot> = self.registry().drain().map(|(_, slot)| slot).collect();
         for slot in slots {
             if let Slot::Ready(live) = slot {
-                for outbox in live.lock().sessions.values() {
+                let mut inner = live.lock();
+                inner.retired = true;
+                for outbox in inner.sessions.values() {
                     outbox.close(CloseReason::Resync);
                 }
             }
@@ -479,13 +504,37 @@ impl Workspaces {
         self.cache.invalidate_all();
     }
 
-    /// Drops workspaces that are neither cached nor used by a session.
+    /// Re-weighs cached workspaces whose state changed since the cache weighed them (so
+    /// `max_bytes` bounds what is held now, not what was loaded), then drops workspaces that
+    /// are neither cached nor used by a session.
     async fn sweep(&self) {
+        let changed: Vec<Arc<WorkspaceId>> = self
+            .cache
+            .iter()
+            .filter(|(_, live)| live.weight() != live.weighed.load(Ordering::Relaxed))
+            .map(|(id, _)| id)
+            .collect();
+        for id in changed {
+            // Put back only what is still cached: an update is weighed again, and evicts beyond
+            // the capacity like an insert.
+            let put_back = |entry: Option<moka::Entry<WorkspaceId, Arc<Live>>>| {
+                std::future::ready(match entry {
+                    Some(entry) => moka::ops::compute::Op::Put(entry.into_value()),
+                    None => moka::ops::compute::Op::Nop,
+                })
+            };
+            self.cache.entry_by_ref(id.as_ref()).and_compute_with(put_back).await;
+        }
         self.cache.run_pending_tasks().await;
         let mut registry = self.registry();
         registry.retain(|id, slot| match slot {
             Slot::Loading(_) => true,
-            Slot::Ready(live) => self.cache.contains_key(id) || live.lock().session_count() > 0,
+            Slot::Ready(live) => {
+                let mut inner = live.lock();
+                let keep = self.cache.contains_key(id) || inner.session_count() > 0;
+                inner.retired = !keep;
+                keep
+            }
         });
     }
 

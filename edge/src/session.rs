@@ -157,7 +157,26 @@ struct Booted {
 
 async fn boot(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
     let principal = edge.tokens.authenticate(&opening.token).await?;
-    let live = edge.workspaces.get(&principal.workspace).await.map_err(|e| (*e).clone())?;
+    // The copy fetched can be retired (dropped by the cache sweep, or by a reset) before the
+    // session registers under its lock; then the session boots from a fresh one.
+    for _ in 0..5 {
+        let live = edge.workspaces.get(&principal.workspace).await.map_err(|e| (*e).clone())?;
+        if let Some(booted) = boot_on(edge, opening, &principal, live)? {
+            return Ok(booted);
+        }
+        tokio::task::yield_now().await;
+    }
+    Err(LinkError { code: ErrorCode::Unavailable, message: "the workspace is being reloaded; retry".into() })
+}
+
+/// Boots on one copy of the workspace; `None` when that copy is retired.
+fn boot_on(
+    edge: &Edge,
+    opening: &Opening,
+    principal: &Principal,
+    live: Arc<Live>,
+) -> Result<Option<Booted>, LinkError> {
+    let principal = principal.clone();
     let id = edge.workspaces.session_id();
     let (outbox, outbox_rx) = crate::fanout::Outbox::new(
         id,
@@ -167,6 +186,9 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
         edge.config.sessions.outbound_queue,
     );
     let mut inner = live.lock();
+    if inner.is_retired() {
+        return Ok(None);
+    }
     let Some(boot) = inner.state.boot(&principal.user) else {
         return Err(LinkError { code: ErrorCode::Unauthorized, message: "the user is deactivated or unknown".into() });
     };
@@ -187,7 +209,7 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
         heartbeat_ms: edge.config.sessions.heartbeat_ms,
         resumed: opening.resume.is_some(),
     };
-    Ok(Booted { principal, live, outbox, outbox_rx, hello, replay })
+    Ok(Some(Booted { principal, live, outbox, outbox_rx, hello, replay }))
 }
 
 struct Session {
