@@ -405,3 +405,79 @@ async fn a_slow_client_is_shed_and_others_keep_up() {
     alice.ping().await.expect("alice is unaffected");
     drop(slow);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_and_old_history_queries_are_answered_by_the_origin_through_the_edge() {
+    let origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let (_, carol_token) = origin.user(&alice_token, "carol").await;
+    let (s, v) = origin.post("/v1/channels", &alice_token, json!({ "name": "secret", "private": true })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let secret: ChannelId = v["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let mut config = origin.edge_config("edge-a");
+    // A small buffer, so that the oldest history pages must come from the origin.
+    config.cache.recent_events_per_channel = 4;
+    let (edge, _s) = start_edge_with(config).await;
+    let alice = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    let carol = Client::connect(options(&edge, &Transport::WsMsgpack, &carol_token)).await.unwrap();
+    let root = alice.send(&general, "root", "root", None).await.unwrap().seq;
+    let mut replies = Vec::new();
+    for i in 0..6 {
+        replies.push(alice.send(&general, &format!("reply {i}"), &format!("reply-{i}"), Some(root)).await.unwrap().seq);
+        alice.send(&general, &format!("chatter {i}"), &format!("chatter-{i}"), None).await.unwrap();
+    }
+    let thread = |root, limit, before| Query {
+        channel: Some(general.clone()),
+        root: Some(root),
+        limit: Some(limit),
+        before,
+        ..Query::new("t", QueryKind::Thread)
+    };
+    let seqs = |r: &selvage_shared::QueryResult| r.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let thread_calls = origin.link_calls_of("thread").await;
+
+    // The newest replies, then back from the page's first seq; chatter is not in the thread.
+    let newest = alice.query(thread(root, 4, None)).await.unwrap();
+    assert_eq!(seqs(&newest), replies[2..]);
+    assert!(newest.messages.iter().all(|m| m.thread_root == Some(root)));
+    let next: u64 = newest.next.as_deref().expect("more replies").parse().unwrap();
+    let older = carol.query(thread(root, 4, Some(next))).await.unwrap();
+    assert_eq!(seqs(&older), replies[..2]);
+    assert_eq!(older.next, None);
+    assert_eq!(origin.link_calls_of("thread").await, thread_calls + 2, "the edge keeps no thread index");
+
+    // A reply is not a root; a missing root is not found; a private channel's thread is
+    // invisible to a non-member, refused by the edge without asking the origin.
+    let refused = |r: Result<_, selvage_loadtest::client::ClientError>| match r {
+        Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(refused(alice.query(thread(replies[0], 10, None)).await), ErrorCode::BadRequest);
+    assert_eq!(refused(alice.query(thread(999, 10, None)).await), ErrorCode::NotFound);
+    let calls = origin.link_calls_of("thread").await;
+    let hidden = Query { channel: Some(secret.clone()), ..thread(1, 10, None) };
+    assert_eq!(refused(carol.query(hidden).await), ErrorCode::NotFound);
+    assert_eq!(origin.link_calls_of("thread").await, calls);
+
+    // History older than the edge's buffer pages forward through the origin with the same
+    // `next` rule as the cache: the seq to continue after.
+    let history_calls = origin.link_calls_of("history").await;
+    let mut after = 0;
+    let mut all = Vec::new();
+    loop {
+        let page = Query {
+            channel: Some(general.clone()),
+            after: Some(after),
+            limit: Some(5),
+            ..Query::new("h", QueryKind::History)
+        };
+        let page = carol.query(page).await.unwrap();
+        all.extend(seqs(&page));
+        match page.next {
+            Some(next) => after = next.parse().unwrap(),
+            None => break,
+        }
+    }
+    assert_eq!(all, (1..=13).collect::<Vec<u64>>());
+    assert!(origin.link_calls_of("history").await > history_calls, "old pages came from the origin");
+}
