@@ -56,6 +56,34 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// Raises the soft limit on open files to the hard limit: an edge holds one descriptor per
+/// client connection, and the load tester one per simulated client, so the usual soft limit of
+/// 1,024 would cap them long before memory does. Never fails: without it the process runs
+/// with the limit it was given.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit only writes the struct passed by pointer, which outlives the call.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot read the open-file limit");
+            return;
+        }
+        if limit.rlim_cur >= limit.rlim_max {
+            tracing::debug!(open_files = limit.rlim_cur, "open-file limit already at its hard limit");
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct passed by pointer, which outlives the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(open_files = raised.rlim_cur, "raised the open-file limit to its hard limit");
+        } else {
+            let error = std::io::Error::last_os_error();
+            tracing::debug!(%error, open_files = limit.rlim_cur, "cannot raise the open-file limit");
+        }
+    }
+}
+
 /// A token cancelled on Ctrl-C or SIGTERM: the one shutdown root of the process.
 fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
@@ -92,6 +120,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Origin(args) => {
             init_tracing();
+            raise_fd_limit();
             let config = config::load_origin(args.config.as_deref(), &args.flags)?;
             let shutdown = shutdown_on_signals();
             let running = selvage_origin::start(config, shutdown).await?;
@@ -112,6 +141,7 @@ async fn main() -> Result<()> {
         }
         Command::Edge(args) => {
             init_tracing();
+            raise_fd_limit();
             let config = config::load_edge(args.config.as_deref(), &args.flags)?;
             let grace = std::time::Duration::from_millis(config.sessions.drain_grace_ms);
             let signals = shutdown_on_signals();
@@ -133,11 +163,13 @@ async fn main() -> Result<()> {
         }
         Command::Dev(args) => {
             init_tracing();
+            raise_fd_limit();
             dev::run(args, shutdown_on_signals()).await
         }
         Command::Admin(args) => admin::run(args).await,
         Command::Loadtest(args) => {
             init_tracing();
+            raise_fd_limit();
             selvage_loadtest::run(args).await
         }
     }

@@ -1,14 +1,29 @@
 //! The Selvage load tester: drives a deployment, measures it, and checks what it promised.
 //!
-//! So far it has one scenario, [`sends`]: durable sends per second and ack latency against an
-//! origin, over HTTP or (to measure the sequencer and storage without HTTP) in process.
+//! Scenarios:
+//! - [`sends`]: durable sends per second and ack latency against an origin, over HTTP or (to
+//!   measure the sequencer and storage without HTTP) in process;
+//! - [`hello`]: warm boot latency and `hello` size at an edge, against a full-snapshot boot;
+//! - [`fanout`]: deliveries per second through one edge, their latency, and a check that every
+//!   subscriber got every message once and in order;
+//! - [`idle`]: edge memory per idle session;
+//! - [`wan`]: not a scenario but a proxy adding delay, jitter and loss, for trying a far edge.
 //!
 //! [`client`] is the client SDK of the edge protocol (WebSocket and QUIC) that scenarios and the
-//! end-to-end tests of the other crates connect with.
+//! end-to-end tests of the other crates connect with; [`lean`] is the bare WebSocket client the
+//! edge scenarios hold many sessions with. [`deployment`] starts or finds the system under test,
+//! [`seed`] fills it through the origin's HTTP API, [`report`] summarises.
 
 pub mod client;
+pub mod deployment;
+pub mod fanout;
+pub mod hello;
+pub mod idle;
+pub mod lean;
 pub mod report;
+pub mod seed;
 pub mod sends;
+pub mod wan;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -24,11 +39,26 @@ pub struct LoadtestArgs {
 enum LoadtestCommand {
     /// Durable sends: throughput (closed loop) or ack latency at a fixed rate (open loop).
     Sends(sends::SendsArgs),
+    /// Warm `hello` latency and payload size at an edge for a user in many channels of a large
+    /// workspace, against a full-snapshot boot of the same workspace.
+    Hello(hello::HelloArgs),
+    /// Fan-out through one edge: deliveries per second and their latency, closed loop or at a
+    /// fixed rate, checking every subscriber got every message once and in order.
+    Fanout(fanout::FanoutArgs),
+    /// Edge memory per idle WebSocket session (against an edge in its own process).
+    Idle(idle::IdleArgs),
+    /// WAN emulation: a proxy adding delay, jitter and loss between two addresses, for TCP and
+    /// UDP (QUIC), so an edge far from its origin can be tried on one machine.
+    WanProxy(wan::WanArgs),
 }
 
 /// Runs the chosen load test and prints its report.
 pub async fn run(args: LoadtestArgs) -> Result<()> {
     match args.command {
         LoadtestCommand::Sends(a) => sends::run(a).await,
+        LoadtestCommand::Hello(a) => hello::run(a).await,
+        LoadtestCommand::Fanout(a) => fanout::run(a).await,
+        LoadtestCommand::Idle(a) => idle::run(a).await,
+        LoadtestCommand::WanProxy(a) => wan::run(a).await,
     }
 }

@@ -150,6 +150,13 @@ impl Metrics {
             #[allow(clippy::expect_used)]
             m.registry.register(c).expect("metric names are unique");
         }
+        // The process's own resident memory, CPU time and open descriptors (the benchmarks in
+        // docs/BENCHMARKS.md read them). Several nodes in one process each report the same
+        // process, which is right: it is the process they share.
+        #[cfg(target_os = "linux")]
+        if let Err(e) = m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+            tracing::warn!(error = %e, "cannot register the process metrics");
+        }
         // Show every link call and stream kind from the start, at 0: "no calls" is then a line
         // that reads 0, not a missing series.
         for call in ["authenticate", "snapshot", "send", "history", "events", "invalid"] {

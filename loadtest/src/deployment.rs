@@ -1,0 +1,322 @@
+//! Where the edge scenarios (`hello`, `fanout`) find the system under test: an origin and an
+//! edge started inside this process, or a running deployment given by URLs. Also reads what
+//! those processes say about themselves on `/metrics`.
+//!
+//! In process, the origin runs on the embedded store in a temporary directory with its QUIC link
+//! on, and the edge links to it exactly as `selvage dev` wires them (shared edge key, the link
+//! certificate pinned by fingerprint). Client QUIC is off: the scenarios speak WebSocket.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use selvage_edge::EdgeConfig;
+use selvage_origin::OriginConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::seed::Api;
+
+/// How long the in-process edge may take to link to the in-process origin.
+const LINK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where to run a scenario.
+#[derive(Args, Clone, Debug)]
+pub struct DeploymentArgs {
+    /// Start an origin (embedded store, fsync on, in a temporary directory) and an edge linked
+    /// to it inside this process. Simple, but the load generator then shares the process (and
+    /// its CPU figures) with both.
+    #[arg(long, conflicts_with_all = ["origin", "edge"])]
+    pub in_process: bool,
+    /// Base URL of a running origin's HTTP API, e.g. http://127.0.0.1:7700 (seeding goes there).
+    #[arg(long, requires = "edge")]
+    pub origin: Option<String>,
+    /// A running edge linked to that origin: its HTTP/WebSocket address, e.g.
+    /// http://127.0.0.1:7800 or ws://127.0.0.1:7800 (clients connect to /v1/connect there).
+    #[arg(long, requires = "origin")]
+    pub edge: Option<String>,
+    /// The origin's operator key, to create the test workspace (`selvage dev` prints one).
+    #[arg(long, env = "SELVAGE_OPERATOR_KEY", hide_env_values = true)]
+    pub operator_key: Option<String>,
+    /// HTTP requests in flight at once while seeding the workspace.
+    #[arg(long, default_value_t = 64)]
+    pub seed_concurrency: usize,
+}
+
+/// An origin and an edge running inside this process.
+struct InProcess {
+    origin: selvage_origin::Running,
+    edge: selvage_edge::Running,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+/// The system under test.
+pub struct Deployment {
+    /// The origin's HTTP API, for seeding.
+    pub api: Api,
+    /// The key that creates workspaces.
+    pub operator_key: String,
+    /// `host:port` of the edge's HTTP listener (`/v1/connect`, `/metrics`).
+    pub edge_addr: String,
+    in_process: Option<InProcess>,
+    http: reqwest::Client,
+}
+
+impl Deployment {
+    /// Starts the in-process pair, or checks that the given URLs are complete.
+    pub async fn start(args: &DeploymentArgs) -> Result<Deployment> {
+        let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+        if args.seed_concurrency == 0 {
+            bail!("--seed-concurrency must be at least 1");
+        }
+        if args.in_process {
+            return Deployment::in_process(http, args.seed_concurrency).await;
+        }
+        let (Some(origin), Some(edge)) = (&args.origin, &args.edge) else {
+            bail!("give --in-process, or --origin URL and --edge URL of a running deployment");
+        };
+        let operator_key = args
+            .operator_key
+            .clone()
+            .context("--operator-key (or SELVAGE_OPERATOR_KEY) is needed to create the test workspace")?;
+        let api = Api::new(http.clone(), origin, args.seed_concurrency);
+        Ok(Deployment { api, operator_key, edge_addr: host_port(edge)?, in_process: None, http })
+    }
+
+    async fn in_process(http: reqwest::Client, seed_concurrency: usize) -> Result<Deployment> {
+        let dir = tempfile::tempdir()?;
+        let shutdown = CancellationToken::new();
+        let operator_key = selvage_origin::ids::new_token();
+        let edge_key = selvage_origin::ids::new_token();
+        let mut config = OriginConfig {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: dir.path().to_path_buf(),
+            operator_key: Some(operator_key.clone()),
+            ..OriginConfig::default()
+        };
+        config.link.listen = "127.0.0.1:0".parse()?;
+        config.link.edge_key = Some(edge_key.clone());
+        let origin = selvage_origin::start(config, shutdown.clone()).await?;
+        let (Some(link), Some(fingerprint)) = (origin.link_addr, origin.link_fingerprint.clone()) else {
+            bail!("the in-process origin's link did not start");
+        };
+        let mut edge_config = EdgeConfig {
+            edge_id: "loadtest-edge".into(),
+            listen: "127.0.0.1:0".parse()?,
+            quic_listen: None,
+            ..EdgeConfig::default()
+        };
+        edge_config.origin.link = link.to_string();
+        edge_config.origin.fingerprint = Some(fingerprint);
+        edge_config.origin.edge_key = edge_key;
+        let edge = selvage_edge::start(edge_config, shutdown.clone()).await?;
+        let deadline = Instant::now() + LINK_TIMEOUT;
+        while !edge.edge.is_ready() {
+            if Instant::now() > deadline {
+                shutdown.cancel();
+                bail!("the in-process edge did not link to the in-process origin within {LINK_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let api = Api::new(http.clone(), &format!("http://{}", origin.addr), seed_concurrency);
+        let edge_addr = edge.addr.to_string();
+        Ok(Deployment {
+            api,
+            operator_key,
+            edge_addr,
+            in_process: Some(InProcess { origin, edge, shutdown, _dir: dir }),
+            http,
+        })
+    }
+
+    /// `in-process` or `remote`, for reports.
+    pub fn target_name(&self) -> &'static str {
+        if self.in_process.is_some() {
+            "in-process"
+        } else {
+            "remote"
+        }
+    }
+
+    /// Whether the origin and edge run inside this process.
+    pub fn is_in_process(&self) -> bool {
+        self.in_process.is_some()
+    }
+
+    /// The in-process origin, to read what only the origin can say (its workspace snapshot).
+    pub fn local_origin(&self) -> Option<&std::sync::Arc<selvage_origin::Origin>> {
+        self.in_process.as_ref().map(|p| &p.origin.origin)
+    }
+
+    /// The edge's `/metrics`.
+    pub async fn edge_metrics(&self) -> Result<Scrape> {
+        scrape(&self.http, &format!("http://{}/metrics", self.edge_addr)).await
+    }
+
+    /// The origin's `/metrics`.
+    pub async fn origin_metrics(&self) -> Result<Scrape> {
+        scrape(&self.http, &format!("{}/metrics", self.api.base())).await
+    }
+
+    /// Stops the in-process pair (nothing to do for a remote deployment).
+    pub async fn stop(self) {
+        if let Some(p) = self.in_process {
+            p.shutdown.cancel();
+            p.edge.wait().await;
+            p.origin.wait().await;
+        }
+    }
+}
+
+/// `host:port` of a URL like `http://h:p`, `ws://h:p/…` or a bare `h:p`.
+pub fn host_port(url: &str) -> Result<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host_port = rest.split('/').next().unwrap_or_default();
+    if host_port.is_empty() || !host_port.contains(':') {
+        bail!("{url:?} does not name a host and port, e.g. http://127.0.0.1:7800");
+    }
+    Ok(host_port.to_string())
+}
+
+/// Fetches a Prometheus text exposition.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Result<Scrape> {
+    let response = http.get(url).send().await.with_context(|| format!("cannot reach {url}"))?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
+    Ok(Scrape(response.text().await?))
+}
+
+/// One reading of a `/metrics` page.
+#[derive(Clone, Debug, Default)]
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// The samples of metric `name` (any labels) as (labels, value); labels are the text
+    /// between the braces, empty when there are none.
+    fn samples<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+        self.0.lines().filter(|l| !l.starts_with('#')).filter_map(move |line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = if let Some(after) = rest.strip_prefix('{') {
+                let (labels, value) = after.split_once('}')?;
+                (labels, value)
+            } else if rest.starts_with(' ') {
+                ("", rest)
+            } else {
+                return None; // a longer name with this prefix
+            };
+            Some((labels, value.trim().split(' ').next()?.parse().ok()?))
+        })
+    }
+
+    /// The sum of every sample of metric `name`, or `None` when it has none.
+    pub fn sum(&self, name: &str) -> Option<f64> {
+        let mut samples = self.samples(name).peekable();
+        samples.peek()?;
+        Some(samples.map(|(_, v)| v).sum())
+    }
+
+    /// A histogram's cumulative buckets as (upper bound in its unit, count), in order.
+    pub fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        let bucket = format!("{name}_bucket");
+        let mut out: Vec<(f64, f64)> = self
+            .samples(&bucket)
+            .filter_map(|(labels, count)| {
+                let le = labels.split(',').find_map(|l| l.trim().strip_prefix("le="))?.trim_matches('"');
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, count))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    }
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` of the observations made
+/// between two scrapes (`None` when there were none): a histogram only knows its buckets, so
+/// this is "at most" the value.
+pub fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let old = before.iter().find(|(b, _)| b == le).map_or(0.0, |(_, n)| *n);
+            (*le, n - old)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta.iter().find(|(_, n)| *n >= q * total).map(|(le, _)| *le)
+}
+
+/// CPU seconds (user + system) this process has used so far.
+pub fn own_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given, which lives for the call; a zeroed rusage
+    // is a valid value of the type whatever happens.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "\
+# HELP selvage_edge_connections Open client connections by transport
+# TYPE selvage_edge_connections gauge
+selvage_edge_connections{transport=\"quic\"} 2
+selvage_edge_connections{transport=\"ws\"} 40
+selvage_edge_connections_total 7
+process_resident_memory_bytes 1.2345e7
+selvage_edge_boot_seconds_bucket{le=\"0.001\"} 3
+selvage_edge_boot_seconds_bucket{le=\"0.002\"} 9
+selvage_edge_boot_seconds_bucket{le=\"+Inf\"} 10
+selvage_edge_boot_seconds_sum 0.01
+selvage_edge_boot_seconds_count 10
+";
+
+    #[test]
+    fn samples_are_summed_by_exact_name() {
+        let s = Scrape(PAGE.into());
+        assert_eq!(s.sum("selvage_edge_connections"), Some(42.0));
+        assert_eq!(s.sum("process_resident_memory_bytes"), Some(12_345_000.0));
+        assert_eq!(s.sum("selvage_edge_boot_seconds_count"), Some(10.0));
+        assert_eq!(s.sum("missing"), None);
+    }
+
+    #[test]
+    fn bucket_quantiles_use_the_difference_of_two_scrapes() {
+        let after = Scrape(PAGE.into()).buckets("selvage_edge_boot_seconds");
+        assert_eq!(after, vec![(0.001, 3.0), (0.002, 9.0), (f64::INFINITY, 10.0)]);
+        let before = vec![(0.001, 3.0), (0.002, 3.0), (f64::INFINITY, 3.0)];
+        // 7 new observations: none under 1 ms, 6 under 2 ms, 1 above.
+        assert_eq!(bucket_quantile(&before, &after, 0.5), Some(0.002));
+        assert_eq!(bucket_quantile(&before, &after, 0.99), Some(f64::INFINITY));
+        assert_eq!(bucket_quantile(&after, &after, 0.5), None);
+    }
+
+    #[test]
+    fn host_ports_come_out_of_urls() {
+        assert_eq!(host_port("http://127.0.0.1:7800").unwrap(), "127.0.0.1:7800");
+        assert_eq!(host_port("ws://edge:80/v1/connect?x").unwrap(), "edge:80");
+        assert_eq!(host_port("127.0.0.1:1").unwrap(), "127.0.0.1:1");
+        assert!(host_port("http://nohost").is_err());
+    }
+
+    #[test]
+    fn own_cpu_time_moves_forward() {
+        let before = own_cpu_seconds();
+        let mut x = 0u64;
+        for i in 0..10_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(own_cpu_seconds() >= before);
+    }
+}

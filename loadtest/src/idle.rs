@@ -1,0 +1,299 @@
+//! The `idle` scenario: how much edge memory an idle WebSocket session costs, and how many one
+//! edge holds (DESIGN §6 target: ≥ 100,000 sessions, ≤ 4 KiB of edge memory each).
+//!
+//! Against a running edge in its own process (in process, the clients' memory would be counted
+//! too), it seeds a workspace with `--users` users, opens one session per user to load the
+//! workspace and their tokens into the edge, and reads the edge's `process_resident_memory_bytes`
+//! and `selvage_edge_connections` from its `/metrics`. Then it opens `--sessions` more sessions
+//! (lean clients: boot, then only answer the edge's pings), their TCP sockets bound to source
+//! addresses 127.0.0.1 … 127.0.0.K (`--source-ips K`) so that more than one address's ~28,000
+//! ephemeral ports are available, waits `--settle`, and reads the metrics again:
+//! bytes per session = ΔRSS ÷ sessions.
+//!
+//! Both processes need more open files than the usual 1,024: `selvage` raises its soft limit to
+//! the hard limit at start, so raise the hard limit (`ulimit -Hn`) before starting the edge and
+//! this test when asking for many sessions.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use futures::{stream, StreamExt};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::deployment::{host_port, scrape, Scrape};
+use crate::lean::{self, WireFormat, Ws};
+use crate::seed::{person_name, Api};
+use crate::sends::parse_duration;
+
+/// Edge memory one idle session may cost (DESIGN §6: 4 KiB).
+pub const TARGET_BYTES_PER_SESSION: f64 = 4096.0;
+
+/// Read buffer of an idle session: it only ever reads its `hello` and pings.
+const IDLE_READ_BUFFER: usize = 4096;
+
+/// Sessions one source address is given, well inside Linux's default ephemeral port range
+/// (32768–60999).
+const SESSIONS_PER_SOURCE_IP: usize = 25_000;
+
+/// `selvage loadtest idle` arguments.
+#[derive(Args, Clone, Debug)]
+pub struct IdleArgs {
+    /// Base URL of the origin's HTTP API, e.g. http://127.0.0.1:7700 (seeding goes there).
+    #[arg(long)]
+    pub origin: String,
+    /// The edge to measure, in its own process: its HTTP/WebSocket address, e.g.
+    /// http://127.0.0.1:7800 (`/v1/connect` and `/metrics` there).
+    #[arg(long)]
+    pub edge: String,
+    /// The origin's operator key, to create the test workspace.
+    #[arg(long, env = "SELVAGE_OPERATOR_KEY", hide_env_values = true)]
+    pub operator_key: String,
+    /// Idle sessions to open (and hold while measuring).
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    /// Users of the test workspace; sessions are spread over them.
+    #[arg(long, default_value_t = 10)]
+    pub users: usize,
+    /// Source addresses 127.0.0.1 … 127.0.0.K the sessions' sockets are bound to
+    /// [default: one per 25,000 sessions].
+    #[arg(long)]
+    pub source_ips: Option<u8>,
+    /// Sessions being opened at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Wire format of the sessions.
+    #[arg(long, value_enum, default_value = "msgpack")]
+    pub format: WireFormat,
+    /// How long to wait after the last session is open before reading the edge's memory.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// How long to keep the sessions open after measuring (to look at the edge by hand).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One reading of the edge.
+#[derive(Debug, Serialize)]
+pub struct EdgeReading {
+    /// `process_resident_memory_bytes`.
+    pub resident_bytes: f64,
+    /// `selvage_edge_connections`, all transports.
+    pub connections: f64,
+    /// `process_open_fds`.
+    pub open_fds: Option<f64>,
+}
+
+impl EdgeReading {
+    fn of(scrape: &Scrape) -> Result<EdgeReading> {
+        Ok(EdgeReading {
+            resident_bytes: scrape
+                .sum("process_resident_memory_bytes")
+                .context("the edge's /metrics has no process_resident_memory_bytes (an older selvage?)")?,
+            connections: scrape.sum("selvage_edge_connections").unwrap_or(0.0),
+            open_fds: scrape.sum("process_open_fds"),
+        })
+    }
+}
+
+/// What the scenario measured.
+#[derive(Debug, Serialize)]
+pub struct IdleReport {
+    /// Sessions opened and held.
+    pub sessions: usize,
+    /// Source addresses used.
+    pub source_ips: u8,
+    /// Seconds opening them took.
+    pub connect_seconds: f64,
+    /// The edge before (after the warm-up sessions).
+    pub before: EdgeReading,
+    /// The edge with every session open, after settling.
+    pub after: EdgeReading,
+    /// (after − before resident memory) ÷ sessions.
+    pub bytes_per_session: f64,
+}
+
+/// Runs the scenario and prints the report.
+pub async fn run(args: IdleArgs) -> Result<()> {
+    let report = measure(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+/// Seeds, warms up, opens the sessions, measures, and closes them.
+pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
+    if args.sessions == 0 || args.users == 0 || args.connect_concurrency == 0 {
+        bail!("--sessions, --users and --connect-concurrency must be at least 1");
+    }
+    let source_ips = match args.source_ips {
+        Some(0) => bail!("--source-ips must be at least 1"),
+        Some(k) => k,
+        None => u8::try_from(args.sessions.div_ceil(SESSIONS_PER_SOURCE_IP)).unwrap_or(u8::MAX),
+    };
+    if args.sessions > source_ips as usize * SESSIONS_PER_SOURCE_IP {
+        eprintln!(
+            "warning: {} sessions from {source_ips} source addresses may run out of ephemeral ports; raise --source-ips",
+            args.sessions
+        );
+    }
+    let http = reqwest::Client::new();
+    let api = Api::new(http.clone(), &args.origin, 32);
+    let edge = host_port(&args.edge)?;
+    let metrics_url = format!("http://{edge}/metrics");
+    let addr: SocketAddr =
+        tokio::net::lookup_host(&edge).await?.next().with_context(|| format!("{edge} does not resolve"))?;
+    let format = args.format.format();
+
+    let ws =
+        api.create_workspace(&args.operator_key, &format!("loadtest idle {}", std::process::id()), "admin").await?;
+    let people = (0..args.users).map(|i| (format!("u{i:05}"), person_name(i))).collect();
+    let users = api.create_users(&ws.admin, people).await?;
+    let tokens: Vec<String> = users.into_iter().map(|m| m.token).collect();
+
+    // Warm-up: the workspace and every token are cached at the edge before the first reading.
+    let stop = CancellationToken::new();
+    let mut warm = Vec::new();
+    for token in &tokens {
+        let ws = open(addr, None, token, format).await.context("a warm-up session failed")?;
+        warm.push(tokio::spawn(hold(ws, stop.clone())));
+    }
+    tokio::time::sleep(args.settle).await;
+    let before = EdgeReading::of(&scrape(&http, &metrics_url).await?)?;
+
+    eprintln!("opening {} idle sessions from {source_ips} source addresses ...", args.sessions);
+    let started = Instant::now();
+    let opened = Arc::new(AtomicU64::new(0));
+    let progress = progress(opened.clone(), args.sessions);
+    let results = stream::iter(0..args.sessions)
+        .map(|i| {
+            let token = &tokens[i % tokens.len()];
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % source_ips as usize) as u8));
+            let (opened, stop) = (opened.clone(), stop.clone());
+            async move {
+                let ws = open(addr, Some(source), token, format).await?;
+                opened.fetch_add(1, Ordering::Relaxed);
+                anyhow::Ok(tokio::spawn(hold(ws, stop)))
+            }
+        })
+        .buffer_unordered(args.connect_concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    progress.abort();
+    let connect_seconds = started.elapsed().as_secs_f64();
+    let mut held = Vec::with_capacity(results.len());
+    let mut failures = 0;
+    let mut first_failure = None;
+    for r in results {
+        match r {
+            Ok(task) => held.push(task),
+            Err(e) => {
+                failures += 1;
+                first_failure.get_or_insert(format!("{e:#}"));
+            }
+        }
+    }
+    if let Some(e) = first_failure {
+        stop.cancel();
+        bail!("{failures} of {} sessions failed to open; the first: {e}", args.sessions);
+    }
+    eprintln!(
+        "{} sessions open in {connect_seconds:.1} s; settling for {:.0} s ...",
+        held.len(),
+        args.settle.as_secs_f64()
+    );
+    tokio::time::sleep(args.settle).await;
+    let after = EdgeReading::of(&scrape(&http, &metrics_url).await?)?;
+    let lost = held.iter().filter(|t| t.is_finished()).count();
+    if lost > 0 {
+        stop.cancel();
+        bail!("{lost} sessions were closed by the edge while idle");
+    }
+    if !args.hold.is_zero() {
+        eprintln!("holding the sessions for {:.0} s ...", args.hold.as_secs_f64());
+        tokio::time::sleep(args.hold).await;
+    }
+    stop.cancel();
+    for task in held.into_iter().chain(warm) {
+        let _ = task.await;
+    }
+    Ok(IdleReport {
+        sessions: args.sessions,
+        source_ips,
+        connect_seconds,
+        bytes_per_session: (after.resident_bytes - before.resident_bytes) / args.sessions as f64,
+        before,
+        after,
+    })
+}
+
+/// Opens a session and reads its `hello`.
+async fn open(addr: SocketAddr, source: Option<IpAddr>, token: &str, format: selvage_shared::Format) -> Result<Ws> {
+    let mut ws = lean::dial(addr, source, token, format, lean::ws_config(IDLE_READ_BUFFER)).await?;
+    lean::expect_hello(&lean::next_data(&mut ws).await?, format)?;
+    Ok(ws)
+}
+
+/// Keeps a session open, reading (which answers the edge's pings), until `stop`; ends early
+/// if the edge closes it.
+async fn hold(mut ws: Ws, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            next = ws.next() => if !matches!(next, Some(Ok(_))) { return },
+        }
+    }
+    // Dropped rather than closed politely: a close handshake per session would take as long as
+    // opening them did.
+    drop(ws);
+}
+
+fn progress(opened: Arc<AtomicU64>, total: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let n = opened.load(Ordering::Relaxed);
+            eprintln!("  {n} of {total} open, {:.0}/s", n as f64 / start.elapsed().as_secs_f64());
+        }
+    })
+}
+
+fn print_report(r: &IdleReport) {
+    let mib = |b: f64| b / (1024.0 * 1024.0);
+    println!(
+        "selvage loadtest idle — {} idle WebSocket sessions on one edge ({} source addresses)",
+        r.sessions, r.source_ips
+    );
+    println!("  opened in          {:.1} s ({:.0}/s)", r.connect_seconds, r.sessions as f64 / r.connect_seconds);
+    println!(
+        "  edge connections   {:.0} before, {:.0} after (open fds {} → {})",
+        r.before.connections,
+        r.after.connections,
+        r.before.open_fds.map_or("?".into(), |f| format!("{f:.0}")),
+        r.after.open_fds.map_or("?".into(), |f| format!("{f:.0}"))
+    );
+    println!(
+        "  edge resident      {:.1} MiB before, {:.1} MiB after (+{:.1} MiB)",
+        mib(r.before.resident_bytes),
+        mib(r.after.resident_bytes),
+        mib(r.after.resident_bytes - r.before.resident_bytes)
+    );
+    println!(
+        "  per session        {:.0} bytes ({:.2} KiB); target ≤ {:.0} KiB: {}",
+        r.bytes_per_session,
+        r.bytes_per_session / 1024.0,
+        TARGET_BYTES_PER_SESSION / 1024.0,
+        if r.bytes_per_session <= TARGET_BYTES_PER_SESSION { "met" } else { "NOT met" }
+    );
+}
