@@ -161,6 +161,13 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     let app = router(edge.clone());
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();
+        // Frames go out as soon as they are written: without TCP_NODELAY an ack written right
+        // after event frames waits for the client's delayed ACK (~40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
+            }
+        });
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
         // Sessions end on drain; after shutdown they get a short grace to say goodbye.
         let grace = async {

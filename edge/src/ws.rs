@@ -28,6 +28,9 @@ use crate::{
     session::{self, FrameWriter, Inbound, Opening},
 };
 
+/// The WebSocket read buffer of a session.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// `GET /v1/connect`.
 pub async fn connect(
     State(edge): State<Arc<Edge>>,
@@ -59,7 +62,10 @@ pub async fn connect(
     let token = crate::server::bearer(&headers).map(str::to_owned).or_else(|| params.get("token").cloned());
     let token = token.unwrap_or_default();
     let opening = Opening { token, format, resume, transport: "ws" };
+    // Tungstenite's default read buffer is 128 KiB per connection, zero-filled before reads:
+    // most of an idle session's memory. Client frames are small; larger ones grow the buffer.
     upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(MAX_CLIENT_FRAME_BYTES)
         .max_frame_size(MAX_CLIENT_FRAME_BYTES)
         .on_upgrade(move |socket| serve(edge, opening, socket))
