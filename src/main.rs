@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 /// Selvage: a real-time team-messaging backend.
 ///
 /// An origin tier gives every channel one total order and stores messages durably before
-/// acknowledging them; regional edges (coming next) serve clients from warm caches.
+/// acknowledging them; regional edges serve clients from warm caches and fan events out.
 #[derive(Parser)]
 #[command(name = "selvage", version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -40,7 +40,8 @@ enum Command {
     Edge(config::EdgeArgs),
     /// Administer a running origin over its HTTP API: workspaces, users, tokens.
     Admin(admin::AdminArgs),
-    /// Load-test an origin: durable sends per second and ack latency.
+    /// Load-test a deployment: durable sends, warm boots, fan-out through an edge, memory per
+    /// session; and a WAN emulation proxy for trying a far-away edge on one machine.
     Loadtest(selvage_loadtest::LoadtestArgs),
 }
 
