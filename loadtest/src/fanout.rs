@@ -557,11 +557,7 @@ pub struct FanoutReport {
 /// Runs the scenario and prints the report; fails when a check failed.
 pub async fn run(args: FanoutArgs) -> Result<()> {
     let report = measure(&args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
+    crate::report::emit(&report, args.json, print_report)?;
     let v = &report.violations;
     if v.any() {
         bail!(

@@ -123,11 +123,7 @@ pub struct IdleReport {
 /// Runs the scenario and prints the report.
 pub async fn run(args: IdleArgs) -> Result<()> {
     let report = measure(&args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
+    crate::report::emit(&report, args.json, print_report)?;
     Ok(())
 }
 

@@ -51,3 +51,13 @@ pub fn latency_histogram() -> Histogram<u64> {
     #[allow(clippy::expect_used)]
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
+
+/// Prints a scenario's report: as pretty JSON with `--json`, else as text by `print`.
+pub fn emit<T: Serialize>(report: &T, json: bool, print: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print(report);
+    }
+    Ok(())
+}

@@ -231,11 +231,7 @@ impl Shared {
 /// Runs the scenario and prints the report.
 pub async fn run(args: SendsArgs) -> Result<()> {
     let report = measure(&args).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report);
-    }
+    crate::report::emit(&report, args.json, print_report)?;
     if report.seq_violations > 0 {
         bail!("{} channels acknowledged the same seq twice", report.seq_violations);
     }
