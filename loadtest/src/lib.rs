@@ -12,12 +12,14 @@
 //! [`client`] is the client SDK of the edge protocol (WebSocket and QUIC) that scenarios and the
 //! end-to-end tests of the other crates connect with; [`lean`] is the bare WebSocket client the
 //! edge scenarios hold many sessions with. [`deployment`] starts or finds the system under test,
-//! [`seed`] fills it through the origin's HTTP API, [`report`] summarises.
+//! [`seed`] fills it through the origin's HTTP API, [`report`] summarises, [`html`] renders a
+//! run's report.json as a page.
 
 pub mod client;
 pub mod deployment;
 pub mod fanout;
 pub mod hello;
+pub mod html;
 pub mod idle;
 pub mod lean;
 pub mod report;
