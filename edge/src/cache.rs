@@ -1901,51 +1901,6 @@ mod tests {
         check_invariants(&s);
     }
 
-    /// A 10,000-user workspace; a user in 50 channels (10 of them DMs) boots in well under a
-    /// millisecond. Timing printed with `--ignored --nocapture` in release mode.
-    #[test]
-    #[ignore = "timing; run in release with --nocapture"]
-    fn boot_of_a_large_workspace_is_fast() {
-        let users: Vec<User> = (0..10_000).map(|i| user(&format!("U{i:05}"))).collect();
-        let mut channels = Vec::new();
-        for c in 0..400 {
-            let members: Vec<UserId> =
-                (0..10_000).filter(|u| u % 400 == c || c < 40).map(|u| uid(&format!("U{u:05}"))).collect();
-            channels.push(ChannelState {
-                channel: chan(&format!("C{c:04}"), ChannelKind::Channel, c % 5 == 0),
-                last_seq: 1000,
-                members,
-            });
-        }
-        for d in 0..10 {
-            let members = vec![uid("U00000"), uid(&format!("U{:05}", 1 + d))];
-            channels.push(ChannelState {
-                channel: chan(&format!("D{d:04}"), ChannelKind::Dm, true),
-                last_seq: 3,
-                members,
-            });
-        }
-        let snapshot = WorkspaceSnapshot { channels, users, ..snapshot() };
-        let built = std::time::Instant::now();
-        let s = WorkspaceState::from_snapshot(snapshot, CacheLimits::default());
-        let built = built.elapsed();
-        let me = uid("U00000");
-        let start = std::time::Instant::now();
-        let rounds = 1000;
-        let mut total = 0;
-        for _ in 0..rounds {
-            total += s.boot(&me).map_or(0, |b| b.channels.len() + b.users.len());
-        }
-        let per_boot = start.elapsed() / rounds;
-        assert_eq!(total, rounds as usize * (40 + 10 + 10), "50 channels and 10 DM partners");
-        let payload = serde_json::to_vec(&s.boot(&me).map(|b| (b.channels, b.users))).unwrap_or_default();
-        eprintln!(
-            "snapshot built in {built:?}; boot in {per_boot:?}; payload {} bytes; weight {} bytes",
-            payload.len(),
-            s.weight()
-        );
-    }
-
     /// Interprets generated numbers as feed events against the current state, so every event
     /// is meaningful (posts in order, joins of existing users...).
     fn event_for(
