@@ -52,8 +52,13 @@ enum Command {
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn init_tracing() {
+    init_tracing_at("info");
+}
+
+/// Logging at `default` unless `RUST_LOG` says otherwise.
+fn init_tracing_at(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -169,7 +174,8 @@ async fn main() -> Result<()> {
         }
         Command::Admin(args) => admin::run(args).await,
         Command::Loadtest(args) => {
-            init_tracing();
+            // An in-process origin and edge would drown the progress line in their info logs.
+            init_tracing_at("warn");
             raise_fd_limit();
             selvage_loadtest::run(args).await
         }

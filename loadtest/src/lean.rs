@@ -61,6 +61,18 @@ pub async fn dial(
     format: Format,
     config: WebSocketConfig,
 ) -> Result<Ws> {
+    dial_resuming(addr, source, token, format, config, None).await
+}
+
+/// [`dial`], resuming from `resume` (a cursor of an earlier session) when given.
+pub async fn dial_resuming(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    token: &str,
+    format: Format,
+    config: WebSocketConfig,
+    resume: Option<&str>,
+) -> Result<Ws> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     if let Some(ip) = source {
         defer_port_choice(&socket);
@@ -68,7 +80,12 @@ pub async fn dial(
     }
     let stream = socket.connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true)?;
-    let mut request = format!("ws://{addr}/v1/connect?format={format}").into_client_request()?;
+    let mut url = format!("ws://{addr}/v1/connect?format={format}");
+    if let Some(cursor) = resume {
+        url.push_str("&resume=");
+        url.push_str(cursor);
+    }
+    let mut request = url.into_client_request()?;
     request.headers_mut().insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}"))?);
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await

@@ -7,6 +7,9 @@
 //! - [`fanout`]: deliveries per second through one edge, their latency, and a check that every
 //!   subscriber got every message once and in order;
 //! - [`idle`]: edge memory per idle session;
+//! - [`scenario`]: `run SCENARIO`, the scenario files of `loadtest/scenarios/` (steady chat,
+//!   hot channel, soak, boot and reconnect storms, slow consumers, mixed) with a checker of
+//!   every client's history and report.json / report.html;
 //! - [`wan`]: not a scenario but a proxy adding delay, jitter and loss, for trying a far edge.
 //!
 //! [`client`] is the client SDK of the edge protocol (WebSocket and QUIC) that scenarios and the
@@ -22,7 +25,9 @@ pub mod hello;
 pub mod html;
 pub mod idle;
 pub mod lean;
+pub mod nats;
 pub mod report;
+pub mod scenario;
 pub mod seed;
 pub mod sends;
 pub mod wan;
@@ -49,9 +54,16 @@ enum LoadtestCommand {
     Fanout(fanout::FanoutArgs),
     /// Edge memory per idle WebSocket session (against an edge in its own process).
     Idle(idle::IdleArgs),
+    /// The fan-out workload against nats-server over WebSocket (NATS text protocol), to compare
+    /// with `fanout` on the same machine.
+    NatsFanout(nats::NatsArgs),
     /// WAN emulation: a proxy adding delay, jitter and loss between two addresses, for TCP and
     /// UDP (QUIC), so an edge far from its origin can be tried on one machine.
     WanProxy(wan::WanArgs),
+    /// Runs a scenario file (steady, hot-channel, soak, boot-storm, reconnect-storm,
+    /// slow-consumers, mixed, or a path) against an edge with many clients, checks every
+    /// client's history, and writes report.json and report.html.
+    Run(scenario::RunArgs),
 }
 
 /// Runs the chosen load test and prints its report.
@@ -60,7 +72,9 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         LoadtestCommand::Sends(a) => sends::run(a).await,
         LoadtestCommand::Hello(a) => hello::run(a).await,
         LoadtestCommand::Fanout(a) => fanout::run(a).await,
+        LoadtestCommand::NatsFanout(a) => nats::run(a).await,
         LoadtestCommand::Idle(a) => idle::run(a).await,
         LoadtestCommand::WanProxy(a) => wan::run(a).await,
+        LoadtestCommand::Run(a) => scenario::run(a).await,
     }
 }
