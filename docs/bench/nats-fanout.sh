@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Fan-out of one channel to N subscribers through a Selvage edge against nats-server doing the
+# same over WebSocket, on this machine in the same run (docs/BENCHMARKS.md, "Edge → d").
+# For every run, alternating, it starts fresh:
+#   - nats-server (WebSocket without TLS, monitoring on) and runs `selvage loadtest nats-fanout`;
+#   - `selvage origin` + `selvage edge` as two processes (as docs/bench/edge.sh does) and runs
+#     `selvage loadtest fanout`;
+# both (a) closed loop (saturated) and (b) open loop at RATE sends/s, and prints each run, the
+# medians and the ratio Selvage ÷ NATS of deliveries/s (a) and delivery p99 (b).
+# Usage: docs/bench/nats-fanout.sh [RUNS]   (from the repository root; default 3 runs)
+# Environment: SUBSCRIBERS (1000), RATE (500), SECS (10), SENDERS (256: Selvage sends in flight;
+#   NATS gets 4 publishers × SENDERS/4 unflushed), BYTES (100: message text/payload bytes).
+# Needs nats-server (Debian: apt-get install -y nats-server); installs nothing itself.
+set -euo pipefail
+runs=${1:-3}
+subs=${SUBSCRIBERS:-1000}
+rate=${RATE:-500}
+secs=${SECS:-10}
+senders=${SENDERS:-256}
+bytes=${BYTES:-100}
+bin=./target/release/selvage
+if ! command -v nats-server > /dev/null; then
+  echo "nats-server is not installed; on Debian: apt-get install -y nats-server" >&2
+  exit 1
+fi
+cargo build --release --quiet
+ulimit -Hn 1048576 2>/dev/null && ulimit -Sn 1048576 || ulimit -Sn "$(ulimit -Hn)" || true
+key=bench-operator-key-$(date +%s)
+edge_key=bench-edge-key-$(date +%s)-0000
+out=$(mktemp -d /tmp/selvage-nats-bench.XXXXXX)
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'r': r}))" "$@"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# As in edge.sh: wait (up to 10 minutes) until the two shared cores have been ≥ 90 % idle for 3 s.
+quiet() {
+  local a b i idle total
+  for _ in $(seq 200); do
+    a=($(head -1 /proc/stat)); sleep 3; b=($(head -1 /proc/stat))
+    idle=$(( (b[4] + b[5]) - (a[4] + a[5]) )); total=0
+    for i in $(seq 1 10); do total=$(( total + b[i] - a[i] )); done
+    [ $(( idle * 100 )) -ge $(( total * 90 )) ] && return 0
+  done
+  echo "warning: the machine did not go quiet; measuring anyway" >&2
+}
+wait_for() { # file pattern
+  for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" "${1%.out}.err" >&2; return 1
+}
+
+origin_pid= edge_pid= nats_pid=
+start_pair() {
+  quiet
+  rm -rf "$out/data"
+  SELVAGE_OPERATOR_KEY=$key SELVAGE_LINK__EDGE_KEY=$edge_key SELVAGE_LINK__LISTEN=127.0.0.1:0 RUST_LOG=warn \
+    $bin origin --listen 127.0.0.1:0 --data-dir "$out/data" > "$out/origin.out" 2> "$out/origin.err" &
+  origin_pid=$!
+  wait_for "$out/origin.out" "link on"
+  origin_url=$(awk '/listening on/ {print $NF}' "$out/origin.out")
+  link=$(awk '/link on/ {sub("quic://", "", $5); print $5}' "$out/origin.out")
+  fingerprint=$(awk '/link on/ {print $NF}' "$out/origin.out")
+  SELVAGE_ORIGIN__EDGE_KEY=$edge_key RUST_LOG=warn \
+    $bin edge --listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 --origin-link "$link" --origin-fingerprint "$fingerprint" \
+    > "$out/edge.out" 2> "$out/edge.err" &
+  edge_pid=$!
+  wait_for "$out/edge.out" "listening on"
+  edge_url=http://$(awk '/listening on/ {sub("ws://", "", $NF); sub("/v1/connect", "", $NF); print $NF}' "$out/edge.out")
+  for _ in $(seq 200); do curl -sf "$edge_url/readyz" > /dev/null && break; sleep 0.05; done
+}
+start_nats() {
+  quiet
+  ws_port=$(free_port); http_port=$(free_port)
+  cat > "$out/nats.conf" <<EOF
+listen: "127.0.0.1:-1"
+http: "127.0.0.1:$http_port"
+websocket { listen: "127.0.0.1:$ws_port"; no_tls: true }
+EOF
+  nats-server -c "$out/nats.conf" > "$out/nats.out" 2> "$out/nats.err" &
+  nats_pid=$!
+  wait_for "$out/nats.err" "Server is ready"
+}
+stop_all() {
+  for pid in $edge_pid $origin_pid $nats_pid; do kill "$pid" 2>/dev/null || true; done
+  for pid in $edge_pid $origin_pid $nats_pid; do wait "$pid" 2>/dev/null || true; done
+  edge_pid= origin_pid= nats_pid=
+}
+trap stop_all EXIT
+fail() { echo "selvage loadtest $1 failed:" >&2; grep -v '^  ' "$out/loadtest.err" | tail -5 >&2; }
+# A failed fan-out check still prints its report (then exits non-zero): keep it.
+selvage_run() { # file, fanout flags...
+  local file=$1; shift
+  start_pair
+  SELVAGE_OPERATOR_KEY=$key RUST_LOG=warn $bin loadtest fanout --origin "$origin_url" --edge "$edge_url" \
+    --subscribers "$subs" --text-bytes "$bytes" --duration "${secs}s" --json "$@" > "$file" 2> "$out/loadtest.err" || fail fanout
+  stop_all
+  field "$file" "'  selvage run: %.0f deliveries/s, %.0f sends/s, delivery p50 %.2f ms p99 %.2f ms, CPU edge %.2f origin %.2f loadtest %.2f, missing %d lost %d' % (r['deliveries_per_sec'], r['acked_per_sec'], r['delivery_latency']['p50_ms'], r['delivery_latency']['p99_ms'], r['cpu']['edge'] or 0, r['cpu']['origin'] or 0, r['cpu']['this_process'], r['violations']['missing'], r['violations']['lost_sessions'])"
+}
+nats_run() { # file, nats-fanout flags...
+  local file=$1; shift
+  start_nats
+  RUST_LOG=warn $bin loadtest nats-fanout --nats "ws://127.0.0.1:$ws_port" --monitor "http://127.0.0.1:$http_port" \
+    --server-pid "$nats_pid" --subscribers "$subs" --payload-bytes "$bytes" --duration "${secs}s" --json "$@" \
+    > "$file" 2> "$out/loadtest.err" || fail nats-fanout
+  stop_all
+  field "$file" "'  nats run:    %.0f deliveries/s, %.0f sends/s, delivery p50 %.2f ms p99 %.2f ms, CPU nats-server %.2f loadtest %.2f, missing %d lost %d slow consumers %s' % (r['deliveries_per_sec'], r['published_per_sec'], r['delivery_latency']['p50_ms'], r['delivery_latency']['p99_ms'], r['cpu']['server'], r['cpu']['this_process'], r['violations']['missing'], r['violations']['lost_sessions'], r['slow_consumers'])"
+}
+med() { # prefix expression
+  for r in $(seq "$runs"); do field "$out/$1-$r.json" "$2"; done | median
+}
+
+echo "== $subs subscribers, $runs runs of ${secs}s each, alternating; nats-server $(nats-server --version | awk '{print $2}') =="
+for mode in sat rate; do
+  for r in $(seq "$runs"); do
+    if [ $mode = sat ]; then
+      echo "closed loop, run $r"
+      nats_run "$out/nats-$mode-$r.json" --publishers 4 --in-flight $(( senders / 4 ))
+      selvage_run "$out/selvage-$mode-$r.json" --senders "$senders"
+    else
+      echo "open loop at $rate sends/s = $(( rate * subs )) deliveries/s, run $r"
+      nats_run "$out/nats-$mode-$r.json" --publishers 4 --rate "$rate"
+      selvage_run "$out/selvage-$mode-$r.json" --rate "$rate"
+    fi
+  done
+done
+
+echo "== medians =="
+for sys in selvage nats; do
+  cpu="r['cpu']['server']"
+  [ $sys = selvage ] && cpu="(r['cpu']['edge'] or 0) + (r['cpu']['origin'] or 0)"
+  echo "$sys: saturated $(med $sys-sat "round(r['deliveries_per_sec'])") deliveries/s" \
+    "(p99 $(med $sys-sat "r['delivery_latency']['p99_ms']") ms, server CPU $(med $sys-sat "round($cpu, 2)")," \
+    "loadtest $(med $sys-sat "round(r['cpu']['this_process'], 2)"));" \
+    "at $rate/s: $(med $sys-rate "round(r['deliveries_per_sec'])") deliveries/s," \
+    "p50 $(med $sys-rate "r['delivery_latency']['p50_ms']") ms, p99 $(med $sys-rate "r['delivery_latency']['p99_ms']") ms" \
+    "(server CPU $(med $sys-rate "round($cpu, 2)"), loadtest $(med $sys-rate "round(r['cpu']['this_process'], 2)"))"
+done
+python3 - "$(med selvage-sat "r['deliveries_per_sec']")" "$(med nats-sat "r['deliveries_per_sec']")" \
+  "$(med selvage-rate "r['delivery_latency']['p99_ms']")" "$(med nats-rate "r['delivery_latency']['p99_ms']")" <<'EOF'
+import sys
+s_sat, n_sat, s_p99, n_p99 = map(float, sys.argv[1:])
+print(f"ratio Selvage ÷ NATS: saturated deliveries/s {s_sat / n_sat:.2f}; delivery p99 at the fixed rate {s_p99 / n_p99:.2f}")
+EOF
+rm -rf "$out"
