@@ -911,28 +911,8 @@ fn run_id() -> Arc<str> {
 
 /// Prints deliveries/s of the last second on stderr until aborted.
 fn progress(lives: Vec<Arc<Live>>, duration: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let tty = std::io::stderr().is_terminal();
-        let start = Instant::now();
-        let mut last = 0u64;
-        let mut tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(1), Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let now: u64 = lives.iter().map(|l| l.delivered.load(Ordering::Relaxed)).sum();
-            let line = format!(
-                "  {:>5.1} of {:.0} s: {:>10} deliveries/s",
-                start.elapsed().as_secs_f64(),
-                duration.as_secs_f64(),
-                now - last
-            );
-            last = now;
-            if tty {
-                eprint!("\r{line}   ");
-            } else {
-                eprintln!("{line}");
-            }
-        }
+    crate::report::progress(duration, "deliveries/s", move || {
+        lives.iter().map(|l| l.delivered.load(Ordering::Relaxed)).sum()
     })
 }
 

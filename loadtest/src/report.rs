@@ -61,3 +61,36 @@ pub fn emit<T: Serialize>(report: &T, json: bool, print: impl FnOnce(&T)) -> any
     }
     Ok(())
 }
+
+/// Prints, once a second on stderr until aborted, how much `count` grew in the last second:
+/// in place on a terminal, a line each otherwise.
+pub fn progress(
+    duration: std::time::Duration,
+    unit: &'static str,
+    count: impl Fn() -> u64 + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    use std::io::IsTerminal;
+    tokio::spawn(async move {
+        let tty = std::io::stderr().is_terminal();
+        let start = std::time::Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        let mut last = 0u64;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+        loop {
+            tick.tick().await;
+            let now = count();
+            let line = format!(
+                "  {:>5.1} of {:.0} s: {:>10} {unit}",
+                start.elapsed().as_secs_f64(),
+                duration.as_secs_f64(),
+                now.saturating_sub(last)
+            );
+            last = now;
+            if tty {
+                eprint!("\r{line}   ");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    })
+}

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::checker::Violation;
+use crate::report::Latency;
 
 /// The schema name and version written into every report.
 pub const SCHEMA: &str = "selvage-loadtest-report/1";
@@ -85,21 +86,12 @@ pub struct Latencies {
     pub reconnect: LatencyJson,
 }
 
-/// One latency distribution.
+/// One latency distribution: the summary, plus its points for plotting.
 #[derive(Clone, Debug, Serialize)]
 pub struct LatencyJson {
-    /// Samples.
-    pub count: u64,
-    /// Median, ms.
-    pub p50_ms: f64,
-    /// 90th percentile, ms.
-    pub p90_ms: f64,
-    /// 99th percentile, ms.
-    pub p99_ms: f64,
-    /// 99.9th percentile, ms.
-    pub p999_ms: f64,
-    /// Largest, ms.
-    pub max_ms: f64,
+    /// Count and percentiles.
+    #[serde(flatten)]
+    pub summary: Latency,
     /// (quantile, ms) pairs for plotting.
     pub percentiles: Vec<(f64, f64)>,
 }
@@ -107,17 +99,18 @@ pub struct LatencyJson {
 impl LatencyJson {
     /// Summarises a histogram of microseconds (all zero when empty).
     pub fn of(h: &Histogram<u64>) -> LatencyJson {
-        let ms = |q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
-        let max = if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 };
-        LatencyJson {
-            count: h.len(),
-            p50_ms: ms(0.5),
-            p90_ms: ms(0.9),
-            p99_ms: ms(0.99),
-            p999_ms: ms(0.999),
-            max_ms: max,
-            percentiles: vec![(0.5, ms(0.5)), (0.9, ms(0.9)), (0.99, ms(0.99)), (0.999, ms(0.999)), (1.0, max)],
-        }
+        let summary = Latency::of(h);
+        let s = &summary;
+        let percentiles = vec![(0.5, s.p50_ms), (0.9, s.p90_ms), (0.99, s.p99_ms), (0.999, s.p999_ms), (1.0, s.max_ms)];
+        LatencyJson { summary, percentiles }
+    }
+}
+
+impl std::ops::Deref for LatencyJson {
+    type Target = Latency;
+
+    fn deref(&self) -> &Latency {
+        &self.summary
     }
 }
 
