@@ -87,6 +87,9 @@ pub enum Recipients {
     Members(ChannelId),
     /// The channel's members and one more user: the one who just left it.
     MembersAnd(ChannelId, UserId),
+    /// Those of the channel's members who follow a thread: a reply goes to the root's author,
+    /// everyone who replied, and whoever the reply mentions.
+    Followers(ChannelId, Vec<UserId>),
     /// Every connected user of the workspace.
     Everyone,
 }
@@ -163,7 +166,15 @@ struct ChannelEntry {
     members: BTreeSet<UserId>,
     events: EventBuffer,
     messages: MessageBuffer,
+    /// The followers of the threads replied to most recently, newest last (at most
+    /// [`THREADS_PER_CHANNEL`]), as each root's `message_changed` — which the origin logs just
+    /// before every reply — last named them.
+    threads: VecDeque<(Seq, Vec<UserId>)>,
 }
+
+/// How many threads' followers a channel remembers. Only the thread of the reply being applied
+/// is ever needed (its root's `message_changed` comes right before it); the rest is slack.
+const THREADS_PER_CHANNEL: usize = 8;
 
 /// Events of a channel the state did not know when they arrived (never in log order, but the
 /// state must stay exact even then): a later creation of that channel must not claim coverage
@@ -316,6 +327,30 @@ impl ChannelEntry {
             members: BTreeSet::new(),
             events: EventBuffer::new(covered_after),
             messages: MessageBuffer::new(last_seq),
+            threads: VecDeque::new(),
+        }
+    }
+
+    /// Remembers who follows the thread of `root` (a root's `message_changed`).
+    fn note_thread(&mut self, root: &Message) {
+        if root.thread_root.is_some() || root.latest_reply_seq.is_none() {
+            return;
+        }
+        self.threads.retain(|(seq, _)| *seq != root.seq);
+        if self.threads.len() == THREADS_PER_CHANNEL {
+            self.threads.pop_front();
+        }
+        self.threads.push_back((root.seq, thread_followers(root)));
+    }
+
+    /// Who gets a message event: everyone in the channel, or for a reply its thread's followers.
+    fn message_recipients(&self, message: &Message) -> Recipients {
+        let Some(root) = message.thread_root else { return self.recipients() };
+        match self.threads.iter().rev().find(|(seq, _)| *seq == root) {
+            Some((_, followers)) => Recipients::Followers(self.channel.id.clone(), reply_audience(followers, message)),
+            // Cannot happen for a feed in log order (the root's summary precedes each reply);
+            // members may read threads anyway, so the safe fallback is the whole channel.
+            None => self.recipients(),
         }
     }
 
@@ -326,6 +361,21 @@ impl ChannelEntry {
             Recipients::Members(self.channel.id.clone())
         }
     }
+}
+
+/// A thread's followers as its root names them: the root's author and everyone who replied.
+fn thread_followers(root: &Message) -> Vec<UserId> {
+    let mut followers = Vec::with_capacity(root.reply_users.len() + 1);
+    followers.push(root.user.clone());
+    followers.extend(root.reply_users.iter().filter(|u| **u != root.user).cloned());
+    followers
+}
+
+/// Who a reply reaches: the thread's followers and whoever the reply mentions.
+fn reply_audience(followers: &[UserId], reply: &Message) -> Vec<UserId> {
+    let mut audience = followers.to_vec();
+    audience.extend(reply.mentions.iter().filter(|u| !followers.contains(u)).cloned());
+    audience
 }
 
 /// Whether only members may see the channel: private channels and every DM and group DM.
@@ -481,7 +531,7 @@ impl WorkspaceState {
                 entry.last_seq = entry.last_seq.max(message.seq);
                 entry.messages.insert(message.clone(), per_channel).apply_to(&mut self.bytes);
                 entry.events.push(cursor.clone(), event.clone(), per_channel).apply_to(&mut self.bytes);
-                entry.recipients()
+                entry.message_recipients(message)
             }
             Event::MessageChanged { channel, seq, .. }
             | Event::MessageDeleted { channel, seq }
@@ -494,6 +544,7 @@ impl WorkspaceState {
                 let mut delta = Delta::default();
                 match event {
                     Event::MessageChanged { message, .. } => {
+                        entry.note_thread(message);
                         if let Some(slot) = entry.messages.get_mut(*seq) {
                             delta.sub(message_entry_bytes(slot));
                             // The event's message is the new state; keep the buffer's seq
@@ -505,8 +556,14 @@ impl WorkspaceState {
                     Event::MessageDeleted { .. } => {
                         if let Some(slot) = entry.messages.get_mut(*seq) {
                             delta.sub(message_entry_bytes(slot));
-                            slot.deleted = true;
-                            slot.text = String::new();
+                            slot.make_tombstone();
+                            delta.add(message_entry_bytes(slot));
+                        }
+                    }
+                    Event::ReactionAdded { user, emoji, .. } | Event::ReactionRemoved { user, emoji, .. } => {
+                        if let Some(slot) = entry.messages.get_mut(*seq) {
+                            delta.sub(message_entry_bytes(slot));
+                            slot.apply_reaction(user, emoji, matches!(event, Event::ReactionAdded { .. }));
                             delta.add(message_entry_bytes(slot));
                         }
                     }
@@ -772,6 +829,12 @@ impl WorkspaceState {
                 }
                 Event::UserUpdated { .. } => true,
                 Event::ChannelCreated { channel } | Event::ChannelUpdated { channel } if !restricted(channel) => true,
+                Event::Message(reply) if reply.thread_root.is_some() => {
+                    let is_member =
+                        *member.entry(&reply.channel).or_insert_with(|| self.is_member(&reply.channel, user));
+                    let before = i.checked_sub(1).map(|j| events[j]);
+                    is_member && self.reply_reaches(user, reply, before)
+                }
                 event => match event.channel() {
                     None => true,
                     Some(channel) => *member.entry(channel).or_insert_with(|| self.is_member(channel, user)),
@@ -782,6 +845,24 @@ impl WorkspaceState {
         out
     }
 
+    /// Whether a thread reply reached `user` (a member of its channel): the followers named by
+    /// the root's `message_changed` logged just before it (`before`), or, when that event is
+    /// not at hand, by the root's newest summary this state knows — a superset, as followers
+    /// only ever join a thread.
+    fn reply_reaches(&self, user: &UserId, reply: &Message, before: Option<&Event>) -> bool {
+        let root = reply.thread_root.unwrap_or_default();
+        let audience = match before {
+            Some(Event::MessageChanged { seq, message, .. }) if *seq == root && message.channel == reply.channel => {
+                reply_audience(&thread_followers(message), reply)
+            }
+            _ => match self.channels.get(&reply.channel).map(|entry| entry.message_recipients(reply)) {
+                Some(Recipients::Followers(_, audience)) => audience,
+                _ => return true,
+            },
+        };
+        audience.contains(user)
+    }
+
     /// Whether `user` is among `recipients` (of the event applied last).
     pub fn receives(&self, recipients: &Recipients, user: &UserId) -> bool {
         match recipients {
@@ -789,6 +870,7 @@ impl WorkspaceState {
             Recipients::User(u) => u == user,
             Recipients::Members(channel) => self.is_member(channel, user),
             Recipients::MembersAnd(channel, extra) => extra == user || self.is_member(channel, user),
+            Recipients::Followers(channel, followers) => followers.contains(user) && self.is_member(channel, user),
             Recipients::Everyone => true,
         }
     }
@@ -1165,7 +1247,16 @@ fn orphan_entry_bytes(channel: &ChannelId) -> usize {
 }
 
 fn message_heap(message: &Message) -> usize {
-    message.channel.as_str().len() + message.user.as_str().len() + message.text.len() + message.client_msg_id.len()
+    let ids = |users: &[UserId]| users.iter().map(|u| size_of::<UserId>() + u.as_str().len()).sum::<usize>();
+    let reactions: usize =
+        message.reactions.iter().map(|r| size_of::<selvage_shared::Reaction>() + r.emoji.len() + ids(&r.users)).sum();
+    message.channel.as_str().len()
+        + message.user.as_str().len()
+        + message.text.len()
+        + message.client_msg_id.len()
+        + ids(&message.mentions)
+        + ids(&message.reply_users)
+        + reactions
 }
 
 fn message_entry_bytes(message: &Message) -> usize {
@@ -1260,6 +1351,14 @@ mod tests {
             thread_root: None,
             edited_at: None,
             deleted: false,
+            mentions: Vec::new(),
+            mentions_channel: false,
+            mentions_here: false,
+            reactions: Vec::new(),
+            reply_count: 0,
+            latest_reply: None,
+            latest_reply_seq: None,
+            reply_users: Vec::new(),
         }
     }
 
@@ -1341,6 +1440,7 @@ mod tests {
             Recipients::User(user) => vec![user],
             Recipients::Members(c) => s.members(&c).into_iter().flatten().cloned().collect(),
             Recipients::MembersAnd(c, user) => s.members(&c).into_iter().flatten().cloned().chain([user]).collect(),
+            Recipients::Followers(c, followers) => followers.into_iter().filter(|u| s.is_member(&c, u)).collect(),
         };
         users.sort();
         users.dedup();
@@ -2002,6 +2102,20 @@ mod tests {
                         if let Some(m) = history.get_mut(channel).and_then(|h| h.iter_mut().find(|m| m.seq == *seq)) {
                             m.deleted = true;
                             m.text.clear();
+                            m.reactions.clear();
+                        }
+                    }
+                    Event::ReactionAdded { channel, seq, user, emoji } => {
+                        if let Some(m) = history.get_mut(channel).and_then(|h| h.iter_mut().find(|m| m.seq == *seq)) {
+                            if !m.reactions.iter().any(|r| r.emoji == *emoji && r.users.contains(user)) {
+                                match m.reactions.iter_mut().find(|r| r.emoji == *emoji) {
+                                    Some(r) => r.users.push(user.clone()),
+                                    None => m.reactions.push(selvage_shared::Reaction { emoji: emoji.clone(), count: 0, users: vec![user.clone()] }),
+                                }
+                                for r in &mut m.reactions {
+                                    r.count = r.users.len() as u32;
+                                }
+                            }
                         }
                     }
                     _ => {}

@@ -30,9 +30,9 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use selvage_shared::{
     link::{Answer, Call, LinkError, WorkspaceSnapshot},
-    Cursor, ErrorCode, Event, FeedItem, Format, UserId, WorkspaceId,
+    ChannelId, Cursor, ErrorCode, Event, FeedItem, Format, UserId, WorkspaceId,
 };
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -232,13 +232,35 @@ pub struct LiveInner {
     /// Set when the edge stops feeding this copy (dropped from the registry, or reset): a
     /// session must not register on it, and boots again from a fresh one.
     retired: bool,
+    /// When each user last had a `typing` relayed per channel (see [`TYPING_EVERY`]).
+    typing: HashMap<(UserId, ChannelId), Instant>,
 }
+
+/// A user's `typing` in one channel is relayed at most this often; the rest are dropped (a
+/// client repeats it every few seconds while its user types, so nothing is lost).
+pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 
 impl LiveInner {
     /// Registers a session for fan-out; events applied from now on reach it.
     pub fn register(&mut self, outbox: Arc<Outbox>) {
         self.by_user.entry(outbox.user.clone()).or_default().push(outbox.id);
         self.sessions.insert(outbox.id, outbox);
+    }
+
+    /// Whether a `typing` of `user` in `channel` at `now` may be relayed (and, if so, counts as
+    /// the last one): one per user and channel every [`TYPING_EVERY`].
+    pub fn typing_allowed(&mut self, user: &UserId, channel: &ChannelId, now: Instant) -> bool {
+        if self.typing.len() >= 4096 {
+            self.typing.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
+        }
+        let key = (user.clone(), channel.clone());
+        match self.typing.get(&key) {
+            Some(at) if now.duration_since(*at) < TYPING_EVERY => false,
+            _ => {
+                self.typing.insert(key, now);
+                true
+            }
+        }
     }
 
     /// Whether the feed no longer reaches this copy of the workspace (see
@@ -283,9 +305,9 @@ impl LiveInner {
     /// Hands an ephemeral event (typing) of `channel` to its members' sessions, except `from`'s.
     /// It carries the cursor of the newest event applied: every durable event at or before it
     /// is already ahead of it in each outbox, so a client may resume from it.
-    pub fn relay(&mut self, event: Event, from: u64, metrics: &Metrics) {
+    pub fn relay(&mut self, event: Event, from: Option<u64>, metrics: &Metrics) {
         let Some(channel) = event.channel() else { return };
-        let ids = self.sessions_of(&Recipients::Members(channel.clone()), Some(from));
+        let ids = self.sessions_of(&Recipients::Members(channel.clone()), from);
         let encoded = Arc::new(Encoded::new(self.state.cursor().clone(), event));
         self.deliver(&encoded, ids, true, metrics);
     }
@@ -300,6 +322,11 @@ impl LiveInner {
             Recipients::Nobody => {}
             Recipients::Everyone => self.by_user.values().for_each(&mut add),
             Recipients::User(user) => self.by_user.get(user).into_iter().for_each(&mut add),
+            Recipients::Followers(channel, followers) => followers
+                .iter()
+                .filter(|u| self.state.is_member(channel, u))
+                .filter_map(|u| self.by_user.get(u))
+                .for_each(&mut add),
             Recipients::Members(channel) | Recipients::MembersAnd(channel, _) => {
                 let members = self.state.members(channel);
                 let members_len = members.map_or(0, |m| m.len());
@@ -467,6 +494,7 @@ impl Workspaces {
             sessions: HashMap::new(),
             by_user: HashMap::new(),
             retired: false,
+            typing: HashMap::new(),
         };
         for item in &waiting {
             inner.apply(item, &self.metrics);
@@ -486,6 +514,13 @@ impl Workspaces {
                 Some(Slot::Ready(live)) => live.lock().apply(item, &self.metrics),
                 None => {}
             }
+        }
+    }
+
+    /// Hands an ephemeral event from another edge to this edge's sessions of its workspace.
+    fn relay(&self, workspace: &WorkspaceId, event: Event) {
+        if let Some(Slot::Ready(live)) = self.registry().get(workspace) {
+            live.lock().relay(event, None, &self.metrics);
         }
     }
 
@@ -569,6 +604,7 @@ pub async fn run_feed(
                     tokens.forget_all();
                     workspaces.reset();
                 }
+                Some(FeedUpdate::Ephemeral { workspace, event }) => workspaces.relay(&workspace, *event),
                 Some(FeedUpdate::Heartbeat(_) | FeedUpdate::LinkUp | FeedUpdate::LinkDown) => {}
                 None => return,
             },

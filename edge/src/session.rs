@@ -439,21 +439,28 @@ impl Session {
                 self.outbox.reply(encode(&ServerFrame::Pong { reply_to: id }, format)).await;
             }
             ClientFrame::Typing { channel } => {
-                let mut inner = self.live.lock();
-                if inner.state.is_member(&channel, &self.principal.user) {
-                    let event = Event::Typing { channel, user: self.principal.user.clone() };
-                    inner.relay(event, self.outbox.id, metrics);
+                let user = &self.principal.user;
+                let relayed = {
+                    let mut inner = self.live.lock();
+                    let allowed = inner.state.is_member(&channel, user)
+                        && inner.typing_allowed(user, &channel, tokio::time::Instant::now());
+                    allowed.then(|| {
+                        let event = Event::Typing { channel, user: user.clone() };
+                        inner.relay(event.clone(), Some(self.outbox.id), metrics);
+                        event
+                    })
+                };
+                // Other edges hear of it through the origin; nobody waits for the answer.
+                if let Some(event) = relayed {
+                    let upstream = self.edge.upstream.clone();
+                    let workspace = self.principal.workspace.clone();
+                    tokio::spawn(async move { upstream.call(Call::Relay { workspace, event }).await });
                 }
             }
             ClientFrame::PresenceSub { .. } => {
                 // Presence is not served yet; accepting the subscription keeps clients working.
             }
-            ClientFrame::MarkRead { .. } => {
-                let reply =
-                    ServerFrame::error(None, ErrorCode::BadRequest, "mark_read is not supported by this edge yet");
-                self.outbox.reply(encode(&reply, format)).await;
-            }
-            ClientFrame::Send { .. } | ClientFrame::Query(_) => {
+            ClientFrame::Send { .. } | ClientFrame::Query(_) | ClientFrame::MarkRead { .. } => {
                 // Waiting here stops reading from the client: its requests in flight are capped.
                 let Ok(permit) = permits.clone().acquire_owned().await else { return };
                 let task = Request {
@@ -463,8 +470,9 @@ impl Session {
                     outbox: self.outbox.clone(),
                 };
                 tokio::spawn(async move {
-                    let reply = task.answer(frame).await;
-                    task.outbox.reply(encode(&reply, format)).await;
+                    if let Some(reply) = task.answer(frame).await {
+                        task.outbox.reply(encode(&reply, format)).await;
+                    }
                     drop(permit);
                 });
             }
@@ -488,8 +496,19 @@ struct Request {
 }
 
 impl Request {
-    async fn answer(&self, frame: ClientFrame) -> ServerFrame {
-        match frame {
+    /// The answer to a request, if it has one (`mark_read` is answered only when it fails: its
+    /// success is the `read_marker` event every session of the user gets).
+    async fn answer(&self, frame: ClientFrame) -> Option<ServerFrame> {
+        let reply = match frame {
+            ClientFrame::MarkRead { channel, seq } => {
+                let workspace = self.principal.workspace.clone();
+                let call = Call::MarkRead { workspace, user: self.principal.user.clone(), channel, seq };
+                return match self.edge.upstream.call(call).await {
+                    Ok(Answer::ReadMarker { .. }) => None,
+                    Ok(other) => Some(unexpected(String::new(), &other)),
+                    Err(e) => Some(error_frame(None, &e)),
+                };
+            }
             ClientFrame::Send { id, channel, text, client_msg_id, thread_root } => {
                 let call = Call::Send {
                     workspace: self.principal.workspace.clone(),
@@ -509,7 +528,8 @@ impl Request {
             }
             ClientFrame::Query(query) => self.query(query).await,
             other => ServerFrame::error(None, ErrorCode::Internal, format!("{} is not a request", other.kind())),
-        }
+        };
+        Some(reply)
     }
 
     async fn query(&self, query: Query) -> ServerFrame {

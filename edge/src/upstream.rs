@@ -42,7 +42,7 @@ use selvage_shared::{
     },
     quic::read_frame,
     tls::{self, Trust},
-    Cursor, ErrorCode, FeedFrame, FeedItem, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
+    Cursor, ErrorCode, Event, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use tokio::{
     sync::{mpsc, oneshot},
@@ -125,6 +125,14 @@ pub enum FeedUpdate {
     LinkUp,
     /// The link went down; it reconnects by itself.
     LinkDown,
+    /// An ephemeral event (typing, presence) relayed from another edge or made by the origin;
+    /// not part of the log, so no cursor moves.
+    Ephemeral {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// The event.
+        event: Box<Event>,
+    },
 }
 
 /// The edge's client of the origin: the link's state, its calls and its feed cursor.
@@ -545,6 +553,9 @@ impl Upstream {
                 // Caught up with the origin: nothing is waiting to be applied.
                 self.metrics.feed_lag_seconds.set(0.0);
                 self.hand(updates, FeedUpdate::Heartbeat(cursor.clone()), Some(cursor)).await;
+            }
+            FeedFrame::Ephemeral { workspace, event } => {
+                self.hand(updates, FeedUpdate::Ephemeral { workspace, event }, None).await;
             }
             FeedFrame::Resync { reason, cursor } => {
                 tracing::warn!(%cursor, %reason, "the origin says the edge missed feed events: resync");

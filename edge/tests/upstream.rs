@@ -165,7 +165,7 @@ async fn collect_until(feed: &mut mpsc::Receiver<FeedUpdate>, client_msg_id: &st
             }
             FeedUpdate::LinkUp => transitions.push(true),
             FeedUpdate::LinkDown => transitions.push(false),
-            FeedUpdate::Heartbeat(_) => {}
+            FeedUpdate::Heartbeat(_) | FeedUpdate::Ephemeral { .. } => {}
             FeedUpdate::Resync { reason, .. } => panic!("unexpected resync: {reason}"),
         }
     }
@@ -252,7 +252,7 @@ async fn calls_answer_and_the_feed_carries_what_follows_a_snapshot() {
     // Send: a seq and a cursor after the snapshot's; the message comes down the feed once.
     let (message, cursor) = match up.call(send_call(&a, "hello", "m-1")).await {
         Ok(Answer::Sent { message, cursor, duplicate: false }) => {
-            (message, cursor.expect("a new message has a cursor"))
+            (*message, cursor.expect("a new message has a cursor"))
         }
         other => panic!("unexpected {other:?}"),
     };
@@ -358,7 +358,7 @@ async fn the_feed_is_exactly_once_and_in_order_across_bounces() {
         match next_update(&mut e.feed).await {
             FeedUpdate::Events(items) => seqs.extend(message_seqs(&items, &a.general)),
             FeedUpdate::LinkDown => downs += 1,
-            FeedUpdate::LinkUp | FeedUpdate::Heartbeat(_) => {}
+            FeedUpdate::LinkUp | FeedUpdate::Heartbeat(_) | FeedUpdate::Ephemeral { .. } => {}
             FeedUpdate::Resync { reason, .. } => panic!("unexpected resync: {reason}"),
         }
         if bounces.peek().is_some_and(|at| seqs.len() >= *at) && up.is_up() {

@@ -239,6 +239,9 @@ pub struct Ack {
 }
 
 /// What [`Client::next_event`] yields, in the order the edge sent it.
+// Events are nearly everything a session receives; boxing them to shrink the rare other
+// variants would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Inbound {
     /// An event with its cursor.
@@ -960,7 +963,8 @@ enum FrameSource {
     Quic { recv: quinn::RecvStream, conn: quinn::Connection },
 }
 
-/// What reading the next frame gave.
+/// What reading the next frame gave (mostly frames; see [`Inbound`] on boxing).
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Frame(ServerFrame),
     Closed(CloseInfo),
@@ -1443,6 +1447,14 @@ mod tests {
                             thread_root: None,
                             edited_at: None,
                             deleted: false,
+                            mentions: Vec::new(),
+                            mentions_channel: false,
+                            mentions_here: false,
+                            reactions: Vec::new(),
+                            reply_count: 0,
+                            latest_reply: None,
+                            latest_reply_seq: None,
+                            reply_users: Vec::new(),
                         };
                         conn.send(&ServerFrame::event(cursor(seq), Event::Message(message))).await;
                     }

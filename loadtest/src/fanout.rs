@@ -1040,6 +1040,14 @@ mod tests {
             thread_root: None,
             edited_at: None,
             deleted: false,
+            mentions: Vec::new(),
+            mentions_channel: false,
+            mentions_here: false,
+            reactions: Vec::new(),
+            reply_count: 0,
+            latest_reply: None,
+            latest_reply_seq: None,
+            reply_users: Vec::new(),
         });
         for format in [Format::Json, Format::MsgPack] {
             let bytes = encode_event(&Cursor::zero(), &event, format);

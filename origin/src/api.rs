@@ -19,7 +19,7 @@ use axum::{
     http::{header, request::Parts, HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{delete, get, patch, post, put},
     Router,
 };
 use selvage_shared::{ChannelId, Event, EventFrame, FeedEvent, Seq, ServerFrame, UserId};
@@ -31,7 +31,7 @@ use crate::{
     channels,
     error::{OriginError, Result},
     feed::{self, Position, Read},
-    history,
+    history, messages, read_markers,
     sequencer::SendRequest,
     Origin,
 };
@@ -46,11 +46,14 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/tokens", post(new_token))
         .route("/v1/tokens/revoke", post(revoke_token))
         .route("/v1/channels", get(list_channels).post(create_channel))
-        .route("/v1/channels/{id}", get(get_channel))
+        .route("/v1/channels/{id}", get(get_channel).patch(update_channel))
         .route("/v1/channels/{id}/members", get(list_members).post(add_member))
         .route("/v1/channels/{id}/members/{user}", delete(remove_member))
         .route("/v1/channels/{id}/messages", get(history_page).post(post_message))
+        .route("/v1/channels/{id}/messages/{seq}", patch(edit_message).delete(delete_message))
         .route("/v1/channels/{id}/messages/{seq}/thread", get(thread_page))
+        .route("/v1/channels/{id}/messages/{seq}/reactions/{emoji}", put(add_reaction).delete(remove_reaction))
+        .route("/v1/channels/{id}/read", put(mark_read))
         .route("/v1/dms", post(open_dm))
         .route("/v1/events", get(events))
         .route("/v1/openapi.json", get(openapi))
@@ -297,6 +300,28 @@ async fn get_channel(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct UpdateChannel {
+    name: Option<String>,
+    topic: Option<String>,
+    purpose: Option<String>,
+    archived: Option<bool>,
+}
+
+/// `PATCH /v1/channels/{id}`: rename, set topic or purpose, archive or unarchive.
+async fn update_channel(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateChannel>,
+) -> Result<Json<serde_json::Value>> {
+    let change =
+        channels::ChannelChange { name: body.name, topic: body.topic, purpose: body.purpose, archived: body.archived };
+    let view = channels::update(&origin.store, &caller, &channel_id(&id)?, &change).await?;
+    Ok(Json(json!({ "channel": view })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MembersQuery {
     after: Option<String>,
     limit: Option<usize>,
@@ -394,6 +419,71 @@ async fn post_message(
         "duplicate": sent.duplicate, "message": m,
     });
     Ok((status, axum::Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditMessage {
+    text: String,
+}
+
+/// `PATCH /v1/channels/{id}/messages/{seq}`: the author (or an admin) replaces the text.
+async fn edit_message(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, seq)): Path<(String, Seq)>,
+    Json(body): Json<EditMessage>,
+) -> Result<Json<serde_json::Value>> {
+    let message = messages::edit(&origin.store, &caller, &channel_id(&id)?, seq, &body.text).await?;
+    Ok(Json(json!({ "message": message })))
+}
+
+/// `DELETE /v1/channels/{id}/messages/{seq}`: the author (or an admin) leaves a tombstone.
+async fn delete_message(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, seq)): Path<(String, Seq)>,
+) -> Result<Json<serde_json::Value>> {
+    let message = messages::delete(&origin.store, &caller, &channel_id(&id)?, seq).await?;
+    Ok(Json(json!({ "message": message })))
+}
+
+/// `PUT /v1/channels/{id}/messages/{seq}/reactions/{emoji}`: idempotent.
+async fn add_reaction(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, seq, emoji)): Path<(String, Seq, String)>,
+) -> Result<Json<serde_json::Value>> {
+    let message = messages::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, true).await?;
+    Ok(Json(json!({ "message": message })))
+}
+
+/// `DELETE /v1/channels/{id}/messages/{seq}/reactions/{emoji}`: idempotent.
+async fn remove_reaction(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, seq, emoji)): Path<(String, Seq, String)>,
+) -> Result<Json<serde_json::Value>> {
+    let message = messages::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, false).await?;
+    Ok(Json(json!({ "message": message })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkRead {
+    seq: Seq,
+}
+
+/// `PUT /v1/channels/{id}/read {seq}`: moves the caller's read marker forward (never back).
+async fn mark_read(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<MarkRead>,
+) -> Result<Json<serde_json::Value>> {
+    let c = channel_id(&id)?;
+    let seq = read_markers::mark(&origin.store, &caller, &c, body.seq).await?;
+    Ok(Json(json!({ "channel": c, "read_seq": seq })))
 }
 
 #[derive(Deserialize)]

@@ -349,3 +349,103 @@ pub async fn members(
     })?;
     page.ok_or_else(|| OriginError::no_channel(c.as_str()))
 }
+
+/// A change to a channel's record (`PATCH /v1/channels/{id}`); absent fields stay as they are.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelChange {
+    /// A new name (named channels only; creator or admin).
+    pub name: Option<String>,
+    /// A new topic (members).
+    pub topic: Option<String>,
+    /// A new purpose (members).
+    pub purpose: Option<String>,
+    /// Archive (read-only afterwards) or unarchive (named channels only; creator or admin).
+    pub archived: Option<bool>,
+}
+
+/// Longest topic or purpose, in characters.
+pub const MAX_TOPIC_CHARS: usize = 250;
+
+/// Renames, re-topics, archives or unarchives a channel, with a `channel_updated` event; a change
+/// that changes nothing logs nothing. Members may set topic and purpose; renaming and
+/// (un)archiving a named channel is for its creator and workspace admins; DMs and group DMs
+/// keep their names and cannot be archived. An archived channel takes no change but being
+/// unarchived.
+pub async fn update(store: &Store, caller: &Caller, c: &ChannelId, change: &ChannelChange) -> Result<ChannelView> {
+    if let Some(name) = &change.name {
+        validate_channel_name(name)?;
+    }
+    for (what, text) in [("topic", &change.topic), ("purpose", &change.purpose)] {
+        if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TOPIC_CHARS) {
+            return Err(OriginError::BadRequest(format!("{what} must be at most {MAX_TOPIC_CHARS} characters")));
+        }
+    }
+    let w = &caller.workspace;
+    let (outcome, _) = transact!(store, |tx| {
+        match visible_channel(tx, caller, c).await? {
+            None => Err(OriginError::no_channel(c.as_str())),
+            Some((channel, member)) => match check_change(&channel, member, caller, change) {
+                Err(e) => Err(e),
+                Ok(updated) if updated == channel => {
+                    let last_seq = last_seq(tx, w, c).await?;
+                    Ok(ChannelView { channel, is_member: member, last_seq })
+                }
+                Ok(updated) => {
+                    let renamed = updated.name != channel.name;
+                    if renamed && tx.get(&keys::channel_name(w, &updated.name)).await?.is_some() {
+                        Err(OriginError::Conflict(format!("a channel named {:?} already exists", updated.name)))
+                    } else {
+                        if renamed {
+                            tx.clear(&keys::channel_name(w, &channel.name))?;
+                            tx.set(&keys::channel_name(w, &updated.name), c.as_str().as_bytes())?;
+                        }
+                        tx.set(&keys::channel(w, c), &selvage_shared::to_msgpack(&updated))?;
+                        let mut log = Appender::new();
+                        log.append(tx, w, crate::now_ms(), Event::ChannelUpdated { channel: updated.clone() })?;
+                        log.finish(tx)?;
+                        let last_seq = last_seq(tx, w, c).await?;
+                        Ok(ChannelView { channel: updated, is_member: member, last_seq })
+                    }
+                }
+            },
+        }
+    })?;
+    let view = outcome?;
+    tracing::info!(ws.id = %w, channel.id = %c, archived = view.channel.archived, "channel updated");
+    Ok(view)
+}
+
+/// The channel after `change`, if the caller may make it.
+fn check_change(channel: &Channel, member: bool, caller: &Caller, change: &ChannelChange) -> Result<Channel> {
+    let manager = caller.user.admin || channel.created_by == caller.user.id;
+    let mut updated = channel.clone();
+    if let Some(archived) = change.archived {
+        if channel.is_conversation() {
+            return Err(OriginError::Forbidden("DMs and group DMs cannot be archived".into()));
+        }
+        if archived != channel.archived && !manager {
+            return Err(OriginError::Forbidden("only the channel's creator or an admin may (un)archive it".into()));
+        }
+        updated.archived = archived;
+    }
+    if updated.archived && (change.name.is_some() || change.topic.is_some() || change.purpose.is_some()) {
+        return Err(OriginError::Archived(format!("channel {} is archived", channel.id)));
+    }
+    if let Some(name) = &change.name {
+        if channel.is_conversation() {
+            return Err(OriginError::Forbidden("DMs and group DMs cannot be renamed".into()));
+        }
+        if *name != channel.name && !manager {
+            return Err(OriginError::Forbidden("only the channel's creator or an admin may rename it".into()));
+        }
+        updated.name = name.clone();
+    }
+    if change.topic.is_some() || change.purpose.is_some() {
+        if !member && !caller.user.admin {
+            return Err(OriginError::NotMember("only members may set a channel's topic or purpose".into()));
+        }
+        updated.topic = change.topic.clone().unwrap_or(updated.topic);
+        updated.purpose = change.purpose.clone().unwrap_or(updated.purpose);
+    }
+    Ok(updated)
+}

@@ -5,7 +5,8 @@
 //! client that saw a gap or reconnects asks for). Pages are always returned oldest first.
 //!
 //! A thread is read the same way through its index, `(ws, W, thread, C, root, reply)`: one range
-//! read for the page's reply seqs, then one point read per reply.
+//! read for the page's reply seqs, then one point read per reply. Every page carries its
+//! messages' reactions and thread summaries ([`messages::decorate`]).
 
 use selvage_shared::{ChannelId, Message, Seq};
 use serde::Serialize;
@@ -14,6 +15,7 @@ use crate::{
     accounts::Caller,
     channels,
     error::{OriginError, Result},
+    messages,
     store::{keys, RangeRead, Store, StoreError},
     transact,
 };
@@ -95,6 +97,7 @@ pub async fn page(store: &Store, caller: &Caller, c: &ChannelId, bounds: Bounds)
             if reverse {
                 messages.reverse();
             }
+            messages::decorate(tx, w, c, &mut messages).await?;
             Some(Page { messages, has_more })
         }
     })?;
@@ -139,6 +142,7 @@ pub async fn thread(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, bo
                     if reverse {
                         messages.reverse();
                     }
+                    messages::decorate(tx, w, c, &mut messages).await?;
                     ThreadRead::Page(Page { messages, has_more })
                 }
             }

@@ -19,7 +19,10 @@ pub mod feed;
 pub mod history;
 pub mod ids;
 pub mod link;
+pub mod messages;
 pub mod metrics;
+pub mod read_markers;
+pub mod relay;
 pub mod sequencer;
 pub mod snapshot;
 pub mod store;
@@ -50,6 +53,8 @@ pub struct Origin {
     pub feed: Arc<Feed>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// Ephemeral events on their way to the edges.
+    pub relay: relay::Relay,
     /// Cancelled when the node is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -143,7 +148,15 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     tracing::info!(%addr, engine = store.engine(), "origin listening");
-    let origin = Arc::new(Origin { config, store, sequencer, feed: feed.clone(), metrics, shutdown: shutdown.clone() });
+    let origin = Arc::new(Origin {
+        config,
+        store,
+        sequencer,
+        feed: feed.clone(),
+        metrics,
+        relay: relay::Relay::new(),
+        shutdown: shutdown.clone(),
+    });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
     let (link_addr, link_fingerprint) = link.as_ref().map(|l| (l.addr, l.fingerprint.clone())).unzip();
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));

@@ -49,7 +49,8 @@ use crate::{
     config::LinkConfig,
     error::OriginError,
     feed::{self, Feed, Position, Read},
-    history,
+    history, read_markers,
+    relay::Relayed,
     sequencer::SendRequest,
     snapshot, Origin, StartError,
 };
@@ -307,7 +308,7 @@ async fn serve_stream(ctx: Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::R
         );
         return refuse(&ctx, send, recv, e).await;
     }
-    let edge_id: String = open.edge_id.chars().take(64).collect();
+    let edge_id: Arc<str> = open.edge_id.chars().take(64).collect::<String>().into();
     match open.stream {
         LenientStream::Feed { cursor } => {
             // Edges write nothing after link_open on a feed stream.
@@ -326,7 +327,7 @@ async fn serve_stream(ctx: Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::R
             };
             tracing::info!(edge.id = %edge_id, from = %from, "edge tails the feed");
             let _open = StreamGauge::new(&ctx, "feed");
-            match feed_stream(&ctx, send, requested).await {
+            match feed_stream(&ctx, send, requested, &edge_id).await {
                 Ok(()) => tracing::debug!(edge.id = %edge_id, "feed stream ended"),
                 Err(e) => tracing::info!(edge.id = %edge_id, error = %e, "feed stream ended"),
             }
@@ -334,7 +335,7 @@ async fn serve_stream(ctx: Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::R
         LenientStream::Calls => {
             tracing::info!(edge.id = %edge_id, "edge opened a calls stream");
             let _open = StreamGauge::new(&ctx, "calls");
-            calls_stream(&ctx, send, recv).await;
+            calls_stream(&ctx, send, recv, &edge_id).await;
             tracing::debug!(edge.id = %edge_id, "calls stream ended");
         }
     }
@@ -434,7 +435,12 @@ fn encode_feed(frame: &FeedFrame) -> Result<Vec<u8>, String> {
 }
 
 /// Streams the feed after `cursor` until the edge goes away or the origin shuts down.
-async fn feed_stream(ctx: &Ctx, mut send: quinn::SendStream, requested: Requested) -> Result<(), String> {
+async fn feed_stream(
+    ctx: &Ctx,
+    mut send: quinn::SendStream,
+    requested: Requested,
+    edge_id: &Arc<str>,
+) -> Result<(), String> {
     let feed: &Feed = &ctx.origin.feed;
     let metrics = &ctx.origin.metrics;
     let head = feed.head().await.map_err(|e| format!("cannot read the feed head: {e}"))?;
@@ -456,6 +462,7 @@ async fn feed_stream(ctx: &Ctx, mut send: quinn::SendStream, requested: Requeste
     write_frame(&mut send, &encode_feed(&first)?).await?;
     let mut last_write = Instant::now();
     let mut wake = feed.subscribe();
+    let mut relayed = ctx.origin.relay.subscribe();
     let mut frames = Vec::new();
     loop {
         wake.borrow_and_update();
@@ -511,13 +518,26 @@ async fn feed_stream(ctx: &Ctx, mut send: quinn::SendStream, requested: Requeste
                 }
             }
         }
-        // Caught up: wait for new events, sending a heartbeat after a second of quiet.
+        // Caught up: wait for new events, sending a heartbeat after a second of quiet, and pass
+        // on ephemeral events from other edges (and the origin's own) meanwhile.
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => {
                 let _ = send.finish();
                 return Ok(());
             }
+            relay = relayed.recv() => match relay {
+                Ok(r) if r.from_edge.as_ref() != Some(edge_id) => {
+                    let frame = FeedFrame::Ephemeral { workspace: r.workspace, event: Box::new(r.event) };
+                    write_frame(&mut send, &encode_feed(&frame)?).await?;
+                    last_write = Instant::now();
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    metrics.link_relay_dropped.inc_by(n);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err("the relay stopped".into()),
+            },
             changed = tokio::time::timeout_at(last_write + HEARTBEAT_EVERY, wake.changed()) => match changed {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err("the feed notifier stopped".into()),
@@ -542,7 +562,7 @@ struct CallId {
 
 /// Reads calls until the edge finishes the stream, runs each as its own task, and writes the
 /// replies through one writer task.
-async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::RecvStream, edge_id: &Arc<str>) {
     let (replies, queue) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE);
     let writer = tokio::spawn(write_replies(send, queue));
     let slots = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
@@ -589,6 +609,20 @@ async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::
                 continue;
             }
         };
+        if let Call::Relay { workspace, event } = call.call {
+            // Answered here, in order and without a task: relaying is a hand-over to memory.
+            metrics.link_calls.with_label_values(&["relay"]).inc();
+            let reply = if event.is_ephemeral() {
+                ctx.origin.relay.publish(Relayed { from_edge: Some(edge_id.clone()), workspace, event });
+                Ok(Answer::Done)
+            } else {
+                Err(link_error(ErrorCode::BadRequest, "only ephemeral events (typing, presence) are relayed"))
+            };
+            if replies.send(encode_reply(call.id, reply)).await.is_err() {
+                break;
+            }
+            continue;
+        }
         let slot = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             slot = slots.clone().acquire_owned() => match slot {
@@ -661,7 +695,7 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
         Call::Send { workspace, user, channel, text, client_msg_id, thread_root } => {
             let request = SendRequest { workspace, channel, user, text, client_msg_id, thread_root };
             let sent = origin.sequencer.send(request).await?;
-            Ok(Answer::Sent { message: sent.message, cursor: sent.cursor, duplicate: sent.duplicate })
+            Ok(Answer::Sent { message: Box::new(sent.message), cursor: sent.cursor, duplicate: sent.duplicate })
         }
         Call::History { workspace, user, channel, before, after, limit } => {
             let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
@@ -676,6 +710,12 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
             Ok(Answer::Messages { messages: page.messages, has_more: page.has_more })
         }
         Call::Events { workspace, after, limit } => events(&origin.feed, &workspace, &after, limit).await,
+        Call::MarkRead { workspace, user, channel, seq } => {
+            let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
+            let seq = read_markers::mark(&origin.store, &caller, &channel, seq).await?;
+            Ok(Answer::ReadMarker { seq })
+        }
+        Call::Relay { .. } => Err(OriginError::BadRequest("relay calls are answered by the calls stream".into())),
     }
 }
 
@@ -746,6 +786,14 @@ mod tests {
                 thread_root: None,
                 edited_at: None,
                 deleted: false,
+                mentions: Vec::new(),
+                mentions_channel: false,
+                mentions_here: false,
+                reactions: Vec::new(),
+                reply_count: 0,
+                latest_reply: None,
+                latest_reply_seq: None,
+                reply_users: Vec::new(),
             }),
         }
     }

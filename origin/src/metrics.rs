@@ -44,6 +44,8 @@ pub struct Metrics {
     pub link_connections: IntGauge,
     /// Link streams refused (wrong edge key or protocol, unreadable first frame).
     pub link_refused: IntCounter,
+    /// Ephemeral events (typing, presence) a lagging feed stream skipped.
+    pub link_relay_dropped: IntCounter,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -125,9 +127,14 @@ impl Metrics {
                 "Link streams refused (wrong edge key or protocol, unreadable first frame)",
             )
             .expect("valid counter"),
+            link_relay_dropped: IntCounter::new(
+                "selvage_link_relay_dropped_total",
+                "Ephemeral events (typing, presence) a lagging edge feed stream skipped",
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -144,6 +151,7 @@ impl Metrics {
             Box::new(m.link_feed_events.clone()),
             Box::new(m.link_connections.clone()),
             Box::new(m.link_refused.clone()),
+            Box::new(m.link_relay_dropped.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

@@ -37,6 +37,7 @@ use crate::{
     config::SequencerConfig,
     error::{OriginError, Result},
     feed::{self, Appender},
+    messages::{self, ThreadSummary},
     metrics::Metrics,
     store::{keys, KvTxn, Store, StoreError},
     transact,
@@ -129,17 +130,24 @@ impl Sequencer {
     }
 }
 
-/// Checks what can be checked without storage.
-fn validate(r: &SendRequest) -> Result<()> {
-    if r.text.is_empty() {
+/// Checks a message text: not empty, at most [`selvage_shared::MAX_TEXT_CHARS`] characters and
+/// [`MAX_TEXT_BYTES`] bytes. Sends and edits share it.
+pub fn validate_text(text: &str) -> Result<()> {
+    if text.is_empty() {
         return Err(OriginError::BadRequest("text must not be empty".into()));
     }
-    if r.text.chars().count() > selvage_shared::MAX_TEXT_CHARS || r.text.len() > MAX_TEXT_BYTES {
+    if text.chars().count() > selvage_shared::MAX_TEXT_CHARS || text.len() > MAX_TEXT_BYTES {
         return Err(OriginError::TooLarge(format!(
             "text is over {} characters or {MAX_TEXT_BYTES} bytes",
             selvage_shared::MAX_TEXT_CHARS
         )));
     }
+    Ok(())
+}
+
+/// Checks what can be checked without storage.
+fn validate(r: &SendRequest) -> Result<()> {
+    validate_text(&r.text)?;
     if r.client_msg_id.is_empty() || r.client_msg_id.len() > selvage_shared::MAX_CLIENT_MSG_ID_BYTES {
         return Err(OriginError::BadRequest(format!(
             "client_msg_id must be 1 to {} bytes",
@@ -270,6 +278,8 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[&SendRequest]) -> Result<Vec<O
     let mut members: HashMap<(WorkspaceId, ChannelId, UserId), bool> = HashMap::new();
     let mut seen: HashMap<(&WorkspaceId, &ChannelId, &str), usize> = HashMap::new();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
+    // Thread roots replied to in this group: the root as it reads and its summary.
+    let mut roots: HashMap<(WorkspaceId, ChannelId, Seq), (Message, ThreadSummary)> = HashMap::new();
     let mut log = Appender::new();
     for (i, r) in requests.iter().enumerate() {
         let (w, c) = (&r.workspace, &r.channel);
@@ -318,40 +328,56 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[&SendRequest]) -> Result<Vec<O
             outcomes.push(Outcome::Duplicate(message));
             continue;
         }
+        // A reply needs a top-level root; the root's summary moves with it (kept per group, so
+        // several replies to one root in one group count up from each other).
         if let Some(root) = r.thread_root {
-            let valid = root <= *head
-                && match tx.get(&keys::message(w, c, root)).await? {
-                    Some(raw) => selvage_shared::from_msgpack::<Message>(&raw).is_ok_and(|m| m.thread_root.is_none()),
-                    None => false,
+            if let Entry::Vacant(slot) = roots.entry((w.clone(), c.clone(), root)) {
+                let found = if root <= *head {
+                    messages::load_decorated(tx, w, c, root).await?.filter(|m| m.thread_root.is_none())
+                } else {
+                    None
                 };
-            if !valid {
-                outcomes.push(Outcome::Rejected(OriginError::BadRequest(format!(
-                    "thread_root {root} is not a top-level message of {c}"
-                ))));
-                continue;
+                match found {
+                    Some(message) => {
+                        let summary = ThreadSummary::of(&message);
+                        slot.insert((message, summary));
+                    }
+                    None => {
+                        outcomes.push(Outcome::Rejected(OriginError::BadRequest(format!(
+                            "thread_root {root} is not a top-level message of {c}"
+                        ))));
+                        continue;
+                    }
+                }
             }
         }
         *head += 1;
         let seq = *head;
-        let message = Message {
-            channel: c.clone(),
-            seq,
-            ts: now,
-            user: r.user.clone(),
-            text: r.text.clone(),
+        let mut message = Message {
             client_msg_id: r.client_msg_id.clone(),
             thread_root: r.thread_root,
-            edited_at: None,
-            deleted: false,
+            ..Message::new(c.clone(), seq, now, r.user.clone(), r.text.clone())
         };
+        messages::set_mentions(&mut message);
         tx.set(&keys::message(w, c, seq), &selvage_shared::to_msgpack(&message))?;
         tx.set(&keys::nonce(w, c, &r.client_msg_id), &(seq as i64).to_le_bytes())?;
         if let Some(root) = r.thread_root {
             tx.set(&keys::thread_reply(w, c, root, seq), &[])?;
+            // The root's new summary goes out just before the reply: the channel learns that
+            // `seq` is a reply, and an edge knows the thread's followers when the reply arrives.
+            if let Some((root_message, summary)) = roots.get_mut(&(w.clone(), c.clone(), root)) {
+                summary.add_reply(&r.user, seq, now);
+                summary.apply_to(root_message);
+                let event = Event::MessageChanged { channel: c.clone(), seq: root, message: root_message.clone() };
+                log.append(tx, w, now, event)?;
+            }
         }
         let order = log.append(tx, w, now, Event::Message(message.clone()))?;
         seen.insert((w, c, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });
+    }
+    for ((w, c, root), (_, summary)) in &roots {
+        messages::write_summary(tx, w, c, *root, summary)?;
     }
     for ((w, c), (_, head, read)) in &chans {
         if head != read {

@@ -591,10 +591,21 @@ async fn health_readiness_metrics_and_openapi_are_served() {
     }
     let doc: Value = o.http.get(o.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in
-        ["/v1/workspaces", "/v1/users", "/v1/channels/{id}/messages", "/v1/events", "/v1/dms", "/v1/tokens/revoke"]
-    {
-        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    for (path, method) in [
+        ("/v1/workspaces", "post"),
+        ("/v1/users", "post"),
+        ("/v1/channels/{id}", "patch"),
+        ("/v1/channels/{id}/messages", "post"),
+        ("/v1/channels/{id}/messages/{seq}", "patch"),
+        ("/v1/channels/{id}/messages/{seq}", "delete"),
+        ("/v1/channels/{id}/messages/{seq}/reactions/{emoji}", "put"),
+        ("/v1/channels/{id}/messages/{seq}/reactions/{emoji}", "delete"),
+        ("/v1/channels/{id}/read", "put"),
+        ("/v1/events", "get"),
+        ("/v1/dms", "post"),
+        ("/v1/tokens/revoke", "post"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the OpenAPI document");
     }
     o.stop().await;
 }

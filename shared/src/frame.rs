@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::DecodeError;
 use crate::error::ErrorCode;
 use crate::event::{Event, FeedItem};
-use crate::ids::{ChannelId, Cursor, Seq, UserId};
+use crate::ids::{ChannelId, Cursor, Seq, UserId, WorkspaceId};
 use crate::limits::{
     MAX_CLIENT_MSG_ID_BYTES, MAX_PRESENCE_SUB_USERS, MAX_QUERY_LIMIT, MAX_REQUEST_ID_BYTES, MAX_TEXT_CHARS,
 };
@@ -403,6 +403,14 @@ pub enum FeedFrame {
     Heartbeat {
         /// Current head of the feed.
         cursor: Cursor,
+    },
+    /// An ephemeral event (typing, presence) of a workspace, relayed between edges and never
+    /// logged: it has no cursor and does not move the edge's place in the feed.
+    Ephemeral {
+        /// The workspace it happened in.
+        workspace: WorkspaceId,
+        /// What happened.
+        event: Box<Event>,
     },
     /// The requested cursor is older than the log's trim point: rebuild caches from a snapshot
     /// and continue from `cursor`.

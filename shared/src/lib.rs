@@ -1,6 +1,6 @@
 //! The Selvage wire contract, shared by the origin, the edge, the load tester and client SDKs:
 //! ids ([`ids`]), the data model ([`model`]), the event model ([`event`]), client and feed frames
-//! ([`frame`]), protocol error codes ([`error`]), size limits ([`limits`]) and the JSON and
+//! ([`frame`]), mention parsing ([`mentions`]), protocol error codes ([`error`]), size limits ([`limits`]) and the JSON and
 //! MessagePack codecs ([`codec`]).
 //!
 //! Pure data and pure functions: no I/O, no async runtime, so every decoder of untrusted bytes
@@ -15,6 +15,7 @@ pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod link;
+pub mod mentions;
 pub mod model;
 #[cfg(feature = "quic")]
 pub mod quic;

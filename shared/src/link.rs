@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::DecodeError;
 use crate::error::ErrorCode;
-use crate::event::FeedItem;
+use crate::event::{Event, FeedItem};
 use crate::ids::{ChannelId, Cursor, Seq, UserId, WorkspaceId};
 use crate::model::{Channel, Message, User, Workspace};
 
@@ -135,6 +135,24 @@ pub enum Call {
         /// At most this many (1..=1000).
         limit: u32,
     },
+    /// Move `user`'s read marker in `channel` forward to `seq` (a client's `mark_read`).
+    MarkRead {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Whose marker.
+        user: UserId,
+        /// The channel.
+        channel: ChannelId,
+        /// The last seq read.
+        seq: Seq,
+    },
+    /// Relay an ephemeral event (typing) to every other edge; nothing is logged.
+    Relay {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// The event.
+        event: Event,
+    },
     /// Events of one workspace after a cursor, for resuming a client whose cursor is older than
     /// the edge's own buffers. Internal events are included (the edge filters per user).
     Events {
@@ -157,6 +175,8 @@ impl Call {
             Call::History { .. } => "history",
             Call::Thread { .. } => "thread",
             Call::Events { .. } => "events",
+            Call::MarkRead { .. } => "mark_read",
+            Call::Relay { .. } => "relay",
         }
     }
 }
@@ -198,7 +218,7 @@ pub enum Answer {
     /// For [`Call::Send`].
     Sent {
         /// The message as stored (the original one for a retry).
-        message: Message,
+        message: Box<Message>,
         /// Its feed cursor; `None` when the send was a retry.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<Cursor>,
@@ -212,6 +232,13 @@ pub enum Answer {
         /// Whether more lie beyond the page in the direction read.
         has_more: bool,
     },
+    /// For [`Call::MarkRead`]: the marker as it now stands.
+    ReadMarker {
+        /// The last seq read.
+        seq: Seq,
+    },
+    /// For calls that only need to say they were done ([`Call::Relay`]).
+    Done,
     /// For [`Call::Events`].
     Events {
         /// The workspace's events after the cursor, in log order.

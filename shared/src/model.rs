@@ -117,6 +117,123 @@ pub struct Message {
     /// Deleted messages keep their `seq` (so clients see no gap) but lose their text.
     #[serde(default)]
     pub deleted: bool,
+    /// Users mentioned with `<@U…>`, each once, in the order they first appear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
+    /// The text mentions `@channel` (`<!channel>`): every member.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mentions_channel: bool,
+    /// The text mentions `@here` (`<!here>`): every member with an active session when it was
+    /// posted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mentions_here: bool,
+    /// Reactions, by the time each emoji was first used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+    /// For a thread's root: how many replies it has (deleted ones not counted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reply_count: u32,
+    /// For a thread's root: when the newest reply was posted, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_reply: Option<i64>,
+    /// For a thread's root: the `seq` of the newest reply. Reply events go only to the thread's
+    /// followers, so this is how everyone else in the channel learns which `seq`s are replies
+    /// rather than gaps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_reply_seq: Option<Seq>,
+    /// For a thread's root: who replied, in the order of their first reply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reply_users: Vec<UserId>,
+}
+
+impl Message {
+    /// A new top-level message with nothing but its identity, author and text set; fill in the
+    /// rest with struct update syntax.
+    pub fn new(channel: ChannelId, seq: Seq, ts: i64, user: UserId, text: impl Into<String>) -> Message {
+        Message {
+            channel,
+            seq,
+            ts,
+            user,
+            text: text.into(),
+            client_msg_id: String::new(),
+            thread_root: None,
+            edited_at: None,
+            deleted: false,
+            mentions: Vec::new(),
+            mentions_channel: false,
+            mentions_here: false,
+            reactions: Vec::new(),
+            reply_count: 0,
+            latest_reply: None,
+            latest_reply_seq: None,
+            reply_users: Vec::new(),
+        }
+    }
+
+    /// Whether the message mentions `user` directly or through `@channel` (`@here` depends on
+    /// who was active, which the message alone cannot say).
+    pub fn mentions_user(&self, user: &UserId) -> bool {
+        self.mentions_channel || self.mentions.contains(user)
+    }
+
+    /// Adds (`add`) or takes back `user`'s reaction `emoji`, as a fresh read would show it
+    /// afterwards: a new emoji goes last, users in the order they reacted, an emoji nobody uses
+    /// any more goes away. Idempotent both ways. The origin and edge caches share this rule.
+    pub fn apply_reaction(&mut self, user: &UserId, emoji: &str, add: bool) {
+        let slot = self.reactions.iter_mut().position(|r| r.emoji == emoji);
+        match (slot, add) {
+            (Some(i), true) => {
+                let r = &mut self.reactions[i];
+                if !r.users.contains(user) {
+                    r.users.push(user.clone());
+                    r.count = r.users.len() as u32;
+                }
+            }
+            (None, true) => {
+                self.reactions.push(Reaction { emoji: emoji.to_string(), count: 1, users: vec![user.clone()] })
+            }
+            (Some(i), false) => {
+                let r = &mut self.reactions[i];
+                r.users.retain(|u| u != user);
+                r.count = r.users.len() as u32;
+                if r.users.is_empty() {
+                    self.reactions.remove(i);
+                }
+            }
+            (None, false) => {}
+        }
+    }
+
+    /// Turns the message into the tombstone a delete leaves: same `seq`, no text, mentions or
+    /// reactions.
+    pub fn make_tombstone(&mut self) {
+        self.text = String::new();
+        self.deleted = true;
+        self.mentions.clear();
+        self.mentions_channel = false;
+        self.mentions_here = false;
+        self.reactions.clear();
+    }
+}
+
+/// One emoji's reactions to a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji's name, e.g. `thumbsup`.
+    pub emoji: String,
+    /// How many users reacted with it (`users.len()`).
+    pub count: u32,
+    /// Who reacted, in the order they did.
+    pub users: Vec<UserId>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A user's presence as other users see it.

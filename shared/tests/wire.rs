@@ -44,6 +44,14 @@ fn message_event_frame_is_flat() {
             thread_root: Some(40),
             edited_at: None,
             deleted: false,
+            mentions: Vec::new(),
+            mentions_channel: false,
+            mentions_here: false,
+            reactions: Vec::new(),
+            reply_count: 0,
+            latest_reply: None,
+            latest_reply_seq: None,
+            reply_users: Vec::new(),
         }),
     );
     let expected = json!({

@@ -107,6 +107,22 @@ pub fn thread(w: &WorkspaceId, c: &ChannelId, root: Seq) -> Vec<u8> {
     ws(w).str("thread").str(c.as_str()).uint(root).finish()
 }
 
+/// `(ws, W, react, C, seq, emoji, U)` → when the user reacted (ms, little-endian): one key per
+/// reaction, so adding and removing are blind, idempotent writes.
+pub fn reaction(w: &WorkspaceId, c: &ChannelId, seq: Seq, emoji: &str, u: &UserId) -> Vec<u8> {
+    ws(w).str("react").str(c.as_str()).uint(seq).str(emoji).str(u.as_str()).finish()
+}
+
+/// `(ws, W, react, C, seq)`: prefix of one message's reactions.
+pub fn reactions_of(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("react").str(c.as_str()).uint(seq).finish()
+}
+
+/// `(ws, W, replies, C, root)` → a thread root's summary (reply count, latest reply, who replied).
+pub fn thread_summary(w: &WorkspaceId, c: &ChannelId, root: Seq) -> Vec<u8> {
+    ws(w).str("replies").str(c.as_str()).uint(root).finish()
+}
+
 /// `(ws, W, read, U, C)` → the user's read marker in C.
 pub fn read_marker(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> {
     ws(w).str("read").str(u.as_str()).str(c.as_str()).finish()

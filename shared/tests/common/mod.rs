@@ -63,8 +63,16 @@ pub fn channel() -> impl Strategy<Value = Channel> {
         })
 }
 
+pub fn reaction() -> impl Strategy<Value = Reaction> {
+    (text(), proptest::collection::vec(user_id(), 0..4)).prop_map(|(emoji, users)| Reaction {
+        emoji,
+        count: users.len() as u32,
+        users,
+    })
+}
+
 pub fn message() -> impl Strategy<Value = Message> {
-    (
+    let base = (
         channel_id(),
         any::<u64>(),
         any::<i64>(),
@@ -74,8 +82,31 @@ pub fn message() -> impl Strategy<Value = Message> {
         option::of(any::<u64>()),
         option::of(any::<i64>()),
         any::<bool>(),
-    )
-        .prop_map(|(channel, seq, ts, user, text, client_msg_id, thread_root, edited_at, deleted)| Message {
+    );
+    let extra = (
+        proptest::collection::vec(user_id(), 0..3),
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec(reaction(), 0..3),
+        any::<u32>(),
+        option::of(any::<i64>()),
+        option::of(any::<u64>()),
+        proptest::collection::vec(user_id(), 0..3),
+    );
+    (base, extra).prop_map(
+        |(
+            (channel, seq, ts, user, text, client_msg_id, thread_root, edited_at, deleted),
+            (
+                mentions,
+                mentions_channel,
+                mentions_here,
+                reactions,
+                reply_count,
+                latest_reply,
+                latest_reply_seq,
+                reply_users,
+            ),
+        )| Message {
             channel,
             seq,
             ts,
@@ -85,7 +116,16 @@ pub fn message() -> impl Strategy<Value = Message> {
             thread_root,
             edited_at,
             deleted,
-        })
+            mentions,
+            mentions_channel,
+            mentions_here,
+            reactions,
+            reply_count,
+            latest_reply,
+            latest_reply_seq,
+            reply_users,
+        },
+    )
 }
 
 pub fn presence() -> impl Strategy<Value = Presence> {
