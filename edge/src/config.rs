@@ -92,6 +92,15 @@ pub struct SessionConfig {
     /// How long draining connections get between `goodbye` and being closed, in milliseconds;
     /// each client is told to reconnect at a random point inside it.
     pub drain_grace_ms: u64,
+    /// A user whose sessions have all been idle this long (no frame but pings), in
+    /// milliseconds, shows as `away`.
+    pub away_after_ms: u64,
+    /// How often the edge renews its reports of who is connected to the origin, in
+    /// milliseconds; keep it well under the origin's `link.presence_lease_ms`.
+    pub presence_renew_ms: u64,
+    /// Most `presence_sub` frames one connection may send per 10 seconds; more are refused
+    /// with `rate_limited`.
+    pub presence_subs_per_10s: u32,
 }
 
 impl Default for EdgeConfig {
@@ -145,6 +154,9 @@ impl Default for SessionConfig {
             max_in_flight: 256,
             boot_timeout_ms: 10_000,
             drain_grace_ms: 30_000,
+            away_after_ms: 10 * 60_000,
+            presence_renew_ms: 10_000,
+            presence_subs_per_10s: 10,
         }
     }
 }
@@ -186,6 +198,11 @@ impl EdgeConfig {
         }
         if s.max_in_flight == 0 {
             return Err("sessions.max_in_flight must be above 0".into());
+        }
+        if s.away_after_ms < 100 || s.presence_renew_ms < 100 || s.presence_subs_per_10s == 0 {
+            return Err("sessions.away_after_ms and sessions.presence_renew_ms must be 100 or more, \
+                 sessions.presence_subs_per_10s above 0"
+                .into());
         }
         if self.cache.recent_events_per_channel == 0 || self.cache.recent_workspace_events == 0 {
             return Err("cache.recent_events_per_channel and cache.recent_workspace_events must be above 0".into());

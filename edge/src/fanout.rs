@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cache::{CacheLimits, Recipients, WorkspaceState},
     metrics::Metrics,
+    presence::{PresenceState, RateLimited},
     upstream::{FeedUpdate, Upstream},
 };
 
@@ -104,6 +105,12 @@ impl Encoded {
     /// Wraps an event for fan-out.
     pub fn new(cursor: Cursor, event: Event) -> Self {
         Encoded { cursor, event, json: OnceLock::new(), msgpack: OnceLock::new() }
+    }
+
+    /// Whether the event is ephemeral (typing, presence): not a feed entry, so its cursor is
+    /// only the newest one applied and says nothing about what the client already has.
+    pub fn is_ephemeral(&self) -> bool {
+        self.event.is_ephemeral()
     }
 
     /// The frame in `format`, encoded on first use.
@@ -234,6 +241,8 @@ pub struct LiveInner {
     retired: bool,
     /// When each user last had a `typing` relayed per channel (see [`TYPING_EVERY`]).
     typing: HashMap<(UserId, ChannelId), Instant>,
+    /// Who is online, what this edge reports, and who follows whom.
+    pub presence: PresenceState,
 }
 
 /// A user's `typing` in one channel is relayed at most this often; the rest are dropped (a
@@ -243,6 +252,7 @@ pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 impl LiveInner {
     /// Registers a session for fan-out; events applied from now on reach it.
     pub fn register(&mut self, outbox: Arc<Outbox>) {
+        self.presence.open(outbox.id, &outbox.user, Instant::now());
         self.by_user.entry(outbox.user.clone()).or_default().push(outbox.id);
         self.sessions.insert(outbox.id, outbox);
     }
@@ -275,6 +285,7 @@ impl LiveInner {
     }
 
     fn unregister(&mut self, id: u64) {
+        self.presence.close(id);
         if let Some(outbox) = self.sessions.remove(&id) {
             if let Some(ids) = self.by_user.get_mut(&outbox.user) {
                 ids.retain(|i| *i != id);
@@ -306,10 +317,45 @@ impl LiveInner {
     /// It carries the cursor of the newest event applied: every durable event at or before it
     /// is already ahead of it in each outbox, so a client may resume from it.
     pub fn relay(&mut self, event: Event, from: Option<u64>, metrics: &Metrics) {
+        if let Event::PresenceChange { user, presence } = event {
+            // Handed to followers on the next presence tick, batched.
+            self.presence.announce(user, presence);
+            return;
+        }
         let Some(channel) = event.channel() else { return };
         let ids = self.sessions_of(&Recipients::Members(channel.clone()), from);
         let encoded = Arc::new(Encoded::new(self.state.cursor().clone(), event));
         self.deliver(&encoded, ids, true, metrics);
+    }
+
+    /// Replaces what session `id` follows (`presence_sub`) and hands it their presence now.
+    pub fn presence_sub(
+        &mut self,
+        id: u64,
+        users: Vec<UserId>,
+        per_window: u32,
+        metrics: &Metrics,
+    ) -> Result<(), RateLimited> {
+        let current = self.presence.subscribe(id, users, Instant::now(), per_window)?;
+        let cursor = self.state.cursor().clone();
+        for (user, presence) in current {
+            let encoded = Arc::new(Encoded::new(cursor.clone(), Event::PresenceChange { user, presence }));
+            self.deliver(&encoded, vec![id], true, metrics);
+        }
+        Ok(())
+    }
+
+    /// Hands the presence changes announced since the last tick to their followers.
+    pub fn flush_presence(&mut self, metrics: &Metrics) {
+        let pending = self.presence.take_pending();
+        if pending.is_empty() {
+            return;
+        }
+        let cursor = self.state.cursor().clone();
+        for (user, presence, sessions) in pending {
+            let encoded = Arc::new(Encoded::new(cursor.clone(), Event::PresenceChange { user, presence }));
+            self.deliver(&encoded, sessions, true, metrics);
+        }
     }
 
     /// The sessions of `recipients`, except `except`. A channel's members are matched against
@@ -480,7 +526,17 @@ impl Workspaces {
                 return Err(e);
             }
         };
-        Ok(self.install(id, snapshot))
+        let live = self.install(id, snapshot);
+        // Who is online already: announcements from now on are newer and win over it.
+        let (upstream, weak, workspace) = (self.upstream.clone(), Arc::downgrade(&live), id.clone());
+        tokio::spawn(async move {
+            if let Ok(Answer::Presences { users }) = upstream.call(Call::PresenceSnapshot { workspace }).await {
+                if let Some(live) = weak.upgrade() {
+                    live.lock().presence.fill(users);
+                }
+            }
+        });
+        Ok(live)
     }
 
     fn install(&self, id: &WorkspaceId, snapshot: WorkspaceSnapshot) -> Arc<Live> {
@@ -495,6 +551,7 @@ impl Workspaces {
             by_user: HashMap::new(),
             retired: false,
             typing: HashMap::new(),
+            presence: PresenceState::default(),
         };
         for item in &waiting {
             inner.apply(item, &self.metrics);
@@ -573,9 +630,77 @@ impl Workspaces {
         });
     }
 
+    /// Every loaded workspace.
+    fn all_live(&self) -> Vec<(WorkspaceId, Arc<Live>)> {
+        let registry = self.registry();
+        registry
+            .iter()
+            .filter_map(|(id, slot)| match slot {
+                Slot::Ready(live) => Some((id.clone(), live.clone())),
+                Slot::Loading(_) => None,
+            })
+            .collect()
+    }
+
     /// Loaded workspaces (for metrics and tests).
     pub fn loaded(&self) -> usize {
         self.registry().values().filter(|s| matches!(s, Slot::Ready(_))).count()
+    }
+}
+
+/// How often presence is settled: changes reported to the origin, announcements handed out.
+pub const PRESENCE_TICK: Duration = Duration::from_millis(200);
+
+/// Reports of one call, at most (a renewal of a big edge is split).
+const PRESENCE_REPORTS_PER_CALL: usize = 1000;
+
+/// The presence loop: every [`PRESENCE_TICK`], hands each workspace's queued presence changes
+/// to their followers and reports to the origin whose presence seen here changed (everyone's,
+/// every `renew`, to keep the origin's lease; everyone's again after the link came back).
+pub async fn run_presence(
+    workspaces: Arc<Workspaces>,
+    away_after: Duration,
+    renew: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PRESENCE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_renewal = Instant::now();
+    let mut was_up = workspaces.upstream.is_up();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let up = workspaces.upstream.is_up();
+        let renewing = now.duration_since(last_renewal) >= renew;
+        if renewing {
+            last_renewal = now;
+        }
+        let mut calls = Vec::new();
+        for (id, live) in workspaces.all_live() {
+            let mut inner = live.lock();
+            inner.flush_presence(&workspaces.metrics);
+            if up && !was_up {
+                inner.presence.forget_reported();
+            }
+            if !up {
+                continue;
+            }
+            let reports = inner.presence.reports(now, away_after, renewing);
+            drop(inner);
+            for chunk in reports.chunks(PRESENCE_REPORTS_PER_CALL) {
+                calls.push(Call::Presence { workspace: id.clone(), reports: chunk.to_vec() });
+            }
+        }
+        was_up = up;
+        for call in calls {
+            if let Err(e) = workspaces.upstream.call(call).await {
+                // The next renewal repeats everything; a lost change is late, not lost.
+                tracing::debug!(error = %e.message, "presence report failed");
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod config;
 pub mod fanout;
 pub mod metrics;
+pub mod presence;
 pub mod quic;
 pub mod server;
 pub mod session;

@@ -154,6 +154,13 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         None => (None, None, None),
     };
     tracing::info!(%addr, ?quic_addr, origin = %edge.config.origin.link, "edge listening");
+    let sessions = &edge.config.sessions;
+    tokio::spawn(fanout::run_presence(
+        workspaces.clone(),
+        Duration::from_millis(sessions.away_after_ms),
+        Duration::from_millis(sessions.presence_renew_ms),
+        shutdown.clone(),
+    ));
     let feed_task = tokio::spawn(fanout::run_feed(workspaces, tokens, feed, shutdown.clone()));
     if !edge.config.cache.preload.is_empty() {
         tokio::spawn(preload(edge.clone(), shutdown.clone()));

@@ -138,7 +138,15 @@ pub async fn run<W: FrameWriter>(edge: Arc<Edge>, opening: Opening, inbound: mps
     let span = tracing::debug_span!("session", conn.id = outbox.id, ws.id = %principal.workspace, user.id = %principal.user, transport = opening.transport);
     let _enter = span.enter();
     tracing::debug!(resumed = hello.resumed, "session booted");
-    let session = Session { edge: edge.clone(), principal, live: live.clone(), outbox: outbox.clone(), opening };
+    let session = Session {
+        edge: edge.clone(),
+        principal,
+        live: live.clone(),
+        outbox: outbox.clone(),
+        opening,
+        started: tokio::time::Instant::now(),
+        touched_ms: std::sync::atomic::AtomicU64::new(0),
+    };
     session.serve(writer, inbound, outbox_rx, hello, replay).await;
     live.unregister(outbox.id);
     gauge.dec();
@@ -218,7 +226,16 @@ struct Session {
     live: Arc<Live>,
     outbox: Arc<Outbox>,
     opening: Opening,
+    /// When the session started; [`Session::touched_ms`] counts from it.
+    started: tokio::time::Instant,
+    /// Milliseconds after `started` of the last activity passed to presence.
+    touched_ms: std::sync::atomic::AtomicU64,
 }
+
+/// Activity is passed to presence at most this often per session (presence has a tick of
+/// 200 ms and an away time of minutes; taking the workspace lock on every frame would not
+/// make it any more exact).
+const TOUCH_EVERY_MS: u64 = 1000;
 
 /// How the serve loop ended.
 enum End {
@@ -281,7 +298,9 @@ impl Session {
                     let mut next = Some(out);
                     while let Some(out) = next.take() {
                         match out {
-                            Out::Event(e) if e.cursor <= floor => {}
+                            // Ephemeral events carry the newest cursor applied, not a place
+                            // in the feed: never take them for something already sent.
+                            Out::Event(e) if e.cursor <= floor && !e.is_ephemeral() => {}
                             Out::Event(e) => batch.push(e.wire(format)),
                             Out::Reply(w) => batch.push(w),
                         }
@@ -420,6 +439,16 @@ impl Session {
         End::Close(close::RESYNC, "resync".into())
     }
 
+    /// The client did something (any frame but a ping): it counts as active for presence.
+    fn touch(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.started.elapsed().as_millis() as u64;
+        if now.saturating_sub(self.touched_ms.load(Ordering::Relaxed)) >= TOUCH_EVERY_MS {
+            self.touched_ms.store(now, Ordering::Relaxed);
+            self.live.lock().presence.touch(self.outbox.id, tokio::time::Instant::now());
+        }
+    }
+
     /// Handles one client frame; requests run in their own tasks, bounded by `permits`.
     async fn handle(&self, bytes: &[u8], permits: &Arc<Semaphore>) {
         let format = self.opening.format;
@@ -434,6 +463,9 @@ impl Session {
             }
         };
         metrics.client_frames.with_label_values(&[frame.kind()]).inc();
+        if !matches!(frame, ClientFrame::Ping { .. }) {
+            self.touch();
+        }
         match frame {
             ClientFrame::Ping { id } => {
                 self.outbox.reply(encode(&ServerFrame::Pong { reply_to: id }, format)).await;
@@ -457,8 +489,23 @@ impl Session {
                     tokio::spawn(async move { upstream.call(Call::Relay { workspace, event }).await });
                 }
             }
-            ClientFrame::PresenceSub { .. } => {
-                // Presence is not served yet; accepting the subscription keeps clients working.
+            ClientFrame::PresenceSub { users } => {
+                let per_window = self.edge.config.sessions.presence_subs_per_10s;
+                let refused = self.live.lock().presence_sub(self.outbox.id, users, per_window, metrics).is_err();
+                if refused {
+                    let message = format!("at most {per_window} presence_sub frames per 10 s; keep the last list");
+                    let reply = ServerFrame::error(None, ErrorCode::RateLimited, message);
+                    self.outbox.reply(encode(&reply, format)).await;
+                }
+            }
+            ClientFrame::SetPresence { dnd } => {
+                let upstream = self.edge.upstream.clone();
+                let call = Call::SetDnd {
+                    workspace: self.principal.workspace.clone(),
+                    user: self.principal.user.clone(),
+                    dnd,
+                };
+                tokio::spawn(async move { upstream.call(call).await });
             }
             ClientFrame::Send { .. } | ClientFrame::Query(_) | ClientFrame::MarkRead { .. } => {
                 // Waiting here stops reading from the client: its requests in flight are capped.

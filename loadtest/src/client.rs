@@ -1477,6 +1477,7 @@ mod tests {
                 ClientFrame::PresenceSub { .. } => {
                     conn.send(&ServerFrame::Resync { reason: "cursor too old".into() }).await
                 }
+                ClientFrame::SetPresence { .. } => {}
             }
         }
         conn.finish().await;

@@ -99,6 +99,11 @@ pub struct LinkConfig {
     pub key_file: Option<PathBuf>,
     /// DNS names and IP addresses the self-signed certificate is made for.
     pub names: Vec<String>,
+    /// How long an edge's report of a user's sessions counts, in milliseconds, unless the edge
+    /// renews it (edges renew every `sessions.presence_renew_ms`, which must be well below
+    /// this). The users of an edge that stops reporting (a crash) go offline this long after
+    /// its last report.
+    pub presence_lease_ms: u64,
 }
 
 impl Default for LinkConfig {
@@ -109,6 +114,7 @@ impl Default for LinkConfig {
             cert_file: None,
             key_file: None,
             names: vec!["localhost".into(), "127.0.0.1".into()],
+            presence_lease_ms: 30_000,
         }
     }
 }
@@ -137,6 +143,9 @@ impl LinkConfig {
                     .into());
             }
             _ => {}
+        }
+        if self.presence_lease_ms < 1000 {
+            return Err("link.presence_lease_ms must be 1000 or more".into());
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ pub mod ids;
 pub mod link;
 pub mod messages;
 pub mod metrics;
+pub mod presence;
 pub mod read_markers;
 pub mod relay;
 pub mod sequencer;
@@ -54,7 +55,9 @@ pub struct Origin {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Ephemeral events on their way to the edges.
-    pub relay: relay::Relay,
+    pub relay: Arc<relay::Relay>,
+    /// Who is online, from the edges' reports.
+    pub presence: Arc<presence::Tracker>,
     /// Cancelled when the node is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -148,19 +151,22 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     tracing::info!(%addr, engine = store.engine(), "origin listening");
+    let presence_lease_ms = config.link.presence_lease_ms;
     let origin = Arc::new(Origin {
         config,
         store,
         sequencer,
         feed: feed.clone(),
         metrics,
-        relay: relay::Relay::new(),
+        relay: Arc::new(relay::Relay::new()),
+        presence: Arc::new(presence::Tracker::new(Duration::from_millis(presence_lease_ms))),
         shutdown: shutdown.clone(),
     });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
     let (link_addr, link_fingerprint) = link.as_ref().map(|l| (l.addr, l.fingerprint.clone())).unzip();
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
     let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
+    let sweeper = tokio::spawn(presence::run_sweeper(origin.presence.clone(), origin.relay.clone(), shutdown.clone()));
     let app = api::router(origin.clone());
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();
@@ -180,6 +186,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         let _ = committer.await;
         let _ = notifier.await;
         let _ = trimmer.await;
+        let _ = sweeper.await;
         tracing::info!("origin stopped");
     });
     Ok(Running { addr, link_addr, link_fingerprint, origin, task })

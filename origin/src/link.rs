@@ -49,7 +49,7 @@ use crate::{
     config::LinkConfig,
     error::OriginError,
     feed::{self, Feed, Position, Read},
-    history, read_markers,
+    history, presence, read_markers,
     relay::Relayed,
     sequencer::SendRequest,
     snapshot, Origin, StartError,
@@ -609,15 +609,10 @@ async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::
                 continue;
             }
         };
-        if let Call::Relay { workspace, event } = call.call {
-            // Answered here, in order and without a task: relaying is a hand-over to memory.
-            metrics.link_calls.with_label_values(&["relay"]).inc();
-            let reply = if event.is_ephemeral() {
-                ctx.origin.relay.publish(Relayed { from_edge: Some(edge_id.clone()), workspace, event });
-                Ok(Answer::Done)
-            } else {
-                Err(link_error(ErrorCode::BadRequest, "only ephemeral events (typing, presence) are relayed"))
-            };
+        // Ephemeral calls are answered here, in order and without a task: each is a hand-over
+        // to memory, and a user's presence reports must be taken in the order the edge sent them.
+        if let Some(reply) = ephemeral(&ctx.origin, edge_id, &call.call) {
+            metrics.link_calls.with_label_values(&[call.call.name()]).inc();
             if replies.send(encode_reply(call.id, reply)).await.is_err() {
                 break;
             }
@@ -648,6 +643,33 @@ async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::
     if let Err(e) = writer.await {
         tracing::error!(error = %e, "calls writer failed");
     }
+}
+
+/// Answers the calls about ephemeral state (relays, presence) at once; `None` for the rest.
+fn ephemeral(origin: &Origin, edge_id: &Arc<str>, call: &Call) -> Option<Result<Answer, LinkError>> {
+    let now = tokio::time::Instant::now();
+    let reply = match call {
+        Call::Relay { workspace, event } if event.is_ephemeral() => {
+            let relayed =
+                Relayed { from_edge: Some(edge_id.clone()), workspace: workspace.clone(), event: event.clone() };
+            origin.relay.publish(relayed);
+            Ok(Answer::Done)
+        }
+        Call::Relay { .. } => {
+            Err(link_error(ErrorCode::BadRequest, "only ephemeral events (typing, presence) are relayed"))
+        }
+        Call::Presence { workspace, reports } => {
+            presence::announce(&origin.relay, origin.presence.report(edge_id, workspace, reports, now));
+            Ok(Answer::Done)
+        }
+        Call::SetDnd { workspace, user, dnd } => {
+            presence::announce(&origin.relay, origin.presence.set_dnd(workspace, user, *dnd, now));
+            Ok(Answer::Done)
+        }
+        Call::PresenceSnapshot { workspace } => Ok(Answer::Presences { users: origin.presence.online(workspace, now) }),
+        _ => return None,
+    };
+    Some(reply)
 }
 
 async fn write_replies(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
@@ -715,7 +737,9 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
             let seq = read_markers::mark(&origin.store, &caller, &channel, seq).await?;
             Ok(Answer::ReadMarker { seq })
         }
-        Call::Relay { .. } => Err(OriginError::BadRequest("relay calls are answered by the calls stream".into())),
+        Call::Relay { .. } | Call::Presence { .. } | Call::SetDnd { .. } | Call::PresenceSnapshot { .. } => {
+            Err(OriginError::BadRequest("ephemeral calls are answered by the calls stream".into()))
+        }
     }
 }
 

@@ -51,6 +51,13 @@ pub enum ClientFrame {
         /// Users to follow (at most [`MAX_PRESENCE_SUB_USERS`]); empty unsubscribes from all.
         users: Vec<UserId>,
     },
+    /// Turn the user's do-not-disturb on or off (on every device): while on, others see the
+    /// user as `dnd` whenever they would otherwise be `active` or `away`. Not answered; the
+    /// change arrives as `presence_change` to whoever follows the user.
+    SetPresence {
+        /// Do not disturb.
+        dnd: bool,
+    },
     /// Fetch data lazily; answered by `result`.
     Query(Query),
     /// Move the user's read marker in a channel.
@@ -142,7 +149,7 @@ impl ClientFrame {
                 Ok(())
             }
             ClientFrame::Ping { id } => check_request_id(id),
-            ClientFrame::Typing { .. } | ClientFrame::MarkRead { .. } => Ok(()),
+            ClientFrame::Typing { .. } | ClientFrame::MarkRead { .. } | ClientFrame::SetPresence { .. } => Ok(()),
             ClientFrame::PresenceSub { users } => {
                 if users.len() > MAX_PRESENCE_SUB_USERS {
                     return invalid(format!("presence_sub takes at most {MAX_PRESENCE_SUB_USERS} users"));
@@ -158,7 +165,10 @@ impl ClientFrame {
         match self {
             ClientFrame::Send { id, .. } | ClientFrame::Ping { id } => Some(id),
             ClientFrame::Query(q) => Some(&q.id),
-            ClientFrame::Typing { .. } | ClientFrame::PresenceSub { .. } | ClientFrame::MarkRead { .. } => None,
+            ClientFrame::Typing { .. }
+            | ClientFrame::PresenceSub { .. }
+            | ClientFrame::MarkRead { .. }
+            | ClientFrame::SetPresence { .. } => None,
         }
     }
 
@@ -169,6 +179,7 @@ impl ClientFrame {
             ClientFrame::Ping { .. } => "ping",
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::PresenceSub { .. } => "presence_sub",
+            ClientFrame::SetPresence { .. } => "set_presence",
             ClientFrame::Query(_) => "query",
             ClientFrame::MarkRead { .. } => "mark_read",
         }

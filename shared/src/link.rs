@@ -21,7 +21,7 @@ use crate::codec::DecodeError;
 use crate::error::ErrorCode;
 use crate::event::{Event, FeedItem};
 use crate::ids::{ChannelId, Cursor, Seq, UserId, WorkspaceId};
-use crate::model::{Channel, Message, User, Workspace};
+use crate::model::{Channel, Message, Presence, User, Workspace};
 
 /// ALPN of the origin ↔ edge link.
 pub const LINK_ALPN: &[u8] = b"selvage-link/1";
@@ -146,6 +146,30 @@ pub enum Call {
         /// The last seq read.
         seq: Seq,
     },
+    /// What this edge sees of some users' sessions (changes, and every few seconds all of them
+    /// again to renew the origin's lease): the origin combines every edge's view into each
+    /// user's presence and tells every edge when it changes. A user the edge stops reporting
+    /// goes offline once the lease runs out, so a crashed edge's users go offline by themselves.
+    Presence {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// One entry per user reported.
+        reports: Vec<PresenceReport>,
+    },
+    /// Turn `user`'s do-not-disturb on or off.
+    SetDnd {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Whose.
+        user: UserId,
+        /// On or off.
+        dnd: bool,
+    },
+    /// The presence of every user of the workspace who is not offline.
+    PresenceSnapshot {
+        /// The workspace.
+        workspace: WorkspaceId,
+    },
     /// Relay an ephemeral event (typing) to every other edge; nothing is logged.
     Relay {
         /// The workspace.
@@ -177,6 +201,9 @@ impl Call {
             Call::Events { .. } => "events",
             Call::MarkRead { .. } => "mark_read",
             Call::Relay { .. } => "relay",
+            Call::Presence { .. } => "presence",
+            Call::SetDnd { .. } => "set_dnd",
+            Call::PresenceSnapshot { .. } => "presence_snapshot",
         }
     }
 }
@@ -237,8 +264,14 @@ pub enum Answer {
         /// The last seq read.
         seq: Seq,
     },
-    /// For calls that only need to say they were done ([`Call::Relay`]).
+    /// For calls that only need to say they were done ([`Call::Relay`], [`Call::Presence`],
+    /// [`Call::SetDnd`]).
     Done,
+    /// For [`Call::PresenceSnapshot`]: users who are not offline.
+    Presences {
+        /// Each user with their presence.
+        users: Vec<(UserId, Presence)>,
+    },
     /// For [`Call::Events`].
     Events {
         /// The workspace's events after the cursor, in log order.
@@ -251,6 +284,16 @@ pub enum Answer {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         resync: bool,
     },
+}
+
+/// What one edge sees of one user's sessions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceReport {
+    /// The user.
+    pub user: UserId,
+    /// `active` (a session was used lately), `away` (connected, all sessions idle) or
+    /// `offline` (no session left on this edge).
+    pub presence: Presence,
 }
 
 /// A workspace's state consistent with one cursor: every event at or before `cursor` is

@@ -222,6 +222,7 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
         vec(user_id(), 0..6).prop_map(|users| ClientFrame::PresenceSub { users }),
         query().prop_map(ClientFrame::Query),
         (channel_id(), any::<u64>()).prop_map(|(channel, seq)| ClientFrame::MarkRead { channel, seq }),
+        any::<bool>().prop_map(|dnd| ClientFrame::SetPresence { dnd }),
     ]
 }
 
