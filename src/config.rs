@@ -197,6 +197,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_load_as_they_are() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let origin = load_origin(Some(&root.join("infra/origin.example.toml")), &OriginFlags::default()).unwrap();
+        assert_eq!(origin.link.presence_lease_ms, 30_000);
+        let edge = load_edge(Some(&root.join("infra/edge.example.toml")), &EdgeFlags::default());
+        // The edge example leaves the origin's fingerprint and key to the environment; every
+        // field it does set must parse and pass validation up to those.
+        if let Err(e) = edge {
+            let e = format!("{e:#}");
+            assert!(e.contains("edge_key") || e.contains("fingerprint"), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "listn = \"127.0.0.1:9000\"\n")?;
