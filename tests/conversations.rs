@@ -59,13 +59,50 @@ async fn history(origin: &Origin, token: &str, channel: &ChannelId) -> Vec<Value
 }
 
 /// The message with `seq` as a fresh session's `history` query answers it (from the edge's
-/// cache or the origin).
-async fn message_via_edge(edge: &selvage_edge::Running, token: &str, channel: &ChannelId, seq: u64) -> Message {
-    let client = Client::connect(options(edge, &Transport::WsJson, token)).await.unwrap();
-    let q = Query { channel: Some(channel.clone()), limit: Some(100), ..Query::new("h", QueryKind::History) };
-    let page = client.query(q).await.unwrap();
-    client.close().await;
-    page.messages.into_iter().find(|m| m.seq == seq).expect("the message is in the page")
+/// cache or the origin), once it is as `expected` says: the edge applies the feed on its own
+/// time, so it is asked again until then (within [`WAIT`]).
+async fn message_via_edge(
+    edge: &selvage_edge::Running,
+    token: &str,
+    channel: &ChannelId,
+    seq: u64,
+    expected: impl Fn(&Message) -> bool,
+) -> Message {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let client = Client::connect(options(edge, &Transport::WsJson, token)).await.unwrap();
+        let q = Query { channel: Some(channel.clone()), limit: Some(100), ..Query::new("h", QueryKind::History) };
+        let page = client.query(q).await.unwrap();
+        client.close().await;
+        let message = page.messages.into_iter().find(|m| m.seq == seq).expect("the message is in the page");
+        if expected(&message) {
+            return message;
+        }
+        assert!(Instant::now() < deadline, "the edge never showed the expected state: {message:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fresh session on `edge` whose `hello` shows `channel` as `expected` says, booting again
+/// until it does (the edge applies the feed on its own time), within [`WAIT`].
+async fn boot_until(
+    edge: &selvage_edge::Running,
+    token: &str,
+    channel: &ChannelId,
+    expected: impl Fn(&selvage_shared::ChannelBoot) -> bool,
+) -> selvage_shared::ChannelBoot {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let client = Client::connect(options(edge, &Transport::WsJson, token)).await.unwrap();
+        let boot = client.hello().channels.iter().find(|c| c.channel.id == *channel).cloned();
+        client.close().await;
+        let boot = boot.expect("the channel is in hello");
+        if expected(&boot) {
+            return boot;
+        }
+        assert!(Instant::now() < deadline, "the edge never booted the expected state: {boot:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn is_message(channel: &ChannelId, seq: u64) -> impl Fn(&Event) -> bool + '_ {
@@ -104,8 +141,8 @@ async fn edits_and_deletes_reach_other_edges_and_fresh_boots() {
     assert_eq!((*changed, message.seq, message.text.as_str()), (seq, seq, "hello @channel"));
     assert!(events[..events.len() - 1].is_empty(), "nothing came out of the refused edits: {events:?}");
 
-    let fresh = message_via_edge(&a, &alice, &general, seq).await;
-    assert_eq!((fresh.text.as_str(), fresh.edited_at.is_some()), ("hello @channel", true));
+    let fresh = message_via_edge(&a, &alice, &general, seq, |m| m.edited_at.is_some()).await;
+    assert_eq!(fresh.text.as_str(), "hello @channel");
 
     // An admin may delete; the seq stays as a tombstone; a second delete changes nothing.
     let (s, v) = origin.call(Method::DELETE, &path, &carol, None).await;
@@ -127,8 +164,8 @@ async fn edits_and_deletes_reach_other_edges_and_fresh_boots() {
     assert_eq!((tomb["deleted"].as_bool(), tomb["text"].as_str()), (Some(true), Some("")));
     let seqs: Vec<u64> = listed.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=sentinel).collect::<Vec<_>>(), "history keeps every seq");
-    let fresh = message_via_edge(&b, &bob, &general, seq).await;
-    assert!(fresh.deleted && fresh.text.is_empty(), "{fresh:?}");
+    let fresh = message_via_edge(&b, &bob, &general, seq, |m| m.deleted).await;
+    assert!(fresh.text.is_empty(), "{fresh:?}");
 
     // Another workspace's caller cannot touch it, and gets not-found.
     let (other_admin, _, _) = origin.workspace().await;
@@ -197,8 +234,11 @@ async fn reactions_are_idempotent_counted_and_cached() {
     assert_eq!(m["reactions"][0]["count"], 2);
     // The edges' caches applied the same events: a fresh history query agrees with the origin.
     for edge in [&a, &b] {
-        let cached = message_via_edge(edge, &alice, &general, seq).await;
-        assert_eq!(serde_json::to_value(&cached.reactions).unwrap(), m["reactions"]);
+        let want = m["reactions"].clone();
+        message_via_edge(edge, &alice, &general, seq, |cached| {
+            serde_json::to_value(&cached.reactions).unwrap() == want
+        })
+        .await;
     }
     watcher.close().await;
 }
@@ -243,10 +283,8 @@ async fn a_read_marker_moves_forward_and_reaches_the_users_other_devices() {
 
     // A fresh boot on either edge shows the marker and what is unread after it.
     for edge in [&a, &b] {
-        let again = Client::connect(options(edge, &Transport::WsJson, &bob)).await.unwrap();
-        let c = again.hello().channels.iter().find(|c| c.channel.id == general).unwrap().clone();
+        let c = boot_until(edge, &bob, &general, |c| c.last_seq == 6).await;
         assert_eq!((c.last_seq, c.read_seq, c.unread), (6, 5, 1), "{c:?}");
-        again.close().await;
     }
     // mark_read in a channel the user is not in fails with an error frame.
     let (_, private) = origin.post("/v1/channels", &alice, json!({ "name": "secret", "private": true })).await;
@@ -319,8 +357,7 @@ async fn channels_are_renamed_topiced_and_archived_read_only() {
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("archived")), "{v}");
     // History stays readable; a fresh boot on the other edge shows the final record.
     assert_eq!(history(&origin, &alice, &plans).await.len(), 1);
-    let fresh = Client::connect(options(&a, &Transport::WsMsgpack, &alice)).await.unwrap();
-    let c = fresh.hello().channels.iter().find(|c| c.channel.id == plans).unwrap().channel.clone();
+    let c = boot_until(&a, &alice, &plans, |c| c.channel.archived).await.channel;
     assert_eq!((c.name.as_str(), c.purpose.as_str(), c.archived), ("roadmap", "what we ship", true));
     // Unarchiving is the creator's (or an admin's) call, and makes it writable again.
     let (s, _) = origin.call(Method::PATCH, &path, &alice, Some(json!({ "archived": false }))).await;
@@ -334,7 +371,7 @@ async fn channels_are_renamed_topiced_and_archived_read_only() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = origin.call(Method::PATCH, &dm_path, &alice, Some(json!({ "archived": true }))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    for c in [poster, fresh, watcher] {
+    for c in [poster, watcher] {
         c.close().await;
     }
 }
@@ -442,4 +479,79 @@ async fn typing_crosses_edges_once_per_three_seconds_and_is_never_stored() {
     for c in [typist, near, far, eve] {
         c.close().await;
     }
+}
+
+/// `general`'s unread mention count in a fresh `hello` on `edge` and in the origin's channel
+/// list, which must agree.
+async fn mention_counts(origin: &Origin, edge: &selvage_edge::Running, token: &str, general: &ChannelId) -> u64 {
+    let client = Client::connect(options(edge, &Transport::WsJson, token)).await.unwrap();
+    let booted = client.hello().channels.iter().find(|c| c.channel.id == *general).unwrap().mentions;
+    client.close().await;
+    let (_, list) = origin.call(Method::GET, "/v1/channels", token, None).await;
+    let listed = list["channels"].as_array().unwrap().iter().find(|c| c["id"] == general.as_str()).unwrap()["mentions"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(booted, listed, "hello and the channel list agree");
+    booted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_are_counted_per_user_with_here_for_active_members_only() {
+    let origin = Origin::start().await;
+    let (alice, _, general) = origin.workspace().await;
+    let (bob_id, bob) = origin.user(&alice, "bob").await;
+    let (_, carol) = origin.user(&alice, "carol").await;
+    let (a, _sa) = start_edge(&origin, "edge-a").await;
+    let (b, _sb) = start_edge(&origin, "edge-b").await;
+    // Bob is online (on edge B); carol is not. Alice follows bob's presence to know when the
+    // origin has heard he is active.
+    let mut bob_online = Client::connect(options(&b, &Transport::WsJson, &bob)).await.unwrap();
+    let mut alice_c = Client::connect(options(&a, &Transport::WsJson, &alice)).await.unwrap();
+    alice_c.send_frame(&ClientFrame::PresenceSub { users: vec![bob_id.parse().unwrap()] }).await.unwrap();
+    events_until(&mut alice_c, "bob active", |e| {
+        matches!(e, Event::PresenceChange { presence: selvage_shared::Presence::Active, .. })
+    })
+    .await;
+
+    let by_name = post(&origin, &alice, &general, &format!("<@{bob_id}> look"), None).await;
+    let everyone = post(&origin, &alice, &general, "@channel lunch", None).await;
+    let here = post(&origin, &alice, &general, "<!here> standup", None).await;
+    let last = post(&origin, &bob, &general, "@channel my own", None).await;
+    // Both edges have applied everything before they are asked.
+    events_until(&mut alice_c, "the last post", is_message(&general, last)).await;
+    events_until(&mut bob_online, "the last post", is_message(&general, last)).await;
+    let listed = history(&origin, &alice, &general).await;
+    let here_msg = listed.iter().find(|m| m["seq"] == here).unwrap();
+    assert_eq!(here_msg["mentions_here_users"], json!([bob_id]), "@here reached the active member only: {here_msg}");
+
+    // Both edges (one cold, one warm) and the origin count the same.
+    for edge in [&a, &b] {
+        assert_eq!(mention_counts(&origin, edge, &bob, &general).await, 3, "by name, @channel, @here");
+        assert_eq!(mention_counts(&origin, edge, &carol, &general).await, 2, "@channel twice, not @here");
+        assert_eq!(mention_counts(&origin, edge, &alice, &general).await, 1, "bob's @channel, not her own");
+    }
+    // An edit that drops the mention, and a delete, take them out of the counts.
+    let path = format!("/v1/channels/{general}/messages/{by_name}");
+    let (s, _) = origin.call(Method::PATCH, &path, &alice, Some(json!({ "text": "look" }))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) =
+        origin.call(Method::DELETE, &format!("/v1/channels/{general}/messages/{everyone}"), &alice, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let sentinel = post(&origin, &alice, &general, "sentinel", None).await;
+    events_until(&mut alice_c, "the sentinel", is_message(&general, sentinel)).await;
+    events_until(&mut bob_online, "the sentinel", is_message(&general, sentinel)).await;
+    assert_eq!(mention_counts(&origin, &a, &bob, &general).await, 1);
+    assert_eq!(mention_counts(&origin, &b, &carol, &general).await, 1);
+    // Reading past them clears them.
+    let (s, _) =
+        origin.call(Method::PUT, &format!("/v1/channels/{general}/read"), &bob, Some(json!({ "seq": here }))).await;
+    assert_eq!(s, StatusCode::OK);
+    let sentinel = post(&origin, &alice, &general, "sentinel 2", None).await;
+    events_until(&mut alice_c, "the second sentinel", is_message(&general, sentinel)).await;
+    events_until(&mut bob_online, "the second sentinel", is_message(&general, sentinel)).await;
+    for edge in [&a, &b] {
+        assert_eq!(mention_counts(&origin, edge, &bob, &general).await, 0);
+    }
+    bob_online.close().await;
+    alice_c.close().await;
 }

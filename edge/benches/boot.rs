@@ -129,6 +129,8 @@ fn workspace() -> WorkspaceSnapshot {
         users: (0..USERS).map(user).collect(),
         channels,
         read_markers: Vec::new(),
+        mentions: Vec::new(),
+        channel_mentions: Vec::new(),
     }
 }
 

@@ -153,6 +153,10 @@ pub struct WorkspaceState {
     personal: HashMap<UserId, EventBuffer>,
     /// Channels the feed mentioned before (or without) creating them; see [`Orphan`].
     orphans: HashMap<ChannelId, Orphan>,
+    /// Unread mentions by name or `@here`: channel → user → seqs after the user's marker.
+    mentions: HashMap<ChannelId, HashMap<UserId, BTreeSet<Seq>>>,
+    /// `@channel` messages: channel → seq → author (each mentions every other member).
+    channel_mentions: HashMap<ChannelId, BTreeMap<Seq, UserId>>,
     /// Approximate bytes held, maintained on every change.
     bytes: usize,
 }
@@ -405,7 +409,8 @@ impl WorkspaceState {
     /// Builds the state from a consistent snapshot; it reflects every event up to the
     /// snapshot's cursor.
     pub fn from_snapshot(snapshot: WorkspaceSnapshot, limits: CacheLimits) -> Self {
-        let WorkspaceSnapshot { workspace, cursor, users, channels, read_markers } = snapshot;
+        let WorkspaceSnapshot { workspace, cursor, users, channels, read_markers, mentions, channel_mentions } =
+            snapshot;
         let mut state = WorkspaceState {
             workspace,
             limits,
@@ -419,9 +424,17 @@ impl WorkspaceState {
             workspace_events: EventBuffer::new(cursor),
             personal: HashMap::new(),
             orphans: HashMap::new(),
+            mentions: HashMap::new(),
+            channel_mentions: HashMap::new(),
             bytes: 0,
         };
         state.bytes = base_bytes(&state.workspace);
+        for m in mentions {
+            state.mentions.entry(m.channel).or_default().entry(m.user).or_default().extend(m.seqs);
+        }
+        for (channel, seq, author) in channel_mentions {
+            state.channel_mentions.entry(channel).or_default().insert(seq, author);
+        }
         for user in users {
             state.put_user(user);
         }
@@ -531,7 +544,9 @@ impl WorkspaceState {
                 entry.last_seq = entry.last_seq.max(message.seq);
                 entry.messages.insert(message.clone(), per_channel).apply_to(&mut self.bytes);
                 entry.events.push(cursor.clone(), event.clone(), per_channel).apply_to(&mut self.bytes);
-                entry.message_recipients(message)
+                let recipients = entry.message_recipients(message);
+                self.note_mentions(message);
+                recipients
             }
             Event::MessageChanged { channel, seq, .. }
             | Event::MessageDeleted { channel, seq }
@@ -571,7 +586,16 @@ impl WorkspaceState {
                 }
                 delta.apply_to(&mut self.bytes);
                 entry.events.push(cursor.clone(), event.clone(), per_channel).apply_to(&mut self.bytes);
-                entry.recipients()
+                let recipients = entry.recipients();
+                match event {
+                    Event::MessageChanged { message, .. } => {
+                        self.forget_mentions(channel, *seq);
+                        self.note_mentions(message);
+                    }
+                    Event::MessageDeleted { .. } => self.forget_mentions(channel, *seq),
+                    _ => {}
+                }
+                recipients
             }
             Event::MemberJoined { channel, user } => {
                 self.push_personal(user, cursor, event);
@@ -719,6 +743,9 @@ impl WorkspaceState {
 
     /// Moves a read marker forward (never back).
     fn move_read_marker(&mut self, user: UserId, channel: ChannelId, seq: Seq) {
+        if let Some(seqs) = self.mentions.get_mut(&channel).and_then(|users| users.get_mut(&user)) {
+            seqs.retain(|s| *s > seq);
+        }
         let mut delta = Delta::default();
         let markers = match self.read_markers.get_mut(&user) {
             Some(markers) => markers,
@@ -735,6 +762,49 @@ impl WorkspaceState {
             }
         }
         delta.apply_to(&mut self.bytes);
+    }
+
+    /// Records whom a message mentions (by name or `@here`: those users, after their read
+    /// marker; `@channel`: the channel).
+    fn note_mentions(&mut self, message: &Message) {
+        if message.deleted {
+            return;
+        }
+        let c = &message.channel;
+        for u in message.mentions.iter().chain(&message.mentions_here_users) {
+            if *u != message.user && message.seq > self.read_seq(u, c) {
+                self.mentions.entry(c.clone()).or_default().entry(u.clone()).or_default().insert(message.seq);
+            }
+        }
+        if message.mentions_channel {
+            self.channel_mentions.entry(c.clone()).or_default().insert(message.seq, message.user.clone());
+        }
+    }
+
+    /// Forgets the mentions of message `seq` (deleted, or about to be re-noted after an edit).
+    fn forget_mentions(&mut self, channel: &ChannelId, seq: Seq) {
+        if let Some(users) = self.mentions.get_mut(channel) {
+            for seqs in users.values_mut() {
+                seqs.remove(&seq);
+            }
+        }
+        if let Some(seqs) = self.channel_mentions.get_mut(channel) {
+            seqs.remove(&seq);
+        }
+    }
+
+    /// Unread messages of `channel` that mention `user` (by name, `@here` or `@channel`).
+    pub fn mention_count(&self, user: &UserId, channel: &ChannelId) -> u64 {
+        let read = self.read_seq(user, channel);
+        let direct = self.mentions.get(channel).and_then(|users| users.get(user));
+        let mut count = direct.map_or(0, |seqs| seqs.range(read + 1..).count()) as u64;
+        if let Some(wide) = self.channel_mentions.get(channel) {
+            count += wide
+                .range(read + 1..)
+                .filter(|(seq, author)| *author != user && direct.is_none_or(|d| !d.contains(seq)))
+                .count() as u64;
+        }
+        count
     }
 
     /// Buffers an event in `user`'s personal buffer.
@@ -899,7 +969,8 @@ impl WorkspaceState {
     fn channel_boot(&self, user: &UserId, entry: &ChannelEntry, member: bool) -> ChannelBoot {
         let read_seq = self.read_seq(user, &entry.channel.id);
         let unread = if member { entry.last_seq.saturating_sub(read_seq) } else { 0 };
-        ChannelBoot { channel: entry.channel.clone(), last_seq: entry.last_seq, read_seq, unread, mentions: 0 }
+        let mentions = if member { self.mention_count(user, &entry.channel.id) } else { 0 };
+        ChannelBoot { channel: entry.channel.clone(), last_seq: entry.last_seq, read_seq, unread, mentions }
     }
 
     /// The channels `user` may see with an id after `after`, in id order: their own channels
@@ -1354,6 +1425,7 @@ mod tests {
             mentions: Vec::new(),
             mentions_channel: false,
             mentions_here: false,
+            mentions_here_users: Vec::new(),
             reactions: Vec::new(),
             reply_count: 0,
             latest_reply: None,
@@ -1391,6 +1463,8 @@ mod tests {
                 ReadMarker { user: uid("U1"), channel: cid("C1"), seq: 7 },
                 ReadMarker { user: uid("U1"), channel: cid("D1"), seq: 2 },
             ],
+            mentions: Vec::new(),
+            channel_mentions: Vec::new(),
         }
     }
 

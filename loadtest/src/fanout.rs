@@ -1043,6 +1043,7 @@ mod tests {
             mentions: Vec::new(),
             mentions_channel: false,
             mentions_here: false,
+            mentions_here_users: Vec::new(),
             reactions: Vec::new(),
             reply_count: 0,
             latest_reply: None,

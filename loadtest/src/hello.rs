@@ -237,6 +237,8 @@ impl Seeded {
             users: self.users.iter().map(|m| m.user.clone()).collect(),
             channels,
             read_markers: Vec::new(),
+            mentions: Vec::new(),
+            channel_mentions: Vec::new(),
         }
     }
 }

@@ -31,6 +31,57 @@ pub struct ChannelView {
     pub is_member: bool,
     /// The newest message's seq (0 when empty).
     pub last_seq: Seq,
+    /// The caller's read marker (members only; 0 otherwise).
+    pub read_seq: Seq,
+    /// Messages after the read marker (members only).
+    pub unread: u64,
+    /// Unread messages that mention the caller by name, `@channel` or `@here` (members only).
+    pub mentions: u64,
+}
+
+impl ChannelView {
+    /// The channel as `caller` sees it, with their unread and mention counts when a member.
+    pub async fn read(
+        tx: &mut dyn KvTxn,
+        caller: &Caller,
+        channel: Channel,
+        is_member: bool,
+    ) -> Result<ChannelView, StoreError> {
+        let w = &caller.workspace;
+        let last_seq = last_seq(tx, w, &channel.id).await?;
+        let (mut read_seq, mut unread, mut mentions) = (0, 0, 0);
+        if is_member {
+            read_seq = crate::read_markers::load(tx, caller, &channel.id).await?;
+            unread = last_seq.saturating_sub(read_seq);
+            if unread > 0 {
+                mentions = unread_mentions(tx, caller, &channel.id, read_seq).await?;
+            }
+        }
+        Ok(ChannelView { channel, is_member, last_seq, read_seq, unread, mentions })
+    }
+}
+
+/// How many messages after `read_seq` mention the caller: by name or `@here` (their index) or
+/// `@channel` (the channel's, minus their own messages), each message once.
+async fn unread_mentions(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId, read_seq: Seq) -> Result<u64, StoreError> {
+    let (w, u) = (&caller.workspace, &caller.user.id);
+    let mut seqs = std::collections::BTreeSet::new();
+    let (_, end) = crate::store::prefix_range(&keys::mentions_in(w, u, c));
+    for (key, _) in tx.get_range(&RangeRead::between(keys::mention(w, u, c, read_seq + 1), end)).await? {
+        if let Some(seq) = crate::store::tuple::unpack(&key).ok().and_then(|mut p| p.pop()?.as_u64()) {
+            seqs.insert(seq);
+        }
+    }
+    let (_, end) = crate::store::prefix_range(&keys::channel_mentions_in(w, c));
+    for (key, author) in tx.get_range(&RangeRead::between(keys::channel_mention(w, c, read_seq + 1), end)).await? {
+        if author.as_slice() == u.as_str().as_bytes() {
+            continue;
+        }
+        if let Some(seq) = crate::store::tuple::unpack(&key).ok().and_then(|mut p| p.pop()?.as_u64()) {
+            seqs.insert(seq);
+        }
+    }
+    Ok(seqs.len() as u64)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, StoreError> {
@@ -155,7 +206,7 @@ pub async fn create(
     })?;
     let channel = created.ok_or_else(|| OriginError::Conflict(format!("a channel named {name:?} already exists")))?;
     tracing::info!(ws.id = %w, channel.id = %channel.id, private, "channel created");
-    Ok(ChannelView { channel, is_member: true, last_seq: 0 })
+    Ok(ChannelView { channel, is_member: true, last_seq: 0, read_seq: 0, unread: 0, mentions: 0 })
 }
 
 /// One channel as the caller sees it; not found if invisible.
@@ -163,10 +214,7 @@ pub async fn get(store: &Store, caller: &Caller, c: &ChannelId) -> Result<Channe
     let (view, _) = transact!(store, |tx| {
         match visible_channel(tx, caller, c).await? {
             None => None,
-            Some((channel, is_member)) => {
-                let last_seq = last_seq(tx, &caller.workspace, c).await?;
-                Some(ChannelView { channel, is_member, last_seq })
-            }
+            Some((channel, is_member)) => Some(ChannelView::read(tx, caller, channel, is_member).await?),
         }
     })?;
     view.ok_or_else(|| OriginError::no_channel(c.as_str()))
@@ -189,8 +237,7 @@ pub async fn list(store: &Store, caller: &Caller) -> Result<Vec<ChannelView>> {
             let channel: Channel = decode("channel", &raw)?;
             let is_member = joined.contains(&channel.id);
             if visible(&channel, is_member) {
-                let last_seq = last_seq(tx, w, &channel.id).await?;
-                views.push(ChannelView { channel, is_member, last_seq });
+                views.push(ChannelView::read(tx, caller, channel, is_member).await?);
             }
         }
         views.sort_by(|a, b| a.channel.name.cmp(&b.channel.name));
@@ -277,10 +324,7 @@ pub async fn open_conversation(store: &Store, caller: &Caller, others: &[UserId]
         let existing = tx.get(&keys::conversation(w, &set_key)).await?;
         match existing.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(ChannelId::parse) {
             Some(c) => match load(tx, w, &c).await? {
-                Some(channel) => {
-                    let last_seq = last_seq(tx, w, &c).await?;
-                    Ok(ChannelView { channel, is_member: true, last_seq })
-                }
+                Some(channel) => Ok(ChannelView::read(tx, caller, channel, true).await?),
                 None => Err(OriginError::Internal(format!("conversation index points at missing channel {c}"))),
             },
             None => {
@@ -315,7 +359,7 @@ pub async fn open_conversation(store: &Store, caller: &Caller, others: &[UserId]
                         write_member(tx, &mut log, w, &channel.id, u, now)?;
                     }
                     log.finish(tx)?;
-                    Ok(ChannelView { channel, is_member: true, last_seq: 0 })
+                    Ok(ChannelView { channel, is_member: true, last_seq: 0, read_seq: 0, unread: 0, mentions: 0 })
                 }
             }
         }
@@ -386,10 +430,7 @@ pub async fn update(store: &Store, caller: &Caller, c: &ChannelId, change: &Chan
             None => Err(OriginError::no_channel(c.as_str())),
             Some((channel, member)) => match check_change(&channel, member, caller, change) {
                 Err(e) => Err(e),
-                Ok(updated) if updated == channel => {
-                    let last_seq = last_seq(tx, w, c).await?;
-                    Ok(ChannelView { channel, is_member: member, last_seq })
-                }
+                Ok(updated) if updated == channel => Ok(ChannelView::read(tx, caller, channel, member).await?),
                 Ok(updated) => {
                     let renamed = updated.name != channel.name;
                     if renamed && tx.get(&keys::channel_name(w, &updated.name)).await?.is_some() {
@@ -403,8 +444,7 @@ pub async fn update(store: &Store, caller: &Caller, c: &ChannelId, change: &Chan
                         let mut log = Appender::new();
                         log.append(tx, w, crate::now_ms(), Event::ChannelUpdated { channel: updated.clone() })?;
                         log.finish(tx)?;
-                        let last_seq = last_seq(tx, w, c).await?;
-                        Ok(ChannelView { channel: updated, is_member: member, last_seq })
+                        Ok(ChannelView::read(tx, caller, updated, member).await?)
                     }
                 }
             },

@@ -143,15 +143,15 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     let link = link::bind(&config.link, &config.data_dir)?;
     let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::new());
+    let presence = Arc::new(presence::Tracker::new(Duration::from_millis(config.link.presence_lease_ms)));
     let (sequencer, committer) =
-        Sequencer::start(store.clone(), config.sequencer.clone(), metrics.clone(), shutdown.clone());
+        Sequencer::start(store.clone(), config.sequencer.clone(), metrics.clone(), presence.clone(), shutdown.clone());
     let feed = Feed::new(store.clone(), config.feed.clone(), metrics.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     tracing::info!(%addr, engine = store.engine(), "origin listening");
-    let presence_lease_ms = config.link.presence_lease_ms;
     let origin = Arc::new(Origin {
         config,
         store,
@@ -159,7 +159,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         feed: feed.clone(),
         metrics,
         relay: Arc::new(relay::Relay::new()),
-        presence: Arc::new(presence::Tracker::new(Duration::from_millis(presence_lease_ms))),
+        presence,
         shutdown: shutdown.clone(),
     });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));

@@ -211,12 +211,53 @@ pub async fn load_decorated(
     Ok(Some(message))
 }
 
-/// Fills in a message's mentions from its text.
-pub fn set_mentions(message: &mut Message) {
+/// Fills in a message's mentions from its text. `@here` reaches those of `here` (the users
+/// active now) who are members of the channel, other than the author, at most
+/// [`mentions::MAX_HERE`] of them.
+pub async fn set_mentions(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    message: &mut Message,
+    here: &[UserId],
+) -> Result<(), StoreError> {
     let found = mentions::parse(&message.text);
     message.mentions = found.users;
     message.mentions_channel = found.channel;
     message.mentions_here = found.here;
+    message.mentions_here_users.clear();
+    if found.here {
+        for u in here.iter().filter(|u| **u != message.user) {
+            if message.mentions_here_users.len() >= mentions::MAX_HERE {
+                break;
+            }
+            if channels::is_member(tx, w, &message.channel, u).await? {
+                message.mentions_here_users.push(u.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the mention index entries of a message (see [`keys::mention`]).
+pub fn index_mentions(tx: &mut dyn KvTxn, w: &WorkspaceId, m: &Message) -> Result<(), StoreError> {
+    if m.deleted {
+        return Ok(());
+    }
+    for u in m.mentions.iter().chain(&m.mentions_here_users).filter(|u| **u != m.user) {
+        tx.set(&keys::mention(w, u, &m.channel, m.seq), &[])?;
+    }
+    if m.mentions_channel {
+        tx.set(&keys::channel_mention(w, &m.channel, m.seq), m.user.as_str().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Clears the mention index entries of a message as it was.
+pub fn unindex_mentions(tx: &mut dyn KvTxn, w: &WorkspaceId, m: &Message) -> Result<(), StoreError> {
+    for u in m.mentions.iter().chain(&m.mentions_here_users) {
+        tx.clear(&keys::mention(w, u, &m.channel, m.seq))?;
+    }
+    tx.clear(&keys::channel_mention(w, &m.channel, m.seq))
 }
 
 /// Checks an emoji name: 1 to [`MAX_EMOJI_BYTES`] of `a-z 0-9 _ + - '` and `:` (for skin tones,
@@ -266,7 +307,15 @@ async fn access(
 
 /// Replaces a message's text; it keeps its `seq` and gets `edited_at`. Answers the message as
 /// it now reads.
-pub async fn edit(store: &Store, caller: &Caller, c: &ChannelId, seq: Seq, text: &str) -> Result<Message> {
+/// `here` is who is active now, for a text that newly says `@here`.
+pub async fn edit(
+    store: &Store,
+    caller: &Caller,
+    c: &ChannelId,
+    seq: Seq,
+    text: &str,
+    here: &[UserId],
+) -> Result<Message> {
     sequencer::validate_text(text)?;
     let w = &caller.workspace;
     let (outcome, _) = transact!(store, |tx| {
@@ -277,9 +326,17 @@ pub async fn edit(store: &Store, caller: &Caller, c: &ChannelId, seq: Seq, text:
             }
             Ok(mut message) => {
                 let now = crate::now_ms();
+                unindex_mentions(tx, w, &message)?;
+                let reached_here = std::mem::take(&mut message.mentions_here_users);
                 message.text = text.to_string();
                 message.edited_at = Some(now);
-                set_mentions(&mut message);
+                set_mentions(tx, w, &mut message, here).await?;
+                // Whoever `@here` reached when it was posted stays reached: an edit does not
+                // re-notify by who is active now.
+                if message.mentions_here && !reached_here.is_empty() {
+                    message.mentions_here_users = reached_here;
+                }
+                index_mentions(tx, w, &message)?;
                 tx.set(&keys::message(w, c, seq), &selvage_shared::to_msgpack(&message))?;
                 decorate(tx, w, c, std::slice::from_mut(&mut message)).await?;
                 let mut log = Appender::new();
@@ -306,6 +363,7 @@ pub async fn delete(store: &Store, caller: &Caller, c: &ChannelId, seq: Seq) -> 
             Ok(message) if message.deleted => Ok((message, false)),
             Ok(mut message) => {
                 let now = crate::now_ms();
+                unindex_mentions(tx, w, &message)?;
                 message.make_tombstone();
                 tx.set(&keys::message(w, c, seq), &selvage_shared::to_msgpack(&message))?;
                 let (begin, end) = crate::store::prefix_range(&keys::reactions_of(w, c, seq));

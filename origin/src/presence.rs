@@ -151,6 +151,21 @@ impl Tracker {
         online
     }
 
+    /// The users of `workspace` with a session in use at `now` (`active`, or `dnd` over an
+    /// active session): whom `@here` reaches.
+    pub fn active(&self, workspace: &WorkspaceId, now: Instant) -> Vec<UserId> {
+        let users = self.users();
+        let mut active: Vec<UserId> = users
+            .iter()
+            .filter(|((w, _), e)| {
+                w == workspace && e.edges.values().any(|(p, until)| *p == Presence::Active && *until > now)
+            })
+            .map(|((_, u), _)| u.clone())
+            .collect();
+        active.sort();
+        active
+    }
+
     /// The change, if what the entry adds up to now differs from what was last announced.
     fn settle(workspace: &WorkspaceId, user: &UserId, entry: &mut Entry, now: Instant) -> Option<Change> {
         let presence = entry.combined(now);

@@ -39,6 +39,9 @@ pub async fn mark(store: &Store, caller: &Caller, c: &ChannelId, seq: Seq) -> Re
                     Ok(current)
                 } else {
                     tx.set(&keys::read_marker(w, &caller.user.id, c), &selvage_shared::to_msgpack(&target))?;
+                    // Mentions up to the marker are read: the index keeps unread ones only.
+                    let u = &caller.user.id;
+                    tx.clear_range(&keys::mentions_in(w, u, c), &keys::mention(w, u, c, target.saturating_add(1)))?;
                     let mut log = Appender::new();
                     let event = Event::ReadMarker { channel: c.clone(), user: caller.user.id.clone(), seq: target };
                     log.append(tx, w, crate::now_ms(), event)?;

@@ -39,6 +39,7 @@ use crate::{
     feed::{self, Appender},
     messages::{self, ThreadSummary},
     metrics::Metrics,
+    presence,
     store::{keys, KvTxn, Store, StoreError},
     transact,
 };
@@ -76,6 +77,8 @@ pub struct Sent {
 
 struct Pending {
     request: SendRequest,
+    /// Who is active now, when the text says `@here`.
+    here: Vec<UserId>,
     reply: oneshot::Sender<Result<Sent>>,
     enqueued: Instant,
 }
@@ -84,6 +87,7 @@ struct Pending {
 #[derive(Clone)]
 pub struct Sequencer {
     queue: mpsc::Sender<Pending>,
+    presence: Arc<presence::Tracker>,
     metrics: Arc<Metrics>,
     ack_timeout: Duration,
 }
@@ -94,20 +98,26 @@ impl Sequencer {
         store: Store,
         config: SequencerConfig,
         metrics: Arc<Metrics>,
+        presence: Arc<presence::Tracker>,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(config.queue_capacity);
         let ack_timeout = Duration::from_millis(config.ack_timeout_ms);
         let committer = Committer { store, config, metrics: metrics.clone() };
         let task = tokio::spawn(committer.run(rx, shutdown));
-        (Sequencer { queue, metrics, ack_timeout }, task)
+        (Sequencer { queue, presence, metrics, ack_timeout }, task)
     }
 
     /// Sequences one message and waits for its commit.
     pub async fn send(&self, request: SendRequest) -> Result<Sent> {
         validate(&request)?;
+        let here = if selvage_shared::mentions::parse(&request.text).here {
+            self.presence.active(&request.workspace, tokio::time::Instant::now())
+        } else {
+            Vec::new()
+        };
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { request, reply, enqueued: Instant::now() };
+        let pending = Pending { request, here, reply, enqueued: Instant::now() };
         match self.queue.try_send(pending) {
             Ok(()) => self.metrics.queue_depth.inc(),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -218,7 +228,7 @@ impl Committer {
 
     async fn commit_group(&self, group: Vec<Pending>) {
         let started = Instant::now();
-        let requests: Vec<&SendRequest> = group.iter().map(|p| &p.request).collect();
+        let requests: Vec<(&SendRequest, &[UserId])> = group.iter().map(|p| (&p.request, p.here.as_slice())).collect();
         let mut attempts = 0u32;
         let result = transact!(self.store, |tx| {
             attempts += 1;
@@ -271,7 +281,7 @@ impl Committer {
 }
 
 /// Writes one group into `tx`: the body of the group-commit transaction.
-async fn sequence(tx: &mut dyn KvTxn, requests: &[&SendRequest]) -> Result<Vec<Outcome>, StoreError> {
+async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &[UserId])]) -> Result<Vec<Outcome>, StoreError> {
     let now = crate::now_ms();
     // Per channel: its record (None if missing) and the head as this transaction moves it.
     let mut chans: HashMap<(WorkspaceId, ChannelId), (Option<Channel>, Seq, Seq)> = HashMap::new();
@@ -281,7 +291,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[&SendRequest]) -> Result<Vec<O
     // Thread roots replied to in this group: the root as it reads and its summary.
     let mut roots: HashMap<(WorkspaceId, ChannelId, Seq), (Message, ThreadSummary)> = HashMap::new();
     let mut log = Appender::new();
-    for (i, r) in requests.iter().enumerate() {
+    for (i, &(r, here)) in requests.iter().enumerate() {
         let (w, c) = (&r.workspace, &r.channel);
         if let Some(&first) = seen.get(&(w, c, r.client_msg_id.as_str())) {
             let again = match &outcomes[first] {
@@ -358,7 +368,8 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[&SendRequest]) -> Result<Vec<O
             thread_root: r.thread_root,
             ..Message::new(c.clone(), seq, now, r.user.clone(), r.text.clone())
         };
-        messages::set_mentions(&mut message);
+        messages::set_mentions(tx, w, &mut message, here).await?;
+        messages::index_mentions(tx, w, &message)?;
         tx.set(&keys::message(w, c, seq), &selvage_shared::to_msgpack(&message))?;
         tx.set(&keys::nonce(w, c, &r.client_msg_id), &(seq as i64).to_le_bytes())?;
         if let Some(root) = r.thread_root {

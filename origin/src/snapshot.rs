@@ -8,10 +8,11 @@
 //! reads would race with commits in between and lose or double-apply an event.
 //!
 //! The snapshot is read-only, so the store's 10 MB write limit does not apply; it reads every
-//! user, channel, membership and read marker of the workspace, which is what a cache needs.
+//! user, channel, membership and read marker of the workspace, and the unread mentions, which
+//! is what a cache needs.
 
 use selvage_shared::{
-    link::{ChannelState, ReadMarker, WorkspaceSnapshot},
+    link::{ChannelState, ReadMarker, UnreadMentions, WorkspaceSnapshot},
     Channel, ChannelId, Seq, User, UserId, Workspace, WorkspaceId,
 };
 use serde::Deserialize;
@@ -65,12 +66,35 @@ async fn read_in(tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<Option<Workspace
         }
     }
 
+    // Unread mentions by name or `@here` (the index holds unread ones only), grouped per user
+    // and channel in key order, so seqs ascend.
+    let mut mentions: Vec<UnreadMentions> = Vec::new();
+    for (key, _) in tx.get_range(&RangeRead::prefix(&keys::mentions(w))).await? {
+        let Some((user, channel, seq)) = mention_parts(&key) else { continue };
+        match mentions.last_mut() {
+            Some(m) if m.user == user && m.channel == channel => m.seqs.push(seq),
+            _ => mentions.push(UnreadMentions { user, channel, seqs: vec![seq] }),
+        }
+    }
+    let mut channel_mentions = Vec::new();
+    for (key, raw) in tx.get_range(&RangeRead::prefix(&keys::channel_mentions(w))).await? {
+        let mut parts = tuple::unpack(&key).ok().unwrap_or_default();
+        let seq = parts.pop().and_then(|e| e.as_u64());
+        let channel = parts.pop().and_then(|e| e.as_str().and_then(ChannelId::parse));
+        let author = std::str::from_utf8(&raw).ok().and_then(UserId::parse);
+        if let (Some(channel), Some(seq), Some(author)) = (channel, seq, author) {
+            channel_mentions.push((channel, seq, author));
+        }
+    }
+
     Ok(Some(WorkspaceSnapshot {
         workspace,
         cursor: feed::cursor(&cursor),
         users,
         channels: channel_states,
         read_markers,
+        mentions,
+        channel_mentions,
     }))
 }
 
@@ -90,6 +114,15 @@ async fn newest_position(tx: &mut dyn KvTxn) -> Result<Position, StoreError> {
 /// [`keys::read_marker`]'s `(ws, W, read, U, C)`.
 fn read_markers_prefix(w: &WorkspaceId) -> Vec<u8> {
     tuple::Key::new().str("ws").str(w.as_str()).str("read").finish()
+}
+
+/// The user, channel and seq of a `(ws, W, mention, U, C, seq)` key.
+fn mention_parts(key: &[u8]) -> Option<(UserId, ChannelId, Seq)> {
+    let mut parts = tuple::unpack(key).ok()?;
+    let seq = parts.pop()?.as_u64()?;
+    let c = parts.pop()?.as_str().and_then(ChannelId::parse)?;
+    let u = parts.pop()?.as_str().and_then(UserId::parse)?;
+    Some((u, c, seq))
 }
 
 /// The user and channel of a `(ws, W, read, U, C)` key.

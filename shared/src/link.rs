@@ -310,6 +310,25 @@ pub struct WorkspaceSnapshot {
     pub channels: Vec<ChannelState>,
     /// Every read marker.
     pub read_markers: Vec<ReadMarker>,
+    /// Unread messages that mention a user by name or through `@here`, per user and channel
+    /// (after their read marker).
+    #[serde(default)]
+    pub mentions: Vec<UnreadMentions>,
+    /// Every `@channel` message: `(channel, seq, author)`; each mentions every member but its
+    /// author.
+    #[serde(default)]
+    pub channel_mentions: Vec<(ChannelId, Seq, UserId)>,
+}
+
+/// A user's unread mentions in one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreadMentions {
+    /// Who is mentioned.
+    pub user: UserId,
+    /// Where.
+    pub channel: ChannelId,
+    /// The messages, ascending.
+    pub seqs: Vec<Seq>,
 }
 
 /// One channel in a snapshot.

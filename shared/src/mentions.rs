@@ -13,6 +13,10 @@ use crate::ids::UserId;
 /// mentions in the same spirit: one message must not page a whole workspace by name).
 pub const MAX_MENTIONS: usize = 100;
 
+/// Most users one `@here` reaches; in a larger crowd of active members the rest are not
+/// counted as mentioned (the message still says `mentions_here`).
+pub const MAX_HERE: usize = 1000;
+
 /// What a text mentions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mentions {

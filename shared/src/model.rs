@@ -127,6 +127,10 @@ pub struct Message {
     /// posted.
     #[serde(default, skip_serializing_if = "is_false")]
     pub mentions_here: bool,
+    /// Who `@here` reached: the members other than the author with an active session when
+    /// the message was posted (at most [`crate::mentions::MAX_HERE`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions_here_users: Vec<UserId>,
     /// Reactions, by the time each emoji was first used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<Reaction>,
@@ -163,6 +167,7 @@ impl Message {
             mentions: Vec::new(),
             mentions_channel: false,
             mentions_here: false,
+            mentions_here_users: Vec::new(),
             reactions: Vec::new(),
             reply_count: 0,
             latest_reply: None,
@@ -171,10 +176,12 @@ impl Message {
         }
     }
 
-    /// Whether the message mentions `user` directly or through `@channel` (`@here` depends on
-    /// who was active, which the message alone cannot say).
+    /// Whether the message mentions `user` — by name, through `@channel`, or through `@here`
+    /// while they were active — and is not theirs (nobody is notified of their own message).
     pub fn mentions_user(&self, user: &UserId) -> bool {
-        self.mentions_channel || self.mentions.contains(user)
+        self.user != *user
+            && !self.deleted
+            && (self.mentions_channel || self.mentions.contains(user) || self.mentions_here_users.contains(user))
     }
 
     /// Adds (`add`) or takes back `user`'s reaction `emoji`, as a fresh read would show it
@@ -213,6 +220,7 @@ impl Message {
         self.mentions.clear();
         self.mentions_channel = false;
         self.mentions_here = false;
+        self.mentions_here_users.clear();
         self.reactions.clear();
     }
 }

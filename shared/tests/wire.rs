@@ -47,6 +47,7 @@ fn message_event_frame_is_flat() {
             mentions: Vec::new(),
             mentions_channel: false,
             mentions_here: false,
+            mentions_here_users: Vec::new(),
             reactions: Vec::new(),
             reply_count: 0,
             latest_reply: None,

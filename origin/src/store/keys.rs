@@ -123,6 +123,38 @@ pub fn thread_summary(w: &WorkspaceId, c: &ChannelId, root: Seq) -> Vec<u8> {
     ws(w).str("replies").str(c.as_str()).uint(root).finish()
 }
 
+/// `(ws, W, mention, U, C, seq)` → empty: message `seq` of C mentions U by name or through
+/// `@here`. Entries at or below U's read marker in C are cleared when it moves, so the index
+/// holds unread mentions only.
+pub fn mention(w: &WorkspaceId, u: &UserId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("mention").str(u.as_str()).str(c.as_str()).uint(seq).finish()
+}
+
+/// `(ws, W, mention, U, C)`: prefix of U's unread mentions in C.
+pub fn mentions_in(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("mention").str(u.as_str()).str(c.as_str()).finish()
+}
+
+/// `(ws, W, mention)`: prefix of every unread mention of a workspace.
+pub fn mentions(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("mention").finish()
+}
+
+/// `(ws, W, chmention, C, seq)` → author id: message `seq` of C says `@channel`.
+pub fn channel_mention(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("chmention").str(c.as_str()).uint(seq).finish()
+}
+
+/// `(ws, W, chmention, C)`: prefix of C's `@channel` messages.
+pub fn channel_mentions_in(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("chmention").str(c.as_str()).finish()
+}
+
+/// `(ws, W, chmention)`: prefix of every `@channel` message of a workspace.
+pub fn channel_mentions(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("chmention").finish()
+}
+
 /// `(ws, W, read, U, C)` → the user's read marker in C.
 pub fn read_marker(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> {
     ws(w).str("read").str(u.as_str()).str(c.as_str()).finish()

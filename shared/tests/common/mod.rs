@@ -119,6 +119,7 @@ pub fn message() -> impl Strategy<Value = Message> {
             mentions,
             mentions_channel,
             mentions_here,
+            mentions_here_users: Vec::new(),
             reactions,
             reply_count,
             latest_reply,
