@@ -555,3 +555,49 @@ async fn mentions_are_counted_per_user_with_here_for_active_members_only() {
     bob_online.close().await;
     alice_c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_client_catches_up_on_edits_deletes_and_reactions_on_another_edge() {
+    let origin = Origin::start().await;
+    let (alice, alice_id, general) = origin.workspace().await;
+    let (_, bob) = origin.user(&alice, "bob").await;
+    let (a, _sa) = start_edge(&origin, "edge-a").await;
+    let (b, _sb) = start_edge(&origin, "edge-b").await;
+    let mut client = Client::connect(options(&a, &Transport::WsMsgpack, &bob)).await.unwrap();
+    let seqs = [post(&origin, &alice, &general, "one", None).await, post(&origin, &alice, &general, "two", None).await];
+    events_until(&mut client, "both messages", is_message(&general, seqs[1])).await;
+    // Bob goes away; while he is gone the messages change.
+    let resume_from = client.connect_options_with_resume();
+    client.close().await;
+    let base = format!("/v1/channels/{general}/messages");
+    let (s, _) =
+        origin.call(Method::PATCH, &format!("{base}/{}", seqs[0]), &alice, Some(json!({ "text": "uno" }))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = origin.call(Method::PUT, &format!("{base}/{}/reactions/wave", seqs[0]), &alice, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = origin.call(Method::DELETE, &format!("{base}/{}", seqs[1]), &alice, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let sentinel = post(&origin, &alice, &general, "sentinel", None).await;
+    // He comes back on the other edge, resuming: the changes arrive in order, then the sentinel.
+    let mut opts = options(&b, &Transport::WsJson, &bob);
+    opts.resume = resume_from.resume;
+    let mut back = Client::connect(opts).await.unwrap();
+    assert!(back.hello().resumed);
+    let got = events_until(&mut back, "the sentinel", is_message(&general, sentinel)).await;
+    let kinds: Vec<&str> = got.iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["message_changed", "reaction_added", "message_deleted", "message"], "{got:?}");
+    // Folding them over what he had gives the origin's final state.
+    let mut first = Message::new(general.clone(), seqs[0], 0, alice_id.parse().unwrap(), "one");
+    for event in &got {
+        match event {
+            Event::MessageChanged { seq, message, .. } if *seq == seqs[0] => first = message.clone(),
+            Event::ReactionAdded { seq, user, emoji, .. } if *seq == seqs[0] => first.apply_reaction(user, emoji, true),
+            _ => {}
+        }
+    }
+    let listed = history(&origin, &bob, &general).await;
+    let stored = listed.iter().find(|m| m["seq"] == seqs[0]).unwrap();
+    assert_eq!((first.text.as_str(), first.reactions.len()), ("uno", 1));
+    assert_eq!(serde_json::to_value(&first.reactions).unwrap(), stored["reactions"]);
+    back.close().await;
+}
