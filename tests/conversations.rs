@@ -413,21 +413,43 @@ async fn thread_replies_reach_followers_and_the_summary_reaches_the_channel() {
         "carol learns the root's new summary (and that {reply} is a reply): {seen:?}"
     );
 
+    // Carol follows the thread and gets the next reply; bob unfollows and does not, until he
+    // replies again.
+    let follow = format!("/v1/channels/{general}/messages/{root}/follow");
+    let (s, v) = origin.call(Method::PUT, &follow, &carol, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = origin.call(Method::DELETE, &follow, &bob, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(!v["message"]["thread_followers"].as_array().unwrap().iter().any(|u| u == bob_id.as_str()), "{v}");
+    let (s, _) =
+        origin.call(Method::PUT, &format!("/v1/channels/{general}/messages/{reply}/follow"), &carol, None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a reply is not a thread");
+    let mut bob_c = Client::connect(options(&a, &Transport::WsJson, &bob)).await.unwrap();
+    let second = post(&origin, &alice, &general, "second reply", Some(root)).await;
+    events_until(&mut carol_c, "the second reply", is_message(&general, second)).await;
+    let sentinel = post(&origin, &alice, &general, "sentinel 2", None).await;
+    let seen = events_until(&mut bob_c, "the second sentinel", is_message(&general, sentinel)).await;
+    assert!(!seen.iter().any(is_message(&general, second)), "bob unfollowed: {seen:?}");
+    let third = post(&origin, &bob, &general, "back in", Some(root)).await;
+    let fourth = post(&origin, &alice, &general, "welcome back", Some(root)).await;
+    events_until(&mut bob_c, "the fourth reply", is_message(&general, fourth)).await;
+    bob_c.close().await;
+
     // The thread reads back through the edge and the origin alike; the root carries the summary.
     let page = alice_c
         .query(Query { channel: Some(general.clone()), root: Some(root), ..Query::new("t", QueryKind::Thread) })
         .await
         .unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [reply]);
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [reply, second, third, fourth]);
     let listed = history(&origin, &carol, &general).await;
     let r = listed.iter().find(|m| m["seq"] == root).unwrap();
-    assert_eq!((r["reply_count"].as_u64(), r["reply_users"].as_array().map(Vec::len)), (Some(1), Some(1)), "{r}");
+    assert_eq!((r["reply_count"].as_u64(), r["reply_users"].as_array().map(Vec::len)), (Some(4), Some(2)), "{r}");
     // Deleting the reply leaves a tombstone in the thread and takes it out of the count.
     let (s, _) = origin.call(Method::DELETE, &format!("/v1/channels/{general}/messages/{reply}"), &bob, None).await;
     assert_eq!(s, StatusCode::OK);
     let listed = history(&origin, &carol, &general).await;
     let r = listed.iter().find(|m| m["seq"] == root).unwrap();
-    assert_eq!(r["reply_count"].as_u64(), None, "zero replies left: {r}");
+    assert_eq!(r["reply_count"].as_u64(), Some(3), "the deleted reply is not counted: {r}");
     let (_, thread) =
         origin.call(Method::GET, &format!("/v1/channels/{general}/messages/{root}/thread"), &carol, None).await;
     assert_eq!(thread["messages"][0]["deleted"], true, "{thread}");

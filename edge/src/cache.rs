@@ -367,8 +367,13 @@ impl ChannelEntry {
     }
 }
 
-/// A thread's followers as its root names them: the root's author and everyone who replied.
+/// A thread's followers as its root names them (the root's author and everyone who replied,
+/// unless they unfollowed, and whoever chose to follow).
 fn thread_followers(root: &Message) -> Vec<UserId> {
+    if !root.thread_followers.is_empty() {
+        return root.thread_followers.clone();
+    }
+    // A root that names no followers was written before they were kept: its participants.
     let mut followers = Vec::with_capacity(root.reply_users.len() + 1);
     followers.push(root.user.clone());
     followers.extend(root.reply_users.iter().filter(|u| **u != root.user).cloned());
@@ -1431,6 +1436,7 @@ mod tests {
             latest_reply: None,
             latest_reply_seq: None,
             reply_users: Vec::new(),
+            thread_followers: Vec::new(),
         }
     }
 

@@ -1456,6 +1456,7 @@ mod tests {
                             latest_reply: None,
                             latest_reply_seq: None,
                             reply_users: Vec::new(),
+                            thread_followers: Vec::new(),
                         };
                         conn.send(&ServerFrame::event(cursor(seq), Event::Message(message))).await;
                     }

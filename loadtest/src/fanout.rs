@@ -1049,6 +1049,7 @@ mod tests {
             latest_reply: None,
             latest_reply_seq: None,
             reply_users: Vec::new(),
+            thread_followers: Vec::new(),
         });
         for format in [Format::Json, Format::MsgPack] {
             let bytes = encode_event(&Cursor::zero(), &event, format);

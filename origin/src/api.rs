@@ -53,6 +53,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/channels/{id}/messages/{seq}", patch(edit_message).delete(delete_message))
         .route("/v1/channels/{id}/messages/{seq}/thread", get(thread_page))
         .route("/v1/channels/{id}/messages/{seq}/reactions/{emoji}", put(add_reaction).delete(remove_reaction))
+        .route("/v1/channels/{id}/messages/{seq}/follow", put(follow_thread).delete(unfollow_thread))
         .route("/v1/channels/{id}/read", put(mark_read))
         .route("/v1/dms", post(open_dm))
         .route("/v1/events", get(events))
@@ -470,6 +471,26 @@ async fn remove_reaction(
     Path((id, seq, emoji)): Path<(String, Seq, String)>,
 ) -> Result<Json<serde_json::Value>> {
     let message = messages::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, false).await?;
+    Ok(Json(json!({ "message": message })))
+}
+
+/// `PUT /v1/channels/{id}/messages/{seq}/follow`: get the thread's replies.
+async fn follow_thread(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, seq)): Path<(String, Seq)>,
+) -> Result<Json<serde_json::Value>> {
+    let message = messages::follow(&origin.store, &caller, &channel_id(&id)?, seq, true).await?;
+    Ok(Json(json!({ "message": message })))
+}
+
+/// `DELETE /v1/channels/{id}/messages/{seq}/follow`: stop getting the thread's replies.
+async fn unfollow_thread(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, seq)): Path<(String, Seq)>,
+) -> Result<Json<serde_json::Value>> {
+    let message = messages::follow(&origin.store, &caller, &channel_id(&id)?, seq, false).await?;
     Ok(Json(json!({ "message": message })))
 }
 

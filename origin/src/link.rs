@@ -819,6 +819,7 @@ mod tests {
                 latest_reply: None,
                 latest_reply_seq: None,
                 reply_users: Vec::new(),
+                thread_followers: Vec::new(),
             }),
         }
     }

@@ -56,17 +56,43 @@ pub struct ThreadSummary {
     /// Who replied, in the order of their first reply (at most [`MAX_REPLY_USERS`]).
     #[serde(default)]
     pub reply_users: Vec<UserId>,
+    /// Who chose to follow the thread without taking part (at most [`MAX_REPLY_USERS`]).
+    #[serde(default)]
+    pub followers: Vec<UserId>,
+    /// Participants (the root's author, repliers) who unfollowed it; replying again re-follows.
+    #[serde(default)]
+    pub unfollowed: Vec<UserId>,
 }
 
 impl ThreadSummary {
-    /// The summary a decorated root message carries.
-    pub fn of(root: &Message) -> ThreadSummary {
-        ThreadSummary {
-            reply_count: root.reply_count,
-            latest_reply: root.latest_reply,
-            latest_reply_seq: root.latest_reply_seq,
-            reply_users: root.reply_users.clone(),
+    /// Who gets the replies of the thread whose root `author` wrote.
+    pub fn followers_of(&self, author: &UserId) -> Vec<UserId> {
+        let mut out: Vec<UserId> = Vec::new();
+        for u in std::iter::once(author).chain(&self.reply_users).chain(&self.followers) {
+            if !self.unfollowed.contains(u) && !out.contains(u) {
+                out.push(u.clone());
+            }
         }
+        out
+    }
+
+    /// Follows (`true`) or unfollows the thread for `user`, one of whose participants is the
+    /// root's `author`; whether anything changed.
+    pub fn follow(&mut self, user: &UserId, author: &UserId, follow: bool) -> bool {
+        let participant = user == author || self.reply_users.contains(user);
+        let before = self.followers_of(author).contains(user);
+        if follow {
+            self.unfollowed.retain(|u| u != user);
+            if !participant && !self.followers.contains(user) && self.followers.len() < MAX_REPLY_USERS {
+                self.followers.push(user.clone());
+            }
+        } else {
+            self.followers.retain(|u| u != user);
+            if participant && !self.unfollowed.contains(user) {
+                self.unfollowed.push(user.clone());
+            }
+        }
+        self.followers_of(author).contains(user) != before
     }
 
     /// Counts a new reply by `user`.
@@ -77,6 +103,9 @@ impl ThreadSummary {
         if !self.reply_users.contains(user) && self.reply_users.len() < MAX_REPLY_USERS {
             self.reply_users.push(user.clone());
         }
+        // Replying follows the thread again.
+        self.unfollowed.retain(|u| u != user);
+        self.followers.retain(|u| u != user);
     }
 
     /// Writes the summary's fields onto the root message.
@@ -85,6 +114,7 @@ impl ThreadSummary {
         root.latest_reply = self.latest_reply;
         root.latest_reply_seq = self.latest_reply_seq;
         root.reply_users = self.reply_users.clone();
+        root.thread_followers = self.followers_of(&root.user);
     }
 }
 
@@ -300,7 +330,7 @@ async fn access(
             return Ok(Err(OriginError::Forbidden("only the author or a workspace admin may change a message".into())));
         }
     } else if !member {
-        return Ok(Err(OriginError::NotMember(format!("join {c} before reacting in it"))));
+        return Ok(Err(OriginError::NotMember(format!("join {c} to react or follow threads in it"))));
     }
     Ok(Ok(message))
 }
@@ -397,6 +427,38 @@ pub async fn delete(store: &Store, caller: &Caller, c: &ChannelId, seq: Seq) -> 
     Ok(message)
 }
 
+/// Follows (`follow`) or unfollows a thread for the caller (a member): a follower gets the
+/// thread's replies without taking part; a participant who unfollows stops getting them until
+/// they reply again. The root's new state goes to the channel as `message_changed`; a follow
+/// that changes nothing logs nothing. Answers the root as it now reads.
+pub async fn follow(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, follow: bool) -> Result<Message> {
+    let w = &caller.workspace;
+    let (outcome, _) = transact!(store, |tx| {
+        match access(tx, caller, c, root, false).await? {
+            Err(e) => Err(e),
+            Ok(message) if message.thread_root.is_some() => {
+                Err(OriginError::BadRequest(format!("message {root} is a reply; threads start at a top-level message")))
+            }
+            Ok(mut message) => {
+                let mut summary = load_summary(tx, w, c, root).await?;
+                if summary.follow(&caller.user.id, &message.user, follow) {
+                    write_summary(tx, w, c, root, &summary)?;
+                    decorate(tx, w, c, std::slice::from_mut(&mut message)).await?;
+                    summary.apply_to(&mut message);
+                    let mut log = Appender::new();
+                    let event = Event::MessageChanged { channel: c.clone(), seq: root, message: message.clone() };
+                    log.append(tx, w, crate::now_ms(), event)?;
+                    log.finish(tx)?;
+                } else {
+                    decorate(tx, w, c, std::slice::from_mut(&mut message)).await?;
+                }
+                Ok(message)
+            }
+        }
+    })?;
+    outcome
+}
+
 /// Adds (`add`) or removes the caller's reaction `emoji` on a message. Idempotent: adding a
 /// reaction the caller already has, or removing one they do not, changes nothing and logs
 /// nothing. Answers the message as it now reads.
@@ -471,6 +533,23 @@ mod tests {
         for bad in ["", "Thumbs", "a b", "<script>", &"x".repeat(65)] {
             assert!(validate_emoji(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn following_unfollowing_and_replying_again() {
+        let (author, bob, carol) = (uid("U1"), uid("U2"), uid("U3"));
+        let mut s = ThreadSummary::default();
+        s.add_reply(&bob, 2, 10);
+        assert_eq!(s.followers_of(&author), [author.clone(), bob.clone()]);
+        assert!(s.follow(&carol, &author, true));
+        assert!(!s.follow(&carol, &author, true), "following twice changes nothing");
+        assert!(s.follow(&bob, &author, false));
+        assert!(s.follow(&author, &author, false));
+        assert_eq!(s.followers_of(&author), [carol.clone()]);
+        s.add_reply(&bob, 3, 20);
+        assert_eq!(s.followers_of(&author), [bob.clone(), carol.clone()], "replying follows again");
+        assert!(s.follow(&carol, &author, false));
+        assert_eq!(s.followers_of(&author), [bob]);
     }
 
     #[test]

@@ -349,7 +349,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &[UserId])]) ->
                 };
                 match found {
                     Some(message) => {
-                        let summary = ThreadSummary::of(&message);
+                        let summary = messages::load_summary(tx, w, c, root).await?;
                         slot.insert((message, summary));
                     }
                     None => {

@@ -600,6 +600,7 @@ async fn health_readiness_metrics_and_openapi_are_served() {
         ("/v1/channels/{id}/messages/{seq}", "delete"),
         ("/v1/channels/{id}/messages/{seq}/reactions/{emoji}", "put"),
         ("/v1/channels/{id}/messages/{seq}/reactions/{emoji}", "delete"),
+        ("/v1/channels/{id}/messages/{seq}/follow", "put"),
         ("/v1/channels/{id}/read", "put"),
         ("/v1/events", "get"),
         ("/v1/dms", "post"),

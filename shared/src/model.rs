@@ -148,6 +148,10 @@ pub struct Message {
     /// For a thread's root: who replied, in the order of their first reply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reply_users: Vec<UserId>,
+    /// For a thread's root: who gets its replies — the root's author and everyone who replied,
+    /// unless they unfollowed, and everyone who chose to follow it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thread_followers: Vec<UserId>,
 }
 
 impl Message {
@@ -173,6 +177,7 @@ impl Message {
             latest_reply: None,
             latest_reply_seq: None,
             reply_users: Vec::new(),
+            thread_followers: Vec::new(),
         }
     }
 

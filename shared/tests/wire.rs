@@ -53,6 +53,7 @@ fn message_event_frame_is_flat() {
             latest_reply: None,
             latest_reply_seq: None,
             reply_users: Vec::new(),
+            thread_followers: Vec::new(),
         }),
     );
     let expected = json!({

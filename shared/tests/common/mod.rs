@@ -125,6 +125,7 @@ pub fn message() -> impl Strategy<Value = Message> {
             latest_reply,
             latest_reply_seq,
             reply_users,
+            thread_followers: Vec::new(),
         },
     )
 }
