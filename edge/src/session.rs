@@ -486,7 +486,7 @@ impl Session {
                 if let Some(event) = relayed {
                     let upstream = self.edge.upstream.clone();
                     let workspace = self.principal.workspace.clone();
-                    tokio::spawn(async move { upstream.call(Call::Relay { workspace, event }).await });
+                    tokio::spawn(async move { upstream.call(Call::Relay { workspace, event: Box::new(event) }).await });
                 }
             }
             ClientFrame::PresenceSub { users } => {

@@ -651,7 +651,7 @@ fn ephemeral(origin: &Origin, edge_id: &Arc<str>, call: &Call) -> Option<Result<
     let reply = match call {
         Call::Relay { workspace, event } if event.is_ephemeral() => {
             let relayed =
-                Relayed { from_edge: Some(edge_id.clone()), workspace: workspace.clone(), event: event.clone() };
+                Relayed { from_edge: Some(edge_id.clone()), workspace: workspace.clone(), event: (**event).clone() };
             origin.relay.publish(relayed);
             Ok(Answer::Done)
         }

@@ -545,7 +545,7 @@ mod tests {
         assert!(!s.follow(&carol, &author, true), "following twice changes nothing");
         assert!(s.follow(&bob, &author, false));
         assert!(s.follow(&author, &author, false));
-        assert_eq!(s.followers_of(&author), [carol.clone()]);
+        assert_eq!(s.followers_of(&author), std::slice::from_ref(&carol));
         s.add_reply(&bob, 3, 20);
         assert_eq!(s.followers_of(&author), [bob.clone(), carol.clone()], "replying follows again");
         assert!(s.follow(&carol, &author, false));

@@ -175,7 +175,7 @@ pub enum Call {
         /// The workspace.
         workspace: WorkspaceId,
         /// The event.
-        event: Event,
+        event: Box<Event>,
     },
     /// Events of one workspace after a cursor, for resuming a client whose cursor is older than
     /// the edge's own buffers. Internal events are included (the edge filters per user).
