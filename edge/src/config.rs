@@ -101,6 +101,10 @@ pub struct SessionConfig {
     /// Most `presence_sub` frames one connection may send per 10 seconds; more are refused
     /// with `rate_limited`.
     pub presence_subs_per_10s: u32,
+    /// Send every presence change to every session of the workspace, followed or not — the
+    /// model before presence subscriptions, kept to measure what subscriptions save
+    /// (`selvage loadtest presence`). Off in production.
+    pub presence_broadcast: bool,
 }
 
 impl Default for EdgeConfig {
@@ -157,6 +161,7 @@ impl Default for SessionConfig {
             away_after_ms: 10 * 60_000,
             presence_renew_ms: 10_000,
             presence_subs_per_10s: 10,
+            presence_broadcast: false,
         }
     }
 }

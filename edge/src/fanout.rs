@@ -451,11 +451,19 @@ pub struct Workspaces {
     limits: CacheLimits,
     metrics: Arc<Metrics>,
     next_session: AtomicU64,
+    presence_broadcast: bool,
 }
 
 impl Workspaces {
     /// An empty set, loading through `upstream`, holding up to `max_bytes` of state.
-    pub fn new(upstream: Arc<Upstream>, limits: CacheLimits, max_bytes: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// `presence_broadcast`: every presence change to every session (`sessions.presence_broadcast`).
+    pub fn new(
+        upstream: Arc<Upstream>,
+        limits: CacheLimits,
+        max_bytes: u64,
+        metrics: Arc<Metrics>,
+        presence_broadcast: bool,
+    ) -> Arc<Self> {
         // Least recently used goes first, as `cache.max_bytes` promises (moka's default would
         // rather refuse a newcomer than drop an old workspace).
         let cache = moka::future::Cache::builder()
@@ -470,6 +478,7 @@ impl Workspaces {
             limits,
             metrics,
             next_session: AtomicU64::new(1),
+            presence_broadcast,
         })
     }
 
@@ -551,7 +560,7 @@ impl Workspaces {
             by_user: HashMap::new(),
             retired: false,
             typing: HashMap::new(),
-            presence: PresenceState::default(),
+            presence: PresenceState::new(self.presence_broadcast),
         };
         for item in &waiting {
             inner.apply(item, &self.metrics);

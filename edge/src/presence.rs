@@ -44,6 +44,8 @@ pub struct PresenceState {
     sub_times: HashMap<u64, VecDeque<Instant>>,
     /// Announcements waiting for the next tick, with the sessions to hand them to.
     pending: Vec<(UserId, Presence)>,
+    /// Every change to every session (see `sessions.presence_broadcast`).
+    broadcast: bool,
 }
 
 /// A `presence_sub` over the rate limit.
@@ -51,6 +53,11 @@ pub struct PresenceState {
 pub struct RateLimited;
 
 impl PresenceState {
+    /// Bookkeeping that hands changes to followers only, or with `broadcast` to every session.
+    pub fn new(broadcast: bool) -> Self {
+        PresenceState { broadcast, ..PresenceState::default() }
+    }
+
     /// A session opened (counts as activity).
     pub fn open(&mut self, session: u64, user: &UserId, now: Instant) {
         self.activity.insert(session, (user.clone(), now));
@@ -144,7 +151,7 @@ impl PresenceState {
         } else {
             self.known.insert(user.clone(), presence)
         };
-        if before.unwrap_or(Presence::Offline) != presence && self.watchers.contains_key(&user) {
+        if before.unwrap_or(Presence::Offline) != presence && (self.broadcast || self.watchers.contains_key(&user)) {
             self.pending.push((user, presence));
         }
     }
@@ -207,7 +214,11 @@ impl PresenceState {
             .into_iter()
             .filter_map(|user| {
                 let presence = latest.remove(&user)?;
-                let sessions = self.watchers.get(&user)?.clone();
+                let sessions = if self.broadcast {
+                    self.activity.keys().copied().collect()
+                } else {
+                    self.watchers.get(&user)?.clone()
+                };
                 Some((user, presence, sessions))
             })
             .collect()
@@ -289,6 +300,17 @@ mod tests {
         p.close(7);
         p.announce(uid("U4"), Presence::Offline);
         assert!(p.take_pending().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn broadcast_hands_every_change_to_every_session() {
+        let mut p = PresenceState::new(true);
+        p.open(1, &uid("U1"), Instant::now());
+        p.open(2, &uid("U2"), Instant::now());
+        p.announce(uid("U9"), Presence::Active);
+        let mut pending = p.take_pending();
+        pending[0].2.sort();
+        assert_eq!(pending, [(uid("U9"), Presence::Active, vec![1, 2])]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -126,7 +126,13 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         recent_workspace_events: config.cache.recent_workspace_events,
         ..CacheLimits::default()
     };
-    let workspaces = Workspaces::new(upstream.clone(), limits, config.cache.max_bytes, metrics.clone());
+    let workspaces = Workspaces::new(
+        upstream.clone(),
+        limits,
+        config.cache.max_bytes,
+        metrics.clone(),
+        config.sessions.presence_broadcast,
+    );
     let tokens = Tokens::new(
         upstream.clone(),
         config.cache.max_tokens,

@@ -7,6 +7,7 @@
 //! - [`fanout`]: deliveries per second through one edge, their latency, and a check that every
 //!   subscriber got every message once and in order;
 //! - [`idle`]: edge memory per idle session;
+//! - [`presence`]: presence fan-out with subscriptions against every change to every session;
 //! - [`scenario`]: `run SCENARIO`, the scenario files of `loadtest/scenarios/` (steady chat,
 //!   hot channel, soak, boot and reconnect storms, slow consumers, mixed) with a checker of
 //!   every client's history and report.json / report.html;
@@ -26,6 +27,7 @@ pub mod html;
 pub mod idle;
 pub mod lean;
 pub mod nats;
+pub mod presence;
 pub mod report;
 pub mod scenario;
 pub mod seed;
@@ -54,6 +56,9 @@ enum LoadtestCommand {
     Fanout(fanout::FanoutArgs),
     /// Edge memory per idle WebSocket session (against an edge in its own process).
     Idle(idle::IdleArgs),
+    /// Presence fan-out with subscriptions (`presence_sub`) against without (every change to
+    /// every session), on the same workload, in process.
+    Presence(presence::PresenceArgs),
     /// The fan-out workload against nats-server over WebSocket (NATS text protocol), to compare
     /// with `fanout` on the same machine.
     NatsFanout(nats::NatsArgs),
@@ -74,6 +79,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         LoadtestCommand::Fanout(a) => fanout::run(a).await,
         LoadtestCommand::NatsFanout(a) => nats::run(a).await,
         LoadtestCommand::Idle(a) => idle::run(a).await,
+        LoadtestCommand::Presence(a) => presence::run(a).await,
         LoadtestCommand::WanProxy(a) => wan::run(a).await,
         LoadtestCommand::Run(a) => scenario::run(a).await,
     }
