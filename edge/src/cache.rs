@@ -170,15 +170,7 @@ struct ChannelEntry {
     members: BTreeSet<UserId>,
     events: EventBuffer,
     messages: MessageBuffer,
-    /// The followers of the threads replied to most recently, newest last (at most
-    /// [`THREADS_PER_CHANNEL`]), as each root's `message_changed` — which the origin logs just
-    /// before every reply — last named them.
-    threads: VecDeque<(Seq, Vec<UserId>)>,
 }
-
-/// How many threads' followers a channel remembers. Only the thread of the reply being applied
-/// is ever needed (its root's `message_changed` comes right before it); the rest is slack.
-const THREADS_PER_CHANNEL: usize = 8;
 
 /// Events of a channel the state did not know when they arrived (never in log order, but the
 /// state must stay exact even then): a later creation of that channel must not claim coverage
@@ -331,29 +323,14 @@ impl ChannelEntry {
             members: BTreeSet::new(),
             events: EventBuffer::new(covered_after),
             messages: MessageBuffer::new(last_seq),
-            threads: VecDeque::new(),
         }
     }
 
-    /// Remembers who follows the thread of `root` (a root's `message_changed`).
-    fn note_thread(&mut self, root: &Message) {
-        if root.thread_root.is_some() || root.latest_reply_seq.is_none() {
-            return;
-        }
-        self.threads.retain(|(seq, _)| *seq != root.seq);
-        if self.threads.len() == THREADS_PER_CHANNEL {
-            self.threads.pop_front();
-        }
-        self.threads.push_back((root.seq, thread_followers(root)));
-    }
-
-    /// Who gets a message event: everyone in the channel, or for a reply its thread's followers.
+    /// Who gets a message event: everyone in the channel, or for a reply the followers its
+    /// thread had when it was posted (and whoever it mentions).
     fn message_recipients(&self, message: &Message) -> Recipients {
-        let Some(root) = message.thread_root else { return self.recipients() };
-        match self.threads.iter().rev().find(|(seq, _)| *seq == root) {
-            Some((_, followers)) => Recipients::Followers(self.channel.id.clone(), reply_audience(followers, message)),
-            // Cannot happen for a feed in log order (the root's summary precedes each reply);
-            // members may read threads anyway, so the safe fallback is the whole channel.
+        match reply_audience(message) {
+            Some(audience) => Recipients::Followers(self.channel.id.clone(), audience),
             None => self.recipients(),
         }
     }
@@ -367,24 +344,17 @@ impl ChannelEntry {
     }
 }
 
-/// A thread's followers as its root names them (the root's author and everyone who replied,
-/// unless they unfollowed, and whoever chose to follow).
-fn thread_followers(root: &Message) -> Vec<UserId> {
-    if !root.thread_followers.is_empty() {
-        return root.thread_followers.clone();
+/// Who a thread reply reaches — the followers it names (the origin writes the thread's
+/// followers at the time into each reply) and whoever it mentions — or `None` for a message
+/// that goes to the whole channel (not a reply, or a reply written before followers were kept).
+/// The reply alone decides, so live fan-out and resume agree whatever happened since.
+fn reply_audience(message: &Message) -> Option<Vec<UserId>> {
+    if message.thread_root.is_none() || message.thread_followers.is_empty() {
+        return None;
     }
-    // A root that names no followers was written before they were kept: its participants.
-    let mut followers = Vec::with_capacity(root.reply_users.len() + 1);
-    followers.push(root.user.clone());
-    followers.extend(root.reply_users.iter().filter(|u| **u != root.user).cloned());
-    followers
-}
-
-/// Who a reply reaches: the thread's followers and whoever the reply mentions.
-fn reply_audience(followers: &[UserId], reply: &Message) -> Vec<UserId> {
-    let mut audience = followers.to_vec();
-    audience.extend(reply.mentions.iter().filter(|u| !followers.contains(u)).cloned());
-    audience
+    let mut audience = message.thread_followers.clone();
+    audience.extend(message.mentions.iter().filter(|u| !message.thread_followers.contains(u)).cloned());
+    Some(audience)
 }
 
 /// Whether only members may see the channel: private channels and every DM and group DM.
@@ -564,7 +534,6 @@ impl WorkspaceState {
                 let mut delta = Delta::default();
                 match event {
                     Event::MessageChanged { message, .. } => {
-                        entry.note_thread(message);
                         if let Some(slot) = entry.messages.get_mut(*seq) {
                             delta.sub(message_entry_bytes(slot));
                             // The event's message is the new state; keep the buffer's seq
@@ -904,11 +873,10 @@ impl WorkspaceState {
                 }
                 Event::UserUpdated { .. } => true,
                 Event::ChannelCreated { channel } | Event::ChannelUpdated { channel } if !restricted(channel) => true,
-                Event::Message(reply) if reply.thread_root.is_some() => {
+                Event::Message(message) => {
                     let is_member =
-                        *member.entry(&reply.channel).or_insert_with(|| self.is_member(&reply.channel, user));
-                    let before = i.checked_sub(1).map(|j| events[j]);
-                    is_member && self.reply_reaches(user, reply, before)
+                        *member.entry(&message.channel).or_insert_with(|| self.is_member(&message.channel, user));
+                    is_member && reply_audience(message).is_none_or(|audience| audience.contains(user))
                 }
                 event => match event.channel() {
                     None => true,
@@ -918,24 +886,6 @@ impl WorkspaceState {
             roll_back_membership(&mut member, user, event);
         }
         out
-    }
-
-    /// Whether a thread reply reached `user` (a member of its channel): the followers named by
-    /// the root's `message_changed` logged just before it (`before`), or, when that event is
-    /// not at hand, by the root's newest summary this state knows — a superset, as followers
-    /// only ever join a thread.
-    fn reply_reaches(&self, user: &UserId, reply: &Message, before: Option<&Event>) -> bool {
-        let root = reply.thread_root.unwrap_or_default();
-        let audience = match before {
-            Some(Event::MessageChanged { seq, message, .. }) if *seq == root && message.channel == reply.channel => {
-                reply_audience(&thread_followers(message), reply)
-            }
-            _ => match self.channels.get(&reply.channel).map(|entry| entry.message_recipients(reply)) {
-                Some(Recipients::Followers(_, audience)) => audience,
-                _ => return true,
-            },
-        };
-        audience.contains(user)
     }
 
     /// Whether `user` is among `recipients` (of the event applied last).
@@ -2171,13 +2121,37 @@ mod tests {
             let mut applied: Vec<(Cursor, Event, Vec<UserId>)> = Vec::new();
             let mut history: HashMap<ChannelId, Vec<Message>> = HashMap::new();
             for (i, op) in ops.into_iter().enumerate() {
-                let event = event_for(&s, op, &channels, &mut seq_of, &mut fresh);
-                let cursor = cur(101 + i as u64);
+                let mut events = vec![event_for(&s, op, &channels, &mut seq_of, &mut fresh)];
+                // Some messages are thread replies to their channel's first message: the origin
+                // logs the root's new summary, naming the thread's followers, right before each.
+                if let Event::Message(m) = &mut events[0] {
+                    if m.seq > 1 && op.3 % 3 == 0 {
+                        m.thread_root = Some(1);
+                        let followers: Vec<UserId> =
+                            WHO.iter().enumerate().filter(|(k, _)| op.3 >> (k + 2) & 1 == 1).map(|(_, w)| uid(w)).collect();
+                        m.thread_followers = followers.clone();
+                        let root = Message {
+                            latest_reply_seq: Some(m.seq),
+                            reply_count: 1,
+                            thread_followers: followers,
+                            ..msg(m.channel.as_str(), 1, "U1")
+                        };
+                        let changed = Event::MessageChanged { channel: m.channel.clone(), seq: 1, message: root };
+                        events.insert(0, changed);
+                    }
+                }
+                for event in events {
+                let cursor = cur(101 + applied.len() as u64);
                 if let Event::ChannelCreated { channel } = &event {
                     channels.push(channel.id.clone());
                 }
                 match &event {
                     Event::Message(m) => history.entry(m.channel.clone()).or_default().push(m.clone()),
+                    Event::MessageChanged { channel, seq, message } => {
+                        if let Some(m) = history.get_mut(channel).and_then(|h| h.iter_mut().find(|m| m.seq == *seq)) {
+                            *m = Message { seq: *seq, channel: channel.clone(), ..message.clone() };
+                        }
+                    }
                     Event::MessageDeleted { channel, seq } => {
                         if let Some(m) = history.get_mut(channel).and_then(|h| h.iter_mut().find(|m| m.seq == *seq)) {
                             m.deleted = true;
@@ -2208,6 +2182,7 @@ mod tests {
                 prop_assert!(s.apply(&typing).is_some());
                 let got: Vec<UserId> = WHO.iter().map(|w| uid(w)).filter(|w| s.receives(&applied_now.recipients, w)).collect();
                 applied.push((cursor, event, got));
+                }
             }
             check_invariants(&s);
             let newest = applied.last().map_or(cur(100), |(c, _, _)| c.clone());

@@ -369,20 +369,22 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &[UserId])]) ->
             ..Message::new(c.clone(), seq, now, r.user.clone(), r.text.clone())
         };
         messages::set_mentions(tx, w, &mut message, here).await?;
-        messages::index_mentions(tx, w, &message)?;
-        tx.set(&keys::message(w, c, seq), &selvage_shared::to_msgpack(&message))?;
-        tx.set(&keys::nonce(w, c, &r.client_msg_id), &(seq as i64).to_le_bytes())?;
         if let Some(root) = r.thread_root {
             tx.set(&keys::thread_reply(w, c, root, seq), &[])?;
-            // The root's new summary goes out just before the reply: the channel learns that
-            // `seq` is a reply, and an edge knows the thread's followers when the reply arrives.
+            // The root's new summary goes out just before the reply, so the channel learns that
+            // `seq` is a reply; the reply names who it is for (the thread's followers now), so
+            // every edge routes it, live or on resume, by the reply alone.
             if let Some((root_message, summary)) = roots.get_mut(&(w.clone(), c.clone(), root)) {
                 summary.add_reply(&r.user, seq, now);
                 summary.apply_to(root_message);
+                message.thread_followers = root_message.thread_followers.clone();
                 let event = Event::MessageChanged { channel: c.clone(), seq: root, message: root_message.clone() };
                 log.append(tx, w, now, event)?;
             }
         }
+        messages::index_mentions(tx, w, &message)?;
+        tx.set(&keys::message(w, c, seq), &selvage_shared::to_msgpack(&message))?;
+        tx.set(&keys::nonce(w, c, &r.client_msg_id), &(seq as i64).to_le_bytes())?;
         let order = log.append(tx, w, now, Event::Message(message.clone()))?;
         seen.insert((w, c, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });

@@ -149,7 +149,8 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reply_users: Vec<UserId>,
     /// For a thread's root: who gets its replies — the root's author and everyone who replied,
-    /// unless they unfollowed, and everyone who chose to follow it.
+    /// unless they unfollowed, and everyone who chose to follow it. For a reply: those it went
+    /// to (the thread's followers when it was posted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thread_followers: Vec<UserId>,
 }
