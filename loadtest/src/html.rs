@@ -17,7 +17,7 @@ const SCHEMA: &str = "selvage-loadtest-report/1";
 
 /// Histograms the load tester records, in the order the page shows them. Others found in the
 /// report follow in name order.
-const HISTOGRAMS: [&str; 4] = ["send_ack", "send_delivered", "boot", "reconnect"];
+const HISTOGRAMS: [&str; 5] = ["send_ack", "send_delivered", "change_ack", "boot", "reconnect"];
 
 /// Totals the load tester records, in the order the page shows them.
 const TOTALS: [&str; 6] = ["sends", "acks", "deliveries", "connections_opened", "reconnects", "sessions_shed"];
@@ -331,6 +331,14 @@ impl Page {
             b.push_str(
                 "<p class=\"ok\">No violations: every checked client got every message once and in order.</p>\n",
             );
+            if checker.get("states_checked").and_then(Value::as_bool) == Some(true) {
+                let _ = writeln!(
+                    b,
+                    "<p class=\"ok\">Every checked client shows every message of its window as the origin's \
+                     final history does ({} messages changed).</p>",
+                    field("changed_messages")
+                );
+            }
             b.push_str("</section>\n");
             return;
         }
@@ -612,6 +620,11 @@ fn throughput_charts(samples: &[(f64, &Value)]) -> String {
         if !points.is_empty() {
             lines.push(Series { name, colour: PALETTE[i], points, dashed: false });
         }
+    }
+    // Only runs that change messages have a line for them.
+    let changes = series("changes");
+    if changes.iter().any(|p| p.1 > 0.0) {
+        lines.push(Series { name: "changes", colour: PALETTE[4], points: changes, dashed: false });
     }
     let errors = series("errors");
     if errors.iter().any(|p| p.1 > 0.0) {
@@ -1046,6 +1059,27 @@ mod tests {
         // Nothing fetched: the only URLs are the SVG namespace, which browsers never load.
         assert_eq!(html.matches("http").count(), html.matches("xmlns=\"http://www.w3.org/2000/svg\"").count());
         assert!(!html.contains("<link") && !html.contains("url(") && !html.contains("@import"));
+    }
+
+    #[test]
+    fn a_run_with_changes_shows_them_next_to_the_sends() {
+        let mut report = sample();
+        report["latency"]["change_ack"] = hist(4.75, 19.25);
+        report["totals"]["changes"] = json!(2_500);
+        report["checker"]["states_checked"] = json!(true);
+        report["checker"]["changed_messages"] = json!(2_345);
+        for (t, second) in report["timeline"].as_array_mut().unwrap().iter_mut().enumerate() {
+            second["changes"] = json!(t % 5);
+        }
+        let html = render(&report);
+        assert!(html.contains("<td>change_ack</td>"));
+        assert!(html.contains("<td class=\"num\">19.25</td>"), "its p99");
+        let row = |name: &str| html.find(&format!("<td>{name}</td>")).unwrap();
+        assert!(row("send_delivered") < row("change_ack") && row("change_ack") < row("boot"));
+        assert!(html.contains("<td>changes</td>"));
+        assert!(html.contains("changes/s"), "a throughput line");
+        assert!(html.contains("as the origin's final history does (2,345 messages changed)"));
+        assert!(!render(&sample()).contains("changes/s"), "no line for a run without changes");
     }
 
     #[test]

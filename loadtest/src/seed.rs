@@ -1,15 +1,19 @@
 //! Seeding test workspaces through the origin's public HTTP API (docs/API.md), as an operator
 //! and an admin would: create the workspace with the operator key, then users, channels,
-//! memberships and DMs, many requests at once.
+//! memberships and DMs, many requests at once. The same client makes the few other calls the
+//! scenarios need: changing messages (edits, deletes, reactions) and reading a channel's history.
 
 use std::future::Future;
 
 use anyhow::{bail, Context, Result};
 use futures::{stream, StreamExt, TryStreamExt};
-use selvage_shared::{Channel, ChannelId, User, UserId, Workspace};
+use selvage_shared::{Channel, ChannelId, Message, User, UserId, Workspace};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
+
+/// Messages asked for per history page (the API's most).
+const HISTORY_PAGE: usize = 1000;
 
 /// A client of the origin's HTTP API.
 #[derive(Clone)]
@@ -62,6 +66,32 @@ struct ChannelList {
     channels: Vec<Channel>,
 }
 
+#[derive(Deserialize)]
+struct MessageReply {
+    message: Message,
+}
+
+#[derive(Deserialize)]
+struct HistoryPage {
+    messages: Vec<Message>,
+    has_more: bool,
+}
+
+/// The origin answered a request with an error status: the error of [`Api`]'s calls that a
+/// caller may want to tell apart (downcast an `anyhow::Error` to it), e.g. to count errors by
+/// code.
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {path} failed ({status}): {body}")]
+pub struct Refused {
+    method: reqwest::Method,
+    path: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The answer's `error.code` (`not_found`, `forbidden`, …); empty when it had none.
+    pub code: String,
+    body: String,
+}
+
 impl Api {
     /// A client of the origin at `base` (e.g. `http://127.0.0.1:7700`) that runs at most
     /// `concurrency` requests at once in its bulk operations.
@@ -90,7 +120,12 @@ impl Api {
         let status = response.status();
         let bytes = response.bytes().await?;
         if !status.is_success() {
-            bail!("{method} {path} failed ({status}): {}", String::from_utf8_lossy(&bytes));
+            let code = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let body = String::from_utf8_lossy(&bytes).into_owned();
+            return Err(Refused { method, path: path.to_string(), status: status.as_u16(), code, body }.into());
         }
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected answer to {method} {path}"))
     }
@@ -160,6 +195,54 @@ impl Api {
             Ok(reply.channel)
         })
         .await
+    }
+
+    /// Replaces the text of message `seq` (as its author, or an admin); answers the message as it
+    /// now reads.
+    pub async fn edit_message(&self, token: &str, channel: &ChannelId, seq: u64, text: &str) -> Result<Message> {
+        let path = format!("/v1/channels/{channel}/messages/{seq}");
+        let reply: MessageReply =
+            self.request(reqwest::Method::PATCH, &path, token, Some(json!({ "text": text }))).await?;
+        Ok(reply.message)
+    }
+
+    /// Deletes message `seq` (as its author, or an admin), leaving its tombstone; answers the
+    /// tombstone.
+    pub async fn delete_message(&self, token: &str, channel: &ChannelId, seq: u64) -> Result<Message> {
+        let path = format!("/v1/channels/{channel}/messages/{seq}");
+        let reply: MessageReply = self.request(reqwest::Method::DELETE, &path, token, None).await?;
+        Ok(reply.message)
+    }
+
+    /// Adds (`add`) or takes back the token's user's reaction `emoji` to message `seq`; answers
+    /// the message as it now reads. `emoji` goes into the path as it is, so it must be a valid
+    /// emoji name (which needs no escaping).
+    pub async fn react(&self, token: &str, channel: &ChannelId, seq: u64, emoji: &str, add: bool) -> Result<Message> {
+        let path = format!("/v1/channels/{channel}/messages/{seq}/reactions/{emoji}");
+        let method = if add { reqwest::Method::PUT } else { reqwest::Method::DELETE };
+        let reply: MessageReply = self.request(method, &path, token, None).await?;
+        Ok(reply.message)
+    }
+
+    /// Every message of a channel as a member (`token`) reads it now, oldest first, a page at a
+    /// time.
+    pub async fn history(&self, token: &str, channel: &ChannelId) -> Result<Vec<Message>> {
+        let mut messages = Vec::new();
+        let mut after = 0;
+        loop {
+            let path = format!("/v1/channels/{channel}/messages?after={after}&limit={HISTORY_PAGE}");
+            let page: HistoryPage = self.request(reqwest::Method::GET, &path, token, None).await?;
+            let Some(last) = page.messages.last().map(|m| m.seq) else { break };
+            if last <= after {
+                bail!("the history of {channel} after seq {after} went backwards (to seq {last})");
+            }
+            after = last;
+            messages.extend(page.messages);
+            if !page.has_more {
+                break;
+            }
+        }
+        Ok(messages)
     }
 
     /// Runs `f` over `items` with at most `concurrency` in flight; results in input order;

@@ -62,10 +62,14 @@ async fn every_shipped_scenario_passes_at_a_tiny_scale() {
         ] {
             assert!(!json[field].is_null(), "{name}: report.json lacks {field}");
         }
-        for l in ["send_ack", "send_delivered", "boot", "reconnect"] {
+        for l in ["send_ack", "send_delivered", "change_ack", "boot", "reconnect"] {
             assert_eq!(json["latency"][l]["percentiles"].as_array().map(Vec::len), Some(5), "{name} {l}");
         }
         assert_eq!(json["checker"]["violation_count"], 0, "{name}");
+        // Scenarios that change messages hold every client's view against the final history.
+        let changes = scenario::resolve(name).unwrap().0.load.changes > 0.0;
+        assert_eq!(json["checker"]["states_checked"], changes, "{name}");
+        assert!(report.totals.changes_acked <= report.totals.changes, "{name}");
         match *name {
             "reconnect-storm" | "mixed" => {
                 assert!(report.totals.reconnects > 0, "{name}: no resumes: {:?}", report.totals)

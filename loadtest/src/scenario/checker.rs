@@ -1,14 +1,19 @@
 //! The checker: from what every simulated client received and what every sender had
 //! acknowledged, decides whether the deployment kept its promise (DESIGN §2 ordering, §3
 //! resume): per channel one order for all members, no gaps in `seq`, no duplicates, and every
-//! acknowledged message delivered to every member that was connected or resumed.
+//! acknowledged message delivered to every member that was connected or resumed. When the
+//! scenario changed messages (edits, deletes, reactions), it also holds every client's view of
+//! each message against the origin's final history: after the change events it received, a
+//! client must see every message of its window as the origin finally shows it.
 //!
 //! Pure functions over recorded data, so they can be tested with crafted inputs. Membership
 //! is fixed once the workspace is seeded, so a client's window in a channel is simply from
 //! the channel's `last_seq` in its first `hello` to the highest acknowledged `seq`.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 
+use selvage_shared::{Event, Message};
 use serde::Serialize;
 
 /// Channels and clients are numbered by the runner; names come back for the report.
@@ -34,9 +39,135 @@ pub struct ClientLog {
     pub channels: Vec<(ChannelIx, u64)>,
     /// Message events, in the order received.
     pub deliveries: Vec<Delivery>,
+    /// For every message of its channels that a change event (`message_changed`,
+    /// `message_deleted`, `reaction_added`, `reaction_removed`) reached it for: the state those
+    /// events leave, folded in the order received ([`MessageState::fold`]).
+    pub changes: HashMap<(ChannelIx, u64), MessageState>,
     /// Why its session ended for good before the run did (a resume that failed), if it did.
     pub lost: Option<String>,
 }
+
+/// What a message looks like after its changes, as far as the checker compares it: a client
+/// folds it from the change events it received, the runner reads it from the origin's final
+/// history. A message nobody changed is [`MessageState::POSTED`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageState {
+    /// A tombstone.
+    pub deleted: bool,
+    /// Edited at least once (`edited_at` is set; a tombstone keeps it).
+    pub edited: bool,
+    /// A hash of the text once it is no longer the text as posted (edited or deleted); 0 while
+    /// it is.
+    pub text: u64,
+    /// Reactions as (emoji, count), sorted by emoji.
+    pub reactions: Vec<(String, u32)>,
+}
+
+impl MessageState {
+    /// A message as posted: never edited, deleted or reacted to.
+    pub const POSTED: MessageState = MessageState { deleted: false, edited: false, text: 0, reactions: Vec::new() };
+
+    /// The state a whole message shows (the one in `message_changed`, or one read from history).
+    pub fn of(m: &Message) -> MessageState {
+        let edited = m.edited_at.is_some();
+        let text = if edited || m.deleted { text_hash(&m.text) } else { 0 };
+        let mut reactions: Vec<(String, u32)> =
+            m.reactions.iter().filter(|r| r.count > 0).map(|r| (r.emoji.clone(), r.count)).collect();
+        reactions.sort_unstable();
+        MessageState { deleted: m.deleted, edited, text, reactions }
+    }
+
+    /// Whether the message reads as posted.
+    pub fn is_posted(&self) -> bool {
+        *self == MessageState::POSTED
+    }
+
+    /// Folds in one change event for this message; other events change nothing. A
+    /// `message_changed` carries the whole new state; a delete leaves the tombstone
+    /// [`Message::make_tombstone`] does; a reaction event moves one emoji's count by one (the
+    /// origin logs one only when something changed, so a repeated event shows as a wrong count).
+    pub fn fold(&mut self, event: &Event) {
+        match event {
+            Event::MessageChanged { message, .. } => *self = MessageState::of(message),
+            Event::MessageDeleted { .. } => {
+                self.deleted = true;
+                self.text = text_hash("");
+                self.reactions.clear();
+            }
+            Event::ReactionAdded { emoji, .. } => self.react(emoji, true),
+            Event::ReactionRemoved { emoji, .. } => self.react(emoji, false),
+            _ => {}
+        }
+    }
+
+    fn react(&mut self, emoji: &str, add: bool) {
+        match (self.reactions.binary_search_by(|(e, _)| e.as_str().cmp(emoji)), add) {
+            (Ok(i), true) => self.reactions[i].1 += 1,
+            (Err(i), true) => self.reactions.insert(i, (emoji.to_string(), 1)),
+            (Ok(i), false) => {
+                self.reactions[i].1 -= 1;
+                if self.reactions[i].1 == 0 {
+                    self.reactions.remove(i);
+                }
+            }
+            (Err(_), false) => {}
+        }
+    }
+
+    /// How this state (a client's) differs from `origin`'s, in words.
+    pub fn difference(&self, origin: &MessageState) -> String {
+        let mut out = Vec::new();
+        let here_not_there = |here: bool, what: &str| {
+            if here {
+                format!("{what} here, not at the origin")
+            } else {
+                format!("{what} at the origin, not here")
+            }
+        };
+        if self.deleted != origin.deleted {
+            out.push(here_not_there(self.deleted, "deleted"));
+        }
+        if self.edited != origin.edited {
+            out.push(here_not_there(self.edited, "edited"));
+        }
+        if self.text != origin.text && self.deleted == origin.deleted {
+            out.push("a different text than the origin's".to_string());
+        }
+        if self.reactions != origin.reactions {
+            let list = |r: &[(String, u32)]| {
+                if r.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.iter().map(|(e, n)| format!("{e}×{n}")).collect::<Vec<_>>().join(" ")
+                }
+            };
+            out.push(format!("reactions {} here, {} at the origin", list(&self.reactions), list(&origin.reactions)));
+        }
+        out.join("; ")
+    }
+}
+
+/// The message a change event is about: its channel's id and its `seq`.
+pub fn changed_message(event: &Event) -> Option<(&selvage_shared::ChannelId, u64)> {
+    match event {
+        Event::MessageChanged { channel, seq, .. }
+        | Event::MessageDeleted { channel, seq }
+        | Event::ReactionAdded { channel, seq, .. }
+        | Event::ReactionRemoved { channel, seq, .. } => Some((channel, *seq)),
+        _ => None,
+    }
+}
+
+/// A stable (within a run) hash of a message's text.
+fn text_hash(text: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// The origin's final state of every message it shows changed, by channel and seq; a message
+/// left out reads as posted.
+pub type Finals = HashMap<(ChannelIx, u64), MessageState>;
 
 /// An acknowledged send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +199,11 @@ pub enum Kind {
     BeforeBoot,
     /// The client's session ended for good (it could not resume).
     SessionLost,
+    /// A message in the client's window that, after every change event the client received,
+    /// does not look as the origin's final history shows it (deleted, edited, text, reaction
+    /// counts): a change event missed, repeated or applied out of order — or a change record
+    /// for a message the origin shows as posted.
+    StaleState,
 }
 
 /// One broken promise.
@@ -96,6 +232,11 @@ pub struct Verdict {
     pub violations: Vec<Violation>,
     /// How many there were in all.
     pub violation_count: u64,
+    /// Whether the clients' views of changed messages were held against the origin's final
+    /// history (only when the runner read it).
+    pub states_checked: bool,
+    /// Messages the origin's final history shows changed (edited, deleted or reacted to).
+    pub changed_messages: usize,
 }
 
 impl Verdict {
@@ -118,11 +259,18 @@ impl Verdict {
     }
 }
 
-/// Checks every client's log against the acks; keeps the first `cap` violations in detail.
-/// Channel and client names in violations are their indexes (`channel` as in the logs,
+/// Checks every client's log against the acks and, given the origin's `finals`, every client's
+/// view of the messages in its windows against them; keeps the first `cap` violations in
+/// detail. Channel and client names in violations are their indexes (`channel` as in the logs,
 /// `client` as the position in `clients`).
-pub fn check(clients: &[ClientLog], acks: &[Ack], cap: usize) -> Verdict {
-    let mut verdict = Verdict { clients_checked: clients.len(), ..Verdict::default() };
+pub fn check(clients: &[ClientLog], acks: &[Ack], finals: Option<&Finals>, cap: usize) -> Verdict {
+    let mut verdict = Verdict {
+        clients_checked: clients.len(),
+        states_checked: finals.is_some(),
+        changed_messages: finals.map_or(0, HashMap::len),
+        ..Verdict::default()
+    };
+    let changed_at_origin = by_channel(finals.into_iter().flat_map(HashMap::keys));
     // The message at each (channel, seq): first from the acks, then from whoever saw it first.
     let mut at: HashMap<(ChannelIx, u64), (u32, String)> = HashMap::new();
     let mut highest_acked: HashMap<ChannelIx, u64> = HashMap::new();
@@ -167,6 +315,7 @@ pub fn check(clients: &[ClientLog], acks: &[Ack], cap: usize) -> Verdict {
         for d in &log.deliveries {
             per_channel.entry(d.channel).or_default().push(*d);
         }
+        let changed_here = by_channel(log.changes.keys());
         for &(channel, boot_seq) in &log.channels {
             channels.insert(channel);
             let got = per_channel.remove(&channel).unwrap_or_default();
@@ -236,6 +385,35 @@ pub fn check(clients: &[ClientLog], acks: &[Ack], cap: usize) -> Verdict {
                     );
                 }
             }
+            let Some(finals) = finals else { continue };
+            // Every message of the window changed at the origin or here must look the same in
+            // both; one never received is a violation of its own already.
+            let mut seqs: Vec<u64> = [&changed_at_origin, &changed_here]
+                .into_iter()
+                .filter_map(|index| index.get(&channel))
+                .flatten()
+                .copied()
+                .filter(|&seq| seq > boot_seq && seq <= end && seen.binary_search(&seq).is_ok())
+                .collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            let posted = MessageState::POSTED;
+            for seq in seqs {
+                let origin = finals.get(&(channel, seq)).unwrap_or(&posted);
+                let here = log.changes.get(&(channel, seq)).unwrap_or(&posted);
+                if here != origin {
+                    verdict.push(
+                        cap,
+                        Violation {
+                            kind: Kind::StaleState,
+                            channel: channel.to_string(),
+                            seq,
+                            client: client.clone(),
+                            detail: here.difference(origin),
+                        },
+                    );
+                }
+            }
         }
         for (channel, got) in per_channel {
             if let Some(d) = got.first() {
@@ -256,8 +434,19 @@ pub fn check(clients: &[ClientLog], acks: &[Ack], cap: usize) -> Verdict {
     verdict
 }
 
+/// The seqs of (channel, seq) keys, by channel.
+fn by_channel<'a>(keys: impl Iterator<Item = &'a (ChannelIx, u64)>) -> HashMap<ChannelIx, Vec<u64>> {
+    let mut out: HashMap<ChannelIx, Vec<u64>> = HashMap::new();
+    for &(channel, seq) in keys {
+        out.entry(channel).or_default().push(seq);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use selvage_shared::{ChannelId, UserId};
+
     use super::*;
 
     fn d(channel: ChannelIx, seq: u64) -> Delivery {
@@ -269,7 +458,11 @@ mod tests {
     }
 
     fn log(channels: &[(ChannelIx, u64)], seqs: &[(ChannelIx, u64)]) -> ClientLog {
-        ClientLog { channels: channels.to_vec(), deliveries: seqs.iter().map(|&(c, s)| d(c, s)).collect(), lost: None }
+        ClientLog {
+            channels: channels.to_vec(),
+            deliveries: seqs.iter().map(|&(c, s)| d(c, s)).collect(),
+            ..ClientLog::default()
+        }
     }
 
     fn kinds(v: &Verdict) -> Vec<(Kind, u64)> {
@@ -284,7 +477,7 @@ mod tests {
             // Booted after seq 2: owes 3 and 4 only; an unacked 5 that arrived is fine.
             log(&[(0, 2)], &[(0, 3), (0, 4), (0, 5)]),
         ];
-        let v = check(&clients, &acks, 100);
+        let v = check(&clients, &acks, None, 100);
         assert!(v.passed(), "{v:?}");
         assert_eq!((v.channels_checked, v.clients_checked), (2, 2));
     }
@@ -297,7 +490,7 @@ mod tests {
             log(&[(0, 0)], &[(0, 1), (0, 2), (0, 5)]),
             log(&[(0, 3)], &[(0, 1), (0, 4), (0, 5)]),
         ];
-        let v = check(&clients, &acks, 100);
+        let v = check(&clients, &acks, None, 100);
         assert_eq!(
             kinds(&v),
             vec![(Kind::Duplicate, 2), (Kind::OutOfOrder, 3), (Kind::Missing, 3), (Kind::BeforeBoot, 1)]
@@ -315,7 +508,7 @@ mod tests {
         let mut odd = log(&[(0, 0)], &[(0, 1), (0, 3)]);
         odd.deliveries[1].msg = 999;
         let clients = vec![log(&[(0, 0)], &[(0, 1), (0, 2), (0, 3)]), odd];
-        let v = check(&clients, &acks, 100);
+        let v = check(&clients, &acks, None, 100);
         assert_eq!(kinds(&v), vec![(Kind::Conflict, 3), (Kind::Gap, 2)]);
     }
 
@@ -325,21 +518,21 @@ mod tests {
         // two swapped: each corruption alone must fail it.
         let acks: Vec<_> = (1..=50).map(|s| ack(7, s)).collect();
         let good: Vec<_> = (0..4).map(|_| log(&[(7, 0)], &(1..=50).map(|s| (7, s)).collect::<Vec<_>>())).collect();
-        assert!(check(&good, &acks, 100).passed());
+        assert!(check(&good, &acks, None, 100).passed());
         let mut dropped = good.clone();
         dropped[2].deliveries.remove(20);
-        assert_eq!(kinds(&check(&dropped, &acks, 100)), vec![(Kind::Missing, 21)]);
+        assert_eq!(kinds(&check(&dropped, &acks, None, 100)), vec![(Kind::Missing, 21)]);
         let mut repeated = good.clone();
         let again = repeated[1].deliveries[10];
         repeated[1].deliveries.push(again);
-        assert_eq!(kinds(&check(&repeated, &acks, 100)), vec![(Kind::Duplicate, 11)]);
+        assert_eq!(kinds(&check(&repeated, &acks, None, 100)), vec![(Kind::Duplicate, 11)]);
         let mut swapped = good.clone();
         swapped[3].deliveries.swap(5, 6);
-        assert_eq!(kinds(&check(&swapped, &acks, 100)), vec![(Kind::OutOfOrder, 6)]);
+        assert_eq!(kinds(&check(&swapped, &acks, None, 100)), vec![(Kind::OutOfOrder, 6)]);
         let mut lost = good;
         lost[0].lost = Some("resume refused".into());
         lost[0].deliveries.truncate(10);
-        assert_eq!(kinds(&check(&lost, &acks, 100)), vec![(Kind::SessionLost, 0)]);
+        assert_eq!(kinds(&check(&lost, &acks, None, 100)), vec![(Kind::SessionLost, 0)]);
     }
 
     #[test]
@@ -348,14 +541,163 @@ mod tests {
         assert_eq!(std::mem::size_of::<Delivery>(), 16);
     }
 
+    /// Channel 0's id in the events of the tests below.
+    fn c0() -> ChannelId {
+        ChannelId::new_unchecked("C0")
+    }
+
+    fn author() -> UserId {
+        UserId::new_unchecked("U1")
+    }
+
+    fn edit(seq: u64, text: &str) -> Event {
+        let message = Message { edited_at: Some(1_000), ..Message::new(c0(), seq, 5, author(), text) };
+        Event::MessageChanged { channel: c0(), seq, message }
+    }
+
+    fn delete(seq: u64) -> Event {
+        Event::MessageDeleted { channel: c0(), seq }
+    }
+
+    fn react(seq: u64, emoji: &str, add: bool) -> Event {
+        let (channel, user, emoji) = (c0(), author(), emoji.to_string());
+        if add {
+            Event::ReactionAdded { channel, seq, user, emoji }
+        } else {
+            Event::ReactionRemoved { channel, seq, user, emoji }
+        }
+    }
+
+    /// Folds change events in order into per-message states, as a client does.
+    fn fold(events: &[Event]) -> HashMap<(ChannelIx, u64), MessageState> {
+        let mut states: HashMap<(ChannelIx, u64), MessageState> = HashMap::new();
+        for e in events {
+            let (_, seq) = changed_message(e).unwrap();
+            states.entry((0, seq)).or_default().fold(e);
+        }
+        states
+    }
+
+    /// Seqs 1..=6 of channel 0, all acknowledged, and these changes: 2 edited twice, 3 edited
+    /// then deleted, 4 reacted to by two emoji (one twice over the run), 5 reacted to and taken
+    /// back (so it reads as posted again); 1 and 6 untouched.
+    fn changes() -> Vec<Event> {
+        vec![
+            edit(2, "first edit"),
+            react(4, "r1", true),
+            edit(3, "soon gone"),
+            react(5, "r2", true),
+            edit(2, "second edit"),
+            react(4, "r3", true),
+            delete(3),
+            react(5, "r2", false),
+        ]
+    }
+
+    /// The origin's final history after [`changes`], as the runner would read it.
+    fn finals() -> Finals {
+        let posted = |seq: u64| Message::new(c0(), seq, 5, author(), format!("{seq} n{seq} xxx"));
+        let mut second = posted(2);
+        second.text = "second edit".into();
+        second.edited_at = Some(2_000);
+        let mut gone = posted(3);
+        gone.edited_at = Some(1_500);
+        gone.make_tombstone();
+        let mut reacted = posted(4);
+        reacted.apply_reaction(&author(), "r3", true);
+        reacted.apply_reaction(&author(), "r1", true);
+        let history = [posted(1), second, gone, reacted, posted(5), posted(6)];
+        history.iter().map(|m| ((0, m.seq), MessageState::of(m))).filter(|(_, state)| !state.is_posted()).collect()
+    }
+
+    fn run_with(states: &[HashMap<(ChannelIx, u64), MessageState>]) -> Verdict {
+        let acks: Vec<_> = (1..=6).map(|s| ack(0, s)).collect();
+        let all: Vec<(ChannelIx, u64)> = (1..=6).map(|s| (0, s)).collect();
+        let clients: Vec<ClientLog> =
+            states.iter().map(|changes| ClientLog { changes: changes.clone(), ..log(&[(0, 0)], &all) }).collect();
+        check(&clients, &acks, Some(&finals()), 100)
+    }
+
+    fn stale(v: &Verdict) -> Vec<(u64, String, String)> {
+        v.violations.iter().map(|v| (v.seq, v.client.clone(), v.detail.clone())).collect()
+    }
+
+    #[test]
+    fn clients_that_saw_every_change_pass() {
+        let v = run_with(&[fold(&changes()), fold(&changes())]);
+        assert!(v.passed(), "{v:?}");
+        assert!(v.states_checked);
+        assert_eq!(v.changed_messages, 3, "seqs 2, 3 and 4; 5 reads as posted again");
+        let recorded = fold(&changes());
+        assert!(recorded[&(0, 5)].is_posted(), "a reaction taken back leaves the message as posted");
+    }
+
+    #[test]
+    fn a_missed_edit_is_a_stale_state() {
+        let mut missed = changes();
+        missed.remove(4); // the second edit of seq 2
+        let v = run_with(&[fold(&changes()), fold(&missed)]);
+        assert_eq!(kinds(&v), vec![(Kind::StaleState, 2)]);
+        assert_eq!(stale(&v), vec![(2, "1".into(), "a different text than the origin's".into())]);
+        let mut never = changes();
+        never.retain(|e| !matches!(e, Event::MessageChanged { seq: 2, .. }));
+        let v = run_with(&[fold(&never)]);
+        assert_eq!(stale(&v)[0].2, "edited at the origin, not here; a different text than the origin's");
+    }
+
+    #[test]
+    fn a_missed_delete_is_a_stale_state() {
+        let mut missed = changes();
+        missed.retain(|e| !matches!(e, Event::MessageDeleted { .. }));
+        let v = run_with(&[fold(&missed), fold(&changes())]);
+        assert_eq!(stale(&v), vec![(3, "0".into(), "deleted at the origin, not here".into())]);
+        assert!(!v.passed());
+    }
+
+    #[test]
+    fn a_wrong_reaction_count_is_a_stale_state() {
+        // The same reaction event delivered twice counts the reaction twice.
+        let mut repeated = changes();
+        repeated.insert(2, react(4, "r1", true));
+        let v = run_with(&[fold(&changes()), fold(&repeated)]);
+        assert_eq!(stale(&v), vec![(4, "1".into(), "reactions r1×2 r3×1 here, r1×1 r3×1 at the origin".into())]);
+        // A missed removal leaves a reaction the origin no longer has.
+        let mut kept = changes();
+        kept.pop();
+        let v = run_with(&[fold(&kept)]);
+        assert_eq!(stale(&v), vec![(5, "0".into(), "reactions r2×1 here, none at the origin".into())]);
+    }
+
+    #[test]
+    fn a_change_the_origin_does_not_show_is_a_stale_state() {
+        let mut extra = changes();
+        extra.push(edit(6, "an edit the origin never made"));
+        let v = run_with(&[fold(&extra)]);
+        assert_eq!(kinds(&v), vec![(Kind::StaleState, 6)]);
+    }
+
+    #[test]
+    fn states_are_checked_only_in_the_window_and_for_messages_received() {
+        let acks: Vec<_> = (1..=6).map(|s| ack(0, s)).collect();
+        // Booted after seq 3 (it owes 4..=6), never got 4: one `missing`, no stale state for
+        // 2, 3 (before its boot) or 4 (never received).
+        let late = ClientLog { changes: fold(&changes()[5..]), ..log(&[(0, 3)], &[(0, 5), (0, 6)]) };
+        let v = check(std::slice::from_ref(&late), &acks, Some(&finals()), 100);
+        assert_eq!(kinds(&v), vec![(Kind::Missing, 4)]);
+        // Without the origin's history nothing is said about states.
+        let v = check(&[ClientLog { changes: HashMap::new(), ..late }], &acks, None, 100);
+        assert!(!v.states_checked);
+        assert_eq!(kinds(&v), vec![(Kind::Missing, 4)]);
+    }
+
     #[test]
     fn violations_are_capped_but_all_counted() {
         let acks: Vec<_> = (1..=30).map(|s| ack(0, s)).collect();
         let every_other: Vec<_> = (1..=30).step_by(2).map(|s| (0, s)).collect();
-        let v = check(&[log(&[(0, 0)], &every_other)], &acks, 5);
+        let v = check(&[log(&[(0, 0)], &every_other)], &acks, None, 5);
         assert_eq!(v.violations.len(), 5);
         assert_eq!(v.violation_count, 15);
-        let v = check(&[log(&[(0, 0)], &[])], &acks, 5);
+        let v = check(&[log(&[(0, 0)], &[])], &acks, None, 5);
         assert_eq!((v.violations.len(), v.violation_count), (1, 30), "one run of 30 missing messages");
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 use crate::lean::WireFormat;
 use crate::sends::parse_duration;
 
-/// The lowest rate (messages/s) `--scale` shrinks a scenario's rate to.
+/// The lowest rate (operations/s) `--scale` shrinks a scenario's rate to.
 pub const MIN_RATE: f64 = 20.0;
 /// The shortest load `--scale` shrinks a scenario's duration to.
 pub const MIN_DURATION: Duration = Duration::from_secs(1);
@@ -105,9 +105,10 @@ pub struct LoadConfig {
     /// How long to send for, after the ramp-up.
     #[serde(deserialize_with = "duration")]
     pub duration: Duration,
-    /// Messages per second over all senders, as Poisson arrivals; each is sent by a random
-    /// connected member of its channel at its scheduled time, whether or not earlier sends
-    /// were acknowledged, and latency counts from that scheduled time.
+    /// Operations per second over all senders, as Poisson arrivals: new messages, and the
+    /// `changes` share of changes. Each is made by a random connected member of its channel at
+    /// its scheduled time, whether or not earlier ones were acknowledged, and latency counts
+    /// from that scheduled time.
     pub rate: f64,
     /// How sends pick their channel.
     pub channel_pick: ChannelPick,
@@ -115,6 +116,14 @@ pub struct LoadConfig {
     pub hot_share: f64,
     /// Bytes of text per message (at least what the send time takes).
     pub text_bytes: usize,
+    /// The share (0 to 1) of the scheduled operations that change a message instead of sending
+    /// a new one: the sender of a recent send in the channel edits one of its own acknowledged
+    /// messages there (new text), reacts to it (a new emoji every time), takes back one of its
+    /// reactions to it, or deletes it (then never touches it again), through the origin's HTTP
+    /// API with its own token. A sender with no message there free to change sends a new one
+    /// instead. Every client must end with the origin's final state of every message in its
+    /// window. 0 (the default) only sends.
+    pub changes: f64,
     /// How long to wait after sending for every client to receive every acked message.
     #[serde(deserialize_with = "duration")]
     pub drain_timeout: Duration,
@@ -128,6 +137,7 @@ impl Default for LoadConfig {
             channel_pick: ChannelPick::Uniform,
             hot_share: 0.9,
             text_bytes: 64,
+            changes: 0.0,
             drain_timeout: Duration::from_secs(15),
         }
     }
@@ -228,7 +238,7 @@ impl Scenario {
             bail!("workspace.dms must be at most clients.count / 2 ({}): DMs pair neighbouring clients", c.count / 2);
         }
         if !(l.rate.is_finite() && l.rate > 0.0) {
-            bail!("load.rate must be a positive number of messages per second");
+            bail!("load.rate must be a positive number of operations per second");
         }
         if l.duration.is_zero() {
             bail!("load.duration must be more than 0s");
@@ -241,6 +251,9 @@ impl Scenario {
         }
         if l.text_bytes < 24 || l.text_bytes > 4000 {
             bail!("load.text_bytes must be between 24 and 4000");
+        }
+        if !(0.0..=1.0).contains(&l.changes) {
+            bail!("load.changes must be between 0 and 1 (a share of the scheduled operations)");
         }
         if let Some(s) = &self.slow {
             if !(0.0..=1.0).contains(&s.fraction) {
@@ -275,7 +288,7 @@ impl Scenario {
         s.workspace.channel_members = s.workspace.channel_members.min(s.clients.count).max(2);
         s.workspace.dms = count(s.workspace.dms, usize::from(s.workspace.dms > 0)).min(s.clients.count / 2);
         // Rate and duration both shrink, so a tiny run would send almost nothing: keep at least
-        // MIN_RATE messages/s (or the file's own rate if lower) for at least MIN_DURATION.
+        // MIN_RATE operations/s (or the file's own rate if lower) for at least MIN_DURATION.
         s.load.rate = (s.load.rate * factor).max(s.load.rate.min(MIN_RATE));
         s.load.duration = time(s.load.duration).max(MIN_DURATION);
         if let Some(storm) = &mut s.storm {
@@ -316,6 +329,7 @@ mod tests {
         assert_eq!(s.clients.source_ips, 1);
         assert_eq!(s.load.channel_pick, ChannelPick::Uniform);
         assert_eq!(s.load.drain_timeout, Duration::from_secs(15));
+        assert_eq!(s.load.changes, 0.0, "no changes unless asked for");
         assert!(s.slow.is_none() && s.storm.is_none());
     }
 
@@ -336,6 +350,8 @@ mod tests {
             (STEADY.replace("\"json\"", "\"xml\""), "unknown format"),
             (STEADY.replace("channel_members = 20", "channel_members = 2000"), "channel_members"),
             (format!("{STEADY}\nchannel_pick = \"hot\""), "big_channels"),
+            (format!("{STEADY}\nchanges = 1.5"), "load.changes"),
+            (format!("{STEADY}\nchanges = -0.1"), "load.changes"),
             (format!("{STEADY}\n[storm]\nkind = \"reconnect\"\nat = \"40s\""), "storm.at"),
             (format!("{STEADY}\n[storm]\nkind = \"hurricane\"\nat = \"4s\""), "hurricane"),
             (format!("{STEADY}\n[slow]\nfraction = 2.0\nread_delay = \"5ms\""), "slow.fraction"),

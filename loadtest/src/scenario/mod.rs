@@ -2,14 +2,18 @@
 //! `loadtest/scenarios/`, built into the binary), run against an edge with many simulated
 //! clients, measured (HDR histograms, a per-second timeline, errors by code) and *checked*:
 //! from what every client received, the [`checker`] decides whether every member of every
-//! channel saw one order, without gaps or duplicates, and got every acknowledged message.
+//! channel saw one order, without gaps or duplicates, and got every acknowledged message; and,
+//! when the scenario changes messages (`load.changes`: edits, deletes, reactions), whether every
+//! member ended up seeing each message of its window as the origin's final history shows it.
 //!
 //! - [`config`]: the scenario file and its validation;
 //! - [`runner`]: seeding, the simulated clients, the open-loop scheduler, storms;
+//! - [`changes`]: which message changes the senders make, and making them over HTTP;
 //! - [`checker`]: the pure correctness check;
 //! - [`report`]: `report.json` and the terminal summary (`report.html` is rendered from the
 //!   JSON by [`crate::html`]).
 
+pub mod changes;
 pub mod checker;
 pub mod config;
 pub mod report;
@@ -55,7 +59,8 @@ pub struct RunArgs {
     /// The edge the clients connect to, e.g. ws://127.0.0.1:7800 or http://127.0.0.1:7800.
     #[arg(long, conflicts_with = "in_process")]
     pub target: Option<String>,
-    /// The origin's HTTP API the workspace is seeded through (needed with --target).
+    /// The origin's HTTP API (needed with --target): the workspace is seeded through it, and a
+    /// scenario's message changes (load.changes) are made and checked through it.
     #[arg(long, conflicts_with = "in_process")]
     pub origin: Option<String>,
     /// The origin's operator key, to create the test workspace (`selvage dev` prints one).
@@ -189,9 +194,23 @@ async fn run_on(
     let timeline = sampler.task.await.unwrap_or_default();
     let recorded = recorded?;
     let duration_s = epoch.elapsed().as_secs_f64();
+    let mut failures = Vec::new();
+    // What every message finally looks like, once every change has been answered.
+    let finals = if scenario.load.changes > 0.0 {
+        match runner::final_states(deployment, &seeded, args.seed_concurrency).await {
+            Ok(finals) => Some(finals),
+            Err(e) => {
+                failures.push(format!("changed messages were not checked: cannot read the origin's history: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let mut send_ack = latency_histogram();
     let mut send_delivered = latency_histogram();
+    let mut change_ack = latency_histogram();
     let mut boot = latency_histogram();
     let mut reconnect = latency_histogram();
     let mut errors: BTreeMap<String, u64> = recorded.skipped.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -201,6 +220,7 @@ async fn run_on(
     for c in recorded.clients {
         send_ack.add(&c.send_ack)?;
         send_delivered.add(&c.send_delivered)?;
+        change_ack.add(&c.change_ack)?;
         boot.add(&c.boot)?;
         reconnect.add(&c.reconnect)?;
         for (code, n) in c.errors {
@@ -211,11 +231,14 @@ async fn run_on(
         totals.connections_opened += c.opened;
         totals.reconnects += c.reconnects;
         totals.sessions_shed += c.shed;
+        totals.changes += c.changes;
+        totals.changes_acked += c.changes_acked;
+        totals.change_deliveries += c.change_events;
         acks.extend(c.acks);
         logs.push(c.log);
     }
     totals.sends = counters.sends.load(Ordering::Relaxed);
-    let verdict = checker::check(&logs, &acks, VIOLATIONS_KEPT);
+    let verdict = checker::check(&logs, &acks, finals.as_ref(), VIOLATIONS_KEPT);
     let name = |names: &[String], ix: &str| {
         ix.parse::<usize>().ok().and_then(|i| names.get(i)).cloned().unwrap_or_else(|| ix.to_string())
     };
@@ -237,7 +260,6 @@ async fn run_on(
             deployment.api.base().to_string()
         },
     };
-    let mut failures = Vec::new();
     if !verdict.passed() {
         failures.push(format!("the delivery promise was broken: {} violations", verdict.violation_count));
     }
@@ -247,6 +269,7 @@ async fn run_on(
     if interrupt.is_cancelled() {
         failures.push("interrupted before the end of the load".to_string());
     }
+    let passed = failures.is_empty();
     Ok(Report {
         schema: report::SCHEMA,
         failures,
@@ -263,10 +286,11 @@ async fn run_on(
         started_at: report::rfc3339(started_at_ms),
         started_at_ms,
         duration_s,
-        passed: verdict.passed() && totals.acks > 0 && !interrupt.is_cancelled(),
+        passed,
         latency: Latencies {
             send_ack: LatencyJson::of(&send_ack),
             send_delivered: LatencyJson::of(&send_delivered),
+            change_ack: LatencyJson::of(&change_ack),
             boot: LatencyJson::of(&boot),
             reconnect: LatencyJson::of(&reconnect),
         },
@@ -277,6 +301,8 @@ async fn run_on(
             channels_checked: verdict.channels_checked,
             clients_checked: verdict.clients_checked,
             violation_count: verdict.violation_count,
+            states_checked: verdict.states_checked,
+            changed_messages: verdict.changed_messages,
             violations,
         },
     })
@@ -313,6 +339,7 @@ fn sample(counters: Arc<Counters>, epoch: Instant, phases: (Duration, Duration),
                 deliveries: counters.deliveries.load(Ordering::Relaxed),
                 connections: counters.connected.load(Ordering::Relaxed),
                 errors: counters.errors.load(Ordering::Relaxed),
+                changes: counters.changes.load(Ordering::Relaxed),
             };
             let delta = Second {
                 t_s: now.t_s,
@@ -321,8 +348,10 @@ fn sample(counters: Arc<Counters>, epoch: Instant, phases: (Duration, Duration),
                 deliveries: now.deliveries - last.deliveries,
                 connections: now.connections,
                 errors: now.errors - last.errors,
+                changes: now.changes - last.changes,
             };
-            if !(finish && delta.sends + delta.acks + delta.deliveries + delta.errors == 0 && !timeline.is_empty()) {
+            let moved = delta.sends + delta.acks + delta.deliveries + delta.errors + delta.changes;
+            if !(finish && moved == 0 && !timeline.is_empty()) {
                 timeline.push(delta.clone());
             }
             if !quiet {

@@ -29,7 +29,8 @@ pub struct Report {
     /// Seconds from the first connection to the end of the drain.
     pub duration_s: f64,
     /// The checker found nothing and every client stayed (or came back), something was
-    /// acknowledged, and the run was not interrupted.
+    /// acknowledged, the run was not interrupted, and (when it changed messages) the origin's
+    /// final history could be read for the check.
     pub passed: bool,
     /// Why it did not pass, one sentence each (empty when it passed).
     pub failures: Vec<String>,
@@ -80,6 +81,9 @@ pub struct Latencies {
     pub send_ack: LatencyJson,
     /// Scheduled send → delivered, per recipient.
     pub send_delivered: LatencyJson,
+    /// Scheduled change → the origin's answer (the HTTP round trip, plus any wait for it to
+    /// start), for changes the origin made.
+    pub change_ack: LatencyJson,
     /// Connect → `hello`, first sessions.
     pub boot: LatencyJson,
     /// Close → `hello` of the resumed session.
@@ -142,6 +146,8 @@ pub struct Second {
     pub connections: i64,
     /// Errors.
     pub errors: u64,
+    /// Changes requested.
+    pub changes: u64,
 }
 
 /// `totals`.
@@ -159,6 +165,12 @@ pub struct Totals {
     pub reconnects: u64,
     /// Sessions the edge closed as slow consumers.
     pub sessions_shed: u64,
+    /// Changes (edits, deletes, reactions) requested from the origin.
+    pub changes: u64,
+    /// Changes the origin answered as made.
+    pub changes_acked: u64,
+    /// Change events received by all clients.
+    pub change_deliveries: u64,
 }
 
 /// `checker`.
@@ -170,6 +182,11 @@ pub struct CheckerReport {
     pub clients_checked: usize,
     /// Violations found in all.
     pub violation_count: u64,
+    /// Whether every client's view of the changed messages was held against the origin's
+    /// final history (runs that change messages).
+    pub states_checked: bool,
+    /// Messages the origin's final history shows changed.
+    pub changed_messages: usize,
     /// The first of them (at most [`super::VIOLATIONS_KEPT`]).
     pub violations: Vec<Violation>,
 }
@@ -201,6 +218,12 @@ pub fn print(r: &Report) {
     let t = &r.totals;
     println!("  ran               {:.1} s from {}", r.duration_s, r.started_at);
     println!("  sends             {} written, {} acked", t.sends, t.acks);
+    if t.changes > 0 {
+        println!(
+            "  changes           {} requested, {} acked, {} change events delivered",
+            t.changes, t.changes_acked, t.change_deliveries
+        );
+    }
     println!("  deliveries        {}", t.deliveries);
     println!(
         "  sessions          {} opened, {} resumed, {} shed as slow",
@@ -208,6 +231,9 @@ pub fn print(r: &Report) {
     );
     println!("  send → ack        {}", r.latency.send_ack);
     println!("  send → delivered  {}", r.latency.send_delivered);
+    if t.changes > 0 {
+        println!("  change → ack      {}", r.latency.change_ack);
+    }
     println!("  boot              {}", r.latency.boot);
     println!("  reconnect         {}", r.latency.reconnect);
     if !r.errors.is_empty() {
@@ -220,6 +246,13 @@ pub fn print(r: &Report) {
             "  check             ok: {} clients in {} channels got every acked message once, in one order, without gaps",
             c.clients_checked, c.channels_checked
         );
+        if c.states_checked {
+            println!(
+                "                    and each shows every message of its window as the origin's final history does \
+                 ({} changed)",
+                c.changed_messages
+            );
+        }
     } else {
         println!("  check             FAILED: {} violations; the first:", c.violation_count);
         for v in c.violations.iter().take(10) {

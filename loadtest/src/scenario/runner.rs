@@ -10,8 +10,15 @@
 //! last cursor it processed. Sends carry their *scheduled* time in their text and id, so both
 //! send → ack and send → delivered latencies include any time the send waited (no coordinated
 //! omission).
+//!
+//! With `load.changes`, some operations go to the sender of a recent send in the channel as a
+//! change instead (see [`super::changes`]): the client makes it over HTTP in a task of its own,
+//! so its WebSocket loop keeps reading, and counts it in flight until the origin answers. Every
+//! client folds the change events of its channels into a state per message; the drain also
+//! waits until each client shows the state the origin answered for every message it changed,
+//! and afterwards [`final_states`] reads the origin's final history for the checker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -19,22 +26,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use selvage_shared::{decode_server, encode_client, ChannelId, ClientFrame, Event, Format, ServerFrame};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::checker::{Ack, ChannelIx, ClientLog, Delivery};
+use super::changes::{self, Authored, Planned};
+use super::checker::{changed_message, Ack, ChannelIx, ClientLog, Delivery, Finals, MessageState};
 use super::config::{ChannelPick, Scenario, StormKind};
 use crate::deployment::Deployment;
 use crate::lean::{self, Ws};
 use crate::report::latency_histogram;
-use crate::seed::{person_name, Member};
+use crate::seed::{person_name, Api, Member};
 
 /// Read buffer of a simulated client's session.
 const READ_BUFFER: usize = 8 * 1024;
@@ -48,6 +57,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const INTERRUPTED_DRAIN: Duration = Duration::from_secs(3);
 /// The edge's close code for a slow consumer (edge `session::close::SLOW_CONSUMER`).
 const SLOW_CONSUMER: u16 = 4008;
+/// Recent sends (channel, sender) the scheduler picks a change's channel and sender from.
+const RECENT_SENDS: usize = 1024;
+/// How long a change may wait for the origin's answer before it counts as failed.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counters every client and the scheduler add to while the run goes, read by the per-second
 /// timeline and the progress line.
@@ -65,8 +78,14 @@ pub struct Counters {
     pub opened: AtomicU64,
     /// Errors of any kind.
     pub errors: AtomicU64,
-    /// Sends written and neither acked nor failed yet.
+    /// Sends written and changes requested, neither acked nor failed yet.
     pub in_flight: AtomicI64,
+    /// Changes requested from the origin.
+    pub changes: AtomicU64,
+    /// Changes the origin answered as made.
+    pub change_acks: AtomicU64,
+    /// Change events (`message_changed`, `message_deleted`, `reaction_*`) received.
+    pub change_events: AtomicU64,
 }
 
 /// A channel of the seeded workspace.
@@ -140,6 +159,9 @@ pub async fn seed(scenario: &Scenario, deployment: &Deployment) -> Result<Seeded
 enum Command {
     /// Send message number `n`, scheduled at `at`, into channel `channel`.
     Send { channel: ChannelIx, n: u64, at: Instant },
+    /// Operation number `n`, scheduled at `at`: change one of its own messages in `channel`
+    /// (which and how picked with `roll`), or send a new one if it has none free there.
+    Change { channel: ChannelIx, n: u64, at: Instant, roll: u64 },
 }
 
 /// What a client shares with the scheduler and the drain while it runs.
@@ -149,8 +171,10 @@ struct Shared {
     connected: AtomicBool,
     /// Highest seq received per channel.
     highest: Mutex<HashMap<ChannelIx, u64>>,
-    /// Channels it is a member of (after its first hello).
-    channels: Mutex<Vec<ChannelIx>>,
+    /// Channels it is a member of, with their `last_seq` in its first hello.
+    channels: Mutex<Vec<(ChannelIx, u64)>>,
+    /// The state change events left on each message of its channels they reached it for.
+    states: Mutex<HashMap<(ChannelIx, u64), MessageState>>,
     /// Finished for good (stopped or lost).
     done: AtomicBool,
 }
@@ -165,6 +189,14 @@ pub struct ClientResult {
     pub send_ack: Histogram<u64>,
     /// Scheduled send → delivered here, µs.
     pub send_delivered: Histogram<u64>,
+    /// Scheduled change → the origin's answer, µs, for the changes it made.
+    pub change_ack: Histogram<u64>,
+    /// Changes it requested.
+    pub changes: u64,
+    /// Changes the origin answered as made.
+    pub changes_acked: u64,
+    /// Change events it received for its channels.
+    pub change_events: u64,
     /// Connect → hello of its first session, µs.
     pub boot: Histogram<u64>,
     /// Close → hello of each resumed session, µs.
@@ -182,6 +214,10 @@ pub struct ClientResult {
 /// The run's fixed facts every client task reads.
 struct RunContext {
     addr: SocketAddr,
+    /// The origin's API, for changes.
+    api: Api,
+    /// The scenario changes messages (`load.changes` > 0).
+    changes: bool,
     format: Format,
     epoch: Instant,
     run: String,
@@ -190,6 +226,9 @@ struct RunContext {
     channel_ids: Vec<ChannelId>,
     counters: Arc<Counters>,
     highest_acked: Mutex<HashMap<ChannelIx, u64>>,
+    /// Per channel and seq, the state the origin answered the latest change with. Only the
+    /// author changes a message, one change at a time, so this is its state now.
+    expected: Mutex<HashMap<ChannelIx, HashMap<u64, MessageState>>>,
     stop: CancellationToken,
 }
 
@@ -244,6 +283,8 @@ pub async fn drive(
         seeded.channels.iter().enumerate().map(|(i, ch)| (ch.id.as_str().to_string(), i as ChannelIx)).collect();
     let ctx = Arc::new(RunContext {
         addr,
+        api: deployment.api.clone(),
+        changes: scenario.load.changes > 0.0,
         format: c.format.format(),
         epoch,
         run: format!("{:x}{:x}", std::process::id(), selvage_origin::now_ms()),
@@ -252,6 +293,7 @@ pub async fn drive(
         channel_ids: seeded.channels.iter().map(|ch| ch.id.clone()).collect(),
         counters: counters.clone(),
         highest_acked: Mutex::new(HashMap::new()),
+        expected: Mutex::new(HashMap::new()),
         stop: CancellationToken::new(),
     });
 
@@ -288,6 +330,7 @@ pub async fn drive(
             connected: AtomicBool::new(false),
             highest: Mutex::new(HashMap::new()),
             channels: Mutex::new(Vec::new()),
+            states: Mutex::new(HashMap::new()),
             done: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(SEND_QUEUE);
@@ -297,9 +340,11 @@ pub async fn drive(
     }
 
     // The open-loop scheduler: Poisson arrivals at `rate`, each handed to a random connected
-    // member of its channel.
+    // member of its channel, or (a `changes` share of them) to the sender of a recent send as a
+    // change.
     let skipped = {
         let rate = scenario.load.rate;
+        let changes = scenario.load.changes;
         let (pick, hot_share) = (scenario.load.channel_pick, scenario.load.hot_share);
         let channels: Vec<Vec<usize>> = seeded.channels[..seeded.sendable].iter().map(|c| c.members.clone()).collect();
         let interrupt = interrupt.clone();
@@ -309,6 +354,7 @@ pub async fn drive(
         tokio::spawn(async move {
             let mut skipped: HashMap<String, u64> = HashMap::new();
             let mut rng = StdRng::seed_from_u64(selvage_origin::now_ms() as u64 ^ 0x5eed);
+            let mut recent: VecDeque<(usize, usize)> = VecDeque::with_capacity(RECENT_SENDS);
             let mut at = load_start;
             for n in 0u64.. {
                 let u: f64 = rng.random::<f64>();
@@ -319,6 +365,18 @@ pub async fn drive(
                 tokio::select! {
                     _ = tokio::time::sleep_until(at.into()) => {}
                     _ = interrupt.cancelled() => break,
+                }
+                if changes > 0.0 && !recent.is_empty() && rng.random::<f64>() < changes {
+                    let (channel, sender) = recent[rng.random_range(0..recent.len())];
+                    // A sender that went away meanwhile: a new message from someone else instead.
+                    if shareds[sender].connected.load(Ordering::Relaxed) {
+                        let command = Command::Change { channel: channel as ChannelIx, n, at, roll: rng.random() };
+                        if senders[sender].try_send(command).is_err() {
+                            *skipped.entry("sender_queue_full".into()).or_default() += 1;
+                            counters.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
                 }
                 let channel = match (pick, hot) {
                     (ChannelPick::Hot, Some(h)) if rng.random::<f64>() < hot_share || channels.len() == 1 => h,
@@ -352,6 +410,11 @@ pub async fn drive(
                 if senders[sender].try_send(command).is_err() {
                     *skipped.entry("sender_queue_full".into()).or_default() += 1;
                     counters.errors.fetch_add(1, Ordering::Relaxed);
+                } else if changes > 0.0 {
+                    if recent.len() == RECENT_SENDS {
+                        recent.pop_front();
+                    }
+                    recent.push_back((channel, sender));
                 }
             }
             skipped
@@ -393,13 +456,52 @@ pub async fn drive(
     })
 }
 
-/// Whether every client still running has the highest acknowledged seq of its channels.
+/// Whether every client still running has the highest acknowledged seq of its channels and,
+/// for every message after its boot point that was changed, the state the origin answered the
+/// latest change with.
 fn caught_up(ctx: &RunContext, shareds: &[Arc<Shared>]) -> bool {
-    let Ok(acked) = ctx.highest_acked.lock() else { return true };
+    let (Ok(acked), Ok(expected)) = (ctx.highest_acked.lock(), ctx.expected.lock()) else { return true };
+    let posted = MessageState::POSTED;
     shareds.iter().filter(|s| !s.done.load(Ordering::Relaxed)).all(|s| {
-        let (Ok(channels), Ok(highest)) = (s.channels.lock(), s.highest.lock()) else { return true };
-        channels.iter().all(|c| acked.get(c).is_none_or(|&h| highest.get(c).is_some_and(|&got| got >= h)))
+        let (Ok(channels), Ok(highest), Ok(states)) = (s.channels.lock(), s.highest.lock(), s.states.lock()) else {
+            return true;
+        };
+        channels.iter().all(|&(c, boot)| {
+            let messages = acked.get(&c).is_none_or(|&h| highest.get(&c).is_some_and(|&got| got >= h));
+            messages
+                && expected.get(&c).is_none_or(|changed| {
+                    changed
+                        .iter()
+                        .filter(|(&seq, _)| seq > boot)
+                        .all(|(&seq, want)| states.get(&(c, seq)).unwrap_or(&posted) == want)
+                })
+        })
     })
+}
+
+/// Reads the final history of every channel that took sends (as one of its members) and keeps
+/// the state of each message it shows changed, `concurrency` channels at a time.
+pub async fn final_states(deployment: &Deployment, seeded: &Seeded, concurrency: usize) -> Result<Finals> {
+    let api = &deployment.api;
+    let reads = seeded.channels[..seeded.sendable].iter().enumerate().map(|(ix, channel)| async move {
+        let member = channel
+            .members
+            .first()
+            .and_then(|&m| seeded.members.get(m))
+            .with_context(|| format!("{} has no member to read it as", channel.name))?;
+        let history = api
+            .history(&member.token, &channel.id)
+            .await
+            .with_context(|| format!("reading the final history of {}", channel.name))?;
+        let changed: Vec<((ChannelIx, u64), MessageState)> = history
+            .iter()
+            .map(|m| ((ix as ChannelIx, m.seq), MessageState::of(m)))
+            .filter(|(_, state)| !state.is_posted())
+            .collect();
+        anyhow::Ok(changed)
+    });
+    let changed: Vec<_> = futures::stream::iter(reads).buffer_unordered(concurrency.max(1)).try_collect().await?;
+    Ok(changed.into_iter().flatten().collect())
 }
 
 /// A stable hash of a `client_msg_id`, the same in every client.
@@ -429,9 +531,24 @@ enum Ended {
     Reconnect,
 }
 
+/// A client's changes, shared between its task and the change tasks it spawns.
+struct ChangeBook {
+    /// Its messages and what it did to them.
+    authored: Authored,
+    /// Scheduled change → the origin's answer, µs.
+    latency: Histogram<u64>,
+    /// Failed changes by code.
+    errors: HashMap<String, u64>,
+    /// Changes the origin answered as made.
+    acked: u64,
+}
+
 /// What a client keeps across its sessions.
 struct State {
     result: ClientResult,
+    book: Arc<Mutex<ChangeBook>>,
+    /// Its changes in flight.
+    change_tasks: JoinSet<()>,
     cursor: Option<String>,
     pending: HashMap<String, (Instant, ChannelIx, u32)>,
     booted: bool,
@@ -453,6 +570,10 @@ async fn client(
             acks: Vec::new(),
             send_ack: latency_histogram(),
             send_delivered: latency_histogram(),
+            change_ack: latency_histogram(),
+            changes: 0,
+            changes_acked: 0,
+            change_events: 0,
             boot: latency_histogram(),
             reconnect: latency_histogram(),
             errors: HashMap::new(),
@@ -460,6 +581,13 @@ async fn client(
             shed: 0,
             opened: 0,
         },
+        book: Arc::new(Mutex::new(ChangeBook {
+            authored: Authored::default(),
+            latency: latency_histogram(),
+            errors: HashMap::new(),
+            acked: 0,
+        })),
+        change_tasks: JoinSet::new(),
         cursor: None,
         pending: HashMap::new(),
         booted: false,
@@ -533,6 +661,19 @@ async fn client(
             }
         }
     }
+    // Changes still in flight end (answered or timed out) before the client reports.
+    let _ = tokio::time::timeout(CHANGE_TIMEOUT, async { while st.change_tasks.join_next().await.is_some() {} }).await;
+    st.change_tasks.abort_all();
+    if let Ok(mut book) = st.book.lock() {
+        st.result.change_ack = std::mem::replace(&mut book.latency, latency_histogram());
+        st.result.changes_acked = book.acked;
+        for (code, n) in book.errors.drain() {
+            *st.result.errors.entry(code).or_default() += n;
+        }
+    }
+    if let Ok(mut states) = shared.states.lock() {
+        st.result.log.changes = std::mem::take(&mut *states);
+    }
     shared.done.store(true, Ordering::Relaxed);
     st.result
 }
@@ -561,7 +702,7 @@ async fn connect(ctx: &RunContext, plan: &Plan, st: &mut State, shared: &Shared)
             .filter_map(|b| ctx.channel_ix.get(b.channel.id.as_str()).map(|&ix| (ix, b.last_seq)))
             .collect();
         if let Ok(mut mine) = shared.channels.lock() {
-            *mine = channels.iter().map(|c| c.0).collect();
+            mine.clone_from(&channels);
         }
         if let Ok(mut highest) = shared.highest.lock() {
             highest.extend(channels.iter().copied());
@@ -580,9 +721,9 @@ enum Wake {
     Stop,
 }
 
-/// Reads, records, sends and pings until the session ends.
+/// Reads, records, sends, changes and pings until the session ends.
 async fn session(
-    ctx: &RunContext,
+    ctx: &Arc<RunContext>,
     plan: &Plan,
     st: &mut State,
     shared: &Shared,
@@ -624,24 +765,20 @@ async fn session(
             // The scheduler is done: stop asking, or the loop would spin on the closed queue.
             Wake::Command(None) => st.commands_done = true,
             Wake::Command(Some(Command::Send { channel, n, at })) => {
-                let id = format!("{}-{n}", ctx.run);
-                let sent_us = at.saturating_duration_since(ctx.epoch).as_micros() as u64;
-                let mut text = format!("{sent_us} n{n} ");
-                while text.len() < ctx.text_bytes {
-                    text.push('x');
-                }
-                let frame = ClientFrame::Send {
-                    id: id.clone(),
-                    channel: ctx.channel_ids[channel as usize].clone(),
-                    text,
-                    client_msg_id: id.clone(),
-                    thread_root: None,
-                };
-                st.pending.insert(id.clone(), (at, channel, msg_key(&id)));
-                ctx.counters.sends.fetch_add(1, Ordering::Relaxed);
-                ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = write(ws, &frame, ctx.format).await {
+                if let Err(e) = send(ctx, st, ws, channel, n, at).await {
                     return Ended::Closed(format!("write_failed: {e}"), None);
+                }
+            }
+            Wake::Command(Some(Command::Change { channel, n, at, roll })) => {
+                let planned = st.book.lock().ok().and_then(|mut b| b.authored.pick(channel, n, roll, ctx.text_bytes));
+                match planned {
+                    Some(planned) => change(ctx, plan, st, planned, at),
+                    // Nothing of its own there free to change: a new message instead.
+                    None => {
+                        if let Err(e) = send(ctx, st, ws, channel, n, at).await {
+                            return Ended::Closed(format!("write_failed: {e}"), None);
+                        }
+                    }
                 }
             }
             Wake::Frame(None) => return Ended::Closed("connection_ended".into(), None),
@@ -672,6 +809,70 @@ async fn session(
     }
 }
 
+/// Writes send number `n`, scheduled at `at`, into `channel`, and counts it in flight.
+async fn send(ctx: &RunContext, st: &mut State, ws: &mut Ws, channel: ChannelIx, n: u64, at: Instant) -> Result<()> {
+    let id = format!("{}-{n}", ctx.run);
+    let sent_us = at.saturating_duration_since(ctx.epoch).as_micros() as u64;
+    let mut text = format!("{sent_us} n{n} ");
+    while text.len() < ctx.text_bytes {
+        text.push('x');
+    }
+    let frame = ClientFrame::Send {
+        id: id.clone(),
+        channel: ctx.channel_ids[channel as usize].clone(),
+        text,
+        client_msg_id: id.clone(),
+        thread_root: None,
+    };
+    st.pending.insert(id.clone(), (at, channel, msg_key(&id)));
+    ctx.counters.sends.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    write(ws, &frame, ctx.format).await
+}
+
+/// Makes a change, scheduled at `at`, in a task of its own so the session keeps reading
+/// meanwhile; it counts in flight until the origin answers.
+fn change(ctx: &Arc<RunContext>, plan: &Plan, st: &mut State, planned: Planned, at: Instant) {
+    st.result.changes += 1;
+    ctx.counters.changes.fetch_add(1, Ordering::Relaxed);
+    ctx.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    // The set keeps finished tasks until they are joined: reap them.
+    while st.change_tasks.try_join_next().is_some() {}
+    let (ctx, token, book) = (ctx.clone(), plan.token.clone(), st.book.clone());
+    st.change_tasks.spawn(async move {
+        let channel = &ctx.channel_ids[planned.channel as usize];
+        let answer = tokio::time::timeout(CHANGE_TIMEOUT, changes::perform(&ctx.api, &token, channel, &planned)).await;
+        let took = at.elapsed().as_micros() as u64;
+        let failed = match answer {
+            Ok(Ok(message)) => {
+                // Noted before the message is free to change again, so the latest answer is
+                // its state now.
+                if let Ok(mut expected) = ctx.expected.lock() {
+                    expected.entry(planned.channel).or_default().insert(planned.seq, MessageState::of(&message));
+                }
+                ctx.counters.change_acks.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Ok(Err(e)) => Some(changes::error_code(&e)),
+            Err(_) => Some("change_timeout".to_string()),
+        };
+        if let Ok(mut book) = book.lock() {
+            match &failed {
+                None => {
+                    record(&mut book.latency, took);
+                    book.acked += 1;
+                }
+                Some(code) => *book.errors.entry(code.clone()).or_default() += 1,
+            }
+            book.authored.finished(&planned, failed.is_none());
+        }
+        if failed.is_some() {
+            ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
 async fn write(ws: &mut Ws, frame: &ClientFrame, format: Format) -> Result<()> {
     let bytes = encode_client(frame, format);
     let message = match format {
@@ -694,7 +895,18 @@ fn handle(ctx: &RunContext, st: &mut State, shared: &Shared, bytes: &[u8]) -> Op
     match frame {
         ServerFrame::Event(e) => {
             st.cursor = Some(e.cursor.as_str().to_string());
-            if let Event::Message(m) = e.event {
+            if let Some((id, seq)) = changed_message(&e.event) {
+                let &channel = ctx.channel_ix.get(id.as_str())?;
+                // Only its own channels' messages are its business.
+                if !st.result.log.channels.iter().any(|&(c, _)| c == channel) {
+                    return None;
+                }
+                if let Ok(mut states) = shared.states.lock() {
+                    states.entry((channel, seq)).or_default().fold(&e.event);
+                }
+                st.result.change_events += 1;
+                ctx.counters.change_events.fetch_add(1, Ordering::Relaxed);
+            } else if let Event::Message(m) = e.event {
                 let &channel = ctx.channel_ix.get(m.channel.as_str())?;
                 let now = ctx.epoch.elapsed().as_micros() as u64;
                 if let Some(sent) = sent_at(&m.text) {
@@ -712,6 +924,11 @@ fn handle(ctx: &RunContext, st: &mut State, shared: &Shared, bytes: &[u8]) -> Op
             if let Some((at, channel, msg)) = st.pending.remove(&reply_to) {
                 record(&mut st.result.send_ack, at.elapsed().as_micros() as u64);
                 st.result.acks.push(Ack { channel, seq, msg });
+                if ctx.changes {
+                    if let Ok(mut book) = st.book.lock() {
+                        book.authored.acked(channel, seq);
+                    }
+                }
                 ctx.counters.acks.fetch_add(1, Ordering::Relaxed);
                 ctx.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                 if let Ok(mut acked) = ctx.highest_acked.lock() {
