@@ -10,7 +10,7 @@ use std::{
 };
 
 use reqwest::StatusCode;
-use selvage_loadtest::client::{Client, ConnectOptions, Inbound, Transport};
+use selvage_loadtest::client::{Client, Inbound, Transport};
 use selvage_shared::{ChannelId, ClientFrame, Cursor, ErrorCode, Event, Query, QueryKind};
 use serde_json::json;
 use support::*;
@@ -184,37 +184,10 @@ async fn a_killed_edge_s_clients_resume_on_another_without_gaps() {
     let (alice_token, _, general) = origin.workspace().await;
     let (_, bob_token) = origin.user(&alice_token, "bob").await;
     let (b, _sb) = start_edge(&origin, "edge-b").await;
-    // Edge A runs on its own runtime in its own thread, so shutting that runtime down kills
-    // it: every task and socket gone at once, nothing said to the clients.
-    let config = origin.edge_config("edge-a");
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
-    let edge_a = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let running = selvage_edge::start(config, CancellationToken::new()).await.unwrap();
-            let _ = addr_tx.send(running.addr);
-            let _ = kill_rx.await;
-        });
-        runtime.shutdown_background();
-    });
-    let a_addr = addr_rx.await.unwrap();
-    let opts = ConnectOptions {
-        transport: Transport::WsMsgpack,
-        addr: a_addr.to_string(),
-        token: bob_token.clone(),
-        resume: None,
-        timeout: WAIT,
-    };
-    // Edge A boots clients once its link is up.
-    let deadline = Instant::now() + WAIT;
-    let mut bob = loop {
-        match Client::connect(opts.clone()).await {
-            Ok(c) => break c,
-            Err(e) => assert!(Instant::now() < deadline, "edge A never served: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Edge A runs on its own runtime, so killing it is a crash: every task and socket gone at
+    // once, nothing said to the clients.
+    let edge_a = KillableEdge::start(origin.edge_config("edge-a")).await;
+    let mut bob = edge_a.connect(Transport::WsMsgpack, &bob_token).await;
     let writer = tokio::spawn({
         let origin_base = origin.base.clone();
         let (token, general) = (alice_token.clone(), general.clone());
@@ -247,8 +220,7 @@ async fn a_killed_edge_s_clients_resume_on_another_without_gaps() {
             }
         }
     }
-    kill_tx.send(()).unwrap();
-    edge_a.join().unwrap();
+    edge_a.kill();
     let cursor: Cursor = loop {
         match bob.next_event(WAIT).await {
             Ok(Some(Inbound::Event(f))) => {

@@ -8,10 +8,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use selvage_loadtest::client::{Client, ConnectOptions, Inbound, Transport};
+use selvage_loadtest::client::{Client, Inbound, Transport};
 use selvage_shared::{ClientFrame, ErrorCode, Event, Presence, Query, QueryKind, UserId};
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 const LEASE_MS: u64 = 1500;
 const AWAY_MS: u64 = 1000;
@@ -73,39 +72,11 @@ async fn presence_across_edges_online_away_dnd_offline_and_after_a_crash() {
     session.close().await;
     assert_eq!(next_presence(&mut watcher, &alice_id).await.0, Presence::Offline);
 
-    // Edge C runs on its own runtime in its own thread; shutting that runtime down kills it
-    // with nothing said to anyone. Alice's presence must still end by itself.
-    let config = edge_config("edge-c");
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
-    let edge_c = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let running = selvage_edge::start(config, CancellationToken::new()).await.unwrap();
-            let _ = addr_tx.send(running.addr);
-            let _ = kill_rx.await;
-        });
-        runtime.shutdown_background();
-    });
-    let c_addr = addr_rx.await.unwrap();
-    let opts = ConnectOptions {
-        transport: Transport::WsJson,
-        addr: c_addr.to_string(),
-        token: alice.clone(),
-        resume: None,
-        timeout: WAIT,
-    };
-    let deadline = Instant::now() + WAIT;
-    let on_c = loop {
-        match Client::connect(opts.clone()).await {
-            Ok(c) => break c,
-            Err(e) => assert!(Instant::now() < deadline, "edge C never served: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Edge C crashes with nothing said to anyone; alice's presence must still end by itself.
+    let edge_c = KillableEdge::start(edge_config("edge-c")).await;
+    let on_c = edge_c.connect(Transport::WsJson, &alice).await;
     assert_eq!(next_presence(&mut watcher, &alice_id).await.0, Presence::Active);
-    kill_tx.send(()).unwrap();
-    edge_c.join().unwrap();
+    edge_c.kill();
     let (presence, after) = next_presence(&mut watcher, &alice_id).await;
     assert_eq!(presence, Presence::Offline, "a crashed edge's user goes offline by herself");
     assert!(after >= Duration::from_millis(LEASE_MS / 2), "offline before the lease could run out: {after:?}");

@@ -1368,25 +1368,8 @@ mod tests {
 
     fn msg(channel: &str, seq: Seq, author: &str) -> Message {
         Message {
-            channel: cid(channel),
-            seq,
-            ts: 1000 + seq as i64,
-            user: uid(author),
-            text: format!("message {seq} in {channel}"),
             client_msg_id: format!("m{seq}"),
-            thread_root: None,
-            edited_at: None,
-            deleted: false,
-            mentions: Vec::new(),
-            mentions_channel: false,
-            mentions_here: false,
-            mentions_here_users: Vec::new(),
-            reactions: Vec::new(),
-            reply_count: 0,
-            latest_reply: None,
-            latest_reply_seq: None,
-            reply_users: Vec::new(),
-            thread_followers: Vec::new(),
+            ..Message::new(cid(channel), seq, 1000 + seq as i64, uid(author), format!("message {seq} in {channel}"))
         }
     }
 

@@ -1437,27 +1437,8 @@ mod tests {
                         seq += 1;
                         let ts = 1_000 + seq as i64;
                         conn.send(&ServerFrame::Ack { reply_to: id, channel: channel.clone(), seq, ts }).await;
-                        let message = ChatMessage {
-                            channel,
-                            seq,
-                            ts,
-                            user: user("U1"),
-                            text,
-                            client_msg_id,
-                            thread_root: None,
-                            edited_at: None,
-                            deleted: false,
-                            mentions: Vec::new(),
-                            mentions_channel: false,
-                            mentions_here: false,
-                            mentions_here_users: Vec::new(),
-                            reactions: Vec::new(),
-                            reply_count: 0,
-                            latest_reply: None,
-                            latest_reply_seq: None,
-                            reply_users: Vec::new(),
-                            thread_followers: Vec::new(),
-                        };
+                        let message =
+                            ChatMessage { client_msg_id, ..ChatMessage::new(channel, seq, ts, user("U1"), text) };
                         conn.send(&ServerFrame::event(cursor(seq), Event::Message(message))).await;
                     }
                 },

@@ -84,6 +84,16 @@ impl Deployment {
     }
 
     async fn in_process(http: reqwest::Client, seed_concurrency: usize) -> Result<Deployment> {
+        Deployment::in_process_with(http, seed_concurrency, |_| {}).await
+    }
+
+    /// Starts an origin and an edge in this process, the edge's configuration changed by
+    /// `adjust` (for scenarios that compare edge settings).
+    pub async fn in_process_with(
+        http: reqwest::Client,
+        seed_concurrency: usize,
+        adjust: impl FnOnce(&mut EdgeConfig),
+    ) -> Result<Deployment> {
         let dir = tempfile::tempdir()?;
         let shutdown = CancellationToken::new();
         let operator_key = selvage_origin::ids::new_token();
@@ -109,6 +119,7 @@ impl Deployment {
         edge_config.origin.link = link.to_string();
         edge_config.origin.fingerprint = Some(fingerprint);
         edge_config.origin.edge_key = edge_key;
+        adjust(&mut edge_config);
         let edge = selvage_edge::start(edge_config, shutdown.clone()).await?;
         let deadline = Instant::now() + LINK_TIMEOUT;
         while !edge.edge.is_ready() {

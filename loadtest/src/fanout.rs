@@ -1030,26 +1030,10 @@ mod tests {
         assert_eq!(text.len(), 40);
         assert_eq!(sent_at(text.as_bytes()), Some(123_456));
         assert_eq!(sent_at(b"p1/2 no time"), None);
+        let user = selvage_shared::UserId::new_unchecked("U1");
         let event = Event::Message(Message {
-            channel: channel.clone(),
-            seq: 7,
-            ts: 1,
-            user: selvage_shared::UserId::new_unchecked("U1"),
-            text: text.clone(),
             client_msg_id: "m".into(),
-            thread_root: None,
-            edited_at: None,
-            deleted: false,
-            mentions: Vec::new(),
-            mentions_channel: false,
-            mentions_here: false,
-            mentions_here_users: Vec::new(),
-            reactions: Vec::new(),
-            reply_count: 0,
-            latest_reply: None,
-            latest_reply_seq: None,
-            reply_users: Vec::new(),
-            thread_followers: Vec::new(),
+            ..Message::new(channel.clone(), 7, 1, user, text.clone())
         });
         for format in [Format::Json, Format::MsgPack] {
             let bytes = encode_event(&Cursor::zero(), &event, format);

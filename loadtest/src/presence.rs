@@ -4,7 +4,7 @@
 //! events 5×). Same workload, both ways, one after the other in this process.
 //!
 //! For each mode it starts an origin (embedded store, in a temporary directory) and an edge
-//! (with `sessions.presence_broadcast` off, then on) in this process, seeds a workspace of
+//! (with `sessions.presence_broadcast` off, then on) in this process ([`Deployment`]), seeds a workspace of
 //! `--users` users through the HTTP API, connects one WebSocket session per user, and has every
 //! session follow `--follows` other users (its people: a window of the user list around it).
 //! Then for `--duration` it changes presence at `--rate` changes per second, open loop: a random
@@ -20,15 +20,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use selvage_edge::EdgeConfig;
-use selvage_origin::OriginConfig;
 use selvage_shared::{ClientFrame, Event};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, ConnectOptions, Inbound, Transport};
-use crate::deployment::scrape;
-use crate::seed::{person_name, Api};
+use crate::deployment::{Deployment, Scrape};
+use crate::seed::person_name;
 use crate::sends::parse_duration;
 
 /// `selvage loadtest presence` arguments.
@@ -134,44 +132,11 @@ fn cpu_seconds() -> f64 {
 
 async fn one_mode(args: &PresenceArgs, broadcast: bool) -> Result<ModeReport> {
     let mode = if broadcast { "broadcast" } else { "subscriptions" };
-    let dir = tempfile::tempdir()?;
-    let shutdown = CancellationToken::new();
-    let operator_key = selvage_origin::ids::new_token();
-    let edge_key = selvage_origin::ids::new_token();
-    let mut config = OriginConfig {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().to_path_buf(),
-        operator_key: Some(operator_key.clone()),
-        ..OriginConfig::default()
-    };
-    config.link.listen = "127.0.0.1:0".parse()?;
-    config.link.edge_key = Some(edge_key.clone());
-    let origin = selvage_origin::start(config, shutdown.clone()).await?;
-    let (Some(link), Some(fingerprint)) = (origin.link_addr, origin.link_fingerprint.clone()) else {
-        bail!("the origin's link did not start");
-    };
-    let mut edge_config = EdgeConfig {
-        edge_id: "presence-edge".into(),
-        listen: "127.0.0.1:0".parse()?,
-        quic_listen: None,
-        ..EdgeConfig::default()
-    };
-    edge_config.origin.link = link.to_string();
-    edge_config.origin.fingerprint = Some(fingerprint);
-    edge_config.origin.edge_key = edge_key;
-    edge_config.sessions.presence_broadcast = broadcast;
-    let edge = selvage_edge::start(edge_config, shutdown.clone()).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !edge.edge.is_ready() {
-        if Instant::now() > deadline {
-            bail!("the edge did not link to the origin");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
     let http = reqwest::Client::new();
-    let api = Api::new(http.clone(), &format!("http://{}", origin.addr), 64);
-    let ws = api.create_workspace(&operator_key, "Presence bench", "admin").await?;
+    let deployment =
+        Deployment::in_process_with(http.clone(), 64, |edge| edge.sessions.presence_broadcast = broadcast).await?;
+    let api = &deployment.api;
+    let ws = api.create_workspace(&deployment.operator_key, "Presence bench", "admin").await?;
     let people = (1..args.users).map(|i| (format!("user{i}"), person_name(i))).collect();
     let mut members = vec![ws.admin.clone()];
     members.extend(api.create_users(&ws.admin, people).await.context("seeding users")?);
@@ -182,7 +147,7 @@ async fn one_mode(args: &PresenceArgs, broadcast: bool) -> Result<ModeReport> {
     let mut handles = Vec::with_capacity(members.len());
     let mut readers = Vec::with_capacity(members.len());
     for (i, member) in members.iter().enumerate() {
-        let opts = ConnectOptions::new(Transport::WsMsgpack, edge.addr.to_string(), member.token.clone());
+        let opts = ConnectOptions::new(Transport::WsMsgpack, deployment.edge_addr.clone(), member.token.clone());
         let mut client = Client::connect(opts).await.with_context(|| format!("connecting session {i}"))?;
         let follows = (1..=args.follows).map(|k| members[(i + k) % members.len()].user.id.clone()).collect();
         client.send_frame(&ClientFrame::PresenceSub { users: follows }).await?;
@@ -206,9 +171,8 @@ async fn one_mode(args: &PresenceArgs, broadcast: bool) -> Result<ModeReport> {
     }
     // Let the sessions' own arrivals (everyone coming online) settle before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let edge_url = format!("http://{}/metrics", edge.addr);
-    let deliveries = |s: &crate::deployment::Scrape| s.sum("selvage_edge_fanout_deliveries_total").unwrap_or(0.0);
-    let deliveries_before = deliveries(&scrape(&http, &edge_url).await?);
+    let deliveries = |s: &Scrape| s.sum("selvage_edge_fanout_deliveries_total").unwrap_or(0.0);
+    let deliveries_before = deliveries(&deployment.edge_metrics().await?);
     let received_before = received.load(Ordering::Relaxed);
     let cpu_before = cpu_seconds();
     let started = Instant::now();
@@ -234,14 +198,12 @@ async fn one_mode(args: &PresenceArgs, broadcast: bool) -> Result<ModeReport> {
     let seconds = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
     let frames = received.load(Ordering::Relaxed) - received_before;
-    let edge_deliveries = deliveries(&scrape(&http, &edge_url).await?) - deliveries_before;
+    let edge_deliveries = deliveries(&deployment.edge_metrics().await?) - deliveries_before;
     stop.cancel();
     for reader in readers {
         let _ = reader.await;
     }
-    shutdown.cancel();
-    edge.wait().await;
-    origin.wait().await;
+    deployment.stop().await;
     Ok(ModeReport {
         mode,
         changes,

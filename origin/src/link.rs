@@ -801,25 +801,14 @@ mod tests {
             workspace: WorkspaceId::new_unchecked("W1"),
             ts: 5,
             event: Event::Message(selvage_shared::Message {
-                channel: ChannelId::new_unchecked("C1"),
-                seq: u64::from(n),
-                ts: 5,
-                user: UserId::new_unchecked("U1"),
-                text: "x".repeat(text_len),
                 client_msg_id: format!("m{n}"),
-                thread_root: None,
-                edited_at: None,
-                deleted: false,
-                mentions: Vec::new(),
-                mentions_channel: false,
-                mentions_here: false,
-                mentions_here_users: Vec::new(),
-                reactions: Vec::new(),
-                reply_count: 0,
-                latest_reply: None,
-                latest_reply_seq: None,
-                reply_users: Vec::new(),
-                thread_followers: Vec::new(),
+                ..selvage_shared::Message::new(
+                    ChannelId::new_unchecked("C1"),
+                    u64::from(n),
+                    5,
+                    UserId::new_unchecked("U1"),
+                    "x".repeat(text_len),
+                )
             }),
         }
     }

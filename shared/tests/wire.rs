@@ -35,25 +35,9 @@ fn message_event_frame_is_flat() {
     let frame = ServerFrame::event(
         cursor(),
         Event::Message(Message {
-            channel: ChannelId::new_unchecked("C1"),
-            seq: 42,
-            ts: 1_700_000_000_123,
-            user: UserId::new_unchecked("U1"),
-            text: "hello".into(),
             client_msg_id: "m-1".into(),
             thread_root: Some(40),
-            edited_at: None,
-            deleted: false,
-            mentions: Vec::new(),
-            mentions_channel: false,
-            mentions_here: false,
-            mentions_here_users: Vec::new(),
-            reactions: Vec::new(),
-            reply_count: 0,
-            latest_reply: None,
-            latest_reply_seq: None,
-            reply_users: Vec::new(),
-            thread_followers: Vec::new(),
+            ..Message::new(ChannelId::new_unchecked("C1"), 42, 1_700_000_000_123, UserId::new_unchecked("U1"), "hello")
         }),
     );
     let expected = json!({

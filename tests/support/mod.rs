@@ -218,6 +218,51 @@ pub async fn start_edge_with(config: EdgeConfig) -> (selvage_edge::Running, Canc
     (running, shutdown)
 }
 
+/// An edge on its own runtime in its own thread: [`KillableEdge::kill`] shuts that runtime down,
+/// every task and socket gone at once with nothing said to anyone — a crash.
+pub struct KillableEdge {
+    /// Its HTTP/WebSocket address.
+    pub addr: std::net::SocketAddr,
+    kill: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl KillableEdge {
+    pub async fn start(config: EdgeConfig) -> KillableEdge {
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let running = selvage_edge::start(config, CancellationToken::new()).await.unwrap();
+                let _ = addr_tx.send(running.addr);
+                let _ = kill_rx.await;
+            });
+            runtime.shutdown_background();
+        });
+        KillableEdge { addr: addr_rx.await.unwrap(), kill, thread }
+    }
+
+    /// Connects a client once the edge serves (its link to the origin is up).
+    pub async fn connect(&self, transport: Transport, token: &str) -> Client {
+        let opts =
+            ConnectOptions { transport, addr: self.addr.to_string(), token: token.into(), resume: None, timeout: WAIT };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match Client::connect(opts.clone()).await {
+                Ok(c) => return c,
+                Err(e) => assert!(Instant::now() < deadline, "the edge never served: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(self) {
+        self.kill.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
 pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !check() {
