@@ -111,6 +111,27 @@ mod tests {
         assert_eq!(parse(&text).users.len(), MAX_MENTIONS);
     }
 
+    proptest::proptest! {
+        /// Any text parses without panicking, and every user it finds is written `<@id` in it.
+        #[test]
+        fn any_text_parses_to_mentions_it_contains(text in "(<@U[0-9]{1,3}(\\|[a-z]{0,3})?>|@here|@channel|<!here>|[ <>@!|a-zé]){0,40}") {
+            let m = parse(&text);
+            for user in &m.users {
+                let written = format!("<@{}", user.as_str());
+                proptest::prop_assert!(text.contains(&written), "{} not in {:?}", user.as_str(), text);
+            }
+            let mut unique = m.users.clone();
+            unique.sort();
+            unique.dedup();
+            proptest::prop_assert_eq!(unique.len(), m.users.len());
+        }
+
+        #[test]
+        fn arbitrary_unicode_never_panics(text in "\\PC{0,200}") {
+            let _ = parse(&text);
+        }
+    }
+
     #[test]
     fn arbitrary_text_never_panics() {
         for text in ["<<@@>>", "@\u{e9}here", "é<@U1>é", "<@U1|", "@here@channel", "\u{1f600}@here"] {
