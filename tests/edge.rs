@@ -453,3 +453,32 @@ async fn thread_and_old_history_queries_are_answered_by_the_origin_through_the_e
     assert_eq!(all, (1..=13).collect::<Vec<u64>>());
     assert!(origin.link_calls_of("history").await > history_calls, "old pages came from the origin");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_boots_ask_the_origin_every_time() {
+    // `cache.cold_boots` exists to measure what warm caches save: every boot asks the origin
+    // for the token and the snapshot, every resume for the missed events.
+    let origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let mut config = origin.edge_config("edge-cold");
+    config.cache.cold_boots = true;
+    let (edge, _s) = start_edge_with(config).await;
+    let first = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    let resume = first.connect_options_with_resume();
+    first.close().await;
+    let before = (origin.link_calls_of("authenticate").await, origin.link_calls_of("snapshot").await);
+    let again = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    again.close().await;
+    let after = (origin.link_calls_of("authenticate").await, origin.link_calls_of("snapshot").await);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "a second boot asked the origin again");
+    // A resume reads the missed events from the origin, not the edge's buffers.
+    let seq = origin.send(&alice_token, &general, "missed").await;
+    let events_before = origin.link_calls_of("events").await;
+    let mut opts = options(&edge, &Transport::WsJson, &alice_token);
+    opts.resume = resume.resume;
+    let mut back = Client::connect(opts).await.unwrap();
+    let got = collect(&mut back, &general, 1).await;
+    assert_eq!(got[0].0, seq);
+    assert!(origin.link_calls_of("events").await > events_before, "the resume asked the origin");
+    back.close().await;
+}

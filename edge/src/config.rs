@@ -73,6 +73,10 @@ pub struct CacheConfig {
     pub recent_workspace_events: usize,
     /// Workspaces to load at start, so their first clients boot warm.
     pub preload: Vec<WorkspaceId>,
+    /// Boot every session as an edge without warm caches must: ask the origin for the token,
+    /// the workspace snapshot and, on resume, the missed events, every time. Only to measure
+    /// what the caches save (docs/BENCHMARKS.md); off in production.
+    pub cold_boots: bool,
 }
 
 /// Limits of each client connection.
@@ -146,6 +150,7 @@ impl Default for CacheConfig {
             recent_events_per_channel: 256,
             recent_workspace_events: 1024,
             preload: Vec::new(),
+            cold_boots: false,
         }
     }
 }

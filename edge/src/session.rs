@@ -165,6 +165,9 @@ struct Booted {
 
 async fn boot(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
     let principal = edge.tokens.authenticate(&opening.token).await?;
+    if edge.config.cache.cold_boots {
+        cold_boot(edge, &principal).await?;
+    }
     // The copy fetched can be retired (dropped by the cache sweep, or by a reset) before the
     // session registers under its lock; then the session boots from a fresh one.
     for _ in 0..5 {
@@ -175,6 +178,16 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
         tokio::task::yield_now().await;
     }
     Err(LinkError { code: ErrorCode::Unavailable, message: "the workspace is being reloaded; retry".into() })
+}
+
+/// What a boot costs without warm caches (`cache.cold_boots`): the token and the workspace
+/// snapshot from the origin, each time. The session is then served from the live copy as usual,
+/// so only the cost differs, not what the client gets.
+async fn cold_boot(edge: &Edge, principal: &Principal) -> Result<(), LinkError> {
+    let token_hash = principal.token_hash.clone();
+    edge.upstream.call(Call::Authenticate { token_hash }).await?;
+    edge.upstream.call(Call::Snapshot { workspace: principal.workspace.clone() }).await?;
+    Ok(())
 }
 
 /// Boots on one copy of the workspace; `None` when that copy is retired.
@@ -202,6 +215,8 @@ fn boot_on(
     };
     let cursor = inner.state.cursor().clone();
     let replay = match &opening.resume {
+        // Cold boots resume from the origin's log, never the edge's buffers.
+        Some(_) if edge.config.cache.cold_boots => None,
         Some(after) => inner.state.replay_after(&principal.user, after),
         None => Some(Vec::new()),
     };
