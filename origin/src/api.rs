@@ -435,12 +435,7 @@ async fn edit_message(
     Path((id, seq)): Path<(String, Seq)>,
     Json(body): Json<EditMessage>,
 ) -> Result<Json<serde_json::Value>> {
-    let here = if selvage_shared::mentions::parse(&body.text).here {
-        origin.presence.active(&caller.workspace, tokio::time::Instant::now())
-    } else {
-        Vec::new()
-    };
-    let message = messages::edit(&origin.store, &caller, &channel_id(&id)?, seq, &body.text, &here).await?;
+    let message = messages::edit(&origin.store, &caller, &channel_id(&id)?, seq, &body.text, &origin.presence).await?;
     Ok(Json(json!({ "message": message })))
 }
 

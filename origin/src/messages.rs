@@ -27,6 +27,7 @@ use crate::{
     channels,
     error::{OriginError, Result},
     feed::Appender,
+    presence::Tracker,
     sequencer,
     store::{keys, KvTxn, RangeRead, Store, StoreError},
     transact,
@@ -241,22 +242,38 @@ pub async fn load_decorated(
     Ok(Some(message))
 }
 
-/// Fills in a message's mentions from its text. `@here` reaches those of `here` (the users
-/// active now) who are members of the channel, other than the author, at most
-/// [`mentions::MAX_HERE`] of them.
+/// What a text mentions, parsed once when a write is accepted, with — for `@here` — who was
+/// active at that moment (the candidates; membership is checked in the write's transaction).
+#[derive(Clone, Debug, Default)]
+pub struct Mentioned {
+    found: mentions::Mentions,
+    active: Vec<UserId>,
+}
+
+impl Mentioned {
+    /// Parses `text`; asks `presence` who is active only when it says `@here`.
+    pub fn of(text: &str, presence: &Tracker, workspace: &WorkspaceId) -> Mentioned {
+        let found = mentions::parse(text);
+        let active = if found.here { presence.active(workspace, tokio::time::Instant::now()) } else { Vec::new() };
+        Mentioned { found, active }
+    }
+}
+
+/// Fills in a message's mentions: `@here` reaches those of the active users who are members of
+/// the channel, other than the author, at most [`mentions::MAX_HERE`] of them.
 pub async fn set_mentions(
     tx: &mut dyn KvTxn,
     w: &WorkspaceId,
     message: &mut Message,
-    here: &[UserId],
+    mentioned: &Mentioned,
 ) -> Result<(), StoreError> {
-    let found = mentions::parse(&message.text);
-    message.mentions = found.users;
+    let found = &mentioned.found;
+    message.mentions = found.users.clone();
     message.mentions_channel = found.channel;
     message.mentions_here = found.here;
     message.mentions_here_users.clear();
     if found.here {
-        for u in here.iter().filter(|u| **u != message.user) {
+        for u in mentioned.active.iter().filter(|u| **u != message.user) {
             if message.mentions_here_users.len() >= mentions::MAX_HERE {
                 break;
             }
@@ -337,16 +354,17 @@ async fn access(
 
 /// Replaces a message's text; it keeps its `seq` and gets `edited_at`. Answers the message as
 /// it now reads.
-/// `here` is who is active now, for a text that newly says `@here`.
+/// `presence` says who `@here` reaches, for a text that newly says it.
 pub async fn edit(
     store: &Store,
     caller: &Caller,
     c: &ChannelId,
     seq: Seq,
     text: &str,
-    here: &[UserId],
+    presence: &Tracker,
 ) -> Result<Message> {
     sequencer::validate_text(text)?;
+    let mentioned = Mentioned::of(text, presence, &caller.workspace);
     let w = &caller.workspace;
     let (outcome, _) = transact!(store, |tx| {
         match access(tx, caller, c, seq, true).await? {
@@ -360,7 +378,7 @@ pub async fn edit(
                 let reached_here = std::mem::take(&mut message.mentions_here_users);
                 message.text = text.to_string();
                 message.edited_at = Some(now);
-                set_mentions(tx, w, &mut message, here).await?;
+                set_mentions(tx, w, &mut message, &mentioned).await?;
                 // Whoever `@here` reached when it was posted stays reached: an edit does not
                 // re-notify by who is active now.
                 if message.mentions_here && !reached_here.is_empty() {

@@ -42,7 +42,7 @@ use crate::{
     config::SequencerConfig,
     error::{OriginError, Result},
     feed::{self, Appender},
-    messages::{self, ThreadSummary},
+    messages::{self, Mentioned, ThreadSummary},
     metrics::Metrics,
     presence,
     store::{keys, KvTxn, Store, StoreError},
@@ -82,8 +82,8 @@ pub struct Sent {
 
 struct Pending {
     request: SendRequest,
-    /// Who is active now, when the text says `@here`.
-    here: Vec<UserId>,
+    /// The text's mentions, parsed once.
+    mentioned: Mentioned,
     reply: oneshot::Sender<Result<Sent>>,
     enqueued: Instant,
 }
@@ -116,13 +116,9 @@ impl Sequencer {
     /// Sequences one message and waits for its commit.
     pub async fn send(&self, request: SendRequest) -> Result<Sent> {
         validate(&request)?;
-        let here = if selvage_shared::mentions::parse(&request.text).here {
-            self.presence.active(&request.workspace, tokio::time::Instant::now())
-        } else {
-            Vec::new()
-        };
+        let mentioned = Mentioned::of(&request.text, &self.presence, &request.workspace);
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { request, here, reply, enqueued: Instant::now() };
+        let pending = Pending { request, mentioned, reply, enqueued: Instant::now() };
         match self.queue.try_send(pending) {
             Ok(()) => self.metrics.queue_depth.inc(),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -233,7 +229,7 @@ impl Committer {
 
     async fn commit_group(&self, group: Vec<Pending>) {
         let started = Instant::now();
-        let requests: Vec<(&SendRequest, &[UserId])> = group.iter().map(|p| (&p.request, p.here.as_slice())).collect();
+        let requests: Vec<(&SendRequest, &Mentioned)> = group.iter().map(|p| (&p.request, &p.mentioned)).collect();
         let mut attempts = 0u32;
         let result = transact!(self.store, |tx| {
             attempts += 1;
@@ -286,7 +282,7 @@ impl Committer {
 }
 
 /// Writes one group into `tx`: the body of the group-commit transaction.
-async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &[UserId])]) -> Result<Vec<Outcome>, StoreError> {
+async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -> Result<Vec<Outcome>, StoreError> {
     let now = crate::now_ms();
     // Per channel: its record (None if missing) and the head as this transaction moves it.
     let mut chans: HashMap<(WorkspaceId, ChannelId), (Option<Channel>, Seq, Seq)> = HashMap::new();
@@ -296,7 +292,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &[UserId])]) ->
     // Thread roots replied to in this group: the root as it reads and its summary.
     let mut roots: HashMap<(WorkspaceId, ChannelId, Seq), (Message, ThreadSummary)> = HashMap::new();
     let mut log = Appender::new();
-    for (i, &(r, here)) in requests.iter().enumerate() {
+    for (i, &(r, mentioned)) in requests.iter().enumerate() {
         let (w, c) = (&r.workspace, &r.channel);
         if let Some(&first) = seen.get(&(w, c, r.client_msg_id.as_str())) {
             let again = match &outcomes[first] {
@@ -373,7 +369,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &[UserId])]) ->
             thread_root: r.thread_root,
             ..Message::new(c.clone(), seq, now, r.user.clone(), r.text.clone())
         };
-        messages::set_mentions(tx, w, &mut message, here).await?;
+        messages::set_mentions(tx, w, &mut message, mentioned).await?;
         if let Some(root) = r.thread_root {
             tx.set(&keys::thread_reply(w, c, root, seq), &[])?;
             // The root's new summary goes out just before the reply, so the channel learns that
