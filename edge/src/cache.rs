@@ -1118,9 +1118,32 @@ impl WorkspaceState {
         )
     }
 
-    /// Approximate bytes held, for a cache weigher (saturates at `u32::MAX`).
+    /// Approximate bytes held, for a cache weigher (saturates at `u32::MAX`): the running
+    /// estimate plus the mention maps, counted when weighed (they hold unread mentions and
+    /// `@channel` messages only, so walking them costs little next to a weighing's rarity).
     pub fn weight(&self) -> u32 {
-        u32::try_from(self.bytes).unwrap_or(u32::MAX)
+        u32::try_from(self.bytes.saturating_add(self.mention_bytes())).unwrap_or(u32::MAX)
+    }
+
+    /// Bytes the mention maps hold.
+    fn mention_bytes(&self) -> usize {
+        let seq_slot = size_of::<Seq>() + 2 * size_of::<usize>();
+        let direct: usize = self
+            .mentions
+            .iter()
+            .map(|(c, users)| {
+                id_bytes(c.as_str())
+                    + users.iter().map(|(u, seqs)| id_bytes(u.as_str()) + seqs.len() * seq_slot).sum::<usize>()
+            })
+            .sum();
+        let wide: usize = self
+            .channel_mentions
+            .iter()
+            .map(|(c, seqs)| {
+                id_bytes(c.as_str()) + seqs.values().map(|author| seq_slot + id_bytes(author.as_str())).sum::<usize>()
+            })
+            .sum();
+        direct + wide
     }
 
     /// The weight recomputed from scratch; tests check the running estimate against it.
@@ -1972,6 +1995,24 @@ mod tests {
         assert_eq!(s.read_seq(&uid("U1"), &cid("C3")), 4);
         assert_eq!(s.read_seq(&uid("U2"), &cid("C1")), 0);
         check_invariants(&s);
+    }
+
+    #[test]
+    fn unread_mentions_are_counted_weighed_and_cleared_by_reading() {
+        let mut s = state_with(CacheLimits::default());
+        let before = s.weight();
+        let named = Message { mentions: uids(&["U1"]), ..msg("C1", 11, "U2") };
+        let everyone = Message { mentions_channel: true, ..msg("C1", 12, "U2") };
+        s.apply(&item(101, Event::Message(named))).expect("applied");
+        s.apply(&item(102, Event::Message(everyone))).expect("applied");
+        assert_eq!((s.mention_count(&uid("U1"), &cid("C1")), s.mention_count(&uid("U3"), &cid("C1"))), (2, 1));
+        assert_eq!(s.mention_count(&uid("U2"), &cid("C1")), 0, "nobody is mentioned by their own message");
+        assert!(s.weight() > before, "the mention maps count in the weight");
+        let read = Event::ReadMarker { channel: cid("C1"), user: uid("U1"), seq: 11 };
+        s.apply(&item(103, read)).expect("applied");
+        assert_eq!(s.mention_count(&uid("U1"), &cid("C1")), 1);
+        s.apply(&item(104, Event::MessageDeleted { channel: cid("C1"), seq: 12 })).expect("applied");
+        assert_eq!((s.mention_count(&uid("U1"), &cid("C1")), s.mention_count(&uid("U3"), &cid("C1"))), (0, 0));
     }
 
     #[test]
