@@ -14,7 +14,7 @@ use crate::{
     error::{OriginError, Result},
     feed::{le_i64, Appender},
     ids,
-    store::{keys, KvTxn, RangeRead, Store, StoreError},
+    store::{decode, keys, tuple, tuple::last_str, KvTxn, RangeRead, Store, StoreError},
     transact,
 };
 
@@ -68,7 +68,7 @@ async fn unread_mentions(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId, rea
     let mut seqs = std::collections::BTreeSet::new();
     let (_, end) = crate::store::prefix_range(&keys::mentions_in(w, u, c));
     for (key, _) in tx.get_range(&RangeRead::between(keys::mention(w, u, c, read_seq + 1), end)).await? {
-        if let Some(seq) = crate::store::tuple::unpack(&key).ok().and_then(|mut p| p.pop()?.as_u64()) {
+        if let Some(seq) = tuple::last_u64(&key) {
             seqs.insert(seq);
         }
     }
@@ -77,15 +77,11 @@ async fn unread_mentions(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId, rea
         if author.as_slice() == u.as_str().as_bytes() {
             continue;
         }
-        if let Some(seq) = crate::store::tuple::unpack(&key).ok().and_then(|mut p| p.pop()?.as_u64()) {
+        if let Some(seq) = tuple::last_u64(&key) {
             seqs.insert(seq);
         }
     }
     Ok(seqs.len() as u64)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, StoreError> {
-    selvage_shared::from_msgpack(raw).map_err(|e| StoreError::Engine(format!("{what} record does not decode: {e}")))
 }
 
 /// Reads a channel record.
@@ -244,11 +240,6 @@ pub async fn list(store: &Store, caller: &Caller) -> Result<Vec<ChannelView>> {
         views
     })?;
     Ok(views)
-}
-
-/// The last element of a tuple key, if it is a string.
-fn last_str(key: &[u8]) -> Option<String> {
-    crate::store::tuple::unpack(key).ok()?.pop()?.as_str().map(str::to_string)
 }
 
 /// Adds `user` to a channel: joining a public channel yourself, or inviting someone into a

@@ -16,7 +16,7 @@ use crate::{
     channels,
     error::{OriginError, Result},
     messages,
-    store::{keys, RangeRead, Store, StoreError},
+    store::{decode, keys, RangeRead, Store, StoreError},
     transact,
 };
 
@@ -72,11 +72,6 @@ impl Bounds {
     }
 }
 
-fn decode_message(raw: &[u8]) -> Result<Message, StoreError> {
-    selvage_shared::from_msgpack::<Message>(raw)
-        .map_err(|e| StoreError::Engine(format!("message record does not decode: {e}")))
-}
-
 /// Reads a page of a channel the caller may see (public channels are readable by everyone in
 /// the workspace, private ones and DMs by members only).
 pub async fn page(store: &Store, caller: &Caller, c: &ChannelId, bounds: Bounds) -> Result<Page> {
@@ -92,8 +87,11 @@ pub async fn page(store: &Store, caller: &Caller, c: &ChannelId, bounds: Bounds)
             let range = RangeRead::between(begin.clone(), end.clone()).limit(bounds.limit + 1).reverse(reverse);
             let rows = tx.get_range(&range).await?;
             let has_more = rows.len() > bounds.limit;
-            let mut messages =
-                rows.iter().take(bounds.limit).map(|(_, v)| decode_message(v)).collect::<Result<Vec<_>, _>>()?;
+            let mut messages = rows
+                .iter()
+                .take(bounds.limit)
+                .map(|(_, v)| decode::<Message>("message", v))
+                .collect::<Result<Vec<_>, _>>()?;
             if reverse {
                 messages.reverse();
             }
@@ -123,9 +121,9 @@ pub async fn thread(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, bo
         if channels::visible_channel(tx, caller, c).await?.is_none() {
             ThreadRead::NoChannel
         } else {
-            match tx.get(&keys::message(w, c, root)).await? {
+            match messages::load(tx, w, c, root).await? {
                 None => ThreadRead::NoRoot,
-                Some(raw) if decode_message(&raw)?.thread_root.is_some() => ThreadRead::NotARoot,
+                Some(root) if root.thread_root.is_some() => ThreadRead::NotARoot,
                 Some(_) if begin >= end => ThreadRead::Page(Page { messages: Vec::new(), has_more: false }),
                 Some(_) => {
                     let range = RangeRead::between(begin.clone(), end.clone()).limit(bounds.limit + 1).reverse(reverse);
@@ -134,10 +132,10 @@ pub async fn thread(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, bo
                     let mut messages = Vec::with_capacity(rows.len().min(bounds.limit));
                     for (key, _) in rows.iter().take(bounds.limit) {
                         let seq = reply_seq(key)?;
-                        let raw = tx.get(&keys::message(w, c, seq)).await?.ok_or_else(|| {
+                        let reply = messages::load(tx, w, c, seq).await?.ok_or_else(|| {
                             StoreError::Engine(format!("thread index names reply {seq} of {c}, which is missing"))
                         })?;
-                        messages.push(decode_message(&raw)?);
+                        messages.push(reply);
                     }
                     if reverse {
                         messages.reverse();
@@ -160,8 +158,6 @@ pub async fn thread(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, bo
 
 /// The reply seq at the end of a thread index key.
 fn reply_seq(key: &[u8]) -> Result<Seq, StoreError> {
-    crate::store::tuple::unpack(key)
-        .ok()
-        .and_then(|elements| elements.last().and_then(|e| e.as_u64()))
+    crate::store::tuple::last_u64(key)
         .ok_or_else(|| StoreError::Engine("a thread index key does not end in a seq".into()))
 }

@@ -29,7 +29,7 @@ use crate::{
     feed::Appender,
     presence::Tracker,
     sequencer,
-    store::{keys, KvTxn, RangeRead, Store, StoreError},
+    store::{decode, keys, tuple, KvTxn, RangeRead, Store, StoreError},
     transact,
 };
 
@@ -119,10 +119,6 @@ impl ThreadSummary {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, StoreError> {
-    selvage_shared::from_msgpack(raw).map_err(|e| StoreError::Engine(format!("{what} record does not decode: {e}")))
-}
-
 /// Reads a message record as stored (without reactions or thread summary).
 pub async fn load(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Result<Option<Message>, StoreError> {
     match tx.get(&keys::message(w, c, seq)).await? {
@@ -190,7 +186,7 @@ pub async fn decorate(
     let mut end = keys::thread_summary(w, c, last);
     end.push(0x00);
     for (key, raw) in tx.get_range(&RangeRead::between(begin, end)).await? {
-        let Some(seq) = last_uint(&key) else { continue };
+        let Some(seq) = tuple::last_u64(&key) else { continue };
         let Some(&i) = by_seq.get(&seq) else { continue };
         decode::<ThreadSummary>("thread summary", &raw)?.apply_to(&mut messages[i]);
     }
@@ -217,15 +213,11 @@ fn to_reactions(list: EmojiUsers) -> Vec<Reaction> {
 
 /// The seq, emoji and user of a `(ws, W, react, C, seq, emoji, U)` key.
 fn reaction_parts(key: &[u8]) -> Option<(Seq, String, UserId)> {
-    let mut parts = crate::store::tuple::unpack(key).ok()?;
+    let mut parts = tuple::unpack(key).ok()?;
     let user = parts.pop()?.as_str().and_then(UserId::parse)?;
     let emoji = parts.pop()?.as_str()?.to_string();
     let seq = parts.pop()?.as_u64()?;
     Some((seq, emoji, user))
-}
-
-fn last_uint(key: &[u8]) -> Option<u64> {
-    crate::store::tuple::unpack(key).ok()?.pop()?.as_u64()
 }
 
 /// Reads one message as every read shows it.

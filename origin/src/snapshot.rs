@@ -21,7 +21,7 @@ use crate::{
     channels,
     error::{OriginError, Result},
     feed::{self, Position},
-    store::{keys, tuple, KvTxn, RangeRead, Store, StoreError},
+    store::{decode, keys, tuple, tuple::last_str, KvTxn, RangeRead, Store, StoreError},
     transact,
 };
 
@@ -158,14 +158,6 @@ impl StoredMarker {
             StoredMarker::Seq(seq) | StoredMarker::Record { seq } => *seq,
         }
     }
-}
-
-fn last_str(key: &[u8]) -> Option<String> {
-    tuple::unpack(key).ok()?.pop()?.as_str().map(str::to_string)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, StoreError> {
-    selvage_shared::from_msgpack(raw).map_err(|e| StoreError::Engine(format!("{what} record does not decode: {e}")))
 }
 
 #[cfg(test)]

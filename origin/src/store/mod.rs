@@ -187,6 +187,12 @@ pub fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (begin, end)
 }
 
+/// Decodes a stored MessagePack record; a record that does not decode is an engine error naming
+/// `what` it was.
+pub fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T> {
+    selvage_shared::from_msgpack(raw).map_err(|e| StoreError::Engine(format!("{what} record does not decode: {e}")))
+}
+
 /// A future that resolves when a watched key changes. Errors if the engine goes away.
 pub type Watch = BoxFuture<'static, Result<()>>;
 

@@ -291,6 +291,16 @@ pub enum TupleError {
     IntegerOutOfRange { offset: usize },
 }
 
+/// The last element of a packed key as a string (a key's trailing id), if it is one.
+pub fn last_str(key: &[u8]) -> Option<String> {
+    unpack(key).ok()?.pop()?.as_str().map(str::to_string)
+}
+
+/// The last element of a packed key as an unsigned integer (a key's trailing seq), if it is one.
+pub fn last_u64(key: &[u8]) -> Option<u64> {
+    unpack(key).ok()?.pop()?.as_u64()
+}
+
 /// Decodes a packed tuple. Never panics, whatever the bytes.
 pub fn unpack(bytes: &[u8]) -> Result<Vec<Element>, TupleError> {
     let mut out = Vec::new();
