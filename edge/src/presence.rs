@@ -88,24 +88,9 @@ impl PresenceState {
         }
     }
 
-    /// What this edge sees of `user` at `now`.
-    pub fn seen(&self, user: &UserId, now: Instant, away_after: Duration) -> Presence {
-        let mut seen = Presence::Offline;
-        for (u, at) in self.activity.values() {
-            if u == user {
-                if now.duration_since(*at) < away_after {
-                    return Presence::Active;
-                }
-                seen = Presence::Away;
-            }
-        }
-        seen
-    }
-
-    /// The reports to send the origin at `now`: every user whose presence seen here changed
-    /// since the last report, or, when `renew`, every user seen here at all (to renew the
-    /// lease) and the changes.
-    pub fn reports(&mut self, now: Instant, away_after: Duration, renew: bool) -> Vec<PresenceReport> {
+    /// What this edge sees of each user with a session at `now`: `active` if any of their
+    /// sessions was used within `away_after`, else `away`.
+    fn seen_all(&self, now: Instant, away_after: Duration) -> HashMap<&UserId, Presence> {
         let mut seen: HashMap<&UserId, Presence> = HashMap::new();
         for (user, at) in self.activity.values() {
             let p = if now.duration_since(*at) < away_after { Presence::Active } else { Presence::Away };
@@ -114,6 +99,20 @@ impl PresenceState {
                 *slot = p;
             }
         }
+        seen
+    }
+
+    /// What this edge sees of `user` at `now` (`offline` without a session).
+    #[cfg(test)]
+    fn seen(&self, user: &UserId, now: Instant, away_after: Duration) -> Presence {
+        self.seen_all(now, away_after).get(user).copied().unwrap_or(Presence::Offline)
+    }
+
+    /// The reports to send the origin at `now`: every user whose presence seen here changed
+    /// since the last report, or, when `renew`, every user seen here at all (to renew the
+    /// lease) and the changes.
+    pub fn reports(&mut self, now: Instant, away_after: Duration, renew: bool) -> Vec<PresenceReport> {
+        let seen = self.seen_all(now, away_after);
         let mut out = Vec::new();
         for (user, presence) in &seen {
             let changed = self.reported.get(*user) != Some(presence);
@@ -225,11 +224,9 @@ impl PresenceState {
     }
 
     /// Users with a session on this edge.
-    pub fn connected_users(&self) -> usize {
-        let mut users: Vec<&UserId> = self.activity.values().map(|(u, _)| u).collect();
-        users.sort();
-        users.dedup();
-        users.len()
+    #[cfg(test)]
+    fn connected_users(&self) -> usize {
+        self.seen_all(Instant::now(), Duration::ZERO).len()
     }
 }
 
