@@ -352,25 +352,37 @@ pub async fn measure(args: &SendsArgs) -> Result<SendsReport> {
     })
 }
 
+/// Histograms the closed loop's senders share.
+const HISTOGRAM_SHARDS: usize = 16;
+
 async fn closed_loop(shared: &Arc<Shared>, concurrency: usize, deadline: Instant) -> (Histogram<u64>, u64) {
+    // A few shared histograms rather than one per sender: each is ~400 KB of counts, and
+    // thousands of them (zeroed, then merged) cost the machine more than the sends they time.
+    let shards: Arc<Vec<Mutex<Histogram<u64>>>> =
+        Arc::new((0..HISTOGRAM_SHARDS.min(concurrency)).map(|_| Mutex::new(latency_histogram())).collect());
     let mut tasks = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
+    for i in 0..concurrency {
         let shared = shared.clone();
+        let shards = shards.clone();
         tasks.push(tokio::spawn(async move {
-            let mut h = latency_histogram();
+            let shard = &shards[i % shards.len()];
             while Instant::now() < deadline {
                 let t = Instant::now();
                 if shared.one().await {
-                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                    if let Ok(mut h) = shard.lock() {
+                        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                    }
                 }
             }
-            h
         }));
     }
-    let mut total = latency_histogram();
     for t in tasks {
-        if let Ok(h) = t.await {
-            let _ = total.add(&h);
+        let _ = t.await;
+    }
+    let mut total = latency_histogram();
+    for shard in shards.iter() {
+        if let Ok(h) = shard.lock() {
+            let _ = total.add(&*h);
         }
     }
     (total, 0)

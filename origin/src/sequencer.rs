@@ -28,11 +28,12 @@
 //! outcome was unknown.
 
 use std::{
-    collections::{hash_map::Entry, HashMap},
+    collections::hash_map::Entry,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use rustc_hash::FxHashMap;
 use selvage_shared::{Channel, ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -284,13 +285,15 @@ impl Committer {
 /// Writes one group into `tx`: the body of the group-commit transaction.
 async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -> Result<Vec<Outcome>, StoreError> {
     let now = crate::now_ms();
+    // Keyed by borrowed ids with a fast hasher: a group touches each of many channels once or
+    // twice, so these maps are on every message's path.
     // Per channel: its record (None if missing) and the head as this transaction moves it.
-    let mut chans: HashMap<(WorkspaceId, ChannelId), (Option<Channel>, Seq, Seq)> = HashMap::new();
-    let mut members: HashMap<(WorkspaceId, ChannelId, UserId), bool> = HashMap::new();
-    let mut seen: HashMap<(&WorkspaceId, &ChannelId, &str), usize> = HashMap::new();
+    let mut chans: FxHashMap<(&WorkspaceId, &ChannelId), (Option<Channel>, Seq, Seq)> = FxHashMap::default();
+    let mut members: FxHashMap<(&WorkspaceId, &ChannelId, &UserId), bool> = FxHashMap::default();
+    let mut seen: FxHashMap<(&WorkspaceId, &ChannelId, &str), usize> = FxHashMap::default();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
     // Thread roots replied to in this group: the root as it reads and its summary.
-    let mut roots: HashMap<(WorkspaceId, ChannelId, Seq), (Message, ThreadSummary)> = HashMap::new();
+    let mut roots: FxHashMap<(&WorkspaceId, &ChannelId, Seq), (Message, ThreadSummary)> = FxHashMap::default();
     let mut log = Appender::new();
     for (i, &(r, mentioned)) in requests.iter().enumerate() {
         let (w, c) = (&r.workspace, &r.channel);
@@ -304,7 +307,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
             outcomes.push(again);
             continue;
         }
-        let (channel, head, _) = match chans.entry((w.clone(), c.clone())) {
+        let (channel, head, _) = match chans.entry((w, c)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let channel = channels::load(tx, w, c).await?;
@@ -312,7 +315,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
                 e.insert((channel, head, head))
             }
         };
-        let member = match members.entry((w.clone(), c.clone(), r.user.clone())) {
+        let member = match members.entry((w, c, &r.user)) {
             Entry::Occupied(e) => *e.get(),
             Entry::Vacant(e) => *e.insert(channels::is_member(tx, w, c, &r.user).await?),
         };
@@ -342,7 +345,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
         // A reply needs a top-level root; the root's summary moves with it (kept per group, so
         // several replies to one root in one group count up from each other).
         if let Some(root) = r.thread_root {
-            if let Entry::Vacant(slot) = roots.entry((w.clone(), c.clone(), root)) {
+            if let Entry::Vacant(slot) = roots.entry((w, c, root)) {
                 let found = if root <= *head {
                     messages::load_decorated(tx, w, c, root).await?.filter(|m| m.thread_root.is_none())
                 } else {
@@ -375,7 +378,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
             // The root's new summary goes out just before the reply, so the channel learns that
             // `seq` is a reply; the reply names who it is for (the thread's followers now), so
             // every edge routes it, live or on resume, by the reply alone.
-            if let Some((root_message, summary)) = roots.get_mut(&(w.clone(), c.clone(), root)) {
+            if let Some((root_message, summary)) = roots.get_mut(&(w, c, root)) {
                 summary.add_reply(&r.user, seq, now);
                 summary.apply_to(root_message);
                 message.thread_followers = root_message.thread_followers.clone();
