@@ -52,6 +52,10 @@ pub struct SendsArgs {
     /// Data directory for --in-process [default: a temporary directory].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// For --in-process: the embedded engine's memtable flush interval in ms (the origin's
+    /// `embedded.flush_interval_ms`) [default: the origin's default].
+    #[arg(long, requires = "in_process")]
+    pub flush_interval_ms: Option<u64>,
     /// Channels to spread the sends over (1 = one hot channel).
     #[arg(long, default_value_t = 1000)]
     pub channels: usize,
@@ -282,7 +286,11 @@ pub async fn measure(args: &SendsArgs) -> Result<SendsReport> {
                 p
             }
         };
-        let config = OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir, ..OriginConfig::default() };
+        let mut config = OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir, ..OriginConfig::default() };
+        if let Some(ms) = args.flush_interval_ms {
+            config.embedded.flush_interval_ms = ms;
+        }
+        config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         let r = selvage_origin::start(config, shutdown.clone()).await?;
         let origin = r.origin.clone();
         running = Some(r);
@@ -449,6 +457,7 @@ mod tests {
             operator_key: None,
             in_process: true,
             data_dir: None,
+            flush_interval_ms: None,
             channels: 3,
             concurrency: 8,
             duration: Duration::from_millis(500),

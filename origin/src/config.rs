@@ -29,6 +29,8 @@ pub struct OriginConfig {
     pub max_body_bytes: usize,
     /// Lifetime of tokens issued by the API, in seconds; 0 means they do not expire.
     pub token_ttl_secs: u64,
+    /// Tuning of the embedded engine's memtable and page cache.
+    pub embedded: EmbeddedConfig,
     /// The per-channel sequencer and its group commit.
     pub sequencer: SequencerConfig,
     /// The feed log and its trimming.
@@ -45,6 +47,45 @@ pub enum StoreKind {
     Embedded,
     /// FoundationDB (needs a build with the `fdb` feature).
     Fdb,
+}
+
+/// Tuning of the embedded engine (DESIGN §2): commits go to the write-ahead log and an
+/// in-memory memtable, which a background thread flushes into the redb file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// How often the memtable is flushed into the data file, in ms. Rarer flushes cost less per
+    /// message across many channels; each one then runs longer beside request handling.
+    pub flush_interval_ms: u64,
+    /// MiB of memtable that start a flush before the interval is up (past four times this,
+    /// commits wait for the flusher).
+    pub memtable_mib: usize,
+    /// MiB of the data file's page cache.
+    pub cache_mib: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        let opts = crate::store::embedded::EmbeddedOptions::default();
+        EmbeddedConfig {
+            flush_interval_ms: opts.flush_interval.as_millis() as u64,
+            memtable_mib: opts.memtable_bytes / (1024 * 1024),
+            cache_mib: opts.cache_bytes / (1024 * 1024),
+        }
+    }
+}
+
+impl EmbeddedConfig {
+    /// The engine's options with these settings.
+    pub fn options(&self, fsync: bool) -> crate::store::embedded::EmbeddedOptions {
+        crate::store::embedded::EmbeddedOptions {
+            fsync,
+            flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
+            memtable_bytes: self.memtable_mib * 1024 * 1024,
+            cache_bytes: self.cache_mib * 1024 * 1024,
+            ..Default::default()
+        }
+    }
 }
 
 /// Tuning of the sequencer's group commit.
@@ -162,6 +203,7 @@ impl Default for OriginConfig {
             operator_key: None,
             max_body_bytes: 256 * 1024,
             token_ttl_secs: 0,
+            embedded: EmbeddedConfig::default(),
             sequencer: SequencerConfig::default(),
             feed: FeedConfig::default(),
             link: LinkConfig::default(),
@@ -208,6 +250,13 @@ impl OriginConfig {
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
             return Err("max_body_bytes must be between 1024 and 67108864".into());
+        }
+        let e = &self.embedded;
+        if !(10..=60_000).contains(&e.flush_interval_ms) {
+            return Err("embedded.flush_interval_ms must be between 10 and 60000".into());
+        }
+        if !(1..=16 * 1024).contains(&e.memtable_mib) || !(1..=1024 * 1024).contains(&e.cache_mib) {
+            return Err("embedded.memtable_mib must be 1 to 16384 and embedded.cache_mib 1 to 1048576".into());
         }
         let s = &self.sequencer;
         if s.queue_capacity == 0 || s.max_batch_messages == 0 {

@@ -65,6 +65,19 @@ impl Appender {
         Ok(order)
     }
 
+    /// Writes a new message's event to the log, from the message's stored MessagePack record
+    /// (`message`): the same bytes [`Appender::append`] would write for
+    /// `Event::Message(message)`, without encoding the message a second time.
+    pub fn append_message(&mut self, tx: &mut dyn KvTxn, workspace: &WorkspaceId, ts: i64, message: &[u8]) -> Result<u16> {
+        let order = self.next;
+        self.next = self.next.checked_add(1).ok_or(crate::store::StoreError::TransactionTooLarge(usize::MAX))?;
+        let record = message_event(workspace, ts, message)
+            .ok_or_else(|| crate::store::StoreError::Engine("a message record is not a MessagePack map".into()))?;
+        let (key, offset) = keys::log_entry_placeholder(order);
+        tx.set_versionstamped_key(&key, offset, &record)?;
+        Ok(order)
+    }
+
     /// Bumps the log tick (which wakes readers) and the log size; call once before committing
     /// a transaction that appended anything.
     pub fn finish(&self, tx: &mut dyn KvTxn) -> Result<()> {
@@ -74,6 +87,32 @@ impl Appender {
         }
         Ok(())
     }
+}
+
+/// `FeedEvent { workspace, ts, event: Event::Message(m) }` as MessagePack with named fields,
+/// built around `m`'s own encoding (a map): the event is that map with `"type": "message"` in
+/// front, as serde writes an internally tagged variant. `None` if `message` is not a map.
+fn message_event(workspace: &WorkspaceId, ts: i64, message: &[u8]) -> Option<Vec<u8>> {
+    let (&marker, rest) = message.split_first()?;
+    let (fields, body) = match marker {
+        0x80..=0x8f => (u32::from(marker & 0x0f), rest),
+        0xde => (u32::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)), rest.get(2..)?),
+        0xdf => (u32::from_be_bytes(rest.get(..4)?.try_into().ok()?), rest.get(4..)?),
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(message.len() + workspace.as_str().len() + 48);
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_map_len(&mut out, 3);
+    let _ = rmp::encode::write_str(&mut out, "workspace");
+    let _ = rmp::encode::write_str(&mut out, workspace.as_str());
+    let _ = rmp::encode::write_str(&mut out, "ts");
+    let _ = rmp::encode::write_sint(&mut out, ts);
+    let _ = rmp::encode::write_str(&mut out, "event");
+    let _ = rmp::encode::write_map_len(&mut out, fields.checked_add(1)?);
+    let _ = rmp::encode::write_str(&mut out, "type");
+    let _ = rmp::encode::write_str(&mut out, "message");
+    out.extend_from_slice(body);
+    Some(out)
 }
 
 const TICK: &str = "log_tick";
@@ -260,4 +299,45 @@ pub fn le_i64(v: &[u8]) -> i64 {
 /// The position of a cursor a client sent, or `None` if it is not one of ours.
 pub fn parse_cursor(s: &str) -> Option<Position> {
     Cursor::parse(s)?.position()
+}
+
+#[cfg(test)]
+mod tests {
+    use selvage_shared::{ChannelId, Message, UserId};
+
+    use super::*;
+
+    fn uid(s: &str) -> UserId {
+        UserId::new_unchecked(s)
+    }
+
+    #[test]
+    fn a_message_event_built_around_the_record_is_the_event_serde_writes() {
+        let w = WorkspaceId::new_unchecked("W1");
+        let plain = Message::new(ChannelId::new_unchecked("C1"), 7, 1_700_000_000_000, uid("U1"), "hi");
+        let mut busy = Message {
+            client_msg_id: "c-1".into(),
+            thread_root: Some(3),
+            mentions: vec![uid("U2"), uid("U3")],
+            mentions_channel: true,
+            thread_followers: (0..40).map(|i| uid(&format!("U{i}"))).collect(),
+            ..Message::new(ChannelId::new_unchecked("C2"), 70_000, 1, uid("U9"), "é".repeat(5000))
+        };
+        busy.apply_reaction(&uid("U2"), "tada", true);
+        busy.reply_count = 2;
+        busy.latest_reply = Some(9);
+        busy.latest_reply_seq = Some(9);
+        busy.reply_users = vec![uid("U4")];
+        busy.mentions_here = true;
+        busy.mentions_here_users = vec![uid("U5")];
+        busy.edited_at = Some(2);
+        assert_eq!(selvage_shared::to_msgpack(&busy)[0], 0xde, "more than 15 fields: a map16 header");
+        for (m, ts) in [(plain, 0i64), (busy, -5), (Message::new(ChannelId::new_unchecked("C3"), 1, i64::MAX, uid("U1"), ""), i64::MIN)] {
+            let record = selvage_shared::to_msgpack(&m);
+            let expected = selvage_shared::to_msgpack(&FeedEvent { workspace: w.clone(), ts, event: Event::Message(m) });
+            assert_eq!(message_event(&w, ts, &record), Some(expected));
+        }
+        assert_eq!(message_event(&w, 0, &[0x93, 1, 2, 3]), None, "an array is not a message");
+        assert_eq!(message_event(&w, 0, &[]), None);
+    }
 }

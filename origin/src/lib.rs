@@ -120,7 +120,7 @@ pub fn open_store(config: &OriginConfig) -> Result<Store, StartError> {
                 engine: "embedded",
                 source: store::StoreError::Engine(format!("cannot create {}: {e}", dir.display())),
             })?;
-            let opts = store::embedded::EmbeddedOptions { fsync: config.fsync, ..Default::default() };
+            let opts = config.embedded.options(config.fsync);
             let store = store::embedded::EmbeddedStore::open(&dir.join("selvage.redb"), opts)
                 .map_err(|source| StartError::Store { engine: "embedded", source })?;
             Ok(store)

@@ -387,9 +387,10 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
             }
         }
         messages::index_mentions(tx, w, &message)?;
-        tx.set(&keys::message(w, c, seq), &selvage_shared::to_msgpack(&message))?;
+        let record = selvage_shared::to_msgpack(&message);
+        tx.set(&keys::message(w, c, seq), &record)?;
         tx.set(&keys::nonce(w, c, &r.client_msg_id), &(seq as i64).to_le_bytes())?;
-        let order = log.append(tx, w, now, Event::Message(message.clone()))?;
+        let order = log.append_message(tx, w, now, &record)?;
         seen.insert((w, c, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });
     }

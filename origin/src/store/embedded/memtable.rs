@@ -18,6 +18,7 @@
 
 use std::{
     collections::{btree_map, BTreeMap, VecDeque},
+    hash::Hasher,
     iter::Peekable,
     ops::Bound,
     sync::{
@@ -26,6 +27,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use rustc_hash::{FxHashSet, FxHasher};
 
 use super::wal::Mutation;
 
@@ -92,6 +95,12 @@ impl Versions {
     }
 }
 
+fn key_hash(key: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(key);
+    h.finish()
+}
+
 /// A `clear_range` of one commit.
 #[derive(Debug)]
 struct ClearedRange {
@@ -112,6 +121,10 @@ pub(super) struct Table {
     after: u64,
     newest: u64,
     points: BTreeMap<Vec<u8>, Versions>,
+    /// Hashes of the keys in `points`. Most point reads ask for keys a table does not hold (a
+    /// new message's dedup entry, records that live in redb): this answers them without a
+    /// search of the tree. A hash match only means "search".
+    hashes: FxHashSet<u64>,
     /// In version order.
     ranges: Vec<ClearedRange>,
     bytes: usize,
@@ -120,7 +133,15 @@ pub(super) struct Table {
 
 impl Table {
     fn new(after: u64) -> Self {
-        Table { after, newest: after, points: BTreeMap::new(), ranges: Vec::new(), bytes: 0, entries: 0 }
+        Table {
+            after,
+            newest: after,
+            points: BTreeMap::new(),
+            hashes: FxHashSet::default(),
+            ranges: Vec::new(),
+            bytes: 0,
+            entries: 0,
+        }
     }
 
     /// The newest version in the table: what redb holds once it is flushed.
@@ -135,6 +156,15 @@ impl Table {
 
     fn relevant(&self, view: View) -> bool {
         self.newest > view.flushed && self.after < view.version
+    }
+
+    /// `key`'s writes in this table, if it has any.
+    fn point(&self, key: &[u8], hash: u64) -> Option<&Versions> {
+        if self.hashes.contains(&hash) {
+            self.points.get(key)
+        } else {
+            None
+        }
     }
 
     /// The newest cleared range covering `key` that `view` sees.
@@ -158,6 +188,7 @@ impl Table {
         match self.points.entry(key) {
             btree_map::Entry::Vacant(e) => {
                 self.bytes += e.key().len();
+                self.hashes.insert(key_hash(e.key()));
                 e.insert(Versions::One((version, value)));
             }
             btree_map::Entry::Occupied(e) => e.into_mut().push(version, value),
@@ -174,6 +205,7 @@ impl Table {
                 !list.is_empty()
             }
         });
+        self.hashes = self.points.keys().map(|k| key_hash(k)).collect();
         self.newest = self.newest.min(from.saturating_sub(1)).max(self.after);
         self.entries = self.ranges.len();
         self.bytes = self.ranges.iter().map(|r| r.begin.len() + r.end.len() + ENTRY_OVERHEAD).sum();
@@ -389,9 +421,10 @@ impl<'a> MemRead<'a> {
     /// `key` as `view` sees it in the memtable: `Some(None)` if removed there, `None` if the
     /// memtable has nothing on it (the redb snapshot decides).
     pub(super) fn get(&self, key: &[u8], view: View) -> Option<Option<&[u8]>> {
+        let hash = key_hash(key);
         for table in self.tables.visible(view) {
             let cleared = table.range_version(key, view);
-            let point = table.points.get(key).and_then(|vs| vs.newest_in(view));
+            let point = table.point(key, hash).and_then(|vs| vs.newest_in(view));
             match (point, cleared) {
                 (Some((pv, _)), Some(rv)) if rv > pv => return Some(None),
                 (Some((_, value)), _) => return Some(value),
