@@ -53,7 +53,8 @@ pub struct SendsArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// For --in-process: the embedded engine's memtable flush interval in ms (the origin's
-    /// `embedded.flush_interval_ms`) [default: the origin's default].
+    /// `embedded.flush_interval_ms`), with a memtable large enough to wait for it [default: the
+    /// origin's default].
     #[arg(long, requires = "in_process")]
     pub flush_interval_ms: Option<u64>,
     /// Channels to spread the sends over (1 = one hot channel).
@@ -289,6 +290,9 @@ pub async fn measure(args: &SendsArgs) -> Result<SendsReport> {
         let mut config = OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir, ..OriginConfig::default() };
         if let Some(ms) = args.flush_interval_ms {
             config.embedded.flush_interval_ms = ms;
+            // Scaled with it, so that the interval, not the memtable's size, decides.
+            config.embedded.memtable_entries = config.embedded.memtable_entries.max(ms as usize * 400);
+            config.embedded.memtable_mib = config.embedded.memtable_mib.max(ms as usize / 4);
         }
         config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         let r = selvage_origin::start(config, shutdown.clone()).await?;

@@ -60,6 +60,8 @@ pub struct EmbeddedConfig {
     /// MiB of memtable that start a flush before the interval is up (past four times this,
     /// commits wait for the flusher).
     pub memtable_mib: usize,
+    /// Mutations in the memtable that start a flush before the interval is up.
+    pub memtable_entries: usize,
     /// MiB of the data file's page cache.
     pub cache_mib: usize,
 }
@@ -70,6 +72,7 @@ impl Default for EmbeddedConfig {
         EmbeddedConfig {
             flush_interval_ms: opts.flush_interval.as_millis() as u64,
             memtable_mib: opts.memtable_bytes / (1024 * 1024),
+            memtable_entries: opts.memtable_entries,
             cache_mib: opts.cache_bytes / (1024 * 1024),
         }
     }
@@ -82,6 +85,7 @@ impl EmbeddedConfig {
             fsync,
             flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
             memtable_bytes: self.memtable_mib * 1024 * 1024,
+            memtable_entries: self.memtable_entries,
             cache_bytes: self.cache_mib * 1024 * 1024,
             ..Default::default()
         }
@@ -257,6 +261,9 @@ impl OriginConfig {
         }
         if !(1..=16 * 1024).contains(&e.memtable_mib) || !(1..=1024 * 1024).contains(&e.cache_mib) {
             return Err("embedded.memtable_mib must be 1 to 16384 and embedded.cache_mib 1 to 1048576".into());
+        }
+        if !(1000..=100_000_000).contains(&e.memtable_entries) {
+            return Err("embedded.memtable_entries must be between 1000 and 100000000".into());
         }
         let s = &self.sequencer;
         if s.queue_capacity == 0 || s.max_batch_messages == 0 {
