@@ -68,7 +68,13 @@ impl Appender {
     /// Writes a new message's event to the log, from the message's stored MessagePack record
     /// (`message`): the same bytes [`Appender::append`] would write for
     /// `Event::Message(message)`, without encoding the message a second time.
-    pub fn append_message(&mut self, tx: &mut dyn KvTxn, workspace: &WorkspaceId, ts: i64, message: &[u8]) -> Result<u16> {
+    pub fn append_message(
+        &mut self,
+        tx: &mut dyn KvTxn,
+        workspace: &WorkspaceId,
+        ts: i64,
+        message: &[u8],
+    ) -> Result<u16> {
         let order = self.next;
         self.next = self.next.checked_add(1).ok_or(crate::store::StoreError::TransactionTooLarge(usize::MAX))?;
         let record = message_event(workspace, ts, message)
@@ -332,9 +338,14 @@ mod tests {
         busy.mentions_here_users = vec![uid("U5")];
         busy.edited_at = Some(2);
         assert_eq!(selvage_shared::to_msgpack(&busy)[0], 0xde, "more than 15 fields: a map16 header");
-        for (m, ts) in [(plain, 0i64), (busy, -5), (Message::new(ChannelId::new_unchecked("C3"), 1, i64::MAX, uid("U1"), ""), i64::MIN)] {
+        for (m, ts) in [
+            (plain, 0i64),
+            (busy, -5),
+            (Message::new(ChannelId::new_unchecked("C3"), 1, i64::MAX, uid("U1"), ""), i64::MIN),
+        ] {
             let record = selvage_shared::to_msgpack(&m);
-            let expected = selvage_shared::to_msgpack(&FeedEvent { workspace: w.clone(), ts, event: Event::Message(m) });
+            let expected =
+                selvage_shared::to_msgpack(&FeedEvent { workspace: w.clone(), ts, event: Event::Message(m) });
             assert_eq!(message_event(&w, ts, &record), Some(expected));
         }
         assert_eq!(message_event(&w, 0, &[0x93, 1, 2, 3]), None, "an array is not a message");

@@ -102,8 +102,14 @@ const COMMIT_QUEUE: usize = 1024;
 /// A commit group stops taking requests past this many bytes of transactions (one more may
 /// take it over), which bounds a log record.
 const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
-/// Writes per redb transaction when the flusher writes a memtable table.
+/// Most writes per redb transaction when the flusher writes a memtable table.
 const FLUSH_CHUNK: usize = 8192;
+/// Fewest writes per redb transaction (unless the table is smaller).
+const MIN_FLUSH_CHUNK: usize = 1024;
+/// A table is written in about this many durable chunks (within the bounds above).
+const FLUSH_PIECES: usize = 16;
+/// Share of the flush interval a flush may spread its chunks over.
+const FLUSH_SPREAD: f64 = 0.6;
 /// With `fsync` off, how often the commit thread syncs the log anyway.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// The memtable may hold this many times its flush threshold before commits wait for the
@@ -266,14 +272,14 @@ impl Shared {
 
     /// Freezes the active memtable table and writes every frozen one still unflushed into
     /// redb, oldest first, deleting the log segments each made obsolete.
-    fn flush_all(&self) -> Result<(), String> {
+    fn flush_all(&self, paced: bool) -> Result<(), String> {
         {
             let _gate = lock(&self.publish_gate);
             self.mem.freeze();
         }
         while let Some(table) = self.mem.next_to_flush() {
             let started = Instant::now();
-            self.write_table(&table)?;
+            self.write_table(&table, paced)?;
             let flushed = table.newest();
             self.flushed_version.store(flushed, Ordering::Release);
             self.mem.mark_flushed(&table);
@@ -292,21 +298,30 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes one frozen table into redb, durably, in key-ordered chunks of
-    /// [`FLUSH_CHUNK`] writes per redb transaction; the last one also records the new flushed
-    /// version.
+    /// Writes one frozen table into redb, durably, in key-ordered chunks of about a
+    /// [`FLUSH_PIECES`]th of the table ([`MIN_FLUSH_CHUNK`] to [`FLUSH_CHUNK`] writes) per
+    /// redb transaction; the last one also records the new flushed version.
     ///
-    /// Chunks keep each commit's burst of page writes (and the stall it causes to a log sync
-    /// queued behind it on the disk) short. A reader whose redb snapshot holds only some
-    /// chunks still reads correctly: the table was frozen before its snapshot, so its read
-    /// version covers the whole table, and the memtable answers for every key the table wrote
-    /// or cleared. After a crash between chunks, the flushed version is still the old one, and
-    /// replaying the log rewrites every key the chunks touched.
-    fn write_table(&self, table: &Table) -> Result<(), String> {
+    /// Every chunk is synced, and (`paced`: a flush nobody waits for) the chunks are paced over part of the flush interval: each
+    /// sync makes the log's next sync wait for the pages written before it (the disk flushes
+    /// everything written so far), so one big burst of pages holds acknowledgements back for
+    /// tens of milliseconds, while a steady trickle costs each log sync a little. The pause
+    /// after a chunk is as long as the chunk took, while the rest still fits in
+    /// [`FLUSH_SPREAD`] of the interval and commits are not waiting for room. A reader whose
+    /// redb snapshot holds only some chunks still reads correctly: the table was frozen before
+    /// its snapshot, so its read version covers the whole table, and the memtable answers for
+    /// every key the table wrote or cleared. After a crash between chunks, the flushed version
+    /// is still the old one, and replaying the log rewrites every key the chunks touched.
+    fn write_table(&self, table: &Table, paced: bool) -> Result<(), String> {
         let s = |e: &dyn fmt::Display| e.to_string();
+        let chunk = (table.entries() / FLUSH_PIECES).clamp(MIN_FLUSH_CHUNK, FLUSH_CHUNK);
+        let mut chunks_left = table.entries().div_ceil(chunk).max(1);
+        let started = Instant::now();
+        let budget = self.opts.flush_interval.mul_f64(FLUSH_SPREAD);
         let mut writes = table.final_writes().peekable();
         let mut first = true;
         loop {
+            let chunk_started = Instant::now();
             let mut wtx = self.db.begin_write().map_err(|e| s(&e))?;
             wtx.set_durability(Durability::Immediate).map_err(|e| s(&e))?;
             {
@@ -316,7 +331,7 @@ impl Shared {
                         kv.retain_in(begin..end, |_, _| false).map_err(|e| s(&e))?;
                     }
                 }
-                for (key, value) in writes.by_ref().take(FLUSH_CHUNK) {
+                for (key, value) in writes.by_ref().take(chunk) {
                     match value {
                         Some(v) => {
                             kv.insert(key, v).map_err(|e| s(&e))?;
@@ -336,7 +351,21 @@ impl Shared {
             if writes.peek().is_none() {
                 return Ok(());
             }
+            chunks_left = chunks_left.saturating_sub(1).max(1);
+            let took = chunk_started.elapsed();
+            let left_after_pause = started.elapsed() + took + took * chunks_left as u32;
+            if paced && left_after_pause < budget && !self.commits_waiting() {
+                std::thread::sleep(took);
+            }
         }
+    }
+
+    /// Whether the memtable is near the size where commits wait for the flusher.
+    fn commits_waiting(&self) -> bool {
+        let (bytes, entries) = self.mem.unflushed_size();
+        let factor = BACKPRESSURE_FACTOR / 2;
+        bytes > self.opts.memtable_bytes.saturating_mul(factor)
+            || entries > self.opts.memtable_entries.saturating_mul(factor)
     }
 
     /// Drops the flushed memtable tables no live transaction can need.
@@ -434,7 +463,7 @@ impl EmbeddedStore {
             opts,
         });
         if recovered.replayed > 0 {
-            shared.flush_all().map_err(|e| StoreError::Engine(format!("cannot flush the replayed log: {e}")))?;
+            shared.flush_all(false).map_err(|e| StoreError::Engine(format!("cannot flush the replayed log: {e}")))?;
             shared.retire();
             tracing::info!(transactions = recovered.replayed, version, "write-ahead log replayed");
         }
@@ -1243,7 +1272,8 @@ impl Shared {
                 (state.shutdown, std::mem::take(&mut state.waiters))
             };
             due = Instant::now() + interval;
-            let result = self.flush_all();
+            // Paced unless someone waits for this flush (a caller of `flush`, or shutdown).
+            let result = self.flush_all(!shutdown && waiters.is_empty());
             if let Err(e) = &result {
                 tracing::error!(error = %e, "memtable flush failed; retrying at the next interval");
             }
