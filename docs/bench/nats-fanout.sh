@@ -32,41 +32,8 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'r': r}))" "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# As in edge.sh: wait (up to 10 minutes) until the two shared cores have been ≥ 90 % idle for 3 s.
-quiet() {
-  local a b i idle total
-  for _ in $(seq 200); do
-    a=($(head -1 /proc/stat)); sleep 3; b=($(head -1 /proc/stat))
-    idle=$(( (b[4] + b[5]) - (a[4] + a[5]) )); total=0
-    for i in $(seq 1 10); do total=$(( total + b[i] - a[i] )); done
-    [ $(( idle * 100 )) -ge $(( total * 90 )) ] && return 0
-  done
-  echo "warning: the machine did not go quiet; measuring anyway" >&2
-}
-wait_for() { # file pattern
-  for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  echo "timed out waiting for '$2' in $1:" >&2; cat "$1" "${1%.out}.err" >&2; return 1
-}
-
-origin_pid= edge_pid= nats_pid=
-start_pair() {
-  quiet
-  rm -rf "$out/data"
-  SELVAGE_OPERATOR_KEY=$key SELVAGE_LINK__EDGE_KEY=$edge_key SELVAGE_LINK__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-    $bin origin --listen 127.0.0.1:0 --data-dir "$out/data" > "$out/origin.out" 2> "$out/origin.err" &
-  origin_pid=$!
-  wait_for "$out/origin.out" "link on"
-  origin_url=$(awk '/listening on/ {print $NF}' "$out/origin.out")
-  link=$(awk '/link on/ {sub("quic://", "", $5); print $5}' "$out/origin.out")
-  fingerprint=$(awk '/link on/ {print $NF}' "$out/origin.out")
-  SELVAGE_ORIGIN__EDGE_KEY=$edge_key RUST_LOG=warn \
-    $bin edge --listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 --origin-link "$link" --origin-fingerprint "$fingerprint" \
-    > "$out/edge.out" 2> "$out/edge.err" &
-  edge_pid=$!
-  wait_for "$out/edge.out" "listening on"
-  edge_url=http://$(awk '/listening on/ {sub("ws://", "", $NF); sub("/v1/connect", "", $NF); print $NF}' "$out/edge.out")
-  for _ in $(seq 200); do curl -sf "$edge_url/readyz" > /dev/null && break; sleep 0.05; done
-}
+source docs/bench/common.sh
+nats_pid=
 start_nats() {
   quiet
   ws_port=$(free_port); http_port=$(free_port)
@@ -80,9 +47,8 @@ EOF
   wait_for "$out/nats.err" "Server is ready"
 }
 stop_all() {
-  for pid in $edge_pid $origin_pid $nats_pid; do kill "$pid" 2>/dev/null || true; done
-  for pid in $edge_pid $origin_pid $nats_pid; do wait "$pid" 2>/dev/null || true; done
-  edge_pid= origin_pid= nats_pid=
+  stop_pair $nats_pid
+  nats_pid=
 }
 trap stop_all EXIT
 fail() { echo "selvage loadtest $1 failed:" >&2; grep -v '^  ' "$out/loadtest.err" | tail -5 >&2; }

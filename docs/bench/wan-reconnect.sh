@@ -15,36 +15,20 @@ cargo build --release --quiet
 key=bench-operator-key-$(date +%s)
 edge_key=bench-edge-key-$(date +%s)-0000
 out=$(mktemp -d /tmp/selvage-wan-bench.XXXXXX)
-pids=()
-wait_for() { # file pattern
-  for _ in $(seq 400); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
-  echo "timed out waiting for '$2' in $1" >&2; cat "$1" >&2; return 1
-}
-stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; pids=(); }
+source docs/bench/common.sh
+proxy_pid=
+stop_all() { stop_pair $proxy_pid; proxy_pid=; }
 trap stop_all EXIT
 # Link calls a boot or resume makes (not sends): token lookups, snapshots, missed events.
 calls() { curl -s "$origin_url/metrics" | awk '/^selvage_link_calls_total\{call="(authenticate|snapshot|events)"/ {s += $NF} END {print s + 0}'; }
 for r in $(seq "$runs"); do
   for mode in warm cold; do
-    rm -rf "$out/data"
-    SELVAGE_OPERATOR_KEY=$key SELVAGE_LINK__EDGE_KEY=$edge_key SELVAGE_LINK__LISTEN=127.0.0.1:0 RUST_LOG=warn \
-      $bin origin --listen 127.0.0.1:0 --data-dir "$out/data" > "$out/origin.out" 2> "$out/origin.err" &
-    pids+=($!)
-    wait_for "$out/origin.out" "link on"
-    origin_url=$(awk '/listening on/ {print $NF}' "$out/origin.out")
-    link=$(awk '/link on/ {sub("quic://", "", $5); print $5}' "$out/origin.out")
-    fingerprint=$(awk '/link on/ {print $NF}' "$out/origin.out")
+    start_origin
     port=$(( 20000 + RANDOM % 20000 ))
     $bin loadtest wan-proxy --listen 127.0.0.1:$port --to "$link" --delay 40ms --protocol udp > "$out/wan.out" 2>&1 &
-    pids+=($!)
+    proxy_pid=$!
     sleep 0.5
-    SELVAGE_ORIGIN__EDGE_KEY=$edge_key SELVAGE_CACHE__COLD_BOOTS=$([ $mode = cold ] && echo true || echo false) RUST_LOG=warn \
-      $bin edge --listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 --origin-link 127.0.0.1:$port --origin-fingerprint "$fingerprint" \
-      > "$out/edge.out" 2> "$out/edge.err" &
-    pids+=($!)
-    wait_for "$out/edge.out" "listening on"
-    edge_url=http://$(awk '/listening on/ {sub("ws://", "", $NF); sub("/v1/connect", "", $NF); print $NF}' "$out/edge.out")
-    for _ in $(seq 400); do curl -sf "$edge_url/readyz" > /dev/null && break; sleep 0.05; done
+    SELVAGE_CACHE__COLD_BOOTS=$([ $mode = cold ] && echo true || echo false) start_edge 127.0.0.1:$port
     before=$(calls)
     status=0
     SELVAGE_OPERATOR_KEY=$key $bin loadtest run docs/bench/wan-reconnect.toml --target "$edge_url" --origin "$origin_url" \
