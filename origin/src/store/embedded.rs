@@ -105,11 +105,11 @@ const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
 /// Most writes per redb transaction when the flusher writes a memtable table.
 const FLUSH_CHUNK: usize = 8192;
 /// Fewest writes per redb transaction (unless the table is smaller).
-const MIN_FLUSH_CHUNK: usize = 1024;
+const MIN_FLUSH_CHUNK: usize = 256;
 /// A table is written in about this many durable chunks (within the bounds above).
-const FLUSH_PIECES: usize = 16;
+const FLUSH_PIECES: usize = 48;
 /// Share of the flush interval a flush may spread its chunks over.
-const FLUSH_SPREAD: f64 = 0.6;
+const FLUSH_SPREAD: f64 = 0.8;
 /// With `fsync` off, how often the commit thread syncs the log anyway.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// The memtable may hold this many times its flush threshold before commits wait for the
