@@ -5,6 +5,8 @@
 //! limit are refused by the WebSocket layer and close the connection with 1009. The reader
 //! runs in its own task; the session writes.
 
+pub mod codec;
+
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
