@@ -401,8 +401,11 @@ impl Session {
                         if last_heard.elapsed() > heartbeat * 5 / 2 {
                             return End::Close(close::IDLE, "idle timeout".into());
                         }
-                        if Box::pin(transport.ping()).await.is_err() {
-                            return End::Client;
+                        // A client that stops reading blocks the ping as it would a batch.
+                        match Box::pin(tokio::time::timeout(heartbeat * 2, transport.ping())).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return End::Client,
+                            Err(_) => return slow_consumer(),
                         }
                         next_ping = now + heartbeat;
                     }

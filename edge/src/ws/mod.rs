@@ -45,6 +45,10 @@ use crate::{
 /// Bytes read from the socket at once, into a buffer on the stack (never kept by a session).
 const READ_CHUNK: usize = 8 * 1024;
 
+/// While this much is waiting to be written (pongs to a client that sends pings but does not
+/// read), the client is not read from either.
+const MAX_UNWRITTEN: usize = 16 * 1024;
+
 /// How long a closing session waits for the client's side of the close handshake.
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
@@ -213,7 +217,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
                 match self.poll_write_out(cx) {
                     Poll::Ready(Err(_)) => return Poll::Ready(Inbound::Closed),
                     Poll::Ready(Ok(())) => {}
-                    Poll::Pending if self.closing => return Poll::Pending,
+                    Poll::Pending if self.closing || self.out.len() >= MAX_UNWRITTEN => return Poll::Pending,
                     Poll::Pending => {}
                 }
             }
