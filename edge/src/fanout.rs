@@ -18,7 +18,7 @@
 //! current) in the registry until its last session leaves.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, OnceLock,
@@ -32,7 +32,10 @@ use selvage_shared::{
     link::{Answer, Call, LinkError, WorkspaceSnapshot},
     ChannelId, Cursor, ErrorCode, Event, FeedItem, Format, UserId, WorkspaceId,
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, Notify},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -134,7 +137,11 @@ pub enum CloseReason {
     Resync,
 }
 
-/// The sending half of one session, as fan-out sees it.
+/// The sending half of one session, as fan-out sees it: a bounded queue of frames for the
+/// client, which its session takes from.
+///
+/// The queue holds no memory while it is empty (most sessions, most of the time): its storage
+/// is allocated when a frame comes and released when the session has taken them all.
 pub struct Outbox {
     /// The session's id (unique on this edge).
     pub id: u64,
@@ -144,33 +151,47 @@ pub struct Outbox {
     pub token_hash: String,
     /// The session's wire format.
     pub format: Format,
-    tx: mpsc::Sender<Out>,
-    close: CancellationToken,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    /// Woken when a frame is queued or the session is asked to close (a permit is kept for a
+    /// session not waiting yet).
+    ready: Notify,
+    /// Woken when the session took frames (replies wait for room) or ended.
+    room: Notify,
+    /// Woken when fan-out asks the session to close.
+    closing: Notify,
     reason: OnceLock<CloseReason>,
     dead: AtomicBool,
 }
 
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Out>,
+    /// The session has ended: nothing more is taken.
+    ended: bool,
+}
+
 impl Outbox {
-    /// An outbox and the receiver its session writes from.
-    pub fn new(
-        id: u64,
-        user: UserId,
-        token_hash: String,
-        format: Format,
-        capacity: usize,
-    ) -> (Arc<Outbox>, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let outbox = Outbox {
+    /// An empty outbox holding at most `capacity` frames.
+    pub fn new(id: u64, user: UserId, token_hash: String, format: Format, capacity: usize) -> Arc<Outbox> {
+        Arc::new(Outbox {
             id,
             user,
             token_hash,
             format,
-            tx,
-            close: CancellationToken::new(),
+            capacity,
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            room: Notify::new(),
+            closing: Notify::new(),
             reason: OnceLock::new(),
             dead: AtomicBool::new(false),
-        };
-        (Arc::new(outbox), rx)
+        })
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while holding it; the queue is consistent after any push or take.
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a frame for the client; the queue is bounded. An ephemeral frame that does not
@@ -180,40 +201,124 @@ impl Outbox {
         if self.dead.load(Ordering::Relaxed) {
             return false;
         }
-        match self.tx.try_send(Out::Event(event)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) if ephemeral => {
-                metrics.queue_drops.with_label_values(&["ephemeral_dropped"]).inc();
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics.queue_drops.with_label_values(&["connection_closed"]).inc();
-                self.close(CloseReason::SlowConsumer);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.dead.store(true, Ordering::Relaxed);
-                false
-            }
+        let mut queue = self.queue();
+        if queue.ended {
+            drop(queue);
+            self.dead.store(true, Ordering::Relaxed);
+            return false;
         }
+        if queue.items.len() >= self.capacity {
+            drop(queue);
+            if ephemeral {
+                metrics.queue_drops.with_label_values(&["ephemeral_dropped"]).inc();
+                return true;
+            }
+            metrics.queue_drops.with_label_values(&["connection_closed"]).inc();
+            self.close(CloseReason::SlowConsumer);
+            return false;
+        }
+        queue.items.push_back(Out::Event(event));
+        drop(queue);
+        self.ready.notify_one();
+        true
     }
 
     /// Queues a reply to the client's own request, waiting for room (the session limits its
-    /// requests in flight, so this waits for the client to read, not forever).
+    /// requests in flight, so this waits for the client to read, not forever). False once the
+    /// session has ended.
     pub async fn reply(&self, wire: Wire) -> bool {
-        self.tx.send(Out::Reply(wire)).await.is_ok()
+        let mut wire = Some(wire);
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut queue = self.queue();
+                if queue.ended {
+                    return false;
+                }
+                if queue.items.len() < self.capacity {
+                    if let Some(wire) = wire.take() {
+                        queue.items.push_back(Out::Reply(wire));
+                    }
+                    drop(queue);
+                    self.ready.notify_one();
+                    return true;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Waits until a frame is queued or the session is asked to close (maybe already so).
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Takes up to `max` queued frames, oldest first; the queue's storage is released once it
+    /// is empty.
+    pub fn take(&self, max: usize) -> Vec<Out> {
+        let mut queue = self.queue();
+        let n = queue.items.len().min(max);
+        let taken: Vec<Out> = queue.items.drain(..n).collect();
+        let more = !queue.items.is_empty();
+        if !more {
+            queue.items = VecDeque::new();
+        }
+        drop(queue);
+        if more {
+            self.ready.notify_one();
+        }
+        if n > 0 {
+            self.room.notify_waiters();
+        }
+        taken
+    }
+
+    /// Frames queued and not yet taken.
+    pub fn len(&self) -> usize {
+        self.queue().items.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the queue holds no memory.
+    pub fn is_idle(&self) -> bool {
+        self.queue().items.capacity() == 0
+    }
+
+    /// The session has ended: what is queued is dropped, and nothing more goes in.
+    pub fn end(&self) {
+        let mut queue = self.queue();
+        queue.ended = true;
+        queue.items = VecDeque::new();
+        drop(queue);
+        self.dead.store(true, Ordering::Relaxed);
+        self.room.notify_waiters();
     }
 
     /// Asks the session to close for `reason` (the first reason wins).
     pub fn close(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
         self.dead.store(true, Ordering::Relaxed);
-        self.close.cancel();
+        self.closing.notify_waiters();
+        self.ready.notify_one();
     }
 
-    /// Cancelled when fan-out asked the session to close.
-    pub fn closed(&self) -> &CancellationToken {
-        &self.close
+    /// Returns once fan-out has asked the session to close.
+    pub async fn closed(&self) {
+        loop {
+            let closing = self.closing.notified();
+            tokio::pin!(closing);
+            closing.as_mut().enable();
+            if self.reason.get().is_some() {
+                return;
+            }
+            closing.await;
+        }
     }
 
     /// Why fan-out closed the session, if it did.

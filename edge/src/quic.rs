@@ -3,7 +3,8 @@
 //! A client opens one bidirectional stream and writes a `ClientOpen {token, resume}` frame,
 //! then client frames; the edge writes server frames. Every frame is a 4-byte big-endian
 //! length and MessagePack. QUIC's keep-alive and idle timeout (2.5 heartbeats) find dead
-//! clients, so the session does not ping them itself.
+//! clients, so the session does not ping them itself. The stream is read by a task of its own
+//! (quinn's reads are not cancel safe) that hands the session what it read.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     fanout::Wire,
     server::{Edge, StartError},
-    session::{self, close, FrameWriter, Inbound, Opening},
+    session::{self, close, Inbound, Opening, Transport},
 };
 
 /// A running QUIC listener.
@@ -99,10 +100,9 @@ async fn serve(edge: Arc<Edge>, connection: quinn::Connection) {
         return;
     };
     let opening = Opening { token: open.token, format: Format::MsgPack, resume: open.resume, transport: "quic" };
-    let (tx, rx) = mpsc::channel(64);
-    let reader = tokio::spawn(read(recv, tx));
-    session::run(edge, opening, rx, QuicWriter { send, connection, pending: Vec::new() }).await;
-    reader.abort();
+    let (tx, inbound) = mpsc::channel(64);
+    let reader = tokio::spawn(read(recv, tx)).abort_handle();
+    session::run(edge, opening, QuicTransport { send, connection, pending: Vec::new(), inbound, reader }).await;
 }
 
 async fn read(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
@@ -118,14 +118,23 @@ async fn read(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
     }
 }
 
-struct QuicWriter {
+/// A client's QUIC connection: its stream is read by a task of its own, which ends with it.
+struct QuicTransport {
     send: quinn::SendStream,
     connection: quinn::Connection,
     /// Length prefixes and bodies fed but not yet written.
     pending: Vec<Bytes>,
+    inbound: mpsc::Receiver<Inbound>,
+    reader: tokio::task::AbortHandle,
 }
 
-impl QuicWriter {
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl QuicTransport {
     fn push(&mut self, wire: Wire) {
         let body = match wire {
             Wire::Binary(b) => b,
@@ -136,7 +145,11 @@ impl QuicWriter {
     }
 }
 
-impl FrameWriter for QuicWriter {
+impl Transport for QuicTransport {
+    async fn recv(&mut self) -> Inbound {
+        self.inbound.recv().await.unwrap_or(Inbound::Closed)
+    }
+
     async fn write(&mut self, wire: Wire) -> std::io::Result<()> {
         self.push(wire);
         self.flush().await

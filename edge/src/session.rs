@@ -1,7 +1,7 @@
 //! One client session, the same for WebSocket and QUIC (DESIGN §4).
 //!
-//! A transport hands the session what the client sent ([`Inbound`], read by its own task) and a
-//! [`FrameWriter`]; the session does the rest:
+//! A transport ([`Transport`]) reads what the client sent ([`Inbound`]) and writes frames; the
+//! session does the rest, in one task per connection:
 //!
 //! 1. **Boot**: the token is resolved (cache, else the origin once), the workspace loaded (cache,
 //!    else one snapshot), and under the workspace's lock the `hello` is built from the cache and
@@ -14,10 +14,17 @@
 //! 4. **End**: on client close, idle timeout (no frame for 2.5 heartbeats), a slow consumer
 //!    (outbox full), a revoked token, or drain (`goodbye` with a random `reconnect_in_ms`, then
 //!    close after the grace period).
+//!
+//! Most sessions are idle most of the time, so an idle session is kept small (DESIGN §6: ≤ 4 KiB
+//! of edge memory each): while it waits it holds only small futures — the outbox's wake-up, the
+//! transport's read, one timer and the drain signal — and everything that runs on a frame
+//! (booting, handling a request, writing a batch, closing) runs in a future boxed for that
+//! while. Its outbox, its transport's buffers and its request limit hold memory only while there
+//! is something in them.
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -27,7 +34,8 @@ use selvage_shared::{
     ClientFrame, Cursor, ErrorCode, Event, EventFrame, FeedItem, Format, Hello, Query, QueryKind, QueryResult,
     ServerFrame, MAX_QUERY_LIMIT, PROTOCOL_VERSION,
 };
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::{
     auth::Principal,
@@ -36,8 +44,8 @@ use crate::{
     server::Edge,
 };
 
-/// What a transport's reader task reports.
-#[derive(Debug)]
+/// What a transport read from the client.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
     /// One client frame's bytes (not yet decoded).
     Frame(Vec<u8>),
@@ -75,8 +83,10 @@ pub mod close {
     pub const RESYNC: u16 = 4009;
 }
 
-/// The writing half of a transport.
-pub trait FrameWriter: Send + 'static {
+/// A connection to a client, as a session uses it.
+pub trait Transport: Send + 'static {
+    /// What the client sent next. Cancel safe: dropping the future loses nothing.
+    fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
     /// Writes one frame and flushes it.
     fn write(&mut self, wire: Wire) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Queues one frame of a batch; it may stay buffered until [`flush`](Self::flush).
@@ -114,49 +124,85 @@ fn error_frame(reply_to: Option<String>, e: &LinkError) -> ServerFrame {
 }
 
 /// Runs one session to its end.
-pub async fn run<W: FrameWriter>(edge: Arc<Edge>, opening: Opening, inbound: mpsc::Receiver<Inbound>, mut writer: W) {
-    let metrics = edge.metrics.clone();
-    let gauge = metrics.connections.with_label_values(&[opening.transport]);
+pub fn run<T: Transport>(edge: Arc<Edge>, opening: Opening, transport: T) -> impl Future<Output = ()> + Send {
+    // Booting and greeting take far more room than waiting for the client: they run boxed, so
+    // the future every idle session carries holds only what serving needs.
+    let starting = Box::pin(start(edge, opening, transport));
+    async move {
+        let Some(Started { session, mut transport, floor, gauge, span }) = starting.await else { return };
+        let end = session.serve(&mut transport, &floor).instrument(span.clone()).await;
+        Box::pin(session.finish(transport, end).instrument(span)).await;
+        session.leave(gauge);
+    }
+}
+
+/// A session booted and greeted, ready to serve.
+struct Started<T> {
+    session: Session,
+    transport: T,
+    /// Events at or before it are already with the client.
+    floor: Cursor,
+    gauge: prometheus::IntGauge,
+    span: tracing::Span,
+}
+
+/// Boots the session and greets the client (`hello`, and what it missed when resuming); `None`
+/// when the session ended there.
+async fn start<T: Transport>(edge: Arc<Edge>, opening: Opening, mut transport: T) -> Option<Started<T>> {
+    let gauge = edge.metrics.connections.with_label_values(&[opening.transport]);
     gauge.inc();
     let started = Instant::now();
-    let boot_timeout = Duration::from_millis(edge.config.sessions.boot_timeout_ms);
-    let booted = tokio::time::timeout(boot_timeout, boot(&edge, &opening)).await.unwrap_or_else(|_| {
-        Err(LinkError { code: ErrorCode::Unavailable, message: "boot took too long; retry".into() })
-    });
-    let booted = match booted {
+    let booted = match boot_within_timeout(&edge, &opening).await {
         Ok(booted) => booted,
         Err(e) => {
-            let code = if e.code == ErrorCode::Unauthorized { close::UNAUTHORIZED } else { close::UNAVAILABLE };
-            let _ = writer.write(encode(&error_frame(None, &e), opening.format)).await;
-            writer.close(code, &e.message).await;
+            refuse(transport, opening.format, e).await;
             gauge.dec();
-            return;
+            return None;
         }
     };
-    metrics.boot_latency.observe(started.elapsed().as_secs_f64());
-    let Booted { principal, live, outbox, outbox_rx, hello, replay } = booted;
+    edge.metrics.boot_latency.observe(started.elapsed().as_secs_f64());
+    let Booted { principal, live, outbox, hello, replay } = booted;
     let span = tracing::debug_span!("session", conn.id = outbox.id, ws.id = %principal.workspace, user.id = %principal.user, transport = opening.transport);
-    let _enter = span.enter();
-    tracing::debug!(resumed = hello.resumed, "session booted");
+    let Opening { format, resume, .. } = opening;
     let session = Session {
-        edge: edge.clone(),
+        edge,
         principal,
-        live: live.clone(),
-        outbox: outbox.clone(),
-        opening,
+        live,
+        outbox,
+        format,
         started: tokio::time::Instant::now(),
         touched_ms: std::sync::atomic::AtomicU64::new(0),
+        permits: OnceLock::new(),
     };
-    session.serve(writer, inbound, outbox_rx, hello, replay).await;
-    live.unregister(outbox.id);
-    gauge.dec();
+    span.in_scope(|| tracing::debug!(resumed = hello.resumed, "session booted"));
+    match session.greet(&mut transport, hello, resume, replay).instrument(span.clone()).await {
+        Ok(floor) => Some(Started { session, transport, floor, gauge, span }),
+        Err(end) => {
+            session.finish(transport, end).instrument(span).await;
+            session.leave(gauge);
+            None
+        }
+    }
+}
+
+async fn boot_within_timeout(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
+    let boot_timeout = Duration::from_millis(edge.config.sessions.boot_timeout_ms);
+    tokio::time::timeout(boot_timeout, boot(edge, opening)).await.unwrap_or_else(|_| {
+        Err(LinkError { code: ErrorCode::Unavailable, message: "boot took too long; retry".into() })
+    })
+}
+
+/// Tells a client its session could not start, and closes.
+async fn refuse<T: Transport>(mut transport: T, format: Format, e: LinkError) {
+    let code = if e.code == ErrorCode::Unauthorized { close::UNAUTHORIZED } else { close::UNAVAILABLE };
+    let _ = transport.write(encode(&error_frame(None, &e), format)).await;
+    transport.close(code, &e.message).await;
 }
 
 struct Booted {
     principal: Principal,
     live: Arc<Live>,
     outbox: Arc<Outbox>,
-    outbox_rx: mpsc::Receiver<Out>,
     hello: Hello,
     /// For a resume: the missed events from the edge's buffers, or `None` when the origin
     /// must be asked.
@@ -199,7 +245,7 @@ fn boot_on(
 ) -> Result<Option<Booted>, LinkError> {
     let principal = principal.clone();
     let id = edge.workspaces.session_id();
-    let (outbox, outbox_rx) = crate::fanout::Outbox::new(
+    let outbox = crate::fanout::Outbox::new(
         id,
         principal.user.clone(),
         principal.token_hash.clone(),
@@ -232,7 +278,7 @@ fn boot_on(
         heartbeat_ms: edge.config.sessions.heartbeat_ms,
         resumed: opening.resume.is_some(),
     };
-    Ok(Some(Booted { principal, live, outbox, outbox_rx, hello, replay }))
+    Ok(Some(Booted { principal, live, outbox, hello, replay }))
 }
 
 struct Session {
@@ -240,11 +286,13 @@ struct Session {
     principal: Principal,
     live: Arc<Live>,
     outbox: Arc<Outbox>,
-    opening: Opening,
+    format: Format,
     /// When the session started; [`Session::touched_ms`] counts from it.
     started: tokio::time::Instant,
     /// Milliseconds after `started` of the last activity passed to presence.
     touched_ms: std::sync::atomic::AtomicU64,
+    /// Caps the session's requests in flight; made with its first request.
+    permits: OnceLock<Arc<Semaphore>>,
 }
 
 /// Activity is passed to presence at most this often per session (presence has a tick of
@@ -258,145 +306,202 @@ enum End {
     Close(u16, String),
 }
 
+/// What woke an idle session.
+enum Wake {
+    Outbox,
+    Inbound(Inbound),
+    Timer,
+    Drain,
+}
+
+fn slow_consumer() -> End {
+    End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into())
+}
+
 impl Session {
-    async fn serve<W: FrameWriter>(
-        self,
-        mut writer: W,
-        mut inbound: mpsc::Receiver<Inbound>,
-        mut outbox_rx: mpsc::Receiver<Out>,
-        hello: Hello,
-        replay: Option<Vec<EventFrame>>,
-    ) {
-        let format = self.opening.format;
-        let heartbeat = Duration::from_millis(self.edge.config.sessions.heartbeat_ms);
-        let write_timeout = heartbeat * 2;
-        let hello_cursor = hello.cursor.clone();
-        // Events at or before `floor` are already with the client.
-        let mut floor = hello_cursor.clone();
-        if writer.write(encode(&ServerFrame::Hello(hello), format)).await.is_err() {
-            return;
-        }
-        if let Some(after) = self.opening.resume.clone() {
-            match self.replay(&mut writer, &after, &hello_cursor, replay).await {
-                Ok(()) => {}
-                Err(end) => return self.finish(writer, end).await,
-            }
-            floor = floor.max(after);
-        }
-        let permits = Arc::new(Semaphore::new(self.edge.config.sessions.max_in_flight));
-        let mut last_heard = Instant::now();
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        let mut drain_deadline: Option<tokio::time::Instant> = None;
-        let mut batch: Vec<Wire> = Vec::with_capacity(MAX_BATCH);
-        let end = loop {
-            let drain_at = drain_deadline;
-            tokio::select! {
-                biased;
-                _ = self.outbox.closed().cancelled() => {
-                    break match self.outbox.close_reason() {
-                        Some(CloseReason::TokenRevoked) => {
-                            let e = ServerFrame::error(None, ErrorCode::Unauthorized, "the token was revoked");
-                            let _ = writer.write(encode(&e, format)).await;
-                            End::Close(close::UNAUTHORIZED, "token revoked".into())
-                        }
-                        Some(CloseReason::Resync) => {
-                            self.resync(&mut writer, "the edge lost its place in the feed; boot again").await
-                        }
-                        _ => End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into()),
-                    };
-                }
-                out = outbox_rx.recv() => {
-                    let Some(out) = out else { break End::Close(close::NORMAL, "session closed".into()) };
-                    // Everything queued by now goes out as one batch with one flush: under
-                    // fan-out load that is one system call for many frames.
-                    batch.clear();
-                    let mut next = Some(out);
-                    while let Some(out) = next.take() {
-                        match out {
-                            // Ephemeral events carry the newest cursor applied, not a place
-                            // in the feed: never take them for something already sent.
-                            Out::Event(e) if e.cursor <= floor && !e.is_ephemeral() => {}
-                            Out::Event(e) => batch.push(e.wire(format)),
-                            Out::Reply(w) => batch.push(w),
-                        }
-                        if batch.len() < MAX_BATCH {
-                            next = outbox_rx.try_recv().ok();
-                        }
-                    }
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    let write = async {
-                        for wire in batch.drain(..) {
-                            writer.feed(wire).await?;
-                        }
-                        writer.flush().await
-                    };
-                    // A client that stops reading blocks this write; fan-out then finds its
-                    // outbox full and asks it to close, which must not wait for the write.
-                    tokio::select! {
-                        written = tokio::time::timeout(write_timeout, write) => match written {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break End::Client,
-                            Err(_) => break End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into()),
-                        },
-                        _ = self.outbox.closed().cancelled() => {
-                            break End::Close(close::SLOW_CONSUMER, "slow consumer: reconnect with resume".into());
-                        }
-                    }
-                }
-                got = inbound.recv() => {
-                    last_heard = Instant::now();
-                    match got {
-                        Some(Inbound::Frame(bytes)) => self.handle(&bytes, &permits).await,
-                        Some(Inbound::Alive) => {}
-                        Some(Inbound::TooLarge) => break End::Close(
-                            close::TOO_LARGE,
-                            format!("frame over {} bytes", selvage_shared::MAX_CLIENT_FRAME_BYTES),
-                        ),
-                        Some(Inbound::Closed) | None => break End::Client,
-                    }
-                }
-                _ = ticker.tick(), if writer.pings() => {
-                    if last_heard.elapsed() > heartbeat * 5 / 2 {
-                        break End::Close(close::IDLE, "idle timeout".into());
-                    }
-                    if writer.ping().await.is_err() {
-                        break End::Client;
-                    }
-                }
-                _ = self.edge.drain.cancelled(), if drain_at.is_none() => {
-                    let grace = self.edge.config.sessions.drain_grace_ms;
-                    let reconnect_in_ms = rand::rng().random_range(0..grace.max(1));
-                    let _ = writer.write(encode(&ServerFrame::Goodbye { reconnect_in_ms }, format)).await;
-                    drain_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(grace));
-                }
-                _ = sleep_until(drain_at) => break End::Close(close::DRAINING, "edge draining".into()),
-            }
-        };
-        self.finish(writer, end).await;
+    /// The session is over: fan-out forgets it.
+    fn leave(&self, gauge: prometheus::IntGauge) {
+        self.outbox.end();
+        self.live.unregister(self.outbox.id);
+        gauge.dec();
     }
 
-    async fn finish<W: FrameWriter>(&self, writer: W, end: End) {
+    /// Sends `hello` and, for a resume, what the client missed. Returns the cursor at or
+    /// before which events are already with the client.
+    async fn greet<T: Transport>(
+        &self,
+        transport: &mut T,
+        hello: Hello,
+        resume: Option<Cursor>,
+        replay: Option<Vec<EventFrame>>,
+    ) -> Result<Cursor, End> {
+        let hello_cursor = hello.cursor.clone();
+        if transport.write(encode(&ServerFrame::Hello(hello), self.format)).await.is_err() {
+            return Err(End::Client);
+        }
+        let mut floor = hello_cursor.clone();
+        if let Some(after) = resume {
+            self.replay(transport, &after, &hello_cursor, replay).await?;
+            floor = floor.max(after);
+        }
+        Ok(floor)
+    }
+
+    /// Serves the client until the session ends. Events at or before `floor` are already with
+    /// the client.
+    ///
+    /// This is where an idle session waits, so what it holds while waiting is kept small:
+    /// every branch's work is boxed.
+    async fn serve<T: Transport>(&self, transport: &mut T, floor: &Cursor) -> End {
+        let heartbeat = Duration::from_millis(self.edge.config.sessions.heartbeat_ms);
+        let pings = transport.pings();
+        let mut last_heard = Instant::now();
+        let mut next_ping = tokio::time::Instant::now() + heartbeat;
+        let mut drain_at: Option<tokio::time::Instant> = None;
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
+        loop {
+            let timed = pings || drain_at.is_some();
+            let wake = tokio::select! {
+                biased;
+                () = self.outbox.ready() => Wake::Outbox,
+                inbound = transport.recv() => Wake::Inbound(inbound),
+                () = &mut timer, if timed => Wake::Timer,
+                () = self.edge.drain.cancelled(), if drain_at.is_none() => Wake::Drain,
+            };
+            match wake {
+                Wake::Outbox => {
+                    if let Some(reason) = self.outbox.close_reason() {
+                        return Box::pin(self.closed_by_fanout(transport, reason)).await;
+                    }
+                    if let Err(end) = Box::pin(self.write_queued(transport, floor, heartbeat * 2)).await {
+                        return end;
+                    }
+                }
+                Wake::Inbound(inbound) => {
+                    last_heard = Instant::now();
+                    match inbound {
+                        Inbound::Frame(bytes) => Box::pin(self.handle(&bytes)).await,
+                        Inbound::Alive => {}
+                        Inbound::TooLarge => {
+                            return End::Close(
+                                close::TOO_LARGE,
+                                format!("frame over {} bytes", selvage_shared::MAX_CLIENT_FRAME_BYTES),
+                            )
+                        }
+                        Inbound::Closed => return End::Client,
+                    }
+                }
+                Wake::Timer => {
+                    let now = tokio::time::Instant::now();
+                    if drain_at.is_some_and(|at| now >= at) {
+                        return End::Close(close::DRAINING, "edge draining".into());
+                    }
+                    if pings && now >= next_ping {
+                        if last_heard.elapsed() > heartbeat * 5 / 2 {
+                            return End::Close(close::IDLE, "idle timeout".into());
+                        }
+                        // A client that stops reading blocks the ping as it would a batch.
+                        match Box::pin(tokio::time::timeout(heartbeat * 2, transport.ping())).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return End::Client,
+                            Err(_) => return slow_consumer(),
+                        }
+                        next_ping = now + heartbeat;
+                    }
+                }
+                Wake::Drain => {
+                    let grace = self.edge.config.sessions.drain_grace_ms;
+                    let reconnect_in_ms = rand::rng().random_range(0..grace.max(1));
+                    let goodbye = encode(&ServerFrame::Goodbye { reconnect_in_ms }, self.format);
+                    let _ = Box::pin(transport.write(goodbye)).await;
+                    drain_at = Some(tokio::time::Instant::now() + Duration::from_millis(grace));
+                }
+            }
+            let deadline = match drain_at {
+                Some(at) if pings => at.min(next_ping),
+                Some(at) => at,
+                None => next_ping,
+            };
+            if deadline != timer.deadline() {
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    /// Writes what the outbox holds (up to a batch) with one flush: under fan-out load that is
+    /// one system call for many frames.
+    async fn write_queued<T: Transport>(
+        &self,
+        transport: &mut T,
+        floor: &Cursor,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        let taken = self.outbox.take(MAX_BATCH);
+        let mut batch = Vec::with_capacity(taken.len());
+        for out in taken {
+            match out {
+                // Ephemeral events carry the newest cursor applied, not a place in the feed:
+                // never take them for something already sent.
+                Out::Event(e) if e.cursor <= *floor && !e.is_ephemeral() => {}
+                Out::Event(e) => batch.push(e.wire(self.format)),
+                Out::Reply(w) => batch.push(w),
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            for wire in batch {
+                transport.feed(wire).await?;
+            }
+            transport.flush().await
+        };
+        // A client that stops reading blocks this write; fan-out then finds its outbox full
+        // and asks it to close, which must not wait for the write.
+        tokio::select! {
+            written = tokio::time::timeout(timeout, write) => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Client),
+                Err(_) => Err(slow_consumer()),
+            },
+            () = self.outbox.closed() => Err(slow_consumer()),
+        }
+    }
+
+    /// Fan-out asked the session to close.
+    async fn closed_by_fanout<T: Transport>(&self, transport: &mut T, reason: CloseReason) -> End {
+        match reason {
+            CloseReason::TokenRevoked => {
+                let e = ServerFrame::error(None, ErrorCode::Unauthorized, "the token was revoked");
+                let _ = transport.write(encode(&e, self.format)).await;
+                End::Close(close::UNAUTHORIZED, "token revoked".into())
+            }
+            CloseReason::Resync => self.resync(transport, "the edge lost its place in the feed; boot again").await,
+            CloseReason::SlowConsumer => slow_consumer(),
+        }
+    }
+
+    async fn finish<T: Transport>(&self, transport: T, end: End) {
         match end {
             End::Client => tracing::debug!("client went away"),
             End::Close(code, reason) => {
                 tracing::debug!(code, %reason, "closing session");
                 // A client that does not read cannot take a close frame either: give it a moment.
-                let _ = tokio::time::timeout(Duration::from_secs(1), writer.close(code, &reason)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(code, &reason)).await;
             }
         }
     }
 
     /// Sends the events a resuming client missed: `(after, upto]`.
-    async fn replay<W: FrameWriter>(
+    async fn replay<T: Transport>(
         &self,
-        writer: &mut W,
+        writer: &mut T,
         after: &Cursor,
         upto: &Cursor,
         buffered: Option<Vec<EventFrame>>,
     ) -> Result<(), End> {
-        let format = self.opening.format;
+        let format = self.format;
         if let Some(frames) = buffered {
             self.edge.metrics.cache_requests.with_label_values(&["replay", "hit"]).inc();
             for frame in frames.into_iter().filter(|f| f.cursor > *after && f.cursor <= *upto) {
@@ -448,9 +553,9 @@ impl Session {
     }
 
     /// Tells the client to boot again and ends the session.
-    async fn resync<W: FrameWriter>(&self, writer: &mut W, reason: &str) -> End {
+    async fn resync<T: Transport>(&self, writer: &mut T, reason: &str) -> End {
         let r = ServerFrame::Resync { reason: reason.into() };
-        let _ = writer.write(encode(&r, self.opening.format)).await;
+        let _ = writer.write(encode(&r, self.format)).await;
         End::Close(close::RESYNC, "resync".into())
     }
 
@@ -465,8 +570,8 @@ impl Session {
     }
 
     /// Handles one client frame; requests run in their own tasks, bounded by `permits`.
-    async fn handle(&self, bytes: &[u8], permits: &Arc<Semaphore>) {
-        let format = self.opening.format;
+    async fn handle(&self, bytes: &[u8]) {
+        let format = self.format;
         let metrics = &self.edge.metrics;
         let frame = match selvage_shared::decode_client(bytes, format) {
             Ok(frame) => frame,
@@ -524,6 +629,8 @@ impl Session {
             }
             ClientFrame::Send { .. } | ClientFrame::Query(_) | ClientFrame::MarkRead { .. } => {
                 // Waiting here stops reading from the client: its requests in flight are capped.
+                let permits =
+                    self.permits.get_or_init(|| Arc::new(Semaphore::new(self.edge.config.sessions.max_in_flight)));
                 let Ok(permit) = permits.clone().acquire_owned().await else { return };
                 let task = Request {
                     edge: self.edge.clone(),
@@ -539,13 +646,6 @@ impl Session {
                 });
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -645,4 +745,44 @@ impl Request {
 fn unexpected(id: String, answer: &Answer) -> ServerFrame {
     tracing::error!(?answer, "unexpected answer from the origin");
     ServerFrame::error(Some(id), ErrorCode::Internal, "the origin gave an unexpected answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{config::OriginLink, ws::WsTransport, EdgeConfig};
+
+    /// The most an idle WebSocket session's task may hold in its future (DESIGN §6 gives a
+    /// session 4 KiB of edge memory in all; the rest goes to its socket, outbox and registry).
+    const IDLE_FUTURE_BYTES: usize = 1024;
+
+    /// An idle session is one task whose future is small: the work done on a frame (boot,
+    /// requests, writing a batch, closing) is boxed for its while, not laid out in the future
+    /// every idle session carries.
+    #[tokio::test]
+    async fn an_idle_session_s_future_is_small() {
+        let config = EdgeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            quic_listen: None,
+            origin: OriginLink {
+                // Nothing listens there: the edge never links, which this test does not need.
+                link: "127.0.0.1:9".into(),
+                edge_key: "0123456789abcdef".into(),
+                fingerprint: Some("00".repeat(32)),
+                ..OriginLink::default()
+            },
+            ..EdgeConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let running = crate::start(config, shutdown.clone()).await.unwrap();
+        let (io, _client) = tokio::io::duplex(64);
+        let opening = Opening { token: String::new(), format: Format::MsgPack, resume: None, transport: "ws" };
+        let session = run(running.edge.clone(), opening, WsTransport::new(io));
+        let size = std::mem::size_of_val(&session);
+        assert!(size <= IDLE_FUTURE_BYTES, "a session's future is {size} bytes");
+        drop(session);
+        shutdown.cancel();
+    }
 }

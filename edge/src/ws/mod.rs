@@ -1,0 +1,416 @@
+//! The WebSocket transport: `GET /v1/connect` (DESIGN §4).
+//!
+//! Token in `Authorization: Bearer …` or `?token=`; `?format=json|msgpack`; `?resume=<cursor>`.
+//! JSON travels in text frames, MessagePack in binary ones. Messages over the client frame
+//! limit close the connection with 1009.
+//!
+//! The edge speaks the WebSocket framing itself ([`codec`]) over the upgraded HTTP connection,
+//! in the session's own task, so that an idle session costs little (DESIGN §6: ≤ 4 KiB each):
+//! it reads into a buffer on the stack and keeps only the bytes of a frame still in flight, and
+//! what it writes is held only until the socket takes it. Between frames a session holds no
+//! buffer at all. Pings from the client are answered with pongs; a client's close is answered
+//! with a close.
+
+pub mod codec;
+
+use std::{
+    collections::HashMap,
+    future::poll_fn,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    extract::{FromRequestParts, Query, State},
+    http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode},
+    response::{IntoResponse, Response},
+};
+use base64::Engine;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use selvage_shared::{Cursor, Format, MAX_CLIENT_FRAME_BYTES};
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use self::codec::{DecodeError, Decoder, Message, Opcode};
+use crate::{
+    fanout::Wire,
+    server::Edge,
+    session::{self, Inbound, Opening, Transport},
+};
+
+/// Bytes read from the socket at once, into a buffer on the stack (never kept by a session).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// While this much is waiting to be written (pongs to a client that sends pings but does not
+/// read), the client is not read from either.
+const MAX_UNWRITTEN: usize = 16 * 1024;
+
+/// How long a closing session waits for the client's side of the close handshake.
+const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// `GET /v1/connect`.
+pub async fn connect(
+    State(edge): State<Arc<Edge>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: Upgrade,
+) -> Response {
+    if edge.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this edge is draining; connect to another one\n").into_response();
+    }
+    let format = match params.get("format").map(String::as_str) {
+        None => Format::Json,
+        Some(f) => match Format::parse(f) {
+            Some(f) => f,
+            None => return (StatusCode::BAD_REQUEST, "format must be json or msgpack\n").into_response(),
+        },
+    };
+    let resume = match params.get("resume") {
+        None => None,
+        Some(c) => match c.parse::<Cursor>() {
+            Ok(c) => Some(c),
+            Err(_) => {
+                return (StatusCode::BAD_REQUEST, "resume must be a cursor from an earlier session\n").into_response()
+            }
+        },
+    };
+    // A missing token still upgrades: the session then answers with an `unauthorized` error
+    // frame, which a browser can read (it cannot read a refused upgrade's body).
+    let token = crate::server::bearer(&headers).map(str::to_owned).or_else(|| params.get("token").cloned());
+    let token = token.unwrap_or_default();
+    let opening = Opening { token, format, resume, transport: "ws" };
+    upgrade.on_upgrade(move |socket| session::run(edge, opening, socket))
+}
+
+/// A WebSocket upgrade request (RFC 6455 §4.2.1), refused with the status a client can act on.
+pub struct Upgrade {
+    accept: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+fn refuse(status: StatusCode, why: &'static str) -> Response {
+    (status, why).into_response()
+}
+
+fn header_is(headers: &HeaderMap, name: header::HeaderName, value: &str) -> bool {
+    headers.get(name).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Upgrade, Response> {
+        if parts.method != Method::GET {
+            return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "a WebSocket upgrade must be a GET\n"));
+        }
+        let connection_upgrade =
+            parts.headers.get_all(header::CONNECTION).iter().any(|v| {
+                v.to_str().is_ok_and(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")))
+            });
+        if !connection_upgrade {
+            return Err(refuse(StatusCode::BAD_REQUEST, "Connection header did not include 'upgrade'\n"));
+        }
+        if !header_is(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(refuse(StatusCode::BAD_REQUEST, "Upgrade header did not include 'websocket'\n"));
+        }
+        if !header_is(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
+            return Err(refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version header did not include '13'\n"));
+        }
+        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
+            return Err(refuse(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key header missing\n"));
+        };
+        let accept = accept_key(key.as_bytes());
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return Err(refuse(StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded\n"));
+        };
+        Ok(Upgrade { accept, on_upgrade })
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+fn accept_key(key: &[u8]) -> HeaderValue {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(sha1.finalize());
+    // Base64 is always a valid header value.
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+impl Upgrade {
+    /// Answers `101 Switching Protocols` and runs `serve` on the connection once upgraded, in
+    /// a task of its own.
+    pub fn on_upgrade<F, Fut>(self, serve: F) -> Response
+    where
+        F: FnOnce(WsTransport) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let Upgrade { accept, on_upgrade } = self;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => serve(WsTransport::new(TokioIo::new(upgraded))).await,
+                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            }
+        });
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        response
+    }
+}
+
+/// One upgraded WebSocket connection, as the session uses it.
+pub struct WsTransport<Io = TokioIo<Upgraded>> {
+    io: Io,
+    decoder: Decoder,
+    /// Frames written but not yet taken by the socket; released once they are.
+    out: Vec<u8>,
+    /// How much of `out` the socket has taken.
+    written: usize,
+    /// The client started the close handshake; the reply is in `out`.
+    closing: bool,
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
+    /// The server's side of a connection already upgraded to WebSocket.
+    pub fn new(io: Io) -> WsTransport<Io> {
+        WsTransport { io, decoder: Decoder::new(MAX_CLIENT_FRAME_BYTES), out: Vec::new(), written: 0, closing: false }
+    }
+
+    /// Whether the connection holds no buffer (nothing in flight either way).
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_idle() && self.out.capacity() == 0
+    }
+
+    fn push(&mut self, wire: &Wire) {
+        match wire {
+            Wire::Text(t) => codec::encode(&mut self.out, Opcode::Text, t.as_bytes()),
+            Wire::Binary(b) => codec::encode(&mut self.out, Opcode::Binary, b),
+        }
+    }
+
+    /// Writes `out` until the socket has taken all of it, then releases it.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.out = Vec::new();
+        self.written = 0;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        loop {
+            // Pongs and the close reply go out while waiting for the client.
+            if !self.out.is_empty() {
+                match self.poll_write_out(cx) {
+                    Poll::Ready(Err(_)) => return Poll::Ready(Inbound::Closed),
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Pending if self.closing || self.out.len() >= MAX_UNWRITTEN => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+            }
+            if self.closing {
+                return Poll::Ready(Inbound::Closed);
+            }
+            match self.decoder.decode() {
+                Ok(Some(Message::Text(bytes) | Message::Binary(bytes))) => return Poll::Ready(Inbound::Frame(bytes)),
+                Ok(Some(Message::Ping(payload))) => {
+                    codec::encode(&mut self.out, Opcode::Pong, &payload);
+                    return Poll::Ready(Inbound::Alive);
+                }
+                Ok(Some(Message::Pong)) => return Poll::Ready(Inbound::Alive),
+                Ok(Some(Message::Close(code))) => {
+                    // Echo the code, as RFC 6455 §5.5.1 asks; then the session ends.
+                    match code {
+                        Some(code) => codec::encode_close(&mut self.out, code, ""),
+                        None => codec::encode(&mut self.out, Opcode::Close, &[]),
+                    }
+                    self.closing = true;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(DecodeError::TooLarge(_)) => return Poll::Ready(Inbound::TooLarge),
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    return Poll::Ready(Inbound::Closed);
+                }
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Inbound::Closed),
+                Ok(()) => self.decoder.extend(buf.filled()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    return Poll::Ready(Inbound::Closed);
+                }
+            }
+        }
+    }
+
+    /// Reads and drops what the client still sends until it closes its side (or the linger
+    /// runs out), so the close frame is not lost to a reset.
+    async fn linger(&mut self) {
+        let drain = poll_fn(|cx| loop {
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => continue,
+                _ => return Poll::Ready(()),
+            }
+        });
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+    }
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<Io> {
+    async fn recv(&mut self) -> Inbound {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    async fn write(&mut self, wire: Wire) -> std::io::Result<()> {
+        self.push(&wire);
+        self.flush().await
+    }
+
+    async fn feed(&mut self, wire: Wire) -> std::io::Result<()> {
+        self.push(&wire);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+
+    async fn ping(&mut self) -> std::io::Result<()> {
+        codec::encode(&mut self.out, Opcode::Ping, &[]);
+        self.flush().await
+    }
+
+    fn pings(&self) -> bool {
+        true
+    }
+
+    async fn close(mut self, code: u16, reason: &str) {
+        if !self.closing {
+            codec::encode_close(&mut self.out, code, reason);
+        }
+        if self.flush().await.is_err() {
+            return;
+        }
+        if poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await.is_ok() {
+            self.linger().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::{
+        tungstenite::{
+            protocol::{frame::coding::CloseCode, Role},
+            Message as Client,
+        },
+        WebSocketStream,
+    };
+
+    use super::*;
+
+    #[test]
+    fn accept_key_of_rfc_6455() {
+        // The example of RFC 6455 §1.3.
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    async fn pair() -> (WsTransport<tokio::io::DuplexStream>, WebSocketStream<tokio::io::DuplexStream>) {
+        let (server, client) = tokio::io::duplex(1 << 20);
+        (WsTransport::new(server), WebSocketStream::from_raw_socket(client, Role::Client, None).await)
+    }
+
+    /// Between frames a session holds no buffer: what it read and what it wrote are released as
+    /// soon as the frame is through, however large the frame was.
+    #[tokio::test]
+    async fn buffers_are_released_after_every_frame() {
+        let (mut server, mut client) = pair().await;
+        assert!(server.is_idle());
+        let big = "x".repeat(100_000);
+        client.send(Client::text(big.clone())).await.unwrap();
+        assert_eq!(server.recv().await, Inbound::Frame(big.into_bytes()));
+        assert!(server.is_idle(), "the read buffer is released after a frame");
+        client.send(Client::binary(vec![7u8; 10])).await.unwrap();
+        client.send(Client::Ping(b"are you there".to_vec().into())).await.unwrap();
+        assert_eq!(server.recv().await, Inbound::Frame(vec![7u8; 10]));
+        assert_eq!(server.recv().await, Inbound::Alive);
+        for i in 0..3 {
+            server.feed(Wire::Binary(vec![i; 70_000].into())).await.unwrap();
+        }
+        server.flush().await.unwrap();
+        assert!(server.is_idle(), "the write buffer is released once the socket took it");
+        assert_eq!(client.next().await.unwrap().unwrap(), Client::Pong(b"are you there".to_vec().into()));
+        for i in 0..3 {
+            assert_eq!(client.next().await.unwrap().unwrap(), Client::binary(vec![i; 70_000]));
+        }
+        server.write(Wire::Text("{}".into())).await.unwrap();
+        assert_eq!(client.next().await.unwrap().unwrap(), Client::text("{}"));
+        assert!(server.is_idle());
+    }
+
+    #[tokio::test]
+    async fn the_server_closes_with_a_code_and_a_reason() {
+        let (server, mut client) = pair().await;
+        let closing = tokio::spawn(server.close(4008, "slow consumer: reconnect with resume"));
+        match client.next().await.unwrap().unwrap() {
+            Client::Close(Some(frame)) => {
+                assert_eq!(frame.code, CloseCode::from(4008));
+                assert_eq!(frame.reason.as_str(), "slow consumer: reconnect with resume");
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
+        drop(client);
+        closing.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_s_close_is_answered_and_ends_the_session() {
+        let (mut server, mut client) = pair().await;
+        client.close(None).await.unwrap();
+        assert_eq!(server.recv().await, Inbound::Closed);
+        assert!(client.next().await.is_none_or(|m| matches!(m, Ok(Client::Close(_)))));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_broken_frames_end_the_session() {
+        use tokio::io::AsyncWriteExt;
+        let (server, mut raw) = tokio::io::duplex(1024);
+        let mut server = WsTransport::new(server);
+        // A binary frame announcing one byte over the limit: refused before its payload comes.
+        let mut header = vec![0x82, 0x80 | 127];
+        header.extend_from_slice(&(MAX_CLIENT_FRAME_BYTES as u64 + 1).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        raw.write_all(&header).await.unwrap();
+        assert_eq!(server.recv().await, Inbound::TooLarge);
+        let (server, mut raw) = tokio::io::duplex(1024);
+        let mut server = WsTransport::new(server);
+        // Unmasked: no client may send that.
+        raw.write_all(&[0x81, 0x01, b'x']).await.unwrap();
+        assert_eq!(server.recv().await, Inbound::Closed);
+        // The client went away.
+        let (server, raw) = tokio::io::duplex(1024);
+        let mut server = WsTransport::new(server);
+        drop(raw);
+        assert_eq!(server.recv().await, Inbound::Closed);
+    }
+}
