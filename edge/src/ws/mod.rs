@@ -16,6 +16,7 @@ pub mod codec;
 use std::{
     collections::HashMap,
     future::poll_fn,
+    mem::MaybeUninit,
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
@@ -247,8 +248,10 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
                     return Poll::Ready(Inbound::Closed);
                 }
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
+            // Not zeroed: the session polls here on every wake-up, most of them with nothing
+            // to read.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
             match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
                 Ok(()) if buf.filled().is_empty() => return Poll::Ready(Inbound::Closed),
                 Ok(()) => self.decoder.extend(buf.filled()),
@@ -264,8 +267,8 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
     /// runs out), so the close frame is not lost to a reset.
     async fn linger(&mut self) {
         let drain = poll_fn(|cx| loop {
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut chunk);
             match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
                 Ok(()) if !buf.filled().is_empty() => continue,
                 _ => return Poll::Ready(()),
