@@ -57,12 +57,8 @@ impl Appender {
     /// Writes `event` to the log as part of `tx`; returns its order within the commit, which
     /// with the commit's versionstamp gives its position ([`position`]).
     pub fn append(&mut self, tx: &mut dyn KvTxn, workspace: &WorkspaceId, ts: i64, event: Event) -> Result<u16> {
-        let order = self.next;
-        self.next = self.next.checked_add(1).ok_or(crate::store::StoreError::TransactionTooLarge(usize::MAX))?;
         let record = FeedEvent { workspace: workspace.clone(), ts, event };
-        let (key, offset) = keys::log_entry_placeholder(order);
-        tx.set_versionstamped_key(&key, offset, &selvage_shared::to_msgpack(&record))?;
-        Ok(order)
+        self.put(tx, &selvage_shared::to_msgpack(&record))
     }
 
     /// Writes a new message's event to the log, from the message's stored MessagePack record
@@ -75,12 +71,17 @@ impl Appender {
         ts: i64,
         message: &[u8],
     ) -> Result<u16> {
-        let order = self.next;
-        self.next = self.next.checked_add(1).ok_or(crate::store::StoreError::TransactionTooLarge(usize::MAX))?;
         let record = message_event(workspace, ts, message)
             .ok_or_else(|| crate::store::StoreError::Engine("a message record is not a MessagePack map".into()))?;
+        self.put(tx, &record)
+    }
+
+    /// Writes an encoded [`FeedEvent`] under the next order of this commit.
+    fn put(&mut self, tx: &mut dyn KvTxn, record: &[u8]) -> Result<u16> {
+        let order = self.next;
+        self.next = self.next.checked_add(1).ok_or(crate::store::StoreError::TransactionTooLarge(usize::MAX))?;
         let (key, offset) = keys::log_entry_placeholder(order);
-        tx.set_versionstamped_key(&key, offset, &record)?;
+        tx.set_versionstamped_key(&key, offset, record)?;
         Ok(order)
     }
 

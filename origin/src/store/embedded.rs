@@ -302,8 +302,8 @@ impl Shared {
     /// [`FLUSH_PIECES`]th of the table ([`MIN_FLUSH_CHUNK`] to [`FLUSH_CHUNK`] writes) per
     /// redb transaction; the last one also records the new flushed version.
     ///
-    /// Every chunk is synced, and (`paced`: a flush nobody waits for) the chunks are paced over part of the flush interval: each
-    /// sync makes the log's next sync wait for the pages written before it (the disk flushes
+    /// Every chunk is synced, and (`paced`: a flush nobody waits for) the chunks are paced
+    /// over part of the flush interval: each sync makes the log's next sync wait for the pages written before it (the disk flushes
     /// everything written so far), so one big burst of pages holds acknowledgements back for
     /// tens of milliseconds, while a steady trickle costs each log sync a little. The pause
     /// after a chunk is as long as the chunk took, while the rest still fits in
@@ -354,16 +354,16 @@ impl Shared {
             chunks_left = chunks_left.saturating_sub(1).max(1);
             let took = chunk_started.elapsed();
             let left_after_pause = started.elapsed() + took + took * chunks_left as u32;
-            if paced && left_after_pause < budget && !self.commits_waiting() {
+            if paced && left_after_pause < budget && !self.unflushed_past(BACKPRESSURE_FACTOR / 2) {
                 std::thread::sleep(took);
             }
         }
     }
 
-    /// Whether the memtable is near the size where commits wait for the flusher.
-    fn commits_waiting(&self) -> bool {
+    /// Whether the memtable holds more than `factor` times its flush threshold not yet in redb
+    /// (commits wait for the flusher past [`BACKPRESSURE_FACTOR`]).
+    fn unflushed_past(&self, factor: usize) -> bool {
         let (bytes, entries) = self.mem.unflushed_size();
-        let factor = BACKPRESSURE_FACTOR / 2;
         bytes > self.opts.memtable_bytes.saturating_mul(factor)
             || entries > self.opts.memtable_entries.saturating_mul(factor)
     }
@@ -1201,13 +1201,7 @@ impl CommitWorker {
     /// With the memtable past its hard cap, waits until the flusher has made room. Fails when
     /// flushing fails, rather than waiting for ever.
     fn wait_for_room(&self) -> Result<(), String> {
-        let opts = &self.shared.opts;
-        let cap_bytes = opts.memtable_bytes.saturating_mul(BACKPRESSURE_FACTOR);
-        let cap_entries = opts.memtable_entries.saturating_mul(BACKPRESSURE_FACTOR);
-        let over = || {
-            let (bytes, entries) = self.shared.mem.unflushed_size();
-            bytes > cap_bytes || entries > cap_entries
-        };
+        let over = || self.shared.unflushed_past(BACKPRESSURE_FACTOR);
         if !over() {
             return Ok(());
         }
