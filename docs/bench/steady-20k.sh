@@ -5,7 +5,8 @@
 # each run's send → ack and send → delivered latency, the checker's verdict and the CPU each
 # process used; reports go under /tmp/selvage-steady-20k.*/.
 # Usage: docs/bench/steady-20k.sh [RUNS] [SCALE]      (from the repository root)
-# Environment: RATE=N sends/s instead of the file's 20,000 (same 10,000 clients).
+# Environment: RATE=N sends/s instead of the file's 20,000; CLIENTS=N clients instead of 10,000,
+# CHANNELS=N channels instead of 2,000 (20 members each) and RAMP=4s for their ramp-up.
 set -euo pipefail
 runs=${1:-3}
 scale=${2:-1}
@@ -14,7 +15,9 @@ cargo build --release --quiet
 key=bench-operator-key-$(date +%s)
 edge_key=bench-edge-key-$(date +%s)-0000
 out=$(mktemp -d /tmp/selvage-steady-20k.XXXXXX)
-sed "s/^rate = .*/rate = ${RATE:-20000}.0/" docs/bench/steady-20k.toml > "$out/scenario.toml"
+sed -e "s/^rate = .*/rate = ${RATE:-20000}.0/" -e "s/^count = .*/count = ${CLIENTS:-10000}/" \
+  -e "s/^channels = .*/channels = ${CHANNELS:-2000}/" -e "s/^ramp_up = .*/ramp_up = \"${RAMP:-20s}\"/" \
+  docs/bench/steady-20k.toml > "$out/scenario.toml"
 source docs/bench/common.sh
 trap stop_pair EXIT
 for r in $(seq "$runs"); do
