@@ -6,7 +6,8 @@
 # process used; reports go under /tmp/selvage-steady-20k.*/.
 # Usage: docs/bench/steady-20k.sh [RUNS] [SCALE]      (from the repository root)
 # Environment: RATE=N sends/s instead of the file's 20,000; CLIENTS=N clients instead of 10,000,
-# CHANNELS=N channels instead of 2,000 (20 members each) and RAMP=4s for their ramp-up.
+# CHANNELS=N channels instead of 2,000, MEMBERS=N members each instead of 20, and RAMP=4s for
+# the clients' ramp-up.
 set -euo pipefail
 runs=${1:-3}
 scale=${2:-1}
@@ -16,7 +17,8 @@ key=bench-operator-key-$(date +%s)
 edge_key=bench-edge-key-$(date +%s)-0000
 out=$(mktemp -d /tmp/selvage-steady-20k.XXXXXX)
 sed -e "s/^rate = .*/rate = ${RATE:-20000}.0/" -e "s/^count = .*/count = ${CLIENTS:-10000}/" \
-  -e "s/^channels = .*/channels = ${CHANNELS:-2000}/" -e "s/^ramp_up = .*/ramp_up = \"${RAMP:-20s}\"/" \
+  -e "s/^channels = .*/channels = ${CHANNELS:-2000}/" \
+  -e "s/^channel_members = .*/channel_members = ${MEMBERS:-20}/" -e "s/^ramp_up = .*/ramp_up = \"${RAMP:-20s}\"/" \
   docs/bench/steady-20k.toml > "$out/scenario.toml"
 source docs/bench/common.sh
 trap stop_pair EXIT
