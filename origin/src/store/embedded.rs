@@ -303,11 +303,12 @@ impl Shared {
     /// redb transaction; the last one also records the new flushed version.
     ///
     /// Every chunk is synced, and (`paced`: a flush nobody waits for) the chunks are paced
-    /// over part of the flush interval: each sync makes the log's next sync wait for the pages written before it (the disk flushes
-    /// everything written so far), so one big burst of pages holds acknowledgements back for
-    /// tens of milliseconds, while a steady trickle costs each log sync a little. The pause
-    /// after a chunk is as long as the chunk took, while the rest still fits in
-    /// [`FLUSH_SPREAD`] of the interval and commits are not waiting for room. A reader whose
+    /// over part of the flush interval: each sync makes the log's next sync wait for the pages
+    /// written before it (the disk flushes everything written so far), so one big burst of
+    /// pages holds acknowledgements back for tens of milliseconds, while a steady trickle costs
+    /// each log sync a little. The pause after a chunk is as long as the chunk took, while the
+    /// rest still fits in [`FLUSH_SPREAD`] of the interval and the memtable is not halfway to
+    /// the size where commits wait for room. A reader whose
     /// redb snapshot holds only some chunks still reads correctly: the table was frozen before
     /// its snapshot, so its read version covers the whole table, and the memtable answers for
     /// every key the table wrote or cleared. After a crash between chunks, the flushed version
