@@ -140,6 +140,48 @@ async fn private_channels_stay_private_and_removed_members_stop_receiving() {
     }
 }
 
+/// The edge works out who gets a channel's events once and reuses it: sessions that connect
+/// and members who join after a channel had traffic must still get what follows, and a closed
+/// session must not hold the others up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_members_arriving_after_traffic_get_what_follows() {
+    let origin = Origin::start().await;
+    let (alice_token, _, general) = origin.workspace().await;
+    let (bob_id, bob_token) = origin.user(&alice_token, "bob").await;
+    let (_, carol_token) = origin.user(&alice_token, "carol").await;
+    let (s, v) = origin.post("/v1/channels", &alice_token, json!({ "name": "later" })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let later: ChannelId = v["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let (edge, _s) = start_edge(&origin, "edge-a").await;
+    let mut bob = Client::connect(options(&edge, &Transport::WsJson, &bob_token)).await.unwrap();
+    let mut alice = Client::connect(options(&edge, &Transport::WsMsgpack, &alice_token)).await.unwrap();
+    origin.send(&alice_token, &general, "g1").await;
+    origin.send(&alice_token, &later, "l1").await;
+    assert_eq!(collect(&mut bob, &general, 1).await[0].1, "g1");
+    assert_eq!(collect(&mut alice, &later, 1).await[0].1, "l1");
+
+    // New sessions, after #general's audience was worked out.
+    let mut bob2 = Client::connect(options(&edge, &Transport::WsMsgpack, &bob_token)).await.unwrap();
+    let mut carol = Client::connect(options(&edge, &quic(&edge), &carol_token)).await.unwrap();
+    origin.send(&alice_token, &general, "g2").await;
+    for client in [&mut bob, &mut bob2, &mut carol, &mut alice] {
+        assert_eq!(collect(client, &general, 1).await, vec![(2, "g2".to_string())]);
+    }
+
+    // A member who joins after #later had traffic gets the next message, on both sessions.
+    let (s, v) = origin.post(&format!("/v1/channels/{later}/members"), &alice_token, json!({ "user": bob_id })).await;
+    assert!(s.is_success(), "{v}");
+    origin.send(&alice_token, &later, "l2").await;
+    assert_eq!(collect(&mut bob, &later, 1).await, vec![(2, "l2".to_string())]);
+    assert_eq!(collect(&mut bob2, &later, 1).await, vec![(2, "l2".to_string())]);
+
+    // One of bob's sessions goes; the other and everyone else keep getting events.
+    bob2.close().await;
+    origin.send(&alice_token, &general, "g3").await;
+    assert_eq!(collect(&mut bob, &general, 1).await, vec![(3, "g3".to_string())]);
+    assert_eq!(collect(&mut carol, &general, 1).await, vec![(3, "g3".to_string())]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_errors_and_the_edge_keeps_serving() {
     let origin = Origin::start().await;

@@ -159,6 +159,9 @@ pub struct WorkspaceState {
     channel_mentions: HashMap<ChannelId, BTreeMap<Seq, UserId>>,
     /// Approximate bytes held, maintained on every change.
     bytes: usize,
+    /// Moves whenever any channel's members change (or a channel appears), so that what was
+    /// worked out from members can tell it is stale.
+    members_version: u64,
 }
 
 /// One channel: its record, head, members and recent events and messages.
@@ -402,6 +405,7 @@ impl WorkspaceState {
             mentions: HashMap::new(),
             channel_mentions: HashMap::new(),
             bytes: 0,
+            members_version: 0,
         };
         state.bytes = base_bytes(&state.workspace);
         for m in mentions {
@@ -657,6 +661,7 @@ impl WorkspaceState {
                 }
                 delta.add(channel_entry_bytes(&channel));
                 self.channels.insert(id.clone(), ChannelEntry::new(channel, last_seq, covered_after));
+                self.members_version += 1;
             }
         }
         if public {
@@ -701,6 +706,7 @@ impl WorkspaceState {
         };
         joined.insert(channel.clone());
         entry.members.insert(user);
+        self.members_version += 1;
         delta.apply_to(&mut self.bytes);
     }
 
@@ -709,6 +715,7 @@ impl WorkspaceState {
         let Some(entry) = self.channels.get_mut(channel) else { return };
         if entry.members.remove(user) {
             self.bytes = self.bytes.saturating_sub(set_slot_bytes(user.as_str()) + set_slot_bytes(channel.as_str()));
+            self.members_version += 1;
         }
         if let Some(joined) = self.joined.get_mut(user) {
             joined.remove(channel);
@@ -824,6 +831,12 @@ impl WorkspaceState {
     /// A channel's members, ordered by user id.
     pub fn members(&self, channel: &ChannelId) -> Option<&BTreeSet<UserId>> {
         self.channels.get(channel).map(|entry| &entry.members)
+    }
+
+    /// A number that changes whenever any channel's members change: what was worked out from
+    /// [`WorkspaceState::members`] under one value still holds while it stays the same.
+    pub fn members_version(&self) -> u64 {
+        self.members_version
     }
 
     /// The channels a user is a member of, ordered by channel id.

@@ -341,6 +341,12 @@ pub struct LiveInner {
     pub state: WorkspaceState,
     sessions: HashMap<u64, Arc<Outbox>>,
     by_user: HashMap<UserId, Vec<u64>>,
+    /// Each channel's audience: the sessions of its members here, worked out on the first event
+    /// after members or sessions changed rather than on every event. Forgotten whenever a
+    /// session comes or goes; stale once the state's members version moves.
+    audiences: HashMap<ChannelId, Audience>,
+    /// Sessions listed in `audiences`, all entries together (bounded by [`MAX_AUDIENCE_REFS`]).
+    audience_refs: usize,
     /// Set when the edge stops feeding this copy (dropped from the registry, or reset): a
     /// session must not register on it, and boots again from a fresh one.
     retired: bool,
@@ -349,6 +355,16 @@ pub struct LiveInner {
     /// Who is online, what this edge reports, and who follows whom.
     pub presence: PresenceState,
 }
+
+/// The sessions of a channel's members, as they were at one members version.
+struct Audience {
+    members_version: u64,
+    outboxes: Arc<[Arc<Outbox>]>,
+}
+
+/// Sessions the audiences of one workspace may list in all (8 bytes each); past it they are
+/// forgotten and worked out again as events come.
+const MAX_AUDIENCE_REFS: usize = 1 << 20;
 
 /// A user's `typing` in one channel is relayed at most this often; the rest are dropped (a
 /// client repeats it every few seconds while its user types, so nothing is lost).
@@ -360,6 +376,12 @@ impl LiveInner {
         self.presence.open(outbox.id, &outbox.user, Instant::now());
         self.by_user.entry(outbox.user.clone()).or_default().push(outbox.id);
         self.sessions.insert(outbox.id, outbox);
+        self.forget_audiences();
+    }
+
+    fn forget_audiences(&mut self) {
+        self.audiences.clear();
+        self.audience_refs = 0;
     }
 
     /// Whether a `typing` of `user` in `channel` at `now` may be relayed (and, if so, counts as
@@ -392,6 +414,7 @@ impl LiveInner {
     fn unregister(&mut self, id: u64) {
         self.presence.close(id);
         if let Some(outbox) = self.sessions.remove(&id) {
+            self.forget_audiences();
             if let Some(ids) = self.by_user.get_mut(&outbox.user) {
                 ids.retain(|i| *i != id);
                 if ids.is_empty() {
@@ -410,12 +433,54 @@ impl LiveInner {
             }
             return;
         }
-        let ids = self.sessions_of(&applied.recipients, None);
-        if ids.is_empty() {
-            return;
+        let ephemeral = item.event.is_ephemeral();
+        match &applied.recipients {
+            Recipients::Members(channel) | Recipients::MembersAnd(channel, _) => {
+                let audience = self.audience(channel);
+                let extra = match &applied.recipients {
+                    Recipients::MembersAnd(channel, extra) if !self.state.is_member(channel, extra) => {
+                        self.by_user.get(extra).cloned().unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
+                if audience.is_empty() && extra.is_empty() {
+                    return;
+                }
+                let encoded = Arc::new(Encoded::new(item.cursor.clone(), item.event.clone()));
+                self.deliver_to(&encoded, &audience, None, ephemeral, metrics);
+                self.deliver(&encoded, extra, ephemeral, metrics);
+            }
+            recipients => {
+                let ids = self.sessions_of(recipients, None);
+                if ids.is_empty() {
+                    return;
+                }
+                let encoded = Arc::new(Encoded::new(item.cursor.clone(), item.event.clone()));
+                self.deliver(&encoded, ids, ephemeral, metrics);
+            }
         }
-        let encoded = Arc::new(Encoded::new(item.cursor.clone(), item.event.clone()));
-        self.deliver(&encoded, ids, item.event.is_ephemeral(), metrics);
+    }
+
+    /// The sessions of `channel`'s members here: worked out from members and sessions once,
+    /// then reused until either changes.
+    fn audience(&mut self, channel: &ChannelId) -> Arc<[Arc<Outbox>]> {
+        let version = self.state.members_version();
+        if let Some(audience) = self.audiences.get(channel) {
+            if audience.members_version == version {
+                return audience.outboxes.clone();
+            }
+        }
+        let ids = self.sessions_of(&Recipients::Members(channel.clone()), None);
+        let outboxes: Arc<[Arc<Outbox>]> = ids.iter().filter_map(|id| self.sessions.get(id).cloned()).collect();
+        if let Some(stale) = self.audiences.remove(channel) {
+            self.audience_refs -= stale.outboxes.len();
+        }
+        if self.audience_refs + outboxes.len() > MAX_AUDIENCE_REFS {
+            self.forget_audiences();
+        }
+        self.audience_refs += outboxes.len();
+        self.audiences.insert(channel.clone(), Audience { members_version: version, outboxes: outboxes.clone() });
+        outboxes
     }
 
     /// Hands an ephemeral event (typing) of `channel` to its members' sessions, except `from`'s.
@@ -428,9 +493,9 @@ impl LiveInner {
             return;
         }
         let Some(channel) = event.channel() else { return };
-        let ids = self.sessions_of(&Recipients::Members(channel.clone()), from);
+        let audience = self.audience(&channel.clone());
         let encoded = Arc::new(Encoded::new(self.state.cursor().clone(), event));
-        self.deliver(&encoded, ids, true, metrics);
+        self.deliver_to(&encoded, &audience, from, true, metrics);
     }
 
     /// Replaces what session `id` follows (`presence_sub`) and hands it their presence now.
@@ -505,6 +570,30 @@ impl LiveInner {
                 delivered += 1;
             } else {
                 gone.push(id);
+            }
+        }
+        metrics.fanout_deliveries.inc_by(delivered);
+        for id in gone {
+            self.unregister(id);
+        }
+    }
+
+    /// [`LiveInner::deliver`] to an audience, except session `except`.
+    fn deliver_to(
+        &mut self,
+        encoded: &Arc<Encoded>,
+        outboxes: &[Arc<Outbox>],
+        except: Option<u64>,
+        ephemeral: bool,
+        metrics: &Metrics,
+    ) {
+        let mut gone = Vec::new();
+        let mut delivered = 0;
+        for outbox in outboxes.iter().filter(|o| Some(o.id) != except) {
+            if outbox.push(encoded.clone(), ephemeral, metrics) {
+                delivered += 1;
+            } else {
+                gone.push(outbox.id);
             }
         }
         metrics.fanout_deliveries.inc_by(delivered);
@@ -663,6 +752,8 @@ impl Workspaces {
             state: WorkspaceState::from_snapshot(snapshot, self.limits.clone()),
             sessions: HashMap::new(),
             by_user: HashMap::new(),
+            audiences: HashMap::new(),
+            audience_refs: 0,
             retired: false,
             typing: HashMap::new(),
             presence: PresenceState::new(self.presence_broadcast),

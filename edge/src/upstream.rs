@@ -40,7 +40,7 @@ use selvage_shared::{
         encode_frame, Answer, Call, LinkCall, LinkError, LinkOpen, LinkReply, LinkStream, LINK_ALPN,
         MAX_LINK_FRAME_BYTES,
     },
-    quic::read_frame,
+    quic::{read_frame, write_frames, FrameReader, WriteFramesError},
     tls::{self, Trust},
     Cursor, ErrorCode, Event, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
@@ -508,13 +508,14 @@ impl Upstream {
     async fn pump_feed(
         &self,
         first: FeedFrame,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
         updates: &mpsc::Sender<FeedUpdate>,
     ) -> LinkError {
+        let mut feed = FrameReader::new(recv);
         let mut frame = first;
         loop {
             self.deliver(frame, updates).await;
-            frame = match tokio::time::timeout(FEED_SILENCE, read_frame_text(&mut recv, MAX_FEED_FRAME_BYTES)).await {
+            frame = match tokio::time::timeout(FEED_SILENCE, feed.read_frame(MAX_FEED_FRAME_BYTES)).await {
                 Err(_) => {
                     return unavailable(format!(
                         "no feed frame or heartbeat from the origin for {} s",
@@ -654,17 +655,20 @@ impl Drop for PendingSlot<'_> {
 }
 
 async fn write_calls(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) -> LinkError {
-    while let Some(frame) = queue.recv().await {
-        if let Err(e) = write_frame(&mut send, &frame).await {
-            return unavailable(format!("sending a call to the origin failed: {e}"));
-        }
+    match write_frames(&mut send, &mut queue, WRITE_TIMEOUT).await {
+        Ok(()) => unavailable("the call queue closed"),
+        Err(WriteFramesError::TimedOut(_)) => unavailable(format!(
+            "sending a call to the origin failed: the origin read nothing for {} s",
+            WRITE_TIMEOUT.as_secs()
+        )),
+        Err(e) => unavailable(format!("sending a call to the origin failed: {e}")),
     }
-    unavailable("the call queue closed")
 }
 
-async fn read_replies(mut recv: quinn::RecvStream, link: Arc<CallLink>) -> LinkError {
+async fn read_replies(recv: quinn::RecvStream, link: Arc<CallLink>) -> LinkError {
+    let mut replies = FrameReader::new(recv);
     loop {
-        match read_frame_text(&mut recv, MAX_LINK_FRAME_BYTES).await {
+        match replies.read_frame(MAX_LINK_FRAME_BYTES).await {
             Ok(Some(bytes)) => match selvage_shared::from_msgpack::<LinkReply>(&bytes) {
                 // Id 0 answers the stream rather than a call: the origin refused it.
                 Ok(LinkReply { id: 0, reply }) => {

@@ -30,7 +30,7 @@ use selvage_shared::{
     link::{
         encode_frame, Answer, Call, LinkCall, LinkError, LinkReply, FRAME_PREFIX_BYTES, LINK_ALPN, MAX_LINK_FRAME_BYTES,
     },
-    quic::{read_frame, FrameReadError},
+    quic::{read_frame, write_frames, FrameReadError, FrameReader},
     tls::{self, Identity},
     Cursor, ErrorCode, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
@@ -562,15 +562,16 @@ struct CallId {
 
 /// Reads calls until the edge finishes the stream, runs each as its own task, and writes the
 /// replies through one writer task.
-async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::RecvStream, edge_id: &Arc<str>) {
+async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, recv: quinn::RecvStream, edge_id: &Arc<str>) {
     let (replies, queue) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE);
     let writer = tokio::spawn(write_replies(send, queue));
     let slots = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
     let metrics = &ctx.origin.metrics;
+    let mut calls = FrameReader::new(recv);
     loop {
         let frame = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
-            frame = read_frame(&mut recv, MAX_CALL_FRAME_BYTES) => frame,
+            frame = calls.read_frame(MAX_CALL_FRAME_BYTES) => frame,
         };
         let bytes = match frame {
             Ok(Some(bytes)) => bytes,
@@ -585,7 +586,7 @@ async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::
                 metrics.link_calls.with_label_values(&["invalid"]).inc();
                 let error = link_error(ErrorCode::TooLarge, format!("call frame refused: {e}"));
                 let _ = replies.send(encode_reply(0, Err(error))).await;
-                let _ = recv.stop(0u32.into());
+                let _ = calls.stream().stop(0u32.into());
                 break;
             }
         };
@@ -673,15 +674,16 @@ fn ephemeral(origin: &Origin, edge_id: &Arc<str>, call: &Call) -> Option<Result<
 }
 
 async fn write_replies(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
-    while let Some(frame) = queue.recv().await {
-        if let Err(e) = write_frame(&mut send, &frame).await {
+    match write_frames(&mut send, &mut queue, WRITE_TIMEOUT).await {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        Err(e) => {
             tracing::debug!(error = %e, "calls stream write failed");
             // Callers still sending get an error from the closed queue.
             queue.close();
-            return;
         }
     }
-    let _ = send.finish();
 }
 
 /// Runs one call under [`CALL_TIMEOUT`], mapping failures through [`OriginError::code`].
