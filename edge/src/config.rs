@@ -18,6 +18,11 @@ pub struct EdgeConfig {
     /// Address of the WebSocket endpoint `/v1/connect`, `/metrics`, `/healthz`, `/readyz`
     /// and `/admin/drain`. Port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Connections the kernel may hold for `listen` before the edge accepts them. A reconnect
+    /// storm opens tens of thousands at once; past this many the kernel drops connection
+    /// attempts and clients wait for their SYN to be retried (1 s, then 3 s, 7 s, 15 s). The
+    /// kernel caps it at `net.core.somaxconn` (4,096 by default): raise that too.
+    pub listen_backlog: u32,
     /// UDP address of the client QUIC endpoint (ALPN `selvage/1`); unset turns QUIC off.
     pub quic_listen: Option<SocketAddr>,
     /// PEM certificate chain for client QUIC; unset makes a self-signed one at start and
@@ -116,6 +121,7 @@ impl Default for EdgeConfig {
         EdgeConfig {
             edge_id: "edge-1".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
+            listen_backlog: 65_535,
             quic_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7801))),
             cert_file: None,
             key_file: None,
@@ -191,6 +197,9 @@ impl EdgeConfig {
         if let Some(fp) = &self.origin.fingerprint {
             selvage_shared::tls::parse_fingerprint(fp).map_err(|e| format!("origin.fingerprint: {e}"))?;
         }
+        if !(64..=1 << 20).contains(&self.listen_backlog) {
+            return Err("listen_backlog must be between 64 and 1048576".into());
+        }
         if self.origin.call_timeout_ms == 0 {
             return Err("origin.call_timeout_ms must be above 0".into());
         }
@@ -259,5 +268,8 @@ mod tests {
         let mut c = valid();
         c.sessions.outbound_queue = 1;
         assert!(c.validate().unwrap_err().contains("outbound_queue"));
+        let mut c = valid();
+        c.listen_backlog = 0;
+        assert!(c.validate().unwrap_err().contains("listen_backlog"));
     }
 }
