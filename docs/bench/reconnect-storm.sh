@@ -13,6 +13,11 @@ runs=${1:-3}
 scale=${2:-0.36}
 bin=${BIN:-./target/release/selvage}
 cargo build --release --quiet
+# The edge asks for an accept queue of 65,535 (`listen_backlog`); the kernel caps it at
+# net.core.somaxconn, 4,096 by default. Raising it needs root (in a container, its own network
+# namespace).
+sysctl -qw net.core.somaxconn=65535 2>/dev/null ||
+  echo "warning: net.core.somaxconn is $(cat /proc/sys/net/core/somaxconn) and cannot be raised here" >&2
 key=bench-operator-key-$(date +%s)
 edge_key=bench-edge-key-$(date +%s)-0000
 out=$(mktemp -d /tmp/selvage-reconnect-storm.XXXXXX)
