@@ -339,6 +339,12 @@ impl Page {
                     field("changed_messages")
                 );
             }
+            if checker.get("stored_checked").and_then(Value::as_bool) == Some(true) {
+                b.push_str(
+                    "<p class=\"ok\">The origin's history holds every acknowledged send at the seq its ack \
+                     carried.</p>\n",
+                );
+            }
             b.push_str("</section>\n");
             return;
         }

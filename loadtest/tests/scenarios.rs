@@ -29,6 +29,7 @@ fn args(name: &str, out: &Path) -> RunArgs {
         scale: scale_for(name),
         seed_concurrency: 16,
         quiet: true,
+        check_stored: true,
     }
 }
 
@@ -69,6 +70,8 @@ async fn every_shipped_scenario_passes_at_a_tiny_scale() {
         // Scenarios that change messages hold every client's view against the final history.
         let changes = scenario::resolve(name).unwrap().0.load.changes > 0.0;
         assert_eq!(json["checker"]["states_checked"], changes, "{name}");
+        // Every acknowledged send was found in the origin's history afterwards.
+        assert_eq!(json["checker"]["stored_checked"], true, "{name}");
         assert!(report.totals.changes_acked <= report.totals.changes, "{name}");
         match *name {
             "reconnect-storm" | "mixed" => {

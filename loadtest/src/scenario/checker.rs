@@ -204,7 +204,13 @@ pub enum Kind {
     /// counts): a change event missed, repeated or applied out of order — or a change record
     /// for a message the origin shows as posted.
     StaleState,
+    /// An acknowledged send the origin's history does not hold at its seq, or holds another
+    /// message there: an acknowledged message lost (checked with `--check-stored`).
+    NotStored,
 }
+
+/// What the origin's history holds: (channel, seq) → the hash of the message's `client_msg_id`.
+pub type Stored = HashMap<(ChannelIx, u64), u32>;
 
 /// One broken promise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -237,9 +243,33 @@ pub struct Verdict {
     pub states_checked: bool,
     /// Messages the origin's final history shows changed (edited, deleted or reacted to).
     pub changed_messages: usize,
+    /// Whether every acknowledged send was looked for in the origin's history
+    /// ([`Verdict::check_stored`]).
+    pub stored_checked: bool,
 }
 
 impl Verdict {
+    /// Holds every ack against what the origin's history holds (read after the run): each
+    /// acknowledged send must be there, at the seq its ack carried.
+    pub fn check_stored(&mut self, acks: &[Ack], stored: &Stored, cap: usize) {
+        self.stored_checked = true;
+        for a in acks {
+            let detail = match stored.get(&(a.channel, a.seq)) {
+                Some(msg) if *msg == a.msg => continue,
+                Some(_) => "the origin's history holds another message at the acknowledged seq",
+                None => "acknowledged, but the origin's history does not hold it",
+            };
+            let v = Violation {
+                kind: Kind::NotStored,
+                channel: a.channel.to_string(),
+                seq: a.seq,
+                client: "acks".into(),
+                detail: detail.into(),
+            };
+            self.push(cap, v);
+        }
+    }
+
     fn push(&mut self, cap: usize, v: Violation) {
         self.violation_count += 1;
         if self.violations.len() < cap {
@@ -699,5 +729,30 @@ mod tests {
         assert_eq!(v.violation_count, 15);
         let v = check(&[log(&[(0, 0)], &[])], &acks, None, 5);
         assert_eq!((v.violations.len(), v.violation_count), (1, 30), "one run of 30 missing messages");
+    }
+
+    #[test]
+    fn acknowledged_sends_must_be_in_the_origin_s_history_at_their_seq() {
+        let acks = [
+            Ack { channel: 0, seq: 1, msg: 11 },
+            Ack { channel: 0, seq: 2, msg: 12 },
+            Ack { channel: 1, seq: 1, msg: 21 },
+        ];
+        let mut all: Stored = [((0, 1), 11), ((0, 2), 12), ((1, 1), 21), ((1, 2), 22)].into_iter().collect();
+        let mut v = Verdict::default();
+        v.check_stored(&acks, &all, 10);
+        assert!(v.passed() && v.stored_checked, "{v:?}");
+
+        // One lost, one replaced by another message.
+        all.remove(&(0, 2));
+        all.insert((1, 1), 99);
+        let mut v = Verdict::default();
+        v.check_stored(&acks, &all, 10);
+        assert_eq!(v.violation_count, 2);
+        assert!(v.violations.iter().all(|x| x.kind == Kind::NotStored));
+        assert_eq!(
+            v.violations.iter().map(|x| (x.channel.as_str(), x.seq)).collect::<Vec<_>>(),
+            vec![("0", 2), ("1", 1)]
+        );
     }
 }

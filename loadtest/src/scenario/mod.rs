@@ -82,6 +82,11 @@ pub struct RunArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// After the run, read every channel's history from the origin and check that it holds
+    /// every acknowledged send at the seq its ack carried — for runs during which the origin
+    /// is killed and restarted (docs/bench/origin-kill.sh).
+    #[arg(long)]
+    pub check_stored: bool,
 }
 
 /// Finds a scenario by file path or shipped name; returns it with where it came from.
@@ -238,7 +243,14 @@ async fn run_on(
         logs.push(c.log);
     }
     totals.sends = counters.sends.load(Ordering::Relaxed);
-    let verdict = checker::check(&logs, &acks, finals.as_ref(), VIOLATIONS_KEPT);
+    let mut verdict = checker::check(&logs, &acks, finals.as_ref(), VIOLATIONS_KEPT);
+    if args.check_stored {
+        match runner::stored(deployment, &seeded, args.seed_concurrency).await {
+            Ok(stored) => verdict.check_stored(&acks, &stored, VIOLATIONS_KEPT),
+            Err(e) => failures
+                .push(format!("acknowledged sends were not looked for: cannot read the origin's history: {e:#}")),
+        }
+    }
     let name = |names: &[String], ix: &str| {
         ix.parse::<usize>().ok().and_then(|i| names.get(i)).cloned().unwrap_or_else(|| ix.to_string())
     };
@@ -303,6 +315,7 @@ async fn run_on(
             violation_count: verdict.violation_count,
             states_checked: verdict.states_checked,
             changed_messages: verdict.changed_messages,
+            stored_checked: verdict.stored_checked,
             violations,
         },
     })

@@ -187,6 +187,9 @@ pub struct CheckerReport {
     pub states_checked: bool,
     /// Messages the origin's final history shows changed.
     pub changed_messages: usize,
+    /// Whether every acknowledged send was looked for in the origin's history after the run
+    /// (`--check-stored`).
+    pub stored_checked: bool,
     /// The first of them (at most [`super::VIOLATIONS_KEPT`]).
     pub violations: Vec<Violation>,
 }
@@ -252,6 +255,9 @@ pub fn print(r: &Report) {
                  ({} changed)",
                 c.changed_messages
             );
+        }
+        if c.stored_checked {
+            println!("                    and the origin's history holds every acknowledged send at its seq");
         }
     } else {
         println!("  check             FAILED: {} violations; the first:", c.violation_count);

@@ -38,7 +38,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::changes::{self, Authored, Planned};
-use super::checker::{changed_message, Ack, ChannelIx, ClientLog, Delivery, Finals, MessageState};
+use super::checker::{changed_message, Ack, ChannelIx, ClientLog, Delivery, Finals, MessageState, Stored};
 use super::config::{ChannelPick, Scenario, StormKind};
 use crate::deployment::Deployment;
 use crate::lean::{self, Ws};
@@ -502,6 +502,26 @@ pub async fn final_states(deployment: &Deployment, seeded: &Seeded, concurrency:
     });
     let changed: Vec<_> = futures::stream::iter(reads).buffer_unordered(concurrency.max(1)).try_collect().await?;
     Ok(changed.into_iter().flatten().collect())
+}
+
+/// Reads the whole history of every channel that took sends (as one of its members): what
+/// the origin holds at each seq, `concurrency` channels at a time.
+pub async fn stored(deployment: &Deployment, seeded: &Seeded, concurrency: usize) -> Result<Stored> {
+    let api = &deployment.api;
+    let reads = seeded.channels[..seeded.sendable].iter().enumerate().map(|(ix, channel)| async move {
+        let member = channel
+            .members
+            .first()
+            .and_then(|&m| seeded.members.get(m))
+            .with_context(|| format!("{} has no member to read it as", channel.name))?;
+        let history = api
+            .history(&member.token, &channel.id)
+            .await
+            .with_context(|| format!("reading the history of {}", channel.name))?;
+        anyhow::Ok(history.iter().map(|m| ((ix as ChannelIx, m.seq), msg_key(&m.client_msg_id))).collect::<Vec<_>>())
+    });
+    let held: Vec<_> = futures::stream::iter(reads).buffer_unordered(concurrency.max(1)).try_collect().await?;
+    Ok(held.into_iter().flatten().collect())
 }
 
 /// A stable hash of a `client_msg_id`, the same in every client.
