@@ -126,6 +126,7 @@ pub fn bind(config: &LinkConfig, data_dir: &std::path::Path) -> Result<Option<Bo
     }
     .map_err(|e| StartError::Link(e.to_string()))?;
     let fingerprint = identity.fingerprint();
+    let endpoint_config = endpoint_config(&identity);
     let tls = tls::server_config(identity, &[LINK_ALPN]).map_err(|e| StartError::Link(e.to_string()))?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| StartError::Link(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -138,10 +139,32 @@ pub fn bind(config: &LinkConfig, data_dir: &std::path::Path) -> Result<Option<Bo
             quinn::IdleTimeout::try_from(IDLE_TIMEOUT).map_err(|e| StartError::Link(e.to_string()))?,
         ));
     server.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server, config.listen)
-        .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let bind_err = |source| StartError::Bind { addr: config.listen, source };
+    let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+    let endpoint =
+        quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime)).map_err(bind_err)?;
     let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     Ok(Some(Bound { endpoint, addr, fingerprint, key_digest: digest(edge_key) }))
+}
+
+/// The link endpoint's connection ids and stateless resets, keyed by secrets derived from the
+/// link's private key so that they survive restarts: an origin started again on the same data
+/// recognises the connection ids of its previous life and answers their packets with a reset
+/// the edges accept (QUIC, RFC 9000 §10.3), so they reconnect at once instead of waiting out
+/// the idle timeout.
+fn endpoint_config(identity: &tls::Identity) -> quinn::EndpointConfig {
+    let derive = |label: &[u8]| {
+        let mut secret = Sha256::new();
+        secret.update(label);
+        secret.update(identity.key.secret_der());
+        secret.finalize()
+    };
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(b"selvage link stateless reset key\0"));
+    let cid = derive(b"selvage link connection id key\0");
+    let cid_key = u64::from_le_bytes([cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7]]);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }
 
 impl Bound {
