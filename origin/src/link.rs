@@ -153,18 +153,23 @@ pub fn bind(config: &LinkConfig, data_dir: &std::path::Path) -> Result<Option<Bo
 /// the edges accept (QUIC, RFC 9000 §10.3), so they reconnect at once instead of waiting out
 /// the idle timeout.
 fn endpoint_config(identity: &tls::Identity) -> quinn::EndpointConfig {
-    let derive = |label: &[u8]| {
+    let (reset, cid_key) = link_secrets(identity);
+    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset)));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
+}
+
+/// The stateless-reset key and the connection-id key of [`endpoint_config`].
+fn link_secrets(identity: &tls::Identity) -> ([u8; 32], u64) {
+    let derive = |label: &[u8]| -> [u8; 32] {
         let mut secret = Sha256::new();
         secret.update(label);
         secret.update(identity.key.secret_der());
-        secret.finalize()
+        secret.finalize().into()
     };
-    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &derive(b"selvage link stateless reset key\0"));
     let cid = derive(b"selvage link connection id key\0");
     let cid_key = u64::from_le_bytes([cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7]]);
-    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
-    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
-    config
+    (derive(b"selvage link stateless reset key\0"), cid_key)
 }
 
 impl Bound {
@@ -912,5 +917,28 @@ mod tests {
         let back: LinkReply = selvage_shared::from_msgpack(&frame[FRAME_PREFIX_BYTES..]).unwrap();
         assert_eq!(back.id, 3);
         assert_eq!(back.reply.unwrap_err().code, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn a_restarted_origin_knows_its_connection_ids_and_resets() {
+        use quinn_proto::{ConnectionIdGenerator, HashedConnectionIdGenerator};
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["localhost".to_string()];
+        let first = tls::Identity::self_signed_in(dir.path(), "link", &names).unwrap();
+        let again = tls::Identity::self_signed_in(dir.path(), "link", &names).unwrap();
+        let other = tls::Identity::self_signed(&names).unwrap();
+        let (reset, cid_key) = link_secrets(&first);
+        assert_eq!(link_secrets(&again), (reset, cid_key), "the same data gives the same secrets");
+        let (other_reset, other_cid_key) = link_secrets(&other);
+        assert_ne!(reset, other_reset);
+
+        // A connection id made before the restart is recognised after it, and not by another origin.
+        let cid = HashedConnectionIdGenerator::from_key(cid_key).generate_cid();
+        assert!(HashedConnectionIdGenerator::from_key(link_secrets(&again).1).validate(&cid).is_ok());
+        assert!(HashedConnectionIdGenerator::from_key(other_cid_key).validate(&cid).is_err());
+
+        // And the reset token for it is the one the edge was given.
+        let token = |key: [u8; 32]| ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key), &cid);
+        assert_eq!(token(reset).as_ref(), token(link_secrets(&again).0).as_ref());
     }
 }
