@@ -8,8 +8,9 @@
 # both (a) closed loop (saturated) and (b) open loop at RATE sends/s, and prints each run, the
 # medians and the ratio Selvage ÷ NATS of deliveries/s (a) and delivery p99 (b).
 # Usage: docs/bench/nats-fanout.sh [RUNS]   (from the repository root; default 3 runs)
-# Environment: SUBSCRIBERS (1000), RATE (500), SECS (10), SENDERS (256: Selvage sends in flight;
-#   NATS gets 4 publishers × SENDERS/4 unflushed), BYTES (100: message text/payload bytes).
+# Environment: SUBSCRIBERS (1000), RATE (500), SECS (10), PUBLISHERS (4: publishing connections
+#   on each side), SENDERS (256: Selvage sends in flight; NATS gets PUBLISHERS × SENDERS/PUBLISHERS
+#   unflushed), BYTES (100: message text/payload bytes).
 # Needs nats-server (Debian: apt-get install -y nats-server); installs nothing itself.
 set -euo pipefail
 runs=${1:-3}
@@ -17,6 +18,7 @@ subs=${SUBSCRIBERS:-1000}
 rate=${RATE:-500}
 secs=${SECS:-10}
 senders=${SENDERS:-256}
+publishers=${PUBLISHERS:-4}
 bytes=${BYTES:-100}
 bin=./target/release/selvage
 if ! command -v nats-server > /dev/null; then
@@ -74,17 +76,17 @@ med() { # prefix expression
   for r in $(seq "$runs"); do field "$out/$1-$r.json" "$2"; done | median
 }
 
-echo "== $subs subscribers, $runs runs of ${secs}s each, alternating; nats-server $(nats-server --version | awk '{print $2}') =="
+echo "== $subs subscribers, $publishers publishers, $runs runs of ${secs}s each, alternating; nats-server $(nats-server --version | awk '{print $2}') =="
 for mode in sat rate; do
   for r in $(seq "$runs"); do
     if [ $mode = sat ]; then
       echo "closed loop, run $r"
-      nats_run "$out/nats-$mode-$r.json" --publishers 4 --in-flight $(( senders / 4 ))
-      selvage_run "$out/selvage-$mode-$r.json" --senders "$senders"
+      nats_run "$out/nats-$mode-$r.json" --publishers "$publishers" --in-flight $(( senders / publishers ))
+      selvage_run "$out/selvage-$mode-$r.json" --publishers "$publishers" --senders "$senders"
     else
       echo "open loop at $rate sends/s = $(( rate * subs )) deliveries/s, run $r"
-      nats_run "$out/nats-$mode-$r.json" --publishers 4 --rate "$rate"
-      selvage_run "$out/selvage-$mode-$r.json" --rate "$rate"
+      nats_run "$out/nats-$mode-$r.json" --publishers "$publishers" --rate "$rate"
+      selvage_run "$out/selvage-$mode-$r.json" --publishers "$publishers" --rate "$rate"
     fi
   done
 done
