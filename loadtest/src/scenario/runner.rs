@@ -479,35 +479,33 @@ fn caught_up(ctx: &RunContext, shareds: &[Arc<Shared>]) -> bool {
     })
 }
 
-/// Reads the final history of every channel that took sends (as one of its members) and keeps
-/// the state of each message it shows changed, `concurrency` channels at a time.
+/// Reads the final history of every channel that took sends and keeps the state of each
+/// message it shows changed.
 pub async fn final_states(deployment: &Deployment, seeded: &Seeded, concurrency: usize) -> Result<Finals> {
-    let api = &deployment.api;
-    let reads = seeded.channels[..seeded.sendable].iter().enumerate().map(|(ix, channel)| async move {
-        let member = channel
-            .members
-            .first()
-            .and_then(|&m| seeded.members.get(m))
-            .with_context(|| format!("{} has no member to read it as", channel.name))?;
-        let history = api
-            .history(&member.token, &channel.id)
-            .await
-            .with_context(|| format!("reading the final history of {}", channel.name))?;
-        let changed: Vec<((ChannelIx, u64), MessageState)> = history
-            .iter()
-            .map(|m| ((ix as ChannelIx, m.seq), MessageState::of(m)))
-            .filter(|(_, state)| !state.is_posted())
-            .collect();
-        anyhow::Ok(changed)
+    let changed = each_history(deployment, seeded, concurrency, |ix, history| {
+        history.iter().map(|m| ((ix, m.seq), MessageState::of(m))).filter(|(_, state)| !state.is_posted()).collect()
     });
-    let changed: Vec<_> = futures::stream::iter(reads).buffer_unordered(concurrency.max(1)).try_collect().await?;
-    Ok(changed.into_iter().flatten().collect())
+    Ok(changed.await?.into_iter().collect())
 }
 
-/// Reads the whole history of every channel that took sends (as one of its members): what
-/// the origin holds at each seq, `concurrency` channels at a time.
+/// Reads the whole history of every channel that took sends: what the origin holds at each seq.
 pub async fn stored(deployment: &Deployment, seeded: &Seeded, concurrency: usize) -> Result<Stored> {
+    let held = each_history(deployment, seeded, concurrency, |ix, history| {
+        history.iter().map(|m| ((ix, m.seq), msg_key(&m.client_msg_id))).collect()
+    });
+    Ok(held.await?.into_iter().collect())
+}
+
+/// Reads the whole history of every channel that took sends (as one of its members),
+/// `concurrency` channels at a time, and keeps what `keep` takes from each.
+async fn each_history<T>(
+    deployment: &Deployment,
+    seeded: &Seeded,
+    concurrency: usize,
+    keep: impl Fn(ChannelIx, &[selvage_shared::Message]) -> Vec<T>,
+) -> Result<Vec<T>> {
     let api = &deployment.api;
+    let keep = &keep;
     let reads = seeded.channels[..seeded.sendable].iter().enumerate().map(|(ix, channel)| async move {
         let member = channel
             .members
@@ -518,10 +516,10 @@ pub async fn stored(deployment: &Deployment, seeded: &Seeded, concurrency: usize
             .history(&member.token, &channel.id)
             .await
             .with_context(|| format!("reading the history of {}", channel.name))?;
-        anyhow::Ok(history.iter().map(|m| ((ix as ChannelIx, m.seq), msg_key(&m.client_msg_id))).collect::<Vec<_>>())
+        anyhow::Ok(keep(ix as ChannelIx, &history))
     });
-    let held: Vec<_> = futures::stream::iter(reads).buffer_unordered(concurrency.max(1)).try_collect().await?;
-    Ok(held.into_iter().flatten().collect())
+    let kept: Vec<Vec<T>> = futures::stream::iter(reads).buffer_unordered(concurrency.max(1)).try_collect().await?;
+    Ok(kept.into_iter().flatten().collect())
 }
 
 /// A stable hash of a `client_msg_id`, the same in every client.
