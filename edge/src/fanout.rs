@@ -433,32 +433,27 @@ impl LiveInner {
             }
             return;
         }
-        let ephemeral = item.event.is_ephemeral();
-        match &applied.recipients {
-            Recipients::Members(channel) | Recipients::MembersAnd(channel, _) => {
-                let audience = self.audience(channel);
-                let extra = match &applied.recipients {
-                    Recipients::MembersAnd(channel, extra) if !self.state.is_member(channel, extra) => {
-                        self.by_user.get(extra).cloned().unwrap_or_default()
-                    }
-                    _ => Vec::new(),
+        // A channel's members are its cached audience; anyone else (a user not or no longer a
+        // member who must still hear of it, or other kinds of recipients) is looked up.
+        let (audience, others) = match &applied.recipients {
+            Recipients::Members(channel) => (self.audience(channel), Vec::new()),
+            Recipients::MembersAnd(channel, extra) => {
+                let extra = if self.state.is_member(channel, extra) {
+                    Vec::new()
+                } else {
+                    self.by_user.get(extra).cloned().unwrap_or_default()
                 };
-                if audience.is_empty() && extra.is_empty() {
-                    return;
-                }
-                let encoded = Arc::new(Encoded::new(item.cursor.clone(), item.event.clone()));
-                self.deliver_to(&encoded, &audience, None, ephemeral, metrics);
-                self.deliver(&encoded, extra, ephemeral, metrics);
+                (self.audience(channel), extra)
             }
-            recipients => {
-                let ids = self.sessions_of(recipients, None);
-                if ids.is_empty() {
-                    return;
-                }
-                let encoded = Arc::new(Encoded::new(item.cursor.clone(), item.event.clone()));
-                self.deliver(&encoded, ids, ephemeral, metrics);
-            }
+            recipients => (Arc::from([]), self.sessions_of(recipients, None)),
+        };
+        if audience.is_empty() && others.is_empty() {
+            return;
         }
+        let ephemeral = item.event.is_ephemeral();
+        let encoded = Arc::new(Encoded::new(item.cursor.clone(), item.event.clone()));
+        self.deliver_to(&encoded, &audience, None, ephemeral, metrics);
+        self.deliver(&encoded, others, ephemeral, metrics);
     }
 
     /// The sessions of `channel`'s members here: worked out from members and sessions once,
@@ -493,7 +488,7 @@ impl LiveInner {
             return;
         }
         let Some(channel) = event.channel() else { return };
-        let audience = self.audience(&channel.clone());
+        let audience = self.audience(channel);
         let encoded = Arc::new(Encoded::new(self.state.cursor().clone(), event));
         self.deliver_to(&encoded, &audience, from, true, metrics);
     }
@@ -562,23 +557,12 @@ impl LiveInner {
     }
 
     fn deliver(&mut self, encoded: &Arc<Encoded>, ids: Vec<u64>, ephemeral: bool, metrics: &Metrics) {
-        let mut gone = Vec::new();
-        let mut delivered = 0;
-        for id in ids {
-            let Some(outbox) = self.sessions.get(&id) else { continue };
-            if outbox.push(encoded.clone(), ephemeral, metrics) {
-                delivered += 1;
-            } else {
-                gone.push(id);
-            }
-        }
-        metrics.fanout_deliveries.inc_by(delivered);
-        for id in gone {
-            self.unregister(id);
-        }
+        let outboxes: Vec<Arc<Outbox>> = ids.iter().filter_map(|id| self.sessions.get(id).cloned()).collect();
+        self.deliver_to(encoded, &outboxes, None, ephemeral, metrics);
     }
 
-    /// [`LiveInner::deliver`] to an audience, except session `except`.
+    /// Hands `encoded` to each of `outboxes` except session `except`'s; sessions that are gone
+    /// are unregistered.
     fn deliver_to(
         &mut self,
         encoded: &Arc<Encoded>,

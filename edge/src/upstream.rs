@@ -40,7 +40,7 @@ use selvage_shared::{
         encode_frame, Answer, Call, LinkCall, LinkError, LinkOpen, LinkReply, LinkStream, LINK_ALPN,
         MAX_LINK_FRAME_BYTES,
     },
-    quic::{read_frame, write_frames, FrameReader, WriteFramesError},
+    quic::{read_frame, write_frames, FrameReader},
     tls::{self, Trust},
     Cursor, ErrorCode, Event, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
@@ -657,10 +657,6 @@ impl Drop for PendingSlot<'_> {
 async fn write_calls(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) -> LinkError {
     match write_frames(&mut send, &mut queue, WRITE_TIMEOUT).await {
         Ok(()) => unavailable("the call queue closed"),
-        Err(WriteFramesError::TimedOut(_)) => unavailable(format!(
-            "sending a call to the origin failed: the origin read nothing for {} s",
-            WRITE_TIMEOUT.as_secs()
-        )),
         Err(e) => unavailable(format!("sending a call to the origin failed: {e}")),
     }
 }

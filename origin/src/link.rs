@@ -143,7 +143,7 @@ pub fn bind(config: &LinkConfig, data_dir: &std::path::Path) -> Result<Option<Bo
     let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
     let endpoint =
         quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime)).map_err(bind_err)?;
-    let addr = endpoint.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let addr = endpoint.local_addr().map_err(bind_err)?;
     Ok(Some(Bound { endpoint, addr, fingerprint, key_digest: digest(edge_key) }))
 }
 
