@@ -57,6 +57,10 @@ pub struct SendsArgs {
     /// origin's default].
     #[arg(long, requires = "in_process")]
     pub flush_interval_ms: Option<u64>,
+    /// For --in-process: the sequencer's committer shards (the origin's `sequencer.shards`)
+    /// [default: the origin's default].
+    #[arg(long, requires = "in_process")]
+    pub shards: Option<usize>,
     /// Channels to spread the sends over (1 = one hot channel).
     #[arg(long, default_value_t = 1000)]
     pub channels: usize,
@@ -294,6 +298,9 @@ pub async fn measure(args: &SendsArgs) -> Result<SendsReport> {
             config.embedded.memtable_entries = config.embedded.memtable_entries.max(ms as usize * 400);
             config.embedded.memtable_mib = config.embedded.memtable_mib.max(ms as usize / 4);
         }
+        if let Some(shards) = args.shards {
+            config.sequencer.shards = shards;
+        }
         config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         let r = selvage_origin::start(config, shutdown.clone()).await?;
         let origin = r.origin.clone();
@@ -462,6 +469,7 @@ mod tests {
             in_process: true,
             data_dir: None,
             flush_interval_ms: None,
+            shards: Some(2),
             channels: 3,
             concurrency: 8,
             duration: Duration::from_millis(500),

@@ -98,7 +98,8 @@ impl EmbeddedConfig {
 pub struct SequencerConfig {
     /// Independent committers on this node; every channel belongs to one of them (by a hash
     /// of its id), so a channel's order is one committer's, while committers for different
-    /// channels build their groups in parallel. Their commits never conflict.
+    /// channels build their groups in parallel. Their commits never conflict. 0 (the default)
+    /// means one per two cores of this machine, at least one.
     pub shards: usize,
     /// Sends waiting for a commit (over all shards) before new ones are refused with
     /// `overloaded`.
@@ -215,10 +216,22 @@ impl Default for OriginConfig {
     }
 }
 
+impl SequencerConfig {
+    /// The committers to run: `shards`, or for 0 one per two cores of this machine (at least
+    /// one). On two cores one committer builds groups as fast as four and spends less CPU
+    /// (docs/BENCHMARKS.md); more pay where there are cores to build groups in parallel.
+    pub fn committers(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() / 2).clamp(1, 16),
+            n => n,
+        }
+    }
+}
+
 impl Default for SequencerConfig {
     fn default() -> Self {
         SequencerConfig {
-            shards: 4,
+            shards: 0,
             queue_capacity: 100_000,
             max_batch_messages: 8_192,
             max_batch_bytes: 4 * 1024 * 1024,
@@ -269,8 +282,8 @@ impl OriginConfig {
         if s.queue_capacity == 0 || s.max_batch_messages == 0 {
             return Err("sequencer.queue_capacity and sequencer.max_batch_messages must be > 0".into());
         }
-        if !(1..=64).contains(&s.shards) {
-            return Err("sequencer.shards must be between 1 and 64".into());
+        if s.shards > 64 {
+            return Err("sequencer.shards must be between 0 (one per two cores) and 64".into());
         }
         if s.max_batch_messages > u16::MAX as usize {
             return Err(format!("sequencer.max_batch_messages must be at most {}", u16::MAX));

@@ -2,7 +2,7 @@
 //! before anyone is told they were sent (DESIGN §2 "Ordering").
 //!
 //! Every channel belongs to one of the node's committer shards (a hash of the channel id picks
-//! it; `sequencer.shards` of them). Sends wait in the shard's bounded queue. The shard's one
+//! it; `sequencer.shards` of them, by default one per two cores). Sends wait in the shard's bounded queue. The shard's one
 //! committer task takes everything queued — for every channel of the shard — and writes it in
 //! **one** transaction: for each message its
 //! record, its dedup entry `(nonce, C, client_msg_id)`, a thread-index entry for replies, and a
@@ -29,11 +29,12 @@
 
 use std::{
     collections::hash_map::Entry,
+    hash::{Hash, Hasher},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHasher};
 use selvage_shared::{Channel, ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -92,14 +93,16 @@ struct Pending {
 /// The handle request handlers send through.
 #[derive(Clone)]
 pub struct Sequencer {
-    queue: mpsc::Sender<Pending>,
+    /// One queue per committer shard.
+    queues: Arc<[mpsc::Sender<Pending>]>,
     presence: Arc<presence::Tracker>,
     metrics: Arc<Metrics>,
     ack_timeout: Duration,
 }
 
 impl Sequencer {
-    /// Starts the committer task; it stops (after committing what is queued) on `shutdown`.
+    /// Starts one committer task per shard; the returned task ends when all of them have
+    /// stopped (after committing what is queued) on `shutdown`.
     pub fn start(
         store: Store,
         config: SequencerConfig,
@@ -107,11 +110,31 @@ impl Sequencer {
         presence: Arc<presence::Tracker>,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (queue, rx) = mpsc::channel(config.queue_capacity);
+        let shards = config.committers();
+        // The capacity is the node's; each shard holds its share of it.
+        let capacity = config.queue_capacity.div_ceil(shards).max(1);
         let ack_timeout = Duration::from_millis(config.ack_timeout_ms);
-        let committer = Committer { store, config, metrics: metrics.clone() };
-        let task = tokio::spawn(committer.run(rx, shutdown));
-        (Sequencer { queue, presence, metrics, ack_timeout }, task)
+        let mut queues = Vec::with_capacity(shards);
+        let mut committers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (queue, rx) = mpsc::channel(capacity);
+            let committer = Committer { store: store.clone(), config: config.clone(), metrics: metrics.clone() };
+            committers.push(tokio::spawn(committer.run(rx, shutdown.clone())));
+            queues.push(queue);
+        }
+        let task = tokio::spawn(async move {
+            for committer in committers {
+                if let Err(e) = committer.await {
+                    tracing::error!(error = %e, "a sequencer committer failed");
+                }
+            }
+        });
+        (Sequencer { queues: queues.into(), presence, metrics, ack_timeout }, task)
+    }
+
+    /// The queue of the shard `channel` belongs to.
+    fn queue(&self, workspace: &WorkspaceId, channel: &ChannelId) -> &mpsc::Sender<Pending> {
+        &self.queues[shard_of(workspace, channel, self.queues.len())]
     }
 
     /// Sequences one message and waits for its commit.
@@ -120,7 +143,7 @@ impl Sequencer {
         let mentioned = Mentioned::of(&request.text, &self.presence, &request.workspace);
         let (reply, answer) = oneshot::channel();
         let pending = Pending { request, mentioned, reply, enqueued: Instant::now() };
-        match self.queue.try_send(pending) {
+        match self.queue(&pending.request.workspace, &pending.request.channel).try_send(pending) {
             Ok(()) => self.metrics.queue_depth.inc(),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.overloaded.inc();
@@ -140,6 +163,16 @@ impl Sequencer {
             )),
         }
     }
+}
+
+/// The committer shard of a channel: a stable hash of its ids, so every send to one channel
+/// goes through one committer and one order.
+fn shard_of(workspace: &WorkspaceId, channel: &ChannelId, shards: usize) -> usize {
+    let mut h = FxHasher::default();
+    workspace.as_str().hash(&mut h);
+    channel.as_str().hash(&mut h);
+    // The high half: FxHash mixes its low bits least.
+    ((h.finish() >> 32) % shards as u64) as usize
 }
 
 /// Checks a message text: not empty, at most [`selvage_shared::MAX_TEXT_CHARS`] characters and
@@ -404,4 +437,24 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
     }
     log.finish(tx)?;
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_keeps_its_shard_and_channels_spread_over_all() {
+        let w = WorkspaceId::new_unchecked("W1");
+        let mut counts = [0usize; 4];
+        for i in 0..1000 {
+            let c = ChannelId::new_unchecked(format!("C{i}"));
+            let shard = shard_of(&w, &c, 4);
+            assert_eq!(shard, shard_of(&w, &c, 4), "one channel, one shard");
+            counts[shard] += 1;
+        }
+        // Each shard gets a fair part of 1,000 channels (250 on average).
+        assert!(counts.iter().all(|&n| n > 150), "{counts:?}");
+        assert_eq!(shard_of(&w, &ChannelId::new_unchecked("C1"), 1), 0);
+    }
 }

@@ -161,6 +161,50 @@ async fn fifty_writers_get_one_gap_free_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_committers_keep_every_channel_gap_free() {
+    // Four committers; eight channels spread over them; every writer posts to every channel.
+    let o = TestOrigin::start_with(|c| c.sequencer.shards = 4).await;
+    let (admin, _) = o.workspace("acme").await;
+    let mut channels = Vec::new();
+    for i in 0..8 {
+        channels.push(o.channel(&admin, &format!("room-{i}"), false).await);
+    }
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let http = o.http.clone();
+        let base = o.base.clone();
+        let token = admin.clone();
+        let channels = channels.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acked: Vec<Vec<u64>> = vec![Vec::new(); channels.len()];
+            for i in 0..40 {
+                let k = (w + i) % channels.len();
+                let url = format!("{base}/v1/channels/{}/messages", channels[k]);
+                let body = json!({ "text": format!("w{w} m{i}"), "client_msg_id": format!("w{w}-{i}") });
+                let resp = http.post(&url).bearer_auth(&token).json(&body).send().await.unwrap();
+                assert_eq!(resp.status(), StatusCode::CREATED);
+                let v: Value = resp.json().await.unwrap();
+                acked[k].push(v["seq"].as_u64().unwrap());
+            }
+            acked
+        }));
+    }
+    let mut per_channel = vec![0u64; channels.len()];
+    for w in writers {
+        for (k, acked) in w.await.unwrap().into_iter().enumerate() {
+            assert!(acked.windows(2).all(|p| p[0] < p[1]), "a writer's acks in a channel must increase: {acked:?}");
+            per_channel[k] += acked.len() as u64;
+        }
+    }
+    for (k, channel) in channels.iter().enumerate() {
+        let history = o.history(&admin, channel).await;
+        assert_eq!(seqs(&history), (1..=per_channel[k]).collect::<Vec<_>>(), "channel {channel} is exactly 1..=n");
+    }
+    assert_eq!(per_channel.iter().sum::<u64>(), 16 * 40);
+    o.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_sends_make_one_message() {
     let o = TestOrigin::start().await;
     let (admin, general) = o.workspace("acme").await;
