@@ -159,6 +159,22 @@ impl Deployment {
         self.in_process.as_ref().map(|p| &p.origin.origin)
     }
 
+    /// The in-process edge's QUIC address and certificate fingerprint, when it listens for QUIC.
+    pub fn local_edge_quic(&self) -> Option<(std::net::SocketAddr, String)> {
+        let edge = &self.in_process.as_ref()?.edge;
+        Some((edge.quic_addr?, edge.quic_fingerprint.clone()?))
+    }
+
+    /// The origin's HTTP base URL.
+    pub fn origin_url(&self) -> &str {
+        self.api.base()
+    }
+
+    /// The operator key the deployment was given or generated.
+    pub fn operator_key(&self) -> &str {
+        &self.operator_key
+    }
+
     /// The edge's `/metrics`.
     pub async fn edge_metrics(&self) -> Result<Scrape> {
         scrape(&self.http, &format!("http://{}/metrics", self.edge_addr)).await

@@ -13,6 +13,11 @@
 //! Both processes need more open files than the usual 1,024: `selvage` raises its soft limit to
 //! the hard limit at start, so raise the hard limit (`ulimit -Hn`) before starting the edge and
 //! this test when asking for many sessions.
+//!
+//! With `--quic ADDR --fingerprint FP` the sessions are QUIC ones (ALPN `selvage/1`) instead,
+//! opened through a few shared client endpoints: a QUIC session costs neither side a file
+//! descriptor (the edge serves every one through its one UDP socket), so this holds as many
+//! sessions as memory allows where the open-file limit caps WebSocket ones.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +30,13 @@ use futures::{stream, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use quinn::crypto::rustls::QuicClientConfig;
+use selvage_shared::link::{encode_frame, CLIENT_ALPN};
+use selvage_shared::quic::read_frame;
+use selvage_shared::tls::{self, Trust};
+use selvage_shared::{ClientOpen, Format};
+
+use crate::client::{DEFAULT_SERVER_NAME, MAX_SERVER_FRAME_BYTES};
 use crate::deployment::{host_port, scrape, Scrape};
 use crate::lean::{self, WireFormat, Ws};
 use crate::seed::{person_name, Api};
@@ -39,6 +51,13 @@ const IDLE_READ_BUFFER: usize = 4096;
 /// Sessions one source address is given, well inside Linux's default ephemeral port range
 /// (32768–60999).
 const SESSIONS_PER_SOURCE_IP: usize = 25_000;
+
+/// QUIC sessions sharing one client endpoint (one UDP socket and the task driving it).
+const SESSIONS_PER_QUIC_ENDPOINT: usize = 10_000;
+
+/// How often an idle QUIC session tells the edge it is alive (the edge's idle timeout is 2.5
+/// of its heartbeats, 75 s by default).
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// `selvage loadtest idle` arguments.
 #[derive(Args, Clone, Debug)]
@@ -69,6 +88,13 @@ pub struct IdleArgs {
     /// Wire format of the sessions.
     #[arg(long, value_enum, default_value = "msgpack")]
     pub format: WireFormat,
+    /// Open QUIC sessions instead of WebSocket ones, to the edge's QUIC address (it prints
+    /// `quic on ADDR fingerprint FP` at start), e.g. 127.0.0.1:7801.
+    #[arg(long, requires = "fingerprint")]
+    pub quic: Option<String>,
+    /// The edge's QUIC certificate fingerprint (SHA-256, hex), pinned.
+    #[arg(long, requires = "quic")]
+    pub fingerprint: Option<String>,
     /// How long to wait after the last session is open before reading the edge's memory.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub settle: Duration,
@@ -106,6 +132,8 @@ impl EdgeReading {
 /// What the scenario measured.
 #[derive(Debug, Serialize)]
 pub struct IdleReport {
+    /// `websocket` or `quic`.
+    pub transport: &'static str,
     /// Sessions opened and held.
     pub sessions: usize,
     /// Source addresses used.
@@ -150,6 +178,14 @@ pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
     let addr: SocketAddr =
         tokio::net::lookup_host(&edge).await?.next().with_context(|| format!("{edge} does not resolve"))?;
     let format = args.format.format();
+    let dialer = match (&args.quic, &args.fingerprint) {
+        (Some(quic), Some(fingerprint)) => {
+            let quic: SocketAddr =
+                tokio::net::lookup_host(quic).await?.next().with_context(|| format!("{quic} does not resolve"))?;
+            Dialer::quic(quic, fingerprint, args.sessions + args.users)?
+        }
+        _ => Dialer::Ws { addr, format },
+    };
 
     let ws =
         api.create_workspace(&args.operator_key, &format!("loadtest idle {}", std::process::id()), "admin").await?;
@@ -161,13 +197,20 @@ pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
     let stop = CancellationToken::new();
     let mut warm = Vec::new();
     for token in &tokens {
-        let ws = open(addr, None, token, format).await.context("a warm-up session failed")?;
-        warm.push(tokio::spawn(hold(ws, stop.clone())));
+        let session = dialer.open(0, None, token).await.context("a warm-up session failed")?;
+        warm.push(tokio::spawn(hold(session, stop.clone())));
     }
     tokio::time::sleep(args.settle).await;
     let before = EdgeReading::of(&scrape(&http, &metrics_url).await?)?;
 
-    eprintln!("opening {} idle sessions from {source_ips} source addresses ...", args.sessions);
+    match dialer {
+        Dialer::Ws { .. } => {
+            eprintln!("opening {} idle WebSocket sessions from {source_ips} source addresses ...", args.sessions)
+        }
+        Dialer::Quic { ref endpoints, .. } => {
+            eprintln!("opening {} idle QUIC sessions through {} client endpoints ...", args.sessions, endpoints.len())
+        }
+    }
     let started = Instant::now();
     let opened = Arc::new(AtomicU64::new(0));
     let progress = progress(opened.clone(), args.sessions);
@@ -175,11 +218,11 @@ pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
         .map(|i| {
             let token = &tokens[i % tokens.len()];
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % source_ips as usize) as u8));
-            let (opened, stop) = (opened.clone(), stop.clone());
+            let (opened, stop, dialer) = (opened.clone(), stop.clone(), &dialer);
             async move {
-                let ws = open(addr, Some(source), token, format).await?;
+                let session = dialer.open(i, Some(source), token).await?;
                 opened.fetch_add(1, Ordering::Relaxed);
-                anyhow::Ok(tokio::spawn(hold(ws, stop)))
+                anyhow::Ok(tokio::spawn(hold(session, stop)))
             }
         })
         .buffer_unordered(args.connect_concurrency)
@@ -224,6 +267,10 @@ pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
         let _ = task.await;
     }
     Ok(IdleReport {
+        transport: match dialer {
+            Dialer::Ws { .. } => "websocket",
+            Dialer::Quic { .. } => "quic",
+        },
         sessions: args.sessions,
         source_ips,
         connect_seconds,
@@ -233,25 +280,84 @@ pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
     })
 }
 
-/// Opens a session and reads its `hello`.
-async fn open(addr: SocketAddr, source: Option<IpAddr>, token: &str, format: selvage_shared::Format) -> Result<Ws> {
-    let mut ws = lean::dial(addr, source, token, format, lean::ws_config(IDLE_READ_BUFFER)).await?;
-    lean::expect_hello(&lean::next_data(&mut ws).await?, format)?;
-    Ok(ws)
+/// Opens sessions of one transport.
+enum Dialer {
+    Ws { addr: SocketAddr, format: Format },
+    Quic { addr: SocketAddr, endpoints: Vec<quinn::Endpoint> },
 }
 
-/// Keeps a session open, reading (which answers the edge's pings), until `stop`; ends early
-/// if the edge closes it.
-async fn hold(mut ws: Ws, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            next = ws.next() => if !matches!(next, Some(Ok(_))) { return },
+/// An open idle session.
+enum Idle {
+    Ws(Ws),
+    Quic { conn: quinn::Connection, _stream: (quinn::SendStream, quinn::RecvStream) },
+}
+
+impl Dialer {
+    /// Client endpoints for `sessions` QUIC sessions to `addr`, trusting the certificate
+    /// `fingerprint`.
+    fn quic(addr: SocketAddr, fingerprint: &str, sessions: usize) -> Result<Dialer> {
+        let tls = tls::client_config(&Trust::Pinned(fingerprint.to_owned()), &[CLIENT_ALPN])?;
+        let crypto = QuicClientConfig::try_from(tls).context("TLS settings unusable for QUIC")?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
+        config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if addr.is_ipv4() { (Ipv4Addr::LOCALHOST, 0).into() } else { "[::1]:0".parse()? };
+        let endpoints = (0..sessions.div_ceil(SESSIONS_PER_QUIC_ENDPOINT).max(1))
+            .map(|_| {
+                let mut endpoint = quinn::Endpoint::client(bind)?;
+                endpoint.set_default_client_config(config.clone());
+                Ok(endpoint)
+            })
+            .collect::<std::io::Result<_>>()
+            .context("cannot bind a QUIC client endpoint")?;
+        Ok(Dialer::Quic { addr, endpoints })
+    }
+
+    /// Opens session number `i` and reads its `hello`; WebSocket sessions bind to `source`.
+    async fn open(&self, i: usize, source: Option<IpAddr>, token: &str) -> Result<Idle> {
+        match self {
+            Dialer::Ws { addr, format } => {
+                let mut ws = lean::dial(*addr, source, token, *format, lean::ws_config(IDLE_READ_BUFFER)).await?;
+                lean::expect_hello(&lean::next_data(&mut ws).await?, *format)?;
+                Ok(Idle::Ws(ws))
+            }
+            Dialer::Quic { addr, endpoints } => {
+                let endpoint = &endpoints[i % endpoints.len()];
+                let conn = endpoint.connect(*addr, DEFAULT_SERVER_NAME)?.await.context("QUIC handshake")?;
+                let (mut send, mut recv) = conn.open_bi().await.context("cannot open the QUIC stream")?;
+                let open = ClientOpen { token: token.to_owned(), resume: None };
+                send.write_all(&encode_frame(&open)?).await.context("cannot write the open frame")?;
+                let hello = read_frame(&mut recv, MAX_SERVER_FRAME_BYTES)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("reading the hello: {e}"))?
+                    .context("the edge ended the stream before its hello")?;
+                lean::expect_hello(&hello, Format::MsgPack)?;
+                Ok(Idle::Quic { conn, _stream: (send, recv) })
+            }
+        }
+    }
+}
+
+/// Keeps a session open until `stop` (a WebSocket one reading, which answers the edge's pings;
+/// QUIC keeps itself alive); ends early if the edge closes it.
+async fn hold(session: Idle, stop: CancellationToken) {
+    match session {
+        Idle::Ws(mut ws) => loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                next = ws.next() => if !matches!(next, Some(Ok(_))) { return },
+            }
+        },
+        Idle::Quic { conn, _stream } => {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = conn.closed() => {}
+            }
         }
     }
     // Dropped rather than closed politely: a close handshake per session would take as long as
     // opening them did.
-    drop(ws);
 }
 
 fn progress(opened: Arc<AtomicU64>, total: usize) -> tokio::task::JoinHandle<()> {
@@ -268,8 +374,10 @@ fn progress(opened: Arc<AtomicU64>, total: usize) -> tokio::task::JoinHandle<()>
 fn print_report(r: &IdleReport) {
     let mib = |b: f64| b / (1024.0 * 1024.0);
     println!(
-        "selvage loadtest idle — {} idle WebSocket sessions on one edge ({} source addresses)",
-        r.sessions, r.source_ips
+        "selvage loadtest idle — {} idle {} sessions on one edge ({} source addresses)",
+        r.sessions,
+        if r.transport == "quic" { "QUIC" } else { "WebSocket" },
+        r.source_ips
     );
     println!("  opened in          {:.1} s ({:.0}/s)", r.connect_seconds, r.sessions as f64 / r.connect_seconds);
     println!(
@@ -292,4 +400,53 @@ fn print_report(r: &IdleReport) {
         TARGET_BYTES_PER_SESSION / 1024.0,
         if r.bytes_per_session <= TARGET_BYTES_PER_SESSION { "met" } else { "NOT met" }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deployment::Deployment;
+
+    fn args(d: &Deployment, sessions: usize) -> IdleArgs {
+        IdleArgs {
+            origin: d.origin_url().to_owned(),
+            edge: format!("http://{}", d.edge_addr),
+            operator_key: d.operator_key().to_owned(),
+            sessions,
+            users: 3,
+            source_ips: Some(1),
+            connect_concurrency: 16,
+            format: WireFormat::Msgpack,
+            quic: None,
+            fingerprint: None,
+            settle: Duration::from_millis(200),
+            hold: Duration::ZERO,
+            json: true,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holds_websocket_and_quic_sessions_and_counts_them_at_the_edge() {
+        let d = Deployment::in_process_with(reqwest::Client::new(), 8, |edge| {
+            edge.quic_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await
+        .unwrap();
+        let ws = measure(&args(&d, 40)).await.unwrap();
+        assert_eq!(ws.transport, "websocket");
+        assert_eq!(ws.after.connections - ws.before.connections, 40.0, "{ws:?}");
+
+        let (quic, fingerprint) = d.local_edge_quic().expect("the edge listens for QUIC");
+        let mut a = args(&d, 60);
+        a.quic = Some(quic.to_string());
+        a.fingerprint = Some(fingerprint);
+        let q = measure(&a).await.unwrap();
+        assert_eq!(q.transport, "quic");
+        assert_eq!(q.after.connections - q.before.connections, 60.0, "{q:?}");
+
+        // A wrong fingerprint is refused, not trusted.
+        a.fingerprint = Some("00".repeat(32));
+        assert!(measure(&a).await.is_err());
+        d.stop().await;
+    }
 }
