@@ -288,7 +288,7 @@ enum Dialer {
 
 /// An open idle session.
 enum Idle {
-    Ws(Ws),
+    Ws(Box<Ws>),
     Quic { conn: quinn::Connection, _stream: (quinn::SendStream, quinn::RecvStream) },
 }
 
@@ -320,7 +320,7 @@ impl Dialer {
             Dialer::Ws { addr, format } => {
                 let mut ws = lean::dial(*addr, source, token, *format, lean::ws_config(IDLE_READ_BUFFER)).await?;
                 lean::expect_hello(&lean::next_data(&mut ws).await?, *format)?;
-                Ok(Idle::Ws(ws))
+                Ok(Idle::Ws(Box::new(ws)))
             }
             Dialer::Quic { addr, endpoints } => {
                 let endpoint = &endpoints[i % endpoints.len()];
