@@ -25,6 +25,11 @@ pub struct EdgeConfig {
     pub listen_backlog: u32,
     /// UDP address of the client QUIC endpoint (ALPN `selvage/1`); unset turns QUIC off.
     pub quic_listen: Option<SocketAddr>,
+    /// Bytes of kernel receive (and send) buffer asked for the QUIC socket. Every QUIC client
+    /// shares that one socket, so a storm of handshakes arrives there at once; datagrams that
+    /// do not fit are dropped and their clients wait for retransmissions, or time out. The
+    /// kernel caps the request at `net.core.rmem_max` (`wmem_max`): raise those too.
+    pub quic_socket_buffer: usize,
     /// PEM certificate chain for client QUIC; unset makes a self-signed one at start and
     /// prints its fingerprint for clients to pin.
     pub cert_file: Option<PathBuf>,
@@ -123,6 +128,7 @@ impl Default for EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
             listen_backlog: 65_535,
             quic_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7801))),
+            quic_socket_buffer: 4 << 20,
             cert_file: None,
             key_file: None,
             cert_names: vec!["localhost".into(), "127.0.0.1".into()],
@@ -200,6 +206,9 @@ impl EdgeConfig {
         if !(64..=1 << 20).contains(&self.listen_backlog) {
             return Err("listen_backlog must be between 64 and 1048576".into());
         }
+        if !(64 << 10..=1 << 30).contains(&self.quic_socket_buffer) {
+            return Err("quic_socket_buffer must be between 65536 and 1073741824 bytes".into());
+        }
         if self.origin.call_timeout_ms == 0 {
             return Err("origin.call_timeout_ms must be above 0".into());
         }
@@ -271,5 +280,8 @@ mod tests {
         let mut c = valid();
         c.listen_backlog = 0;
         assert!(c.validate().unwrap_err().contains("listen_backlog"));
+        c.listen_backlog = 1024;
+        c.quic_socket_buffer = 1024;
+        assert!(c.validate().unwrap_err().contains("quic_socket_buffer"));
     }
 }

@@ -58,7 +58,21 @@ pub fn listen(edge: Arc<Edge>, addr: SocketAddr, shutdown: CancellationToken) ->
     transport.max_concurrent_bidi_streams(1u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     server.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| StartError::Bind { addr, source })?;
+    let wanted = edge.config.quic_socket_buffer;
+    let (socket, granted) =
+        selvage_shared::quic::udp_socket(addr, wanted).map_err(|source| StartError::Bind { addr, source })?;
+    if granted < wanted {
+        // Informational: a stock kernel grants 208 KiB, fine for a development edge.
+        tracing::info!(
+            wanted,
+            granted,
+            "the kernel gave the QUIC socket less receive buffer than quic_socket_buffer asks; \
+             handshake storms may drop datagrams: raise net.core.rmem_max and net.core.wmem_max"
+        );
+    }
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+        .map_err(|source| StartError::Bind { addr, source })?;
     let bound = endpoint.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     let task = tokio::spawn(accept(edge, endpoint, shutdown));
     Ok(Listener { addr: bound, fingerprint, task })

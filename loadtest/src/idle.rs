@@ -55,6 +55,9 @@ const SESSIONS_PER_SOURCE_IP: usize = 25_000;
 /// QUIC sessions sharing one client endpoint (one UDP socket and the task driving it).
 const SESSIONS_PER_QUIC_ENDPOINT: usize = 10_000;
 
+/// Kernel buffer asked for each client endpoint's UDP socket.
+const QUIC_SOCKET_BUFFER: usize = 4 << 20;
+
 /// How often an idle QUIC session tells the edge it is alive (the edge's idle timeout is 2.5
 /// of its heartbeats, 75 s by default).
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
@@ -305,7 +308,10 @@ impl Dialer {
         let bind: SocketAddr = if addr.is_ipv4() { (Ipv4Addr::LOCALHOST, 0).into() } else { "[::1]:0".parse()? };
         let endpoints = (0..sessions.div_ceil(SESSIONS_PER_QUIC_ENDPOINT).max(1))
             .map(|_| {
-                let mut endpoint = quinn::Endpoint::client(bind)?;
+                // Room for the edge's answers to a burst of handshakes (the kernel may grant less).
+                let (socket, _) = selvage_shared::quic::udp_socket(bind, QUIC_SOCKET_BUFFER)?;
+                let runtime = Arc::new(quinn::TokioRuntime);
+                let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
                 endpoint.set_default_client_config(config.clone());
                 Ok(endpoint)
             })

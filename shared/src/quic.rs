@@ -9,6 +9,8 @@
 //! small frames — the link's calls and replies — go through a [`FrameReader`], which takes
 //! whatever the stream has at once and cuts frames out of it, and are written by
 //! [`write_frames`], which hands a queue's worth of frames to the stream in one write.
+//!
+//! [`udp_socket`] binds the UDP socket of a QUIC endpoint with room for bursts.
 
 use bytes::{Bytes, BytesMut};
 
@@ -16,6 +18,23 @@ use crate::{
     codec::DecodeError,
     link::{frame_len, FRAME_PREFIX_BYTES},
 };
+
+/// A UDP socket bound to `addr` for a QUIC endpoint, asking the kernel for `buffer` bytes of
+/// receive and send buffer. Returns the socket and the receive buffer the kernel granted: Linux
+/// caps the request at `net.core.rmem_max` (`wmem_max` for sending), and a smaller buffer than
+/// asked for drops datagrams under bursts — a storm of QUIC handshakes, say — which the peers
+/// then wait out as timeouts.
+pub fn udp_socket(addr: std::net::SocketAddr, buffer: usize) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps both, and the granted size is reported.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    // Linux reports twice the usable size (it counts its own bookkeeping).
+    let granted = socket.recv_buffer_size()? / 2;
+    Ok((socket.into(), granted))
+}
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +182,19 @@ mod tests {
 
     use super::*;
     use crate::tls::{self, Identity, Trust};
+
+    #[test]
+    fn a_udp_socket_gets_at_least_the_default_buffer_and_carries_datagrams() {
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let default = socket2::SockRef::from(&plain).recv_buffer_size().unwrap() / 2;
+        let (socket, granted) = udp_socket("127.0.0.1:0".parse().unwrap(), 4 << 20).unwrap();
+        assert!(granted >= default.min(4 << 20), "asked 4 MiB, granted {granted}, default {default}");
+        assert!(granted <= 4 << 20);
+        plain.send_to(b"ping", socket.local_addr().unwrap()).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, from) = socket.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"ping"[..], plain.local_addr().unwrap()));
+    }
 
     const ALPN: &[u8] = b"selvage-test/1";
 
