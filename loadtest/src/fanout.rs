@@ -362,9 +362,50 @@ struct Live {
     last_seq: AtomicU64,
 }
 
+/// Latencies the subscribers share: a thousand subscribers each with a histogram of its own
+/// spread every recording over ~20 MB and cost the load generator cache misses on every
+/// delivery. A subscriber collects a few latencies and adds them to one of these at a time.
+struct Latencies {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+/// Shared latency histograms (see [`Latencies`]).
+const LATENCY_SHARDS: usize = 16;
+
+/// Latencies a subscriber collects before adding them to its shared histogram.
+const LATENCY_BATCH: usize = 64;
+
+impl Latencies {
+    fn new() -> Arc<Latencies> {
+        Arc::new(Latencies { shards: (0..LATENCY_SHARDS).map(|_| Mutex::new(delivery_histogram())).collect() })
+    }
+
+    /// Adds `batch` to shard `shard` and empties it.
+    fn add(&self, shard: usize, batch: &mut Vec<u64>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut h = self.shards[shard % self.shards.len()].lock().unwrap_or_else(|p| p.into_inner());
+        for &us in batch.iter() {
+            let _ = h.record(us);
+        }
+        batch.clear();
+    }
+
+    /// Everything recorded, merged.
+    fn merged(&self) -> Result<Histogram<u64>> {
+        let mut all = latency_histogram();
+        for shard in &self.shards {
+            all.add(&*shard.lock().unwrap_or_else(|p| p.into_inner()))?;
+        }
+        Ok(all)
+    }
+}
+
 /// What a subscriber saw.
 struct Received {
-    latency: Histogram<u64>,
+    /// Latencies not yet added to the shared histograms.
+    pending: Vec<u64>,
     checker: SeqChecker,
     /// Why the session ended before the run did, if it did.
     lost: Option<String>,
@@ -376,61 +417,93 @@ struct Subscription {
     channel: Arc<str>,
     format: Format,
     epoch: Instant,
+    /// Where its latencies go, and which of the shards.
+    latencies: Arc<Latencies>,
+    shard: usize,
     live: Arc<Live>,
     stop: CancellationToken,
 }
 
 impl Subscription {
-    fn record(&self, seq: u64, sent: Option<u64>, received: &mut Received) {
+    /// Records delivery `seq`, sent at `sent` (µs since the epoch), received at `now`.
+    fn record(&self, seq: u64, sent: Option<u64>, now: u64, received: &mut Received) {
         if let Some(sent) = sent {
-            let now = self.epoch.elapsed().as_micros() as u64;
-            let _ = received.latency.record(now.saturating_sub(sent).max(1));
+            received.pending.push(now.saturating_sub(sent).max(1));
+            if received.pending.len() >= LATENCY_BATCH {
+                self.latencies.add(self.shard, &mut received.pending);
+            }
         }
         received.checker.observe(seq);
         self.live.delivered.fetch_add(1, Ordering::Relaxed);
         self.live.last_seq.store(received.checker.last(), Ordering::Relaxed);
     }
 
+    /// Microseconds since the run's epoch.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn received(&self) -> Received {
+        Received { pending: Vec::with_capacity(LATENCY_BATCH), checker: SeqChecker::default(), lost: None }
+    }
+
+    /// Adds what is left of `received`'s latencies to the shared histograms.
+    fn finish(&self, mut received: Received) -> Received {
+        self.latencies.add(self.shard, &mut received.pending);
+        received
+    }
+
     async fn lean(self, mut ws: Ws) -> Received {
-        let mut received = Received { latency: delivery_histogram(), checker: SeqChecker::default(), lost: None };
+        let mut received = self.received();
         // One wait for the stop for the whole session, not one made and dropped per frame.
         let stopped = self.stop.clone().cancelled_owned();
         tokio::pin!(stopped);
-        loop {
+        'session: loop {
             // Frames first: the stop is only looked at when none is waiting, which is cheaper per
             // frame, and it comes after the last frame anyway.
-            let next = tokio::select! {
+            let mut next = tokio::select! {
                 biased;
                 next = ws.next() => next,
                 _ = &mut stopped => break,
             };
-            let bytes = match &next {
-                Some(Ok(Message::Binary(b))) => &b[..],
-                Some(Ok(Message::Text(t))) => t.as_bytes(),
-                Some(Ok(Message::Close(frame))) => {
-                    received.lost = Some(format!("closed by the edge: {frame:?}"));
-                    break;
+            // Every frame already read when this task woke arrived by now: one clock reading
+            // for all of them.
+            let now = self.now();
+            loop {
+                let bytes = match &next {
+                    Some(Ok(Message::Binary(b))) => &b[..],
+                    Some(Ok(Message::Text(t))) => t.as_bytes(),
+                    Some(Ok(Message::Close(frame))) => {
+                        received.lost = Some(format!("closed by the edge: {frame:?}"));
+                        break 'session;
+                    }
+                    Some(Ok(_)) => &[][..],
+                    Some(Err(e)) => {
+                        received.lost = Some(format!("read failed: {e}"));
+                        break 'session;
+                    }
+                    None => {
+                        received.lost = Some("the connection ended".into());
+                        break 'session;
+                    }
+                };
+                if let Some((seq, sent)) = message_in(bytes, self.format, &self.channel) {
+                    self.record(seq, sent, now, &mut received);
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    received.lost = Some(format!("read failed: {e}"));
-                    break;
+                // The next frame if it is already here (in the buffer or the socket), else
+                // back to waiting.
+                match futures::FutureExt::now_or_never(ws.next()) {
+                    Some(more) => next = more,
+                    None => break,
                 }
-                None => {
-                    received.lost = Some("the connection ended".into());
-                    break;
-                }
-            };
-            if let Some((seq, sent)) = message_in(bytes, self.format, &self.channel) {
-                self.record(seq, sent, &mut received);
             }
         }
         lean::start_close(&mut ws).await;
-        received
+        self.finish(received)
     }
 
     async fn sdk(self, mut client: Client) -> Received {
-        let mut received = Received { latency: delivery_histogram(), checker: SeqChecker::default(), lost: None };
+        let mut received = self.received();
         let stopped = self.stop.clone().cancelled_owned();
         tokio::pin!(stopped);
         loop {
@@ -443,7 +516,7 @@ impl Subscription {
                 Ok(Some(Inbound::Event(frame))) => {
                     if let Event::Message(m) = frame.event {
                         if m.channel.as_str() == &*self.channel {
-                            self.record(m.seq, sent_at(m.text.as_bytes()), &mut received);
+                            self.record(m.seq, sent_at(m.text.as_bytes()), self.now(), &mut received);
                         }
                     }
                 }
@@ -463,7 +536,7 @@ impl Subscription {
             }
         }
         client.close().await;
-        received
+        self.finish(received)
     }
 }
 
@@ -613,12 +686,15 @@ async fn measure_on(args: &FanoutArgs, deployment: &Deployment) -> Result<Fanout
     let epoch = Instant::now();
     let stop = CancellationToken::new();
     let format = args.format.format();
+    let latencies = Latencies::new();
     eprintln!("connecting {} subscribers ({:?}, {format}) ...", args.subscribers, args.client);
-    let connected = stream::iter(subscribers.iter().map(|m| {
+    let connected = stream::iter(subscribers.iter().enumerate().map(|(i, m)| {
         let subscription = Subscription {
             channel: Arc::from(channel.id.as_str()),
             format,
             epoch,
+            latencies: latencies.clone(),
+            shard: i,
             live: Arc::new(Live::default()),
             stop: stop.clone(),
         };
@@ -690,11 +766,9 @@ async fn measure_on(args: &FanoutArgs, deployment: &Deployment) -> Result<Fanout
     }
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     stop.cancel();
-    let mut latency = latency_histogram();
     let mut violations = Violations::default();
     for task in tasks {
         let received = task.await?;
-        latency.add(&received.latency)?;
         violations.missing += received.checker.missing(&published.acked);
         violations.duplicates += received.checker.duplicates;
         violations.out_of_order += received.checker.out_of_order;
@@ -705,6 +779,7 @@ async fn measure_on(args: &FanoutArgs, deployment: &Deployment) -> Result<Fanout
             }
         }
     }
+    let latency = latencies.merged()?;
     for p in publisher_clients {
         p.abort();
     }

@@ -45,5 +45,7 @@ async fn every_subscriber_gets_every_acked_message_once_in_order() {
         assert!(report.deliveries > 0, "{what}: {report:?}");
         assert!(report.deliveries <= report.acked * 5 + 5 * 2, "{what}: no more deliveries than sends × subscribers");
         assert!(report.delivery_latency.count > 0, "{what}");
+        // Every delivery's latency reached the report (the drain may add more after the window).
+        assert!(report.delivery_latency.count >= report.deliveries, "{what}: {report:?}");
     }
 }
