@@ -1,8 +1,25 @@
 # Shared by the benchmark scripts (sourced, not run): starting a separate `selvage origin` and
-# `selvage edge` for a run, waiting for them, and stopping them. The caller sets `bin` (the
+# `selvage edge` for a run, waiting for them, and stopping them, and reading reports. The caller sets `bin` (the
 # selvage binary), `out` (a scratch directory), `key` (operator key) and `edge_key`.
 
 origin_pid= edge_pid=
+
+# The median of numbers on stdin, one per line.
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# FIELD of a JSON report: field FILE PYTHON-EXPRESSION (the report is `r`).
+field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'r': r}))" "$@"; }
+
+# Starts a benchmark script: builds the release binary (`bin`; BIN=PATH measures another), picks
+# the run's keys (`key`, `edge_key`), makes its scratch directory /tmp/selvage-NAME.XXXXXX
+# (`out`), and stops the origin and edge when the script exits.
+bench_setup() { # NAME
+  bin=${BIN:-./target/release/selvage}
+  cargo build --release --quiet
+  key=bench-operator-key-$(date +%s)
+  edge_key=bench-edge-key-$(date +%s)-0000
+  out=$(mktemp -d "/tmp/selvage-$1.XXXXXX")
+  trap stop_pair EXIT
+}
 
 wait_for() { # file pattern
   for _ in $(seq 400); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done

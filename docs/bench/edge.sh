@@ -28,8 +28,6 @@ fi
 key=bench-operator-key-$(date +%s)
 edge_key=bench-edge-key-$(date +%s)-0000
 out=$(mktemp -d /tmp/selvage-edge-bench.XXXXXX)
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'r': r}))" "$@"; }
 
 source docs/bench/common.sh
 trap stop_pair EXIT

@@ -15,7 +15,6 @@ if [ -n "${SENDERS:-}" ]; then mode="--senders $SENDERS"; else mode="--rate ${RA
 key=bench-operator-key-$(date +%s)
 edge_key=bench-edge-key-$(date +%s)-0000
 out=$(mktemp -d /tmp/selvage-fanout-ab.XXXXXX)
-field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'r': r}))" "$@"; }
 source docs/bench/common.sh
 trap stop_pair EXIT
 for r in $(seq "$runs"); do

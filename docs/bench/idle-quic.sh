@@ -8,15 +8,8 @@
 set -euo pipefail
 runs=${1:-3}
 sessions=${2:-100000}
-bin=./target/release/selvage
-cargo build --release --quiet
-key=bench-operator-key-$(date +%s)
-edge_key=bench-edge-key-$(date +%s)-0000
-out=$(mktemp -d /tmp/selvage-idle-quic.XXXXXX)
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'r': r}))" "$@"; }
 source docs/bench/common.sh
-trap stop_pair EXIT
+bench_setup idle-quic
 echo "== $sessions idle QUIC sessions =="
 for r in $(seq "$runs"); do
   start_pair

@@ -31,7 +31,6 @@ key=bench-operator-key-$(date +%s)
 edge_key=bench-edge-key-$(date +%s)-0000
 out=$(mktemp -d /tmp/selvage-nats-bench.XXXXXX)
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'r': r}))" "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 source docs/bench/common.sh

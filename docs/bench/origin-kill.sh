@@ -12,13 +12,8 @@
 set -euo pipefail
 runs=${1:-3}
 kill_at=${KILL_AT:-15}
-bin=${BIN:-./target/release/selvage}
-cargo build --release --quiet
-key=bench-operator-key-$(date +%s)
-edge_key=bench-edge-key-$(date +%s)-0000
-out=$(mktemp -d /tmp/selvage-origin-kill.XXXXXX)
 source docs/bench/common.sh
-trap stop_pair EXIT
+bench_setup origin-kill
 # The origin on fixed ports (chosen at random per run), so that it comes back where the edge
 # and the load tester look for it.
 origin_on() { # HTTP_PORT LINK_PORT
