@@ -57,6 +57,9 @@ pub fn listen(edge: Arc<Edge>, addr: SocketAddr, shutdown: CancellationToken) ->
     }
     transport.max_concurrent_bidi_streams(1u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // Sessions speak on their one stream; datagrams are not part of the protocol.
+    transport.datagram_receive_buffer_size(None);
+    transport.datagram_send_buffer_size(0);
     server.transport_config(Arc::new(transport));
     let wanted = edge.config.quic_socket_buffer;
     let (socket, granted) =
