@@ -1240,6 +1240,20 @@ async fn dial_quic(
         .map_err(|e| ClientError::Connect(format!("cannot resolve {:?}: {e}", opts.addr)))?
         .next()
         .ok_or_else(|| ClientError::Connect(format!("{:?} resolves to no address", opts.addr)))?;
+    let config = quic_client_config(trust)?;
+    let bind: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let endpoint = quinn::Endpoint::client(bind)?;
+    let open = ClientOpen { token: opts.token.clone(), resume: opts.resume.clone() };
+    let (conn, send, recv) = open_quic_session(&endpoint, config, addr, server_name, &open).await?;
+    Ok((FrameSink::Quic { send, conn: conn.clone(), endpoint }, FrameSource::Quic { recv, conn }))
+}
+
+/// The QUIC client configuration of a session: TLS 1.3 trusting `trust`, ALPN `selvage/1`, and
+/// a keep-alive.
+pub(crate) fn quic_client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> {
     let tls_config =
         tls::client_config(trust, &[CLIENT_ALPN]).map_err(|e| ClientError::Connect(format!("TLS settings: {e}")))?;
     let crypto = QuicClientConfig::try_from(tls_config)
@@ -1248,25 +1262,30 @@ async fn dial_quic(
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
     config.transport_config(Arc::new(transport));
+    Ok(config)
+}
 
-    let bind: SocketAddr = match addr {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let endpoint = quinn::Endpoint::client(bind)?;
+/// Opens a session's QUIC connection to `addr` through `endpoint`, its stream, and writes
+/// `open` on it; the edge's `hello` comes next on the returned stream.
+pub(crate) async fn open_quic_session(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    open: &ClientOpen,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), ClientError> {
     let conn = endpoint
         .connect_with(config, addr, server_name)
         .map_err(|e| ClientError::Connect(format!("QUIC connection to {addr}: {e}")))?
         .await
         .map_err(|e| ClientError::Connect(format!("QUIC handshake with {addr} failed: {e}")))?;
     let (mut send, recv) = conn.open_bi().await.map_err(quic_open_error)?;
-    let open = ClientOpen { token: opts.token.clone(), resume: opts.resume.clone() };
-    let open = encode_frame(&open).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let open = encode_frame(open).map_err(|e| ClientError::Protocol(e.to_string()))?;
     send.write_all(&open).await.map_err(|e| match e {
         WriteError::ConnectionLost(e) => quic_open_error(e),
         other => ClientError::Connect(format!("cannot write the open frame: {other}")),
     })?;
-    Ok((FrameSink::Quic { send, conn: conn.clone(), endpoint }, FrameSource::Quic { recv, conn }))
+    Ok((conn, send, recv))
 }
 
 /// An edge that closes the connection with a reason while it is being opened refused it.

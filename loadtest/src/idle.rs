@@ -30,13 +30,11 @@ use futures::{stream, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use quinn::crypto::rustls::QuicClientConfig;
-use selvage_shared::link::{encode_frame, CLIENT_ALPN};
 use selvage_shared::quic::read_frame;
-use selvage_shared::tls::{self, Trust};
+use selvage_shared::tls::Trust;
 use selvage_shared::{ClientOpen, Format};
 
-use crate::client::{DEFAULT_SERVER_NAME, MAX_SERVER_FRAME_BYTES};
+use crate::client::{open_quic_session, quic_client_config, DEFAULT_SERVER_NAME, MAX_SERVER_FRAME_BYTES};
 use crate::deployment::{host_port, scrape, Scrape};
 use crate::lean::{self, WireFormat, Ws};
 use crate::seed::{person_name, Api};
@@ -57,10 +55,6 @@ const SESSIONS_PER_QUIC_ENDPOINT: usize = 10_000;
 
 /// Kernel buffer asked for each client endpoint's UDP socket.
 const QUIC_SOCKET_BUFFER: usize = 4 << 20;
-
-/// How often an idle QUIC session tells the edge it is alive (the edge's idle timeout is 2.5
-/// of its heartbeats, 75 s by default).
-const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// `selvage loadtest idle` arguments.
 #[derive(Args, Clone, Debug)]
@@ -286,7 +280,7 @@ pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
 /// Opens sessions of one transport.
 enum Dialer {
     Ws { addr: SocketAddr, format: Format },
-    Quic { addr: SocketAddr, endpoints: Vec<quinn::Endpoint> },
+    Quic { addr: SocketAddr, config: quinn::ClientConfig, endpoints: Vec<quinn::Endpoint> },
 }
 
 /// An open idle session.
@@ -299,25 +293,18 @@ impl Dialer {
     /// Client endpoints for `sessions` QUIC sessions to `addr`, trusting the certificate
     /// `fingerprint`.
     fn quic(addr: SocketAddr, fingerprint: &str, sessions: usize) -> Result<Dialer> {
-        let tls = tls::client_config(&Trust::Pinned(fingerprint.to_owned()), &[CLIENT_ALPN])?;
-        let crypto = QuicClientConfig::try_from(tls).context("TLS settings unusable for QUIC")?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
-        config.transport_config(Arc::new(transport));
+        let config = quic_client_config(&Trust::Pinned(fingerprint.to_owned()))?;
         let bind: SocketAddr = if addr.is_ipv4() { (Ipv4Addr::LOCALHOST, 0).into() } else { "[::1]:0".parse()? };
         let endpoints = (0..sessions.div_ceil(SESSIONS_PER_QUIC_ENDPOINT).max(1))
             .map(|_| {
                 // Room for the edge's answers to a burst of handshakes (the kernel may grant less).
                 let (socket, _) = selvage_shared::quic::udp_socket(bind, QUIC_SOCKET_BUFFER)?;
                 let runtime = Arc::new(quinn::TokioRuntime);
-                let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
-                endpoint.set_default_client_config(config.clone());
-                Ok(endpoint)
+                quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
             })
             .collect::<std::io::Result<_>>()
             .context("cannot bind a QUIC client endpoint")?;
-        Ok(Dialer::Quic { addr, endpoints })
+        Ok(Dialer::Quic { addr, config, endpoints })
     }
 
     /// Opens session number `i` and reads its `hello`; WebSocket sessions bind to `source`.
@@ -328,12 +315,11 @@ impl Dialer {
                 lean::expect_hello(&lean::next_data(&mut ws).await?, *format)?;
                 Ok(Idle::Ws(Box::new(ws)))
             }
-            Dialer::Quic { addr, endpoints } => {
+            Dialer::Quic { addr, config, endpoints } => {
                 let endpoint = &endpoints[i % endpoints.len()];
-                let conn = endpoint.connect(*addr, DEFAULT_SERVER_NAME)?.await.context("QUIC handshake")?;
-                let (mut send, mut recv) = conn.open_bi().await.context("cannot open the QUIC stream")?;
                 let open = ClientOpen { token: token.to_owned(), resume: None };
-                send.write_all(&encode_frame(&open)?).await.context("cannot write the open frame")?;
+                let (conn, send, mut recv) =
+                    open_quic_session(endpoint, config.clone(), *addr, DEFAULT_SERVER_NAME, &open).await?;
                 let hello = read_frame(&mut recv, MAX_SERVER_FRAME_BYTES)
                     .await
                     .map_err(|e| anyhow::anyhow!("reading the hello: {e}"))?

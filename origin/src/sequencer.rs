@@ -2,11 +2,11 @@
 //! before anyone is told they were sent (DESIGN §2 "Ordering").
 //!
 //! Every channel belongs to one of the node's committer shards (a hash of the channel id picks
-//! it; `sequencer.shards` of them, by default one per two cores). Sends wait in the shard's bounded queue. The shard's one
-//! committer task takes everything queued — for every channel of the shard — and writes it in
-//! **one** transaction: for each message its
-//! record, its dedup entry `(nonce, C, client_msg_id)`, a thread-index entry for replies, and a
-//! versionstamped feed event; for each channel its new head. Seqs are `head + 1, + 2, …` read
+//! it; `sequencer.shards` of them, by default one per two cores). Sends wait in the shard's
+//! bounded queue. The shard's one committer task takes everything queued — for every channel of
+//! the shard — and writes it in **one** transaction: for each message its record, its dedup
+//! entry `(nonce, C, client_msg_id)`, a thread-index entry for replies, and a versionstamped
+//! feed event; for each channel its new head. Seqs are `head + 1, + 2, …` read
 //! inside that transaction, so they have no gaps, and FoundationDB's serializability keeps them
 //! right even if two nodes ever wrote one channel (the loser conflicts and retries). Only after
 //! the commit returns does each sender get its seq. While one group commits, the next one
