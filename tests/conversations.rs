@@ -287,8 +287,7 @@ async fn a_read_marker_moves_forward_and_reaches_the_users_other_devices() {
         assert_eq!((c.last_seq, c.read_seq, c.unread), (6, 5, 1), "{c:?}");
     }
     // mark_read in a channel the user is not in fails with an error frame.
-    let (_, private) = origin.post("/v1/channels", &alice, json!({ "name": "secret", "private": true })).await;
-    let secret: ChannelId = private["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let secret = origin.channel(&alice, "secret", true).await;
     laptop.send_frame(&ClientFrame::MarkRead { channel: secret, seq: 1 }).await.unwrap();
     loop {
         match laptop.next_event(WAIT).await.unwrap() {
@@ -309,8 +308,7 @@ async fn channels_are_renamed_topiced_and_archived_read_only() {
     let (bob_id, bob) = origin.user(&alice, "bob").await;
     let (a, _sa) = start_edge(&origin, "edge-a").await;
     let (b, _sb) = start_edge(&origin, "edge-b").await;
-    let (_, created) = origin.post("/v1/channels", &bob, json!({ "name": "plans" })).await;
-    let plans: ChannelId = created["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let plans = origin.channel(&bob, "plans", false).await;
     let (s, _) = origin.post(&format!("/v1/channels/{plans}/members"), &alice, json!({})).await;
     assert_eq!(s, StatusCode::OK);
     let mut watcher = Client::connect(options(&b, &Transport::WsJson, &alice)).await.unwrap();
@@ -469,8 +467,7 @@ async fn typing_crosses_edges_once_per_three_seconds_and_is_never_stored() {
     let typist = Client::connect(options(&a, &Transport::WsJson, &alice)).await.unwrap();
     let mut near = Client::connect(options(&a, &Transport::WsJson, &bob)).await.unwrap();
     let mut far = Client::connect(options(&b, &Transport::WsMsgpack, &bob)).await.unwrap();
-    let (_, private) = origin.post("/v1/channels", &alice, json!({ "name": "quiet", "private": true })).await;
-    let quiet: ChannelId = private["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let quiet = origin.channel(&alice, "quiet", true).await;
     let eve = Client::connect(options(&b, &Transport::WsJson, &outsider)).await.unwrap();
 
     // A storm of typing frames: each watcher gets it once (the throttle), on both edges.

@@ -9,9 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use reqwest::StatusCode;
 use selvage_loadtest::client::{Client, Inbound, Transport};
-use selvage_shared::{ChannelId, ClientFrame, Cursor, ErrorCode, Event, Query, QueryKind};
+use selvage_shared::{ClientFrame, Cursor, ErrorCode, Event, Query, QueryKind};
 use serde_json::json;
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -85,9 +84,7 @@ async fn private_channels_stay_private_and_removed_members_stop_receiving() {
     let (alice_token, _, general) = origin.workspace().await;
     let (bob_id, bob_token) = origin.user(&alice_token, "bob").await;
     let (_, carol_token) = origin.user(&alice_token, "carol").await;
-    let (s, v) = origin.post("/v1/channels", &alice_token, json!({ "name": "secret", "private": true })).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let secret: ChannelId = v["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let secret = origin.channel(&alice_token, "secret", true).await;
     let (s, v) = origin.post(&format!("/v1/channels/{secret}/members"), &alice_token, json!({ "user": bob_id })).await;
     assert!(s.is_success(), "{v}");
     let (edge, _s) = start_edge(&origin, "edge-a").await;
@@ -149,9 +146,7 @@ async fn sessions_and_members_arriving_after_traffic_get_what_follows() {
     let (alice_token, _, general) = origin.workspace().await;
     let (bob_id, bob_token) = origin.user(&alice_token, "bob").await;
     let (_, carol_token) = origin.user(&alice_token, "carol").await;
-    let (s, v) = origin.post("/v1/channels", &alice_token, json!({ "name": "later" })).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let later: ChannelId = v["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let later = origin.channel(&alice_token, "later", false).await;
     let (edge, _s) = start_edge(&origin, "edge-a").await;
     let mut bob = Client::connect(options(&edge, &Transport::WsJson, &bob_token)).await.unwrap();
     let mut alice = Client::connect(options(&edge, &Transport::WsMsgpack, &alice_token)).await.unwrap();
@@ -425,9 +420,7 @@ async fn thread_and_old_history_queries_are_answered_by_the_origin_through_the_e
     let origin = Origin::start().await;
     let (alice_token, _, general) = origin.workspace().await;
     let (_, carol_token) = origin.user(&alice_token, "carol").await;
-    let (s, v) = origin.post("/v1/channels", &alice_token, json!({ "name": "secret", "private": true })).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let secret: ChannelId = v["channel"]["id"].as_str().unwrap().parse().unwrap();
+    let secret = origin.channel(&alice_token, "secret", true).await;
     let mut config = origin.edge_config("edge-a");
     // A small buffer, so that the oldest history pages must come from the origin.
     config.cache.recent_events_per_channel = 4;

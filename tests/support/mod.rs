@@ -151,6 +151,13 @@ impl Origin {
     }
 
     /// A user: (id, token).
+    /// Creates a channel (public or private) as `token`'s user and returns its id.
+    pub async fn channel(&self, token: &str, name: &str, private: bool) -> ChannelId {
+        let (s, v) = self.post("/v1/channels", token, json!({ "name": name, "private": private })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["channel"]["id"].as_str().unwrap().parse().unwrap()
+    }
+
     pub async fn user(&self, admin: &str, handle: &str) -> (String, String) {
         let (s, v) = self.post("/v1/users", admin, json!({ "handle": handle })).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
