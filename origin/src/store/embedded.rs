@@ -61,6 +61,7 @@
 //! that are almost always in its page cache cost about what a hand-off to a blocking thread
 //! would. Everything that waits on the disk runs on the commit and flush threads.
 
+mod filter;
 mod memtable;
 mod wal;
 
@@ -71,7 +72,7 @@ use std::{
     ops::Bound,
     path::Path,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak,
     },
     thread::JoinHandle,
@@ -79,10 +80,13 @@ use std::{
 };
 
 use async_trait::async_trait;
-use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use self::{
+    filter::KeyFilter,
     memtable::{MemRange, Memtable, Table, View},
     wal::{Mutation, RecordBuilder, Wal},
 };
@@ -177,6 +181,12 @@ pub struct EmbeddedStats {
     pub too_old: u64,
     /// Memtable flushes into redb (redb write transactions).
     pub flushes: u64,
+    /// Point reads the memtable could not answer that the key filter answered (the key is not
+    /// in redb) without reading redb.
+    pub filtered_reads: u64,
+    /// Whether the key filter holds every redb key yet (it is filled in the background on
+    /// open).
+    pub filter_ready: bool,
 }
 
 /// The embedded engine. Open it with [`EmbeddedStore::open`]; dropping the last handle (every
@@ -191,6 +201,8 @@ pub struct EmbeddedStore {
     worker: Option<JoinHandle<()>>,
     /// `None` only while dropping.
     flusher: Option<JoinHandle<()>>,
+    /// Fills the key filter on open; `None` once joined.
+    filler: Option<JoinHandle<()>>,
 }
 
 /// State shared by transactions, the commit thread and the flusher.
@@ -211,11 +223,16 @@ struct Shared {
     /// and visible, and by a freeze: a frozen table never holds a commit not yet in the log.
     publish_gate: Mutex<()>,
     flush: FlushControl,
+    /// Every key in redb, and some that are not (see module `filter`).
+    filter: KeyFilter,
+    /// Set when the store is dropped: stops the filter's initial fill.
+    closing: AtomicBool,
     commits: AtomicU64,
     commit_groups: AtomicU64,
     conflicts: AtomicU64,
     too_old: AtomicU64,
     flushes: AtomicU64,
+    filtered_reads: AtomicU64,
 }
 
 /// How the commit thread and [`EmbeddedStore::flush`] wake the flusher, and wait for it.
@@ -334,7 +351,13 @@ impl Shared {
                         kv.retain_in(begin..end, |_, _| false).map_err(|e| s(&e))?;
                     }
                 }
-                write_in_order(&mut kv, writes.by_ref().take(chunk)).map_err(|e| s(&e))?;
+                // Into the filter before redb has them: no snapshot holds a key the filter lacks.
+                let chunk_writes = writes.by_ref().take(chunk).inspect(|&(key, value)| {
+                    if value.is_some() {
+                        self.filter.insert(filter::hash(key));
+                    }
+                });
+                write_in_order(&mut kv, chunk_writes).map_err(|e| s(&e))?;
                 if writes.peek().is_none() {
                     let mut meta = wtx.open_table(META).map_err(|e| s(&e))?;
                     meta.insert(VERSION_KEY, table.newest()).map_err(|e| s(&e))?;
@@ -352,6 +375,32 @@ impl Shared {
                 std::thread::sleep(took);
             }
         }
+    }
+
+    /// Puts every key of the redb file into the key filter, then lets reads trust it. Keys the
+    /// flusher writes meanwhile, it adds itself (before committing them), so nothing is missed
+    /// between this snapshot and the end of the fill.
+    fn fill_filter(&self) -> std::result::Result<(), redb::Error> {
+        let started = Instant::now();
+        let rtx = self.db.begin_read()?;
+        let kv = rtx.open_table(KV)?;
+        let mut keys = 0u64;
+        for entry in kv.iter()? {
+            let (key, _) = entry?;
+            self.filter.insert(filter::hash(key.value()));
+            keys += 1;
+            if keys % 4096 == 0 && self.closing.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
+        self.filter.set_ready();
+        tracing::debug!(
+            keys,
+            bytes = self.filter.bytes(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "key filter filled"
+        );
+        Ok(())
     }
 
     /// Whether the memtable holds more than `factor` times its flush threshold not yet in redb
@@ -462,16 +511,16 @@ impl EmbeddedStore {
     /// `<stem>.wal.<version>` next to it) and starts its commit and flush threads.
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Arc<Self>> {
         let db = redb::Builder::new().set_cache_size(opts.cache_bytes).create(path).map_err(engine_err)?;
-        let flushed = {
+        let (flushed, keys) = {
             let wtx = db.begin_write().map_err(engine_err)?;
-            let version = {
-                wtx.open_table(KV).map_err(engine_err)?;
+            let found = {
+                let kv = wtx.open_table(KV).map_err(engine_err)?;
                 let meta = wtx.open_table(META).map_err(engine_err)?;
                 let v = meta.get(VERSION_KEY).map_err(engine_err)?.map(|g| g.value());
-                v.unwrap_or(0)
+                (v.unwrap_or(0), kv.len().map_err(engine_err)?)
             };
             wtx.commit().map_err(engine_err)?;
-            version
+            found
         };
         let naming = wal::Naming::new(path);
         let mem = Memtable::new(flushed);
@@ -496,11 +545,14 @@ impl EmbeddedStore {
             pins: Mutex::new(BTreeMap::new()),
             publish_gate: Mutex::new(()),
             flush: FlushControl::default(),
+            filter: KeyFilter::new(usize::try_from(keys).unwrap_or(usize::MAX)),
+            closing: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             commit_groups: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             too_old: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            filtered_reads: AtomicU64::new(0),
             opts,
         });
         if recovered.replayed > 0 {
@@ -532,6 +584,17 @@ impl EmbeddedStore {
                 return Err(engine_err(e));
             }
         };
+        let filler_shared = shared.clone();
+        let filler = std::thread::Builder::new()
+            .name("selvage-filter".into())
+            .spawn(move || {
+                background_priority();
+                if let Err(e) = filler_shared.fill_filter() {
+                    tracing::warn!(error = %e, "cannot fill the key filter; point reads go to redb");
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "cannot start filling the key filter; point reads go to redb"))
+            .ok();
         tracing::debug!(path = %path.display(), version, flushed, "embedded store open");
         Ok(Arc::new_cyclic(|me| EmbeddedStore {
             me: me.clone(),
@@ -539,6 +602,7 @@ impl EmbeddedStore {
             commits: Some(tx),
             worker: Some(worker),
             flusher: Some(flusher),
+            filler,
         }))
     }
 
@@ -562,6 +626,8 @@ impl EmbeddedStore {
             conflicts: s.conflicts.load(Ordering::Relaxed),
             too_old: s.too_old.load(Ordering::Relaxed),
             flushes: s.flushes.load(Ordering::Relaxed),
+            filtered_reads: s.filtered_reads.load(Ordering::Relaxed),
+            filter_ready: s.filter.is_ready(),
         }
     }
 
@@ -605,8 +671,15 @@ impl EmbeddedStore {
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         // Closing the queue lets the commit thread finish its current group and exit; then the
-        // flusher writes the memtable into redb and exits. Joining both means the file is
-        // closed (and may be reopened) once the last handle is gone.
+        // flusher writes the memtable into redb and exits. Joining them (and the filter's
+        // fill, told to stop) means the file is closed (and may be reopened) once the last
+        // handle is gone.
+        self.shared.closing.store(true, Ordering::Relaxed);
+        if let Some(filler) = self.filler.take() {
+            if filler.join().is_err() {
+                tracing::error!("embedded store filter thread panicked");
+            }
+        }
         drop(self.commits.take());
         if let Some(worker) = self.worker.take() {
             if worker.join().is_err() {
@@ -1428,6 +1501,11 @@ impl EmbeddedTxn {
             if let Some(value) = mem.get(key, self.view()) {
                 return Ok(value.map(<[u8]>::to_vec));
             }
+        }
+        let shared = &self.store.shared;
+        if !shared.filter.may_contain(filter::hash(key)) {
+            shared.filtered_reads.fetch_add(1, Ordering::Relaxed);
+            return Ok(None);
         }
         let value = self.snapshot.kv.get(key).map_err(engine_err)?;
         Ok(value.map(|g| g.value().to_vec()))
@@ -2285,6 +2363,63 @@ mod tests {
         let embedded = EmbeddedStore::open(&path, manual_flush()).unwrap();
         assert_eq!(embedded.flushed_version(), 20);
         assert_eq!(embedded.last_version(), 20);
+    }
+
+    /// Waits for the key filter's initial fill.
+    async fn filter_filled(store: &EmbeddedStore) {
+        for _ in 0..500 {
+            if store.stats().filter_ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the key filter was not filled in 5 s");
+    }
+
+    /// Point reads of keys redb does not hold are answered by the key filter, and no key redb
+    /// holds is ever hidden by it: after a flush, after a removal, and after a reopen, which
+    /// fills the filter again from the file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_key_filter_answers_absent_keys_and_never_hides_stored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let present = |i: u32| format!("present/{i:05}").into_bytes();
+        let absent = |i: u32| format!("absent/{i:05}").into_bytes();
+        for round in 0..2 {
+            let embedded = EmbeddedStore::open(&path, manual_flush()).unwrap();
+            let store: Store = embedded.clone();
+            filter_filled(&embedded).await;
+            if round == 0 {
+                for batch in 0..20 {
+                    let mut tx = store.begin().await.unwrap();
+                    for i in batch * 250..(batch + 1) * 250 {
+                        tx.set(&present(i), &i.to_le_bytes()).unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+                let mut tx = store.begin().await.unwrap();
+                tx.clear(&present(7)).unwrap();
+                tx.commit().await.unwrap();
+                embedded.flush().await.unwrap();
+            }
+            let before = embedded.stats().filtered_reads;
+            let mut tx = store.begin().await.unwrap();
+            for i in 0..5_000u32 {
+                let expected = (i != 7).then(|| i.to_le_bytes().to_vec());
+                assert_eq!(tx.get(&present(i)).await.unwrap(), expected, "round {round}: key {i}");
+            }
+            let after_present = embedded.stats().filtered_reads;
+            for i in 0..5_000 {
+                assert_eq!(tx.get(&absent(i)).await.unwrap(), None);
+            }
+            let filtered = embedded.stats().filtered_reads - after_present;
+            // Stored keys always reach redb (only the removed one may be filtered, and isn't).
+            assert!(after_present - before <= 1, "round {round}: a stored key was filtered");
+            assert!(filtered >= 4_900, "round {round}: only {filtered} of 5,000 absent keys skipped redb");
+            drop(tx);
+            drop(store);
+            drop(embedded);
+        }
     }
 
     /// The memtable thresholds trigger flushes before the interval, and past four times them
