@@ -6,9 +6,11 @@
 #   4. the PostgreSQL peer (docs/bench/pg-ordered-insert.sh) with the same shapes.
 # Each throughput figure is run RUNS times (default 3); the summary gives the median.
 # Usage: docs/bench/sends.sh [RUNS] [SECONDS]      (run from the repository root, as root)
+# IN_CONCURRENCY= sets the in-process senders (default 4096, where throughput levels off).
 set -euo pipefail
 runs=${1:-3}
 secs=${2:-10}
+in_concurrency=${IN_CONCURRENCY:-4096}
 bin=./target/release/selvage
 cargo build --release --quiet
 key=bench-operator-key-$(date +%s)
@@ -35,7 +37,7 @@ for shape in "many 1000" "hot 1"; do
     rates=()
     for r in $(seq "$runs"); do
       if [ "$target" = in-process ]; then
-        json=$($bin loadtest sends --in-process --channels "$channels" --concurrency 2048 --duration "${secs}s" --json 2>/dev/null)
+        json=$($bin loadtest sends --in-process --channels "$channels" --concurrency "$in_concurrency" --duration "${secs}s" --json 2>/dev/null)
       else
         start_origin
         json=$(SELVAGE_OPERATOR_KEY=$key $bin loadtest sends --target "$url" --channels "$channels" --concurrency 512 --duration "${secs}s" --json 2>/dev/null)
@@ -66,11 +68,12 @@ for shape in "many 1000" "hot 1"; do
 done
 
 echo
-echo "| shape | in-process (sequencer + store) | HTTP, separate origin process | PostgreSQL ordered insert | HTTP ÷ PostgreSQL | in-process ack latency at half rate | HTTP ack latency at half rate |"
-echo "|---|---|---|---|---|---|---|"
+echo "| shape | in-process (sequencer + store) | HTTP, separate origin process | PostgreSQL ordered insert | in-process ÷ PostgreSQL | HTTP ÷ PostgreSQL | in-process ack latency at half rate | HTTP ack latency at half rate |"
+echo "|---|---|---|---|---|---|---|---|"
 for name in many hot; do
   label=$([ $name = many ] && echo "1,000 channels" || echo "1 hot channel")
+  iratio=$(python3 -c "print(f'{${result[in-process-$name]}/${result[pg-$name]}:.1f}×')")
   ratio=$(python3 -c "print(f'{${result[http-$name]}/${result[pg-$name]}:.1f}×')")
-  echo "| $label | ${result[in-process-$name]}/s | ${result[http-$name]}/s | ${result[pg-$name]}/s | $ratio | ${result[ihalf-$name]} | ${result[half-$name]} |"
+  echo "| $label | ${result[in-process-$name]}/s | ${result[http-$name]}/s | ${result[pg-$name]}/s | $iratio | $ratio | ${result[ihalf-$name]} | ${result[half-$name]} |"
 done
 rm -rf "$out"

@@ -71,12 +71,22 @@ impl Segment {
         (0..8).all(|w| block[w].load(Ordering::Acquire) & Self::bit(hash, w) != 0)
     }
 
+    /// Sets the key's bits; counts it only if one was not set yet (a key written again, or a
+    /// false positive, takes no room).
     fn insert(&self, hash: u64) {
         let block = self.block(hash);
+        let mut new = false;
         for (w, word) in block.iter().enumerate() {
-            word.fetch_or(Self::bit(hash, w), Ordering::Release);
+            let bit = Self::bit(hash, w);
+            new |= word.fetch_or(bit, Ordering::Release) & bit == 0;
         }
-        self.keys.fetch_add(1, Ordering::Relaxed);
+        if new {
+            self.keys.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.keys.load(Ordering::Relaxed) >= self.capacity
     }
 }
 
@@ -120,29 +130,22 @@ impl KeyFilter {
 
     /// Adds a key (by [`hash`]) that redb is about to hold.
     pub(super) fn insert(&self, hash: u64) {
-        if self.contains(hash) {
-            // Already there (a key written again), or a false positive: nothing to add.
-            return;
-        }
-        let last = {
+        {
             let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
-            segments.last().cloned().expect("a filter has a segment")
-        };
-        if last.keys.load(Ordering::Relaxed) < last.capacity {
-            last.insert(hash);
-            return;
+            let last = segments.last().expect("a filter has a segment");
+            if !last.full() {
+                last.insert(hash);
+                return;
+            }
         }
         let mut segments = self.segments.write().unwrap_or_else(PoisonError::into_inner);
         // Another inserter may have grown it meanwhile.
-        let last = segments.last().cloned().expect("a filter has a segment");
-        let target = if last.keys.load(Ordering::Relaxed) < last.capacity {
-            last
-        } else {
+        let last = segments.last().expect("a filter has a segment");
+        if last.full() {
             let grown = Arc::new(Segment::new(last.capacity.saturating_mul(2)));
-            segments.push(grown.clone());
-            grown
-        };
-        target.insert(hash);
+            segments.push(grown);
+        }
+        segments.last().expect("a filter has a segment").insert(hash);
     }
 
     /// Bytes of filter held.
