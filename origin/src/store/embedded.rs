@@ -37,7 +37,10 @@
 //!   (read-your-writes). Range reads merge the three, with the memtable's cleared ranges hiding
 //!   redb keys. A flushed memtable table is kept while a live transaction's snapshot predates
 //!   the flush, and at most `max_txn_age` (transactions older than that fail with
-//!   [`StoreError::TooOld`]).
+//!   [`StoreError::TooOld`]). A point read the memtable cannot answer asks the **key filter**
+//!   (module `filter`: a Bloom filter of redb's keys, filled on open and kept by the flusher)
+//!   before walking the B-tree, so a key redb does not hold — every new message's dedup
+//!   entry — costs no B-tree walk.
 //! - **Optimistic serializability.** Reads record read conflict ranges, mutations record write
 //!   conflicts. At commit, a transaction fails with [`StoreError::Conflict`] if a transaction
 //!   committed after its read version wrote into its read conflict set. The write sets of recent
