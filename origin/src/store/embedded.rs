@@ -434,10 +434,11 @@ fn write_in_order<'w>(
 ) -> std::result::Result<(), redb::Error> {
     let mut writes = writes.peekable();
     while let Some(&(first, _)) = writes.peek() {
-        let existing = {
+        let through_table = {
             let mut cursor = kv.lower_bound_mut(Bound::Included(first))?;
             // Cheap here: no insert is pending, so the cursor reads its own leaf.
             let existing = matches!(cursor.peek_next()?, Some((k, _)) if k.value() == first);
+            let mut written = 0usize;
             if !existing {
                 while let Some(&(key, value)) = writes.peek() {
                     match value {
@@ -452,12 +453,15 @@ fn write_in_order<'w>(
                         },
                     }
                     writes.next();
+                    written += 1;
                 }
             }
             cursor.close()?;
-            existing
+            // `first` always fits its own gap; should the cursor refuse it anyway, the table
+            // takes it, so the loop always moves on.
+            existing || written == 0
         };
-        if existing {
+        if through_table {
             if let Some((key, value)) = writes.next() {
                 match value {
                     Some(v) => drop(kv.insert(key, v)?),

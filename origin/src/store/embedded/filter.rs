@@ -53,7 +53,7 @@ struct Segment {
 
 impl Segment {
     fn new(capacity: usize) -> Self {
-        let blocks = (capacity * BITS_PER_KEY).div_ceil(256).max(1);
+        let blocks = capacity.saturating_mul(BITS_PER_KEY).div_ceil(256).max(1);
         Segment { blocks: (0..blocks).map(|_| Default::default()).collect(), capacity, keys: AtomicUsize::new(0) }
     }
 
