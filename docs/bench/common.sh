@@ -5,7 +5,7 @@
 origin_pid= edge_pid=
 
 # The median of numbers on stdin, one per line.
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # FIELD of a JSON report: field FILE PYTHON-EXPRESSION (the report is `r`).
 field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'r': r}))" "$@"; }
 

@@ -16,8 +16,8 @@ sessions=${2:-100000}
 senders=${3:-256}
 secs=${SECS:-10}
 skip=${SKIP:-}
-bin=./target/release/selvage
-cargo build --release --quiet
+source docs/bench/common.sh
+bench_setup edge-bench
 # Each idle session is a descriptor in the edge and one in the load generator; `selvage` raises
 # its soft limit to the hard one, so raise the hard one here (needs root).
 ulimit -Hn 1048576 2>/dev/null && ulimit -Sn 1048576 || true
@@ -25,12 +25,6 @@ if [ "$sessions" -gt $(( $(ulimit -Hn) - 1000 )) ]; then
   echo "warning: the open-file limit is $(ulimit -Hn) (raising it needs CAP_SYS_RESOURCE): $(( $(ulimit -Hn) - 1000 )) idle sessions instead of $sessions" >&2
   sessions=$(( $(ulimit -Hn) - 1000 ))
 fi
-key=bench-operator-key-$(date +%s)
-edge_key=bench-edge-key-$(date +%s)-0000
-out=$(mktemp -d /tmp/selvage-edge-bench.XXXXXX)
-
-source docs/bench/common.sh
-trap stop_pair EXIT
 # Runs a scenario against the pair; its JSON report goes to stdout, its log to $out/loadtest.err
 # (shown when it fails: a failed fan-out check still prints its report, then exits non-zero).
 loadtest() {

@@ -20,20 +20,15 @@ secs=${SECS:-10}
 senders=${SENDERS:-256}
 publishers=${PUBLISHERS:-4}
 bytes=${BYTES:-100}
-bin=./target/release/selvage
 if ! command -v nats-server > /dev/null; then
   echo "nats-server is not installed; on Debian: apt-get install -y nats-server" >&2
   exit 1
 fi
-cargo build --release --quiet
 ulimit -Hn 1048576 2>/dev/null && ulimit -Sn 1048576 || ulimit -Sn "$(ulimit -Hn)" || true
-key=bench-operator-key-$(date +%s)
-edge_key=bench-edge-key-$(date +%s)-0000
-out=$(mktemp -d /tmp/selvage-nats-bench.XXXXXX)
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 source docs/bench/common.sh
+bench_setup nats-bench
 nats_pid=
 start_nats() {
   quiet
