@@ -200,11 +200,11 @@ pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
     tokio::time::sleep(args.settle).await;
     let before = EdgeReading::of(&scrape(&http, &metrics_url).await?)?;
 
-    match dialer {
+    match &dialer {
         Dialer::Ws { .. } => {
             eprintln!("opening {} idle WebSocket sessions from {source_ips} source addresses ...", args.sessions)
         }
-        Dialer::Quic { ref endpoints, .. } => {
+        Dialer::Quic { endpoints, .. } => {
             eprintln!("opening {} idle QUIC sessions through {} client endpoints ...", args.sessions, endpoints.len())
         }
     }
@@ -264,10 +264,7 @@ pub async fn measure(args: &IdleArgs) -> Result<IdleReport> {
         let _ = task.await;
     }
     Ok(IdleReport {
-        transport: match dialer {
-            Dialer::Ws { .. } => "websocket",
-            Dialer::Quic { .. } => "quic",
-        },
+        transport: dialer.transport(),
         sessions: args.sessions,
         source_ips,
         connect_seconds,
@@ -290,6 +287,14 @@ enum Idle {
 }
 
 impl Dialer {
+    /// The transport's name in the report: `websocket` or `quic`.
+    fn transport(&self) -> &'static str {
+        match self {
+            Dialer::Ws { .. } => "websocket",
+            Dialer::Quic { .. } => "quic",
+        }
+    }
+
     /// Client endpoints for `sessions` QUIC sessions to `addr`, trusting the certificate
     /// `fingerprint`.
     fn quic(addr: SocketAddr, fingerprint: &str, sessions: usize) -> Result<Dialer> {

@@ -150,7 +150,6 @@ impl Origin {
         Workspace { id, admin_token, admin_id, general }
     }
 
-    /// A user: (id, token).
     /// Creates a channel (public or private) as `token`'s user and returns its id.
     pub async fn channel(&self, token: &str, name: &str, private: bool) -> ChannelId {
         let (s, v) = self.post("/v1/channels", token, json!({ "name": name, "private": private })).await;
@@ -158,6 +157,7 @@ impl Origin {
         v["channel"]["id"].as_str().unwrap().parse().unwrap()
     }
 
+    /// A user: (id, token).
     pub async fn user(&self, admin: &str, handle: &str) -> (String, String) {
         let (s, v) = self.post("/v1/users", admin, json!({ "handle": handle })).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");

@@ -120,10 +120,6 @@ impl KeyFilter {
         if !self.ready.load(Ordering::Acquire) {
             return true;
         }
-        self.contains(hash)
-    }
-
-    fn contains(&self, hash: u64) -> bool {
         let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
         segments.iter().rev().any(|s| s.contains(hash))
     }
