@@ -108,7 +108,8 @@ pub struct SequencerConfig {
     pub max_batch_messages: usize,
     /// Most message bytes in one commit (kept well under FoundationDB's 10 MB transaction).
     pub max_batch_bytes: usize,
-    /// How long a sender waits for its commit before being told to retry, in milliseconds.
+    /// How long a send may wait in the queue, and then how long its group's commit may take,
+    /// before the sender is told to retry, in milliseconds (so at most twice this in all).
     pub ack_timeout_ms: u64,
 }
 

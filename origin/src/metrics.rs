@@ -27,6 +27,8 @@ pub struct Metrics {
     pub duplicates: IntCounter,
     /// Sends refused because the queue was full.
     pub overloaded: IntCounter,
+    /// Sends told to retry because their commit did not come in `sequencer.ack_timeout_ms`.
+    pub ack_timeouts: IntCounter,
     /// Group commits that failed and were retried, by reason.
     pub commit_retries: IntCounterVec,
     /// Feed events removed by the trimmer.
@@ -99,6 +101,11 @@ impl Metrics {
                 "Sends refused because the sequencer queue was full",
             )
             .expect("valid counter"),
+            ack_timeouts: IntCounter::new(
+                "selvage_sequencer_ack_timeouts_total",
+                "Sends told to retry because their commit did not come within sequencer.ack_timeout_ms",
+            )
+            .expect("valid counter"),
             commit_retries: IntCounterVec::new(
                 Opts::new("selvage_sequencer_commit_retries_total", "Group commits retried, by reason"),
                 &["reason"],
@@ -134,7 +141,7 @@ impl Metrics {
             .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -143,6 +150,7 @@ impl Metrics {
             Box::new(m.messages_committed.clone()),
             Box::new(m.duplicates.clone()),
             Box::new(m.overloaded.clone()),
+            Box::new(m.ack_timeouts.clone()),
             Box::new(m.commit_retries.clone()),
             Box::new(m.feed_trimmed.clone()),
             Box::new(m.feed_waiters.clone()),

@@ -97,7 +97,6 @@ pub struct Sequencer {
     queues: Arc<[mpsc::Sender<Pending>]>,
     presence: Arc<presence::Tracker>,
     metrics: Arc<Metrics>,
-    ack_timeout: Duration,
 }
 
 impl Sequencer {
@@ -113,7 +112,6 @@ impl Sequencer {
         let shards = config.committers();
         // The capacity is the node's; each shard holds its share of it.
         let capacity = config.queue_capacity.div_ceil(shards).max(1);
-        let ack_timeout = Duration::from_millis(config.ack_timeout_ms);
         let mut queues = Vec::with_capacity(shards);
         let mut committers = Vec::with_capacity(shards);
         for _ in 0..shards {
@@ -129,7 +127,7 @@ impl Sequencer {
                 }
             }
         });
-        (Sequencer { queues: queues.into(), presence, metrics, ack_timeout }, task)
+        (Sequencer { queues: queues.into(), presence, metrics }, task)
     }
 
     /// The queue of the shard `channel` belongs to.
@@ -153,13 +151,12 @@ impl Sequencer {
                 return Err(OriginError::Unavailable("the origin is shutting down".into()));
             }
         }
-        match tokio::time::timeout(self.ack_timeout, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(OriginError::Unavailable(
-                "the sequencer stopped before committing; retry with the same client_msg_id".into(),
-            )),
+        // No timer per send: the committer answers every send within `ack_timeout` of its
+        // enqueueing, timing the group instead (see `Committer::commit_group`).
+        match answer.await {
+            Ok(outcome) => outcome,
             Err(_) => Err(OriginError::Unavailable(
-                "the commit did not finish in time; retry with the same client_msg_id".into(),
+                "the sequencer stopped before committing; retry with the same client_msg_id".into(),
             )),
         }
     }
@@ -261,14 +258,42 @@ impl Committer {
         }
     }
 
+    /// Commits one group and answers its senders, with one timer for the group rather than one
+    /// per send. A send that already waited `ack_timeout` in the queue is told to retry without
+    /// being written (the queue sheds what its senders have given up on), and a commit that
+    /// takes longer than `ack_timeout` is abandoned, its senders told to retry with the same
+    /// `client_msg_id` (the commit may still land; the retry then finds it). So no sender waits
+    /// more than twice `ack_timeout`: queued behind a commit, then in its own.
     async fn commit_group(&self, group: Vec<Pending>) {
         let started = Instant::now();
+        let ack_timeout = Duration::from_millis(self.config.ack_timeout_ms);
+        let (group, expired): (Vec<Pending>, Vec<Pending>) =
+            group.into_iter().partition(|p| started.saturating_duration_since(p.enqueued) < ack_timeout);
+        if !expired.is_empty() {
+            self.answer_retry(expired, "the send waited too long for a commit; retry with the same client_msg_id");
+        }
+        if group.is_empty() {
+            return;
+        }
         let requests: Vec<(&SendRequest, &Mentioned)> = group.iter().map(|p| (&p.request, &p.mentioned)).collect();
         let mut attempts = 0u32;
-        let result = transact!(self.store, |tx| {
-            attempts += 1;
-            sequence(tx, &requests).await?
-        });
+        let result = tokio::time::timeout(ack_timeout, async {
+            transact!(self.store, |tx| {
+                attempts += 1;
+                sequence(tx, &requests).await?
+            })
+        })
+        .await;
+        drop(requests);
+        let Ok(result) = result else {
+            tracing::warn!(
+                messages = group.len(),
+                waited_ms = started.elapsed().as_millis() as u64,
+                "a group commit did not finish in sequencer.ack_timeout_ms; its senders were told to retry"
+            );
+            self.answer_retry(group, "the commit did not finish in time; retry with the same client_msg_id");
+            return;
+        };
         if attempts > 1 {
             self.metrics.commit_retries.with_label_values(&["conflict_or_unknown"]).inc_by(u64::from(attempts - 1));
         }
@@ -311,6 +336,16 @@ impl Committer {
                     let _ = pending.reply.send(Err(err));
                 }
             }
+        }
+    }
+}
+
+impl Committer {
+    /// Tells senders their send timed out and may be retried.
+    fn answer_retry(&self, senders: Vec<Pending>, why: &str) {
+        self.metrics.ack_timeouts.inc_by(senders.len() as u64);
+        for pending in senders {
+            let _ = pending.reply.send(Err(OriginError::Unavailable(why.into())));
         }
     }
 }
@@ -441,7 +476,157 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
 
 #[cfg(test)]
 mod tests {
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::{
+        accounts,
+        store::{
+            embedded::{EmbeddedOptions, EmbeddedStore},
+            Committed, KeyValue, KvStore, RangeRead, Watch,
+        },
+    };
+
+    /// The embedded engine with commits held up: by `delay`, or for ever (`None`), the way a
+    /// stalled disk or an unreachable cluster holds them. Everything else goes straight through.
+    struct Held {
+        inner: Store,
+        delay: Option<Duration>,
+    }
+
+    struct HeldTxn {
+        inner: Box<dyn KvTxn>,
+        delay: Option<Duration>,
+    }
+
+    #[async_trait]
+    impl KvStore for Held {
+        async fn begin(&self) -> Result<Box<dyn KvTxn>, StoreError> {
+            Ok(Box::new(HeldTxn { inner: self.inner.begin().await?, delay: self.delay }))
+        }
+
+        fn engine(&self) -> &'static str {
+            "held"
+        }
+    }
+
+    #[async_trait]
+    impl KvTxn for HeldTxn {
+        async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn get_range(&mut self, range: &RangeRead) -> Result<Vec<KeyValue>, StoreError> {
+            self.inner.get_range(range).await
+        }
+        fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+            self.inner.set(key, value)
+        }
+        fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
+            self.inner.clear(key)
+        }
+        fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), StoreError> {
+            self.inner.clear_range(begin, end)
+        }
+        fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), StoreError> {
+            self.inner.atomic_add(key, delta)
+        }
+        fn set_versionstamped_key(&mut self, key: &[u8], offset: usize, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.set_versionstamped_key(key, offset, value)
+        }
+        fn watch(&mut self, key: &[u8]) -> Result<Watch, StoreError> {
+            self.inner.watch(key)
+        }
+        async fn commit(self: Box<Self>) -> Result<Committed, StoreError> {
+            match self.delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => std::future::pending::<()>().await,
+            }
+            self.inner.commit().await
+        }
+        async fn on_error(self: Box<Self>, err: StoreError) -> Result<Box<dyn KvTxn>, StoreError> {
+            Ok(Box::new(HeldTxn { inner: self.inner.on_error(err).await?, delay: self.delay }))
+        }
+    }
+
+    /// A store with a workspace and one channel its admin is in, and a sequencer over it with
+    /// commits held by `delay`, one message per group.
+    async fn held_sequencer(
+        dir: &std::path::Path,
+        delay: Option<Duration>,
+        ack_timeout_ms: u64,
+    ) -> (Store, Sequencer, SendRequest) {
+        let inner: Store = EmbeddedStore::open(&dir.join("s.redb"), EmbeddedOptions::default()).unwrap();
+        let (_, admin) = accounts::create_workspace(&inner, "w", "admin", "Admin", 0).await.unwrap();
+        let caller = accounts::authenticate(&inner, &admin.token).await.unwrap();
+        let channel = channels::create(&inner, &caller, "held", false, "", "").await.unwrap().channel.id;
+        let config = SequencerConfig { shards: 1, max_batch_messages: 1, ack_timeout_ms, ..SequencerConfig::default() };
+        let held: Store = Arc::new(Held { inner: inner.clone(), delay });
+        let presence = Arc::new(presence::Tracker::new(Duration::from_secs(60)));
+        let (sequencer, _) =
+            Sequencer::start(held, config, Arc::new(Metrics::new()), presence, CancellationToken::new());
+        let request = SendRequest {
+            workspace: caller.workspace.clone(),
+            channel,
+            user: caller.user.id.clone(),
+            text: "hello".into(),
+            client_msg_id: String::new(),
+            thread_root: None,
+        };
+        (inner, sequencer, request)
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_never_returns_is_answered_with_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, sequencer, request) = held_sequencer(dir.path(), None, 300).await;
+        let started = Instant::now();
+        let first = tokio::spawn({
+            let (sequencer, request) = (sequencer.clone(), request.clone());
+            async move { sequencer.send(SendRequest { client_msg_id: "a".into(), ..request }).await }
+        });
+        // Queued behind the stalled commit, then stalled in its own.
+        let second = sequencer.send(SendRequest { client_msg_id: "b".into(), ..request }).await;
+        let first = first.await.unwrap();
+        for outcome in [first, second] {
+            match outcome {
+                Err(OriginError::Unavailable(why)) => assert!(why.contains("retry"), "{why}"),
+                other => panic!("expected a retry answer, got {other:?}"),
+            }
+        }
+        assert!(started.elapsed() >= Duration::from_millis(300), "answered before the ack timeout");
+    }
+
+    #[tokio::test]
+    async fn sends_that_waited_out_the_ack_timeout_in_the_queue_are_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each commit takes 1 s; a send may wait 2.5 s in the queue. Of four sends queued at
+        // once, the fourth reaches the committer after 3 s.
+        let (inner, sequencer, request) = held_sequencer(dir.path(), Some(Duration::from_secs(1)), 2_500).await;
+        let mut sends = Vec::new();
+        for id in ["a", "b", "c", "d"] {
+            let (sequencer, request) = (sequencer.clone(), request.clone());
+            sends.push(tokio::spawn(async move {
+                sequencer.send(SendRequest { client_msg_id: id.into(), ..request }).await
+            }));
+            // In this order into the queue.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut outcomes = Vec::new();
+        for send in sends {
+            outcomes.push(send.await.unwrap());
+        }
+        let seqs: Vec<Seq> = outcomes[..3].iter().map(|o| o.as_ref().expect("committed in time").message.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        match &outcomes[3] {
+            Err(OriginError::Unavailable(why)) => assert!(why.contains("waited too long"), "{why}"),
+            other => panic!("expected the expired send to be told to retry, got {other:?}"),
+        }
+        // The expired send was not written: the channel ends at 3.
+        let (w, c) = (&request.workspace, &request.channel);
+        let mut tx = inner.begin().await.unwrap();
+        assert_eq!(channels::last_seq(&mut *tx, w, c).await.unwrap(), 3);
+        assert!(tx.get(&keys::nonce(w, c, "d")).await.unwrap().is_none());
+    }
 
     #[test]
     fn a_channel_keeps_its_shard_and_channels_spread_over_all() {
