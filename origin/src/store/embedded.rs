@@ -943,6 +943,35 @@ struct VersionstampedSet {
     value: Vec<u8>,
 }
 
+/// The sorted, unique keys a transaction writes: its point ops (sorted) and its versionstamped
+/// keys, which a transaction almost always appends in order (the feed's events of one commit
+/// differ only in the order after the versionstamp), so the two lists are merged, not sorted.
+fn write_keys(ops: &[(Vec<u8>, Op)], stamped: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = Vec::with_capacity(ops.len() + stamped.len());
+    if !stamped.is_sorted_by(|(a, _), (b, _)| a <= b) {
+        keys.extend(ops.iter().map(|(k, _)| k.clone()));
+        keys.extend(stamped.iter().map(|(k, _)| k.clone()));
+        keys.sort_unstable();
+        keys.dedup();
+        return keys;
+    }
+    let (mut a, mut b) = (ops.iter().map(|(k, _)| k).peekable(), stamped.iter().map(|(k, _)| k).peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x <= y => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => break,
+        };
+        if let Some(key) = next {
+            if keys.last() != Some(key) {
+                keys.push(key.clone());
+            }
+        }
+    }
+    keys
+}
+
 /// A request that passed the conflict check, with its place in the group and its mutations
 /// as they are logged and applied: cleared ranges, then point writes, then versionstamped keys.
 struct Accepted {
@@ -974,12 +1003,7 @@ impl Accepted {
                 (key, set.value)
             })
             .collect();
-        let mut keys: Vec<Vec<u8>> = req.ops.iter().map(|(k, _)| k.clone()).collect();
-        if !stamped.is_empty() {
-            keys.extend(stamped.iter().map(|(k, _)| k.clone()));
-            keys.sort_unstable();
-            keys.dedup();
-        }
+        let keys = write_keys(&req.ops, &stamped);
         let write_set = WriteSet { version, at: Instant::now(), keys, ranges: req.cleared.clone() };
         Accepted {
             reply: req.reply,
@@ -1665,9 +1689,9 @@ impl<'a> Merged<'a> {
 #[async_trait]
 impl KvTxn for EmbeddedTxn {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.check_age()?;
         check_key(key)?;
-        // Values this transaction decided need no snapshot read and no read conflict.
+        // Values this transaction decided need no snapshot read and no read conflict, and (as
+        // in FoundationDB, where they never reach a storage server) cannot be too old.
         let pending = match self.writes.get(key) {
             Some(Op::Set(v)) => return Ok(Some(v.clone())),
             Some(Op::Clear) => return Ok(None),
@@ -1851,6 +1875,22 @@ mod tests {
 
     fn r(b: &str, e: &str) -> (Vec<u8>, Vec<u8>) {
         (b.as_bytes().to_vec(), e.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn write_keys_are_sorted_and_unique_in_or_out_of_order() {
+        let op = |k: &str| (k.as_bytes().to_vec(), Op::Clear);
+        let st = |k: &str| (k.as_bytes().to_vec(), Vec::new());
+        let ops = [op("a"), op("c"), op("e"), op("g")];
+        let keys = |ops: &[(Vec<u8>, Op)], stamped: &[(Vec<u8>, Vec<u8>)]| {
+            write_keys(ops, stamped).into_iter().map(|k| String::from_utf8(k).unwrap()).collect::<Vec<_>>()
+        };
+        // In order, interleaved, one key in both lists, one stamped key twice.
+        assert_eq!(keys(&ops, &[st("b"), st("c"), st("f"), st("f"), st("z")]), ["a", "b", "c", "e", "f", "g", "z"]);
+        // Out of order: sorted all the same.
+        assert_eq!(keys(&ops, &[st("z"), st("b"), st("a")]), ["a", "b", "c", "e", "g", "z"]);
+        assert_eq!(keys(&[], &[st("y"), st("x")]), ["x", "y"]);
+        assert_eq!(keys(&ops, &[]), ["a", "c", "e", "g"]);
     }
 
     #[test]
