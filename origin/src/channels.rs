@@ -7,7 +7,7 @@
 //! transaction, with a feed event for each change.
 
 use selvage_shared::{Channel, ChannelId, ChannelKind, Event, Seq, UserId, WorkspaceId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     accounts::{Caller, Membership},
@@ -86,6 +86,33 @@ async fn unread_mentions(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId, rea
 
 /// Reads a channel record.
 pub async fn load(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Option<Channel>, StoreError> {
+    match tx.get(&keys::channel(w, c)).await? {
+        None => Ok(None),
+        Some(raw) => decode("channel", &raw).map(Some),
+    }
+}
+
+/// What posting in a channel depends on: the two flags of its record, decoded without its
+/// strings (the sequencer reads it once per channel in every group).
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct Gate {
+    /// Whether the channel is invisible to non-members.
+    #[serde(default)]
+    pub private: bool,
+    /// Whether it is read-only.
+    #[serde(default)]
+    pub archived: bool,
+}
+
+impl Gate {
+    /// Whether a caller who is (or is not) a member may see the channel at all.
+    pub fn visible(&self, member: bool) -> bool {
+        member || !self.private
+    }
+}
+
+/// The [`Gate`] of a channel, `None` if there is no such channel.
+pub async fn load_gate(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Option<Gate>, StoreError> {
     match tx.get(&keys::channel(w, c)).await? {
         None => Ok(None),
         Some(raw) => decode("channel", &raw).map(Some),

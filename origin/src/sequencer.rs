@@ -35,7 +35,7 @@ use std::{
 };
 
 use rustc_hash::{FxHashMap, FxHasher};
-use selvage_shared::{Channel, ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId};
+use selvage_shared::{ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -356,7 +356,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
     // Keyed by borrowed ids with a fast hasher: a group touches each of many channels once or
     // twice, so these maps are on every message's path.
     // Per channel: its record (None if missing) and the head as this transaction moves it.
-    let mut chans: FxHashMap<(&WorkspaceId, &ChannelId), (Option<Channel>, Seq, Seq)> = FxHashMap::default();
+    let mut chans: FxHashMap<(&WorkspaceId, &ChannelId), (Option<channels::Gate>, Seq, Seq)> = FxHashMap::default();
     let mut members: FxHashMap<(&WorkspaceId, &ChannelId, &UserId), bool> = FxHashMap::default();
     let mut seen: FxHashMap<(&WorkspaceId, &ChannelId, &str), usize> = FxHashMap::default();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
@@ -378,7 +378,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
         let (channel, head, _) = match chans.entry((w, c)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let channel = channels::load(tx, w, c).await?;
+                let channel = channels::load_gate(tx, w, c).await?;
                 let head = channels::last_seq(tx, w, c).await?;
                 e.insert((channel, head, head))
             }
@@ -389,7 +389,7 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
         };
         let rejection = match channel {
             None => Some(OriginError::no_channel(c.as_str())),
-            Some(ch) if !channels::visible(ch, member) => Some(OriginError::no_channel(c.as_str())),
+            Some(ch) if !ch.visible(member) => Some(OriginError::no_channel(c.as_str())),
             Some(_) if !member => Some(OriginError::NotMember(format!("join {c} before posting in it"))),
             Some(ch) if ch.archived => Some(OriginError::Archived(format!("channel {c} is archived"))),
             Some(_) => None,

@@ -86,6 +86,7 @@ use async_trait::async_trait;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
+use rustc_hash::FxHashSet;
 use tokio::sync::{mpsc, oneshot};
 
 use self::{
@@ -666,6 +667,7 @@ impl EmbeddedStore {
             read_version,
             started,
             writes: BTreeMap::new(),
+            written: FxHashSet::default(),
             cleared: BTreeMap::new(),
             versionstamped: Vec::new(),
             reads: Vec::new(),
@@ -1440,6 +1442,9 @@ struct EmbeddedTxn {
     started: Instant,
     /// Buffered mutations of single keys; they override the snapshot and `cleared`.
     writes: BTreeMap<Vec<u8>, Op>,
+    /// [`memtable::key_hash`] of every key in `writes` (and of some since cleared): a read of
+    /// a key this transaction did not write, the usual case, skips the search of `writes`.
+    written: FxHashSet<u64>,
     /// Ranges cleared by this transaction, begin → end, disjoint.
     cleared: BTreeMap<Vec<u8>, Vec<u8>>,
     versionstamped: Vec<VersionstampedSet>,
@@ -1524,18 +1529,18 @@ impl EmbeddedTxn {
     }
 
     /// `key` as of the read version: the memtable, else the redb snapshot.
-    fn snapshot_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn snapshot_get(&self, key: &[u8], hash: u64) -> Result<Option<Vec<u8>>> {
         {
             let mem = self.store.shared.mem.read();
             // Checked under the memtable lock: a flushed table this snapshot needs is only
             // dropped (under the write lock) once a transaction this old is too old.
             self.check_age()?;
-            if let Some(value) = mem.get(key, self.view()) {
+            if let Some(value) = mem.get_hashed(key, hash, self.view()) {
                 return Ok(value.map(<[u8]>::to_vec));
             }
         }
         let shared = &self.store.shared;
-        if !shared.filter.may_contain(filter::hash(key)) {
+        if !shared.filter.may_contain(filter::mix(hash)) {
             shared.filtered_reads.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
@@ -1692,14 +1697,16 @@ impl KvTxn for EmbeddedTxn {
         check_key(key)?;
         // Values this transaction decided need no snapshot read and no read conflict, and (as
         // in FoundationDB, where they never reach a storage server) cannot be too old.
-        let pending = match self.writes.get(key) {
+        let hash = memtable::key_hash(key);
+        let own = if self.written.contains(&hash) { self.writes.get(key) } else { None };
+        let pending = match own {
             Some(Op::Set(v)) => return Ok(Some(v.clone())),
             Some(Op::Clear) => return Ok(None),
             Some(Op::Add(d)) => Some(*d),
             None if self.is_cleared(key) => return Ok(None),
             None => None,
         };
-        let base = self.snapshot_get(key)?;
+        let base = self.snapshot_get(key, hash)?;
         self.add_read_conflict(key.to_vec(), key_after(key));
         Ok(match pending {
             Some(d) => Some(add_le(base.as_deref(), d)),
@@ -1727,12 +1734,14 @@ impl KvTxn for EmbeddedTxn {
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.admit(key, Some(value), point_cost(key, value.len()))?;
+        self.written.insert(memtable::key_hash(key));
         self.writes.insert(key.to_vec(), Op::Set(value.to_vec()));
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<()> {
         self.admit(key, None, point_cost(key, 0))?;
+        self.written.insert(memtable::key_hash(key));
         self.writes.insert(key.to_vec(), Op::Clear);
         Ok(())
     }
@@ -1786,6 +1795,7 @@ impl KvTxn for EmbeddedTxn {
             None if cleared => Op::Set(add_le(None, delta)),
             None => Op::Add(delta),
         };
+        self.written.insert(memtable::key_hash(key));
         self.writes.insert(key.to_vec(), op);
         Ok(())
     }

@@ -11,15 +11,10 @@
 //! every segment. Opening a store fills it from the redb file in a background thread; until that
 //! is done, reads do not trust it.
 
-use std::{
-    hash::Hasher,
-    sync::{
-        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
-        Arc, PoisonError, RwLock,
-    },
+use std::sync::{
+    atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+    Arc, PoisonError, RwLock,
 };
-
-use rustc_hash::FxHasher;
 
 /// Filter bits per key a segment is sized for: about 0.5 % false positives when full.
 const BITS_PER_KEY: usize = 12;
@@ -34,10 +29,13 @@ const SALT: [u32; 8] =
 
 /// A key's 64-bit hash: the high half picks the block, the low half the bits.
 pub(super) fn hash(key: &[u8]) -> u64 {
-    let mut h = FxHasher::default();
-    h.write(key);
-    // FxHash's output mixed once more (murmur3's finaliser): the block index takes the top bits.
-    let mut x = h.finish();
+    mix(super::memtable::key_hash(key))
+}
+
+/// A key's filter hash from its memtable hash (FxHash), which a read has computed already:
+/// mixed once more (murmur3's finaliser), since the block index takes the top bits.
+pub(super) fn mix(fx: u64) -> u64 {
+    let mut x = fx;
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;

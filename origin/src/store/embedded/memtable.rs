@@ -95,7 +95,8 @@ impl Versions {
     }
 }
 
-fn key_hash(key: &[u8]) -> u64 {
+/// The hash the memtable indexes keys by; transactions compute it once per read.
+pub(super) fn key_hash(key: &[u8]) -> u64 {
     let mut h = FxHasher::default();
     h.write(key);
     h.finish()
@@ -421,7 +422,11 @@ impl<'a> MemRead<'a> {
     /// `key` as `view` sees it in the memtable: `Some(None)` if removed there, `None` if the
     /// memtable has nothing on it (the redb snapshot decides).
     pub(super) fn get(&self, key: &[u8], view: View) -> Option<Option<&[u8]>> {
-        let hash = key_hash(key);
+        self.get_hashed(key, key_hash(key), view)
+    }
+
+    /// [`MemRead::get`] with the key's [`key_hash`] already computed.
+    pub(super) fn get_hashed(&self, key: &[u8], hash: u64, view: View) -> Option<Option<&[u8]>> {
         for table in self.tables.visible(view) {
             let cleared = table.range_version(key, view);
             let point = table.point(key, hash).and_then(|vs| vs.newest_in(view));
