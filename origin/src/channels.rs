@@ -145,6 +145,12 @@ pub async fn visible_channel(
     Ok(visible(&channel, member).then_some((channel, member)))
 }
 
+/// Moves W's gates counter ([`keys::gates`]): every write of a channel record or a membership
+/// must, so that the sequencer drops what it cached of them.
+pub fn bump_gates(tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<(), StoreError> {
+    tx.atomic_add(&keys::gates(w), 1)
+}
+
 /// Writes a new channel record (and its name index) with a `channel_created` event.
 pub fn write_channel(
     tx: &mut dyn KvTxn,
@@ -154,6 +160,7 @@ pub fn write_channel(
     now: i64,
 ) -> Result<(), StoreError> {
     tx.set(&keys::channel(w, &channel.id), &selvage_shared::to_msgpack(channel))?;
+    bump_gates(tx, w)?;
     if !channel.is_conversation() {
         tx.set(&keys::channel_name(w, &channel.name), channel.id.as_str().as_bytes())?;
     }
@@ -173,6 +180,7 @@ pub fn write_member(
     let record = selvage_shared::to_msgpack(&Membership { joined_at: now });
     tx.set(&keys::member(w, c, u), &record)?;
     tx.set(&keys::joined(w, u, c), &record)?;
+    bump_gates(tx, w)?;
     log.append(tx, w, now, Event::MemberJoined { channel: c.clone(), user: u.clone() })?;
     Ok(())
 }
@@ -315,6 +323,7 @@ pub async fn remove_member(store: &Store, caller: &Caller, c: &ChannelId, user: 
                 } else {
                     tx.clear(&keys::member(w, c, user))?;
                     tx.clear(&keys::joined(w, user, c))?;
+                    bump_gates(tx, w)?;
                     let mut log = Appender::new();
                     log.append(tx, w, crate::now_ms(), Event::MemberLeft { channel: c.clone(), user: user.clone() })?;
                     log.finish(tx)?;
@@ -459,6 +468,7 @@ pub async fn update(store: &Store, caller: &Caller, c: &ChannelId, change: &Chan
                             tx.set(&keys::channel_name(w, &updated.name), c.as_str().as_bytes())?;
                         }
                         tx.set(&keys::channel(w, c), &selvage_shared::to_msgpack(&updated))?;
+                        bump_gates(tx, w)?;
                         let mut log = Appender::new();
                         log.append(tx, w, crate::now_ms(), Event::ChannelUpdated { channel: updated.clone() })?;
                         log.finish(tx)?;

@@ -34,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 use selvage_shared::{ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -116,7 +116,12 @@ impl Sequencer {
         let mut committers = Vec::with_capacity(shards);
         for _ in 0..shards {
             let (queue, rx) = mpsc::channel(capacity);
-            let committer = Committer { store: store.clone(), config: config.clone(), metrics: metrics.clone() };
+            let committer = Committer {
+                store: store.clone(),
+                config: config.clone(),
+                metrics: metrics.clone(),
+                gates: Gates::default(),
+            };
             committers.push(tokio::spawn(committer.run(rx, shutdown.clone())));
             queues.push(queue);
         }
@@ -213,6 +218,88 @@ struct Committer {
     store: Store,
     config: SequencerConfig,
     metrics: Arc<Metrics>,
+    gates: Gates,
+}
+
+/// Most channels plus memberships [`Gates`] holds before it starts over.
+const MAX_CACHED_GATES: usize = 1 << 20;
+
+/// What a committer knows of its channels' gates and its senders' memberships, per workspace.
+/// It holds while the workspace's gates counter ([`keys::gates`], moved by every write of a
+/// channel record or membership) reads as it did when they were read. So a group reads that
+/// one key per workspace — which also puts it in the group's read conflicts: a membership
+/// change committed while the group is built makes the group retry — instead of a channel
+/// record and a membership per channel (FoundationDB's "metadata version" pattern).
+#[derive(Default)]
+struct Gates {
+    workspaces: FxHashMap<WorkspaceId, WorkspaceGates>,
+    /// Channels plus memberships held, over all workspaces.
+    entries: usize,
+}
+
+#[derive(Default)]
+struct WorkspaceGates {
+    /// The gates counter these were read under.
+    counter: i64,
+    channels: FxHashMap<ChannelId, ChannelGates>,
+    entries: usize,
+}
+
+struct ChannelGates {
+    /// `None`: no such channel.
+    gate: Option<channels::Gate>,
+    members: FxHashMap<UserId, bool>,
+}
+
+impl Gates {
+    /// Notes `w`'s gates counter as a transaction reads it, forgetting what was read under
+    /// another value.
+    fn check(&mut self, w: &WorkspaceId, counter: i64) {
+        match self.workspaces.get_mut(w) {
+            Some(ws) if ws.counter == counter => {}
+            Some(ws) => {
+                self.entries -= ws.entries;
+                *ws = WorkspaceGates { counter, ..WorkspaceGates::default() };
+            }
+            None => {
+                self.workspaces.insert(w.clone(), WorkspaceGates { counter, ..WorkspaceGates::default() });
+            }
+        }
+    }
+
+    fn channel(&self, w: &WorkspaceId, c: &ChannelId) -> Option<&ChannelGates> {
+        self.workspaces.get(w)?.channels.get(c)
+    }
+
+    /// Room for one more entry of `w`: past the cap everything is forgotten (and read again).
+    fn make_room(&mut self, w: &WorkspaceId) -> Option<&mut WorkspaceGates> {
+        if self.entries >= MAX_CACHED_GATES {
+            for ws in self.workspaces.values_mut() {
+                ws.channels.clear();
+                ws.entries = 0;
+            }
+            self.entries = 0;
+        }
+        self.entries += 1;
+        let ws = self.workspaces.get_mut(w)?;
+        ws.entries += 1;
+        Some(ws)
+    }
+
+    fn put_gate(&mut self, w: &WorkspaceId, c: &ChannelId, gate: Option<channels::Gate>) {
+        if let Some(ws) = self.make_room(w) {
+            ws.channels.insert(c.clone(), ChannelGates { gate, members: FxHashMap::default() });
+        }
+    }
+
+    fn put_member(&mut self, w: &WorkspaceId, c: &ChannelId, u: &UserId, member: bool) {
+        if self.channel(w, c).is_none() {
+            return;
+        }
+        if let Some(ch) = self.make_room(w).and_then(|ws| ws.channels.get_mut(c)) {
+            ch.members.insert(u.clone(), member);
+        }
+    }
 }
 
 /// Rough bytes a message adds to a transaction: its record and feed event (the text twice)
@@ -222,7 +309,7 @@ fn weight(r: &SendRequest) -> usize {
 }
 
 impl Committer {
-    async fn run(self, mut rx: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, shutdown: CancellationToken) {
         let mut carry: Option<Pending> = None;
         loop {
             let first = match carry.take() {
@@ -264,7 +351,7 @@ impl Committer {
     /// takes longer than `ack_timeout` is abandoned, its senders told to retry with the same
     /// `client_msg_id` (the commit may still land; the retry then finds it). So no sender waits
     /// more than twice `ack_timeout`: queued behind a commit, then in its own.
-    async fn commit_group(&self, group: Vec<Pending>) {
+    async fn commit_group(&mut self, group: Vec<Pending>) {
         let started = Instant::now();
         let ack_timeout = Duration::from_millis(self.config.ack_timeout_ms);
         let (group, expired): (Vec<Pending>, Vec<Pending>) =
@@ -277,10 +364,11 @@ impl Committer {
         }
         let requests: Vec<(&SendRequest, &Mentioned)> = group.iter().map(|p| (&p.request, &p.mentioned)).collect();
         let mut attempts = 0u32;
+        let (store, gates) = (&self.store, &mut self.gates);
         let result = tokio::time::timeout(ack_timeout, async {
-            transact!(self.store, |tx| {
+            transact!(store, |tx| {
                 attempts += 1;
-                sequence(tx, &requests).await?
+                sequence(tx, &requests, gates).await?
             })
         })
         .await;
@@ -351,7 +439,11 @@ impl Committer {
 }
 
 /// Writes one group into `tx`: the body of the group-commit transaction.
-async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -> Result<Vec<Outcome>, StoreError> {
+async fn sequence(
+    tx: &mut dyn KvTxn,
+    requests: &[(&SendRequest, &Mentioned)],
+    gates: &mut Gates,
+) -> Result<Vec<Outcome>, StoreError> {
     let now = crate::now_ms();
     // Keyed by borrowed ids with a fast hasher: a group touches each of many channels once or
     // twice, so these maps are on every message's path.
@@ -362,9 +454,15 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
     // Thread roots replied to in this group: the root as it reads and its summary.
     let mut roots: FxHashMap<(&WorkspaceId, &ChannelId, Seq), (Message, ThreadSummary)> = FxHashMap::default();
+    // Workspaces whose gates counter this attempt has read.
+    let mut checked: FxHashSet<&WorkspaceId> = FxHashSet::default();
     let mut log = Appender::new();
     for (i, &(r, mentioned)) in requests.iter().enumerate() {
         let (w, c) = (&r.workspace, &r.channel);
+        if checked.insert(w) {
+            let counter = tx.get(&keys::gates(w)).await?.as_deref().map_or(0, feed::le_i64);
+            gates.check(w, counter);
+        }
         if let Some(&first) = seen.get(&(w, c, r.client_msg_id.as_str())) {
             let again = match &outcomes[first] {
                 Outcome::New { message, .. } | Outcome::Duplicate(message) => Outcome::Duplicate(message.clone()),
@@ -378,14 +476,32 @@ async fn sequence(tx: &mut dyn KvTxn, requests: &[(&SendRequest, &Mentioned)]) -
         let (channel, head, _) = match chans.entry((w, c)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let channel = channels::load_gate(tx, w, c).await?;
+                let channel = match gates.channel(w, c) {
+                    Some(known) => known.gate,
+                    None => {
+                        let gate = channels::load_gate(tx, w, c).await?;
+                        gates.put_gate(w, c, gate);
+                        gate
+                    }
+                };
                 let head = channels::last_seq(tx, w, c).await?;
                 e.insert((channel, head, head))
             }
         };
         let member = match members.entry((w, c, &r.user)) {
             Entry::Occupied(e) => *e.get(),
-            Entry::Vacant(e) => *e.insert(channels::is_member(tx, w, c, &r.user).await?),
+            Entry::Vacant(e) => {
+                let known = gates.channel(w, c).and_then(|ch| ch.members.get(&r.user).copied());
+                let member = match known {
+                    Some(member) => member,
+                    None => {
+                        let member = channels::is_member(tx, w, c, &r.user).await?;
+                        gates.put_member(w, c, &r.user, member);
+                        member
+                    }
+                };
+                *e.insert(member)
+            }
         };
         let rejection = match channel {
             None => Some(OriginError::no_channel(c.as_str())),
@@ -554,7 +670,7 @@ mod tests {
         dir: &std::path::Path,
         delay: Option<Duration>,
         ack_timeout_ms: u64,
-    ) -> (Store, Sequencer, SendRequest) {
+    ) -> (Store, Sequencer, SendRequest, accounts::Caller) {
         let inner: Store = EmbeddedStore::open(&dir.join("s.redb"), EmbeddedOptions::default()).unwrap();
         let (_, admin) = accounts::create_workspace(&inner, "w", "admin", "Admin", 0).await.unwrap();
         let caller = accounts::authenticate(&inner, &admin.token).await.unwrap();
@@ -572,13 +688,80 @@ mod tests {
             client_msg_id: String::new(),
             thread_root: None,
         };
-        (inner, sequencer, request)
+        (inner, sequencer, request, caller)
+    }
+
+    #[tokio::test]
+    async fn cached_gates_follow_membership_and_archiving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store = EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default()).unwrap();
+        let (_, admin) = accounts::create_workspace(&store, "w", "admin", "Admin", 0).await.unwrap();
+        let admin = accounts::authenticate(&store, &admin.token).await.unwrap();
+        let bob = accounts::create_user(&store, &admin, "bob", "Bob", false, 0).await.unwrap();
+        let bob = accounts::authenticate(&store, &bob.token).await.unwrap();
+        let c = channels::create(&store, &admin, "team", true, "", "").await.unwrap().channel.id;
+        let presence = Arc::new(presence::Tracker::new(Duration::from_secs(60)));
+        let config = SequencerConfig { shards: 1, ..SequencerConfig::default() };
+        let (sequencer, _) =
+            Sequencer::start(store.clone(), config, Arc::new(Metrics::new()), presence, CancellationToken::new());
+        let mut n = 0;
+        let mut send = |user: &accounts::Caller| {
+            n += 1;
+            let request = SendRequest {
+                workspace: user.workspace.clone(),
+                channel: c.clone(),
+                user: user.user.id.clone(),
+                text: format!("message {n}"),
+                client_msg_id: format!("m{n}"),
+                thread_root: None,
+            };
+            let sequencer = sequencer.clone();
+            async move { sequencer.send(request).await }
+        };
+        // Not a member of the private channel yet: it does not exist for bob.
+        assert!(matches!(send(&bob).await, Err(OriginError::NotFound(_))));
+        channels::add_member(&store, &admin, &c, &bob.user.id).await.unwrap();
+        assert_eq!(send(&bob).await.unwrap().message.seq, 1);
+        assert_eq!(send(&bob).await.unwrap().message.seq, 2);
+        channels::remove_member(&store, &admin, &c, &bob.user.id).await.unwrap();
+        assert!(matches!(send(&bob).await, Err(OriginError::NotFound(_))), "removed, bob must not post");
+        channels::add_member(&store, &admin, &c, &bob.user.id).await.unwrap();
+        assert_eq!(send(&bob).await.unwrap().message.seq, 3);
+        let archive = channels::ChannelChange { archived: Some(true), ..Default::default() };
+        channels::update(&store, &admin, &c, &archive).await.unwrap();
+        assert!(matches!(send(&bob).await, Err(OriginError::Archived(_))), "archived, nobody posts");
+        assert!(matches!(send(&admin).await, Err(OriginError::Archived(_))));
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(channels::last_seq(&mut *tx, &admin.workspace, &c).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_membership_change_while_a_group_commits_makes_it_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = Duration::from_millis(300);
+        let (inner, sequencer, request, caller) = held_sequencer(dir.path(), Some(hold), 10_000).await;
+        let send = |id: &str| {
+            let (sequencer, request) = (sequencer.clone(), SendRequest { client_msg_id: id.into(), ..request.clone() });
+            tokio::spawn(async move { sequencer.send(request).await })
+        };
+        // The first send caches the channel's gate and the membership.
+        assert_eq!(send("a").await.unwrap().unwrap().message.seq, 1);
+        // The second is built from the cache and waits on its commit while the sender leaves.
+        let second = send("b");
+        tokio::time::sleep(hold / 3).await;
+        channels::remove_member(&inner, &caller, &request.channel, &caller.user.id).await.unwrap();
+        match second.await.unwrap() {
+            Err(OriginError::NotMember(_)) => {}
+            other => panic!("the group must retry and find the sender gone, got {other:?}"),
+        }
+        let mut tx = inner.begin().await.unwrap();
+        assert_eq!(channels::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap(), 1);
     }
 
     #[tokio::test]
     async fn a_commit_that_never_returns_is_answered_with_retry() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, sequencer, request) = held_sequencer(dir.path(), None, 300).await;
+        let (_, sequencer, request, _) = held_sequencer(dir.path(), None, 300).await;
         let started = Instant::now();
         let first = tokio::spawn({
             let (sequencer, request) = (sequencer.clone(), request.clone());
@@ -601,7 +784,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Each commit takes 1 s; a send may wait 2.5 s in the queue. Of four sends queued at
         // once, the fourth reaches the committer after 3 s.
-        let (inner, sequencer, request) = held_sequencer(dir.path(), Some(Duration::from_secs(1)), 2_500).await;
+        let (inner, sequencer, request, _) = held_sequencer(dir.path(), Some(Duration::from_secs(1)), 2_500).await;
         let mut sends = Vec::new();
         for id in ["a", "b", "c", "d"] {
             let (sequencer, request) = (sequencer.clone(), request.clone());

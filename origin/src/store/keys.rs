@@ -77,6 +77,13 @@ pub fn joined_by(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
     ws(w).str("joined").str(u.as_str()).finish()
 }
 
+/// `(ws, W, gates)` → a counter (little-endian i64) every transaction that writes a channel
+/// record or a membership of W adds 1 to: while it reads the same, what the sequencer cached
+/// of W's channels and memberships is current.
+pub fn gates(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("gates").finish()
+}
+
 /// `(ws, W, head, C)` → last assigned seq of C.
 pub fn head(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
     ws(w).str("head").str(c.as_str()).finish()
