@@ -974,6 +974,39 @@ fn write_keys(ops: &[(Vec<u8>, Op)], stamped: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<
     keys
 }
 
+/// A transaction's point writes (sorted, unique) and its versionstamped keys as one sorted list
+/// without repeats, a versionstamped key winning over a point write of the same key (it is
+/// applied after them, as it is logged).
+fn with_stamped(
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    mut stamped: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    if stamped.is_empty() {
+        return writes;
+    }
+    if !stamped.is_sorted_by(|(a, _), (b, _)| a < b) {
+        // Stable, so that of two equal keys the later one is kept.
+        stamped.sort_by(|(a, _), (b, _)| a.cmp(b));
+        stamped.reverse();
+        stamped.dedup_by(|(a, _), (b, _)| a == b);
+        stamped.reverse();
+    }
+    let mut out = Vec::with_capacity(writes.len() + stamped.len());
+    let (mut a, mut b) = (writes.into_iter().peekable(), stamped.into_iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some((ka, _)), Some((kb, _))) if ka < kb => out.extend(a.next()),
+            (Some((ka, _)), Some((kb, _))) if ka == kb => {
+                a.next();
+                out.extend(b.next().map(|(k, v)| (k, Some(v))));
+            }
+            (_, Some(_)) => out.extend(b.next().map(|(k, v)| (k, Some(v)))),
+            (Some(_), None) => out.extend(a.next()),
+            (None, None) => return out,
+        }
+    }
+}
+
 /// A request that passed the conflict check, with its place in the group and its mutations
 /// as they are logged and applied: cleared ranges, then point writes, then versionstamped keys.
 struct Accepted {
@@ -1086,15 +1119,9 @@ impl Accepted {
         for (b, e) in std::mem::take(&mut self.cleared) {
             mem.apply(version, Mutation::ClearRange(b, e));
         }
-        for (key, value) in std::mem::take(&mut self.writes) {
-            match value {
-                Some(v) => mem.apply(version, Mutation::Set(key, v)),
-                None => mem.apply(version, Mutation::Clear(key)),
-            }
-        }
-        for (key, value) in std::mem::take(&mut self.stamped) {
-            mem.apply(version, Mutation::Set(key, value));
-        }
+        let writes = std::mem::take(&mut self.writes);
+        let stamped = std::mem::take(&mut self.stamped);
+        mem.apply_sorted(version, with_stamped(writes, stamped));
         mem.note_version(version);
     }
 }
@@ -1901,6 +1928,23 @@ mod tests {
         assert_eq!(keys(&ops, &[st("z"), st("b"), st("a")]), ["a", "b", "c", "e", "g", "z"]);
         assert_eq!(keys(&[], &[st("y"), st("x")]), ["x", "y"]);
         assert_eq!(keys(&ops, &[]), ["a", "c", "e", "g"]);
+    }
+
+    #[test]
+    fn stamped_keys_join_the_writes_in_order_and_win_ties() {
+        let w = |k: &str, v: Option<&str>| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
+        let st = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let writes = vec![w("a", Some("1")), w("c", None), w("e", Some("1"))];
+        assert_eq!(
+            with_stamped(writes.clone(), vec![st("b", "s"), st("c", "s"), st("z", "s")]),
+            vec![w("a", Some("1")), w("b", Some("s")), w("c", Some("s")), w("e", Some("1")), w("z", Some("s"))]
+        );
+        // Out of order, and one key stamped twice: the later stays.
+        assert_eq!(
+            with_stamped(writes.clone(), vec![st("d", "first"), st("b", "s"), st("d", "second")]),
+            vec![w("a", Some("1")), w("b", Some("s")), w("c", None), w("d", Some("second")), w("e", Some("1"))]
+        );
+        assert_eq!(with_stamped(writes.clone(), Vec::new()), writes);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The memtable: committed mutations that are in the write-ahead log but not yet (or only just)
 //! in the redb file, kept by version so that every transaction reads exactly its snapshot.
 //!
-//! It is a short series of **tables**, each a sorted map of key → versions plus a list of
-//! versioned cleared ranges, covering consecutive version intervals:
+//! It is a short series of **tables**, each a few sorted runs of key → versions (a commit's
+//! writes arrive sorted and are pushed whole; see [`Table`]) plus a list of versioned cleared
+//! ranges, covering consecutive version intervals:
 //!
 //! - the **active** table receives every commit (the commit thread is its only writer);
 //! - the flusher **freezes** it (an O(1) swap for a new active table) and writes the frozen
@@ -17,10 +18,9 @@
 //! write hides a range of the same version and a range hides point writes of older versions.
 
 use std::{
-    collections::{btree_map, BTreeMap, VecDeque},
+    collections::VecDeque,
     hash::Hasher,
     iter::Peekable,
-    ops::Bound,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
@@ -93,6 +93,24 @@ impl Versions {
     fn last(&self) -> Option<&Write> {
         self.as_slice().last()
     }
+
+    fn into_writes(self) -> Vec<Write> {
+        match self {
+            Versions::One(w) => vec![w],
+            Versions::Many(list) => list,
+        }
+    }
+
+    /// Keeps the writes of versions below `from`; whether any is left.
+    fn retain_before(&mut self, from: u64) -> bool {
+        match self {
+            Versions::One((v, _)) => *v < from,
+            Versions::Many(list) => {
+                list.retain(|(v, _)| *v < from);
+                !list.is_empty()
+            }
+        }
+    }
 }
 
 /// The hash the memtable indexes keys by; transactions compute it once per read.
@@ -116,15 +134,25 @@ impl ClearedRange {
     }
 }
 
+/// A sorted run of a table: keys ascending and unique, each with its writes in this run.
+type Run = Vec<(Vec<u8>, Versions)>;
+
 /// The commits of one version interval `(after, newest]`.
+///
+/// Its point writes are a few sorted **runs** rather than one tree: a commit's writes arrive
+/// sorted (a transaction buffers them by key), so adding a commit is pushing its run, and the
+/// last two runs are merged whenever the newer is at least as long as the older (a binary
+/// counter: runs stay few, about log₂ of the table's commits, and a write is moved into a
+/// longer run only that many times). Readers search every run, newest first.
 #[derive(Debug)]
 pub(super) struct Table {
     after: u64,
     newest: u64,
-    points: BTreeMap<Vec<u8>, Versions>,
-    /// Hashes of the keys in `points`. Most point reads ask for keys a table does not hold (a
+    /// Oldest first; a key's writes in a newer run are newer than those in an older one.
+    runs: Vec<Run>,
+    /// Hashes of the keys in `runs`. Most point reads ask for keys a table does not hold (a
     /// new message's dedup entry, records that live in redb): this answers them without a
-    /// search of the tree. A hash match only means "search".
+    /// search of the runs. A hash match only means "search".
     hashes: FxHashSet<u64>,
     /// In version order.
     ranges: Vec<ClearedRange>,
@@ -132,12 +160,39 @@ pub(super) struct Table {
     entries: usize,
 }
 
+/// Merges two runs, `newer`'s writes after `older`'s.
+fn merge_runs(older: Run, newer: Run) -> Run {
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let (mut a, mut b) = (older.into_iter().peekable(), newer.into_iter().peekable());
+    loop {
+        let take_a = match (a.peek(), b.peek()) {
+            (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => {
+                    if let (Some((key, mut versions)), Some((_, newer_versions))) = (a.next(), b.next()) {
+                        for (version, value) in newer_versions.into_writes() {
+                            versions.push(version, value);
+                        }
+                        out.push((key, versions));
+                    }
+                    continue;
+                }
+            },
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return out,
+        };
+        out.extend(if take_a { a.next() } else { b.next() });
+    }
+}
+
 impl Table {
     fn new(after: u64) -> Self {
         Table {
             after,
             newest: after,
-            points: BTreeMap::new(),
+            runs: Vec::new(),
             hashes: FxHashSet::default(),
             ranges: Vec::new(),
             bytes: 0,
@@ -159,13 +214,15 @@ impl Table {
         self.newest > view.flushed && self.after < view.version
     }
 
-    /// `key`'s writes in this table, if it has any.
-    fn point(&self, key: &[u8], hash: u64) -> Option<&Versions> {
-        if self.hashes.contains(&hash) {
-            self.points.get(key)
-        } else {
-            None
+    /// The newest write of `key` in this table that `view` sees, if any.
+    fn point(&self, key: &[u8], hash: u64, view: View) -> Option<(u64, Option<&[u8]>)> {
+        if !self.hashes.contains(&hash) {
+            return None;
         }
+        self.runs.iter().rev().find_map(|run| {
+            let i = run.binary_search_by(|(k, _)| k.as_slice().cmp(key)).ok()?;
+            run[i].1.newest_in(view)
+        })
     }
 
     /// The newest cleared range covering `key` that `view` sees.
@@ -174,10 +231,10 @@ impl Table {
     }
 
     fn apply(&mut self, version: u64, mutation: Mutation) {
-        self.newest = self.newest.max(version);
-        self.entries += 1;
         let (key, value) = match mutation {
             Mutation::ClearRange(begin, end) => {
+                self.newest = self.newest.max(version);
+                self.entries += 1;
                 self.bytes += begin.len() + end.len() + ENTRY_OVERHEAD;
                 self.ranges.push(ClearedRange { version, begin, end });
                 return;
@@ -185,36 +242,48 @@ impl Table {
             Mutation::Set(key, value) => (key, Some(value)),
             Mutation::Clear(key) => (key, None),
         };
-        self.bytes += value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
-        match self.points.entry(key) {
-            btree_map::Entry::Vacant(e) => {
-                self.bytes += e.key().len();
-                self.hashes.insert(key_hash(e.key()));
-                e.insert(Versions::One((version, value)));
+        self.apply_sorted(version, vec![(key, value)]);
+    }
+
+    /// Adds the point writes of the commit at `version`: keys ascending and unique.
+    fn apply_sorted(&mut self, version: u64, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        self.newest = self.newest.max(version);
+        if writes.is_empty() {
+            return;
+        }
+        self.entries += writes.len();
+        let mut run = Vec::with_capacity(writes.len());
+        for (key, value) in writes {
+            self.bytes += key.len() + value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
+            self.hashes.insert(key_hash(&key));
+            run.push((key, Versions::One((version, value))));
+        }
+        self.runs.push(run);
+        while let [.., older, newer] = self.runs.as_slice() {
+            if newer.len() < older.len() {
+                break;
             }
-            btree_map::Entry::Occupied(e) => e.into_mut().push(version, value),
+            let (Some(newer), Some(older)) = (self.runs.pop(), self.runs.pop()) else { break };
+            self.runs.push(merge_runs(older, newer));
         }
     }
 
     /// Removes every write of a version `>= from`: commits whose log write failed.
     fn rollback(&mut self, from: u64) {
         self.ranges.retain(|r| r.version < from);
-        self.points.retain(|_, versions| match versions {
-            Versions::One((v, _)) => *v < from,
-            Versions::Many(list) => {
-                list.retain(|(v, _)| *v < from);
-                !list.is_empty()
-            }
-        });
-        self.hashes = self.points.keys().map(|k| key_hash(k)).collect();
+        for run in &mut self.runs {
+            run.retain_mut(|(_, versions)| versions.retain_before(from));
+        }
+        self.runs.retain(|run| !run.is_empty());
+        self.hashes = self.runs.iter().flatten().map(|(k, _)| key_hash(k)).collect();
         self.newest = self.newest.min(from.saturating_sub(1)).max(self.after);
         self.entries = self.ranges.len();
         self.bytes = self.ranges.iter().map(|r| r.begin.len() + r.end.len() + ENTRY_OVERHEAD).sum();
-        for (key, versions) in &self.points {
+        for (key, versions) in self.runs.iter().flatten() {
             let writes = versions.as_slice();
             self.entries += writes.len();
-            self.bytes += key.len();
-            self.bytes += writes.iter().map(|(_, v)| v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD).sum::<usize>();
+            self.bytes +=
+                writes.iter().map(|(_, v)| key.len() + v.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD).sum::<usize>();
         }
     }
 
@@ -226,10 +295,21 @@ impl Table {
     /// Each key's last write (`None`: removed), in key order, except those a later cleared
     /// range of this table removed: with the ranges applied first, this is the table's effect.
     pub(super) fn final_writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
-        self.points.iter().filter_map(|(key, versions)| {
-            let (v, value) = versions.last()?;
+        let mut runs: Vec<_> = self.runs.iter().map(|run| run.iter().peekable()).collect();
+        std::iter::from_fn(move || loop {
+            // The smallest next key over the runs; its last write is in the newest run with it.
+            let key = runs.iter_mut().filter_map(|r| r.peek().map(|(k, _)| k.as_slice())).min()?;
+            let mut last = None;
+            for run in &mut runs {
+                if let Some((_, versions)) = run.next_if(|(k, _)| k.as_slice() == key) {
+                    last = versions.last();
+                }
+            }
+            let Some((v, value)) = last else { continue };
             let cleared_later = self.ranges.iter().any(|r| r.version > *v && r.covers(key));
-            (!cleared_later).then_some((key.as_slice(), value.as_deref()))
+            if !cleared_later {
+                return Some((key, value.as_deref()));
+            }
         })
     }
 }
@@ -383,6 +463,12 @@ impl MemWrite<'_> {
         self.tables.active.apply(version, mutation);
     }
 
+    /// Adds the point writes of the commit at `version`, keys ascending and unique (after its
+    /// cleared ranges, if it has any).
+    pub(super) fn apply_sorted(&mut self, version: u64, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        self.tables.active.apply_sorted(version, writes);
+    }
+
     /// Takes back every write of a version `>= from` (its log write failed).
     pub(super) fn rollback(&mut self, from: u64) {
         self.tables.active.rollback(from);
@@ -429,7 +515,7 @@ impl<'a> MemRead<'a> {
     pub(super) fn get_hashed(&self, key: &[u8], hash: u64, view: View) -> Option<Option<&[u8]>> {
         for table in self.tables.visible(view) {
             let cleared = table.range_version(key, view);
-            let point = table.point(key, hash).and_then(|vs| vs.newest_in(view));
+            let point = table.point(key, hash, view);
             match (point, cleared) {
                 (Some((pv, _)), Some(rv)) if rv > pv => return Some(None),
                 (Some((_, value)), _) => return Some(value),
@@ -448,10 +534,14 @@ impl<'a> MemRead<'a> {
         let mut ranges = Vec::new();
         if begin < end {
             for table in self.tables.visible(view) {
-                let bounds = (Bound::Included(begin), Bound::Excluded(end));
-                let points = table.points.range::<[u8], _>(bounds);
-                let it: PointIter<'_> = if reverse { Box::new(points.rev()) } else { Box::new(points) };
-                sources.push(it.peekable());
+                // Newest run first: the walk takes a key's writes from the first source with one.
+                for run in table.runs.iter().rev() {
+                    let from = run.partition_point(|(k, _)| k.as_slice() < begin);
+                    let to = run.partition_point(|(k, _)| k.as_slice() < end);
+                    let points = run[from..to].iter().map(|(k, v)| (k, v));
+                    let it: PointIter<'_> = if reverse { Box::new(points.rev()) } else { Box::new(points) };
+                    sources.push(it.peekable());
+                }
                 ranges.extend(
                     table
                         .ranges
@@ -471,7 +561,7 @@ type PointIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Versions)> + 'a>;
 /// its value or `None` where the newest thing the view sees is a clear (which must hide the
 /// key in redb). [`MemRange::covered`] tells which other keys a cleared range hides.
 pub(super) struct MemRange<'a> {
-    /// Newest table first.
+    /// Newest table (and within it newest run) first.
     sources: Vec<Peekable<PointIter<'a>>>,
     /// Cleared ranges the view sees that overlap the read: version, begin, end.
     ranges: Vec<(u64, &'a [u8], &'a [u8])>,
@@ -601,6 +691,62 @@ mod tests {
         assert!(mem.retire(Some(1), Duration::from_secs(60)).is_empty(), "a reader still needs it");
         assert_eq!(mem.retire(Some(2), Duration::from_secs(60)).len(), 1);
         assert_eq!(mem.table_count(), 1);
+    }
+
+    #[test]
+    fn sorted_commits_merge_into_few_runs_and_read_like_a_model() {
+        use std::collections::BTreeMap;
+        let mem = Memtable::new(0);
+        // key -> [(version, value)], the model of every write.
+        let mut model: BTreeMap<Vec<u8>, Vec<Write>> = BTreeMap::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for version in 1..=300u64 {
+            // Commits of very different sizes over an overlapping key space.
+            let size = if version % 50 == 0 { 400 } else { 1 + next(12) };
+            let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for _ in 0..size {
+                let key = format!("k{:04}", next(600)).into_bytes();
+                let value = (next(5) > 0).then(|| format!("v{version}").into_bytes());
+                writes.insert(key, value);
+            }
+            for (k, v) in &writes {
+                model.entry(k.clone()).or_default().push((version, v.clone()));
+            }
+            mem.write().apply_sorted(version, writes.into_iter().collect());
+        }
+        let runs = mem.read().tables.active.runs.len();
+        assert!(runs <= 12, "{runs} runs for 300 commits");
+        let sees = |writes: &[Write], v: View| {
+            writes.iter().rev().find(|(w, _)| v.sees(*w)).map(|(_, value)| value.clone())
+        };
+        for v in [view(0, 300), view(0, 150), view(100, 250), view(299, 300), view(0, 1)] {
+            for (key, writes) in &model {
+                let got = mem.read().get(key, v).map(|o| o.map(<[u8]>::to_vec));
+                assert_eq!(got, sees(writes, v), "key {:?} at {v:?}", String::from_utf8_lossy(key));
+            }
+            let expected: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+                model.iter().filter_map(|(k, w)| sees(w, v).map(|value| (k.clone(), value))).collect();
+            for reverse in [false, true] {
+                let read = mem.read();
+                let got: Vec<_> =
+                    read.range(b"k", b"l", reverse, v).map(|(k, val)| (k.to_vec(), val.map(<[u8]>::to_vec))).collect();
+                let mut want = expected.clone();
+                if reverse {
+                    want.reverse();
+                }
+                assert_eq!(got, want, "range at {v:?}, reverse {reverse}");
+            }
+        }
+        let table = mem.freeze().unwrap();
+        let flushed: Vec<_> = table.final_writes().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect();
+        let last: Vec<_> = model.iter().map(|(k, w)| (k.clone(), w.last().unwrap().1.clone())).collect();
+        assert_eq!(flushed, last);
     }
 
     #[test]
