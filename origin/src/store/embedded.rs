@@ -703,6 +703,8 @@ impl Drop for EmbeddedStore {
                 tracing::error!("embedded store flush thread panicked");
             }
         }
+        // A clean shutdown leaves no log behind, spare segments included.
+        self.shared.wal.discard_spares();
     }
 }
 

@@ -722,9 +722,8 @@ mod tests {
         }
         let runs = mem.read().tables.active.runs.len();
         assert!(runs <= 12, "{runs} runs for 300 commits");
-        let sees = |writes: &[Write], v: View| {
-            writes.iter().rev().find(|(w, _)| v.sees(*w)).map(|(_, value)| value.clone())
-        };
+        let sees =
+            |writes: &[Write], v: View| writes.iter().rev().find(|(w, _)| v.sees(*w)).map(|(_, value)| value.clone());
         for v in [view(0, 300), view(0, 150), view(100, 250), view(299, 300), view(0, 1)] {
             for (key, writes) in &model {
                 let got = mem.read().get(key, v).map(|o| o.map(<[u8]>::to_vec));

@@ -15,8 +15,10 @@
 //!
 //! The log is a series of **segment** files next to the redb file, `<stem>.wal.<first version>`
 //! (20 digits, so names sort like versions). Segments are only ever appended to; the flusher
-//! deletes the ones whose every record is in redb, and asks for a new segment after each flush
-//! so that the current one soon becomes deletable too. A new segment's directory entry is synced
+//! retires the ones whose every record is in redb, and asks for a new segment after each flush
+//! so that the current one soon becomes retirable too. A retired segment is deleted, or kept
+//! (up to [`SPARE_SEGMENTS`]) to be renamed and written over as a later segment, as databases
+//! recycle their log files: its old records, all of versions redb holds, are never replayed. A new segment's directory entry is synced
 //! before anything is written to it.
 //!
 //! [`recover`] reads the log on open: records of versions the redb file already holds are
@@ -37,6 +39,8 @@ use std::{
 const MAGIC: &[u8; 8] = b"SELVWAL1";
 /// A segment is closed once it is this large, even between flushes.
 const SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+/// Obsolete segments kept to be written over instead of deleted.
+const SPARE_SEGMENTS: usize = 2;
 /// Largest payload [`recover`] believes; anything longer is garbage (a group is capped far
 /// below this by the commit thread).
 const MAX_RECORD_BYTES: usize = 1 << 30;
@@ -228,6 +232,26 @@ impl Naming {
         Ok(out)
     }
 
+    /// Where a retired segment waits to be written over: `<stem>.wal.spare<slot>`, a name
+    /// [`Naming::list`] does not take for a segment.
+    fn spare_path(&self, slot: usize) -> PathBuf {
+        self.dir.join(format!("{}spare{slot}", self.prefix))
+    }
+
+    /// The spare segments on disk.
+    fn spares(&self) -> io::Result<Vec<PathBuf>> {
+        let spare = format!("{}spare", self.prefix);
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().to_str().is_some_and(|n| n.starts_with(&spare)) {
+                out.push(entry.path());
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Makes creations and deletions in the directory durable.
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
@@ -367,6 +391,8 @@ struct Inner {
     last_sync: Instant,
     /// Appended bytes not yet synced.
     unsynced: bool,
+    /// Retired segments renamed to spare names, to be written over (see [`Wal::recycle`]).
+    spare: Vec<PathBuf>,
 }
 
 struct Segment {
@@ -381,8 +407,19 @@ impl Wal {
     /// An empty log (after [`recover`] and [`remove_segments`]); its first segment is created
     /// by the first append.
     pub(super) fn new(naming: Naming, fsync: bool) -> Self {
-        let inner =
-            Inner { closed: VecDeque::new(), current: None, rotate: false, last_sync: Instant::now(), unsynced: false };
+        // Spares left by an earlier run are reused; any beyond the count, deleted.
+        let mut spare = naming.spares().unwrap_or_default();
+        for extra in spare.split_off(spare.len().min(SPARE_SEGMENTS)) {
+            let _ = fs::remove_file(extra);
+        }
+        let inner = Inner {
+            closed: VecDeque::new(),
+            current: None,
+            rotate: false,
+            last_sync: Instant::now(),
+            unsynced: false,
+            spare,
+        };
         Wal { naming, fsync, inner: Mutex::new(inner) }
     }
 
@@ -406,7 +443,8 @@ impl Wal {
             }
         }
         if inner.current.is_none() {
-            inner.current = Some(self.create(first)?);
+            let spare = inner.spare.pop();
+            inner.current = Some(self.create(first, spare)?);
         }
         let Some(seg) = inner.current.as_mut() else {
             return Err(io::Error::other("no open write-ahead log segment"));
@@ -436,8 +474,21 @@ impl Wal {
         self.inner().last_sync
     }
 
-    fn create(&self, first: u64) -> io::Result<Segment> {
+    /// Opens the segment that starts at `first`: a `spare` one renamed and written over from
+    /// after its magic, else a new file.
+    fn create(&self, first: u64, spare: Option<PathBuf>) -> io::Result<Segment> {
         let path = self.naming.path(first);
+        if let Some(spare) = spare {
+            match self.recycle(&spare, &path) {
+                Ok(file) => {
+                    return Ok(Segment { file, first, last: first.saturating_sub(1), bytes: MAGIC.len() as u64, path });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, segment = %spare.display(), "cannot reuse a write-ahead log segment; starting a new one");
+                    let _ = fs::remove_file(&spare);
+                }
+            }
+        }
         let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
         file.write_all(MAGIC)?;
         if self.fsync {
@@ -447,8 +498,33 @@ impl Wal {
         Ok(Segment { file, first, last: first.saturating_sub(1), bytes: MAGIC.len() as u64, path })
     }
 
-    /// Deletes the segments whose every record has version `<= flushed` (they are in redb),
-    /// and makes the next append start a new segment.
+    /// Renames an obsolete segment to `path` and opens it for writing after its magic. Its old
+    /// records stay behind the new ones until they are written over; [`recover`] never replays
+    /// them (their versions are all below the new name's, so below where replay stands) and a
+    /// torn end stops at the first bad checksum as in a new file. Writing over pages that are
+    /// in the page cache already, inside the file's size, spares the kernel allocating pages
+    /// and blocks, and the fdatasync the file's size.
+    fn recycle(&self, spare: &Path, path: &Path) -> io::Result<File> {
+        let mut head = [0u8; MAGIC.len()];
+        {
+            let mut old = File::open(spare)?;
+            io::Read::read_exact(&mut old, &mut head)?;
+        }
+        if &head != MAGIC {
+            return Err(io::Error::other("the spare segment does not start with the log's magic"));
+        }
+        fs::rename(spare, path)?;
+        let mut file = OpenOptions::new().write(true).open(path)?;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(MAGIC.len() as u64))?;
+        if self.fsync {
+            self.naming.sync_dir()?;
+        }
+        Ok(file)
+    }
+
+    /// Retires the segments whose every record has version `<= flushed` (they are in redb):
+    /// keeps up to [`SPARE_SEGMENTS`] of them to be written over by later segments, deletes the
+    /// rest, and makes the next append start a new segment.
     pub(super) fn truncate_through(&self, flushed: u64) -> io::Result<()> {
         let mut doomed = Vec::new();
         {
@@ -466,6 +542,23 @@ impl Wal {
             } else if inner.current.is_some() {
                 inner.rotate = true;
             }
+            while inner.spare.len() < SPARE_SEGMENTS {
+                let Some(path) = doomed.pop() else { break };
+                let slot = (0..SPARE_SEGMENTS).find(|&k| !inner.spare.contains(&self.naming.spare_path(k)));
+                let Some(spare) = slot.map(|k| self.naming.spare_path(k)) else {
+                    doomed.push(path);
+                    break;
+                };
+                // Not synced: should the rename be lost in a crash, the file is an obsolete
+                // segment again, which recovery skips and deletes.
+                match fs::rename(&path, &spare) {
+                    Ok(()) => inner.spare.push(spare),
+                    Err(_) => {
+                        doomed.push(path);
+                        break;
+                    }
+                }
+            }
         }
         // Deletions need no sync: a segment that comes back after a crash only holds versions
         // the redb file already has, which recovery skips.
@@ -477,6 +570,15 @@ impl Wal {
             }
         }
         Ok(())
+    }
+
+    /// Deletes the spare segments (at a clean shutdown).
+    pub(super) fn discard_spares(&self) {
+        for path in std::mem::take(&mut self.inner().spare) {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(error = %e, segment = %path.display(), "cannot delete a spare write-ahead log segment");
+            }
+        }
     }
 
     /// Segment files currently in use, for tests.
@@ -575,6 +677,54 @@ mod tests {
         let r = recover(&naming, 0, |_, _| {}).unwrap();
         remove_segments(&naming, &r.segments, true).unwrap();
         assert!(naming.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn retired_segments_are_written_over_and_their_old_records_never_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let naming = Naming::new(&dir.path().join("t.redb"));
+        let wal = Wal::new(naming.clone(), true);
+        // Records of one size, so the new ones end exactly where an old one begins.
+        let rec = |v: u64| record(&[(v, vec![Mutation::Set(b"k".to_vec(), vec![v as u8; 100])])]);
+        for v in 1..=5 {
+            wal.append(&rec(v), v, v).unwrap();
+        }
+        wal.sync().unwrap();
+        let old_len = fs::metadata(naming.path(1)).unwrap().len();
+        wal.truncate_through(5).unwrap();
+        assert!(naming.list().unwrap().is_empty(), "the retired segment is no segment any more");
+        assert_eq!(naming.spares().unwrap().len(), 1);
+        for v in 6..=7 {
+            wal.append(&rec(v), v, v).unwrap();
+        }
+        wal.sync().unwrap();
+        assert_eq!(naming.list().unwrap().iter().map(|(f, _)| *f).collect::<Vec<_>>(), vec![6]);
+        assert!(naming.spares().unwrap().is_empty(), "the spare became segment 6");
+        let bytes = fs::read(naming.path(6)).unwrap();
+        assert_eq!(bytes.len() as u64, old_len, "written over, not truncated");
+        let versions: Vec<u64> =
+            parse_segment(&bytes).0.iter().flat_map(|p| decode(p).unwrap()).map(|(v, _)| v).collect();
+        assert_eq!(versions, vec![6, 7, 3, 4, 5], "the old records 3 to 5 are still behind the new ones");
+        drop(wal);
+
+        let mut replayed = Vec::new();
+        let r = recover(&naming, 5, |v, _| replayed.push(v)).unwrap();
+        assert_eq!((replayed, r.last_version), (vec![6, 7], 7));
+
+        // Spares outlive the process: the next run's log takes them.
+        remove_segments(&naming, &r.segments, true).unwrap();
+        let wal = Wal::new(naming.clone(), true);
+        wal.append(&rec(8), 8, 8).unwrap();
+        wal.truncate_through(8).unwrap();
+        drop(wal);
+        assert_eq!(naming.spares().unwrap().len(), 1);
+        let wal = Wal::new(naming.clone(), true);
+        wal.append(&rec(9), 9, 9).unwrap();
+        wal.sync().unwrap();
+        assert!(naming.spares().unwrap().is_empty());
+        let mut replayed = Vec::new();
+        recover(&naming, 8, |v, _| replayed.push(v)).unwrap();
+        assert_eq!(replayed, vec![9]);
     }
 
     #[test]
