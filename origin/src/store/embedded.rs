@@ -357,9 +357,10 @@ impl Shared {
                     }
                 }
                 // Into the filter before redb has them: no snapshot holds a key the filter lacks.
+                let mut filter = self.filter.writer();
                 let chunk_writes = writes.by_ref().take(chunk).inspect(|&(key, value)| {
                     if value.is_some() {
-                        self.filter.insert(filter::hash(key));
+                        filter.insert(filter::hash(key));
                     }
                 });
                 write_in_order(&mut kv, chunk_writes).map_err(|e| s(&e))?;
@@ -390,14 +391,21 @@ impl Shared {
         let rtx = self.db.begin_read()?;
         let kv = rtx.open_table(KV)?;
         let mut keys = 0u64;
+        // The writer is taken per batch, so that the flusher waits at most a batch for it.
+        let mut filter = self.filter.writer();
         for entry in kv.iter()? {
             let (key, _) = entry?;
-            self.filter.insert(filter::hash(key.value()));
+            filter.insert(filter::hash(key.value()));
             keys += 1;
-            if keys % 4096 == 0 && self.closing.load(Ordering::Relaxed) {
-                return Ok(());
+            if keys % 4096 == 0 {
+                if self.closing.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                drop(filter);
+                filter = self.filter.writer();
             }
         }
+        drop(filter);
         self.filter.set_ready();
         tracing::debug!(
             keys,

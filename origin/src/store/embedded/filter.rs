@@ -9,11 +9,12 @@
 //! keys in the filter; removed keys stay in it and cost a false positive. When a segment holds
 //! as many keys as it was sized for, a new one twice as large takes the new keys, and lookups ask
 //! every segment. Opening a store fills it from the redb file in a background thread; until that
-//! is done, reads do not trust it.
+//! is done, reads do not trust it. Keys are added by one [`Writer`] at a time (the flusher, or
+//! the fill between batches), so setting bits takes plain stores rather than atomic ors.
 
 use std::sync::{
     atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
-    Arc, PoisonError, RwLock,
+    Arc, Mutex, MutexGuard, PoisonError, RwLock,
 };
 
 /// Filter bits per key a segment is sized for: about 0.5 % false positives when full.
@@ -70,16 +71,21 @@ impl Segment {
     }
 
     /// Sets the key's bits; counts it only if one was not set yet (a key written again, or a
-    /// false positive, takes no room).
+    /// false positive, takes no room). Only the holder of the filter's [`Writer`] calls it, so
+    /// a word is set with a plain load and store, not a locked read-modify-write.
     fn insert(&self, hash: u64) {
         let block = self.block(hash);
         let mut new = false;
         for (w, word) in block.iter().enumerate() {
             let bit = Self::bit(hash, w);
-            new |= word.fetch_or(bit, Ordering::Release) & bit == 0;
+            let old = word.load(Ordering::Relaxed);
+            if old & bit == 0 {
+                word.store(old | bit, Ordering::Release);
+                new = true;
+            }
         }
         if new {
-            self.keys.fetch_add(1, Ordering::Relaxed);
+            self.keys.store(self.keys.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
     }
 
@@ -94,13 +100,19 @@ pub(super) struct KeyFilter {
     segments: RwLock<Vec<Arc<Segment>>>,
     /// Whether every key of the redb file is in the filter (the initial fill is done).
     ready: AtomicBool,
+    /// Held by whoever adds keys (the flusher, the initial fill): one writer at a time.
+    writer: Mutex<()>,
 }
 
 impl KeyFilter {
     /// An empty filter sized for `keys` keys (the redb file's count at open) and room to grow.
     pub(super) fn new(keys: usize) -> Self {
         let capacity = keys.saturating_mul(2).max(MIN_KEYS);
-        KeyFilter { segments: RwLock::new(vec![Arc::new(Segment::new(capacity))]), ready: AtomicBool::new(false) }
+        KeyFilter {
+            segments: RwLock::new(vec![Arc::new(Segment::new(capacity))]),
+            ready: AtomicBool::new(false),
+            writer: Mutex::new(()),
+        }
     }
 
     /// Marks the initial fill done: from now on a key not in the filter is not in redb.
@@ -123,29 +135,42 @@ impl KeyFilter {
     }
 
     /// Adds a key (by [`hash`]) that redb is about to hold.
+    #[cfg(test)]
     pub(super) fn insert(&self, hash: u64) {
-        {
-            let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
-            let last = segments.last().expect("a filter has a segment");
-            if !last.full() {
-                last.insert(hash);
-                return;
-            }
-        }
-        let mut segments = self.segments.write().unwrap_or_else(PoisonError::into_inner);
-        // Another inserter may have grown it meanwhile.
-        let last = segments.last().expect("a filter has a segment");
-        if last.full() {
-            let grown = Arc::new(Segment::new(last.capacity.saturating_mul(2)));
-            segments.push(grown);
-        }
-        segments.last().expect("a filter has a segment").insert(hash);
+        self.writer().insert(hash);
+    }
+
+    /// The right to add keys, until dropped; hold it over a batch.
+    pub(super) fn writer(&self) -> Writer<'_> {
+        let guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = self.segments.read().unwrap_or_else(PoisonError::into_inner).last().cloned();
+        Writer { filter: self, last: last.expect("a filter has a segment"), _guard: guard }
     }
 
     /// Bytes of filter held.
     pub(super) fn bytes(&self) -> usize {
         let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
         segments.iter().map(|s| s.blocks.len() * 32).sum()
+    }
+}
+
+/// The one adder of keys to a [`KeyFilter`] at a time.
+pub(super) struct Writer<'a> {
+    filter: &'a KeyFilter,
+    /// The segment new keys go into.
+    last: Arc<Segment>,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl Writer<'_> {
+    /// Adds a key (by [`hash`]) that redb is about to hold.
+    pub(super) fn insert(&mut self, hash: u64) {
+        if self.last.full() {
+            let grown = Arc::new(Segment::new(self.last.capacity.saturating_mul(2)));
+            self.filter.segments.write().unwrap_or_else(PoisonError::into_inner).push(grown.clone());
+            self.last = grown;
+        }
+        self.last.insert(hash);
     }
 }
 
@@ -159,8 +184,11 @@ mod tests {
 
     #[test]
     fn holds_every_key_it_was_given_and_few_others_across_growth() {
-        let filter =
-            KeyFilter { segments: RwLock::new(vec![Arc::new(Segment::new(10_000))]), ready: AtomicBool::new(false) };
+        let filter = KeyFilter {
+            segments: RwLock::new(vec![Arc::new(Segment::new(10_000))]),
+            ready: AtomicBool::new(false),
+            writer: Mutex::new(()),
+        };
         assert!(filter.may_contain(hash(b"anything")), "not trusted before the fill is done");
         filter.set_ready();
         // Four times the first segment's size: two more segments (twice as large, then four).

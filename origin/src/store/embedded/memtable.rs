@@ -18,7 +18,8 @@
 //! write hides a range of the same version and a range hides point writes of older versions.
 
 use std::{
-    collections::VecDeque,
+    cmp::Reverse,
+    collections::{BinaryHeap, VecDeque},
     hash::Hasher,
     iter::Peekable,
     sync::{
@@ -295,14 +296,28 @@ impl Table {
     /// Each key's last write (`None`: removed), in key order, except those a later cleared
     /// range of this table removed: with the ranges applied first, this is the table's effect.
     pub(super) fn final_writes(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
-        let mut runs: Vec<_> = self.runs.iter().map(|run| run.iter().peekable()).collect();
+        // A k-way merge of the runs by a heap of (next key, run), smallest first; a key's last
+        // write is in the newest (highest-numbered) run that has it.
+        let mut runs: Vec<_> = self.runs.iter().map(|run| run.iter()).collect();
+        let mut heap: BinaryHeap<Reverse<(&[u8], usize)>> = BinaryHeap::with_capacity(runs.len());
+        for (i, run) in runs.iter_mut().enumerate() {
+            if let Some((k, _)) = run.as_slice().first() {
+                heap.push(Reverse((k.as_slice(), i)));
+            }
+        }
         std::iter::from_fn(move || loop {
-            // The smallest next key over the runs; its last write is in the newest run with it.
-            let key = runs.iter_mut().filter_map(|r| r.peek().map(|(k, _)| k.as_slice())).min()?;
+            let Reverse((key, _)) = *heap.peek()?;
             let mut last = None;
-            for run in &mut runs {
-                if let Some((_, versions)) = run.next_if(|(k, _)| k.as_slice() == key) {
+            while let Some(&Reverse((k, i))) = heap.peek() {
+                if k != key {
+                    break;
+                }
+                heap.pop();
+                if let Some((_, versions)) = runs[i].next() {
                     last = versions.last();
+                }
+                if let Some((next, _)) = runs[i].as_slice().first() {
+                    heap.push(Reverse((next.as_slice(), i)));
                 }
             }
             let Some((v, value)) = last else { continue };
@@ -396,7 +411,12 @@ impl Memtable {
             return None;
         }
         let after = tables.active.newest;
-        let table = Arc::new(std::mem::replace(&mut tables.active, Table::new(after)));
+        // Sized like the table it follows, so that filling it does not rehash again and again.
+        let next = Table {
+            hashes: FxHashSet::with_capacity_and_hasher(tables.active.hashes.len(), Default::default()),
+            ..Table::new(after)
+        };
+        let table = Arc::new(std::mem::replace(&mut tables.active, next));
         tables.frozen.push_back(Frozen { table: table.clone(), flushed_at: None });
         self.active_bytes.store(0, Ordering::Relaxed);
         self.active_entries.store(0, Ordering::Relaxed);
