@@ -6,11 +6,11 @@
 #   4. the PostgreSQL peer (docs/bench/pg-ordered-insert.sh) with the same shapes.
 # Each throughput figure is run RUNS times (default 3); the summary gives the median.
 # Usage: docs/bench/sends.sh [RUNS] [SECONDS]      (run from the repository root, as root)
-# IN_CONCURRENCY= sets the in-process senders (default 4096, where throughput levels off).
+# IN_CONCURRENCY= sets the in-process senders (default 8192, the sequencer's largest group).
 set -euo pipefail
 runs=${1:-3}
 secs=${2:-10}
-in_concurrency=${IN_CONCURRENCY:-4096}
+in_concurrency=${IN_CONCURRENCY:-8192}
 bin=./target/release/selvage
 cargo build --release --quiet
 key=bench-operator-key-$(date +%s)
