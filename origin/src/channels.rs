@@ -86,6 +86,15 @@ async fn unread_mentions(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId, rea
 
 /// Reads a channel record.
 pub async fn load(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Option<Channel>, StoreError> {
+    load_as(tx, w, c).await
+}
+
+/// Reads a channel record as `T` (the whole [`Channel`], or part of it).
+async fn load_as<T: serde::de::DeserializeOwned>(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    c: &ChannelId,
+) -> Result<Option<T>, StoreError> {
     match tx.get(&keys::channel(w, c)).await? {
         None => Ok(None),
         Some(raw) => decode("channel", &raw).map(Some),
@@ -113,10 +122,7 @@ impl Gate {
 
 /// The [`Gate`] of a channel, `None` if there is no such channel.
 pub async fn load_gate(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Option<Gate>, StoreError> {
-    match tx.get(&keys::channel(w, c)).await? {
-        None => Ok(None),
-        Some(raw) => decode("channel", &raw).map(Some),
-    }
+    load_as(tx, w, c).await
 }
 
 /// Whether `u` is a member of `c`.

@@ -345,6 +345,14 @@ impl Committer {
         }
     }
 
+    /// Tells senders their send timed out and may be retried.
+    fn answer_retry(&self, senders: Vec<Pending>, why: &str) {
+        self.metrics.ack_timeouts.inc_by(senders.len() as u64);
+        for pending in senders {
+            let _ = pending.reply.send(Err(OriginError::Unavailable(why.into())));
+        }
+    }
+
     /// Commits one group and answers its senders, with one timer for the group rather than one
     /// per send. A send that already waited `ack_timeout` in the queue is told to retry without
     /// being written (the queue sheds what its senders have given up on), and a commit that
@@ -424,16 +432,6 @@ impl Committer {
                     let _ = pending.reply.send(Err(err));
                 }
             }
-        }
-    }
-}
-
-impl Committer {
-    /// Tells senders their send timed out and may be retried.
-    fn answer_retry(&self, senders: Vec<Pending>, why: &str) {
-        self.metrics.ack_timeouts.inc_by(senders.len() as u64);
-        for pending in senders {
-            let _ = pending.reply.send(Err(OriginError::Unavailable(why.into())));
         }
     }
 }

@@ -955,33 +955,42 @@ struct VersionstampedSet {
     value: Vec<u8>,
 }
 
+/// Merges `a` and `b`, each sorted by `key` without repeats, into one such list; where both
+/// hold a key, `b`'s item is kept.
+fn merge_sorted<T>(
+    a: impl IntoIterator<Item = T>,
+    b: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> &[u8],
+) -> Vec<T> {
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    let mut out = Vec::with_capacity(a.size_hint().0 + b.size_hint().0);
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => key(x).cmp(key(y)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => return out,
+        };
+        if order.is_eq() {
+            a.next();
+        }
+        out.extend(if order.is_lt() { a.next() } else { b.next() });
+    }
+}
+
 /// The sorted, unique keys a transaction writes: its point ops (sorted) and its versionstamped
 /// keys, which a transaction almost always appends in order (the feed's events of one commit
 /// differ only in the order after the versionstamp), so the two lists are merged, not sorted.
 fn write_keys(ops: &[(Vec<u8>, Op)], stamped: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
-    let mut keys: Vec<Vec<u8>> = Vec::with_capacity(ops.len() + stamped.len());
-    if !stamped.is_sorted_by(|(a, _), (b, _)| a <= b) {
-        keys.extend(ops.iter().map(|(k, _)| k.clone()));
-        keys.extend(stamped.iter().map(|(k, _)| k.clone()));
+    if !stamped.is_sorted_by(|(a, _), (b, _)| a < b) {
+        let mut keys: Vec<Vec<u8>> =
+            ops.iter().map(|(k, _)| k).chain(stamped.iter().map(|(k, _)| k)).cloned().collect();
         keys.sort_unstable();
         keys.dedup();
         return keys;
     }
-    let (mut a, mut b) = (ops.iter().map(|(k, _)| k).peekable(), stamped.iter().map(|(k, _)| k).peekable());
-    loop {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x <= y => a.next(),
-            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-            (Some(_), None) => a.next(),
-            (None, None) => break,
-        };
-        if let Some(key) = next {
-            if keys.last() != Some(key) {
-                keys.push(key.clone());
-            }
-        }
-    }
-    keys
+    let keys = merge_sorted(ops.iter().map(|(k, _)| k), stamped.iter().map(|(k, _)| k), |k| k.as_slice());
+    keys.into_iter().cloned().collect()
 }
 
 /// A transaction's point writes (sorted, unique) and its versionstamped keys as one sorted list
@@ -1001,20 +1010,7 @@ fn with_stamped(
         stamped.dedup_by(|(a, _), (b, _)| a == b);
         stamped.reverse();
     }
-    let mut out = Vec::with_capacity(writes.len() + stamped.len());
-    let (mut a, mut b) = (writes.into_iter().peekable(), stamped.into_iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (Some((ka, _)), Some((kb, _))) if ka < kb => out.extend(a.next()),
-            (Some((ka, _)), Some((kb, _))) if ka == kb => {
-                a.next();
-                out.extend(b.next().map(|(k, v)| (k, Some(v))));
-            }
-            (_, Some(_)) => out.extend(b.next().map(|(k, v)| (k, Some(v)))),
-            (Some(_), None) => out.extend(a.next()),
-            (None, None) => return out,
-        }
-    }
+    merge_sorted(writes, stamped.into_iter().map(|(k, v)| (k, Some(v))), |(k, _)| k.as_slice())
 }
 
 /// A request that passed the conflict check, with its place in the group and its mutations

@@ -505,17 +505,14 @@ impl Wal {
     /// in the page cache already, inside the file's size, spares the kernel allocating pages
     /// and blocks, and the fdatasync the file's size.
     fn recycle(&self, spare: &Path, path: &Path) -> io::Result<File> {
+        let mut file = OpenOptions::new().read(true).write(true).open(spare)?;
+        // Reading the magic leaves the file positioned just after it, where writing starts.
         let mut head = [0u8; MAGIC.len()];
-        {
-            let mut old = File::open(spare)?;
-            io::Read::read_exact(&mut old, &mut head)?;
-        }
+        io::Read::read_exact(&mut file, &mut head)?;
         if &head != MAGIC {
             return Err(io::Error::other("the spare segment does not start with the log's magic"));
         }
         fs::rename(spare, path)?;
-        let mut file = OpenOptions::new().write(true).open(path)?;
-        io::Seek::seek(&mut file, io::SeekFrom::Start(MAGIC.len() as u64))?;
         if self.fsync {
             self.naming.sync_dir()?;
         }
@@ -527,6 +524,7 @@ impl Wal {
     /// rest, and makes the next append start a new segment.
     pub(super) fn truncate_through(&self, flushed: u64) -> io::Result<()> {
         let mut doomed = Vec::new();
+        let free_slots: Vec<PathBuf>;
         {
             let mut inner = self.inner();
             while inner.closed.front().is_some_and(|(_, last, _)| *last <= flushed) {
@@ -542,23 +540,25 @@ impl Wal {
             } else if inner.current.is_some() {
                 inner.rotate = true;
             }
-            while inner.spare.len() < SPARE_SEGMENTS {
-                let Some(path) = doomed.pop() else { break };
-                let slot = (0..SPARE_SEGMENTS).find(|&k| !inner.spare.contains(&self.naming.spare_path(k)));
-                let Some(spare) = slot.map(|k| self.naming.spare_path(k)) else {
+            free_slots =
+                (0..SPARE_SEGMENTS).map(|k| self.naming.spare_path(k)).filter(|p| !inner.spare.contains(p)).collect();
+        }
+        // Renamed outside the lock, which the commit thread's appends take. Only the flusher
+        // adds spares, so the slots stay free meanwhile. Not synced: should a rename be lost in
+        // a crash, the file is an obsolete segment again, which recovery skips and deletes.
+        let mut kept = Vec::new();
+        for spare in free_slots {
+            let Some(path) = doomed.pop() else { break };
+            match fs::rename(&path, &spare) {
+                Ok(()) => kept.push(spare),
+                Err(_) => {
                     doomed.push(path);
                     break;
-                };
-                // Not synced: should the rename be lost in a crash, the file is an obsolete
-                // segment again, which recovery skips and deletes.
-                match fs::rename(&path, &spare) {
-                    Ok(()) => inner.spare.push(spare),
-                    Err(_) => {
-                        doomed.push(path);
-                        break;
-                    }
                 }
             }
+        }
+        if !kept.is_empty() {
+            self.inner().spare.extend(kept);
         }
         // Deletions need no sync: a segment that comes back after a crash only holds versions
         // the redb file already has, which recovery skips.
