@@ -106,7 +106,10 @@ pub struct SequencerConfig {
     pub queue_capacity: usize,
     /// Most messages in one commit.
     pub max_batch_messages: usize,
-    /// Most message bytes in one commit (kept well under FoundationDB's 10 MB transaction).
+    /// Most bytes of transaction in one commit, as the sequencer estimates each send (its text
+    /// twice plus about 770 bytes, more per user it may mention): kept well under
+    /// FoundationDB's 10 MB transaction. A group that still comes out over the limit is
+    /// committed in halves.
     pub max_batch_bytes: usize,
     /// How long a send may wait in the queue, and then how long its group's commit may take,
     /// before the sender is told to retry, in milliseconds (so at most twice this in all).
@@ -235,7 +238,7 @@ impl Default for SequencerConfig {
             shards: 0,
             queue_capacity: 100_000,
             max_batch_messages: 8_192,
-            max_batch_bytes: 4 * 1024 * 1024,
+            max_batch_bytes: 6 * 1024 * 1024,
             ack_timeout_ms: 10_000,
         }
     }

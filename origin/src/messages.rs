@@ -249,6 +249,12 @@ impl Mentioned {
         let active = if found.here { presence.active(workspace, tokio::time::Instant::now()) } else { Vec::new() };
         Mentioned { found, active }
     }
+
+    /// The most users the message can name in its mention index: those it mentions plus those
+    /// `@here` may reach.
+    pub fn reach(&self) -> usize {
+        self.found.users.len() + self.active.len().min(mentions::MAX_HERE)
+    }
 }
 
 /// Fills in a message's mentions: `@here` reaches those of the active users who are members of

@@ -302,10 +302,13 @@ impl Gates {
     }
 }
 
-/// Rough bytes a message adds to a transaction: its record and feed event (the text twice)
-/// plus keys and metadata.
-fn weight(r: &SendRequest) -> usize {
-    2 * r.text.len() + 512
+/// Rough bytes a send adds to its group's transaction as the store counts them (mutations and
+/// conflict ranges): its record and feed event (the text twice), keys and metadata (about 650
+/// bytes beside the text, measured), and per user it may mention a membership read, a mention
+/// index entry and the user's id in the record and the event. A group that still comes out
+/// over the store's limit is committed in halves (see [`Committer::commit_group`]).
+fn weight(p: &Pending) -> usize {
+    2 * p.request.text.len() + 768 + 384 * p.mentioned.reach()
 }
 
 impl Committer {
@@ -324,12 +327,12 @@ impl Committer {
                     }
                 },
             };
-            let mut bytes = weight(&first.request);
+            let mut bytes = weight(&first);
             let mut group = vec![first];
             while group.len() < self.config.max_batch_messages {
                 match rx.try_recv() {
                     Ok(p) => {
-                        let w = weight(&p.request);
+                        let w = weight(&p);
                         if bytes + w > self.config.max_batch_bytes {
                             carry = Some(p);
                             break;
@@ -390,6 +393,22 @@ impl Committer {
             self.answer_retry(group, "the commit did not finish in time; retry with the same client_msg_id");
             return;
         };
+        if let Err(StoreError::TransactionTooLarge(bytes)) = result {
+            if group.len() > 1 {
+                // Weights are estimates: a group over the limit is committed in halves rather
+                // than failed, and only a send too large alone is refused.
+                tracing::debug!(
+                    messages = group.len(),
+                    bytes,
+                    "a group is over the transaction limit; committing it in halves"
+                );
+                let mut first = group;
+                let second = first.split_off(first.len() / 2);
+                Box::pin(self.commit_group(first)).await;
+                Box::pin(self.commit_group(second)).await;
+                return;
+            }
+        }
         if attempts > 1 {
             self.metrics.commit_retries.with_label_values(&["conflict_or_unknown"]).inc_by(u64::from(attempts - 1));
         }
@@ -421,10 +440,18 @@ impl Committer {
                 tracing::debug!(messages = new, elapsed_us = elapsed.as_micros() as u64, "group committed");
             }
             Err(e) => {
-                tracing::error!(error = %e, messages = group.len(), "group commit failed");
+                if let StoreError::TransactionTooLarge(_) = e {
+                    tracing::warn!(error = %e, "a send too large to commit even alone was refused");
+                } else {
+                    tracing::error!(error = %e, messages = group.len(), "group commit failed");
+                }
                 let retryable = e.is_retryable() || matches!(e, StoreError::Unavailable(_));
                 for pending in group {
-                    let err = if retryable {
+                    let err = if let StoreError::TransactionTooLarge(_) = e {
+                        OriginError::TooLarge(format!(
+                            "this message with its mentions and thread updates is over the storage transaction limit ({e})"
+                        ))
+                    } else if retryable {
                         OriginError::Unavailable(format!("commit failed ({e}); retry with the same client_msg_id"))
                     } else {
                         OriginError::Internal(format!("commit failed: {e}"))
@@ -606,17 +633,26 @@ mod tests {
     struct Held {
         inner: Store,
         delay: Option<Duration>,
+        /// Transactions with more point writes than this fail to commit as too large.
+        max_sets: usize,
     }
 
     struct HeldTxn {
         inner: Box<dyn KvTxn>,
         delay: Option<Duration>,
+        max_sets: usize,
+        sets: usize,
     }
 
     #[async_trait]
     impl KvStore for Held {
         async fn begin(&self) -> Result<Box<dyn KvTxn>, StoreError> {
-            Ok(Box::new(HeldTxn { inner: self.inner.begin().await?, delay: self.delay }))
+            Ok(Box::new(HeldTxn {
+                inner: self.inner.begin().await?,
+                delay: self.delay,
+                max_sets: self.max_sets,
+                sets: 0,
+            }))
         }
 
         fn engine(&self) -> &'static str {
@@ -633,6 +669,7 @@ mod tests {
             self.inner.get_range(range).await
         }
         fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+            self.sets += 1;
             self.inner.set(key, value)
         }
         fn clear(&mut self, key: &[u8]) -> Result<(), StoreError> {
@@ -651,6 +688,9 @@ mod tests {
             self.inner.watch(key)
         }
         async fn commit(self: Box<Self>) -> Result<Committed, StoreError> {
+            if self.sets > self.max_sets {
+                return Err(StoreError::TransactionTooLarge(self.sets));
+            }
             match self.delay {
                 Some(delay) => tokio::time::sleep(delay).await,
                 None => std::future::pending::<()>().await,
@@ -658,7 +698,8 @@ mod tests {
             self.inner.commit().await
         }
         async fn on_error(self: Box<Self>, err: StoreError) -> Result<Box<dyn KvTxn>, StoreError> {
-            Ok(Box::new(HeldTxn { inner: self.inner.on_error(err).await?, delay: self.delay }))
+            let inner = self.inner.on_error(err).await?;
+            Ok(Box::new(HeldTxn { inner, delay: self.delay, max_sets: self.max_sets, sets: 0 }))
         }
     }
 
@@ -669,12 +710,23 @@ mod tests {
         delay: Option<Duration>,
         ack_timeout_ms: u64,
     ) -> (Store, Sequencer, SendRequest, accounts::Caller) {
+        let config = SequencerConfig { shards: 1, max_batch_messages: 1, ack_timeout_ms, ..SequencerConfig::default() };
+        capped_sequencer(dir, delay, usize::MAX, config).await
+    }
+
+    /// [`held_sequencer`] with transactions of more than `max_sets` point writes refused as too
+    /// large, and the sequencer configured by `config`.
+    async fn capped_sequencer(
+        dir: &std::path::Path,
+        delay: Option<Duration>,
+        max_sets: usize,
+        config: SequencerConfig,
+    ) -> (Store, Sequencer, SendRequest, accounts::Caller) {
         let inner: Store = EmbeddedStore::open(&dir.join("s.redb"), EmbeddedOptions::default()).unwrap();
         let (_, admin) = accounts::create_workspace(&inner, "w", "admin", "Admin", 0).await.unwrap();
         let caller = accounts::authenticate(&inner, &admin.token).await.unwrap();
         let channel = channels::create(&inner, &caller, "held", false, "", "").await.unwrap().channel.id;
-        let config = SequencerConfig { shards: 1, max_batch_messages: 1, ack_timeout_ms, ..SequencerConfig::default() };
-        let held: Store = Arc::new(Held { inner: inner.clone(), delay });
+        let held: Store = Arc::new(Held { inner: inner.clone(), delay, max_sets });
         let presence = Arc::new(presence::Tracker::new(Duration::from_secs(60)));
         let (sequencer, _) =
             Sequencer::start(held, config, Arc::new(Metrics::new()), presence, CancellationToken::new());
@@ -807,6 +859,43 @@ mod tests {
         let mut tx = inner.begin().await.unwrap();
         assert_eq!(channels::last_seq(&mut *tx, w, c).await.unwrap(), 3);
         assert!(tx.get(&keys::nonce(w, c, "d")).await.unwrap().is_none());
+    }
+
+    /// The channel's last seq as committed.
+    async fn head(store: &Store, request: &SendRequest) -> Seq {
+        let mut tx = store.begin().await.unwrap();
+        channels::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_group_over_the_transaction_limit_is_committed_in_halves() {
+        let dir = tempfile::tempdir().unwrap();
+        // A message writes its record and its dedup entry, a group the channel's head: groups
+        // of more than 8 messages are too large for this store.
+        let config = SequencerConfig { shards: 1, max_batch_messages: 64, ..SequencerConfig::default() };
+        let (store, sequencer, request, _) = capped_sequencer(dir.path(), Some(Duration::ZERO), 17, config).await;
+        let sends = (0..64).map(|i| {
+            let sequencer = sequencer.clone();
+            let request = SendRequest { client_msg_id: format!("m{i}"), ..request.clone() };
+            tokio::spawn(async move { sequencer.send(request).await })
+        });
+        let mut seqs = Vec::new();
+        for send in futures::future::join_all(sends).await {
+            seqs.push(send.unwrap().expect("every send of an oversized group commits").message.seq);
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
+        assert_eq!(head(&store, &request).await, 64);
+    }
+
+    #[tokio::test]
+    async fn a_send_too_large_alone_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SequencerConfig { shards: 1, ..SequencerConfig::default() };
+        let (store, sequencer, request, _) = capped_sequencer(dir.path(), Some(Duration::ZERO), 1, config).await;
+        let refused = sequencer.send(SendRequest { client_msg_id: "big".into(), ..request.clone() }).await;
+        assert!(matches!(refused, Err(OriginError::TooLarge(_))), "{refused:?}");
+        assert_eq!(head(&store, &request).await, 0);
     }
 
     #[test]
