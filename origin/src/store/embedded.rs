@@ -811,7 +811,7 @@ struct WriteSet {
     /// When it was committed, for age-based eviction.
     at: Instant,
     /// Keys set, cleared or added to, sorted and unique.
-    keys: Vec<Vec<u8>>,
+    keys: KeyList,
     /// Cleared ranges, sorted and disjoint.
     ranges: RangeSet,
 }
@@ -830,8 +830,8 @@ impl WriteSet {
             self.keys.iter().any(|k| range_set_contains(reads, k))
         } else {
             reads.iter().any(|(b, e)| {
-                let i = self.keys.partition_point(|k| k < b);
-                i < self.keys.len() && self.keys[i] < *e
+                let i = self.keys.partition_point(|k| k < b.as_slice());
+                i < self.keys.len() && self.keys.get(i) < e.as_slice()
             })
         };
         keys_hit || self.ranges.iter().any(|(b, e)| range_set_overlaps(reads, b, e))
@@ -839,7 +839,60 @@ impl WriteSet {
 
     /// Whether this wrote `key`.
     fn touches(&self, key: &[u8]) -> bool {
-        self.keys.binary_search_by(|k| k.as_slice().cmp(key)).is_ok() || range_set_contains(&self.ranges, key)
+        self.keys.contains(key) || range_set_contains(&self.ranges, key)
+    }
+}
+
+/// Sorted, unique keys in one buffer rather than an allocation each: a write set holds every
+/// key its commit wrote for as long as later commits are checked against it.
+#[derive(Debug, Default)]
+struct KeyList {
+    bytes: Vec<u8>,
+    /// Where each key ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl KeyList {
+    /// The list of `keys`, which must come sorted and unique.
+    fn from_sorted<'k>(keys: impl IntoIterator<Item = &'k [u8]>) -> Self {
+        let mut list = KeyList::default();
+        for key in keys {
+            list.bytes.extend_from_slice(key);
+            list.ends.push(list.bytes.len());
+        }
+        list
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let begin = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[begin..self.ends[i]]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// The index of the first key for which `pred` is false (`pred` true for a prefix).
+    fn partition_point(&self, pred: impl Fn(&[u8]) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(self.get(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        let i = self.partition_point(|k| k < key);
+        i < self.len() && self.get(i) == key
     }
 }
 
@@ -904,7 +957,7 @@ impl Tracker {
             return;
         }
         let mut hit: Vec<Vec<u8>> =
-            ws.keys.iter().filter(|k| self.watchers.contains_key(k.as_slice())).cloned().collect();
+            ws.keys.iter().filter(|k| self.watchers.contains_key(*k)).map(<[u8]>::to_vec).collect();
         for (b, e) in &ws.ranges {
             let bounds = (Bound::Included(b.as_slice()), Bound::Excluded(e.as_slice()));
             hit.extend(self.watchers.range::<[u8], _>(bounds).map(|(k, _)| k.clone()));
@@ -981,16 +1034,16 @@ fn merge_sorted<T>(
 /// The sorted, unique keys a transaction writes: its point ops (sorted) and its versionstamped
 /// keys, which a transaction almost always appends in order (the feed's events of one commit
 /// differ only in the order after the versionstamp), so the two lists are merged, not sorted.
-fn write_keys(ops: &[(Vec<u8>, Op)], stamped: &[(Vec<u8>, Vec<u8>)]) -> Vec<Vec<u8>> {
+fn write_keys(ops: &[(Vec<u8>, Op)], stamped: &[(Vec<u8>, Vec<u8>)]) -> KeyList {
     if !stamped.is_sorted_by(|(a, _), (b, _)| a < b) {
-        let mut keys: Vec<Vec<u8>> =
-            ops.iter().map(|(k, _)| k).chain(stamped.iter().map(|(k, _)| k)).cloned().collect();
+        let mut keys: Vec<&[u8]> =
+            ops.iter().map(|(k, _)| k.as_slice()).chain(stamped.iter().map(|(k, _)| k.as_slice())).collect();
         keys.sort_unstable();
         keys.dedup();
-        return keys;
+        return KeyList::from_sorted(keys);
     }
-    let keys = merge_sorted(ops.iter().map(|(k, _)| k), stamped.iter().map(|(k, _)| k), |k| k.as_slice());
-    keys.into_iter().cloned().collect()
+    let keys = merge_sorted(ops.iter().map(|(k, _)| k.as_slice()), stamped.iter().map(|(k, _)| k.as_slice()), |k| k);
+    KeyList::from_sorted(keys)
 }
 
 /// A transaction's point writes (sorted, unique) and its versionstamped keys as one sorted list
@@ -1926,7 +1979,7 @@ mod tests {
         let st = |k: &str| (k.as_bytes().to_vec(), Vec::new());
         let ops = [op("a"), op("c"), op("e"), op("g")];
         let keys = |ops: &[(Vec<u8>, Op)], stamped: &[(Vec<u8>, Vec<u8>)]| {
-            write_keys(ops, stamped).into_iter().map(|k| String::from_utf8(k).unwrap()).collect::<Vec<_>>()
+            write_keys(ops, stamped).iter().map(|k| String::from_utf8(k.to_vec()).unwrap()).collect::<Vec<_>>()
         };
         // In order, interleaved, one key in both lists, one stamped key twice.
         assert_eq!(keys(&ops, &[st("b"), st("c"), st("f"), st("f"), st("z")]), ["a", "b", "c", "e", "f", "g", "z"]);
@@ -1969,7 +2022,7 @@ mod tests {
         let ws = |keys: &[&str], ranges: Vec<(Vec<u8>, Vec<u8>)>| WriteSet {
             version: 1,
             at: Instant::now(),
-            keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            keys: KeyList::from_sorted(keys.iter().map(|k| k.as_bytes())),
             ranges,
         };
         assert!(ws(&["b"], vec![]).intersects(&set));
