@@ -9,7 +9,8 @@
 //! feed event; for each channel its new head. Seqs are `head + 1, + 2, …` read
 //! inside that transaction, so they have no gaps, and FoundationDB's serializability keeps them
 //! right even if two nodes ever wrote one channel (the loser conflicts and retries). Only after
-//! the commit returns does each sender get its seq. While one group commits, the next one
+//! the commit returns does each sender get its seq (from the shard's answering thread, while
+//! the committer goes on to the next group). While one group commits, the next one
 //! gathers, so the group size grows with load and the fsync cost is shared. Shards write
 //! disjoint keys (feed entries are versionstamped, counters are atomic adds), so they never
 //! conflict with each other; they let groups of different channels be built in parallel while
@@ -47,7 +48,7 @@ use crate::{
     messages::{self, Mentioned, ThreadSummary},
     metrics::Metrics,
     presence,
-    store::{keys, KvTxn, Store, StoreError},
+    store::{keys, Committed, KvTxn, Store, StoreError},
     transact,
 };
 
@@ -121,6 +122,7 @@ impl Sequencer {
                 config: config.clone(),
                 metrics: metrics.clone(),
                 gates: Gates::default(),
+                answerer: Answerer::start(metrics.clone()),
             };
             committers.push(tokio::spawn(committer.run(rx, shutdown.clone())));
             queues.push(queue);
@@ -219,6 +221,93 @@ struct Committer {
     config: SequencerConfig,
     metrics: Arc<Metrics>,
     gates: Gates,
+    answerer: Answerer,
+}
+
+/// A committed group on its way to its senders.
+struct Answers {
+    group: Vec<Pending>,
+    outcomes: Vec<Outcome>,
+    committed: Committed,
+    /// From taking the group to its commit.
+    elapsed: Duration,
+}
+
+impl Answers {
+    /// Answers each sender, in the group's order.
+    fn send(self, metrics: &Metrics) {
+        let Answers { group, outcomes, committed, elapsed } = self;
+        // Counted first, so that whoever hears of a message sees it in the metrics.
+        let new = outcomes.iter().filter(|o| matches!(o, Outcome::New { .. })).count() as u64;
+        let duplicates = outcomes.iter().filter(|o| matches!(o, Outcome::Duplicate(_))).count() as u64;
+        metrics.messages_committed.inc_by(new);
+        metrics.duplicates.inc_by(duplicates);
+        for (pending, outcome) in group.into_iter().zip(outcomes) {
+            let answer = match outcome {
+                Outcome::New { message, order } => {
+                    let cursor = feed::cursor(&feed::position(&committed, order));
+                    Ok(Sent { message, cursor: Some(cursor), duplicate: false })
+                }
+                Outcome::Duplicate(message) => Ok(Sent { message, cursor: None, duplicate: true }),
+                Outcome::Rejected(e) => Err(e),
+            };
+            tracing::trace!(wait_us = pending.enqueued.elapsed().as_micros() as u64, "send answered");
+            // A sender that gave up waiting dropped its receiver; its message is committed all
+            // the same and a retry will find it by client_msg_id.
+            let _ = pending.reply.send(answer);
+        }
+        tracing::debug!(messages = new, elapsed_us = elapsed.as_micros() as u64, "group committed");
+    }
+}
+
+/// A committer's answering thread: it sends a committed group's answers, in commit order,
+/// while the committer builds the next group. A thread rather than a task: the committer
+/// rarely yields while it builds a group (its reads seldom wait), so a task spawned from it
+/// would sit on its worker until the next commit; a thread answers at once, on another core.
+struct Answerer {
+    jobs: Option<std::sync::mpsc::Sender<Answers>>,
+    /// Closed when the thread has sent everything it was given.
+    done: Option<oneshot::Receiver<()>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Answerer {
+    fn start(metrics: Arc<Metrics>) -> Answerer {
+        let (jobs, rx) = std::sync::mpsc::channel::<Answers>();
+        let (finished, done) = oneshot::channel::<()>();
+        let thread_metrics = metrics.clone();
+        let spawned = std::thread::Builder::new().name("selvage-answer".into()).spawn(move || {
+            for answers in rx {
+                answers.send(&thread_metrics);
+            }
+            drop(finished);
+        });
+        match spawned {
+            Ok(_) => Answerer { jobs: Some(jobs), done: Some(done), metrics },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a sequencer answering thread; the committer answers itself");
+                Answerer { jobs: None, done: None, metrics }
+            }
+        }
+    }
+
+    fn answer(&self, answers: Answers) {
+        let unsent = match &self.jobs {
+            Some(jobs) => jobs.send(answers).err().map(|e| e.0),
+            None => Some(answers),
+        };
+        if let Some(answers) = unsent {
+            answers.send(&self.metrics);
+        }
+    }
+
+    /// Waits until every group handed over is answered.
+    async fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
 }
 
 /// Most channels plus memberships [`Gates`] holds before it starts over.
@@ -319,11 +408,11 @@ impl Committer {
                 Some(p) => p,
                 None => tokio::select! {
                     biased;
-                    p = rx.recv() => match p { Some(p) => p, None => return },
+                    p = rx.recv() => match p { Some(p) => p, None => break },
                     _ = shutdown.cancelled() => {
                         // Commit what is already queued, refuse the rest by closing.
                         rx.close();
-                        match rx.recv().await { Some(p) => p, None => return }
+                        match rx.recv().await { Some(p) => p, None => break }
                     }
                 },
             };
@@ -346,6 +435,8 @@ impl Committer {
             self.metrics.queue_depth.sub(group.len() as i64);
             self.commit_group(group).await;
         }
+        // The last groups' senders hear before the committer counts as stopped.
+        self.answerer.stop().await;
     }
 
     /// Tells senders their send timed out and may be retried.
@@ -416,29 +507,7 @@ impl Committer {
         self.metrics.commit_latency.observe(elapsed.as_secs_f64());
         self.metrics.batch_size.observe(group.len() as f64);
         match result {
-            Ok((outcomes, committed)) => {
-                let mut new = 0u64;
-                for (pending, outcome) in group.into_iter().zip(outcomes) {
-                    let answer = match outcome {
-                        Outcome::New { message, order } => {
-                            new += 1;
-                            let cursor = feed::cursor(&feed::position(&committed, order));
-                            Ok(Sent { message, cursor: Some(cursor), duplicate: false })
-                        }
-                        Outcome::Duplicate(message) => {
-                            self.metrics.duplicates.inc();
-                            Ok(Sent { message, cursor: None, duplicate: true })
-                        }
-                        Outcome::Rejected(e) => Err(e),
-                    };
-                    tracing::trace!(wait_us = pending.enqueued.elapsed().as_micros() as u64, "send answered");
-                    // A sender that gave up waiting dropped its receiver; its message is
-                    // committed all the same and a retry will find it by client_msg_id.
-                    let _ = pending.reply.send(answer);
-                }
-                self.metrics.messages_committed.inc_by(new);
-                tracing::debug!(messages = new, elapsed_us = elapsed.as_micros() as u64, "group committed");
-            }
+            Ok((outcomes, committed)) => self.answerer.answer(Answers { group, outcomes, committed, elapsed }),
             Err(e) => {
                 if let StoreError::TransactionTooLarge(_) = e {
                     tracing::warn!(error = %e, "a send too large to commit even alone was refused");
