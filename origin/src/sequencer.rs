@@ -957,6 +957,31 @@ mod tests {
         assert_eq!(head(&store, &request).await, 64);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_sends_naming_many_users_commits_within_the_store_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SequencerConfig { shards: 1, ..SequencerConfig::default() };
+        let (store, sequencer, request, _) =
+            capped_sequencer(dir.path(), Some(Duration::ZERO), usize::MAX, config).await;
+        // ~25 KB per send as the store counts it: 600 of them are over its 10 MB transaction.
+        let text: String =
+            (0..selvage_shared::mentions::MAX_MENTIONS).map(|_| format!("<@{}> ", crate::ids::new_id('U'))).collect();
+        let sends = (0..600).map(|i| {
+            let sequencer = sequencer.clone();
+            let request = SendRequest { client_msg_id: format!("m{i}"), text: text.clone(), ..request.clone() };
+            tokio::spawn(async move { sequencer.send(request).await })
+        });
+        let mut seqs = Vec::new();
+        for send in futures::future::join_all(sends).await {
+            let sent = send.unwrap().expect("every send commits");
+            assert_eq!(sent.message.mentions.len(), selvage_shared::mentions::MAX_MENTIONS);
+            seqs.push(sent.message.seq);
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=600).collect::<Vec<_>>());
+        assert_eq!(head(&store, &request).await, 600);
+    }
+
     #[tokio::test]
     async fn a_send_too_large_alone_is_refused_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
