@@ -393,9 +393,10 @@ impl Gates {
 
 /// Rough bytes a send adds to its group's transaction as the store counts them (mutations and
 /// conflict ranges): its record and feed event (the text twice), keys and metadata (about 650
-/// bytes beside the text, measured), and per user it may mention a membership read, a mention
-/// index entry and the user's id in the record and the event. A group that still comes out
-/// over the store's limit is committed in halves (see [`Committer::commit_group`]).
+/// bytes beside the text, measured), and per user it may mention a mention-index entry and the
+/// user's id in the record and the event (plus a membership read for each user `@here`
+/// reaches). A group that still comes out over the store's limit is committed in halves (see
+/// [`Committer::commit_group`]).
 fn weight(p: &Pending) -> usize {
     2 * p.request.text.len() + 768 + 384 * p.mentioned.reach()
 }
@@ -509,14 +510,16 @@ impl Committer {
         match result {
             Ok((outcomes, committed)) => self.answerer.answer(Answers { group, outcomes, committed, elapsed }),
             Err(e) => {
-                if let StoreError::TransactionTooLarge(_) = e {
+                // Only a lone send reaches here too large (a larger group was halved above).
+                let too_large = matches!(e, StoreError::TransactionTooLarge(_));
+                if too_large {
                     tracing::warn!(error = %e, "a send too large to commit even alone was refused");
                 } else {
                     tracing::error!(error = %e, messages = group.len(), "group commit failed");
                 }
                 let retryable = e.is_retryable() || matches!(e, StoreError::Unavailable(_));
                 for pending in group {
-                    let err = if let StoreError::TransactionTooLarge(_) = e {
+                    let err = if too_large {
                         OriginError::TooLarge(format!(
                             "this message with its mentions and thread updates is over the storage transaction limit ({e})"
                         ))
