@@ -48,7 +48,7 @@ use crate::{
     messages::{self, Mentioned, ThreadSummary},
     metrics::Metrics,
     presence,
-    store::{keys, Committed, KvTxn, Store, StoreError},
+    store::{keys, tuple::Key, Committed, KvTxn, Store, StoreError},
     transact,
 };
 
@@ -536,6 +536,24 @@ impl Committer {
 }
 
 /// Writes one group into `tx`: the body of the group-commit transaction.
+/// A channel as one group attempt sees it.
+struct GroupChannel {
+    /// Its record, `None` if there is no such channel.
+    gate: Option<channels::Gate>,
+    /// The last seq, as this attempt moves it.
+    head: Seq,
+    /// The last seq as read.
+    read: Seq,
+    /// [`keys::messages`] of the channel: a message's key is this and its seq.
+    messages: Vec<u8>,
+    /// [`keys::nonces`] of the channel: a dedup entry's key is this and the client_msg_id.
+    nonces: Vec<u8>,
+}
+
+/// Room a message record takes beyond its text, with a typical author, channel and
+/// client_msg_id, so that encoding it seldom grows the buffer.
+const RECORD_ROOM: usize = 192;
+
 async fn sequence(
     tx: &mut dyn KvTxn,
     requests: &[(&SendRequest, &Mentioned)],
@@ -544,8 +562,9 @@ async fn sequence(
     let now = crate::now_ms();
     // Keyed by borrowed ids with a fast hasher: a group touches each of many channels once or
     // twice, so these maps are on every message's path.
-    // Per channel: its record (None if missing) and the head as this transaction moves it.
-    let mut chans: FxHashMap<(&WorkspaceId, &ChannelId), (Option<channels::Gate>, Seq, Seq)> = FxHashMap::default();
+    // Per channel: its record (None if missing), the head as this transaction moves it and as
+    // read, and the key prefixes of its messages and dedup entries (built once per group).
+    let mut chans: FxHashMap<(&WorkspaceId, &ChannelId), GroupChannel> = FxHashMap::default();
     let mut members: FxHashMap<(&WorkspaceId, &ChannelId, &UserId), bool> = FxHashMap::default();
     let mut seen: FxHashMap<(&WorkspaceId, &ChannelId, &str), usize> = FxHashMap::default();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
@@ -570,21 +589,28 @@ async fn sequence(
             outcomes.push(again);
             continue;
         }
-        let (channel, head, _) = match chans.entry((w, c)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let channel = match gates.channel(w, c) {
-                    Some(known) => known.gate,
-                    None => {
-                        let gate = channels::load_gate(tx, w, c).await?;
-                        gates.put_gate(w, c, gate);
-                        gate
-                    }
-                };
-                let head = channels::last_seq(tx, w, c).await?;
-                e.insert((channel, head, head))
-            }
-        };
+        let GroupChannel { gate: channel, head, messages: message_keys, nonces: nonce_keys, .. } =
+            match chans.entry((w, c)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let gate = match gates.channel(w, c) {
+                        Some(known) => known.gate,
+                        None => {
+                            let gate = channels::load_gate(tx, w, c).await?;
+                            gates.put_gate(w, c, gate);
+                            gate
+                        }
+                    };
+                    let head = channels::last_seq(tx, w, c).await?;
+                    e.insert(GroupChannel {
+                        gate,
+                        head,
+                        read: head,
+                        messages: keys::messages(w, c),
+                        nonces: keys::nonces(w, c),
+                    })
+                }
+            };
         let member = match members.entry((w, c, &r.user)) {
             Entry::Occupied(e) => *e.get(),
             Entry::Vacant(e) => {
@@ -600,7 +626,7 @@ async fn sequence(
                 *e.insert(member)
             }
         };
-        let rejection = match channel {
+        let rejection = match *channel {
             None => Some(OriginError::no_channel(c.as_str())),
             Some(ch) if !ch.visible(member) => Some(OriginError::no_channel(c.as_str())),
             Some(_) if !member => Some(OriginError::NotMember(format!("join {c} before posting in it"))),
@@ -611,9 +637,10 @@ async fn sequence(
             outcomes.push(Outcome::Rejected(e));
             continue;
         }
-        if let Some(raw) = tx.get(&keys::nonce(w, c, &r.client_msg_id)).await? {
+        let nonce_key = Key::from_prefix(nonce_keys).str(&r.client_msg_id).finish();
+        if let Some(raw) = tx.get(&nonce_key).await? {
             let seq = feed::le_i64(&raw) as Seq;
-            let original = tx.get(&keys::message(w, c, seq)).await?;
+            let original = tx.get(&Key::from_prefix(message_keys).uint(seq).finish()).await?;
             let message = original
                 .map(|raw| selvage_shared::from_msgpack::<Message>(&raw))
                 .transpose()
@@ -668,9 +695,9 @@ async fn sequence(
             }
         }
         messages::index_mentions(tx, w, &message)?;
-        let record = selvage_shared::to_msgpack(&message);
-        tx.set(&keys::message(w, c, seq), &record)?;
-        tx.set(&keys::nonce(w, c, &r.client_msg_id), &(seq as i64).to_le_bytes())?;
+        let record = selvage_shared::to_msgpack_sized(&message, RECORD_ROOM + message.text.len());
+        tx.set(&Key::from_prefix(message_keys).uint(seq).finish(), &record)?;
+        tx.set(&nonce_key, &(seq as i64).to_le_bytes())?;
         let order = log.append_message(tx, w, now, &record)?;
         seen.insert((w, c, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });
@@ -678,9 +705,9 @@ async fn sequence(
     for ((w, c, root), (_, summary)) in &roots {
         messages::write_summary(tx, w, c, *root, summary)?;
     }
-    for ((w, c), (_, head, read)) in &chans {
-        if head != read {
-            tx.set(&keys::head(w, c), &(*head as i64).to_le_bytes())?;
+    for ((w, c), ch) in &chans {
+        if ch.head != ch.read {
+            tx.set(&keys::head(w, c), &(ch.head as i64).to_le_bytes())?;
         }
     }
     log.finish(tx)?;

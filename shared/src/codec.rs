@@ -209,6 +209,15 @@ pub fn to_msgpack<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
     try_to_msgpack(v).expect("Serialize impl of a stored or feed value failed")
 }
 
+/// [`to_msgpack`] into a buffer that starts with room for `capacity` bytes, for callers that
+/// know about how large the encoding will be (it grows as needed).
+pub fn to_msgpack_sized<T: Serialize + ?Sized>(v: &T, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    #[allow(clippy::expect_used)]
+    rmp_serde::encode::write_named(&mut out, v).expect("Serialize impl of a stored or feed value failed");
+    out
+}
+
 /// Encodes a value as MessagePack with named fields, reporting a failing `Serialize` impl.
 pub fn try_to_msgpack<T: Serialize + ?Sized>(v: &T) -> Result<Vec<u8>, EncodeError> {
     rmp_serde::to_vec_named(v).map_err(|e| EncodeError(e.to_string()))

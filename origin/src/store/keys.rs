@@ -104,6 +104,11 @@ pub fn nonce(w: &WorkspaceId, c: &ChannelId, client_msg_id: &str) -> Vec<u8> {
     ws(w).str("nonce").str(c.as_str()).str(client_msg_id).finish()
 }
 
+/// Prefix of a channel's dedup entries; the client_msg_id follows it.
+pub fn nonces(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("nonce").str(c.as_str()).finish()
+}
+
 /// `(ws, W, thread, C, root, reply)` → empty: the thread index.
 pub fn thread_reply(w: &WorkspaceId, c: &ChannelId, root: Seq, reply: Seq) -> Vec<u8> {
     ws(w).str("thread").str(c.as_str()).uint(root).uint(reply).finish()
