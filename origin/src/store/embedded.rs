@@ -64,6 +64,7 @@
 //! that are almost always in its page cache cost about what a hand-off to a blocking thread
 //! would. Everything that waits on the disk runs on the commit and flush threads.
 
+mod buffer;
 mod filter;
 mod memtable;
 mod wal;
@@ -86,10 +87,10 @@ use async_trait::async_trait;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-use rustc_hash::FxHashSet;
 use tokio::sync::{mpsc, oneshot};
 
 use self::{
+    buffer::WriteBuffer,
     filter::KeyFilter,
     memtable::{MemRange, Memtable, Table, View},
     wal::{Mutation, RecordBuilder, Wal},
@@ -674,8 +675,7 @@ impl EmbeddedStore {
             store,
             read_version,
             started,
-            writes: BTreeMap::new(),
-            written: FxHashSet::default(),
+            writes: WriteBuffer::new(),
             cleared: BTreeMap::new(),
             versionstamped: Vec::new(),
             reads: Vec::new(),
@@ -1527,10 +1527,7 @@ struct EmbeddedTxn {
     read_version: u64,
     started: Instant,
     /// Buffered mutations of single keys; they override the snapshot and `cleared`.
-    writes: BTreeMap<Vec<u8>, Op>,
-    /// [`memtable::key_hash`] of every key in `writes` (and of some since cleared): a read of
-    /// a key this transaction did not write, the usual case, skips the search of `writes`.
-    written: FxHashSet<u64>,
+    writes: WriteBuffer,
     /// Ranges cleared by this transaction, begin → end, disjoint.
     cleared: BTreeMap<Vec<u8>, Vec<u8>>,
     versionstamped: Vec<VersionstampedSet>,
@@ -1643,8 +1640,12 @@ impl EmbeddedTxn {
         self.check_age()?;
         let (begin, end) = (r.begin.as_slice(), r.end.as_slice());
         let range = self.snapshot.kv.range::<&[u8]>(begin..end).map_err(engine_err)?;
-        let bounds = (Bound::Included(begin), Bound::Excluded(end));
-        let own = self.writes.range::<[u8], _>(bounds);
+        let own = self
+            .writes
+            .range(begin, end)
+            .ok_or_else(|| StoreError::Engine("a range read of a write buffer not in key order".into()))?
+            .iter()
+            .map(|(k, op)| (k, op));
         let (redb, mut own): (SnapIter<'_>, OwnIter<'_>) = if r.reverse {
             (Box::new(range.rev().map(owned_entry)), Box::new(own.rev()))
         } else {
@@ -1784,7 +1785,7 @@ impl KvTxn for EmbeddedTxn {
         // Values this transaction decided need no snapshot read and no read conflict, and (as
         // in FoundationDB, where they never reach a storage server) cannot be too old.
         let hash = memtable::key_hash(key);
-        let own = if self.written.contains(&hash) { self.writes.get(key) } else { None };
+        let own = if self.writes.may_have(hash) { self.writes.get(key, hash) } else { None };
         let pending = match own {
             Some(Op::Set(v)) => return Ok(Some(v.clone())),
             Some(Op::Clear) => return Ok(None),
@@ -1808,6 +1809,7 @@ impl KvTxn for EmbeddedTxn {
         if range.end == range.begin {
             return Ok(Vec::new());
         }
+        self.writes.sort();
         let (rows, cut) = self.read_range(range)?;
         let (begin, end) = match rows.last() {
             Some((last, _)) if cut && range.reverse => (last.clone(), range.end.clone()),
@@ -1820,15 +1822,13 @@ impl KvTxn for EmbeddedTxn {
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.admit(key, Some(value), point_cost(key, value.len()))?;
-        self.written.insert(memtable::key_hash(key));
-        self.writes.insert(key.to_vec(), Op::Set(value.to_vec()));
+        self.writes.put(key, Op::Set(value.to_vec()));
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<()> {
         self.admit(key, None, point_cost(key, 0))?;
-        self.written.insert(memtable::key_hash(key));
-        self.writes.insert(key.to_vec(), Op::Clear);
+        self.writes.put(key, Op::Clear);
         Ok(())
     }
 
@@ -1845,9 +1845,7 @@ impl KvTxn for EmbeddedTxn {
             return Ok(());
         }
         // Drop buffered writes in the range: the clear supersedes them.
-        let mut inside = self.writes.split_off(begin);
-        let mut after = inside.split_off(end);
-        self.writes.append(&mut after);
+        self.writes.remove_range(begin, end);
         // Merge into the disjoint cleared ranges.
         let (mut b, mut e) = (begin.to_vec(), end.to_vec());
         let upto = (Bound::Unbounded, Bound::Included(begin));
@@ -1874,15 +1872,14 @@ impl KvTxn for EmbeddedTxn {
     fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<()> {
         self.admit(key, None, point_cost(key, 8))?;
         let cleared = self.is_cleared(key);
-        let op = match self.writes.get(key) {
+        let op = match self.writes.get(key, memtable::key_hash(key)) {
             Some(Op::Set(v)) => Op::Set(add_le(Some(v.as_slice()), delta)),
             Some(Op::Clear) => Op::Set(add_le(None, delta)),
             Some(Op::Add(d)) => Op::Add(d.wrapping_add(delta)),
             None if cleared => Op::Set(add_le(None, delta)),
             None => Op::Add(delta),
         };
-        self.written.insert(memtable::key_hash(key));
-        self.writes.insert(key.to_vec(), op);
+        self.writes.put(key, op);
         Ok(())
     }
 
@@ -1939,7 +1936,7 @@ impl KvTxn for EmbeddedTxn {
             read_version,
             reads: merge_ranges(reads),
             cleared: cleared.into_iter().collect(),
-            ops: writes.into_iter().collect(),
+            ops: writes.into_sorted(),
             versionstamped,
             watches,
             size,
