@@ -58,7 +58,7 @@ impl Appender {
     /// with the commit's versionstamp gives its position ([`position`]).
     pub fn append(&mut self, tx: &mut dyn KvTxn, workspace: &WorkspaceId, ts: i64, event: Event) -> Result<u16> {
         let record = FeedEvent { workspace: workspace.clone(), ts, event };
-        self.put(tx, &selvage_shared::to_msgpack(&record))
+        self.put(tx, selvage_shared::to_msgpack(&record))
     }
 
     /// Writes a new message's event to the log, from the message's stored MessagePack record
@@ -73,15 +73,15 @@ impl Appender {
     ) -> Result<u16> {
         let record = message_event(workspace, ts, message)
             .ok_or_else(|| crate::store::StoreError::Engine("a message record is not a MessagePack map".into()))?;
-        self.put(tx, &record)
+        self.put(tx, record)
     }
 
     /// Writes an encoded [`FeedEvent`] under the next order of this commit.
-    fn put(&mut self, tx: &mut dyn KvTxn, record: &[u8]) -> Result<u16> {
+    fn put(&mut self, tx: &mut dyn KvTxn, record: Vec<u8>) -> Result<u16> {
         let order = self.next;
         self.next = self.next.checked_add(1).ok_or(crate::store::StoreError::TransactionTooLarge(usize::MAX))?;
         let (key, offset) = keys::log_entry_placeholder(order);
-        tx.set_versionstamped_key(&key, offset, record)?;
+        tx.set_versionstamped_key_owned(key, offset, record)?;
         Ok(order)
     }
 

@@ -696,9 +696,9 @@ async fn sequence(
         }
         messages::index_mentions(tx, w, &message)?;
         let record = selvage_shared::to_msgpack_sized(&message, RECORD_ROOM + message.text.len());
-        tx.set(&Key::from_prefix(message_keys).uint(seq).finish(), &record)?;
-        tx.set(&nonce_key, &(seq as i64).to_le_bytes())?;
         let order = log.append_message(tx, w, now, &record)?;
+        tx.set_owned(Key::from_prefix(message_keys).uint(seq).finish(), record)?;
+        tx.set_owned(nonce_key, (seq as i64).to_le_bytes().to_vec())?;
         seen.insert((w, c, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });
     }

@@ -1821,8 +1821,12 @@ impl KvTxn for EmbeddedTxn {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.admit(key, Some(value), point_cost(key, value.len()))?;
-        self.writes.put(key, Op::Set(value.to_vec()));
+        self.set_owned(key.to_vec(), value.to_vec())
+    }
+
+    fn set_owned(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        self.admit(&key, Some(&value), point_cost(&key, value.len()))?;
+        self.writes.put(key, Op::Set(value));
         Ok(())
     }
 
@@ -1884,11 +1888,15 @@ impl KvTxn for EmbeddedTxn {
     }
 
     fn set_versionstamped_key(&mut self, key: &[u8], offset: usize, value: &[u8]) -> Result<()> {
+        self.set_versionstamped_key_owned(key.to_vec(), offset, value.to_vec())
+    }
+
+    fn set_versionstamped_key_owned(&mut self, key: Vec<u8>, offset: usize, value: Vec<u8>) -> Result<()> {
         if offset.checked_add(10).is_none_or(|end| end > key.len()) {
             return self.refuse(StoreError::BadVersionstampOffset { offset, len: key.len() });
         }
-        self.admit(key, Some(value), point_cost(key, value.len()))?;
-        self.versionstamped.push(VersionstampedSet { key: key.to_vec(), offset, value: value.to_vec() });
+        self.admit(&key, Some(&value), point_cost(&key, value.len()))?;
+        self.versionstamped.push(VersionstampedSet { key, offset, value });
         Ok(())
     }
 

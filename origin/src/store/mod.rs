@@ -220,6 +220,12 @@ pub trait KvTxn: Send {
     /// Writes a key.
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
 
+    /// [`KvTxn::set`] with a key and value built for this write: an engine that buffers
+    /// writes keeps them rather than copying them.
+    fn set_owned(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        self.set(&key, &value)
+    }
+
     /// Removes a key.
     fn clear(&mut self, key: &[u8]) -> Result<()>;
 
@@ -234,6 +240,12 @@ pub trait KvTxn: Send {
     /// commit versionstamp. FoundationDB's `SET_VERSIONSTAMPED_KEY`. Such keys are not visible
     /// to this transaction's own reads.
     fn set_versionstamped_key(&mut self, key: &[u8], offset: usize, value: &[u8]) -> Result<()>;
+
+    /// [`KvTxn::set_versionstamped_key`] with a key and value built for this write, kept
+    /// rather than copied where the engine can.
+    fn set_versionstamped_key_owned(&mut self, key: Vec<u8>, offset: usize, value: Vec<u8>) -> Result<()> {
+        self.set_versionstamped_key(&key, offset, &value)
+    }
 
     /// A future that resolves once `key` is written by a transaction committed after this
     /// one's snapshot. Takes effect when this transaction commits (as in FoundationDB);

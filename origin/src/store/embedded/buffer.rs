@@ -59,18 +59,20 @@ impl WriteBuffer {
         self.position(key, hash).map(|i| &self.ops[i].1)
     }
 
-    /// Buffers `op` for `key`, replacing what was buffered for it.
-    pub(super) fn put(&mut self, key: &[u8], op: Op) {
-        let hash = key_hash(key);
-        if let Some(i) = self.position(key, hash) {
+    /// Buffers `op` for `key`, replacing what was buffered for it; an owned key is kept as it
+    /// is, a borrowed one copied.
+    pub(super) fn put(&mut self, key: impl AsRef<[u8]> + Into<Vec<u8>>, op: Op) {
+        let k = key.as_ref();
+        let hash = key_hash(k);
+        if let Some(i) = self.position(k, hash) {
             self.ops[i].1 = op;
             return;
         }
         let i = self.ops.len() as u32;
         if self.sorted {
-            self.sorted = self.ops.last().is_none_or(|(last, _)| last.as_slice() < key);
+            self.sorted = self.ops.last().is_none_or(|(last, _)| last.as_slice() < k);
         }
-        self.ops.push((key.to_vec(), op));
+        self.ops.push((key.into(), op));
         self.chain.push(self.index.insert(hash, i).unwrap_or(END));
     }
 
