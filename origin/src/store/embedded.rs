@@ -339,15 +339,57 @@ impl Shared {
     /// every key the table wrote or cleared. After a crash between chunks, the flushed version
     /// is still the old one, and replaying the log rewrites every key the chunks touched.
     fn write_table(&self, table: &Table, paced: bool) -> Result<(), String> {
-        let s = |e: &dyn fmt::Display| e.to_string();
         let chunk = (table.entries() / FLUSH_PIECES).clamp(MIN_FLUSH_CHUNK, FLUSH_CHUNK);
-        let mut chunks_left = table.entries().div_ceil(chunk).max(1);
+        let chunks = table.entries().div_ceil(chunk).max(1);
+        // The table's runs are merged, and the keys put in the filter, by a helper thread a
+        // couple of chunks ahead of this one, which writes redb: the flush is the stage that
+        // limits a saturated store, and the merge is a quarter of its work.
+        std::thread::scope(|scope| {
+            let (ready, chunks_in) = std::sync::mpsc::sync_channel::<Vec<FlushWrite<'_>>>(2);
+            let merger = std::thread::Builder::new().name("selvage-merge".into()).spawn_scoped(scope, move || {
+                let mut writes = table.final_writes().peekable();
+                while writes.peek().is_some() {
+                    let next: Vec<FlushWrite<'_>> = writes.by_ref().take(chunk).collect();
+                    // Into the filter before redb has them: no snapshot holds a key the filter
+                    // lacks (this chunk reaches redb only after it is sent).
+                    let mut filter = self.filter.writer();
+                    for &(key, value) in &next {
+                        if value.is_some() {
+                            filter.insert(filter::hash(key));
+                        }
+                    }
+                    drop(filter);
+                    if ready.send(next).is_err() {
+                        return;
+                    }
+                }
+            });
+            match merger {
+                Ok(_) => self.write_chunks(table, chunks_in, chunks, paced),
+                Err(e) => Err(format!("cannot start the flush's merge thread: {e}")),
+            }
+        })
+    }
+
+    /// Writes a frozen table's chunks, as [`Shared::write_table`]'s merge thread hands them
+    /// over, one durable redb transaction each; the last one also records the new flushed
+    /// version. A table with nothing to write still records it.
+    fn write_chunks(
+        &self,
+        table: &Table,
+        chunks_in: std::sync::mpsc::Receiver<Vec<FlushWrite<'_>>>,
+        chunks: usize,
+        paced: bool,
+    ) -> Result<(), String> {
+        let s = |e: &dyn fmt::Display| e.to_string();
+        let mut chunks_left = chunks;
         let started = Instant::now();
         let budget = self.opts.flush_interval.mul_f64(FLUSH_SPREAD);
-        let mut writes = table.final_writes().peekable();
+        let mut next = chunks_in.recv().ok();
         let mut first = true;
         loop {
             let chunk_started = Instant::now();
+            let this = next.take().unwrap_or_default();
             let mut wtx = self.db.begin_write().map_err(|e| s(&e))?;
             wtx.set_durability(Durability::Immediate).map_err(|e| s(&e))?;
             {
@@ -357,22 +399,16 @@ impl Shared {
                         kv.retain_in(begin..end, |_, _| false).map_err(|e| s(&e))?;
                     }
                 }
-                // Into the filter before redb has them: no snapshot holds a key the filter lacks.
-                let mut filter = self.filter.writer();
-                let chunk_writes = writes.by_ref().take(chunk).inspect(|&(key, value)| {
-                    if value.is_some() {
-                        filter.insert(filter::hash(key));
-                    }
-                });
-                write_in_order(&mut kv, chunk_writes).map_err(|e| s(&e))?;
-                if writes.peek().is_none() {
+                write_in_order(&mut kv, this.into_iter()).map_err(|e| s(&e))?;
+                next = chunks_in.recv().ok();
+                if next.is_none() {
                     let mut meta = wtx.open_table(META).map_err(|e| s(&e))?;
                     meta.insert(VERSION_KEY, table.newest()).map_err(|e| s(&e))?;
                 }
             }
             wtx.commit().map_err(|e| s(&e))?;
             first = false;
-            if writes.peek().is_none() {
+            if next.is_none() {
                 return Ok(());
             }
             chunks_left = chunks_left.saturating_sub(1).max(1);
@@ -483,6 +519,9 @@ fn write_in_order<'w>(
     }
     Ok(())
 }
+
+/// A write of a frozen table on its way to redb: the key and its value (`None`: removed).
+type FlushWrite<'a> = (&'a [u8], Option<&'a [u8]>);
 
 /// A pinned redb snapshot: its `kv` table holds every commit up to `flushed`.
 struct Snapshot {
