@@ -24,8 +24,9 @@
 //!   redb in key order, cleared ranges first, in durable write transactions of a few thousand
 //!   writes each, through a cursor that splices each run of new keys falling between two
 //!   existing ones (a channel's new messages, the feed's new events) into the tree as whole
-//!   leaves; the last one also records the new **flushed version** in the meta table. Then
-//!   it deletes the log segments that made obsolete. Writing many groups at once touches each
+//!   leaves; the last one also records the new **flushed version** in the meta table. A
+//!   helper thread merges the table's runs and puts their keys in the key filter a couple of
+//!   chunks ahead of the redb writes. Then it deletes the log segments that made obsolete. Writing many groups at once touches each
 //!   B-tree page once per flush rather than once per group. It runs every
 //!   [`EmbeddedOptions::flush_interval`], when the memtable passes
 //!   [`EmbeddedOptions::memtable_bytes`] or [`EmbeddedOptions::memtable_entries`], on
@@ -34,7 +35,7 @@
 //! - **Snapshot reads.** A transaction takes a redb read transaction, reads the flushed version
 //!   `F` it holds, then takes the last committed version `V` as its read version: it sees the
 //!   memtable's commits in `(F, V]` over that redb snapshot, plus its own buffered writes
-//!   (read-your-writes). Range reads merge the three, with the memtable's cleared ranges hiding
+//!   (read-your-writes; module `buffer`: found by key hash, sorted once at commit). Range reads merge the three, with the memtable's cleared ranges hiding
 //!   redb keys. A flushed memtable table is kept while a live transaction's snapshot predates
 //!   the flush, and at most `max_txn_age` (transactions older than that fail with
 //!   [`StoreError::TooOld`]). A point read the memtable cannot answer asks the **key filter**
