@@ -138,6 +138,13 @@ impl ClearedRange {
 /// A sorted run of a table: keys ascending and unique, each with its writes in this run.
 type Run = Vec<(Vec<u8>, Versions)>;
 
+/// Runs this long are not merged any more when a commit is published. Merging is the largest
+/// part of publishing, which every commit waits for, and a table's long runs are merged once
+/// more anyway when it is flushed (by the flush's merge thread); reads skip a run through the
+/// table's key hashes or a binary search. Below it, the last two runs merge while the newer is
+/// as long as the older, so a table is a few runs of this length and a short tail.
+const MAX_MERGED_RUN: usize = 1 << 16;
+
 /// The commits of one version interval `(after, newest]`.
 ///
 /// Its point writes are a few sorted **runs** rather than one tree: a commit's writes arrive
@@ -261,7 +268,7 @@ impl Table {
         }
         self.runs.push(run);
         while let [.., older, newer] = self.runs.as_slice() {
-            if newer.len() < older.len() {
+            if newer.len() < older.len() || older.len() >= MAX_MERGED_RUN {
                 break;
             }
             let (Some(newer), Some(older)) = (self.runs.pop(), self.runs.pop()) else { break };
@@ -657,6 +664,42 @@ mod tests {
             })
             .collect();
         rows
+    }
+
+    #[test]
+    fn long_runs_stay_apart_and_read_as_one() {
+        let key = |i: usize| format!("k{i:06}").into_bytes();
+        let mem = Memtable::new(0);
+        {
+            let mut w = mem.write();
+            // Version 1 writes every key, 2 rewrites the even ones, 3 adds as many more.
+            w.apply_sorted(1, (0..MAX_MERGED_RUN).map(|i| (key(i), Some(b"1".to_vec()))).collect());
+            w.apply_sorted(2, (0..MAX_MERGED_RUN).step_by(2).map(|i| (key(i), Some(b"2".to_vec()))).collect());
+            w.apply_sorted(2, Vec::new());
+            w.apply_sorted(3, (MAX_MERGED_RUN..2 * MAX_MERGED_RUN).map(|i| (key(i), Some(b"3".to_vec()))).collect());
+            // Two short commits still merge into one run behind the long ones.
+            w.apply_sorted(4, vec![(key(7), Some(b"4".to_vec()))]);
+            w.apply_sorted(5, vec![(key(9), Some(b"5".to_vec()))]);
+        }
+        let lens: Vec<usize> = mem.tables.read().unwrap().active.runs.iter().map(Vec::len).collect();
+        // The half-length run merged with the next (it was short), not with the first.
+        assert_eq!(lens, [MAX_MERGED_RUN, MAX_MERGED_RUN / 2 + MAX_MERGED_RUN, 2]);
+        let read = |k: usize, version: u64| mem.read().get(&key(k), view(0, version)).map(|v| v.map(<[u8]>::to_vec));
+        assert_eq!(read(4, 5), Some(Some(b"2".to_vec())));
+        assert_eq!(read(4, 1), Some(Some(b"1".to_vec())));
+        assert_eq!(read(5, 5), Some(Some(b"1".to_vec())));
+        assert_eq!(read(7, 5), Some(Some(b"4".to_vec())));
+        assert_eq!(read(9, 4), Some(Some(b"1".to_vec())));
+        assert_eq!(read(MAX_MERGED_RUN + 3, 5), Some(Some(b"3".to_vec())));
+        assert_eq!(read(MAX_MERGED_RUN + 3, 2), None);
+        let table = mem.freeze().unwrap();
+        let writes: Vec<(Vec<u8>, Vec<u8>)> =
+            table.final_writes().map(|(k, v)| (k.to_vec(), v.unwrap_or_default().to_vec())).collect();
+        assert_eq!(writes.len(), 2 * MAX_MERGED_RUN);
+        assert!(writes.windows(2).all(|w| w[0].0 < w[1].0), "in key order, each key once");
+        let value_of = |i: usize| writes[i].1.as_slice();
+        assert_eq!((value_of(0), value_of(1), value_of(7), value_of(9)), (&b"2"[..], &b"1"[..], &b"4"[..], &b"5"[..]));
+        assert_eq!(value_of(MAX_MERGED_RUN), b"3");
     }
 
     #[test]
