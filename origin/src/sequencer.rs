@@ -48,7 +48,7 @@ use crate::{
     messages::{self, Mentioned, ThreadSummary},
     metrics::Metrics,
     presence,
-    store::{keys, tuple::Key, Committed, KvTxn, Store, StoreError},
+    store::{keys, Committed, KvTxn, Store, StoreError},
     transact,
 };
 
@@ -637,10 +637,10 @@ async fn sequence(
             outcomes.push(Outcome::Rejected(e));
             continue;
         }
-        let nonce_key = Key::from_prefix(nonce_keys).str(&r.client_msg_id).finish();
+        let nonce_key = keys::nonce_in(nonce_keys, &r.client_msg_id);
         if let Some(raw) = tx.get(&nonce_key).await? {
             let seq = feed::le_i64(&raw) as Seq;
-            let original = tx.get(&Key::from_prefix(message_keys).uint(seq).finish()).await?;
+            let original = tx.get(&keys::message_in(message_keys, seq)).await?;
             let message = original
                 .map(|raw| selvage_shared::from_msgpack::<Message>(&raw))
                 .transpose()
@@ -697,7 +697,7 @@ async fn sequence(
         messages::index_mentions(tx, w, &message)?;
         let record = selvage_shared::to_msgpack_sized(&message, RECORD_ROOM + message.text.len());
         let order = log.append_message(tx, w, now, &record)?;
-        tx.set_owned(Key::from_prefix(message_keys).uint(seq).finish(), record)?;
+        tx.set_owned(keys::message_in(message_keys, seq), record)?;
         tx.set_owned(nonce_key, (seq as i64).to_le_bytes().to_vec())?;
         seen.insert((w, c, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });

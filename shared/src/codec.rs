@@ -205,8 +205,7 @@ pub fn decode_server(bytes: &[u8], format: Format) -> Result<ServerFrame, Decode
 /// Only if `T`'s `Serialize` impl reports an error, which derived impls of plain data never do;
 /// use [`try_to_msgpack`] for types whose impls can fail.
 pub fn to_msgpack<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
-    #[allow(clippy::expect_used)]
-    try_to_msgpack(v).expect("Serialize impl of a stored or feed value failed")
+    to_msgpack_sized(v, 0)
 }
 
 /// [`to_msgpack`] into a buffer that starts with room for `capacity` bytes, for callers that

@@ -26,8 +26,9 @@
 //!   existing ones (a channel's new messages, the feed's new events) into the tree as whole
 //!   leaves; the last one also records the new **flushed version** in the meta table. A
 //!   helper thread merges the table's runs and puts their keys in the key filter a couple of
-//!   chunks ahead of the redb writes. Then it deletes the log segments that made obsolete. Writing many groups at once touches each
-//!   B-tree page once per flush rather than once per group. It runs every
+//!   chunks ahead of the redb writes. Then it deletes the log segments that made obsolete.
+//!   Writing many groups at once touches each B-tree page once per flush rather than once
+//!   per group. It runs every
 //!   [`EmbeddedOptions::flush_interval`], when the memtable passes
 //!   [`EmbeddedOptions::memtable_bytes`] or [`EmbeddedOptions::memtable_entries`], on
 //!   [`EmbeddedStore::flush`] and at shutdown. Past four times those sizes the commit thread
@@ -35,8 +36,8 @@
 //! - **Snapshot reads.** A transaction takes a redb read transaction, reads the flushed version
 //!   `F` it holds, then takes the last committed version `V` as its read version: it sees the
 //!   memtable's commits in `(F, V]` over that redb snapshot, plus its own buffered writes
-//!   (read-your-writes; module `buffer`: found by key hash, sorted once at commit). Range reads merge the three, with the memtable's cleared ranges hiding
-//!   redb keys. A flushed memtable table is kept while a live transaction's snapshot predates
+//!   (read-your-writes; module `buffer`: found by key hash, sorted once at commit). Range
+//!   reads merge the three, with the memtable's cleared ranges hiding redb keys. A flushed memtable table is kept while a live transaction's snapshot predates
 //!   the flush, and at most `max_txn_age` (transactions older than that fail with
 //!   [`StoreError::TooOld`]). A point read the memtable cannot answer asks the **key filter**
 //!   (module `filter`: a Bloom filter of redb's keys, filled on open and kept by the flusher)
@@ -1825,7 +1826,7 @@ impl KvTxn for EmbeddedTxn {
         // Values this transaction decided need no snapshot read and no read conflict, and (as
         // in FoundationDB, where they never reach a storage server) cannot be too old.
         let hash = memtable::key_hash(key);
-        let own = if self.writes.may_have(hash) { self.writes.get(key, hash) } else { None };
+        let own = self.writes.get(key, hash);
         let pending = match own {
             Some(Op::Set(v)) => return Ok(Some(v.clone())),
             Some(Op::Clear) => return Ok(None),

@@ -99,6 +99,11 @@ pub fn messages(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
     ws(w).str("msg").str(c.as_str()).finish()
 }
 
+/// [`message`] from the channel's [`messages`] prefix, for callers that write many.
+pub fn message_in(messages: &[u8], seq: Seq) -> Vec<u8> {
+    Key::from_prefix(messages).uint(seq).finish()
+}
+
 /// `(ws, W, nonce, C, client_msg_id)` → seq already given to that client message.
 pub fn nonce(w: &WorkspaceId, c: &ChannelId, client_msg_id: &str) -> Vec<u8> {
     ws(w).str("nonce").str(c.as_str()).str(client_msg_id).finish()
@@ -107,6 +112,11 @@ pub fn nonce(w: &WorkspaceId, c: &ChannelId, client_msg_id: &str) -> Vec<u8> {
 /// Prefix of a channel's dedup entries; the client_msg_id follows it.
 pub fn nonces(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
     ws(w).str("nonce").str(c.as_str()).finish()
+}
+
+/// [`nonce`] from the channel's [`nonces`] prefix, for callers that write many.
+pub fn nonce_in(nonces: &[u8], client_msg_id: &str) -> Vec<u8> {
+    Key::from_prefix(nonces).str(client_msg_id).finish()
 }
 
 /// `(ws, W, thread, C, root, reply)` → empty: the thread index.

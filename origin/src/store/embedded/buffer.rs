@@ -36,8 +36,8 @@ impl WriteBuffer {
         self.ops.is_empty()
     }
 
-    /// Whether some buffered mutation's key has this [`key_hash`]: when not, a read of a key
-    /// with that hash skips the buffer.
+    /// Whether some buffered mutation's key has this [`key_hash`].
+    #[cfg(test)]
     pub(super) fn may_have(&self, hash: u64) -> bool {
         self.index.contains_key(&hash)
     }
