@@ -338,6 +338,24 @@ struct ChannelGates {
     /// `None`: no such channel.
     gate: Option<channels::Gate>,
     members: FxHashMap<UserId, bool>,
+    /// The channel's keys, encoded once rather than in every group.
+    keys: Arc<ChannelKeys>,
+}
+
+/// The keys a group writes for a channel, or the prefixes of them.
+struct ChannelKeys {
+    /// [`keys::head`].
+    head: Vec<u8>,
+    /// [`keys::messages`]: a message's key is this and its seq.
+    messages: Vec<u8>,
+    /// [`keys::nonces`]: a dedup entry's key is this and the client_msg_id.
+    nonces: Vec<u8>,
+}
+
+impl ChannelKeys {
+    fn of(w: &WorkspaceId, c: &ChannelId) -> Arc<Self> {
+        Arc::new(ChannelKeys { head: keys::head(w, c), messages: keys::messages(w, c), nonces: keys::nonces(w, c) })
+    }
 }
 
 impl Gates {
@@ -375,9 +393,9 @@ impl Gates {
         Some(ws)
     }
 
-    fn put_gate(&mut self, w: &WorkspaceId, c: &ChannelId, gate: Option<channels::Gate>) {
+    fn put_gate(&mut self, w: &WorkspaceId, c: &ChannelId, gate: Option<channels::Gate>, keys: Arc<ChannelKeys>) {
         if let Some(ws) = self.make_room(w) {
-            ws.channels.insert(c.clone(), ChannelGates { gate, members: FxHashMap::default() });
+            ws.channels.insert(c.clone(), ChannelGates { gate, members: FxHashMap::default(), keys });
         }
     }
 
@@ -544,10 +562,7 @@ struct GroupChannel {
     head: Seq,
     /// The last seq as read.
     read: Seq,
-    /// [`keys::messages`] of the channel: a message's key is this and its seq.
-    messages: Vec<u8>,
-    /// [`keys::nonces`] of the channel: a dedup entry's key is this and the client_msg_id.
-    nonces: Vec<u8>,
+    keys: Arc<ChannelKeys>,
 }
 
 /// Room a message record takes beyond its text, with a typical author, channel and
@@ -589,28 +604,22 @@ async fn sequence(
             outcomes.push(again);
             continue;
         }
-        let GroupChannel { gate: channel, head, messages: message_keys, nonces: nonce_keys, .. } =
-            match chans.entry((w, c)) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    let gate = match gates.channel(w, c) {
-                        Some(known) => known.gate,
-                        None => {
-                            let gate = channels::load_gate(tx, w, c).await?;
-                            gates.put_gate(w, c, gate);
-                            gate
-                        }
-                    };
-                    let head = channels::last_seq(tx, w, c).await?;
-                    e.insert(GroupChannel {
-                        gate,
-                        head,
-                        read: head,
-                        messages: keys::messages(w, c),
-                        nonces: keys::nonces(w, c),
-                    })
-                }
-            };
+        let GroupChannel { gate: channel, head, keys: channel_keys, .. } = match chans.entry((w, c)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let (gate, channel_keys) = match gates.channel(w, c) {
+                    Some(known) => (known.gate, known.keys.clone()),
+                    None => {
+                        let gate = channels::load_gate(tx, w, c).await?;
+                        let channel_keys = ChannelKeys::of(w, c);
+                        gates.put_gate(w, c, gate, channel_keys.clone());
+                        (gate, channel_keys)
+                    }
+                };
+                let head = tx.get(&channel_keys.head).await?.as_deref().map_or(0, feed::le_i64) as Seq;
+                e.insert(GroupChannel { gate, head, read: head, keys: channel_keys })
+            }
+        };
         let member = match members.entry((w, c, &r.user)) {
             Entry::Occupied(e) => *e.get(),
             Entry::Vacant(e) => {
@@ -637,10 +646,10 @@ async fn sequence(
             outcomes.push(Outcome::Rejected(e));
             continue;
         }
-        let nonce_key = keys::nonce_in(nonce_keys, &r.client_msg_id);
+        let nonce_key = keys::nonce_in(&channel_keys.nonces, &r.client_msg_id);
         if let Some(raw) = tx.get(&nonce_key).await? {
             let seq = feed::le_i64(&raw) as Seq;
-            let original = tx.get(&keys::message_in(message_keys, seq)).await?;
+            let original = tx.get(&keys::message_in(&channel_keys.messages, seq)).await?;
             let message = original
                 .map(|raw| selvage_shared::from_msgpack::<Message>(&raw))
                 .transpose()
@@ -697,7 +706,7 @@ async fn sequence(
         messages::index_mentions(tx, w, &message)?;
         let record = selvage_shared::to_msgpack_sized(&message, RECORD_ROOM + message.text.len());
         let order = log.append_message(tx, w, now, &record)?;
-        tx.set_owned(keys::message_in(message_keys, seq), record)?;
+        tx.set_owned(keys::message_in(&channel_keys.messages, seq), record)?;
         tx.set_owned(nonce_key, (seq as i64).to_le_bytes().to_vec())?;
         seen.insert((w, c, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });
@@ -705,9 +714,9 @@ async fn sequence(
     for ((w, c, root), (_, summary)) in &roots {
         messages::write_summary(tx, w, c, *root, summary)?;
     }
-    for ((w, c), ch) in &chans {
+    for ch in chans.values() {
         if ch.head != ch.read {
-            tx.set(&keys::head(w, c), &(ch.head as i64).to_le_bytes())?;
+            tx.set(&ch.keys.head, &(ch.head as i64).to_le_bytes())?;
         }
     }
     log.finish(tx)?;

@@ -199,7 +199,10 @@ const VERSIONSTAMP_CODE: u8 = 0x33;
 /// offset of its 10 placeholder bytes, for `set_versionstamped_key`. `order` is the tuple
 /// versionstamp's user version: the event's place among those of one transaction.
 pub fn log_entry_placeholder(order: u16) -> (Vec<u8>, usize) {
-    let mut key = log();
+    // One per message written: the `(log)` prefix is encoded once.
+    static LOG: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(log);
+    let mut key = Vec::with_capacity(LOG.len() + 13);
+    key.extend_from_slice(&LOG);
     key.push(VERSIONSTAMP_CODE);
     let offset = key.len();
     key.extend_from_slice(&[0xff; 10]);
