@@ -588,23 +588,18 @@ async fn sequence(
     // Workspaces whose gates counter this attempt has read.
     let mut checked: FxHashSet<&WorkspaceId> = FxHashSet::default();
     let mut log = Appender::new();
-    for (i, &(r, mentioned)) in requests.iter().enumerate() {
+    // The group's reads, made together before anything is decided (the engine looks them up
+    // side by side): each channel's head and each send's dedup entry. Its gates are read first,
+    // since a changed gates counter forgets what the committer knew of the workspace.
+    let mut new_channels: Vec<(&WorkspaceId, &ChannelId)> = Vec::new();
+    let mut nonce_keys: Vec<Vec<u8>> = Vec::with_capacity(requests.len());
+    for &(r, _) in requests {
         let (w, c) = (&r.workspace, &r.channel);
         if checked.insert(w) {
             let counter = tx.get(&keys::gates(w)).await?.as_deref().map_or(0, feed::le_i64);
             gates.check(w, counter);
         }
-        if let Some(&first) = seen.get(&(w, c, r.client_msg_id.as_str())) {
-            let again = match &outcomes[first] {
-                Outcome::New { message, .. } | Outcome::Duplicate(message) => Outcome::Duplicate(message.clone()),
-                Outcome::Rejected(_) => {
-                    Outcome::Rejected(OriginError::BadRequest("duplicate of a rejected send".into()))
-                }
-            };
-            outcomes.push(again);
-            continue;
-        }
-        let GroupChannel { gate: channel, head, keys: channel_keys, .. } = match chans.entry((w, c)) {
+        let channel = match chans.entry((w, c)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let (gate, channel_keys) = match gates.channel(w, c) {
@@ -616,9 +611,39 @@ async fn sequence(
                         (gate, channel_keys)
                     }
                 };
-                let head = tx.get(&channel_keys.head).await?.as_deref().map_or(0, feed::le_i64) as Seq;
-                e.insert(GroupChannel { gate, head, read: head, keys: channel_keys })
+                new_channels.push((w, c));
+                e.insert(GroupChannel { gate, head: 0, read: 0, keys: channel_keys })
             }
+        };
+        nonce_keys.push(keys::nonce_in(&channel.keys.nonces, &r.client_msg_id));
+    }
+    let head_keys: Vec<&[u8]> = new_channels.iter().filter_map(|k| Some(chans.get(k)?.keys.head.as_slice())).collect();
+    let heads = tx.get_many(&head_keys).await?;
+    drop(head_keys);
+    for (k, head) in new_channels.iter().zip(heads) {
+        if let Some(channel) = chans.get_mut(k) {
+            channel.head = head.as_deref().map_or(0, feed::le_i64) as Seq;
+            channel.read = channel.head;
+        }
+    }
+    let mut dedup = tx.get_many(&nonce_keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?;
+    if dedup.len() != requests.len() {
+        return Err(StoreError::Engine(format!("{} dedup entries read for {} sends", dedup.len(), requests.len())));
+    }
+    for (i, &(r, mentioned)) in requests.iter().enumerate() {
+        let (w, c) = (&r.workspace, &r.channel);
+        if let Some(&first) = seen.get(&(w, c, r.client_msg_id.as_str())) {
+            let again = match &outcomes[first] {
+                Outcome::New { message, .. } | Outcome::Duplicate(message) => Outcome::Duplicate(message.clone()),
+                Outcome::Rejected(_) => {
+                    Outcome::Rejected(OriginError::BadRequest("duplicate of a rejected send".into()))
+                }
+            };
+            outcomes.push(again);
+            continue;
+        }
+        let Some(GroupChannel { gate: channel, head, keys: channel_keys, .. }) = chans.get_mut(&(w, c)) else {
+            return Err(StoreError::Engine(format!("channel {c} missing from its group")));
         };
         let member = match members.entry((w, c, &r.user)) {
             Entry::Occupied(e) => *e.get(),
@@ -646,8 +671,8 @@ async fn sequence(
             outcomes.push(Outcome::Rejected(e));
             continue;
         }
-        let nonce_key = keys::nonce_in(&channel_keys.nonces, &r.client_msg_id);
-        if let Some(raw) = tx.get(&nonce_key).await? {
+        let nonce_key = std::mem::take(&mut nonce_keys[i]);
+        if let Some(raw) = dedup[i].take() {
             let seq = feed::le_i64(&raw) as Seq;
             let original = tx.get(&keys::message_in(&channel_keys.messages, seq)).await?;
             let message = original

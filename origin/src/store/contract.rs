@@ -331,6 +331,11 @@ pub(crate) async fn read_your_writes_model(store: &Store, prefix: &[u8]) {
                 model.get(&key(p)).cloned(),
                 "round {round} step {step}: get {p}"
             );
+            // Several keys at once, one of them twice, answer as one by one.
+            let many: Vec<Vec<u8>> = (0..5).map(|_| key(rng.random_range(0..24))).chain([key(p)]).collect();
+            let got = tx.get_many(&many.iter().map(Vec::as_slice).collect::<Vec<_>>()).await.unwrap();
+            let want: Vec<Option<Vec<u8>>> = many.iter().map(|k| model.get(k).cloned()).collect();
+            assert_eq!(got, want, "round {round} step {step}: get_many");
             let (lo, hi) = (rng.random_range(0..24), rng.random_range(0..26));
             let r = RangeRead::between(key(lo.min(hi)), key(lo.max(hi)))
                 .limit(rng.random_range(0..6))
@@ -341,6 +346,29 @@ pub(crate) async fn read_your_writes_model(store: &Store, prefix: &[u8]) {
         tx.commit().await.unwrap();
         assert_eq!(scan(store, &all).await, model_range(&model, &all), "round {round}: after commit");
     }
+}
+
+/// Keys read together conflict like keys read one by one: a write to any of them committed
+/// after the read version fails the reader's commit; writes to other keys do not.
+pub(crate) async fn get_many_conflicts(store: &Store, prefix: &[u8]) {
+    let (a, b, c, d) = (k(prefix, "a"), k(prefix, "b"), k(prefix, "c"), k(prefix, "d"));
+    write(store, &a, b"1").await;
+    let mut reader = begin(store).await;
+    assert_eq!(reader.get_many(&[&a, &b, &a]).await.unwrap(), vec![Some(b"1".to_vec()), None, Some(b"1".to_vec())]);
+    assert_eq!(reader.get_many(&[]).await.unwrap(), Vec::<Option<Vec<u8>>>::new());
+    write(store, &c, b"unrelated").await;
+    let mut calm = begin(store).await;
+    calm.get_many(&[&a, &d]).await.unwrap();
+    calm.set(&d, b"x").unwrap();
+    write(store, &b, b"2").await;
+    reader.set(&c, b"3").unwrap();
+    assert!(matches!(reader.commit().await, Err(StoreError::Conflict)), "a key read in get_many was written since");
+    calm.commit().await.expect("nothing calm read was written since");
+    assert_eq!(read(store, &d).await, Some(b"x".to_vec()));
+    // A key too long is refused, as by `get`.
+    let mut tx = begin(store).await;
+    let long = vec![b'k'; MAX_KEY_BYTES + 1];
+    assert!(matches!(tx.get_many(&[&a, &long]).await, Err(StoreError::KeyTooLarge(_))));
 }
 
 /// Atomic adds never conflict with each other and sum exactly.
@@ -806,6 +834,7 @@ contract_tests!(
     read_your_writes,
     read_your_writes_model,
     atomic_add,
+    get_many_conflicts,
     serializable,
     transact_retries,
     versionstamps,

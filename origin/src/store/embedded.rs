@@ -1711,6 +1711,34 @@ impl EmbeddedTxn {
         Ok(value.map(|g| g.value().to_vec()))
     }
 
+    /// [`EmbeddedTxn::snapshot_get`] of each of `keys` (with their hashes), in their order.
+    fn snapshot_get_each(&self, keys: &[(&[u8], u64)]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        // Keys the memtable has nothing on, by index: redb decides.
+        let mut open = Vec::new();
+        {
+            let mem = self.store.shared.mem.read();
+            // Under the memtable lock, as in `snapshot_get`.
+            self.check_age()?;
+            for (i, found) in mem.get_each(keys, self.view()).into_iter().enumerate() {
+                match found {
+                    Some(value) => values[i] = value.map(<[u8]>::to_vec),
+                    None => open.push(i),
+                }
+            }
+        }
+        let shared = &self.store.shared;
+        let maybe = shared.filter.may_contain_each(open.iter().map(|&i| filter::mix(keys[i].1)));
+        for (i, maybe) in open.into_iter().zip(maybe) {
+            if !maybe {
+                shared.filtered_reads.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            values[i] = self.snapshot.kv.get(keys[i].0).map_err(engine_err)?.map(|g| g.value().to_vec());
+        }
+        Ok(values)
+    }
+
     /// The merged range read; also whether `limit` cut it short.
     fn read_range(&self, r: &RangeRead) -> Result<(Vec<KeyValue>, bool)> {
         type OwnIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Op)> + 'a>;
@@ -1879,6 +1907,34 @@ impl KvTxn for EmbeddedTxn {
             Some(d) => Some(add_le(base.as_deref(), d)),
             None => base,
         })
+    }
+
+    async fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        // Keys the snapshot answers: their index, hash, and an atomic add of this transaction
+        // to apply on top. The others this transaction decided itself, as in `get`.
+        let mut asked: Vec<(usize, u64, Option<i64>)> = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            check_key(key)?;
+            let hash = memtable::key_hash(key);
+            match self.writes.get(key, hash) {
+                Some(Op::Set(v)) => values[i] = Some(v.clone()),
+                Some(Op::Clear) => {}
+                Some(Op::Add(d)) => asked.push((i, hash, Some(*d))),
+                None if self.is_cleared(key) => {}
+                None => asked.push((i, hash, None)),
+            }
+        }
+        let lookups: Vec<(&[u8], u64)> = asked.iter().map(|&(i, hash, _)| (keys[i], hash)).collect();
+        let bases = self.snapshot_get_each(&lookups)?;
+        for ((i, _, pending), base) in asked.into_iter().zip(bases) {
+            self.add_read_key(keys[i]);
+            values[i] = match pending {
+                Some(d) => Some(add_le(base.as_deref(), d)),
+                None => base,
+            };
+        }
+        Ok(values)
     }
 
     async fn get_range(&mut self, range: &RangeRead) -> Result<Vec<KeyValue>> {

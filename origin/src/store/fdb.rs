@@ -305,6 +305,26 @@ impl KvTxn for FdbTxn {
         }
     }
 
+    async fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        if let Some(key) = keys.iter().find(|k| k.len() > MAX_KEY_BYTES) {
+            return Err(StoreError::KeyTooLarge(key.len()));
+        }
+        // Every read in flight at once: the storage servers answer them together rather than
+        // one round trip after another.
+        let reads = futures::future::join_all(keys.iter().map(|key| self.trx.get(key, false))).await;
+        let mut values = Vec::with_capacity(keys.len());
+        for (key, read) in keys.iter().zip(reads) {
+            match read {
+                Ok(value) => {
+                    self.size += 2 * key.len() + 1;
+                    values.push(value.map(|v| v.to_vec()));
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(values)
+    }
+
     async fn get_range(&mut self, range: &RangeRead) -> Result<Vec<KeyValue>> {
         // FoundationDB answers an empty range; the interface calls it an error.
         if range.end < range.begin {

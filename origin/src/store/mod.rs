@@ -213,6 +213,16 @@ pub trait KvTxn: Send {
     /// Reads one key, adding it to the read conflict set.
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// Reads many keys, as [`KvTxn::get`] of each would, answers in the order of `keys`. An
+    /// engine may look them up together; a group commit reads thousands.
+    async fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+
     /// Reads a range, adding what it covered to the read conflict set (only up to the last key
     /// returned when `limit` cut it short).
     async fn get_range(&mut self, range: &RangeRead) -> Result<Vec<KeyValue>>;

@@ -134,6 +134,15 @@ impl KeyFilter {
         segments.iter().rev().any(|s| s.contains(hash))
     }
 
+    /// [`Filter::may_contain`] of each of `hashes`, in their order.
+    pub(super) fn may_contain_each(&self, hashes: impl Iterator<Item = u64>) -> Vec<bool> {
+        if !self.ready.load(Ordering::Acquire) {
+            return hashes.map(|_| true).collect();
+        }
+        let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
+        hashes.map(|hash| segments.iter().rev().any(|s| s.contains(hash))).collect()
+    }
+
     /// Adds a key (by [`hash`]) that redb is about to hold.
     #[cfg(test)]
     pub(super) fn insert(&self, hash: u64) {

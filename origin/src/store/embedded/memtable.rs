@@ -227,6 +227,11 @@ impl Table {
         if !self.hashes.contains(&hash) {
             return None;
         }
+        self.point_held(key, view)
+    }
+
+    /// [`Table::point`] of a key whose hash the table holds.
+    fn point_held(&self, key: &[u8], view: View) -> Option<(u64, Option<&[u8]>)> {
         self.runs.iter().rev().find_map(|run| {
             let i = run.binary_search_by(|(k, _)| k.as_slice().cmp(key)).ok()?;
             run[i].1.newest_in(view)
@@ -554,6 +559,40 @@ impl<'a> MemRead<'a> {
         None
     }
 
+    /// [`MemRead::get`] of each of `keys` (with their [`key_hash`]), in their order. Table by
+    /// table, every key's hash is looked up before any run is searched, so that the lookups'
+    /// cache misses overlap rather than come one after another.
+    pub(super) fn get_each(&self, keys: &[(&[u8], u64)], view: View) -> Vec<Option<Option<&[u8]>>> {
+        let mut found: Vec<Option<Option<&[u8]>>> = vec![None; keys.len()];
+        // Keys no newer table has decided, by index.
+        let mut open: Vec<usize> = (0..keys.len()).collect();
+        for table in self.tables.visible(view) {
+            if open.is_empty() {
+                break;
+            }
+            let held: Vec<bool> = open.iter().map(|&i| table.hashes.contains(&keys[i].1)).collect();
+            open = open
+                .into_iter()
+                .zip(held)
+                .filter(|&(i, held)| {
+                    let key = keys[i].0;
+                    let cleared = if table.ranges.is_empty() { None } else { table.range_version(key, view) };
+                    let point = if held { table.point_held(key, view) } else { None };
+                    let decided = match (point, cleared) {
+                        (Some((pv, _)), Some(rv)) if rv > pv => Some(None),
+                        (Some((_, value)), _) => Some(value),
+                        (None, Some(_)) => Some(None),
+                        (None, None) => None,
+                    };
+                    found[i] = decided;
+                    decided.is_none()
+                })
+                .map(|(i, _)| i)
+                .collect();
+        }
+        found
+    }
+
     /// The memtable's keys in `[begin, end)` as `view` sees them, in order (descending when
     /// `reverse`); see [`MemRange`].
     pub(super) fn range(&self, begin: &[u8], end: &[u8], reverse: bool, view: View) -> MemRange<'_> {
@@ -731,6 +770,14 @@ mod tests {
         assert_eq!(get(&mem, "c", view(0, 9)), Some(Some("3".into())), "a write after a range in one commit");
         assert_eq!(get(&mem, "e", view(0, 9)), Some(None));
         assert_eq!(get(&mem, "x", view(0, 9)), None);
+        // Keys looked up together answer as one by one, across both tables and every view.
+        let keys: Vec<(&[u8], u64)> =
+            ["a", "b", "c", "e", "x", "a"].iter().map(|k| (k.as_bytes(), key_hash(k.as_bytes()))).collect();
+        for v in [view(0, 1), view(0, 2), view(0, 3), view(0, 4), view(0, 9), view(2, 3), view(2, 9)] {
+            let read = mem.read();
+            let one_by_one: Vec<_> = keys.iter().map(|(k, _)| read.get(k, v)).collect();
+            assert_eq!(read.get_each(&keys, v), one_by_one, "{v:?}");
+        }
 
         let some = |k: &str, v: &str| (k.to_string(), Some(v.to_string()));
         let none = |k: &str| (k.to_string(), None);
