@@ -116,11 +116,11 @@ const COMMIT_QUEUE: usize = 1024;
 /// take it over), which bounds a log record.
 const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
 /// Most writes per redb transaction when the flusher writes a memtable table.
-const FLUSH_CHUNK: usize = 8192;
+const FLUSH_CHUNK: usize = 32768;
 /// Fewest writes per redb transaction (unless the table is smaller).
 const MIN_FLUSH_CHUNK: usize = 256;
 /// A table is written in about this many durable chunks (within the bounds above).
-const FLUSH_PIECES: usize = 48;
+const FLUSH_PIECES: usize = 16;
 /// Share of the flush interval a flush may spread its chunks over.
 const FLUSH_SPREAD: f64 = 0.8;
 /// With `fsync` off, how often the commit thread syncs the log anyway.
