@@ -119,7 +119,9 @@ const MAX_GROUP_BYTES: usize = 32 * 1024 * 1024;
 const FLUSH_CHUNK: usize = 32768;
 /// Fewest writes per redb transaction (unless the table is smaller).
 const MIN_FLUSH_CHUNK: usize = 256;
-/// A table is written in about this many durable chunks (within the bounds above).
+/// A table is written in about this many durable chunks (within the bounds above). Each chunk
+/// rewrites every page it touches, so with many channels fewer chunks write fewer bytes (a
+/// channel's last page once per chunk), while more chunks spread the writes out.
 const FLUSH_PIECES: usize = 16;
 /// Share of the flush interval a flush may spread its chunks over.
 const FLUSH_SPREAD: f64 = 0.8;
