@@ -619,7 +619,6 @@ async fn sequence(
     }
     let head_keys: Vec<&[u8]> = new_channels.iter().filter_map(|k| Some(chans.get(k)?.keys.head.as_slice())).collect();
     let heads = tx.get_many(&head_keys).await?;
-    drop(head_keys);
     for (k, head) in new_channels.iter().zip(heads) {
         if let Some(channel) = chans.get_mut(k) {
             channel.head = head.as_deref().map_or(0, feed::le_i64) as Seq;
