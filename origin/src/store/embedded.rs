@@ -1693,34 +1693,16 @@ impl EmbeddedTxn {
         self.writes.is_empty() && self.cleared.is_empty() && self.versionstamped.is_empty()
     }
 
-    /// `key` as of the read version: the memtable, else the redb snapshot.
-    fn snapshot_get(&self, key: &[u8], hash: u64) -> Result<Option<Vec<u8>>> {
-        {
-            let mem = self.store.shared.mem.read();
-            // Checked under the memtable lock: a flushed table this snapshot needs is only
-            // dropped (under the write lock) once a transaction this old is too old.
-            self.check_age()?;
-            if let Some(value) = mem.get_hashed(key, hash, self.view()) {
-                return Ok(value.map(<[u8]>::to_vec));
-            }
-        }
-        let shared = &self.store.shared;
-        if !shared.filter.may_contain(filter::mix(hash)) {
-            shared.filtered_reads.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
-        }
-        let value = self.snapshot.kv.get(key).map_err(engine_err)?;
-        Ok(value.map(|g| g.value().to_vec()))
-    }
-
-    /// [`EmbeddedTxn::snapshot_get`] of each of `keys` (with their hashes), in their order.
+    /// `keys` (with their hashes) as of the read version, in their order: the memtable, else
+    /// the redb snapshot, unless the key filter says redb does not hold the key.
     fn snapshot_get_each(&self, keys: &[(&[u8], u64)]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         // Keys the memtable has nothing on, by index: redb decides.
         let mut open = Vec::new();
         {
             let mem = self.store.shared.mem.read();
-            // Under the memtable lock, as in `snapshot_get`.
+            // Checked under the memtable lock: a flushed table this snapshot needs is only
+            // dropped (under the write lock) once a transaction this old is too old.
             self.check_age()?;
             for (i, found) in mem.get_each(keys, self.view()).into_iter().enumerate() {
                 match found {
@@ -1746,7 +1728,7 @@ impl EmbeddedTxn {
         type OwnIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Op)> + 'a>;
 
         let mem = self.store.shared.mem.read();
-        // Under the memtable lock, as in `snapshot_get`.
+        // Under the memtable lock, as in `snapshot_get_each`.
         self.check_age()?;
         let (begin, end) = (r.begin.as_slice(), r.end.as_slice());
         let range = self.snapshot.kv.range::<&[u8]>(begin..end).map_err(engine_err)?;
@@ -1891,30 +1873,15 @@ impl<'a> Merged<'a> {
 #[async_trait]
 impl KvTxn for EmbeddedTxn {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        check_key(key)?;
-        // Values this transaction decided need no snapshot read and no read conflict, and (as
-        // in FoundationDB, where they never reach a storage server) cannot be too old.
-        let hash = memtable::key_hash(key);
-        let own = self.writes.get(key, hash);
-        let pending = match own {
-            Some(Op::Set(v)) => return Ok(Some(v.clone())),
-            Some(Op::Clear) => return Ok(None),
-            Some(Op::Add(d)) => Some(*d),
-            None if self.is_cleared(key) => return Ok(None),
-            None => None,
-        };
-        let base = self.snapshot_get(key, hash)?;
-        self.add_read_key(key);
-        Ok(match pending {
-            Some(d) => Some(add_le(base.as_deref(), d)),
-            None => base,
-        })
+        Ok(self.get_many(&[key]).await?.pop().flatten())
     }
 
     async fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         let mut values: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
         // Keys the snapshot answers: their index, hash, and an atomic add of this transaction
-        // to apply on top. The others this transaction decided itself, as in `get`.
+        // to apply on top. Values this transaction decided itself need no snapshot read and no
+        // read conflict, and (as in FoundationDB, where they never reach a storage server)
+        // cannot be too old.
         let mut asked: Vec<(usize, u64, Option<i64>)> = Vec::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
             check_key(key)?;

@@ -125,22 +125,20 @@ impl KeyFilter {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Whether redb may hold the key of `hash`. Always true until the initial fill is done.
-    pub(super) fn may_contain(&self, hash: u64) -> bool {
-        if !self.ready.load(Ordering::Acquire) {
-            return true;
-        }
-        let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
-        segments.iter().rev().any(|s| s.contains(hash))
-    }
-
-    /// [`Filter::may_contain`] of each of `hashes`, in their order.
+    /// Whether redb may hold each key of `hashes` (by [`hash`]), in their order: `false` means
+    /// it surely does not. Everything may be there until the fill is done.
     pub(super) fn may_contain_each(&self, hashes: impl Iterator<Item = u64>) -> Vec<bool> {
         if !self.ready.load(Ordering::Acquire) {
             return hashes.map(|_| true).collect();
         }
         let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
         hashes.map(|hash| segments.iter().rev().any(|s| s.contains(hash))).collect()
+    }
+
+    /// [`KeyFilter::may_contain_each`] of one key.
+    #[cfg(test)]
+    pub(super) fn may_contain(&self, hash: u64) -> bool {
+        self.may_contain_each(std::iter::once(hash)).first().copied().unwrap_or(true)
     }
 
     /// Adds a key (by [`hash`]) that redb is about to hold.

@@ -225,20 +225,28 @@ impl Table {
         self.newest > view.flushed && self.after < view.version
     }
 
-    /// The newest write of `key` in this table that `view` sees, if any.
-    fn point(&self, key: &[u8], hash: u64, view: View) -> Option<(u64, Option<&[u8]>)> {
-        if !self.hashes.contains(&hash) {
+    /// The newest write of `key` in this table that `view` sees, if any; `held`: whether
+    /// the table holds the key's hash (if not, it has no write of the key).
+    fn point(&self, key: &[u8], held: bool, view: View) -> Option<(u64, Option<&[u8]>)> {
+        if !held {
             return None;
         }
-        self.point_held(key, view)
-    }
-
-    /// [`Table::point`] of a key whose hash the table holds.
-    fn point_held(&self, key: &[u8], view: View) -> Option<(u64, Option<&[u8]>)> {
         self.runs.iter().rev().find_map(|run| {
             let i = run.binary_search_by(|(k, _)| k.as_slice().cmp(key)).ok()?;
             run[i].1.newest_in(view)
         })
+    }
+
+    /// `key` as `view` sees it in this table: `Some(None)` if removed here, `None` if this
+    /// table has nothing on it (older tables or redb decide). `held` as for [`Table::point`].
+    fn decide(&self, key: &[u8], held: bool, view: View) -> Option<Option<&[u8]>> {
+        match (self.point(key, held, view), self.range_version(key, view)) {
+            (Some((pv, _)), Some(rv)) if rv > pv => Some(None),
+            (Some((_, value)), _) => Some(value),
+            // Older tables only hold older writes, which this range hides.
+            (None, Some(_)) => Some(None),
+            (None, None) => None,
+        }
     }
 
     /// The newest cleared range covering `key` that `view` sees.
@@ -543,23 +551,8 @@ impl<'a> MemRead<'a> {
     /// `key` as `view` sees it in the memtable: `Some(None)` if removed there, `None` if the
     /// memtable has nothing on it (the redb snapshot decides).
     pub(super) fn get(&self, key: &[u8], view: View) -> Option<Option<&[u8]>> {
-        self.get_hashed(key, key_hash(key), view)
-    }
-
-    /// [`MemRead::get`] with the key's [`key_hash`] already computed.
-    pub(super) fn get_hashed(&self, key: &[u8], hash: u64, view: View) -> Option<Option<&[u8]>> {
-        for table in self.tables.visible(view) {
-            let cleared = table.range_version(key, view);
-            let point = table.point(key, hash, view);
-            match (point, cleared) {
-                (Some((pv, _)), Some(rv)) if rv > pv => return Some(None),
-                (Some((_, value)), _) => return Some(value),
-                // Older tables only hold older writes, which this range hides.
-                (None, Some(_)) => return Some(None),
-                (None, None) => {}
-            }
-        }
-        None
+        let hash = key_hash(key);
+        self.tables.visible(view).find_map(|table| table.decide(key, table.hashes.contains(&hash), view))
     }
 
     /// [`MemRead::get`] of each of `keys` (with their [`key_hash`]), in their order. Table by
@@ -578,17 +571,8 @@ impl<'a> MemRead<'a> {
                 .into_iter()
                 .zip(held)
                 .filter(|&(i, held)| {
-                    let key = keys[i].0;
-                    let cleared = if table.ranges.is_empty() { None } else { table.range_version(key, view) };
-                    let point = if held { table.point_held(key, view) } else { None };
-                    let decided = match (point, cleared) {
-                        (Some((pv, _)), Some(rv)) if rv > pv => Some(None),
-                        (Some((_, value)), _) => Some(value),
-                        (None, Some(_)) => Some(None),
-                        (None, None) => None,
-                    };
-                    found[i] = decided;
-                    decided.is_none()
+                    found[i] = table.decide(keys[i].0, held, view);
+                    found[i].is_none()
                 })
                 .map(|(i, _)| i)
                 .collect();
