@@ -4,7 +4,8 @@
 //! origin stores it) and asks the origin about unknown hashes, once per hash however many
 //! connections present it at the same time. Answers are trusted for `cache.token_ttl_secs`; a
 //! revocation reaches the edge as a `token_revoked` feed event and is forgotten at once (and
-//! sessions using it are closed by fan-out). While the origin is unreachable, remembered
+//! sessions using it are closed by fan-out); a session whose token expires ends then (see
+//! [`Principal::expires_in`]), with the same close as a revoked one. While the origin is unreachable, remembered
 //! tokens keep working, which is what lets clients boot from the cache in an outage.
 
 use std::{sync::Arc, time::Duration};
@@ -28,6 +29,14 @@ pub struct Principal {
     pub user: UserId,
     /// When the token stops working (ms since the epoch), if ever.
     pub expires_at: Option<i64>,
+}
+
+impl Principal {
+    /// How long until the token stops working (zero once it has), if it ever does.
+    pub fn expires_in(&self) -> Option<Duration> {
+        let at = self.expires_at?;
+        Some(Duration::from_millis(u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0)))
+    }
 }
 
 /// The token cache.

@@ -12,8 +12,8 @@
 //! 3. **Serve**: requests (send, query, ping) run concurrently up to `sessions.max_in_flight`;
 //!    their replies and the fanned-out events share one bounded outbox, written in order.
 //! 4. **End**: on client close, idle timeout (no frame for 2.5 heartbeats), a slow consumer
-//!    (outbox full), a revoked token, or drain (`goodbye` with a random `reconnect_in_ms`, then
-//!    close after the grace period).
+//!    (outbox full), a revoked or expired token (at its expiry, not at the next request), or
+//!    drain (`goodbye` with a random `reconnect_in_ms`, then close after the grace period).
 //!
 //! Most sessions are idle most of the time, so an idle session is kept small (DESIGN §6: ≤ 4 KiB
 //! of edge memory each): while it waits it holds only small futures — the outbox's wake-up, the
@@ -71,7 +71,7 @@ pub mod close {
     pub const DRAINING: u16 = 1012;
     /// A frame over the size limit.
     pub const TOO_LARGE: u16 = 1009;
-    /// Authentication failed or the token was revoked.
+    /// Authentication failed, or the token was revoked or expired.
     pub const UNAUTHORIZED: u16 = 4001;
     /// The session could not be booted (origin unreachable and nothing cached, …); retry.
     pub const UNAVAILABLE: u16 = 4003;
@@ -358,10 +358,14 @@ impl Session {
         let mut last_heard = Instant::now();
         let mut next_ping = tokio::time::Instant::now() + heartbeat;
         let mut drain_at: Option<tokio::time::Instant> = None;
+        // A session ends when its token does, on the same timer as pings and drain: an idle
+        // session carries one timer, not one per reason to wake.
+        let expires = self.principal.expires_in().map(|left| tokio::time::Instant::now() + left);
+        let expired = |now: tokio::time::Instant| expires.is_some_and(|at| now >= at);
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
         loop {
-            let timed = pings || drain_at.is_some();
+            let timed = pings || drain_at.is_some() || expires.is_some();
             let wake = tokio::select! {
                 biased;
                 () = self.outbox.ready() => Wake::Outbox,
@@ -380,6 +384,10 @@ impl Session {
                 }
                 Wake::Inbound(inbound) => {
                     last_heard = Instant::now();
+                    // A client that never stops sending keeps the timer from being polled.
+                    if matches!(inbound, Inbound::Frame(_)) && expired(tokio::time::Instant::now()) {
+                        return Box::pin(self.token_ended(transport, "the token expired", "token expired")).await;
+                    }
                     match inbound {
                         Inbound::Frame(bytes) => Box::pin(self.handle(&bytes)).await,
                         Inbound::Alive => {}
@@ -396,6 +404,9 @@ impl Session {
                     let now = tokio::time::Instant::now();
                     if drain_at.is_some_and(|at| now >= at) {
                         return End::Close(close::DRAINING, "edge draining".into());
+                    }
+                    if expired(now) {
+                        return Box::pin(self.token_ended(transport, "the token expired", "token expired")).await;
                     }
                     if pings && now >= next_ping {
                         if last_heard.elapsed() > heartbeat * 5 / 2 {
@@ -418,11 +429,8 @@ impl Session {
                     drain_at = Some(tokio::time::Instant::now() + Duration::from_millis(grace));
                 }
             }
-            let deadline = match drain_at {
-                Some(at) if pings => at.min(next_ping),
-                Some(at) => at,
-                None => next_ping,
-            };
+            let deadline =
+                [pings.then_some(next_ping), drain_at, expires].into_iter().flatten().min().unwrap_or(next_ping);
             if deadline != timer.deadline() {
                 timer.as_mut().reset(deadline);
             }
@@ -472,14 +480,18 @@ impl Session {
     /// Fan-out asked the session to close.
     async fn closed_by_fanout<T: Transport>(&self, transport: &mut T, reason: CloseReason) -> End {
         match reason {
-            CloseReason::TokenRevoked => {
-                let e = ServerFrame::error(None, ErrorCode::Unauthorized, "the token was revoked");
-                let _ = transport.write(encode(&e, self.format)).await;
-                End::Close(close::UNAUTHORIZED, "token revoked".into())
-            }
+            CloseReason::TokenRevoked => self.token_ended(transport, "the token was revoked", "token revoked").await,
             CloseReason::Resync => self.resync(transport, "the edge lost its place in the feed; boot again").await,
             CloseReason::SlowConsumer => slow_consumer(),
         }
+    }
+
+    /// The session's token stopped working (revoked or expired): an `unauthorized` error, then
+    /// close code 4001, as a new connection with that token gets.
+    async fn token_ended<T: Transport>(&self, transport: &mut T, message: &str, reason: &str) -> End {
+        let e = ServerFrame::error(None, ErrorCode::Unauthorized, message);
+        let _ = transport.write(encode(&e, self.format)).await;
+        End::Close(close::UNAUTHORIZED, reason.into())
     }
 
     async fn finish<T: Transport>(&self, transport: T, end: End) {
