@@ -2,34 +2,43 @@
 //!
 //! Handlers are thin: extract and check the request, call the module that owns the concept
 //! (`accounts`, `channels`, `sequencer`, `history`, `feed`), and render the result. Every
-//! rejection axum would produce (bad JSON, unknown fields, oversized bodies, bad query strings,
-//! unknown routes) is turned into DESIGN §5's `{"error": {"code", "message"}}` shape here.
+//! rejection axum would produce (bad JSON, unknown fields, oversized bodies, a missing content
+//! type, bad query strings or path parameters, unknown routes, wrong methods) is turned into
+//! DESIGN §5's `{"error": {"code", "message"}}` shape here, and the middleware ([`track`])
+//! re-renders anything else that would leave in another shape, a panic included.
+//!
+//! Every request gets a [`RequestId`]: answered in `x-request-id`, carried by its log lines and by
+//! the body of a 5xx. `openapi.json` describes all of it; CI checks the server against it with
+//! schemathesis (`origin/tests/schemathesis/run.sh`).
 
 use std::{
     collections::HashMap,
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{
     extract::{
-        rejection::{JsonRejection, QueryRejection},
-        DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+        DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State,
     },
-    http::{header, request::Parts, HeaderMap, StatusCode},
+    http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, patch, post, put},
     Router,
 };
+use futures::FutureExt;
 use selvage_shared::{ChannelId, Event, EventFrame, FeedEvent, Seq, ServerFrame, UserId};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::{
     accounts::{self, Caller},
     channels,
-    error::{OriginError, Result},
+    error::{ErrorShape, OriginError, RequestId, Result},
     feed::{self, Position, Read},
     history, messages, read_markers,
     sequencer::SendRequest,
@@ -68,19 +77,70 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .with_state(origin)
 }
 
-/// Records every request in the metrics and logs it at debug level.
+/// The response header that names the request (the same id as in 5xx bodies and the log).
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id (its span, its errors and the `x-request-id` header carry it),
+/// turns a panic into a 500 and any error response not in DESIGN §5's shape into one, and
+/// records the request in the metrics and the debug log.
 async fn track(State(origin): State<Arc<Origin>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let id = RequestId::new();
     let route =
         request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let method = request.method().clone();
-    let response = next.run(request).await;
+    let span = tracing::debug_span!("request", request.id = %id, %method, route);
+    let served = AssertUnwindSafe(id.clone().scope(next.run(request))).catch_unwind().instrument(span.clone()).await;
+    let _entered = span.enter();
+    let mut response = match served {
+        Ok(response) => reshape(response, &id),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            OriginError::Internal(format!("handler panicked: {what}")).response_for(&id)
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
     let status = response.status();
     let m = &origin.metrics;
     m.http_requests.with_label_values(&[route.as_str(), method.as_str(), status.as_str()]).inc();
     m.http_latency.with_label_values(&[route.as_str()]).observe(started.elapsed().as_secs_f64());
-    tracing::debug!(%method, route, status = status.as_u16(), us = started.elapsed().as_micros() as u64, "request");
+    tracing::debug!(status = status.as_u16(), us = started.elapsed().as_micros() as u64, "request");
     response
+}
+
+/// An error response that did not come from [`OriginError`] (one axum or a layer made itself)
+/// is replaced by the error of its status in DESIGN §5's shape; others pass unchanged.
+fn reshape(response: Response, id: &RequestId) -> Response {
+    let status = response.status();
+    if status.as_u16() < 400 || response.extensions().get::<ErrorShape>().is_some() {
+        return response;
+    }
+    let error = match status {
+        StatusCode::NOT_FOUND => OriginError::NotFound("no such route; see /v1/openapi.json".into()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            OriginError::MethodNotAllowed("method not allowed on this route; see /v1/openapi.json".into())
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => OriginError::TooLarge("request body is over the size limit".into()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            OriginError::UnsupportedMediaType("send the body as `Content-Type: application/json`".into())
+        }
+        s if s.is_server_error() => OriginError::Internal(format!("a {s} response without an error body")),
+        s => OriginError::BadRequest(format!("request refused ({s})")),
+    };
+    let mut reshaped = error.response_for(id);
+    // Headers such as `allow` on a 405 stay.
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            reshaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    reshaped
 }
 
 /// `axum::Json` with our error shape for every rejection.
@@ -120,13 +180,61 @@ fn json_rejection(r: JsonRejection) -> OriginError {
     body_rejection(r.status(), "invalid JSON body", r.body_text())
 }
 
-/// A body axum could not take: over the size limit, or unreadable / malformed.
+/// A body axum could not take: over the size limit, without the JSON content type, or
+/// unreadable / malformed.
 fn body_rejection(status: StatusCode, what: &str, detail: String) -> OriginError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        OriginError::TooLarge("request body is over the size limit".into())
-    } else {
-        OriginError::BadRequest(format!("{what}: {detail}"))
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => OriginError::TooLarge("request body is over the size limit".into()),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            OriginError::UnsupportedMediaType("send the body as `Content-Type: application/json`".into())
+        }
+        _ => OriginError::BadRequest(format!("{what}: {detail}")),
     }
+}
+
+/// `axum::extract::Path` with our error shape (a path segment that is not valid UTF-8 once
+/// percent-decoded, or does not parse).
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = OriginError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|r: PathRejection| OriginError::BadRequest(format!("invalid path: {}", r.body_text())))
+    }
+}
+
+/// A message seq from a path: a whole number from 1.
+fn path_seq(raw: &str) -> Result<Seq> {
+    match raw.parse::<Seq>() {
+        Ok(seq) if seq >= 1 => Ok(seq),
+        _ => Err(OriginError::BadRequest(format!("seq {raw:?} is not a message seq (a whole number from 1)"))),
+    }
+}
+
+/// A seq in a JSON body. JSON has one number type, and JSON Schema counts `2.0` as the integer
+/// 2, so a whole number is taken in either spelling; a fraction, a negative number or one past
+/// the largest seq is refused.
+fn body_seq<'de, D: Deserializer<'de>>(d: D) -> Result<Seq, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(v) = n.as_u64() {
+        return Ok(v);
+    }
+    match n.as_f64() {
+        // 2^64 as f64: every whole f64 below it converts exactly.
+        Some(f) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => Ok(f as Seq),
+        _ => Err(serde::de::Error::custom(format!("{n} is not a whole number from 0"))),
+    }
+}
+
+/// [`body_seq`] for an optional field.
+fn body_seq_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Seq>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "body_seq")] Seq);
+    Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(seq)| seq))
 }
 
 /// A page size from the query string: `default` when absent, else 1 to 1000.
@@ -395,6 +503,7 @@ async fn open_dm(
 struct PostMessage {
     text: String,
     client_msg_id: String,
+    #[serde(default, deserialize_with = "body_seq_opt")]
     thread_root: Option<Seq>,
 }
 
@@ -432,9 +541,10 @@ struct EditMessage {
 async fn edit_message(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
-    Path((id, seq)): Path<(String, Seq)>,
+    Path((id, seq)): Path<(String, String)>,
     Json(body): Json<EditMessage>,
 ) -> Result<Json<serde_json::Value>> {
+    let seq = path_seq(&seq)?;
     let message = messages::edit(&origin.store, &caller, &channel_id(&id)?, seq, &body.text, &origin.presence).await?;
     Ok(Json(json!({ "message": message })))
 }
@@ -443,8 +553,9 @@ async fn edit_message(
 async fn delete_message(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
-    Path((id, seq)): Path<(String, Seq)>,
+    Path((id, seq)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>> {
+    let seq = path_seq(&seq)?;
     let message = messages::delete(&origin.store, &caller, &channel_id(&id)?, seq).await?;
     Ok(Json(json!({ "message": message })))
 }
@@ -453,8 +564,9 @@ async fn delete_message(
 async fn add_reaction(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
-    Path((id, seq, emoji)): Path<(String, Seq, String)>,
+    Path((id, seq, emoji)): Path<(String, String, String)>,
 ) -> Result<Json<serde_json::Value>> {
+    let seq = path_seq(&seq)?;
     let message = messages::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, true).await?;
     Ok(Json(json!({ "message": message })))
 }
@@ -463,8 +575,9 @@ async fn add_reaction(
 async fn remove_reaction(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
-    Path((id, seq, emoji)): Path<(String, Seq, String)>,
+    Path((id, seq, emoji)): Path<(String, String, String)>,
 ) -> Result<Json<serde_json::Value>> {
+    let seq = path_seq(&seq)?;
     let message = messages::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, false).await?;
     Ok(Json(json!({ "message": message })))
 }
@@ -473,8 +586,9 @@ async fn remove_reaction(
 async fn follow_thread(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
-    Path((id, seq)): Path<(String, Seq)>,
+    Path((id, seq)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>> {
+    let seq = path_seq(&seq)?;
     let message = messages::follow(&origin.store, &caller, &channel_id(&id)?, seq, true).await?;
     Ok(Json(json!({ "message": message })))
 }
@@ -483,8 +597,9 @@ async fn follow_thread(
 async fn unfollow_thread(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
-    Path((id, seq)): Path<(String, Seq)>,
+    Path((id, seq)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>> {
+    let seq = path_seq(&seq)?;
     let message = messages::follow(&origin.store, &caller, &channel_id(&id)?, seq, false).await?;
     Ok(Json(json!({ "message": message })))
 }
@@ -492,6 +607,7 @@ async fn unfollow_thread(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MarkRead {
+    #[serde(deserialize_with = "body_seq")]
     seq: Seq,
 }
 
@@ -529,9 +645,10 @@ async fn history_page(
 async fn thread_page(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
-    Path((id, root)): Path<(String, Seq)>,
+    Path((id, root)): Path<(String, String)>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<history::Page>> {
+    let root = path_seq(&root)?;
     let bounds = history::Bounds { before: q.before, after: q.after, limit: q.limit.unwrap_or(100) };
     Ok(Json(history::thread(&origin.store, &caller, &channel_id(&id)?, root, bounds).await?))
 }
@@ -675,9 +792,21 @@ async fn readyz(State(origin): State<Arc<Origin>>) -> Response {
     };
     let store_ok = matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(())));
     let sequencer_ok = !origin.shutdown.is_cancelled();
-    let status = if store_ok && sequencer_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "ready": status == StatusCode::OK, "store": store_ok, "sequencer": sequencer_ok })))
-        .into_response()
+    if store_ok && sequencer_ok {
+        return axum::Json(json!({ "ready": true, "store": true, "sequencer": true })).into_response();
+    }
+    // Not ready is a 503 like any other: the error shape (with the request id) beside the
+    // probe's fields.
+    let id = RequestId::current().unwrap_or_default();
+    let why = if store_ok { "the sequencer is stopping" } else { "storage does not answer" };
+    tracing::warn!(request.id = %id, store = store_ok, sequencer = sequencer_ok, "not ready: {why}");
+    let body = json!({
+        "ready": false, "store": store_ok, "sequencer": sequencer_ok,
+        "error": { "code": "unavailable", "message": format!("not ready: {why}"), "request_id": id.to_string() },
+    });
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    response.extensions_mut().insert(ErrorShape);
+    response
 }
 
 async fn metrics(State(origin): State<Arc<Origin>>) -> Response {
@@ -688,7 +817,6 @@ async fn not_found() -> OriginError {
     OriginError::NotFound("no such route; see /v1/openapi.json".into())
 }
 
-async fn method_not_allowed() -> Response {
-    let body = json!({ "error": { "code": "bad_request", "message": "method not allowed on this route; see /v1/openapi.json" } });
-    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+async fn method_not_allowed() -> OriginError {
+    OriginError::MethodNotAllowed("method not allowed on this route; see /v1/openapi.json".into())
 }

@@ -707,3 +707,166 @@ async fn a_full_sequencer_queue_answers_overloaded_and_stores_nothing_extra() {
     assert_eq!(stored, created, "exactly the acknowledged sends are stored");
     o.stop().await;
 }
+
+/// Asserts the documented error shape: JSON, `{"error": {"code", "message"}}`, the given status
+/// and code, and a request id header. Returns the body.
+async fn error_shape(resp: reqwest::Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(resp.status(), status, "{:?}", resp.headers());
+    let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(content_type.as_deref(), Some("application/json"), "{status}");
+    assert!(resp.headers().get("x-request-id").is_some(), "{status}: no x-request-id header");
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"));
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    v
+}
+
+#[tokio::test]
+async fn every_rejection_has_the_json_error_shape() {
+    let o = TestOrigin::start_with(|c| c.max_body_bytes = 4096).await;
+    let (admin, general) = o.workspace("acme").await;
+    o.send(&admin, &general, "root", "r1").await;
+    let http = &o.http;
+    let messages = o.url(&format!("/v1/channels/{general}/messages"));
+    // Path parameters that do not parse.
+    for path in ["abc/thread", "-1/follow", "99999999999999999999999/reactions/tada", "1.5/follow"] {
+        let url = format!("{messages}/{path}");
+        let method = if path.ends_with("thread") { reqwest::Method::GET } else { reqwest::Method::PUT };
+        let resp = http.request(method, &url).bearer_auth(&admin).send().await.unwrap();
+        let v = error_shape(resp, StatusCode::BAD_REQUEST, "bad_request").await;
+        assert!(v["error"]["message"].as_str().unwrap().contains("seq"), "{path}: {v}");
+    }
+    // Query strings that do not parse, or are out of range.
+    for query in ["limit=-1", "limit=0", "limit=1001", "before=x", "colour=red"] {
+        let resp = http.get(format!("{messages}?{query}")).bearer_auth(&admin).send().await.unwrap();
+        error_shape(resp, StatusCode::BAD_REQUEST, "bad_request").await;
+    }
+    // Bodies: malformed, the wrong type, no content type, too large.
+    let post = |body: &'static str, content_type: Option<&'static str>| {
+        let mut req = http.post(&messages).bearer_auth(&admin).body(body);
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        req.send()
+    };
+    let json = Some("application/json");
+    error_shape(post("{\"text\": ", json).await.unwrap(), StatusCode::BAD_REQUEST, "bad_request").await;
+    error_shape(post("[1, 2]", json).await.unwrap(), StatusCode::BAD_REQUEST, "bad_request").await;
+    let text = "{\"text\": \"hi\", \"client_msg_id\": \"ct\"}";
+    error_shape(post(text, None).await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_request").await;
+    error_shape(post(text, Some("text/plain")).await.unwrap(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_request").await;
+    let big = json!({ "text": "x".repeat(10_000), "client_msg_id": "big" });
+    let resp = http.post(&messages).bearer_auth(&admin).json(&big).send().await.unwrap();
+    error_shape(resp, StatusCode::PAYLOAD_TOO_LARGE, "too_large").await;
+    // Routes and methods.
+    error_shape(http.get(o.url("/v1/nowhere")).send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
+    let resp = http.delete(o.url("/v1/channels")).bearer_auth(&admin).send().await.unwrap();
+    error_shape(resp, StatusCode::METHOD_NOT_ALLOWED, "bad_request").await;
+    // Authentication.
+    let resp = http.get(o.url("/v1/me")).send().await.unwrap();
+    error_shape(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    // Successes carry a request id too.
+    let resp = http.get(o.url("/v1/me")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("x-request-id").is_some());
+    assert_eq!(o.history(&admin, &general).await.len(), 1, "nothing above wrote a message");
+    o.stop().await;
+}
+
+#[tokio::test]
+async fn integral_numbers_are_integers_in_json_bodies() {
+    // JSON has one number type: 2.0 is the integer 2, as the schema says.
+    let o = TestOrigin::start().await;
+    let (admin, general) = o.workspace("acme").await;
+    o.send(&admin, &general, "root", "r1").await;
+    let (s, v) = o
+        .post(
+            &format!("/v1/channels/{general}/messages"),
+            &admin,
+            json!({ "text": "re", "client_msg_id": "r2", "thread_root": 1.0 }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["message"]["thread_root"], 1);
+    let (s, v) = o
+        .call(reqwest::Method::PUT, &format!("/v1/channels/{general}/read"), &admin, Some(json!({ "seq": 2.0 })))
+        .await;
+    assert_eq!((s, v["read_seq"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+    for bad in [json!({ "seq": 1.5 }), json!({ "seq": -1 }), json!({ "seq": "1" })] {
+        let (s, v) = o.call(reqwest::Method::PUT, &format!("/v1/channels/{general}/read"), &admin, Some(bad)).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")), "{v}");
+    }
+    o.stop().await;
+}
+
+#[tokio::test]
+async fn a_server_error_names_a_code_and_request_id_and_nothing_internal() {
+    let o = TestOrigin::start().await;
+    let (admin, _) = o.workspace("acme").await;
+    let broken = o.channel(&admin, "broken", false).await;
+    // A channel record that no longer decodes (corruption, or a bug that wrote it): the origin
+    // cannot serve it, and says so without showing what it found.
+    let (_, me) = o.get("/v1/me", &admin).await;
+    let w = selvage_shared::WorkspaceId::parse(me["workspace"].as_str().unwrap()).unwrap();
+    let c = selvage_shared::ChannelId::parse(&broken).unwrap();
+    let origin = o.running.as_ref().unwrap().origin.clone();
+    let mut tx = origin.store.begin().await.unwrap();
+    tx.set(&selvage_origin::store::keys::channel(&w, &c), b"\xc1 not msgpack").unwrap();
+    tx.commit().await.unwrap();
+
+    let resp = o.http.get(o.url(&format!("/v1/channels/{broken}"))).bearer_auth(&admin).send().await.unwrap();
+    let header = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+    let v = error_shape(resp, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+    let id = v["error"]["request_id"].as_str().unwrap_or_else(|| panic!("no request_id in {v}"));
+    assert_eq!(Some(id), header.as_deref(), "the body and the header name the same request");
+    let message = v["error"]["message"].as_str().unwrap();
+    for detail in ["decode", "record", "msgpack", "storage", "engine"] {
+        assert!(!message.to_lowercase().contains(detail), "{message:?} shows internal detail ({detail})");
+    }
+    // Two failures, two ids.
+    let resp = o.http.get(o.url(&format!("/v1/channels/{broken}"))).bearer_auth(&admin).send().await.unwrap();
+    let again = error_shape(resp, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+    assert_ne!(again["error"]["request_id"], v["error"]["request_id"]);
+    o.stop().await;
+}
+
+#[tokio::test]
+async fn channel_names_are_unique_across_visibility_and_nothing_else_leaks() {
+    // docs/API.md "Channel names": a workspace's channel names are one namespace, so the name of
+    // a private channel you cannot see is taken for you too (409), exactly as a public one's
+    // would be; the answer says nothing else about it.
+    let o = TestOrigin::start().await;
+    let (alice, _) = o.workspace("acme").await;
+    let (_, bob) = o.user(&alice, "bob").await;
+    let secret = o.channel(&alice, "secret", true).await;
+    let public = o.channel(&alice, "open", false).await;
+    let mine = o.channel(&bob, "bobs", false).await;
+
+    let (s_private, v_private) = o.post("/v1/channels", &bob, json!({ "name": "secret", "private": true })).await;
+    let (s_public, v_public) = o.post("/v1/channels", &bob, json!({ "name": "open" })).await;
+    assert_eq!((s_private, v_private["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    assert_eq!(s_public, StatusCode::CONFLICT);
+    let text = v_private.to_string();
+    assert!(!text.contains(&secret) && !text.contains("private"), "the 409 names nothing but the name: {text}");
+    let message = |v: &Value| v["error"]["message"].as_str().unwrap().replace("secret", "NAME").replace("open", "NAME");
+    assert_eq!(message(&v_private), message(&v_public), "a hidden channel's name is refused like a visible one's");
+    // Renaming onto it: the same.
+    let (s, v) =
+        o.call(reqwest::Method::PATCH, &format!("/v1/channels/{mine}"), &bob, Some(json!({ "name": "secret" }))).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{v}");
+    // What stays hidden: the channel itself, by id and in listings.
+    let (s, _) = o.get(&format!("/v1/channels/{secret}"), &bob).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, listed) = o.get("/v1/channels", &bob).await;
+    assert!(!listed.to_string().contains("secret"), "{listed}");
+    // Once renamed away, the name is free again.
+    let (s, _) = o
+        .call(reqwest::Method::PATCH, &format!("/v1/channels/{secret}"), &alice, Some(json!({ "name": "hush" })))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = o.post("/v1/channels", &bob, json!({ "name": "secret" })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let _ = public;
+    o.stop().await;
+}
