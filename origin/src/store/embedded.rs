@@ -243,6 +243,58 @@ struct Shared {
     too_old: AtomicU64,
     flushes: AtomicU64,
     filtered_reads: AtomicU64,
+    /// Whether writes are failing, for readiness.
+    health: Health,
+}
+
+/// Why the store cannot take writes at the moment, if it cannot: set by a failed write to the
+/// log or to redb, cleared by the next write of the same kind that succeeds.
+#[derive(Default)]
+struct Health {
+    /// Whether either slot is set, so that the commit path checks an atomic, not a lock.
+    troubled: AtomicBool,
+    /// The log's problem and the flusher's.
+    problems: Mutex<[Option<String>; 2]>,
+}
+
+/// The writers [`Health`] keeps a problem for.
+#[derive(Clone, Copy)]
+enum Writer {
+    Log = 0,
+    Flush = 1,
+}
+
+impl Health {
+    fn failed(&self, writer: Writer, why: String) {
+        lock(&self.problems)[writer as usize] = Some(why);
+        self.troubled.store(true, Ordering::Release);
+    }
+
+    fn wrote(&self, writer: Writer) {
+        if self.troubled.load(Ordering::Acquire) {
+            let mut problems = lock(&self.problems);
+            if problems[writer as usize].take().is_some() {
+                tracing::info!("the embedded store writes again");
+            }
+            self.troubled.store(problems.iter().any(Option::is_some), Ordering::Release);
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        if !self.troubled.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.problems).iter().flatten().next().cloned()
+    }
+}
+
+/// What a client and `/readyz` are told when the disk refuses a write: the cause an operator
+/// acts on, not the engine's internals.
+fn refusal(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::StorageFull => "the origin's disk is full; writes resume once space is freed".into(),
+        _ => format!("the origin cannot write to its disk ({})", error.kind()),
+    }
 }
 
 /// How the commit thread and [`EmbeddedStore::flush`] wake the flusher, and wait for it.
@@ -614,6 +666,7 @@ impl EmbeddedStore {
             too_old: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             filtered_reads: AtomicU64::new(0),
+            health: Health::default(),
             opts,
         });
         if recovered.replayed > 0 {
@@ -768,6 +821,10 @@ impl KvStore for EmbeddedStore {
 
     fn engine(&self) -> &'static str {
         "embedded"
+    }
+
+    fn write_problem(&self) -> Option<String> {
+        self.shared.health.problem()
     }
 }
 
@@ -1392,9 +1449,9 @@ impl CommitWorker {
         }
         record.finish();
         let sync = opts.fsync || shared.wal.last_sync().elapsed() >= CHECKPOINT_INTERVAL;
-        let logged = shared.wal.append(&self.record, first, new_version);
+        let appended = shared.wal.append(&mut self.record, first, new_version);
         let gate = lock(&shared.publish_gate);
-        let logged = logged.and_then(|()| {
+        let logged = appended.and_then(|appended| {
             // The memtable is filled while the log syncs: the group stays invisible to readers
             // (whose views end at `last_version`) and to freezes (the gate) until it is durable.
             let syncing = sync && self.syncer.begin();
@@ -1404,24 +1461,47 @@ impl CommitWorker {
                     a.publish(&mut mem);
                 }
             }
-            match (sync, syncing) {
+            let synced = match (sync, syncing) {
                 (false, _) => Ok(()),
                 (true, true) => self.syncer.finish(),
                 (true, false) => shared.wal.sync(),
-            }
+            };
+            synced.map_err(|error| match opts.fsync {
+                // With fsync on, the unsynced bytes are this record alone: cut it off the log.
+                true => match shared.wal.undo(appended) {
+                    Ok(()) => wal::LogFailure { error, undone: true },
+                    Err(failure) => failure,
+                },
+                // With it off, they hold groups already acknowledged; there is no taking back.
+                false => wal::LogFailure { error, undone: false },
+            })
         });
         let logged_at = Instant::now();
-        if let Err(e) = logged {
+        if let Err(wal::LogFailure { error, undone }) = logged {
             shared.mem.write().rollback(first);
             drop(gate);
-            tracing::error!(error = %e, "write-ahead log write failed; the store refuses commits until reopened");
-            self.failed = Some(format!("the write-ahead log failed ({e}); reopen the store"));
+            let why = refusal(&error);
+            if undone {
+                // Nothing of the group is in the log: refuse it, keep its versions for the next
+                // group, and take commits again as soon as a write succeeds.
+                tracing::error!(error = %error, "cannot write the write-ahead log; the commit group was refused and nothing of it kept");
+                shared.health.failed(Writer::Log, why.clone());
+                for a in accepted {
+                    let _ = a.reply.send(Err(StoreError::Unavailable(why.clone())));
+                }
+                return;
+            }
+            tracing::error!(error = %error, "write-ahead log write failed and cannot be taken back; the store refuses commits until reopened");
+            let why = format!("{why}; the log's tail is unknown, so the store refuses commits until it is reopened");
+            shared.health.failed(Writer::Log, why.clone());
+            self.failed = Some(why);
             // Part of the record may be on disk: the outcome is unknown.
             for a in accepted {
                 let _ = a.reply.send(Err(StoreError::CommitUnknown));
             }
             return;
         }
+        shared.health.wrote(Writer::Log);
         shared.last_version.store(new_version, Ordering::Release);
         drop(gate);
         self.version = new_version;
@@ -1575,8 +1655,12 @@ impl Shared {
             due = Instant::now() + interval;
             // Paced unless someone waits for this flush (a caller of `flush`, or shutdown).
             let result = self.flush_all(!shutdown && waiters.is_empty());
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "memtable flush failed; retrying at the next interval");
+            match &result {
+                Err(e) => {
+                    tracing::error!(error = %e, "memtable flush failed; retrying at the next interval");
+                    self.health.failed(Writer::Flush, "the origin cannot write its store file".into());
+                }
+                Ok(()) => self.health.wrote(Writer::Flush),
             }
             self.retire();
             self.flush_state().error = result.as_ref().err().cloned();

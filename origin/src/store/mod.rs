@@ -204,6 +204,12 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// The engine's name, for logs and metrics ("embedded", "fdb").
     fn engine(&self) -> &'static str;
+
+    /// Why the engine cannot take writes at the moment (a full disk, a failing device), for
+    /// `/readyz`; `None` while writes succeed.
+    fn write_problem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One transaction. Reads see the snapshot taken at [`KvStore::begin`] plus this transaction's
