@@ -79,12 +79,32 @@ pub enum DecodeError {
     /// A frame or message over the size limit (close code 1009).
     #[error("message over {0} bytes")]
     TooLarge(usize),
-    /// A text message that is not UTF-8 (close code 1007).
-    #[error("text message is not UTF-8")]
+    /// A text message or a close reason that is not UTF-8 (close code 1007).
+    #[error("text is not UTF-8")]
     NotUtf8,
     /// Anything else against RFC 6455 (close code 1002).
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+}
+
+impl DecodeError {
+    /// The close code that tells the client why (RFC 6455 §7.4.1).
+    pub fn close_code(&self) -> u16 {
+        match self {
+            DecodeError::TooLarge(_) => 1009,
+            DecodeError::NotUtf8 => 1007,
+            DecodeError::Protocol(_) => 1002,
+        }
+    }
+}
+
+/// Whether an endpoint may put `code` in a close frame (RFC 6455 §7.4): 1000–1003 and
+/// 1007–1014 are defined for that (1012–1014 by the IANA registry after the RFC), 3000–4999 are
+/// for libraries and applications. 1004 is reserved; 1005, 1006 and 1015 only report what
+/// happened and are never sent; the rest below 3000 is unassigned, and nothing above 4999 is a
+/// code. A client's close with any of those is a protocol error.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// A fragmented message being put together.
@@ -94,13 +114,93 @@ struct Partial {
     payload: Vec<u8>,
 }
 
+/// A frame's header, once it is all there.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    fin: bool,
+    opcode: Opcode,
+    mask: [u8; 4],
+    /// Bytes of header before the payload.
+    len: usize,
+    /// Bytes of payload.
+    payload: usize,
+}
+
+/// UTF-8 checked as it arrives, so that a client sending text that is not UTF-8 is told at
+/// once rather than when its message is complete: a character may be split across frames of
+/// a message or across reads of one frame, and its first bytes wait in `tail` for the rest.
+#[derive(Debug, Default)]
+struct Utf8 {
+    tail: [u8; 4],
+    tail_len: usize,
+}
+
+impl Utf8 {
+    /// Checks the next bytes of a text message.
+    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), DecodeError> {
+        if self.tail_len > 0 {
+            // The tail starts with a lead byte the last check accepted as the start of a
+            // character; complete it (or as much as came).
+            let width: usize = match self.tail[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = width.saturating_sub(self.tail_len).min(bytes.len());
+            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&bytes[..take]);
+            self.tail_len += take;
+            bytes = &bytes[take..];
+            match std::str::from_utf8(&self.tail[..self.tail_len]) {
+                Ok(_) => self.tail_len = 0,
+                // Still short of a whole character: every byte given went into the tail.
+                Err(e) if e.error_len().is_none() => return Ok(()),
+                Err(_) => return Err(DecodeError::NotUtf8),
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                // A character cut short at the end (at most 3 bytes): the rest may follow.
+                let rest = &bytes[e.valid_up_to()..];
+                if rest.len() >= self.tail.len() {
+                    return Err(DecodeError::NotUtf8);
+                }
+                self.tail[..rest.len()].copy_from_slice(rest);
+                self.tail_len = rest.len();
+                Ok(())
+            }
+            Err(_) => Err(DecodeError::NotUtf8),
+        }
+    }
+
+    /// The message ended: a character still cut short is not UTF-8.
+    fn finish(&mut self) -> Result<(), DecodeError> {
+        let whole = self.tail_len == 0;
+        *self = Utf8::default();
+        if whole {
+            Ok(())
+        } else {
+            Err(DecodeError::NotUtf8)
+        }
+    }
+}
+
 /// Client frames in, whole messages out.
+///
+/// What breaks the protocol is refused as soon as the bytes that break it arrive: a frame's
+/// header is checked before its payload comes (its size, its place in a fragmented message),
+/// and a text frame's payload is unmasked and checked for UTF-8 read by read.
 #[derive(Debug)]
 pub struct Decoder {
     /// Bytes received and not yet decoded; no allocation between frames.
     pending: Vec<u8>,
+    /// How much of the payload of the frame at the front of `pending` is already unmasked (and,
+    /// for text, checked).
+    unmasked: usize,
     /// A fragmented message whose last frame has not come yet.
     partial: Option<Partial>,
+    /// The text message in flight, checked so far.
+    utf8: Utf8,
     /// The largest message (and frame) accepted.
     max_message: usize,
 }
@@ -108,7 +208,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder refusing messages over `max_message` bytes.
     pub fn new(max_message: usize) -> Decoder {
-        Decoder { pending: Vec::new(), partial: None, max_message }
+        Decoder { pending: Vec::new(), unmasked: 0, partial: None, utf8: Utf8::default(), max_message }
     }
 
     /// Whether the decoder holds no memory: no frame or message is in flight.
@@ -121,68 +221,88 @@ impl Decoder {
         self.pending.extend_from_slice(bytes);
     }
 
-    /// The next whole message, if the bytes received so far hold one.
+    /// The next whole message, if the bytes received so far hold one. After an error the
+    /// stream is broken: the connection is to be closed with [`DecodeError::close_code`].
     pub fn decode(&mut self) -> Result<Option<Message>, DecodeError> {
         loop {
-            let Some(frame) = self.frame()? else { return Ok(None) };
-            let (fin, opcode, payload) = frame;
-            match opcode {
+            let Some((header, payload)) = self.frame()? else { return Ok(None) };
+            match header.opcode {
                 Opcode::Ping => return Ok(Some(Message::Ping(payload))),
                 Opcode::Pong => return Ok(Some(Message::Pong)),
                 Opcode::Close => return close(&payload).map(|code| Some(Message::Close(code))),
                 Opcode::Text | Opcode::Binary => {
-                    if self.partial.is_some() {
-                        return Err(DecodeError::Protocol("a new message inside a fragmented one"));
-                    }
-                    let text = opcode == Opcode::Text;
-                    if fin {
-                        return whole(text, payload).map(Some);
+                    let text = header.opcode == Opcode::Text;
+                    if header.fin {
+                        return self.whole(text, payload).map(Some);
                     }
                     self.partial = Some(Partial { text, payload });
                 }
                 Opcode::Continuation => {
+                    // The header check let a continuation through only inside a message.
                     let Some(partial) = self.partial.as_mut() else {
                         return Err(DecodeError::Protocol("a continuation frame outside a message"));
                     };
-                    if partial.payload.len() + payload.len() > self.max_message {
-                        return Err(DecodeError::TooLarge(self.max_message));
-                    }
                     partial.payload.extend_from_slice(&payload);
-                    if fin {
-                        let Partial { text, payload } = self.partial.take().expect("checked just above");
-                        return whole(text, payload).map(Some);
+                    if header.fin {
+                        if let Some(Partial { text, payload }) = self.partial.take() {
+                            return self.whole(text, payload).map(Some);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// The next whole frame: FIN, opcode and unmasked payload.
-    fn frame(&mut self) -> Result<Option<(bool, Opcode, Vec<u8>)>, DecodeError> {
-        let Some((fin, opcode, mask, header_len, len)) = self.header()? else { return Ok(None) };
-        let total = header_len + len;
+    fn whole(&mut self, text: bool, payload: Vec<u8>) -> Result<Message, DecodeError> {
+        if !text {
+            return Ok(Message::Binary(payload));
+        }
+        // Every byte was checked as it came; only a character cut short at the end is left.
+        self.utf8.finish()?;
+        Ok(Message::Text(payload))
+    }
+
+    /// The next whole frame and its unmasked payload. What has come of a frame still in flight
+    /// is unmasked and, for text, checked.
+    fn frame(&mut self) -> Result<Option<(Header, Vec<u8>)>, DecodeError> {
+        let Some(header) = self.header()? else { return Ok(None) };
+        let arrived = (self.pending.len() - header.len).min(header.payload);
+        if arrived > self.unmasked {
+            let from = self.unmasked;
+            let bytes = &mut self.pending[header.len + from..header.len + arrived];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b ^= header.mask[(from + i) % 4];
+            }
+            self.unmasked = arrived;
+            let text = match header.opcode {
+                Opcode::Text => true,
+                Opcode::Continuation => self.partial.as_ref().is_some_and(|p| p.text),
+                _ => false,
+            };
+            if text {
+                self.utf8.feed(bytes)?;
+            }
+        }
+        let total = header.len + header.payload;
         if self.pending.len() < total {
             // Room for the whole frame once, however many reads it takes to come.
             self.pending.reserve_exact(total - self.pending.len());
             return Ok(None);
         }
-        let mut payload = self.pending[header_len..total].to_vec();
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= mask[i % 4];
-        }
+        let payload = self.pending[header.len..total].to_vec();
+        self.unmasked = 0;
         if self.pending.len() == total {
             // Release the buffer: an idle session holds none.
             self.pending = Vec::new();
         } else {
             self.pending.drain(..total);
         }
-        Ok(Some((fin, opcode, payload)))
+        Ok(Some((header, payload)))
     }
 
-    /// The header at the front of `pending`, once it is all there: FIN, opcode, mask, the
-    /// header's length and the payload's.
-    #[allow(clippy::type_complexity)]
-    fn header(&self) -> Result<Option<(bool, Opcode, [u8; 4], usize, usize)>, DecodeError> {
+    /// The header at the front of `pending`, once it is all there, checked against what may
+    /// come next.
+    fn header(&self) -> Result<Option<Header>, DecodeError> {
         let b = &self.pending;
         if b.len() < 2 {
             return Ok(None);
@@ -215,26 +335,27 @@ impl Decoder {
         if opcode.is_control() && (!fin || len > 125) {
             return Err(DecodeError::Protocol("control frames are short and whole"));
         }
+        let in_message = self.partial.as_ref().map(|p| p.payload.len());
+        match (opcode, in_message) {
+            (Opcode::Continuation, None) => {
+                return Err(DecodeError::Protocol("a continuation frame outside a message"))
+            }
+            (Opcode::Text | Opcode::Binary, Some(_)) => {
+                return Err(DecodeError::Protocol("a new message inside a fragmented one"))
+            }
+            _ => {}
+        }
         let len = usize::try_from(len).unwrap_or(usize::MAX);
-        if len > self.max_message {
+        let so_far = if opcode == Opcode::Continuation { in_message.unwrap_or(0) } else { 0 };
+        if len > self.max_message || so_far + len > self.max_message {
             return Err(DecodeError::TooLarge(self.max_message));
         }
         if b.len() < at + 4 {
             return Ok(None);
         }
         let mask = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        Ok(Some((fin, opcode, mask, at + 4, len)))
+        Ok(Some(Header { fin, opcode, mask, len: at + 4, payload: len }))
     }
-}
-
-fn whole(text: bool, payload: Vec<u8>) -> Result<Message, DecodeError> {
-    if !text {
-        return Ok(Message::Binary(payload));
-    }
-    if std::str::from_utf8(&payload).is_err() {
-        return Err(DecodeError::NotUtf8);
-    }
-    Ok(Message::Text(payload))
 }
 
 fn close(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
@@ -242,12 +363,32 @@ fn close(payload: &[u8]) -> Result<Option<u16>, DecodeError> {
         [] => Ok(None),
         [_] => Err(DecodeError::Protocol("a close frame with half a code")),
         [a, b, reason @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            if !valid_close_code(code) {
+                return Err(DecodeError::Protocol("a close code no endpoint may send"));
+            }
             if std::str::from_utf8(reason).is_err() {
                 return Err(DecodeError::NotUtf8);
             }
-            Ok(Some(u16::from_be_bytes([*a, *b])))
+            Ok(Some(code))
         }
     }
+}
+
+/// The length of the frame at the front of `bytes`, a stream of frames this module encoded
+/// (unmasked); `None` if it is not all there.
+pub fn encoded_len(bytes: &[u8]) -> Option<usize> {
+    let (len, at): (usize, usize) = match *bytes.get(1)? & 0x7F {
+        126 => (usize::from(u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?])), 4),
+        127 => {
+            let mut len = [0u8; 8];
+            len.copy_from_slice(bytes.get(2..10)?);
+            (usize::try_from(u64::from_be_bytes(len)).ok()?, 10)
+        }
+        n => (usize::from(n), 2),
+    };
+    let total = at.checked_add(len)?;
+    (total <= bytes.len()).then_some(total)
 }
 
 /// Appends one whole, unmasked frame (what a server sends) to `out`.
@@ -402,6 +543,66 @@ mod tests {
     }
 
     #[test]
+    fn close_codes_an_endpoint_may_not_send_are_protocol_errors() {
+        for code in [1000u16, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1013, 1014, 3000, 4000, 4999] {
+            assert!(valid_close_code(code), "{code}");
+            let mut d = Decoder::new(1000);
+            d.extend(&client(true, Opcode::Close, &code.to_be_bytes(), [1, 2, 3, 4]));
+            assert_eq!(all(&mut d).unwrap(), vec![Message::Close(Some(code))]);
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+            assert!(!valid_close_code(code), "{code}");
+            let mut d = Decoder::new(1000);
+            d.extend(&client(true, Opcode::Close, &code.to_be_bytes(), [1, 2, 3, 4]));
+            let e = all(&mut d).unwrap_err();
+            assert!(matches!(e, DecodeError::Protocol(_)), "{code}: {e:?}");
+            assert_eq!(e.close_code(), 1002);
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(b"\xce\xba\xe1\xbd");
+        let mut d = Decoder::new(1000);
+        d.extend(&client(true, Opcode::Close, &bad_reason, [1, 2, 3, 4]));
+        assert_eq!(all(&mut d).unwrap_err().close_code(), 1007);
+    }
+
+    /// Text that is not UTF-8 is refused as soon as the byte that breaks it has come: in an
+    /// early fragment of a message, or early in a frame whose rest has not.
+    #[test]
+    fn text_that_is_not_utf8_is_refused_at_once() {
+        let mut d = Decoder::new(1 << 20);
+        d.extend(&client(false, Opcode::Text, b"fine so far \xf4\x90", [5, 6, 7, 8]));
+        assert_eq!(d.decode(), Err(DecodeError::NotUtf8), "U+110000 and up is not UTF-8");
+        let mut d = Decoder::new(1 << 20);
+        let mut payload = b"\xed\xa0\x80".to_vec();
+        payload.extend_from_slice(&[b'a'; 10_000]);
+        let bytes = client(true, Opcode::Text, &payload, [5, 6, 7, 8]);
+        d.extend(&bytes[..100]);
+        assert_eq!(d.decode(), Err(DecodeError::NotUtf8), "a surrogate is refused before the frame is whole");
+        // A character cut short at the end of a message.
+        let mut d = Decoder::new(1 << 20);
+        d.extend(&client(false, Opcode::Text, b"ok \xe2\x82", [5, 6, 7, 8]));
+        d.extend(&client(true, Opcode::Continuation, b"", [5, 6, 7, 8]));
+        assert_eq!(all(&mut d), Err(DecodeError::NotUtf8));
+        // Nor may a close reason be.
+        let mut d = Decoder::new(1 << 20);
+        d.extend(&client(true, Opcode::Close, b"\x03\xe8\xff", [5, 6, 7, 8]));
+        assert_eq!(all(&mut d), Err(DecodeError::NotUtf8));
+    }
+
+    #[test]
+    fn encoded_len_reads_the_codec_s_frames() {
+        for len in [0usize, 125, 126, 65_535, 65_536] {
+            let mut out = Vec::new();
+            encode(&mut out, Opcode::Text, &vec![b'a'; len]);
+            encode(&mut out, Opcode::Ping, b"x");
+            let first = encoded_len(&out).unwrap();
+            assert_eq!(encoded_len(&out[first..]), Some(3));
+            assert_eq!(encoded_len(&out[..first - 1]), None, "a frame not all there");
+        }
+        assert_eq!(encoded_len(&[0x81]), None);
+    }
+
+    #[test]
     fn encodes_every_length_form() {
         for len in [0usize, 125, 126, 65_535, 65_536] {
             let payload = vec![b'a'; len];
@@ -446,6 +647,55 @@ mod tests {
             let want: Vec<Message> = messages.into_iter().map(Message::Binary).collect();
             prop_assert_eq!(got, want);
             prop_assert!(d.is_idle());
+        }
+
+        /// Text split anywhere — across fragments of a message and across reads — decodes to
+        /// the same message when it is UTF-8 and is refused when it is not, as a check of the
+        /// whole message would say.
+        #[test]
+        fn text_split_anywhere_is_checked_as_a_whole(
+            text in prop_oneof![
+                any::<String>().prop_map(String::into_bytes),
+                prop::collection::vec(any::<u8>(), 0..64),
+                // Pieces of multi-byte characters, surrogates and values past U+10FFFF.
+                prop::collection::vec(
+                    prop::sample::select(vec![
+                        0xc3u8, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9f, 0x98, 0x80, b'a', 0xed, 0xa0, 0xbf, 0xf4, 0x90,
+                    ]),
+                    0..64,
+                ),
+            ],
+            fragments in prop::collection::vec(0usize..64, 0..6),
+            cuts in prop::collection::vec(1usize..40, 1..20),
+        ) {
+            let mut bounds: Vec<usize> = fragments.iter().map(|&f| f.min(text.len())).collect();
+            bounds.sort_unstable();
+            bounds.push(text.len());
+            let mut bytes = Vec::new();
+            let mut at = 0;
+            for (i, &end) in bounds.iter().enumerate() {
+                let opcode = if i == 0 { Opcode::Text } else { Opcode::Continuation };
+                bytes.extend(client(i + 1 == bounds.len(), opcode, &text[at..end], [9, 8, 7, 6]));
+                at = end;
+            }
+            let mut d = Decoder::new(1 << 20);
+            let mut got = Ok(Vec::new());
+            let mut rest = &bytes[..];
+            let mut cuts = cuts.into_iter().cycle();
+            while let (false, Ok(messages)) = (rest.is_empty(), &mut got) {
+                let n = cuts.next().unwrap_or(1).min(rest.len());
+                d.extend(&rest[..n]);
+                rest = &rest[n..];
+                match all(&mut d) {
+                    Ok(more) => messages.extend(more),
+                    Err(e) => got = Err(e),
+                }
+            }
+            let want = match std::str::from_utf8(&text) {
+                Ok(_) => Ok(vec![Message::Text(text.clone())]),
+                Err(_) => Err(DecodeError::NotUtf8),
+            };
+            prop_assert_eq!(got, want);
         }
 
         /// Arbitrary bytes never panic the decoder.

@@ -8,8 +8,15 @@
 //! in the session's own task, so that an idle session costs little (DESIGN §6: ≤ 4 KiB each):
 //! it reads into a buffer on the stack and keeps only the bytes of a frame still in flight, and
 //! what it writes is held only until the socket takes it. Between frames a session holds no
-//! buffer at all. Pings from the client are answered with pongs; a client's close is answered
-//! with a close.
+//! buffer at all. Pings from the client are answered with pongs.
+//!
+//! Closing follows RFC 6455 (§5.5.1, §7.1.7, §7.4): a client's close is answered with its code
+//! (without one if it gave none); a close with a code no endpoint may send (1005, 1006, 1015,
+//! reserved or unassigned ones) is a protocol error. A protocol error is answered with 1002,
+//! text or a close reason that is not UTF-8 with 1007, a message over the limit with 1009 —
+//! always with a close frame before the connection ends, never a bare drop. The edge's own
+//! close (4008 for a client that does not keep up, …) goes out ahead of the frames still queued
+//! and is given [`CLOSE_TIMEOUT`] to reach a client that reads slowly ([`WsTransport`]).
 
 pub mod codec;
 
@@ -50,8 +57,13 @@ const READ_CHUNK: usize = 8 * 1024;
 /// read), the client is not read from either.
 const MAX_UNWRITTEN: usize = 16 * 1024;
 
-/// How long a closing session waits for the client's side of the close handshake.
-const CLOSE_LINGER: Duration = Duration::from_millis(500);
+/// How long a closing connection waits for the client to read up to the close frame (a client
+/// that reads slowly is still told why it was closed; one that reads nothing sees the
+/// connection end without it).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a closed connection waits for the client's side of the close handshake.
+pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// `GET /v1/connect`.
 pub async fn connect(
@@ -91,6 +103,8 @@ pub async fn connect(
 pub struct Upgrade {
     accept: HeaderValue,
     on_upgrade: OnUpgrade,
+    /// The largest client message the connection takes.
+    max_message: usize,
 }
 
 fn refuse(status: StatusCode, why: &'static str) -> Response {
@@ -128,7 +142,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
             return Err(refuse(StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded\n"));
         };
-        Ok(Upgrade { accept, on_upgrade })
+        Ok(Upgrade { accept, on_upgrade, max_message: MAX_CLIENT_FRAME_BYTES })
     }
 }
 
@@ -143,6 +157,11 @@ fn accept_key(key: &[u8]) -> HeaderValue {
 }
 
 impl Upgrade {
+    /// Takes client messages up to `bytes` rather than the client frame limit.
+    pub fn max_message(self, bytes: usize) -> Upgrade {
+        Upgrade { max_message: bytes, ..self }
+    }
+
     /// Answers `101 Switching Protocols` and runs `serve` on the connection once upgraded, in
     /// a task of its own.
     pub fn on_upgrade<F, Fut>(self, serve: F) -> Response
@@ -150,10 +169,10 @@ impl Upgrade {
         F: FnOnce(WsTransport) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let Upgrade { accept, on_upgrade } = self;
+        let Upgrade { accept, on_upgrade, max_message } = self;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => serve(WsTransport::new(TokioIo::new(upgraded))).await,
+                Ok(upgraded) => serve(WsTransport::with_limit(TokioIo::new(upgraded), max_message)).await,
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
             }
         });
@@ -167,120 +186,244 @@ impl Upgrade {
     }
 }
 
-/// One upgraded WebSocket connection, as the session uses it.
-pub struct WsTransport<Io = TokioIo<Upgraded>> {
-    io: Io,
-    decoder: Decoder,
-    /// Frames written but not yet taken by the socket; released once they are.
-    out: Vec<u8>,
-    /// How much of `out` the socket has taken.
-    written: usize,
-    /// The client started the close handshake; the reply is in `out`.
-    closing: bool,
+/// What the client sent next, as the WebSocket sees it: a session takes it as an [`Inbound`],
+/// which does not tell text from binary; an echo does.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// A text message (UTF-8, checked).
+    Text(Vec<u8>),
+    /// A binary message.
+    Binary(Vec<u8>),
+    /// A ping (answered already) or a pong.
+    Alive,
+    /// A message over the size limit: close with 1009.
+    TooLarge,
+    /// The connection is over: the client closed it (its close is answered), broke the
+    /// protocol (the close frame saying so is queued), or went away.
+    Closed,
 }
 
-impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
-    /// The server's side of a connection already upgraded to WebSocket.
-    pub fn new(io: Io) -> WsTransport<Io> {
-        WsTransport { io, decoder: Decoder::new(MAX_CLIENT_FRAME_BYTES), out: Vec::new(), written: 0, closing: false }
-    }
-
-    /// Whether the connection holds no buffer (nothing in flight either way).
-    pub fn is_idle(&self) -> bool {
-        self.decoder.is_idle() && self.out.capacity() == 0
-    }
-
-    fn push(&mut self, wire: &Wire) {
-        match wire {
-            Wire::Text(t) => codec::encode(&mut self.out, Opcode::Text, t.as_bytes()),
-            Wire::Binary(b) => codec::encode(&mut self.out, Opcode::Binary, b),
+impl From<Received> for Inbound {
+    fn from(received: Received) -> Inbound {
+        match received {
+            Received::Text(bytes) | Received::Binary(bytes) => Inbound::Frame(bytes),
+            Received::Alive => Inbound::Alive,
+            Received::TooLarge => Inbound::TooLarge,
+            Received::Closed => Inbound::Closed,
         }
     }
+}
 
-    /// Writes `out` until the socket has taken all of it, then releases it.
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while self.written < self.out.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
+/// Frames written and not yet taken by the socket.
+#[derive(Debug, Default)]
+struct Outgoing {
+    /// Whole frames, one after another; released once the socket took them all.
+    buf: Vec<u8>,
+    /// How much of `buf` the socket has taken.
+    written: usize,
+}
+
+impl Outgoing {
+    /// Writes `buf` until the socket has taken all of it, then releases it.
+    fn poll_write<Io: AsyncWrite + Unpin>(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.written < self.buf.len() {
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.buf[self.written..]))?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
             self.written += n;
         }
-        self.out = Vec::new();
+        self.buf = Vec::new();
         self.written = 0;
-        Pin::new(&mut self.io).poll_flush(cx)
+        Pin::new(io).poll_flush(cx)
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+    /// Drops the frames the socket has not started on. The one it is partway through stays,
+    /// so that what the client reads is still a stream of whole frames.
+    fn drop_unstarted(&mut self) {
+        let mut end = 0;
+        while end < self.written {
+            match codec::encoded_len(&self.buf[end..]) {
+                Some(len) => end += len,
+                // Cannot be: `buf` holds only whole frames the codec encoded. Keep them all.
+                None => return,
+            }
+        }
+        self.buf.truncate(end);
+    }
+}
+
+/// One upgraded WebSocket connection, as the session uses it.
+///
+/// How it ends: once a close frame is queued — the edge's own ([`Transport::close`]), the
+/// answer to the client's close, or the 1002 / 1007 a broken stream gets — nothing more is
+/// written, and when the session lets go of the connection a task of its own (holding only the
+/// socket and what is left to write) finishes the handshake: it writes the close frame, waiting
+/// up to [`CLOSE_TIMEOUT`] for a client that reads slowly, then shuts the socket and reads what
+/// the client still sends for [`CLOSE_LINGER`], so that the close frame is not lost to a reset.
+/// The session's memory is released at once.
+pub struct WsTransport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static = TokioIo<Upgraded>> {
+    /// The connection; taken by the closing task when the session lets go of it.
+    io: Option<Io>,
+    decoder: Decoder,
+    out: Outgoing,
+    /// A close frame is in `out` (or was written): it is the last frame.
+    close_queued: bool,
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
+    /// The server's side of a connection already upgraded to WebSocket, taking client messages
+    /// up to the client frame limit.
+    pub fn new(io: Io) -> WsTransport<Io> {
+        WsTransport::with_limit(io, MAX_CLIENT_FRAME_BYTES)
+    }
+
+    /// The same, taking client messages up to `max_message` bytes.
+    pub fn with_limit(io: Io, max_message: usize) -> WsTransport<Io> {
+        WsTransport { io: Some(io), decoder: Decoder::new(max_message), out: Outgoing::default(), close_queued: false }
+    }
+
+    /// Whether the connection holds no buffer (nothing in flight either way).
+    pub fn is_idle(&self) -> bool {
+        self.decoder.is_idle() && self.out.buf.capacity() == 0
+    }
+
+    /// What the client sent next. Cancel safe, as [`Transport::recv`].
+    pub async fn receive(&mut self) -> Received {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn push(&mut self, wire: &Wire) {
+        if self.close_queued {
+            return;
+        }
+        match wire {
+            Wire::Text(t) => codec::encode(&mut self.out.buf, Opcode::Text, t.as_bytes()),
+            Wire::Binary(b) => codec::encode(&mut self.out.buf, Opcode::Binary, b),
+        }
+    }
+
+    /// Queues the close frame, unless one is queued already.
+    fn queue_close(&mut self, code: u16, reason: &str) {
+        if self.close_queued {
+            return;
+        }
+        debug_assert!(codec::valid_close_code(code), "the edge never sends close code {code}");
+        codec::encode_close(&mut self.out.buf, code, reason);
+        self.close_queued = true;
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => self.out.poll_write(io, cx),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Received> {
         loop {
-            // Pongs and the close reply go out while waiting for the client.
-            if !self.out.is_empty() {
+            if self.close_queued {
+                return Poll::Ready(Received::Closed);
+            }
+            // Pongs go out while waiting for the client.
+            if !self.out.buf.is_empty() {
                 match self.poll_write_out(cx) {
-                    Poll::Ready(Err(_)) => return Poll::Ready(Inbound::Closed),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Received::Closed),
                     Poll::Ready(Ok(())) => {}
-                    Poll::Pending if self.closing || self.out.len() >= MAX_UNWRITTEN => return Poll::Pending,
+                    Poll::Pending if self.out.buf.len() >= MAX_UNWRITTEN => return Poll::Pending,
                     Poll::Pending => {}
                 }
             }
-            if self.closing {
-                return Poll::Ready(Inbound::Closed);
-            }
             match self.decoder.decode() {
-                Ok(Some(Message::Text(bytes) | Message::Binary(bytes))) => return Poll::Ready(Inbound::Frame(bytes)),
+                Ok(Some(Message::Text(bytes))) => return Poll::Ready(Received::Text(bytes)),
+                Ok(Some(Message::Binary(bytes))) => return Poll::Ready(Received::Binary(bytes)),
                 Ok(Some(Message::Ping(payload))) => {
-                    codec::encode(&mut self.out, Opcode::Pong, &payload);
-                    return Poll::Ready(Inbound::Alive);
+                    codec::encode(&mut self.out.buf, Opcode::Pong, &payload);
+                    return Poll::Ready(Received::Alive);
                 }
-                Ok(Some(Message::Pong)) => return Poll::Ready(Inbound::Alive),
+                Ok(Some(Message::Pong)) => return Poll::Ready(Received::Alive),
                 Ok(Some(Message::Close(code))) => {
-                    // Echo the code, as RFC 6455 §5.5.1 asks; then the session ends.
+                    // Answer with the client's code (RFC 6455 §5.5.1), which the decoder has
+                    // checked is one an endpoint may send; a close without a code is answered
+                    // without one. Then the session ends.
                     match code {
-                        Some(code) => codec::encode_close(&mut self.out, code, ""),
-                        None => codec::encode(&mut self.out, Opcode::Close, &[]),
+                        Some(code) => codec::encode_close(&mut self.out.buf, code, ""),
+                        None => codec::encode(&mut self.out.buf, Opcode::Close, &[]),
                     }
-                    self.closing = true;
-                    continue;
+                    self.close_queued = true;
+                    return Poll::Ready(Received::Closed);
                 }
                 Ok(None) => {}
-                Err(DecodeError::TooLarge(_)) => return Poll::Ready(Inbound::TooLarge),
+                Err(DecodeError::TooLarge(_)) => return Poll::Ready(Received::TooLarge),
                 Err(e) => {
-                    tracing::debug!(error = %e, "websocket read failed");
-                    return Poll::Ready(Inbound::Closed);
+                    // The client broke the protocol: it is told how (1002, or 1007 for text
+                    // that is not UTF-8) and nothing more of what it sent is read.
+                    tracing::debug!(error = %e, "websocket protocol error");
+                    self.queue_close(e.close_code(), &e.to_string());
+                    return Poll::Ready(Received::Closed);
                 }
             }
+            let Some(io) = self.io.as_mut() else { return Poll::Ready(Received::Closed) };
             // Not zeroed: the session polls here on every wake-up, most of them with nothing
             // to read.
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
             let mut buf = ReadBuf::uninit(&mut chunk);
-            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
-                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Inbound::Closed),
+            match ready!(Pin::new(io).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Received::Closed),
                 Ok(()) => self.decoder.extend(buf.filled()),
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket read failed");
-                    return Poll::Ready(Inbound::Closed);
+                    return Poll::Ready(Received::Closed);
                 }
             }
         }
     }
+}
 
-    /// Reads and drops what the client still sends until it closes its side (or the linger
-    /// runs out), so the close frame is not lost to a reset.
-    async fn linger(&mut self) {
-        let drain = poll_fn(|cx| loop {
-            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut buf = ReadBuf::uninit(&mut chunk);
-            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
-                Ok(()) if !buf.filled().is_empty() => continue,
-                _ => return Poll::Ready(()),
-            }
-        });
-        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for WsTransport<Io> {
+    fn drop(&mut self) {
+        // Without a close frame queued the client went away, or its socket broke: nothing to
+        // finish.
+        if !self.close_queued {
+            return;
+        }
+        let (Some(io), Ok(runtime)) = (self.io.take(), tokio::runtime::Handle::try_current()) else { return };
+        runtime.spawn(finish_close(io, std::mem::take(&mut self.out)));
     }
+}
+
+/// Writes what is left (the close frame last), then shuts the socket and lingers.
+async fn finish_close<Io: AsyncRead + AsyncWrite + Unpin>(mut io: Io, mut out: Outgoing) {
+    let written = tokio::time::timeout(CLOSE_TIMEOUT, poll_fn(|cx| out.poll_write(&mut io, cx))).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::debug!("the close frame could not be written in time; dropping the connection");
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        if poll_fn(|cx| Pin::new(&mut io).poll_shutdown(cx)).await.is_ok() {
+            linger(&mut io).await;
+        }
+    })
+    .await;
+}
+
+/// Reads and drops what the client still sends until it closes its side, so the close frame
+/// is not lost to a reset (the caller bounds it in time).
+async fn linger<Io: AsyncRead + Unpin>(io: &mut Io) {
+    poll_fn(|cx| loop {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
+            Ok(()) if !buf.filled().is_empty() => continue,
+            _ => return Poll::Ready(()),
+        }
+    })
+    .await
 }
 
 impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<Io> {
     async fn recv(&mut self) -> Inbound {
-        poll_fn(|cx| self.poll_recv(cx)).await
+        self.receive().await.into()
     }
 
     async fn write(&mut self, wire: Wire) -> std::io::Result<()> {
@@ -298,7 +441,9 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransp
     }
 
     async fn ping(&mut self) -> std::io::Result<()> {
-        codec::encode(&mut self.out, Opcode::Ping, &[]);
+        if !self.close_queued {
+            codec::encode(&mut self.out.buf, Opcode::Ping, &[]);
+        }
         self.flush().await
     }
 
@@ -306,15 +451,13 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransp
         true
     }
 
+    /// Queues the close frame ahead of the frames the socket has not started on — the session
+    /// closes once it has given up on them (a client that stopped reading) — and hands the
+    /// connection to the closing task. Returns at once.
     async fn close(mut self, code: u16, reason: &str) {
-        if !self.closing {
-            codec::encode_close(&mut self.out, code, reason);
-        }
-        if self.flush().await.is_err() {
-            return;
-        }
-        if poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await.is_ok() {
-            self.linger().await;
+        if !self.close_queued {
+            self.out.drop_unstarted();
+            self.queue_close(code, reason);
         }
     }
 }
@@ -386,12 +529,43 @@ mod tests {
         closing.await.unwrap();
     }
 
+    /// The edge's close goes out right after the frame the socket is partway through: the
+    /// frames not started are dropped, and the client's stream stays whole frames.
+    #[test]
+    fn a_close_goes_ahead_of_the_frames_not_started() {
+        let mut out = Outgoing::default();
+        for len in [10usize, 300, 70_000, 5] {
+            codec::encode(&mut out.buf, Opcode::Binary, &vec![1; len]);
+        }
+        let first_two = 12 + 304;
+        out.written = 12 + 100;
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), first_two);
+        out.written = first_two;
+        out.drop_unstarted();
+        assert_eq!(out.buf.len(), first_two, "nothing is started past a frame boundary");
+        out.written = 0;
+        out.drop_unstarted();
+        assert!(out.buf.is_empty());
+    }
+
+    /// Every code a session closes with is one an endpoint may send.
+    #[test]
+    fn the_session_s_close_codes_may_be_sent() {
+        use crate::session::close::*;
+        for code in [NORMAL, DRAINING, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE, IDLE, SLOW_CONSUMER, RESYNC] {
+            assert!(codec::valid_close_code(code), "{code}");
+        }
+    }
+
     #[tokio::test]
     async fn a_client_s_close_is_answered_and_ends_the_session() {
         let (mut server, mut client) = pair().await;
         client.close(None).await.unwrap();
         assert_eq!(server.recv().await, Inbound::Closed);
-        assert!(client.next().await.is_none_or(|m| matches!(m, Ok(Client::Close(_)))));
+        // The session lets go; the answer still goes out.
+        drop(server);
+        assert!(matches!(client.next().await, Some(Ok(Client::Close(None)))));
     }
 
     #[tokio::test]
