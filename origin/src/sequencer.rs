@@ -179,11 +179,15 @@ fn shard_of(workspace: &WorkspaceId, channel: &ChannelId, shards: usize) -> usiz
     ((h.finish() >> 32) % shards as u64) as usize
 }
 
-/// Checks a message text: not empty, at most [`selvage_shared::MAX_TEXT_CHARS`] characters and
-/// [`MAX_TEXT_BYTES`] bytes. Sends and edits share it.
+/// Checks a message text: not empty, no U+0000 ([`selvage_shared::frame::TEXT_NUL`] says why),
+/// at most [`selvage_shared::MAX_TEXT_CHARS`] characters and [`MAX_TEXT_BYTES`] bytes. Sends and
+/// edits share it.
 pub fn validate_text(text: &str) -> Result<()> {
     if text.is_empty() {
         return Err(OriginError::BadRequest("text must not be empty".into()));
+    }
+    if text.contains('\0') {
+        return Err(OriginError::BadRequest(selvage_shared::frame::TEXT_NUL.into()));
     }
     if text.chars().count() > selvage_shared::MAX_TEXT_CHARS || text.len() > MAX_TEXT_BYTES {
         return Err(OriginError::TooLarge(format!(

@@ -127,6 +127,11 @@ fn invalid(msg: impl Into<String>) -> Result<(), DecodeError> {
     Err(DecodeError::Invalid(msg.into()))
 }
 
+/// Why a text with U+0000 is refused: it is no character a person types or reads, stores and
+/// searches badly everywhere downstream (C strings, search indexes, databases that refuse it),
+/// and clients that meant it as an end of string would show something else than was sent.
+pub const TEXT_NUL: &str = "text must not contain U+0000 (NUL)";
+
 impl ClientFrame {
     /// Checks the limits serde does not: text length, `client_msg_id` and request id sizes, list
     /// lengths, query limits and the fields each query kind needs. Ids validated themselves when
@@ -139,6 +144,9 @@ impl ClientFrame {
                 // longer ones need counting.
                 if text.is_empty() || (text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS) {
                     return invalid(format!("text must be 1 to {MAX_TEXT_CHARS} characters"));
+                }
+                if text.contains('\0') {
+                    return invalid(TEXT_NUL);
                 }
                 if client_msg_id.is_empty() || client_msg_id.len() > MAX_CLIENT_MSG_ID_BYTES {
                     return invalid(format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_BYTES} bytes"));

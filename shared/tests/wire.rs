@@ -281,6 +281,10 @@ fn text_limits() {
     let ascii_over = "a".repeat(MAX_TEXT_CHARS + 1);
     assert_invalid(decode_json(&send_with(&ascii_over, "m1").to_string()));
     assert_invalid(decode_json(&send_with("", "m1").to_string()));
+    // U+0000 anywhere in a text is refused, in both formats.
+    let nul = format!("m {}", "\u{0}".repeat(600));
+    assert_invalid(decode_json(&send_with(&nul, "m1").to_string()));
+    assert_invalid(decode_client(&msgpack_of(&send_with("a\u{0}b", "m1")), Format::MsgPack));
 }
 
 #[test]

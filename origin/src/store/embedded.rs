@@ -2356,25 +2356,48 @@ mod tests {
         v.map(|v| u64::from_be_bytes(v.try_into().unwrap()))
     }
 
-    /// Child half of [`committed_data_survives_kill_9`]: commits transactions of every kind of
-    /// mutation and reports each acknowledged one on stdout until killed. With
+    /// A value whose bytes are mostly zeros, of a length that varies with `i`: records full of
+    /// them leave zeros wherever a recycled segment's new records end.
+    fn zeroish(i: u64) -> Vec<u8> {
+        let mut v = vec![0u8; ((i * 7919) % 3001) as usize];
+        if i % 3 == 0 {
+            // Bytes shaped like a record header of a made-up salt.
+            v.extend_from_slice(&(i as u32).to_le_bytes());
+            v.extend_from_slice(&[0; 4]);
+            v.extend_from_slice(&i.to_le_bytes());
+        }
+        v
+    }
+
+    /// Child half of [`committed_data_survives_kill_9`] and
+    /// [`acknowledged_commits_survive_kills_amid_recycled_segments`]: commits transactions of
+    /// every kind of mutation and reports each acknowledged one on stdout until killed. With
     /// `SELVAGE_CRASH_CHILD_MODE=unflushed` nothing is ever flushed into redb, so everything
-    /// survives in the write-ahead log only.
+    /// survives in the write-ahead log only; with `recycled` the flusher runs every few
+    /// milliseconds, so segments are retired and written over all the time, and the values are
+    /// runs of zeros. The child goes on from the counter it finds.
     #[tokio::test]
     #[ignore = "run as a child process by committed_data_survives_kill_9"]
     async fn crash_child() {
         let Ok(path) = std::env::var("SELVAGE_CRASH_CHILD_DB") else {
             return;
         };
-        let opts = match std::env::var("SELVAGE_CRASH_CHILD_MODE").as_deref() {
-            Ok("unflushed") => manual_flush(),
+        let mode = std::env::var("SELVAGE_CRASH_CHILD_MODE").unwrap_or_default();
+        let opts = match mode.as_str() {
+            "unflushed" => manual_flush(),
+            "recycled" => EmbeddedOptions { flush_interval: Duration::from_millis(5), ..EmbeddedOptions::default() },
             _ => EmbeddedOptions::default(),
         };
         let store = EmbeddedStore::open(Path::new(&path), opts).unwrap();
-        for i in 1u64.. {
+        let start = {
+            let mut tx = store.begin().await.unwrap();
+            num(tx.get(b"counter").await.unwrap()).unwrap_or(0) + 1
+        };
+        for i in start.. {
             let mut tx = store.begin().await.unwrap();
             tx.set(b"counter", &i.to_be_bytes()).unwrap();
-            tx.set(&[b"k/".as_slice(), &i.to_be_bytes()].concat(), b"x").unwrap();
+            let value = if mode == "recycled" { zeroish(i) } else { b"x".to_vec() };
+            tx.set(&[b"k/".as_slice(), &i.to_be_bytes()].concat(), &value).unwrap();
             tx.atomic_add(b"sum", 1).unwrap();
             tx.set_versionstamped_key(&[b"log/".as_slice(), &[0; 10]].concat(), 4, &i.to_be_bytes()).unwrap();
             if i % 5 == 0 {
@@ -2456,6 +2479,33 @@ mod tests {
             let c = w.commit().await.unwrap();
             assert!(c.versionstamp.version() > store.flushed_version(), "{mode}");
             assert!(c.versionstamp.version() > last_version, "{mode}");
+        }
+    }
+
+    /// Kill after kill, with segments recycled every few milliseconds and values made of
+    /// zeros, every acknowledged commit survives with its value, and versions never go back.
+    #[tokio::test]
+    async fn acknowledged_commits_survive_kills_amid_recycled_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crash.redb");
+        let mut acked = 0;
+        let mut version = 0;
+        for round in 0..4 {
+            let (last_i, last_version) = run_and_kill_child(&path, "recycled", acked + 400).await;
+            assert!(last_version > version, "round {round}: versions went back");
+            (acked, version) = (last_i, last_version);
+            let store = EmbeddedStore::open(&path, EmbeddedOptions::default()).unwrap();
+            assert!(store.last_version() >= last_version, "round {round}");
+            let mut tx = store.begin().await.unwrap();
+            let counter = num(tx.get(b"counter").await.unwrap()).unwrap();
+            assert!(counter >= last_i, "round {round}: acknowledged commit {last_i} lost (found {counter})");
+            for i in 1..=counter {
+                let key = [b"k/".as_slice(), &i.to_be_bytes()].concat();
+                assert_eq!(tx.get(&key).await.unwrap(), Some(zeroish(i)), "round {round}: commit {i}");
+            }
+            assert_eq!(tx.get(b"sum").await.unwrap(), Some((counter as i64).to_le_bytes().to_vec()));
+            let log = tx.get_range(&RangeRead::prefix(b"log")).await.unwrap();
+            assert_eq!(log.len() as u64, counter, "round {round}: feed-like log entries");
         }
     }
 
