@@ -569,6 +569,61 @@ struct GroupChannel {
     keys: Arc<ChannelKeys>,
 }
 
+/// What a dedup entry remembers of a send: enough to tell a retry (same text, same thread)
+/// from an id reused for another message, which is refused rather than answered with the
+/// first message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Dedup {
+    text_crc: u32,
+    thread_root: Seq,
+}
+
+/// A dedup entry as stored: the seq, then (since per-sender ids) the content's fingerprint.
+struct DedupEntry {
+    seq: Seq,
+    /// `None` for entries written before fingerprints were kept.
+    content: Option<[u8; 12]>,
+}
+
+impl Dedup {
+    fn of(r: &SendRequest) -> Self {
+        Dedup { text_crc: crc32fast::hash(r.text.as_bytes()), thread_root: r.thread_root.unwrap_or(0) }
+    }
+
+    fn fingerprint(self) -> [u8; 12] {
+        let mut out = [0u8; 12];
+        out[..4].copy_from_slice(&self.text_crc.to_le_bytes());
+        out[4..].copy_from_slice(&self.thread_root.to_le_bytes());
+        out
+    }
+
+    /// `seq:i64 le`, then the fingerprint: text crc32 `u32 le`, thread root `u64 le` (0: none).
+    fn encode(self, seq: Seq) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20);
+        out.extend_from_slice(&(seq as i64).to_le_bytes());
+        out.extend_from_slice(&self.fingerprint());
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Option<DedupEntry> {
+        let seq = feed::le_i64(raw.get(..8)?) as Seq;
+        let content = match raw.len() {
+            8 => None,
+            20 => raw[8..].try_into().ok(),
+            _ => return None,
+        };
+        Some(DedupEntry { seq, content })
+    }
+}
+
+/// The answer to a client_msg_id its sender already used in the channel for another text or
+/// thread.
+fn id_reused(client_msg_id: &str) -> OriginError {
+    OriginError::Conflict(format!(
+        "client_msg_id {client_msg_id:?} was already used for a different message in this channel (id reused with different content)"
+    ))
+}
+
 /// Room a message record takes beyond its text, with a typical author, channel and
 /// client_msg_id, so that encoding it seldom grows the buffer.
 const RECORD_ROOM: usize = 192;
@@ -585,7 +640,7 @@ async fn sequence(
     // read, and the key prefixes of its messages and dedup entries (built once per group).
     let mut chans: FxHashMap<(&WorkspaceId, &ChannelId), GroupChannel> = FxHashMap::default();
     let mut members: FxHashMap<(&WorkspaceId, &ChannelId, &UserId), bool> = FxHashMap::default();
-    let mut seen: FxHashMap<(&WorkspaceId, &ChannelId, &str), usize> = FxHashMap::default();
+    let mut seen: FxHashMap<(&WorkspaceId, &ChannelId, &UserId, &str), usize> = FxHashMap::default();
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(requests.len());
     // Thread roots replied to in this group: the root as it reads and its summary.
     let mut roots: FxHashMap<(&WorkspaceId, &ChannelId, Seq), (Message, ThreadSummary)> = FxHashMap::default();
@@ -619,7 +674,7 @@ async fn sequence(
                 e.insert(GroupChannel { gate, head: 0, read: 0, keys: channel_keys })
             }
         };
-        nonce_keys.push(keys::nonce_in(&channel.keys.nonces, &r.client_msg_id));
+        nonce_keys.push(keys::nonce_in(&channel.keys.nonces, &r.user, &r.client_msg_id));
     }
     let head_keys: Vec<&[u8]> = new_channels.iter().filter_map(|k| Some(chans.get(k)?.keys.head.as_slice())).collect();
     let heads = tx.get_many(&head_keys).await?;
@@ -635,8 +690,10 @@ async fn sequence(
     }
     for (i, &(r, mentioned)) in requests.iter().enumerate() {
         let (w, c) = (&r.workspace, &r.channel);
-        if let Some(&first) = seen.get(&(w, c, r.client_msg_id.as_str())) {
+        if let Some(&first) = seen.get(&(w, c, &r.user, r.client_msg_id.as_str())) {
+            let original = requests[first].0;
             let again = match &outcomes[first] {
+                _ if Dedup::of(original) != Dedup::of(r) => Outcome::Rejected(id_reused(&r.client_msg_id)),
                 Outcome::New { message, .. } | Outcome::Duplicate(message) => Outcome::Duplicate(message.clone()),
                 Outcome::Rejected(_) => {
                     Outcome::Rejected(OriginError::BadRequest("duplicate of a rejected send".into()))
@@ -676,14 +733,22 @@ async fn sequence(
         }
         let nonce_key = std::mem::take(&mut nonce_keys[i]);
         if let Some(raw) = dedup[i].take() {
-            let seq = feed::le_i64(&raw) as Seq;
+            let Some(entry) = Dedup::decode(&raw) else {
+                return Err(StoreError::Engine(format!("dedup entry of {c} does not decode")));
+            };
+            if entry.content.is_some_and(|held| held != Dedup::of(r).fingerprint()) {
+                seen.insert((w, c, &r.user, r.client_msg_id.as_str()), i);
+                outcomes.push(Outcome::Rejected(id_reused(&r.client_msg_id)));
+                continue;
+            }
+            let seq = entry.seq;
             let original = tx.get(&keys::message_in(&channel_keys.messages, seq)).await?;
             let message = original
                 .map(|raw| selvage_shared::from_msgpack::<Message>(&raw))
                 .transpose()
                 .map_err(|e| StoreError::Engine(format!("message record does not decode: {e}")))?
                 .ok_or_else(|| StoreError::Engine(format!("dedup entry points at missing message {c}/{seq}")))?;
-            seen.insert((w, c, r.client_msg_id.as_str()), i);
+            seen.insert((w, c, &r.user, r.client_msg_id.as_str()), i);
             outcomes.push(Outcome::Duplicate(message));
             continue;
         }
@@ -735,8 +800,8 @@ async fn sequence(
         let record = selvage_shared::to_msgpack_sized(&message, RECORD_ROOM + message.text.len());
         let order = log.append_message(tx, w, now, &record)?;
         tx.set_owned(keys::message_in(&channel_keys.messages, seq), record)?;
-        tx.set_owned(nonce_key, (seq as i64).to_le_bytes().to_vec())?;
-        seen.insert((w, c, r.client_msg_id.as_str()), i);
+        tx.set_owned(nonce_key, Dedup::of(r).encode(seq))?;
+        seen.insert((w, c, &r.user, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });
     }
     for ((w, c, root), (_, summary)) in &roots {
@@ -921,6 +986,60 @@ mod tests {
         assert_eq!(channels::last_seq(&mut *tx, &admin.workspace, &c).await.unwrap(), 3);
     }
 
+    /// A client_msg_id is the sender's own: another member's send with the same id is a new
+    /// message, and the sender reusing it for other content is refused, in one group or across
+    /// groups; a true retry gets the original.
+    #[tokio::test]
+    async fn client_msg_ids_are_per_sender_and_never_claim_other_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store = EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions::default()).unwrap();
+        let (_, admin) = accounts::create_workspace(&store, "w", "alice", "Alice", 0).await.unwrap();
+        let alice = accounts::authenticate(&store, &admin.token).await.unwrap();
+        let bob = accounts::create_user(&store, &alice, "bob", "Bob", false, 0).await.unwrap();
+        let bob = accounts::authenticate(&store, &bob.token).await.unwrap();
+        let c = channels::create(&store, &alice, "team", false, "", "").await.unwrap().channel.id;
+        channels::add_member(&store, &alice, &c, &bob.user.id).await.unwrap();
+        let presence = Arc::new(presence::Tracker::new(Duration::from_secs(60)));
+        let (sequencer, _) = Sequencer::start(
+            store.clone(),
+            SequencerConfig::default(),
+            Arc::new(Metrics::new()),
+            presence,
+            CancellationToken::new(),
+        );
+        let request = |who: &accounts::Caller, text: &str, id: &str, root: Option<Seq>| SendRequest {
+            workspace: who.workspace.clone(),
+            channel: c.clone(),
+            user: who.user.id.clone(),
+            text: text.into(),
+            client_msg_id: id.into(),
+            thread_root: root,
+        };
+        let first = sequencer.send(request(&alice, "alice's", "K", None)).await.unwrap();
+        assert!(!first.duplicate);
+        let bobs = sequencer.send(request(&bob, "bob's", "K", None)).await.unwrap();
+        assert!(!bobs.duplicate, "bob's message must be stored, not answered with alice's");
+        assert_eq!((bobs.message.seq, bobs.message.text.as_str()), (2, "bob's"));
+        let retry = sequencer.send(request(&alice, "alice's", "K", None)).await.unwrap();
+        assert!(retry.duplicate);
+        assert_eq!((retry.message.seq, retry.message.text.as_str()), (1, "alice's"));
+        for (text, root) in [("other text", None), ("alice's", Some(2))] {
+            match sequencer.send(request(&alice, text, "K", root)).await {
+                Err(OriginError::Conflict(why)) => assert!(why.contains("reused"), "{why}"),
+                other => panic!("reusing an id for other content must be refused, got {other:?}"),
+            }
+        }
+        // The same within one group: sent together, the second with other content is refused.
+        let (a, b) = tokio::join!(
+            sequencer.send(request(&bob, "one", "J", None)),
+            sequencer.send(request(&bob, "two", "J", None))
+        );
+        let refused = [&a, &b].iter().filter(|o| matches!(o, Err(OriginError::Conflict(_)))).count();
+        assert_eq!(refused, 1, "{a:?} {b:?}");
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(channels::last_seq(&mut *tx, &alice.workspace, &c).await.unwrap(), 3);
+    }
+
     #[tokio::test]
     async fn a_membership_change_while_a_group_commits_makes_it_retry() {
         let dir = tempfile::tempdir().unwrap();
@@ -994,7 +1113,7 @@ mod tests {
         let (w, c) = (&request.workspace, &request.channel);
         let mut tx = inner.begin().await.unwrap();
         assert_eq!(channels::last_seq(&mut *tx, w, c).await.unwrap(), 3);
-        assert!(tx.get(&keys::nonce(w, c, "d")).await.unwrap().is_none());
+        assert!(tx.get(&keys::nonce(w, c, &request.user, "d")).await.unwrap().is_none());
     }
 
     /// The channel's last seq as committed.

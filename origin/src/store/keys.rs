@@ -104,19 +104,21 @@ pub fn message_in(messages: &[u8], seq: Seq) -> Vec<u8> {
     Key::from_prefix(messages).uint(seq).finish()
 }
 
-/// `(ws, W, nonce, C, client_msg_id)` → seq already given to that client message.
-pub fn nonce(w: &WorkspaceId, c: &ChannelId, client_msg_id: &str) -> Vec<u8> {
-    ws(w).str("nonce").str(c.as_str()).str(client_msg_id).finish()
+/// `(ws, W, nonce, C, U, client_msg_id)` → the seq given to user U's message with that id in
+/// channel C, and what it held (see `sequencer::Dedup`). Per sender, so that no member can
+/// claim another's id.
+pub fn nonce(w: &WorkspaceId, c: &ChannelId, user: &UserId, client_msg_id: &str) -> Vec<u8> {
+    ws(w).str("nonce").str(c.as_str()).str(user.as_str()).str(client_msg_id).finish()
 }
 
-/// Prefix of a channel's dedup entries; the client_msg_id follows it.
+/// Prefix of a channel's dedup entries; the sender and the client_msg_id follow it.
 pub fn nonces(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
     ws(w).str("nonce").str(c.as_str()).finish()
 }
 
 /// [`nonce`] from the channel's [`nonces`] prefix, for callers that write many.
-pub fn nonce_in(nonces: &[u8], client_msg_id: &str) -> Vec<u8> {
-    Key::from_prefix(nonces).str(client_msg_id).finish()
+pub fn nonce_in(nonces: &[u8], user: &UserId, client_msg_id: &str) -> Vec<u8> {
+    Key::from_prefix(nonces).str(user.as_str()).str(client_msg_id).finish()
 }
 
 /// `(ws, W, thread, C, root, reply)` → empty: the thread index.
