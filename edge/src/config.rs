@@ -101,6 +101,10 @@ pub struct SessionConfig {
     pub outbound_queue: usize,
     /// Requests (sends, queries) of one connection in flight at once; more wait.
     pub max_in_flight: usize,
+    /// Connections one user may have open on this edge at once, over every token and
+    /// transport; one more is refused (a `rate_limited` error, then close code 4029) until one
+    /// of them closes. Several devices and tabs each hold one.
+    pub max_connections_per_user: usize,
     /// How long a client may take to authenticate and boot, in milliseconds.
     pub boot_timeout_ms: u64,
     /// How long draining connections get between `goodbye` and being closed, in milliseconds;
@@ -173,6 +177,7 @@ impl Default for SessionConfig {
             heartbeat_ms: 30_000,
             outbound_queue: 1024,
             max_in_flight: 256,
+            max_connections_per_user: 20,
             boot_timeout_ms: 10_000,
             drain_grace_ms: 30_000,
             away_after_ms: 10 * 60_000,
@@ -227,6 +232,9 @@ impl EdgeConfig {
         if s.max_in_flight == 0 {
             return Err("sessions.max_in_flight must be above 0".into());
         }
+        if s.max_connections_per_user == 0 {
+            return Err("sessions.max_connections_per_user must be above 0".into());
+        }
         if s.away_after_ms < 100 || s.presence_renew_ms < 100 || s.presence_subs_per_10s == 0 {
             return Err("sessions.away_after_ms and sessions.presence_renew_ms must be 100 or more, \
                  sessions.presence_subs_per_10s above 0"
@@ -277,6 +285,9 @@ mod tests {
         let mut c = valid();
         c.sessions.outbound_queue = 1;
         assert!(c.validate().unwrap_err().contains("outbound_queue"));
+        let mut c = valid();
+        c.sessions.max_connections_per_user = 0;
+        assert!(c.validate().unwrap_err().contains("max_connections_per_user"));
         let mut c = valid();
         c.listen_backlog = 0;
         assert!(c.validate().unwrap_err().contains("listen_backlog"));

@@ -8,6 +8,7 @@
 //! - [`cache`]: a workspace's state as the edge holds it, kept current by feed events.
 //! - [`fanout`]: loaded workspaces, the feed applied to them, delivery to sessions.
 //! - [`auth`]: tokens → users, remembered.
+//! - [`limits`]: what one client may take of the edge (connections per user, frame memory).
 //! - [`session`]: one client session, whatever the transport; [`ws`] and [`quic`] carry it.
 //! - [`server`]: starting a node, health, metrics and drain; [`config`], [`metrics`].
 
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod fanout;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod quic;

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub origin_calls: IntCounterVec,
     /// Client frames by type, and `bad` for frames that did not decode.
     pub client_frames: IntCounterVec,
+    /// Connections refused or closed to protect the edge, by reason (`user_cap`: the user
+    /// holds `sessions.max_connections_per_user` already).
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,9 +95,17 @@ impl Metrics {
                 &["type"],
             )
             .expect("valid counter"),
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "selvage_edge_connections_refused_total",
+                    "Connections refused or closed to protect the edge, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
             Box::new(m.connections.clone()),
             Box::new(m.boot_latency.clone()),
             Box::new(m.cache_requests.clone()),
@@ -106,6 +117,7 @@ impl Metrics {
             Box::new(m.link_connects.clone()),
             Box::new(m.origin_calls.clone()),
             Box::new(m.client_frames.clone()),
+            Box::new(m.connections_refused.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

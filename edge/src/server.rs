@@ -22,6 +22,7 @@ use crate::{
     cache::CacheLimits,
     config::EdgeConfig,
     fanout::{self, Workspaces},
+    limits::UserSlots,
     metrics::Metrics,
     upstream::{Upstream, UpstreamConfig},
 };
@@ -36,6 +37,8 @@ pub struct Edge {
     pub workspaces: Arc<Workspaces>,
     /// Remembered tokens.
     pub tokens: Arc<Tokens>,
+    /// Open connections per user, capped at `sessions.max_connections_per_user`.
+    pub slots: Arc<UserSlots>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the edge starts draining.
@@ -142,11 +145,13 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     let listener = bind(config.listen, config.listen_backlog)
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let slots = UserSlots::new(config.sessions.max_connections_per_user);
     let edge = Arc::new(Edge {
         config,
         upstream,
         workspaces: workspaces.clone(),
         tokens: tokens.clone(),
+        slots,
         metrics,
         drain: CancellationToken::new(),
     });

@@ -41,6 +41,7 @@ use crate::{
     auth::Principal,
     cache::{QueryAnswer, DEFAULT_HISTORY_LIMIT},
     fanout::{event_wire, CloseReason, Live, Out, Outbox, Wire},
+    limits::Slot,
     server::Edge,
 };
 
@@ -81,6 +82,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The client must boot again (no resume).
     pub const RESYNC: u16 = 4009;
+    /// The user has `sessions.max_connections_per_user` connections to this edge already.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
 }
 
 /// A connection to a client, as a session uses it.
@@ -161,7 +164,7 @@ async fn start<T: Transport>(edge: Arc<Edge>, opening: Opening, mut transport: T
         }
     };
     edge.metrics.boot_latency.observe(started.elapsed().as_secs_f64());
-    let Booted { principal, live, outbox, hello, replay } = booted;
+    let (Booted { principal, live, outbox, hello, replay }, slot) = booted;
     let span = tracing::debug_span!("session", conn.id = outbox.id, ws.id = %principal.workspace, user.id = %principal.user, transport = opening.transport);
     let Opening { format, resume, .. } = opening;
     let session = Session {
@@ -173,6 +176,7 @@ async fn start<T: Transport>(edge: Arc<Edge>, opening: Opening, mut transport: T
         started: tokio::time::Instant::now(),
         touched_ms: std::sync::atomic::AtomicU64::new(0),
         permits: OnceLock::new(),
+        _slot: slot,
     };
     span.in_scope(|| tracing::debug!(resumed = hello.resumed, "session booted"));
     match session.greet(&mut transport, hello, resume, replay).instrument(span.clone()).await {
@@ -185,7 +189,7 @@ async fn start<T: Transport>(edge: Arc<Edge>, opening: Opening, mut transport: T
     }
 }
 
-async fn boot_within_timeout(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
+async fn boot_within_timeout(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), LinkError> {
     let boot_timeout = Duration::from_millis(edge.config.sessions.boot_timeout_ms);
     tokio::time::timeout(boot_timeout, boot(edge, opening)).await.unwrap_or_else(|_| {
         Err(LinkError { code: ErrorCode::Unavailable, message: "boot took too long; retry".into() })
@@ -194,7 +198,12 @@ async fn boot_within_timeout(edge: &Edge, opening: &Opening) -> Result<Booted, L
 
 /// Tells a client its session could not start, and closes.
 async fn refuse<T: Transport>(mut transport: T, format: Format, e: LinkError) {
-    let code = if e.code == ErrorCode::Unauthorized { close::UNAUTHORIZED } else { close::UNAVAILABLE };
+    let code = match e.code {
+        ErrorCode::Unauthorized => close::UNAUTHORIZED,
+        // A boot is rate limited only by the cap on a user's connections.
+        ErrorCode::RateLimited => close::TOO_MANY_CONNECTIONS,
+        _ => close::UNAVAILABLE,
+    };
     let _ = transport.write(encode(&error_frame(None, &e), format)).await;
     transport.close(code, &e.message).await;
 }
@@ -209,8 +218,14 @@ struct Booted {
     replay: Option<Vec<EventFrame>>,
 }
 
-async fn boot(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
+/// Boots a session, with its place in its user's count of connections.
+async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), LinkError> {
     let principal = edge.tokens.authenticate(&opening.token).await?;
+    let Some(slot) = edge.slots.take(&principal.workspace, &principal.user) else {
+        edge.metrics.connections_refused.with_label_values(&["user_cap"]).inc();
+        let message = format!("this user has {} connections to this edge already; close one", edge.slots.max());
+        return Err(LinkError { code: ErrorCode::RateLimited, message });
+    };
     if edge.config.cache.cold_boots {
         cold_boot(edge, &principal).await?;
     }
@@ -219,7 +234,7 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<Booted, LinkError> {
     for _ in 0..5 {
         let live = edge.workspaces.get(&principal.workspace).await.map_err(|e| (*e).clone())?;
         if let Some(booted) = boot_on(edge, opening, &principal, live)? {
-            return Ok(booted);
+            return Ok((booted, slot));
         }
         tokio::task::yield_now().await;
     }
@@ -293,6 +308,8 @@ struct Session {
     touched_ms: std::sync::atomic::AtomicU64,
     /// Caps the session's requests in flight; made with its first request.
     permits: OnceLock<Arc<Semaphore>>,
+    /// The session's place in its user's connections, given back when it ends.
+    _slot: Slot,
 }
 
 /// Activity is passed to presence at most this often per session (presence has a tick of

@@ -1,0 +1,356 @@
+//! What one client may take of an edge, seen from the wire: connections per user, the memory of
+//! frames still arriving, and the work its frames spawn. A real origin and a real edge run in
+//! this process on port 0; the clients are raw WebSocket bytes over TCP and raw QUIC streams,
+//! so a test can send half a frame and read exactly how the edge closes. Every wait has a
+//! deadline; none is a sleep.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use selvage_edge::{config::OriginLink, EdgeConfig};
+use selvage_origin::{accounts, OriginConfig};
+use selvage_shared::{link::CLIENT_ALPN, tls::Trust, ClientOpen, ErrorCode, Format, ServerFrame, UserId, WorkspaceId};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_util::sync::CancellationToken;
+
+const EDGE_KEY: &str = "limits-test-edge-key-0123456789";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// An origin and an edge linked to it, with a workspace whose admin can connect.
+struct Rig {
+    origin: Arc<selvage_origin::Origin>,
+    edge: selvage_edge::Running,
+    _origin: selvage_origin::Running,
+    ws: WorkspaceId,
+    admin: UserId,
+    token: String,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn rig(adjust: impl FnOnce(&mut EdgeConfig)) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let mut config = OriginConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..OriginConfig::default()
+    };
+    config.link.listen = "127.0.0.1:0".parse().unwrap();
+    config.link.edge_key = Some(EDGE_KEY.into());
+    let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();
+    let origin = running.origin.clone();
+    let (workspace, admin) = accounts::create_workspace(&origin.store, "acme", "admin", "Admin", 0).await.unwrap();
+    let mut edge_config = EdgeConfig {
+        edge_id: "limits".into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        quic_listen: Some("127.0.0.1:0".parse().unwrap()),
+        origin: OriginLink {
+            link: running.link_addr.unwrap().to_string(),
+            fingerprint: running.link_fingerprint.clone(),
+            edge_key: EDGE_KEY.into(),
+            ..OriginLink::default()
+        },
+        ..EdgeConfig::default()
+    };
+    adjust(&mut edge_config);
+    let edge = selvage_edge::start(edge_config, shutdown.clone()).await.unwrap();
+    wait_until("the edge links to the origin", || edge.edge.is_ready()).await;
+    Rig {
+        origin,
+        edge,
+        _origin: running,
+        ws: workspace.id,
+        admin: admin.user.id,
+        token: admin.token,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+impl Rig {
+    /// Another token of the workspace's admin.
+    async fn another_token(&self) -> String {
+        let caller = accounts::authenticate(&self.origin.store, &self.token).await.unwrap();
+        accounts::new_token_for(&self.origin.store, &caller, 0).await.unwrap()
+    }
+
+    /// A new user of the workspace and their token.
+    async fn user(&self, handle: &str) -> String {
+        let caller = accounts::authenticate(&self.origin.store, &self.token).await.unwrap();
+        accounts::create_user(&self.origin.store, &caller, handle, handle, false, 0).await.unwrap().token
+    }
+
+    /// Connections the admin holds on the edge, as the edge counts them.
+    fn admin_connections(&self) -> usize {
+        self.edge.edge.slots.count(&self.ws, &self.admin)
+    }
+
+    /// The value of one sample of the edge's `/metrics` (0 when absent).
+    fn metric(&self, sample: &str) -> f64 {
+        let text = self.edge.edge.metrics.render();
+        text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+    }
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a client read from the edge: a server frame, or the close (code and reason).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Got {
+    Frame(ServerFrame),
+    Closed(Option<u16>, String),
+}
+
+/// A WebSocket client made of raw bytes (JSON frames).
+struct Ws {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Ws {
+    /// Upgrades a connection to `/v1/connect` with `token`.
+    async fn open(addr: SocketAddr, token: &str) -> Ws {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /v1/connect?format=json&token={token} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(DEADLINE, tcp.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "the edge closed during the upgrade");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        buf.drain(..end);
+        Ws { tcp, buf }
+    }
+
+    /// Opens a session and reads its `hello`.
+    async fn session(addr: SocketAddr, token: &str) -> Ws {
+        let mut ws = Ws::open(addr, token).await;
+        match ws.next().await {
+            Got::Frame(ServerFrame::Hello(_)) => ws,
+            other => panic!("expected hello, got {other:?}"),
+        }
+    }
+
+    /// The header of a masked client frame (zero mask) of `len` payload bytes.
+    fn header(opcode: u8, len: usize) -> Vec<u8> {
+        let mut h = vec![0x80 | opcode];
+        match len {
+            0..=125 => h.push(0x80 | len as u8),
+            126..=65535 => {
+                h.push(0x80 | 126);
+                h.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                h.push(0x80 | 127);
+                h.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        h.extend_from_slice(&[0, 0, 0, 0]);
+        h
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        let mut frame = Ws::header(0x1, text.len());
+        frame.extend_from_slice(text.as_bytes());
+        self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    /// Sends the start of a text frame of `len` bytes: its header and `sent` bytes of it.
+    #[allow(dead_code)]
+    async fn send_part(&mut self, len: usize, sent: usize) {
+        let mut frame = Ws::header(0x1, len);
+        frame.extend(std::iter::repeat_n(b' ', sent));
+        self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame the edge sent, or how the connection ended.
+    async fn next(&mut self) -> Got {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if self.buf.len() >= 2 {
+                let (opcode, short) = (self.buf[0] & 0x0F, usize::from(self.buf[1] & 0x7F));
+                let (len, at) = match short {
+                    126 if self.buf.len() >= 4 => (usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4),
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let payload: Vec<u8> = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    match opcode {
+                        0x1 | 0x2 => return Got::Frame(selvage_shared::decode_server(&payload, Format::Json).unwrap()),
+                        0x8 if payload.len() >= 2 => {
+                            let code = u16::from_be_bytes([payload[0], payload[1]]);
+                            return Got::Closed(Some(code), String::from_utf8_lossy(&payload[2..]).into_owned());
+                        }
+                        0x8 => return Got::Closed(None, String::new()),
+                        _ => continue,
+                    }
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.tcp.read(&mut chunk)).await {
+                Err(_) => panic!("the edge sent nothing in time"),
+                Ok(Ok(0)) | Ok(Err(_)) => return Got::Closed(None, "connection ended".into()),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads until the edge closes; returns the close and the error frames seen before it.
+    async fn closed(&mut self) -> (Option<u16>, String, Vec<ErrorCode>) {
+        let mut errors = Vec::new();
+        loop {
+            match self.next().await {
+                Got::Closed(code, reason) => return (code, reason, errors),
+                Got::Frame(ServerFrame::Error { code, .. }) => errors.push(code),
+                Got::Frame(_) => {}
+            }
+        }
+    }
+}
+
+/// A QUIC client session: the connection and its one stream.
+struct Quic {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    #[allow(dead_code)]
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Quic {
+    /// Connects and writes the `ClientOpen` frame.
+    async fn open(rig: &Rig, token: &str) -> Quic {
+        let trust = Trust::Pinned(rig.edge.quic_fingerprint.clone().unwrap());
+        let tls = selvage_shared::tls::client_config(&trust, &[CLIENT_ALPN]).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let config = quinn::ClientConfig::new(Arc::new(crypto));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint.connect_with(config, rig.edge.quic_addr.unwrap(), "localhost").unwrap().await.unwrap();
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let open = ClientOpen { token: token.into(), resume: None };
+        send.write_all(&selvage_shared::link::encode_frame(&open).unwrap()).await.unwrap();
+        Quic { _endpoint: endpoint, conn, send, recv }
+    }
+
+    /// Opens a session and reads its `hello`.
+    async fn session(rig: &Rig, token: &str) -> Quic {
+        let mut quic = Quic::open(rig, token).await;
+        match quic.next().await {
+            Got::Frame(ServerFrame::Hello(_)) => quic,
+            other => panic!("expected hello, got {other:?}"),
+        }
+    }
+
+    /// Sends the start of a frame of `len` bytes: its length prefix and `sent` bytes of it.
+    #[allow(dead_code)]
+    async fn send_part(&mut self, len: usize, sent: usize) {
+        let mut frame = (len as u32).to_be_bytes().to_vec();
+        frame.extend(std::iter::repeat_n(0xc0, sent));
+        self.send.write_all(&frame).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Got {
+        let read = tokio::time::timeout(DEADLINE, selvage_shared::quic::read_frame(&mut self.recv, 1 << 20));
+        match read.await.expect("the edge sent nothing in time") {
+            Ok(Some(body)) => Got::Frame(selvage_shared::decode_server(&body, Format::MsgPack).unwrap()),
+            _ => match tokio::time::timeout(DEADLINE, self.conn.closed()).await.unwrap() {
+                quinn::ConnectionError::ApplicationClosed(close) => Got::Closed(
+                    u16::try_from(close.error_code.into_inner()).ok(),
+                    String::from_utf8_lossy(&close.reason).into_owned(),
+                ),
+                other => Got::Closed(None, other.to_string()),
+            },
+        }
+    }
+
+    async fn closed(&mut self) -> (Option<u16>, String, Vec<ErrorCode>) {
+        let mut errors = Vec::new();
+        loop {
+            match self.next().await {
+                Got::Closed(code, reason) => return (code, reason, errors),
+                Got::Frame(ServerFrame::Error { code, .. }) => errors.push(code),
+                Got::Frame(_) => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_s_connections_are_capped_and_a_closed_one_frees_its_slot() {
+    let rig = rig(|_| {}).await;
+    let cap = rig.edge.edge.config.sessions.max_connections_per_user;
+    assert_eq!(cap, 20, "the default cap");
+    // The cap is the user's, over every token and transport.
+    let second = rig.another_token().await;
+    let mut ws = Vec::new();
+    let mut quic = Vec::new();
+    for i in 0..cap {
+        let token = if i % 2 == 0 { &rig.token } else { &second };
+        if i % 4 < 2 {
+            ws.push(Ws::session(rig.edge.addr, token).await);
+        } else {
+            quic.push(Quic::session(&rig, token).await);
+        }
+    }
+    assert_eq!(rig.admin_connections(), cap);
+    // One more is refused on either transport, with a reason, and costs nothing.
+    let mut refused = Ws::open(rig.edge.addr, &second).await;
+    let (code, reason, errors) = refused.closed().await;
+    assert_eq!((code, errors), (Some(4029), vec![ErrorCode::RateLimited]), "{reason}");
+    assert!(reason.contains("20 connections"), "{reason}");
+    let mut refused = Quic::open(&rig, &rig.token).await;
+    let (code, reason, errors) = refused.closed().await;
+    assert_eq!((code, errors), (Some(4029), vec![ErrorCode::RateLimited]), "{reason}");
+    assert_eq!(rig.metric("selvage_edge_connections_refused_total{reason=\"user_cap\"}"), 2.0);
+    assert_eq!(rig.admin_connections(), cap);
+    // Another user is not held back by the admin's connections.
+    let bob = rig.user("bob").await;
+    let _bob = Ws::session(rig.edge.addr, &bob).await;
+    // A closed connection frees its slot at once, whichever transport it used.
+    drop(ws.pop());
+    wait_until("the closed WebSocket's slot is free", || rig.admin_connections() == cap - 1).await;
+    let _again = Quic::session(&rig, &rig.token).await;
+    quic.pop().unwrap().conn.close(0u32.into(), b"bye");
+    wait_until("the closed QUIC connection's slot is free", || rig.admin_connections() == cap - 1).await;
+    let mut last = Ws::session(rig.edge.addr, &second).await;
+    let mut over = Ws::open(rig.edge.addr, &second).await;
+    assert_eq!(over.closed().await.0, Some(4029), "full again");
+    // The edge still serves the ones it holds.
+    last.send_text(r#"{"type":"ping","id":"p1"}"#).await;
+    assert!(matches!(last.next().await, Got::Frame(ServerFrame::Pong { .. })));
+}
