@@ -281,10 +281,11 @@ async fn a_read_marker_moves_forward_and_reaches_the_users_other_devices() {
     let seen = events_until(&mut other, "the sentinel", is_message(&general, sentinel)).await;
     assert!(!seen.iter().any(|e| matches!(e, Event::ReadMarker { .. })), "{seen:?}");
 
-    // A fresh boot on either edge shows the marker and what is unread after it.
+    // A fresh boot on either edge shows the marker, moved by bob's own sentinel to it: what
+    // one posts is never unread.
     for edge in [&a, &b] {
         let c = boot_until(edge, &bob, &general, |c| c.last_seq == 6).await;
-        assert_eq!((c.last_seq, c.read_seq, c.unread), (6, 5, 1), "{c:?}");
+        assert_eq!((c.last_seq, c.read_seq, c.unread), (6, 6, 0), "{c:?}");
     }
     // mark_read in a channel the user is not in fails with an error frame.
     let secret = origin.channel(&alice, "secret", true).await;
@@ -299,6 +300,56 @@ async fn a_read_marker_moves_forward_and_reaches_the_users_other_devices() {
     phone.close().await;
     laptop.close().await;
     other.close().await;
+}
+
+/// `general` as `token`'s user sees it in a fresh `hello` on `edge` and in the origin's channel
+/// list, which must agree: (read_seq, unread, mentions).
+async fn unread_of(origin: &Origin, edge: &selvage_edge::Running, token: &str, general: &ChannelId) -> (u64, u64, u64) {
+    let client = Client::connect(options(edge, &Transport::WsJson, token)).await.unwrap();
+    let c = client.hello().channels.iter().find(|c| c.channel.id == *general).unwrap().clone();
+    client.close().await;
+    let (_, list) = origin.call(Method::GET, "/v1/channels", token, None).await;
+    let listed = list["channels"].as_array().unwrap().iter().find(|c| c["id"] == general.as_str()).unwrap().clone();
+    let listed = (
+        listed["read_seq"].as_u64().unwrap(),
+        listed["unread"].as_u64().unwrap(),
+        listed["mentions"].as_u64().unwrap(),
+    );
+    assert_eq!((c.read_seq, c.unread, c.mentions), listed, "hello and the channel list agree");
+    listed
+}
+
+/// Posting moves the author's read marker to their message: their own messages never count as
+/// unread or as mentions, on the origin and on every edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_messages_are_never_unread() {
+    let origin = Origin::start().await;
+    let (alice, _, general) = origin.workspace().await;
+    let (_, bob) = origin.user(&alice, "bob").await;
+    let (a, _sa) = start_edge(&origin, "edge-a").await;
+    let (b, _sb) = start_edge(&origin, "edge-b").await;
+    post(&origin, &bob, &general, "first", None).await;
+    for i in 0..6 {
+        post(&origin, &alice, &general, &format!("m{i}"), None).await;
+    }
+    let last = post(&origin, &alice, &general, "@channel my own", None).await;
+    assert_eq!(last, 8);
+    for edge in [&a, &b] {
+        boot_until(edge, &alice, &general, |c| c.last_seq == 8).await;
+        assert_eq!(unread_of(&origin, edge, &alice, &general).await, (8, 0, 0), "alice wrote 7 of 8");
+        assert_eq!(unread_of(&origin, edge, &bob, &general).await, (1, 7, 1), "bob has 7 of alice's to read");
+    }
+    // Someone else's message after them is unread again; a reply of one's own reads up to it.
+    post(&origin, &bob, &general, "your turn", None).await;
+    for edge in [&a, &b] {
+        boot_until(edge, &alice, &general, |c| c.last_seq == 9).await;
+        assert_eq!(unread_of(&origin, edge, &alice, &general).await, (8, 1, 0));
+    }
+    post(&origin, &alice, &general, "a reply", Some(1)).await;
+    for edge in [&a, &b] {
+        boot_until(edge, &alice, &general, |c| c.last_seq == 10).await;
+        assert_eq!(unread_of(&origin, edge, &alice, &general).await, (10, 0, 0));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -532,10 +583,12 @@ async fn mentions_are_counted_per_user_with_here_for_active_members_only() {
     })
     .await;
 
+    // Bob's own @channel first: what one posts never mentions oneself.
+    post(&origin, &bob, &general, "@channel my own", None).await;
     let by_name = post(&origin, &alice, &general, &format!("<@{bob_id}> look"), None).await;
     let everyone = post(&origin, &alice, &general, "@channel lunch", None).await;
     let here = post(&origin, &alice, &general, "<!here> standup", None).await;
-    let last = post(&origin, &bob, &general, "@channel my own", None).await;
+    let last = here;
     // Both edges have applied everything before they are asked.
     events_until(&mut alice_c, "the last post", is_message(&general, last)).await;
     events_until(&mut bob_online, "the last post", is_message(&general, last)).await;
@@ -547,7 +600,7 @@ async fn mentions_are_counted_per_user_with_here_for_active_members_only() {
     for edge in [&a, &b] {
         assert_eq!(mention_counts(&origin, edge, &bob, &general).await, 3, "by name, @channel, @here");
         assert_eq!(mention_counts(&origin, edge, &carol, &general).await, 2, "@channel twice, not @here");
-        assert_eq!(mention_counts(&origin, edge, &alice, &general).await, 1, "bob's @channel, not her own");
+        assert_eq!(mention_counts(&origin, edge, &alice, &general).await, 0, "her own posts read bob's @channel");
     }
     // An edit that drops the mention, and a delete, take them out of the counts.
     let path = format!("/v1/channels/{general}/messages/{by_name}");

@@ -525,6 +525,8 @@ impl WorkspaceState {
                 entry.events.push(cursor.clone(), event.clone(), per_channel).apply_to(&mut self.bytes);
                 let recipients = entry.message_recipients(message);
                 self.note_mentions(message);
+                // Posting reads the channel up to one's own message, as the origin records it.
+                self.move_read_marker(message.user.clone(), message.channel.clone(), message.seq);
                 recipients
             }
             Event::MessageChanged { channel, seq, .. }

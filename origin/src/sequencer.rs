@@ -801,6 +801,10 @@ async fn sequence(
         let order = log.append_message(tx, w, now, &record)?;
         tx.set_owned(keys::message_in(&channel_keys.messages, seq), record)?;
         tx.set_owned(nonce_key, Dedup::of(r).encode(seq))?;
+        // Posting reads the channel up to one's own message, so that it never counts as
+        // unread. A blind write: the marker is at most the head read above, below `seq`. Edges
+        // apply the same rule to the `message` event; no `read_marker` event is needed.
+        tx.set_owned(keys::read_marker(w, &r.user, c), selvage_shared::to_msgpack(&seq))?;
         seen.insert((w, c, &r.user, r.client_msg_id.as_str()), i);
         outcomes.push(Outcome::New { message, order });
     }
