@@ -120,10 +120,15 @@ struct Raw {
 impl Raw {
     /// Connects and upgrades with `token`; the edge's `hello` is read and checked.
     async fn connect(addr: SocketAddr, token: &str) -> Raw {
+        Raw::connect_with(addr, token, "").await.0
+    }
+
+    /// The same with `query` added to the URL; returns the `hello` too.
+    async fn connect_with(addr: SocketAddr, token: &str, query: &str) -> (Raw, serde_json::Value) {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let request = format!(
-            "GET /v1/connect?format=json HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            "GET /v1/connect?format=json{query} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
              Authorization: Bearer {token}\r\n\r\n"
         );
         tcp.write_all(request.as_bytes()).await.unwrap();
@@ -137,13 +142,12 @@ impl Raw {
         let head = String::from_utf8_lossy(&raw.buf[..head_end]).into_owned();
         assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
         raw.buf.drain(..head_end);
-        match raw.next().await {
-            Got::Data(0x1, hello) => {
-                assert!(String::from_utf8_lossy(&hello).contains("\"hello\""), "the first frame is the hello")
-            }
+        let hello = match raw.next().await {
+            Got::Data(0x1, hello) => serde_json::from_slice::<serde_json::Value>(&hello).unwrap(),
             other => panic!("expected the hello, got {other:?}"),
-        }
-        raw
+        };
+        assert_eq!(hello["type"], "hello", "the first frame is the hello");
+        (raw, hello)
     }
 
     /// Reads more bytes; false at EOF or a reset.
@@ -274,6 +278,7 @@ async fn a_client_close_is_answered_with_a_code_an_endpoint_may_send() {
         c.send(FIN | CLOSE, &close_payload(code, b"")).await;
         let got = c.next_control().await;
         assert_eq!(got.close_code().map(|(c, _)| c), Some(1002), "a close with {code} is a protocol error: {got:?}");
+        assert_eq!(c.next().await, Got::End);
     }
     let mut c = Raw::connect(rig.edge.addr, &rig.token).await;
     c.send(FIN | CLOSE, b"").await;
@@ -324,15 +329,23 @@ async fn a_broken_stream_is_closed_with_the_code_that_says_why() {
     }
 }
 
+/// A message event's seq and cursor, from a JSON data frame.
+fn message(got: &Got) -> Option<(u64, String)> {
+    let Got::Data(0x1, bytes) = got else { return None };
+    let event: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    (event["type"] == "message").then(|| (event["seq"].as_u64().unwrap(), event["cursor"].as_str().unwrap().to_owned()))
+}
+
 /// A client that stops reading is shed with 4008 (its outbound queue overflowed), and the
 /// close frame reaches it: it goes out ahead of the frames still queued, and the edge keeps the
 /// socket, not the session, until the client has read up to it. Here the client reads nothing
-/// until the edge has ended the session — longer than the edge once waited for the close.
+/// until the edge has ended the session — longer than the edge once waited for the close. It
+/// then resumes, and gets every message it missed, the ones dropped for the close included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_reads_why_it_was_closed() {
     let rig = rig(|c| c.sessions.outbound_queue = 16).await;
     let connections = rig.edge.edge.metrics.connections.with_label_values(&["ws"]);
-    let mut slow = Raw::connect(rig.edge.addr, &rig.token).await;
+    let (mut slow, hello) = Raw::connect_with(rig.edge.addr, &rig.token, "").await;
     assert_eq!(connections.get(), 1);
     // Big messages, until the session is shed: its socket fills, then its queue.
     let text = "z".repeat(30_000);
@@ -356,19 +369,37 @@ async fn a_slow_client_reads_why_it_was_closed() {
         }
     }
     // The session is over; only now does the client read.
-    let mut messages = 0usize;
+    let mut seqs = Vec::new();
+    let mut cursor = hello["cursor"].as_str().unwrap().to_owned();
     let last = loop {
         match slow.next().await {
-            Got::Data(..) => messages += 1,
             Got::Control(_) => {}
+            data @ Got::Data(..) => {
+                if let Some((seq, at)) = message(&data) {
+                    seqs.push(seq);
+                    cursor = at;
+                }
+            }
             other => break other,
         }
     };
     let (code, reason) =
-        last.close_code().unwrap_or_else(|| panic!("no close frame after {messages} messages: {last:?}"));
+        last.close_code().unwrap_or_else(|| panic!("no close frame after {} messages: {last:?}", seqs.len()));
     assert_eq!(code, 4008, "{reason}");
     assert!(reason.contains("resume"), "the reason tells the client what to do: {reason}");
-    assert!(messages > 0 && (messages as u64) < sent, "{messages} of {sent} messages came before the close");
+    assert!(!seqs.is_empty() && (seqs.len() as u64) < sent, "{} of {sent} messages came before the close", seqs.len());
     slow.send(FIN | CLOSE, &close_payload(4008, b"")).await;
     assert_eq!(slow.next().await, Got::End);
+
+    // Resume: what the close went ahead of comes now, without a gap.
+    let (mut resumed, hello) = Raw::connect_with(rig.edge.addr, &rig.token, &format!("&resume={cursor}")).await;
+    assert_eq!(hello["resumed"], true);
+    while seqs.len() < sent as usize {
+        let got = resumed.next().await;
+        match message(&got) {
+            Some((seq, _)) => seqs.push(seq),
+            None => assert!(matches!(got, Got::Data(..) | Got::Control(_)), "the resumed session ended: {got:?}"),
+        }
+    }
+    assert_eq!(seqs, (1..=sent).collect::<Vec<_>>(), "every message once, in order");
 }
