@@ -105,6 +105,10 @@ pub struct SessionConfig {
     /// transport; one more is refused (a `rate_limited` error, then close code 4029) until one
     /// of them closes. Several devices and tabs each hold one.
     pub max_connections_per_user: usize,
+    /// Bytes that client frames still arriving may hold on this edge, all connections
+    /// together, beyond 8 KiB each: a connection receiving a larger frame takes its size from
+    /// here first, and waits (reading nothing more) while there is no room. At least 1 MiB.
+    pub frame_budget_bytes: usize,
     /// How long a client may take to authenticate and boot, in milliseconds.
     pub boot_timeout_ms: u64,
     /// How long draining connections get between `goodbye` and being closed, in milliseconds;
@@ -178,6 +182,7 @@ impl Default for SessionConfig {
             outbound_queue: 1024,
             max_in_flight: 256,
             max_connections_per_user: 20,
+            frame_budget_bytes: 64 << 20,
             boot_timeout_ms: 10_000,
             drain_grace_ms: 30_000,
             away_after_ms: 10 * 60_000,
@@ -235,6 +240,10 @@ impl EdgeConfig {
         if s.max_connections_per_user == 0 {
             return Err("sessions.max_connections_per_user must be above 0".into());
         }
+        if s.frame_budget_bytes < 1 << 20 {
+            // A fragmented message at the frame limit may need twice the limit at once.
+            return Err("sessions.frame_budget_bytes must be 1048576 or more".into());
+        }
         if s.away_after_ms < 100 || s.presence_renew_ms < 100 || s.presence_subs_per_10s == 0 {
             return Err("sessions.away_after_ms and sessions.presence_renew_ms must be 100 or more, \
                  sessions.presence_subs_per_10s above 0"
@@ -288,6 +297,9 @@ mod tests {
         let mut c = valid();
         c.sessions.max_connections_per_user = 0;
         assert!(c.validate().unwrap_err().contains("max_connections_per_user"));
+        let mut c = valid();
+        c.sessions.frame_budget_bytes = 1000;
+        assert!(c.validate().unwrap_err().contains("frame_budget_bytes"));
         let mut c = valid();
         c.listen_backlog = 0;
         assert!(c.validate().unwrap_err().contains("listen_backlog"));

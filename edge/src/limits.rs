@@ -8,10 +8,24 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    task::{Context, Poll},
+    time::Duration,
 };
 
+use prometheus::{IntCounterVec, IntGauge};
 use selvage_shared::{UserId, WorkspaceId};
+use tokio::{
+    sync::{AcquireError, OwnedSemaphorePermit, Semaphore},
+    time::Sleep,
+};
+
+use crate::metrics::Metrics;
 
 /// Open connections per user on this edge, capped.
 ///
@@ -72,5 +86,234 @@ impl Drop for Slot {
                 held.remove(&*self.key);
             }
         }
+    }
+}
+
+/// A client frame up to this size (with the message it continues) is received without asking
+/// the [`FrameBudget`]: every connection may hold that much. Nearly every frame is smaller.
+pub const FREE_FRAME_BYTES: usize = 8 * 1024;
+
+/// How long a frame over [`FREE_FRAME_BYTES`] may take, from its header to its last byte —
+/// waiting for the budget included. A client that takes longer is closed: a half-sent frame
+/// must not hold its share of the budget for as long as its sender likes.
+pub const FRAME_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The memory every connection's frames still arriving may hold together, beyond
+/// [`FREE_FRAME_BYTES`] each: a semaphore of bytes (`sessions.frame_budget_bytes`).
+///
+/// A connection receiving a larger frame takes the frame's whole size from the budget before
+/// it makes room for it, and gives it back once its session has handled the frame. When the
+/// budget is spent, the connection stops reading (its client is held back by flow control)
+/// until there is room; after [`FRAME_PATIENCE`] it is closed with 1013 ("try again later"),
+/// and one whose frame does not arrive in that time with 1008.
+pub struct FrameBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+    /// Bytes granted to connections. Not the semaphore's count: that also drops by what a
+    /// connection still waiting has been set aside so far.
+    granted: AtomicUsize,
+    held: IntGauge,
+    refused: IntCounterVec,
+}
+
+/// Why a connection's frame was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameRefusal {
+    /// The budget had no room for it within [`FRAME_PATIENCE`].
+    Busy,
+    /// It was granted room but did not arrive within [`FRAME_PATIENCE`].
+    TooSlow,
+}
+
+impl FrameRefusal {
+    /// The close code (WebSocket; QUIC application error code) and reason the client gets.
+    pub fn close(self) -> (u16, &'static str) {
+        match self {
+            FrameRefusal::Busy => (1013, "edge busy: too many large frames arriving; try again later"),
+            FrameRefusal::TooSlow => (1008, "frame not received in time"),
+        }
+    }
+}
+
+/// Bytes being taken from the budget.
+type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// What one connection holds of the [`FrameBudget`] for the frame it is receiving; given back
+/// when dropped. Made when a frame needs the budget, so that a connection between frames
+/// holds none of it.
+pub struct FrameShare {
+    budget: Arc<FrameBudget>,
+    granted: Option<OwnedSemaphorePermit>,
+    /// The budget asked for the rest of what the frame needs.
+    waiting: Option<Acquiring>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl FrameBudget {
+    /// A budget of `total` bytes, reported in `metrics`.
+    pub fn new(total: usize, metrics: &Metrics) -> Arc<FrameBudget> {
+        Arc::new(FrameBudget {
+            bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))),
+            total,
+            granted: AtomicUsize::new(0),
+            held: metrics.frame_bytes_held.clone(),
+            refused: metrics.connections_refused.clone(),
+        })
+    }
+
+    /// Bytes held now by frames still arriving (or not yet handled by their sessions).
+    pub fn held(&self) -> usize {
+        self.granted.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, bytes: usize, granted: bool) {
+        if granted {
+            self.granted.fetch_add(bytes, Ordering::Relaxed);
+            self.held.add(bytes as i64);
+        } else {
+            self.granted.fetch_sub(bytes, Ordering::Relaxed);
+            self.held.sub(bytes as i64);
+        }
+    }
+
+    /// Makes sure `share` covers `wants` bytes (a frame's whole size), starting the share and
+    /// its deadline if need be. Ready once it does; an error when the frame took too long.
+    pub fn poll_cover(
+        self: &Arc<Self>,
+        share: &mut Option<Box<FrameShare>>,
+        wants: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), FrameRefusal>> {
+        let share = share.get_or_insert_with(|| {
+            Box::new(FrameShare {
+                budget: self.clone(),
+                granted: None,
+                waiting: None,
+                deadline: Box::pin(tokio::time::sleep(FRAME_PATIENCE)),
+            })
+        });
+        loop {
+            let granted = share.granted();
+            if granted >= wants {
+                // Still on the clock: a frame granted room must arrive in time.
+                if share.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(self.refuse(FrameRefusal::TooSlow)));
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let more = wants - granted;
+            if more > self.total || u32::try_from(more).is_err() {
+                return Poll::Ready(Err(self.refuse(FrameRefusal::Busy)));
+            }
+            let waiting = share.waiting.get_or_insert_with(|| {
+                // `more` fits in u32: checked just above.
+                Box::pin(self.bytes.clone().acquire_many_owned(more as u32))
+            });
+            match waiting.as_mut().poll(cx) {
+                Poll::Ready(Ok(permit)) => {
+                    share.waiting = None;
+                    self.count(permit.num_permits(), true);
+                    match share.granted.as_mut() {
+                        Some(granted) => granted.merge(permit),
+                        None => share.granted = Some(permit),
+                    }
+                }
+                // The semaphore is never closed.
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(self.refuse(FrameRefusal::Busy))),
+                Poll::Pending => {
+                    if share.deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(self.refuse(FrameRefusal::Busy)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// [`FrameBudget::poll_cover`] as a future, for a share of its own.
+    pub async fn cover(self: &Arc<Self>, wants: usize) -> Result<Box<FrameShare>, FrameRefusal> {
+        let mut share = None;
+        std::future::poll_fn(|cx| self.poll_cover(&mut share, wants, cx)).await?;
+        // poll_cover made the share before it could be ready.
+        share.ok_or(FrameRefusal::Busy)
+    }
+
+    /// Counts a refusal (by the transport, or here) and returns it.
+    pub fn refuse(&self, refusal: FrameRefusal) -> FrameRefusal {
+        let reason = match refusal {
+            FrameRefusal::Busy => "frame_budget",
+            FrameRefusal::TooSlow => "frame_too_slow",
+        };
+        self.refused.with_label_values(&[reason]).inc();
+        refusal
+    }
+}
+
+impl FrameShare {
+    /// Bytes granted so far.
+    pub fn granted(&self) -> usize {
+        self.granted.as_ref().map_or(0, |p| p.num_permits())
+    }
+
+    /// When the frame must have arrived.
+    pub fn deadline(&self) -> tokio::time::Instant {
+        self.deadline.deadline()
+    }
+}
+
+impl Drop for FrameShare {
+    fn drop(&mut self) {
+        self.budget.count(self.granted(), false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_s_slots_are_given_back_when_dropped() {
+        let slots = UserSlots::new(2);
+        let (ws, alice, bob) =
+            (WorkspaceId::new_unchecked("W1"), UserId::new_unchecked("U1"), UserId::new_unchecked("U2"));
+        let first = slots.take(&ws, &alice).unwrap();
+        let _second = slots.take(&ws, &alice).unwrap();
+        assert!(slots.take(&ws, &alice).is_none(), "the third is refused");
+        assert!(slots.take(&ws, &bob).is_some(), "another user's count is their own");
+        drop(first);
+        assert_eq!(slots.count(&ws, &alice), 1);
+        assert!(slots.take(&ws, &alice).is_some());
+    }
+
+    /// On the paused clock: a frame with no room waits, gets room when another frame gives its
+    /// share back, and is refused when none comes within the patience; a frame with room that
+    /// does not arrive in time is refused too.
+    #[tokio::test(start_paused = true)]
+    async fn frames_wait_for_room_and_not_forever() {
+        let metrics = Metrics::new();
+        let budget = FrameBudget::new(1 << 20, &metrics);
+        let first = budget.cover(800 << 10).await.unwrap();
+        assert_eq!((budget.held(), metrics.frame_bytes_held.get()), (800 << 10, 800 << 10));
+        let started = tokio::time::Instant::now();
+        assert_eq!(budget.cover(400 << 10).await.err(), Some(FrameRefusal::Busy));
+        assert_eq!(started.elapsed(), FRAME_PATIENCE, "it waited the patience out");
+        assert_eq!(budget.held(), 800 << 10, "a refused frame holds nothing");
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.cover(400 << 10).await.map(|share| share.granted()) }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(first);
+        assert_eq!(waiting.await.unwrap(), Ok(400 << 10));
+        assert_eq!(budget.held(), 0, "dropped with its task's future");
+        let share = budget.cover(300 << 10).await.unwrap();
+        tokio::time::sleep_until(share.deadline()).await;
+        let mut share = Some(share);
+        let late = std::future::poll_fn(|cx| budget.poll_cover(&mut share, 300 << 10, cx)).await;
+        assert_eq!(late, Err(FrameRefusal::TooSlow));
+        drop(share);
+        assert_eq!((budget.held(), metrics.frame_bytes_held.get()), (0, 0));
+        let refused = |reason: &str| metrics.connections_refused.with_label_values(&[reason]).get();
+        assert_eq!((refused("frame_budget"), refused("frame_too_slow")), (1, 1));
     }
 }

@@ -34,8 +34,12 @@ pub struct Metrics {
     /// Client frames by type, and `bad` for frames that did not decode.
     pub client_frames: IntCounterVec,
     /// Connections refused or closed to protect the edge, by reason (`user_cap`: the user
-    /// holds `sessions.max_connections_per_user` already).
+    /// holds `sessions.max_connections_per_user` already; `frame_budget`: no room in the frame
+    /// budget in time; `frame_too_slow`: a large frame did not arrive in time).
     pub connections_refused: IntCounterVec,
+    /// Bytes of large client frames being received (or not yet handled) on every connection,
+    /// held from `sessions.frame_budget_bytes`.
+    pub frame_bytes_held: IntGauge,
 }
 
 impl Metrics {
@@ -103,9 +107,14 @@ impl Metrics {
                 &["reason"],
             )
             .expect("valid counter"),
+            frame_bytes_held: IntGauge::new(
+                "selvage_edge_frame_bytes_held",
+                "Bytes of large client frames being received, held from the frame budget",
+            )
+            .expect("valid gauge"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(m.connections.clone()),
             Box::new(m.boot_latency.clone()),
             Box::new(m.cache_requests.clone()),
@@ -118,6 +127,7 @@ impl Metrics {
             Box::new(m.origin_calls.clone()),
             Box::new(m.client_frames.clone()),
             Box::new(m.connections_refused.clone()),
+            Box::new(m.frame_bytes_held.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

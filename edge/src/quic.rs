@@ -12,7 +12,8 @@ use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
 use selvage_shared::{
     link::CLIENT_ALPN,
-    quic::{read_frame, FrameReadError},
+    link::{frame_len, FRAME_PREFIX_BYTES},
+    quic::read_frame,
     tls::{self, Identity},
     ClientOpen, Format, MAX_CLIENT_FRAME_BYTES,
 };
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     fanout::Wire,
+    limits::{FrameBudget, FrameRefusal, FrameShare, FREE_FRAME_BYTES},
     server::{Edge, StartError},
     session::{self, close, Inbound, Opening, Transport},
 };
@@ -37,6 +39,14 @@ pub struct Listener {
 
 /// Largest `ClientOpen` frame.
 const MAX_OPEN_BYTES: usize = 4096;
+
+/// Frames the stream's reader may have read ahead of its session; with the one the session
+/// handles, that is what a connection holds (a large one under its frame budget share).
+const READ_AHEAD: usize = 4;
+
+/// A frame read, with its share of the frame budget (given back once the session is done
+/// with it).
+type Read = (Inbound, Option<Box<FrameShare>>);
 
 /// Binds the QUIC listener and starts accepting.
 pub fn listen(edge: Arc<Edge>, addr: SocketAddr, shutdown: CancellationToken) -> Result<Listener, StartError> {
@@ -117,21 +127,50 @@ async fn serve(edge: Arc<Edge>, connection: quinn::Connection) {
         return;
     };
     let opening = Opening { token: open.token, format: Format::MsgPack, resume: open.resume, transport: "quic" };
-    let (tx, inbound) = mpsc::channel(64);
-    let reader = tokio::spawn(read(recv, tx)).abort_handle();
-    session::run(edge, opening, QuicTransport { send, connection, pending: Vec::new(), inbound, reader }).await;
+    let (tx, inbound) = mpsc::channel(READ_AHEAD);
+    let reader = tokio::spawn(read(recv, tx, edge.frame_budget.clone())).abort_handle();
+    let transport = QuicTransport { send, connection, pending: Vec::new(), inbound, share: None, reader };
+    session::run(edge, opening, transport).await;
 }
 
-async fn read(mut recv: quinn::RecvStream, tx: mpsc::Sender<Inbound>) {
+async fn read(mut recv: quinn::RecvStream, tx: mpsc::Sender<Read>, budget: Arc<FrameBudget>) {
     loop {
-        let (inbound, last) = match read_frame(&mut recv, MAX_CLIENT_FRAME_BYTES).await {
-            Ok(Some(body)) => (Inbound::Frame(body), false),
-            Ok(None) | Err(FrameReadError::Truncated { .. } | FrameReadError::Read(_)) => (Inbound::Closed, true),
-            Err(FrameReadError::TooLarge(_)) => (Inbound::TooLarge, true),
-        };
-        if tx.send(inbound).await.is_err() || last {
+        let (inbound, share) = read_one(&mut recv, &budget).await;
+        let last = !matches!(inbound, Inbound::Frame(_));
+        if tx.send((inbound, share)).await.is_err() || last {
             return;
         }
+    }
+}
+
+/// The next frame. One larger than a connection holds for free is read only once the budget
+/// has room for all of it, and must then arrive in time.
+async fn read_one(recv: &mut quinn::RecvStream, budget: &Arc<FrameBudget>) -> Read {
+    let mut prefix = [0u8; FRAME_PREFIX_BYTES];
+    if recv.read_exact(&mut prefix).await.is_err() {
+        // The stream ended (between frames or not) or broke.
+        return (Inbound::Closed, None);
+    }
+    let Ok(len) = frame_len(prefix, MAX_CLIENT_FRAME_BYTES) else { return (Inbound::TooLarge, None) };
+    let share = if len > FREE_FRAME_BYTES {
+        match budget.cover(len).await {
+            Ok(share) => Some(share),
+            Err(refused) => return (Inbound::Refused(refused), None),
+        }
+    } else {
+        None
+    };
+    let mut body = vec![0u8; len];
+    let read = match &share {
+        Some(share) => match tokio::time::timeout_at(share.deadline(), recv.read_exact(&mut body)).await {
+            Ok(read) => read,
+            Err(_) => return (Inbound::Refused(budget.refuse(FrameRefusal::TooSlow)), None),
+        },
+        None => recv.read_exact(&mut body).await,
+    };
+    match read {
+        Ok(()) => (Inbound::Frame(body), share),
+        Err(_) => (Inbound::Closed, None),
     }
 }
 
@@ -141,7 +180,9 @@ struct QuicTransport {
     connection: quinn::Connection,
     /// Length prefixes and bodies fed but not yet written.
     pending: Vec<Bytes>,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<Read>,
+    /// What the frame last received holds of the frame budget.
+    share: Option<Box<FrameShare>>,
     reader: tokio::task::AbortHandle,
 }
 
@@ -164,7 +205,11 @@ impl QuicTransport {
 
 impl Transport for QuicTransport {
     async fn recv(&mut self) -> Inbound {
-        self.inbound.recv().await.unwrap_or(Inbound::Closed)
+        // The session is done with the frame it was given last.
+        self.share = None;
+        let (inbound, share) = self.inbound.recv().await.unwrap_or((Inbound::Closed, None));
+        self.share = share;
+        inbound
     }
 
     async fn write(&mut self, wire: Wire) -> std::io::Result<()> {

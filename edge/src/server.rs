@@ -22,7 +22,7 @@ use crate::{
     cache::CacheLimits,
     config::EdgeConfig,
     fanout::{self, Workspaces},
-    limits::UserSlots,
+    limits::{FrameBudget, UserSlots},
     metrics::Metrics,
     upstream::{Upstream, UpstreamConfig},
 };
@@ -39,6 +39,8 @@ pub struct Edge {
     pub tokens: Arc<Tokens>,
     /// Open connections per user, capped at `sessions.max_connections_per_user`.
     pub slots: Arc<UserSlots>,
+    /// What large client frames still arriving may hold, all connections together.
+    pub frame_budget: Arc<FrameBudget>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the edge starts draining.
@@ -146,12 +148,14 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let slots = UserSlots::new(config.sessions.max_connections_per_user);
+    let frame_budget = FrameBudget::new(config.sessions.frame_budget_bytes, &metrics);
     let edge = Arc::new(Edge {
         config,
         upstream,
         workspaces: workspaces.clone(),
         tokens: tokens.clone(),
         slots,
+        frame_budget,
         metrics,
         drain: CancellationToken::new(),
     });

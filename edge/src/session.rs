@@ -41,7 +41,7 @@ use crate::{
     auth::Principal,
     cache::{QueryAnswer, DEFAULT_HISTORY_LIMIT},
     fanout::{event_wire, CloseReason, Live, Out, Outbox, Wire},
-    limits::Slot,
+    limits::{FrameRefusal, Slot},
     server::Edge,
 };
 
@@ -54,6 +54,9 @@ pub enum Inbound {
     Alive,
     /// A frame over the size limit: the connection is closed.
     TooLarge,
+    /// A large frame that the edge's frame budget could not take in time, or that did not
+    /// arrive in time: the connection is closed.
+    Refused(FrameRefusal),
     /// The client closed the connection, or it broke.
     Closed,
 }
@@ -413,6 +416,10 @@ impl Session {
                                 close::TOO_LARGE,
                                 format!("frame over {} bytes", selvage_shared::MAX_CLIENT_FRAME_BYTES),
                             )
+                        }
+                        Inbound::Refused(refused) => {
+                            let (code, reason) = refused.close();
+                            return End::Close(code, reason.into());
                         }
                         Inbound::Closed => return End::Client,
                     }

@@ -185,11 +185,17 @@ impl Ws {
     }
 
     /// Sends the start of a text frame of `len` bytes: its header and `sent` bytes of it.
-    #[allow(dead_code)]
     async fn send_part(&mut self, len: usize, sent: usize) {
         let mut frame = Ws::header(0x1, len);
         frame.extend(std::iter::repeat_n(b' ', sent));
         self.tcp.write_all(&frame).await.unwrap();
+    }
+
+    /// Sends the rest of a frame begun with [`Ws::send_part`]: spaces, then `tail`.
+    async fn send_rest(&mut self, spaces: usize, tail: &str) {
+        let mut rest = vec![b' '; spaces];
+        rest.extend_from_slice(tail.as_bytes());
+        self.tcp.write_all(&rest).await.unwrap();
     }
 
     /// The next frame the edge sent, or how the connection ended.
@@ -247,7 +253,6 @@ impl Ws {
 struct Quic {
     _endpoint: quinn::Endpoint,
     conn: quinn::Connection,
-    #[allow(dead_code)]
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 }
@@ -277,11 +282,15 @@ impl Quic {
     }
 
     /// Sends the start of a frame of `len` bytes: its length prefix and `sent` bytes of it.
-    #[allow(dead_code)]
     async fn send_part(&mut self, len: usize, sent: usize) {
         let mut frame = (len as u32).to_be_bytes().to_vec();
         frame.extend(std::iter::repeat_n(0xc0, sent));
         self.send.write_all(&frame).await.unwrap();
+    }
+
+    /// Sends `rest` more bytes of a frame begun with [`Quic::send_part`].
+    async fn send_rest(&mut self, rest: usize) {
+        self.send.write_all(&vec![0xc0; rest]).await.unwrap();
     }
 
     async fn next(&mut self) -> Got {
@@ -353,4 +362,55 @@ async fn a_user_s_connections_are_capped_and_a_closed_one_frees_its_slot() {
     // The edge still serves the ones it holds.
     last.send_text(r#"{"type":"ping","id":"p1"}"#).await;
     assert!(matches!(last.next().await, Got::Frame(ServerFrame::Pong { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_frames_hold_no_more_than_the_frame_budget() {
+    const BUDGET: usize = 1 << 20;
+    const FRAME: usize = 200 * 1024;
+    const HALF: usize = FRAME / 2;
+    let rig = rig(|c| c.sessions.frame_budget_bytes = BUDGET).await;
+    let budget = rig.edge.edge.frame_budget.clone();
+    let ping = r#"{"type":"ping","id":"big"}"#;
+    // Twelve connections of one token each send half of a 200 KiB frame and stop: five such
+    // frames fit in the budget, the other connections wait, unread.
+    let mut ws = Vec::new();
+    for _ in 0..8 {
+        let mut client = Ws::session(rig.edge.addr, &rig.token).await;
+        client.send_part(FRAME, HALF).await;
+        ws.push(client);
+    }
+    let mut quic = Vec::new();
+    for _ in 0..4 {
+        let mut client = Quic::session(&rig, &rig.token).await;
+        client.send_part(FRAME, HALF).await;
+        quic.push(client);
+    }
+    let covered = BUDGET / (FRAME + 14);
+    wait_until("the budget is taken by half-sent frames", || budget.held() > (covered - 1) * FRAME).await;
+    let held = budget.held();
+    assert!(held <= BUDGET, "{held} bytes held over a budget of {BUDGET}");
+    assert_eq!(rig.metric("selvage_edge_frame_bytes_held") as usize, held, "the gauge is the budget's count");
+    // Still serving: small frames need nothing from the budget.
+    let mut small = Ws::session(rig.edge.addr, &rig.token).await;
+    small.send_text(r#"{"type":"ping","id":"small"}"#).await;
+    assert!(matches!(small.next().await, Got::Frame(ServerFrame::Pong { .. })));
+    // Every frame is finished; those that waited are read as the budget frees up, and each
+    // session answers its frame (a pong on WebSocket, an error for the padding on QUIC).
+    for client in &mut ws {
+        client.send_rest(FRAME - HALF - ping.len(), ping).await;
+    }
+    for client in &mut quic {
+        client.send_rest(FRAME - HALF).await;
+    }
+    for client in &mut ws {
+        assert!(matches!(client.next().await, Got::Frame(ServerFrame::Pong { .. })));
+    }
+    for client in &mut quic {
+        assert!(matches!(client.next().await, Got::Frame(ServerFrame::Error { .. })));
+    }
+    // What the frames held is given back once their sessions have handled them.
+    wait_until("the budget is given back", || budget.held() == 0).await;
+    assert_eq!(rig.metric("selvage_edge_frame_bytes_held"), 0.0);
+    assert_eq!(rig.metric("selvage_edge_connections_refused_total{reason=\"frame_budget\"}"), 0.0);
 }

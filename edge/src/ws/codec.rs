@@ -203,12 +203,56 @@ pub struct Decoder {
     utf8: Utf8,
     /// The largest message (and frame) accepted.
     max_message: usize,
+    /// The most the decoder makes room for to finish a frame (see [`Decoder::wants`]); the
+    /// connection raises it once its frame budget allows.
+    room: usize,
 }
 
 impl Decoder {
     /// A decoder refusing messages over `max_message` bytes.
     pub fn new(max_message: usize) -> Decoder {
-        Decoder { pending: Vec::new(), unmasked: 0, partial: None, utf8: Utf8::default(), max_message }
+        Decoder {
+            pending: Vec::new(),
+            unmasked: 0,
+            partial: None,
+            utf8: Utf8::default(),
+            max_message,
+            room: usize::MAX,
+        }
+    }
+
+    /// What the decoder will hold once the frame in flight has all come: the whole frame, and
+    /// the message it continues (or, before a header has come, what it holds now).
+    pub fn wants(&self) -> usize {
+        let partial = self.partial.as_ref().map_or(0, |p| p.payload.capacity());
+        match self.header() {
+            Ok(Some(h)) => {
+                let grows = if h.opcode == Opcode::Continuation { h.payload } else { 0 };
+                (h.len + h.payload).max(self.pending.len()) + partial + grows
+            }
+            _ => self.pending.capacity() + partial,
+        }
+    }
+
+    /// Lets the decoder make room for frames whose [`wants`](Decoder::wants) are up to `room`
+    /// bytes; a larger one waits, unread, until it is allowed.
+    pub fn allow(&mut self, room: usize) {
+        self.room = room;
+        if let Ok(Some(h)) = self.header() {
+            let total = h.len + h.payload;
+            if self.pending.len() < total && self.wants() <= room {
+                self.pending.reserve_exact(total - self.pending.len());
+            }
+        }
+    }
+
+    /// The most to read from the client next: the rest of the frame in flight, so that its
+    /// buffer never grows past the room made for it; anything while no header has come.
+    pub fn read_limit(&self) -> usize {
+        match self.header() {
+            Ok(Some(h)) if self.pending.len() < h.len + h.payload => h.len + h.payload - self.pending.len(),
+            _ => usize::MAX,
+        }
     }
 
     /// Whether the decoder holds no memory: no frame or message is in flight.
@@ -242,6 +286,8 @@ impl Decoder {
                     let Some(partial) = self.partial.as_mut() else {
                         return Err(DecodeError::Protocol("a continuation frame outside a message"));
                     };
+                    // Exactly: a doubling would hold up to twice what the frame budget counts.
+                    partial.payload.reserve_exact(payload.len());
                     partial.payload.extend_from_slice(&payload);
                     if header.fin {
                         if let Some(Partial { text, payload }) = self.partial.take() {
@@ -285,18 +331,25 @@ impl Decoder {
         }
         let total = header.len + header.payload;
         if self.pending.len() < total {
-            // Room for the whole frame once, however many reads it takes to come.
-            self.pending.reserve_exact(total - self.pending.len());
+            // Room for the whole frame once, however many reads it takes to come — if it is
+            // allowed that much.
+            if self.wants() <= self.room {
+                self.pending.reserve_exact(total - self.pending.len());
+            }
             return Ok(None);
         }
-        let payload = self.pending[header.len..total].to_vec();
         self.unmasked = 0;
-        if self.pending.len() == total {
-            // Release the buffer: an idle session holds none.
-            self.pending = Vec::new();
+        let payload = if self.pending.len() == total {
+            // The buffer becomes the payload, not copied: an idle session holds none, and a
+            // large frame is never held twice.
+            let mut payload = std::mem::take(&mut self.pending);
+            payload.drain(..header.len);
+            payload
         } else {
+            let payload = self.pending[header.len..total].to_vec();
             self.pending.drain(..total);
-        }
+            payload
+        };
         Ok(Some((header, payload)))
     }
 

@@ -46,6 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use self::codec::{DecodeError, Decoder, Message, Opcode};
 use crate::{
     fanout::Wire,
+    limits::{FrameBudget, FrameShare, FREE_FRAME_BYTES},
     server::Edge,
     session::{self, Inbound, Opening, Transport},
 };
@@ -96,7 +97,8 @@ pub async fn connect(
     let token = crate::server::bearer(&headers).map(str::to_owned).or_else(|| params.get("token").cloned());
     let token = token.unwrap_or_default();
     let opening = Opening { token, format, resume, transport: "ws" };
-    upgrade.on_upgrade(move |socket| session::run(edge, opening, socket))
+    let budget = edge.frame_budget.clone();
+    upgrade.on_upgrade(move |socket| session::run(edge, opening, socket.with_budget(budget)))
 }
 
 /// A WebSocket upgrade request (RFC 6455 §4.2.1), refused with the status a client can act on.
@@ -269,6 +271,13 @@ pub struct WsTransport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static = Tok
     out: Outgoing,
     /// A close frame is in `out` (or was written): it is the last frame.
     close_queued: bool,
+    /// The message last returned was held under `share`, which is given back when the
+    /// session asks for the next one.
+    delivered: bool,
+    /// Where frames over [`FREE_FRAME_BYTES`] take their room from; none, no limit.
+    budget: Option<Arc<FrameBudget>>,
+    /// What the frame in flight (or the message last returned) holds of the budget.
+    share: Option<Box<FrameShare>>,
 }
 
 impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
@@ -280,7 +289,22 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
 
     /// The same, taking client messages up to `max_message` bytes.
     pub fn with_limit(io: Io, max_message: usize) -> WsTransport<Io> {
-        WsTransport { io: Some(io), decoder: Decoder::new(max_message), out: Outgoing::default(), close_queued: false }
+        WsTransport {
+            io: Some(io),
+            decoder: Decoder::new(max_message),
+            out: Outgoing::default(),
+            close_queued: false,
+            delivered: false,
+            budget: None,
+            share: None,
+        }
+    }
+
+    /// The same, taking room for frames over [`FREE_FRAME_BYTES`] from `budget`.
+    pub fn with_budget(mut self, budget: Arc<FrameBudget>) -> WsTransport<Io> {
+        self.decoder.allow(FREE_FRAME_BYTES);
+        self.budget = Some(budget);
+        self
     }
 
     /// Whether the connection holds no buffer (nothing in flight either way).
@@ -321,6 +345,11 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Received> {
+        if std::mem::take(&mut self.delivered) {
+            // The session is done with the large message it was given.
+            self.share = None;
+            self.decoder.allow(FREE_FRAME_BYTES);
+        }
         loop {
             if self.close_queued {
                 return Poll::Ready(Received::Closed);
@@ -335,8 +364,14 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
                 }
             }
             match self.decoder.decode() {
-                Ok(Some(Message::Text(bytes))) => return Poll::Ready(Received::Text(bytes)),
-                Ok(Some(Message::Binary(bytes))) => return Poll::Ready(Received::Binary(bytes)),
+                Ok(Some(Message::Text(bytes))) => {
+                    self.delivered = self.share.is_some();
+                    return Poll::Ready(Received::Text(bytes));
+                }
+                Ok(Some(Message::Binary(bytes))) => {
+                    self.delivered = self.share.is_some();
+                    return Poll::Ready(Received::Binary(bytes));
+                }
                 Ok(Some(Message::Ping(payload))) => {
                     codec::encode(&mut self.out.buf, Opcode::Pong, &payload);
                     return Poll::Ready(Received::Alive);
@@ -363,11 +398,30 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> WsTransport<Io> {
                     return Poll::Ready(Received::Closed);
                 }
             }
+            // A frame larger than a connection may hold for free is read only once the budget
+            // has room for all of it; until then the client is not read from.
+            if let Some(budget) = &self.budget {
+                let wants = self.decoder.wants();
+                if wants > FREE_FRAME_BYTES {
+                    match budget.poll_cover(&mut self.share, wants, cx) {
+                        Poll::Ready(Ok(())) => self.decoder.allow(wants),
+                        Poll::Ready(Err(refused)) => {
+                            let (code, reason) = refused.close();
+                            tracing::debug!(code, reason, wants, "large frame refused");
+                            self.queue_close(code, reason);
+                            return Poll::Ready(Received::Closed);
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
             let Some(io) = self.io.as_mut() else { return Poll::Ready(Received::Closed) };
             // Not zeroed: the session polls here on every wake-up, most of them with nothing
-            // to read.
+            // to read. No more than the frame in flight still needs, so that its buffer stays
+            // the size made for it.
             let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut buf = ReadBuf::uninit(&mut chunk);
+            let limit = self.decoder.read_limit().min(READ_CHUNK);
+            let mut buf = ReadBuf::uninit(&mut chunk[..limit]);
             match ready!(Pin::new(io).poll_read(cx, &mut buf)) {
                 Ok(()) if buf.filled().is_empty() => return Poll::Ready(Received::Closed),
                 Ok(()) => self.decoder.extend(buf.filled()),
