@@ -790,7 +790,10 @@ async fn readyz(State(origin): State<Arc<Origin>>) -> Response {
         tx.get(&crate::store::keys::meta("readyz")).await?;
         Ok::<_, crate::store::StoreError>(())
     };
-    let store_ok = matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(())));
+    let answers = matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(())));
+    // Reads that answer are not enough: a store that refuses writes (a full disk) is not ready.
+    let cannot_write = origin.store.write_problem();
+    let store_ok = answers && cannot_write.is_none();
     let sequencer_ok = !origin.shutdown.is_cancelled();
     if store_ok && sequencer_ok {
         return axum::Json(json!({ "ready": true, "store": true, "sequencer": true })).into_response();
@@ -798,7 +801,11 @@ async fn readyz(State(origin): State<Arc<Origin>>) -> Response {
     // Not ready is a 503 like any other: the error shape (with the request id) beside the
     // probe's fields.
     let id = RequestId::current().unwrap_or_default();
-    let why = if store_ok { "the sequencer is stopping" } else { "storage does not answer" };
+    let why = match (answers, cannot_write) {
+        (false, _) => "storage does not answer".to_string(),
+        (true, Some(problem)) => format!("storage cannot take writes: {problem}"),
+        (true, None) => "the sequencer is stopping".to_string(),
+    };
     tracing::warn!(request.id = %id, store = store_ok, sequencer = sequencer_ok, "not ready: {why}");
     let body = json!({
         "ready": false, "store": store_ok, "sequencer": sequencer_ok,

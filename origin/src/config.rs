@@ -64,6 +64,10 @@ pub struct EmbeddedConfig {
     pub memtable_entries: usize,
     /// MiB of the data file's page cache.
     pub cache_mib: usize,
+    /// MiB kept free on the data directory's disk (beyond twice what waits to be flushed):
+    /// with less, sends are refused with `503 unavailable` and `/readyz` says why, until space
+    /// is freed; they resume by themselves. 0 turns the check off.
+    pub min_free_mib: u64,
 }
 
 impl Default for EmbeddedConfig {
@@ -74,6 +78,7 @@ impl Default for EmbeddedConfig {
             memtable_mib: opts.memtable_bytes / (1024 * 1024),
             memtable_entries: opts.memtable_entries,
             cache_mib: opts.cache_bytes / (1024 * 1024),
+            min_free_mib: opts.min_free_bytes / (1024 * 1024),
         }
     }
 }
@@ -87,6 +92,7 @@ impl EmbeddedConfig {
             memtable_bytes: self.memtable_mib * 1024 * 1024,
             memtable_entries: self.memtable_entries,
             cache_bytes: self.cache_mib * 1024 * 1024,
+            min_free_bytes: self.min_free_mib * 1024 * 1024,
             ..Default::default()
         }
     }

@@ -85,7 +85,7 @@ impl OriginError {
             OriginError::Overloaded(_) => ErrorCode::Overloaded,
             OriginError::Unavailable(_) => ErrorCode::Unavailable,
             OriginError::Store(e) if e.is_retryable() => ErrorCode::Unavailable,
-            OriginError::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
+            OriginError::Store(StoreError::Unavailable(_) | StoreError::NoSpace(_)) => ErrorCode::Unavailable,
             OriginError::Store(
                 StoreError::KeyTooLarge(_) | StoreError::ValueTooLarge(_) | StoreError::TransactionTooLarge(_),
             ) => ErrorCode::TooLarge,
@@ -133,9 +133,13 @@ impl OriginError {
     pub fn client_message(&self) -> String {
         match self.code() {
             ErrorCode::Internal => "internal error; the origin logged it with this request_id".into(),
-            ErrorCode::Unavailable => {
-                "temporarily unavailable; retry with backoff (a send with the same client_msg_id)".into()
-            }
+            // A full disk is the one cause worth naming: it lasts until an operator acts.
+            ErrorCode::Unavailable => match self {
+                OriginError::Store(StoreError::NoSpace(why)) => {
+                    format!("{why}; retry later (a send with the same client_msg_id)")
+                }
+                _ => "temporarily unavailable; retry with backoff (a send with the same client_msg_id)".into(),
+            },
             _ => self.to_string(),
         }
     }

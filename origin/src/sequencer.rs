@@ -545,6 +545,8 @@ impl Committer {
                         OriginError::TooLarge(format!(
                             "this message with its mentions and thread updates is over the storage transaction limit ({e})"
                         ))
+                    } else if let StoreError::NoSpace(why) = &e {
+                        OriginError::Store(StoreError::NoSpace(why.clone()))
                     } else if retryable {
                         OriginError::Unavailable(format!("commit failed ({e}); retry with the same client_msg_id"))
                     } else {

@@ -21,9 +21,15 @@ pub struct OriginProcess {
 impl OriginProcess {
     /// Starts `selvage origin` on port 0 over `data_dir` and waits for its address.
     pub fn spawn(data_dir: &Path) -> Self {
+        Self::spawn_with(data_dir, &[])
+    }
+
+    /// [`OriginProcess::spawn`] with more `SELVAGE_*` settings in its environment.
+    pub fn spawn_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_selvage"))
             .args(["origin", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .envs(env.iter().copied())
             .env("SELVAGE_OPERATOR_KEY", OPERATOR_KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -132,6 +132,8 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const BACKPRESSURE_FACTOR: usize = 4;
 /// How often a commit thread waiting for the flusher looks again.
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(100);
+/// How often the commit thread looks at the free space on the data directory's disk.
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How many watch registrations between sweeps of watchers whose futures were dropped.
 const WATCH_SWEEP_EVERY: usize = 1024;
 
@@ -158,6 +160,11 @@ pub struct EmbeddedOptions {
     /// Mutations in the memtable that trigger a flush before `flush_interval`. Past four times
     /// this not yet in redb, commits wait for the flusher.
     pub memtable_entries: usize,
+    /// Free bytes kept on the data directory's disk, beyond twice what waits to be flushed:
+    /// with less, commits are refused (`Unavailable`) until space is freed, so that the flush
+    /// and the log never meet a full disk (redb refuses all further work after a failed write,
+    /// until it is reopened). 0 turns the check off.
+    pub min_free_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -174,6 +181,7 @@ impl Default for EmbeddedOptions {
             flush_interval: Duration::from_millis(150),
             memtable_bytes: 64 * 1024 * 1024,
             memtable_entries: 200_000,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -253,8 +261,8 @@ struct Shared {
 struct Health {
     /// Whether either slot is set, so that the commit path checks an atomic, not a lock.
     troubled: AtomicBool,
-    /// The log's problem and the flusher's.
-    problems: Mutex<[Option<String>; 2]>,
+    /// The log's problem, the flusher's and the disk's.
+    problems: Mutex<[Option<String>; 3]>,
 }
 
 /// The writers [`Health`] keeps a problem for.
@@ -262,6 +270,8 @@ struct Health {
 enum Writer {
     Log = 0,
     Flush = 1,
+    /// Not a writer: the free-space check in front of them.
+    Space = 2,
 }
 
 impl Health {
@@ -680,7 +690,14 @@ impl EmbeddedStore {
 
         let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
         let syncer = Syncer::start(shared.clone()).map_err(engine_err)?;
-        let mut worker = CommitWorker { shared: shared.clone(), version, record: Vec::new(), failed: None, syncer };
+        let mut worker = CommitWorker {
+            shared: shared.clone(),
+            version,
+            record: Vec::new(),
+            failed: None,
+            syncer,
+            space: SpaceCheck { next: Instant::now(), short: None, warned: false },
+        };
         let worker = std::thread::Builder::new()
             .name("selvage-commit".into())
             .spawn(move || worker.run(rx))
@@ -1325,6 +1342,7 @@ struct CommitWorker {
     /// Set when the log could not be written: the log's tail is then unknown, so nothing
     /// more may be appended to it (reopening the store recovers).
     failed: Option<String>,
+    space: SpaceCheck,
     syncer: Syncer,
 }
 
@@ -1334,6 +1352,36 @@ struct Syncer {
     requests: Option<std::sync::mpsc::Sender<()>>,
     results: std::sync::mpsc::Receiver<std::io::Result<()>>,
     handle: Option<JoinHandle<()>>,
+}
+
+/// What the commit thread last learned of the free space on its disk.
+struct SpaceCheck {
+    /// When to look again.
+    next: Instant,
+    /// Why commits are refused, while the disk is short of space.
+    short: Option<String>,
+    /// Whether a failure to read the free space was logged.
+    warned: bool,
+}
+
+/// Bytes an unprivileged process may still write on the filesystem holding `dir`.
+#[cfg(unix)]
+fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs only writes into the zeroed struct we own, through a valid pointer, and
+    // reads the NUL-terminated path, which outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(not(unix))]
+fn available_bytes(_dir: &Path) -> std::io::Result<u64> {
+    Err(std::io::Error::other("free space is only read on Unix"))
 }
 
 impl Syncer {
@@ -1405,6 +1453,12 @@ impl CommitWorker {
         if let Some(e) = self.failed.clone().or_else(|| self.wait_for_room().err()) {
             for req in group {
                 let _ = req.reply.send(Err(StoreError::Engine(e.clone())));
+            }
+            return;
+        }
+        if let Err(why) = self.check_space() {
+            for req in group {
+                let _ = req.reply.send(Err(StoreError::NoSpace(why.into())));
             }
             return;
         }
@@ -1486,8 +1540,12 @@ impl CommitWorker {
                 // group, and take commits again as soon as a write succeeds.
                 tracing::error!(error = %error, "cannot write the write-ahead log; the commit group was refused and nothing of it kept");
                 shared.health.failed(Writer::Log, why.clone());
+                let err = match error.kind() {
+                    std::io::ErrorKind::StorageFull => StoreError::NoSpace(why.clone()),
+                    _ => StoreError::Unavailable(why.clone()),
+                };
                 for a in accepted {
-                    let _ = a.reply.send(Err(StoreError::Unavailable(why.clone())));
+                    let _ = a.reply.send(Err(err.clone()));
                 }
                 return;
             }
@@ -1581,6 +1639,52 @@ impl CommitWorker {
             if let Some(current) = rest.first_mut() {
                 current.resolve(earlier, &mut committed)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses commits while the data directory's disk has less free space than
+    /// [`EmbeddedOptions::min_free_bytes`] plus twice the bytes waiting to be flushed (a
+    /// flush's copy-on-write pages), looking at most every [`SPACE_CHECK_INTERVAL`].
+    fn check_space(&mut self) -> Result<(), &'static str> {
+        const FULL: &str = "the origin's disk is full; writes resume once space is freed";
+        let min_free = self.shared.opts.min_free_bytes;
+        let now = Instant::now();
+        if min_free == 0 || now < self.space.next {
+            return if self.space.short.is_some() { Err(FULL) } else { Ok(()) };
+        }
+        self.space.next = now + SPACE_CHECK_INTERVAL;
+        let free = match available_bytes(self.shared.wal.dir()) {
+            Ok(free) => free,
+            Err(e) => {
+                if !std::mem::replace(&mut self.space.warned, true) {
+                    tracing::warn!(error = %e, "cannot read the free space of the data directory's disk; not checking it");
+                }
+                return Ok(());
+            }
+        };
+        let unflushed = self.shared.mem.unflushed_size().0 as u64;
+        let need = min_free.saturating_add(unflushed.saturating_mul(2));
+        if free < need {
+            let why = format!(
+                "the data directory's disk is nearly full: {} MiB free, {} MiB kept free for the log and flushes; commits are refused until space is freed",
+                free >> 20,
+                need >> 20
+            );
+            if self.space.short.is_none() {
+                tracing::error!(
+                    free,
+                    need,
+                    "the data directory's disk is nearly full; refusing commits until space is freed"
+                );
+            }
+            self.shared.health.failed(Writer::Space, why.clone());
+            self.space.short = Some(why);
+            return Err(FULL);
+        }
+        if self.space.short.take().is_some() {
+            tracing::info!(free, need, "the data directory's disk has room again; taking commits");
+            self.shared.health.wrote(Writer::Space);
         }
         Ok(())
     }
@@ -2507,6 +2611,166 @@ mod tests {
             let log = tx.get_range(&RangeRead::prefix(b"log")).await.unwrap();
             assert_eq!(log.len() as u64, counter, "round {round}: feed-like log entries");
         }
+    }
+
+    /// A size-limited tmpfs on a fresh directory, unmounted when dropped.
+    struct SmallDisk {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallDisk {
+        /// `None`, with the reason printed, where this process may not mount one (it needs
+        /// root, as CI has).
+        fn mount(mib: u64) -> Option<SmallDisk> {
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "selvage-test"])
+                .arg(dir.path())
+                .output();
+            match out {
+                Ok(o) if o.status.success() => Some(SmallDisk { dir }),
+                Ok(o) => {
+                    eprintln!("SKIPPED: cannot mount a {mib} MiB tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
+                    None
+                }
+                Err(e) => {
+                    eprintln!("SKIPPED: cannot run mount: {e}");
+                    None
+                }
+            }
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Writes a file until the disk is full; answers its size.
+        fn fill(&self, name: &str) -> u64 {
+            use std::io::Write;
+            let mut f = std::fs::File::create(self.path().join(name)).unwrap();
+            let chunk = vec![0x5a; 64 * 1024];
+            let mut n = 0;
+            while let Ok(k) = f.write(&chunk) {
+                if k == 0 {
+                    break;
+                }
+                n += k as u64;
+            }
+            n
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        }
+    }
+
+    /// On a disk filling up, commits are refused before the log or redb meet a full disk, with
+    /// a clear reason, every acknowledged commit stays, and commits succeed again once space is
+    /// freed, without reopening; a reopen finds everything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_disk_refuses_commits_and_recovers_without_a_restart() {
+        let Some(disk) = SmallDisk::mount(64) else { return };
+        let path = disk.path().join("s.redb");
+        let opts = EmbeddedOptions {
+            min_free_bytes: 8 << 20,
+            memtable_bytes: 512 << 10,
+            flush_interval: Duration::from_millis(20),
+            ..EmbeddedOptions::default()
+        };
+        std::fs::write(disk.path().join("ballast"), vec![1u8; 16 << 20]).unwrap();
+        let store = EmbeddedStore::open(&path, opts.clone()).unwrap();
+        let value = |i: u64| vec![(i % 251) as u8; 64 * 1024];
+        let key = |i: u64| [b"k/".as_slice(), &i.to_be_bytes()].concat();
+        let mut acked = 0;
+        let refusal = loop {
+            assert!(acked < 2_000, "64 MiB never filled up");
+            let mut tx = store.begin().await.unwrap();
+            tx.set(&key(acked + 1), &value(acked + 1)).unwrap();
+            match tx.commit().await {
+                Ok(_) => acked += 1,
+                Err(e) => break e,
+            }
+        };
+        match &refusal {
+            StoreError::NoSpace(why) => assert!(why.contains("disk is full"), "{why}"),
+            other => panic!("expected a refusal for a full disk, got {other:?}"),
+        }
+        assert!(acked > 100, "refused too early: {acked}");
+        let problem = store.write_problem().expect("the store says why it refuses writes");
+        assert!(problem.contains("nearly full"), "{problem}");
+        // Reads go on, and everything acknowledged is there.
+        let mut tx = store.begin().await.unwrap();
+        for i in 1..=acked {
+            assert_eq!(tx.get(&key(i)).await.unwrap(), Some(value(i)), "commit {i}");
+        }
+        drop(tx);
+
+        std::fs::remove_file(disk.path().join("ballast")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut tx = store.begin().await.unwrap();
+            tx.set(&key(acked + 1), &value(acked + 1)).unwrap();
+            match tx.commit().await {
+                Ok(_) => break acked += 1,
+                Err(StoreError::NoSpace(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("commits did not resume once space was freed: {e}"),
+            }
+        }
+        assert_eq!(store.write_problem(), None, "ready again");
+        drop(store);
+        let store = EmbeddedStore::open(&path, opts).unwrap();
+        let mut tx = store.begin().await.unwrap();
+        for i in 1..=acked {
+            assert_eq!(tx.get(&key(i)).await.unwrap(), Some(value(i)), "commit {i} after reopening");
+        }
+        assert_eq!(tx.get(&key(acked + 1)).await.unwrap(), None);
+    }
+
+    /// With the free-space check off, a log write that meets a full disk is cut off the log:
+    /// the group is refused with a clear reason, its versions go to the next commit once space
+    /// is freed, and recovery replays exactly what was acknowledged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_write_on_a_full_disk_is_taken_back() {
+        let Some(disk) = SmallDisk::mount(16) else { return };
+        let path = disk.path().join("s.redb");
+        let opts = EmbeddedOptions { min_free_bytes: 0, ..manual_flush() };
+        let store = EmbeddedStore::open(&path, opts.clone()).unwrap();
+        let commit = |key: &'static [u8], len: usize| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await.unwrap();
+                tx.set(key, &vec![7u8; len]).unwrap();
+                tx.commit().await.map(|c| c.versionstamp.version())
+            }
+        };
+        let first = commit(b"before", 100).await.unwrap();
+        assert!(disk.fill("ballast") > 0);
+        match commit(b"refused", 90_000).await {
+            Err(StoreError::NoSpace(why)) => assert!(why.contains("disk is full"), "{why}"),
+            other => panic!("expected the full disk to refuse the commit, got {other:?}"),
+        }
+        assert!(store.write_problem().is_some_and(|p| p.contains("disk is full")));
+        std::fs::remove_file(disk.path().join("ballast")).unwrap();
+        let after = commit(b"after", 90_000).await.unwrap();
+        assert_eq!(after, first + 1, "the refused group's version goes to the next commit");
+        assert_eq!(store.write_problem(), None);
+        // A crash image now: the log holds "before" and "after", nothing of "refused".
+        let image = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(disk.path()).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, image.path().join(p.file_name().unwrap())).unwrap();
+        }
+        drop(store);
+        let store = EmbeddedStore::open(&image.path().join("s.redb"), opts).unwrap();
+        assert_eq!(store.last_version(), after);
+        let mut tx = store.begin().await.unwrap();
+        assert!(tx.get(b"before").await.unwrap().is_some());
+        assert!(tx.get(b"after").await.unwrap().is_some());
+        assert!(tx.get(b"refused").await.unwrap().is_none());
     }
 
     /// A record torn by a crash, garbage after the last record, or a record whose checksum

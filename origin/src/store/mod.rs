@@ -123,6 +123,10 @@ pub enum StoreError {
     /// The engine is shutting down or its commit worker is gone.
     #[error("storage engine is unavailable: {0}")]
     Unavailable(String),
+    /// The engine's disk is (nearly) full: writes are refused until space is freed, and then
+    /// succeed again by themselves. The text is written for clients and operators alike.
+    #[error("{0}")]
+    NoSpace(String),
     /// A failure inside the engine (I/O, corruption, client library error).
     #[error("storage engine error: {0}")]
     Engine(String),

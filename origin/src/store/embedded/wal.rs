@@ -625,6 +625,11 @@ impl Wal {
         Wal { naming, fsync, inner: Mutex::new(inner) }
     }
 
+    /// The directory the segments (and the redb file) are in.
+    pub(super) fn dir(&self) -> &Path {
+        &self.naming.dir
+    }
+
     fn inner(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves `Inner` describing the files as they are.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -929,8 +934,12 @@ mod tests {
         flipped[whole - 3] ^= 0x40;
         assert_eq!(parse_segment(&flipped, 7).end, End::Torn(one));
         // Bytes that are no record of this segment: leftover, whatever they are.
-        for tail in [vec![0xff; 5], vec![0; 8], vec![0; 4096], segment(1, 43, std::slice::from_ref(&txns))[HEADER_BYTES..].to_vec()]
-        {
+        for tail in [
+            vec![0xff; 5],
+            vec![0; 8],
+            vec![0; 4096],
+            segment(1, 43, std::slice::from_ref(&txns))[HEADER_BYTES..].to_vec(),
+        ] {
             let mut more = seg.clone();
             more.extend_from_slice(&tail);
             let parsed = parse_segment(&more, 7);
