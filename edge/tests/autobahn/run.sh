@@ -24,6 +24,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 
+# The release the edge was last checked with (its cases and their verdicts can change between
+# releases).
+version=25.10.1
+
 python=${AUTOBAHN_PYTHON:-}
 if [ -z "$python" ]; then
   pyenv_python="${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin/python"
@@ -42,9 +46,9 @@ if ! $python -c 'import autobahntestsuite' 2>/dev/null; then
     echo "autobahn: autobahntestsuite is not installed: $python -m pip install autobahntestsuite (or run with --install)" >&2
     exit 1
   fi
-  echo "autobahn: installing autobahntestsuite for $($python --version 2>&1)"
+  echo "autobahn: installing autobahntestsuite $version for $($python --version 2>&1)"
   # It builds a few C extensions (wsaccel, ujson) and needs PyPI: say so if that fails.
-  if ! timeout 600 $python -m pip install -q --disable-pip-version-check autobahntestsuite; then
+  if ! timeout 600 $python -m pip install -q --disable-pip-version-check "autobahntestsuite==$version"; then
     echo "autobahn: pip could not install autobahntestsuite (no PyPI, or no C compiler for its extensions; see above)" >&2
     exit 1
   fi
@@ -78,7 +82,9 @@ finish() {
 }
 trap finish EXIT
 
-"$bin" 127.0.0.1:0 >"$work/echo.log" 2>&1 &
+# The log exists before the server writes to it: the loop below reads it at once.
+: >"$work/echo.log"
+"$bin" 127.0.0.1:0 >>"$work/echo.log" 2>&1 &
 echo_pid=$!
 addr=
 deadline=$((SECONDS + 30))
