@@ -870,3 +870,58 @@ async fn channel_names_are_unique_across_visibility_and_nothing_else_leaks() {
     let _ = public;
     o.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_what_the_server_answers() {
+    let o = TestOrigin::start().await;
+    let doc: Value = o.http.get(o.url("/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut operations = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            operations += 1;
+            let responses = op["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                assert!(status.parse::<u16>().is_ok(), "{method} {path}: {status} is not one status");
+                assert!(response["headers"]["x-request-id"].is_object(), "{method} {path} {status}: no x-request-id");
+                if status.starts_with('4') || (status.starts_with('5') && path != "/readyz") {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(schema, "#/components/schemas/Error", "{method} {path} {status}");
+                }
+            }
+            if op["security"].is_array() {
+                for status in ["401", "500", "503"] {
+                    assert!(responses.contains_key(status), "{method} {path} does not list {status}");
+                }
+            }
+            // The route is served as documented: not an unknown route, not a wrong method.
+            let concrete =
+                path.replace("{id}", "C0").replace("{seq}", "1").replace("{user}", "U0").replace("{emoji}", "tada");
+            let resp = o.http.request(method.to_uppercase().parse().unwrap(), o.url(&concrete)).send().await.unwrap();
+            let status = resp.status();
+            let body = resp.text().await.unwrap();
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED && !body.contains("no such route"),
+                "{method} {path}: {body}"
+            );
+        }
+    }
+    assert!(operations >= 27, "{operations} operations");
+    let send = &doc["paths"]["/v1/channels/{id}/messages"]["post"];
+    for status in ["200", "201", "400", "403", "404", "409", "413", "415", "429"] {
+        assert!(send["responses"][status].is_object(), "a send can answer {status}");
+    }
+    assert_eq!(send["requestBody"]["content"]["application/json"]["schema"]["properties"]["text"]["minLength"], 1);
+    assert_eq!(doc["paths"]["/v1/tokens/revoke"]["post"]["requestBody"]["required"], false, "revoke takes no body");
+    assert_eq!(doc["paths"]["/v1/channels/{id}/members"]["post"]["requestBody"]["required"], false, "join: no body");
+    let dms = &doc["paths"]["/v1/dms"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(dms["properties"]["users"]["minItems"], 1);
+    for (path, param) in [("/v1/channels/{id}/messages", 3), ("/v1/events", 2), ("/v1/channels/{id}/members", 2)] {
+        let limit = &doc["paths"][path]["get"]["parameters"][param];
+        assert_eq!(
+            (&limit["name"], &limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+            (&json!("limit"), &json!(1), &json!(1000)),
+            "{path}"
+        );
+    }
+    o.stop().await;
+}
