@@ -629,6 +629,18 @@ fn engine_err(e: impl fmt::Display) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
+/// Replays segments given as `(first version, bytes)` after `flushed`, as opening a store
+/// would, and answers the versions applied, or why the log was refused. For the fuzz target
+/// of the log's recovery; not part of the store's interface.
+#[doc(hidden)]
+pub fn replay_log_for_fuzzing(segments: &[(u64, Vec<u8>)], flushed: u64) -> std::io::Result<Vec<u64>> {
+    let files: Vec<(u64, &Path, Vec<u8>)> =
+        segments.iter().map(|(first, bytes)| (*first, Path::new("fuzz"), bytes.clone())).collect();
+    let mut versions = Vec::new();
+    wal::replay(&files, flushed, |v, _| versions.push(v))?;
+    Ok(versions)
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store at `path`, replays its write-ahead log (files
     /// `<stem>.wal.<version>` next to it) and starts its commit and flush threads.

@@ -454,15 +454,31 @@ pub(super) fn recover(
     let segments = naming.list()?;
     let mut files = Vec::with_capacity(segments.len());
     for (first, path) in &segments {
-        files.push((*first, path, fs::read(path)?));
+        files.push((*first, path.as_path(), fs::read(path)?));
     }
+    let last_version = replay(&files, flushed, |version, mutations| apply(version, mutations))?;
+    Ok(Recovered {
+        last_version: last_version.0,
+        replayed: last_version.1,
+        segments: segments.into_iter().map(|(_, p)| p).collect(),
+    })
+}
+
+/// [`recover`] on segments already read: `(first version, path, bytes)` in version order.
+/// Answers the last version and how many transactions were applied. Pure but for logging, so
+/// that it can be fuzzed.
+pub(super) fn replay(
+    files: &[(u64, &Path, Vec<u8>)],
+    flushed: u64,
+    mut apply: impl FnMut(u64, Vec<Mutation>),
+) -> io::Result<(u64, u64)> {
     // Check the whole log first, then replay: an inconsistent log must change nothing.
     let mut plan: Vec<(u64, Vec<Mutation>)> = Vec::new();
     let mut next = flushed + 1;
     // The segment the log so far ended in, and how.
     let mut stopped: Option<(&Path, End)> = None;
     let mut ends: Vec<(&Path, End)> = Vec::new();
-    for (first, path, bytes) in &files {
+    for (first, path, bytes) in files {
         let parsed = parse_segment(bytes, *first);
         let mut txns = Vec::new();
         for payload in &parsed.records {
@@ -501,8 +517,8 @@ pub(super) fn recover(
             plan.push((version, mutations));
             next += 1;
         }
-        ends.push((path.as_path(), parsed.end));
-        stopped = Some((path.as_path(), parsed.end));
+        ends.push((*path, parsed.end));
+        stopped = Some((*path, parsed.end));
     }
     let count = ends.len();
     for (i, (path, end)) in ends.into_iter().enumerate() {
@@ -527,13 +543,12 @@ pub(super) fn recover(
             ),
         }
     }
-    let last_version = next - 1;
     let mut replayed = 0u64;
     for (version, mutations) in plan {
         apply(version, mutations);
         replayed += 1;
     }
-    Ok(Recovered { last_version, replayed, segments: segments.into_iter().map(|(_, p)| p).collect() })
+    Ok((next - 1, replayed))
 }
 
 /// Deletes the segments [`recover`] found (once their commits are durable in redb).
