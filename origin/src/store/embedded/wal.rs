@@ -449,17 +449,17 @@ fn inconsistent(why: String) -> io::Error {
 pub(super) fn recover(
     naming: &Naming,
     flushed: u64,
-    mut apply: impl FnMut(u64, Vec<Mutation>),
+    apply: impl FnMut(u64, Vec<Mutation>),
 ) -> io::Result<Recovered> {
     let segments = naming.list()?;
     let mut files = Vec::with_capacity(segments.len());
     for (first, path) in &segments {
         files.push((*first, path.as_path(), fs::read(path)?));
     }
-    let last_version = replay(&files, flushed, |version, mutations| apply(version, mutations))?;
+    let (last_version, replayed) = replay(&files, flushed, apply)?;
     Ok(Recovered {
-        last_version: last_version.0,
-        replayed: last_version.1,
+        last_version,
+        replayed,
         segments: segments.into_iter().map(|(_, p)| p).collect(),
     })
 }
