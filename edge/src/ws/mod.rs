@@ -635,9 +635,15 @@ mod tests {
         assert_eq!(server.recv().await, Inbound::TooLarge);
         let (server, mut raw) = tokio::io::duplex(1024);
         let mut server = WsTransport::new(server);
-        // Unmasked: no client may send that.
+        // Unmasked: no client may send that. The client is told so (1002), then the connection
+        // ends.
         raw.write_all(&[0x81, 0x01, b'x']).await.unwrap();
         assert_eq!(server.recv().await, Inbound::Closed);
+        drop(server);
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut got).await.unwrap();
+        assert_eq!(&got[..4], &[0x88, got[1], 0x03, 0xEA], "a close frame with 1002: {got:?}");
+        assert_eq!(got.len(), 2 + usize::from(got[1]), "and nothing after it");
         // The client went away.
         let (server, raw) = tokio::io::duplex(1024);
         let mut server = WsTransport::new(server);
