@@ -719,10 +719,11 @@ async fn run_call(origin: &Origin, call: Call) -> Result<Answer, LinkError> {
     match tokio::time::timeout(CALL_TIMEOUT, answer(origin, call)).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => {
-            if e.code() == ErrorCode::Internal {
+            if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) {
                 tracing::warn!(error = %e, "link call failed");
             }
-            Err(link_error(e.code(), e.to_string()))
+            // As over HTTP: a server error's detail is logged here, never sent on to clients.
+            Err(link_error(e.code(), e.client_message()))
         }
         Err(_) => Err(link_error(
             ErrorCode::Unavailable,
