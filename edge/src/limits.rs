@@ -1,6 +1,7 @@
 //! What one client may take of an edge, whatever its token: connection slots per user
-//! ([`UserSlots`]) and a share of the memory held by client frames still arriving
-//! ([`FrameBudget`]).
+//! ([`UserSlots`]), a share of the memory held by client frames still arriving
+//! ([`FrameBudget`]), and the origin calls its frames start without waiting for them
+//! ([`OneWayCalls`]).
 //!
 //! Both are edge-wide and fixed at start (`sessions.max_connections_per_user`,
 //! `sessions.frame_budget_bytes`), so that one token — or many connections of anyone — cannot
@@ -264,6 +265,78 @@ impl FrameShare {
 impl Drop for FrameShare {
     fn drop(&mut self) {
         self.budget.count(self.granted(), false);
+    }
+}
+
+/// Origin calls that frames start and nobody waits for — a `typing` relayed to other edges, a
+/// `set_presence` — run as tasks of their own, at most [`ONE_WAY_IN_FLIGHT`] at once on an
+/// edge, so that a flood of such frames cannot make a task each.
+///
+/// The two kinds meet a full edge differently. A `typing` relay is dropped (and counted): it
+/// is ephemeral, already thinned to one per user and channel every 3 s, repeated by the
+/// client while its user types, and this edge's own sessions have had it; waiting would only
+/// deliver a stale signal late. A `set_presence` changes what others see until the next one,
+/// so it is never dropped: its session waits for a slot, reading nothing more from its client
+/// meanwhile, the same backpressure as requests over `sessions.max_in_flight`.
+pub struct OneWayCalls {
+    max: usize,
+    slots: Arc<Semaphore>,
+    in_flight: IntGauge,
+    dropped: IntCounterVec,
+}
+
+/// Origin calls started by client frames and running at once, edge-wide (see [`OneWayCalls`]).
+pub const ONE_WAY_IN_FLIGHT: usize = 256;
+
+impl OneWayCalls {
+    /// At most `max` calls at once, reported in `metrics`.
+    pub fn new(max: usize, metrics: &Metrics) -> OneWayCalls {
+        OneWayCalls {
+            max,
+            slots: Arc::new(Semaphore::new(max)),
+            in_flight: metrics.one_way_in_flight.clone(),
+            dropped: metrics.one_way_dropped.clone(),
+        }
+    }
+
+    /// Runs `call` if a slot is free now; otherwise drops it, counted under `kind`.
+    pub fn run_or_drop<F>(&self, kind: &str, call: F)
+    where
+        F: Future + Send + 'static,
+    {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => self.spawn(slot, call),
+            Err(_) => self.dropped.with_label_values(&[kind]).inc(),
+        }
+    }
+
+    /// Runs `call` once a slot is free, waiting for one.
+    pub async fn run<F>(&self, call: F)
+    where
+        F: Future + Send + 'static,
+    {
+        // The semaphore is never closed.
+        if let Ok(slot) = self.slots.clone().acquire_owned().await {
+            self.spawn(slot, call);
+        }
+    }
+
+    fn spawn<F>(&self, slot: OwnedSemaphorePermit, call: F)
+    where
+        F: Future + Send + 'static,
+    {
+        let in_flight = self.in_flight.clone();
+        in_flight.inc();
+        tokio::spawn(async move {
+            call.await;
+            in_flight.dec();
+            drop(slot);
+        });
+    }
+
+    /// Calls running now.
+    pub fn in_flight(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
     }
 }
 

@@ -40,6 +40,11 @@ pub struct Metrics {
     /// Bytes of large client frames being received (or not yet handled) on every connection,
     /// held from `sessions.frame_budget_bytes`.
     pub frame_bytes_held: IntGauge,
+    /// Origin calls started by client frames (typing relays, `set_presence`) running now; at
+    /// most 256.
+    pub one_way_in_flight: IntGauge,
+    /// Such calls dropped because as many were running already, by call (`typing`).
+    pub one_way_dropped: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,9 +117,22 @@ impl Metrics {
                 "Bytes of large client frames being received, held from the frame budget",
             )
             .expect("valid gauge"),
+            one_way_in_flight: IntGauge::new(
+                "selvage_edge_one_way_calls_in_flight",
+                "Origin calls started by client frames (typing relays, set_presence) running now",
+            )
+            .expect("valid gauge"),
+            one_way_dropped: IntCounterVec::new(
+                Opts::new(
+                    "selvage_edge_one_way_calls_dropped_total",
+                    "Origin calls started by client frames dropped because the edge ran as many already",
+                ),
+                &["call"],
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(m.connections.clone()),
             Box::new(m.boot_latency.clone()),
             Box::new(m.cache_requests.clone()),
@@ -128,6 +146,8 @@ impl Metrics {
             Box::new(m.client_frames.clone()),
             Box::new(m.connections_refused.clone()),
             Box::new(m.frame_bytes_held.clone()),
+            Box::new(m.one_way_in_flight.clone()),
+            Box::new(m.one_way_dropped.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

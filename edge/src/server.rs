@@ -22,7 +22,7 @@ use crate::{
     cache::CacheLimits,
     config::EdgeConfig,
     fanout::{self, Workspaces},
-    limits::{FrameBudget, UserSlots},
+    limits::{FrameBudget, OneWayCalls, UserSlots, ONE_WAY_IN_FLIGHT},
     metrics::Metrics,
     upstream::{Upstream, UpstreamConfig},
 };
@@ -41,6 +41,8 @@ pub struct Edge {
     pub slots: Arc<UserSlots>,
     /// What large client frames still arriving may hold, all connections together.
     pub frame_budget: Arc<FrameBudget>,
+    /// Origin calls started by client frames that nobody waits for, bounded.
+    pub one_way: OneWayCalls,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the edge starts draining.
@@ -149,6 +151,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let slots = UserSlots::new(config.sessions.max_connections_per_user);
     let frame_budget = FrameBudget::new(config.sessions.frame_budget_bytes, &metrics);
+    let one_way = OneWayCalls::new(ONE_WAY_IN_FLIGHT, &metrics);
     let edge = Arc::new(Edge {
         config,
         upstream,
@@ -156,6 +159,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         tokens: tokens.clone(),
         slots,
         frame_budget,
+        one_way,
         metrics,
         drain: CancellationToken::new(),
     });

@@ -505,6 +505,7 @@ impl Session {
     async fn closed_by_fanout<T: Transport>(&self, transport: &mut T, reason: CloseReason) -> End {
         match reason {
             CloseReason::TokenRevoked => self.token_ended(transport, "the token was revoked", "token revoked").await,
+            CloseReason::Deactivated => self.token_ended(transport, "the user was deactivated", "user deactivated").await,
             CloseReason::Resync => self.resync(transport, "the edge lost its place in the feed; boot again").await,
             CloseReason::SlowConsumer => slow_consumer(),
         }
@@ -638,11 +639,14 @@ impl Session {
                         event
                     })
                 };
-                // Other edges hear of it through the origin; nobody waits for the answer.
+                // Other edges hear of it through the origin; nobody waits for the answer, and when
+                // the edge has as many such calls running it is dropped (see `OneWayCalls`).
                 if let Some(event) = relayed {
                     let upstream = self.edge.upstream.clone();
                     let workspace = self.principal.workspace.clone();
-                    tokio::spawn(async move { upstream.call(Call::Relay { workspace, event: Box::new(event) }).await });
+                    self.edge.one_way.run_or_drop("typing", async move {
+                        upstream.call(Call::Relay { workspace, event: Box::new(event) }).await
+                    });
                 }
             }
             ClientFrame::PresenceSub { users } => {
@@ -661,7 +665,8 @@ impl Session {
                     user: self.principal.user.clone(),
                     dnd,
                 };
-                tokio::spawn(async move { upstream.call(call).await });
+                // Never dropped: waits for a slot, and the client is not read meanwhile.
+                self.edge.one_way.run(async move { upstream.call(call).await }).await;
             }
             ClientFrame::Send { .. } | ClientFrame::Query(_) | ClientFrame::MarkRead { .. } => {
                 // Waiting here stops reading from the client: its requests in flight are capped.
