@@ -5,9 +5,12 @@
 # the admin's token. Path parameters are drawn from the seeded ids most of the time so that
 # authenticated operations get past "not found" and exercise the handlers behind it.
 #
-# Fails on any check failure: a 5xx, a status, content type, header or body the document does
-# not list, a request valid by the schema that is refused, or one invalid by it that is accepted.
-# Also fails if the origin logged a panic.
+# Every check that applies without stateful links runs: a 5xx, a status, content type, header
+# or body the document does not list, a request valid by the schema that is refused
+# (positive_data_acceptance), one invalid by it that is accepted (negative_data_rejection), a
+# request without credentials that is served (ignored_auth), a wrong method without 405. Any
+# failure fails the script, as does a panic in the origin's log. The few refusals of valid
+# requests that depend on stored state are accepted by name in hooks.py, and counted.
 #
 # Usage: origin/tests/schemathesis/run.sh
 #   SELVAGE_BIN       the selvage binary [target/debug/selvage]
@@ -135,7 +138,7 @@ echo "schemathesis: seed $seed, $max_examples examples per operation, at most ${
 status=0
 ST_BASE_URL=$base ST_TOKEN=$token PYTHONPATH=$here SCHEMATHESIS_HOOKS=hooks \
   "$schemathesis" --config-file "$work/schemathesis.toml" run "$base/v1/openapi.json" --url "$base" \
-  --checks all --exclude-checks ignored_auth,use_after_free,ensure_resource_availability \
+  --checks all --exclude-checks use_after_free,ensure_resource_availability \
   --wait-for-schema 10 --no-color || status=$?
 
 if grep -q "panicked" "$work/origin.log"; then
