@@ -62,6 +62,25 @@ enum AdminCommand {
         #[arg(long)]
         revoke: Option<String>,
     },
+    /// Deactivate a user (needs an admin token): every token of theirs is revoked and every
+    /// live session closed at once; their history stays.
+    DeactivateUser {
+        /// The user's id (U…).
+        #[arg(long)]
+        user: String,
+        /// An admin's token.
+        #[arg(long, env = "SELVAGE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Reactivate a deactivated user (needs an admin token); prints a new token for them.
+    ReactivateUser {
+        /// The user's id (U…).
+        #[arg(long)]
+        user: String,
+        /// An admin's token.
+        #[arg(long, env = "SELVAGE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
 }
 
 async fn call(client: &reqwest::Client, url: String, bearer: &str, body: Value) -> Result<Value> {
@@ -98,6 +117,12 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         AdminCommand::CreateToken { token } => call(&client, format!("{base}/v1/tokens"), &token, json!({})).await?,
         AdminCommand::RevokeToken { token, revoke } => {
             call(&client, format!("{base}/v1/tokens/revoke"), &token, json!({ "token": revoke })).await?
+        }
+        AdminCommand::DeactivateUser { user, token } => {
+            call(&client, format!("{base}/v1/users/{user}/deactivate"), &token, json!({})).await?
+        }
+        AdminCommand::ReactivateUser { user, token } => {
+            call(&client, format!("{base}/v1/users/{user}/reactivate"), &token, json!({})).await?
         }
     };
     println!("{}", serde_json::to_string_pretty(&result)?);

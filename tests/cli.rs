@@ -55,6 +55,23 @@ fn admin_creates_workspaces_users_and_tokens_through_a_running_origin() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unauthorized"), "{refused:?}");
     json_of(&selvage(&["admin", "--url", url, "create-token"], &[("SELVAGE_TOKEN", &second)]));
 
+    // The admin deactivates bob (his tokens stop working) and reactivates him with a new token.
+    let bob_id = bob["user"]["id"].as_str().unwrap();
+    let off = json_of(&selvage(
+        &["admin", "--url", url, "deactivate-user", "--user", bob_id],
+        &[("SELVAGE_TOKEN", &admin_token)],
+    ));
+    assert_eq!(off["user"]["deactivated"], true);
+    let refused = selvage(&["admin", "--url", url, "create-token"], &[("SELVAGE_TOKEN", &second)]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unauthorized"), "{refused:?}");
+    let on = json_of(&selvage(
+        &["admin", "--url", url, "reactivate-user", "--user", bob_id],
+        &[("SELVAGE_TOKEN", &admin_token)],
+    ));
+    assert_eq!(on["user"]["deactivated"], false);
+    let second = on["token"].as_str().unwrap().to_string();
+    json_of(&selvage(&["admin", "--url", url, "create-token"], &[("SELVAGE_TOKEN", &second)]));
+
     // Non-admins cannot create users; a wrong operator key cannot create workspaces.
     let denied =
         selvage(&["admin", "--url", url, "create-user", "--handle", "eve"], &[("SELVAGE_TOKEN", second.as_str())]);

@@ -42,6 +42,7 @@ fn user(i: usize) -> User {
         name: format!("{} {} {i}", FIRST[i % 8], LAST[(i / 8) % 8]),
         admin: i == 1,
         deactivated: false,
+        tokens_valid_from: 0,
         created_at: CREATED_AT + i as i64,
     }
 }

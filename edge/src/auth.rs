@@ -58,7 +58,11 @@ fn now_ms() -> i64 {
 impl Tokens {
     /// A cache of at most `capacity` tokens, each trusted for `ttl`.
     pub fn new(upstream: Arc<Upstream>, capacity: u64, ttl: Duration, metrics: Arc<Metrics>) -> Arc<Self> {
-        let cache = moka::future::Cache::builder().max_capacity(capacity).time_to_live(ttl).build();
+        let cache = moka::future::Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .support_invalidation_closures()
+            .build();
         Arc::new(Tokens { cache, upstream, metrics })
     }
 
@@ -98,6 +102,16 @@ impl Tokens {
                 code: ErrorCode::Internal,
                 message: format!("the origin answered an authenticate call with {other:?}"),
             }),
+        }
+    }
+
+    /// Forgets every token of a user (deactivated: all their tokens are revoked at once).
+    pub fn forget_user(&self, workspace: &WorkspaceId, user: &UserId) {
+        let (workspace, user) = (workspace.clone(), user.clone());
+        if let Err(e) = self.cache.invalidate_entries_if(move |_, p| p.workspace == workspace && p.user == user) {
+            // Only if invalidation closures were not enabled; then forget everything.
+            tracing::warn!(error = %e, "cannot forget one user's tokens; forgetting every token");
+            self.cache.invalidate_all();
         }
     }
 

@@ -1386,6 +1386,7 @@ mod tests {
             name: format!("User {id}"),
             admin: false,
             deactivated: false,
+            tokens_valid_from: 0,
             created_at: 1,
         }
     }

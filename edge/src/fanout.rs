@@ -133,6 +133,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The token it authenticated with was revoked.
     TokenRevoked,
+    /// Its user was deactivated.
+    Deactivated,
     /// The edge lost events (its cursor fell behind the origin's trim point): boot again.
     Resync,
 }
@@ -432,6 +434,13 @@ impl LiveInner {
                 outbox.close(CloseReason::TokenRevoked);
             }
             return;
+        }
+        if let Event::UserUpdated { user } = &item.event {
+            if user.deactivated {
+                for outbox in self.sessions.values().filter(|o| o.user == user.id) {
+                    outbox.close(CloseReason::Deactivated);
+                }
+            }
         }
         // A channel's members are its cached audience; anyone else (a user not or no longer a
         // member who must still hear of it, or other kinds of recipients) is looked up.
@@ -907,8 +916,12 @@ pub async fn run_feed(
             update = feed.recv() => match update {
                 Some(FeedUpdate::Events(items)) => {
                     for item in &items {
-                        if let Event::TokenRevoked { token_hash } = &item.event {
-                            tokens.forget(token_hash).await;
+                        match &item.event {
+                            Event::TokenRevoked { token_hash } => tokens.forget(token_hash).await,
+                            Event::UserUpdated { user } if user.deactivated => {
+                                tokens.forget_user(&item.workspace, &user.id)
+                            }
+                            _ => {}
                         }
                     }
                     workspaces.apply(&items);

@@ -1350,6 +1350,7 @@ mod tests {
                 name: "Ada".into(),
                 admin: false,
                 deactivated: false,
+                tokens_valid_from: 0,
                 created_at: 1,
             },
             channels: Vec::new(),

@@ -119,6 +119,7 @@ pub async fn create_workspace(
             name: admin_name.to_string(),
             admin: true,
             deactivated: false,
+            tokens_valid_from: 0,
             created_at: now,
         };
         let general = Channel {
@@ -187,6 +188,7 @@ pub async fn create_user(
                 name: name.to_string(),
                 admin,
                 deactivated: false,
+                tokens_valid_from: 0,
                 created_at: now,
             };
             let mut log = Appender::new();
@@ -245,6 +247,10 @@ pub async fn authenticate_hash(store: &Store, hash: &[u8; 32]) -> Result<(Caller
     if user.deactivated {
         return Err(OriginError::Unauthorized("user is deactivated".into()));
     }
+    if record.created_at < user.tokens_valid_from {
+        // Issued before the user was deactivated: revoked with everything else they held.
+        return Err(unauthorized());
+    }
     Ok((Caller { workspace: record.workspace, user, token_hash: hash }, record.expires_at))
 }
 
@@ -278,6 +284,56 @@ pub async fn revoke(store: &Store, caller: &Caller, token: Option<&str>) -> Resu
     outcome
 }
 
+/// Deactivates (`active: false`) or reactivates a user of the caller's workspace; admins only,
+/// and never oneself. Deactivating revokes every token the user holds (those issued before now
+/// stop working, reactivated or not) and logs `user_updated`, on which every edge closes the
+/// user's sessions at once and forgets their tokens; the user keeps their history and
+/// memberships, but cannot connect, post or be added to channels, and `@here` never reaches
+/// them. Reactivating issues the user a new token (their old ones stay revoked), as creating
+/// them did. Answers the user as now stored and that token; doing either twice changes nothing
+/// (and issues no token).
+pub async fn set_active(
+    store: &Store,
+    caller: &Caller,
+    u: &UserId,
+    active: bool,
+    ttl_secs: u64,
+) -> Result<(User, Option<String>)> {
+    if !caller.user.admin {
+        return Err(OriginError::Forbidden("only workspace admins can deactivate or reactivate users".into()));
+    }
+    if *u == caller.user.id && !active {
+        return Err(OriginError::BadRequest("you cannot deactivate yourself; ask another admin".into()));
+    }
+    let w = &caller.workspace;
+    let (outcome, _) = transact!(store, |tx| {
+        match get_user(tx, w, u).await? {
+            None => Err(OriginError::NotFound(format!("user {u} not found"))),
+            Some(user) if user.deactivated != active => Ok((user, None)),
+            Some(mut user) => {
+                let now = crate::now_ms();
+                user.deactivated = !active;
+                let mut log = Appender::new();
+                let token = if active {
+                    // Issued after `tokens_valid_from`, which is at most `now`.
+                    write_user(tx, &mut log, w, &user, now)?;
+                    Some(issue_token(tx, w, u, ttl_secs, now.max(user.tokens_valid_from))?)
+                } else {
+                    // Tokens of this millisecond too: one issued alongside is issued before.
+                    user.tokens_valid_from = now + 1;
+                    write_user(tx, &mut log, w, &user, now)?;
+                    None
+                };
+                log.finish(tx)?;
+                Ok((user, token))
+            }
+        }
+    })?;
+    let (user, token) = outcome?;
+    tracing::info!(ws.id = %w, user.id = %u, by = %caller.user.id, deactivated = user.deactivated, "user activation changed");
+    Ok((user, token))
+}
+
 /// Reads a user of a workspace.
 pub async fn get_user(tx: &mut dyn KvTxn, w: &WorkspaceId, u: &UserId) -> Result<Option<User>, StoreError> {
     match tx.get(&keys::user(w, u)).await? {
@@ -293,11 +349,11 @@ pub async fn get_user(tx: &mut dyn KvTxn, w: &WorkspaceId, u: &UserId) -> Result
 pub async fn mint_token(store: &Store, w: &WorkspaceId, u: &UserId, ttl_secs: u64) -> Result<String> {
     let (token, _) = transact!(store, |tx| {
         match get_user(tx, w, u).await? {
-            None => None,
-            Some(_) => Some(issue_token(tx, w, u, ttl_secs, crate::now_ms())?),
+            Some(user) if !user.deactivated => Some(issue_token(tx, w, u, ttl_secs, crate::now_ms())?),
+            _ => None,
         }
     })?;
-    token.ok_or_else(|| OriginError::NotFound(format!("user {u} not found in {w}")))
+    token.ok_or_else(|| OriginError::NotFound(format!("no active user {u} in {w}")))
 }
 
 /// The caller a token of `u` in `w` would authenticate as, for work done on a user's behalf by

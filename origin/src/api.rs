@@ -51,6 +51,8 @@ pub fn router(origin: Arc<Origin>) -> Router {
     Router::new()
         .route("/v1/workspaces", post(create_workspace))
         .route("/v1/users", post(create_user))
+        .route("/v1/users/{id}/deactivate", post(deactivate_user))
+        .route("/v1/users/{id}/reactivate", post(reactivate_user))
         .route("/v1/me", get(me))
         .route("/v1/tokens", post(new_token))
         .route("/v1/tokens/revoke", post(revoke_token))
@@ -346,6 +348,36 @@ async fn create_user(
         accounts::create_user(&origin.store, &caller, &body.handle, name, body.admin, origin.config.token_ttl_secs)
             .await?;
     Ok(created(issued))
+}
+
+async fn deactivate_user(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    set_active(&origin, &caller, &id, false).await
+}
+
+async fn reactivate_user(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    set_active(&origin, &caller, &id, true).await
+}
+
+/// Deactivates or reactivates a user; a deactivated user's presence goes offline at once, so
+/// that `@here` stops reaching them before their edges have closed their sessions.
+async fn set_active(origin: &Origin, caller: &Caller, id: &str, active: bool) -> Result<Json<serde_json::Value>> {
+    let ttl = origin.config.token_ttl_secs;
+    let (user, token) = accounts::set_active(&origin.store, caller, &user_id(id)?, active, ttl).await?;
+    let change = origin.presence.set_deactivated(&caller.workspace, &user.id, user.deactivated);
+    crate::presence::announce(&origin.relay, change);
+    let mut body = json!({ "user": user });
+    if let Some(token) = token {
+        body["token"] = json!(token);
+    }
+    Ok(Json(body))
 }
 
 async fn me(caller: Caller) -> Json<serde_json::Value> {

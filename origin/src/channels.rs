@@ -297,8 +297,14 @@ pub async fn add_member(store: &Store, caller: &Caller, c: &ChannelId, user: &Us
                     Err(OriginError::Archived(format!("channel {} is archived", c)))
                 } else if *user != caller.user.id && !caller_is_member {
                     Err(OriginError::NotMember("only members can invite others to a channel".into()))
-                } else if crate::accounts::get_user(tx, w, user).await?.is_none() {
-                    Err(OriginError::NotFound(format!("user {user} not found")))
+                } else if let Some(why) = match crate::accounts::get_user(tx, w, user).await? {
+                    None => Some(OriginError::NotFound(format!("user {user} not found"))),
+                    Some(u) if u.deactivated => {
+                        Some(OriginError::BadRequest(format!("user {user} is deactivated; reactivate them first")))
+                    }
+                    Some(_) => None,
+                } {
+                    Err(why)
                 } else if is_member(tx, w, c, user).await? {
                     Ok(())
                 } else {
@@ -363,14 +369,18 @@ pub async fn open_conversation(store: &Store, caller: &Caller, others: &[UserId]
             None => {
                 let mut handles = Vec::with_capacity(people.len());
                 let mut missing = None;
+                let mut deactivated = None;
                 for u in &people {
                     match crate::accounts::get_user(tx, w, u).await? {
+                        Some(user) if user.deactivated && user.id != caller.user.id => deactivated = Some(u.clone()),
                         Some(user) => handles.push(user.handle),
                         None => missing = Some(u.clone()),
                     }
                 }
                 if let Some(u) = missing {
                     Err(OriginError::NotFound(format!("user {u} not found")))
+                } else if let Some(u) = deactivated {
+                    Err(OriginError::BadRequest(format!("user {u} is deactivated")))
                 } else {
                     let now = crate::now_ms();
                     let kind = if people.len() <= 2 { ChannelKind::Dm } else { ChannelKind::GroupDm };

@@ -67,13 +67,16 @@ pub struct Change {
 /// Every user's presence on this origin.
 pub struct Tracker {
     users: Mutex<HashMap<(WorkspaceId, UserId), Entry>>,
+    /// Deactivated users: offline, whatever an edge still reports before it closes their
+    /// sessions, so that `@here` never reaches them.
+    deactivated: Mutex<std::collections::HashSet<(WorkspaceId, UserId)>>,
     lease: Duration,
 }
 
 impl Tracker {
     /// A tracker whose edge reports last `lease` unless renewed.
     pub fn new(lease: Duration) -> Self {
-        Tracker { users: Mutex::new(HashMap::new()), lease }
+        Tracker { users: Mutex::new(HashMap::new()), deactivated: Mutex::default(), lease }
     }
 
     fn users(&self) -> MutexGuard<'_, HashMap<(WorkspaceId, UserId), Entry>> {
@@ -88,10 +91,14 @@ impl Tracker {
         reports: &[PresenceReport],
         now: Instant,
     ) -> Vec<Change> {
+        let deactivated = self.deactivated.lock().unwrap_or_else(PoisonError::into_inner);
         let mut users = self.users();
         let mut changes = Vec::new();
         for r in reports {
             let key = (workspace.clone(), r.user.clone());
+            if deactivated.contains(&key) {
+                continue;
+            }
             let entry = users.entry(key).or_default();
             match r.presence {
                 Presence::Active | Presence::Away => {
@@ -106,6 +113,24 @@ impl Tracker {
         }
         users.retain(|_, e| !e.edges.is_empty() || e.dnd);
         changes
+    }
+
+    /// Marks a user deactivated (offline from now on, whatever edges report) or active again;
+    /// returns the change to announce.
+    pub fn set_deactivated(&self, workspace: &WorkspaceId, user: &UserId, deactivated: bool) -> Option<Change> {
+        let key = (workspace.clone(), user.clone());
+        let mut blocked = self.deactivated.lock().unwrap_or_else(PoisonError::into_inner);
+        if !deactivated {
+            blocked.remove(&key);
+            return None;
+        }
+        blocked.insert(key.clone());
+        let entry = self.users().remove(&key)?;
+        (entry.shown != Presence::Offline).then(|| Change {
+            workspace: workspace.clone(),
+            user: user.clone(),
+            presence: Presence::Offline,
+        })
     }
 
     /// Turns a user's do-not-disturb on or off at `now`.

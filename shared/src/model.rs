@@ -33,9 +33,14 @@ pub struct User {
     /// Workspace administrator.
     #[serde(default)]
     pub admin: bool,
-    /// Deactivated users cannot connect or post; their history remains.
+    /// Deactivated users cannot connect or post; their history remains. Clients leave them out
+    /// of mention autocomplete; `@here` never reaches them.
     #[serde(default)]
     pub deactivated: bool,
+    /// Tokens issued before this instant (ms since the epoch) no longer work: set when the user
+    /// is deactivated, so that reactivating them revives none of their old tokens. 0: none.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub tokens_valid_from: i64,
     /// Creation time, ms since the epoch.
     #[serde(default)]
     pub created_at: i64,
@@ -247,6 +252,10 @@ fn is_false(b: &bool) -> bool {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
     *n == 0
 }
 

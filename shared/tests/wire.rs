@@ -14,6 +14,7 @@ fn user(id: &str) -> User {
         name: "Ada".into(),
         admin: false,
         deactivated: false,
+        tokens_valid_from: 0,
         created_at: 1_700_000_000_000,
     }
 }
