@@ -74,7 +74,7 @@ pub enum Message {
 }
 
 /// Why the client's bytes are not a WebSocket stream the edge accepts.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// A frame or message over the size limit (close code 1009).
     #[error("message over {0} bytes")]
@@ -206,6 +206,8 @@ pub struct Decoder {
     /// The most the decoder makes room for to finish a frame (see [`Decoder::wants`]); the
     /// connection raises it once its frame budget allows.
     room: usize,
+    /// Why the stream was refused, once it was: nothing after that is decoded.
+    refused: Option<DecodeError>,
 }
 
 impl Decoder {
@@ -218,6 +220,7 @@ impl Decoder {
             utf8: Utf8::default(),
             max_message,
             room: usize::MAX,
+            refused: None,
         }
     }
 
@@ -266,8 +269,22 @@ impl Decoder {
     }
 
     /// The next whole message, if the bytes received so far hold one. After an error the
-    /// stream is broken: the connection is to be closed with [`DecodeError::close_code`].
+    /// stream is broken — every later call returns the same error, and what was held is
+    /// released — and the connection is to be closed with [`DecodeError::close_code`].
     pub fn decode(&mut self) -> Result<Option<Message>, DecodeError> {
+        if let Some(e) = &self.refused {
+            return Err(e.clone());
+        }
+        let decoded = self.next_message();
+        if let Err(e) = &decoded {
+            self.refused = Some(e.clone());
+            self.pending = Vec::new();
+            self.partial = None;
+        }
+        decoded
+    }
+
+    fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
         loop {
             let Some((header, payload)) = self.frame()? else { return Ok(None) };
             match header.opcode {
@@ -636,6 +653,14 @@ mod tests {
         d.extend(&client(false, Opcode::Text, b"ok \xe2\x82", [5, 6, 7, 8]));
         d.extend(&client(true, Opcode::Continuation, b"", [5, 6, 7, 8]));
         assert_eq!(all(&mut d), Err(DecodeError::NotUtf8));
+        // Once refused, always refused: the rest of the frame is not let through later.
+        let mut d = Decoder::new(1 << 20);
+        d.extend(&client(true, Opcode::Text, b"\xff whole", [5, 6, 7, 8]));
+        d.extend(&client(true, Opcode::Text, b"fine", [5, 6, 7, 8]));
+        assert_eq!(d.decode(), Err(DecodeError::NotUtf8));
+        assert_eq!(d.decode(), Err(DecodeError::NotUtf8));
+        d.extend(&client(true, Opcode::Text, b"fine", [5, 6, 7, 8]));
+        assert_eq!(d.decode(), Err(DecodeError::NotUtf8));
         // Nor may a close reason be.
         let mut d = Decoder::new(1 << 20);
         d.extend(&client(true, Opcode::Close, b"\x03\xe8\xff", [5, 6, 7, 8]));
@@ -757,6 +782,42 @@ mod tests {
             let mut d = Decoder::new(1000);
             d.extend(&bytes);
             let _ = all(&mut d);
+        }
+
+        /// Frames of any header — any FIN, reserved bits and opcode, masked or not, payloads
+        /// of any bytes, split into reads anywhere — never panic the decoder, and once it has
+        /// refused the stream it stays refused.
+        #[test]
+        fn arbitrary_frames_never_panic(
+            frames in prop::collection::vec(
+                (any::<u8>(), any::<bool>(), prop::collection::vec(any::<u8>(), 0..200)),
+                1..12,
+            ),
+            cuts in prop::collection::vec(1usize..64, 1..20),
+        ) {
+            let mut bytes = Vec::new();
+            for (first, masked, payload) in &frames {
+                let mut frame = client(true, Opcode::Binary, payload, [3, 1, 4, 1]);
+                frame[0] = *first;
+                if !masked {
+                    frame[1] &= 0x7F;
+                }
+                bytes.extend(frame);
+            }
+            let mut d = Decoder::new(300);
+            let mut rest = &bytes[..];
+            let mut cuts = cuts.into_iter().cycle();
+            let mut refused = None;
+            while !rest.is_empty() {
+                let n = cuts.next().unwrap_or(1).min(rest.len());
+                d.extend(&rest[..n]);
+                rest = &rest[n..];
+                match (&refused, all(&mut d)) {
+                    (None, Err(e)) => refused = Some(e),
+                    (Some(_), Ok(m)) => prop_assert!(m.is_empty(), "decoded after refusing: {m:?}"),
+                    _ => {}
+                }
+            }
         }
     }
 }
