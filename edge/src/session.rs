@@ -524,7 +524,9 @@ impl Session {
             End::Client => tracing::debug!("client went away"),
             End::Close(code, reason) => {
                 tracing::debug!(code, %reason, "closing session");
-                // A client that does not read cannot take a close frame either: give it a moment.
+                // A WebSocket queues its close and finishes the handshake in a task of its own,
+                // so that a client that reads slowly still gets the close frame; QUIC lets the
+                // peer read what was written first. Neither holds the session past a moment.
                 let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(code, &reason)).await;
             }
         }
