@@ -446,22 +446,14 @@ fn inconsistent(why: String) -> io::Error {
 /// Replays the log after `flushed`, in version order, into `apply`. Fails, before anything is
 /// applied, when the log is inconsistent: a segment that holds commits past a version no
 /// segment has, or a record of a segment's own salt that does not decode.
-pub(super) fn recover(
-    naming: &Naming,
-    flushed: u64,
-    apply: impl FnMut(u64, Vec<Mutation>),
-) -> io::Result<Recovered> {
+pub(super) fn recover(naming: &Naming, flushed: u64, apply: impl FnMut(u64, Vec<Mutation>)) -> io::Result<Recovered> {
     let segments = naming.list()?;
     let mut files = Vec::with_capacity(segments.len());
     for (first, path) in &segments {
         files.push((*first, path.as_path(), fs::read(path)?));
     }
     let (last_version, replayed) = replay(&files, flushed, apply)?;
-    Ok(Recovered {
-        last_version,
-        replayed,
-        segments: segments.into_iter().map(|(_, p)| p).collect(),
-    })
+    Ok(Recovered { last_version, replayed, segments: segments.into_iter().map(|(_, p)| p).collect() })
 }
 
 /// [`recover`] on segments already read: `(first version, path, bytes)` in version order.
@@ -607,6 +599,10 @@ struct Inner {
     spare: Vec<PathBuf>,
     /// Set when a failed write could not be taken back: what is on disk is unknown.
     broken: Option<String>,
+    /// Syncs to fail with EIO before touching the disk, for tests of what a failed fdatasync
+    /// leads to (no filesystem here can be made to fail one on demand).
+    #[cfg(test)]
+    failing_syncs: usize,
 }
 
 struct Segment {
@@ -636,6 +632,8 @@ impl Wal {
             unsynced: false,
             spare,
             broken: None,
+            #[cfg(test)]
+            failing_syncs: 0,
         };
         Wal { naming, fsync, inner: Mutex::new(inner) }
     }
@@ -733,9 +731,20 @@ impl Wal {
         LogFailure { error, undone: false }
     }
 
+    /// Makes the next `n` syncs fail with EIO.
+    #[cfg(test)]
+    pub(super) fn fail_syncs(&self, n: usize) {
+        self.inner().failing_syncs = n;
+    }
+
     /// Syncs whatever was appended without a sync.
     pub(super) fn sync(&self) -> io::Result<()> {
         let mut inner = self.inner();
+        #[cfg(test)]
+        if inner.unsynced && inner.failing_syncs > 0 {
+            inner.failing_syncs -= 1;
+            return Err(io::Error::from_raw_os_error(5));
+        }
         if inner.unsynced {
             if let Some(seg) = &inner.current {
                 seg.file.sync_data()?;
