@@ -30,7 +30,8 @@ version=25.10.1
 
 python=${AUTOBAHN_PYTHON:-}
 if [ -z "$python" ]; then
-  pyenv_python="${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin/python"
+  pyenv_root=${PYENV_ROOT:-$(pyenv root 2>/dev/null || echo "${HOME:-/root}/.pyenv")}
+  pyenv_python="$pyenv_root/versions/2.7.18/bin/python"
   if [ -x "$pyenv_python" ]; then
     python=$pyenv_python
   else
