@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
-    /// Name of this edge in logs and in the origin's metrics.
+    /// Name of this edge in logs and in the origin's metrics. It need not be unique: on the
+    /// link each edge process is `edge_id` and a random suffix made at start (see
+    /// [`Edge::instance`](crate::server::Edge::instance)), so edges started from one
+    /// configuration never take each other's place at the origin.
     pub edge_id: String,
     /// Address of the WebSocket endpoint `/v1/connect`, `/metrics`, `/healthz`, `/readyz`
     /// and `/admin/drain`. Port 0 picks a free one.

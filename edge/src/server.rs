@@ -31,6 +31,11 @@ use crate::{
 pub struct Edge {
     /// The configuration the node started with.
     pub config: EdgeConfig,
+    /// This edge process's name on the link and in session ids: `edge_id`, `~` and a random
+    /// suffix. Two edges with one `edge_id` (every edge started from the example keeps
+    /// `edge-1`) would otherwise be one edge to the origin, which does not relay an edge's
+    /// typing back to it and keeps one presence report per user and edge.
+    pub instance: String,
     /// The link to the origin.
     pub upstream: Arc<Upstream>,
     /// Loaded workspaces and their sessions.
@@ -117,13 +122,16 @@ impl Running {
 /// [`Edge::start_drain`]) for a graceful stop.
 pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Running, StartError> {
     config.validate().map_err(StartError::Config)?;
+    // 55 + 1 + 8 characters: within the 64 of an edge's name on the link.
+    let name: String = config.edge_id.chars().take(55).collect();
+    let instance = format!("{name}~{:08x}", rand::random::<u32>());
     let metrics = Arc::new(Metrics::new());
     let upstream_config = UpstreamConfig {
         origin: config.origin.link.clone(),
         server_name: config.origin.server_name.clone(),
         trust: config.origin_trust(),
         edge_key: config.origin.edge_key.clone(),
-        edge_id: config.edge_id.clone(),
+        edge_id: instance.clone(),
         call_timeout: Duration::from_millis(config.origin.call_timeout_ms),
         start_cursor: None,
     };
@@ -154,6 +162,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     let one_way = OneWayCalls::new(ONE_WAY_IN_FLIGHT, &metrics);
     let edge = Arc::new(Edge {
         config,
+        instance,
         upstream,
         workspaces: workspaces.clone(),
         tokens: tokens.clone(),

@@ -288,7 +288,7 @@ fn boot_on(
     drop(inner);
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
-        session_id: format!("{}-{id}", edge.config.edge_id),
+        session_id: format!("{}-{id}", edge.instance),
         cursor,
         self_user: boot.self_user,
         channels: boot.channels,
@@ -505,7 +505,9 @@ impl Session {
     async fn closed_by_fanout<T: Transport>(&self, transport: &mut T, reason: CloseReason) -> End {
         match reason {
             CloseReason::TokenRevoked => self.token_ended(transport, "the token was revoked", "token revoked").await,
-            CloseReason::Deactivated => self.token_ended(transport, "the user was deactivated", "user deactivated").await,
+            CloseReason::Deactivated => {
+                self.token_ended(transport, "the user was deactivated", "user deactivated").await
+            }
             CloseReason::Resync => self.resync(transport, "the edge lost its place in the feed; boot again").await,
             CloseReason::SlowConsumer => slow_consumer(),
         }
