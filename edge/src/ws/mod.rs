@@ -568,6 +568,64 @@ mod tests {
         assert!(server.is_idle());
     }
 
+    /// Frames and a close as a client reads them: whole frames' opcodes and payload lengths,
+    /// the close's code, and whether anything was left over (a frame cut short).
+    fn frames_of(mut bytes: &[u8]) -> (Vec<(u8, usize)>, Option<u16>, bool) {
+        let mut frames = Vec::new();
+        while let Some(len) = codec::encoded_len(bytes) {
+            if bytes[0] == 0x88 {
+                let code = u16::from_be_bytes([bytes[2], bytes[3]]);
+                return (frames, Some(code), len < bytes.len());
+            }
+            frames.push((bytes[0] & 0x0F, len));
+            bytes = &bytes[len..];
+        }
+        (frames, None, !bytes.is_empty())
+    }
+
+    /// A client that stops reading: the socket holds the first frame and part of the second
+    /// when the session gives up and closes with 4008.
+    async fn stalled() -> (WsTransport<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (server, client) = tokio::io::duplex(4096);
+        let mut server = WsTransport::new(server);
+        for i in 0..3u8 {
+            server.feed(Wire::Binary(vec![i; 3000].into())).await.unwrap();
+        }
+        assert!(tokio::time::timeout(Duration::from_secs(60), server.flush()).await.is_err(), "the socket is full");
+        (server, client)
+    }
+
+    /// The close goes out right after the frame the socket was partway through, ahead of the
+    /// frame not started, as soon as the client reads again — the session is long gone by then.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_that_reads_again_gets_the_close() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = stalled().await;
+        server.close(4008, "slow consumer: reconnect with resume").await;
+        tokio::time::sleep(CLOSE_TIMEOUT / 2).await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let (frames, close, left) = frames_of(&got);
+        assert_eq!(frames, vec![(0x2, 3004), (0x2, 3004)], "the two frames begun, whole; the third dropped");
+        assert_eq!(close, Some(4008));
+        assert!(!left, "nothing after the close");
+    }
+
+    /// A client that reads nothing for [`CLOSE_TIMEOUT`] after the close sees the connection end
+    /// without it (docs/API.md: such an end means resume).
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stalled_past_the_close_timeout_sees_the_end() {
+        use tokio::io::AsyncReadExt;
+        let (server, mut client) = stalled().await;
+        server.close(4008, "slow consumer: reconnect with resume").await;
+        tokio::time::sleep(CLOSE_TIMEOUT + Duration::from_secs(1)).await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 4096, "what the socket held, then the end");
+        let (frames, close, cut) = frames_of(&got);
+        assert_eq!((frames, close, cut), (vec![(0x2, 3004)], None, true));
+    }
+
     #[tokio::test]
     async fn the_server_closes_with_a_code_and_a_reason() {
         let (server, mut client) = pair().await;
