@@ -46,6 +46,8 @@ STATE_RULES = (
     "client_msg_id must be 1 to",  # 64 bytes, which fewer than 64 characters can exceed
     "text is over",  # 64 KiB, which fewer than 40,000 characters can exceed
     "duplicate of a rejected send",  # a retry of a refused send in the same group commit
+    "is deactivated",  # inviting a deactivated user, or opening a DM with one
+    "you cannot deactivate yourself",
 )
 
 

@@ -126,6 +126,15 @@ values = ["$cursor"]
 "body.user" = { dictionary = "users", probability = 0.6 }
 "body.users[*]" = { dictionary = "users", probability = 0.6 }
 
+# {id} names a user here, not a channel. Never the admin: deactivating oneself is refused, and
+# the run's other users may come and go.
+[[operations]]
+include-path-regex = "^/v1/users/"
+parameters = { "path.id" = { dictionary = "others", probability = 0.7 } }
+
+[dictionaries.others]
+values = ["$bob_id"]
+
 [phases.stateful]
 enabled = false
 
