@@ -29,7 +29,7 @@ async fn closed(client: &mut Client, what: &str) -> (Option<u16>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ends_when_its_token_expires_on_every_transport() {
-    const TTL_SECS: u64 = 4;
+    const TTL_SECS: u64 = 5;
     let origin = Origin::start_with(|c| c.token_ttl_secs = TTL_SECS).await;
     let (edge, _shutdown) = start_edge(&origin, "edge-a").await;
     // The workspace's admin token is made now and expires TTL_SECS from now.
