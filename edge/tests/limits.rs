@@ -414,3 +414,47 @@ async fn half_sent_frames_hold_no_more_than_the_frame_budget() {
     assert_eq!(rig.metric("selvage_edge_frame_bytes_held"), 0.0);
     assert_eq!(rig.metric("selvage_edge_connections_refused_total{reason=\"frame_budget\"}"), 0.0);
 }
+
+/// One WebSocket connection over an in-memory socket, seen step by step: a frame over the free
+/// size is not read while the budget has no room for it, is read once it has, and holds its
+/// share until the session asks for the next frame.
+#[tokio::test]
+async fn a_large_frame_holds_its_share_from_its_header_until_it_is_handled() {
+    use selvage_edge::{
+        limits::FrameBudget,
+        metrics::Metrics,
+        session::{Inbound, Transport},
+        ws::WsTransport,
+    };
+    use std::{future::Future, task::Poll};
+
+    const FRAME: usize = 200 * 1024;
+    let metrics = Metrics::new();
+    let budget = FrameBudget::new(1 << 20, &metrics);
+    let hog = budget.cover((1 << 20) - 100 * 1024).await.unwrap();
+    let (server, mut client) = tokio::io::duplex(1 << 20);
+    let mut server = WsTransport::new(server).with_budget(budget.clone());
+    let mut frame = Ws::header(0x2, FRAME);
+    let header = frame.len();
+    frame.extend(std::iter::repeat_n(7u8, FRAME));
+    client.write_all(&frame[..header + FRAME / 2]).await.unwrap();
+    // The bytes are there, but there is no room: nothing is taken and nothing comes out.
+    {
+        let recv = server.recv();
+        tokio::pin!(recv);
+        let polled = std::future::poll_fn(|cx| Poll::Ready(recv.as_mut().poll(cx).is_pending())).await;
+        assert!(polled, "a frame with no room in the budget is not received");
+    }
+    assert_eq!(budget.held(), (1 << 20) - 100 * 1024, "only the other frame's share");
+    // Room comes; the rest of the frame too.
+    drop(hog);
+    client.write_all(&frame[header + FRAME / 2..]).await.unwrap();
+    assert_eq!(server.recv().await, Inbound::Frame(vec![7u8; FRAME]));
+    assert_eq!(budget.held(), header + FRAME, "held while the session handles it");
+    assert_eq!(metrics.frame_bytes_held.get() as usize, header + FRAME);
+    // The session asks for the next frame: the share is given back, and nothing is held.
+    client.write_all(&Ws::header(0xA, 0)).await.unwrap();
+    assert_eq!(server.recv().await, Inbound::Alive);
+    assert_eq!(budget.held(), 0);
+    assert!(server.is_idle(), "no buffer kept after the large frame");
+}
