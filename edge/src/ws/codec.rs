@@ -128,11 +128,12 @@ struct Header {
 
 /// UTF-8 checked as it arrives, so that a client sending text that is not UTF-8 is told at
 /// once rather than when its message is complete: a character may be split across frames of
-/// a message or across reads of one frame, and its first bytes wait in `tail` for the rest.
+/// a message or across reads of one frame, and its first bytes (at most 3) wait in `tail` for
+/// the rest. Four bytes: every idle session carries one.
 #[derive(Debug, Default)]
 struct Utf8 {
-    tail: [u8; 4],
-    tail_len: usize,
+    tail: [u8; 3],
+    tail_len: u8,
 }
 
 impl Utf8 {
@@ -141,36 +142,41 @@ impl Utf8 {
         if self.tail_len > 0 {
             // The tail starts with a lead byte the last check accepted as the start of a
             // character; complete it (or as much as came).
-            let width: usize = match self.tail[0] {
+            let have = usize::from(self.tail_len);
+            let mut char = [0u8; 4];
+            char[..have].copy_from_slice(&self.tail[..have]);
+            let width: usize = match char[0] {
                 0xC0..=0xDF => 2,
                 0xE0..=0xEF => 3,
                 _ => 4,
             };
-            let take = width.saturating_sub(self.tail_len).min(bytes.len());
-            self.tail[self.tail_len..self.tail_len + take].copy_from_slice(&bytes[..take]);
-            self.tail_len += take;
+            let take = width.saturating_sub(have).min(bytes.len());
+            char[have..have + take].copy_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
-            match std::str::from_utf8(&self.tail[..self.tail_len]) {
+            let now = have + take;
+            match std::str::from_utf8(&char[..now]) {
                 Ok(_) => self.tail_len = 0,
-                // Still short of a whole character: every byte given went into the tail.
-                Err(e) if e.error_len().is_none() => return Ok(()),
+                // Still short of a whole character: every byte given went into it.
+                Err(e) if e.error_len().is_none() => return self.keep(&char[..now]),
                 Err(_) => return Err(DecodeError::NotUtf8),
             }
         }
         match std::str::from_utf8(bytes) {
             Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_none() => {
-                // A character cut short at the end (at most 3 bytes): the rest may follow.
-                let rest = &bytes[e.valid_up_to()..];
-                if rest.len() >= self.tail.len() {
-                    return Err(DecodeError::NotUtf8);
-                }
-                self.tail[..rest.len()].copy_from_slice(rest);
-                self.tail_len = rest.len();
-                Ok(())
-            }
+            // A character cut short at the end: the rest may follow.
+            Err(e) if e.error_len().is_none() => self.keep(&bytes[e.valid_up_to()..]),
             Err(_) => Err(DecodeError::NotUtf8),
         }
+    }
+
+    /// Keeps the start of a character (never more than 3 bytes, or it would be whole).
+    fn keep(&mut self, start: &[u8]) -> Result<(), DecodeError> {
+        let (Some(tail), Ok(len)) = (self.tail.get_mut(..start.len()), u8::try_from(start.len())) else {
+            return Err(DecodeError::NotUtf8);
+        };
+        tail.copy_from_slice(start);
+        self.tail_len = len;
+        Ok(())
     }
 
     /// The message ended: a character still cut short is not UTF-8.
@@ -195,8 +201,9 @@ pub struct Decoder {
     /// Bytes received and not yet decoded; no allocation between frames.
     pending: Vec<u8>,
     /// How much of the payload of the frame at the front of `pending` is already unmasked (and,
-    /// for text, checked).
-    unmasked: usize,
+    /// for text, checked). 32 bits, as messages are (see [`Decoder::new`]), to keep the
+    /// decoder small.
+    unmasked: u32,
     /// A fragmented message whose last frame has not come yet.
     partial: Option<Partial>,
     /// The text message in flight, checked so far.
@@ -206,19 +213,20 @@ pub struct Decoder {
     /// The most the decoder makes room for to finish a frame (see [`Decoder::wants`]); the
     /// connection raises it once its frame budget allows.
     room: usize,
-    /// Why the stream was refused, once it was: nothing after that is decoded.
-    refused: Option<DecodeError>,
+    /// Why the stream was refused, once it was: nothing after that is decoded. Boxed: every
+    /// idle session carries its decoder, and a refusal is rare.
+    refused: Option<Box<DecodeError>>,
 }
 
 impl Decoder {
-    /// A decoder refusing messages over `max_message` bytes.
+    /// A decoder refusing messages over `max_message` bytes (at most 4 GiB less a byte).
     pub fn new(max_message: usize) -> Decoder {
         Decoder {
             pending: Vec::new(),
             unmasked: 0,
             partial: None,
             utf8: Utf8::default(),
-            max_message,
+            max_message: max_message.min(u32::MAX as usize),
             room: usize::MAX,
             refused: None,
         }
@@ -273,11 +281,11 @@ impl Decoder {
     /// released — and the connection is to be closed with [`DecodeError::close_code`].
     pub fn decode(&mut self) -> Result<Option<Message>, DecodeError> {
         if let Some(e) = &self.refused {
-            return Err(e.clone());
+            return Err((**e).clone());
         }
         let decoded = self.next_message();
         if let Err(e) = &decoded {
-            self.refused = Some(e.clone());
+            self.refused = Some(Box::new(e.clone()));
             self.pending = Vec::new();
             self.partial = None;
         }
@@ -330,13 +338,14 @@ impl Decoder {
     fn frame(&mut self) -> Result<Option<(Header, Vec<u8>)>, DecodeError> {
         let Some(header) = self.header()? else { return Ok(None) };
         let arrived = (self.pending.len() - header.len).min(header.payload);
-        if arrived > self.unmasked {
-            let from = self.unmasked;
+        let from = self.unmasked as usize;
+        if arrived > from {
             let bytes = &mut self.pending[header.len + from..header.len + arrived];
             for (i, b) in bytes.iter_mut().enumerate() {
                 *b ^= header.mask[(from + i) % 4];
             }
-            self.unmasked = arrived;
+            // A payload is at most `max_message`, which fits.
+            self.unmasked = u32::try_from(arrived).unwrap_or(u32::MAX);
             let text = match header.opcode {
                 Opcode::Text => true,
                 Opcode::Continuation => self.partial.as_ref().is_some_and(|p| p.text),
