@@ -661,11 +661,14 @@ mod tests {
         assert!(out.buf.is_empty());
     }
 
-    /// Every code a session closes with is one an endpoint may send.
+    /// Every code a session or the frame budget closes with is one an endpoint may send.
     #[test]
     fn the_session_s_close_codes_may_be_sent() {
         use crate::session::close::*;
-        for code in [NORMAL, DRAINING, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE, IDLE, SLOW_CONSUMER, RESYNC] {
+        let codes =
+            [NORMAL, DRAINING, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE, IDLE, SLOW_CONSUMER, RESYNC, TOO_MANY_CONNECTIONS];
+        let refusals = [crate::limits::FrameRefusal::Busy, crate::limits::FrameRefusal::TooSlow];
+        for code in codes.into_iter().chain(refusals.map(|r| r.close().0)) {
             assert!(codec::valid_close_code(code), "{code}");
         }
     }
