@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 /// An edge from `infra/edge.example.toml` as it is, with what an operator must set per host:
 /// its addresses and the link's secrets.
-async fn example_edge(origin: &Origin) -> (selvage_edge::Running, CancellationToken) {
+async fn example_edge(
+    origin: &Origin,
+    adjust: impl FnOnce(&mut EdgeConfig),
+) -> (selvage_edge::Running, CancellationToken) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/edge.example.toml");
     let mut config: EdgeConfig = figment::Figment::new()
         .merge(figment::providers::Serialized::defaults(EdgeConfig::default()))
@@ -26,6 +29,7 @@ async fn example_edge(origin: &Origin) -> (selvage_edge::Running, CancellationTo
     config.listen = secrets.listen;
     config.quic_listen = secrets.quic_listen;
     config.origin = secrets.origin;
+    adjust(&mut config);
     start_edge_with(config).await
 }
 
@@ -58,12 +62,16 @@ async fn next_presence(client: &mut Client, who: &UserId) -> Presence {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_edges_from_one_example_config_keep_their_own_place_at_the_origin() {
     let origin = Origin::start().await;
-    let (alice, _, general) = origin.workspace().await;
+    let ws = origin.new_workspace("Edge").await;
+    let (alice, general) = (ws.admin_token.clone(), ws.general.clone());
     let (_, bob) = origin.user(&alice, "bob").await;
     let (carol_id, carol) = origin.user(&alice, "carol").await;
     let carol_id: UserId = carol_id.parse().unwrap();
-    let (a, _sa) = example_edge(&origin).await;
-    let (b, _sb) = example_edge(&origin).await;
+    let (a, _sa) = example_edge(&origin, |_| {}).await;
+    // B renews its presence reports every 300 ms (the example: 10 s), which the test waits on
+    // below; A keeps the example's, so nothing from A comes between B's report and carol's next
+    // change.
+    let (b, _sb) = example_edge(&origin, |c| c.sessions.presence_renew_ms = 300).await;
 
     // Typing on A reaches B (the origin does not send an edge's relays back to it).
     let alice_on_a = Client::connect(options(&a, &Transport::WsJson, &alice)).await.unwrap();
@@ -72,21 +80,27 @@ async fn two_edges_from_one_example_config_keep_their_own_place_at_the_origin() 
     alice_on_a.send_frame(&ClientFrame::Typing { channel: general.clone() }).await.unwrap();
     next_of(&mut bob_on_b, "alice typing", |e| matches!(e, Event::Typing { .. }).then_some(())).await;
 
-    // Carol is online on both; her session on B closes; she stays online through A. (The
-    // example's presence renewal, every 10 s, is far off: only changes are reported here.)
+    // Carol is online on both; her session on B closes; she stays online through A.
     bob_on_b.send_frame(&ClientFrame::PresenceSub { users: vec![carol_id.clone()] }).await.unwrap();
     assert_eq!(next_presence(&mut bob_on_b, &carol_id).await, Presence::Offline, "the current state first");
     let carol_on_a = Client::connect(options(&a, &Transport::WsMsgpack, &carol)).await.unwrap();
     assert_eq!(next_presence(&mut bob_on_b, &carol_id).await, Presence::Active);
-    let reports = origin.link_calls_of("presence").await;
+    // What edge B has told the origin of carol, and how many reports it has sent.
+    let b_reported = || {
+        let live = b.edge.workspaces.get_loaded(&ws.id).expect("the workspace is loaded on B");
+        let reported = live.lock().presence.reported(&carol_id);
+        reported
+    };
+    let b_reports =
+        || async { metric_sum(&edge_metrics(&b).await, "selvage_edge_origin_calls_total{call=\"presence\",") };
     let carol_on_b = Client::connect(options(&b, &quic(&b), &carol)).await.unwrap();
-    wait_for("edge B reports carol", || async { origin.link_calls_of("presence").await > reports }).await;
-    let reports = origin.link_calls_of("presence").await;
+    wait_until("edge B reports carol", || b_reported() == Some(Presence::Active)).await;
     carol_on_b.close().await;
-    wait_for("edge B reports carol's session on it gone", || async {
-        origin.link_calls_of("presence").await > reports
-    })
-    .await;
+    wait_until("edge B reports carol's session on it gone", || b_reported().is_none()).await;
+    // B's reports go one after another, and B renews every 300 ms: once one more has been
+    // answered, the origin has had the one about carol.
+    let reports = b_reports().await;
+    wait_for("the origin has edge B's report", || async { b_reports().await > reports }).await;
     // What carol does next on A is the next thing bob hears of her: nothing came in between.
     carol_on_a.send_frame(&ClientFrame::SetPresence { dnd: true }).await.unwrap();
     assert_eq!(next_presence(&mut bob_on_b, &carol_id).await, Presence::Dnd, "carol never went offline");

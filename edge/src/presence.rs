@@ -137,6 +137,12 @@ impl PresenceState {
         out
     }
 
+    /// What this edge last reported to the origin for `user`; `None` when it reported them
+    /// offline or never reported them.
+    pub fn reported(&self, user: &UserId) -> Option<Presence> {
+        self.reported.get(user).copied()
+    }
+
     /// Forgets what was reported, so the next [`reports`](Self::reports) sends everything
     /// again (after the link to the origin came back: the origin may have restarted).
     pub fn forget_reported(&mut self) {
