@@ -69,6 +69,9 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         operator_key: Some(operator_key.clone()),
         ..Default::default()
     };
+    // `selvage loadtest run --target` against this edge shares a few users' tokens among
+    // many simulated clients, far past a person's devices.
+    edge_config.sessions.max_connections_per_user = selvage_loadtest::deployment::LOADTEST_CONNECTIONS_PER_USER;
     edge_config.origin.link = link_addr.to_string();
     edge_config.origin.fingerprint = Some(link_fingerprint);
     edge_config.origin.edge_key = edge_key;

@@ -54,7 +54,10 @@ start_origin() {
 
 # An edge linked to the origin (or to LINK, e.g. a WAN proxy in front of it), once it is ready.
 # Sets edge_pid and edge_url. SELVAGE_* variables of the caller's environment configure it.
+# The load tester shares a few users' tokens among many simulated clients: the per-user cap
+# is raised (SELVAGE_SESSIONS__MAX_CONNECTIONS_PER_USER from the caller's environment wins).
 start_edge() { # [LINK]
+  SELVAGE_SESSIONS__MAX_CONNECTIONS_PER_USER=${SELVAGE_SESSIONS__MAX_CONNECTIONS_PER_USER:-1048576} \
   SELVAGE_ORIGIN__EDGE_KEY=$edge_key RUST_LOG=warn \
     $bin edge --listen 127.0.0.1:0 --quic-listen 127.0.0.1:0 --origin-link "${1:-$link}" --origin-fingerprint "$fingerprint" \
     > "$out/edge.out" 2> "$out/edge.err" &

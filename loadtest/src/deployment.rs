@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::seed::Api;
 
+/// The in-process edge's `sessions.max_connections_per_user`: the load tester opens many
+/// sessions per seeded user.
+pub const LOADTEST_CONNECTIONS_PER_USER: usize = 1 << 20;
+
 /// How long the in-process edge may take to link to the in-process origin.
 const LINK_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -116,6 +120,9 @@ impl Deployment {
             quic_listen: None,
             ..EdgeConfig::default()
         };
+        // Simulated clients share a few users' tokens, far past a person's devices: an edge
+        // under load test needs its per-user cap raised (see docs/BENCHMARKS.md).
+        edge_config.sessions.max_connections_per_user = LOADTEST_CONNECTIONS_PER_USER;
         edge_config.origin.link = link.to_string();
         edge_config.origin.fingerprint = Some(fingerprint);
         edge_config.origin.edge_key = edge_key;
