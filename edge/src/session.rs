@@ -62,6 +62,10 @@ pub enum Inbound {
 }
 
 /// The most frames written with one flush.
+/// How long the frame that explains a close (an error, a resync) may wait for a client that
+/// does not read before the session closes without it.
+const PARTING_WRITE: Duration = Duration::from_secs(1);
+
 const MAX_BATCH: usize = 64;
 
 /// The most events a resume fetches from the origin; a client further behind boots afresh.
@@ -517,7 +521,8 @@ impl Session {
     /// close code 4001, as a new connection with that token gets.
     async fn token_ended<T: Transport>(&self, transport: &mut T, message: &str, reason: &str) -> End {
         let e = ServerFrame::error(None, ErrorCode::Unauthorized, message);
-        let _ = transport.write(encode(&e, self.format)).await;
+        // A client that reads nothing must not hold the session open: the close follows anyway.
+        let _ = tokio::time::timeout(PARTING_WRITE, transport.write(encode(&e, self.format))).await;
         End::Close(close::UNAUTHORIZED, reason.into())
     }
 
@@ -596,7 +601,7 @@ impl Session {
     /// Tells the client to boot again and ends the session.
     async fn resync<T: Transport>(&self, writer: &mut T, reason: &str) -> End {
         let r = ServerFrame::Resync { reason: reason.into() };
-        let _ = writer.write(encode(&r, self.format)).await;
+        let _ = tokio::time::timeout(PARTING_WRITE, writer.write(encode(&r, self.format))).await;
         End::Close(close::RESYNC, "resync".into())
     }
 
