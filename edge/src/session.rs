@@ -61,11 +61,11 @@ pub enum Inbound {
     Closed,
 }
 
-/// The most frames written with one flush.
 /// How long the frame that explains a close (an error, a resync) may wait for a client that
 /// does not read before the session closes without it.
 const PARTING_WRITE: Duration = Duration::from_secs(1);
 
+/// The most frames written with one flush.
 const MAX_BATCH: usize = 64;
 
 /// The most events a resume fetches from the origin; a client further behind boots afresh.
