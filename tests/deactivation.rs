@@ -128,3 +128,23 @@ async fn a_deactivated_user_is_offboarded_everywhere_at_once() {
     assert_eq!(s, StatusCode::OK);
     client.close().await;
 }
+
+/// A user connects the moment they are created, before the edge's copy of the workspace has
+/// heard of them from the feed: the boot waits for the feed rather than refusing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_connects_the_moment_they_are_created() {
+    let origin = Origin::start().await;
+    let (alice, _, general) = origin.workspace().await;
+    let (edge, _shutdown) = start_edge(&origin, "edge-a").await;
+    // The workspace is loaded at the edge before the users exist.
+    let first = Client::connect(options(&edge, &Transport::WsJson, &alice)).await.unwrap();
+    for i in 0..20 {
+        let (_, token) = origin.user(&alice, &format!("new{i}")).await;
+        let client = Client::connect(options(&edge, &Transport::WsJson, &token))
+            .await
+            .unwrap_or_else(|e| panic!("user {i} was refused right after being created: {e}"));
+        assert!(client.hello().channels.iter().any(|c| c.channel.id == general), "user {i} booted without #general");
+        client.close().await;
+    }
+    first.close().await;
+}

@@ -237,15 +237,45 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), LinkErro
         cold_boot(edge, &principal).await?;
     }
     // The copy fetched can be retired (dropped by the cache sweep, or by a reset) before the
-    // session registers under its lock; then the session boots from a fresh one.
-    for _ in 0..5 {
+    // session registers under its lock; then the session boots from a fresh one. A user the
+    // origin just authenticated but the copy does not know yet was created a moment ago: the
+    // feed brings them shortly.
+    let mut retired = 0;
+    let unknown_until = tokio::time::Instant::now() + NEW_USER_PATIENCE;
+    loop {
         let live = edge.workspaces.get(&principal.workspace).await.map_err(|e| (*e).clone())?;
-        if let Some(booted) = boot_on(edge, opening, &principal, live)? {
-            return Ok((booted, slot));
+        match boot_on(edge, opening, &principal, live)? {
+            BootOn::Booted(booted) => return Ok((booted, slot)),
+            BootOn::Retired if retired < 5 => {
+                retired += 1;
+                tokio::task::yield_now().await;
+            }
+            BootOn::Retired => {
+                let message = "the workspace is being reloaded; retry".into();
+                return Err(LinkError { code: ErrorCode::Unavailable, message });
+            }
+            BootOn::UnknownUser if tokio::time::Instant::now() < unknown_until => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            BootOn::UnknownUser => {
+                let message = "the user is deactivated or unknown".into();
+                return Err(LinkError { code: ErrorCode::Unauthorized, message });
+            }
         }
-        tokio::task::yield_now().await;
     }
-    Err(LinkError { code: ErrorCode::Unavailable, message: "the workspace is being reloaded; retry".into() })
+}
+
+/// How long a boot waits for the feed to bring a user whose token the origin has just
+/// accepted (a user created a moment ago) before it refuses them as unknown.
+const NEW_USER_PATIENCE: Duration = Duration::from_secs(3);
+
+/// What booting on one copy of a workspace came to.
+enum BootOn {
+    Booted(Booted),
+    /// That copy is retired: boot on a fresh one.
+    Retired,
+    /// That copy does not know the user (yet).
+    UnknownUser,
 }
 
 /// What a boot costs without warm caches (`cache.cold_boots`): the token and the workspace
@@ -259,12 +289,7 @@ async fn cold_boot(edge: &Edge, principal: &Principal) -> Result<(), LinkError> 
 }
 
 /// Boots on one copy of the workspace; `None` when that copy is retired.
-fn boot_on(
-    edge: &Edge,
-    opening: &Opening,
-    principal: &Principal,
-    live: Arc<Live>,
-) -> Result<Option<Booted>, LinkError> {
+fn boot_on(edge: &Edge, opening: &Opening, principal: &Principal, live: Arc<Live>) -> Result<BootOn, LinkError> {
     let principal = principal.clone();
     let id = edge.workspaces.session_id();
     let outbox = crate::fanout::Outbox::new(
@@ -276,10 +301,13 @@ fn boot_on(
     );
     let mut inner = live.lock();
     if inner.is_retired() {
-        return Ok(None);
+        return Ok(BootOn::Retired);
     }
     let Some(boot) = inner.state.boot(&principal.user) else {
-        return Err(LinkError { code: ErrorCode::Unauthorized, message: "the user is deactivated or unknown".into() });
+        if inner.state.user(&principal.user).is_none() {
+            return Ok(BootOn::UnknownUser);
+        }
+        return Err(LinkError { code: ErrorCode::Unauthorized, message: "the user is deactivated".into() });
     };
     let cursor = inner.state.cursor().clone();
     let replay = match &opening.resume {
@@ -300,7 +328,7 @@ fn boot_on(
         heartbeat_ms: edge.config.sessions.heartbeat_ms,
         resumed: opening.resume.is_some(),
     };
-    Ok(Some(Booted { principal, live, outbox, hello, replay }))
+    Ok(BootOn::Booted(Booted { principal, live, outbox, hello, replay }))
 }
 
 struct Session {
