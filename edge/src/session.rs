@@ -245,7 +245,7 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), LinkErro
     loop {
         let live = edge.workspaces.get(&principal.workspace).await.map_err(|e| (*e).clone())?;
         match boot_on(edge, opening, &principal, live)? {
-            BootOn::Booted(booted) => return Ok((booted, slot)),
+            BootOn::Booted(booted) => return Ok((*booted, slot)),
             BootOn::Retired if retired < 5 => {
                 retired += 1;
                 tokio::task::yield_now().await;
@@ -271,7 +271,7 @@ const NEW_USER_PATIENCE: Duration = Duration::from_secs(3);
 
 /// What booting on one copy of a workspace came to.
 enum BootOn {
-    Booted(Booted),
+    Booted(Box<Booted>),
     /// That copy is retired: boot on a fresh one.
     Retired,
     /// That copy does not know the user (yet).
@@ -328,7 +328,7 @@ fn boot_on(edge: &Edge, opening: &Opening, principal: &Principal, live: Arc<Live
         heartbeat_ms: edge.config.sessions.heartbeat_ms,
         resumed: opening.resume.is_some(),
     };
-    Ok(BootOn::Booted(Booted { principal, live, outbox, hello, replay }))
+    Ok(BootOn::Booted(Box::new(Booted { principal, live, outbox, hello, replay })))
 }
 
 struct Session {
