@@ -214,7 +214,8 @@ pub fn query() -> impl Strategy<Value = Query> {
 /// A client frame that passes validation.
 pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (request_id(), channel_id(), ".{1,24}", request_id(), option::of(1..u64::MAX)).prop_map(
+        // Valid texts: 1 to 24 characters, none of them U+0000 (which `validate` refuses).
+        (request_id(), channel_id(), "[^\\x00]{1,24}", request_id(), option::of(1..u64::MAX)).prop_map(
             |(id, channel, text, client_msg_id, thread_root)| {
                 ClientFrame::Send { id, channel, text, client_msg_id, thread_root }
             }
