@@ -3,13 +3,17 @@
 //! nothing acknowledged is lost, and sends succeed again once space is freed — without a
 //! restart; after a SIGKILL and a restart everything acknowledged is still there.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, sync::Arc, time::Duration};
 
 use serde_json::{json, Value};
 
 mod common;
 
 use common::{call, OriginProcess, OPERATOR_KEY};
+use selvage_origin::store::{
+    embedded::{EmbeddedOptions, EmbeddedStore},
+    KvStore, StoreError,
+};
 
 /// A size-limited tmpfs on a fresh directory, unmounted when dropped.
 struct SmallDisk {
@@ -40,6 +44,21 @@ impl SmallDisk {
 
     fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Writes a file until the disk is full; answers its size.
+    fn fill(&self, name: &str) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join(name)).unwrap();
+        let chunk = vec![0x5a; 64 * 1024];
+        let mut n = 0;
+        while let Ok(k) = f.write(&chunk) {
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
+        }
+        n
     }
 }
 
@@ -137,4 +156,51 @@ async fn a_full_disk_refuses_sends_says_why_and_recovers_without_a_restart() {
     for (i, m) in stored.iter().enumerate() {
         assert_eq!(m["text"].as_str().unwrap(), text(i), "message {i}");
     }
+}
+
+/// With the free-space check off, a log write that meets a full disk is cut off the log: the
+/// group is refused with a clear reason, its versions go to the next commit once space is
+/// freed, and recovery replays exactly what was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_write_on_a_full_disk_is_taken_back() {
+    let Some(disk) = SmallDisk::mount(16) else { return };
+    let path = disk.path().join("s.redb");
+    // Nothing is flushed into redb but at shutdown: the log alone meets the full disk.
+    let opts = EmbeddedOptions {
+        min_free_bytes: 0,
+        flush_interval: Duration::from_secs(3600),
+        memtable_bytes: usize::MAX / 8,
+        memtable_entries: usize::MAX / 8,
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open(&path, opts.clone()).unwrap();
+    let commit = |store: Arc<EmbeddedStore>, key: &'static [u8], len: usize| async move {
+        let mut tx = store.begin().await.unwrap();
+        tx.set(key, &vec![7u8; len]).unwrap();
+        tx.commit().await.map(|c| c.versionstamp.version())
+    };
+    let first = commit(store.clone(), b"before", 100).await.unwrap();
+    assert!(disk.fill("ballast") > 0);
+    match commit(store.clone(), b"refused", 90_000).await {
+        Err(StoreError::NoSpace(why)) => assert!(why.contains("disk is full"), "{why}"),
+        other => panic!("expected the full disk to refuse the commit, got {other:?}"),
+    }
+    assert!(store.write_problem().is_some_and(|p| p.contains("disk is full")));
+    std::fs::remove_file(disk.path().join("ballast")).unwrap();
+    let after = commit(store.clone(), b"after", 90_000).await.unwrap();
+    assert_eq!(after, first + 1, "the refused group's version goes to the next commit");
+    assert_eq!(store.write_problem(), None);
+    // A crash image now: the log holds "before" and "after", nothing of "refused".
+    let image = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(disk.path()).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, image.path().join(p.file_name().unwrap())).unwrap();
+    }
+    drop(store);
+    let store = EmbeddedStore::open(&image.path().join("s.redb"), opts).unwrap();
+    assert_eq!(store.last_version(), after);
+    let mut tx = store.begin().await.unwrap();
+    assert!(tx.get(b"before").await.unwrap().is_some());
+    assert!(tx.get(b"after").await.unwrap().is_some());
+    assert!(tx.get(b"refused").await.unwrap().is_none());
 }

@@ -10,23 +10,6 @@ use selvage_loadtest::client::{Client, Inbound, Transport};
 use selvage_shared::{ClientFrame, ErrorCode, Event};
 use support::*;
 
-/// Reads what `client` gets until its connection closes; returns the close code and reason.
-/// Events and an `unauthorized` error frame may come first; anything else fails the test.
-async fn closed(client: &mut Client, what: &str) -> (Option<u16>, String) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "{what}: the session was never closed");
-        match client.next_event(left).await {
-            Ok(Some(Inbound::Closed { code, reason })) => return (code, reason),
-            Ok(Some(Inbound::Event(_))) | Ok(None) => {}
-            Ok(Some(Inbound::Error { code, .. })) => assert_eq!(code, ErrorCode::Unauthorized, "{what}"),
-            Ok(Some(other)) => panic!("{what}: unexpected {other:?}"),
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_ends_when_its_token_expires_on_every_transport() {
     const TTL_SECS: u64 = 5;

@@ -457,3 +457,23 @@ impl Drop for Relay {
         self.task.abort();
     }
 }
+
+/// Reads what `client` gets until its connection closes; returns the close code and reason.
+/// Events and an `unauthorized` error frame may come first (a session ended by its token);
+/// anything else fails the test.
+pub async fn closed(client: &mut Client, what: &str) -> (Option<u16>, String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{what}: the session was never closed");
+        match client.next_event(left).await {
+            Ok(Some(Inbound::Closed { code, reason })) => return (code, reason),
+            Ok(Some(Inbound::Event(_))) | Ok(None) => {}
+            Ok(Some(Inbound::Error { code, .. })) => {
+                assert_eq!(code, selvage_shared::ErrorCode::Unauthorized, "{what}")
+            }
+            Ok(Some(other)) => panic!("{what}: unexpected {other:?}"),
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
