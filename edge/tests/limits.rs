@@ -4,113 +4,18 @@
 //! so a test can send half a frame and read exactly how the edge closes. Every wait has a
 //! deadline; none is a sleep.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+mod support;
 
-use selvage_edge::{config::OriginLink, EdgeConfig};
-use selvage_origin::{accounts, OriginConfig};
-use selvage_shared::{link::CLIENT_ALPN, tls::Trust, ClientOpen, ErrorCode, Format, ServerFrame, UserId, WorkspaceId};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
-use tokio_util::sync::CancellationToken;
+use std::{net::SocketAddr, sync::Arc};
 
-const EDGE_KEY: &str = "limits-test-edge-key-0123456789";
-const DEADLINE: Duration = Duration::from_secs(30);
+use selvage_edge::EdgeConfig;
+use selvage_shared::{link::CLIENT_ALPN, tls::Trust, ClientOpen, ErrorCode, Format, ServerFrame};
+use support::{wait_until, Raw, Rig, DEADLINE};
+use tokio::io::AsyncWriteExt;
 
-/// An origin and an edge linked to it, with a workspace whose admin can connect.
-struct Rig {
-    origin: Arc<selvage_origin::Origin>,
-    edge: selvage_edge::Running,
-    _origin: selvage_origin::Running,
-    ws: WorkspaceId,
-    admin: UserId,
-    token: String,
-    shutdown: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
+/// A rig whose edge serves QUIC clients too.
 async fn rig(adjust: impl FnOnce(&mut EdgeConfig)) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let mut config = OriginConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        ..OriginConfig::default()
-    };
-    config.link.listen = "127.0.0.1:0".parse().unwrap();
-    config.link.edge_key = Some(EDGE_KEY.into());
-    let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();
-    let origin = running.origin.clone();
-    let (workspace, admin) = accounts::create_workspace(&origin.store, "acme", "admin", "Admin", 0).await.unwrap();
-    let mut edge_config = EdgeConfig {
-        edge_id: "limits".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        quic_listen: Some("127.0.0.1:0".parse().unwrap()),
-        origin: OriginLink {
-            link: running.link_addr.unwrap().to_string(),
-            fingerprint: running.link_fingerprint.clone(),
-            edge_key: EDGE_KEY.into(),
-            ..OriginLink::default()
-        },
-        ..EdgeConfig::default()
-    };
-    adjust(&mut edge_config);
-    let edge = selvage_edge::start(edge_config, shutdown.clone()).await.unwrap();
-    wait_until("the edge links to the origin", || edge.edge.is_ready()).await;
-    Rig {
-        origin,
-        edge,
-        _origin: running,
-        ws: workspace.id,
-        admin: admin.user.id,
-        token: admin.token,
-        shutdown,
-        _dir: dir,
-    }
-}
-
-impl Rig {
-    /// Another token of the workspace's admin.
-    async fn another_token(&self) -> String {
-        let caller = accounts::authenticate(&self.origin.store, &self.token).await.unwrap();
-        accounts::new_token_for(&self.origin.store, &caller, 0).await.unwrap()
-    }
-
-    /// A new user of the workspace and their token.
-    async fn user(&self, handle: &str) -> String {
-        let caller = accounts::authenticate(&self.origin.store, &self.token).await.unwrap();
-        accounts::create_user(&self.origin.store, &caller, handle, handle, false, 0).await.unwrap().token
-    }
-
-    /// Connections the admin holds on the edge, as the edge counts them.
-    fn admin_connections(&self) -> usize {
-        self.edge.edge.slots.count(&self.ws, &self.admin)
-    }
-
-    /// The value of one sample of the edge's `/metrics` (0 when absent).
-    fn metric(&self, sample: &str) -> f64 {
-        let text = self.edge.edge.metrics.render();
-        text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
-    }
-}
-
-async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::rig("limits", true, adjust).await
 }
 
 /// What a client read from the edge: a server frame, or the close (code and reason).
@@ -121,34 +26,31 @@ enum Got {
     Closed(Option<u16>, String),
 }
 
-/// A WebSocket client made of raw bytes (JSON frames).
-struct Ws {
-    tcp: TcpStream,
-    buf: Vec<u8>,
+/// A client session on either transport, read as the edge's frames and its close.
+trait Client {
+    /// The next frame the edge sent, or how the connection ended.
+    async fn next(&mut self) -> Got;
+
+    /// Reads until the edge closes; returns the close and the error frames seen before it.
+    async fn closed(&mut self) -> (Option<u16>, String, Vec<ErrorCode>) {
+        let mut errors = Vec::new();
+        loop {
+            match self.next().await {
+                Got::Closed(code, reason) => return (code, reason, errors),
+                Got::Frame(ServerFrame::Error { code, .. }) => errors.push(code),
+                Got::Frame(_) => {}
+            }
+        }
+    }
 }
+
+/// A WebSocket session over the raw client, with the token in the URL (JSON frames).
+struct Ws(Raw);
 
 impl Ws {
     /// Upgrades a connection to `/v1/connect` with `token`.
     async fn open(addr: SocketAddr, token: &str) -> Ws {
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        let request = format!(
-            "GET /v1/connect?format=json&token={token} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let end = loop {
-            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = tokio::time::timeout(DEADLINE, tcp.read(&mut chunk)).await.unwrap().unwrap();
-            assert!(n > 0, "the edge closed during the upgrade");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
-        buf.drain(..end);
-        Ws { tcp, buf }
+        Ws(Raw::upgrade(addr, &format!("&token={token}"), None).await)
     }
 
     /// Opens a session and reads its `hello`.
@@ -162,88 +64,45 @@ impl Ws {
 
     /// The header of a masked client frame (zero mask) of `len` payload bytes.
     fn header(opcode: u8, len: usize) -> Vec<u8> {
-        let mut h = vec![0x80 | opcode];
-        match len {
-            0..=125 => h.push(0x80 | len as u8),
-            126..=65535 => {
-                h.push(0x80 | 126);
-                h.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                h.push(0x80 | 127);
-                h.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        h.extend_from_slice(&[0, 0, 0, 0]);
-        h
+        support::header(0x80 | opcode, len, Some([0, 0, 0, 0]))
     }
 
     async fn send_text(&mut self, text: &str) {
         let mut frame = Ws::header(0x1, text.len());
         frame.extend_from_slice(text.as_bytes());
-        self.tcp.write_all(&frame).await.unwrap();
+        self.0.write(&frame).await;
     }
 
     /// Sends the start of a text frame of `len` bytes: its header and `sent` bytes of it.
     async fn send_part(&mut self, len: usize, sent: usize) {
         let mut frame = Ws::header(0x1, len);
         frame.extend(std::iter::repeat_n(b' ', sent));
-        self.tcp.write_all(&frame).await.unwrap();
+        self.0.write(&frame).await;
     }
 
     /// Sends the rest of a frame begun with [`Ws::send_part`]: spaces, then `tail`.
     async fn send_rest(&mut self, spaces: usize, tail: &str) {
         let mut rest = vec![b' '; spaces];
         rest.extend_from_slice(tail.as_bytes());
-        self.tcp.write_all(&rest).await.unwrap();
+        self.0.write(&rest).await;
     }
+}
 
-    /// The next frame the edge sent, or how the connection ended.
+impl Client for Ws {
     async fn next(&mut self) -> Got {
-        let deadline = Instant::now() + DEADLINE;
         loop {
-            if self.buf.len() >= 2 {
-                let (opcode, short) = (self.buf[0] & 0x0F, usize::from(self.buf[1] & 0x7F));
-                let (len, at) = match short {
-                    126 if self.buf.len() >= 4 => (usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4),
-                    127 if self.buf.len() >= 10 => {
-                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
-                    }
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let payload: Vec<u8> = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    match opcode {
-                        0x1 | 0x2 => return Got::Frame(selvage_shared::decode_server(&payload, Format::Json).unwrap()),
-                        0x8 if payload.len() >= 2 => {
-                            let code = u16::from_be_bytes([payload[0], payload[1]]);
-                            return Got::Closed(Some(code), String::from_utf8_lossy(&payload[2..]).into_owned());
-                        }
-                        0x8 => return Got::Closed(None, String::new()),
-                        _ => continue,
+            match self.0.next().await {
+                support::Got::Data(_, payload) => {
+                    return Got::Frame(selvage_shared::decode_server(&payload, Format::Json).unwrap())
+                }
+                close @ support::Got::Close(_) => {
+                    return match close.close_code() {
+                        Some((code, reason)) => Got::Closed(Some(code), reason),
+                        None => Got::Closed(None, String::new()),
                     }
                 }
-            }
-            let mut chunk = [0u8; 4096];
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.tcp.read(&mut chunk)).await {
-                Err(_) => panic!("the edge sent nothing in time"),
-                Ok(Ok(0)) | Ok(Err(_)) => return Got::Closed(None, "connection ended".into()),
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// Reads until the edge closes; returns the close and the error frames seen before it.
-    async fn closed(&mut self) -> (Option<u16>, String, Vec<ErrorCode>) {
-        let mut errors = Vec::new();
-        loop {
-            match self.next().await {
-                Got::Closed(code, reason) => return (code, reason, errors),
-                Got::Frame(ServerFrame::Error { code, .. }) => errors.push(code),
-                Got::Frame(_) => {}
+                support::Got::Control(_) => continue,
+                support::Got::End => return Got::Closed(None, "connection ended".into()),
             }
         }
     }
@@ -292,7 +151,9 @@ impl Quic {
     async fn send_rest(&mut self, rest: usize) {
         self.send.write_all(&vec![0xc0; rest]).await.unwrap();
     }
+}
 
+impl Client for Quic {
     async fn next(&mut self) -> Got {
         let read = tokio::time::timeout(DEADLINE, selvage_shared::quic::read_frame(&mut self.recv, 1 << 20));
         match read.await.expect("the edge sent nothing in time") {
@@ -304,17 +165,6 @@ impl Quic {
                 ),
                 other => Got::Closed(None, other.to_string()),
             },
-        }
-    }
-
-    async fn closed(&mut self) -> (Option<u16>, String, Vec<ErrorCode>) {
-        let mut errors = Vec::new();
-        loop {
-            match self.next().await {
-                Got::Closed(code, reason) => return (code, reason, errors),
-                Got::Frame(ServerFrame::Error { code, .. }) => errors.push(code),
-                Got::Frame(_) => {}
-            }
         }
     }
 }
