@@ -554,15 +554,7 @@ async fn typing_crosses_edges_once_per_three_seconds_and_is_never_stored() {
 /// `general`'s unread mention count in a fresh `hello` on `edge` and in the origin's channel
 /// list, which must agree.
 async fn mention_counts(origin: &Origin, edge: &selvage_edge::Running, token: &str, general: &ChannelId) -> u64 {
-    let client = Client::connect(options(edge, &Transport::WsJson, token)).await.unwrap();
-    let booted = client.hello().channels.iter().find(|c| c.channel.id == *general).unwrap().mentions;
-    client.close().await;
-    let (_, list) = origin.call(Method::GET, "/v1/channels", token, None).await;
-    let listed = list["channels"].as_array().unwrap().iter().find(|c| c["id"] == general.as_str()).unwrap()["mentions"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(booted, listed, "hello and the channel list agree");
-    booted
+    unread_of(origin, edge, token, general).await.2
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
