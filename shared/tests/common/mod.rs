@@ -40,7 +40,15 @@ pub fn request_id() -> impl Strategy<Value = String> {
 
 pub fn user() -> impl Strategy<Value = User> {
     (user_id(), text(), text(), any::<bool>(), any::<bool>(), any::<i64>()).prop_map(
-        |(id, handle, name, admin, deactivated, created_at)| User { id, handle, name, admin, deactivated, created_at, tokens_valid_from: 0 },
+        |(id, handle, name, admin, deactivated, created_at)| User {
+            id,
+            handle,
+            name,
+            admin,
+            deactivated,
+            created_at,
+            tokens_valid_from: 0,
+        },
     )
 }
 
