@@ -467,8 +467,7 @@ pub(super) fn replay(
     // Check the whole log first, then replay: an inconsistent log must change nothing.
     let mut plan: Vec<(u64, Vec<Mutation>)> = Vec::new();
     let mut next = flushed + 1;
-    // The segment the log so far ended in, and how.
-    let mut stopped: Option<(&Path, End)> = None;
+    // Each segment read so far, and how its records end.
     let mut ends: Vec<(&Path, End)> = Vec::new();
     for (first, path, bytes) in files {
         let parsed = parse_segment(bytes, *first);
@@ -484,7 +483,7 @@ pub(super) fn replay(
         }
         let newest = txns.last().map(|(v, _)| *v);
         if newest.is_some_and(|v| v >= next) && *first > next {
-            let before = stopped.map_or_else(
+            let before = ends.last().map_or_else(
                 || "the redb file".to_string(),
                 |(p, end)| format!("{}, whose records end {end}", p.display()),
             );
@@ -510,7 +509,6 @@ pub(super) fn replay(
             next += 1;
         }
         ends.push((*path, parsed.end));
-        stopped = Some((*path, parsed.end));
     }
     let count = ends.len();
     for (i, (path, end)) in ends.into_iter().enumerate() {
