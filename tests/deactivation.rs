@@ -57,6 +57,19 @@ async fn a_deactivated_user_is_offboarded_everywhere_at_once() {
     let other = origin.new_workspace("Other").await;
     let (s, _) = origin.call(Method::POST, &deactivate(&bob_id), &other.admin_token, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "another workspace's user is not found");
+    // A malformed id and an unknown one are not found, like any id; a revoked admin token
+    // changes nothing.
+    let (s, v) = origin.call(Method::POST, &deactivate("not-a-user"), &alice, None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{v}");
+    let (s, _) = origin.call(Method::POST, &deactivate("UZZZZZZZZZZZZ"), &alice, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let spare = origin.new_token(&alice).await;
+    let (s, _) = origin.post("/v1/tokens/revoke", &spare, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = origin.call(Method::POST, &deactivate(&bob_id), &spare, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "a revoked token deactivates nobody");
+    let (s, _) = origin.call(Method::GET, "/v1/me", &bob, None).await;
+    assert_eq!(s, StatusCode::OK, "bob is still active after the refused calls");
 
     let (s, v) = origin.call(Method::POST, &deactivate(&bob_id), &alice, None).await;
     assert_eq!((s, v["user"]["deactivated"].as_bool()), (StatusCode::OK, Some(true)), "{v}");
