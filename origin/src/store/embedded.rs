@@ -132,6 +132,8 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const BACKPRESSURE_FACTOR: usize = 4;
 /// How often a commit thread waiting for the flusher looks again.
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(100);
+/// What clients are told while the disk is (nearly) full.
+const DISK_FULL: &str = "the origin's disk is full; writes resume once space is freed";
 /// How often the commit thread looks at the free space on the data directory's disk.
 const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How many watch registrations between sweeps of watchers whose futures were dropped.
@@ -302,7 +304,7 @@ impl Health {
 /// acts on, not the engine's internals.
 fn refusal(error: &std::io::Error) -> String {
     match error.kind() {
-        std::io::ErrorKind::StorageFull => "the origin's disk is full; writes resume once space is freed".into(),
+        std::io::ErrorKind::StorageFull => DISK_FULL.into(),
         _ => format!("the origin cannot write to its disk ({})", error.kind()),
     }
 }
@@ -1659,11 +1661,10 @@ impl CommitWorker {
     /// [`EmbeddedOptions::min_free_bytes`] plus twice the bytes waiting to be flushed (a
     /// flush's copy-on-write pages), looking at most every [`SPACE_CHECK_INTERVAL`].
     fn check_space(&mut self) -> Result<(), &'static str> {
-        const FULL: &str = "the origin's disk is full; writes resume once space is freed";
         let min_free = self.shared.opts.min_free_bytes;
         let now = Instant::now();
         if min_free == 0 || now < self.space.next {
-            return if self.space.short.is_some() { Err(FULL) } else { Ok(()) };
+            return if self.space.short.is_some() { Err(DISK_FULL) } else { Ok(()) };
         }
         self.space.next = now + SPACE_CHECK_INTERVAL;
         let free = match available_bytes(self.shared.wal.dir()) {
@@ -1692,7 +1693,7 @@ impl CommitWorker {
             }
             self.shared.health.failed(Writer::Space, why.clone());
             self.space.short = Some(why);
-            return Err(FULL);
+            return Err(DISK_FULL);
         }
         if self.space.short.take().is_some() {
             tracing::info!(free, need, "the data directory's disk has room again; taking commits");
