@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idle sessions over QUIC on one edge: `selvage loadtest idle --quic ADDR --fingerprint FP`.
 # A QUIC session costs neither process a file descriptor (the edge serves them all through one
-# UDP socket, the load generator through one per 10,000 sessions), so this reaches DESIGN §6's
+# UDP socket, the load generator through one per 10,000 sessions), so this reaches ARCHITECTURE §6's
 # 100,000 sessions where the open-file limit caps WebSocket ones (docs/bench/edge.sh, part c).
 # Each run gets a fresh `selvage origin` and `selvage edge`; the summary gives the median.
 # Usage: docs/bench/idle-quic.sh [RUNS] [SESSIONS]     (from the repository root)

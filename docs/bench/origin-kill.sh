@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DESIGN §6's "origin process killed -9 under load: 0 acknowledged messages lost, ever".
+# ARCHITECTURE §6's "origin process killed -9 under load: 0 acknowledged messages lost, ever".
 # For each of RUNS runs (default 3): a fresh `selvage origin` (embedded store, fsync on) on
 # fixed ports and a `selvage edge` linked to it, each its own process; `selvage loadtest run
 # docs/bench/origin-kill.toml --check-stored` against them; KILL_AT seconds into the run

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DESIGN §6's reconnect storm (50,000 clients re-booted in ≤ 5 s, ≤ 1 origin request per 1,000
+# ARCHITECTURE §6's reconnect storm (50,000 clients re-booted in ≤ 5 s, ≤ 1 origin request per 1,000
 # reconnects, 0 events lost) as far as this machine's open-file limit allows: the shipped
 # loadtest/scenarios/reconnect-storm.toml at SCALE (default 0.36 = 18,000 clients; each client
 # is a socket in the edge and one in the load tester, and each process may hold 20,000 here)

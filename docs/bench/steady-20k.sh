@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DESIGN §6's send → delivered target (p99 ≤ 25 ms at 20,000 sends/s with 10,000 clients):
+# ARCHITECTURE §6's send → delivered target (p99 ≤ 25 ms at 20,000 sends/s with 10,000 clients):
 # docs/bench/steady-20k.toml against a separate `selvage origin` (embedded store, fsync on) and
 # `selvage edge`, each its own process, started fresh for each of RUNS runs (default 3). Prints
 # each run's send → ack and send → delivered latency, the checker's verdict and the CPU each

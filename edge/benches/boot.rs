@@ -1,4 +1,4 @@
-//! Boot payloads from a warm cache: the lazy `hello` (DESIGN §3) against a full-snapshot boot
+//! Boot payloads from a warm cache: the lazy `hello` (ARCHITECTURE §3) against a full-snapshot boot
 //! (every user, and every channel the user may see with its whole member list — what Slack's
 //! old `rtm.start` sent), for a user in 50 conversations of a 10,000-user workspace.
 //!

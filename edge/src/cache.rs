@@ -1,5 +1,5 @@
 //! A workspace as an edge holds it: users, channels, memberships, read markers and the recent
-//! events and messages of each channel, kept current by the origin's feed (DESIGN §3).
+//! events and messages of each channel, kept current by the origin's feed (ARCHITECTURE §3).
 //!
 //! [`WorkspaceState`] is pure, synchronous logic with no I/O: the edge wraps it in its caches,
 //! locks and sessions elsewhere, and everything here can be tested alone.

@@ -1,4 +1,4 @@
-//! The Selvage edge: the Flannel tier (DESIGN §3).
+//! The Selvage edge: the Flannel tier (ARCHITECTURE §3).
 //!
 //! Regional edge nodes terminate client WebSocket and QUIC connections, answer `hello` from
 //! warm caches fed by the origin's feed, fan events out to local connections, resume clients

@@ -1,4 +1,4 @@
-//! The client QUIC transport: ALPN `selvage/1` (DESIGN §4).
+//! The client QUIC transport: ALPN `selvage/1` (ARCHITECTURE §4).
 //!
 //! A client opens one bidirectional stream and writes a `ClientOpen {token, resume}` frame,
 //! then client frames; the edge writes server frames. Every frame is a 4-byte big-endian

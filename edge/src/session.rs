@@ -1,4 +1,4 @@
-//! One client session, the same for WebSocket and QUIC (DESIGN §4).
+//! One client session, the same for WebSocket and QUIC (ARCHITECTURE §4).
 //!
 //! A transport ([`Transport`]) reads what the client sent ([`Inbound`]) and writes frames; the
 //! session does the rest, in one task per connection:
@@ -15,7 +15,7 @@
 //!    (outbox full), a revoked or expired token (at its expiry, not at the next request), or
 //!    drain (`goodbye` with a random `reconnect_in_ms`, then close after the grace period).
 //!
-//! Most sessions are idle most of the time, so an idle session is kept small (DESIGN §6: ≤ 4 KiB
+//! Most sessions are idle most of the time, so an idle session is kept small (ARCHITECTURE §6: ≤ 4 KiB
 //! of edge memory each): while it waits it holds only small futures — the outbox's wake-up, the
 //! transport's read, one timer and the drain signal — and everything that runs on a frame
 //! (booting, handling a request, writing a batch, closing) runs in a future boxed for that
@@ -832,7 +832,7 @@ mod tests {
     use super::*;
     use crate::{config::OriginLink, ws::WsTransport, EdgeConfig};
 
-    /// The most an idle WebSocket session's task may hold in its future (DESIGN §6 gives a
+    /// The most an idle WebSocket session's task may hold in its future (ARCHITECTURE §6 gives a
     /// session 4 KiB of edge memory in all; the rest goes to its socket, outbox and registry).
     const IDLE_FUTURE_BYTES: usize = 1024;
 

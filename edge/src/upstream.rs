@@ -1,4 +1,4 @@
-//! The edge's end of the origin ↔ edge link (DESIGN §2 "The feed", §3): one QUIC connection to
+//! The edge's end of the origin ↔ edge link (ARCHITECTURE §2 "The feed", §3): one QUIC connection to
 //! the origin carrying the feed the edge's caches are kept current by, and the calls it makes
 //! for whatever its caches do not hold. The protocol is [`selvage_shared::link`].
 //!

@@ -1,4 +1,4 @@
-//! The Selvage client SDK: a Rust client of the edge's client protocol (DESIGN §4) over WebSocket
+//! The Selvage client SDK: a Rust client of the edge's client protocol (ARCHITECTURE §4) over WebSocket
 //! (JSON or MessagePack frames) or QUIC.
 //!
 //! The load tester drives edges with it, and the end-to-end tests of the other crates talk to real
@@ -23,7 +23,7 @@
 //!
 //! The event queue holds [`ClientSettings::event_queue`] entries (65,536 by default). When it is
 //! full the reader stops reading the connection until `next_event` makes room: the edge then sees
-//! this client as the slow consumer it is (DESIGN §3, backpressure) instead of the client
+//! this client as the slow consumer it is (ARCHITECTURE §3, backpressure) instead of the client
 //! buffering without bound. Replies wait behind the stalled reader too, so a client that sends
 //! must also drain its events, e.g. sending from other tasks through a [`Handle`].
 //!

@@ -1,5 +1,5 @@
 //! The `fanout` scenario: how many events one edge delivers per second, how late, and whether
-//! every subscriber got every message exactly once and in order (DESIGN §3 fan-out, §6 target:
+//! every subscriber got every message exactly once and in order (ARCHITECTURE §3 fan-out, §6 target:
 //! ≥ 1,500,000 deliveries/s saturated, p99 ≤ 50 ms at 1,000,000/s).
 //!
 //! One channel has `--subscribers` members, each holding a session on one edge; `--publishers`
@@ -49,9 +49,9 @@ use crate::report::{latency_histogram, Latency};
 use crate::seed::{person_name, Member};
 use crate::sends::parse_duration;
 
-/// Deliveries per second the design asks of one edge, saturated (DESIGN §6).
+/// Deliveries per second the design asks of one edge, saturated (ARCHITECTURE §6).
 pub const TARGET_SATURATED: f64 = 1_500_000.0;
-/// Delivery p99 the design allows at 1,000,000 deliveries/s, in ms (DESIGN §6).
+/// Delivery p99 the design allows at 1,000,000 deliveries/s, in ms (ARCHITECTURE §6).
 pub const TARGET_P99_MS: f64 = 50.0;
 
 /// Read buffer of a lean subscriber: tungstenite zero-fills it before every read, and a read

@@ -1,5 +1,5 @@
 //! The `hello` scenario: how fast a warm edge boots a session, and how big the boot payload is,
-//! for a user in `--channels` conversations of a `--users` workspace (DESIGN §3 lazy boot, §6
+//! for a user in `--channels` conversations of a `--users` workspace (ARCHITECTURE §3 lazy boot, §6
 //! target: p99 ≤ 2 ms at the edge, payload ≤ 20 KB, for 50 channels of 10,000 users).
 //!
 //! It seeds the workspace through the origin's HTTP API with a realistic membership mix for the
@@ -36,10 +36,10 @@ use crate::lean::{self, WireFormat};
 use crate::report::{latency_histogram, Latency};
 use crate::seed::{person_name, Member};
 
-/// Largest `hello` the design allows, in bytes (DESIGN §6: 20 KB).
+/// Largest `hello` the design allows, in bytes (ARCHITECTURE §6: 20 KB).
 pub const TARGET_HELLO_BYTES: usize = 20_000;
 
-/// Slowest warm `hello` p99 the design allows, in ms (DESIGN §6: 2 ms at the edge).
+/// Slowest warm `hello` p99 the design allows, in ms (ARCHITECTURE §6: 2 ms at the edge).
 pub const TARGET_P99_MS: f64 = 2.0;
 
 /// Read buffer of a booting session: a hello is one frame of tens of KB.

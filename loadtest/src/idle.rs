@@ -1,5 +1,5 @@
 //! The `idle` scenario: how much edge memory an idle WebSocket session costs, and how many one
-//! edge holds (DESIGN §6 target: ≥ 100,000 sessions, ≤ 4 KiB of edge memory each).
+//! edge holds (ARCHITECTURE §6 target: ≥ 100,000 sessions, ≤ 4 KiB of edge memory each).
 //!
 //! Against a running edge in its own process (in process, the clients' memory would be counted
 //! too), it seeds a workspace with `--users` users, opens one session per user to load the
@@ -40,7 +40,7 @@ use crate::lean::{self, WireFormat, Ws};
 use crate::seed::{person_name, Api};
 use crate::sends::parse_duration;
 
-/// Edge memory one idle session may cost (DESIGN §6: 4 KiB).
+/// Edge memory one idle session may cost (ARCHITECTURE §6: 4 KiB).
 pub const TARGET_BYTES_PER_SESSION: f64 = 4096.0;
 
 /// Read buffer of an idle session: it only ever reads its `hello` and pings.

@@ -1,10 +1,10 @@
-//! The origin's HTTP API, version 1 (DESIGN §5), on axum.
+//! The origin's HTTP API, version 1 (ARCHITECTURE §5), on axum.
 //!
 //! Handlers are thin: extract and check the request, call the module that owns the concept
 //! (`accounts`, `channels`, `sequencer`, `history`, `feed`), and render the result. Every
 //! rejection axum would produce (bad JSON, unknown fields, oversized bodies, a missing content
 //! type, bad query strings or path parameters, unknown routes, wrong methods) is turned into
-//! DESIGN §5's `{"error": {"code", "message"}}` shape here, and the middleware ([`track`])
+//! ARCHITECTURE §5's `{"error": {"code", "message"}}` shape here, and the middleware ([`track`])
 //! re-renders anything else that would leave in another shape, a panic included.
 //!
 //! Every request gets a [`RequestId`]: answered in `x-request-id`, carried by its log lines and by
@@ -83,7 +83,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Gives every request an id (its span, its errors and the `x-request-id` header carry it),
-/// turns a panic into a 500 and any error response not in DESIGN §5's shape into one, and
+/// turns a panic into a 500 and any error response not in ARCHITECTURE §5's shape into one, and
 /// records the request in the metrics and the debug log.
 async fn track(State(origin): State<Arc<Origin>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -117,7 +117,7 @@ async fn track(State(origin): State<Arc<Origin>>, request: Request, next: Next) 
 }
 
 /// An error response that did not come from [`OriginError`] (one axum or a layer made itself)
-/// is replaced by the error of its status in DESIGN §5's shape; others pass unchanged.
+/// is replaced by the error of its status in ARCHITECTURE §5's shape; others pass unchanged.
 fn reshape(response: Response, id: &RequestId) -> Response {
     let status = response.status();
     if status.as_u16() < 400 || response.extensions().get::<ErrorShape>().is_some() {

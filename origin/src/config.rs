@@ -1,6 +1,6 @@
 //! The origin's configuration: one typed struct with defaults that work on one machine.
 //!
-//! The binary layers it (DESIGN, STYLE): defaults, then a TOML file, then `SELVAGE_*`
+//! The binary layers it (ARCHITECTURE §9): defaults, then a TOML file, then `SELVAGE_*`
 //! environment variables (`SELVAGE_LISTEN`, `SELVAGE_SEQUENCER__QUEUE_CAPACITY`, …), then
 //! command-line flags; [`OriginConfig::validate`] runs before anything starts.
 
@@ -49,7 +49,7 @@ pub enum StoreKind {
     Fdb,
 }
 
-/// Tuning of the embedded engine (DESIGN §2): commits go to the write-ahead log and an
+/// Tuning of the embedded engine (ARCHITECTURE §2): commits go to the write-ahead log and an
 /// in-memory memtable, which a background thread flushes into the redb file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

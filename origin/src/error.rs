@@ -2,7 +2,7 @@
 //!
 //! Every failure a request can meet ends up as an [`OriginError`]; [`OriginError::code`] is the
 //! only place that decides what a client sees for it (the HTTP status follows from the code), rendered as
-//! DESIGN §5's `{"error": {"code", "message"}}`.
+//! ARCHITECTURE §5's `{"error": {"code", "message"}}`.
 //!
 //! A server error (5xx) shows the client only its stable code, a fixed message and the request's
 //! id ([`RequestId`], also in the `x-request-id` header); what went wrong is logged with that id,
@@ -160,7 +160,7 @@ impl OriginError {
     }
 }
 
-/// Marks a response whose body is already DESIGN §5's error shape, so the API's middleware
+/// Marks a response whose body is already ARCHITECTURE §5's error shape, so the API's middleware
 /// leaves it alone (it re-renders error responses without the mark).
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorShape;

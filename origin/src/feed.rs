@@ -1,4 +1,4 @@
-//! The feed: the deployment's event log, `(log, versionstamp)` (DESIGN §2).
+//! The feed: the deployment's event log, `(log, versionstamp)` (ARCHITECTURE §2).
 //!
 //! Every durable change appends one event per affected thing *in the transaction that makes the
 //! change*, under a versionstamped key, so the log order is the commit order and no event exists

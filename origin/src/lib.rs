@@ -1,4 +1,4 @@
-//! The Selvage origin: the system of record (DESIGN §1–§2, §5).
+//! The Selvage origin: the system of record (ARCHITECTURE §1–§2, §5).
 //!
 //! An origin node serves the HTTP API for every write and admin action, gives each channel one
 //! total order ([`sequencer`]), keeps the deployment's event log ([`feed`]) and stores it all in

@@ -1,4 +1,4 @@
-//! The origin's end of the origin ↔ edge link (DESIGN §2 "The feed", §3), on QUIC.
+//! The origin's end of the origin ↔ edge link (ARCHITECTURE §2 "The feed", §3), on QUIC.
 //!
 //! Edges keep their warm caches current by tailing the feed, and answer what their caches do not
 //! hold with calls; both go over one QUIC connection per edge, so a slow snapshot never holds up

@@ -1,6 +1,6 @@
 //! The relay of ephemeral events between edges: typing now, presence changes too.
 //!
-//! Ephemeral events are never written to the log (DESIGN §2): they matter for seconds and cost
+//! Ephemeral events are never written to the log (ARCHITECTURE §2): they matter for seconds and cost
 //! nothing to lose. An edge hands one to the origin with a `relay` call; the origin puts it on
 //! one bounded broadcast channel that every edge's feed stream listens to, and each stream sends
 //! it on as a `FeedFrame::Ephemeral` to its edge — except to the edge it came from, which

@@ -1,5 +1,5 @@
 //! The sequencer: gives every channel one gap-free total order and makes messages durable
-//! before anyone is told they were sent (DESIGN §2 "Ordering").
+//! before anyone is told they were sent (ARCHITECTURE §2 "Ordering").
 //!
 //! Every channel belongs to one of the node's committer shards (a hash of the channel id picks
 //! it; `sequencer.shards` of them, by default one per two cores). Sends wait in the shard's

@@ -1,4 +1,4 @@
-//! Workspace snapshots: what an edge builds its warm cache of one workspace from (DESIGN §3).
+//! Workspace snapshots: what an edge builds its warm cache of one workspace from (ARCHITECTURE §3).
 //!
 //! An edge keeps a workspace current by applying feed events *after* the snapshot's cursor, so
 //! the state and the cursor must agree exactly: every event at or before the cursor reflected,

@@ -1,4 +1,4 @@
-//! Frames: the messages of the client protocol (DESIGN §4) and of the edge ↔ origin feed.
+//! Frames: the messages of the client protocol (ARCHITECTURE §4) and of the edge ↔ origin feed.
 //!
 //! Every frame is an object tagged by `"type"`. [`ClientFrame`]s come from untrusted clients, so
 //! they reject unknown types and unknown fields, and [`ClientFrame::validate`] checks the limits
@@ -315,7 +315,7 @@ pub struct ClientOpen {
     pub resume: Option<Cursor>,
 }
 
-/// The boot payload of a session (DESIGN §3, lazy boot): the user, their channels and only the
+/// The boot payload of a session (ARCHITECTURE §3, lazy boot): the user, their channels and only the
 /// users those need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {

@@ -1,6 +1,6 @@
 //! Identifiers: workspace, user and channel ids, per-channel sequence numbers and feed cursors.
 //!
-//! Ids are opaque strings on the wire (DESIGN §4). Each kind has its own newtype so a user id can
+//! Ids are opaque strings on the wire (ARCHITECTURE §4). Each kind has its own newtype so a user id can
 //! never be passed where a channel id is expected, and each validates itself when parsed or
 //! deserialised: a valid id is 1 to 32 characters of `A-Z a-z 0-9 _ -`. That keeps hostile input
 //! (huge or binary ids) out of caches, keys and logs before any handler sees it.

@@ -30,6 +30,6 @@ pub use ids::*;
 pub use limits::*;
 pub use model::*;
 
-/// Version of the client protocol (DESIGN §4), sent in `hello` as `protocol`. Bumped only for
+/// Version of the client protocol (ARCHITECTURE §4), sent in `hello` as `protocol`. Bumped only for
 /// changes old clients cannot ignore.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,6 +1,6 @@
 //! Size limits of the wire contract.
 //!
-//! Every peer that reads frames caps what it accepts (DESIGN §7: "every loop that reads from a
+//! Every peer that reads frames caps what it accepts (ARCHITECTURE §7: "every loop that reads from a
 //! peer caps sizes"). These constants are the single source of those caps, so the edge, the
 //! origin, the load tester and client SDKs all agree on them. [`crate::decode_client`] enforces
 //! the client-facing ones.

@@ -1,4 +1,4 @@
-//! The origin ↔ edge link (DESIGN §2 "The feed", §3).
+//! The origin ↔ edge link (ARCHITECTURE §2 "The feed", §3).
 //!
 //! An edge holds one QUIC connection to its origin (ALPN [`LINK_ALPN`]). Every bidirectional
 //! stream the edge opens starts with a [`LinkOpen`] naming what the stream is for and carrying
@@ -26,7 +26,7 @@ use crate::model::{Channel, Message, Presence, User, Workspace};
 /// ALPN of the origin ↔ edge link.
 pub const LINK_ALPN: &[u8] = b"selvage-link/1";
 
-/// ALPN of client QUIC connections to an edge (DESIGN §4).
+/// ALPN of client QUIC connections to an edge (ARCHITECTURE §4).
 pub const CLIENT_ALPN: &[u8] = b"selvage/1";
 
 /// Largest frame on the link (a workspace snapshot can be large).

@@ -1,4 +1,4 @@
-//! The exact wire shapes of DESIGN §4 and the limits and errors of the client decoder.
+//! The exact wire shapes of ARCHITECTURE §4 and the limits and errors of the client decoder.
 
 use selvage_shared::*;
 use serde_json::{json, Value};

@@ -1,11 +1,11 @@
-//! The WebSocket transport: `GET /v1/connect` (DESIGN §4).
+//! The WebSocket transport: `GET /v1/connect` (ARCHITECTURE §4).
 //!
 //! Token in `Authorization: Bearer …` or `?token=`; `?format=json|msgpack`; `?resume=<cursor>`.
 //! JSON travels in text frames, MessagePack in binary ones. Messages over the client frame
 //! limit close the connection with 1009.
 //!
 //! The edge speaks the WebSocket framing itself ([`codec`]) over the upgraded HTTP connection,
-//! in the session's own task, so that an idle session costs little (DESIGN §6: ≤ 4 KiB each):
+//! in the session's own task, so that an idle session costs little (ARCHITECTURE §6: ≤ 4 KiB each):
 //! it reads into a buffer on the stack and keeps only the bytes of a frame still in flight, and
 //! what it writes is held only until the socket takes it. Between frames a session holds no
 //! buffer at all. Pings from the client are answered with pongs.

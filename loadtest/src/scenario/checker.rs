@@ -1,5 +1,5 @@
 //! The checker: from what every simulated client received and what every sender had
-//! acknowledged, decides whether the deployment kept its promise (DESIGN §2 ordering, §3
+//! acknowledged, decides whether the deployment kept its promise (ARCHITECTURE §2 ordering, §3
 //! resume): per channel one order for all members, no gaps in `seq`, no duplicates, and every
 //! acknowledged message delivered to every member that was connected or resumed. When the
 //! scenario changed messages (edits, deletes, reactions), it also holds every client's view of

@@ -1,4 +1,4 @@
-//! The origin's keyspace (DESIGN §2): every key the origin writes, tuple-encoded.
+//! The origin's keyspace (ARCHITECTURE §2): every key the origin writes, tuple-encoded.
 //!
 //! All workspace data lives under `("ws", W, …)`, so every read and write is scoped by workspace
 //! by construction; the feed log lives under `("log", versionstamp)` and tokens under
