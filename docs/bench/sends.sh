@@ -7,12 +7,13 @@
 # Each throughput figure is run RUNS times (default 3); the summary gives the median.
 # Usage: docs/bench/sends.sh [RUNS] [SECONDS]      (run from the repository root, as root)
 # IN_CONCURRENCY= sets the in-process senders (default 8192, the sequencer's largest group).
+# BIN=PATH measures another build of selvage (e.g. an older commit's, to compare); by default the
+# script builds and measures this checkout's release binary.
 set -euo pipefail
 runs=${1:-3}
 secs=${2:-10}
 in_concurrency=${IN_CONCURRENCY:-8192}
-bin=./target/release/selvage
-cargo build --release --quiet
+if [ -n "${BIN:-}" ]; then bin=$BIN; else bin=./target/release/selvage; cargo build --release --quiet; fi
 key=bench-operator-key-$(date +%s)
 out=$(mktemp -d /tmp/selvage-bench.XXXXXX)
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
