@@ -39,10 +39,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cache::{CacheLimits, Recipients, WorkspaceState},
     metrics::Metrics,
     presence::{PresenceState, RateLimited},
     upstream::{FeedUpdate, Upstream},
+    workspace::{CacheLimits, Recipients, WorkspaceState},
 };
 
 /// One frame on its way to a client, already encoded for the session's format.

@@ -5,7 +5,7 @@
 //! after reconnects and drain gracefully.
 //!
 //! - [`upstream`]: the QUIC link to the origin — the feed subscription and calls.
-//! - [`cache`]: a workspace's state as the edge holds it, kept current by feed events.
+//! - [`workspace`]: a workspace's state as the edge holds it, kept current by feed events.
 //! - [`fanout`]: loaded workspaces, the feed applied to them, delivery to sessions.
 //! - [`auth`]: tokens → users, remembered.
 //! - [`limits`]: what one client may take of the edge (connections per user, frame memory).
@@ -13,7 +13,7 @@
 //! - [`server`]: starting a node, health, metrics and drain; [`config`], [`metrics`].
 
 pub mod auth;
-pub mod cache;
+
 pub mod config;
 pub mod fanout;
 pub mod limits;
@@ -23,6 +23,7 @@ pub mod quic;
 pub mod server;
 pub mod session;
 pub mod upstream;
+pub mod workspace;
 pub mod ws;
 
 pub use config::EdgeConfig;

@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Tokens,
-    cache::CacheLimits,
     config::EdgeConfig,
     fanout::{self, Workspaces},
     limits::{FrameBudget, OneWayCalls, UserSlots, ONE_WAY_IN_FLIGHT},
     metrics::Metrics,
     upstream::{Upstream, UpstreamConfig},
+    workspace::CacheLimits,
 };
 
 /// Everything a session needs: one per edge process.

@@ -39,10 +39,10 @@ use tracing::Instrument;
 
 use crate::{
     auth::Principal,
-    cache::{QueryAnswer, DEFAULT_HISTORY_LIMIT},
     fanout::{event_wire, CloseReason, Live, Out, Outbox, Wire},
     limits::{FrameRefusal, Slot},
     server::Edge,
+    workspace::{QueryAnswer, DEFAULT_HISTORY_LIMIT},
 };
 
 /// What a transport read from the client.
