@@ -6,7 +6,9 @@
 //!
 //! - [`upstream`]: the QUIC link to the origin — the feed subscription and calls.
 //! - [`workspace`]: a workspace's state as the edge holds it, kept current by feed events.
-//! - [`fanout`]: loaded workspaces, the feed applied to them, delivery to sessions.
+//! - [`fanout`]: loaded workspaces and their sessions, the feed applied to them, delivery to
+//!   sessions through bounded outboxes.
+//! - [`wire`]: frames encoded for a client.
 //! - [`auth`]: tokens → users, remembered.
 //! - [`limits`]: what one client may take of the edge (connections per user, frame memory).
 //! - [`session`]: one client session, whatever the transport; [`ws`] and [`quic`] carry it.
@@ -23,6 +25,7 @@ pub mod quic;
 pub mod server;
 pub mod session;
 pub mod upstream;
+pub mod wire;
 pub mod workspace;
 pub mod ws;
 

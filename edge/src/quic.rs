@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    fanout::Wire,
     limits::{FrameBudget, FrameRefusal, FrameShare, FREE_FRAME_BYTES},
     server::{Edge, StartError},
     session::{self, close, Inbound, Opening, Transport},
+    wire::Wire,
 };
 
 /// A running QUIC listener.

@@ -39,9 +39,10 @@ use tracing::Instrument;
 
 use crate::{
     auth::Principal,
-    fanout::{event_wire, CloseReason, Live, Out, Outbox, Wire},
+    fanout::{CloseReason, Live, Out, Outbox},
     limits::{FrameRefusal, Slot},
     server::Edge,
+    wire::{event_wire, Wire},
     workspace::{QueryAnswer, DEFAULT_HISTORY_LIMIT},
 };
 

@@ -45,10 +45,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use self::codec::{DecodeError, Decoder, Message, Opcode};
 use crate::{
-    fanout::Wire,
     limits::{FrameBudget, FrameShare, FREE_FRAME_BYTES},
     server::Edge,
     session::{self, Inbound, Opening, Transport},
+    wire::Wire,
 };
 
 /// Bytes read from the socket at once, into a buffer on the stack (never kept by a session).
