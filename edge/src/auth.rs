@@ -16,6 +16,8 @@ use selvage_shared::{
 };
 use sha2::{Digest, Sha256};
 
+use axum::http::{header, HeaderMap};
+
 use crate::{metrics::Metrics, upstream::Upstream};
 
 /// An authenticated token.
@@ -124,4 +126,9 @@ impl Tokens {
     pub fn forget_all(&self) {
         self.cache.invalidate_all();
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }

@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    error::StartError,
     limits::{FrameBudget, FrameRefusal, FrameShare, FREE_FRAME_BYTES},
-    server::{Edge, StartError},
+    node::Edge,
     session::{self, close, Inbound, Opening, Transport},
     wire::Wire,
 };

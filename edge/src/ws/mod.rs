@@ -45,8 +45,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use self::codec::{DecodeError, Decoder, Message, Opcode};
 use crate::{
+    auth,
     limits::{FrameBudget, FrameShare, FREE_FRAME_BYTES},
-    server::Edge,
+    node::Edge,
     session::{self, Inbound, Opening, Transport},
     wire::Wire,
 };
@@ -94,7 +95,7 @@ pub async fn connect(
     };
     // A missing token still upgrades: the session then answers with an `unauthorized` error
     // frame, which a browser can read (it cannot read a refused upgrade's body).
-    let token = crate::server::bearer(&headers).map(str::to_owned).or_else(|| params.get("token").cloned());
+    let token = auth::bearer(&headers).map(str::to_owned).or_else(|| params.get("token").cloned());
     let token = token.unwrap_or_default();
     let opening = Opening { token, format, resume, transport: "ws" };
     let budget = edge.frame_budget.clone();
