@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 
 use axum::{response::Response, routing::get, Router};
 use selvage_edge::{
-    session::{close, Transport},
+    error::close,
+    session::Transport,
     wire::Wire,
     ws::{Received, Upgrade, WsTransport},
 };

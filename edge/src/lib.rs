@@ -13,7 +13,9 @@
 //! - [`limits`]: what one client may take of the edge (connections per user, frame memory).
 //! - [`session`]: one client session, whatever the transport; [`ws`] and [`quic`] carry it.
 //! - [`node`]: what every session of a running node shares ([`Edge`]).
-//! - [`server`]: starting a node, health, metrics and drain; [`config`], [`metrics`], [`error`].
+//! - [`error`]: what a client is told when something fails (error codes, close codes), in one
+//!   place.
+//! - [`server`]: starting a node, health, metrics and drain; [`config`], [`metrics`].
 //!
 //! # Layering
 //!

@@ -21,10 +21,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    error::StartError,
+    error::{close, StartError},
     limits::{FrameBudget, FrameRefusal, FrameShare, FREE_FRAME_BYTES},
     node::Edge,
-    session::{self, close, Inbound, Opening, Transport},
+    session::{self, Inbound, Opening, Transport},
     wire::Wire,
 };
 

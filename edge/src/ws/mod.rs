@@ -665,9 +665,20 @@ mod tests {
     /// Every code a session or the frame budget closes with is one an endpoint may send.
     #[test]
     fn the_session_s_close_codes_may_be_sent() {
-        use crate::session::close::*;
-        let codes =
-            [NORMAL, DRAINING, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE, IDLE, SLOW_CONSUMER, RESYNC, TOO_MANY_CONNECTIONS];
+        use crate::error::close::*;
+        let codes = [
+            NORMAL,
+            POLICY,
+            TOO_LARGE,
+            DRAINING,
+            TRY_AGAIN_LATER,
+            UNAUTHORIZED,
+            UNAVAILABLE,
+            IDLE,
+            SLOW_CONSUMER,
+            RESYNC,
+            TOO_MANY_CONNECTIONS,
+        ];
         let refusals = [crate::limits::FrameRefusal::Busy, crate::limits::FrameRefusal::TooSlow];
         for code in codes.into_iter().chain(refusals.map(|r| r.close().0)) {
             assert!(codec::valid_close_code(code), "{code}");
