@@ -19,7 +19,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
-use selvage_edge::cache::{CacheLimits, WorkspaceState};
+use selvage_edge::workspace::{CacheLimits, WorkspaceState};
 use selvage_shared::link::{ChannelState, WorkspaceSnapshot};
 use selvage_shared::{
     encode_server, Channel, ChannelId, ChannelKind, Cursor, Format, Hello, ServerFrame, User, UserId, Workspace,

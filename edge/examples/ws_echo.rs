@@ -14,8 +14,9 @@ use std::net::SocketAddr;
 
 use axum::{response::Response, routing::get, Router};
 use selvage_edge::{
-    fanout::Wire,
-    session::{close, Transport},
+    error::close,
+    session::Transport,
+    wire::Wire,
     ws::{Received, Upgrade, WsTransport},
 };
 

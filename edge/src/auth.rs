@@ -16,7 +16,9 @@ use selvage_shared::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::{metrics::Metrics, upstream::Upstream};
+use axum::http::{header, HeaderMap};
+
+use crate::{error::EdgeError, metrics::Metrics, upstream::Upstream};
 
 /// An authenticated token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,9 +70,8 @@ impl Tokens {
 
     /// Who `token` is; `unauthorized` for unknown, expired or revoked tokens, `unavailable`
     /// when the origin cannot be asked.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, LinkError> {
-        let unauthorized =
-            || LinkError { code: ErrorCode::Unauthorized, message: "the token is unknown, expired or revoked".into() };
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, EdgeError> {
+        let unauthorized = || EdgeError::Unauthorized("the token is unknown, expired or revoked".into());
         if token.is_empty() || token.len() > 512 {
             return Err(unauthorized());
         }
@@ -83,7 +84,7 @@ impl Tokens {
             None => {
                 self.metrics.cache_requests.with_label_values(&["token", "miss"]).inc();
                 let ask = self.ask(hash.clone());
-                self.cache.try_get_with(hash, ask).await.map_err(|e| (*e).clone())?
+                self.cache.try_get_with(hash, ask).await.map_err(|e| EdgeError::Origin((*e).clone()))?
             }
         };
         if principal.expires_at.is_some_and(|t| t <= now_ms()) {
@@ -124,4 +125,9 @@ impl Tokens {
     pub fn forget_all(&self) {
         self.cache.invalidate_all();
     }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub struct EdgeConfig {
     /// Name of this edge in logs and in the origin's metrics. It need not be unique: on the
     /// link each edge process is `edge_id` and a random suffix made at start (see
-    /// [`Edge::instance`](crate::server::Edge::instance)), so edges started from one
+    /// [`Edge::instance`](crate::node::Edge::instance)), so edges started from one
     /// configuration never take each other's place at the origin.
     pub edge_id: String,
     /// Address of the WebSocket endpoint `/v1/connect`, `/metrics`, `/healthz`, `/readyz`

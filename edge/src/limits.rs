@@ -26,7 +26,7 @@ use tokio::{
     time::Sleep,
 };
 
-use crate::metrics::Metrics;
+use crate::{error::close, metrics::Metrics};
 
 /// Open connections per user on this edge, capped.
 ///
@@ -130,8 +130,10 @@ impl FrameRefusal {
     /// The close code (WebSocket; QUIC application error code) and reason the client gets.
     pub fn close(self) -> (u16, &'static str) {
         match self {
-            FrameRefusal::Busy => (1013, "edge busy: too many large frames arriving; try again later"),
-            FrameRefusal::TooSlow => (1008, "frame not received in time"),
+            FrameRefusal::Busy => {
+                (close::TRY_AGAIN_LATER, "edge busy: too many large frames arriving; try again later")
+            }
+            FrameRefusal::TooSlow => (close::POLICY, "frame not received in time"),
         }
     }
 }

@@ -21,10 +21,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    fanout::Wire,
+    error::{close, StartError},
     limits::{FrameBudget, FrameRefusal, FrameShare, FREE_FRAME_BYTES},
-    server::{Edge, StartError},
-    session::{self, close, Inbound, Opening, Transport},
+    node::Edge,
+    session::{self, Inbound, Opening, Transport},
+    wire::Wire,
 };
 
 /// A running QUIC listener.

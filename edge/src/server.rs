@@ -18,83 +18,18 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::Tokens,
-    cache::CacheLimits,
+    auth::{self, Tokens},
     config::EdgeConfig,
+    error::StartError,
     fanout::{self, Workspaces},
     limits::{FrameBudget, OneWayCalls, UserSlots, ONE_WAY_IN_FLIGHT},
     metrics::Metrics,
+    node::Edge,
+    quic,
     upstream::{Upstream, UpstreamConfig},
+    workspace::CacheLimits,
+    ws,
 };
-
-/// Everything a session needs: one per edge process.
-pub struct Edge {
-    /// The configuration the node started with.
-    pub config: EdgeConfig,
-    /// This edge process's name on the link and in session ids: `edge_id`, `~` and a random
-    /// suffix. Two edges with one `edge_id` (every edge started from the example keeps
-    /// `edge-1`) would otherwise be one edge to the origin, which does not relay an edge's
-    /// typing back to it and keeps one presence report per user and edge.
-    pub instance: String,
-    /// The link to the origin.
-    pub upstream: Arc<Upstream>,
-    /// Loaded workspaces and their sessions.
-    pub workspaces: Arc<Workspaces>,
-    /// Remembered tokens.
-    pub tokens: Arc<Tokens>,
-    /// Open connections per user, capped at `sessions.max_connections_per_user`.
-    pub slots: Arc<UserSlots>,
-    /// What large client frames still arriving may hold, all connections together.
-    pub frame_budget: Arc<FrameBudget>,
-    /// Origin calls started by client frames that nobody waits for, bounded.
-    pub one_way: OneWayCalls,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    /// Cancelled when the edge starts draining.
-    pub drain: CancellationToken,
-}
-
-impl Edge {
-    /// Starts draining (once): stop accepting, tell sessions goodbye.
-    pub fn start_drain(&self) {
-        if !self.drain.is_cancelled() {
-            tracing::info!(
-                grace_ms = self.config.sessions.drain_grace_ms,
-                "draining: sending goodbye to every session"
-            );
-            self.drain.cancel();
-        }
-    }
-
-    /// Whether the edge is draining.
-    pub fn is_draining(&self) -> bool {
-        self.drain.is_cancelled()
-    }
-
-    /// Ready: linked to the origin and not draining.
-    pub fn is_ready(&self) -> bool {
-        self.upstream.is_up() && !self.is_draining()
-    }
-}
-
-/// Why an edge could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The configuration failed validation.
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The configured address.
-        addr: SocketAddr,
-        /// The failure.
-        source: std::io::Error,
-    },
-    /// The client QUIC certificate could not be loaded or made.
-    #[error("client QUIC TLS: {0}")]
-    Tls(#[from] selvage_shared::tls::TlsError),
-}
 
 /// A started edge.
 pub struct Running {
@@ -173,7 +108,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         drain: CancellationToken::new(),
     });
     let quic = match edge.config.quic_listen {
-        Some(quic_addr) => Some(crate::quic::listen(edge.clone(), quic_addr, shutdown.clone())?),
+        Some(quic_addr) => Some(quic::listen(edge.clone(), quic_addr, shutdown.clone())?),
         None => None,
     };
     let (quic_addr, quic_fingerprint, quic_task) = match quic {
@@ -245,7 +180,7 @@ async fn preload(edge: Arc<Edge>, shutdown: CancellationToken) {
 
 fn router(edge: Arc<Edge>) -> Router {
     Router::new()
-        .route("/v1/connect", get(crate::ws::connect))
+        .route("/v1/connect", get(ws::connect))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -276,17 +211,12 @@ async fn drain(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Response {
         return (StatusCode::FORBIDDEN, "set operator_key in the edge's configuration to drain over HTTP\n")
             .into_response();
     };
-    let presented = bearer(&headers).unwrap_or_default();
+    let presented = auth::bearer(&headers).unwrap_or_default();
     if !bool::from(presented.as_bytes().ct_eq(key.as_bytes())) {
         return (StatusCode::UNAUTHORIZED, "wrong operator key\n").into_response();
     }
     edge.start_drain();
     (StatusCode::ACCEPTED, "draining\n").into_response()
-}
-
-/// The token of an `Authorization: Bearer …` header.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 /// A TCP listener on `addr` whose accept queue holds `backlog` connections (the kernel caps it

@@ -30,19 +30,21 @@ use std::{
 
 use rand::Rng;
 use selvage_shared::{
-    link::{Answer, Call, LinkError},
-    ClientFrame, Cursor, ErrorCode, Event, EventFrame, FeedItem, Format, Hello, Query, QueryKind, QueryResult,
-    ServerFrame, MAX_QUERY_LIMIT, PROTOCOL_VERSION,
+    link::{Answer, Call},
+    ClientFrame, Cursor, Event, EventFrame, FeedItem, Format, Hello, Query, QueryKind, QueryResult, ServerFrame,
+    MAX_QUERY_LIMIT, PROTOCOL_VERSION,
 };
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::{
     auth::Principal,
-    cache::{QueryAnswer, DEFAULT_HISTORY_LIMIT},
-    fanout::{event_wire, CloseReason, Live, Out, Outbox, Wire},
+    error::{close, EdgeError},
+    fanout::{CloseReason, Live, Out, Outbox},
     limits::{FrameRefusal, Slot},
-    server::Edge,
+    node::Edge,
+    wire::{event_wire, Wire},
+    workspace::{QueryAnswer, DEFAULT_HISTORY_LIMIT},
 };
 
 /// What a transport read from the client.
@@ -70,28 +72,6 @@ const MAX_BATCH: usize = 64;
 
 /// The most events a resume fetches from the origin; a client further behind boots afresh.
 const MAX_ORIGIN_REPLAY: usize = 20_000;
-
-/// Close codes (WebSocket close codes; QUIC application error codes).
-pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// The edge is draining (WebSocket "service restart").
-    pub const DRAINING: u16 = 1012;
-    /// A frame over the size limit.
-    pub const TOO_LARGE: u16 = 1009;
-    /// Authentication failed, or the token was revoked or expired.
-    pub const UNAUTHORIZED: u16 = 4001;
-    /// The session could not be booted (origin unreachable and nothing cached, …); retry.
-    pub const UNAVAILABLE: u16 = 4003;
-    /// Nothing received for 2.5 heartbeats.
-    pub const IDLE: u16 = 4004;
-    /// The client did not keep up; reconnect with `resume`.
-    pub const SLOW_CONSUMER: u16 = 4008;
-    /// The client must boot again (no resume).
-    pub const RESYNC: u16 = 4009;
-    /// The user has `sessions.max_connections_per_user` connections to this edge already.
-    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
-}
 
 /// A connection to a client, as a session uses it.
 pub trait Transport: Send + 'static {
@@ -127,10 +107,6 @@ pub struct Opening {
 
 fn encode(frame: &ServerFrame, format: Format) -> Wire {
     Wire::from_encoded(selvage_shared::encode_server(frame, format), format)
-}
-
-fn error_frame(reply_to: Option<String>, e: &LinkError) -> ServerFrame {
-    ServerFrame::error(reply_to, e.code, e.message.clone())
 }
 
 /// Runs one session to its end.
@@ -196,23 +172,17 @@ async fn start<T: Transport>(edge: Arc<Edge>, opening: Opening, mut transport: T
     }
 }
 
-async fn boot_within_timeout(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), LinkError> {
+async fn boot_within_timeout(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), EdgeError> {
     let boot_timeout = Duration::from_millis(edge.config.sessions.boot_timeout_ms);
-    tokio::time::timeout(boot_timeout, boot(edge, opening)).await.unwrap_or_else(|_| {
-        Err(LinkError { code: ErrorCode::Unavailable, message: "boot took too long; retry".into() })
-    })
+    tokio::time::timeout(boot_timeout, boot(edge, opening))
+        .await
+        .unwrap_or_else(|_| Err(EdgeError::Unavailable("boot took too long; retry".into())))
 }
 
 /// Tells a client its session could not start, and closes.
-async fn refuse<T: Transport>(mut transport: T, format: Format, e: LinkError) {
-    let code = match e.code {
-        ErrorCode::Unauthorized => close::UNAUTHORIZED,
-        // A boot is rate limited only by the cap on a user's connections.
-        ErrorCode::RateLimited => close::TOO_MANY_CONNECTIONS,
-        _ => close::UNAVAILABLE,
-    };
-    let _ = transport.write(encode(&error_frame(None, &e), format)).await;
-    transport.close(code, &e.message).await;
+async fn refuse<T: Transport>(mut transport: T, format: Format, e: EdgeError) {
+    let _ = transport.write(encode(&e.frame(None), format)).await;
+    transport.close(e.close_code(), &e.client_message()).await;
 }
 
 struct Booted {
@@ -226,12 +196,11 @@ struct Booted {
 }
 
 /// Boots a session, with its place in its user's count of connections.
-async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), LinkError> {
+async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), EdgeError> {
     let principal = edge.tokens.authenticate(&opening.token).await?;
     let Some(slot) = edge.slots.take(&principal.workspace, &principal.user) else {
         edge.metrics.connections_refused.with_label_values(&["user_cap"]).inc();
-        let message = format!("this user has {} connections to this edge already; close one", edge.slots.max());
-        return Err(LinkError { code: ErrorCode::RateLimited, message });
+        return Err(EdgeError::TooManyConnections { max: edge.slots.max() });
     };
     if edge.config.cache.cold_boots {
         cold_boot(edge, &principal).await?;
@@ -243,7 +212,7 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), LinkErro
     let mut retired = 0;
     let unknown_until = tokio::time::Instant::now() + NEW_USER_PATIENCE;
     loop {
-        let live = edge.workspaces.get(&principal.workspace).await.map_err(|e| (*e).clone())?;
+        let live = edge.workspaces.get(&principal.workspace).await.map_err(|e| EdgeError::Origin((*e).clone()))?;
         match boot_on(edge, opening, &principal, live)? {
             BootOn::Booted(booted) => return Ok((*booted, slot)),
             BootOn::Retired if retired < 5 => {
@@ -251,15 +220,13 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), LinkErro
                 tokio::task::yield_now().await;
             }
             BootOn::Retired => {
-                let message = "the workspace is being reloaded; retry".into();
-                return Err(LinkError { code: ErrorCode::Unavailable, message });
+                return Err(EdgeError::Unavailable("the workspace is being reloaded; retry".into()));
             }
             BootOn::UnknownUser if tokio::time::Instant::now() < unknown_until => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             BootOn::UnknownUser => {
-                let message = "the user is deactivated or unknown".into();
-                return Err(LinkError { code: ErrorCode::Unauthorized, message });
+                return Err(EdgeError::Unauthorized("the user is deactivated or unknown".into()));
             }
         }
     }
@@ -281,7 +248,7 @@ enum BootOn {
 /// What a boot costs without warm caches (`cache.cold_boots`): the token and the workspace
 /// snapshot from the origin, each time. The session is then served from the live copy as usual,
 /// so only the cost differs, not what the client gets.
-async fn cold_boot(edge: &Edge, principal: &Principal) -> Result<(), LinkError> {
+async fn cold_boot(edge: &Edge, principal: &Principal) -> Result<(), EdgeError> {
     let token_hash = principal.token_hash.clone();
     edge.upstream.call(Call::Authenticate { token_hash }).await?;
     edge.upstream.call(Call::Snapshot { workspace: principal.workspace.clone() }).await?;
@@ -289,7 +256,7 @@ async fn cold_boot(edge: &Edge, principal: &Principal) -> Result<(), LinkError> 
 }
 
 /// Boots on one copy of the workspace; `None` when that copy is retired.
-fn boot_on(edge: &Edge, opening: &Opening, principal: &Principal, live: Arc<Live>) -> Result<BootOn, LinkError> {
+fn boot_on(edge: &Edge, opening: &Opening, principal: &Principal, live: Arc<Live>) -> Result<BootOn, EdgeError> {
     let principal = principal.clone();
     let id = edge.workspaces.session_id();
     let outbox = crate::fanout::Outbox::new(
@@ -307,7 +274,7 @@ fn boot_on(edge: &Edge, opening: &Opening, principal: &Principal, live: Arc<Live
         if inner.state.user(&principal.user).is_none() {
             return Ok(BootOn::UnknownUser);
         }
-        return Err(LinkError { code: ErrorCode::Unauthorized, message: "the user is deactivated".into() });
+        return Err(EdgeError::Unauthorized("the user is deactivated".into()));
     };
     let cursor = inner.state.cursor().clone();
     let replay = match &opening.resume {
@@ -548,7 +515,7 @@ impl Session {
     /// The session's token stopped working (revoked or expired): an `unauthorized` error, then
     /// close code 4001, as a new connection with that token gets.
     async fn token_ended<T: Transport>(&self, transport: &mut T, message: &str, reason: &str) -> End {
-        let e = ServerFrame::error(None, ErrorCode::Unauthorized, message);
+        let e = EdgeError::Unauthorized(message.into()).frame(None);
         // A client that reads nothing must not hold the session open: the close follows anyway.
         let _ = tokio::time::timeout(PARTING_WRITE, transport.write(encode(&e, self.format))).await;
         End::Close(close::UNAUTHORIZED, reason.into())
@@ -598,11 +565,7 @@ impl Session {
                 }
                 Ok(Answer::Events { items, next, more, .. }) => (items, next, more),
                 Ok(_) | Err(_) => {
-                    let e = ServerFrame::error(
-                        None,
-                        ErrorCode::Unavailable,
-                        "cannot fetch the missed events; resume again",
-                    );
+                    let e = EdgeError::Unavailable("cannot fetch the missed events; resume again".into()).frame(None);
                     let _ = writer.write(encode(&e, format)).await;
                     return Err(End::Close(close::UNAVAILABLE, "resume failed".into()));
                 }
@@ -651,7 +614,7 @@ impl Session {
             Ok(frame) => frame,
             Err(e) => {
                 metrics.client_frames.with_label_values(&["bad"]).inc();
-                let reply = ServerFrame::error(None, e.code(), e.to_string());
+                let reply = EdgeError::BadFrame(e).frame(None);
                 self.outbox.reply(encode(&reply, format)).await;
                 return;
             }
@@ -691,7 +654,7 @@ impl Session {
                 let refused = self.live.lock().presence_sub(self.outbox.id, users, per_window, metrics).is_err();
                 if refused {
                     let message = format!("at most {per_window} presence_sub frames per 10 s; keep the last list");
-                    let reply = ServerFrame::error(None, ErrorCode::RateLimited, message);
+                    let reply = EdgeError::RateLimited(message).frame(None);
                     self.outbox.reply(encode(&reply, format)).await;
                 }
             }
@@ -745,8 +708,8 @@ impl Request {
                 let call = Call::MarkRead { workspace, user: self.principal.user.clone(), channel, seq };
                 return match self.edge.upstream.call(call).await {
                     Ok(Answer::ReadMarker { .. }) => None,
-                    Ok(other) => Some(unexpected(String::new(), &other)),
-                    Err(e) => Some(error_frame(None, &e)),
+                    Ok(other) => Some(unexpected(Some(String::new()), &other)),
+                    Err(e) => Some(EdgeError::Origin(e).frame(None)),
                 };
             }
             ClientFrame::Send { id, channel, text, client_msg_id, thread_root } => {
@@ -762,12 +725,12 @@ impl Request {
                     Ok(Answer::Sent { message, .. }) => {
                         ServerFrame::Ack { reply_to: id, channel: message.channel, seq: message.seq, ts: message.ts }
                     }
-                    Ok(other) => unexpected(id, &other),
-                    Err(e) => error_frame(Some(id), &e),
+                    Ok(other) => unexpected(Some(id), &other),
+                    Err(e) => EdgeError::Origin(e).frame(Some(id)),
                 }
             }
             ClientFrame::Query(query) => self.query(query).await,
-            other => ServerFrame::error(None, ErrorCode::Internal, format!("{} is not a request", other.kind())),
+            other => EdgeError::Internal(format!("{} is not a request", other.kind())).frame(None),
         };
         Some(reply)
     }
@@ -781,7 +744,7 @@ impl Request {
                 result.reply_to = id;
                 ServerFrame::Result(result)
             }
-            QueryAnswer::Refused { code, message } => ServerFrame::error(Some(id), code, message),
+            QueryAnswer::Refused { code, message } => EdgeError::Refused { code, message }.frame(Some(id)),
             QueryAnswer::NeedsOrigin => {
                 self.edge.metrics.cache_requests.with_label_values(&["query", "miss"]).inc();
                 self.ask_origin(query).await
@@ -802,7 +765,7 @@ impl Request {
             (QueryKind::Thread, Some(channel), Some(root)) => {
                 Call::Thread { workspace, user, channel, root, before, after, limit }
             }
-            _ => return ServerFrame::error(Some(id), ErrorCode::Internal, "this query cannot be asked of the origin"),
+            _ => return EdgeError::Internal("this query cannot be asked of the origin".into()).frame(Some(id)),
         };
         match self.edge.upstream.call(call).await {
             Ok(Answer::Messages { messages, has_more }) => {
@@ -814,53 +777,13 @@ impl Request {
                 };
                 ServerFrame::Result(QueryResult { reply_to: id, messages, next, ..Default::default() })
             }
-            Ok(other) => unexpected(id, &other),
-            Err(e) => error_frame(Some(id), &e),
+            Ok(other) => unexpected(Some(id), &other),
+            Err(e) => EdgeError::Origin(e).frame(Some(id)),
         }
     }
 }
 
-fn unexpected(id: String, answer: &Answer) -> ServerFrame {
-    tracing::error!(?answer, "unexpected answer from the origin");
-    ServerFrame::error(Some(id), ErrorCode::Internal, "the origin gave an unexpected answer")
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio_util::sync::CancellationToken;
-
-    use super::*;
-    use crate::{config::OriginLink, ws::WsTransport, EdgeConfig};
-
-    /// The most an idle WebSocket session's task may hold in its future (ARCHITECTURE §6 gives a
-    /// session 4 KiB of edge memory in all; the rest goes to its socket, outbox and registry).
-    const IDLE_FUTURE_BYTES: usize = 1024;
-
-    /// An idle session is one task whose future is small: the work done on a frame (boot,
-    /// requests, writing a batch, closing) is boxed for its while, not laid out in the future
-    /// every idle session carries.
-    #[tokio::test]
-    async fn an_idle_session_s_future_is_small() {
-        let config = EdgeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            quic_listen: None,
-            origin: OriginLink {
-                // Nothing listens there: the edge never links, which this test does not need.
-                link: "127.0.0.1:9".into(),
-                edge_key: "0123456789abcdef".into(),
-                fingerprint: Some("00".repeat(32)),
-                ..OriginLink::default()
-            },
-            ..EdgeConfig::default()
-        };
-        let shutdown = CancellationToken::new();
-        let running = crate::start(config, shutdown.clone()).await.unwrap();
-        let (io, _client) = tokio::io::duplex(64);
-        let opening = Opening { token: String::new(), format: Format::MsgPack, resume: None, transport: "ws" };
-        let session = run(running.edge.clone(), opening, WsTransport::new(io));
-        let size = std::mem::size_of_val(&session);
-        assert!(size <= IDLE_FUTURE_BYTES, "a session's future is {size} bytes");
-        drop(session);
-        shutdown.cancel();
-    }
+/// The reply to a request the origin answered with something else than it asks for.
+fn unexpected(id: Option<String>, answer: &Answer) -> ServerFrame {
+    EdgeError::Internal(format!("unexpected answer from the origin: {answer:?}")).frame(id)
 }

@@ -85,7 +85,7 @@ pub struct UpstreamConfig {
     /// The shared secret the origin expects (its `link.edge_key`).
     pub edge_key: String,
     /// This edge's name on the link, unique per edge process (see
-    /// [`Edge::instance`](crate::server::Edge::instance)): the origin keys the edge's typing
+    /// [`Edge::instance`](crate::node::Edge::instance)): the origin keys the edge's typing
     /// relays and presence reports by it.
     pub edge_id: String,
     /// Longest a call waits for its answer before failing with `unavailable`.

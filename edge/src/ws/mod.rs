@@ -45,10 +45,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use self::codec::{DecodeError, Decoder, Message, Opcode};
 use crate::{
-    fanout::Wire,
+    auth,
     limits::{FrameBudget, FrameShare, FREE_FRAME_BYTES},
-    server::Edge,
+    node::Edge,
     session::{self, Inbound, Opening, Transport},
+    wire::Wire,
 };
 
 /// Bytes read from the socket at once, into a buffer on the stack (never kept by a session).
@@ -94,7 +95,7 @@ pub async fn connect(
     };
     // A missing token still upgrades: the session then answers with an `unauthorized` error
     // frame, which a browser can read (it cannot read a refused upgrade's body).
-    let token = crate::server::bearer(&headers).map(str::to_owned).or_else(|| params.get("token").cloned());
+    let token = auth::bearer(&headers).map(str::to_owned).or_else(|| params.get("token").cloned());
     let token = token.unwrap_or_default();
     let opening = Opening { token, format, resume, transport: "ws" };
     let budget = edge.frame_budget.clone();
@@ -664,9 +665,20 @@ mod tests {
     /// Every code a session or the frame budget closes with is one an endpoint may send.
     #[test]
     fn the_session_s_close_codes_may_be_sent() {
-        use crate::session::close::*;
-        let codes =
-            [NORMAL, DRAINING, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE, IDLE, SLOW_CONSUMER, RESYNC, TOO_MANY_CONNECTIONS];
+        use crate::error::close::*;
+        let codes = [
+            NORMAL,
+            POLICY,
+            TOO_LARGE,
+            DRAINING,
+            TRY_AGAIN_LATER,
+            UNAUTHORIZED,
+            UNAVAILABLE,
+            IDLE,
+            SLOW_CONSUMER,
+            RESYNC,
+            TOO_MANY_CONNECTIONS,
+        ];
         let refusals = [crate::limits::FrameRefusal::Busy, crate::limits::FrameRefusal::TooSlow];
         for code in codes.into_iter().chain(refusals.map(|r| r.close().0)) {
             assert!(codec::valid_close_code(code), "{code}");
