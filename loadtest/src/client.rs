@@ -47,9 +47,9 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{ConnectionError, ReadError, VarInt, WriteError};
+use selvage_net::quic::{read_frame, FrameReadError};
+use selvage_net::tls::{self, Trust};
 use selvage_shared::link::{encode_frame, CLIENT_ALPN, FRAME_PREFIX_BYTES};
-use selvage_shared::quic::{read_frame, FrameReadError};
-use selvage_shared::tls::{self, Trust};
 use selvage_shared::{
     decode_server, encode_client, ChannelId, ClientFrame, ClientOpen, Cursor, ErrorCode, EventFrame, Format, Hello,
     Query, QueryResult, Seq, ServerFrame, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
@@ -1303,7 +1303,7 @@ mod tests {
 
     use futures::future::join_all;
     use quinn::crypto::rustls::QuicServerConfig;
-    use selvage_shared::tls::Identity;
+    use selvage_net::tls::Identity;
     use selvage_shared::{
         decode_client, encode_server, from_msgpack, DecodeError, Event, Message as ChatMessage, User, UserId,
         MAX_CLIENT_FRAME_BYTES,
