@@ -30,11 +30,11 @@ use futures::{stream, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use selvage_client::{open_quic_session, quic_client_config, DEFAULT_SERVER_NAME, MAX_SERVER_FRAME_BYTES};
 use selvage_net::quic::read_frame;
 use selvage_net::tls::Trust;
 use selvage_shared::{ClientOpen, Format};
 
-use crate::client::{open_quic_session, quic_client_config, DEFAULT_SERVER_NAME, MAX_SERVER_FRAME_BYTES};
 use crate::deployment::{host_port, scrape, Scrape};
 use crate::lean::{self, WireFormat, Ws};
 use crate::seed::{person_name, Api};

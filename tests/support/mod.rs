@@ -11,8 +11,8 @@ use std::{
 };
 
 use reqwest::StatusCode;
+use selvage_client::{Client, ConnectOptions, Inbound, Transport};
 use selvage_edge::EdgeConfig;
-use selvage_loadtest::client::{Client, ConnectOptions, Inbound, Transport};
 use selvage_net::tls::Trust;
 use selvage_origin::OriginConfig;
 use selvage_shared::{ChannelId, Cursor, Event, WorkspaceId};
