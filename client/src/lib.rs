@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod http;
 mod options;
 mod session;
 mod transport;
