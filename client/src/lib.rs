@@ -1,11 +1,51 @@
-//! The Selvage client SDK: a Rust client of the edge's client protocol (ARCHITECTURE §4) over WebSocket
-//! (JSON or MessagePack frames) or QUIC.
+//! The Selvage client SDK, for applications, bots and the project's own load tester and tests:
 //!
-//! The load tester drives edges with it, and the end-to-end tests of the other crates talk to real
-//! edges through it. It is therefore strict: it speaks exactly the frames of `selvage-shared`,
-//! treats a server frame it cannot decode as a protocol error (and closes the connection), caps
-//! what it reads at [`MAX_SERVER_FRAME_BYTES`], and bounds every queue and every wait. It does not
-//! validate what it sends: the edge is the judge, so tests can provoke its errors.
+//! - sessions with an edge over its client protocol (ARCHITECTURE §4): [`Client`], over WebSocket
+//!   (JSON or MessagePack frames) or QUIC — boot with `hello`, sends acknowledged once durable and
+//!   safe to retry by `client_msg_id`, queries, live events, and resuming after a `goodbye`;
+//! - the origin's HTTP API, version 1 (ARCHITECTURE §5), for bots that post and read without
+//!   holding a session: [`http::HttpClient`].
+//!
+//! It depends on the wire contract (`selvage-shared`), the TLS and QUIC framing helpers
+//! (`selvage-net`) and its transports, never on the origin's or the edge's code.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use selvage_client::{Client, ConnectOptions, Inbound, Transport};
+//! use selvage_shared::ChannelId;
+//!
+//! # async fn run() -> Result<(), selvage_client::ClientError> {
+//! let opts = ConnectOptions::new(Transport::WsJson, "127.0.0.1:7800", "svt_…");
+//! let mut client = Client::connect(opts).await?;
+//! println!("signed in as @{}", client.hello().self_user.handle);
+//!
+//! let general = ChannelId::parse("C0123").expect("a channel id");
+//! let ack = client.send(&general, "hello", "my-msg-1", None).await?;
+//! println!("durable as seq {}", ack.seq);
+//!
+//! while let Some(inbound) = client.next_event(Duration::from_secs(30)).await? {
+//!     match inbound {
+//!         Inbound::Event(frame) => println!("{:?}", frame.event),
+//!         Inbound::Goodbye { reconnect_in_ms } => {
+//!             client = client.reconnect(Duration::from_millis(reconnect_in_ms)).await?;
+//!         }
+//!         Inbound::Closed { .. } => break,
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `client/examples/hello.rs` is the same as a program:
+//! `cargo run -p selvage-client --example hello -- ws://127.0.0.1:7800 TOKEN [CHANNEL]`.
+//!
+//! The session client is strict, since the load tester and the end-to-end tests of the other
+//! crates judge edges with it: it speaks exactly the frames of `selvage-shared`, treats a server
+//! frame it cannot decode as a protocol error (and closes the connection), caps what it reads at
+//! [`MAX_SERVER_FRAME_BYTES`], and bounds every queue and every wait. It does not validate what it
+//! sends: the edge is the judge, so tests can provoke its errors.
 //!
 //! # Shape
 //!

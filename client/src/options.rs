@@ -13,7 +13,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// the wire, by default.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Default capacity of the event queue that [`Client::next_event`] reads.
+/// Default capacity of the event queue that [`Client::next_event`](crate::Client::next_event) reads.
 pub const DEFAULT_EVENT_QUEUE: usize = 65_536;
 
 /// Largest server frame the client accepts, in bytes: a bigger one is a protocol error.
@@ -114,7 +114,7 @@ pub enum Heartbeat {
     Auto,
     /// At this period, whatever `hello` says.
     Every(Duration),
-    /// Never: only the application's own [`Client::ping`]s (to test that the edge closes silent
+    /// Never: only the application's own [`Client::ping`](crate::Client::ping)s (to test that the edge closes silent
     /// connections).
     Off,
 }
