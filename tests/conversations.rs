@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
-use selvage_loadtest::client::{Client, Inbound, Transport};
+use selvage_client::{Client, Inbound, Transport};
 use selvage_shared::{ChannelId, ClientFrame, ErrorCode, Event, Message, Query, QueryKind};
 use serde_json::{json, Value};
 use support::*;

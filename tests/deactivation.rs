@@ -8,7 +8,7 @@ mod support;
 use std::time::Instant;
 
 use reqwest::{Method, StatusCode};
-use selvage_loadtest::client::{Client, Inbound, Transport};
+use selvage_client::{Client, Inbound, Transport};
 use selvage_shared::{ClientFrame, ErrorCode, Event, Presence};
 use serde_json::json;
 use support::*;

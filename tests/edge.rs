@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use selvage_loadtest::client::{Client, Inbound, Transport};
+use selvage_client::{Client, Inbound, Transport};
 use selvage_shared::{ClientFrame, Cursor, ErrorCode, Event, Query, QueryKind};
 use serde_json::json;
 use support::*;
@@ -101,11 +101,11 @@ async fn private_channels_stay_private_and_removed_members_stop_receiving() {
     assert!(!carol.hello().channels.iter().any(|c| c.channel.id == secret), "not in carol's boot");
     let history = Query { channel: Some(secret.clone()), limit: Some(10), ..Query::new("h1", QueryKind::History) };
     match carol.query(history).await {
-        Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
+        Err(selvage_client::ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::NotFound),
         other => panic!("carol read a private channel: {other:?}"),
     }
     match carol.send(&secret, "let me in", "c1", None).await {
-        Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => {
+        Err(selvage_client::ClientError::Refused { code, .. }) => {
             assert!(matches!(code, ErrorCode::NotFound | ErrorCode::NotMember), "{code:?}")
         }
         other => panic!("carol posted in a private channel: {other:?}"),
@@ -332,7 +332,7 @@ async fn without_its_origin_the_edge_serves_boots_and_catches_up_after() {
     let mut alice = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
     assert!(!alice.hello().channels.is_empty(), "boot from the cache");
     match alice.send(&general, "anyone?", "down-1", None).await {
-        Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::Unavailable),
+        Err(selvage_client::ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::Unavailable),
         other => panic!("expected unavailable, got {other:?}"),
     }
     origin.restart().await;
@@ -380,9 +380,9 @@ async fn a_slow_client_is_shed_and_others_keep_up() {
     let (edge, _s) = start_edge_with(config).await;
     let mut alice = Client::connect(options(&edge, &Transport::WsMsgpack, &alice_token)).await.unwrap();
     // Bob's client reads one event and then nothing: its queue fills, then the socket.
-    let settings = selvage_loadtest::client::ClientSettings {
+    let settings = selvage_client::ClientSettings {
         event_queue: 1,
-        heartbeat: selvage_loadtest::client::Heartbeat::Off,
+        heartbeat: selvage_client::Heartbeat::Off,
         ..Default::default()
     };
     let slow = Client::connect_with(options(&edge, &Transport::WsJson, &bob_token), settings).await.unwrap();
@@ -462,8 +462,8 @@ async fn thread_and_old_history_queries_are_answered_by_the_origin_through_the_e
 
     // A reply is not a root; a missing root is not found; a private channel's thread is
     // invisible to a non-member, refused by the edge without asking the origin.
-    let refused = |r: Result<_, selvage_loadtest::client::ClientError>| match r {
-        Err(selvage_loadtest::client::ClientError::Refused { code, .. }) => code,
+    let refused = |r: Result<_, selvage_client::ClientError>| match r {
+        Err(selvage_client::ClientError::Refused { code, .. }) => code,
         other => panic!("expected a refusal, got {other:?}"),
     };
     assert_eq!(refused(alice.query(thread(replies[0], 10, None)).await), ErrorCode::BadRequest);

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Instant;
 
-use selvage_loadtest::client::{Client, ClientError, Inbound, Transport};
+use selvage_client::{Client, ClientError, Inbound, Transport};
 use selvage_shared::{ChannelId, Cursor, Event, WorkspaceId};
 use support::*;
 

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Instant;
 
+use selvage_client::{Client, Inbound, Transport};
 use selvage_edge::EdgeConfig;
-use selvage_loadtest::client::{Client, Inbound, Transport};
 use selvage_shared::{ClientFrame, Event, Presence, UserId};
 use support::*;
 use tokio_util::sync::CancellationToken;

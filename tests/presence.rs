@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use selvage_loadtest::client::{Client, Inbound, Transport};
+use selvage_client::{Client, Inbound, Transport};
 use selvage_shared::{ClientFrame, ErrorCode, Event, Presence, Query, QueryKind, UserId};
 use support::*;
 

@@ -214,7 +214,7 @@ impl EdgeConfig {
             );
         }
         if let Some(fp) = &self.origin.fingerprint {
-            selvage_shared::tls::parse_fingerprint(fp).map_err(|e| format!("origin.fingerprint: {e}"))?;
+            selvage_net::tls::parse_fingerprint(fp).map_err(|e| format!("origin.fingerprint: {e}"))?;
         }
         if !(64..=1 << 20).contains(&self.listen_backlog) {
             return Err("listen_backlog must be between 64 and 1048576".into());
@@ -259,12 +259,12 @@ impl EdgeConfig {
     }
 
     /// How the edge trusts the origin's certificate.
-    pub fn origin_trust(&self) -> selvage_shared::tls::Trust {
+    pub fn origin_trust(&self) -> selvage_net::tls::Trust {
         match (&self.origin.fingerprint, &self.origin.ca_file) {
-            (Some(fp), _) => selvage_shared::tls::Trust::Pinned(fp.clone()),
-            (None, Some(ca)) => selvage_shared::tls::Trust::CaFile(ca.clone()),
+            (Some(fp), _) => selvage_net::tls::Trust::Pinned(fp.clone()),
+            (None, Some(ca)) => selvage_net::tls::Trust::CaFile(ca.clone()),
             // validate() refuses this; pin nothing that could match.
-            (None, None) => selvage_shared::tls::Trust::Pinned(String::new()),
+            (None, None) => selvage_net::tls::Trust::Pinned(String::new()),
         }
     }
 }

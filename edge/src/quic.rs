@@ -10,11 +10,13 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
+use selvage_net::{
+    quic::read_frame,
+    tls::{self, Identity},
+};
 use selvage_shared::{
     link::CLIENT_ALPN,
     link::{frame_len, FRAME_PREFIX_BYTES},
-    quic::read_frame,
-    tls::{self, Identity},
     ClientOpen, Format, MAX_CLIENT_FRAME_BYTES,
 };
 use tokio::sync::mpsc;
@@ -74,7 +76,7 @@ pub fn listen(edge: Arc<Edge>, addr: SocketAddr, shutdown: CancellationToken) ->
     server.transport_config(Arc::new(transport));
     let wanted = edge.config.quic_socket_buffer;
     let (socket, granted) =
-        selvage_shared::quic::udp_socket(addr, wanted).map_err(|source| StartError::Bind { addr, source })?;
+        selvage_net::quic::udp_socket(addr, wanted).map_err(|source| StartError::Bind { addr, source })?;
     if granted < wanted {
         // Informational: a stock kernel grants 208 KiB, fine for a development edge.
         tracing::info!(

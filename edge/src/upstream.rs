@@ -35,13 +35,15 @@ use std::{
 };
 
 use quinn::crypto::rustls::QuicClientConfig;
+use selvage_net::{
+    quic::{read_frame, write_frames, FrameReader},
+    tls::{self, Trust},
+};
 use selvage_shared::{
     link::{
         encode_frame, Answer, Call, LinkCall, LinkError, LinkOpen, LinkReply, LinkStream, LINK_ALPN,
         MAX_LINK_FRAME_BYTES,
     },
-    quic::{read_frame, write_frames, FrameReader},
-    tls::{self, Trust},
     Cursor, ErrorCode, Event, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use tokio::{

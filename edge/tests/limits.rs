@@ -9,7 +9,8 @@ mod support;
 use std::{net::SocketAddr, sync::Arc};
 
 use selvage_edge::EdgeConfig;
-use selvage_shared::{link::CLIENT_ALPN, tls::Trust, ClientOpen, ErrorCode, Format, ServerFrame};
+use selvage_net::tls::Trust;
+use selvage_shared::{link::CLIENT_ALPN, ClientOpen, ErrorCode, Format, ServerFrame};
 use support::{wait_until, Raw, Rig, DEADLINE};
 use tokio::io::AsyncWriteExt;
 
@@ -120,7 +121,7 @@ impl Quic {
     /// Connects and writes the `ClientOpen` frame.
     async fn open(rig: &Rig, token: &str) -> Quic {
         let trust = Trust::Pinned(rig.edge.quic_fingerprint.clone().unwrap());
-        let tls = selvage_shared::tls::client_config(&trust, &[CLIENT_ALPN]).unwrap();
+        let tls = selvage_net::tls::client_config(&trust, &[CLIENT_ALPN]).unwrap();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
         let config = quinn::ClientConfig::new(Arc::new(crypto));
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -155,7 +156,7 @@ impl Quic {
 
 impl Client for Quic {
     async fn next(&mut self) -> Got {
-        let read = tokio::time::timeout(DEADLINE, selvage_shared::quic::read_frame(&mut self.recv, 1 << 20));
+        let read = tokio::time::timeout(DEADLINE, selvage_net::quic::read_frame(&mut self.recv, 1 << 20));
         match read.await.expect("the edge sent nothing in time") {
             Ok(Some(body)) => Got::Frame(selvage_shared::decode_server(&body, Format::MsgPack).unwrap()),
             _ => match tokio::time::timeout(DEADLINE, self.conn.closed()).await.unwrap() {

@@ -13,10 +13,10 @@ use selvage_edge::{
     metrics::Metrics,
     upstream::{FeedUpdate, Upstream, UpstreamConfig},
 };
+use selvage_net::tls::Trust;
 use selvage_origin::{accounts, channels, sequencer::SendRequest, Origin, OriginConfig, Running};
 use selvage_shared::{
     link::{Answer, Call},
-    tls::Trust,
     ChannelId, ErrorCode, Event, FeedItem, Seq, UserId, WorkspaceId,
 };
 use tokio::sync::mpsc;

@@ -37,12 +37,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use futures::{stream, StreamExt};
 use hdrhistogram::Histogram;
+use selvage_client::{Client, ConnectOptions, Handle, Inbound, Transport};
 use selvage_shared::{ChannelId, Event, Format};
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ConnectOptions, Handle, Inbound, Transport};
 use crate::deployment::{own_cpu_seconds, Deployment, DeploymentArgs, Scrape};
 use crate::lean::{self, WireFormat, Ws};
 use crate::report::{latency_histogram, Latency};
@@ -66,7 +66,7 @@ const CONNECT_CONCURRENCY: usize = 64;
 pub enum ClientKind {
     /// One WebSocket stream per session, decoding only what the check needs.
     Lean,
-    /// The client SDK (`selvage_loadtest::client`): reader and writer tasks, full decoding.
+    /// The client SDK (`selvage_client`): reader and writer tasks, full decoding.
     Sdk,
 }
 

@@ -30,11 +30,11 @@ use futures::{stream, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use selvage_shared::quic::read_frame;
-use selvage_shared::tls::Trust;
+use selvage_client::{open_quic_session, quic_client_config, DEFAULT_SERVER_NAME, MAX_SERVER_FRAME_BYTES};
+use selvage_net::quic::read_frame;
+use selvage_net::tls::Trust;
 use selvage_shared::{ClientOpen, Format};
 
-use crate::client::{open_quic_session, quic_client_config, DEFAULT_SERVER_NAME, MAX_SERVER_FRAME_BYTES};
 use crate::deployment::{host_port, scrape, Scrape};
 use crate::lean::{self, WireFormat, Ws};
 use crate::seed::{person_name, Api};
@@ -303,7 +303,7 @@ impl Dialer {
         let endpoints = (0..sessions.div_ceil(SESSIONS_PER_QUIC_ENDPOINT).max(1))
             .map(|_| {
                 // Room for the edge's answers to a burst of handshakes (the kernel may grant less).
-                let (socket, _) = selvage_shared::quic::udp_socket(bind, QUIC_SOCKET_BUFFER)?;
+                let (socket, _) = selvage_net::quic::udp_socket(bind, QUIC_SOCKET_BUFFER)?;
                 let runtime = Arc::new(quinn::TokioRuntime);
                 quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
             })

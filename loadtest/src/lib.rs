@@ -13,13 +13,11 @@
 //!   every client's history and report.json / report.html;
 //! - [`wan`]: not a scenario but a proxy adding delay, jitter and loss, for trying a far edge.
 //!
-//! [`client`] is the client SDK of the edge protocol (WebSocket and QUIC) that scenarios and the
-//! end-to-end tests of the other crates connect with; [`lean`] is the bare WebSocket client the
-//! edge scenarios hold many sessions with. [`deployment`] starts or finds the system under test,
-//! [`seed`] fills it through the origin's HTTP API, [`report`] summarises, [`html`] renders a
-//! run's report.json as a page.
+//! Scenarios connect with the client SDK, `selvage_client` (WebSocket and QUIC); [`lean`] is the
+//! bare WebSocket client the edge scenarios hold many sessions with. [`deployment`] starts or
+//! finds the system under test, [`seed`] fills it through the origin's HTTP API, [`report`]
+//! summarises, [`html`] renders a run's report.json as a page.
 
-pub mod client;
 pub mod deployment;
 pub mod fanout;
 pub mod hello;

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use selvage_client::{Client, ConnectOptions, Inbound, Transport};
 use selvage_shared::{ClientFrame, Event};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ConnectOptions, Inbound, Transport};
 use crate::deployment::{Deployment, Scrape};
 use crate::seed::person_name;
 use crate::sends::parse_duration;

@@ -15,7 +15,7 @@ use std::{
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use selvage_loadtest::wan::{self, Protocol, WanConfig, WanProxy, WanStats};
-use selvage_shared::tls::{self, Identity, Trust};
+use selvage_net::tls::{self, Identity, Trust};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream, UdpSocket},

@@ -26,12 +26,14 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use quinn::crypto::rustls::QuicServerConfig;
+use selvage_net::{
+    quic::{read_frame, write_frames, FrameReadError, FrameReader},
+    tls::{self, Identity},
+};
 use selvage_shared::{
     link::{
         encode_frame, Answer, Call, LinkCall, LinkError, LinkReply, FRAME_PREFIX_BYTES, LINK_ALPN, MAX_LINK_FRAME_BYTES,
     },
-    quic::{read_frame, write_frames, FrameReadError, FrameReader},
-    tls::{self, Identity},
     Cursor, ErrorCode, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use serde::{Deserialize, Serialize};

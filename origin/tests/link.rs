@@ -5,12 +5,12 @@
 
 use std::{sync::Arc, time::Duration};
 
+use selvage_net::tls::{self, Trust};
 use selvage_origin::{accounts, sequencer::SendRequest, OriginConfig, Running};
 use selvage_shared::{
     link::{
         encode_frame, frame_len, Answer, Call, LinkCall, LinkOpen, LinkReply, LinkStream, FRAME_PREFIX_BYTES, LINK_ALPN,
     },
-    tls::{self, Trust},
     ChannelId, Cursor, ErrorCode, Event, FeedFrame, UserId, WorkspaceId, PROTOCOL_VERSION,
 };
 use serde::Serialize;

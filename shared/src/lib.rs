@@ -17,10 +17,6 @@ pub mod limits;
 pub mod link;
 pub mod mentions;
 pub mod model;
-#[cfg(feature = "quic")]
-pub mod quic;
-#[cfg(feature = "tls")]
-pub mod tls;
 
 pub use codec::*;
 pub use error::*;

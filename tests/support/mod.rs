@@ -11,10 +11,11 @@ use std::{
 };
 
 use reqwest::StatusCode;
+use selvage_client::{Client, ConnectOptions, Inbound, Transport};
 use selvage_edge::EdgeConfig;
-use selvage_loadtest::client::{Client, ConnectOptions, Inbound, Transport};
+use selvage_net::tls::Trust;
 use selvage_origin::OriginConfig;
-use selvage_shared::{tls::Trust, ChannelId, Cursor, Event, WorkspaceId};
+use selvage_shared::{ChannelId, Cursor, Event, WorkspaceId};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 

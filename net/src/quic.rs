@@ -1,7 +1,7 @@
 //! Length-prefixed frames on QUIC streams: the one reader the origin–edge link and client QUIC
-//! sessions share (behind the `quic` feature; the rest of this crate does no I/O).
+//! sessions share.
 //!
-//! A frame is a 4-byte big-endian length and that many bytes ([`crate::link::encode_frame`]);
+//! A frame is a 4-byte big-endian length and that many bytes ([`selvage_shared::link::encode_frame`]);
 //! the length is checked against the caller's limit before anything is allocated.
 //!
 //! [`read_frame`] reads exactly one frame and nothing after it (for a stream's first frame,
@@ -14,7 +14,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::{
+use selvage_shared::{
     codec::DecodeError,
     link::{frame_len, FRAME_PREFIX_BYTES},
 };
@@ -174,7 +174,7 @@ pub enum WriteFramesError {
     TimedOut(std::time::Duration),
 }
 
-#[cfg(all(test, feature = "tls"))]
+#[cfg(test)]
 mod tests {
     use std::{sync::Arc, time::Duration};
 
@@ -221,10 +221,10 @@ mod tests {
             });
         let (mut send, _) = conn.open_bi().await.unwrap();
         // A stream is announced to the peer with its first bytes.
-        send.write_all(&crate::link::encode_frame(&"open").unwrap()).await.unwrap();
+        send.write_all(&selvage_shared::link::encode_frame(&"open").unwrap()).await.unwrap();
         let (_, mut recv) = accepted.accept_bi().await.unwrap();
         let open = read_frame(&mut recv, 64).await.unwrap().unwrap();
-        assert_eq!(crate::from_msgpack::<String>(&open).unwrap(), "open");
+        assert_eq!(selvage_shared::from_msgpack::<String>(&open).unwrap(), "open");
         ((client, server, conn, accepted), send, recv)
     }
 
