@@ -161,7 +161,7 @@ pub enum StartError {
     },
     /// The client QUIC certificate could not be loaded or made.
     #[error("client QUIC TLS: {0}")]
-    Tls(#[from] selvage_shared::tls::TlsError),
+    Tls(#[from] selvage_net::tls::TlsError),
 }
 
 #[cfg(test)]
