@@ -55,7 +55,7 @@ const RESUME_ATTEMPTS: u32 = 8;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest drain after an interrupted load (Ctrl-C).
 const INTERRUPTED_DRAIN: Duration = Duration::from_secs(3);
-/// The edge's close code for a slow consumer (edge `session::close::SLOW_CONSUMER`).
+/// The edge's close code for a slow consumer (edge `error::close::SLOW_CONSUMER`).
 const SLOW_CONSUMER: u16 = 4008;
 /// Recent sends (channel, sender) the scheduler picks a change's channel and sender from.
 const RECENT_SENDS: usize = 1024;
