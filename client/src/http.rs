@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+use crate::options::percent_encode;
 use std::fmt;
 use std::time::Duration;
 
@@ -507,22 +508,6 @@ fn api_error(status: StatusCode, body: &[u8], header_id: Option<String>) -> Http
 /// The start of a body, for error messages.
 fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(200).collect()
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters (emoji names carry `:` and `+`).
-fn percent_encode(s: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -158,8 +158,9 @@ pub fn ws_url(opts: &ConnectOptions, token_in_query: bool) -> String {
     url
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters (tokens in a URL; emoji names,
+/// which carry `:` and `+`, in a path).
+pub(crate) fn percent_encode(s: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

@@ -4,56 +4,20 @@
 use std::sync::Arc;
 
 use selvage_shared::link::{ChannelState, WorkspaceSnapshot};
-use selvage_shared::{
-    Channel, ChannelId, ChannelKind, Cursor, Event, FeedItem, Format, Message, User, UserId, Workspace, WorkspaceId,
-    POSITION_LEN,
-};
+use selvage_shared::{ChannelKind, Cursor, Event, FeedItem, Format, Message, Workspace, WorkspaceId};
 
 use super::{LiveInner, Out, Outbox};
 use crate::workspace::{CacheLimits, WorkspaceState};
 
-pub(super) fn cur(n: u64) -> Cursor {
-    let mut pos = [0u8; POSITION_LEN];
-    pos[2..10].copy_from_slice(&n.to_be_bytes());
-    Cursor::from_position(&pos)
-}
-
-pub(super) fn uid(s: &str) -> UserId {
-    UserId::new_unchecked(s)
-}
-
-pub(super) fn cid(s: &str) -> ChannelId {
-    ChannelId::new_unchecked(s)
-}
+use crate::workspace::fixtures::{chan, user};
+pub(super) use crate::workspace::fixtures::{cid, cur, uid};
 
 pub(super) fn wid(s: &str) -> WorkspaceId {
     WorkspaceId::new_unchecked(s)
 }
 
-fn user(id: &str) -> User {
-    User {
-        id: uid(id),
-        handle: id.to_lowercase(),
-        name: format!("User {id}"),
-        admin: false,
-        deactivated: false,
-        tokens_valid_from: 0,
-        created_at: 1,
-    }
-}
-
 fn channel(id: &str, private: bool, members: &[&str]) -> ChannelState {
-    let channel = Channel {
-        id: cid(id),
-        name: id.to_lowercase(),
-        kind: ChannelKind::Channel,
-        private,
-        archived: false,
-        topic: String::new(),
-        purpose: String::new(),
-        created_by: uid("U1"),
-        created_at: 1,
-    };
+    let channel = chan(id, ChannelKind::Channel, private);
     ChannelState { channel, last_seq: 0, members: members.iter().map(|m| uid(m)).collect() }
 }
 

@@ -10,17 +10,17 @@ use selvage_shared::{
 use super::state::restricted;
 use super::{CacheLimits, QueryAnswer, Recipients, WorkspaceState};
 
-pub(super) fn cur(n: u64) -> Cursor {
+pub(crate) fn cur(n: u64) -> Cursor {
     let mut pos = [0u8; POSITION_LEN];
     pos[2..10].copy_from_slice(&n.to_be_bytes());
     Cursor::from_position(&pos)
 }
 
-pub(super) fn uid(s: &str) -> UserId {
+pub(crate) fn uid(s: &str) -> UserId {
     UserId::new_unchecked(s)
 }
 
-pub(super) fn cid(s: &str) -> ChannelId {
+pub(crate) fn cid(s: &str) -> ChannelId {
     ChannelId::new_unchecked(s)
 }
 
@@ -32,7 +32,7 @@ pub(super) fn ws_id() -> WorkspaceId {
     WorkspaceId::new_unchecked("W1")
 }
 
-pub(super) fn user(id: &str) -> User {
+pub(crate) fn user(id: &str) -> User {
     User {
         id: uid(id),
         handle: id.to_lowercase(),
@@ -44,7 +44,7 @@ pub(super) fn user(id: &str) -> User {
     }
 }
 
-pub(super) fn chan(id: &str, kind: ChannelKind, private: bool) -> Channel {
+pub(crate) fn chan(id: &str, kind: ChannelKind, private: bool) -> Channel {
     Channel {
         id: cid(id),
         name: id.to_lowercase(),

@@ -52,7 +52,7 @@
 
 mod buffers;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod queries;
 mod replay;
 mod state;
