@@ -98,8 +98,8 @@ use self::{
     wal::{Mutation, RecordBuilder, Wal},
 };
 use super::{
-    backoff_pause, Committed, KeyValue, KvStore, KvTxn, RangeRead, Result, StoreError, Versionstamp, Watch,
-    MAX_KEY_BYTES, MAX_TXN_AGE, MAX_TXN_BYTES, MAX_VALUE_BYTES,
+    backoff_pause, budget::TxnBudget, Committed, KeyValue, KvStore, KvTxn, RangeRead, Result, StoreError, Versionstamp,
+    Watch, MAX_TXN_AGE,
 };
 
 /// The user data: FoundationDB's flat, ordered keyspace.
@@ -808,8 +808,7 @@ impl EmbeddedStore {
             reads: Vec::new(),
             read_keys: KeyList::default(),
             watches: Vec::new(),
-            size: 0,
-            deferred: None,
+            budget: TxnBudget::default(),
         })
     }
 }
@@ -1811,29 +1810,8 @@ struct EmbeddedTxn {
     /// a group commit reads thousands.
     read_keys: KeyList,
     watches: Vec<(Vec<u8>, oneshot::Sender<()>)>,
-    /// Bytes of mutations and conflict ranges, as FoundationDB roughly counts them.
-    size: usize,
-    /// An error from a refused mutation, reported again at commit (as FoundationDB does).
-    deferred: Option<StoreError>,
-}
-
-fn check_key(key: &[u8]) -> Result<()> {
-    if key.len() > MAX_KEY_BYTES {
-        return Err(StoreError::KeyTooLarge(key.len()));
-    }
-    Ok(())
-}
-
-fn check_value(value: &[u8]) -> Result<()> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(StoreError::ValueTooLarge(value.len()));
-    }
-    Ok(())
-}
-
-/// Bytes a point mutation costs: the mutation and its write conflict range `[k, k\0)`.
-fn point_cost(key: &[u8], value_len: usize) -> usize {
-    key.len() + value_len + 2 * key.len() + 1
+    /// What the transaction has spent of FoundationDB's size limits.
+    budget: TxnBudget,
 }
 
 impl EmbeddedTxn {
@@ -1846,27 +1824,6 @@ impl EmbeddedTxn {
         View { flushed: self.snapshot.flushed, version: self.read_version }
     }
 
-    /// Remembers `err` for the commit and returns it.
-    fn refuse<T>(&mut self, err: StoreError) -> Result<T> {
-        if self.deferred.is_none() {
-            self.deferred = Some(err.clone());
-        }
-        Err(err)
-    }
-
-    /// Checks a mutation against the key, value and transaction limits; a refused mutation
-    /// fails the commit too.
-    fn admit(&mut self, key: &[u8], value: Option<&[u8]>, cost: usize) -> Result<()> {
-        if let Err(e) = check_key(key).and_then(|()| value.map_or(Ok(()), check_value)) {
-            return self.refuse(e);
-        }
-        self.size += cost;
-        if self.size > MAX_TXN_BYTES {
-            return self.refuse(StoreError::TransactionTooLarge(self.size));
-        }
-        Ok(())
-    }
-
     fn check_age(&self) -> Result<()> {
         if self.started.elapsed() > self.opts().max_txn_age {
             return Err(StoreError::TooOld);
@@ -1876,12 +1833,12 @@ impl EmbeddedTxn {
 
     /// The read conflict of one key (the range from it to the key after it).
     fn add_read_key(&mut self, key: &[u8]) {
-        self.size += 2 * key.len() + 1;
+        self.budget.read_key(key);
         self.read_keys.push(key);
     }
 
     fn add_read_conflict(&mut self, begin: Vec<u8>, end: Vec<u8>) {
-        self.size += begin.len() + end.len();
+        self.budget.read_range(begin.len(), end.len());
         self.reads.push((begin, end));
     }
 
@@ -2085,7 +2042,7 @@ impl KvTxn for EmbeddedTxn {
         // cannot be too old.
         let mut asked: Vec<(usize, u64, Option<i64>)> = Vec::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
-            check_key(key)?;
+            TxnBudget::check_key(key)?;
             let hash = memtable::key_hash(key);
             match self.writes.get(key, hash) {
                 Some(Op::Set(v)) => values[i] = Some(v.clone()),
@@ -2131,26 +2088,19 @@ impl KvTxn for EmbeddedTxn {
     }
 
     fn set_owned(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        self.admit(&key, Some(&value), point_cost(&key, value.len()))?;
+        self.budget.set(&key, &value)?;
         self.writes.put(key, Op::Set(value));
         Ok(())
     }
 
     fn clear(&mut self, key: &[u8]) -> Result<()> {
-        self.admit(key, None, point_cost(key, 0))?;
+        self.budget.clear(key)?;
         self.writes.put(key, Op::Clear);
         Ok(())
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<()> {
-        if end < begin {
-            return Err(StoreError::InvertedRange);
-        }
-        // A range end may be one byte longer than a key (`key + \0`).
-        if end.len() > MAX_KEY_BYTES + 1 {
-            return self.refuse(StoreError::KeyTooLarge(end.len()));
-        }
-        self.admit(begin, None, 2 * (begin.len() + end.len()))?;
+        self.budget.clear_range(begin, end)?;
         if begin == end {
             return Ok(());
         }
@@ -2180,7 +2130,7 @@ impl KvTxn for EmbeddedTxn {
     }
 
     fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<()> {
-        self.admit(key, None, point_cost(key, 8))?;
+        self.budget.atomic_add(key)?;
         let cleared = self.is_cleared(key);
         let op = match self.writes.get(key, memtable::key_hash(key)) {
             Some(Op::Set(v)) => Op::Set(add_le(Some(v.as_slice()), delta)),
@@ -2198,16 +2148,13 @@ impl KvTxn for EmbeddedTxn {
     }
 
     fn set_versionstamped_key_owned(&mut self, key: Vec<u8>, offset: usize, value: Vec<u8>) -> Result<()> {
-        if offset.checked_add(10).is_none_or(|end| end > key.len()) {
-            return self.refuse(StoreError::BadVersionstampOffset { offset, len: key.len() });
-        }
-        self.admit(&key, Some(&value), point_cost(&key, value.len()))?;
+        self.budget.set_versionstamped_key(&key, offset, &value)?;
         self.versionstamped.push(VersionstampedSet { key, offset, value });
         Ok(())
     }
 
     fn watch(&mut self, key: &[u8]) -> Result<Watch> {
-        check_key(key)?;
+        TxnBudget::check_key(key)?;
         let (tx, rx) = oneshot::channel();
         self.watches.push((key.to_vec(), tx));
         Ok(Box::pin(async move {
@@ -2221,9 +2168,7 @@ impl KvTxn for EmbeddedTxn {
 
     async fn commit(self: Box<Self>) -> Result<Committed> {
         let mut txn = *self;
-        if let Some(err) = txn.deferred.take() {
-            return Err(err);
-        }
+        txn.budget.refusal()?;
         if txn.is_read_only() {
             // Nothing to commit (as in FoundationDB, whose read-only commits never reach the
             // cluster): no conflict check, no size or age limit, no disk write.
@@ -2235,9 +2180,7 @@ impl KvTxn for EmbeddedTxn {
             }
             return Ok(Committed { versionstamp: Versionstamp::ZERO });
         }
-        if txn.size > MAX_TXN_BYTES {
-            return Err(StoreError::TransactionTooLarge(txn.size));
-        }
+        txn.budget.check_total()?;
         txn.check_age()?;
         let EmbeddedTxn {
             snapshot,
@@ -2249,7 +2192,7 @@ impl KvTxn for EmbeddedTxn {
             reads,
             read_keys,
             watches,
-            size,
+            budget,
             ..
         } = txn;
         // The snapshot pins redb pages and memtable tables; let it go before waiting for the
@@ -2264,7 +2207,7 @@ impl KvTxn for EmbeddedTxn {
             ops: writes.into_sorted(),
             versionstamped,
             watches,
-            size,
+            size: budget.bytes(),
             reply,
         };
         let queue = store.commits.as_ref().ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
