@@ -69,6 +69,7 @@
 mod buffer;
 mod conflicts;
 mod filter;
+mod health;
 mod memtable;
 mod wal;
 
@@ -96,6 +97,7 @@ use self::{
     buffer::WriteBuffer,
     conflicts::{merge_ranges, range_set_contains, KeyList, RangeSet, Tracker, WriteSet},
     filter::KeyFilter,
+    health::{refusal, Health, SpaceCheck, Writer},
     memtable::{MemRange, Memtable, Table, View},
     wal::{Mutation, RecordBuilder, Wal},
 };
@@ -134,10 +136,6 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 const BACKPRESSURE_FACTOR: usize = 4;
 /// How often a commit thread waiting for the flusher looks again.
 const BACKPRESSURE_POLL: Duration = Duration::from_millis(100);
-/// What clients are told while the disk is (nearly) full.
-const DISK_FULL: &str = "the origin's disk is full; writes resume once space is freed";
-/// How often the commit thread looks at the free space on the data directory's disk.
-const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Settings of an [`EmbeddedStore`].
 #[derive(Clone, Debug)]
@@ -255,58 +253,6 @@ struct Shared {
     filtered_reads: AtomicU64,
     /// Whether writes are failing, for readiness.
     health: Health,
-}
-
-/// Why the store cannot take writes at the moment, if it cannot: set by a failed write to the
-/// log or to redb, cleared by the next write of the same kind that succeeds.
-#[derive(Default)]
-struct Health {
-    /// Whether either slot is set, so that the commit path checks an atomic, not a lock.
-    troubled: AtomicBool,
-    /// The log's problem, the flusher's and the disk's.
-    problems: Mutex<[Option<String>; 3]>,
-}
-
-/// The writers [`Health`] keeps a problem for.
-#[derive(Clone, Copy)]
-enum Writer {
-    Log = 0,
-    Flush = 1,
-    /// Not a writer: the free-space check in front of them.
-    Space = 2,
-}
-
-impl Health {
-    fn failed(&self, writer: Writer, why: String) {
-        lock(&self.problems)[writer as usize] = Some(why);
-        self.troubled.store(true, Ordering::Release);
-    }
-
-    fn wrote(&self, writer: Writer) {
-        if self.troubled.load(Ordering::Acquire) {
-            let mut problems = lock(&self.problems);
-            if problems[writer as usize].take().is_some() {
-                tracing::info!("the embedded store writes again");
-            }
-            self.troubled.store(problems.iter().any(Option::is_some), Ordering::Release);
-        }
-    }
-
-    fn problem(&self) -> Option<String> {
-        if !self.troubled.load(Ordering::Acquire) {
-            return None;
-        }
-        lock(&self.problems).iter().flatten().next().cloned()
-    }
-}
-
-/// What a client and `/readyz` are told when the disk refuses a write: the cause an operator
-/// acts on, not the engine's internals.
-fn refusal(error: &std::io::Error) -> String {
-    match error.kind() {
-        std::io::ErrorKind::StorageFull => DISK_FULL.into(),
-        _ => format!("the origin cannot write to its disk ({})", error.kind()),
-    }
 }
 
 /// How the commit thread and [`EmbeddedStore::flush`] wake the flusher, and wait for it.
@@ -710,7 +656,7 @@ impl EmbeddedStore {
             record: Vec::new(),
             failed: None,
             syncer,
-            space: SpaceCheck { next: Instant::now(), short: None, warned: false },
+            space: SpaceCheck::new(),
         };
         let worker = std::thread::Builder::new()
             .name("selvage-commit".into())
@@ -1126,36 +1072,6 @@ struct Syncer {
     handle: Option<JoinHandle<()>>,
 }
 
-/// What the commit thread last learned of the free space on its disk.
-struct SpaceCheck {
-    /// When to look again.
-    next: Instant,
-    /// Why commits are refused, while the disk is short of space.
-    short: Option<String>,
-    /// Whether a failure to read the free space was logged.
-    warned: bool,
-}
-
-/// Bytes an unprivileged process may still write on the filesystem holding `dir`.
-#[cfg(unix)]
-fn available_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: statvfs only writes into the zeroed struct we own, through a valid pointer, and
-    // reads the NUL-terminated path, which outlives the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
-#[cfg(not(unix))]
-fn available_bytes(_dir: &Path) -> std::io::Result<u64> {
-    Err(std::io::Error::other("free space is only read on Unix"))
-}
-
 impl Syncer {
     fn start(shared: Arc<Shared>) -> std::io::Result<Self> {
         let (requests, inbox) = std::sync::mpsc::channel::<()>();
@@ -1228,7 +1144,7 @@ impl CommitWorker {
             }
             return;
         }
-        if let Err(why) = self.check_space() {
+        if let Err(why) = self.space.check(&self.shared) {
             for req in group {
                 let _ = req.reply.send(Err(StoreError::NoSpace(why.into())));
             }
@@ -1411,51 +1327,6 @@ impl CommitWorker {
             if let Some(current) = rest.first_mut() {
                 current.resolve(earlier, &mut committed)?;
             }
-        }
-        Ok(())
-    }
-
-    /// Refuses commits while the data directory's disk has less free space than
-    /// [`EmbeddedOptions::min_free_bytes`] plus twice the bytes waiting to be flushed (a
-    /// flush's copy-on-write pages), looking at most every [`SPACE_CHECK_INTERVAL`].
-    fn check_space(&mut self) -> Result<(), &'static str> {
-        let min_free = self.shared.opts.min_free_bytes;
-        let now = Instant::now();
-        if min_free == 0 || now < self.space.next {
-            return if self.space.short.is_some() { Err(DISK_FULL) } else { Ok(()) };
-        }
-        self.space.next = now + SPACE_CHECK_INTERVAL;
-        let free = match available_bytes(self.shared.wal.dir()) {
-            Ok(free) => free,
-            Err(e) => {
-                if !std::mem::replace(&mut self.space.warned, true) {
-                    tracing::warn!(error = %e, "cannot read the free space of the data directory's disk; not checking it");
-                }
-                return Ok(());
-            }
-        };
-        let unflushed = self.shared.mem.unflushed_size().0 as u64;
-        let need = min_free.saturating_add(unflushed.saturating_mul(2));
-        if free < need {
-            let why = format!(
-                "the data directory's disk is nearly full: {} MiB free, {} MiB kept free for the log and flushes; commits are refused until space is freed",
-                free >> 20,
-                need >> 20
-            );
-            if self.space.short.is_none() {
-                tracing::error!(
-                    free,
-                    need,
-                    "the data directory's disk is nearly full; refusing commits until space is freed"
-                );
-            }
-            self.shared.health.failed(Writer::Space, why.clone());
-            self.space.short = Some(why);
-            return Err(DISK_FULL);
-        }
-        if self.space.short.take().is_some() {
-            tracing::info!(free, need, "the data directory's disk has room again; taking commits");
-            self.shared.health.wrote(Writer::Space);
         }
         Ok(())
     }
