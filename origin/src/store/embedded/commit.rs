@@ -19,15 +19,15 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    add_le,
     conflicts::{range_set_contains, KeyList, RangeSet, WriteSet},
     engine_err,
     flush::BACKPRESSURE_FACTOR,
     health::{refusal, SpaceCheck, Writer},
     lock,
     memtable::{self, View},
+    txn::{add_le, Op},
     wal::{self, Mutation, RecordBuilder},
-    Op, Shared,
+    Shared,
 };
 use crate::store::{Committed, Result, StoreError, Versionstamp};
 
