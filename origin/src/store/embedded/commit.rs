@@ -553,7 +553,10 @@ mod tests {
 
     use super::*;
     use crate::store::{
-        embedded::{tests::constant_flush, EmbeddedOptions, EmbeddedStore},
+        embedded::{
+            tests::{constant_flush, manual_flush},
+            EmbeddedOptions, EmbeddedStore,
+        },
         KvStore, Store,
     };
 
@@ -680,5 +683,50 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A failed fdatasync is never acknowledged: the record is cut off the log, the group is
+    /// refused, the next commit takes its version, and recovery never replays it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_is_never_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = EmbeddedStore::open(&path, manual_flush()).unwrap();
+        let commit = |key: &'static [u8]| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin().await.unwrap();
+                tx.set(key, b"v").unwrap();
+                tx.commit().await.map(|c| c.versionstamp.version())
+            }
+        };
+        let first = commit(b"before").await.unwrap();
+        store.shared.wal.fail_syncs(1);
+        match commit(b"failed").await {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("cannot write to its disk"), "{why}"),
+            other => panic!("a failed sync must refuse the commit, got {other:?}"),
+        }
+        assert!(store.write_problem().is_some());
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(tx.get(b"failed").await.unwrap(), None, "a refused group is not visible");
+        drop(tx);
+        assert_eq!(commit(b"after").await.unwrap(), first + 1);
+        assert_eq!(store.write_problem(), None);
+        let image = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, image.path().join(p.file_name().unwrap())).unwrap();
+        }
+        drop(store);
+        let store = EmbeddedStore::open(&image.path().join("s.redb"), manual_flush()).unwrap();
+        let mut tx = store.begin().await.unwrap();
+        assert_eq!(
+            (
+                tx.get(b"before").await.unwrap().is_some(),
+                tx.get(b"failed").await.unwrap(),
+                tx.get(b"after").await.unwrap().is_some()
+            ),
+            (true, None, true)
+        );
     }
 }
