@@ -110,8 +110,9 @@ impl SpaceCheck {
     }
 
     /// Refuses commits while the data directory's disk has less free space than
-    /// [`EmbeddedOptions::min_free_bytes`] plus twice the bytes waiting to be flushed (a
-    /// flush's copy-on-write pages), looking at most every [`SPACE_CHECK_INTERVAL`].
+    /// [`EmbeddedOptions::min_free_bytes`](super::EmbeddedOptions::min_free_bytes) plus twice
+    /// the bytes waiting to be flushed (a flush's copy-on-write pages), looking at most every
+    /// [`SPACE_CHECK_INTERVAL`].
     pub(super) fn check(&mut self, shared: &Shared) -> Result<(), &'static str> {
         let min_free = shared.opts.min_free_bytes;
         let now = Instant::now();
