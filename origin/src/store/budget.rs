@@ -142,3 +142,73 @@ impl TxnBudget {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every breach is refused with its error; a refused mutation fails the commit too, a
+    /// refused read or an inverted range only the call.
+    #[test]
+    fn breaches_are_refused_and_mutations_remembered() {
+        let long_key = vec![0u8; MAX_KEY_BYTES + 1];
+        let long_value = vec![0u8; MAX_VALUE_BYTES + 1];
+
+        let mut budget = TxnBudget::default();
+        assert!(matches!(TxnBudget::check_key(&long_key), Err(StoreError::KeyTooLarge(n)) if n == MAX_KEY_BYTES + 1));
+        assert!(matches!(budget.clear_range(b"b", b"a"), Err(StoreError::InvertedRange)));
+        budget.read_key(b"k");
+        budget.read_range(1, 2);
+        assert_eq!(budget.bytes(), 3 + 3);
+        assert!(budget.refusal().is_ok());
+
+        assert!(matches!(budget.set(b"k", &long_value), Err(StoreError::ValueTooLarge(n)) if n == MAX_VALUE_BYTES + 1));
+        assert!(matches!(budget.clear(&long_key), Err(StoreError::KeyTooLarge(_))));
+        // The first refusal is the one the commit reports, once.
+        assert!(matches!(budget.refusal(), Err(StoreError::ValueTooLarge(_))));
+        assert!(budget.refusal().is_ok());
+
+        let mut budget = TxnBudget::default();
+        // A range end may be one byte longer than a key, not two.
+        assert!(budget.clear_range(b"", &long_key).is_ok());
+        assert!(matches!(budget.clear_range(b"", &[0u8; MAX_KEY_BYTES + 2]), Err(StoreError::KeyTooLarge(_))));
+        assert!(budget.refusal().is_err());
+
+        let mut budget = TxnBudget::default();
+        for offset in [1, usize::MAX] {
+            assert!(matches!(
+                budget.set_versionstamped_key(&[0; 10], offset, b"v"),
+                Err(StoreError::BadVersionstampOffset { len: 10, .. })
+            ));
+        }
+        assert!(budget.set_versionstamped_key(&[0; 10], 0, b"v").is_ok());
+        assert!(budget.refusal().is_err());
+    }
+
+    /// Mutations count key, value and write conflict range; the transaction limit holds at
+    /// the mutation that passes it, and at commit for reads that pass it.
+    #[test]
+    fn bytes_add_up_to_the_transaction_limit() {
+        let mut budget = TxnBudget::default();
+        budget.set(b"key", b"value").unwrap();
+        assert_eq!(budget.bytes(), 3 + 5 + 2 * 3 + 1);
+        budget.atomic_add(b"n").unwrap();
+        assert_eq!(budget.bytes(), 15 + 1 + 8 + 2 + 1);
+        budget.clear_range(b"a", b"bb").unwrap();
+        assert_eq!(budget.bytes(), 27 + 2 * 3);
+        assert!(budget.check_total().is_ok());
+
+        let value = vec![0u8; MAX_VALUE_BYTES];
+        let mut budget = TxnBudget::default();
+        let refused = (0..MAX_TXN_BYTES / MAX_VALUE_BYTES + 1)
+            .map(|i| budget.set(&(i as u32).to_be_bytes(), &value))
+            .find_map(Result::err);
+        assert!(matches!(refused, Some(StoreError::TransactionTooLarge(n)) if n > MAX_TXN_BYTES));
+        assert!(budget.refusal().is_err());
+
+        let mut budget = TxnBudget::default();
+        budget.read_range(MAX_TXN_BYTES, 1);
+        assert!(budget.refusal().is_ok());
+        assert!(matches!(budget.check_total(), Err(StoreError::TransactionTooLarge(n)) if n == MAX_TXN_BYTES + 1));
+    }
+}
