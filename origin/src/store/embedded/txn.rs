@@ -32,6 +32,8 @@ use crate::store::{
 };
 
 impl EmbeddedStore {
+    /// Starts a transaction on a pinned snapshot, with the last committed version as its read
+    /// version.
     pub(super) fn begin_txn(&self) -> Result<EmbeddedTxn> {
         let store = self.me.upgrade().ok_or_else(|| StoreError::Unavailable("the store is closing".into()))?;
         let started = Instant::now();
