@@ -30,9 +30,9 @@
 //!   FoundationDB marks the range such a key may land in as unreadable: a read of this
 //!   transaction that overlaps it fails (FDB 1036, `accessed_unreadable`, an
 //!   [`StoreError::Engine`] error) rather than skipping it.
-//! - Limits are checked here, before anything reaches FoundationDB, exactly as the embedded engine
-//!   checks them: keys, values, and a running count of mutation and conflict-range bytes, so both
-//!   engines refuse the same calls with the same sizes. A refused mutation also fails the commit,
+//! - Limits are checked here, before anything reaches FoundationDB, by the budget the embedded
+//!   engine checks them with (module `budget`): keys, values, and a running count of mutation and
+//!   conflict-range bytes, so both engines refuse the same calls with the same sizes. A refused mutation also fails the commit,
 //!   as it does in FoundationDB. Where FoundationDB is more lenient (reading or clearing a key
 //!   too long to exist, reading an inverted range) the interface's error wins. FoundationDB's
 //!   own checks stay as the backstop at commit.
@@ -65,6 +65,7 @@ use foundationdb::{
 use futures::TryFutureExt;
 
 use super::{
+    budget::{TxnBudget, VERSIONSTAMP_BYTES},
     Committed, KeyValue, KvStore, KvTxn, RangeRead, Result, StoreError, Versionstamp, Watch, MAX_KEY_BYTES,
     MAX_TXN_BYTES, MAX_VALUE_BYTES,
 };
@@ -95,8 +96,6 @@ mod code {
 
 /// Bytes of the placeholder offset FoundationDB expects after a versionstamped key.
 const OFFSET_SUFFIX_BYTES: usize = 4;
-/// Bytes of a versionstamp.
-const VERSIONSTAMP_BYTES: usize = 10;
 
 /// The process's FoundationDB network: started once, then kept (see the module docs).
 ///
@@ -210,11 +209,9 @@ struct FdbTxn {
     wrote: bool,
     /// Bytes of mutations and conflict ranges, counted as the embedded engine counts them, so
     /// both engines refuse the same transactions; FoundationDB's own count (a little larger)
-    /// is the backstop at commit.
-    size: usize,
-    /// A refused mutation's error, reported again at commit: FoundationDB fails the commit of a
-    /// transaction one of whose mutations it refused, and a refusal here never reaches it.
-    deferred: Option<StoreError>,
+    /// is the backstop at commit. A mutation it refuses never reaches FoundationDB, so the
+    /// budget fails the commit in FoundationDB's place.
+    budget: TxnBudget,
     /// The longest key handed to FoundationDB for writing (offset suffix included), to report
     /// with a `key_too_large` FoundationDB raises itself.
     longest_key: usize,
@@ -222,11 +219,6 @@ struct FdbTxn {
     longest_value: usize,
     /// The last FoundationDB error this transaction returned, for [`KvTxn::on_error`].
     last_error: Option<FdbError>,
-}
-
-/// The size of a point mutation: key, value and the write conflict range `[key, key + \0)`.
-fn point_cost(key: &[u8], value_len: usize) -> usize {
-    key.len() + value_len + 2 * key.len() + 1
 }
 
 impl FdbTxn {
@@ -239,8 +231,7 @@ impl FdbTxn {
                     return Ok(FdbTxn {
                         trx,
                         wrote: false,
-                        size: 0,
-                        deferred: None,
+                        budget: TxnBudget::default(),
                         longest_key: 0,
                         longest_value: 0,
                         last_error: None,
@@ -258,34 +249,14 @@ impl FdbTxn {
     }
 
     fn sizes(&self) -> Sizes {
-        Sizes { key: self.longest_key, value: self.longest_value, txn: self.size.max(MAX_TXN_BYTES + 1) }
+        Sizes { key: self.longest_key, value: self.longest_value, txn: self.budget.bytes().max(MAX_TXN_BYTES + 1) }
     }
 
-    /// Remembers `err` for the commit and returns it.
-    fn refuse<T>(&mut self, err: StoreError) -> Result<T> {
-        if self.deferred.is_none() {
-            self.deferred = Some(err.clone());
-        }
-        Err(err)
-    }
-
-    /// Checks a mutation against the key, value and transaction limits and counts it; a refused
-    /// mutation fails the commit too.
-    fn admit(&mut self, key: &[u8], value: Option<&[u8]>, cost: usize) -> Result<()> {
-        if key.len() > MAX_KEY_BYTES {
-            return self.refuse(StoreError::KeyTooLarge(key.len()));
-        }
-        let value_len = value.map_or(0, <[u8]>::len);
-        if value_len > MAX_VALUE_BYTES {
-            return self.refuse(StoreError::ValueTooLarge(value_len));
-        }
-        self.size += cost;
-        if self.size > MAX_TXN_BYTES {
-            return self.refuse(StoreError::TransactionTooLarge(self.size));
-        }
+    /// Remembers the sizes of a mutation the budget admitted, for FoundationDB's own size
+    /// errors.
+    fn admitted(&mut self, key: &[u8], value_len: usize) {
         self.longest_key = self.longest_key.max(key.len());
         self.longest_value = self.longest_value.max(value_len);
-        Ok(())
     }
 }
 
@@ -293,12 +264,10 @@ impl FdbTxn {
 impl KvTxn for FdbTxn {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         // FoundationDB answers "absent" for a key too long to exist; the interface refuses it.
-        if key.len() > MAX_KEY_BYTES {
-            return Err(StoreError::KeyTooLarge(key.len()));
-        }
+        TxnBudget::check_key(key)?;
         match self.trx.get(key, false).await {
             Ok(value) => {
-                self.size += 2 * key.len() + 1;
+                self.budget.read_key(key);
                 Ok(value.map(|v| v.to_vec()))
             }
             Err(e) => Err(self.fail(e)),
@@ -306,8 +275,8 @@ impl KvTxn for FdbTxn {
     }
 
     async fn get_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        if let Some(key) = keys.iter().find(|k| k.len() > MAX_KEY_BYTES) {
-            return Err(StoreError::KeyTooLarge(key.len()));
+        for key in keys {
+            TxnBudget::check_key(key)?;
         }
         // Every read in flight at once: the storage servers answer them together rather than
         // one round trip after another.
@@ -316,7 +285,7 @@ impl KvTxn for FdbTxn {
         for (key, read) in keys.iter().zip(reads) {
             match read {
                 Ok(value) => {
-                    self.size += 2 * key.len() + 1;
+                    self.budget.read_key(key);
                     values.push(value.map(|v| v.to_vec()));
                 }
                 Err(e) => return Err(self.fail(e)),
@@ -356,21 +325,23 @@ impl KvTxn for FdbTxn {
         }
         // The read conflict range FoundationDB recorded: up to the last key when the limit cut
         // the read short.
-        self.size += match out.last() {
+        let (begin, end) = match out.last() {
             Some((last, _)) if range.limit > 0 && out.len() == range.limit => {
                 if range.reverse {
-                    last.len() + range.end.len()
+                    (last.len(), range.end.len())
                 } else {
-                    range.begin.len() + last.len() + 1
+                    (range.begin.len(), last.len() + 1)
                 }
             }
-            _ => range.begin.len() + range.end.len(),
+            _ => (range.begin.len(), range.end.len()),
         };
+        self.budget.read_range(begin, end);
         Ok(out)
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.admit(key, Some(value), point_cost(key, value.len()))?;
+        self.budget.set(key, value)?;
+        self.admitted(key, value.len());
         self.trx.set(key, value);
         self.wrote = true;
         Ok(())
@@ -378,22 +349,18 @@ impl KvTxn for FdbTxn {
 
     fn clear(&mut self, key: &[u8]) -> Result<()> {
         // FoundationDB ignores the clear of a key too long to exist; the interface refuses it.
-        self.admit(key, None, point_cost(key, 0))?;
+        self.budget.clear(key)?;
+        self.admitted(key, 0);
         self.trx.clear(key);
         self.wrote = true;
         Ok(())
     }
 
     fn clear_range(&mut self, begin: &[u8], end: &[u8]) -> Result<()> {
-        // FoundationDB would fail the whole transaction at commit (2005); fail this call instead.
-        if end < begin {
-            return Err(StoreError::InvertedRange);
-        }
-        // A range end may be one byte longer than a key (`key + \0`).
-        if end.len() > MAX_KEY_BYTES + 1 {
-            return self.refuse(StoreError::KeyTooLarge(end.len()));
-        }
-        self.admit(begin, None, 2 * (begin.len() + end.len()))?;
+        // FoundationDB would fail the whole transaction at commit (2005) for an inverted range;
+        // the budget fails this call instead.
+        self.budget.clear_range(begin, end)?;
+        self.admitted(begin, 0);
         if begin == end {
             // An empty range is no mutation at all.
             return Ok(());
@@ -405,7 +372,8 @@ impl KvTxn for FdbTxn {
 
     fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<()> {
         let operand = delta.to_le_bytes();
-        self.admit(key, None, point_cost(key, operand.len()))?;
+        self.budget.atomic_add(key)?;
+        self.admitted(key, 0);
         // ADD adds little-endian two's-complement integers, so a negative delta subtracts.
         self.trx.atomic_op(key, &operand, MutationType::Add);
         self.wrote = true;
@@ -413,16 +381,13 @@ impl KvTxn for FdbTxn {
     }
 
     fn set_versionstamped_key(&mut self, key: &[u8], offset: usize, value: &[u8]) -> Result<()> {
-        let bad_offset = StoreError::BadVersionstampOffset { offset, len: key.len() };
-        let Some(offset_le) = offset
-            .checked_add(VERSIONSTAMP_BYTES)
-            .filter(|&end| end <= key.len())
-            .and_then(|_| u32::try_from(offset).ok())
-            .map(u32::to_le_bytes)
-        else {
-            return self.refuse(bad_offset);
+        // FoundationDB takes the offset as 4 bytes; one that does not fit them is outside any
+        // key the budget admits too.
+        let Ok(offset_le) = u32::try_from(offset).map(u32::to_le_bytes) else {
+            return self.budget.refuse(StoreError::BadVersionstampOffset { offset, len: key.len() });
         };
-        self.admit(key, Some(value), point_cost(key, value.len()))?;
+        self.budget.set_versionstamped_key(key, offset, value)?;
+        self.admitted(key, value.len());
         let mut param = Vec::with_capacity(key.len() + OFFSET_SUFFIX_BYTES);
         param.extend_from_slice(key);
         param.extend_from_slice(&offset_le);
@@ -435,9 +400,7 @@ impl KvTxn for FdbTxn {
     }
 
     fn watch(&mut self, key: &[u8]) -> Result<Watch> {
-        if key.len() > MAX_KEY_BYTES {
-            return Err(StoreError::KeyTooLarge(key.len()));
-        }
+        TxnBudget::check_key(key)?;
         let sizes = Sizes { key: key.len(), ..self.sizes() };
         // The future is independent of the transaction: once committed, a watch outlives it.
         let watch = self.trx.watch(key).map_err(move |e| match e.code() {
@@ -453,12 +416,8 @@ impl KvTxn for FdbTxn {
 
     async fn commit(self: Box<Self>) -> Result<Committed> {
         let mut this = *self;
-        if let Some(err) = this.deferred.take() {
-            return Err(err);
-        }
-        if this.size > MAX_TXN_BYTES {
-            return Err(StoreError::TransactionTooLarge(this.size));
-        }
+        this.budget.refusal()?;
+        this.budget.check_total()?;
         let sizes = this.sizes();
         let FdbTxn { trx, wrote, .. } = this;
         // Both futures must be taken before the commit: the versionstamp is only known once it

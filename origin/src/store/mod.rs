@@ -10,11 +10,13 @@
 //!   something a later-committed transaction wrote fails with [`StoreError::Conflict`]);
 //! - every commit gets a versionstamp, unique and increasing across the store;
 //! - keys are at most [`MAX_KEY_BYTES`], values at most [`MAX_VALUE_BYTES`], a transaction at most
-//!   [`MAX_TXN_BYTES`] and [`MAX_TXN_AGE`] old.
+//!   [`MAX_TXN_BYTES`] and [`MAX_TXN_AGE`] old; both engines count the sizes with one budget
+//!   (module `budget`).
 //!
 //! Callers retry with [`KvTxn::on_error`], FoundationDB's retry loop, usually via [`transact`](crate::transact).
 //! Keys are built with the tuple layer in [`tuple`](mod@tuple) under the subspaces of [`keys`].
 
+mod budget;
 pub mod embedded;
 #[cfg(feature = "fdb")]
 pub mod fdb;
@@ -29,14 +31,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use futures::future::BoxFuture;
 
-/// FoundationDB's largest key.
-pub const MAX_KEY_BYTES: usize = 10_000;
-/// FoundationDB's largest value.
-pub const MAX_VALUE_BYTES: usize = 100_000;
-/// FoundationDB's largest transaction: mutations plus conflict ranges.
-pub const MAX_TXN_BYTES: usize = 10_000_000;
-/// FoundationDB's longest transaction (its MVCC window).
-pub const MAX_TXN_AGE: Duration = Duration::from_secs(5);
+pub use self::budget::{MAX_KEY_BYTES, MAX_TXN_AGE, MAX_TXN_BYTES, MAX_VALUE_BYTES};
 
 /// A commit versionstamp: 8 bytes of commit version and 2 of order within that version, big
 /// endian, so byte order is commit order. FoundationDB's "transaction versionstamp".

@@ -8,7 +8,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::{memtable::key_hash, Op};
+use super::{memtable::key_hash, txn::Op};
 
 /// No earlier mutation with the same hash.
 const END: u32 = u32::MAX;
