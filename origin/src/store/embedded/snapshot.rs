@@ -166,7 +166,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn old_read_versions_survive_flushes() {
         let dir = tempfile::tempdir().unwrap();
-        let age = Duration::from_millis(400);
+        // Long enough that a busy machine's flushes and commits below never age the snapshots
+        // out before the end, where the test waits it out on purpose.
+        let age = Duration::from_secs(3);
         let embedded =
             EmbeddedStore::open(&dir.path().join("s.redb"), EmbeddedOptions { max_txn_age: age, ..manual_flush() })
                 .unwrap();
