@@ -23,7 +23,6 @@ pub mod messages;
 pub mod metrics;
 pub mod presence;
 pub mod read_markers;
-pub mod relay;
 pub mod sequencer;
 pub mod snapshot;
 pub mod store;
@@ -55,7 +54,7 @@ pub struct Origin {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Ephemeral events on their way to the edges.
-    pub relay: Arc<relay::Relay>,
+    pub relay: Arc<feed::relay::Relay>,
     /// Who is online, from the edges' reports.
     pub presence: Arc<presence::Tracker>,
     /// Cancelled when the node is shutting down.
@@ -158,7 +157,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         sequencer,
         feed: feed.clone(),
         metrics,
-        relay: Arc::new(relay::Relay::new()),
+        relay: Arc::new(feed::relay::Relay::new()),
         presence,
         shutdown: shutdown.clone(),
     });

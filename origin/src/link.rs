@@ -48,9 +48,8 @@ use crate::{
     accounts,
     config::LinkConfig,
     error::OriginError,
-    feed::{self, Feed, Position, Read},
+    feed::{self, relay::Relayed, Feed, Position, Read},
     history, presence, read_markers,
-    relay::Relayed,
     sequencer::SendRequest,
     snapshot, Origin, StartError,
 };
