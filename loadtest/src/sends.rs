@@ -28,7 +28,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
-use selvage_origin::{accounts, channels, sequencer::SendRequest, Origin, OriginConfig};
+use selvage_origin::{accounts, caller::Caller, channels, sequencer::SendRequest, Origin, OriginConfig};
 use selvage_shared::ChannelId;
 use serde::Serialize;
 use serde_json::json;
@@ -126,7 +126,7 @@ pub struct SendsReport {
 
 enum Target {
     Http { client: reqwest::Client, base: String, token: String },
-    InProcess { origin: Arc<Origin>, caller: accounts::Caller },
+    InProcess { origin: Arc<Origin>, caller: Caller },
 }
 
 impl Target {
@@ -192,7 +192,7 @@ async fn seed_http(base: &str, operator_key: &str, n: usize) -> Result<(reqwest:
     Ok((client, token, ids))
 }
 
-async fn seed_in_process(origin: &Arc<Origin>, n: usize) -> Result<(accounts::Caller, Vec<ChannelId>)> {
+async fn seed_in_process(origin: &Arc<Origin>, n: usize) -> Result<(Caller, Vec<ChannelId>)> {
     let (_, admin) = accounts::create_workspace(&origin.store, "loadtest", "loadtest", "Load test", 0).await?;
     let caller = accounts::authenticate(&origin.store, &admin.token).await?;
     let mut ids = Vec::with_capacity(n);

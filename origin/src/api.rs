@@ -36,11 +36,12 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::{
-    accounts::{self, Caller},
-    channels,
+    accounts,
+    caller::Caller,
+    channels::{self, read_markers},
     error::{ErrorShape, OriginError, RequestId, Result},
     feed::{self, Position, Read},
-    history, messages, read_markers,
+    history, messages,
     sequencer::SendRequest,
     Origin,
 };
@@ -800,8 +801,9 @@ impl Visibility {
         if let Some(v) = self.channels.get(c) {
             return Ok(*v);
         }
-        let (visible, _) =
-            crate::transact!(origin.store, |tx| { channels::visible_channel(tx, caller, c).await?.is_some() })?;
+        let (visible, _) = crate::transact!(origin.store, |tx| {
+            channels::records::visible_channel(tx, caller, c).await?.is_some()
+        })?;
         self.channels.insert(c.clone(), visible);
         Ok(visible)
     }

@@ -12,7 +12,7 @@ use selvage_shared::{ChannelId, Message, Seq};
 use serde::Serialize;
 
 use crate::{
-    accounts::Caller,
+    caller::Caller,
     channels,
     error::{OriginError, Result},
     messages,
@@ -79,7 +79,7 @@ pub async fn page(store: &Store, caller: &Caller, c: &ChannelId, bounds: Bounds)
     let w = &caller.workspace;
     let (begin, end, reverse) = bounds.range(&keys::messages(w, c), |seq| keys::message(w, c, seq));
     let (page, _) = transact!(store, |tx| {
-        if channels::visible_channel(tx, caller, c).await?.is_none() {
+        if channels::records::visible_channel(tx, caller, c).await?.is_none() {
             None
         } else if begin >= end {
             Some(Page { messages: Vec::new(), has_more: false })
@@ -118,7 +118,7 @@ pub async fn thread(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, bo
     let w = &caller.workspace;
     let (begin, end, reverse) = bounds.range(&keys::thread(w, c, root), |seq| keys::thread_reply(w, c, root, seq));
     let (read, _) = transact!(store, |tx| {
-        if channels::visible_channel(tx, caller, c).await?.is_none() {
+        if channels::records::visible_channel(tx, caller, c).await?.is_none() {
             ThreadRead::NoChannel
         } else {
             match messages::load(tx, w, c, root).await? {

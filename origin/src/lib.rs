@@ -12,6 +12,7 @@
 
 pub mod accounts;
 pub mod api;
+pub mod caller;
 pub mod channels;
 pub mod config;
 pub mod error;
@@ -22,7 +23,6 @@ pub mod link;
 pub mod messages;
 pub mod metrics;
 pub mod presence;
-pub mod read_markers;
 pub mod sequencer;
 pub mod snapshot;
 pub mod store;

@@ -46,10 +46,11 @@ use tracing::Instrument;
 
 use crate::{
     accounts,
+    channels::read_markers,
     config::LinkConfig,
     error::OriginError,
     feed::{self, relay::Relayed, Feed, Position, Read},
-    history, presence, read_markers,
+    history, presence,
     sequencer::SendRequest,
     snapshot, Origin, StartError,
 };

@@ -23,7 +23,7 @@ use selvage_shared::{mentions, ChannelId, Event, Message, Reaction, Seq, UserId,
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    accounts::Caller,
+    caller::Caller,
     channels,
     error::{OriginError, Result},
     feed::Appender,
@@ -275,7 +275,7 @@ pub async fn set_mentions(
             if message.mentions_here_users.len() >= mentions::MAX_HERE {
                 break;
             }
-            if channels::is_member(tx, w, &message.channel, u).await? {
+            if channels::records::is_member(tx, w, &message.channel, u).await? {
                 message.mentions_here_users.push(u.clone());
             }
         }
@@ -331,7 +331,7 @@ async fn access(
     author_only: bool,
 ) -> Result<Result<Message>, StoreError> {
     let w = &caller.workspace;
-    let Some((channel, member)) = channels::visible_channel(tx, caller, c).await? else {
+    let Some((channel, member)) = channels::records::visible_channel(tx, caller, c).await? else {
         return Ok(Err(OriginError::no_channel(c.as_str())));
     };
     if channel.archived {

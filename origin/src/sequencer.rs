@@ -340,7 +340,7 @@ struct WorkspaceGates {
 
 struct ChannelGates {
     /// `None`: no such channel.
-    gate: Option<channels::Gate>,
+    gate: Option<channels::records::Gate>,
     members: FxHashMap<UserId, bool>,
     /// The channel's keys, encoded once rather than in every group.
     keys: Arc<ChannelKeys>,
@@ -397,7 +397,13 @@ impl Gates {
         Some(ws)
     }
 
-    fn put_gate(&mut self, w: &WorkspaceId, c: &ChannelId, gate: Option<channels::Gate>, keys: Arc<ChannelKeys>) {
+    fn put_gate(
+        &mut self,
+        w: &WorkspaceId,
+        c: &ChannelId,
+        gate: Option<channels::records::Gate>,
+        keys: Arc<ChannelKeys>,
+    ) {
         if let Some(ws) = self.make_room(w) {
             ws.channels.insert(c.clone(), ChannelGates { gate, members: FxHashMap::default(), keys });
         }
@@ -563,7 +569,7 @@ impl Committer {
 /// A channel as one group attempt sees it.
 struct GroupChannel {
     /// Its record, `None` if there is no such channel.
-    gate: Option<channels::Gate>,
+    gate: Option<channels::records::Gate>,
     /// The last seq, as this attempt moves it.
     head: Seq,
     /// The last seq as read.
@@ -666,7 +672,7 @@ async fn sequence(
                 let (gate, channel_keys) = match gates.channel(w, c) {
                     Some(known) => (known.gate, known.keys.clone()),
                     None => {
-                        let gate = channels::load_gate(tx, w, c).await?;
+                        let gate = channels::records::load_gate(tx, w, c).await?;
                         let channel_keys = ChannelKeys::of(w, c);
                         gates.put_gate(w, c, gate, channel_keys.clone());
                         (gate, channel_keys)
@@ -714,7 +720,7 @@ async fn sequence(
                 let member = match known {
                     Some(member) => member,
                     None => {
-                        let member = channels::is_member(tx, w, c, &r.user).await?;
+                        let member = channels::records::is_member(tx, w, c, &r.user).await?;
                         gates.put_member(w, c, &r.user, member);
                         member
                     }
@@ -829,6 +835,7 @@ mod tests {
     use super::*;
     use crate::{
         accounts,
+        caller::Caller,
         store::{
             embedded::{EmbeddedOptions, EmbeddedStore},
             Committed, KeyValue, KvStore, RangeRead, Watch,
@@ -916,7 +923,7 @@ mod tests {
         dir: &std::path::Path,
         delay: Option<Duration>,
         ack_timeout_ms: u64,
-    ) -> (Store, Sequencer, SendRequest, accounts::Caller) {
+    ) -> (Store, Sequencer, SendRequest, Caller) {
         let config = SequencerConfig { shards: 1, max_batch_messages: 1, ack_timeout_ms, ..SequencerConfig::default() };
         capped_sequencer(dir, delay, usize::MAX, config).await
     }
@@ -928,7 +935,7 @@ mod tests {
         delay: Option<Duration>,
         max_sets: usize,
         config: SequencerConfig,
-    ) -> (Store, Sequencer, SendRequest, accounts::Caller) {
+    ) -> (Store, Sequencer, SendRequest, Caller) {
         let inner: Store = EmbeddedStore::open(&dir.join("s.redb"), EmbeddedOptions::default()).unwrap();
         let (_, admin) = accounts::create_workspace(&inner, "w", "admin", "Admin", 0).await.unwrap();
         let caller = accounts::authenticate(&inner, &admin.token).await.unwrap();
@@ -962,7 +969,7 @@ mod tests {
         let (sequencer, _) =
             Sequencer::start(store.clone(), config, Arc::new(Metrics::new()), presence, CancellationToken::new());
         let mut n = 0;
-        let mut send = |user: &accounts::Caller| {
+        let mut send = |user: &Caller| {
             n += 1;
             let request = SendRequest {
                 workspace: user.workspace.clone(),
@@ -989,7 +996,7 @@ mod tests {
         assert!(matches!(send(&bob).await, Err(OriginError::Archived(_))), "archived, nobody posts");
         assert!(matches!(send(&admin).await, Err(OriginError::Archived(_))));
         let mut tx = store.begin().await.unwrap();
-        assert_eq!(channels::last_seq(&mut *tx, &admin.workspace, &c).await.unwrap(), 3);
+        assert_eq!(channels::records::last_seq(&mut *tx, &admin.workspace, &c).await.unwrap(), 3);
     }
 
     /// A client_msg_id is the sender's own: another member's send with the same id is a new
@@ -1013,7 +1020,7 @@ mod tests {
             presence,
             CancellationToken::new(),
         );
-        let request = |who: &accounts::Caller, text: &str, id: &str, root: Option<Seq>| SendRequest {
+        let request = |who: &Caller, text: &str, id: &str, root: Option<Seq>| SendRequest {
             workspace: who.workspace.clone(),
             channel: c.clone(),
             user: who.user.id.clone(),
@@ -1043,7 +1050,7 @@ mod tests {
         let refused = [&a, &b].iter().filter(|o| matches!(o, Err(OriginError::Conflict(_)))).count();
         assert_eq!(refused, 1, "{a:?} {b:?}");
         let mut tx = store.begin().await.unwrap();
-        assert_eq!(channels::last_seq(&mut *tx, &alice.workspace, &c).await.unwrap(), 3);
+        assert_eq!(channels::records::last_seq(&mut *tx, &alice.workspace, &c).await.unwrap(), 3);
     }
 
     #[tokio::test]
@@ -1066,7 +1073,7 @@ mod tests {
             other => panic!("the group must retry and find the sender gone, got {other:?}"),
         }
         let mut tx = inner.begin().await.unwrap();
-        assert_eq!(channels::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap(), 1);
+        assert_eq!(channels::records::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap(), 1);
     }
 
     #[tokio::test]
@@ -1118,14 +1125,14 @@ mod tests {
         // The expired send was not written: the channel ends at 3.
         let (w, c) = (&request.workspace, &request.channel);
         let mut tx = inner.begin().await.unwrap();
-        assert_eq!(channels::last_seq(&mut *tx, w, c).await.unwrap(), 3);
+        assert_eq!(channels::records::last_seq(&mut *tx, w, c).await.unwrap(), 3);
         assert!(tx.get(&keys::nonce(w, c, &request.user, "d")).await.unwrap().is_none());
     }
 
     /// The channel's last seq as committed.
     async fn head(store: &Store, request: &SendRequest) -> Seq {
         let mut tx = store.begin().await.unwrap();
-        channels::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap()
+        channels::records::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap()
     }
 
     #[tokio::test]
