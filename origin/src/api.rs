@@ -41,8 +41,7 @@ use crate::{
     channels::{self, read_markers},
     error::{ErrorShape, OriginError, RequestId, Result},
     feed::{self, Position, Read},
-    history, messages,
-    sequencer::SendRequest,
+    messages::{self, history, sequencer::SendRequest},
     Origin,
 };
 
@@ -578,7 +577,8 @@ async fn edit_message(
     Json(body): Json<EditMessage>,
 ) -> Result<Json<serde_json::Value>> {
     let seq = path_seq(&seq)?;
-    let message = messages::edit(&origin.store, &caller, &channel_id(&id)?, seq, &body.text, &origin.presence).await?;
+    let message =
+        messages::edits::edit(&origin.store, &caller, &channel_id(&id)?, seq, &body.text, &origin.presence).await?;
     Ok(Json(json!({ "message": message })))
 }
 
@@ -589,7 +589,7 @@ async fn delete_message(
     Path((id, seq)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>> {
     let seq = path_seq(&seq)?;
-    let message = messages::delete(&origin.store, &caller, &channel_id(&id)?, seq).await?;
+    let message = messages::edits::delete(&origin.store, &caller, &channel_id(&id)?, seq).await?;
     Ok(Json(json!({ "message": message })))
 }
 
@@ -600,7 +600,7 @@ async fn add_reaction(
     Path((id, seq, emoji)): Path<(String, String, String)>,
 ) -> Result<Json<serde_json::Value>> {
     let seq = path_seq(&seq)?;
-    let message = messages::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, true).await?;
+    let message = messages::edits::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, true).await?;
     Ok(Json(json!({ "message": message })))
 }
 
@@ -611,7 +611,7 @@ async fn remove_reaction(
     Path((id, seq, emoji)): Path<(String, String, String)>,
 ) -> Result<Json<serde_json::Value>> {
     let seq = path_seq(&seq)?;
-    let message = messages::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, false).await?;
+    let message = messages::edits::react(&origin.store, &caller, &channel_id(&id)?, seq, &emoji, false).await?;
     Ok(Json(json!({ "message": message })))
 }
 
@@ -622,7 +622,7 @@ async fn follow_thread(
     Path((id, seq)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>> {
     let seq = path_seq(&seq)?;
-    let message = messages::follow(&origin.store, &caller, &channel_id(&id)?, seq, true).await?;
+    let message = messages::edits::follow(&origin.store, &caller, &channel_id(&id)?, seq, true).await?;
     Ok(Json(json!({ "message": message })))
 }
 
@@ -633,7 +633,7 @@ async fn unfollow_thread(
     Path((id, seq)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>> {
     let seq = path_seq(&seq)?;
-    let message = messages::follow(&origin.store, &caller, &channel_id(&id)?, seq, false).await?;
+    let message = messages::edits::follow(&origin.store, &caller, &channel_id(&id)?, seq, false).await?;
     Ok(Json(json!({ "message": message })))
 }
 

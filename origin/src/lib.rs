@@ -17,15 +17,16 @@ pub mod channels;
 pub mod config;
 pub mod error;
 pub mod feed;
-pub mod history;
 pub mod ids;
 pub mod link;
 pub mod messages;
 pub mod metrics;
 pub mod presence;
-pub mod sequencer;
 pub mod snapshot;
 pub mod store;
+
+/// The sequencer's request and answer types, for in-process callers that post directly.
+pub use messages::sequencer;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::OriginConfig;
 pub use error::OriginError;
 
-use crate::{config::StoreKind, feed::Feed, metrics::Metrics, sequencer::Sequencer, store::Store};
+use crate::{config::StoreKind, feed::Feed, messages::sequencer::Sequencer, metrics::Metrics, store::Store};
 
 /// Milliseconds since the Unix epoch, the timestamp of every record.
 pub fn now_ms() -> i64 {

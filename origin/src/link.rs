@@ -50,9 +50,8 @@ use crate::{
     config::LinkConfig,
     error::OriginError,
     feed::{self, relay::Relayed, Feed, Position, Read},
-    history, presence,
-    sequencer::SendRequest,
-    snapshot, Origin, StartError,
+    messages::{history, sequencer::SendRequest},
+    presence, snapshot, Origin, StartError,
 };
 
 /// Largest first frame of a stream (`link_open` is a few hundred bytes).

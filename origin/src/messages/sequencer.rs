@@ -22,7 +22,7 @@
 //! The same transaction parses the text's mentions (`@here` reaching the members the presence
 //! tracker saw active when the send was queued) and writes the mention index, and for a thread
 //! reply moves the root's summary and logs the root's new state just before the reply, which
-//! names the thread's followers it goes to (see [`crate::messages`]).
+//! names the thread's followers it goes to (see [`super::records`]).
 //!
 //! A retried send with a `client_msg_id` the channel already has returns the original seq and
 //! writes nothing — also when both copies arrive in one group, and also after a commit whose
@@ -40,20 +40,17 @@ use selvage_shared::{ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::records::{self, validate_text, Mentioned, ThreadSummary};
 use crate::{
     channels,
     config::SequencerConfig,
     error::{OriginError, Result},
     feed::{self, Appender},
-    messages::{self, Mentioned, ThreadSummary},
     metrics::Metrics,
     presence,
     store::{keys, Committed, KvTxn, Store, StoreError},
     transact,
 };
-
-/// Most bytes of message text (the 100 KB value limit holds the message and its metadata).
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 
 /// A message to sequence.
 #[derive(Clone, Debug)]
@@ -177,25 +174,6 @@ fn shard_of(workspace: &WorkspaceId, channel: &ChannelId, shards: usize) -> usiz
     channel.as_str().hash(&mut h);
     // The high half: FxHash mixes its low bits least.
     ((h.finish() >> 32) % shards as u64) as usize
-}
-
-/// Checks a message text: not empty, no U+0000 ([`selvage_shared::frame::TEXT_NUL`] says why),
-/// at most [`selvage_shared::MAX_TEXT_CHARS`] characters and [`MAX_TEXT_BYTES`] bytes. Sends and
-/// edits share it.
-pub fn validate_text(text: &str) -> Result<()> {
-    if text.is_empty() {
-        return Err(OriginError::BadRequest("text must not be empty".into()));
-    }
-    if text.contains('\0') {
-        return Err(OriginError::BadRequest(selvage_shared::frame::TEXT_NUL.into()));
-    }
-    if text.chars().count() > selvage_shared::MAX_TEXT_CHARS || text.len() > MAX_TEXT_BYTES {
-        return Err(OriginError::TooLarge(format!(
-            "text is over {} characters or {MAX_TEXT_BYTES} bytes",
-            selvage_shared::MAX_TEXT_CHARS
-        )));
-    }
-    Ok(())
 }
 
 /// Checks what can be checked without storage.
@@ -765,13 +743,13 @@ async fn sequence(
         if let Some(root) = r.thread_root {
             if let Entry::Vacant(slot) = roots.entry((w, c, root)) {
                 let found = if root <= *head {
-                    messages::load_decorated(tx, w, c, root).await?.filter(|m| m.thread_root.is_none())
+                    records::load_decorated(tx, w, c, root).await?.filter(|m| m.thread_root.is_none())
                 } else {
                     None
                 };
                 match found {
                     Some(message) => {
-                        let summary = messages::load_summary(tx, w, c, root).await?;
+                        let summary = records::load_summary(tx, w, c, root).await?;
                         slot.insert((message, summary));
                     }
                     None => {
@@ -790,7 +768,7 @@ async fn sequence(
             thread_root: r.thread_root,
             ..Message::new(c.clone(), seq, now, r.user.clone(), r.text.clone())
         };
-        messages::set_mentions(tx, w, &mut message, mentioned).await?;
+        records::set_mentions(tx, w, &mut message, mentioned).await?;
         if let Some(root) = r.thread_root {
             tx.set(&keys::thread_reply(w, c, root, seq), &[])?;
             // The root's new summary goes out just before the reply, so the channel learns that
@@ -804,7 +782,7 @@ async fn sequence(
                 log.append(tx, w, now, event)?;
             }
         }
-        messages::index_mentions(tx, w, &message)?;
+        records::index_mentions(tx, w, &message)?;
         let record = selvage_shared::to_msgpack_sized(&message, RECORD_ROOM + message.text.len());
         let order = log.append_message(tx, w, now, &record)?;
         tx.set_owned(keys::message_in(&channel_keys.messages, seq), record)?;
@@ -817,7 +795,7 @@ async fn sequence(
         outcomes.push(Outcome::New { message, order });
     }
     for ((w, c, root), (_, summary)) in &roots {
-        messages::write_summary(tx, w, c, *root, summary)?;
+        records::write_summary(tx, w, c, *root, summary)?;
     }
     for ch in chans.values() {
         if ch.head != ch.read {
