@@ -11,12 +11,12 @@
 //! cancelled and in-flight work has drained.
 
 pub mod accounts;
-pub mod api;
 pub mod caller;
 pub mod channels;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod http;
 pub mod ids;
 pub mod link;
 pub mod messages;
@@ -167,7 +167,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
     let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
     let sweeper = tokio::spawn(presence::run_sweeper(origin.presence.clone(), origin.relay.clone(), shutdown.clone()));
-    let app = api::router(origin.clone());
+    let app = http::router(origin.clone());
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
