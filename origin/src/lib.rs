@@ -18,6 +18,7 @@ pub mod error;
 pub mod feed;
 pub mod http;
 pub mod ids;
+mod in_process;
 pub mod link;
 pub mod messages;
 pub mod metrics;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::OriginConfig;
 pub use error::OriginError;
+pub use in_process::Actor;
 
 use crate::{config::StoreKind, feed::Feed, messages::sequencer::Sequencer, metrics::Metrics, store::Store};
 

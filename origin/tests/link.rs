@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use selvage_origin::{accounts, sequencer::SendRequest, OriginConfig, Running};
+use selvage_origin::{OriginConfig, Running};
 use selvage_shared::{
     link::{
         encode_frame, frame_len, Answer, Call, LinkCall, LinkOpen, LinkReply, LinkStream, FRAME_PREFIX_BYTES, LINK_ALPN,
@@ -119,8 +119,7 @@ async fn call(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, id: u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_first_frames_are_refused_and_other_streams_keep_working() {
     let o = TestOrigin::start().await;
-    let (workspace, admin) =
-        accounts::create_workspace(&o.running().origin.store, "acme", "admin", "Admin", 0).await.unwrap();
+    let (workspace, admin) = o.running().origin.create_workspace("acme", "admin", "Admin").await.unwrap();
     let conn = o.connect().await;
 
     // Garbage where link_open belongs.
@@ -166,12 +165,12 @@ async fn bad_first_frames_are_refused_and_other_streams_keep_working() {
     // A well-behaved calls stream on the same connection still works.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&open(LinkStream::Calls)).await.unwrap();
-    let hash = hex::encode(selvage_origin::ids::token_hash(&admin.token));
+    let hash = hex::encode(selvage_origin::ids::token_hash(admin.token()));
     let reply = call(&mut send, &mut recv, 1, Call::Authenticate { token_hash: hash }).await;
     match reply.reply.unwrap() {
         Answer::Principal { workspace: w, user, .. } => {
             assert_eq!(w, workspace.id);
-            assert_eq!(user, admin.user.id);
+            assert_eq!(user, admin.user().id);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -182,7 +181,7 @@ async fn bad_first_frames_are_refused_and_other_streams_keep_working() {
 async fn bad_calls_get_errors_and_calls_are_counted() {
     let o = TestOrigin::start().await;
     let origin = o.running().origin.clone();
-    let (workspace, admin) = accounts::create_workspace(&origin.store, "acme", "admin", "Admin", 0).await.unwrap();
+    let (workspace, admin) = origin.create_workspace("acme", "admin", "Admin").await.unwrap();
     let conn = o.connect().await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&open(LinkStream::Calls)).await.unwrap();
@@ -235,10 +234,10 @@ async fn bad_calls_get_errors_and_calls_are_counted() {
     };
     assert_eq!(snapshot.users.len(), 1);
     let general = snapshot.channels[0].channel.id.clone();
-    assert_eq!(snapshot.channels[0].members, vec![admin.user.id.clone()]);
+    assert_eq!(snapshot.channels[0].members, vec![admin.user().id.clone()]);
     let send_call = Call::Send {
         workspace: workspace.id.clone(),
-        user: admin.user.id.clone(),
+        user: admin.user().id.clone(),
         channel: general.clone(),
         text: "hi".into(),
         client_msg_id: "c1".into(),
@@ -294,24 +293,12 @@ async fn bad_calls_get_errors_and_calls_are_counted() {
 async fn the_feed_streams_events_after_the_cursor_with_heartbeats() {
     let o = TestOrigin::start().await;
     let origin = o.running().origin.clone();
-    let (workspace, admin) = accounts::create_workspace(&origin.store, "acme", "admin", "Admin", 0).await.unwrap();
+    let (_, admin) = origin.create_workspace("acme", "admin", "Admin").await.unwrap();
     let conn = o.connect().await;
-    let caller = accounts::authenticate(&origin.store, &admin.token).await.unwrap();
-    let general = selvage_origin::channels::list(&origin.store, &caller).await.unwrap()[0].channel.id.clone();
+    let general = origin.channels(&admin).await.unwrap()[0].id.clone();
     let send = |n: u32| {
-        let origin = origin.clone();
-        let (w, u, c) = (workspace.id.clone(), admin.user.id.clone(), general.clone());
-        async move {
-            let request = SendRequest {
-                workspace: w,
-                channel: c,
-                user: u,
-                text: format!("m{n}"),
-                client_msg_id: format!("m{n}"),
-                thread_root: None,
-            };
-            origin.sequencer.send(request).await.unwrap()
-        }
+        let (origin, admin, c) = (origin.clone(), admin.clone(), general.clone());
+        async move { origin.send(&admin, &c, &format!("m{n}"), format!("m{n}")).await.unwrap() }
     };
 
     // From the head: the first frame comes at once, a heartbeat at the head.
