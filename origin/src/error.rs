@@ -6,7 +6,7 @@
 //!
 //! A server error (5xx) shows the client only its stable code and a fixed message
 //! ([`OriginError::client_message`]), over HTTP with the request's id (rendered by
-//! [`crate::http::error`]) and over the edge link alike; what went wrong is logged, never sent:
+//! `http::error`) and over the edge link alike; what went wrong is logged, never sent:
 //! storage errors and broken records can name keys, files and internals.
 
 use axum::http::StatusCode;

@@ -8,7 +8,28 @@
 //! [`start`] opens storage, starts the sequencer, the feed's notifier and trimmer, binds the
 //! HTTP listener and, when `link.edge_key` is set, the QUIC [`link`] edges connect to; the
 //! returned [`Running`] reports the bound addresses and finishes once the shutdown token is
-//! cancelled and in-flight work has drained.
+//! cancelled and in-flight work has drained. Inside the same process, the returned [`Origin`]
+//! handle is the one entry point for driving it directly (see [`Actor`]).
+//!
+//! # Layers
+//!
+//! Each module uses only modules of the layers below it, so imports go one way:
+//!
+//! 1. Infrastructure: `config`, `error`, `ids`, `metrics`, [`store`] (the storage engines) and
+//!    [`feed`] (the event log, with `feed::relay` for the ephemeral events that are never
+//!    logged).
+//! 2. [`caller`] (who a request acts for) and `presence` (who is online, from the edges'
+//!    reports).
+//! 3. [`channels`]: channels, membership and read markers, built on `channels::records`, the
+//!    channel and membership records that every layer above reads and writes.
+//! 4. [`accounts`]: workspaces, users and tokens (a new workspace gets `#general` and a new user
+//!    joins it, through `channels::records`).
+//! 5. `messages`: `messages::records` (a message and what lives beside it) under the
+//!    [`sequencer`] (posting), `messages::history` (reading back) and `messages::edits`
+//!    (changing); and `snapshot`, a workspace's state for an edge's cache.
+//! 6. The ways in: `http` (the API's router, middleware, error rendering and one handler module
+//!    per service), `link` (the QUIC link edges connect to) and the in-process entry point. They
+//!    parse, authenticate and render; the rules and the storage access live in the layers below.
 
 pub mod accounts;
 pub mod caller;
@@ -16,14 +37,14 @@ pub mod channels;
 pub mod config;
 pub mod error;
 pub mod feed;
-pub mod http;
+mod http;
 pub mod ids;
 mod in_process;
-pub mod link;
-pub mod messages;
-pub mod metrics;
-pub mod presence;
-pub mod snapshot;
+mod link;
+mod messages;
+mod metrics;
+mod presence;
+mod snapshot;
 pub mod store;
 
 /// The sequencer's request and answer types, for in-process callers that post directly.

@@ -10,8 +10,8 @@
 //! [`records`] it reads and writes, which the rest of the origin builds on too, and each user's
 //! [`read_markers`] sit beside it.
 
-pub mod read_markers;
-pub mod records;
+pub(crate) mod read_markers;
+pub(crate) mod records;
 
 use selvage_shared::{Channel, ChannelId, ChannelKind, Event, Seq, UserId};
 use serde::Serialize;

@@ -13,7 +13,7 @@
 //! Events that are never logged (typing, presence) reach the edges through the [`relay`] beside
 //! it, on the same feed streams.
 
-pub mod relay;
+pub(crate) mod relay;
 
 use std::{sync::Arc, time::Duration};
 

@@ -170,11 +170,6 @@ fn link_secrets(identity: &tls::Identity) -> ([u8; 32], u64) {
 }
 
 impl Bound {
-    /// The address the endpoint is bound to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Starts accepting edges; runs until `shutdown`, then closes every connection.
     pub fn serve(self, origin: Arc<Origin>, shutdown: CancellationToken) -> Link {
         let Bound { endpoint, addr, fingerprint, key_digest } = self;

@@ -8,7 +8,7 @@
 //!   mentions and thread summary — and the rule a text must follow. It depends on nothing above
 //!   it in this folder.
 
-pub mod edits;
-pub mod history;
-pub mod records;
+pub(crate) mod edits;
+pub(crate) mod history;
+pub(crate) mod records;
 pub mod sequencer;
