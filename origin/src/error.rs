@@ -9,7 +9,10 @@
 //! `http::error`) and over the edge link alike; what went wrong is logged, never sent:
 //! storage errors and broken records can name keys, files and internals.
 
+use std::{fmt, future::Future};
+
 use axum::http::StatusCode;
+use rand::RngCore;
 use selvage_shared::ErrorCode;
 
 use crate::store::StoreError;
@@ -139,5 +142,58 @@ impl OriginError {
     }
 }
 
+tokio::task_local! {
+    static REQUEST_ID: RequestId;
+}
+
+/// The id of one request: 16 hex digits, random. The HTTP API's middleware gives every request
+/// one, answers it in the `x-request-id` header, logs it with the request, and puts it in every
+/// 5xx body; a link call that fails with a server error gets one in its message. Either way a
+/// client's report leads to the server's log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        RequestId(format!("{:016x}", rand::rng().next_u64()))
+    }
+
+    /// The id of the request this task is serving, if any.
+    pub fn current() -> Option<Self> {
+        REQUEST_ID.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `f` as the request with this id: errors rendered inside it carry the id.
+    pub async fn scope<F: Future>(self, f: F) -> F::Output {
+        REQUEST_ID.scope(self, f).await
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Shorthand for origin results.
 pub type Result<T, E = OriginError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_sixteen_hex_digits_and_differ() {
+        let (a, b) = (RequestId::new(), RequestId::new());
+        assert_eq!(a.0.len(), 16);
+        assert!(a.0.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -289,6 +289,49 @@ async fn bad_calls_get_errors_and_calls_are_counted() {
     o.stop().await;
 }
 
+/// A call that meets a server error is answered with its code and the fixed message, naming the
+/// request id the detail was logged under (as a 5xx body over HTTP does), never the detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_names_a_request_id_and_nothing_internal() {
+    let o = TestOrigin::start().await;
+    let origin = o.running().origin.clone();
+    let (workspace, admin) = origin.create_workspace("acme", "admin", "Admin").await.unwrap();
+    let broken = origin.create_channel(&admin, "broken", false).await.unwrap().id;
+    // A channel record that no longer decodes (corruption, or a bug that wrote it).
+    let mut tx = origin.store.begin().await.unwrap();
+    tx.set(&selvage_origin::store::keys::channel(&workspace.id, &broken), b"\xc1 not msgpack").unwrap();
+    tx.commit().await.unwrap();
+
+    let conn = o.connect().await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&open(LinkStream::Calls)).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let history = Call::History {
+            workspace: workspace.id.clone(),
+            user: admin.user().id.clone(),
+            channel: broken.clone(),
+            before: None,
+            after: None,
+            limit: 10,
+        };
+        let error = call(&mut send, &mut recv, n, history).await.reply.unwrap_err();
+        assert_eq!(error.code, ErrorCode::Internal, "{error:?}");
+        let message = error.message.as_str();
+        let id = message
+            .strip_prefix("internal error; the origin logged it with this request_id (request_id ")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not the fixed message with a request id: {message:?}"));
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{message:?}");
+        for detail in ["decode", "record", "msgpack", "storage", "engine"] {
+            assert!(!message.to_lowercase().contains(detail), "{message:?} shows internal detail ({detail})");
+        }
+        ids.push(id.to_string());
+    }
+    assert_ne!(ids[0], ids[1], "two failures, two ids");
+    o.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_streams_events_after_the_cursor_with_heartbeats() {
     let o = TestOrigin::start().await;

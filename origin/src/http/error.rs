@@ -5,15 +5,11 @@
 //! id ([`RequestId`], also in the `x-request-id` header); what went wrong is logged with that id,
 //! never sent: storage errors and broken records can name keys, files and internals.
 
-use std::{fmt, future::Future};
-
+use crate::error::{OriginError, RequestId};
 use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use rand::RngCore;
-
-use crate::error::OriginError;
 
 impl OriginError {
     /// The response for this error to the request `id`; a 5xx is logged with the id and the
@@ -43,45 +39,6 @@ impl IntoResponse for OriginError {
     fn into_response(self) -> Response {
         let id = RequestId::current().unwrap_or_default();
         self.response_for(&id)
-    }
-}
-
-tokio::task_local! {
-    static REQUEST_ID: RequestId;
-}
-
-/// The id of one HTTP request: 16 hex digits, random. The API's middleware gives every request
-/// one, answers it in the `x-request-id` header, logs it with the request, and puts it in every
-/// 5xx body, so that a client's report leads to the server's log line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestId(pub String);
-
-impl RequestId {
-    /// A fresh id.
-    pub fn new() -> Self {
-        RequestId(format!("{:016x}", rand::rng().next_u64()))
-    }
-
-    /// The id of the request this task is serving, if any.
-    pub fn current() -> Option<Self> {
-        REQUEST_ID.try_with(Clone::clone).ok()
-    }
-
-    /// Runs `f` as the request with this id: errors rendered inside it carry the id.
-    pub async fn scope<F: Future>(self, f: F) -> F::Output {
-        REQUEST_ID.scope(self, f).await
-    }
-}
-
-impl Default for RequestId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -130,13 +87,5 @@ mod tests {
         assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("bad_request")));
         let (s, v) = render(OriginError::UnsupportedMediaType("no".into())).await;
         assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("bad_request")));
-    }
-
-    #[test]
-    fn request_ids_are_sixteen_hex_digits_and_differ() {
-        let (a, b) = (RequestId::new(), RequestId::new());
-        assert_eq!(a.0.len(), 16);
-        assert!(a.0.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

@@ -39,20 +39,23 @@ use futures::FutureExt;
 use serde_json::json;
 use tracing::Instrument;
 
-use self::error::{ErrorShape, RequestId};
 use self::{
     accounts::{create_user, create_workspace, deactivate_user, me, new_token, reactivate_user, revoke_token},
     channels::{
         add_member, create_channel, get_channel, list_channels, list_members, mark_read, open_dm, remove_member,
         update_channel,
     },
+    error::ErrorShape,
     events::events,
     messages::{
         add_reaction, delete_message, edit_message, follow_thread, history_page, post_message, remove_reaction,
         thread_page, unfollow_thread,
     },
 };
-use crate::{error::OriginError, Origin};
+use crate::{
+    error::{OriginError, RequestId},
+    Origin,
+};
 
 /// Builds the router with every route, the body limit and the metrics middleware.
 pub fn router(origin: Arc<Origin>) -> Router {

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     accounts,
     channels::read_markers,
-    error::OriginError,
+    error::{OriginError, RequestId},
     feed::{self, relay::Relayed, Feed, Position, Read},
     messages::{history, sequencer::SendRequest},
     presence, snapshot, Origin,
@@ -167,13 +167,14 @@ async fn write_replies(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Ve
 async fn run_call(origin: &Origin, call: Call) -> Result<Answer, LinkError> {
     match tokio::time::timeout(CALL_TIMEOUT, answer(origin, call)).await {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => {
-            if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) {
-                tracing::warn!(error = %e, "link call failed");
-            }
-            // As over HTTP: a server error's detail is logged here, never sent on to clients.
-            Err(link_error(e.code(), e.client_message()))
+        Ok(Err(e)) if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) => {
+            // As over HTTP: a server error's detail is logged under a request id, never sent on
+            // to clients; the edge passes the message, and so the id, on to its client.
+            let id = RequestId::new();
+            tracing::warn!(request.id = %id, code = %e.code(), error = %e, "link call failed");
+            Err(link_error(e.code(), format!("{} (request_id {id})", e.client_message())))
         }
+        Ok(Err(e)) => Err(link_error(e.code(), e.client_message())),
         Err(_) => Err(link_error(
             ErrorCode::Unavailable,
             format!("the origin did not answer within {} s; retry with backoff", CALL_TIMEOUT.as_secs()),
