@@ -45,8 +45,9 @@ pub struct SendsArgs {
     /// The origin's operator key, to create the test workspace.
     #[arg(long, env = "SELVAGE_OPERATOR_KEY", hide_env_values = true)]
     pub operator_key: Option<String>,
-    /// Start an origin in this process (embedded store, fsync on) and call its sequencer
-    /// directly: measures sequencing and storage without HTTP.
+    /// Start an origin in this process (embedded store, fsync on) and send through its
+    /// in-process entry point, straight to the sequencer: measures sequencing and storage
+    /// without HTTP.
     #[arg(long)]
     pub in_process: bool,
     /// Data directory for --in-process [default: a temporary directory].
