@@ -1,7 +1,7 @@
 //! Workspaces, users and tokens: who is calling, and the records that say so.
 //!
 //! A workspace is created with its first admin and a `#general` channel everyone joins (written
-//! through [`channels::records`](crate::channels::records)); a token resolves to a
+//! through `channels::records`); a token resolves to a
 //! [`Caller`]. Tokens
 //! are 256 random bits handed out once; only their SHA-256 is stored, under `(tok, hash)`, and
 //! revoking one deletes it and puts a `token_revoked` event in the feed so edge caches forget it

@@ -6,7 +6,7 @@
 //! caches and batching, so any number of nodes can share one FoundationDB cluster.
 //!
 //! [`start`] opens storage, starts the sequencer, the feed's notifier and trimmer, binds the
-//! HTTP listener and, when `link.edge_key` is set, the QUIC [`link`] edges connect to; the
+//! HTTP listener and, when `link.edge_key` is set, the QUIC `link` edges connect to; the
 //! returned [`Running`] reports the bound addresses and finishes once the shutdown token is
 //! cancelled and in-flight work has drained. Inside the same process, the returned [`Origin`]
 //! handle is the one entry point for driving it directly (see [`Actor`]).

@@ -7,8 +7,8 @@
 //! transaction, with a feed event for each change.
 //!
 //! This module is the channels service (create, list, join, leave, open a DM, change); the
-//! [`records`] it reads and writes, which the rest of the origin builds on too, and each user's
-//! [`read_markers`] sit beside it.
+//! `records` it reads and writes, which the rest of the origin builds on too, and each user's
+//! `read_markers` sit beside it.
 
 pub(crate) mod read_markers;
 pub(crate) mod records;

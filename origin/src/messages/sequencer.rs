@@ -22,7 +22,7 @@
 //! The same transaction parses the text's mentions (`@here` reaching the members the presence
 //! tracker saw active when the send was queued) and writes the mention index, and for a thread
 //! reply moves the root's summary and logs the root's new state just before the reply, which
-//! names the thread's followers it goes to (see [`super::records`]).
+//! names the thread's followers it goes to (see `messages::records`).
 //!
 //! A retried send with a `client_msg_id` the channel already has returns the original seq and
 //! writes nothing — also when both copies arrive in one group, and also after a commit whose
