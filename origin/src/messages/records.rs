@@ -8,6 +8,9 @@
 //! `(ws, W, replies, C, root)` and is moved by the sequencer's commit of each reply, so a reply
 //! never rewrites (and never conflicts with an edit of) the root's record. Every read of messages
 //! goes through [`decorate`], which merges both back in with two range reads per page.
+//!
+//! The rule every text must follow ([`validate_text`]) is here too, shared by a send and an
+//! edit.
 
 use std::collections::HashMap;
 
