@@ -430,10 +430,9 @@ async fn measure_on(args: &HelloArgs, plan: &Plan, deployment: &Deployment) -> R
     check_hello(&hello, plan, &seeded)?;
 
     let (source, snapshot) = match deployment.local_origin() {
-        Some(origin) => (
-            "the origin's workspace snapshot, as the edge loads it",
-            selvage_origin::snapshot::read(&origin.store, &seeded.workspace.id).await?,
-        ),
+        Some(origin) => {
+            ("the origin's workspace snapshot, as the edge loads it", origin.snapshot(&seeded.workspace.id).await?)
+        }
         None => ("rebuilt from the records the origin returned while seeding", seeded.snapshot(hello.cursor.clone())),
     };
     let whole = FullSnapshot::of(&snapshot, source)?;

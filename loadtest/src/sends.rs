@@ -28,7 +28,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
-use selvage_origin::{accounts, channels, sequencer::SendRequest, Origin, OriginConfig};
+use selvage_origin::{Actor, Origin, OriginConfig};
 use selvage_shared::ChannelId;
 use serde::Serialize;
 use serde_json::json;
@@ -45,8 +45,9 @@ pub struct SendsArgs {
     /// The origin's operator key, to create the test workspace.
     #[arg(long, env = "SELVAGE_OPERATOR_KEY", hide_env_values = true)]
     pub operator_key: Option<String>,
-    /// Start an origin in this process (embedded store, fsync on) and call its sequencer
-    /// directly: measures sequencing and storage without HTTP.
+    /// Start an origin in this process (embedded store, fsync on) and send through its
+    /// in-process entry point, straight to the sequencer: measures sequencing and storage
+    /// without HTTP.
     #[arg(long)]
     pub in_process: bool,
     /// Data directory for --in-process [default: a temporary directory].
@@ -126,7 +127,7 @@ pub struct SendsReport {
 
 enum Target {
     Http { client: reqwest::Client, base: String, token: String },
-    InProcess { origin: Arc<Origin>, caller: accounts::Caller },
+    InProcess { origin: Arc<Origin>, actor: Actor },
 }
 
 impl Target {
@@ -146,17 +147,11 @@ impl Target {
                     Err(value["error"]["code"].as_str().unwrap_or("unknown").to_string())
                 }
             }
-            Target::InProcess { origin, caller } => {
-                let request = SendRequest {
-                    workspace: caller.workspace.clone(),
-                    channel: channel.clone(),
-                    user: caller.user.id.clone(),
-                    text: text.to_string(),
-                    client_msg_id,
-                    thread_root: None,
-                };
-                origin.sequencer.send(request).await.map(|s| s.message.seq).map_err(|e| e.code().as_str().to_string())
-            }
+            Target::InProcess { origin, actor } => origin
+                .send(actor, channel, text, client_msg_id)
+                .await
+                .map(|s| s.message.seq)
+                .map_err(|e| e.code().as_str().to_string()),
         }
     }
 }
@@ -192,14 +187,13 @@ async fn seed_http(base: &str, operator_key: &str, n: usize) -> Result<(reqwest:
     Ok((client, token, ids))
 }
 
-async fn seed_in_process(origin: &Arc<Origin>, n: usize) -> Result<(accounts::Caller, Vec<ChannelId>)> {
-    let (_, admin) = accounts::create_workspace(&origin.store, "loadtest", "loadtest", "Load test", 0).await?;
-    let caller = accounts::authenticate(&origin.store, &admin.token).await?;
+async fn seed_in_process(origin: &Arc<Origin>, n: usize) -> Result<(Actor, Vec<ChannelId>)> {
+    let (_, admin) = origin.create_workspace("loadtest", "loadtest", "Load test").await?;
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        ids.push(channels::create(&origin.store, &caller, &format!("lt-{i}"), false, "", "").await?.channel.id);
+        ids.push(origin.create_channel(&admin, &format!("lt-{i}"), false).await?.id);
     }
-    Ok((caller, ids))
+    Ok((admin, ids))
 }
 
 struct Shared {
@@ -305,8 +299,8 @@ pub async fn measure(args: &SendsArgs) -> Result<SendsReport> {
         let r = selvage_origin::start(config, shutdown.clone()).await?;
         let origin = r.origin.clone();
         running = Some(r);
-        let (caller, ids) = seed_in_process(&origin, args.channels).await?;
-        (Target::InProcess { origin, caller }, ids, "in-process")
+        let (actor, ids) = seed_in_process(&origin, args.channels).await?;
+        (Target::InProcess { origin, actor }, ids, "in-process")
     } else {
         let base = args.target.clone().context("give --target URL or --in-process")?;
         let base = base.trim_end_matches('/').to_string();

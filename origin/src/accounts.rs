@@ -1,6 +1,8 @@
 //! Workspaces, users and tokens: who is calling, and the records that say so.
 //!
-//! A workspace is created with its first admin and a `#general` channel everyone joins. Tokens
+//! A workspace is created with its first admin and a `#general` channel everyone joins (written
+//! through `channels::records`); a token resolves to a
+//! [`Caller`]. Tokens
 //! are 256 random bits handed out once; only their SHA-256 is stored, under `(tok, hash)`, and
 //! revoking one deletes it and puts a `token_revoked` event in the feed so edge caches forget it
 //! too.
@@ -9,6 +11,8 @@ use selvage_shared::{Channel, ChannelId, ChannelKind, Event, User, UserId, Works
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    caller::{get_user, Caller},
+    channels::records::{write_channel, write_member},
     error::{OriginError, Result},
     feed::Appender,
     ids,
@@ -27,24 +31,6 @@ pub struct TokenRecord {
     pub created_at: i64,
     /// When it stops working, if ever.
     pub expires_at: Option<i64>,
-}
-
-/// What a membership record holds, in both directions.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Membership {
-    /// When the user joined (ms since the epoch).
-    pub joined_at: i64,
-}
-
-/// An authenticated caller.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    /// The caller's workspace; every key the request touches is under it.
-    pub workspace: WorkspaceId,
-    /// The caller.
-    pub user: User,
-    /// Hash of the token used, so the caller can revoke it.
-    pub token_hash: [u8; 32],
 }
 
 /// A created user (or workspace admin) and the one copy of their token.
@@ -138,8 +124,8 @@ pub async fn create_workspace(
         tx.set(&keys::meta_general(w), general.id.as_str().as_bytes())?;
         let mut log = Appender::new();
         write_user(tx, &mut log, w, &admin, now)?;
-        crate::channels::write_channel(tx, &mut log, w, &general, now)?;
-        crate::channels::write_member(tx, &mut log, w, &general.id, &admin.id, now)?;
+        write_channel(tx, &mut log, w, &general, now)?;
+        write_member(tx, &mut log, w, &general.id, &admin.id, now)?;
         log.finish(tx)?;
         let token = issue_token(tx, w, &admin.id, ttl_secs, now)?;
         (workspace, Issued { user: admin, token })
@@ -195,7 +181,7 @@ pub async fn create_user(
             write_user(tx, &mut log, w, &user, now)?;
             if let Some(general) = tx.get(&keys::meta_general(w)).await? {
                 if let Some(general) = std::str::from_utf8(&general).ok().and_then(ChannelId::parse) {
-                    crate::channels::write_member(tx, &mut log, w, &general, &user.id, now)?;
+                    write_member(tx, &mut log, w, &general, &user.id, now)?;
                 }
             }
             log.finish(tx)?;
@@ -332,16 +318,6 @@ pub async fn set_active(
     let (user, token) = outcome?;
     tracing::info!(ws.id = %w, user.id = %u, by = %caller.user.id, deactivated = user.deactivated, "user activation changed");
     Ok((user, token))
-}
-
-/// Reads a user of a workspace.
-pub async fn get_user(tx: &mut dyn KvTxn, w: &WorkspaceId, u: &UserId) -> Result<Option<User>, StoreError> {
-    match tx.get(&keys::user(w, u)).await? {
-        None => Ok(None),
-        Some(raw) => selvage_shared::from_msgpack(&raw)
-            .map(Some)
-            .map_err(|e| StoreError::Engine(format!("user record does not decode: {e}"))),
-    }
 }
 
 /// Issues a token for an existing user directly (for operators with access to the store, such

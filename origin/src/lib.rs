@@ -6,27 +6,49 @@
 //! caches and batching, so any number of nodes can share one FoundationDB cluster.
 //!
 //! [`start`] opens storage, starts the sequencer, the feed's notifier and trimmer, binds the
-//! HTTP listener and, when `link.edge_key` is set, the QUIC [`link`] edges connect to; the
+//! HTTP listener and, when `link.edge_key` is set, the QUIC `link` edges connect to; the
 //! returned [`Running`] reports the bound addresses and finishes once the shutdown token is
-//! cancelled and in-flight work has drained.
+//! cancelled and in-flight work has drained. Inside the same process, the returned [`Origin`]
+//! handle is the one entry point for driving it directly (see [`Actor`]).
+//!
+//! # Layers
+//!
+//! Each module uses only modules of the layers below it, so imports go one way:
+//!
+//! 1. Infrastructure: `config`, `error`, `ids`, `metrics`, [`store`] (the storage engines) and
+//!    [`feed`] (the event log, with `feed::relay` for the ephemeral events that are never
+//!    logged).
+//! 2. [`caller`] (who a request acts for) and `presence` (who is online, from the edges'
+//!    reports).
+//! 3. [`channels`]: channels, membership and read markers, built on `channels::records`, the
+//!    channel and membership records that every layer above reads and writes.
+//! 4. [`accounts`]: workspaces, users and tokens (a new workspace gets `#general` and a new user
+//!    joins it, through `channels::records`).
+//! 5. `messages`: `messages::records` (a message and what lives beside it) under the
+//!    [`sequencer`] (posting), `messages::history` (reading back) and `messages::edits`
+//!    (changing); and `snapshot`, a workspace's state for an edge's cache.
+//! 6. The ways in: `http` (the API's router, middleware, error rendering and one handler module
+//!    per service), `link` (the QUIC link edges connect to) and the in-process entry point. They
+//!    parse, authenticate and render; the rules and the storage access live in the layers below.
 
 pub mod accounts;
-pub mod api;
+pub mod caller;
 pub mod channels;
 pub mod config;
 pub mod error;
 pub mod feed;
-pub mod history;
+mod http;
 pub mod ids;
-pub mod link;
-pub mod messages;
-pub mod metrics;
-pub mod presence;
-pub mod read_markers;
-pub mod relay;
-pub mod sequencer;
-pub mod snapshot;
+mod in_process;
+mod link;
+mod messages;
+mod metrics;
+mod presence;
+mod snapshot;
 pub mod store;
+
+/// The sequencer's request and answer types, for in-process callers that post directly.
+pub use messages::sequencer;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -34,8 +56,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::OriginConfig;
 pub use error::OriginError;
+pub use in_process::Actor;
 
-use crate::{config::StoreKind, feed::Feed, metrics::Metrics, sequencer::Sequencer, store::Store};
+use crate::{config::StoreKind, feed::Feed, messages::sequencer::Sequencer, metrics::Metrics, store::Store};
 
 /// Milliseconds since the Unix epoch, the timestamp of every record.
 pub fn now_ms() -> i64 {
@@ -55,7 +78,7 @@ pub struct Origin {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Ephemeral events on their way to the edges.
-    pub relay: Arc<relay::Relay>,
+    pub relay: Arc<feed::relay::Relay>,
     /// Who is online, from the edges' reports.
     pub presence: Arc<presence::Tracker>,
     /// Cancelled when the node is shutting down.
@@ -158,7 +181,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         sequencer,
         feed: feed.clone(),
         metrics,
-        relay: Arc::new(relay::Relay::new()),
+        relay: Arc::new(feed::relay::Relay::new()),
         presence,
         shutdown: shutdown.clone(),
     });
@@ -167,7 +190,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
     let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
     let sweeper = tokio::spawn(presence::run_sweeper(origin.presence.clone(), origin.relay.clone(), shutdown.clone()));
-    let app = api::router(origin.clone());
+    let app = http::router(origin.clone());
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });

@@ -7,7 +7,7 @@
 //! an edge that crashed — which reports nothing more — go offline by themselves. A user's
 //! presence is the best any edge reports (`active` over `away` over `offline`), shown as `dnd`
 //! while their do-not-disturb is on and they are not offline. Every change goes to every edge as
-//! an ephemeral `presence_change` through the [`crate::relay`]; the edges pass it on to the
+//! an ephemeral `presence_change` through the [`crate::feed::relay`]; the edges pass it on to the
 //! sessions that follow that user.
 //!
 //! [`Tracker`] is the whole state machine and takes the time as an argument, so its timing is
@@ -23,7 +23,7 @@ use selvage_shared::{link::PresenceReport, Event, Presence, UserId, WorkspaceId}
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::relay::{Relay, Relayed};
+use crate::feed::relay::{Relay, Relayed};
 
 /// One user's presence as the edges report it.
 #[derive(Debug, Default)]

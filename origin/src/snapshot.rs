@@ -45,7 +45,7 @@ async fn read_in(tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<Option<Workspace
     let mut channel_states = Vec::new();
     for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::channels(w))).await? {
         let channel: Channel = decode("channel", &raw)?;
-        let last_seq = channels::last_seq(tx, w, &channel.id).await?;
+        let last_seq = channels::records::last_seq(tx, w, &channel.id).await?;
         let mut members = Vec::new();
         for (key, _) in tx.get_range(&RangeRead::prefix(&keys::members(w, &channel.id))).await? {
             if let Some(u) = last_str(&key).and_then(|s| UserId::parse(&s)) {

@@ -821,6 +821,7 @@ async fn a_server_error_names_a_code_and_request_id_and_nothing_internal() {
     let id = v["error"]["request_id"].as_str().unwrap_or_else(|| panic!("no request_id in {v}"));
     assert_eq!(Some(id), header.as_deref(), "the body and the header name the same request");
     let message = v["error"]["message"].as_str().unwrap();
+    assert_eq!(message, "internal error; the origin logged it with this request_id");
     for detail in ["decode", "record", "msgpack", "storage", "engine"] {
         assert!(!message.to_lowercase().contains(detail), "{message:?} shows internal detail ({detail})");
     }

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use selvage_net::tls::{self, Trust};
-use selvage_origin::{accounts, sequencer::SendRequest, OriginConfig, Running};
+use selvage_origin::{OriginConfig, Running};
 use selvage_shared::{
     link::{
         encode_frame, frame_len, Answer, Call, LinkCall, LinkOpen, LinkReply, LinkStream, FRAME_PREFIX_BYTES, LINK_ALPN,
@@ -119,8 +119,7 @@ async fn call(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, id: u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_first_frames_are_refused_and_other_streams_keep_working() {
     let o = TestOrigin::start().await;
-    let (workspace, admin) =
-        accounts::create_workspace(&o.running().origin.store, "acme", "admin", "Admin", 0).await.unwrap();
+    let (workspace, admin) = o.running().origin.create_workspace("acme", "admin", "Admin").await.unwrap();
     let conn = o.connect().await;
 
     // Garbage where link_open belongs.
@@ -166,12 +165,12 @@ async fn bad_first_frames_are_refused_and_other_streams_keep_working() {
     // A well-behaved calls stream on the same connection still works.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&open(LinkStream::Calls)).await.unwrap();
-    let hash = hex::encode(selvage_origin::ids::token_hash(&admin.token));
+    let hash = hex::encode(selvage_origin::ids::token_hash(admin.token()));
     let reply = call(&mut send, &mut recv, 1, Call::Authenticate { token_hash: hash }).await;
     match reply.reply.unwrap() {
         Answer::Principal { workspace: w, user, .. } => {
             assert_eq!(w, workspace.id);
-            assert_eq!(user, admin.user.id);
+            assert_eq!(user, admin.user().id);
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -182,7 +181,7 @@ async fn bad_first_frames_are_refused_and_other_streams_keep_working() {
 async fn bad_calls_get_errors_and_calls_are_counted() {
     let o = TestOrigin::start().await;
     let origin = o.running().origin.clone();
-    let (workspace, admin) = accounts::create_workspace(&origin.store, "acme", "admin", "Admin", 0).await.unwrap();
+    let (workspace, admin) = origin.create_workspace("acme", "admin", "Admin").await.unwrap();
     let conn = o.connect().await;
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&open(LinkStream::Calls)).await.unwrap();
@@ -235,10 +234,10 @@ async fn bad_calls_get_errors_and_calls_are_counted() {
     };
     assert_eq!(snapshot.users.len(), 1);
     let general = snapshot.channels[0].channel.id.clone();
-    assert_eq!(snapshot.channels[0].members, vec![admin.user.id.clone()]);
+    assert_eq!(snapshot.channels[0].members, vec![admin.user().id.clone()]);
     let send_call = Call::Send {
         workspace: workspace.id.clone(),
-        user: admin.user.id.clone(),
+        user: admin.user().id.clone(),
         channel: general.clone(),
         text: "hi".into(),
         client_msg_id: "c1".into(),
@@ -290,28 +289,59 @@ async fn bad_calls_get_errors_and_calls_are_counted() {
     o.stop().await;
 }
 
+/// A call that meets a server error is answered with its code and the fixed message, naming the
+/// request id the detail was logged under (as a 5xx body over HTTP does), never the detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_names_a_request_id_and_nothing_internal() {
+    let o = TestOrigin::start().await;
+    let origin = o.running().origin.clone();
+    let (workspace, admin) = origin.create_workspace("acme", "admin", "Admin").await.unwrap();
+    let broken = origin.create_channel(&admin, "broken", false).await.unwrap().id;
+    // A channel record that no longer decodes (corruption, or a bug that wrote it).
+    let mut tx = origin.store.begin().await.unwrap();
+    tx.set(&selvage_origin::store::keys::channel(&workspace.id, &broken), b"\xc1 not msgpack").unwrap();
+    tx.commit().await.unwrap();
+
+    let conn = o.connect().await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&open(LinkStream::Calls)).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let history = Call::History {
+            workspace: workspace.id.clone(),
+            user: admin.user().id.clone(),
+            channel: broken.clone(),
+            before: None,
+            after: None,
+            limit: 10,
+        };
+        let error = call(&mut send, &mut recv, n, history).await.reply.unwrap_err();
+        assert_eq!(error.code, ErrorCode::Internal, "{error:?}");
+        let message = error.message.as_str();
+        let id = message
+            .strip_prefix("internal error; the origin logged it with this request_id (request_id ")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not the fixed message with a request id: {message:?}"));
+        assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{message:?}");
+        for detail in ["decode", "record", "msgpack", "storage", "engine"] {
+            assert!(!message.to_lowercase().contains(detail), "{message:?} shows internal detail ({detail})");
+        }
+        ids.push(id.to_string());
+    }
+    assert_ne!(ids[0], ids[1], "two failures, two ids");
+    o.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_streams_events_after_the_cursor_with_heartbeats() {
     let o = TestOrigin::start().await;
     let origin = o.running().origin.clone();
-    let (workspace, admin) = accounts::create_workspace(&origin.store, "acme", "admin", "Admin", 0).await.unwrap();
+    let (_, admin) = origin.create_workspace("acme", "admin", "Admin").await.unwrap();
     let conn = o.connect().await;
-    let caller = accounts::authenticate(&origin.store, &admin.token).await.unwrap();
-    let general = selvage_origin::channels::list(&origin.store, &caller).await.unwrap()[0].channel.id.clone();
+    let general = origin.channels(&admin).await.unwrap()[0].id.clone();
     let send = |n: u32| {
-        let origin = origin.clone();
-        let (w, u, c) = (workspace.id.clone(), admin.user.id.clone(), general.clone());
-        async move {
-            let request = SendRequest {
-                workspace: w,
-                channel: c,
-                user: u,
-                text: format!("m{n}"),
-                client_msg_id: format!("m{n}"),
-                thread_root: None,
-            };
-            origin.sequencer.send(request).await.unwrap()
-        }
+        let (origin, admin, c) = (origin.clone(), admin.clone(), general.clone());
+        async move { origin.send(&admin, &c, &format!("m{n}"), format!("m{n}")).await.unwrap() }
     };
 
     // From the head: the first frame comes at once, a heartbeat at the head.

@@ -18,44 +18,41 @@
 //!   [`CALLS_IN_FLIGHT`] at once per stream, the reader waits for a slot rather than dropping
 //!   anything — and funnels the replies through one writer task over a bounded queue.
 //!
+//! This module accepts connections and checks each stream's first frame; the streams themselves
+//! are served by `feed_stream` and by `calls`, where each call is handled as an HTTP request is
+//! by [`crate::http`].
+//!
 //! Nothing an edge sends can panic the origin or make it allocate without bound: frame lengths
 //! are checked before anything is allocated ([`MAX_OPEN_FRAME_BYTES`], [`MAX_CALL_FRAME_BYTES`]),
 //! a frame that does not decode is answered with `bad_frame`, every write and call has a timeout,
 //! and connections and streams per connection are capped.
 
+mod calls;
+mod feed_stream;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use quinn::crypto::rustls::QuicServerConfig;
 use selvage_net::{
-    quic::{read_frame, write_frames, FrameReadError, FrameReader},
+    quic::{read_frame, FrameReadError},
     tls::{self, Identity},
 };
 use selvage_shared::{
-    link::{
-        encode_frame, Answer, Call, LinkCall, LinkError, LinkReply, FRAME_PREFIX_BYTES, LINK_ALPN, MAX_LINK_FRAME_BYTES,
-    },
-    Cursor, ErrorCode, FeedFrame, FeedItem, WorkspaceId, MAX_FEED_FRAME_BYTES, PROTOCOL_VERSION,
+    link::{encode_frame, Answer, LinkError, LinkReply, LINK_ALPN, MAX_LINK_FRAME_BYTES},
+    Cursor, ErrorCode, PROTOCOL_VERSION,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::{
-    sync::{mpsc, OwnedSemaphorePermit, Semaphore},
-    time::Instant,
-};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{
-    accounts,
-    config::LinkConfig,
-    error::OriginError,
-    feed::{self, Feed, Position, Read},
-    history, presence, read_markers,
-    relay::Relayed,
-    sequencer::SendRequest,
-    snapshot, Origin, StartError,
+use self::{
+    calls::calls_stream,
+    feed_stream::{feed_stream, Requested},
 };
+use crate::{config::LinkConfig, feed, Origin, StartError};
 
 /// Largest first frame of a stream (`link_open` is a few hundred bytes).
 pub const MAX_OPEN_FRAME_BYTES: usize = 64 * 1024;
@@ -175,11 +172,6 @@ fn link_secrets(identity: &tls::Identity) -> ([u8; 32], u64) {
 }
 
 impl Bound {
-    /// The address the endpoint is bound to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Starts accepting edges; runs until `shutdown`, then closes every connection.
     pub fn serve(self, origin: Arc<Origin>, shutdown: CancellationToken) -> Link {
         let Bound { endpoint, addr, fingerprint, key_digest } = self;
@@ -391,7 +383,7 @@ impl Drop for StreamGauge {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Feed streams.
+// The first frame of every stream.
 
 /// [`selvage_shared::link::LinkOpen`] with the feed cursor as a plain string: an edge whose
 /// cursor does not parse still gets a feed stream, one that starts with a `resync` from the head
@@ -416,419 +408,17 @@ enum LenientStream {
     Calls,
 }
 
-/// Where a feed stream starts.
-#[derive(Debug)]
-enum Requested {
-    /// At the newest event.
-    Head,
-    /// After this position.
-    After(Position),
-    /// The edge's cursor did not parse (the first 40 characters of it).
-    Unparsable(String),
-}
-
-/// [`FeedFrame::Events`] with borrowed items, so a batch too large for one frame can be split
-/// without copying. Serializes exactly like the owned variant (checked by a test).
-#[derive(Serialize)]
-#[serde(tag = "type", rename = "events")]
-struct EventsFrame<'a> {
-    items: &'a [FeedItem],
-    cursor: &'a Cursor,
-}
-
-/// Encodes a batch of events as one or more frames within [`MAX_FEED_FRAME_BYTES`], splitting
-/// it in halves as needed. Each frame's cursor is its last item's, the last frame's `next`.
-fn encode_events(items: &[FeedItem], next: &Cursor, out: &mut Vec<Vec<u8>>) {
-    match encode_frame(&EventsFrame { items, cursor: next }) {
-        Ok(frame) if frame.len() - FRAME_PREFIX_BYTES <= MAX_FEED_FRAME_BYTES => out.push(frame),
-        _ if items.len() > 1 => {
-            let (first, second) = items.split_at(items.len() / 2);
-            // `first` is not empty: items.len() >= 2.
-            let first_next = first.last().map(|i| i.cursor.clone()).unwrap_or_else(|| next.clone());
-            encode_events(first, &first_next, out);
-            encode_events(second, next, out);
-        }
-        _ => {
-            // One stored event is at most 100 KB, far below the frame limit; should one ever not
-            // fit, skip it loudly rather than wedge every edge on it.
-            let cursor = items.first().map(|i| i.cursor.as_str().to_owned()).unwrap_or_default();
-            tracing::error!(%cursor, "feed event too large for a frame; skipped");
-            if let Ok(frame) = encode_frame(&EventsFrame { items: &[], cursor: next }) {
-                out.push(frame);
-            }
-        }
-    }
-}
-
-fn encode_feed(frame: &FeedFrame) -> Result<Vec<u8>, String> {
-    encode_frame(frame).map_err(|e| e.to_string())
-}
-
-/// Streams the feed after `cursor` until the edge goes away or the origin shuts down.
-async fn feed_stream(
-    ctx: &Ctx,
-    mut send: quinn::SendStream,
-    requested: Requested,
-    edge_id: &Arc<str>,
-) -> Result<(), String> {
-    let feed: &Feed = &ctx.origin.feed;
-    let metrics = &ctx.origin.metrics;
-    let head = feed.head().await.map_err(|e| format!("cannot read the feed head: {e}"))?;
-    let resync_at_head = |reason: String| (head, FeedFrame::Resync { reason, cursor: feed::cursor(&head) });
-    let (mut pos, first) = match requested {
-        Requested::Head => (head, FeedFrame::Heartbeat { cursor: feed::cursor(&head) }),
-        Requested::Unparsable(s) => resync_at_head(format!(
-            "{s:?} is not a feed cursor (24 lower-case hex digits); rebuild caches from snapshots and continue \
-             from this cursor"
-        )),
-        Requested::After(p) if p > head => resync_at_head(
-            "the cursor is ahead of this origin's feed (restored or different data?); rebuild caches from \
-             snapshots and continue from this cursor"
-                .into(),
-        ),
-        Requested::After(p) => (p, FeedFrame::Heartbeat { cursor: feed::cursor(&p) }),
-    };
-    // The first frame goes out at once: it tells the edge its key was accepted.
-    write_frame(&mut send, &encode_feed(&first)?).await?;
-    let mut last_write = Instant::now();
-    let mut wake = feed.subscribe();
-    let mut relayed = ctx.origin.relay.subscribe();
-    let mut frames = Vec::new();
-    loop {
-        wake.borrow_and_update();
-        let read = match feed.read_after(&pos, FEED_BATCH).await {
-            Ok(read) => read,
-            Err(e) => {
-                tracing::warn!(error = %e, "feed read failed; retrying");
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
-                }
-            }
-        };
-        match read {
-            Read::Resync { trim_point } => {
-                let frame = FeedFrame::Resync {
-                    reason: format!(
-                        "cursor {} is older than the feed's trim point: the events after it were trimmed; rebuild \
-                         caches from snapshots and continue from this cursor",
-                        feed::cursor(&pos)
-                    ),
-                    cursor: feed::cursor(&trim_point),
-                };
-                write_frame(&mut send, &encode_feed(&frame)?).await?;
-                last_write = Instant::now();
-                pos = trim_point;
-                continue;
-            }
-            Read::Events { items, next } => {
-                if next != pos {
-                    let full = items.len() >= FEED_BATCH;
-                    let n = items.len() as u64;
-                    let items: Vec<FeedItem> = items
-                        .into_iter()
-                        .map(|(p, e)| FeedItem {
-                            cursor: feed::cursor(&p),
-                            workspace: e.workspace,
-                            ts: e.ts,
-                            event: e.event,
-                        })
-                        .collect();
-                    frames.clear();
-                    encode_events(&items, &feed::cursor(&next), &mut frames);
-                    for frame in &frames {
-                        write_frame(&mut send, frame).await?;
-                    }
-                    metrics.link_feed_events.inc_by(n);
-                    last_write = Instant::now();
-                    pos = next;
-                    if full {
-                        continue;
-                    }
-                }
-            }
-        }
-        // Caught up: wait for new events, sending a heartbeat after a second of quiet, and pass
-        // on ephemeral events from other edges (and the origin's own) meanwhile.
-        tokio::select! {
-            biased;
-            _ = ctx.shutdown.cancelled() => {
-                let _ = send.finish();
-                return Ok(());
-            }
-            relay = relayed.recv() => match relay {
-                Ok(r) if r.from_edge.as_ref() != Some(edge_id) => {
-                    let frame = FeedFrame::Ephemeral { workspace: r.workspace, event: Box::new(r.event) };
-                    write_frame(&mut send, &encode_feed(&frame)?).await?;
-                    last_write = Instant::now();
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    metrics.link_relay_dropped.inc_by(n);
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Err("the relay stopped".into()),
-            },
-            changed = tokio::time::timeout_at(last_write + HEARTBEAT_EVERY, wake.changed()) => match changed {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err("the feed notifier stopped".into()),
-                Err(_) => {
-                    write_frame(&mut send, &encode_feed(&FeedFrame::Heartbeat { cursor: feed::cursor(&pos) })?).await?;
-                    last_write = Instant::now();
-                }
-            },
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Calls streams.
-
-/// Just the id of a call that does not decode as a whole, so its error can still be matched to
-/// it by the edge.
-#[derive(Deserialize)]
-struct CallId {
-    id: u64,
-}
-
-/// Reads calls until the edge finishes the stream, runs each as its own task, and writes the
-/// replies through one writer task.
-async fn calls_stream(ctx: &Arc<Ctx>, send: quinn::SendStream, recv: quinn::RecvStream, edge_id: &Arc<str>) {
-    let (replies, queue) = mpsc::channel::<Vec<u8>>(REPLY_QUEUE);
-    let writer = tokio::spawn(write_replies(send, queue));
-    let slots = Arc::new(Semaphore::new(CALLS_IN_FLIGHT));
-    let metrics = &ctx.origin.metrics;
-    let mut calls = FrameReader::new(recv);
-    loop {
-        let frame = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            frame = calls.read_frame(MAX_CALL_FRAME_BYTES) => frame,
-        };
-        let bytes = match frame {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => break,
-            Err(FrameReadError::Read(e)) => {
-                tracing::debug!(error = %e, "calls stream read failed");
-                break;
-            }
-            Err(FrameReadError::Truncated { .. }) => break,
-            Err(FrameReadError::TooLarge(e)) => {
-                // The stream cannot be resynchronised past a frame that is not read: answer and end.
-                metrics.link_calls.with_label_values(&["invalid"]).inc();
-                let error = link_error(ErrorCode::TooLarge, format!("call frame refused: {e}"));
-                let _ = replies.send(encode_reply(0, Err(error))).await;
-                let _ = calls.stream().stop(0u32.into());
-                break;
-            }
-        };
-        let call = match selvage_shared::from_msgpack::<LinkCall>(&bytes) {
-            Ok(call) if call.id != 0 => call,
-            Ok(_) => {
-                metrics.link_calls.with_label_values(&["invalid"]).inc();
-                let error = link_error(ErrorCode::BadFrame, "call id 0 is reserved; number calls from 1");
-                if replies.send(encode_reply(0, Err(error))).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            Err(e) => {
-                metrics.link_calls.with_label_values(&["invalid"]).inc();
-                let id = selvage_shared::from_msgpack::<CallId>(&bytes).map(|c| c.id).unwrap_or(0);
-                let error = link_error(ErrorCode::BadFrame, format!("call does not decode: {e}"));
-                if replies.send(encode_reply(id, Err(error))).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
-        // Ephemeral calls are answered here, in order and without a task: each is a hand-over
-        // to memory, and a user's presence reports must be taken in the order the edge sent them.
-        if let Some(reply) = ephemeral(&ctx.origin, edge_id, &call.call) {
-            metrics.link_calls.with_label_values(&[call.call.name()]).inc();
-            if replies.send(encode_reply(call.id, reply)).await.is_err() {
-                break;
-            }
-            continue;
-        }
-        let slot = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break, // never closed
-            },
-        };
-        let name = call.call.name();
-        metrics.link_calls.with_label_values(&[name]).inc();
-        let (ctx, replies) = (ctx.clone(), replies.clone());
-        let span = tracing::debug_span!("link_call", call.id = call.id, call = name);
-        ctx.tracker.clone().spawn(
-            async move {
-                let reply = run_call(&ctx.origin, call.call).await;
-                let _ = replies.send(encode_reply(call.id, reply)).await;
-                drop(slot);
-            }
-            .instrument(span),
-        );
-    }
-    // The writer ends once every running call has sent its reply.
-    drop(replies);
-    if let Err(e) = writer.await {
-        tracing::error!(error = %e, "calls writer failed");
-    }
-}
-
-/// Answers the calls about ephemeral state (relays, presence) at once; `None` for the rest.
-fn ephemeral(origin: &Origin, edge_id: &Arc<str>, call: &Call) -> Option<Result<Answer, LinkError>> {
-    let now = tokio::time::Instant::now();
-    let reply = match call {
-        Call::Relay { workspace, event } if event.is_ephemeral() => {
-            let relayed =
-                Relayed { from_edge: Some(edge_id.clone()), workspace: workspace.clone(), event: (**event).clone() };
-            origin.relay.publish(relayed);
-            Ok(Answer::Done)
-        }
-        Call::Relay { .. } => {
-            Err(link_error(ErrorCode::BadRequest, "only ephemeral events (typing, presence) are relayed"))
-        }
-        Call::Presence { workspace, reports } => {
-            presence::announce(&origin.relay, origin.presence.report(edge_id, workspace, reports, now));
-            Ok(Answer::Done)
-        }
-        Call::SetDnd { workspace, user, dnd } => {
-            presence::announce(&origin.relay, origin.presence.set_dnd(workspace, user, *dnd, now));
-            Ok(Answer::Done)
-        }
-        Call::PresenceSnapshot { workspace } => Ok(Answer::Presences { users: origin.presence.online(workspace, now) }),
-        _ => return None,
-    };
-    Some(reply)
-}
-
-async fn write_replies(mut send: quinn::SendStream, mut queue: mpsc::Receiver<Vec<u8>>) {
-    match write_frames(&mut send, &mut queue, WRITE_TIMEOUT).await {
-        Ok(()) => {
-            let _ = send.finish();
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "calls stream write failed");
-            // Callers still sending get an error from the closed queue.
-            queue.close();
-        }
-    }
-}
-
-/// Runs one call under [`CALL_TIMEOUT`], mapping failures through [`OriginError::code`].
-async fn run_call(origin: &Origin, call: Call) -> Result<Answer, LinkError> {
-    match tokio::time::timeout(CALL_TIMEOUT, answer(origin, call)).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e)) => {
-            if matches!(e.code(), ErrorCode::Internal | ErrorCode::Unavailable) {
-                tracing::warn!(error = %e, "link call failed");
-            }
-            // As over HTTP: a server error's detail is logged here, never sent on to clients.
-            Err(link_error(e.code(), e.client_message()))
-        }
-        Err(_) => Err(link_error(
-            ErrorCode::Unavailable,
-            format!("the origin did not answer within {} s; retry with backoff", CALL_TIMEOUT.as_secs()),
-        )),
-    }
-}
-
-async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
-    match call {
-        Call::Authenticate { token_hash } => {
-            let mut hash = [0u8; 32];
-            hex::decode_to_slice(&token_hash, &mut hash).map_err(|_| {
-                OriginError::Unauthorized("token_hash must be the 64-hex-digit SHA-256 of the token".into())
-            })?;
-            let (caller, expires_at) = accounts::authenticate_hash(&origin.store, &hash).await?;
-            Ok(Answer::Principal { workspace: caller.workspace, user: caller.user.id, expires_at })
-        }
-        Call::Snapshot { workspace } => {
-            Ok(Answer::Snapshot(Box::new(snapshot::read(&origin.store, &workspace).await?)))
-        }
-        Call::Send { workspace, user, channel, text, client_msg_id, thread_root } => {
-            let request = SendRequest { workspace, channel, user, text, client_msg_id, thread_root };
-            let sent = origin.sequencer.send(request).await?;
-            Ok(Answer::Sent { message: Box::new(sent.message), cursor: sent.cursor, duplicate: sent.duplicate })
-        }
-        Call::History { workspace, user, channel, before, after, limit } => {
-            let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
-            let bounds = history::Bounds { before, after, limit: limit as usize };
-            let page = history::page(&origin.store, &caller, &channel, bounds).await?;
-            Ok(Answer::Messages { messages: page.messages, has_more: page.has_more })
-        }
-        Call::Thread { workspace, user, channel, root, before, after, limit } => {
-            let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
-            let bounds = history::Bounds { before, after, limit: limit as usize };
-            let page = history::thread(&origin.store, &caller, &channel, root, bounds).await?;
-            Ok(Answer::Messages { messages: page.messages, has_more: page.has_more })
-        }
-        Call::Events { workspace, after, limit } => events(&origin.feed, &workspace, &after, limit).await,
-        Call::MarkRead { workspace, user, channel, seq } => {
-            let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
-            let seq = read_markers::mark(&origin.store, &caller, &channel, seq).await?;
-            Ok(Answer::ReadMarker { seq })
-        }
-        Call::Relay { .. } | Call::Presence { .. } | Call::SetDnd { .. } | Call::PresenceSnapshot { .. } => {
-            Err(OriginError::BadRequest("ephemeral calls are answered by the calls stream".into()))
-        }
-    }
-}
-
-/// A workspace's events after `after`: scans the log (at most [`EVENTS_SCAN_BUDGET`] entries)
-/// until `limit` of them are found or the log ends.
-async fn events(feed: &Feed, workspace: &WorkspaceId, after: &Cursor, limit: u32) -> Result<Answer, OriginError> {
-    let limit = limit as usize;
-    if !(1..=history::MAX_PAGE).contains(&limit) {
-        return Err(OriginError::BadRequest(format!("limit must be between 1 and {}", history::MAX_PAGE)));
-    }
-    let mut pos: Position =
-        after.position().ok_or_else(|| OriginError::BadRequest(format!("{after} is not a feed cursor")))?;
-    // Read in chunks of at least a few hundred entries: other workspaces' events are skipped,
-    // and a small limit must not turn the scan into thousands of tiny reads.
-    let chunk = limit.clamp(256, FEED_BATCH);
-    let mut items = Vec::new();
-    let mut scanned = 0usize;
-    loop {
-        match feed.read_after(&pos, chunk).await? {
-            Read::Resync { trim_point } => {
-                return Ok(Answer::Events { items, next: feed::cursor(&trim_point), more: true, resync: true });
-            }
-            Read::Events { items: batch, next } => {
-                let batch_len = batch.len();
-                for (p, e) in batch {
-                    if e.workspace != *workspace {
-                        continue;
-                    }
-                    items.push(FeedItem { cursor: feed::cursor(&p), workspace: e.workspace, ts: e.ts, event: e.event });
-                    if items.len() == limit {
-                        return Ok(Answer::Events { items, next: feed::cursor(&p), more: true, resync: false });
-                    }
-                }
-                pos = next;
-                scanned += batch_len;
-                if batch_len < chunk {
-                    return Ok(Answer::Events { items, next: feed::cursor(&pos), more: false, resync: false });
-                }
-                if scanned >= EVENTS_SCAN_BUDGET {
-                    return Ok(Answer::Events { items, next: feed::cursor(&pos), more: true, resync: false });
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use selvage_shared::{
-        link::{LinkOpen, LinkStream},
-        ChannelId, Event, UserId,
+        link::{LinkOpen, LinkStream, FRAME_PREFIX_BYTES},
+        ChannelId, Event, FeedItem, UserId, WorkspaceId,
     };
 
     use super::*;
 
-    fn item(n: u8, text_len: usize) -> FeedItem {
+    /// A feed item holding a message of `text_len` bytes (the feed streams' tests use it too).
+    pub(super) fn item(n: u8, text_len: usize) -> FeedItem {
         FeedItem {
             cursor: Cursor::from_position(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, n]),
             workspace: WorkspaceId::new_unchecked("W1"),
@@ -844,45 +434,6 @@ mod tests {
                 )
             }),
         }
-    }
-
-    #[test]
-    fn borrowed_events_frames_decode_as_feed_frames() {
-        let items = vec![item(1, 3), item(2, 4)];
-        let next = Cursor::from_position(&[9; 12]);
-        let mut out = Vec::new();
-        encode_events(&items, &next, &mut out);
-        assert_eq!(out.len(), 1);
-        let owned = encode_frame(&FeedFrame::Events { items: items.clone(), cursor: next.clone() }).unwrap();
-        assert_eq!(out[0], owned, "same bytes as the owned variant");
-        let back = selvage_shared::decode_feed_frame(&out[0][FRAME_PREFIX_BYTES..]).unwrap();
-        assert_eq!(back, FeedFrame::Events { items, cursor: next });
-    }
-
-    #[test]
-    fn oversized_batches_split_in_order_with_cursors() {
-        // 300 events of 64 KiB: ~19 MiB, over the 16 MiB feed frame limit.
-        let items: Vec<FeedItem> = (0..=255u8).chain(0..44).map(|n| item(n, 64 * 1024)).collect();
-        let next = Cursor::from_position(&[9; 12]);
-        let mut out = Vec::new();
-        encode_events(&items, &next, &mut out);
-        assert!(out.len() >= 2, "split into {} frames", out.len());
-        let mut seen = Vec::new();
-        for (i, frame) in out.iter().enumerate() {
-            assert!(frame.len() - FRAME_PREFIX_BYTES <= MAX_FEED_FRAME_BYTES);
-            match selvage_shared::decode_feed_frame(&frame[FRAME_PREFIX_BYTES..]).unwrap() {
-                FeedFrame::Events { items, cursor } => {
-                    if i + 1 == out.len() {
-                        assert_eq!(cursor, next, "the last frame ends at the batch's cursor");
-                    } else {
-                        assert_eq!(Some(&cursor), items.last().map(|i| &i.cursor), "a frame ends at its last item");
-                    }
-                    seen.extend(items);
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert_eq!(seen, items);
     }
 
     #[test]

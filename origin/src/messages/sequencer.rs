@@ -22,7 +22,7 @@
 //! The same transaction parses the text's mentions (`@here` reaching the members the presence
 //! tracker saw active when the send was queued) and writes the mention index, and for a thread
 //! reply moves the root's summary and logs the root's new state just before the reply, which
-//! names the thread's followers it goes to (see [`crate::messages`]).
+//! names the thread's followers it goes to (see `messages::records`).
 //!
 //! A retried send with a `client_msg_id` the channel already has returns the original seq and
 //! writes nothing — also when both copies arrive in one group, and also after a commit whose
@@ -40,20 +40,17 @@ use selvage_shared::{ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::records::{self, validate_text, Mentioned, ThreadSummary};
 use crate::{
     channels,
     config::SequencerConfig,
     error::{OriginError, Result},
     feed::{self, Appender},
-    messages::{self, Mentioned, ThreadSummary},
     metrics::Metrics,
     presence,
     store::{keys, Committed, KvTxn, Store, StoreError},
     transact,
 };
-
-/// Most bytes of message text (the 100 KB value limit holds the message and its metadata).
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
 
 /// A message to sequence.
 #[derive(Clone, Debug)]
@@ -177,25 +174,6 @@ fn shard_of(workspace: &WorkspaceId, channel: &ChannelId, shards: usize) -> usiz
     channel.as_str().hash(&mut h);
     // The high half: FxHash mixes its low bits least.
     ((h.finish() >> 32) % shards as u64) as usize
-}
-
-/// Checks a message text: not empty, no U+0000 ([`selvage_shared::frame::TEXT_NUL`] says why),
-/// at most [`selvage_shared::MAX_TEXT_CHARS`] characters and [`MAX_TEXT_BYTES`] bytes. Sends and
-/// edits share it.
-pub fn validate_text(text: &str) -> Result<()> {
-    if text.is_empty() {
-        return Err(OriginError::BadRequest("text must not be empty".into()));
-    }
-    if text.contains('\0') {
-        return Err(OriginError::BadRequest(selvage_shared::frame::TEXT_NUL.into()));
-    }
-    if text.chars().count() > selvage_shared::MAX_TEXT_CHARS || text.len() > MAX_TEXT_BYTES {
-        return Err(OriginError::TooLarge(format!(
-            "text is over {} characters or {MAX_TEXT_BYTES} bytes",
-            selvage_shared::MAX_TEXT_CHARS
-        )));
-    }
-    Ok(())
 }
 
 /// Checks what can be checked without storage.
@@ -340,7 +318,7 @@ struct WorkspaceGates {
 
 struct ChannelGates {
     /// `None`: no such channel.
-    gate: Option<channels::Gate>,
+    gate: Option<channels::records::Gate>,
     members: FxHashMap<UserId, bool>,
     /// The channel's keys, encoded once rather than in every group.
     keys: Arc<ChannelKeys>,
@@ -397,7 +375,13 @@ impl Gates {
         Some(ws)
     }
 
-    fn put_gate(&mut self, w: &WorkspaceId, c: &ChannelId, gate: Option<channels::Gate>, keys: Arc<ChannelKeys>) {
+    fn put_gate(
+        &mut self,
+        w: &WorkspaceId,
+        c: &ChannelId,
+        gate: Option<channels::records::Gate>,
+        keys: Arc<ChannelKeys>,
+    ) {
         if let Some(ws) = self.make_room(w) {
             ws.channels.insert(c.clone(), ChannelGates { gate, members: FxHashMap::default(), keys });
         }
@@ -563,7 +547,7 @@ impl Committer {
 /// A channel as one group attempt sees it.
 struct GroupChannel {
     /// Its record, `None` if there is no such channel.
-    gate: Option<channels::Gate>,
+    gate: Option<channels::records::Gate>,
     /// The last seq, as this attempt moves it.
     head: Seq,
     /// The last seq as read.
@@ -666,7 +650,7 @@ async fn sequence(
                 let (gate, channel_keys) = match gates.channel(w, c) {
                     Some(known) => (known.gate, known.keys.clone()),
                     None => {
-                        let gate = channels::load_gate(tx, w, c).await?;
+                        let gate = channels::records::load_gate(tx, w, c).await?;
                         let channel_keys = ChannelKeys::of(w, c);
                         gates.put_gate(w, c, gate, channel_keys.clone());
                         (gate, channel_keys)
@@ -714,7 +698,7 @@ async fn sequence(
                 let member = match known {
                     Some(member) => member,
                     None => {
-                        let member = channels::is_member(tx, w, c, &r.user).await?;
+                        let member = channels::records::is_member(tx, w, c, &r.user).await?;
                         gates.put_member(w, c, &r.user, member);
                         member
                     }
@@ -759,13 +743,13 @@ async fn sequence(
         if let Some(root) = r.thread_root {
             if let Entry::Vacant(slot) = roots.entry((w, c, root)) {
                 let found = if root <= *head {
-                    messages::load_decorated(tx, w, c, root).await?.filter(|m| m.thread_root.is_none())
+                    records::load_decorated(tx, w, c, root).await?.filter(|m| m.thread_root.is_none())
                 } else {
                     None
                 };
                 match found {
                     Some(message) => {
-                        let summary = messages::load_summary(tx, w, c, root).await?;
+                        let summary = records::load_summary(tx, w, c, root).await?;
                         slot.insert((message, summary));
                     }
                     None => {
@@ -784,7 +768,7 @@ async fn sequence(
             thread_root: r.thread_root,
             ..Message::new(c.clone(), seq, now, r.user.clone(), r.text.clone())
         };
-        messages::set_mentions(tx, w, &mut message, mentioned).await?;
+        records::set_mentions(tx, w, &mut message, mentioned).await?;
         if let Some(root) = r.thread_root {
             tx.set(&keys::thread_reply(w, c, root, seq), &[])?;
             // The root's new summary goes out just before the reply, so the channel learns that
@@ -798,7 +782,7 @@ async fn sequence(
                 log.append(tx, w, now, event)?;
             }
         }
-        messages::index_mentions(tx, w, &message)?;
+        records::index_mentions(tx, w, &message)?;
         let record = selvage_shared::to_msgpack_sized(&message, RECORD_ROOM + message.text.len());
         let order = log.append_message(tx, w, now, &record)?;
         tx.set_owned(keys::message_in(&channel_keys.messages, seq), record)?;
@@ -811,7 +795,7 @@ async fn sequence(
         outcomes.push(Outcome::New { message, order });
     }
     for ((w, c, root), (_, summary)) in &roots {
-        messages::write_summary(tx, w, c, *root, summary)?;
+        records::write_summary(tx, w, c, *root, summary)?;
     }
     for ch in chans.values() {
         if ch.head != ch.read {
@@ -829,6 +813,7 @@ mod tests {
     use super::*;
     use crate::{
         accounts,
+        caller::Caller,
         store::{
             embedded::{EmbeddedOptions, EmbeddedStore},
             Committed, KeyValue, KvStore, RangeRead, Watch,
@@ -916,7 +901,7 @@ mod tests {
         dir: &std::path::Path,
         delay: Option<Duration>,
         ack_timeout_ms: u64,
-    ) -> (Store, Sequencer, SendRequest, accounts::Caller) {
+    ) -> (Store, Sequencer, SendRequest, Caller) {
         let config = SequencerConfig { shards: 1, max_batch_messages: 1, ack_timeout_ms, ..SequencerConfig::default() };
         capped_sequencer(dir, delay, usize::MAX, config).await
     }
@@ -928,7 +913,7 @@ mod tests {
         delay: Option<Duration>,
         max_sets: usize,
         config: SequencerConfig,
-    ) -> (Store, Sequencer, SendRequest, accounts::Caller) {
+    ) -> (Store, Sequencer, SendRequest, Caller) {
         let inner: Store = EmbeddedStore::open(&dir.join("s.redb"), EmbeddedOptions::default()).unwrap();
         let (_, admin) = accounts::create_workspace(&inner, "w", "admin", "Admin", 0).await.unwrap();
         let caller = accounts::authenticate(&inner, &admin.token).await.unwrap();
@@ -962,7 +947,7 @@ mod tests {
         let (sequencer, _) =
             Sequencer::start(store.clone(), config, Arc::new(Metrics::new()), presence, CancellationToken::new());
         let mut n = 0;
-        let mut send = |user: &accounts::Caller| {
+        let mut send = |user: &Caller| {
             n += 1;
             let request = SendRequest {
                 workspace: user.workspace.clone(),
@@ -989,7 +974,7 @@ mod tests {
         assert!(matches!(send(&bob).await, Err(OriginError::Archived(_))), "archived, nobody posts");
         assert!(matches!(send(&admin).await, Err(OriginError::Archived(_))));
         let mut tx = store.begin().await.unwrap();
-        assert_eq!(channels::last_seq(&mut *tx, &admin.workspace, &c).await.unwrap(), 3);
+        assert_eq!(channels::records::last_seq(&mut *tx, &admin.workspace, &c).await.unwrap(), 3);
     }
 
     /// A client_msg_id is the sender's own: another member's send with the same id is a new
@@ -1013,7 +998,7 @@ mod tests {
             presence,
             CancellationToken::new(),
         );
-        let request = |who: &accounts::Caller, text: &str, id: &str, root: Option<Seq>| SendRequest {
+        let request = |who: &Caller, text: &str, id: &str, root: Option<Seq>| SendRequest {
             workspace: who.workspace.clone(),
             channel: c.clone(),
             user: who.user.id.clone(),
@@ -1043,7 +1028,7 @@ mod tests {
         let refused = [&a, &b].iter().filter(|o| matches!(o, Err(OriginError::Conflict(_)))).count();
         assert_eq!(refused, 1, "{a:?} {b:?}");
         let mut tx = store.begin().await.unwrap();
-        assert_eq!(channels::last_seq(&mut *tx, &alice.workspace, &c).await.unwrap(), 3);
+        assert_eq!(channels::records::last_seq(&mut *tx, &alice.workspace, &c).await.unwrap(), 3);
     }
 
     #[tokio::test]
@@ -1066,7 +1051,7 @@ mod tests {
             other => panic!("the group must retry and find the sender gone, got {other:?}"),
         }
         let mut tx = inner.begin().await.unwrap();
-        assert_eq!(channels::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap(), 1);
+        assert_eq!(channels::records::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap(), 1);
     }
 
     #[tokio::test]
@@ -1118,14 +1103,14 @@ mod tests {
         // The expired send was not written: the channel ends at 3.
         let (w, c) = (&request.workspace, &request.channel);
         let mut tx = inner.begin().await.unwrap();
-        assert_eq!(channels::last_seq(&mut *tx, w, c).await.unwrap(), 3);
+        assert_eq!(channels::records::last_seq(&mut *tx, w, c).await.unwrap(), 3);
         assert!(tx.get(&keys::nonce(w, c, &request.user, "d")).await.unwrap().is_none());
     }
 
     /// The channel's last seq as committed.
     async fn head(store: &Store, request: &SendRequest) -> Seq {
         let mut tx = store.begin().await.unwrap();
-        channels::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap()
+        channels::records::last_seq(&mut *tx, &request.workspace, &request.channel).await.unwrap()
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@
 use selvage_shared::{ChannelId, Event, Seq};
 
 use crate::{
-    accounts::Caller,
-    channels,
+    caller::Caller,
+    channels::records::{last_seq, visible_channel},
     error::{OriginError, Result},
     feed::Appender,
     store::{keys, KvTxn, Store, StoreError},
@@ -28,11 +28,11 @@ pub async fn load(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId) -> Result<
 pub async fn mark(store: &Store, caller: &Caller, c: &ChannelId, seq: Seq) -> Result<Seq> {
     let w = &caller.workspace;
     let (outcome, _) = transact!(store, |tx| {
-        match channels::visible_channel(tx, caller, c).await? {
+        match visible_channel(tx, caller, c).await? {
             None => Err(OriginError::no_channel(c.as_str())),
             Some((_, false)) => Err(OriginError::NotMember(format!("join {c} to keep a read marker in it"))),
             Some(_) => {
-                let head = channels::last_seq(tx, w, c).await?;
+                let head = last_seq(tx, w, c).await?;
                 let current = load(tx, caller, c).await?;
                 let target = seq.min(head);
                 if target <= current {

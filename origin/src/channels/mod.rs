@@ -5,18 +5,27 @@
 //! exactly like something that does not exist, so private channels do not leak through ids.
 //! Membership is stored in both directions (`member` by channel, `joined` by user) in the same
 //! transaction, with a feed event for each change.
+//!
+//! This module is the channels service (create, list, join, leave, open a DM, change); the
+//! `records` it reads and writes, which the rest of the origin builds on too, and each user's
+//! `read_markers` sit beside it.
 
-use selvage_shared::{Channel, ChannelId, ChannelKind, Event, Seq, UserId, WorkspaceId};
-use serde::{Deserialize, Serialize};
+pub(crate) mod read_markers;
+pub(crate) mod records;
+
+use selvage_shared::{Channel, ChannelId, ChannelKind, Event, Seq, UserId};
+use serde::Serialize;
 
 use crate::{
-    accounts::{Caller, Membership},
+    caller::{get_user, Caller},
     error::{OriginError, Result},
-    feed::{le_i64, Appender},
+    feed::Appender,
     ids,
     store::{decode, keys, tuple, tuple::last_str, KvTxn, RangeRead, Store, StoreError},
     transact,
 };
+
+use self::records::{bump_gates, is_member, last_seq, load, visible, visible_channel, write_channel, write_member};
 
 /// Most people in a group DM, the caller included (Slack's limit).
 pub const MAX_CONVERSATION_MEMBERS: usize = 9;
@@ -51,7 +60,7 @@ impl ChannelView {
         let last_seq = last_seq(tx, w, &channel.id).await?;
         let (mut read_seq, mut unread, mut mentions) = (0, 0, 0);
         if is_member {
-            read_seq = crate::read_markers::load(tx, caller, &channel.id).await?;
+            read_seq = read_markers::load(tx, caller, &channel.id).await?;
             unread = last_seq.saturating_sub(read_seq);
             if unread > 0 {
                 mentions = unread_mentions(tx, caller, &channel.id, read_seq).await?;
@@ -82,113 +91,6 @@ async fn unread_mentions(tx: &mut dyn KvTxn, caller: &Caller, c: &ChannelId, rea
         }
     }
     Ok(seqs.len() as u64)
-}
-
-/// Reads a channel record.
-pub async fn load(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Option<Channel>, StoreError> {
-    load_as(tx, w, c).await
-}
-
-/// Reads a channel record as `T` (the whole [`Channel`], or part of it).
-async fn load_as<T: serde::de::DeserializeOwned>(
-    tx: &mut dyn KvTxn,
-    w: &WorkspaceId,
-    c: &ChannelId,
-) -> Result<Option<T>, StoreError> {
-    match tx.get(&keys::channel(w, c)).await? {
-        None => Ok(None),
-        Some(raw) => decode("channel", &raw).map(Some),
-    }
-}
-
-/// What posting in a channel depends on: the two flags of its record, decoded without its
-/// strings (the sequencer reads it once per channel in every group).
-#[derive(Clone, Copy, Debug, Deserialize)]
-pub struct Gate {
-    /// Whether the channel is invisible to non-members.
-    #[serde(default)]
-    pub private: bool,
-    /// Whether it is read-only.
-    #[serde(default)]
-    pub archived: bool,
-}
-
-impl Gate {
-    /// Whether a caller who is (or is not) a member may see the channel at all.
-    pub fn visible(&self, member: bool) -> bool {
-        member || !self.private
-    }
-}
-
-/// The [`Gate`] of a channel, `None` if there is no such channel.
-pub async fn load_gate(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Option<Gate>, StoreError> {
-    load_as(tx, w, c).await
-}
-
-/// Whether `u` is a member of `c`.
-pub async fn is_member(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId, u: &UserId) -> Result<bool, StoreError> {
-    Ok(tx.get(&keys::member(w, c, u)).await?.is_some())
-}
-
-/// The last assigned seq of a channel.
-pub async fn last_seq(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Seq, StoreError> {
-    Ok(tx.get(&keys::head(w, c)).await?.as_deref().map(le_i64).unwrap_or(0) as Seq)
-}
-
-/// Whether a caller who is (or is not) a member may see the channel at all.
-pub fn visible(channel: &Channel, member: bool) -> bool {
-    member || !channel.private
-}
-
-/// The channel, if the caller may see it, and whether they are a member.
-pub async fn visible_channel(
-    tx: &mut dyn KvTxn,
-    caller: &Caller,
-    c: &ChannelId,
-) -> Result<Option<(Channel, bool)>, StoreError> {
-    let Some(channel) = load(tx, &caller.workspace, c).await? else { return Ok(None) };
-    let member = is_member(tx, &caller.workspace, c, &caller.user.id).await?;
-    Ok(visible(&channel, member).then_some((channel, member)))
-}
-
-/// Moves W's gates counter ([`keys::gates`]): every write of a channel record or a membership
-/// must, so that the sequencer drops what it cached of them.
-pub fn bump_gates(tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<(), StoreError> {
-    tx.atomic_add(&keys::gates(w), 1)
-}
-
-/// Writes a new channel record (and its name index) with a `channel_created` event.
-pub fn write_channel(
-    tx: &mut dyn KvTxn,
-    log: &mut Appender,
-    w: &WorkspaceId,
-    channel: &Channel,
-    now: i64,
-) -> Result<(), StoreError> {
-    tx.set(&keys::channel(w, &channel.id), &selvage_shared::to_msgpack(channel))?;
-    bump_gates(tx, w)?;
-    if !channel.is_conversation() {
-        tx.set(&keys::channel_name(w, &channel.name), channel.id.as_str().as_bytes())?;
-    }
-    log.append(tx, w, now, Event::ChannelCreated { channel: channel.clone() })?;
-    Ok(())
-}
-
-/// Adds a member (both directions) with a `member_joined` event.
-pub fn write_member(
-    tx: &mut dyn KvTxn,
-    log: &mut Appender,
-    w: &WorkspaceId,
-    c: &ChannelId,
-    u: &UserId,
-    now: i64,
-) -> Result<(), StoreError> {
-    let record = selvage_shared::to_msgpack(&Membership { joined_at: now });
-    tx.set(&keys::member(w, c, u), &record)?;
-    tx.set(&keys::joined(w, u, c), &record)?;
-    bump_gates(tx, w)?;
-    log.append(tx, w, now, Event::MemberJoined { channel: c.clone(), user: u.clone() })?;
-    Ok(())
 }
 
 /// Checks a channel name the way Slack does: 1–80 of `a-z 0-9 - _`.
@@ -297,7 +199,7 @@ pub async fn add_member(store: &Store, caller: &Caller, c: &ChannelId, user: &Us
                     Err(OriginError::Archived(format!("channel {} is archived", c)))
                 } else if *user != caller.user.id && !caller_is_member {
                     Err(OriginError::NotMember("only members can invite others to a channel".into()))
-                } else if let Some(why) = match crate::accounts::get_user(tx, w, user).await? {
+                } else if let Some(why) = match get_user(tx, w, user).await? {
                     None => Some(OriginError::NotFound(format!("user {user} not found"))),
                     Some(u) if u.deactivated => {
                         Some(OriginError::BadRequest(format!("user {user} is deactivated; reactivate them first")))
@@ -371,7 +273,7 @@ pub async fn open_conversation(store: &Store, caller: &Caller, others: &[UserId]
                 let mut missing = None;
                 let mut deactivated = None;
                 for u in &people {
-                    match crate::accounts::get_user(tx, w, u).await? {
+                    match get_user(tx, w, u).await? {
                         Some(user) if user.deactivated && user.id != caller.user.id => deactivated = Some(u.clone()),
                         Some(user) => handles.push(user.handle),
                         None => missing = Some(u.clone()),

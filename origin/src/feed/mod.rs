@@ -9,6 +9,11 @@
 //! entries, and tell a reader whose cursor predates the trim point to `resync`. One
 //! [`Feed::run_notifier`] task holds a single storage watch on the log tick and fans the wake-up
 //! out to every waiter, so waiting readers cost no storage watches each.
+//!
+//! Events that are never logged (typing, presence) reach the edges through the `relay` beside
+//! it, on the same feed streams.
+
+pub(crate) mod relay;
 
 use std::{sync::Arc, time::Duration};
 

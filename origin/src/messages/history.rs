@@ -6,16 +6,16 @@
 //!
 //! A thread is read the same way through its index, `(ws, W, thread, C, root, reply)`: one range
 //! read for the page's reply seqs, then one point read per reply. Every page carries its
-//! messages' reactions and thread summaries ([`messages::decorate`]).
+//! messages' reactions and thread summaries ([`records::decorate`]).
 
 use selvage_shared::{ChannelId, Message, Seq};
 use serde::Serialize;
 
+use super::records;
 use crate::{
-    accounts::Caller,
+    caller::Caller,
     channels,
     error::{OriginError, Result},
-    messages,
     store::{decode, keys, RangeRead, Store, StoreError},
     transact,
 };
@@ -79,7 +79,7 @@ pub async fn page(store: &Store, caller: &Caller, c: &ChannelId, bounds: Bounds)
     let w = &caller.workspace;
     let (begin, end, reverse) = bounds.range(&keys::messages(w, c), |seq| keys::message(w, c, seq));
     let (page, _) = transact!(store, |tx| {
-        if channels::visible_channel(tx, caller, c).await?.is_none() {
+        if channels::records::visible_channel(tx, caller, c).await?.is_none() {
             None
         } else if begin >= end {
             Some(Page { messages: Vec::new(), has_more: false })
@@ -95,7 +95,7 @@ pub async fn page(store: &Store, caller: &Caller, c: &ChannelId, bounds: Bounds)
             if reverse {
                 messages.reverse();
             }
-            messages::decorate(tx, w, c, &mut messages).await?;
+            records::decorate(tx, w, c, &mut messages).await?;
             Some(Page { messages, has_more })
         }
     })?;
@@ -118,10 +118,10 @@ pub async fn thread(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, bo
     let w = &caller.workspace;
     let (begin, end, reverse) = bounds.range(&keys::thread(w, c, root), |seq| keys::thread_reply(w, c, root, seq));
     let (read, _) = transact!(store, |tx| {
-        if channels::visible_channel(tx, caller, c).await?.is_none() {
+        if channels::records::visible_channel(tx, caller, c).await?.is_none() {
             ThreadRead::NoChannel
         } else {
-            match messages::load(tx, w, c, root).await? {
+            match records::load(tx, w, c, root).await? {
                 None => ThreadRead::NoRoot,
                 Some(root) if root.thread_root.is_some() => ThreadRead::NotARoot,
                 Some(_) if begin >= end => ThreadRead::Page(Page { messages: Vec::new(), has_more: false }),
@@ -132,7 +132,7 @@ pub async fn thread(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, bo
                     let mut messages = Vec::with_capacity(rows.len().min(bounds.limit));
                     for (key, _) in rows.iter().take(bounds.limit) {
                         let seq = reply_seq(key)?;
-                        let reply = messages::load(tx, w, c, seq).await?.ok_or_else(|| {
+                        let reply = records::load(tx, w, c, seq).await?.ok_or_else(|| {
                             StoreError::Engine(format!("thread index names reply {seq} of {c}, which is missing"))
                         })?;
                         messages.push(reply);
@@ -140,7 +140,7 @@ pub async fn thread(store: &Store, caller: &Caller, c: &ChannelId, root: Seq, bo
                     if reverse {
                         messages.reverse();
                     }
-                    messages::decorate(tx, w, c, &mut messages).await?;
+                    records::decorate(tx, w, c, &mut messages).await?;
                     ThreadRead::Page(Page { messages, has_more })
                 }
             }
