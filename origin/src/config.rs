@@ -37,6 +37,8 @@ pub struct OriginConfig {
     pub feed: FeedConfig,
     /// The QUIC link edges connect to (feed and calls). Off until `link.edge_key` is set.
     pub link: LinkConfig,
+    /// How the services on the feed (its consumers) run by default.
+    pub consumers: ConsumersConfig,
 }
 
 /// Storage engines.
@@ -134,6 +136,52 @@ pub struct FeedConfig {
     pub trim_interval_secs: u64,
     /// Longest `wait_ms` a long-poll of `/v1/events` may ask for.
     pub max_wait_ms: u64,
+    /// While a registered consumer has not handled them, events are kept past `retention_secs`
+    /// up to this age, in seconds; older ones are trimmed anyway and the consumer resyncs
+    /// (ARCHITECTURE §8). At least `retention_secs`.
+    pub consumer_hold_secs: u64,
+    /// While a registered consumer has not handled them, the log keeps more than `max_events`,
+    /// up to this many; beyond it the oldest are trimmed anyway and the consumer resyncs. At
+    /// least `max_events`.
+    pub consumer_hold_events: u64,
+}
+
+/// How feed consumers (ARCHITECTURE §8) run unless a service chooses otherwise.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumersConfig {
+    /// Most events handed to a consumer's handler at once.
+    pub batch_size: usize,
+    /// How long a runner's lease on a consumer lasts unless renewed, in ms (it renews every
+    /// third of it). A runner on another node takes a consumer over at most this long after
+    /// its runner died; clocks of the nodes must agree to well within it.
+    pub lease_ms: u64,
+    /// First pause before a failed batch is retried, in ms; it doubles on each failure.
+    pub retry_min_ms: u64,
+    /// Longest pause between retries of a failing batch, in ms.
+    pub retry_max_ms: u64,
+}
+
+impl Default for ConsumersConfig {
+    fn default() -> Self {
+        ConsumersConfig { batch_size: 256, lease_ms: 15_000, retry_min_ms: 100, retry_max_ms: 30_000 }
+    }
+}
+
+impl ConsumersConfig {
+    /// Checks the section's fields (see [`OriginConfig::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err("consumers.batch_size must be between 1 and 10000".into());
+        }
+        if self.lease_ms < 300 {
+            return Err("consumers.lease_ms must be 300 or more".into());
+        }
+        if self.retry_min_ms == 0 || self.retry_max_ms < self.retry_min_ms {
+            return Err("consumers.retry_min_ms must be > 0 and consumers.retry_max_ms at least as long".into());
+        }
+        Ok(())
+    }
 }
 
 /// The origin ↔ edge link: a QUIC endpoint that edges tail the feed from and send calls to.
@@ -222,6 +270,7 @@ impl Default for OriginConfig {
             sequencer: SequencerConfig::default(),
             feed: FeedConfig::default(),
             link: LinkConfig::default(),
+            consumers: ConsumersConfig::default(),
         }
     }
 }
@@ -257,6 +306,8 @@ impl Default for FeedConfig {
             max_events: 50_000_000,
             trim_interval_secs: 60,
             max_wait_ms: 30_000,
+            consumer_hold_secs: 30 * 24 * 3600,
+            consumer_hold_events: 100_000_000,
         }
     }
 }
@@ -308,6 +359,14 @@ impl OriginConfig {
         if f.retention_secs == 0 || f.max_events == 0 || f.trim_interval_secs == 0 {
             return Err("feed.retention_secs, feed.max_events and feed.trim_interval_secs must be > 0".into());
         }
+        if f.consumer_hold_secs < f.retention_secs || f.consumer_hold_events < f.max_events {
+            return Err(
+                "feed.consumer_hold_secs must be at least feed.retention_secs and feed.consumer_hold_events at \
+                        least feed.max_events"
+                    .into(),
+            );
+        }
+        self.consumers.validate()?;
         self.link.validate()
     }
 }

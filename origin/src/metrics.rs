@@ -4,8 +4,8 @@
 //! process keep separate counts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The origin's metrics.
@@ -48,6 +48,15 @@ pub struct Metrics {
     pub link_refused: IntCounter,
     /// Ephemeral events (typing, presence) a lagging feed stream skipped.
     pub link_relay_dropped: IntCounter,
+    /// Feed events handled by each consumer (ARCHITECTURE §8), by consumer name.
+    pub consumer_events: IntCounterVec,
+    /// Batches a consumer failed to handle (and retried), by consumer name.
+    pub consumer_batches_failed: IntCounterVec,
+    /// How far behind the log each consumer is, in seconds: the age of the oldest event it has
+    /// read but not handled yet, 0 when caught up. By consumer name.
+    pub consumer_lag_seconds: GaugeVec,
+    /// Times a consumer's cursor was trimmed past and it jumped to the trim point, by consumer.
+    pub consumer_resyncs: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -139,9 +148,35 @@ impl Metrics {
                 "Ephemeral events (typing, presence) a lagging edge feed stream skipped",
             )
             .expect("valid counter"),
+            consumer_events: IntCounterVec::new(
+                Opts::new("selvage_consumer_events_total", "Feed events handled by a consumer"),
+                &["consumer"],
+            )
+            .expect("valid counter"),
+            consumer_batches_failed: IntCounterVec::new(
+                Opts::new("selvage_consumer_batches_failed_total", "Batches a consumer failed to handle and retried"),
+                &["consumer"],
+            )
+            .expect("valid counter"),
+            consumer_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "selvage_consumer_lag_seconds",
+                    "Age of the oldest event a consumer has read and not handled yet, 0 when caught up",
+                ),
+                &["consumer"],
+            )
+            .expect("valid gauge"),
+            consumer_resyncs: IntCounterVec::new(
+                Opts::new(
+                    "selvage_consumer_resyncs_total",
+                    "Times a consumer's cursor was trimmed past and it jumped to the trim point",
+                ),
+                &["consumer"],
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -160,6 +195,10 @@ impl Metrics {
             Box::new(m.link_connections.clone()),
             Box::new(m.link_refused.clone()),
             Box::new(m.link_relay_dropped.clone()),
+            Box::new(m.consumer_events.clone()),
+            Box::new(m.consumer_batches_failed.clone()),
+            Box::new(m.consumer_lag_seconds.clone()),
+            Box::new(m.consumer_resyncs.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

@@ -13,6 +13,7 @@
 //! Events that are never logged (typing, presence) reach the edges through the `relay` beside
 //! it, on the same feed streams.
 
+pub mod consumer;
 pub(crate) mod relay;
 
 use std::{sync::Arc, time::Duration};
@@ -256,42 +257,81 @@ impl Feed {
 
     /// Removes events older than the retention or beyond the size limit, oldest first, in
     /// transactions of at most 1,000 events; returns how many went.
+    ///
+    /// Events after a registered consumer's cursor are kept while they are within the hold
+    /// limits (`consumer_hold_secs`, `consumer_hold_events`); past those they go anyway and the
+    /// consumer resyncs (ARCHITECTURE §8). Without consumers this is the plain trim.
     pub async fn trim(&self, now_ms: i64) -> Result<u64> {
         let oldest_kept_ms = now_ms.saturating_sub((self.config.retention_secs * 1000) as i64);
+        let oldest_held_ms = now_ms.saturating_sub((self.config.consumer_hold_secs * 1000) as i64);
         let max_events = self.config.max_events as i64;
+        let max_held = self.config.consumer_hold_events as i64;
         let mut total = 0u64;
+        let mut trimmed_to = None;
+        let mut consumers: Vec<(String, Position)>;
         loop {
+            // The cursors are read apart from the trim, so that consumers moving them do not
+            // make it conflict: a cursor only moves forward, so an old reading holds back more,
+            // never less. A consumer registering in between moves the registration counter,
+            // which the trim reads again.
+            let ((epoch, cursors), _) = transact!(self.store, |tx| { consumer::registered(tx).await? })?;
+            let hold = cursors.iter().map(|(_, pos)| *pos).min();
             let (dropped, _) = transact!(self.store, |tx| {
-                let count = tx.get(&keys::meta(COUNT)).await?.as_deref().map(le_i64).unwrap_or(0);
-                let rows = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1000)).await?;
-                let mut over = count - max_events;
-                let mut last = None;
-                let mut n = 0i64;
-                for (key, value) in &rows {
-                    let ts = selvage_shared::from_msgpack::<FeedEvent>(value).map(|e| e.ts).unwrap_or(i64::MIN);
-                    if over <= 0 && ts >= oldest_kept_ms {
-                        break;
+                if consumer::registrations(tx).await? != epoch {
+                    None
+                } else {
+                    let count = tx.get(&keys::meta(COUNT)).await?.as_deref().map(le_i64).unwrap_or(0);
+                    let rows = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1000)).await?;
+                    let mut over = count - max_events;
+                    let mut over_held = count - max_held;
+                    let mut last = None;
+                    let mut n = 0i64;
+                    for (key, value) in &rows {
+                        let ts = selvage_shared::from_msgpack::<FeedEvent>(value).map(|e| e.ts).unwrap_or(i64::MIN);
+                        let Some(pos) = keys::log_position(key) else { break };
+                        let due = over > 0 || ts < oldest_kept_ms;
+                        let needed = hold.is_some_and(|h| pos > h);
+                        let past_hold = over_held > 0 || ts < oldest_held_ms;
+                        if !due || (needed && !past_hold) {
+                            break;
+                        }
+                        over -= 1;
+                        over_held -= 1;
+                        n += 1;
+                        last = Some((pos, key.clone()));
                     }
-                    over -= 1;
-                    n += 1;
-                    last = keys::log_position(key).map(|p| (p, key.clone()));
+                    if let Some((pos, key)) = &last {
+                        let (begin, _) = crate::store::prefix_range(&keys::log());
+                        let mut end = key.clone();
+                        end.push(0x00);
+                        tx.clear_range(&begin, &end)?;
+                        tx.set(&keys::meta(TRIM_POINT), pos)?;
+                        tx.atomic_add(&keys::meta(COUNT), -n)?;
+                    }
+                    Some((n as u64, last.map(|(pos, _)| pos)))
                 }
-                if let Some((pos, key)) = &last {
-                    let (begin, _) = crate::store::prefix_range(&keys::log());
-                    let mut end = key.clone();
-                    end.push(0x00);
-                    tx.clear_range(&begin, &end)?;
-                    tx.set(&keys::meta(TRIM_POINT), pos)?;
-                    tx.atomic_add(&keys::meta(COUNT), -n)?;
-                }
-                n as u64
             })?;
+            let Some((dropped, last)) = dropped else { continue };
+            trimmed_to = last.or(trimmed_to);
+            consumers = cursors;
             total += dropped;
             self.metrics.feed_trimmed.inc_by(dropped);
             if dropped < 1000 {
-                return Ok(total);
+                break;
             }
         }
+        if let Some(trim_point) = trimmed_to {
+            for (name, at) in consumers.iter().filter(|(_, at)| *at < trim_point) {
+                tracing::error!(
+                    consumer = %name,
+                    cursor = %cursor(at),
+                    trim_point = %cursor(&trim_point),
+                    "feed trimmed past a consumer's cursor: it lags beyond feed.consumer_hold_secs or \
+                     feed.consumer_hold_events and will resync"
+                );
+            }
+        }
+        Ok(total)
     }
 }
 

@@ -239,6 +239,31 @@ pub fn meta(name: &str) -> Vec<u8> {
     Key::new().str("meta").str(name).finish()
 }
 
+/// `(consumer, cursor, name)` → the 12-byte log position a feed consumer has handled up to
+/// (ARCHITECTURE §8). Its existence registers the consumer: the trimmer keeps the events after
+/// it, up to the feed's hold limits.
+pub fn consumer_cursor(name: &str) -> Vec<u8> {
+    Key::new().str("consumer").str("cursor").str(name).finish()
+}
+
+/// Prefix of every consumer's cursor; the consumer's name is the last element of each key.
+pub fn consumer_cursors() -> Vec<u8> {
+    Key::new().str("consumer").str("cursor").finish()
+}
+
+/// `(consumer, lease, name)` → which runner may run the consumer and until when (owner id and
+/// expiry in ms): one runner of a consumer at a time across origin nodes.
+pub fn consumer_lease(name: &str) -> Vec<u8> {
+    Key::new().str("consumer").str("lease").str(name).finish()
+}
+
+/// `(meta, consumer_registrations)` → a counter (little-endian i64) every registration of a new
+/// consumer cursor adds 1 to, so that a trim that read the cursors before a registration sees
+/// the change and reads them again.
+pub fn consumer_registrations() -> Vec<u8> {
+    meta("consumer_registrations")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +287,13 @@ mod tests {
         assert!(message(&w, &c, 9) < message(&w, &c, 10));
         assert!(message(&w, &c, 255) < message(&w, &c, 256));
         assert!(message(&w, &c, 1).starts_with(&messages(&w, &c)));
+    }
+
+    #[test]
+    fn consumer_cursors_share_a_prefix_that_names_them() {
+        let key = consumer_cursor("thumbnails");
+        assert!(key.starts_with(&consumer_cursors()));
+        assert_eq!(super::super::tuple::last_str(&key).as_deref(), Some("thumbnails"));
+        assert!(!consumer_lease("thumbnails").starts_with(&consumer_cursors()));
     }
 }
