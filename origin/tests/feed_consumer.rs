@@ -326,7 +326,8 @@ async fn a_restarted_origin_resumes_after_the_durable_cursor() {
     node.stop().await;
 }
 
-/// Counts like [`Counter`] but fails its first `failures` batches after writing.
+/// Counts messages but fails its first `failures` batches after writing: with an error, and
+/// the last time with a panic.
 struct Flaky {
     failures: AtomicU32,
 }
@@ -341,7 +342,9 @@ impl Consumer for Flaky {
         let messages = batch.items.iter().filter(|i| matches!(i.event.event, Event::Message(_))).count();
         tx.atomic_add(&test_key("flaky", "count"), messages as i64)?;
         if messages > 0 && self.failures.load(Ordering::SeqCst) > 0 {
-            self.failures.fetch_sub(1, Ordering::SeqCst);
+            if self.failures.fetch_sub(1, Ordering::SeqCst) == 1 {
+                panic!("a handler bug");
+            }
             return Err(ConsumerError::handler("the index is not ready"));
         }
         Ok(())

@@ -11,28 +11,39 @@
 //! Implement [`Consumer`] and start a runner beside the origin:
 //!
 //! ```ignore
-//! struct Thumbnails { s3: S3 }
+//! /// Posts every new message to a webhook, and counts them per channel in the store.
+//! struct Hooks { http: reqwest::Client, url: String }
 //!
 //! #[async_trait]
-//! impl Consumer for Thumbnails {
-//!     fn name(&self) -> &str { "thumbnails" }          // never rename: it is the cursor's key
+//! impl Consumer for Hooks {
+//!     // Never renamed: it is the key of the cursor (a new name starts afresh).
+//!     fn name(&self) -> &str { "hooks" }
+//!
+//!     // Outside the store, at least once: the event's cursor is the idempotency key.
 //!     async fn deliver(&self, batch: &Batch) -> Result<(), ConsumerError> {
-//!         for item in &batch.items {                    // effects outside the store
-//!             if let Event::FileShared { .. } = &item.event.event {
-//!                 // Keyed by `item.key()` (or by what the event names), so doing it twice is
-//!                 // harmless.
-//!                 self.s3.put_thumbnail(&item.key(), ..).await.map_err(ConsumerError::handler)?;
+//!         for item in &batch.items {
+//!             if let Event::Message(m) = &item.event.event {
+//!                 let sent = self.http.post(&self.url).header("webhook-id", item.key().to_string());
+//!                 sent.json(m).send().await.and_then(|r| r.error_for_status()).map_err(ConsumerError::handler)?;
 //!             }
 //!         }
 //!         Ok(())
 //!     }
+//!
+//!     // In the store, exactly once: written with the cursor, in one transaction.
 //!     async fn apply(&self, tx: &mut dyn KvTxn, batch: &Batch) -> Result<(), ConsumerError> {
-//!         // Effects in the store: written in the transaction that moves the cursor.
+//!         for item in &batch.items {
+//!             if let Event::Message(m) = &item.event.event {
+//!                 tx.atomic_add(&keys::hook_count(&item.event.workspace, &m.channel), 1)?;
+//!             }
+//!         }
 //!         Ok(())
 //!     }
 //! }
 //!
-//! let runner = ConsumerRunner::new(origin.feed.clone(), Arc::new(thumbnails), options)?;
+//! // Beside the origin (in `start`), one runner per consumer on every node:
+//! let options = ConsumerOptions::from_config(&origin.config.consumers);
+//! let runner = ConsumerRunner::new(origin.feed.clone(), Arc::new(hooks), options)?;
 //! let task = runner.spawn(origin.shutdown.clone());
 //! ```
 //!
@@ -69,9 +80,10 @@
 //! cursor, so a runner that lost its lease can move neither; what it delivered meanwhile is
 //! repeated by the new holder, which at-least-once allows.
 
-use std::{sync::Arc, time::Duration};
+use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use selvage_shared::{Cursor, FeedEvent};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -243,6 +255,8 @@ enum Step {
     Moved,
     /// Nothing after the cursor.
     CaughtUp,
+    /// Shut down before the batch was delivered; the cursor did not move.
+    Stopped,
 }
 
 /// What the cursor-moving transaction writes besides the cursor.
@@ -322,7 +336,7 @@ impl ConsumerRunner {
             };
             retry.reset();
             let mut limit = self.options.batch_size;
-            loop {
+            while !shutdown.is_cancelled() {
                 if renewed.elapsed() >= renew_every {
                     match self.renew().await {
                         Ok(true) => renewed = tokio::time::Instant::now(),
@@ -334,11 +348,8 @@ impl ConsumerRunner {
                     }
                 }
                 ticks.borrow_and_update();
-                let step = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    step = self.step(&mut cursor, limit) => step,
-                };
-                match step {
+                match self.step(&mut cursor, limit, shutdown).await {
+                    Ok(Step::Stopped) => return,
                     Ok(Step::Moved) => {
                         // Moving the cursor extends the lease.
                         renewed = tokio::time::Instant::now();
@@ -489,8 +500,10 @@ impl ConsumerRunner {
         Ok(opened.map(|(pos, _)| pos))
     }
 
-    /// Reads one batch after `cursor` and handles it (or resyncs), moving `cursor`.
-    async fn step(&self, cursor: &mut Position, limit: usize) -> Result<Step, StepError> {
+    /// Reads one batch after `cursor` and handles it (or resyncs), moving `cursor`. A shutdown
+    /// interrupts the delivery of a batch (it is delivered again on the next start) but not
+    /// the transaction that moves the cursor, which the store bounds to a few seconds.
+    async fn step(&self, cursor: &mut Position, limit: usize, shutdown: &CancellationToken) -> Result<Step, StepError> {
         let lag = self.feed.metrics.consumer_lag_seconds.with_label_values(&[self.name.as_str()]);
         match self.feed.read_after(cursor, limit).await? {
             Read::Resync { trim_point } => {
@@ -516,7 +529,11 @@ impl ConsumerRunner {
                 let items: Vec<Item> = items.into_iter().map(|(position, event)| Item { position, event }).collect();
                 let batch = Batch { items, after: *cursor, next };
                 if !batch.items.is_empty() {
-                    self.consumer.deliver(&batch).await?;
+                    let delivered = tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(Step::Stopped),
+                        delivered = unpanicked("deliver", self.consumer.deliver(&batch)) => delivered,
+                    };
+                    delivered?;
                 }
                 self.advance(cursor, &next, Effect::Apply(&batch)).await?;
                 self.feed
@@ -576,12 +593,24 @@ impl ConsumerRunner {
             _ => return Err(StepError::Fenced("the cursor was moved by another runner")),
         }
         match effect {
-            Effect::Apply(batch) => self.consumer.apply(tx, batch).await?,
-            Effect::Resync => self.consumer.resync(tx, *from, *to).await?,
+            Effect::Apply(batch) => unpanicked("apply", self.consumer.apply(tx, batch)).await?,
+            Effect::Resync => unpanicked("resync", self.consumer.resync(tx, *from, *to)).await?,
         }
         tx.set(&key, to)?;
         self.write_lease(tx, &keys::consumer_lease(&self.name), crate::now_ms())?;
         Ok(true)
+    }
+}
+
+/// Runs a handler, turning a panic into a failure of the batch (retried like any other)
+/// rather than the end of the runner.
+async fn unpanicked(
+    what: &'static str,
+    handler: impl std::future::Future<Output = Result<(), ConsumerError>>,
+) -> Result<(), ConsumerError> {
+    match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(done) => done,
+        Err(_) => Err(ConsumerError::Handler(format!("the consumer's {what} panicked"))),
     }
 }
 

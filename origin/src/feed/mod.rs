@@ -10,6 +10,9 @@
 //! [`Feed::run_notifier`] task holds a single storage watch on the log tick and fans the wake-up
 //! out to every waiter, so waiting readers cost no storage watches each.
 //!
+//! The services on the feed (ARCHITECTURE §8) follow it through [`consumer`], each with a
+//! durable cursor that the trimmer keeps events for, up to the hold limits.
+//!
 //! Events that are never logged (typing, presence) reach the edges through the `relay` beside
 //! it, on the same feed streams.
 
