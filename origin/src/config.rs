@@ -390,6 +390,22 @@ mod tests {
     }
 
     #[test]
+    fn consumer_settings_are_checked() {
+        let mut c = OriginConfig::default();
+        c.feed.consumer_hold_events = c.feed.max_events - 1;
+        assert!(c.validate().unwrap_err().contains("feed.consumer_hold_events"));
+        let mut c = OriginConfig::default();
+        c.feed.consumer_hold_secs = c.feed.retention_secs - 1;
+        assert!(c.validate().unwrap_err().contains("feed.consumer_hold_secs"));
+        let mut c = OriginConfig::default();
+        c.consumers.batch_size = 0;
+        assert!(c.validate().unwrap_err().contains("consumers.batch_size"));
+        let mut c = OriginConfig::default();
+        c.consumers.retry_max_ms = c.consumers.retry_min_ms - 1;
+        assert!(c.validate().unwrap_err().contains("consumers.retry_max_ms"));
+    }
+
+    #[test]
     fn link_settings_are_checked() {
         let mut c = OriginConfig::default();
         c.link.edge_key = Some("short".into());

@@ -386,7 +386,12 @@ impl ConsumerRunner {
     /// Logs and counts a failed batch; it will be retried.
     fn failed(&self, cursor: &Position, e: &ConsumerError) {
         self.feed.metrics.consumer_batches_failed.with_label_values(&[self.name.as_str()]).inc();
-        tracing::error!(cursor = %super::cursor(cursor), error = %e, "consumer batch failed; retrying it");
+        tracing::error!(
+            consumer = %self.name,
+            cursor = %super::cursor(cursor),
+            error = %e,
+            "consumer batch failed; retrying it"
+        );
     }
 
     /// Takes the lease, waiting while another runner holds it; `false` on shutdown.
@@ -475,20 +480,21 @@ impl ConsumerRunner {
     async fn open_cursor(&self) -> Result<Option<Position>, ConsumerError> {
         let key = keys::consumer_cursor(&self.name);
         let start = self.consumer.start_from();
+        // The head is read apart: read inside, it would make the registration conflict with
+        // every append. What is appended in between comes after it, so it is not missed.
+        let head = match start {
+            StartFrom::Head => self.feed.head().await?,
+            StartFrom::Oldest => super::START,
+        };
         let (opened, _) = crate::transact!(self.feed.store, |tx| {
             if !self.holds_lease(tx).await? {
                 None
             } else if let Some(pos) = read_position(tx, &key).await? {
                 Some((pos, false))
             } else {
-                let trimmed = trim_point(tx).await?;
-                let pos = match start {
-                    StartFrom::Oldest => trimmed,
-                    StartFrom::Head => {
-                        let last = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1).reverse(true)).await?;
-                        last.first().and_then(|(k, _)| keys::log_position(k)).unwrap_or(trimmed).max(trimmed)
-                    }
-                };
+                // Never before the trim point, which this transaction reads and so conflicts
+                // with a trim that moves it.
+                let pos = head.max(trim_point(tx).await?);
                 tx.set(&key, &pos)?;
                 tx.atomic_add(&keys::consumer_registrations(), 1)?;
                 Some((pos, true))
