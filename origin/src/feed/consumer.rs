@@ -275,10 +275,19 @@ pub struct ConsumerRunner {
 }
 
 impl ConsumerRunner {
-    /// A runner of `consumer` over `feed`, with a fresh owner id for its lease.
+    /// A runner of `consumer` over `feed`, with a fresh owner id for its lease. Options below
+    /// their floors (a batch of 1, a lease of 100 ms, a retry after 1 ms) are raised to them,
+    /// so that no setting turns a wait into a busy loop.
     pub fn new(feed: Arc<Feed>, consumer: Arc<dyn Consumer>, options: ConsumerOptions) -> Result<Self, ConsumerError> {
         let name = consumer.name().to_string();
         check_name(&name)?;
+        let retry_min = options.retry_min.max(Duration::from_millis(1));
+        let options = ConsumerOptions {
+            batch_size: options.batch_size.max(1),
+            lease: options.lease.max(Duration::from_millis(100)),
+            retry_min,
+            retry_max: options.retry_max.max(retry_min),
+        };
         let owner = hex::encode(rand::random::<[u8; 8]>());
         Ok(ConsumerRunner { feed, consumer, options, name, owner })
     }
