@@ -57,6 +57,8 @@ pub struct Metrics {
     pub consumer_lag_seconds: GaugeVec,
     /// Times a consumer's cursor was trimmed past and it jumped to the trim point, by consumer.
     pub consumer_resyncs: IntCounterVec,
+    /// 1 while a runner on this node holds the consumer's lease (and so runs it), by consumer.
+    pub consumer_lease_held: IntGaugeVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -174,9 +176,14 @@ impl Metrics {
                 &["consumer"],
             )
             .expect("valid counter"),
+            consumer_lease_held: IntGaugeVec::new(
+                Opts::new("selvage_consumer_lease_held", "1 while a runner on this node holds the consumer's lease"),
+                &["consumer"],
+            )
+            .expect("valid gauge"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -199,6 +206,7 @@ impl Metrics {
             Box::new(m.consumer_batches_failed.clone()),
             Box::new(m.consumer_lag_seconds.clone()),
             Box::new(m.consumer_resyncs.clone()),
+            Box::new(m.consumer_lease_held.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

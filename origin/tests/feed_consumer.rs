@@ -543,3 +543,70 @@ async fn without_consumers_the_trimmer_trims_as_before() {
     drop(origin);
     node.stop().await;
 }
+
+/// Counts messages in the store, after a delivery that waits for the test to open its gate.
+struct Gated {
+    entered: AtomicU32,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl Consumer for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+
+    async fn deliver(&self, _batch: &Batch) -> Result<(), ConsumerError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        self.gate.acquire().await.map_err(ConsumerError::handler)?.forget();
+        Ok(())
+    }
+
+    async fn apply(&self, tx: &mut dyn KvTxn, batch: &Batch) -> Result<(), ConsumerError> {
+        let messages = batch.items.iter().filter(|i| matches!(i.event.event, Event::Message(_))).count();
+        tx.atomic_add(&test_key("gated", "count"), messages as i64)?;
+        Ok(())
+    }
+}
+
+/// The lease record as the runner stores it.
+#[derive(serde::Serialize)]
+struct LeaseRecord<'a> {
+    owner: &'a str,
+    expires_ms: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_lost_its_lease_cannot_move_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), |_| {}).await;
+    let origin = node.origin();
+    let (admin, chan) = channel(&origin).await;
+    let gated = Arc::new(Gated { entered: AtomicU32::new(0), gate: tokio::sync::Semaphore::new(0) });
+    let (task, stop) = spawn(&origin, gated.clone(), 2_000);
+    wait_for("registration", || async { cursor_of(&origin, "gated").await.is_some() }).await;
+    let registered = cursor_of(&origin, "gated").await;
+    post(&origin, &admin, &chan, 0, 5).await;
+    wait_for("a delivery", || async { gated.entered.load(Ordering::SeqCst) >= 1 }).await;
+
+    // Another node takes the lease while the delivery is under way (as after a long pause).
+    let lease = selvage_origin::store::keys::consumer_lease("gated");
+    let intruder = |expires_ms| selvage_shared::to_msgpack(&LeaseRecord { owner: "intruder", expires_ms });
+    let record = intruder(selvage_origin::now_ms() + 60_000);
+    transact!(origin.store, |tx| { tx.set(&lease, &record)? }).unwrap();
+    gated.gate.add_permits(1000);
+    wait_for("the runner to notice", || async { metric(&origin, "selvage_consumer_lease_held", "gated") == 0.0 }).await;
+    assert_eq!(cursor_of(&origin, "gated").await, registered, "a fenced runner moved the cursor");
+    assert_eq!(read_i64(&origin, &test_key("gated", "count")).await, 0, "a fenced runner wrote its effects");
+
+    // Once the other node's lease has expired, the runner takes it back and finishes the work.
+    let record = intruder(selvage_origin::now_ms() - 1);
+    transact!(origin.store, |tx| { tx.set(&lease, &record)? }).unwrap();
+    wait_caught_up(&origin, "gated").await;
+    assert_eq!(read_i64(&origin, &test_key("gated", "count")).await, 5);
+    assert!(gated.entered.load(Ordering::SeqCst) >= 2, "the fenced batch was delivered again");
+    stop.cancel();
+    task.await.unwrap();
+    drop(origin);
+    node.stop().await;
+}

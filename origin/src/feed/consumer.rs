@@ -307,6 +307,7 @@ impl ConsumerRunner {
         let span = tracing::info_span!("consumer", consumer.name = %self.name, consumer.owner = %self.owner);
         async {
             self.follow(&shutdown).await;
+            self.lease_held(false);
             if let Err(e) = self.release().await {
                 tracing::warn!(error = %e, "consumer could not give up its lease; it expires by itself");
             }
@@ -334,7 +335,10 @@ impl ConsumerRunner {
                 };
                 match opened {
                     Ok(Some(pos)) => break pos,
-                    Ok(None) => continue 'lease,
+                    Ok(None) => {
+                        self.lease_held(false);
+                        continue 'lease;
+                    }
                     Err(e) => {
                         self.failed(&super::START, &e);
                         if !pause(shutdown, retry.next()).await {
@@ -351,6 +355,7 @@ impl ConsumerRunner {
                         Ok(true) => renewed = tokio::time::Instant::now(),
                         Ok(false) => {
                             tracing::warn!(cursor = %super::cursor(&cursor), "consumer lost its lease; waiting");
+                            self.lease_held(false);
                             continue 'lease;
                         }
                         Err(e) => tracing::warn!(error = %e, "consumer could not renew its lease; will retry"),
@@ -376,6 +381,7 @@ impl ConsumerRunner {
                     }
                     Err(StepError::Fenced(why)) => {
                         tracing::warn!(cursor = %super::cursor(&cursor), why, "consumer lost its lease; waiting");
+                        self.lease_held(false);
                         continue 'lease;
                     }
                     Err(StepError::Failed(e)) => {
@@ -390,6 +396,10 @@ impl ConsumerRunner {
                 }
             }
         }
+    }
+
+    fn lease_held(&self, held: bool) {
+        self.feed.metrics.consumer_lease_held.with_label_values(&[self.name.as_str()]).set(i64::from(held));
     }
 
     /// Logs and counts a failed batch; it will be retried.
@@ -410,6 +420,7 @@ impl ConsumerRunner {
             let wait = match self.try_lease().await {
                 Ok(Ok(())) => {
                     tracing::info!("consumer took its lease");
+                    self.lease_held(true);
                     retry.reset();
                     return true;
                 }
