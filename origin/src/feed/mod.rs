@@ -265,10 +265,12 @@ impl Feed {
     /// limits (`consumer_hold_secs`, `consumer_hold_events`); past those they go anyway and the
     /// consumer resyncs (ARCHITECTURE §8). Without consumers this is the plain trim.
     pub async fn trim(&self, now_ms: i64) -> Result<u64> {
-        let oldest_kept_ms = now_ms.saturating_sub((self.config.retention_secs * 1000) as i64);
-        let oldest_held_ms = now_ms.saturating_sub((self.config.consumer_hold_secs * 1000) as i64);
-        let max_events = self.config.max_events as i64;
-        let max_held = self.config.consumer_hold_events as i64;
+        let limits = TrimLimits {
+            oldest_kept_ms: now_ms.saturating_sub((self.config.retention_secs * 1000) as i64),
+            oldest_held_ms: now_ms.saturating_sub((self.config.consumer_hold_secs * 1000) as i64),
+            max_events: self.config.max_events as i64,
+            max_held: self.config.consumer_hold_events as i64,
+        };
         let mut total = 0u64;
         let mut trimmed_to = None;
         let mut consumers: Vec<(String, Position)>;
@@ -279,42 +281,7 @@ impl Feed {
             // which the trim reads again.
             let ((epoch, cursors), _) = transact!(self.store, |tx| { consumer::registered(tx).await? })?;
             let hold = cursors.iter().map(|(_, pos)| *pos).min();
-            let (dropped, _) = transact!(self.store, |tx| {
-                if consumer::registrations(tx).await? != epoch {
-                    None
-                } else {
-                    let count = tx.get(&keys::meta(COUNT)).await?.as_deref().map(le_i64).unwrap_or(0);
-                    let rows = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1000)).await?;
-                    let mut over = count - max_events;
-                    let mut over_held = count - max_held;
-                    let mut last = None;
-                    let mut n = 0i64;
-                    for (key, value) in &rows {
-                        let ts = selvage_shared::from_msgpack::<FeedEvent>(value).map(|e| e.ts).unwrap_or(i64::MIN);
-                        let Some(pos) = keys::log_position(key) else { break };
-                        let due = over > 0 || ts < oldest_kept_ms;
-                        let needed = hold.is_some_and(|h| pos > h);
-                        let past_hold = over_held > 0 || ts < oldest_held_ms;
-                        if !due || (needed && !past_hold) {
-                            break;
-                        }
-                        over -= 1;
-                        over_held -= 1;
-                        n += 1;
-                        last = Some((pos, key.clone()));
-                    }
-                    if let Some((pos, key)) = &last {
-                        let (begin, _) = crate::store::prefix_range(&keys::log());
-                        let mut end = key.clone();
-                        end.push(0x00);
-                        tx.clear_range(&begin, &end)?;
-                        tx.set(&keys::meta(TRIM_POINT), pos)?;
-                        tx.atomic_add(&keys::meta(COUNT), -n)?;
-                    }
-                    Some((n as u64, last.map(|(pos, _)| pos)))
-                }
-            })?;
-            let Some((dropped, last)) = dropped else { continue };
+            let Some((dropped, last)) = self.trim_some(&limits, epoch, hold).await? else { continue };
             trimmed_to = last.or(trimmed_to);
             consumers = cursors;
             total += dropped;
@@ -336,6 +303,62 @@ impl Feed {
         }
         Ok(total)
     }
+
+    /// Trims up to 1,000 of the oldest events in one transaction, keeping those after `hold`
+    /// (the slowest consumer's cursor) within the hold limits; answers how many went and the
+    /// new trim point, or `None` if a consumer registered since `epoch` was read.
+    async fn trim_some(
+        &self,
+        limits: &TrimLimits,
+        epoch: i64,
+        hold: Option<Position>,
+    ) -> Result<Option<(u64, Option<Position>)>> {
+        let (dropped, _) = transact!(self.store, |tx| {
+            if consumer::registrations(tx).await? != epoch {
+                None
+            } else {
+                let count = tx.get(&keys::meta(COUNT)).await?.as_deref().map(le_i64).unwrap_or(0);
+                let rows = tx.get_range(&RangeRead::prefix(&keys::log()).limit(1000)).await?;
+                let mut over = count - limits.max_events;
+                let mut over_held = count - limits.max_held;
+                let mut last = None;
+                let mut n = 0i64;
+                for (key, value) in &rows {
+                    let ts = selvage_shared::from_msgpack::<FeedEvent>(value).map(|e| e.ts).unwrap_or(i64::MIN);
+                    let Some(pos) = keys::log_position(key) else { break };
+                    let due = over > 0 || ts < limits.oldest_kept_ms;
+                    let needed = hold.is_some_and(|h| pos > h);
+                    let past_hold = over_held > 0 || ts < limits.oldest_held_ms;
+                    if !due || (needed && !past_hold) {
+                        break;
+                    }
+                    over -= 1;
+                    over_held -= 1;
+                    n += 1;
+                    last = Some((pos, key.clone()));
+                }
+                if let Some((pos, key)) = &last {
+                    let (begin, _) = crate::store::prefix_range(&keys::log());
+                    let mut end = key.clone();
+                    end.push(0x00);
+                    tx.clear_range(&begin, &end)?;
+                    tx.set(&keys::meta(TRIM_POINT), pos)?;
+                    tx.atomic_add(&keys::meta(COUNT), -n)?;
+                }
+                Some((n as u64, last.map(|(pos, _)| pos)))
+            }
+        })?;
+        Ok(dropped)
+    }
+}
+
+/// What one trim keeps: events newer than `oldest_kept_ms` and the newest `max_events`, and
+/// for consumers, up to `oldest_held_ms` and `max_held`.
+struct TrimLimits {
+    oldest_kept_ms: i64,
+    oldest_held_ms: i64,
+    max_events: i64,
+    max_held: i64,
 }
 
 /// The position of the newest trimmed event ([`START`] if nothing was ever trimmed).
@@ -361,6 +384,7 @@ mod tests {
     use selvage_shared::{ChannelId, Message, UserId};
 
     use super::*;
+    use crate::metrics::Metrics;
 
     fn uid(s: &str) -> UserId {
         UserId::new_unchecked(s)
@@ -399,5 +423,50 @@ mod tests {
         }
         assert_eq!(message_event(&w, 0, &[0x93, 1, 2, 3]), None, "an array is not a message");
         assert_eq!(message_event(&w, 0, &[]), None);
+    }
+
+    /// A feed over a fresh embedded store holding `n` events, all older than any retention.
+    async fn feed_of(dir: &std::path::Path, n: u16) -> Arc<Feed> {
+        let opts = crate::store::embedded::EmbeddedOptions { fsync: false, ..Default::default() };
+        let store: Store = crate::store::embedded::EmbeddedStore::open(&dir.join("feed.redb"), opts).unwrap();
+        let w = WorkspaceId::new_unchecked("W1");
+        transact!(store, |tx| {
+            let mut appender = Appender::new();
+            for i in 0..n {
+                appender.append(
+                    tx,
+                    &w,
+                    0,
+                    Event::MessageDeleted { channel: ChannelId::new_unchecked("C1"), seq: u64::from(i) },
+                )?;
+            }
+            appender.finish(tx)?;
+        })
+        .unwrap();
+        Feed::new(store, FeedConfig::default(), Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn a_trim_that_read_the_cursors_before_a_registration_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = feed_of(dir.path(), 10).await;
+        let limits = TrimLimits { oldest_kept_ms: 1, oldest_held_ms: 1, max_events: 100, max_held: 100 };
+        let ((epoch, cursors), _) = transact!(feed.store, |tx| { consumer::registered(tx).await? }).unwrap();
+        assert!(cursors.is_empty());
+        // A consumer registers at the start of the log between the trim's two transactions.
+        transact!(feed.store, |tx| {
+            tx.set(&keys::consumer_cursor("late"), &START)?;
+            tx.atomic_add(&keys::consumer_registrations(), 1)?;
+        })
+        .unwrap();
+        assert!(feed.trim_some(&limits, epoch, None).await.unwrap().is_none(), "the stale reading trimmed");
+        // Read again, the hold keeps everything while within the hold limits, and the whole
+        // trim goes past it only beyond them.
+        let ((epoch, cursors), _) = transact!(feed.store, |tx| { consumer::registered(tx).await? }).unwrap();
+        assert_eq!(cursors, vec![("late".to_string(), START)]);
+        let held = TrimLimits { oldest_held_ms: 0, ..limits };
+        assert_eq!(feed.trim_some(&held, epoch, Some(START)).await.unwrap(), Some((0, None)));
+        // Events from 1970 are past every hold.
+        assert_eq!(feed.trim(crate::now_ms()).await.unwrap(), 10);
     }
 }
