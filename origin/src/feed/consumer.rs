@@ -30,7 +30,8 @@
 //!         Ok(())
 //!     }
 //!
-//!     // In the store, exactly once: written with the cursor, in one transaction.
+//!     // In the store, exactly once: written with the cursor, in one transaction. (Its keys,
+//!     // like every key of the origin, are built in `store::keys`.)
 //!     async fn apply(&self, tx: &mut dyn KvTxn, batch: &Batch) -> Result<(), ConsumerError> {
 //!         for item in &batch.items {
 //!             if let Event::Message(m) = &item.event.event {
