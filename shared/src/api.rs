@@ -12,19 +12,14 @@ pub struct ChannelView {
     #[serde(flatten)]
     pub channel: Channel,
     /// Whether the caller is a member.
-    #[serde(default)]
     pub is_member: bool,
     /// The newest message's seq (0 when empty).
-    #[serde(default)]
     pub last_seq: Seq,
     /// The caller's read marker (members only; 0 otherwise).
-    #[serde(default)]
     pub read_seq: Seq,
     /// Messages after the read marker (members only).
-    #[serde(default)]
     pub unread: u64,
     /// Unread messages that mention the caller by name, `@channel` or `@here` (members only).
-    #[serde(default)]
     pub mentions: u64,
 }
 
