@@ -33,14 +33,17 @@
 //! # }
 //! ```
 
-use crate::options::percent_encode;
 use std::fmt;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
-use selvage_shared::{Channel, ChannelId, Cursor, ErrorCode, EventFrame, Message, Seq, User, WorkspaceId};
+use selvage_shared::{ChannelId, Cursor, ErrorCode, EventFrame, Message, Seq, User, WorkspaceId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::options::percent_encode;
+
+pub use selvage_shared::{ChannelView, HistoryPage};
 
 /// The header naming a request in the origin's log (ARCHITECTURE §5).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -145,29 +148,6 @@ pub struct Me {
     pub user: User,
 }
 
-/// A channel as the API shows it to the caller: the record, and the caller's place in it.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct ChannelInfo {
-    /// The channel record.
-    #[serde(flatten)]
-    pub channel: Channel,
-    /// Whether the caller is a member.
-    #[serde(default)]
-    pub is_member: bool,
-    /// The newest message's `seq` (0 when empty).
-    #[serde(default)]
-    pub last_seq: Seq,
-    /// The caller's read marker (members only; 0 otherwise).
-    #[serde(default)]
-    pub read_seq: Seq,
-    /// Messages after the read marker (members only).
-    #[serde(default)]
-    pub unread: u64,
-    /// Unread messages that mention the caller (members only).
-    #[serde(default)]
-    pub mentions: u64,
-}
-
 /// A durable message: the answer to `POST /v1/channels/{id}/messages`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Posted {
@@ -216,15 +196,6 @@ impl Page {
     pub fn before(seq: Seq, limit: usize) -> Page {
         Page { before: Some(seq), limit: Some(limit), ..Page::default() }
     }
-}
-
-/// A page of messages, oldest first.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-pub struct History {
-    /// The messages.
-    pub messages: Vec<Message>,
-    /// Whether more lie beyond the page in the direction read.
-    pub has_more: bool,
 }
 
 /// An answer of the long-poll feed, `GET /v1/events`.
@@ -298,19 +269,19 @@ impl HttpClient {
 
     /// Every channel the caller may see: public channels, and private channels, DMs and group
     /// DMs they are in.
-    pub async fn channels(&self) -> Result<Vec<ChannelInfo>, HttpError> {
+    pub async fn channels(&self) -> Result<Vec<ChannelView>, HttpError> {
         #[derive(Deserialize)]
         struct Body {
-            channels: Vec<ChannelInfo>,
+            channels: Vec<ChannelView>,
         }
         Ok(self.get::<Body>("/v1/channels", &()).await?.channels)
     }
 
     /// One channel.
-    pub async fn channel(&self, channel: &ChannelId) -> Result<ChannelInfo, HttpError> {
+    pub async fn channel(&self, channel: &ChannelId) -> Result<ChannelView, HttpError> {
         #[derive(Deserialize)]
         struct Body {
-            channel: ChannelInfo,
+            channel: ChannelView,
         }
         Ok(self.get::<Body>(&format!("/v1/channels/{channel}"), &()).await?.channel)
     }
@@ -345,12 +316,12 @@ impl HttpClient {
     }
 
     /// A page of `channel`'s history.
-    pub async fn history(&self, channel: &ChannelId, page: Page) -> Result<History, HttpError> {
+    pub async fn history(&self, channel: &ChannelId, page: Page) -> Result<HistoryPage, HttpError> {
         self.get(&format!("/v1/channels/{channel}/messages"), &page).await
     }
 
     /// A page of the replies in the thread of `root`.
-    pub async fn thread(&self, channel: &ChannelId, root: Seq, page: Page) -> Result<History, HttpError> {
+    pub async fn thread(&self, channel: &ChannelId, root: Seq, page: Page) -> Result<HistoryPage, HttpError> {
         self.get(&format!("/v1/channels/{channel}/messages/{root}/thread"), &page).await
     }
 

@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod codec;
 pub mod error;
 pub mod event;
@@ -18,6 +19,7 @@ pub mod link;
 pub mod mentions;
 pub mod model;
 
+pub use api::*;
 pub use codec::*;
 pub use error::*;
 pub use event::*;

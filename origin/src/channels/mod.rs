@@ -14,7 +14,6 @@ pub(crate) mod read_markers;
 pub(crate) mod records;
 
 use selvage_shared::{Channel, ChannelId, ChannelKind, Event, Seq, UserId};
-use serde::Serialize;
 
 use crate::{
     caller::{get_user, Caller},
@@ -30,44 +29,26 @@ use self::records::{bump_gates, is_member, last_seq, load, visible, visible_chan
 /// Most people in a group DM, the caller included (Slack's limit).
 pub const MAX_CONVERSATION_MEMBERS: usize = 9;
 
-/// A channel as the API shows it to one caller.
-#[derive(Clone, Debug, Serialize)]
-pub struct ChannelView {
-    /// The channel record.
-    #[serde(flatten)]
-    pub channel: Channel,
-    /// Whether the caller is a member.
-    pub is_member: bool,
-    /// The newest message's seq (0 when empty).
-    pub last_seq: Seq,
-    /// The caller's read marker (members only; 0 otherwise).
-    pub read_seq: Seq,
-    /// Messages after the read marker (members only).
-    pub unread: u64,
-    /// Unread messages that mention the caller by name, `@channel` or `@here` (members only).
-    pub mentions: u64,
-}
+pub use selvage_shared::ChannelView;
 
-impl ChannelView {
-    /// The channel as `caller` sees it, with their unread and mention counts when a member.
-    pub async fn read(
-        tx: &mut dyn KvTxn,
-        caller: &Caller,
-        channel: Channel,
-        is_member: bool,
-    ) -> Result<ChannelView, StoreError> {
-        let w = &caller.workspace;
-        let last_seq = last_seq(tx, w, &channel.id).await?;
-        let (mut read_seq, mut unread, mut mentions) = (0, 0, 0);
-        if is_member {
-            read_seq = read_markers::load(tx, caller, &channel.id).await?;
-            unread = last_seq.saturating_sub(read_seq);
-            if unread > 0 {
-                mentions = unread_mentions(tx, caller, &channel.id, read_seq).await?;
-            }
+/// The channel as `caller` sees it, with their unread and mention counts when a member.
+pub async fn view(
+    tx: &mut dyn KvTxn,
+    caller: &Caller,
+    channel: Channel,
+    is_member: bool,
+) -> Result<ChannelView, StoreError> {
+    let w = &caller.workspace;
+    let last_seq = last_seq(tx, w, &channel.id).await?;
+    let (mut read_seq, mut unread, mut mentions) = (0, 0, 0);
+    if is_member {
+        read_seq = read_markers::load(tx, caller, &channel.id).await?;
+        unread = last_seq.saturating_sub(read_seq);
+        if unread > 0 {
+            mentions = unread_mentions(tx, caller, &channel.id, read_seq).await?;
         }
-        Ok(ChannelView { channel, is_member, last_seq, read_seq, unread, mentions })
     }
+    Ok(ChannelView { channel, is_member, last_seq, read_seq, unread, mentions })
 }
 
 /// How many messages after `read_seq` mention the caller: by name or `@here` (their index) or
@@ -153,7 +134,7 @@ pub async fn get(store: &Store, caller: &Caller, c: &ChannelId) -> Result<Channe
     let (view, _) = transact!(store, |tx| {
         match visible_channel(tx, caller, c).await? {
             None => None,
-            Some((channel, is_member)) => Some(ChannelView::read(tx, caller, channel, is_member).await?),
+            Some((channel, is_member)) => Some(view(tx, caller, channel, is_member).await?),
         }
     })?;
     view.ok_or_else(|| OriginError::no_channel(c.as_str()))
@@ -176,7 +157,7 @@ pub async fn list(store: &Store, caller: &Caller) -> Result<Vec<ChannelView>> {
             let channel: Channel = decode("channel", &raw)?;
             let is_member = joined.contains(&channel.id);
             if visible(&channel, is_member) {
-                views.push(ChannelView::read(tx, caller, channel, is_member).await?);
+                views.push(view(tx, caller, channel, is_member).await?);
             }
         }
         views.sort_by(|a, b| a.channel.name.cmp(&b.channel.name));
@@ -265,7 +246,7 @@ pub async fn open_conversation(store: &Store, caller: &Caller, others: &[UserId]
         let existing = tx.get(&keys::conversation(w, &set_key)).await?;
         match existing.as_deref().and_then(|v| std::str::from_utf8(v).ok()).and_then(ChannelId::parse) {
             Some(c) => match load(tx, w, &c).await? {
-                Some(channel) => Ok(ChannelView::read(tx, caller, channel, true).await?),
+                Some(channel) => Ok(view(tx, caller, channel, true).await?),
                 None => Err(OriginError::Internal(format!("conversation index points at missing channel {c}"))),
             },
             None => {
@@ -375,7 +356,7 @@ pub async fn update(store: &Store, caller: &Caller, c: &ChannelId, change: &Chan
             None => Err(OriginError::no_channel(c.as_str())),
             Some((channel, member)) => match check_change(&channel, member, caller, change) {
                 Err(e) => Err(e),
-                Ok(updated) if updated == channel => Ok(ChannelView::read(tx, caller, channel, member).await?),
+                Ok(updated) if updated == channel => Ok(view(tx, caller, channel, member).await?),
                 Ok(updated) => {
                     let renamed = updated.name != channel.name;
                     if renamed && tx.get(&keys::channel_name(w, &updated.name)).await?.is_some() {
@@ -390,7 +371,7 @@ pub async fn update(store: &Store, caller: &Caller, c: &ChannelId, change: &Chan
                         let mut log = Appender::new();
                         log.append(tx, w, crate::now_ms(), Event::ChannelUpdated { channel: updated.clone() })?;
                         log.finish(tx)?;
-                        Ok(ChannelView::read(tx, caller, updated, member).await?)
+                        Ok(view(tx, caller, updated, member).await?)
                     }
                 }
             },

@@ -9,7 +9,6 @@
 //! messages' reactions and thread summaries ([`records::decorate`]).
 
 use selvage_shared::{ChannelId, Message, Seq};
-use serde::Serialize;
 
 use super::records;
 use crate::{
@@ -24,13 +23,7 @@ use crate::{
 pub const MAX_PAGE: usize = 1000;
 
 /// One page of history.
-#[derive(Clone, Debug, Serialize)]
-pub struct Page {
-    /// Messages, oldest first.
-    pub messages: Vec<Message>,
-    /// Whether more messages lie beyond this page in the direction it was read.
-    pub has_more: bool,
-}
+pub use selvage_shared::HistoryPage as Page;
 
 /// Which part of the history to read.
 #[derive(Clone, Copy, Debug, Default)]
