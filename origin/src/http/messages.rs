@@ -42,6 +42,7 @@ pub(super) async fn post_message(
         text: body.text,
         client_msg_id: body.client_msg_id,
         thread_root: body.thread_root,
+        files: Vec::new(),
     };
     let sent = origin.sequencer.send(request).await?;
     let status = if sent.duplicate { StatusCode::OK } else { StatusCode::CREATED };
