@@ -10,33 +10,57 @@
 //!
 //! # What it checks
 //! - Every request must be signed (SigV4 in the `Authorization` header, or a presigned URL's
-//!   query); unsigned requests and wrong signatures get `403`.
+//!   query) with the configured credential; unsigned requests and wrong signatures get `403`.
+//!   The path (bucket and key) is part of the signature.
 //! - A presigned URL is refused (`403 AccessDenied`, "Request has expired") once
-//!   `X-Amz-Date + X-Amz-Expires` has passed. Header-signed requests must be within 15 minutes
-//!   of the server's clock.
-//! - Headers named in the signature (`X-Amz-SignedHeaders`) must arrive with the signed values:
-//!   a presigned `PUT` whose URL was made with a `Content-Length` and a `Content-Type` is
-//!   refused (`403 SignatureDoesNotMatch`) when the upload's length or type differs, and
-//!   nothing is stored. An upload cut short of its `Content-Length` is refused too, and its
-//!   partial file is discarded.
+//!   `X-Amz-Date + X-Amz-Expires` has passed, by the wall clock. Header-signed requests must be
+//!   within 15 minutes of the server's clock (s3s's default).
+//! - Headers named in the signature (`X-Amz-SignedHeaders`) must arrive with the signed values.
+//!   `aws-sdk-s3` signs the `Content-Length` and `Content-Type` given to a presigned `PutObject`,
+//!   so an upload whose length or type differs is refused (`403 SignatureDoesNotMatch`) and
+//!   nothing is stored. An upload that stops short of its `Content-Length` is refused too (s3s
+//!   answers `500`, where S3 says `400 IncompleteBody`) and its partial file is discarded.
 //! - A presigned `GET` may override the answer's `Content-Type` and `Content-Disposition` with
 //!   `response-content-type` and `response-content-disposition`, as S3 does.
 //!
+//! Not checked, unlike S3: `X-Amz-Expires` above 7 days (`aws-sdk-s3` refuses to presign those
+//! anyway); object size limits other than a signed `Content-Length`.
+//!
+//! # Browsers
+//! A page may upload to and download from presigned URLs across origins: preflights are
+//! answered for any origin (methods `GET`, `PUT`, `HEAD`, the headers asked for), and answers to
+//! cross-origin requests carry `Access-Control-Allow-Origin` and expose `ETag`.
+//!
 //! # Where it stores
 //! Under [`Options::root`], created at start: one directory per bucket holding each object as a
-//! file at its key's path, and dot-files beside them for metadata (content type, ETag).
-//! Uploads are written to a temporary file and renamed into place, so a reader sees the old
-//! object or the new one. A restart on the same root serves the same objects.
+//! file at its key's path, and metadata files (content type, checksums) at the root's top
+//! level, named `.bucket-….object-….metadata.json` and `….internal.json`. Uploads are written to a temporary file at the top
+//! level and renamed into place, so a reader sees the old object or the new one. A restart on the
+//! same root serves the same objects; leftover temporary files are deleted at start, so run one
+//! endpoint per root at a time.
 //!
 //! # Use
 //! ```no_run
-//! # async fn demo() -> Result<(), selvage_s3local::Error> {
-//! use selvage_s3local::{Options, S3Local};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+//! use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+//! use selvage_s3local::{Options, S3Local, DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY};
 //!
 //! let s3 = S3Local::start(Options::new("data/s3")).await?;
-//! // Point an S3 client at s3.endpoint() with force_path_style(true), region
-//! // DEFAULT_REGION and the credential DEFAULT_ACCESS_KEY / DEFAULT_SECRET_KEY.
-//! println!("{}", s3.endpoint());
+//!
+//! let http = aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+//! let config = aws_sdk_s3::Config::builder()
+//!     .behavior_version(BehaviorVersion::latest())
+//!     .region(Region::new(DEFAULT_REGION))
+//!     .endpoint_url(s3.endpoint())
+//!     .force_path_style(true)
+//!     .credentials_provider(Credentials::new(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, None, None, "s3local"))
+//!     .http_client(http)
+//!     .build();
+//! let client = aws_sdk_s3::Client::from_conf(config);
+//! // ... client.put_object(), .presigned(), ...
+//! # drop(client);
+//!
 //! s3.shutdown().await;
 //! # Ok(())
 //! # }
