@@ -214,16 +214,23 @@ async fn presigned_put_with_other_length_or_type_is_refused() {
     s3.shutdown().await;
 }
 
-/// Sends a presigned request over a raw socket with exactly `body` after the signed headers
-/// (whatever Content-Length they say), hangs up its sending side when `hang_up`, and returns
-/// the answer.
-async fn raw_send(s3: &S3Local, presigned: &PresignedRequest, body: &[u8], hang_up: bool) -> String {
+/// The HTTP/1.1 head of a presigned request: its signed headers, then `extra` (whole lines).
+fn raw_head(s3: &S3Local, presigned: &PresignedRequest, extra: &str) -> String {
     let path_and_query = presigned.uri().strip_prefix(&s3.endpoint()).expect("uri on the endpoint");
     let mut head = format!("{} {path_and_query} HTTP/1.1\r\nhost: {}\r\n", presigned.method(), s3.addr());
     for (name, value) in presigned.headers() {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    head.push_str("connection: close\r\n\r\n");
+    head.push_str(extra);
+    head.push_str("\r\n");
+    head
+}
+
+/// Sends a presigned request over a raw socket with exactly `body` after the signed headers
+/// (whatever Content-Length they say), hangs up its sending side when `hang_up`, and returns
+/// the answer.
+async fn raw_send(s3: &S3Local, presigned: &PresignedRequest, body: &[u8], hang_up: bool) -> String {
+    let head = raw_head(s3, presigned, "connection: close\r\n");
     let mut stream = tokio::net::TcpStream::connect(s3.addr()).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
@@ -328,6 +335,39 @@ async fn presigned_url_for_another_key_or_secret_is_refused() {
     let text = resp.text().await.unwrap();
     assert!(text.contains("SignatureDoesNotMatch"), "{text}");
     assert_eq!(object(&c, "up/mine").await, None);
+    s3.shutdown().await;
+}
+
+/// Shutdown stops accepting at once but lets an upload already under way finish.
+#[tokio::test]
+async fn shutdown_drains_an_upload_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = start(dir.path()).await;
+    let addr = s3.addr();
+    let put = presign_put(&client(&s3), "up/slow", 10, "image/png", 60).await;
+
+    let head = raw_head(&s3, &put, "");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"12345").await.unwrap();
+
+    let stopping = tokio::spawn(s3.shutdown());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting after shutdown began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!stopping.is_finished(), "shutdown finished with an upload in flight");
+
+    stream.write_all(b"67890").await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown finishes once drained").unwrap();
+
+    let s3 = start(dir.path()).await;
+    assert_eq!(object(&client(&s3), "up/slow").await, Some(b"1234567890".to_vec()));
     s3.shutdown().await;
 }
 
