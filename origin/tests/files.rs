@@ -193,6 +193,7 @@ async fn a_file_goes_up_is_shared_in_a_message_and_comes_back_down() {
     assert!(v["error"]["message"].as_str().unwrap().contains("nothing has been uploaded"), "{v}");
 
     assert!(upload(up, bytes.clone()).await.is_success());
+    let head = o.get("/v1/events", &admin).await.1["cursor"].as_str().unwrap().to_string();
     let (s, done) = o.complete(&admin, &id, &general, "m1").await;
     assert_eq!(s, StatusCode::CREATED, "{done}");
     assert_eq!(done["file"]["state"], "ready");
@@ -208,6 +209,11 @@ async fn a_file_goes_up_is_shared_in_a_message_and_comes_back_down() {
     // Another id for the same file is a second share: refused.
     let (s, v) = o.complete(&admin, &id, &general, "m2").await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
+
+    // So does the message event.
+    let (_, events) = o.get(&format!("/v1/events?cursor={head}&wait_ms=0"), &admin).await;
+    let event = events["events"].as_array().unwrap().iter().find(|e| e["type"] == "message").cloned();
+    assert_eq!(event.map(|e| e["files"][0]["id"].clone()), Some(json!(id)), "{events}");
 
     // History carries the file, once.
     let (_, h) = o.get(&format!("/v1/channels/{general}/messages"), &admin).await;
@@ -242,6 +248,30 @@ async fn a_file_goes_up_is_shared_in_a_message_and_comes_back_down() {
     let (s, list) = o.get(&format!("/v1/channels/{general}/files"), &bob).await;
     assert_eq!(s, StatusCode::OK, "{list}");
     assert_eq!(list["files"][0]["id"], id.as_str());
+    o.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_share_leaves_the_file_to_share_again() {
+    let o = Rig::start().await;
+    let (admin, general) = o.workspace("acme").await;
+    let (_, bob) = o.user(&admin, "bob").await;
+    let elsewhere = o.channel(&admin, "elsewhere", false).await;
+    let declared = o.declare(&bob, "x.pdf", 3, "application/pdf").await;
+    let id = declared["file"]["id"].as_str().unwrap().to_string();
+    assert!(upload(&declared["upload"], b"xyz".to_vec()).await.is_success());
+    // Posting needs membership, as for any message.
+    let (s, v) = o.complete(&bob, &id, &elsewhere, "m1").await;
+    assert_eq!((s, &v["error"]["code"]), (StatusCode::FORBIDDEN, &json!("not_member")), "{v}");
+    // Refused by the sequencer itself: no such thread root.
+    let path = format!("/v1/files/{id}/complete");
+    let body = json!({ "channel": general, "client_msg_id": "m2", "thread_root": 99 });
+    let (s, v) = o.post(&path, &bob, body).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Neither left the file claimed.
+    let (s, v) = o.complete(&bob, &id, &general, "m3").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["message"]["files"][0]["id"], id.as_str());
     o.stop().await;
 }
 

@@ -269,15 +269,26 @@ impl Files {
             thread_root: share.thread_root,
             files: vec![file.to_ref()],
         };
-        let sent = sequencer.send(request).await?;
-        if !sent.message.files.iter().any(|f| f.id == file.id) {
-            // The client_msg_id was already this sender's for another message of the channel.
-            return Err(OriginError::Conflict(format!(
-                "client_msg_id {:?} was already used for a different message in this channel (id reused with \
-                 different content)",
-                sent.message.client_msg_id
-            )));
-        }
+        let sent = match sequencer.send(request).await {
+            Ok(sent) if sent.message.files.iter().any(|f| f.id == file.id) => sent,
+            Ok(sent) => {
+                // The client_msg_id was already this sender's for another message of the channel.
+                self.unclaim(store, w, id).await?;
+                return Err(OriginError::Conflict(format!(
+                    "client_msg_id {:?} was already used for a different message in this channel (id reused with \
+                     different content)",
+                    sent.message.client_msg_id
+                )));
+            }
+            Err(e) => {
+                // A refusal wrote nothing: the file may be shared elsewhere. After `unavailable`
+                // or `overloaded` the message may yet commit, so the claim stays for the retry.
+                if !matches!(e, OriginError::Unavailable(_) | OriginError::Overloaded(_) | OriginError::Store(_)) {
+                    self.unclaim(store, w, id).await?;
+                }
+                return Err(e);
+            }
+        };
         let seq = sent.message.seq;
         let (file, _) = transact!(store, |tx| {
             match records::load(tx, w, id).await? {
@@ -293,6 +304,17 @@ impl Files {
         let file = file.ok_or_else(|| no_file(id))?;
         tracing::debug!(file.id = id, ws.id = %w, channel.id = %c, seq, "file shared");
         Ok(Completed { file: file.view(), sent })
+    }
+
+    /// Takes back a claim whose message was refused, so the file can be shared again.
+    async fn unclaim(&self, store: &Store, w: &WorkspaceId, id: &str) -> Result<()> {
+        transact!(store, |tx| {
+            if let Some(f) = records::load(tx, w, id).await?.filter(|f| f.state == FileState::Ready && f.seq.is_none())
+            {
+                records::write(tx, w, &FileRecord { channel: None, client_msg_id: None, ..f })?;
+            }
+        })?;
+        Ok(())
     }
 
     /// The caller's own file, for completing: anyone else's answers 404 — or 403 when they can
