@@ -334,4 +334,18 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         assert!(!json.contains("thread_root") && !json.contains("edited_at"), "{json}");
     }
+
+    #[test]
+    fn files_are_on_the_wire_only_when_there_are_some() {
+        let plain = Message::new(ChannelId::new_unchecked("C1"), 1, 5, UserId::new_unchecked("U1"), "hi");
+        assert!(!serde_json::to_string(&plain).unwrap().contains("files"));
+        let file = FileRef { id: "F1".into(), name: "a.png".into(), size: 3, content_type: "image/png".into() };
+        let mut shared = Message { files: vec![file.clone()], ..plain };
+        let json = serde_json::to_string(&shared).unwrap();
+        assert!(json.contains(r#""files":[{"id":"F1","name":"a.png","size":3,"content_type":"image/png"}]"#), "{json}");
+        let back: Message = crate::from_msgpack(&crate::to_msgpack(&shared)).unwrap();
+        assert_eq!(back.files, vec![file]);
+        shared.make_tombstone();
+        assert!(shared.files.is_empty(), "a tombstone carries no files");
+    }
 }

@@ -1199,4 +1199,29 @@ mod tests {
         assert!(counts.iter().all(|&n| n > 150), "{counts:?}");
         assert_eq!(shard_of(&w, &ChannelId::new_unchecked("C1"), 1), 0);
     }
+
+    #[test]
+    fn a_message_may_say_nothing_beside_its_files() {
+        let file = |i: usize| FileRef {
+            id: format!("F{i:012}"),
+            name: "a.pdf".into(),
+            size: 1,
+            content_type: "application/pdf".into(),
+        };
+        let request = SendRequest {
+            workspace: WorkspaceId::new_unchecked("W1"),
+            channel: ChannelId::new_unchecked("C1"),
+            user: UserId::new_unchecked("U1"),
+            text: String::new(),
+            client_msg_id: "m1".into(),
+            thread_root: None,
+            files: Vec::new(),
+        };
+        assert!(matches!(validate(&request), Err(OriginError::BadRequest(_))), "no text, no files");
+        validate(&SendRequest { files: vec![file(1)], ..request.clone() }).expect("a file alone");
+        let text_with_nul = SendRequest { text: "a\0b".into(), files: vec![file(1)], ..request.clone() };
+        assert!(validate(&text_with_nul).is_err(), "a text beside files follows the text rule");
+        let many = SendRequest { files: (0..=MAX_FILES).map(file).collect(), ..request };
+        assert!(matches!(validate(&many), Err(OriginError::BadRequest(_))), "at most {MAX_FILES} files");
+    }
 }
