@@ -326,6 +326,8 @@ async fn deleting_the_file_or_its_message_ends_access() {
     let (first, _) = o.share(&bob, &general, b"one", "one.pdf").await;
     let (second, done) = o.share(&bob, &general, b"two", "two.pdf").await;
     let seq = done["seq"].as_u64().unwrap();
+    let second_url =
+        o.get(&format!("/v1/files/{second}"), &admin).await.1["download"]["url"].as_str().unwrap().to_string();
     let url = o.get(&format!("/v1/files/{first}"), &admin).await.1["download"]["url"].as_str().unwrap().to_string();
 
     // The file: its uploader deletes it; nobody reads it any more, and the object is gone.
@@ -341,6 +343,8 @@ async fn deleting_the_file_or_its_message_ends_access() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["message"].get("files").is_none(), "a tombstone carries no files: {v}");
     assert_eq!(o.get(&format!("/v1/files/{second}"), &admin).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(o.get(&format!("/v1/files/{second}"), &bob).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(download(&second_url).await.status(), StatusCode::NOT_FOUND, "its object went with it");
     let (_, list) = o.get(&format!("/v1/channels/{general}/files"), &admin).await;
     assert_eq!(list["files"], json!([]), "{list}");
     o.stop().await;

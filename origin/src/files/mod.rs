@@ -17,9 +17,9 @@
 //! channel's files, and `(ws, W, filebytes)`, the quota's counter, moved by atomic adds and
 //! read only when a new file is declared.
 //!
-//! Not yet here: thumbnails, and removing the objects of files whose message was deleted or
-//! whose upload was never completed (a feed consumer's job, §8); deleting a file deletes its
-//! object synchronously.
+//! Deleting a file, or the message that carries it, deletes its object synchronously. Not yet
+//! here: thumbnails, and removing the objects of uploads never completed (a feed consumer's
+//! job, §8).
 
 mod objects;
 mod records;
@@ -493,6 +493,28 @@ impl Files {
             tracing::warn!(file.id = id, ws.id = %w, error = %e, "a deleted file's object could not be removed");
         }
         Ok(FileRecord { state: FileState::Deleted, ..was }.view())
+    }
+}
+
+impl Files {
+    /// After message `seq` of `c` was deleted: its files are deleted with it — marked deleted,
+    /// out of the quota and of the channel's list, their objects removed (synchronously, in this
+    /// version). Access already ended with the message's tombstone; running this again finds
+    /// nothing left to do.
+    pub async fn message_deleted(&self, store: &Store, w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Result<()> {
+        let prefix = keys::channel_files_at(w, c, seq);
+        let (ids, _) = transact!(store, |tx| {
+            let rows = tx.get_range(&RangeRead::prefix(&prefix)).await?;
+            rows.into_iter().map(|(_, id)| String::from_utf8_lossy(&id).into_owned()).collect::<Vec<_>>()
+        })?;
+        for id in ids {
+            if let Some(was) = self.release(store, w, &id, FileState::Deleted).await? {
+                if let Err(e) = self.objects.delete(&was.object_key).await {
+                    tracing::warn!(file.id = id, ws.id = %w, error = %e, "a deleted message's file object could not be removed");
+                }
+            }
+        }
+        Ok(())
     }
 }
 
