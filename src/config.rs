@@ -197,10 +197,31 @@ mod tests {
     }
 
     #[test]
+    fn files_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            let c = load_origin(None, &OriginFlags::default()).map_err(|e| e.to_string())?;
+            assert!(!c.files.enabled, "files are off for `selvage origin` unless configured");
+            jail.set_env("SELVAGE_FILES__ENABLED", "true");
+            jail.set_env("SELVAGE_FILES__ENDPOINT", "http://127.0.0.1:7900");
+            jail.set_env("SELVAGE_FILES__PATH_STYLE", "true");
+            jail.set_env("SELVAGE_FILES__DOWNLOAD_URL_SECS", "60");
+            let c = load_origin(None, &OriginFlags::default()).map_err(|e| e.to_string())?;
+            assert!(c.files.enabled && c.files.path_style);
+            assert_eq!(c.files.endpoint.as_deref(), Some("http://127.0.0.1:7900"));
+            assert_eq!(c.files.download_url_secs, 60);
+            jail.set_env("SELVAGE_FILES__ACCESS_KEY_ID", "only-the-key");
+            let err = load_origin(None, &OriginFlags::default()).unwrap_err();
+            assert!(format!("{err:#}").contains("files.secret_access_key"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_example_configs_load_as_they_are() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let origin = load_origin(Some(&root.join("infra/origin.example.toml")), &OriginFlags::default()).unwrap();
         assert_eq!(origin.link.presence_lease_ms, 30_000);
+        assert_eq!(origin.files.max_bytes, 100 * 1024 * 1024);
         let edge = load_edge(Some(&root.join("infra/edge.example.toml")), &EdgeFlags::default());
         // The edge example leaves the origin's fingerprint and key to the environment; every
         // field it does set must parse and pass validation up to those.

@@ -1,6 +1,7 @@
 //! `selvage dev`: Selvage on one machine for development — an origin on the embedded store with
-//! a demo workspace (alice, an admin, and bob, both in #general) and one edge linked to it,
-//! printing where to connect.
+//! a demo workspace (alice, an admin, and bob, both in #general), one edge linked to it, and an
+//! S3 endpoint (s3local) under the data directory for the origin's files service, printing
+//! where to connect.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,9 @@ pub struct DevArgs {
     /// UDP address of the edge's client QUIC endpoint.
     #[arg(long, default_value = "127.0.0.1:7801")]
     edge_quic_listen: std::net::SocketAddr,
+    /// Address of the S3 endpoint the files service stores in (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7900")]
+    s3_listen: std::net::SocketAddr,
     /// Where the dev data lives (kept between runs).
     #[arg(long, default_value = "selvage-dev")]
     data_dir: PathBuf,
@@ -59,6 +63,20 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     };
     config.link.listen = args.link_listen;
     config.link.edge_key = Some(edge_key.clone());
+    // Files: an S3 endpoint in this process, its objects under the data directory
+    // (ARCHITECTURE §8 "Files"). Clients upload to and download from it directly.
+    let s3_options =
+        selvage_s3local::Options { listen: args.s3_listen, ..selvage_s3local::Options::new(args.data_dir.join("s3")) };
+    let s3 = selvage_s3local::S3Local::start_with_shutdown(s3_options, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot start the dev S3 endpoint on {}", args.s3_listen))?;
+    config.files.enabled = true;
+    config.files.endpoint = Some(s3.endpoint());
+    config.files.region = selvage_s3local::DEFAULT_REGION.into();
+    config.files.bucket = selvage_s3local::DEFAULT_BUCKET.into();
+    config.files.path_style = true;
+    config.files.access_key_id = Some(selvage_s3local::DEFAULT_ACCESS_KEY.into());
+    config.files.secret_access_key = Some(selvage_s3local::DEFAULT_SECRET_KEY.into());
     let running = selvage_origin::start(config, shutdown.clone()).await?;
     let (Some(link_addr), Some(link_fingerprint)) = (running.link_addr, running.link_fingerprint.clone()) else {
         anyhow::bail!("the origin's edge link did not start");
@@ -97,6 +115,12 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         println!("  edge QUIC         {addr}   (ALPN selvage/1; pin certificate sha256 {fp})");
     }
     println!("  origin HTTP API   {base}   (OpenAPI: {base}/v1/openapi.json, metrics: {base}/metrics)");
+    println!(
+        "  files (S3)        {}   (bucket {}, path-style; objects under {})",
+        s3.endpoint(),
+        selvage_s3local::DEFAULT_BUCKET,
+        s3.root().display()
+    );
     println!("  data directory    {}", args.data_dir.display());
     println!("  operator key      {operator_key}   (valid for this run)");
     println!("\nDemo workspace {}; fresh tokens for this run:", demo.workspace);
@@ -121,6 +145,9 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             "  curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n       -d '{{\"text\":\"hello\",\"client_msg_id\":\"m1\"}}' {base}/v1/channels/{general}/messages"
         );
         println!("  curl -s -H 'Authorization: Bearer {token}' '{base}/v1/events?cursor={head}&wait_ms=25000'");
+        println!(
+            "  curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n       -d '{{\"name\":\"notes.txt\",\"size\":5,\"content_type\":\"text/plain\"}}' {base}/v1/files   (then PUT to upload.url, POST /v1/files/ID/complete)"
+        );
         println!("\nOr hold a session on the edge (any WebSocket client, e.g. websocat):");
         println!("  websocat 'ws://{}/v1/connect?token={token}'", edge.addr);
         println!(
@@ -130,5 +157,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     println!("\nCtrl-C stops it.\n");
     edge.wait().await;
     running.wait().await;
+    // Last, so that the origin's work in flight could still reach it.
+    s3.shutdown().await;
     Ok(())
 }

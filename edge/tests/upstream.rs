@@ -200,6 +200,7 @@ async fn send_direct(origin: &Origin, a: &Acme, n: u64) -> Seq {
         text: format!("direct {n}"),
         client_msg_id: format!("d-{n}"),
         thread_root: None,
+        files: Vec::new(),
     };
     origin.sequencer.send(request).await.unwrap().message.seq
 }

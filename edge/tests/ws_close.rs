@@ -133,6 +133,7 @@ async fn a_slow_client_reads_why_it_was_closed() {
             text: text.clone(),
             client_msg_id: format!("m-{sent}"),
             thread_root: None,
+            files: Vec::new(),
         };
         rig.origin.sequencer.send(request).await.unwrap();
         sent += 1;

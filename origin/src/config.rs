@@ -39,6 +39,128 @@ pub struct OriginConfig {
     pub link: LinkConfig,
     /// How the services on the feed (its consumers) run by default.
     pub consumers: ConsumersConfig,
+    /// The files service and its S3-compatible object store. Off unless `files.enabled`.
+    pub files: FilesConfig,
+}
+
+/// The files service (ARCHITECTURE §8 "Files"): clients move file bytes straight to and from an
+/// S3-compatible object store through short-lived presigned URLs the origin hands out; the
+/// origin keeps each file's metadata and decides who may have a URL.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Whether the files routes are served. Off, they answer `404` ("files are not enabled on
+    /// this origin") and no object store is contacted. `selvage dev` turns it on.
+    pub enabled: bool,
+    /// The object store's endpoint URL (`http://127.0.0.1:7900` for s3local, a MinIO or
+    /// Ceph URL, …). Unset: AWS S3's own endpoint for `region`. Clients must reach it too: it
+    /// is the host of every presigned URL.
+    pub endpoint: Option<String>,
+    /// The region requests are signed for.
+    pub region: String,
+    /// The bucket holding every workspace's objects (under `ws/{W}/…`). It must exist: the
+    /// origin checks it at start and refuses to start without it.
+    pub bucket: String,
+    /// Path-style URLs (`endpoint/bucket/key`) instead of virtual-hosted ones
+    /// (`bucket.endpoint/key`); s3local and most self-hosted stores need it.
+    pub path_style: bool,
+    /// An explicit access key (dev and tests); set together with `secret_access_key`. Unset:
+    /// AWS's standard credential chain (environment, profile, web identity, ECS, instance
+    /// metadata).
+    pub access_key_id: Option<String>,
+    /// The secret of `access_key_id`.
+    pub secret_access_key: Option<String>,
+    /// How long an upload URL is valid, in seconds.
+    pub upload_url_secs: u64,
+    /// How long a download URL is valid, in seconds.
+    pub download_url_secs: u64,
+    /// Largest file, in bytes (a single PUT: S3 takes at most 5 GiB).
+    pub max_bytes: u64,
+    /// Bytes of files one workspace may hold, pending uploads included.
+    pub workspace_quota_bytes: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            enabled: false,
+            endpoint: None,
+            region: "us-east-1".into(),
+            bucket: "selvage-files".into(),
+            path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            upload_url_secs: 300,
+            download_url_secs: 300,
+            max_bytes: 100 * 1024 * 1024,
+            workspace_quota_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The secret stays out of logs and panics.
+impl std::fmt::Debug for FilesConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilesConfig")
+            .field("enabled", &self.enabled)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("upload_url_secs", &self.upload_url_secs)
+            .field("download_url_secs", &self.download_url_secs)
+            .field("max_bytes", &self.max_bytes)
+            .field("workspace_quota_bytes", &self.workspace_quota_bytes)
+            .finish()
+    }
+}
+
+impl FilesConfig {
+    /// Longest lifetime of a presigned URL SigV4 allows (7 days).
+    pub const MAX_URL_SECS: u64 = 7 * 24 * 3600;
+    /// Largest object one PUT may write to S3.
+    pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+    /// Checks the files fields (see [`OriginConfig::validate`]); only when files are enabled.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if let Some(endpoint) = &self.endpoint {
+            let rest = endpoint.strip_prefix("http://").or_else(|| endpoint.strip_prefix("https://"));
+            if rest.is_none_or(|host| host.is_empty() || host.starts_with('/')) {
+                return Err(format!("files.endpoint must be an http:// or https:// URL, not {endpoint:?}"));
+            }
+        }
+        if self.region.trim().is_empty() {
+            return Err("files.region must be set".into());
+        }
+        let b = self.bucket.as_bytes();
+        if !(3..=63).contains(&b.len())
+            || !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        {
+            return Err("files.bucket must be an S3 bucket name (3 to 63 of a-z, 0-9, '-', '.')".into());
+        }
+        if self.access_key_id.is_some() != self.secret_access_key.is_some() {
+            return Err("files.access_key_id and files.secret_access_key must be set together (or neither, for \
+                        AWS's credential chain)"
+                .into());
+        }
+        for (name, secs) in [("upload_url_secs", self.upload_url_secs), ("download_url_secs", self.download_url_secs)] {
+            if !(1..=Self::MAX_URL_SECS).contains(&secs) {
+                return Err(format!("files.{name} must be between 1 and {}", Self::MAX_URL_SECS));
+            }
+        }
+        if !(1..=Self::MAX_OBJECT_BYTES).contains(&self.max_bytes) {
+            return Err(format!("files.max_bytes must be between 1 and {}", Self::MAX_OBJECT_BYTES));
+        }
+        if self.workspace_quota_bytes == 0 || self.workspace_quota_bytes > i64::MAX as u64 {
+            return Err("files.workspace_quota_bytes must be > 0".into());
+        }
+        Ok(())
+    }
 }
 
 /// Storage engines.
@@ -271,6 +393,7 @@ impl Default for OriginConfig {
             feed: FeedConfig::default(),
             link: LinkConfig::default(),
             consumers: ConsumersConfig::default(),
+            files: FilesConfig::default(),
         }
     }
 }
@@ -367,7 +490,8 @@ impl OriginConfig {
             );
         }
         self.consumers.validate()?;
-        self.link.validate()
+        self.link.validate()?;
+        self.files.validate()
     }
 }
 
@@ -403,6 +527,28 @@ mod tests {
         let mut c = OriginConfig::default();
         c.consumers.retry_max_ms = c.consumers.retry_min_ms - 1;
         assert!(c.validate().unwrap_err().contains("consumers.retry_max_ms"));
+    }
+
+    #[test]
+    fn files_settings_are_checked_when_enabled() {
+        let mut c = OriginConfig::default();
+        c.files.bucket = "No_Such Bucket".into();
+        c.validate().expect("disabled files are not checked");
+        c.files.enabled = true;
+        assert!(c.validate().unwrap_err().contains("files.bucket"));
+        c.files.bucket = "selvage-files".into();
+        c.validate().expect("the defaults validate once enabled");
+        c.files.access_key_id = Some("key".into());
+        assert!(c.validate().unwrap_err().contains("files.secret_access_key"));
+        c.files.secret_access_key = Some("secret".into());
+        c.files.endpoint = Some("ftp://x".into());
+        assert!(c.validate().unwrap_err().contains("files.endpoint"));
+        c.files.endpoint = Some("http://127.0.0.1:7900".into());
+        c.files.upload_url_secs = 0;
+        assert!(c.validate().unwrap_err().contains("files.upload_url_secs"));
+        c.files.upload_url_secs = 300;
+        c.validate().expect("valid again");
+        assert!(!format!("{c:?}").contains("secret\""), "the secret is not in Debug output");
     }
 
     #[test]

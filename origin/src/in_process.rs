@@ -90,6 +90,7 @@ impl Origin {
             text: text.to_string(),
             client_msg_id: client_msg_id.into(),
             thread_root: None,
+            files: Vec::new(),
         };
         self.sequencer.send(request).await
     }

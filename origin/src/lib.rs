@@ -27,7 +27,9 @@
 //! 5. `messages`: `messages::records` (a message and what lives beside it) under the
 //!    [`sequencer`] (posting), `messages::history` (reading back) and `messages::edits`
 //!    (changing); and `snapshot`, a workspace's state for an edge's cache.
-//! 6. The ways in: `http` (the API's router, middleware, error rendering and one handler module
+//! 6. [`files`]: uploads and downloads through presigned URLs of an S3-compatible store, shared
+//!    through messages posted by the sequencer, readable by whoever may see such a message.
+//! 7. The ways in: `http` (the API's router, middleware, error rendering and one handler module
 //!    per service), `link` (the QUIC link edges connect to) and the in-process entry point. They
 //!    parse, authenticate and render; the rules and the storage access live in the layers below.
 
@@ -37,6 +39,7 @@ pub mod channels;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod files;
 mod http;
 pub mod ids;
 mod in_process;
@@ -81,6 +84,8 @@ pub struct Origin {
     pub relay: Arc<feed::relay::Relay>,
     /// Who is online, from the edges' reports.
     pub presence: Arc<presence::Tracker>,
+    /// The files service, when `files.enabled`.
+    pub files: Option<files::Files>,
     /// Cancelled when the node is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -102,6 +107,9 @@ pub enum StartError {
     /// The edge link's certificate or TLS configuration could not be set up.
     #[error("cannot start the edge link: {0}")]
     Link(String),
+    /// Files are enabled but their bucket does not answer.
+    #[error("cannot start the files service: {0}")]
+    Files(#[from] files::StartError),
     /// The HTTP listener (TCP) or the edge link (UDP) could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -164,6 +172,11 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     config.validate().map_err(StartError::Config)?;
     // The link binds first: a taken UDP port then fails the start before storage is opened.
     let link = link::bind(&config.link, &config.data_dir)?;
+    // The object store is checked before storage is opened: a missing bucket fails the start.
+    let files = match config.files.enabled {
+        true => Some(files::Files::start(&config.files).await?),
+        false => None,
+    };
     let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::new());
     let presence = Arc::new(presence::Tracker::new(Duration::from_millis(config.link.presence_lease_ms)));
@@ -183,6 +196,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         metrics,
         relay: Arc::new(feed::relay::Relay::new()),
         presence,
+        files,
         shutdown: shutdown.clone(),
     });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));

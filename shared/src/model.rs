@@ -158,6 +158,24 @@ pub struct Message {
     /// to (the thread's followers when it was posted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thread_followers: Vec<UserId>,
+    /// Files shared with the message (ARCHITECTURE §8 "Files"): what a client shows; the bytes
+    /// are fetched from the origin's `GET /v1/files/{id}`. Absent when there are none, so the
+    /// wire stays as it was for messages without files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRef>,
+}
+
+/// A file as a message carries it: its identity and what a client shows before downloading.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// The file's id (`F…`).
+    pub id: String,
+    /// Its name, as sanitised by the origin.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type, as declared by the uploader.
+    pub content_type: String,
 }
 
 impl Message {
@@ -184,6 +202,7 @@ impl Message {
             latest_reply_seq: None,
             reply_users: Vec::new(),
             thread_followers: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -233,6 +252,7 @@ impl Message {
         self.mentions_here = false;
         self.mentions_here_users.clear();
         self.reactions.clear();
+        self.files.clear();
     }
 }
 
@@ -313,5 +333,19 @@ mod tests {
         assert_eq!((m.thread_root, m.edited_at, m.deleted), (None, None, false));
         let json = serde_json::to_string(&m).unwrap();
         assert!(!json.contains("thread_root") && !json.contains("edited_at"), "{json}");
+    }
+
+    #[test]
+    fn files_are_on_the_wire_only_when_there_are_some() {
+        let plain = Message::new(ChannelId::new_unchecked("C1"), 1, 5, UserId::new_unchecked("U1"), "hi");
+        assert!(!serde_json::to_string(&plain).unwrap().contains("files"));
+        let file = FileRef { id: "F1".into(), name: "a.png".into(), size: 3, content_type: "image/png".into() };
+        let mut shared = Message { files: vec![file.clone()], ..plain };
+        let json = serde_json::to_string(&shared).unwrap();
+        assert!(json.contains(r#""files":[{"id":"F1","name":"a.png","size":3,"content_type":"image/png"}]"#), "{json}");
+        let back: Message = crate::from_msgpack(&crate::to_msgpack(&shared)).unwrap();
+        assert_eq!(back.files, vec![file]);
+        shared.make_tombstone();
+        assert!(shared.files.is_empty(), "a tombstone carries no files");
     }
 }

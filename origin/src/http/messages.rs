@@ -42,6 +42,7 @@ pub(super) async fn post_message(
         text: body.text,
         client_msg_id: body.client_msg_id,
         thread_root: body.thread_root,
+        files: Vec::new(),
     };
     let sent = origin.sequencer.send(request).await?;
     let status = if sent.duplicate { StatusCode::OK } else { StatusCode::CREATED };
@@ -78,7 +79,12 @@ pub(super) async fn delete_message(
     Path((id, seq)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>> {
     let seq = path_seq(&seq)?;
-    let message = edits::delete(&origin.store, &caller, &channel_id(&id)?, seq).await?;
+    let channel = channel_id(&id)?;
+    let message = edits::delete(&origin.store, &caller, &channel, seq).await?;
+    if let Some(files) = &origin.files {
+        // A deleted message takes its files with it (ARCHITECTURE §8 "Files").
+        files.message_deleted(&origin.store, &caller.workspace, &channel, seq).await?;
+    }
     Ok(Json(json!({ "message": message })))
 }
 

@@ -3,8 +3,8 @@
 //! Handlers are thin: extract and check the request, call the domain module that owns the
 //! concept, and render the result. One handler module per service — `accounts` (workspaces,
 //! users, tokens), `channels` (channels, members, DMs, read markers), `messages` (posting,
-//! changes, history) and `events` (the long-poll feed) — with the extractors they share in
-//! `extract`, and the rendering of errors in [`error`]. Every rejection axum would produce (bad
+//! changes, history), `events` (the long-poll feed) and `files` (uploads and downloads) — with
+//! the extractors they share in `extract`, and the rendering of errors in [`error`]. Every rejection axum would produce (bad
 //! JSON, unknown fields, oversized bodies, a missing content type, bad query strings or path
 //! parameters, unknown routes, wrong methods) is turned into ARCHITECTURE §5's
 //! `{"error": {"code", "message"}}` shape, and the middleware here ([`track`]) re-renders
@@ -19,6 +19,7 @@ mod channels;
 pub mod error;
 mod events;
 mod extract;
+mod files;
 mod messages;
 
 use std::{
@@ -47,6 +48,7 @@ use self::{
     },
     error::ErrorShape,
     events::events,
+    files::{channel_files, complete_file, create_file, delete_file, file_content, get_file, require_files},
     messages::{
         add_reaction, delete_message, edit_message, follow_thread, history_page, post_message, remove_reaction,
         thread_page, unfollow_thread,
@@ -60,6 +62,14 @@ use crate::{
 /// Builds the router with every route, the body limit and the metrics middleware.
 pub fn router(origin: Arc<Origin>) -> Router {
     let body_limit = origin.config.max_body_bytes;
+    // Files answer 404 as a whole while they are off, token or not (ARCHITECTURE §8 "Files").
+    let files = Router::new()
+        .route("/v1/files", post(create_file))
+        .route("/v1/files/{id}", get(get_file).delete(delete_file))
+        .route("/v1/files/{id}/complete", post(complete_file))
+        .route("/v1/files/{id}/content", get(file_content))
+        .route("/v1/channels/{id}/files", get(channel_files))
+        .route_layer(middleware::from_fn_with_state(origin.clone(), require_files));
     Router::new()
         .route("/v1/workspaces", post(create_workspace))
         .route("/v1/users", post(create_user))
@@ -84,6 +94,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(files)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(origin.clone(), track))
@@ -165,7 +176,8 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when storage answers a read within a second and the sequencer is running.
+/// Ready when storage answers a read within a second and the sequencer is running — and, with
+/// files enabled, when their bucket answers within a second too.
 async fn readyz(State(origin): State<Arc<Origin>>) -> Response {
     let probe = async {
         let mut tx = origin.store.begin().await?;
@@ -177,8 +189,16 @@ async fn readyz(State(origin): State<Arc<Origin>>) -> Response {
     let cannot_write = origin.store.write_problem();
     let store_ok = answers && cannot_write.is_none();
     let sequencer_ok = !origin.shutdown.is_cancelled();
-    if store_ok && sequencer_ok {
-        return axum::Json(json!({ "ready": true, "store": true, "sequencer": true })).into_response();
+    let files_ok = match &origin.files {
+        Some(files) => Some(matches!(tokio::time::timeout(Duration::from_secs(1), files.ready()).await, Ok(Ok(())))),
+        None => None,
+    };
+    if store_ok && sequencer_ok && files_ok != Some(false) {
+        let mut body = json!({ "ready": true, "store": true, "sequencer": true });
+        if files_ok.is_some() {
+            body["files"] = json!(true);
+        }
+        return axum::Json(body).into_response();
     }
     // Not ready is a 503 like any other: the error shape (with the request id) beside the
     // probe's fields.
@@ -186,13 +206,17 @@ async fn readyz(State(origin): State<Arc<Origin>>) -> Response {
     let why = match (answers, cannot_write) {
         (false, _) => "storage does not answer".to_string(),
         (true, Some(problem)) => format!("storage cannot take writes: {problem}"),
-        (true, None) => "the sequencer is stopping".to_string(),
+        (true, None) if !sequencer_ok => "the sequencer is stopping".to_string(),
+        (true, None) => "the files bucket does not answer".to_string(),
     };
-    tracing::warn!(request.id = %id, store = store_ok, sequencer = sequencer_ok, "not ready: {why}");
-    let body = json!({
+    tracing::warn!(request.id = %id, store = store_ok, sequencer = sequencer_ok, files = ?files_ok, "not ready: {why}");
+    let mut body = json!({
         "ready": false, "store": store_ok, "sequencer": sequencer_ok,
         "error": { "code": "unavailable", "message": format!("not ready: {why}"), "request_id": id.to_string() },
     });
+    if let Some(files_ok) = files_ok {
+        body["files"] = json!(files_ok);
+    }
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     response.extensions_mut().insert(ErrorShape);
     response

@@ -196,7 +196,7 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
             Ok(Answer::Snapshot(Box::new(snapshot::read(&origin.store, &workspace).await?)))
         }
         Call::Send { workspace, user, channel, text, client_msg_id, thread_root } => {
-            let request = SendRequest { workspace, channel, user, text, client_msg_id, thread_root };
+            let request = SendRequest { workspace, channel, user, text, client_msg_id, thread_root, files: Vec::new() };
             let sent = origin.sequencer.send(request).await?;
             Ok(Answer::Sent { message: Box::new(sent.message), cursor: sent.cursor, duplicate: sent.duplicate })
         }

@@ -36,7 +36,7 @@ use std::{
 };
 
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
-use selvage_shared::{ChannelId, Cursor, Event, Message, Seq, UserId, WorkspaceId};
+use selvage_shared::{ChannelId, Cursor, Event, FileRef, Message, Seq, UserId, WorkspaceId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +67,9 @@ pub struct SendRequest {
     pub client_msg_id: String,
     /// The seq of the thread's root, for a reply.
     pub thread_root: Option<Seq>,
+    /// Files the message carries, already uploaded and checked by the files service
+    /// (ARCHITECTURE §8 "Files"); a message with files may have an empty text.
+    pub files: Vec<FileRef>,
 }
 
 /// A committed send.
@@ -178,7 +181,13 @@ fn shard_of(workspace: &WorkspaceId, channel: &ChannelId, shards: usize) -> usiz
 
 /// Checks what can be checked without storage.
 fn validate(r: &SendRequest) -> Result<()> {
-    validate_text(&r.text)?;
+    // A file's message may say nothing beside the file.
+    if !r.text.is_empty() || r.files.is_empty() {
+        validate_text(&r.text)?;
+    }
+    if r.files.len() > MAX_FILES {
+        return Err(OriginError::BadRequest(format!("a message carries at most {MAX_FILES} files")));
+    }
     if r.client_msg_id.is_empty() || r.client_msg_id.len() > selvage_shared::MAX_CLIENT_MSG_ID_BYTES {
         return Err(OriginError::BadRequest(format!(
             "client_msg_id must be 1 to {} bytes",
@@ -190,6 +199,9 @@ fn validate(r: &SendRequest) -> Result<()> {
     }
     Ok(())
 }
+
+/// Most files one message carries.
+pub const MAX_FILES: usize = 10;
 
 /// What became of one send in a group.
 enum Outcome {
@@ -404,7 +416,7 @@ impl Gates {
 /// reaches). A group that still comes out over the store's limit is committed in halves (see
 /// [`Committer::commit_group`]).
 fn weight(p: &Pending) -> usize {
-    2 * p.request.text.len() + 768 + 384 * p.mentioned.reach()
+    2 * p.request.text.len() + 768 + 384 * p.mentioned.reach() + 2 * 512 * p.request.files.len()
 }
 
 impl Committer {
@@ -766,6 +778,7 @@ async fn sequence(
         let mut message = Message {
             client_msg_id: r.client_msg_id.clone(),
             thread_root: r.thread_root,
+            files: r.files.clone(),
             ..Message::new(c.clone(), seq, now, r.user.clone(), r.text.clone())
         };
         records::set_mentions(tx, w, &mut message, mentioned).await?;
@@ -929,6 +942,7 @@ mod tests {
             text: "hello".into(),
             client_msg_id: String::new(),
             thread_root: None,
+            files: Vec::new(),
         };
         (inner, sequencer, request, caller)
     }
@@ -956,6 +970,7 @@ mod tests {
                 text: format!("message {n}"),
                 client_msg_id: format!("m{n}"),
                 thread_root: None,
+                files: Vec::new(),
             };
             let sequencer = sequencer.clone();
             async move { sequencer.send(request).await }
@@ -1005,6 +1020,7 @@ mod tests {
             text: text.into(),
             client_msg_id: id.into(),
             thread_root: root,
+            files: Vec::new(),
         };
         let first = sequencer.send(request(&alice, "alice's", "K", None)).await.unwrap();
         assert!(!first.duplicate);
@@ -1182,5 +1198,30 @@ mod tests {
         // Each shard gets a fair part of 1,000 channels (250 on average).
         assert!(counts.iter().all(|&n| n > 150), "{counts:?}");
         assert_eq!(shard_of(&w, &ChannelId::new_unchecked("C1"), 1), 0);
+    }
+
+    #[test]
+    fn a_message_may_say_nothing_beside_its_files() {
+        let file = |i: usize| FileRef {
+            id: format!("F{i:012}"),
+            name: "a.pdf".into(),
+            size: 1,
+            content_type: "application/pdf".into(),
+        };
+        let request = SendRequest {
+            workspace: WorkspaceId::new_unchecked("W1"),
+            channel: ChannelId::new_unchecked("C1"),
+            user: UserId::new_unchecked("U1"),
+            text: String::new(),
+            client_msg_id: "m1".into(),
+            thread_root: None,
+            files: Vec::new(),
+        };
+        assert!(matches!(validate(&request), Err(OriginError::BadRequest(_))), "no text, no files");
+        validate(&SendRequest { files: vec![file(1)], ..request.clone() }).expect("a file alone");
+        let text_with_nul = SendRequest { text: "a\0b".into(), files: vec![file(1)], ..request.clone() };
+        assert!(validate(&text_with_nul).is_err(), "a text beside files follows the text rule");
+        let many = SendRequest { files: (0..=MAX_FILES).map(file).collect(), ..request };
+        assert!(matches!(validate(&many), Err(OriginError::BadRequest(_))), "at most {MAX_FILES} files");
     }
 }

@@ -179,6 +179,34 @@ pub fn channel_mentions(w: &WorkspaceId) -> Vec<u8> {
     ws(w).str("chmention").finish()
 }
 
+/// `(ws, W, file, F)` → file record: name, size, type, object key, uploader, state, and the
+/// channel and `seq` of the message that shared it (ARCHITECTURE §8 "Files").
+pub fn file(w: &WorkspaceId, f: &str) -> Vec<u8> {
+    ws(w).str("file").str(f).finish()
+}
+
+/// `(ws, W, chfile, C, seq, F)` → empty: file F was shared in C by message `seq` — a channel's
+/// files, newest first by a reverse range read.
+pub fn channel_file(w: &WorkspaceId, c: &ChannelId, seq: Seq, f: &str) -> Vec<u8> {
+    ws(w).str("chfile").str(c.as_str()).uint(seq).str(f).finish()
+}
+
+/// Prefix of a channel's [`channel_file`] entries.
+pub fn channel_files(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("chfile").str(c.as_str()).finish()
+}
+
+/// Prefix of a channel's [`channel_file`] entries of message `seq`.
+pub fn channel_files_at(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("chfile").str(c.as_str()).uint(seq).finish()
+}
+
+/// `(ws, W, filebytes)` → bytes of the workspace's files that are pending or stored
+/// (little-endian i64, moved by atomic adds): what its quota is checked against.
+pub fn file_bytes(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("filebytes").finish()
+}
+
 /// `(ws, W, read, U, C)` → the user's read marker in C.
 pub fn read_marker(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> {
     ws(w).str("read").str(u.as_str()).str(c.as_str()).finish()

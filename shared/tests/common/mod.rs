@@ -134,6 +134,7 @@ pub fn message() -> impl Strategy<Value = Message> {
             latest_reply_seq,
             reply_users,
             thread_followers: Vec::new(),
+            files: Vec::new(),
         },
     )
 }

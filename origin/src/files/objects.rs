@@ -1,0 +1,204 @@
+//! The object store the files service keeps bytes in: an S3-compatible bucket reached with
+//! `aws-sdk-s3` (ARCHITECTURE §8 "Files").
+//!
+//! The origin never moves file bytes. It signs short-lived URLs — a `PUT` of exactly one key,
+//! with its length and type bound into the signature, and `GET`s — and otherwise only asks the
+//! store about objects (`HEAD`), deletes them, and checks the bucket at start. Every call has a
+//! deadline; every failure becomes an [`ObjectError`] whose detail is for the log only.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::{
+    config::{timeout::TimeoutConfig, BehaviorVersion, Credentials, Region},
+    presigning::PresigningConfig,
+    Client,
+};
+
+use crate::config::FilesConfig;
+
+/// Longest an object-store call may take, retries included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an object-store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// The store did not answer, refused the credentials, or answered with an error.
+    #[error("object store: {0}")]
+    Store(String),
+    /// A URL could not be signed (a lifetime SigV4 does not allow, missing credentials).
+    #[error("cannot presign: {0}")]
+    Presign(String),
+}
+
+/// A presigned request: what a client sends, to where, until when.
+#[derive(Clone, Debug)]
+pub struct Presigned {
+    /// The URL, its signature in the query.
+    pub url: String,
+    /// The HTTP method it is signed for.
+    pub method: String,
+    /// Headers the client must send with exactly these values (they are signed).
+    pub headers: Vec<(String, String)>,
+    /// When the URL stops working, ms since the epoch.
+    pub expires_at: i64,
+}
+
+/// What the store holds under a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectHead {
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its `Content-Type`, as uploaded.
+    pub content_type: Option<String>,
+}
+
+/// How a download URL has the store answer.
+#[derive(Clone, Debug)]
+pub struct Download<'a> {
+    /// `response-content-type`.
+    pub content_type: &'a str,
+    /// `response-content-disposition`.
+    pub disposition: &'a str,
+}
+
+/// The bucket, and a client for it.
+#[derive(Clone)]
+pub struct Objects {
+    client: Client,
+    bucket: String,
+    upload_for: Duration,
+    download_for: Duration,
+}
+
+impl Objects {
+    /// A client for the configured store. Credentials come from the configuration when it has
+    /// them, else from AWS's standard chain (read lazily, on the first call). Nothing is
+    /// contacted yet: [`Objects::check_bucket`] does that.
+    pub async fn connect(config: &FilesConfig) -> Objects {
+        // hyper 1 and rustls on ring, which the origin builds for QUIC anyway.
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let timeouts =
+            TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).operation_timeout(CALL_TIMEOUT).build();
+        let region = Region::new(config.region.clone());
+        let mut s3 = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => aws_sdk_s3::config::Builder::new()
+                .behavior_version(BehaviorVersion::latest())
+                .http_client(http)
+                .credentials_provider(Credentials::new(id, secret, None, None, "selvage-config"))
+                .region(region),
+            _ => {
+                let shared =
+                    aws_config::defaults(BehaviorVersion::latest()).http_client(http).region(region).load().await;
+                aws_sdk_s3::config::Builder::from(&shared)
+            }
+        };
+        s3 = s3.timeout_config(timeouts).force_path_style(config.path_style);
+        if let Some(endpoint) = &config.endpoint {
+            s3 = s3.endpoint_url(endpoint.trim_end_matches('/'));
+        }
+        Objects {
+            client: Client::from_conf(s3.build()),
+            bucket: config.bucket.clone(),
+            upload_for: Duration::from_secs(config.upload_url_secs),
+            download_for: Duration::from_secs(config.download_url_secs),
+        }
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Whether the bucket exists and the credentials may use it (`HEAD` of the bucket).
+    pub async fn check_bucket(&self) -> Result<(), ObjectError> {
+        self.client.head_bucket().bucket(&self.bucket).send().await.map(|_| ()).map_err(|e| store_error(&e))
+    }
+
+    /// A URL that uploads exactly `size` bytes of type `content_type` to `key`, and nothing
+    /// else: length and type are signed, so any other upload is refused by the store.
+    pub async fn presign_put(&self, key: &str, size: u64, content_type: &str) -> Result<Presigned, ObjectError> {
+        let (config, expires_at) = presigning(self.upload_for)?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_length(i64::try_from(size).map_err(|_| ObjectError::Presign("size over i64".into()))?)
+            .content_type(content_type)
+            .presigned(config)
+            .await
+            .map_err(|e| ObjectError::Presign(aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
+        Ok(Presigned {
+            url: request.uri().to_string(),
+            method: request.method().to_string(),
+            headers: request
+                .headers()
+                .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+                .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+                .collect(),
+            expires_at,
+        })
+    }
+
+    /// A URL that downloads `key`, answered with the given type and disposition.
+    pub async fn presign_get(&self, key: &str, answer: Download<'_>) -> Result<Presigned, ObjectError> {
+        let (config, expires_at) = presigning(self.download_for)?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .response_content_type(answer.content_type)
+            .response_content_disposition(answer.disposition)
+            .presigned(config)
+            .await
+            .map_err(|e| ObjectError::Presign(aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
+        Ok(Presigned {
+            url: request.uri().to_string(),
+            method: request.method().to_string(),
+            headers: Vec::new(),
+            expires_at,
+        })
+    }
+
+    /// What the store holds under `key`; `None` when nothing.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectHead>, ObjectError> {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(head) => Ok(Some(ObjectHead {
+                size: head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                content_type: head.content_type().map(str::to_string),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            // Some stores answer a missing key's HEAD with a bare 404 the SDK cannot model.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
+    /// Deletes `key`; deleting what is not there succeeds, as in S3.
+    pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
+        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map(|_| ()).map_err(|e| store_error(&e))
+    }
+}
+
+/// The presigning settings for a URL valid `lifetime` from now, and when it ends (ms).
+fn presigning(lifetime: Duration) -> Result<(PresigningConfig, i64), ObjectError> {
+    let start = SystemTime::now();
+    let config = PresigningConfig::builder()
+        .start_time(start)
+        .expires_in(lifetime)
+        .build()
+        .map_err(|e| ObjectError::Presign(e.to_string()))?;
+    let end = start + lifetime;
+    let expires_at = end.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Ok((config, expires_at))
+}
+
+/// An SDK error with its whole chain of causes, for the log.
+fn store_error<E: std::error::Error + 'static>(e: &E) -> ObjectError {
+    ObjectError::Store(aws_sdk_s3::error::DisplayErrorContext(e).to_string())
+}
