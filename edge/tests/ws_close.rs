@@ -137,7 +137,7 @@ async fn a_slow_client_reads_why_it_was_closed() {
         };
         rig.origin.sequencer.send(request).await.unwrap();
         sent += 1;
-        if sent % 16 == 0 {
+        if sent.is_multiple_of(16) {
             // Let the feed catch up before sending more.
             tokio::task::yield_now().await;
         }

@@ -231,7 +231,7 @@ mod tests {
     fn frame(i: usize) -> Vec<u8> {
         // Sizes from empty to past one packet and past the reader's chunk, each byte telling
         // which frame it belongs to.
-        let len = (i * 37) % 3000 + if i % 101 == 0 { 70_000 } else { 0 };
+        let len = (i * 37) % 3000 + if i.is_multiple_of(101) { 70_000 } else { 0 };
         let mut buf = (len as u32).to_be_bytes().to_vec();
         buf.extend((0..len).map(|k| (i + k) as u8));
         buf

@@ -263,7 +263,7 @@ impl Shared {
             let (key, _) = entry?;
             filter.insert(filter::hash(key.value()));
             keys += 1;
-            if keys % 4096 == 0 {
+            if keys.is_multiple_of(4096) {
                 if self.closing.load(Ordering::Relaxed) {
                     return Ok(());
                 }

@@ -109,7 +109,7 @@ mod tests {
     /// them leave zeros wherever a recycled segment's new records end.
     fn zeroish(i: u64) -> Vec<u8> {
         let mut v = vec![0u8; ((i * 7919) % 3001) as usize];
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             // Bytes shaped like a record header of a made-up salt.
             v.extend_from_slice(&(i as u32).to_le_bytes());
             v.extend_from_slice(&[0; 4]);
