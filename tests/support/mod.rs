@@ -205,6 +205,26 @@ impl Origin {
     }
 }
 
+/// An s3local endpoint on port 0 for an origin's files (ARCHITECTURE §8 "Files"), storing in
+/// the directory returned with it; keep both until the test ends.
+pub async fn start_s3local() -> (selvage_s3local::S3Local, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = selvage_s3local::S3Local::start(selvage_s3local::Options::new(dir.path())).await.unwrap();
+    (s3, dir)
+}
+
+/// Turns the files service on in `config`, against `s3` and its default bucket; for
+/// [`Origin::start_with`].
+pub fn files_on(config: &mut OriginConfig, s3: &selvage_s3local::S3Local) {
+    config.files.enabled = true;
+    config.files.endpoint = Some(s3.endpoint());
+    config.files.region = selvage_s3local::DEFAULT_REGION.into();
+    config.files.bucket = selvage_s3local::DEFAULT_BUCKET.into();
+    config.files.path_style = true;
+    config.files.access_key_id = Some(selvage_s3local::DEFAULT_ACCESS_KEY.into());
+    config.files.secret_access_key = Some(selvage_s3local::DEFAULT_SECRET_KEY.into());
+}
+
 /// The sum of the Prometheus samples whose line starts with `prefix`.
 pub fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
