@@ -9,7 +9,8 @@
 # edge are separate `selvage origin` / `selvage edge` processes, so the origin's memory is its
 # own. Each run gets a fresh origin and edge; the summary gives the median of RUNS runs.
 # Usage: docs/bench/files.sh [RUNS] [SECONDS]      (run from the repository root; needs UPLOADS ×
-# UPLOAD_BYTES of free disk space under /tmp for the object store)
+# UPLOAD_BYTES of free space for the object store: under /tmp, or DEV_DIR=, e.g. on /dev/shm,
+# which the script empties and deletes)
 # UPLOADS= (default 1000), UPLOAD_BYTES= (default 1048576), ISSUE_CONCURRENCY= (default 64),
 # EVENT_CONCURRENCY= (default 4). QUIET=0 skips waiting for an idle machine before each run.
 # BIN=PATH measures another build of selvage; by default the
@@ -26,13 +27,14 @@ if [ -n "${BIN:-}" ]; then bin=$BIN; else bin=./target/release/selvage; cargo bu
 key=bench-operator-key-$(date +%s)
 edge_key=bench-edge-key-$(date +%s)-0000
 out=$(mktemp -d /tmp/selvage-files.XXXXXX)
+dev_dir=${DEV_DIR:-$out/dev}
 dev_pid=
-stop_all() { stop_pair $dev_pid; rm -rf "$out"; }
+stop_all() { stop_pair $dev_pid; rm -rf "$out" "$dev_dir"; }
 trap stop_all EXIT
 
 # The S3 endpoint: `selvage dev` on free ports, its own origin and edge left idle.
 RUST_LOG=warn $bin dev --listen 127.0.0.1:0 --link-listen 127.0.0.1:0 --edge-listen 127.0.0.1:0 \
-  --edge-quic-listen 127.0.0.1:0 --s3-listen 127.0.0.1:0 --data-dir "$out/dev" --fresh \
+  --edge-quic-listen 127.0.0.1:0 --s3-listen 127.0.0.1:0 --data-dir "$dev_dir" --fresh \
   > "$out/dev.out" 2> "$out/dev.err" &
 dev_pid=$!
 wait_for "$out/dev.out" "files (S3)"
@@ -53,7 +55,7 @@ for r in $(seq "$runs"); do
     || { echo "run $r failed:" >&2; cat "$out/run$r.err" "$out/run$r.json" >&2; exit 1; }
   stop_pair
   # The run's objects (UPLOADS × UPLOAD_BYTES on disk) go before the next run adds as many.
-  rm -rf "$out/dev/s3/selvage-files/ws"
+  rm -rf "$dev_dir/s3/selvage-files/ws"
   f=$out/run$r.json
   printf 'run %s: %s URLs/s (p99 %s ms); event p50 %s ms p99 %s ms; %s uploads in %s s = %s MiB/s (p99 %s ms); origin RSS %s → max %s → %s MiB\n' "$r" \
     "$(field "$f" 'round(r["issue"]["issued_per_sec"])')" "$(field "$f" 'round(r["issue"]["latency"]["p99_ms"], 2)')" \

@@ -136,6 +136,8 @@ pub struct IssueReport {
     pub latency: Latency,
     /// Failed calls by `stage:status` (or `stage:connect`).
     pub errors: HashMap<String, u64>,
+    /// The first failure's answer (or cause) for each key of `errors`.
+    pub error_examples: HashMap<String, String>,
 }
 
 /// Phase 2: declare, upload, then `complete` → the member's `message` event.
@@ -157,6 +159,8 @@ pub struct EventsReport {
     pub event_latency: Latency,
     /// Failed calls by `stage:status`.
     pub errors: HashMap<String, u64>,
+    /// The first failure's answer (or cause) for each key of `errors`.
+    pub error_examples: HashMap<String, String>,
 }
 
 /// Phase 3: many uploads at once, end to end.
@@ -182,6 +186,8 @@ pub struct UploadsReport {
     pub missing: u64,
     /// Failed calls by `stage:status`.
     pub errors: HashMap<String, u64>,
+    /// The first failure's answer (or cause) for each key of `errors`.
+    pub error_examples: HashMap<String, String>,
     /// The origin's resident memory around the phase.
     pub origin_rss: Rss,
 }
@@ -213,6 +219,8 @@ struct Uploader {
     /// `client_msg_id` → when the member got its `message` event carrying a file.
     arrived: Mutex<HashMap<String, Instant>>,
     errors: Mutex<HashMap<String, u64>>,
+    /// The first failure's detail of each error key.
+    error_examples: Mutex<HashMap<String, String>>,
     next: AtomicU64,
     run_id: String,
 }
@@ -233,13 +241,19 @@ struct Failed {
 impl Uploader {
     fn fail(&self, f: Failed) {
         tracing::debug!(error = %f.detail, "files call failed");
+        if let Ok(mut examples) = self.error_examples.lock() {
+            examples.entry(f.key.clone()).or_insert(f.detail);
+        }
         if let Ok(mut e) = self.errors.lock() {
             *e.entry(f.key).or_default() += 1;
         }
     }
 
-    fn take_errors(&self) -> HashMap<String, u64> {
-        self.errors.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+    /// The phase's error counts and an example of each, reset for the next phase.
+    fn take_errors(&self) -> (HashMap<String, u64>, HashMap<String, String>) {
+        let counts = self.errors.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default();
+        let examples = self.error_examples.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default();
+        (counts, examples)
     }
 
     async fn post(&self, stage: &str, path: &str, body: Value) -> Result<Value, Failed> {
@@ -377,9 +391,7 @@ fn print_report(r: &FilesReport) {
         println!("  upload URLs (POST /v1/files), closed loop, concurrency {}", i.concurrency);
         println!("    issued         {} in {:.1} s = {:.0}/s", i.issued, i.seconds, i.issued_per_sec);
         println!("    latency        {}", i.latency);
-        if !i.errors.is_empty() {
-            println!("    errors         {:?}", i.errors);
-        }
+        print_errors(&i.errors, &i.error_examples);
     }
     if let Some(e) = &r.events {
         println!("  complete → message event at a member on the edge, concurrency {}", e.concurrency);
@@ -389,9 +401,7 @@ fn print_report(r: &FilesReport) {
         );
         println!("    complete       {}", e.complete_latency);
         println!("    event          {}", e.event_latency);
-        if !e.errors.is_empty() {
-            println!("    errors         {:?}", e.errors);
-        }
+        print_errors(&e.errors, &e.error_examples);
     }
     if let Some(u) = &r.uploads {
         println!(
@@ -414,9 +424,13 @@ fn print_report(r: &FilesReport) {
             mib(m.after_bytes),
             m.source
         );
-        if !u.errors.is_empty() {
-            println!("    errors         {:?}", u.errors);
-        }
+        print_errors(&u.errors, &u.error_examples);
+    }
+}
+
+fn print_errors(errors: &HashMap<String, u64>, examples: &HashMap<String, String>) {
+    for (key, n) in errors {
+        println!("    errors         {n} × {key}, e.g. {}", examples.get(key).map_or("", String::as_str));
     }
 }
 
@@ -506,6 +520,7 @@ async fn phases(args: &FilesArgs, deployment: &Deployment) -> Result<Phases> {
         sent: Mutex::new(HashMap::new()),
         arrived: Mutex::new(HashMap::new()),
         errors: Mutex::new(HashMap::new()),
+        error_examples: Mutex::new(HashMap::new()),
         next: AtomicU64::new(0),
         run_id: format!("{:x}", (std::process::id() as u64) << 20 ^ (selvage_origin::now_ms() as u64 & 0xfffff)),
     });
@@ -604,13 +619,15 @@ async fn issue_phase(args: &FilesArgs, uploader: &Arc<Uploader>) -> IssueReport 
     progress.abort();
     let issued = issued.load(Ordering::Relaxed);
     let latency = Latency::of(&histogram.lock().map(|h| h.clone()).unwrap_or_else(|_| latency_histogram()));
+    let (errors, error_examples) = uploader.take_errors();
     IssueReport {
         concurrency: args.issue_concurrency,
         seconds,
         issued,
         issued_per_sec: issued as f64 / seconds,
         latency,
-        errors: uploader.take_errors(),
+        errors,
+        error_examples,
     }
 }
 
@@ -680,6 +697,7 @@ async fn events_phase(args: &FilesArgs, uploader: &Arc<Uploader>) -> EventsRepor
     progress.abort();
     let ids = ids.lock().map(|i| i.clone()).unwrap_or_default();
     let (latencies, missing) = uploader.await_events(&ids).await;
+    let (errors, error_examples) = uploader.take_errors();
     EventsReport {
         concurrency: args.event_concurrency,
         seconds,
@@ -690,7 +708,8 @@ async fn events_phase(args: &FilesArgs, uploader: &Arc<Uploader>) -> EventsRepor
             &complete_histogram.lock().map(|h| h.clone()).unwrap_or_else(|_| latency_histogram()),
         ),
         event_latency: Latency::of(&histogram_of(&latencies)),
-        errors: uploader.take_errors(),
+        errors,
+        error_examples,
     }
 }
 
@@ -820,6 +839,7 @@ async fn uploads_phase(args: &FilesArgs, uploader: &Arc<Uploader>, deployment: &
     let completed = completed.load(Ordering::Relaxed);
     let (latencies, missing) = uploader.await_events(&ids).await;
     let after = rss.read(deployment).await?;
+    let (errors, error_examples) = uploader.take_errors();
     Ok(UploadsReport {
         uploads: args.uploads,
         bytes_each: args.upload_bytes,
@@ -830,7 +850,8 @@ async fn uploads_phase(args: &FilesArgs, uploader: &Arc<Uploader>, deployment: &
         latency: Latency::of(&histogram),
         events: latencies.len() as u64,
         missing,
-        errors: uploader.take_errors(),
+        errors,
+        error_examples,
         origin_rss: Rss {
             source: rss.source,
             before_bytes: before,
