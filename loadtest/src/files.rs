@@ -737,7 +737,11 @@ impl RssReader {
                     .into(),
                 pid: None,
             },
-            None => RssReader { source: "origin /metrics".into(), pid: None },
+            None => RssReader {
+                source: "origin /metrics: the origin's process (under `selvage dev`, its edge and S3 endpoint too)"
+                    .into(),
+                pid: None,
+            },
         }
     }
 
