@@ -41,7 +41,7 @@ enum Command {
     /// Administer a running origin over its HTTP API: workspaces, users, tokens.
     Admin(admin::AdminArgs),
     /// Load-test a deployment: durable sends, warm boots, fan-out through an edge, memory per
-    /// session; and a WAN emulation proxy for trying a far-away edge on one machine.
+    /// session, the files service; and a WAN emulation proxy for trying a far-away edge on one machine.
     Loadtest(selvage_loadtest::LoadtestArgs),
 }
 

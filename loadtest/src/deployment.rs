@@ -98,6 +98,17 @@ impl Deployment {
         seed_concurrency: usize,
         adjust: impl FnOnce(&mut EdgeConfig),
     ) -> Result<Deployment> {
+        Deployment::in_process_configured(http, seed_concurrency, |_| {}, adjust).await
+    }
+
+    /// Starts an origin and an edge in this process, the origin's configuration changed by
+    /// `adjust_origin` (e.g. files enabled) and the edge's by `adjust_edge`.
+    pub async fn in_process_configured(
+        http: reqwest::Client,
+        seed_concurrency: usize,
+        adjust_origin: impl FnOnce(&mut OriginConfig),
+        adjust_edge: impl FnOnce(&mut EdgeConfig),
+    ) -> Result<Deployment> {
         let dir = tempfile::tempdir()?;
         let shutdown = CancellationToken::new();
         let operator_key = selvage_origin::ids::new_token();
@@ -110,6 +121,7 @@ impl Deployment {
         };
         config.link.listen = "127.0.0.1:0".parse()?;
         config.link.edge_key = Some(edge_key.clone());
+        adjust_origin(&mut config);
         let origin = selvage_origin::start(config, shutdown.clone()).await?;
         let (Some(link), Some(fingerprint)) = (origin.link_addr, origin.link_fingerprint.clone()) else {
             bail!("the in-process origin's link did not start");
@@ -126,7 +138,7 @@ impl Deployment {
         edge_config.origin.link = link.to_string();
         edge_config.origin.fingerprint = Some(fingerprint);
         edge_config.origin.edge_key = edge_key;
-        adjust(&mut edge_config);
+        adjust_edge(&mut edge_config);
         let edge = selvage_edge::start(edge_config, shutdown.clone()).await?;
         let deadline = Instant::now() + LINK_TIMEOUT;
         while !edge.edge.is_ready() {

@@ -7,6 +7,9 @@
 //! - [`fanout`]: deliveries per second through one edge, their latency, and a check that every
 //!   subscriber got every message once and in order;
 //! - [`idle`]: edge memory per idle session;
+//! - [`files`]: the files service — upload URLs issued per second, `complete` → `message` event
+//!   latency at a member on the edge, and many uploads at once through presigned URLs while the
+//!   origin's memory is watched;
 //! - [`presence`]: presence fan-out with subscriptions against every change to every session;
 //! - [`scenario`]: `run SCENARIO`, the scenario files of `loadtest/scenarios/` (steady chat,
 //!   hot channel, soak, boot and reconnect storms, slow consumers, mixed) with a checker of
@@ -20,6 +23,7 @@
 
 pub mod deployment;
 pub mod fanout;
+pub mod files;
 pub mod hello;
 pub mod html;
 pub mod idle;
@@ -52,6 +56,10 @@ enum LoadtestCommand {
     /// Fan-out through one edge: deliveries per second and their latency, closed loop or at a
     /// fixed rate, checking every subscriber got every message once and in order.
     Fanout(fanout::FanoutArgs),
+    /// The files service: upload URLs issued per second, `complete` → `message` event latency
+    /// at a member on the edge, and many uploads at once end to end through the object store
+    /// while the origin's memory is watched.
+    Files(files::FilesArgs),
     /// Edge memory per idle WebSocket session (against an edge in its own process).
     Idle(idle::IdleArgs),
     /// Presence fan-out with subscriptions (`presence_sub`) against without (every change to
@@ -75,6 +83,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         LoadtestCommand::Sends(a) => sends::run(a).await,
         LoadtestCommand::Hello(a) => hello::run(a).await,
         LoadtestCommand::Fanout(a) => fanout::run(a).await,
+        LoadtestCommand::Files(a) => files::run(a).await,
         LoadtestCommand::NatsFanout(a) => nats::run(a).await,
         LoadtestCommand::Idle(a) => idle::run(a).await,
         LoadtestCommand::Presence(a) => presence::run(a).await,
