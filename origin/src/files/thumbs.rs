@@ -245,11 +245,11 @@ impl Consumer for Thumbnailer {
                             changed = true;
                         }
                     }
-                    Outcome::Refused(why) if file.state == FileState::Ready => {
-                        if file.thumbs.is_empty() && file.no_thumbs.is_none() {
-                            file.no_thumbs = Some(why.clone());
-                            records::write(tx, w, &file)?;
-                        }
+                    Outcome::Refused(why)
+                        if file.state == FileState::Ready && file.thumbs.is_empty() && file.no_thumbs.is_none() =>
+                    {
+                        file.no_thumbs = Some(why.clone());
+                        records::write(tx, w, &file)?;
                     }
                     // Deleted (or expired) while its thumbnails were being made: the sweeper
                     // deletes whatever a delivery uploaded, and the record stays as it is.
