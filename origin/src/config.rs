@@ -78,6 +78,32 @@ pub struct FilesConfig {
     pub max_bytes: u64,
     /// Bytes of files one workspace may hold, pending uploads included.
     pub workspace_quota_bytes: u64,
+    /// Whether this node runs the thumbnail worker (the feed consumer `files-thumbs`; one node
+    /// at a time holds it). Off, images get no new thumbnails; those made stay.
+    pub thumbs: bool,
+    /// The boxes thumbnails are made to fit, in pixels of the longer side, smallest first (1 to
+    /// 4 sizes, each 16 to 4096). An image is never enlarged: sizes above its own longer side
+    /// after the first that holds it whole are skipped.
+    pub thumb_sizes: Vec<u32>,
+    /// Largest image the worker fetches, in bytes; a larger one gets no thumbnail.
+    pub thumb_max_source_bytes: u64,
+    /// Widest and tallest image the worker decodes, in pixels; a larger one (a decompression
+    /// bomb, or just too big) gets no thumbnail. Checked from the header, before decoding.
+    pub thumb_max_side_px: u32,
+    /// Most pixels (width × height) of an image the worker decodes.
+    pub thumb_max_pixels: u64,
+    /// Most memory a decoder may allocate for one image, in bytes (its pixels included).
+    pub thumb_max_alloc_bytes: u64,
+    /// Images one node decodes at once. Memory for thumbnails stays under about this many
+    /// times `thumb_max_source_bytes + thumb_max_alloc_bytes`.
+    pub thumb_concurrency: usize,
+    /// An upload declared and never completed is removed this long after it was declared (its
+    /// object deleted, its bytes back in the quota, the file `expired`) — never while its
+    /// upload URL still works.
+    pub pending_ttl_secs: u64,
+    /// How often each node's sweeper looks for expired uploads and for deleted files' objects
+    /// still in the bucket.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for FilesConfig {
@@ -94,6 +120,15 @@ impl Default for FilesConfig {
             download_url_secs: 300,
             max_bytes: 100 * 1024 * 1024,
             workspace_quota_bytes: 10 * 1024 * 1024 * 1024,
+            thumbs: true,
+            thumb_sizes: vec![360, 1024],
+            thumb_max_source_bytes: 50 * 1024 * 1024,
+            thumb_max_side_px: 12_000,
+            thumb_max_pixels: 50_000_000,
+            thumb_max_alloc_bytes: 256 * 1024 * 1024,
+            thumb_concurrency: 1,
+            pending_ttl_secs: 24 * 3600,
+            sweep_interval_secs: 60,
         }
     }
 }
@@ -113,6 +148,15 @@ impl std::fmt::Debug for FilesConfig {
             .field("download_url_secs", &self.download_url_secs)
             .field("max_bytes", &self.max_bytes)
             .field("workspace_quota_bytes", &self.workspace_quota_bytes)
+            .field("thumbs", &self.thumbs)
+            .field("thumb_sizes", &self.thumb_sizes)
+            .field("thumb_max_source_bytes", &self.thumb_max_source_bytes)
+            .field("thumb_max_side_px", &self.thumb_max_side_px)
+            .field("thumb_max_pixels", &self.thumb_max_pixels)
+            .field("thumb_max_alloc_bytes", &self.thumb_max_alloc_bytes)
+            .field("thumb_concurrency", &self.thumb_concurrency)
+            .field("pending_ttl_secs", &self.pending_ttl_secs)
+            .field("sweep_interval_secs", &self.sweep_interval_secs)
             .finish()
     }
 }
@@ -122,6 +166,8 @@ impl FilesConfig {
     pub const MAX_URL_SECS: u64 = 7 * 24 * 3600;
     /// Largest object one PUT may write to S3.
     pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+    /// Most thumbnail sizes.
+    pub const MAX_THUMB_SIZES: usize = 4;
 
     /// Checks the files fields (see [`OriginConfig::validate`]); only when files are enabled.
     pub fn validate(&self) -> Result<(), String> {
@@ -158,6 +204,35 @@ impl FilesConfig {
         }
         if self.workspace_quota_bytes == 0 || self.workspace_quota_bytes > i64::MAX as u64 {
             return Err("files.workspace_quota_bytes must be > 0".into());
+        }
+        let sizes = &self.thumb_sizes;
+        if sizes.is_empty()
+            || sizes.len() > Self::MAX_THUMB_SIZES
+            || sizes.iter().any(|s| !(16..=4096).contains(s))
+            || sizes.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(format!(
+                "files.thumb_sizes must be 1 to {} sizes between 16 and 4096, smallest first, each once",
+                Self::MAX_THUMB_SIZES
+            ));
+        }
+        if self.thumb_max_source_bytes == 0 || self.thumb_max_source_bytes > Self::MAX_OBJECT_BYTES {
+            return Err(format!("files.thumb_max_source_bytes must be between 1 and {}", Self::MAX_OBJECT_BYTES));
+        }
+        if self.thumb_max_side_px == 0 || self.thumb_max_pixels == 0 {
+            return Err("files.thumb_max_side_px and files.thumb_max_pixels must be > 0".into());
+        }
+        if self.thumb_max_alloc_bytes < 1024 * 1024 {
+            return Err("files.thumb_max_alloc_bytes must be at least 1048576 (1 MiB)".into());
+        }
+        if !(1..=16).contains(&self.thumb_concurrency) {
+            return Err("files.thumb_concurrency must be between 1 and 16".into());
+        }
+        if self.pending_ttl_secs == 0 || self.pending_ttl_secs > i64::MAX as u64 / 1000 {
+            return Err("files.pending_ttl_secs must be > 0".into());
+        }
+        if !(1..=86_400).contains(&self.sweep_interval_secs) {
+            return Err("files.sweep_interval_secs must be between 1 and 86400".into());
         }
         Ok(())
     }
@@ -549,6 +624,21 @@ mod tests {
         c.files.upload_url_secs = 300;
         c.validate().expect("valid again");
         assert!(!format!("{c:?}").contains("secret\""), "the secret is not in Debug output");
+        for sizes in [vec![], vec![1024, 360], vec![360, 360], vec![8], vec![16, 32, 64, 128, 256]] {
+            c.files.thumb_sizes = sizes.clone();
+            assert!(c.validate().unwrap_err().contains("files.thumb_sizes"), "{sizes:?}");
+        }
+        c.files.thumb_sizes = vec![64];
+        c.files.thumb_concurrency = 0;
+        assert!(c.validate().unwrap_err().contains("files.thumb_concurrency"));
+        c.files.thumb_concurrency = 2;
+        c.files.pending_ttl_secs = 0;
+        assert!(c.validate().unwrap_err().contains("files.pending_ttl_secs"));
+        c.files.pending_ttl_secs = 1;
+        c.files.thumb_max_alloc_bytes = 1000;
+        assert!(c.validate().unwrap_err().contains("files.thumb_max_alloc_bytes"));
+        c.files.thumb_max_alloc_bytes = 64 * 1024 * 1024;
+        c.validate().expect("valid again");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! a FoundationDB-shaped transactional store ([`store`]). It holds no state of its own beyond
 //! caches and batching, so any number of nodes can share one FoundationDB cluster.
 //!
-//! [`start`] opens storage, starts the sequencer, the feed's notifier and trimmer, binds the
+//! [`start`] opens storage, starts the sequencer, the feed's notifier and trimmer, the files
+//! service's background work (its thumbnail worker, a feed consumer, and its sweeper), binds the
 //! HTTP listener and, when `link.edge_key` is set, the QUIC `link` edges connect to; the
 //! returned [`Running`] reports the bound addresses and finishes once the shutdown token is
 //! cancelled and in-flight work has drained. Inside the same process, the returned [`Origin`]
@@ -110,6 +111,9 @@ pub enum StartError {
     /// Files are enabled but their bucket does not answer.
     #[error("cannot start the files service: {0}")]
     Files(#[from] files::StartError),
+    /// A service on the feed could not be set up.
+    #[error("cannot start a feed consumer: {0}")]
+    Consumer(#[from] feed::consumer::ConsumerError),
     /// The HTTP listener (TCP) or the edge link (UDP) could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -204,6 +208,11 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
     let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
     let sweeper = tokio::spawn(presence::run_sweeper(origin.presence.clone(), origin.relay.clone(), shutdown.clone()));
+    // The files service's thumbnail worker (a feed consumer) and sweeper.
+    let background = match &origin.files {
+        Some(files) => files.start_background(&origin.store, &origin.feed, &origin.config.consumers, &shutdown)?,
+        None => Vec::new(),
+    };
     let app = http::router(origin.clone());
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();
@@ -224,6 +233,10 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         let _ = notifier.await;
         let _ = trimmer.await;
         let _ = sweeper.await;
+        // A consumer gives up its lease on the way out, so it stops before the store closes.
+        for task in background {
+            let _ = task.await;
+        }
         tracing::info!("origin stopped");
     });
     Ok(Running { addr, link_addr, link_fingerprint, origin, task })

@@ -176,6 +176,24 @@ pub struct FileRef {
     pub size: u64,
     /// Its media type, as declared by the uploader.
     pub content_type: String,
+    /// Thumbnails of an image, smallest first, once the origin's thumbnail worker has made them
+    /// (a `message_changed` event fills them in); fetched from `GET /v1/files/{id}` or
+    /// `GET /v1/files/{id}/thumbs/{size}`. Absent for other files, for images it could not
+    /// read, and until they are made, so the wire stays as it was for messages without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thumbs: Vec<Thumb>,
+}
+
+/// One thumbnail of an image file: the box it was made for and its real dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thumb {
+    /// The longest side it was made to fit, in pixels (one of the origin's `files.thumb_sizes`).
+    pub size: u32,
+    /// Its width in pixels.
+    pub width: u32,
+    /// Its height in pixels. The longer of width and height is `size`, or less for an image
+    /// smaller than that: an image is never enlarged.
+    pub height: u32,
 }
 
 impl Message {
@@ -339,7 +357,13 @@ mod tests {
     fn files_are_on_the_wire_only_when_there_are_some() {
         let plain = Message::new(ChannelId::new_unchecked("C1"), 1, 5, UserId::new_unchecked("U1"), "hi");
         assert!(!serde_json::to_string(&plain).unwrap().contains("files"));
-        let file = FileRef { id: "F1".into(), name: "a.png".into(), size: 3, content_type: "image/png".into() };
+        let file = FileRef {
+            id: "F1".into(),
+            name: "a.png".into(),
+            size: 3,
+            content_type: "image/png".into(),
+            thumbs: Vec::new(),
+        };
         let mut shared = Message { files: vec![file.clone()], ..plain };
         let json = serde_json::to_string(&shared).unwrap();
         assert!(json.contains(r#""files":[{"id":"F1","name":"a.png","size":3,"content_type":"image/png"}]"#), "{json}");
@@ -347,5 +371,25 @@ mod tests {
         assert_eq!(back.files, vec![file]);
         shared.make_tombstone();
         assert!(shared.files.is_empty(), "a tombstone carries no files");
+    }
+
+    #[test]
+    fn thumbs_are_on_the_wire_only_once_made() {
+        let file = FileRef {
+            id: "F1".into(),
+            name: "a.png".into(),
+            size: 3,
+            content_type: "image/png".into(),
+            thumbs: Vec::new(),
+        };
+        assert!(!serde_json::to_string(&file).unwrap().contains("thumbs"));
+        let older: FileRef =
+            serde_json::from_str(r#"{"id":"F1","name":"a.png","size":3,"content_type":"image/png"}"#).unwrap();
+        assert_eq!(older, file, "a file reference written before thumbnails decodes");
+        let made = FileRef { thumbs: vec![Thumb { size: 360, width: 360, height: 240 }], ..file };
+        let json = serde_json::to_string(&made).unwrap();
+        assert!(json.ends_with(r#""thumbs":[{"size":360,"width":360,"height":240}]}"#), "{json}");
+        let back: FileRef = crate::from_msgpack(&crate::to_msgpack(&made)).unwrap();
+        assert_eq!(back, made);
     }
 }

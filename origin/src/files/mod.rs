@@ -17,17 +17,32 @@
 //! channel's files, and `(ws, W, filebytes)`, the quota's counter, moved by atomic adds and
 //! read only when a new file is declared.
 //!
-//! Deleting a file, or the message that carries it, deletes its object synchronously. Not yet
-//! here: thumbnails, and removing the objects of uploads never completed (a feed consumer's
-//! job, §8).
+//! **Thumbnails** of raster images are made in the background by a feed consumer (module
+//! `thumbs`) and reach clients as a `message_changed` that fills in the message's
+//! `files[i].thumbs`; their download URLs are signed for whoever may read the file.
+//!
+//! **Removing objects.** Every object that must go — a deleted, failed or expired file's bytes
+//! and thumbnails — is first written to the store as a due `(files, gc, …)` entry, in the
+//! transaction that takes the file away, so it is never forgotten. Deleting a file or its
+//! message still deletes the objects before answering, as the only way to end the presigned
+//! URLs already handed out at once; what fails there, or must wait until an upload URL has
+//! expired, is left to the sweeper (module `sweeper`), which also expires uploads never
+//! completed (indexed by `(files, pending, …)`) after `files.pending_ttl_secs`.
 
 mod objects;
 mod records;
+mod sweeper;
+mod thumbs;
 
-use selvage_shared::{ChannelId, Message, Seq, WorkspaceId};
+use std::{sync::Arc, time::Duration};
+
+use selvage_shared::{ChannelId, Message, Seq, Thumb, WorkspaceId};
 use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub use self::objects::{ObjectError, Objects, Presigned};
+pub use self::thumbs::NAME as THUMBS_CONSUMER;
 use self::{
     objects::Download,
     records::{FileRecord, FileState},
@@ -35,17 +50,24 @@ use self::{
 use crate::{
     caller::Caller,
     channels,
-    config::FilesConfig,
+    config::{ConsumersConfig, FilesConfig},
     error::{OriginError, Result},
-    feed::le_i64,
+    feed::{
+        consumer::{ConsumerError, ConsumerOptions, ConsumerRunner},
+        le_i64, Feed,
+    },
     ids,
     messages::{
         records as messages,
         sequencer::{SendRequest, Sent, Sequencer},
     },
-    store::{keys, RangeRead, Store},
+    store::{keys, KvTxn, RangeRead, Store, StoreError},
     transact,
 };
+
+/// Longest a request waits for the objects of a file it took away to be deleted; the sweeper
+/// finishes what is left.
+const PURGE_WAIT: Duration = Duration::from_secs(5);
 
 /// Largest page of a channel's files.
 pub const MAX_PAGE: usize = 1000;
@@ -94,6 +116,16 @@ pub struct Share {
     pub text: String,
     /// The thread to reply in, if any.
     pub thread_root: Option<Seq>,
+}
+
+/// A file a caller may read, with its download URLs.
+pub struct Readable {
+    /// The file.
+    pub file: Value,
+    /// Its download URL.
+    pub download: Presigned,
+    /// Each of its thumbnails, smallest first, with its download URL.
+    pub thumbs: Vec<(Thumb, Presigned)>,
 }
 
 /// A page of a channel's files.
@@ -169,6 +201,8 @@ impl Files {
             channel: None,
             client_msg_id: None,
             seq: None,
+            thumbs: Vec::new(),
+            no_thumbs: None,
         };
         let quota = self.config.workspace_quota_bytes;
         let (within, _) = transact!(store, |tx| {
@@ -180,6 +214,8 @@ impl Files {
             } else {
                 tx.atomic_add(&keys::file_bytes(w), size as i64)?;
                 records::write(tx, w, &file)?;
+                // Until it leaves `pending`, the sweeper's to expire.
+                tx.set(&keys::file_pending(file.created_at, w, &file.id), &[])?;
                 true
             }
         })?;
@@ -236,7 +272,7 @@ impl Files {
                     "file {id} failed its upload check and was removed; declare it again"
                 )))
             }
-            FileState::Deleted => return Err(no_file(id)),
+            FileState::Deleted | FileState::Expired => return Err(no_file(id)),
         }
         // Claim the file for this channel and message, or find it claimed by this very retry.
         let (claim, _) = transact!(store, |tx| {
@@ -352,15 +388,15 @@ impl Files {
         if head.size == file.size && type_ok {
             transact!(store, |tx| {
                 if let Some(f) = records::load(tx, w, &file.id).await?.filter(|f| f.state == FileState::Pending) {
+                    tx.clear(&keys::file_pending(f.created_at, w, &f.id))?;
                     records::write(tx, w, &FileRecord { state: FileState::Ready, ..f })?;
                 }
             })?;
             return Ok(());
         }
-        if let Err(e) = self.objects.delete(&file.object_key).await {
-            tracing::warn!(file.id = file.id, error = %e, "cannot delete a file's mismatched object");
+        if let Some(released) = self.release(store, w, &file.id, FileState::Failed).await? {
+            self.purge(store, w, &released).await;
         }
-        self.release(store, w, &file.id, FileState::Failed).await?;
         Err(OriginError::BadRequest(format!(
             "the uploaded object ({} bytes, type {}) is not what was declared ({} bytes, type {}); it was removed: \
              declare the file again",
@@ -371,23 +407,71 @@ impl Files {
         )))
     }
 
-    /// Moves a live file to `state` (failed or deleted): its bytes leave the quota and it leaves
-    /// its channel's list. Returns the record as it was, `None` when it was not live.
-    async fn release(&self, store: &Store, w: &WorkspaceId, id: &str, state: FileState) -> Result<Option<FileRecord>> {
-        let (was, _) = transact!(store, |tx| {
+    /// Moves a live file to `state` (failed or deleted) and queues its objects for deletion
+    /// (see [`release_in`]). `None` when it was not live.
+    async fn release(&self, store: &Store, w: &WorkspaceId, id: &str, state: FileState) -> Result<Option<Released>> {
+        let upload_url_ms = self.config.upload_url_secs.saturating_mul(1000) as i64;
+        let (released, _) = transact!(store, |tx| {
             match records::load(tx, w, id).await? {
-                Some(f) if matches!(f.state, FileState::Pending | FileState::Ready) => {
-                    tx.atomic_add(&keys::file_bytes(w), -(f.size as i64))?;
-                    if let (Some(c), Some(seq)) = (&f.channel, f.seq) {
-                        tx.clear(&keys::channel_file(w, c, seq, id))?;
-                    }
-                    records::write(tx, w, &FileRecord { state, ..f.clone() })?;
-                    Some(f)
-                }
-                _ => None,
+                Some(f) => release_in(tx, w, f, state, crate::now_ms(), upload_url_ms)?,
+                None => None,
             }
         })?;
-        Ok(was)
+        Ok(released)
+    }
+
+    /// Deletes the objects a release queued, now, so that the download URLs already handed
+    /// out stop working; clears the entries of those deleted. What fails, or what an upload URL
+    /// could still write, stays queued for the sweeper.
+    async fn purge(&self, store: &Store, w: &WorkspaceId, released: &Released) {
+        let attempts = released.gc.iter().map(|(due, key)| async move { (due, key, self.objects.delete(key).await) });
+        let Ok(results) = tokio::time::timeout(PURGE_WAIT, futures::future::join_all(attempts)).await else {
+            tracing::warn!(file.id = released.file.id, ws.id = %w, "deleting a file's objects is slow; the sweeper finishes it");
+            return;
+        };
+        let now = crate::now_ms();
+        let mut done = Vec::new();
+        for (due, key, result) in results {
+            match result {
+                Ok(()) if *due <= now => done.push(keys::file_gc(*due, w, &released.file.id, key)),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(
+                    file.id = released.file.id, ws.id = %w, object = key, error = %e,
+                    "cannot delete a removed file's object yet; the sweeper retries"
+                ),
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let cleared = transact!(store, |tx| {
+            for key in &done {
+                tx.clear(key)?;
+            }
+        });
+        if let Err(e) = cleared {
+            tracing::warn!(file.id = released.file.id, error = %e, "cannot clear deleted objects' entries; the sweeper does");
+        }
+    }
+
+    /// Starts the files service's background work beside the origin: the thumbnail worker (a
+    /// feed consumer, when `files.thumbs`) and the sweeper. Each stops on `shutdown`.
+    pub fn start_background(
+        &self,
+        store: &Store,
+        feed: &Arc<Feed>,
+        consumers: &ConsumersConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<JoinHandle<()>>, ConsumerError> {
+        let mut tasks = Vec::new();
+        if self.config.thumbs {
+            let worker = thumbs::Thumbnailer::new(store.clone(), self.objects.clone(), &self.config);
+            let runner = ConsumerRunner::new(feed.clone(), Arc::new(worker), ConsumerOptions::from_config(consumers))?;
+            tasks.push(runner.spawn(shutdown.clone()));
+        }
+        let sweeper = sweeper::Sweeper::new(store.clone(), self.objects.clone(), &self.config);
+        tasks.push(tokio::spawn(sweeper.run(shutdown.clone())));
+        Ok(tasks)
     }
 
     /// The file if the caller may read it: the uploader while it is not yet shared; once shared,
@@ -420,15 +504,39 @@ impl Files {
         self.visible(store, caller, file).await?.ok_or_else(|| no_file(id))
     }
 
-    /// A file's metadata and a short-lived download URL, for whoever may read it. Raster
-    /// images may be shown inline; everything else downloads as an attachment.
-    pub async fn get(&self, store: &Store, caller: &Caller, id: &str) -> Result<(Value, Presigned)> {
+    /// A file's metadata and short-lived download URLs — of the file and of each thumbnail —
+    /// for whoever may read it. Raster images may be shown inline; everything else downloads
+    /// as an attachment.
+    pub async fn get(&self, store: &Store, caller: &Caller, id: &str) -> Result<Readable> {
         let file = self.readable(store, caller, id).await?;
         let inline = records::is_inline_image(&file.content_type);
         let disposition = records::content_disposition(inline, &file.name);
         let download = Download { content_type: &file.content_type, disposition: &disposition };
         let url = self.objects.presign_get(&file.object_key, download).await.map_err(unavailable)?;
-        Ok((file.view(), url))
+        let mut thumbs = Vec::with_capacity(file.thumbs.len());
+        for (thumb, record) in file.thumb_refs().into_iter().zip(&file.thumbs) {
+            thumbs.push((thumb, self.presign_thumb(&file, record).await?));
+        }
+        Ok(Readable { file: file.view(), download: url, thumbs })
+    }
+
+    /// A short-lived download URL of the file's thumbnail of `size`, for whoever may read the
+    /// file; `404` when it has none of that size.
+    pub async fn thumb(&self, store: &Store, caller: &Caller, id: &str, size: u32) -> Result<Presigned> {
+        let file = self.readable(store, caller, id).await?;
+        let Some(record) = file.thumbs.iter().find(|t| t.size == size) else {
+            return Err(OriginError::NotFound(format!("file {id} has no thumbnail of size {size}")));
+        };
+        self.presign_thumb(&file, record).await
+    }
+
+    async fn presign_thumb(&self, file: &FileRecord, thumb: &records::ThumbRecord) -> Result<Presigned> {
+        let extension = if thumb.content_type == "image/png" { "png" } else { "jpg" };
+        let stem = file.name.rsplit_once('.').map_or(file.name.as_str(), |(stem, _)| stem);
+        let disposition = records::content_disposition(true, &format!("{stem}-{}.{extension}", thumb.size));
+        let answer = Download { content_type: &thumb.content_type, disposition: &disposition };
+        let key = records::thumb_key(&file.object_key, thumb.size);
+        self.objects.presign_get(&key, answer).await.map_err(unavailable)
     }
 
     /// A page of the files shared in a channel the caller may see, newest first; `before` a
@@ -480,27 +588,25 @@ impl Files {
     }
 
     /// Deletes a file: its uploader or a workspace admin, among those who may read it. Access
-    /// ends with the commit; the object is then deleted before answering.
+    /// ends with the commit; its objects are then deleted before answering (those that cannot
+    /// be yet stay queued for the sweeper).
     pub async fn delete(&self, store: &Store, caller: &Caller, id: &str) -> Result<Value> {
         let file = self.readable(store, caller, id).await?;
         if file.uploader != caller.user.id && !caller.user.admin {
             return Err(OriginError::Forbidden("only the file's uploader or a workspace admin may delete it".into()));
         }
         let w = &caller.workspace;
-        let Some(was) = self.release(store, w, id, FileState::Deleted).await? else { return Err(no_file(id)) };
-        // Synchronous in this increment: a failure leaves an object nobody can reach, logged.
-        if let Err(e) = self.objects.delete(&was.object_key).await {
-            tracing::warn!(file.id = id, ws.id = %w, error = %e, "a deleted file's object could not be removed");
-        }
-        Ok(FileRecord { state: FileState::Deleted, ..was }.view())
+        let Some(released) = self.release(store, w, id, FileState::Deleted).await? else { return Err(no_file(id)) };
+        self.purge(store, w, &released).await;
+        Ok(FileRecord { state: FileState::Deleted, ..released.file }.view())
     }
 }
 
 impl Files {
     /// After message `seq` of `c` was deleted: its files are deleted with it — marked deleted,
-    /// out of the quota and of the channel's list, their objects removed (synchronously, in this
-    /// version). Access already ended with the message's tombstone; running this again finds
-    /// nothing left to do.
+    /// out of the quota and of the channel's list, their objects removed (queued, then deleted
+    /// as [`Files::delete`] does). Access already ended with the message's tombstone; running
+    /// this again finds nothing left to do.
     pub async fn message_deleted(&self, store: &Store, w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Result<()> {
         let prefix = keys::channel_files_at(w, c, seq);
         let (ids, _) = transact!(store, |tx| {
@@ -508,14 +614,58 @@ impl Files {
             rows.into_iter().map(|(_, id)| String::from_utf8_lossy(&id).into_owned()).collect::<Vec<_>>()
         })?;
         for id in ids {
-            if let Some(was) = self.release(store, w, &id, FileState::Deleted).await? {
-                if let Err(e) = self.objects.delete(&was.object_key).await {
-                    tracing::warn!(file.id = id, ws.id = %w, error = %e, "a deleted message's file object could not be removed");
-                }
+            if let Some(released) = self.release(store, w, &id, FileState::Deleted).await? {
+                self.purge(store, w, &released).await;
             }
         }
         Ok(())
     }
+}
+
+/// A file taken away, and its objects queued for deletion: `(due, object key)`.
+struct Released {
+    /// The record as it was.
+    file: FileRecord,
+    /// The `(files, gc, …)` entries written.
+    gc: Vec<(i64, String)>,
+}
+
+/// Moves `file`, if live (pending or ready), to `state` (failed, deleted or expired) in `tx`:
+/// its bytes leave the quota, it leaves its channel's list and the sweeper's pending index, and
+/// its objects — its bytes and the thumbnails recorded — are queued for deletion, due now, or
+/// for a pending file once its upload URL has expired (an upload through it would otherwise
+/// write the object again after it was deleted). `None`, writing nothing, when not live.
+fn release_in(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    file: FileRecord,
+    state: FileState,
+    now: i64,
+    upload_url_ms: i64,
+) -> Result<Option<Released>, StoreError> {
+    if !matches!(file.state, FileState::Pending | FileState::Ready) {
+        return Ok(None);
+    }
+    let id = &file.id;
+    tx.atomic_add(&keys::file_bytes(w), -(file.size as i64))?;
+    if let (Some(c), Some(seq)) = (&file.channel, file.seq) {
+        tx.clear(&keys::channel_file(w, c, seq, id))?;
+    }
+    let due = match file.state {
+        FileState::Pending => {
+            tx.clear(&keys::file_pending(file.created_at, w, id))?;
+            // A second past the URL's end, for the object store's clock.
+            now.max(file.created_at.saturating_add(upload_url_ms).saturating_add(1000))
+        }
+        _ => now,
+    };
+    let mut gc = Vec::new();
+    for key in file.object_keys(file.thumbs.iter().map(|t| t.size)) {
+        tx.set(&keys::file_gc(due, w, id, &key), &[])?;
+        gc.push((due, key));
+    }
+    records::write(tx, w, &FileRecord { state, ..file.clone() })?;
+    Ok(Some(Released { file, gc }))
 }
 
 /// Whether `message` stands and carries file `id`.

@@ -1,10 +1,12 @@
 //! The object store the files service keeps bytes in: an S3-compatible bucket reached with
 //! `aws-sdk-s3` (ARCHITECTURE §8 "Files").
 //!
-//! The origin never moves file bytes. It signs short-lived URLs — a `PUT` of exactly one key,
-//! with its length and type bound into the signature, and `GET`s — and otherwise only asks the
-//! store about objects (`HEAD`), deletes them, and checks the bucket at start. Every call has a
-//! deadline; every failure becomes an [`ObjectError`] whose detail is for the log only.
+//! The request path never moves file bytes. It signs short-lived URLs — a `PUT` of exactly one
+//! key, with its length and type bound into the signature, and `GET`s — and otherwise only asks
+//! the store about objects (`HEAD`), deletes them, and checks the bucket at start. Only the
+//! thumbnail worker (module `thumbs`), in the background, reads images and writes their
+//! thumbnails. Every call has a deadline; every failure becomes an [`ObjectError`] whose detail
+//! is for the log only.
 
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +20,9 @@ use crate::config::FilesConfig;
 
 /// Longest an object-store call may take, retries included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest a whole read of an object may take, its bytes included.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why an object-store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,17 @@ pub struct ObjectHead {
     pub size: u64,
     /// Its `Content-Type`, as uploaded.
     pub content_type: Option<String>,
+}
+
+/// What [`Objects::get`] found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Nothing under the key.
+    Missing,
+    /// More bytes than asked for at most (how many it saw): nothing more was read.
+    TooLarge(u64),
+    /// The object's bytes.
+    Bytes(Vec<u8>),
 }
 
 /// How a download URL has the store answer.
@@ -177,6 +193,49 @@ impl Objects {
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
             Err(e) => Err(store_error(&e)),
         }
+    }
+
+    /// The bytes under `key`, at most `max_bytes` of them (the length the store announces is
+    /// checked before anything is read, and the count again while reading).
+    pub async fn get(&self, key: &str, max_bytes: u64) -> Result<Fetched, ObjectError> {
+        let fetch = async {
+            let mut object = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+                Ok(object) => object,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(Fetched::Missing),
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(Fetched::Missing),
+                Err(e) => return Err(store_error(&e)),
+            };
+            let announced = object.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            if announced > max_bytes {
+                return Ok(Fetched::TooLarge(announced));
+            }
+            let mut bytes = Vec::with_capacity(announced as usize);
+            while let Some(chunk) = object.body.next().await {
+                let chunk = chunk.map_err(|e| store_error(&e))?;
+                if (bytes.len() + chunk.len()) as u64 > max_bytes {
+                    return Ok(Fetched::TooLarge((bytes.len() + chunk.len()) as u64));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(Fetched::Bytes(bytes))
+        };
+        tokio::time::timeout(READ_TIMEOUT, fetch)
+            .await
+            .unwrap_or_else(|_| Err(ObjectError::Store(format!("reading {key} took over {READ_TIMEOUT:?}"))))
+    }
+
+    /// Writes `body` under `key` with the given type, replacing what was there.
+    pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), ObjectError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body.into())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error(&e))
     }
 
     /// Deletes `key`; deleting what is not there succeeds, as in S3.

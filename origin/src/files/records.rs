@@ -1,7 +1,7 @@
 //! A file's record as stored under `(ws, W, file, F)`, and the rules for what a client may
 //! declare: names, sizes, media types (ARCHITECTURE §8 "Files").
 
-use selvage_shared::{ChannelId, FileRef, Seq, UserId, WorkspaceId};
+use selvage_shared::{ChannelId, FileRef, Seq, Thumb, UserId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -26,6 +26,21 @@ pub enum FileState {
     Failed,
     /// Deleted by its uploader or an admin; nobody may read it.
     Deleted,
+    /// Never completed: the sweeper removed it `files.pending_ttl_secs` after it was declared.
+    Expired,
+}
+
+/// A thumbnail as the file's record keeps it (module `thumbs` makes them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThumbRecord {
+    /// The box it fits: one of `files.thumb_sizes`.
+    pub size: u32,
+    /// Its width in pixels.
+    pub width: u32,
+    /// Its height in pixels.
+    pub height: u32,
+    /// `image/jpeg`, or `image/png` for an image with transparent pixels.
+    pub content_type: String,
 }
 
 /// A file's record.
@@ -57,6 +72,13 @@ pub struct FileRecord {
     /// The `seq` of the message that carries it, once posted.
     #[serde(default)]
     pub seq: Option<Seq>,
+    /// Its thumbnails, smallest first, once the thumbnail worker made them (images only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thumbs: Vec<ThumbRecord>,
+    /// Why the thumbnail worker made none and never will (over its limits, not an image it can
+    /// read); for the log and the API's `thumbnail: "none"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_thumbs: Option<String>,
 }
 
 impl FileRecord {
@@ -67,6 +89,26 @@ impl FileRecord {
             name: self.name.clone(),
             size: self.size,
             content_type: self.content_type.clone(),
+            thumbs: self.thumb_refs(),
+        }
+    }
+
+    /// Its thumbnails as messages carry them.
+    pub fn thumb_refs(&self) -> Vec<Thumb> {
+        self.thumbs.iter().map(|t| Thumb { size: t.size, width: t.width, height: t.height }).collect()
+    }
+
+    /// Where the thumbnail worker stands with it: `None` for a file that gets no thumbnails
+    /// (not a raster image); else `pending` (not made yet), `ready` or `none` (it never will).
+    pub fn thumbnail(&self) -> Option<&'static str> {
+        if !self.thumbs.is_empty() {
+            Some("ready")
+        } else if self.no_thumbs.is_some() {
+            Some("none")
+        } else if is_inline_image(&self.content_type) {
+            Some("pending")
+        } else {
+            None
         }
     }
 
@@ -80,8 +122,32 @@ impl FileRecord {
             v["channel"] = serde_json::json!(c);
             v["seq"] = serde_json::json!(seq);
         }
+        if let Some(state) = self.thumbnail() {
+            v["thumbnail"] = serde_json::json!(state);
+        }
+        if !self.thumbs.is_empty() {
+            v["thumbs"] = serde_json::json!(self.thumb_refs());
+        }
         v
     }
+
+    /// Every object the bucket may hold for the file: its bytes and its thumbnails of the given
+    /// sizes (those recorded, or all those the worker might have made).
+    pub fn object_keys(&self, thumb_sizes: impl IntoIterator<Item = u32>) -> Vec<String> {
+        let mut keys = vec![self.object_key.clone()];
+        keys.extend(thumb_sizes.into_iter().map(|size| thumb_key(&self.object_key, size)));
+        keys
+    }
+}
+
+/// The object key of a file's thumbnail of `size`, derived from the file's own object key
+/// (`ws/{W}/{random}/{name}` → `ws/{W}/{random}.thumb-{size}`): the same every time it is
+/// made, so making it again overwrites it, and as unguessable as the file's key. It sits beside
+/// the file's folder rather than in it, so no file name can collide with it, on S3 or on a
+/// store that keeps keys as paths.
+pub fn thumb_key(object_key: &str, size: u32) -> String {
+    let folder = object_key.rsplit_once('/').map_or(object_key, |(folder, _)| folder);
+    format!("{folder}.thumb-{size}")
 }
 
 /// Reads a file record of `w`.
@@ -201,6 +267,40 @@ mod tests {
         assert_eq!(d, "attachment; filename=\"a _b_.txt\"; filename*=UTF-8''a%20%22b%22.txt");
         assert!(content_disposition(true, "ü.png").starts_with("inline; filename=\"_.png\""));
         assert!(is_inline_image("image/PNG") && !is_inline_image("image/svg+xml") && !is_inline_image("text/html"));
+    }
+
+    #[test]
+    fn thumbnail_keys_sit_beside_the_file_and_depend_on_nothing_else() {
+        assert_eq!(thumb_key("ws/W1/0a1b/holiday.png", 360), "ws/W1/0a1b.thumb-360");
+        assert_eq!(thumb_key("ws/W1/0a1b/thumbs", 1024), "ws/W1/0a1b.thumb-1024");
+        let file = FileRecord {
+            id: "F1".into(),
+            name: "a.png".into(),
+            size: 3,
+            content_type: "image/png".into(),
+            object_key: "ws/W1/0a1b/a.png".into(),
+            uploader: UserId::new_unchecked("U1"),
+            created_at: 1,
+            state: FileState::Ready,
+            channel: None,
+            client_msg_id: None,
+            seq: None,
+            thumbs: Vec::new(),
+            no_thumbs: None,
+        };
+        assert_eq!(file.object_keys([360]), ["ws/W1/0a1b/a.png", "ws/W1/0a1b.thumb-360"]);
+        assert_eq!(file.thumbnail(), Some("pending"));
+        assert!(file.view().get("thumbs").is_none());
+        let pdf = FileRecord { content_type: "application/pdf".into(), ..file.clone() };
+        assert_eq!(pdf.thumbnail(), None);
+        let refused = FileRecord { no_thumbs: Some("too large".into()), ..file.clone() };
+        assert_eq!(refused.view()["thumbnail"], "none");
+        let thumb = ThumbRecord { size: 360, width: 360, height: 200, content_type: "image/jpeg".into() };
+        let made = FileRecord { thumbs: vec![thumb], ..file };
+        assert_eq!(made.view()["thumbs"], serde_json::json!([{ "size": 360, "width": 360, "height": 200 }]));
+        assert_eq!(made.to_ref().thumbs, vec![Thumb { size: 360, width: 360, height: 200 }]);
+        let back: FileRecord = selvage_shared::from_msgpack(&selvage_shared::to_msgpack(&made)).unwrap();
+        assert_eq!(back, made);
     }
 
     #[test]

@@ -105,15 +105,34 @@ pub(super) async fn complete_file(
     Ok((status, axum::Json(body)).into_response())
 }
 
-/// `GET /v1/files/{id}`: metadata and a download URL.
+/// `GET /v1/files/{id}`: metadata and download URLs, of the file and of its thumbnails.
 pub(super) async fn get_file(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let (file, url) = service(&origin)?.get(&origin.store, &caller, &id).await?;
-    let body = json!({ "file": file, "download": presigned(&url) });
+    let got = service(&origin)?.get(&origin.store, &caller, &id).await?;
+    let thumbs: Vec<Value> = got
+        .thumbs
+        .iter()
+        .map(|(t, url)| json!({ "size": t.size, "width": t.width, "height": t.height, "download": presigned(url) }))
+        .collect();
+    let body = json!({ "file": got.file, "download": presigned(&got.download), "thumbs": thumbs });
     Ok(guarded(axum::Json(body).into_response()))
+}
+
+/// `GET /v1/files/{id}/thumbs/{size}`: `302` to the thumbnail's download URL.
+pub(super) async fn file_thumb(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, size)): Path<(String, String)>,
+) -> Result<Response> {
+    // Anything but a size answers like a size the file has no thumbnail of.
+    let Ok(size) = size.parse::<u32>() else {
+        return Err(OriginError::NotFound(format!("file {id} has no thumbnail of size {size}")));
+    };
+    let url = service(&origin)?.thumb(&origin.store, &caller, &id, size).await?;
+    redirect(&url)
 }
 
 /// `GET /v1/files/{id}/content`: `302` to the download URL.
@@ -122,7 +141,12 @@ pub(super) async fn file_content(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let (_, url) = service(&origin)?.get(&origin.store, &caller, &id).await?;
+    let got = service(&origin)?.get(&origin.store, &caller, &id).await?;
+    redirect(&got.download)
+}
+
+/// A `302` to a presigned URL.
+fn redirect(url: &Presigned) -> Result<Response> {
     let location = HeaderValue::from_str(&url.url)
         .map_err(|e| OriginError::Internal(format!("a presigned URL is not a header value: {e}")))?;
     Ok(guarded((StatusCode::FOUND, [(header::LOCATION, location)]).into_response()))

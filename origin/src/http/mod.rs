@@ -48,7 +48,9 @@ use self::{
     },
     error::ErrorShape,
     events::events,
-    files::{channel_files, complete_file, create_file, delete_file, file_content, get_file, require_files},
+    files::{
+        channel_files, complete_file, create_file, delete_file, file_content, file_thumb, get_file, require_files,
+    },
     messages::{
         add_reaction, delete_message, edit_message, follow_thread, history_page, post_message, remove_reaction,
         thread_page, unfollow_thread,
@@ -68,6 +70,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/files/{id}", get(get_file).delete(delete_file))
         .route("/v1/files/{id}/complete", post(complete_file))
         .route("/v1/files/{id}/content", get(file_content))
+        .route("/v1/files/{id}/thumbs/{size}", get(file_thumb))
         .route("/v1/channels/{id}/files", get(channel_files))
         .route_layer(middleware::from_fn_with_state(origin.clone(), require_files));
     Router::new()

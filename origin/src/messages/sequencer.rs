@@ -1207,6 +1207,7 @@ mod tests {
             name: "a.pdf".into(),
             size: 1,
             content_type: "application/pdf".into(),
+            thumbs: Vec::new(),
         };
         let request = SendRequest {
             workspace: WorkspaceId::new_unchecked("W1"),

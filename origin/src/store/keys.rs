@@ -207,6 +207,42 @@ pub fn file_bytes(w: &WorkspaceId) -> Vec<u8> {
     ws(w).str("filebytes").finish()
 }
 
+/// `(files, pending, created_at, W, F)` → empty: file F of W was declared at `created_at` (ms)
+/// and is still pending — the sweeper's index of uploads never completed, oldest first. Written
+/// with the pending record, cleared when the file leaves that state.
+pub fn file_pending(created_at: i64, w: &WorkspaceId, f: &str) -> Vec<u8> {
+    Key::new().str("files").str("pending").int(created_at).str(w.as_str()).str(f).finish()
+}
+
+/// Prefix of every [`file_pending`] entry.
+pub fn files_pending() -> Vec<u8> {
+    Key::new().str("files").str("pending").finish()
+}
+
+/// Where the [`file_pending`] entries of files declared at `created_at` (ms) begin: the end of
+/// a range of those declared before.
+pub fn files_pending_at(created_at: i64) -> Vec<u8> {
+    Key::new().str("files").str("pending").int(created_at).finish()
+}
+
+/// `(files, gc, due, W, F, object_key)` → empty: the object must be deleted from the bucket at
+/// or after `due` (ms) — a deleted, failed or expired file's bytes or thumbnails. The sweeper
+/// deletes it and clears the entry; deleting what is already gone is harmless, so a repeat is.
+pub fn file_gc(due: i64, w: &WorkspaceId, f: &str, object_key: &str) -> Vec<u8> {
+    Key::new().str("files").str("gc").int(due).str(w.as_str()).str(f).str(object_key).finish()
+}
+
+/// Prefix of every [`file_gc`] entry.
+pub fn files_gc() -> Vec<u8> {
+    Key::new().str("files").str("gc").finish()
+}
+
+/// Where the [`file_gc`] entries due at `due` (ms) begin: the end of a range of those due
+/// before.
+pub fn files_gc_at(due: i64) -> Vec<u8> {
+    Key::new().str("files").str("gc").int(due).finish()
+}
+
 /// `(ws, W, read, U, C)` → the user's read marker in C.
 pub fn read_marker(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> {
     ws(w).str("read").str(u.as_str()).str(c.as_str()).finish()
@@ -315,6 +351,18 @@ mod tests {
         assert!(message(&w, &c, 9) < message(&w, &c, 10));
         assert!(message(&w, &c, 255) < message(&w, &c, 256));
         assert!(message(&w, &c, 1).starts_with(&messages(&w, &c)));
+    }
+
+    #[test]
+    fn file_sweeper_keys_sort_by_time_under_their_prefix() {
+        let w = WorkspaceId::new_unchecked("W1");
+        let old = file_pending(1_000, &w, "F1");
+        let new = file_pending(20_000, &w, "F0");
+        assert!(old < new && old.starts_with(&files_pending()));
+        assert!(old < files_pending_at(1_001) && files_pending_at(20_000) <= new);
+        let gc = file_gc(5, &w, "F1", "ws/W1/ab/x.png");
+        assert!(gc.starts_with(&files_gc()) && gc < files_gc_at(6) && files_gc_at(5) <= gc);
+        assert!(!gc.starts_with(&files_pending()) && !old.starts_with(&files_gc()));
     }
 
     #[test]
