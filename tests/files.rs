@@ -96,6 +96,8 @@ async fn a_file_shared_on_one_edge_reaches_a_member_on_another() {
         name: "q3-report.pdf".into(),
         size: bytes.len() as u64,
         content_type: "application/pdf".into(),
+        // Not an image: no thumbnails, ever.
+        thumbs: Vec::new(),
     };
 
     // Bob, on the other edge, gets the message with the file on his WebSocket; so does Alice.
