@@ -47,7 +47,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> fo
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|r| body_rejection(r.status(), "cannot read body", r.body_text()))?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        if bytes.is_empty() {
             return Ok(OptionalJson(T::default()));
         }
         serde_json::from_slice(&bytes)

@@ -1,11 +1,12 @@
 //! Handlers of files: `/v1/files…` and `/v1/channels/{id}/files` (ARCHITECTURE §8 "Files").
 //! The rules and the storage access live in [`crate::files`]; this parses and renders. Every
-//! route answers `404` while files are not enabled ([`require_files`]).
+//! route answers `404` to an authenticated caller while files are not enabled
+//! ([`require_files`]).
 
 use std::sync::Arc;
 
 use axum::{
-    extract::{Request, State},
+    extract::{FromRequestParts, Request, State},
     http::{header, HeaderValue, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -22,12 +23,18 @@ use crate::{
     Origin,
 };
 
-/// Answers `404` on every files route of an origin without files, before anything else is
-/// looked at (the token included).
+/// Answers `404` on every files route of an origin without files, once the token is checked
+/// (a request without a valid one gets `401`, as on every other route).
 pub(super) async fn require_files(State(origin): State<Arc<Origin>>, request: Request, next: Next) -> Response {
     match origin.files {
         Some(_) => next.run(request).await,
-        None => OriginError::NotFound(files::DISABLED.into()).into_response(),
+        None => {
+            let (mut parts, _) = request.into_parts();
+            match Caller::from_request_parts(&mut parts, &origin).await {
+                Ok(_) => OriginError::NotFound(files::DISABLED.into()).into_response(),
+                Err(unauthorized) => unauthorized.into_response(),
+            }
+        }
     }
 }
 
