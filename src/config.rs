@@ -218,17 +218,22 @@ mod tests {
 
     #[test]
     fn the_example_configs_load_as_they_are() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let origin = load_origin(Some(&root.join("infra/origin.example.toml")), &OriginFlags::default()).unwrap();
-        assert_eq!(origin.link.presence_lease_ms, 30_000);
-        assert_eq!(origin.files.max_bytes, 100 * 1024 * 1024);
-        let edge = load_edge(Some(&root.join("infra/edge.example.toml")), &EdgeFlags::default());
-        // The edge example leaves the origin's fingerprint and key to the environment; every
-        // field it does set must parse and pass validation up to those.
-        if let Err(e) = edge {
-            let e = format!("{e:#}");
-            assert!(e.contains("edge_key") || e.contains("fingerprint"), "{e}");
-        }
+        // In a jail like the tests that set `SELVAGE_*` variables: jails run one at a time, so
+        // none of their variables leaks into this load.
+        figment::Jail::expect_with(|_jail| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let origin = load_origin(Some(&root.join("infra/origin.example.toml")), &OriginFlags::default()).unwrap();
+            assert_eq!(origin.link.presence_lease_ms, 30_000);
+            assert_eq!(origin.files.max_bytes, 100 * 1024 * 1024);
+            let edge = load_edge(Some(&root.join("infra/edge.example.toml")), &EdgeFlags::default());
+            // The edge example leaves the origin's fingerprint and key to the environment; every
+            // field it does set must parse and pass validation up to those.
+            if let Err(e) = edge {
+                let e = format!("{e:#}");
+                assert!(e.contains("edge_key") || e.contains("fingerprint"), "{e}");
+            }
+            Ok(())
+        });
     }
 
     #[test]
