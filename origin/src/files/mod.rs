@@ -356,13 +356,7 @@ impl Files {
     /// The caller's own file, for completing: anyone else's answers 404 — or 403 when they can
     /// see it (it is shared where they can read it).
     async fn load_own(&self, store: &Store, caller: &Caller, id: &str) -> Result<FileRecord> {
-        let (file, _) = transact!(store, |tx| {
-            if records::is_file_id(id) {
-                records::load(tx, &caller.workspace, id).await?
-            } else {
-                None
-            }
-        })?;
+        let file = load(store, caller, id).await?;
         match file {
             Some(f) if f.uploader == caller.user.id => Ok(f),
             Some(f) => match self.visible(store, caller, f).await? {
@@ -493,13 +487,7 @@ impl Files {
 
     /// A file the caller may read, or 404.
     async fn readable(&self, store: &Store, caller: &Caller, id: &str) -> Result<FileRecord> {
-        let (file, _) = transact!(store, |tx| {
-            if records::is_file_id(id) {
-                records::load(tx, &caller.workspace, id).await?
-            } else {
-                None
-            }
-        })?;
+        let file = load(store, caller, id).await?;
         let Some(file) = file else { return Err(no_file(id)) };
         self.visible(store, caller, file).await?.ok_or_else(|| no_file(id))
     }
@@ -671,4 +659,13 @@ fn release_in(
 /// Whether `message` stands and carries file `id`.
 fn carries(message: Option<&Message>, id: &str) -> bool {
     message.is_some_and(|m| !m.deleted && m.files.iter().any(|f| f.id == id))
+}
+
+/// The file `id` of the caller's workspace, if the id is well formed and the file exists.
+async fn load(store: &Store, caller: &Caller, id: &str) -> Result<Option<FileRecord>> {
+    if !records::is_file_id(id) {
+        return Ok(None);
+    }
+    let (file, _) = transact!(store, |tx| { records::load(tx, &caller.workspace, id).await? })?;
+    Ok(file)
 }
