@@ -1,21 +1,28 @@
 //! The origin's HTTP API end to end: a real origin on port 0 over a real embedded store in a
 //! temporary directory, driven over real sockets as a client would.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, ops::Deref, time::Duration};
 
 use reqwest::StatusCode;
-use selvage_origin::{OriginConfig, Running};
+use selvage_origin::OriginConfig;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-const OPERATOR_KEY: &str = "test-operator-key-0123456789";
+mod support;
 
+use support::Origin;
+
+/// An origin over a store in a temporary directory of its own.
 struct TestOrigin {
-    base: String,
-    http: reqwest::Client,
-    running: Option<Running>,
-    shutdown: CancellationToken,
+    origin: Origin,
     _dir: tempfile::TempDir,
+}
+
+impl Deref for TestOrigin {
+    type Target = Origin;
+
+    fn deref(&self) -> &Origin {
+        &self.origin
+    }
 }
 
 impl TestOrigin {
@@ -25,68 +32,9 @@ impl TestOrigin {
 
     async fn start_with(tweak: impl FnOnce(&mut OriginConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = OriginConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            operator_key: Some(OPERATOR_KEY.into()),
-            ..OriginConfig::default()
-        };
+        let mut config = support::config(dir.path());
         tweak(&mut config);
-        let shutdown = CancellationToken::new();
-        let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();
-        TestOrigin {
-            base: format!("http://{}", running.addr),
-            http: reqwest::Client::new(),
-            running: Some(running),
-            shutdown,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, token, None).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body)).await
-    }
-
-    /// A workspace; returns (admin token, general channel id).
-    async fn workspace(&self, name: &str) -> (String, String) {
-        let (s, v) = self.post("/v1/workspaces", OPERATOR_KEY, json!({ "name": name, "admin_handle": "admin" })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let token = v["token"].as_str().unwrap().to_string();
-        let (_, chans) = self.get("/v1/channels", &token).await;
-        let general = chans["channels"][0]["id"].as_str().unwrap().to_string();
-        (token, general)
-    }
-
-    /// A user; returns (user id, token).
-    async fn user(&self, admin: &str, handle: &str) -> (String, String) {
-        let (s, v) = self.post("/v1/users", admin, json!({ "handle": handle })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        (v["user"]["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
-    }
-
-    async fn channel(&self, token: &str, name: &str, private: bool) -> String {
-        let (s, v) = self.post("/v1/channels", token, json!({ "name": name, "private": private })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v["channel"]["id"].as_str().unwrap().to_string()
+        TestOrigin { origin: Origin::start(config).await, _dir: dir }
     }
 
     async fn send(&self, token: &str, channel: &str, text: &str, id: &str) -> (StatusCode, Value) {
@@ -112,11 +60,8 @@ impl TestOrigin {
         }
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(r) = self.running.take() {
-            r.wait().await;
-        }
+    async fn stop(self) {
+        self.origin.stop().await;
     }
 }
 
@@ -498,7 +443,7 @@ async fn trimmed_cursors_get_resync() {
     for i in 0..10 {
         o.send(&admin, &general, "x", &format!("t{i}")).await;
     }
-    let origin = o.running.as_ref().unwrap().origin.clone();
+    let origin = o.running().origin.clone();
     let trimmed = origin.feed.trim(selvage_origin::now_ms()).await.unwrap();
     assert!(trimmed >= 7, "trimmed {trimmed}");
     let (s, page) = o.get(&format!("/v1/events?cursor={old}"), &admin).await;
@@ -810,7 +755,7 @@ async fn a_server_error_names_a_code_and_request_id_and_nothing_internal() {
     let (_, me) = o.get("/v1/me", &admin).await;
     let w = selvage_shared::WorkspaceId::parse(me["workspace"].as_str().unwrap()).unwrap();
     let c = selvage_shared::ChannelId::parse(&broken).unwrap();
-    let origin = o.running.as_ref().unwrap().origin.clone();
+    let origin = o.running().origin.clone();
     let mut tx = origin.store.begin().await.unwrap();
     tx.set(&selvage_origin::store::keys::channel(&w, &c), b"\xc1 not msgpack").unwrap();
     tx.commit().await.unwrap();

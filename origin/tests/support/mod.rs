@@ -1,0 +1,170 @@
+//! The harness of the origin's HTTP tests: a real origin on port 0 over a real embedded store in
+//! a directory of the test's, and a client of its HTTP API that calls it as an application
+//! would, over real sockets.
+
+// Each test binary compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::{ops::Deref, path::Path};
+
+use reqwest::{Method, StatusCode};
+use selvage_origin::{OriginConfig, Running};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+/// The operator key every test origin is configured with.
+pub const OPERATOR_KEY: &str = "test-operator-key-0123456789";
+
+/// An origin's configuration for a test: port 0 on loopback, data under `data_dir`, the
+/// operator key set.
+pub fn config(data_dir: &Path) -> OriginConfig {
+    OriginConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        operator_key: Some(OPERATOR_KEY.into()),
+        ..OriginConfig::default()
+    }
+}
+
+/// A client of an origin's HTTP API. Every call answers the status and the body as JSON (or,
+/// when it is not JSON, as a string).
+#[derive(Clone)]
+pub struct Api {
+    /// `http://addr`.
+    pub base: String,
+    /// The HTTP client, for requests the helpers below do not make.
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    /// A client of the origin listening on `addr`.
+    pub fn new(addr: impl std::fmt::Display) -> Api {
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new() }
+    }
+
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Calls `path` with `token` as the bearer, with `body` as JSON when given.
+    pub async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// A workspace; returns (admin token, general channel id).
+    pub async fn workspace(&self, name: &str) -> (String, String) {
+        let (s, v) = self.post("/v1/workspaces", OPERATOR_KEY, json!({ "name": name, "admin_handle": "admin" })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let token = v["token"].as_str().unwrap().to_string();
+        let (_, chans) = self.get("/v1/channels", &token).await;
+        let general = chans["channels"][0]["id"].as_str().unwrap().to_string();
+        (token, general)
+    }
+
+    /// A user; returns (user id, token).
+    pub async fn user(&self, admin: &str, handle: &str) -> (String, String) {
+        let (s, v) = self.post("/v1/users", admin, json!({ "handle": handle })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        (v["user"]["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
+    }
+
+    /// A channel made by `token`'s user; returns its id.
+    pub async fn channel(&self, token: &str, name: &str, private: bool) -> String {
+        let (s, v) = self.post("/v1/channels", token, json!({ "name": name, "private": private })).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["channel"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// The value of one series of `/metrics` (its name and labels as rendered, e.g.
+    /// `selvage_files_total{event="declared"}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let prefix = format!("{series} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0)
+    }
+
+    /// Declares a file; answers the declaration (asserting 201).
+    pub async fn declare(&self, token: &str, name: &str, size: usize, content_type: &str) -> Value {
+        let body = json!({ "name": name, "size": size, "content_type": content_type });
+        let (s, v) = self.post("/v1/files", token, body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v
+    }
+}
+
+/// An origin running in this process, and a client of it (its methods are the client's).
+pub struct Origin {
+    /// The client of its HTTP API.
+    pub api: Api,
+    running: Option<Running>,
+    shutdown: CancellationToken,
+}
+
+impl Origin {
+    /// Starts an origin with `config`.
+    pub async fn start(config: OriginConfig) -> Origin {
+        let shutdown = CancellationToken::new();
+        let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();
+        Origin { api: Api::new(running.addr), running: Some(running), shutdown }
+    }
+
+    /// The running node, for what the API does not show.
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running until stopped")
+    }
+
+    /// Shuts it down and waits until it has.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.wait().await;
+        }
+    }
+}
+
+impl Deref for Origin {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// Sends `body` through an `upload` answer of `POST /v1/files`: its URL, method and every
+/// header it names, except those `replace` gives other values.
+pub async fn upload_with(upload: &Value, body: Vec<u8>, replace: &[(&str, &str)]) -> StatusCode {
+    assert_eq!(upload["method"], "PUT");
+    let mut req = reqwest::Client::new().put(upload["url"].as_str().unwrap());
+    for (name, value) in upload["headers"].as_object().unwrap() {
+        if name == "content-length" || replace.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            // reqwest sends the body's own length.
+            continue;
+        }
+        req = req.header(name, value.as_str().unwrap());
+    }
+    for (name, value) in replace {
+        req = req.header(*name, *value);
+    }
+    req.body(body).send().await.unwrap().status()
+}
+
+/// [`upload_with`] as declared.
+pub async fn upload(upload: &Value, body: Vec<u8>) -> StatusCode {
+    upload_with(upload, body, &[]).await
+}
