@@ -137,7 +137,10 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
             }
         });
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        // Routes are resolved once here, not for every connection (serving the router itself
+        // rebuilds its route table per connection).
+        let served = axum::serve(listener, app.into_make_service())
+            .with_graceful_shutdown(async move { stop.cancelled().await });
         // Sessions end on drain; after shutdown they get a short grace to say goodbye.
         let grace = async {
             shutdown.cancelled().await;

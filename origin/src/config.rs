@@ -94,6 +94,9 @@ pub struct FilesConfig {
     pub thumb_max_pixels: u64,
     /// Most memory a decoder may allocate for one image, in bytes (its pixels included).
     pub thumb_max_alloc_bytes: u64,
+    /// Calls to the object store one node makes at once; more wait for a slot. Bounds the
+    /// connections to the store and the memory they hold.
+    pub store_concurrency: usize,
     /// Images one node decodes at once. Memory for thumbnails stays under about this many
     /// times `thumb_max_source_bytes + thumb_max_alloc_bytes`.
     pub thumb_concurrency: usize,
@@ -126,6 +129,7 @@ impl Default for FilesConfig {
             thumb_max_side_px: 12_000,
             thumb_max_pixels: 50_000_000,
             thumb_max_alloc_bytes: 256 * 1024 * 1024,
+            store_concurrency: 64,
             thumb_concurrency: 1,
             pending_ttl_secs: 24 * 3600,
             sweep_interval_secs: 60,
@@ -154,6 +158,7 @@ impl std::fmt::Debug for FilesConfig {
             .field("thumb_max_side_px", &self.thumb_max_side_px)
             .field("thumb_max_pixels", &self.thumb_max_pixels)
             .field("thumb_max_alloc_bytes", &self.thumb_max_alloc_bytes)
+            .field("store_concurrency", &self.store_concurrency)
             .field("thumb_concurrency", &self.thumb_concurrency)
             .field("pending_ttl_secs", &self.pending_ttl_secs)
             .field("sweep_interval_secs", &self.sweep_interval_secs)
@@ -224,6 +229,9 @@ impl FilesConfig {
         }
         if self.thumb_max_alloc_bytes < 1024 * 1024 {
             return Err("files.thumb_max_alloc_bytes must be at least 1048576 (1 MiB)".into());
+        }
+        if !(1..=4096).contains(&self.store_concurrency) {
+            return Err("files.store_concurrency must be between 1 and 4096".into());
         }
         if !(1..=16).contains(&self.thumb_concurrency) {
             return Err("files.thumb_concurrency must be between 1 and 16".into());
@@ -629,6 +637,9 @@ mod tests {
             assert!(c.validate().unwrap_err().contains("files.thumb_sizes"), "{sizes:?}");
         }
         c.files.thumb_sizes = vec![64];
+        c.files.store_concurrency = 0;
+        assert!(c.validate().unwrap_err().contains("files.store_concurrency"));
+        c.files.store_concurrency = 64;
         c.files.thumb_concurrency = 0;
         assert!(c.validate().unwrap_err().contains("files.thumb_concurrency"));
         c.files.thumb_concurrency = 2;

@@ -59,6 +59,21 @@ pub struct Metrics {
     pub consumer_resyncs: IntCounterVec,
     /// 1 while a runner on this node holds the consumer's lease (and so runs it), by consumer.
     pub consumer_lease_held: IntGaugeVec,
+    /// Calls to the files service's object store, by operation and outcome (`ok`, `error`).
+    pub object_store_calls: IntCounterVec,
+    /// Object-store call latency by operation, seconds.
+    pub object_store_latency: HistogramVec,
+    /// Object-store calls in flight now, and those waiting for a slot (`files.store_concurrency`).
+    pub object_store_in_flight: IntGaugeVec,
+    /// Files by what happened to them: `declared`, `completed`, `rejected` (the upload was not
+    /// what was declared), `deleted`, `expired` (never completed).
+    pub files: IntCounterVec,
+    /// Bytes of the files completed.
+    pub file_bytes_completed: IntCounter,
+    /// Images the thumbnail worker handled, by outcome (`made`, `refused`, `gone`).
+    pub thumbnails: IntCounterVec,
+    /// Time to make one image's thumbnails (read, decode, scale, encode, upload), seconds.
+    pub thumbnail_seconds: Histogram,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -73,6 +88,8 @@ impl Metrics {
         let registry = Registry::new();
         let latency_buckets =
             vec![0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        // Calls that leave the process (the object store) and image work take longer.
+        let slow_buckets = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         // Every metric below is created from constant, valid options and registered once in a
         // fresh registry, so none of these calls can fail.
         #[allow(clippy::expect_used)]
@@ -181,9 +198,54 @@ impl Metrics {
                 &["consumer"],
             )
             .expect("valid gauge"),
+            object_store_calls: IntCounterVec::new(
+                Opts::new(
+                    "selvage_object_store_calls_total",
+                    "Calls to the files object store, by operation and outcome",
+                ),
+                &["op", "outcome"],
+            )
+            .expect("valid counter"),
+            object_store_latency: HistogramVec::new(
+                HistogramOpts::new("selvage_object_store_seconds", "Object-store call latency by operation")
+                    .buckets(slow_buckets.clone()),
+                &["op"],
+            )
+            .expect("valid histogram"),
+            object_store_in_flight: IntGaugeVec::new(
+                Opts::new(
+                    "selvage_object_store_calls",
+                    "Object-store calls now: running, or waiting for one of files.store_concurrency slots",
+                ),
+                &["state"],
+            )
+            .expect("valid gauge"),
+            files: IntCounterVec::new(
+                Opts::new(
+                    "selvage_files_total",
+                    "Files declared, completed, rejected (not the upload declared), deleted and expired",
+                ),
+                &["event"],
+            )
+            .expect("valid counter"),
+            file_bytes_completed: IntCounter::new(
+                "selvage_files_completed_bytes_total",
+                "Bytes of the files completed",
+            )
+            .expect("valid counter"),
+            thumbnails: IntCounterVec::new(
+                Opts::new("selvage_file_thumbnails_total", "Images the thumbnail worker handled, by outcome"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
+            thumbnail_seconds: histogram(
+                "selvage_file_thumbnail_seconds",
+                "Time to make one image's thumbnails: read, decode, scale, encode, upload",
+                slow_buckets,
+            ),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 23] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 30] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -207,6 +269,13 @@ impl Metrics {
             Box::new(m.consumer_lag_seconds.clone()),
             Box::new(m.consumer_resyncs.clone()),
             Box::new(m.consumer_lease_held.clone()),
+            Box::new(m.object_store_calls.clone()),
+            Box::new(m.object_store_latency.clone()),
+            Box::new(m.object_store_in_flight.clone()),
+            Box::new(m.files.clone()),
+            Box::new(m.file_bytes_completed.clone()),
+            Box::new(m.thumbnails.clone()),
+            Box::new(m.thumbnail_seconds.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.
@@ -227,6 +296,9 @@ impl Metrics {
         }
         for kind in ["feed", "calls"] {
             m.link_streams.with_label_values(&[kind]);
+        }
+        for state in ["running", "waiting"] {
+            m.object_store_in_flight.with_label_values(&[state]);
         }
         m
     }

@@ -11,18 +11,21 @@
 //! checks an implementation does not make are skipped for it with a line saying so.
 
 use std::{
+    ops::Deref,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, SystemTime},
 };
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use reqwest::{Method, StatusCode};
-use selvage_origin::{OriginConfig, Running};
+use selvage_origin::OriginConfig;
 use selvage_s3local::{Options, S3Local, DEFAULT_ACCESS_KEY, DEFAULT_REGION, DEFAULT_SECRET_KEY};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-const OPERATOR_KEY: &str = "test-operator-key-0123456789";
+mod support;
+
+use support::{upload, upload_with, Origin};
 
 /// The S3 endpoint of one test, and a bucket of its own there.
 struct Store {
@@ -167,12 +170,17 @@ impl Store {
 }
 
 struct Rig {
-    base: String,
-    http: reqwest::Client,
-    running: Option<Running>,
-    shutdown: CancellationToken,
+    origin: Origin,
     store: Option<Store>,
     _dir: tempfile::TempDir,
+}
+
+impl Deref for Rig {
+    type Target = Origin;
+
+    fn deref(&self) -> &Origin {
+        &self.origin
+    }
 }
 
 impl Rig {
@@ -191,16 +199,7 @@ impl Rig {
     }
 
     async fn run(config: OriginConfig, store: Option<Store>, dir: tempfile::TempDir) -> Rig {
-        let shutdown = CancellationToken::new();
-        let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();
-        Rig {
-            base: format!("http://{}", running.addr),
-            http: reqwest::Client::new(),
-            running: Some(running),
-            shutdown,
-            store,
-            _dir: dir,
-        }
+        Rig { origin: Origin::start(config).await, store, _dir: dir }
     }
 
     /// Whether `/readyz` says ready, checking that it says so with the files probe and, when
@@ -222,56 +221,6 @@ impl Rig {
         self.store.as_ref().expect("files are on")
     }
 
-    async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, token, None).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, token, Some(body)).await
-    }
-
-    /// A workspace; returns (admin token, general channel id).
-    async fn workspace(&self, name: &str) -> (String, String) {
-        let (s, v) = self.post("/v1/workspaces", OPERATOR_KEY, json!({ "name": name, "admin_handle": "admin" })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let token = v["token"].as_str().unwrap().to_string();
-        let (_, chans) = self.get("/v1/channels", &token).await;
-        let general = chans["channels"][0]["id"].as_str().unwrap().to_string();
-        (token, general)
-    }
-
-    /// A user; returns (user id, token).
-    async fn user(&self, admin: &str, handle: &str) -> (String, String) {
-        let (s, v) = self.post("/v1/users", admin, json!({ "handle": handle })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        (v["user"]["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
-    }
-
-    async fn channel(&self, token: &str, name: &str, private: bool) -> String {
-        let (s, v) = self.post("/v1/channels", token, json!({ "name": name, "private": private })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v["channel"]["id"].as_str().unwrap().to_string()
-    }
-
-    /// Declares a file; returns the answer (asserting 201).
-    async fn declare(&self, token: &str, name: &str, size: usize, content_type: &str) -> Value {
-        let (s, v) =
-            self.post("/v1/files", token, json!({ "name": name, "size": size, "content_type": content_type })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v
-    }
-
     async fn complete(&self, token: &str, file: &str, channel: &str, id: &str) -> (StatusCode, Value) {
         self.post(&format!("/v1/files/{file}/complete"), token, json!({ "channel": channel, "client_msg_id": id }))
             .await
@@ -289,45 +238,16 @@ impl Rig {
     }
 
     async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(r) = self.running.take() {
-            r.wait().await;
-        }
-        if let Some(store) = self.store.take() {
+        let store = self.store.take();
+        self.origin.stop().await;
+        if let Some(store) = store {
             store.stop().await;
         }
     }
 }
 
 fn config(dir: &tempfile::TempDir) -> OriginConfig {
-    OriginConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("origin"),
-        operator_key: Some(OPERATOR_KEY.into()),
-        ..OriginConfig::default()
-    }
-}
-
-/// Sends `body` through an `upload` answer: its URL, method and every header it names.
-async fn upload(upload: &Value, body: Vec<u8>) -> StatusCode {
-    upload_with(upload, body, &[]).await
-}
-
-/// [`upload`] with some signed headers replaced.
-async fn upload_with(upload: &Value, body: Vec<u8>, replace: &[(&str, &str)]) -> StatusCode {
-    assert_eq!(upload["method"], "PUT");
-    let mut req = reqwest::Client::new().put(upload["url"].as_str().unwrap());
-    for (name, value) in upload["headers"].as_object().unwrap() {
-        if name == "content-length" || replace.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            // reqwest sends the body's own length.
-            continue;
-        }
-        req = req.header(name, value.as_str().unwrap());
-    }
-    for (name, value) in replace {
-        req = req.header(*name, *value);
-    }
-    req.body(body).send().await.unwrap().status()
+    support::config(&dir.path().join("origin"))
 }
 
 /// GETs a presigned download URL.
@@ -676,5 +596,75 @@ async fn an_unreachable_bucket_stops_the_start_and_readyz_tells() {
         }
         None => println!("skipped: a stopped endpoint, since {} is not the test's to stop", o.store().name()),
     }
+    o.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_object_store_calls_are_counted() {
+    let o = Rig::start().await;
+    let (admin, general) = o.workspace("acme").await;
+    let (id, _) = o.share(&admin, &general, b"twelve bytes", "notes.pdf").await;
+    // An upload other than declared: rejected at complete.
+    let declared = o.declare(&admin, "short.pdf", 10, "application/pdf").await;
+    let short = declared["file"]["id"].as_str().unwrap();
+    o.store().put(&o.store().key_of(declared["upload"]["url"].as_str().unwrap()), b"012").await;
+    assert_eq!(o.complete(&admin, short, &general, "short").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(o.call(Method::DELETE, &format!("/v1/files/{id}"), &admin, None).await.0, StatusCode::OK);
+
+    let files = |event: &str| format!("selvage_files_total{{event=\"{event}\"}}");
+    assert_eq!(o.metric(&files("declared")).await, 2.0);
+    assert_eq!(o.metric(&files("completed")).await, 1.0);
+    assert_eq!(o.metric(&files("failed")).await, 1.0);
+    assert_eq!(o.metric(&files("deleted")).await, 1.0);
+    assert_eq!(o.metric("selvage_files_completed_bytes_total").await, 12.0);
+    // Two HEADs (one per complete), the objects' deletes, and the bucket check at start; none
+    // failed, and none is running or waiting now.
+    assert_eq!(o.metric("selvage_object_store_calls_total{op=\"head\",outcome=\"ok\"}").await, 2.0);
+    assert!(o.metric("selvage_object_store_calls_total{op=\"delete\",outcome=\"ok\"}").await >= 2.0);
+    assert_eq!(o.metric("selvage_object_store_calls_total{op=\"head_bucket\",outcome=\"ok\"}").await, 1.0);
+    assert_eq!(o.metric("selvage_object_store_calls_total{op=\"presign_put\",outcome=\"ok\"}").await, 2.0);
+    assert_eq!(o.metric("selvage_object_store_seconds_count{op=\"head\"}").await, 2.0);
+    for state in ["running", "waiting"] {
+        assert_eq!(o.metric(&format!("selvage_object_store_calls{{state=\"{state}\"}}")).await, 0.0, "{state}");
+    }
+    o.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_reaches_no_file() {
+    let o = Rig::start().await;
+    let (admin, general) = o.workspace("acme").await;
+    let (_, bob) = o.user(&admin, "bob").await;
+    let (id, _) = o.share(&bob, &general, b"bob's file", "bob.pdf").await;
+    let declared = o.declare(&bob, "later.pdf", 5, "application/pdf").await;
+    let later = declared["file"]["id"].as_str().unwrap().to_string();
+    assert!(upload(&declared["upload"], b"later".to_vec()).await.is_success());
+    let (s, _) = o.post("/v1/tokens/revoke", &bob, json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let requests = [
+        (
+            Method::POST,
+            "/v1/files".to_string(),
+            Some(json!({ "name": "x.pdf", "size": 1, "content_type": "application/pdf" })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/files/{later}/complete"),
+            Some(json!({ "channel": general, "client_msg_id": "x" })),
+        ),
+        (Method::GET, format!("/v1/files/{id}"), None),
+        (Method::GET, format!("/v1/files/{id}/content"), None),
+        (Method::GET, format!("/v1/files/{id}/thumbs/360"), None),
+        (Method::GET, format!("/v1/channels/{general}/files"), None),
+        (Method::DELETE, format!("/v1/files/{id}"), None),
+    ];
+    for (method, path, body) in requests {
+        let (s, v) = o.call(method.clone(), &path, &bob, body).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}: {v}");
+    }
+    // Nothing changed: the file is still there for the admin, the later upload still pending.
+    assert_eq!(o.get(&format!("/v1/files/{id}"), &admin).await.0, StatusCode::OK);
+    let (_, list) = o.get(&format!("/v1/channels/{general}/files"), &admin).await;
+    assert_eq!(list["files"].as_array().unwrap().len(), 1, "{list}");
     o.stop().await;
 }

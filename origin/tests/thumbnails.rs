@@ -4,23 +4,20 @@
 //! client would. One test runs the origin as a child process (this very test binary, re-run on
 //! [`child_origin`]) so that it can be killed with SIGKILL in the middle of the worker's work.
 
-use std::{
-    io::Cursor,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{io::Cursor, path::PathBuf, process::Stdio, time::Duration};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use image::{codecs::gif::GifEncoder, DynamicImage, ExtendedColorType, ImageBuffer, ImageFormat, Rgb, Rgba};
 use reqwest::{Method, StatusCode};
-use selvage_origin::{OriginConfig, Running};
+use selvage_origin::OriginConfig;
 use selvage_s3local::{Options, S3Local, DEFAULT_ACCESS_KEY, DEFAULT_BUCKET, DEFAULT_REGION, DEFAULT_SECRET_KEY};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-const OPERATOR_KEY: &str = "test-operator-key-0123456789";
+mod support;
+
+use support::{config, upload, Api, Origin};
 
 /// How long the worker may take for what a test waits on (decoding is slow in debug builds).
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -92,22 +89,6 @@ impl Bucket {
     }
 }
 
-fn config(data_dir: &Path) -> OriginConfig {
-    OriginConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.to_path_buf(),
-        operator_key: Some(OPERATOR_KEY.into()),
-        ..OriginConfig::default()
-    }
-}
-
-/// An origin's HTTP API.
-#[derive(Clone)]
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
 /// A file shared in a message.
 #[derive(Clone, Debug)]
 struct Shared {
@@ -127,57 +108,9 @@ impl Shared {
 }
 
 impl Api {
-    fn new(addr: impl std::fmt::Display) -> Api {
-        Api { base: format!("http://{addr}"), http: reqwest::Client::new() }
-    }
-
-    async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, token, None).await
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, token, Some(body)).await
-    }
-
-    /// A workspace; returns (admin token, general channel id).
-    async fn workspace(&self, name: &str) -> (String, String) {
-        let (s, v) = self.post("/v1/workspaces", OPERATOR_KEY, json!({ "name": name, "admin_handle": "admin" })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        let token = v["token"].as_str().unwrap().to_string();
-        let (_, chans) = self.get("/v1/channels", &token).await;
-        let general = chans["channels"][0]["id"].as_str().unwrap().to_string();
-        (token, general)
-    }
-
-    /// A user; returns (user id, token).
-    async fn user(&self, admin: &str, handle: &str) -> (String, String) {
-        let (s, v) = self.post("/v1/users", admin, json!({ "handle": handle })).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        (v["user"]["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
-    }
-
     /// The feed's head, to read the events after it later.
     async fn head(&self, token: &str) -> String {
         self.get("/v1/events", token).await.1["cursor"].as_str().unwrap().to_string()
-    }
-
-    /// Declares a file; answers the declaration (asserting 201).
-    async fn declare(&self, token: &str, name: &str, size: usize, content_type: &str) -> Value {
-        let body = json!({ "name": name, "size": size, "content_type": content_type });
-        let (s, v) = self.post("/v1/files", token, body).await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v
     }
 
     async fn complete(&self, token: &str, file: &str, channel: &str) -> (StatusCode, Value) {
@@ -255,9 +188,7 @@ impl Api {
 
     /// A metric's value for the thumbnail worker, 0 when absent.
     async fn worker_metric(&self, name: &str) -> f64 {
-        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
-        let prefix = format!("{name}{{consumer=\"files-thumbs\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0)
+        self.metric(&format!("{name}{{consumer=\"files-thumbs\"}}")).await
     }
 }
 
@@ -266,18 +197,6 @@ fn dims(thumbs: &Value) -> Vec<(u32, u32, u32)> {
     let Some(list) = thumbs.as_array() else { return Vec::new() };
     let n = |t: &Value, k: &str| t[k].as_u64().unwrap() as u32;
     list.iter().map(|t| (n(t, "size"), n(t, "width"), n(t, "height"))).collect()
-}
-
-/// Sends `body` through an `upload` answer: its URL, method and every header it names.
-async fn upload(upload: &Value, body: Vec<u8>) -> StatusCode {
-    assert_eq!(upload["method"], "PUT");
-    let mut req = reqwest::Client::new().put(upload["url"].as_str().unwrap());
-    for (name, value) in upload["headers"].as_object().unwrap() {
-        if name != "content-length" {
-            req = req.header(name, value.as_str().unwrap());
-        }
-    }
-    req.body(body).send().await.unwrap().status()
 }
 
 /// The object key an upload URL writes (path-style: `/{bucket}/{key}`; the names used here
@@ -381,28 +300,6 @@ where
     }
 }
 
-/// An origin in this process.
-struct Node {
-    api: Api,
-    running: Option<Running>,
-    shutdown: CancellationToken,
-}
-
-impl Node {
-    async fn start(config: OriginConfig) -> Node {
-        let shutdown = CancellationToken::new();
-        let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();
-        Node { api: Api::new(running.addr), running: Some(running), shutdown }
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(running) = self.running.take() {
-            running.wait().await;
-        }
-    }
-}
-
 /// Checks what `GET /v1/files/{id}` hands out for a file with thumbnails: a URL for each, whose
 /// image has the dimensions recorded and the type expected.
 async fn check_downloads(api: &Api, token: &str, file: &Shared, want: &[(u32, u32, u32)], content_type: &str) {
@@ -428,7 +325,7 @@ async fn images_get_thumbnails_that_history_events_and_downloads_show() {
     let bucket = Bucket::start(dir.path().join("s3")).await;
     let mut c = config(&dir.path().join("origin"));
     bucket.configure(&mut c);
-    let node = Node::start(c).await;
+    let node = Origin::start(c).await;
     let api = &node.api;
     let (admin, _) = api.workspace("acme").await;
     let (_, carol) = api.user(&admin, "carol").await;
@@ -498,6 +395,11 @@ async fn images_get_thumbnails_that_history_events_and_downloads_show() {
     let (s, _) = api.get(&format!("/v1/files/{}/thumbs/360", wide.id), &admin).await;
     assert_eq!(s, StatusCode::OK);
 
+    // Counted: one image's thumbnails made per image, each timed.
+    let made = api.metric("selvage_file_thumbnails_total{outcome=\"made\"}").await;
+    assert_eq!(made, expect.len() as f64);
+    assert_eq!(api.metric("selvage_file_thumbnail_seconds_count").await, made);
+
     // The channel's list shows them too.
     let (_, list) = api.get(&format!("/v1/channels/{design}/files"), &admin).await;
     let listed = list["files"].as_array().unwrap().iter().find(|f| f["id"] == tall.id.as_str()).unwrap().clone();
@@ -529,7 +431,7 @@ async fn a_decompression_bomb_gets_no_thumbnail_and_the_worker_goes_on() {
     bucket.configure(&mut c);
     // One event per batch: the bomb is a batch of its own, and the image after it another.
     c.consumers.batch_size = 1;
-    let node = Node::start(c).await;
+    let node = Origin::start(c).await;
     let api = &node.api;
     let (admin, general) = api.workspace("acme").await;
 
@@ -549,8 +451,9 @@ async fn a_decompression_bomb_gets_no_thumbnail_and_the_worker_goes_on() {
         assert!(!bucket.exists(&refused.thumb_key(360)).await);
         assert_eq!(api.get(&format!("/v1/files/{}/thumbs/360", refused.id), &admin).await.0, StatusCode::NOT_FOUND);
     }
-    // Refused, not failed: no batch was retried.
+    // Refused, not failed: no batch was retried; the worker counted both.
     assert_eq!(api.worker_metric("selvage_consumer_batches_failed_total").await, 0.0);
+    assert_eq!(api.metric("selvage_file_thumbnails_total{outcome=\"refused\"}").await, 2.0);
     node.stop().await;
     bucket.server.shutdown().await;
 }
@@ -566,7 +469,7 @@ async fn uploads_never_completed_expire_and_give_their_quota_back() {
     c.files.upload_url_secs = 2;
     c.files.sweep_interval_secs = 1;
     c.files.workspace_quota_bytes = 1_000;
-    let node = Node::start(c).await;
+    let node = Origin::start(c).await;
     let api = &node.api;
     let (admin, general) = api.workspace("acme").await;
 

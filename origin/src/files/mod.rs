@@ -61,6 +61,7 @@ use crate::{
         records as messages,
         sequencer::{SendRequest, Sent, Sequencer},
     },
+    metrics::Metrics,
     store::{keys, KvTxn, RangeRead, Store, StoreError},
     transact,
 };
@@ -79,6 +80,7 @@ pub const DISABLED: &str = "files are not enabled on this origin";
 pub struct Files {
     config: FilesConfig,
     objects: Objects,
+    metrics: Arc<Metrics>,
 }
 
 /// Why the files service could not start.
@@ -149,15 +151,15 @@ fn unavailable(e: ObjectError) -> OriginError {
 impl Files {
     /// Connects to the object store and checks that the bucket answers; an origin with files
     /// enabled does not start without it.
-    pub async fn start(config: &FilesConfig) -> Result<Files, StartError> {
-        let objects = Objects::connect(config).await;
+    pub async fn start(config: &FilesConfig, metrics: Arc<Metrics>) -> Result<Files, StartError> {
+        let objects = Objects::connect(config, metrics.clone()).await;
         objects.check_bucket().await.map_err(|source| StartError {
             bucket: config.bucket.clone(),
             endpoint: config.endpoint.clone().unwrap_or_else(|| format!("AWS S3 ({})", config.region)),
             source,
         })?;
         tracing::info!(bucket = config.bucket, endpoint = ?config.endpoint, "files: object store reachable");
-        Ok(Files { config: config.clone(), objects })
+        Ok(Files { config: config.clone(), objects, metrics })
     }
 
     /// Whether the bucket answers now, for `/readyz`.
@@ -224,6 +226,7 @@ impl Files {
                 "the workspace's file storage quota ({quota} bytes) would be exceeded; delete files first"
             )));
         }
+        self.metrics.files.with_label_values(&["declared"]).inc();
         tracing::debug!(file.id = file.id, ws.id = %w, size, "file declared");
         Ok(Created { file: file.view(), upload })
     }
@@ -380,12 +383,20 @@ impl Files {
         };
         let type_ok = head.content_type.as_deref() == Some(file.content_type.as_str());
         if head.size == file.size && type_ok {
-            transact!(store, |tx| {
-                if let Some(f) = records::load(tx, w, &file.id).await?.filter(|f| f.state == FileState::Pending) {
-                    tx.clear(&keys::file_pending(f.created_at, w, &f.id))?;
-                    records::write(tx, w, &FileRecord { state: FileState::Ready, ..f })?;
+            let (readied, _) = transact!(store, |tx| {
+                match records::load(tx, w, &file.id).await?.filter(|f| f.state == FileState::Pending) {
+                    Some(f) => {
+                        tx.clear(&keys::file_pending(f.created_at, w, &f.id))?;
+                        records::write(tx, w, &FileRecord { state: FileState::Ready, ..f })?;
+                        true
+                    }
+                    None => false,
                 }
             })?;
+            if readied {
+                self.metrics.files.with_label_values(&["completed"]).inc();
+                self.metrics.file_bytes_completed.inc_by(file.size);
+            }
             return Ok(());
         }
         if let Some(released) = self.release(store, w, &file.id, FileState::Failed).await? {
@@ -411,6 +422,9 @@ impl Files {
                 None => None,
             }
         })?;
+        if released.is_some() {
+            self.metrics.files.with_label_values(&[state.label()]).inc();
+        }
         Ok(released)
     }
 
@@ -459,11 +473,11 @@ impl Files {
     ) -> Result<Vec<JoinHandle<()>>, ConsumerError> {
         let mut tasks = Vec::new();
         if self.config.thumbs {
-            let worker = thumbs::Thumbnailer::new(store.clone(), self.objects.clone(), &self.config);
+            let worker = thumbs::Thumbnailer::new(store.clone(), self.objects.clone(), &self.config, &self.metrics);
             let runner = ConsumerRunner::new(feed.clone(), Arc::new(worker), ConsumerOptions::from_config(consumers))?;
             tasks.push(runner.spawn(shutdown.clone()));
         }
-        let sweeper = sweeper::Sweeper::new(store.clone(), self.objects.clone(), &self.config);
+        let sweeper = sweeper::Sweeper::new(store.clone(), self.objects.clone(), &self.config, &self.metrics);
         tasks.push(tokio::spawn(sweeper.run(shutdown.clone())));
         Ok(tasks)
     }

@@ -7,16 +7,27 @@
 //! thumbnail worker (module `thumbs`), in the background, reads images and writes their
 //! thumbnails. Every call has a deadline; every failure becomes an [`ObjectError`] whose detail
 //! is for the log only.
+//!
+//! Calls that reach the store wait for one of `files.store_concurrency` slots: however many
+//! clients complete uploads at the same moment, the origin holds that many connections to the
+//! store at most, and their buffers. Each call is counted and timed
+//! (`selvage_object_store_calls_total`, `selvage_object_store_seconds`).
 
-use std::time::{Duration, SystemTime};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use aws_sdk_s3::{
     config::{timeout::TimeoutConfig, BehaviorVersion, Credentials, Region},
-    presigning::PresigningConfig,
+    presigning::{PresignedRequest, PresigningConfig},
     Client,
 };
+use prometheus::IntGauge;
+use tokio::sync::Semaphore;
 
-use crate::config::FilesConfig;
+use crate::{config::FilesConfig, metrics::Metrics};
 
 /// Longest an object-store call may take, retries included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,13 +95,32 @@ pub struct Objects {
     bucket: String,
     upload_for: Duration,
     download_for: Duration,
+    /// One permit per call to the store that may run now (`files.store_concurrency`).
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+/// Counts one in a gauge while it lives.
+struct Counted(IntGauge);
+
+impl Counted {
+    fn new(gauge: IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Objects {
     /// A client for the configured store. Credentials come from the configuration when it has
     /// them, else from AWS's standard chain (read lazily, on the first call). Nothing is
     /// contacted yet: [`Objects::check_bucket`] does that.
-    pub async fn connect(config: &FilesConfig) -> Objects {
+    pub async fn connect(config: &FilesConfig, metrics: Arc<Metrics>) -> Objects {
         // hyper 1 and rustls on ring, which the origin builds for QUIC anyway.
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
@@ -121,7 +151,36 @@ impl Objects {
             bucket: config.bucket.clone(),
             upload_for: Duration::from_secs(config.upload_url_secs),
             download_for: Duration::from_secs(config.download_url_secs),
+            slots: Arc::new(Semaphore::new(config.store_concurrency)),
+            metrics,
         }
+    }
+
+    /// Runs one call to the store (`op` names it in the metrics) once a slot is free.
+    ///
+    /// The call is made only then, and on the heap: an SDK call's future takes kilobytes, and a
+    /// request waiting for a slot should hold a pointer, not that.
+    async fn call<T, F>(&self, op: &str, call: impl FnOnce() -> F) -> Result<T, ObjectError>
+    where
+        F: Future<Output = Result<T, ObjectError>>,
+    {
+        let in_flight = &self.metrics.object_store_in_flight;
+        let waiting = Counted::new(in_flight.with_label_values(&["waiting"]));
+        // The semaphore is never closed.
+        let _slot = self.slots.acquire().await.map_err(|e| ObjectError::Store(e.to_string()))?;
+        drop(waiting);
+        let _running = Counted::new(in_flight.with_label_values(&["running"]));
+        let started = Instant::now();
+        let result = Box::pin(call()).await;
+        self.counted(op, started, result.is_ok());
+        result
+    }
+
+    /// Counts and times one call of `op` that took since `started`.
+    fn counted(&self, op: &str, started: Instant, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.metrics.object_store_calls.with_label_values(&[op, outcome]).inc();
+        self.metrics.object_store_latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
     }
 
     /// The bucket's name.
@@ -131,74 +190,57 @@ impl Objects {
 
     /// Whether the bucket exists and the credentials may use it (`HEAD` of the bucket).
     pub async fn check_bucket(&self) -> Result<(), ObjectError> {
-        self.client.head_bucket().bucket(&self.bucket).send().await.map(|_| ()).map_err(|e| store_error(&e))
+        let head = || self.client.head_bucket().bucket(&self.bucket).send();
+        self.call("head_bucket", || async { head().await.map(|_| ()).map_err(|e| store_error(&e)) }).await
     }
 
     /// A URL that uploads exactly `size` bytes of type `content_type` to `key`, and nothing
     /// else: length and type are signed, so any other upload is refused by the store.
     pub async fn presign_put(&self, key: &str, size: u64, content_type: &str) -> Result<Presigned, ObjectError> {
+        let started = Instant::now();
         let (config, expires_at) = presigning(self.upload_for)?;
-        let request = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_length(i64::try_from(size).map_err(|_| ObjectError::Presign("size over i64".into()))?)
-            .content_type(content_type)
-            .presigned(config)
-            .await
-            .map_err(|e| ObjectError::Presign(aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
-        Ok(Presigned {
-            url: request.uri().to_string(),
-            method: request.method().to_string(),
-            headers: request
-                .headers()
-                .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
-                .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
-                .collect(),
-            expires_at,
-        })
+        let length = i64::try_from(size).map_err(|_| ObjectError::Presign("size over i64".into()))?;
+        let put = self.client.put_object().bucket(&self.bucket).key(key).content_length(length);
+        let request = put.content_type(content_type).presigned(config).await;
+        self.counted("presign_put", started, request.is_ok());
+        // Every signed header but `host` (the URL names it) must be sent as it is.
+        presigned(request, expires_at, true)
     }
 
     /// A URL that downloads `key`, answered with the given type and disposition.
     pub async fn presign_get(&self, key: &str, answer: Download<'_>) -> Result<Presigned, ObjectError> {
+        let started = Instant::now();
         let (config, expires_at) = presigning(self.download_for)?;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .response_content_type(answer.content_type)
-            .response_content_disposition(answer.disposition)
-            .presigned(config)
-            .await
-            .map_err(|e| ObjectError::Presign(aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
-        Ok(Presigned {
-            url: request.uri().to_string(),
-            method: request.method().to_string(),
-            headers: Vec::new(),
-            expires_at,
-        })
+        let get = self.client.get_object().bucket(&self.bucket).key(key);
+        let get = get.response_content_type(answer.content_type).response_content_disposition(answer.disposition);
+        let request = get.presigned(config).await;
+        self.counted("presign_get", started, request.is_ok());
+        // A plain GET of the URL: a browser's `<img src>` or `<a href>` sends no headers.
+        presigned(request, expires_at, false)
     }
 
     /// What the store holds under `key`; `None` when nothing.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectHead>, ObjectError> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
-            Ok(head) => Ok(Some(ObjectHead {
-                size: head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-                content_type: head.content_type().map(str::to_string),
-            })),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            // Some stores answer a missing key's HEAD with a bare 404 the SDK cannot model.
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
-            Err(e) => Err(store_error(&e)),
-        }
+        let head = || self.client.head_object().bucket(&self.bucket).key(key).send();
+        self.call("head", || async {
+            match head().await {
+                Ok(head) => Ok(Some(ObjectHead {
+                    size: head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                    content_type: head.content_type().map(str::to_string),
+                })),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                // Some stores answer a missing key's HEAD with a bare 404 the SDK cannot model.
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
+                Err(e) => Err(store_error(&e)),
+            }
+        })
+        .await
     }
 
     /// The bytes under `key`, at most `max_bytes` of them (the length the store announces is
     /// checked before anything is read, and the count again while reading).
     pub async fn get(&self, key: &str, max_bytes: u64) -> Result<Fetched, ObjectError> {
-        let fetch = async {
+        let fetch = || async {
             let mut object = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
                 Ok(object) => object,
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(Fetched::Missing),
@@ -219,28 +261,23 @@ impl Objects {
             }
             Ok(Fetched::Bytes(bytes))
         };
-        tokio::time::timeout(READ_TIMEOUT, fetch)
-            .await
-            .unwrap_or_else(|_| Err(ObjectError::Store(format!("reading {key} took over {READ_TIMEOUT:?}"))))
+        self.call("get", || async {
+            let read = tokio::time::timeout(READ_TIMEOUT, fetch());
+            read.await.unwrap_or_else(|_| Err(ObjectError::Store(format!("reading {key} took over {READ_TIMEOUT:?}"))))
+        })
+        .await
     }
 
     /// Writes `body` under `key` with the given type, replacing what was there.
     pub async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<(), ObjectError> {
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(body.into())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| store_error(&e))
+        let put = self.client.put_object().bucket(&self.bucket).key(key).content_type(content_type);
+        self.call("put", || async { put.body(body.into()).send().await.map(|_| ()).map_err(|e| store_error(&e)) }).await
     }
 
     /// Deletes `key`; deleting what is not there succeeds, as in S3.
     pub async fn delete(&self, key: &str) -> Result<(), ObjectError> {
-        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map(|_| ()).map_err(|e| store_error(&e))
+        let delete = || self.client.delete_object().bucket(&self.bucket).key(key).send();
+        self.call("delete", || async { delete().await.map(|_| ()).map_err(|e| store_error(&e)) }).await
     }
 }
 
@@ -255,6 +292,23 @@ fn presigning(lifetime: Duration) -> Result<(PresigningConfig, i64), ObjectError
     let end = start + lifetime;
     let expires_at = end.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     Ok((config, expires_at))
+}
+
+/// A signed request as a client is told to send it; with its headers when `headers`.
+fn presigned<E>(request: Result<PresignedRequest, E>, expires_at: i64, headers: bool) -> Result<Presigned, ObjectError>
+where
+    E: std::error::Error + 'static,
+{
+    let request = request.map_err(|e| ObjectError::Presign(aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
+    let headers = match headers {
+        true => request
+            .headers()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("host"))
+            .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+            .collect(),
+        false => Vec::new(),
+    };
+    Ok(Presigned { url: request.uri().to_string(), method: request.method().to_string(), headers, expires_at })
 }
 
 /// An SDK error with its whole chain of causes, for the log.

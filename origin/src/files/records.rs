@@ -30,6 +30,19 @@ pub enum FileState {
     Expired,
 }
 
+impl FileState {
+    /// Its name, as in the API and the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            FileState::Pending => "pending",
+            FileState::Ready => "ready",
+            FileState::Failed => "failed",
+            FileState::Deleted => "deleted",
+            FileState::Expired => "expired",
+        }
+    }
+}
+
 /// A thumbnail as the file's record keeps it (module `thumbs` makes them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThumbRecord {

@@ -18,7 +18,7 @@
 //! sweep at once: expiring is a checked transaction, so it happens once, and deleting an object
 //! twice is harmless.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use selvage_shared::WorkspaceId;
@@ -30,6 +30,7 @@ use super::{
 };
 use crate::{
     config::FilesConfig,
+    metrics::Metrics,
     store::{self, keys, tuple, RangeRead, Store},
     transact,
 };
@@ -59,6 +60,7 @@ pub struct Swept {
 pub struct Sweeper {
     store: Store,
     objects: Objects,
+    metrics: Arc<Metrics>,
     /// How long after its declaration a pending upload expires, in ms.
     expire_after_ms: i64,
     upload_url_ms: i64,
@@ -67,11 +69,12 @@ pub struct Sweeper {
 
 impl Sweeper {
     /// A sweeper configured by `[files]`.
-    pub fn new(store: Store, objects: Objects, config: &FilesConfig) -> Sweeper {
+    pub fn new(store: Store, objects: Objects, config: &FilesConfig, metrics: &Arc<Metrics>) -> Sweeper {
         let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         Sweeper {
             store,
             objects,
+            metrics: metrics.clone(),
             expire_after_ms: ms(config.pending_ttl_secs.max(config.upload_url_secs)),
             upload_url_ms: ms(config.upload_url_secs),
             interval: Duration::from_secs(config.sweep_interval_secs.max(1)),
@@ -138,6 +141,7 @@ impl Sweeper {
                 (done, rows.len())
             })?;
             expired += count;
+            self.metrics.files.with_label_values(&["expired"]).inc_by(count as u64);
             if seen < PAGE {
                 break;
             }

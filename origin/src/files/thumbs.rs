@@ -25,7 +25,11 @@
 
 mod render;
 
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
@@ -43,6 +47,7 @@ use crate::{
         Appender,
     },
     messages::records as messages,
+    metrics::Metrics,
     store::{keys, KvTxn, Store},
     transact,
 };
@@ -71,6 +76,7 @@ struct Job {
 pub struct Thumbnailer {
     store: Store,
     objects: Objects,
+    metrics: Arc<Metrics>,
     sizes: Vec<u32>,
     limits: Limits,
     max_source_bytes: u64,
@@ -83,11 +89,12 @@ pub struct Thumbnailer {
 
 impl Thumbnailer {
     /// A worker writing to `objects`, configured by `[files]`.
-    pub fn new(store: Store, objects: Objects, config: &FilesConfig) -> Thumbnailer {
+    pub fn new(store: Store, objects: Objects, config: &FilesConfig, metrics: &Arc<Metrics>) -> Thumbnailer {
         let concurrency = config.thumb_concurrency.max(1);
         Thumbnailer {
             store,
             objects,
+            metrics: metrics.clone(),
             sizes: config.thumb_sizes.clone(),
             limits: Limits {
                 max_side: config.thumb_max_side_px,
@@ -123,7 +130,7 @@ impl Thumbnailer {
     async fn make(&self, job: &Job) -> Result<Outcome, ConsumerError> {
         let (w, id) = (&job.workspace, job.file.as_str());
         let (file, _) = transact!(self.store, |tx| { records::load(tx, w, id).await? })?;
-        let Some(file) = file.filter(|f| f.state == FileState::Ready) else { return Ok(Outcome::Gone) };
+        let Some(file) = file.filter(|f| f.state == FileState::Ready) else { return Ok(self.gone()) };
         if !file.thumbs.is_empty() {
             return Ok(Outcome::Made(file.thumbs));
         }
@@ -136,7 +143,7 @@ impl Thumbnailer {
         let started = Instant::now();
         let bytes = match self.objects.get(&file.object_key, self.max_source_bytes).await {
             Ok(Fetched::Bytes(bytes)) => bytes,
-            Ok(Fetched::Missing) => return Ok(Outcome::Gone),
+            Ok(Fetched::Missing) => return Ok(self.gone()),
             Ok(Fetched::TooLarge(n)) => {
                 return Ok(self.refused(&file, w, format!("{n} bytes, over files.thumb_max_source_bytes")))
             }
@@ -167,6 +174,8 @@ impl Thumbnailer {
                 content_type: r.content_type.into(),
             });
         }
+        self.metrics.thumbnails.with_label_values(&["made"]).inc();
+        self.metrics.thumbnail_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(
             file.id = id,
             ws.id = %w,
@@ -177,7 +186,14 @@ impl Thumbnailer {
         Ok(Outcome::Made(thumbs))
     }
 
+    /// The file is gone: nothing to make.
+    fn gone(&self) -> Outcome {
+        self.metrics.thumbnails.with_label_values(&["gone"]).inc();
+        Outcome::Gone
+    }
+
     fn refused(&self, file: &FileRecord, w: &WorkspaceId, why: String) -> Outcome {
+        self.metrics.thumbnails.with_label_values(&["refused"]).inc();
         tracing::warn!(file.id = file.id, ws.id = %w, size = file.size, reason = why, "no thumbnails for this image");
         Outcome::Refused(why)
     }
