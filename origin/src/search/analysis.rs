@@ -20,15 +20,18 @@
 //! (`src/config.rs`), and keeps one term per position.
 //!
 //! [`prefix_analyzer`] is the same without stemming, for the word being typed: a prefix must
-//! be compared with the words as written (`deplo` is a prefix of the stem `deploy`, `deploying`
-//! of nothing stemmed).
+//! be compared with the words as written (`stagi` begins `staging`, not its stem `stage`), so
+//! the index keeps the text a second time, analysed this way, in fields of its own.
 
 use tantivy::tokenizer::{
     AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, Stemmer, TextAnalyzer, Token, TokenStream, Tokenizer,
 };
 
-/// The name the analyzer is registered under on the index.
+/// The name [`text_analyzer`] is registered under on the index.
 pub const TEXT_ANALYZER: &str = "selvage_text";
+
+/// The name [`prefix_analyzer`] is registered under on the index.
+pub const WORDS_ANALYZER: &str = "selvage_words";
 
 /// Longest term kept, in bytes: longer parts are noise (hashes, encoded blobs) and would only
 /// bloat the term dictionary.

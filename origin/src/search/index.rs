@@ -4,6 +4,9 @@
 //! **Documents.** One per `(workspace, channel, seq)`, found for replacement by its unique
 //! `key` term (`W/C/seq`): an edit deletes the key and adds the message again, so a message
 //! is never in the index twice, however often it is indexed. A deleted message is only deleted.
+//! Its text and file names are indexed twice: stemmed (`text`, `files`, stored for snippets),
+//! which words and phrases search, and unstemmed (`text_words`, `files_words`), which the word
+//! being typed is a prefix of (see `analysis`).
 //!
 //! **Commits carry the feed cursor.** Each commit stores, as its payload, the position of the
 //! last feed event it covers ([`Writer::commit`]), read back by [`SearchIndex::cursor`]:
@@ -54,7 +57,7 @@ use tantivy::{
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{
-    analysis::{self, TEXT_ANALYZER},
+    analysis::{self, TEXT_ANALYZER, WORDS_ANALYZER},
     query::{ChannelRef, Query, Term as QueryTerm, UserRef},
     SearchError,
 };
@@ -149,17 +152,21 @@ struct Fields {
     has_link: Field,
     text: Field,
     files: Field,
+    /// The text as words, unstemmed: what the word being typed is a prefix of.
+    text_words: Field,
+    /// The file names as words, unstemmed.
+    files_words: Field,
 }
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
-    let analysed = TextOptions::default()
-        .set_indexing_options(
+    let analysed = |analyzer: &str| {
+        TextOptions::default().set_indexing_options(
             TextFieldIndexing::default()
-                .set_tokenizer(TEXT_ANALYZER)
+                .set_tokenizer(analyzer)
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
-        .set_stored();
+    };
     let fields = Fields {
         key: b.add_text_field("key", STRING),
         workspace: b.add_text_field("workspace", STRING),
@@ -170,8 +177,10 @@ fn schema() -> (Schema, Fields) {
         thread: b.add_bool_field("thread", INDEXED),
         has_file: b.add_bool_field("has_file", INDEXED),
         has_link: b.add_bool_field("has_link", INDEXED),
-        text: b.add_text_field("text", analysed.clone()),
-        files: b.add_text_field("files", analysed),
+        text: b.add_text_field("text", analysed(TEXT_ANALYZER).set_stored()),
+        files: b.add_text_field("files", analysed(TEXT_ANALYZER).set_stored()),
+        text_words: b.add_text_field("text_words", analysed(WORDS_ANALYZER)),
+        files_words: b.add_text_field("files_words", analysed(WORDS_ANALYZER)),
     };
     (b.build(), fields)
 }
@@ -206,6 +215,7 @@ impl SearchIndex {
         let (schema, fields) = schema();
         let index = Index::open_or_create(MmapDirectory::open(&dir)?, schema)?;
         index.tokenizers().register(TEXT_ANALYZER, analysis::text_analyzer());
+        index.tokenizers().register(WORDS_ANALYZER, analysis::prefix_analyzer());
         let writer = index.writer_with_num_threads(options.writer_threads.max(1), options.writer_memory_bytes)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = Arc::new(Mutex::new(WriterState { writer, dirty: false }));
@@ -405,7 +415,8 @@ impl SearchIndex {
         let mut out = TextQueries::default();
         let mut stemmed = analysis::text_analyzer();
         let mut unstemmed = analysis::prefix_analyzer();
-        let fields = [self.fields.text, self.fields.files];
+        let f = &self.fields;
+        let fields = [(f.text, f.text_words), (f.files, f.files_words)];
         for term in &query.terms {
             let terms = analysis::terms(&mut stemmed, term.text());
             let prefix = match term {
@@ -415,11 +426,11 @@ impl SearchIndex {
                 _ => None,
             };
             let mut per_field: Vec<(Occur, Box<dyn TantivyQuery>)> = Vec::new();
-            for field in fields {
+            for (field, words) in fields {
                 if let Some(q) = sequence(field, &terms) {
                     per_field.push((Occur::Should, q));
                 }
-                if let Some(q) = prefix.as_ref().and_then(|p| prefix_sequence(field, &terms, p)) {
+                if let Some(q) = prefix.as_ref().and_then(|p| prefix_sequence(words, p)) {
                     per_field.push((Occur::Should, q));
                 }
             }
@@ -434,8 +445,11 @@ impl SearchIndex {
         }
         for term in &query.excluded {
             let terms = analysis::terms(&mut stemmed, term.text());
-            let per_field: Vec<(Occur, Box<dyn TantivyQuery>)> =
-                fields.into_iter().filter_map(|field| sequence(field, &terms)).map(|q| (Occur::Should, q)).collect();
+            let per_field: Vec<(Occur, Box<dyn TantivyQuery>)> = fields
+                .into_iter()
+                .filter_map(|(field, _)| sequence(field, &terms))
+                .map(|q| (Occur::Should, q))
+                .collect();
             if !per_field.is_empty() {
                 out.negative.push(Box::new(BooleanQuery::new(per_field)));
             }
@@ -472,21 +486,11 @@ fn sequence(field: Field, terms: &[(usize, String)]) -> Option<Box<dyn TantivyQu
     }
 }
 
-/// The word being typed: its parts but the last as analysed (`stemmed`), then the last part
-/// as typed (`unstemmed`) as the prefix of a term.
-fn prefix_sequence(
-    field: Field,
-    stemmed: &[(usize, String)],
-    unstemmed: &[(usize, String)],
-) -> Option<Box<dyn TantivyQuery>> {
-    let (last_at, last) = unstemmed.last()?;
-    let first = unstemmed[0].0;
-    let mut terms: Vec<(usize, Term)> = stemmed
-        .iter()
-        .filter(|(p, _)| p < last_at)
-        .map(|(p, t)| (p - first, Term::from_field_text(field, t)))
-        .collect();
-    terms.push((last_at - first, Term::from_field_text(field, last)));
+/// The word being typed, in a field of unstemmed `words`: its parts in order, the last one
+/// the prefix of a term.
+fn prefix_sequence(words: Field, unstemmed: &[(usize, String)]) -> Option<Box<dyn TantivyQuery>> {
+    let first = unstemmed.first()?.0;
+    let terms = unstemmed.iter().map(|(p, t)| (p - first, Term::from_field_text(words, t))).collect();
     let mut query = PhrasePrefixQuery::new_with_offset(terms);
     query.set_max_expansions(MAX_PREFIX_EXPANSIONS);
     Some(Box::new(query))
@@ -564,16 +568,22 @@ impl Highlighter {
         if terms.is_empty() && prefixes.is_empty() {
             return Ok(Highlighter { text: None, files: None });
         }
-        let generator = |field: Field| -> Result<SnippetGenerator, SearchError> {
+        // Snippets are cut with the stemming analyzer: a word a prefix begins is highlighted
+        // through its stem.
+        let mut stemmer = analysis::text_analyzer();
+        let mut generator = |field: Field, words_field: Field| -> Result<SnippetGenerator, SearchError> {
             let mut words: BTreeMap<String, f32> = terms.iter().map(|t| (t.clone(), 1.0)).collect();
             for prefix in prefixes {
-                for word in expand(searcher, field, prefix)? {
-                    words.insert(word, 1.0);
+                for word in expand(searcher, words_field, prefix)? {
+                    for (_, stem) in analysis::terms(&mut stemmer, &word) {
+                        words.insert(stem, 1.0);
+                    }
                 }
             }
             Ok(SnippetGenerator::new(words, analysis::text_analyzer(), field, SNIPPET_CHARS))
         };
-        Ok(Highlighter { text: Some(generator(fields.text)?), files: Some(generator(fields.files)?) })
+        let text = generator(fields.text, fields.text_words)?;
+        Ok(Highlighter { text: Some(text), files: Some(generator(fields.files, fields.files_words)?) })
     }
 }
 
@@ -663,8 +673,10 @@ impl Writer {
         doc.add_bool(f.has_file, !message.files.is_empty());
         doc.add_bool(f.has_link, analysis::has_link(&message.text));
         doc.add_text(f.text, &message.text);
-        let names: Vec<&str> = message.files.iter().map(|file| file.name.as_str()).collect();
-        doc.add_text(f.files, names.join("\n"));
+        doc.add_text(f.text_words, &message.text);
+        let names = message.files.iter().map(|file| file.name.as_str()).collect::<Vec<_>>().join("\n");
+        doc.add_text(f.files, &names);
+        doc.add_text(f.files_words, &names);
         self.state.writer.add_document(doc)?;
         Ok(())
     }
