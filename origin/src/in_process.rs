@@ -42,6 +42,12 @@ impl Actor {
     pub fn token(&self) -> &str {
         &self.token
     }
+
+    /// Who the actor's requests act for, for in-crate tests of the domain functions.
+    #[cfg(test)]
+    pub(crate) fn caller(&self) -> &Caller {
+        &self.caller
+    }
 }
 
 impl Origin {

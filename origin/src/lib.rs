@@ -48,6 +48,7 @@ mod link;
 mod messages;
 mod metrics;
 mod presence;
+pub mod search;
 mod snapshot;
 pub mod store;
 

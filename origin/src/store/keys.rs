@@ -12,6 +12,12 @@ fn ws(w: &WorkspaceId) -> Key {
     Key::new().str("ws").str(w.as_str())
 }
 
+/// Prefix of every workspace's keys; the workspace record `(ws, W)` is the first key of each
+/// workspace's range (how a rebuild of the search index finds every workspace).
+pub fn workspaces() -> Vec<u8> {
+    Key::new().str("ws").finish()
+}
+
 /// `(ws, W)` → workspace record.
 pub fn workspace(w: &WorkspaceId) -> Vec<u8> {
     ws(w).finish()

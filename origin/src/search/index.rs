@@ -1,0 +1,754 @@
+//! The search index: a tantivy index on the origin's disk, one document per message, and the
+//! one place that turns a [`Query`] into a tantivy query (ARCHITECTURE §8 "Search").
+//!
+//! **Documents.** One per `(workspace, channel, seq)`, found for replacement by its unique
+//! `key` term (`W/C/seq`): an edit deletes the key and adds the message again, so a message
+//! is never in the index twice, however often it is indexed. A deleted message is only deleted.
+//! Its text and file names are indexed twice: stemmed (`text`, `files`, stored for snippets),
+//! which words and phrases search, and unstemmed (`text_words`, `files_words`), which the word
+//! being typed is a prefix of (see `analysis`).
+//!
+//! **Commits carry the feed cursor.** Each commit stores, as its payload, the position of the
+//! last feed event it covers ([`Writer::commit`]), read back by [`SearchIndex::cursor`]:
+//! tantivy writes the payload in the same atomic metadata file as the segments, so after a
+//! crash — SIGKILL included — the index and its cursor agree. The indexer (`indexer`) compares
+//! it with the consumer's cursor in the store to find out whether the index misses events.
+//!
+//! **Permissions are not in the index.** Documents carry their workspace and channel only; a
+//! search is given the set of channels the caller may read *now* (computed from the store by
+//! the caller, see [`super::readable_channels`]) and requires `workspace = W AND channel ∈
+//! allowed` in the tantivy query itself, so membership changes take effect at once, with
+//! nothing to reindex.
+//!
+//! **Ranking.** [`Sort::Recent`] orders by the message's timestamp, newest first.
+//! [`Sort::Relevance`] multiplies tantivy's BM25 score (summed over the text and file-name
+//! fields) by a recency factor, `1 + RECENCY_WEIGHT × 2^(−age / RECENCY_HALF_LIFE)`: a
+//! message posted just now scores up to twice an equally relevant old one, one a month old
+//! 1.5 times. A query of filters alone has no scores and is ordered newest first.
+//!
+//! **Pages.** A page cursor is opaque to clients; it holds the offset of the next page and the
+//! time the first page was asked at (`as_of`). Every page only sees messages posted up to
+//! `as_of` and scores recency against it, so messages posted meanwhile do not shift later
+//! pages. A message deleted between two pages shifts the rest by one. Pages go at most
+//! [`MAX_OFFSET`] deep.
+//!
+//! **Memory.** One writer, with a fixed memory budget (`search.writer_memory_mb`) that tantivy
+//! flushes to a new segment when it is reached; readers reload only after a commit.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    ops::{Bound, Range},
+    path::Path,
+    sync::Arc,
+};
+
+use selvage_shared::{ChannelId, Message, Seq, UserId, WorkspaceId};
+use tantivy::{
+    collector::TopDocs,
+    directory::MmapDirectory,
+    query::{
+        BooleanQuery, ConstScoreQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TantivyQuery, RangeQuery,
+        TermQuery, TermSetQuery,
+    },
+    schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING},
+    snippet::SnippetGenerator,
+    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, SegmentReader, TantivyDocument, Term,
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{
+    analysis::{self, TEXT_ANALYZER, WORDS_ANALYZER},
+    query::{ChannelRef, Query, Term as QueryTerm, UserRef},
+    SearchError,
+};
+use crate::feed::{self, Position};
+
+/// The layout's version: the index lives in a subdirectory named for it, so a release that
+/// changes the schema or the analysis starts an empty index, which the indexer rebuilds from
+/// the store (its cursor is then behind the consumer's).
+const LAYOUT: &str = "v1";
+
+/// Most hits on one page.
+pub const MAX_LIMIT: usize = 100;
+/// Deepest a page may start.
+pub const MAX_OFFSET: usize = 5_000;
+/// How much recency can multiply a relevance score by, on top of 1.
+const RECENCY_WEIGHT: f32 = 1.0;
+/// The age at which a message's recency bonus halves, in ms (30 days).
+const RECENCY_HALF_LIFE_MS: f32 = 30.0 * 24.0 * 3600.0 * 1000.0;
+/// Most index terms the prefix of a word being typed expands to, per field and segment.
+const MAX_PREFIX_EXPANSIONS: u32 = 100;
+/// Longest snippet, in characters.
+const SNIPPET_CHARS: usize = 200;
+/// Milliseconds in a day.
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// How hits are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sort {
+    /// BM25 blended with recency (see the module's documentation).
+    #[default]
+    Relevance,
+    /// Newest first.
+    Recent,
+}
+
+/// Tuning of the index writer.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexOptions {
+    /// The writer's memory budget in bytes (tantivy wants at least 15 MB per thread).
+    pub writer_memory_bytes: usize,
+    /// Indexing threads.
+    pub writer_threads: usize,
+}
+
+/// One page of hits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page {
+    /// The hits, best (or newest) first.
+    pub hits: Vec<Hit>,
+    /// The cursor of the next page, if there may be one.
+    pub next: Option<String>,
+}
+
+/// A message that matched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hit {
+    /// Its channel.
+    pub channel: ChannelId,
+    /// Its `seq`.
+    pub seq: Seq,
+    /// When it was posted (ms since the epoch).
+    pub ts: i64,
+    /// Its ranking score (0 when sorted by time).
+    pub score: f32,
+    /// Where the query matched its text; absent when only a file name or a filter matched.
+    pub text: Option<Snippet>,
+    /// Where the query matched its file names (joined by newlines), if it did.
+    pub files: Option<Snippet>,
+}
+
+/// An excerpt of a field around the matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snippet {
+    /// The excerpt.
+    pub fragment: String,
+    /// Where it starts in the field, in bytes.
+    pub offset: usize,
+    /// The matched words, as byte ranges of `fragment`.
+    pub highlights: Vec<Range<usize>>,
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    key: Field,
+    workspace: Field,
+    channel: Field,
+    seq: Field,
+    author: Field,
+    ts: Field,
+    thread: Field,
+    has_file: Field,
+    has_link: Field,
+    text: Field,
+    files: Field,
+    /// The text as words, unstemmed: what the word being typed is a prefix of.
+    text_words: Field,
+    /// The file names as words, unstemmed.
+    files_words: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let analysed = |analyzer: &str| {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(analyzer)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        )
+    };
+    let fields = Fields {
+        key: b.add_text_field("key", STRING),
+        workspace: b.add_text_field("workspace", STRING),
+        channel: b.add_text_field("channel", STRING | STORED),
+        seq: b.add_u64_field("seq", INDEXED | STORED),
+        author: b.add_text_field("author", STRING),
+        ts: b.add_i64_field("ts", INDEXED | STORED | FAST),
+        thread: b.add_bool_field("thread", INDEXED),
+        has_file: b.add_bool_field("has_file", INDEXED),
+        has_link: b.add_bool_field("has_link", INDEXED),
+        text: b.add_text_field("text", analysed(TEXT_ANALYZER).set_stored()),
+        files: b.add_text_field("files", analysed(TEXT_ANALYZER).set_stored()),
+        text_words: b.add_text_field("text_words", analysed(WORDS_ANALYZER)),
+        files_words: b.add_text_field("files_words", analysed(WORDS_ANALYZER)),
+    };
+    (b.build(), fields)
+}
+
+/// The unique term of a message's document.
+fn key(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> String {
+    format!("{w}/{c}/{seq}")
+}
+
+/// The writer and whether it holds changes no commit covers.
+struct WriterState {
+    writer: IndexWriter,
+    /// Set by every change, cleared by a commit or a rollback: a writer handed over with
+    /// changes still pending (its holder failed or was cancelled) is rolled back first, so a
+    /// later commit never publishes half of someone else's work.
+    dirty: bool,
+}
+
+/// The search index (see the module's documentation).
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+    writer: Arc<Mutex<WriterState>>,
+}
+
+impl SearchIndex {
+    /// Opens the index under `dir`, creating it if there is none.
+    pub fn open(dir: &Path, options: &IndexOptions) -> Result<SearchIndex, SearchError> {
+        let dir = dir.join(LAYOUT);
+        std::fs::create_dir_all(&dir).map_err(|e| SearchError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let (schema, fields) = schema();
+        let index = Index::open_or_create(MmapDirectory::open(&dir)?, schema)?;
+        index.tokenizers().register(TEXT_ANALYZER, analysis::text_analyzer());
+        index.tokenizers().register(WORDS_ANALYZER, analysis::prefix_analyzer());
+        let writer = index.writer_with_num_threads(options.writer_threads.max(1), options.writer_memory_bytes)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let writer = Arc::new(Mutex::new(WriterState { writer, dirty: false }));
+        Ok(SearchIndex { index, reader, fields, writer })
+    }
+
+    /// The feed position the last commit covers; `None` for an index never committed with one.
+    pub fn cursor(&self) -> Result<Option<Position>, SearchError> {
+        read_cursor(&self.index)
+    }
+
+    /// How many messages the index holds, as of the last commit.
+    pub fn len(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Whether the index holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The index's one writer, waiting for whoever holds it. Holding it is exclusive: the
+    /// indexer holds it for a batch, a rebuild for the whole rebuild.
+    pub async fn writer(&self) -> Result<Writer, SearchError> {
+        let state = self.writer.clone().lock_owned().await;
+        let mut writer = Writer { state, reader: self.reader.clone(), index: self.index.clone(), fields: self.fields };
+        if writer.state.dirty {
+            writer = writer.run(Writer::rollback).await?.0;
+        }
+        Ok(writer)
+    }
+
+    /// Searches the messages of `workspace` in the channels of `allowed` (those the caller may
+    /// read now) for `query`, whose handles and channel names are resolved (any left as names
+    /// match nothing). Blocking: call it from `spawn_blocking`.
+    pub fn search(
+        &self,
+        query: &Query,
+        workspace: &WorkspaceId,
+        allowed: &HashSet<ChannelId>,
+        sort: Sort,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, SearchError> {
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(SearchError::BadLimit);
+        }
+        let page = match cursor {
+            Some(c) => PageCursor::parse(c).ok_or(SearchError::BadCursor)?,
+            None => PageCursor { offset: 0, as_of: crate::now_ms() },
+        };
+        let empty = Page { hits: Vec::new(), next: None };
+        let Some(filters) = self.filters(query, workspace, allowed, page.as_of) else { return Ok(empty) };
+        let text = self.text_queries(query);
+        if !query.terms.is_empty() && text.positive.is_empty() {
+            // Every word was punctuation: nothing can match it.
+            return Ok(empty);
+        }
+        let sort = if text.positive.is_empty() { Sort::Recent } else { sort };
+        let mut clauses: Vec<(Occur, Box<dyn TantivyQuery>)> = Vec::new();
+        clauses.extend(filters.into_iter().map(|f| (Occur::Must, zero_score(f))));
+        clauses.extend(text.positive.into_iter().map(|q| (Occur::Must, q)));
+        clauses.extend(text.negative.into_iter().map(|q| (Occur::MustNot, q)));
+        let tantivy_query = BooleanQuery::new(clauses);
+
+        let searcher = self.reader.searcher();
+        let ranked = self.rank(&searcher, &tantivy_query, sort, &page, limit)?;
+        let more = ranked.len() > limit;
+        let highlighter = Highlighter::new(&searcher, self.fields, text.highlight, &text.prefixes)?;
+        let mut hits = Vec::with_capacity(limit);
+        for (score, address) in ranked.into_iter().take(limit) {
+            hits.push(self.hit(&searcher, address, score, &highlighter)?);
+        }
+        let next = more.then(|| PageCursor { offset: page.offset + limit, as_of: page.as_of }.encode());
+        Ok(Page { hits, next })
+    }
+
+    /// The documents of one page (and one more, to tell whether another page follows), with
+    /// their scores.
+    fn rank(
+        &self,
+        searcher: &Searcher,
+        query: &dyn TantivyQuery,
+        sort: Sort,
+        page: &PageCursor,
+        limit: usize,
+    ) -> Result<Vec<(f32, DocAddress)>, SearchError> {
+        let top = TopDocs::with_limit(limit + 1).and_offset(page.offset);
+        match sort {
+            Sort::Recent => {
+                let docs = searcher.search(query, &top.order_by_fast_field::<i64>("ts", Order::Desc))?;
+                Ok(docs.into_iter().map(|(_, address)| (0.0, address)).collect())
+            }
+            Sort::Relevance => {
+                let as_of = page.as_of;
+                let collector = top.tweak_score(move |segment: &SegmentReader| {
+                    let ts = segment.fast_fields().i64("ts").ok().map(|c| c.first_or_default_col(0));
+                    move |doc, score| {
+                        let posted = ts.as_ref().map_or(as_of, |c| c.get_val(doc));
+                        blend(score, as_of.saturating_sub(posted))
+                    }
+                });
+                Ok(searcher.search(query, &collector)?)
+            }
+        }
+    }
+
+    /// A hit from its stored fields.
+    fn hit(
+        &self,
+        searcher: &Searcher,
+        address: DocAddress,
+        score: f32,
+        highlighter: &Highlighter,
+    ) -> Result<Hit, SearchError> {
+        let doc: TantivyDocument = searcher.doc(address)?;
+        let f = &self.fields;
+        let channel = doc.get_first(f.channel).and_then(|v| v.as_str()).and_then(ChannelId::parse);
+        let seq = doc.get_first(f.seq).and_then(|v| v.as_u64());
+        let (Some(channel), Some(seq)) = (channel, seq) else {
+            return Err(SearchError::Corrupt("a document without its channel or seq".into()));
+        };
+        let ts = doc.get_first(f.ts).and_then(|v| v.as_i64()).unwrap_or(0);
+        let text = doc.get_first(f.text).and_then(|v| v.as_str()).unwrap_or("");
+        let files = doc.get_first(f.files).and_then(|v| v.as_str()).unwrap_or("");
+        Ok(Hit {
+            channel,
+            seq,
+            ts,
+            score,
+            text: highlighter.text.as_ref().and_then(|g| snippet(g, text)),
+            files: highlighter.files.as_ref().and_then(|g| snippet(g, files)),
+        })
+    }
+
+    /// The filters of a search, or `None` when they can match nothing (no channel left to look
+    /// in, no author resolved).
+    fn filters(
+        &self,
+        query: &Query,
+        w: &WorkspaceId,
+        allowed: &HashSet<ChannelId>,
+        as_of: i64,
+    ) -> Option<Vec<Box<dyn TantivyQuery>>> {
+        let f = &self.fields;
+        let mut channels: Vec<&ChannelId> = allowed.iter().collect();
+        if !query.channels.is_empty() {
+            let named: HashSet<&ChannelId> = query
+                .channels
+                .iter()
+                .filter_map(|c| match c {
+                    ChannelRef::Id(id) => Some(id),
+                    ChannelRef::Name(_) => None,
+                })
+                .collect();
+            channels.retain(|c| named.contains(c));
+        }
+        if channels.is_empty() {
+            return None;
+        }
+        let mut filters: Vec<Box<dyn TantivyQuery>> = vec![
+            Box::new(TermQuery::new(Term::from_field_text(f.workspace, w.as_str()), IndexRecordOption::Basic)),
+            Box::new(TermSetQuery::new(channels.into_iter().map(|c| Term::from_field_text(f.channel, c.as_str())))),
+        ];
+        if !query.from.is_empty() {
+            let authors: Vec<&UserId> = query
+                .from
+                .iter()
+                .filter_map(|u| match u {
+                    UserRef::Id(id) => Some(id),
+                    UserRef::Handle(_) => None,
+                })
+                .collect();
+            if authors.is_empty() {
+                return None;
+            }
+            filters.push(Box::new(TermSetQuery::new(
+                authors.into_iter().map(|u| Term::from_field_text(f.author, u.as_str())),
+            )));
+        }
+        let (from, until) = time_bounds(query, as_of);
+        filters.push(Box::new(RangeQuery::new(
+            Bound::Included(Term::from_field_i64(f.ts, from)),
+            Bound::Included(Term::from_field_i64(f.ts, until)),
+        )));
+        for (wanted, field) in [(query.has_file, f.has_file), (query.has_link, f.has_link), (query.is_thread, f.thread)]
+        {
+            if wanted {
+                filters.push(Box::new(TermQuery::new(Term::from_field_bool(field, true), IndexRecordOption::Basic)));
+            }
+        }
+        Some(filters)
+    }
+
+    /// The tantivy queries of the query's words and phrases, and what to highlight.
+    fn text_queries(&self, query: &Query) -> TextQueries {
+        let mut out = TextQueries::default();
+        let mut stemmed = analysis::text_analyzer();
+        let mut unstemmed = analysis::prefix_analyzer();
+        let f = &self.fields;
+        let fields = [(f.text, f.text_words), (f.files, f.files_words)];
+        for term in &query.terms {
+            let terms = analysis::terms(&mut stemmed, term.text());
+            let prefix = match term {
+                QueryTerm::Prefix(_) => Some(analysis::terms(&mut unstemmed, term.text())),
+                // A lone CJK character is indexed only inside bigrams: find those it begins.
+                QueryTerm::Word(_) if is_lone_cjk(&terms) => Some(terms.clone()),
+                _ => None,
+            };
+            let mut per_field: Vec<(Occur, Box<dyn TantivyQuery>)> = Vec::new();
+            for (field, words) in fields {
+                if let Some(q) = sequence(field, &terms) {
+                    per_field.push((Occur::Should, q));
+                }
+                if let Some(q) = prefix.as_ref().and_then(|p| prefix_sequence(words, p)) {
+                    per_field.push((Occur::Should, q));
+                }
+            }
+            if per_field.is_empty() {
+                continue;
+            }
+            out.highlight.extend(terms.into_iter().map(|(_, t)| t));
+            if let Some((_, last)) = prefix.and_then(|mut p| p.pop()) {
+                out.prefixes.push(last);
+            }
+            out.positive.push(Box::new(BooleanQuery::new(per_field)));
+        }
+        for term in &query.excluded {
+            let terms = analysis::terms(&mut stemmed, term.text());
+            let per_field: Vec<(Occur, Box<dyn TantivyQuery>)> = fields
+                .into_iter()
+                .filter_map(|(field, _)| sequence(field, &terms))
+                .map(|q| (Occur::Should, q))
+                .collect();
+            if !per_field.is_empty() {
+                out.negative.push(Box::new(BooleanQuery::new(per_field)));
+            }
+        }
+        out
+    }
+}
+
+/// The text part of a search.
+#[derive(Default)]
+struct TextQueries {
+    /// One query per word or phrase that must match.
+    positive: Vec<Box<dyn TantivyQuery>>,
+    /// One per word or phrase that must not.
+    negative: Vec<Box<dyn TantivyQuery>>,
+    /// The index terms of the positive words, to highlight.
+    highlight: Vec<String>,
+    /// The prefixes of words being typed, to highlight the words they begin.
+    prefixes: Vec<String>,
+}
+
+/// The analysed terms as one term or a phrase, in `field`.
+fn sequence(field: Field, terms: &[(usize, String)]) -> Option<Box<dyn TantivyQuery>> {
+    match terms {
+        [] => None,
+        [(_, one)] => {
+            Some(Box::new(TermQuery::new(Term::from_field_text(field, one), IndexRecordOption::WithFreqsAndPositions)))
+        }
+        many => {
+            let first = many[0].0;
+            let terms = many.iter().map(|(p, t)| (p - first, Term::from_field_text(field, t))).collect();
+            Some(Box::new(PhraseQuery::new_with_offset(terms)))
+        }
+    }
+}
+
+/// The word being typed, in a field of unstemmed `words`: its parts in order, the last one
+/// the prefix of a term.
+fn prefix_sequence(words: Field, unstemmed: &[(usize, String)]) -> Option<Box<dyn TantivyQuery>> {
+    let first = unstemmed.first()?.0;
+    let terms = unstemmed.iter().map(|(p, t)| (p - first, Term::from_field_text(words, t))).collect();
+    let mut query = PhrasePrefixQuery::new_with_offset(terms);
+    query.set_max_expansions(MAX_PREFIX_EXPANSIONS);
+    Some(Box::new(query))
+}
+
+fn is_lone_cjk(terms: &[(usize, String)]) -> bool {
+    let [(_, t)] = terms else { return false };
+    let mut chars = t.chars();
+    matches!((chars.next(), chars.next()), (Some(c), None) if analysis::is_cjk(c))
+}
+
+/// A filter: it decides what matches and adds nothing to the score.
+fn zero_score(query: Box<dyn TantivyQuery>) -> Box<dyn TantivyQuery> {
+    Box::new(ConstScoreQuery::new(query, 0.0))
+}
+
+/// The first and last ms a message may have been posted at: `before:` (the day's start,
+/// exclusive), `after:` (the day's end, exclusive), `on:` (the day), and never after `as_of`.
+fn time_bounds(query: &Query, as_of: i64) -> (i64, i64) {
+    let day_start = |d: time::Date| d.midnight().assume_utc().unix_timestamp().saturating_mul(1000);
+    let mut from = i64::MIN;
+    let mut until = as_of;
+    if let Some(d) = query.before {
+        until = until.min(day_start(d) - 1);
+    }
+    if let Some(d) = query.after {
+        from = from.max(day_start(d) + DAY_MS);
+    }
+    if let Some(d) = query.on {
+        from = from.max(day_start(d));
+        until = until.min(day_start(d) + DAY_MS - 1);
+    }
+    (from, until)
+}
+
+/// A BM25 score blended with the message's age (see the module's documentation).
+fn blend(score: f32, age_ms: i64) -> f32 {
+    let age = age_ms.max(0) as f32;
+    score * (1.0 + RECENCY_WEIGHT * (-age / RECENCY_HALF_LIFE_MS).exp2())
+}
+
+/// What a page cursor holds (see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PageCursor {
+    offset: usize,
+    as_of: i64,
+}
+
+impl PageCursor {
+    fn encode(&self) -> String {
+        format!("{:x}.{:x}", self.offset, self.as_of)
+    }
+
+    fn parse(s: &str) -> Option<PageCursor> {
+        let (offset, as_of) = s.split_once('.')?;
+        let hex = |s: &str| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(offset) || !hex(as_of) {
+            return None;
+        }
+        let offset = usize::from_str_radix(offset, 16).ok().filter(|o| *o <= MAX_OFFSET)?;
+        let as_of = i64::from_str_radix(as_of, 16).ok().filter(|t| *t > 0)?;
+        Some(PageCursor { offset, as_of })
+    }
+}
+
+/// Highlights the words of a search in its hits.
+struct Highlighter {
+    text: Option<SnippetGenerator>,
+    files: Option<SnippetGenerator>,
+}
+
+impl Highlighter {
+    /// Highlights `terms`, and the terms of the index that `prefixes` begin.
+    fn new(searcher: &Searcher, fields: Fields, terms: Vec<String>, prefixes: &[String]) -> Result<Self, SearchError> {
+        if terms.is_empty() && prefixes.is_empty() {
+            return Ok(Highlighter { text: None, files: None });
+        }
+        // Snippets are cut with the stemming analyzer: a word a prefix begins is highlighted
+        // through its stem.
+        let mut stemmer = analysis::text_analyzer();
+        let mut generator = |field: Field, words_field: Field| -> Result<SnippetGenerator, SearchError> {
+            let mut words: BTreeMap<String, f32> = terms.iter().map(|t| (t.clone(), 1.0)).collect();
+            for prefix in prefixes {
+                for word in expand(searcher, words_field, prefix)? {
+                    for (_, stem) in analysis::terms(&mut stemmer, &word) {
+                        words.insert(stem, 1.0);
+                    }
+                }
+            }
+            Ok(SnippetGenerator::new(words, analysis::text_analyzer(), field, SNIPPET_CHARS))
+        };
+        let text = generator(fields.text, fields.text_words)?;
+        Ok(Highlighter { text: Some(text), files: Some(generator(fields.files, fields.files_words)?) })
+    }
+}
+
+/// The index's terms of `field` that begin with `prefix`, at most [`MAX_PREFIX_EXPANSIONS`]
+/// per segment.
+fn expand(searcher: &Searcher, field: Field, prefix: &str) -> Result<Vec<String>, SearchError> {
+    let mut out = Vec::new();
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(field)?;
+        let mut stream = inverted.terms().range().ge(prefix.as_bytes()).into_stream()?;
+        let mut n = 0;
+        while n < MAX_PREFIX_EXPANSIONS && stream.advance() {
+            let Ok(word) = std::str::from_utf8(stream.key()) else { continue };
+            if !word.starts_with(prefix) {
+                break;
+            }
+            out.push(word.to_string());
+            n += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn snippet(generator: &SnippetGenerator, text: &str) -> Option<Snippet> {
+    let s = generator.snippet(text);
+    if s.highlighted().is_empty() {
+        return None;
+    }
+    Some(Snippet {
+        fragment: s.fragment().to_string(),
+        offset: s.fragment_range().start,
+        highlights: s.highlighted().to_vec(),
+    })
+}
+
+/// The cursor in a commit's payload.
+fn read_cursor(index: &Index) -> Result<Option<Position>, SearchError> {
+    match index.load_metas()?.payload {
+        None => Ok(None),
+        Some(payload) => feed::parse_cursor(&payload)
+            .map(Some)
+            .ok_or_else(|| SearchError::Corrupt("the index's commit payload is not a feed cursor".into())),
+    }
+}
+
+/// Exclusive access to the index's writer (see [`SearchIndex::writer`]). Its methods block:
+/// call them off the async runtime, e.g. in [`Writer::run`].
+pub struct Writer {
+    state: OwnedMutexGuard<WriterState>,
+    reader: IndexReader,
+    index: Index,
+    fields: Fields,
+}
+
+impl Writer {
+    /// Runs `work` with this writer on a blocking thread and hands the writer back with what
+    /// `work` answered. On an error the writer is dropped: the exclusive section ends, and the
+    /// next holder rolls back whatever `work` left uncommitted (see `WriterState::dirty`).
+    pub async fn run<T: Send + 'static>(
+        self,
+        work: impl FnOnce(&mut Writer) -> Result<T, SearchError> + Send + 'static,
+    ) -> Result<(Writer, T), SearchError> {
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut writer = self;
+            work(&mut writer).map(|done| (writer, done))
+        })
+        .await;
+        joined.map_err(|e| SearchError::Io(format!("an index task failed: {e}")))?
+    }
+
+    /// Indexes `message` of workspace `w`, replacing any earlier version; a deleted message is
+    /// removed instead.
+    pub fn put(&mut self, w: &WorkspaceId, message: &Message) -> Result<(), SearchError> {
+        self.delete(w, &message.channel, message.seq);
+        if message.deleted {
+            return Ok(());
+        }
+        let f = &self.fields;
+        let mut doc = TantivyDocument::new();
+        doc.add_text(f.key, key(w, &message.channel, message.seq));
+        doc.add_text(f.workspace, w.as_str());
+        doc.add_text(f.channel, message.channel.as_str());
+        doc.add_u64(f.seq, message.seq);
+        doc.add_text(f.author, message.user.as_str());
+        doc.add_i64(f.ts, message.ts);
+        doc.add_bool(f.thread, message.thread_root.is_some() || message.reply_count > 0);
+        doc.add_bool(f.has_file, !message.files.is_empty());
+        doc.add_bool(f.has_link, analysis::has_link(&message.text));
+        doc.add_text(f.text, &message.text);
+        doc.add_text(f.text_words, &message.text);
+        let names = message.files.iter().map(|file| file.name.as_str()).collect::<Vec<_>>().join("\n");
+        doc.add_text(f.files, &names);
+        doc.add_text(f.files_words, &names);
+        self.state.writer.add_document(doc)?;
+        Ok(())
+    }
+
+    /// Removes the message `seq` of channel `c` of workspace `w`, if indexed.
+    pub fn delete(&mut self, w: &WorkspaceId, c: &ChannelId, seq: Seq) {
+        self.state.dirty = true;
+        self.state.writer.delete_term(Term::from_field_text(self.fields.key, &key(w, c, seq)));
+    }
+
+    /// Removes every document: the start of a rebuild.
+    pub fn clear(&mut self) -> Result<(), SearchError> {
+        self.state.dirty = true;
+        self.state.writer.delete_all_documents()?;
+        Ok(())
+    }
+
+    /// The feed position of the last commit.
+    pub fn cursor(&self) -> Result<Option<Position>, SearchError> {
+        read_cursor(&self.index)
+    }
+
+    /// Makes every change so far durable and visible to searches, recording that the index
+    /// now covers the feed up to `covers` (kept in the commit's payload).
+    pub fn commit(&mut self, covers: &Position) -> Result<(), SearchError> {
+        let mut prepared = self.state.writer.prepare_commit()?;
+        prepared.set_payload(feed::cursor(covers).as_ref());
+        prepared.commit()?;
+        self.state.dirty = false;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Drops every change since the last commit.
+    pub fn rollback(&mut self) -> Result<(), SearchError> {
+        self.state.writer.rollback()?;
+        self.state.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_cursors_round_trip_and_refuse_garbage() {
+        let c = PageCursor { offset: 40, as_of: 1_700_000_000_000 };
+        assert_eq!(PageCursor::parse(&c.encode()), Some(c));
+        for bad in ["", ".", "1.", ".1", "x.1", "1.-5", "1.0", &format!("{:x}.1", MAX_OFFSET + 1), "1.1.1", "+1.1"] {
+            assert_eq!(PageCursor::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn recency_blends_into_relevance() {
+        let month = 30 * DAY_MS;
+        assert!((blend(1.0, 0) - 2.0).abs() < 1e-6);
+        assert!((blend(1.0, month) - 1.5).abs() < 1e-3);
+        assert!(blend(1.0, 100 * month) < 1.001);
+        // Relevance still wins over age: twice the score beats a year's difference.
+        assert!(blend(2.0, 12 * month) > blend(1.0, 0) * 0.99);
+    }
+
+    #[test]
+    fn dates_bound_the_time_range() {
+        let q = crate::search::query::parse("on:2024-01-02").unwrap();
+        let start = 1_704_153_600_000; // 2024-01-02T00:00:00Z
+        assert_eq!(time_bounds(&q, i64::MAX), (start, start + DAY_MS - 1));
+        let q = crate::search::query::parse("after:2024-01-02 before:2024-01-05").unwrap();
+        assert_eq!(time_bounds(&q, i64::MAX), (start + DAY_MS, start + 3 * DAY_MS - 1));
+        let q = crate::search::query::parse("x").unwrap();
+        assert_eq!(time_bounds(&q, 77), (i64::MIN, 77));
+    }
+}
