@@ -41,6 +41,50 @@ pub struct OriginConfig {
     pub consumers: ConsumersConfig,
     /// The files service and its S3-compatible object store. Off unless `files.enabled`.
     pub files: FilesConfig,
+    /// Full-text search: its index, kept by the feed consumer `search`. On by default.
+    pub search: SearchConfig,
+}
+
+/// Full-text search (ARCHITECTURE §8 "Search"): a tantivy index under `data_dir/search`, kept
+/// current by the feed consumer `search`, queried by `GET /v1/search` and the edge's `search`
+/// query.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Whether this origin indexes and answers searches; off, `/v1/search` answers `404`.
+    pub enabled: bool,
+    /// The index writer's memory budget, in MiB: what it buffers before it writes a segment.
+    pub writer_memory_mib: usize,
+    /// Threads the index writer uses.
+    pub writer_threads: usize,
+    /// Longest a search with `after` waits for the index to cover that cursor, in ms; past it
+    /// the search answers with what is indexed, saying so (`caught_up: false`).
+    pub max_wait_ms: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig { enabled: true, writer_memory_mib: 64, writer_threads: 1, max_wait_ms: 5_000 }
+    }
+}
+
+impl SearchConfig {
+    /// Checks the section's fields (see [`OriginConfig::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(16..=4096).contains(&self.writer_memory_mib) {
+            return Err("search.writer_memory_mib must be between 16 and 4096".into());
+        }
+        if !(1..=16).contains(&self.writer_threads) {
+            return Err("search.writer_threads must be between 1 and 16".into());
+        }
+        if self.writer_memory_mib < 16 * self.writer_threads {
+            return Err("search.writer_memory_mib must be at least 16 per writer thread".into());
+        }
+        if self.max_wait_ms > 60_000 {
+            return Err("search.max_wait_ms must be at most 60000".into());
+        }
+        Ok(())
+    }
 }
 
 /// The files service (ARCHITECTURE §8 "Files"): clients move file bytes straight to and from an
@@ -477,6 +521,7 @@ impl Default for OriginConfig {
             link: LinkConfig::default(),
             consumers: ConsumersConfig::default(),
             files: FilesConfig::default(),
+            search: SearchConfig::default(),
         }
     }
 }
@@ -574,6 +619,7 @@ impl OriginConfig {
         }
         self.consumers.validate()?;
         self.link.validate()?;
+        self.search.validate()?;
         self.files.validate()
     }
 }

@@ -88,6 +88,8 @@ pub struct Origin {
     pub presence: Arc<presence::Tracker>,
     /// The files service, when `files.enabled`.
     pub files: Option<files::Files>,
+    /// The search service, when `search.enabled`.
+    pub search: Option<search::Search>,
     /// Cancelled when the node is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -112,6 +114,9 @@ pub enum StartError {
     /// Files are enabled but their bucket does not answer.
     #[error("cannot start the files service: {0}")]
     Files(#[from] files::StartError),
+    /// Search is enabled but its index cannot be opened.
+    #[error("cannot open the search index: {0}")]
+    Search(#[from] search::SearchError),
     /// A service on the feed could not be set up.
     #[error("cannot start a feed consumer: {0}")]
     Consumer(#[from] feed::consumer::ConsumerError),
@@ -184,6 +189,10 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         false => None,
     };
     let store = open_store(&config)?;
+    let search = match config.search.enabled {
+        true => Some(search::Search::open(&config.search, &config.data_dir, metrics.clone())?),
+        false => None,
+    };
     let presence = Arc::new(presence::Tracker::new(Duration::from_millis(config.link.presence_lease_ms)));
     let (sequencer, committer) =
         Sequencer::start(store.clone(), config.sequencer.clone(), metrics.clone(), presence.clone(), shutdown.clone());
@@ -202,6 +211,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         relay: Arc::new(feed::relay::Relay::new()),
         presence,
         files,
+        search,
         shutdown: shutdown.clone(),
     });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
@@ -209,11 +219,15 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
     let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
     let sweeper = tokio::spawn(presence::run_sweeper(origin.presence.clone(), origin.relay.clone(), shutdown.clone()));
-    // The files service's thumbnail worker (a feed consumer) and sweeper.
-    let background = match &origin.files {
+    // The services on the feed: the files service's thumbnail worker and sweeper, the search
+    // indexer.
+    let mut background = match &origin.files {
         Some(files) => files.start_background(&origin.store, &origin.feed, &origin.config.consumers, &shutdown)?,
         None => Vec::new(),
     };
+    if let Some(search) = &origin.search {
+        background.extend(search.start_background(&origin.store, &origin.feed, &origin.config.consumers, &shutdown)?);
+    }
     let app = http::router(origin.clone());
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();

@@ -4,8 +4,8 @@
 //! process keep separate counts.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// The origin's metrics.
@@ -74,6 +74,17 @@ pub struct Metrics {
     pub thumbnails: IntCounterVec,
     /// Time to make one image's thumbnails (read, decode, scale, encode, upload), seconds.
     pub thumbnail_seconds: Histogram,
+    /// Searches by outcome (`ok`, `bad_request`, `error`).
+    pub search_queries: IntCounterVec,
+    /// Time to answer a search, seconds (a wait for `after` included).
+    pub search_query_seconds: Histogram,
+    /// Messages in the search index, as of its last commit.
+    pub search_index_documents: IntGauge,
+    /// Feed events the search index has not taken in yet (measured up to 10,000).
+    pub search_index_lag_events: IntGauge,
+    /// Age of the oldest feed event the search index has not taken in, seconds; 0 when caught
+    /// up.
+    pub search_index_lag_seconds: Gauge,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -89,6 +100,7 @@ impl Metrics {
         let latency_buckets =
             vec![0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
         // Calls that leave the process (the object store) and image work take longer.
+        let search_buckets = latency_buckets.clone();
         let slow_buckets = vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         // Every metric below is created from constant, valid options and registered once in a
         // fresh registry, so none of these calls can fail.
@@ -243,9 +255,34 @@ impl Metrics {
                 "Time to make one image's thumbnails: read, decode, scale, encode, upload",
                 slow_buckets,
             ),
+            search_queries: IntCounterVec::new(
+                Opts::new("selvage_search_queries_total", "Searches by outcome (ok, bad_request, error)"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
+            search_query_seconds: histogram(
+                "selvage_search_query_seconds",
+                "Time to answer a search, a wait for `after` included",
+                search_buckets,
+            ),
+            search_index_documents: IntGauge::new(
+                "selvage_search_index_documents",
+                "Messages in the search index as of its last commit",
+            )
+            .expect("valid gauge"),
+            search_index_lag_events: IntGauge::new(
+                "selvage_search_index_lag_events",
+                "Feed events the search index has not taken in yet (measured up to 10000)",
+            )
+            .expect("valid gauge"),
+            search_index_lag_seconds: Gauge::new(
+                "selvage_search_index_lag_seconds",
+                "Age of the oldest feed event the search index has not taken in; 0 when caught up",
+            )
+            .expect("valid gauge"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 30] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 35] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -276,6 +313,11 @@ impl Metrics {
             Box::new(m.file_bytes_completed.clone()),
             Box::new(m.thumbnails.clone()),
             Box::new(m.thumbnail_seconds.clone()),
+            Box::new(m.search_queries.clone()),
+            Box::new(m.search_query_seconds.clone()),
+            Box::new(m.search_index_documents.clone()),
+            Box::new(m.search_index_lag_events.clone()),
+            Box::new(m.search_index_lag_seconds.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

@@ -4,7 +4,7 @@
 //! client would. One test runs the origin as a child process (this very test binary, re-run on
 //! [`child_origin`]) so that it can be killed with SIGKILL in the middle of the worker's work.
 
-use std::{io::Cursor, path::PathBuf, process::Stdio, time::Duration};
+use std::{io::Cursor, path::PathBuf, time::Duration};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use image::{codecs::gif::GifEncoder, DynamicImage, ExtendedColorType, ImageBuffer, ImageFormat, Rgb, Rgba};
@@ -12,22 +12,13 @@ use reqwest::{Method, StatusCode};
 use selvage_origin::OriginConfig;
 use selvage_s3local::{Options, S3Local, DEFAULT_ACCESS_KEY, DEFAULT_BUCKET, DEFAULT_REGION, DEFAULT_SECRET_KEY};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio_util::sync::CancellationToken;
 
 mod support;
 
-use support::{config, upload, Api, Origin};
+use support::{config, upload, Api, Child, Origin};
 
 /// How long the worker may take for what a test waits on (decoding is slow in debug builds).
 const DEADLINE: Duration = Duration::from_secs(90);
-
-/// The environment variable that turns [`child_origin`] into an origin: its configuration, as
-/// JSON.
-const CHILD_CONFIG: &str = "SELVAGE_THUMBS_TEST_CHILD_CONFIG";
-
-/// What the child prints once it listens, before its HTTP address.
-const CHILD_READY: &str = "thumbs-child-listening ";
 
 // ---------------------------------------------------------------------------------------------
 // The rig: an S3 endpoint, an origin's HTTP API, images.
@@ -498,54 +489,10 @@ async fn uploads_never_completed_expire_and_give_their_quota_back() {
 }
 
 /// Not a test on its own: the origin that [`the_worker_resumes_after_the_origin_is_killed`]
-/// runs as a child process and kills. Without [`CHILD_CONFIG`] it does nothing.
+/// runs as a child process and kills (see [`support::child_origin`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_origin() {
-    let Ok(config) = std::env::var(CHILD_CONFIG) else { return };
-    let config: OriginConfig = serde_json::from_str(&config).unwrap();
-    let running = selvage_origin::start(config, CancellationToken::new()).await.unwrap();
-    println!("{CHILD_READY}{}", running.addr);
-    // Until killed.
-    std::future::pending::<()>().await;
-}
-
-/// An origin in a child process: this test binary, running [`child_origin`].
-struct Child {
-    api: Api,
-    process: tokio::process::Child,
-}
-
-impl Child {
-    async fn spawn(config: &OriginConfig) -> Child {
-        let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args(["child_origin", "--exact", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_CONFIG, serde_json::to_string(config).unwrap())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
-        let addr = tokio::time::timeout(DEADLINE, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                // After libtest's "test child_origin ... ", on the same line.
-                if let Some((_, addr)) = line.split_once(CHILD_READY) {
-                    return addr.trim().to_string();
-                }
-            }
-            panic!("the child origin exited before listening");
-        })
-        .await
-        .expect("the child origin started in time");
-        // Whatever else it prints is read, so that it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Child { api: Api::new(addr), process }
-    }
-
-    /// SIGKILL: no shutdown, no lease given up, nothing flushed but what was committed.
-    async fn kill(mut self) {
-        self.process.kill().await.unwrap();
-    }
+    support::child_origin().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,3 +31,42 @@ pub struct HistoryPage {
     /// Whether more messages lie beyond this page in the direction it was read.
     pub has_more: bool,
 }
+
+/// A page of search results (`GET /v1/search`, and the edge's `search` query).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SearchPage {
+    /// The messages found, best (or newest) first.
+    pub results: Vec<SearchResult>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// Whether the index covered the feed cursor the search was asked to wait for (`after`)
+    /// when it answered; always true for a search that asked for none.
+    pub caught_up: bool,
+}
+
+/// One message a search found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchResult {
+    /// The message's channel.
+    pub channel: Channel,
+    /// The message as history shows it.
+    pub message: Message,
+    /// Where the query matched: in the text, in the file names, or both; none when only
+    /// filters (`from:`, `has:file`, …) matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snippets: Vec<SearchSnippet>,
+}
+
+/// An excerpt of a message around the words a search matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchSnippet {
+    /// The part of the message: `text`, or `files` (its file names, one per line).
+    pub field: String,
+    /// The excerpt.
+    pub fragment: String,
+    /// Where the excerpt starts in the field, in bytes of UTF-8.
+    pub offset: u64,
+    /// The matched words, as `[start, end)` byte ranges of `fragment`.
+    pub highlights: Vec<[u64; 2]>,
+}

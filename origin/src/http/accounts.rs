@@ -7,13 +7,8 @@ use axum::{extract::State, http::HeaderMap, response::Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{bearer, created, user_id, Json, OptionalJson, Path};
-use crate::{
-    accounts,
-    caller::Caller,
-    error::{OriginError, Result},
-    Origin,
-};
+use super::extract::{created, require_operator, user_id, Json, OptionalJson, Path};
+use crate::{accounts, caller::Caller, error::Result, Origin};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,13 +23,7 @@ pub(super) async fn create_workspace(
     headers: HeaderMap,
     Json(body): Json<CreateWorkspace>,
 ) -> Result<Response> {
-    let Some(expected) = origin.config.operator_key.as_deref() else {
-        return Err(OriginError::Forbidden("workspace creation is disabled: no operator_key is configured".into()));
-    };
-    let given = bearer(&headers).ok_or_else(|| OriginError::Unauthorized("the operator key is required".into()))?;
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes())) {
-        return Err(OriginError::Unauthorized("wrong operator key".into()));
-    }
+    require_operator(&origin, &headers, "workspace creation")?;
     let admin_name = body.admin_name.as_deref().unwrap_or(&body.admin_handle);
     let (workspace, issued) = accounts::create_workspace(
         &origin.store,

@@ -153,6 +153,19 @@ pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Checks that the request carries the operator key (`operator_key`) as its bearer token;
+/// `action` says in the refusal what needs it.
+pub(super) fn require_operator(origin: &Origin, headers: &HeaderMap, action: &str) -> Result<()> {
+    let Some(expected) = origin.config.operator_key.as_deref() else {
+        return Err(OriginError::Forbidden(format!("{action} is disabled: no operator_key is configured")));
+    };
+    let given = bearer(headers).ok_or_else(|| OriginError::Unauthorized("the operator key is required".into()))?;
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes())) {
+        return Err(OriginError::Unauthorized("wrong operator key".into()));
+    }
+    Ok(())
+}
+
 impl FromRequestParts<Arc<Origin>> for Caller {
     type Rejection = OriginError;
 

@@ -3,7 +3,7 @@
 //! Handlers are thin: extract and check the request, call the domain module that owns the
 //! concept, and render the result. One handler module per service — `accounts` (workspaces,
 //! users, tokens), `channels` (channels, members, DMs, read markers), `messages` (posting,
-//! changes, history), `events` (the long-poll feed) and `files` (uploads and downloads) — with
+//! changes, history), `events` (the long-poll feed), `files` (uploads and downloads) and `search` — with
 //! the extractors they share in `extract`, and the rendering of errors in [`error`]. Every rejection axum would produce (bad
 //! JSON, unknown fields, oversized bodies, a missing content type, bad query strings or path
 //! parameters, unknown routes, wrong methods) is turned into ARCHITECTURE §5's
@@ -21,6 +21,7 @@ mod events;
 mod extract;
 mod files;
 mod messages;
+mod search;
 
 use std::{
     panic::AssertUnwindSafe,
@@ -93,6 +94,8 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/channels/{id}/read", put(mark_read))
         .route("/v1/dms", post(open_dm))
         .route("/v1/events", get(events))
+        .route("/v1/search", get(search::search_messages))
+        .route("/v1/admin/search/reindex", post(search::reindex))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

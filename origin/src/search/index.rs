@@ -32,7 +32,7 @@
 //! pages. A message deleted between two pages shifts the rest by one. Pages go at most
 //! [`MAX_OFFSET`] deep.
 //!
-//! **Memory.** One writer, with a fixed memory budget (`search.writer_memory_mb`) that tantivy
+//! **Memory.** One writer, with a fixed memory budget (`search.writer_memory_mib`) that tantivy
 //! flushes to a new segment when it is reached; readers reload only after a commit.
 
 use std::{

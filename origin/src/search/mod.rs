@@ -27,6 +27,7 @@ pub mod analysis;
 pub mod index;
 pub mod indexer;
 pub mod query;
+mod service;
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ pub use self::{
     index::{Hit, IndexOptions, Page, SearchIndex, Snippet, Sort},
     indexer::Indexer,
     query::{ChannelRef, Query, QueryError, UserRef},
+    service::{Ask, Search, DEFAULT_LIMIT, DISABLED},
 };
 use crate::{
     caller::Caller,

@@ -5,11 +5,12 @@
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
-use std::{ops::Deref, path::Path};
+use std::{ops::Deref, path::Path, process::Stdio, time::Duration};
 
 use reqwest::{Method, StatusCode};
 use selvage_origin::{OriginConfig, Running};
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 /// The operator key every test origin is configured with.
@@ -167,4 +168,76 @@ pub async fn upload_with(upload: &Value, body: Vec<u8>, replace: &[(&str, &str)]
 /// [`upload_with`] as declared.
 pub async fn upload(upload: &Value, body: Vec<u8>) -> StatusCode {
     upload_with(upload, body, &[]).await
+}
+
+/// The environment variable that turns a test binary's `child_origin` test into an origin: its
+/// configuration, as JSON.
+const CHILD_CONFIG: &str = "SELVAGE_TEST_CHILD_ORIGIN_CONFIG";
+
+/// What the child prints once it listens, before its HTTP address.
+const CHILD_READY: &str = "child-origin-listening ";
+
+/// Longest a child origin may take to start listening.
+const CHILD_START: Duration = Duration::from_secs(90);
+
+/// The body of the test named `child_origin` that a test binary using [`Child`] must have:
+///
+/// ```ignore
+/// #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// async fn child_origin() {
+///     support::child_origin().await
+/// }
+/// ```
+///
+/// Not a test on its own: without [`CHILD_CONFIG`] it returns at once; with it, it runs an
+/// origin until the process is killed.
+pub async fn child_origin() {
+    let Ok(config) = std::env::var(CHILD_CONFIG) else { return };
+    let config: OriginConfig = serde_json::from_str(&config).unwrap();
+    let running = selvage_origin::start(config, CancellationToken::new()).await.unwrap();
+    println!("{CHILD_READY}{}", running.addr);
+    // Until killed.
+    std::future::pending::<()>().await;
+}
+
+/// An origin in a child process (this test binary, running its `child_origin` test), to kill
+/// with SIGKILL in the middle of its work.
+pub struct Child {
+    /// The client of its HTTP API.
+    pub api: Api,
+    process: tokio::process::Child,
+}
+
+impl Child {
+    /// Starts a child origin with `config` and waits until it listens.
+    pub async fn spawn(config: &OriginConfig) -> Child {
+        let mut process = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["child_origin", "--exact", "--nocapture", "--test-threads", "1"])
+            .env(CHILD_CONFIG, serde_json::to_string(config).unwrap())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(process.stdout.take().unwrap()).lines();
+        let addr = tokio::time::timeout(CHILD_START, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                // After libtest's "test child_origin ... ", on the same line.
+                if let Some((_, addr)) = line.split_once(CHILD_READY) {
+                    return addr.trim().to_string();
+                }
+            }
+            panic!("the child origin exited before listening");
+        })
+        .await
+        .expect("the child origin started in time");
+        // Whatever else it prints is read, so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Child { api: Api::new(addr), process }
+    }
+
+    /// SIGKILL: no shutdown, no lease given up, nothing flushed but what was committed.
+    pub async fn kill(mut self) {
+        self.process.kill().await.unwrap();
+    }
 }
