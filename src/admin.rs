@@ -1,4 +1,4 @@
-//! `selvage admin`: workspaces, users and tokens from the command line, through a running
+//! `selvage admin`: workspaces, users, tokens and the search index from the command line, through a running
 //! origin's HTTP API (the embedded store is locked by the origin that has it open).
 
 use anyhow::{bail, Context, Result};
@@ -81,6 +81,14 @@ enum AdminCommand {
         #[arg(long, env = "SELVAGE_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// Rebuild the search index from the store, e.g. after restoring the store from a backup;
+    /// prints how many messages it holds. Searches go on meanwhile, from the old index; the
+    /// indexer waits, and catches up after.
+    Reindex {
+        /// The origin's operator key.
+        #[arg(long, env = "SELVAGE_OPERATOR_KEY", hide_env_values = true)]
+        operator_key: String,
+    },
 }
 
 async fn call(client: &reqwest::Client, url: String, bearer: &str, body: Value) -> Result<Value> {
@@ -123,6 +131,9 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         }
         AdminCommand::ReactivateUser { user, token } => {
             call(&client, format!("{base}/v1/users/{user}/reactivate"), &token, json!({})).await?
+        }
+        AdminCommand::Reindex { operator_key } => {
+            call(&client, format!("{base}/v1/admin/search/reindex"), &operator_key, json!({})).await?
         }
     };
     println!("{}", serde_json::to_string_pretty(&result)?);

@@ -83,6 +83,12 @@ fn admin_creates_workspaces_users_and_tokens_through_a_running_origin() {
     );
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong operator key"), "{wrong:?}");
+
+    // The operator rebuilds the search index; the workspace's messages are in it (none yet).
+    let rebuilt = json_of(&selvage(&["admin", "--url", url, "reindex"], &[("SELVAGE_OPERATOR_KEY", OPERATOR_KEY)]));
+    assert_eq!(rebuilt["documents"], 0, "{rebuilt}");
+    let wrong = selvage(&["admin", "--url", url, "reindex"], &[("SELVAGE_OPERATOR_KEY", "not-the-operator-key")]);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong operator key"), "{wrong:?}");
 }
 
 #[test]
