@@ -39,7 +39,10 @@ pub(super) async fn search_messages(
 ) -> Result<Json<SearchPage>> {
     let service = service(&origin)?;
     let sort = Ask::sort_from(q.sort.as_deref())?;
-    let ask = Ask { q: q.q, sort, limit: q.limit, cursor: q.cursor, after: q.after };
+    // An empty `cursor=` or `after=` is the same as none, as HTML forms and many clients send
+    // a parameter left blank.
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let ask = Ask { q: q.q, sort, limit: q.limit, cursor: given(q.cursor), after: given(q.after) };
     Ok(Json(service.ask(&origin.store, &caller, ask).await?))
 }
 

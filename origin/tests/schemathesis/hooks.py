@@ -48,6 +48,17 @@ STATE_RULES = (
     "duplicate of a rejected send",  # a retry of a refused send in the same group commit
     "is deactivated",  # inviting a deactivated user, or opening a DM with one
     "you cannot deactivate yourself",
+    # The search language's grammar and the search cursor's contents, which a schema cannot
+    # state (docs/API.md, Search): each refusal says what to fix.
+    "the search query is",  # empty (only spaces), too long, too many parts
+    "a quote is not closed",
+    "must be followed by a word or a phrase",
+    "can be excluded, not",
+    "needs a value, e.g.",
+    " takes ",  # an operator's value of the wrong kind
+    "may be given only once",
+    "a search needs a word",
+    "the search cursor is invalid",
 )
 
 
