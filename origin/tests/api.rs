@@ -1,42 +1,16 @@
 //! The origin's HTTP API end to end: a real origin on port 0 over a real embedded store in a
 //! temporary directory, driven over real sockets as a client would.
 
-use std::{collections::HashSet, ops::Deref, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use reqwest::StatusCode;
-use selvage_origin::OriginConfig;
 use serde_json::{json, Value};
 
 mod support;
 
-use support::Origin;
-
-/// An origin over a store in a temporary directory of its own.
-struct TestOrigin {
-    origin: Origin,
-    _dir: tempfile::TempDir,
-}
-
-impl Deref for TestOrigin {
-    type Target = Origin;
-
-    fn deref(&self) -> &Origin {
-        &self.origin
-    }
-}
+use support::TestOrigin;
 
 impl TestOrigin {
-    async fn start() -> Self {
-        Self::start_with(|_| {}).await
-    }
-
-    async fn start_with(tweak: impl FnOnce(&mut OriginConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = support::config(dir.path());
-        tweak(&mut config);
-        TestOrigin { origin: Origin::start(config).await, _dir: dir }
-    }
-
     async fn send(&self, token: &str, channel: &str, text: &str, id: &str) -> (StatusCode, Value) {
         self.post(&format!("/v1/channels/{channel}/messages"), token, json!({ "text": text, "client_msg_id": id }))
             .await
@@ -58,10 +32,6 @@ impl TestOrigin {
                 return out;
             }
         }
-    }
-
-    async fn stop(self) {
-        self.origin.stop().await;
     }
 }
 
@@ -436,7 +406,13 @@ async fn events_of_private_channels_reach_members_only() {
 
 #[tokio::test]
 async fn trimmed_cursors_get_resync() {
-    let o = TestOrigin::start_with(|c| c.feed.max_events = 3).await;
+    // No search indexer: as a feed consumer it would hold the events it has not indexed yet
+    // back from the trimmer (ARCHITECTURE §8), which tests of its own cover.
+    let o = TestOrigin::start_with(|c| {
+        c.feed.max_events = 3;
+        c.search.enabled = false;
+    })
+    .await;
     let (admin, general) = o.workspace("acme").await;
     let (_, head) = o.get("/v1/events", &admin).await;
     let old = head["cursor"].as_str().unwrap().to_string();

@@ -43,6 +43,9 @@ impl Node {
             fsync: false,
             ..OriginConfig::default()
         };
+        // The tests count what the feed keeps for the consumers they register: no search
+        // indexer beside them.
+        config.search.enabled = false;
         tweak(&mut config);
         let shutdown = CancellationToken::new();
         let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();

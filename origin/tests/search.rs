@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeSet,
-    ops::Deref,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -14,43 +13,11 @@ use std::{
 };
 
 use reqwest::{Method, StatusCode};
-use selvage_origin::OriginConfig;
 use serde_json::{json, Value};
 
 mod support;
 
-use support::{Api, Child, Origin, OPERATOR_KEY};
-
-/// An origin over a store in a temporary directory of its own.
-struct Rig {
-    origin: Origin,
-    _dir: tempfile::TempDir,
-}
-
-impl Deref for Rig {
-    type Target = Origin;
-
-    fn deref(&self) -> &Origin {
-        &self.origin
-    }
-}
-
-impl Rig {
-    async fn start() -> Rig {
-        Rig::start_with(|_| {}).await
-    }
-
-    async fn start_with(tweak: impl FnOnce(&mut OriginConfig)) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = support::config(dir.path());
-        tweak(&mut config);
-        Rig { origin: Origin::start(config).await, _dir: dir }
-    }
-
-    async fn stop(self) {
-        self.origin.stop().await;
-    }
-}
+use support::{Api, Child, TestOrigin, OPERATOR_KEY};
 
 impl Api {
     /// Posts `text`; answers the feed cursor of its ack.
@@ -155,7 +122,7 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_finds_only_what_they_may_read_now() {
-    let o = Rig::start().await;
+    let o = TestOrigin::start().await;
     let (admin, general) = o.workspace("acme").await;
     let (bob_id, bob) = o.user(&admin, "bob").await;
     let (carol_id, carol) = o.user(&admin, "carol").await;
@@ -193,7 +160,7 @@ async fn a_user_finds_only_what_they_may_read_now() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_and_deletes_are_found_as_they_are_now() {
-    let o = Rig::start().await;
+    let o = TestOrigin::start().await;
     let (admin, general) = o.workspace("acme").await;
     let seq = o.say_seq(&admin, &general, "alpha release notes", None).await;
     assert_eq!(o.found(&admin, "alpha").await, vec!["alpha release notes".to_string()]);
@@ -211,7 +178,7 @@ async fn edits_and_deletes_are_found_as_they_are_now() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_query_language_works_over_http() {
-    let o = Rig::start().await;
+    let o = TestOrigin::start().await;
     let (admin, general) = o.workspace("acme").await;
     let (_, bob) = o.user(&admin, "bob").await;
     let random = o.channel(&admin, "random", false).await;
@@ -239,7 +206,7 @@ async fn the_query_language_works_over_http() {
     assert_eq!(o.found(&admin, "stagi").await.len(), 1, "the last word as a prefix, as typed");
     assert_eq!(o.found(&admin, "before:2000-01-01 deploy").await.len(), 0);
     assert_eq!(o.found(&admin, "after:2000-01-01 deploy").await.len(), 2);
-    let today = chrono_today();
+    let today = today();
     assert_eq!(o.found(&admin, &format!("on:{today} deploy")).await.len(), 2);
 
     // Newest first; highlights point at the matched words.
@@ -275,24 +242,14 @@ async fn the_query_language_works_over_http() {
 }
 
 /// Today's date, UTC, as `YYYY-MM-DD`.
-fn chrono_today() -> String {
-    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+fn today() -> String {
+    let d = time::OffsetDateTime::now_utc().date();
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_searches_get_a_400_that_says_what_is_wrong() {
-    let o = Rig::start().await;
+    let o = TestOrigin::start().await;
     let (admin, _) = o.workspace("acme").await;
     for (path, says) in [
         ("/v1/search?q=%22open", "quote"),
@@ -323,7 +280,7 @@ async fn bad_searches_get_a_400_that_says_what_is_wrong() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reindex_rebuilds_the_same_index_and_needs_the_operator_key() {
-    let o = Rig::start().await;
+    let o = TestOrigin::start().await;
     let (admin, general) = o.workspace("acme").await;
     for i in 0..30 {
         o.say(&admin, &general, &format!("note {i} about the launch")).await;
@@ -342,7 +299,7 @@ async fn reindex_rebuilds_the_same_index_and_needs_the_operator_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_off_answers_404() {
-    let o = Rig::start_with(|c| c.search.enabled = false).await;
+    let o = TestOrigin::start_with(|c| c.search.enabled = false).await;
     let (admin, _) = o.workspace("acme").await;
     let (s, v) = o.get("/v1/search?q=x", &admin).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");

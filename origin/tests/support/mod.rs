@@ -147,6 +147,40 @@ impl Deref for Origin {
     }
 }
 
+/// An origin over a store in a temporary directory of its own (its methods are the client's).
+pub struct TestOrigin {
+    origin: Origin,
+    _dir: tempfile::TempDir,
+}
+
+impl TestOrigin {
+    /// An origin with the test configuration ([`config`]).
+    pub async fn start() -> TestOrigin {
+        TestOrigin::start_with(|_| {}).await
+    }
+
+    /// An origin with the test configuration as `tweak` changes it.
+    pub async fn start_with(tweak: impl FnOnce(&mut OriginConfig)) -> TestOrigin {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        tweak(&mut config);
+        TestOrigin { origin: Origin::start(config).await, _dir: dir }
+    }
+
+    /// Shuts it down and waits until it has.
+    pub async fn stop(self) {
+        self.origin.stop().await;
+    }
+}
+
+impl Deref for TestOrigin {
+    type Target = Origin;
+
+    fn deref(&self) -> &Origin {
+        &self.origin
+    }
+}
+
 /// Sends `body` through an `upload` answer of `POST /v1/files`: its URL, method and every
 /// header it names, except those `replace` gives other values.
 pub async fn upload_with(upload: &Value, body: Vec<u8>, replace: &[(&str, &str)]) -> StatusCode {
