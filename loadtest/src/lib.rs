@@ -10,6 +10,9 @@
 //! - [`files`]: the files service — upload URLs issued per second, `complete` → `message` event
 //!   latency at a member on the edge, and many uploads at once through presigned URLs while the
 //!   origin's memory is watched;
+//! - [`search`]: full-text search — a realistic corpus ([`corpus`]) sent through the sequencer
+//!   and indexed by the feed consumer `search`, then searchers in a closed loop, against
+//!   PostgreSQL's full-text search on the same corpus and queries;
 //! - [`presence`]: presence fan-out with subscriptions against every change to every session;
 //! - [`scenario`]: `run SCENARIO`, the scenario files of `loadtest/scenarios/` (steady chat,
 //!   hot channel, soak, boot and reconnect storms, slow consumers, mixed) with a checker of
@@ -21,6 +24,7 @@
 //! finds the system under test, [`seed`] fills it through the origin's HTTP API, [`report`]
 //! summarises, [`html`] renders a run's report.json as a page.
 
+pub mod corpus;
 pub mod deployment;
 pub mod fanout;
 pub mod files;
@@ -32,6 +36,7 @@ pub mod nats;
 pub mod presence;
 pub mod report;
 pub mod scenario;
+pub mod search;
 pub mod seed;
 pub mod sends;
 pub mod wan;
@@ -60,6 +65,11 @@ enum LoadtestCommand {
     /// at a member on the edge, and many uploads at once end to end through the object store
     /// while the origin's memory is watched.
     Files(files::FilesArgs),
+    /// Full-text search: a realistic corpus (1,000,000 messages by default, 10% CJK) indexed
+    /// by the feed consumer `search` (messages/s, index size), then searchers as a user in 50
+    /// of 1,000 private channels (p50/p99, searches/s), against PostgreSQL's full-text search
+    /// on the same corpus and queries with `--postgres`.
+    Search(search::SearchArgs),
     /// Edge memory per idle WebSocket session (against an edge in its own process).
     Idle(idle::IdleArgs),
     /// Presence fan-out with subscriptions (`presence_sub`) against without (every change to
@@ -84,6 +94,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         LoadtestCommand::Hello(a) => hello::run(a).await,
         LoadtestCommand::Fanout(a) => fanout::run(a).await,
         LoadtestCommand::Files(a) => files::run(a).await,
+        LoadtestCommand::Search(a) => search::run(a).await,
         LoadtestCommand::NatsFanout(a) => nats::run(a).await,
         LoadtestCommand::Idle(a) => idle::run(a).await,
         LoadtestCommand::Presence(a) => presence::run(a).await,
