@@ -374,6 +374,9 @@ pub async fn measure(args: &SearchArgs) -> Result<SearchReport> {
     if let Some(b) = args.batch_size {
         config.consumers.batch_size = b;
     }
+    // The origin's own indexer stays off: the same consumer is started below, once the corpus
+    // is in the feed, so that indexing is timed alone.
+    config.search.enabled = false;
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = selvage_origin::start(config, shutdown.clone()).await?;
     let origin = running.origin.clone();
