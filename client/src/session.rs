@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use selvage_shared::link::{encode_frame, FRAME_PREFIX_BYTES};
 use selvage_shared::{
-    encode_client, ChannelId, ClientFrame, Cursor, ErrorCode, EventFrame, Format, Hello, Query, QueryResult, Seq,
-    ServerFrame, PROTOCOL_VERSION,
+    encode_client, ChannelId, ClientFrame, Cursor, ErrorCode, EventFrame, Format, Hello, Query, QueryKind, QueryResult,
+    SearchPage, SearchSort, Seq, ServerFrame, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -42,6 +42,24 @@ pub struct Ack {
     pub seq: Seq,
     /// Commit time, ms since the epoch.
     pub ts: i64,
+    /// The message's feed cursor, for [`SearchOptions::wait_for`]; `None` when the send was a
+    /// retry of one already durable.
+    pub cursor: Option<Cursor>,
+}
+
+/// How a [`Handle::search`] orders, pages and waits. The default: best matches first, the
+/// origin's page size, the first page, no waiting.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SearchOptions {
+    /// Best match (`relevance`) or newest (`recent`) first.
+    pub sort: SearchSort,
+    /// Results per page (1 to 100).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the page before, for the next one.
+    pub page: Option<String>,
+    /// Read your writes: a feed cursor ([`Ack::cursor`], an event's) the index should cover
+    /// before the search runs; the page's `caught_up` says whether it did in time.
+    pub wait_for: Option<Cursor>,
 }
 
 /// What [`Client::next_event`] yields, in the order the edge sent it.
@@ -251,6 +269,11 @@ impl Client {
         self.handle.query(q).await
     }
 
+    /// Searches the messages the user may read. See [`Handle::search`].
+    pub async fn search(&self, text: &str, opts: SearchOptions) -> Result<SearchPage, ClientError> {
+        self.handle.search(text, opts).await
+    }
+
     /// Round trip of a `ping`. See [`Handle::ping`].
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         self.handle.ping().await
@@ -375,6 +398,26 @@ impl Handle {
             Reply::Error { code, message } => Err(ClientError::Refused { code, message }),
             other => Err(unexpected_reply(&id, "result", &other)),
         }
+    }
+
+    /// Searches the messages the user may read for `text` (the search query language: words,
+    /// `"phrases"`, `-excluded`, `from:@handle`, `in:#channel`, …) with a `search` query, and
+    /// returns the page the edge relays from the origin. A refusal (a malformed query, search
+    /// turned off) is [`ClientError::Refused`] with the origin's code and message.
+    pub async fn search(&self, text: &str, opts: SearchOptions) -> Result<SearchPage, ClientError> {
+        let q = Query {
+            text: Some(text.to_owned()),
+            sort: Some(opts.sort),
+            limit: opts.limit,
+            page: opts.page,
+            wait_for: opts.wait_for,
+            ..Query::new(String::new(), QueryKind::Search)
+        };
+        let result = self.query(q).await?;
+        let Some(caught_up) = result.caught_up else {
+            return Err(ClientError::Protocol(format!("the result of search {} lacks caught_up", result.reply_to)));
+        };
+        Ok(SearchPage { results: result.results, next_cursor: result.next, caught_up })
     }
 
     /// Sends a `ping` and returns the time until its `pong`.
@@ -696,7 +739,9 @@ pub(crate) fn dispatch(shared: &Shared, frame: ServerFrame) -> Result<Option<Inb
         ServerFrame::Error { reply_to: None, code, message } => return Ok(Some(Inbound::Error { code, message })),
         ServerFrame::Hello(_) => return Err("a second `hello`".to_owned()),
         ServerFrame::Error { reply_to: Some(id), code, message } => (id, Reply::Error { code, message }),
-        ServerFrame::Ack { reply_to, channel, seq, ts } => (reply_to, Reply::Ack(Ack { channel, seq, ts })),
+        ServerFrame::Ack { reply_to, channel, seq, ts, cursor } => {
+            (reply_to, Reply::Ack(Ack { channel, seq, ts, cursor }))
+        }
         ServerFrame::Pong { reply_to } => (reply_to, Reply::Pong),
         ServerFrame::Result(result) => (result.reply_to.clone(), Reply::Result(result)),
     };

@@ -610,11 +610,12 @@ impl Session {
     async fn handle(&self, bytes: &[u8]) {
         let format = self.format;
         let metrics = &self.edge.metrics;
-        let frame = match selvage_shared::decode_client(bytes, format) {
+        let frame = match selvage_shared::decode_client_request(bytes, format) {
             Ok(frame) => frame,
-            Err(e) => {
+            Err((e, request_id)) => {
                 metrics.client_frames.with_label_values(&["bad"]).inc();
-                let reply = EdgeError::BadFrame(e).frame(None);
+                // A request that parsed is answered by its id: its sender is waiting for it.
+                let reply = EdgeError::BadFrame(e).frame(request_id);
                 self.outbox.reply(encode(&reply, format)).await;
                 return;
             }
@@ -722,9 +723,13 @@ impl Request {
                     thread_root,
                 };
                 match self.edge.upstream.call(call).await {
-                    Ok(Answer::Sent { message, .. }) => {
-                        ServerFrame::Ack { reply_to: id, channel: message.channel, seq: message.seq, ts: message.ts }
-                    }
+                    Ok(Answer::Sent { message, cursor, .. }) => ServerFrame::Ack {
+                        reply_to: id,
+                        channel: message.channel,
+                        seq: message.seq,
+                        ts: message.ts,
+                        cursor,
+                    },
                     Ok(other) => unexpected(Some(id), &other),
                     Err(e) => EdgeError::Origin(e).frame(Some(id)),
                 }
@@ -736,6 +741,9 @@ impl Request {
     }
 
     async fn query(&self, query: Query) -> ServerFrame {
+        if query.q == QueryKind::Search {
+            return self.search(query).await;
+        }
         let id = query.id.clone();
         let answer = self.live.lock().state.query(&self.principal.user, &query);
         match answer {
@@ -777,6 +785,34 @@ impl Request {
                 };
                 ServerFrame::Result(QueryResult { reply_to: id, messages, next, ..Default::default() })
             }
+            Ok(other) => unexpected(Some(id), &other),
+            Err(e) => EdgeError::Origin(e).frame(Some(id)),
+        }
+    }
+
+    /// A `search`, always asked of the origin: the index is there, and so is the check of every
+    /// hit against the store (ARCHITECTURE §8 "Search"). What the origin refuses (a malformed
+    /// query, search turned off) reaches the client with the origin's code and message.
+    async fn search(&self, query: Query) -> ServerFrame {
+        let Query { id, text, sort, limit, page, wait_for, .. } = query;
+        let call = Call::Search {
+            workspace: self.principal.workspace.clone(),
+            user: self.principal.user.clone(),
+            // Validation guarantees a text (`Query::validate`).
+            text: text.unwrap_or_default(),
+            sort: sort.unwrap_or_default(),
+            limit,
+            page,
+            wait_for,
+        };
+        match self.edge.upstream.call(call).await {
+            Ok(Answer::Found(found)) => ServerFrame::Result(QueryResult {
+                reply_to: id,
+                results: found.results,
+                caught_up: Some(found.caught_up),
+                next: found.next_cursor,
+                ..Default::default()
+            }),
             Ok(other) => unexpected(Some(id), &other),
             Err(e) => EdgeError::Origin(e).frame(Some(id)),
         }

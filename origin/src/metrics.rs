@@ -333,7 +333,7 @@ impl Metrics {
         }
         // Show every link call and stream kind from the start, at 0: "no calls" is then a line
         // that reads 0, not a missing series.
-        for call in ["authenticate", "snapshot", "send", "history", "events", "invalid"] {
+        for call in ["authenticate", "snapshot", "send", "history", "search", "events", "invalid"] {
             m.link_calls.with_label_values(&[call]);
         }
         for kind in ["feed", "calls"] {

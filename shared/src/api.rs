@@ -45,6 +45,17 @@ pub struct SearchPage {
     pub caught_up: bool,
 }
 
+/// How a search orders what it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchSort {
+    /// Best match first: relevance blended with recency.
+    #[default]
+    Relevance,
+    /// Newest first.
+    Recent,
+}
+
 /// One message a search found.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SearchResult {

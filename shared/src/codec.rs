@@ -18,7 +18,7 @@ use crate::error::ErrorCode;
 use crate::event::Event;
 use crate::frame::{ClientFrame, FeedFrame, FeedRequest, ServerFrame};
 use crate::ids::Cursor;
-use crate::limits::{MAX_CLIENT_FRAME_BYTES, MAX_CLIENT_FRAME_DEPTH, MAX_FEED_FRAME_BYTES};
+use crate::limits::{MAX_CLIENT_FRAME_BYTES, MAX_CLIENT_FRAME_DEPTH, MAX_FEED_FRAME_BYTES, MAX_REQUEST_ID_BYTES};
 
 /// Deepest nesting accepted when decoding anything other than a client frame (the same limit
 /// serde_json applies).
@@ -180,10 +180,22 @@ pub fn encode_event(cursor: &Cursor, event: &Event, format: Format) -> Vec<u8> {
 /// or nesting deeper than [`MAX_CLIENT_FRAME_DEPTH`] ([`DecodeError::Malformed`]); then applies
 /// [`ClientFrame::validate`] ([`DecodeError::Invalid`]). Never panics, whatever the bytes.
 pub fn decode_client(bytes: &[u8], format: Format) -> Result<ClientFrame, DecodeError> {
-    check_size(bytes, MAX_CLIENT_FRAME_BYTES)?;
-    let frame: ClientFrame = decode(bytes, format, MAX_CLIENT_FRAME_DEPTH)?;
-    frame.validate()?;
-    Ok(frame)
+    decode_client_request(bytes, format).map_err(|(e, _)| e)
+}
+
+/// [`decode_client`], answering with a refusal the request id of a frame that parsed but
+/// failed [`ClientFrame::validate`] (a request whose sender waits for its `reply_to`); `None`
+/// for frames that do not parse, have no id or one over [`MAX_REQUEST_ID_BYTES`].
+pub fn decode_client_request(bytes: &[u8], format: Format) -> Result<ClientFrame, (DecodeError, Option<String>)> {
+    check_size(bytes, MAX_CLIENT_FRAME_BYTES).map_err(|e| (e, None))?;
+    let frame: ClientFrame = decode(bytes, format, MAX_CLIENT_FRAME_DEPTH).map_err(|e| (e, None))?;
+    match frame.validate() {
+        Ok(()) => Ok(frame),
+        Err(e) => {
+            let id = frame.request_id().filter(|id| !id.is_empty() && id.len() <= MAX_REQUEST_ID_BYTES);
+            Err((e, id.map(str::to_owned)))
+        }
+    }
 }
 
 /// Encodes a client frame (for SDKs, the load tester and tests). Does not validate it.

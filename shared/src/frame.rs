@@ -8,12 +8,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::{SearchResult, SearchSort};
 use crate::codec::DecodeError;
 use crate::error::ErrorCode;
 use crate::event::{Event, FeedItem};
 use crate::ids::{ChannelId, Cursor, Seq, UserId, WorkspaceId};
 use crate::limits::{
-    MAX_CLIENT_MSG_ID_BYTES, MAX_PRESENCE_SUB_USERS, MAX_QUERY_LIMIT, MAX_REQUEST_ID_BYTES, MAX_TEXT_CHARS,
+    MAX_CLIENT_MSG_ID_BYTES, MAX_PRESENCE_SUB_USERS, MAX_QUERY_LIMIT, MAX_REQUEST_ID_BYTES, MAX_SEARCH_CHARS,
+    MAX_SEARCH_LIMIT, MAX_TEXT_CHARS,
 };
 use crate::model::{ChannelBoot, Message, User};
 
@@ -83,6 +85,9 @@ pub enum QueryKind {
     Channels,
     /// Replies in the thread of `channel` rooted at `root`.
     Thread,
+    /// Messages the caller may read that match `text`, in the search query language; always
+    /// answered by the origin, which holds the index (ARCHITECTURE §8 "Search").
+    Search,
 }
 
 /// A client `query` frame (its `"type"` is `query`).
@@ -114,6 +119,18 @@ pub struct Query {
     /// Continuation token from a previous result's `next`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<String>,
+    /// What to search for, for `search` (1 to [`MAX_SEARCH_CHARS`] characters): words,
+    /// `"phrases"`, `-excluded`, `from:@handle`, `in:#channel`, dates and `has:`/`is:` filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The order of a `search`'s results: `relevance` (the default) or `recent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<SearchSort>,
+    /// For `search`, read your writes: a feed cursor (a send's `ack.cursor`, an event's
+    /// `cursor`) the index should cover before the search runs. The origin waits for it, a
+    /// bounded time; the result's `caught_up` says whether it got there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for: Option<Cursor>,
 }
 
 fn check_request_id(id: &str) -> Result<(), DecodeError> {
@@ -208,13 +225,23 @@ impl Query {
             root: None,
             limit: None,
             page: None,
+            text: None,
+            sort: None,
+            wait_for: None,
         }
     }
 
-    /// Checks sizes and that the query kind has the fields it needs (see
-    /// [`ClientFrame::validate`]).
+    /// Checks sizes and that the query kind has the fields it needs, and only fields it uses:
+    /// `search` takes `text`, `sort`, `wait_for`, `limit` and `page`, and the other kinds take
+    /// none of the first three (see [`ClientFrame::validate`]).
     pub fn validate(&self) -> Result<(), DecodeError> {
         check_request_id(&self.id)?;
+        if self.q == QueryKind::Search {
+            return self.validate_search();
+        }
+        if self.text.is_some() || self.sort.is_some() || self.wait_for.is_some() {
+            return invalid("text, sort and wait_for are for search queries only");
+        }
         if let Some(limit) = self.limit {
             if limit == 0 || limit as usize > MAX_QUERY_LIMIT {
                 return invalid(format!("limit must be 1 to {MAX_QUERY_LIMIT}"));
@@ -229,6 +256,31 @@ impl Query {
         }
         if self.q == QueryKind::Thread && self.root.is_none() {
             return invalid("a thread query needs a root");
+        }
+        Ok(())
+    }
+
+    fn validate_search(&self) -> Result<(), DecodeError> {
+        let Some(text) = &self.text else {
+            return invalid("a search query needs a text");
+        };
+        // As for `send`: only a text longer in bytes than the limit in chars needs counting.
+        if text.trim().is_empty() || (text.len() > MAX_SEARCH_CHARS && text.chars().count() > MAX_SEARCH_CHARS) {
+            return invalid(format!("a search text must be 1 to {MAX_SEARCH_CHARS} characters, not all spaces"));
+        }
+        if text.contains('\0') {
+            return invalid(TEXT_NUL);
+        }
+        if self.limit.is_some_and(|l| l == 0 || l as usize > MAX_SEARCH_LIMIT) {
+            return invalid(format!("a search limit must be 1 to {MAX_SEARCH_LIMIT}"));
+        }
+        if self.channel.is_some()
+            || !self.users.is_empty()
+            || self.before.is_some()
+            || self.after.is_some()
+            || self.root.is_some()
+        {
+            return invalid("a search query takes no channel, users, before, after or root: use in:#channel, from:@handle, before: and after: in its text");
         }
         Ok(())
     }
@@ -257,6 +309,10 @@ pub enum ServerFrame {
         seq: Seq,
         /// Commit time, ms since the epoch.
         ts: i64,
+        /// The message's feed cursor: a `search` with it as `wait_for` finds the message
+        /// (read your writes). Absent when the send was a retry of one already durable.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<Cursor>,
     },
     /// A request, or the frame itself, failed.
     Error {
@@ -359,6 +415,15 @@ pub struct QueryResult {
     /// Messages (for `history` and `thread`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<Message>,
+    /// What a `search` found, best (or, sorted by `recent`, newest) first: each message with
+    /// its channel and where it matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<SearchResult>,
+    /// For `search` only: whether the index covered the query's `wait_for` when it answered
+    /// (true when it asked for none). False means a message sent up to that cursor may be
+    /// missing: ask again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caught_up: Option<bool>,
     /// Continuation token to pass as `page` for more; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,

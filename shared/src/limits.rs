@@ -21,6 +21,12 @@ pub const MAX_NAME_CHARS: usize = 80;
 /// Largest `limit` a client `query` may ask for, and the most users one `query` may name.
 pub const MAX_QUERY_LIMIT: usize = 1000;
 
+/// Longest search text a `search` query (or `GET /v1/search`) takes, in `char`s.
+pub const MAX_SEARCH_CHARS: usize = 1_000;
+
+/// Largest `limit` of a `search` query: search pages are ranked, so they stay small.
+pub const MAX_SEARCH_LIMIT: usize = 100;
+
 /// Largest origin ↔ edge feed frame, in bytes.
 pub const MAX_FEED_FRAME_BYTES: usize = 16 * 1024 * 1024;
 

@@ -17,6 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::{SearchPage, SearchSort};
 use crate::codec::DecodeError;
 use crate::error::ErrorCode;
 use crate::event::{Event, FeedItem};
@@ -135,6 +136,28 @@ pub enum Call {
         /// At most this many (1..=1000).
         limit: u32,
     },
+    /// A page of the messages `user` may read that match `text` (a client's `search` query):
+    /// the origin holds the index and checks every hit against the store.
+    Search {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Whose view.
+        user: UserId,
+        /// What to search for, in the search query language.
+        text: String,
+        /// Best match or newest first.
+        #[serde(default)]
+        sort: SearchSort,
+        /// At most this many (1..=100; the origin's default when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        /// The `next_cursor` of the page before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page: Option<String>,
+        /// A feed cursor the index should cover first (read your writes; bounded wait).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_for: Option<Cursor>,
+    },
     /// Move `user`'s read marker in `channel` forward to `seq` (a client's `mark_read`).
     MarkRead {
         /// The workspace.
@@ -198,6 +221,7 @@ impl Call {
             Call::Send { .. } => "send",
             Call::History { .. } => "history",
             Call::Thread { .. } => "thread",
+            Call::Search { .. } => "search",
             Call::Events { .. } => "events",
             Call::MarkRead { .. } => "mark_read",
             Call::Relay { .. } => "relay",
@@ -259,6 +283,8 @@ pub enum Answer {
         /// Whether more lie beyond the page in the direction read.
         has_more: bool,
     },
+    /// For [`Call::Search`].
+    Found(SearchPage),
     /// For [`Call::MarkRead`]: the marker as it now stands.
     ReadMarker {
         /// The last seq read.
@@ -392,6 +418,29 @@ mod tests {
         let back: LinkCall = crate::from_msgpack(&buf[4..]).unwrap();
         assert_eq!(back, call);
         assert!(frame_len(prefix, len - 1).is_err(), "over the limit");
+    }
+
+    #[test]
+    fn searches_and_their_pages_round_trip() {
+        let call = LinkCall {
+            id: 9,
+            call: Call::Search {
+                workspace: WorkspaceId::new_unchecked("W1"),
+                user: UserId::new_unchecked("U1"),
+                text: "deploy from:@ada".into(),
+                sort: SearchSort::Recent,
+                limit: Some(5),
+                page: None,
+                wait_for: Some(Cursor::zero()),
+            },
+        };
+        let back: LinkCall = crate::from_msgpack(&crate::to_msgpack(&call)).unwrap();
+        assert_eq!(back, call);
+        assert_eq!(call.call.name(), "search");
+        let page = SearchPage { results: Vec::new(), next_cursor: Some("p2".into()), caught_up: false };
+        let reply = LinkReply { id: 9, reply: Ok(Answer::Found(page)) };
+        let back: LinkReply = crate::from_msgpack(&crate::to_msgpack(&reply)).unwrap();
+        assert_eq!(back, reply);
     }
 
     #[test]

@@ -94,8 +94,24 @@ fn other_event_frames() {
 
 #[test]
 fn ack_shape() {
-    let frame = ServerFrame::Ack { reply_to: "r1".into(), channel: ChannelId::new_unchecked("C1"), seq: 9, ts: 5 };
+    let frame = ServerFrame::Ack {
+        reply_to: "r1".into(),
+        channel: ChannelId::new_unchecked("C1"),
+        seq: 9,
+        ts: 5,
+        cursor: None,
+    };
     assert_eq!(to_json(&frame), json!({"type": "ack", "reply_to": "r1", "channel": "C1", "seq": 9, "ts": 5}));
+    let frame = ServerFrame::Ack {
+        reply_to: "r1".into(),
+        channel: ChannelId::new_unchecked("C1"),
+        seq: 9,
+        ts: 5,
+        cursor: Some(cursor()),
+    };
+    let v = to_json(&frame);
+    assert_eq!(v["cursor"], "000000000000000700010003");
+    assert_eq!(decode_server(v.to_string().as_bytes(), Format::Json), Ok(frame));
 }
 
 #[test]
@@ -183,6 +199,9 @@ fn client_frames_parse() {
             root: None,
             limit: Some(50),
             page: None,
+            text: None,
+            sort: None,
+            wait_for: None,
         }))
     );
     assert_eq!(
@@ -323,6 +342,128 @@ fn other_limits() {
     assert_invalid(decode_json(
         r#"{"type":"send","id":"1","channel":"C1","text":"x","client_msg_id":"m","thread_root":0}"#,
     ));
+}
+
+fn search(extra: Value) -> Result<ClientFrame, DecodeError> {
+    let mut v = json!({"type": "query", "id": "s1", "q": "search", "text": "deploy"});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    decode_json(&v.to_string())
+}
+
+#[test]
+fn search_queries_parse_and_round_trip() {
+    let frame = search(json!({"sort": "recent", "limit": 20, "page": "p2", "wait_for": "000000000000000700010003"}));
+    let expected = ClientFrame::Query(Query {
+        text: Some("deploy".into()),
+        sort: Some(SearchSort::Recent),
+        limit: Some(20),
+        page: Some("p2".into()),
+        wait_for: Some(cursor()),
+        ..Query::new("s1", QueryKind::Search)
+    });
+    assert_eq!(frame, Ok(expected.clone()));
+    for format in [Format::Json, Format::MsgPack] {
+        assert_eq!(decode_client(&encode_client(&expected, format), format), Ok(expected.clone()));
+    }
+    // The fields a search does not use stay off the wire of other queries.
+    let history = encode_client(&ClientFrame::Query(Query::new("h", QueryKind::Channels)), Format::Json);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&history).unwrap(),
+        json!({"type": "query", "id": "h", "q": "channels"})
+    );
+}
+
+#[test]
+fn search_queries_are_validated() {
+    assert!(search(json!({})).is_ok());
+    assert!(search(json!({"text": "a".repeat(MAX_SEARCH_CHARS), "limit": MAX_SEARCH_LIMIT})).is_ok());
+    for bad in [
+        json!({"text": null}),
+        json!({"text": ""}),
+        json!({"text": " \t\n"}),
+        json!({"text": "a".repeat(MAX_SEARCH_CHARS + 1)}),
+        json!({"text": "é".repeat(MAX_SEARCH_CHARS + 1)}),
+        json!({"text": "a\u{0}b"}),
+        json!({"limit": 0}),
+        json!({"limit": MAX_SEARCH_LIMIT + 1}),
+        json!({"channel": "C1"}),
+        json!({"users": ["U1"]}),
+        json!({"before": 3}),
+        json!({"after": 3}),
+        json!({"root": 3}),
+    ] {
+        let result = search(bad.clone());
+        assert!(matches!(result, Err(DecodeError::Invalid(_))), "{bad} gave {result:?}");
+    }
+    let message = search(json!({"limit": 500})).unwrap_err().to_string();
+    assert!(message.contains("1 to 100"), "{message}");
+    // Sorts and cursors are typed: anything else does not decode.
+    assert_malformed(search(json!({"sort": "oldest"})));
+    assert_malformed(search(json!({"wait_for": "not-a-cursor"})));
+    // Other kinds do not take the search fields.
+    let history = |extra: Value| {
+        let mut v = json!({"type": "query", "id": "q", "q": "history", "channel": "C1"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        decode_json(&v.to_string())
+    };
+    for extra in [json!({"text": "x"}), json!({"sort": "recent"}), json!({"wait_for": "000000000000000700010003"})] {
+        assert_invalid(history(extra));
+    }
+}
+
+#[test]
+fn refused_requests_keep_their_id() {
+    let id_of = |s: &str| decode_client_request(s.as_bytes(), Format::Json).unwrap_err().1;
+    assert_eq!(id_of(r#"{"type":"query","id":"s1","q":"search","text":" "}"#), Some("s1".into()));
+    assert_eq!(id_of(r#"{"type":"send","id":"r2","channel":"C1","text":"","client_msg_id":"m"}"#), Some("r2".into()));
+    assert_eq!(id_of(r#"{"type":"query","id":"s1","q":"search","sort":"oldest"}"#), None, "does not parse");
+    let long_id = "i".repeat(MAX_REQUEST_ID_BYTES + 1);
+    assert_eq!(id_of(&format!(r#"{{"type":"ping","id":"{long_id}"}}"#)), None, "an id too long to echo");
+    assert_eq!(id_of(&json!({"type": "presence_sub", "users": vec!["U1"; 501]}).to_string()), None, "no id");
+}
+
+#[test]
+fn search_results_shape() {
+    let result = SearchResult {
+        channel: Channel {
+            id: ChannelId::new_unchecked("C1"),
+            name: "general".into(),
+            kind: ChannelKind::Channel,
+            private: false,
+            archived: false,
+            topic: String::new(),
+            purpose: String::new(),
+            created_by: UserId::new_unchecked("U1"),
+            created_at: 1,
+        },
+        message: Message::new(ChannelId::new_unchecked("C1"), 4, 9, UserId::new_unchecked("U1"), "we deploy"),
+        snippets: vec![SearchSnippet {
+            field: "text".into(),
+            fragment: "we deploy".into(),
+            offset: 0,
+            highlights: vec![[3, 9]],
+        }],
+    };
+    let frame = ServerFrame::Result(QueryResult {
+        reply_to: "s1".into(),
+        results: vec![result],
+        caught_up: Some(true),
+        next: Some("n".into()),
+        ..QueryResult::default()
+    });
+    let v = to_json(&frame);
+    assert_eq!(v["results"][0]["message"]["seq"], 4);
+    assert_eq!(v["results"][0]["channel"]["id"], "C1");
+    assert_eq!(v["results"][0]["snippets"][0]["highlights"], json!([[3, 9]]));
+    assert_eq!((v["caught_up"].as_bool(), v["next"].as_str()), (Some(true), Some("n")));
+    assert!(v.get("messages").is_none());
+    for format in [Format::Json, Format::MsgPack] {
+        assert_eq!(decode_server(&encode_server(&frame, format), format), Ok(frame.clone()));
+    }
 }
 
 #[test]

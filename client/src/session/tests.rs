@@ -167,14 +167,16 @@ async fn session(mut conn: ServerConn, hello: ServerFrame, seen: mpsc::Sender<St
                     held.push((id, channel, 1000 + i as u64));
                     if held.len() == n {
                         for (reply_to, channel, seq) in held.drain(..).rev() {
-                            conn.send(&ServerFrame::Ack { reply_to, channel, seq, ts: 7 }).await;
+                            conn.send(&ServerFrame::Ack { reply_to, channel, seq, ts: 7, cursor: None }).await;
                         }
                     }
                 }
                 _ => {
                     seq += 1;
                     let ts = 1_000 + seq as i64;
-                    conn.send(&ServerFrame::Ack { reply_to: id, channel: channel.clone(), seq, ts }).await;
+                    let ack =
+                        ServerFrame::Ack { reply_to: id, channel: channel.clone(), seq, ts, cursor: Some(cursor(seq)) };
+                    conn.send(&ack).await;
                     let message = ChatMessage { client_msg_id, ..ChatMessage::new(channel, seq, ts, user("U1"), text) };
                     conn.send(&ServerFrame::event(cursor(seq), Event::Message(message))).await;
                 }
@@ -370,7 +372,7 @@ async fn speaks_the_protocol(kind: &str) {
     assert_eq!(client.last_cursor(), Some(cursor(0)), "before any event: the boot cursor");
 
     let ack = client.send(&chan(), "hello", "m1", None).await.unwrap();
-    assert_eq!(ack, Ack { channel: chan(), seq: 1, ts: 1_001 });
+    assert_eq!(ack, Ack { channel: chan(), seq: 1, ts: 1_001, cursor: Some(cursor(1)) });
     assert_eq!(client.send(&chan(), "again", "m2", None).await.unwrap().seq, 2);
     for (seq, text) in [(1, "hello"), (2, "again")] {
         match next(&mut client).await {

@@ -1,5 +1,6 @@
 //! What a client is answered from a workspace's state: the cache's part of its `hello`, and its
-//! queries (`users`, `members`, `channels`, `history`, `thread`) — or that the origin must answer.
+//! queries (`users`, `members`, `channels`, `history`, `thread`) — or that the origin must answer
+//! (older history, threads, and every `search`).
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -96,6 +97,8 @@ impl WorkspaceState {
                 QueryKind::Channels => self.query_channels(user, q),
                 QueryKind::History => self.query_history(user, q),
                 QueryKind::Thread => self.query_thread(user, q),
+                // The search index is the origin's (ARCHITECTURE §8 "Search").
+                QueryKind::Search => Ok(QueryAnswer::NeedsOrigin),
             }
         };
         answer.unwrap_or_else(|Refusal { code, message }| QueryAnswer::Refused { code, message })

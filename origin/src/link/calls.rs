@@ -27,7 +27,9 @@ use crate::{
     error::{OriginError, RequestId},
     feed::{self, relay::Relayed, Feed, Position, Read},
     messages::{history, sequencer::SendRequest},
-    presence, snapshot, Origin,
+    presence,
+    search::{self, Ask},
+    snapshot, Origin,
 };
 
 /// Just the id of a call that does not decode as a whole, so its error can still be matched to
@@ -211,6 +213,18 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
             let bounds = history::Bounds { before, after, limit: limit as usize };
             let page = history::thread(&origin.store, &caller, &channel, root, bounds).await?;
             Ok(Answer::Messages { messages: page.messages, has_more: page.has_more })
+        }
+        Call::Search { workspace, user, text, sort, limit, page, wait_for } => {
+            let search = origin.search.as_ref().ok_or_else(|| OriginError::NotFound(search::DISABLED.into()))?;
+            let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
+            let ask = Ask {
+                q: text,
+                sort: sort.into(),
+                limit: limit.map(|l| l as usize),
+                cursor: page,
+                after: wait_for.map(|c| c.to_string()),
+            };
+            Ok(Answer::Found(search.ask(&origin.store, &caller, ask).await?))
         }
         Call::Events { workspace, after, limit } => events(&origin.feed, &workspace, &after, limit).await,
         Call::MarkRead { workspace, user, channel, seq } => {

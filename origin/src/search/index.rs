@@ -39,10 +39,10 @@ use std::{
     collections::{BTreeMap, HashSet},
     ops::{Bound, Range},
     path::Path,
-    sync::Arc,
+    sync::{Arc, PoisonError},
 };
 
-use selvage_shared::{ChannelId, Message, Seq, UserId, WorkspaceId};
+use selvage_shared::{ChannelId, Message, SearchSort, Seq, UserId, WorkspaceId};
 use tantivy::{
     collector::TopDocs,
     directory::MmapDirectory,
@@ -68,8 +68,8 @@ use crate::feed::{self, Position};
 /// the store (its cursor is then behind the consumer's).
 const LAYOUT: &str = "v1";
 
-/// Most hits on one page.
-pub const MAX_LIMIT: usize = 100;
+/// Most hits on one page (the edge checks a `search` query's limit against the same).
+pub const MAX_LIMIT: usize = selvage_shared::MAX_SEARCH_LIMIT;
 /// Deepest a page may start.
 pub const MAX_OFFSET: usize = 5_000;
 /// How much recency can multiply a relevance score by, on top of 1.
@@ -91,6 +91,15 @@ pub enum Sort {
     Relevance,
     /// Newest first.
     Recent,
+}
+
+impl From<SearchSort> for Sort {
+    fn from(sort: SearchSort) -> Sort {
+        match sort {
+            SearchSort::Relevance => Sort::Relevance,
+            SearchSort::Recent => Sort::Recent,
+        }
+    }
 }
 
 /// Tuning of the index writer.
@@ -199,12 +208,18 @@ struct WriterState {
     dirty: bool,
 }
 
+/// The feed position searches see: that of the last commit once the reader has reloaded it.
+/// The commit's payload is on disk a moment before the reader shows the commit, and a search
+/// that waits for a cursor (read your writes) must not run in between.
+type Searchable = Arc<std::sync::Mutex<Option<Position>>>;
+
 /// The search index (see the module's documentation).
 pub struct SearchIndex {
     index: Index,
     reader: IndexReader,
     fields: Fields,
     writer: Arc<Mutex<WriterState>>,
+    searchable: Searchable,
 }
 
 impl SearchIndex {
@@ -219,12 +234,14 @@ impl SearchIndex {
         let writer = index.writer_with_num_threads(options.writer_threads.max(1), options.writer_memory_bytes)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = Arc::new(Mutex::new(WriterState { writer, dirty: false }));
-        Ok(SearchIndex { index, reader, fields, writer })
+        let searchable = Arc::new(std::sync::Mutex::new(read_cursor(&index)?));
+        Ok(SearchIndex { index, reader, fields, writer, searchable })
     }
 
-    /// The feed position the last commit covers; `None` for an index never committed with one.
+    /// The feed position the last commit covers, as searches see it; `None` for an index never
+    /// committed with one.
     pub fn cursor(&self) -> Result<Option<Position>, SearchError> {
-        read_cursor(&self.index)
+        Ok(*self.searchable.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// How many messages the index holds, as of the last commit.
@@ -241,7 +258,13 @@ impl SearchIndex {
     /// indexer holds it for a batch, a rebuild for the whole rebuild.
     pub async fn writer(&self) -> Result<Writer, SearchError> {
         let state = self.writer.clone().lock_owned().await;
-        let mut writer = Writer { state, reader: self.reader.clone(), index: self.index.clone(), fields: self.fields };
+        let mut writer = Writer {
+            state,
+            reader: self.reader.clone(),
+            index: self.index.clone(),
+            fields: self.fields,
+            searchable: self.searchable.clone(),
+        };
         if writer.state.dirty {
             writer = writer.run(Writer::rollback).await?.0;
         }
@@ -636,6 +659,7 @@ pub struct Writer {
     reader: IndexReader,
     index: Index,
     fields: Fields,
+    searchable: Searchable,
 }
 
 impl Writer {
@@ -707,6 +731,7 @@ impl Writer {
         prepared.commit()?;
         self.state.dirty = false;
         self.reader.reload()?;
+        *self.searchable.lock().unwrap_or_else(PoisonError::into_inner) = Some(*covers);
         Ok(())
     }
 

@@ -31,8 +31,8 @@
 use selvage_shared::{ChannelId, UserId};
 use time::{Date, Month};
 
-/// Longest query, in characters.
-pub const MAX_QUERY_CHARS: usize = 1_000;
+/// Longest query, in characters (the edge checks a `search` query's text against the same).
+pub const MAX_QUERY_CHARS: usize = selvage_shared::MAX_SEARCH_CHARS;
 /// Most words and phrases in a query, excluded ones included.
 pub const MAX_TERMS: usize = 32;
 /// Most `from:` and `in:` filters in a query, together.

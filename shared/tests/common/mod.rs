@@ -216,7 +216,32 @@ pub fn query() -> impl Strategy<Value = Query> {
             let needs_channel = matches!(q, QueryKind::Members | QueryKind::History | QueryKind::Thread);
             let channel = if needs_channel { Some(needed) } else { maybe };
             let root = (q == QueryKind::Thread).then_some(root);
-            Query { id, q, channel, users, before, after, root, limit, page }
+            Query { channel, users, before, after, root, limit, page, ..Query::new(id, q) }
+        })
+}
+
+pub fn search_sort() -> impl Strategy<Value = SearchSort> {
+    prop_oneof![Just(SearchSort::Relevance), Just(SearchSort::Recent)]
+}
+
+/// A `search` query that passes validation: a text with something besides spaces, and only
+/// the fields a search takes.
+pub fn search_query() -> impl Strategy<Value = Query> {
+    (
+        request_id(),
+        "[^\\x00]{0,23}[^\\x00\\s]",
+        option::of(search_sort()),
+        option::of(1..=MAX_SEARCH_LIMIT as u32),
+        option::of(text()),
+        option::of(cursor()),
+    )
+        .prop_map(|(id, text, sort, limit, page, wait_for)| Query {
+            text: Some(text),
+            sort,
+            limit,
+            page,
+            wait_for,
+            ..Query::new(id, QueryKind::Search)
         })
 }
 
@@ -233,6 +258,7 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
         channel_id().prop_map(|channel| ClientFrame::Typing { channel }),
         vec(user_id(), 0..6).prop_map(|users| ClientFrame::PresenceSub { users }),
         query().prop_map(ClientFrame::Query),
+        search_query().prop_map(ClientFrame::Query),
         (channel_id(), any::<u64>()).prop_map(|(channel, seq)| ClientFrame::MarkRead { channel, seq }),
         any::<bool>().prop_map(|dnd| ClientFrame::SetPresence { dnd }),
     ]
@@ -270,6 +296,16 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
     ]
 }
 
+pub fn search_result() -> impl Strategy<Value = SearchResult> {
+    let snippet = (text(), text(), any::<u64>(), vec(any::<[u64; 2]>(), 0..3))
+        .prop_map(|(field, fragment, offset, highlights)| SearchSnippet { field, fragment, offset, highlights });
+    (channel(), message(), vec(snippet, 0..3)).prop_map(|(channel, message, snippets)| SearchResult {
+        channel,
+        message,
+        snippets,
+    })
+}
+
 pub fn query_result() -> impl Strategy<Value = QueryResult> {
     (
         text(),
@@ -277,14 +313,18 @@ pub fn query_result() -> impl Strategy<Value = QueryResult> {
         vec(channel_boot(), 0..3),
         vec(user_id(), 0..3),
         vec(message(), 0..3),
+        vec(search_result(), 0..2),
+        option::of(any::<bool>()),
         option::of(text()),
     )
-        .prop_map(|(reply_to, users, channels, members, messages, next)| QueryResult {
+        .prop_map(|(reply_to, users, channels, members, messages, results, caught_up, next)| QueryResult {
             reply_to,
             users,
             channels,
             members,
             messages,
+            results,
+            caught_up,
             next,
         })
 }
@@ -292,12 +332,13 @@ pub fn query_result() -> impl Strategy<Value = QueryResult> {
 pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
         1 => hello().prop_map(ServerFrame::Hello),
-        1 => (text(), channel_id(), any::<u64>(), any::<i64>()).prop_map(
-            |(reply_to, channel, seq, ts)| ServerFrame::Ack {
+        1 => (text(), channel_id(), any::<u64>(), any::<i64>(), option::of(cursor())).prop_map(
+            |(reply_to, channel, seq, ts, cursor)| ServerFrame::Ack {
                 reply_to,
                 channel,
                 seq,
-                ts
+                ts,
+                cursor
             }
         ),
         1 => (option::of(text()), error_code(), text()).prop_map(|(reply_to, code, message)| {
