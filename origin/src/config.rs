@@ -57,8 +57,9 @@ pub struct SearchConfig {
     pub writer_memory_mib: usize,
     /// Threads the index writer uses.
     pub writer_threads: usize,
-    /// Longest a search with `after` waits for the index to cover that cursor, in ms; past it
-    /// the search answers with what is indexed, saying so (`caught_up: false`).
+    /// Longest a search with `after` waits for the index to cover that cursor, in ms (at most
+    /// 8,000: under an edge's deadline for a call); past it the search answers with what is
+    /// indexed, saying so (`caught_up: false`).
     pub max_wait_ms: u64,
 }
 
@@ -80,8 +81,10 @@ impl SearchConfig {
         if self.writer_memory_mib < 16 * self.writer_threads {
             return Err("search.writer_memory_mib must be at least 16 per writer thread".into());
         }
-        if self.max_wait_ms > 60_000 {
-            return Err("search.max_wait_ms must be at most 60000".into());
+        // Under the edge's 10 s deadline for a call over the link, so that a search waiting
+        // through an edge answers rather than times out.
+        if self.max_wait_ms > 8_000 {
+            return Err("search.max_wait_ms must be at most 8000".into());
         }
         Ok(())
     }
