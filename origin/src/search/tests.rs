@@ -369,12 +369,15 @@ struct Node {
 
 impl Node {
     async fn start(dir: &Path) -> Node {
-        let config = OriginConfig {
+        let mut config = OriginConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.to_path_buf(),
             fsync: false,
             ..OriginConfig::default()
         };
+        // These tests run the consumer `search` themselves, over an index of their own: the
+        // origin's would hold its lease.
+        config.search.enabled = false;
         let shutdown = CancellationToken::new();
         let running = crate::start(config, shutdown.clone()).await.unwrap();
         Node { running: Some(running), shutdown }
