@@ -202,12 +202,10 @@ async fn recheck(store: &Store, caller: &Caller, hits: Vec<super::Hit>) -> Resul
                 visible.insert(hit.channel.clone(), channel);
             }
             let Some(Some(channel)) = visible.get(&hit.channel) else { continue };
-            let Some(message) = messages::load(tx, w, &hit.channel, hit.seq).await?.filter(|m| !m.deleted) else {
+            let Some(mut message) = messages::load(tx, w, &hit.channel, hit.seq).await?.filter(|m| !m.deleted) else {
                 continue;
             };
-            let mut one = [message];
-            messages::decorate(tx, w, &hit.channel, &mut one).await?;
-            let [message] = one;
+            messages::decorate(tx, w, &hit.channel, std::slice::from_mut(&mut message)).await?;
             let snippets = [("text", &hit.text), ("files", &hit.files)]
                 .into_iter()
                 .filter_map(|(field, s)| s.as_ref().map(|s| snippet(field, s)))
