@@ -273,6 +273,10 @@ async fn bad_searches_get_a_400_that_says_what_is_wrong() {
     let (s, v) = o.get(&format!("/v1/search?q={}", urlencode(&long)), &admin).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(o.get("/v1/search?q=x", "wrong-token").await.0, StatusCode::UNAUTHORIZED);
+    let (_, bob) = o.user(&admin, "bob").await;
+    assert_eq!(o.get("/v1/search?q=x", &bob).await.0, StatusCode::OK);
+    assert_eq!(o.post("/v1/tokens/revoke", &bob, json!({})).await.0, StatusCode::OK);
+    assert_eq!(o.get("/v1/search?q=x", &bob).await.0, StatusCode::UNAUTHORIZED, "a revoked token");
     // Counted, those the search service saw (not those the query string's parser refused).
     assert_eq!(o.metric("selvage_search_queries_total{outcome=\"bad_request\"}").await, 9.0);
     o.stop().await;
