@@ -402,7 +402,7 @@ async fn phases(
     let options =
         IndexOptions { writer_memory_bytes: args.writer_memory_mib * 1024 * 1024, writer_threads: args.writer_threads };
     let index = Arc::new(SearchIndex::open(index_dir, &options)?);
-    let indexer = Indexer::new(index.clone(), origin.feed.clone(), origin.store.clone());
+    let indexer = Indexer::new(index.clone(), origin.feed.clone(), origin.store.clone(), origin.metrics.clone());
     let consumer_options = ConsumerOptions::from_config(&origin.config.consumers);
     let runner = ConsumerRunner::new(origin.feed.clone(), Arc::new(indexer), consumer_options)?;
     let started = Instant::now();

@@ -85,6 +85,14 @@ pub struct Metrics {
     /// Age of the oldest feed event the search index has not taken in, seconds; 0 when caught
     /// up.
     pub search_index_lag_seconds: Gauge,
+    /// Rebuilds of the search index from the store, by reason (`trimmed`: the feed no longer
+    /// holds events the index misses; `requested`: `selvage admin reindex`).
+    pub search_index_rebuilds: IntCounterVec,
+    /// Feed events indexed again because the index had lost them (uncommitted work lost in a
+    /// crash, or an index directory older than the consumer's cursor).
+    pub search_index_replayed_events: IntCounter,
+    /// Commits of the search index.
+    pub search_index_commits: IntCounter,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -280,9 +288,24 @@ impl Metrics {
                 "Age of the oldest feed event the search index has not taken in; 0 when caught up",
             )
             .expect("valid gauge"),
+            search_index_rebuilds: IntCounterVec::new(
+                Opts::new(
+                    "selvage_search_index_rebuilds_total",
+                    "Rebuilds of the search index from the store by reason (trimmed, requested)",
+                ),
+                &["reason"],
+            )
+            .expect("valid counter"),
+            search_index_replayed_events: IntCounter::new(
+                "selvage_search_index_replayed_events_total",
+                "Feed events indexed again because the index had lost them (e.g. uncommitted work lost in a crash)",
+            )
+            .expect("valid counter"),
+            search_index_commits: IntCounter::new("selvage_search_index_commits_total", "Commits of the search index")
+                .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 35] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 38] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -318,6 +341,9 @@ impl Metrics {
             Box::new(m.search_index_documents.clone()),
             Box::new(m.search_index_lag_events.clone()),
             Box::new(m.search_index_lag_seconds.clone()),
+            Box::new(m.search_index_rebuilds.clone()),
+            Box::new(m.search_index_replayed_events.clone()),
+            Box::new(m.search_index_commits.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

@@ -184,6 +184,14 @@ pub trait Consumer: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The runner read everything the feed holds and waits for more: the place to finish work
+    /// held back to batch it (search commits its index here). Called each time the runner finds
+    /// nothing new, so cheap when nothing is held; a failure is logged and counted like a
+    /// failed batch, and the call is repeated after a backoff.
+    async fn caught_up(&self) -> Result<(), ConsumerError> {
+        Ok(())
+    }
+
     /// The events after `from` up to `trim_point` were trimmed before this consumer handled
     /// them. Runs in the transaction that moves the cursor to `trim_point`; the place to mark
     /// what the service keeps for a rebuild.
@@ -372,6 +380,17 @@ impl ConsumerRunner {
                         limit = self.options.batch_size;
                     }
                     Ok(Step::CaughtUp) => {
+                        let finished = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            finished = unpanicked("caught_up", self.consumer.caught_up()) => finished,
+                        };
+                        if let Err(e) = finished {
+                            self.failed(&cursor, &e);
+                            if !pause(shutdown, retry.next()).await {
+                                return;
+                            }
+                            continue;
+                        }
                         retry.reset();
                         let until_renewal = renew_every.saturating_sub(renewed.elapsed());
                         tokio::select! {

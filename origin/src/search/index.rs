@@ -14,11 +14,12 @@
 //! crash — SIGKILL included — the index and its cursor agree. The indexer (`indexer`) compares
 //! it with the consumer's cursor in the store to find out whether the index misses events.
 //!
-//! **Permissions are not in the index.** Documents carry their workspace and channel only; a
-//! search is given the set of channels the caller may read *now* (computed from the store by
-//! the caller, see [`super::readable_channels`]) and requires `workspace = W AND channel ∈
-//! allowed` in the tantivy query itself, so membership changes take effect at once, with
-//! nothing to reindex.
+//! **Permissions are not in the index.** Documents carry their workspace and channel only
+//! (and both as one number, [`room`]); a search is given the set of channels the caller may
+//! read *now* (computed from the store by the caller, see [`super::ReadableChannels`]), and
+//! only documents in one of those channels of the caller's workspace, posted within the
+//! query's dates, reach the ranking ([`Permitted`], a filter on fast fields applied to every
+//! match), so membership changes take effect at once, with nothing to reindex.
 //!
 //! **Ranking.** [`Sort::Recent`] orders by the message's timestamp, newest first.
 //! [`Sort::Relevance`] multiplies tantivy's BM25 score (summed over the text and file-name
@@ -37,22 +38,25 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    ops::{Bound, Range},
+    ops::Range,
     path::Path,
     sync::{Arc, PoisonError},
+    time::{Duration, Instant},
 };
 
-use selvage_shared::{ChannelId, Message, SearchSort, Seq, UserId, WorkspaceId};
+use selvage_shared::{ChannelId, Message, SearchSort, Seq, WorkspaceId};
 use tantivy::{
-    collector::TopDocs,
+    collector::{Collector, SegmentCollector, TopDocs},
+    columnar::ColumnValues,
     directory::MmapDirectory,
     query::{
-        BooleanQuery, ConstScoreQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TantivyQuery, RangeQuery,
-        TermQuery, TermSetQuery,
+        AllQuery, BooleanQuery, ConstScoreQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TantivyQuery,
+        TermQuery,
     },
     schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING},
     snippet::SnippetGenerator,
-    DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, SegmentReader, TantivyDocument, Term,
+    DocAddress, DocId, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score, Searcher, SegmentReader,
+    TantivyDocument, Term,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -66,7 +70,7 @@ use crate::feed::{self, Position};
 /// The layout's version: the index lives in a subdirectory named for it, so a release that
 /// changes the schema or the analysis starts an empty index, which the indexer rebuilds from
 /// the store (its cursor is then behind the consumer's).
-const LAYOUT: &str = "v1";
+const LAYOUT: &str = "v2";
 
 /// Most hits on one page (the edge checks a `search` query's limit against the same).
 pub const MAX_LIMIT: usize = selvage_shared::MAX_SEARCH_LIMIT;
@@ -151,7 +155,8 @@ pub struct Snippet {
 #[derive(Clone, Copy)]
 struct Fields {
     key: Field,
-    workspace: Field,
+    /// [`room`]: the workspace and channel as one number, for the permission filter.
+    room: Field,
     channel: Field,
     seq: Field,
     author: Field,
@@ -178,11 +183,11 @@ fn schema() -> (Schema, Fields) {
     };
     let fields = Fields {
         key: b.add_text_field("key", STRING),
-        workspace: b.add_text_field("workspace", STRING),
+        room: b.add_u64_field("room", FAST),
         channel: b.add_text_field("channel", STRING | STORED),
-        seq: b.add_u64_field("seq", INDEXED | STORED),
+        seq: b.add_u64_field("seq", STORED),
         author: b.add_text_field("author", STRING),
-        ts: b.add_i64_field("ts", INDEXED | STORED | FAST),
+        ts: b.add_i64_field("ts", STORED | FAST),
         thread: b.add_bool_field("thread", INDEXED),
         has_file: b.add_bool_field("has_file", INDEXED),
         has_link: b.add_bool_field("has_link", INDEXED),
@@ -199,13 +204,30 @@ fn key(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> String {
     format!("{w}/{c}/{seq}")
 }
 
-/// The writer and whether it holds changes no commit covers.
+/// A channel of a workspace as one number: the 64-bit FNV-1a hash of `W/C`, written with each
+/// document as a fast field so that the permission filter is a lookup per matching document
+/// (see [`Permitted`]). Stable across releases and machines (it is on disk). Two channels
+/// sharing a number (odds of about one in 10^8 among a million channels) would let the filter
+/// pass the other's documents; the re-check of every hit against the store still drops them.
+fn room(w: &WorkspaceId, c: &ChannelId) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let bytes = w.as_str().bytes().chain(std::iter::once(b'/')).chain(c.as_str().bytes());
+    bytes.fold(OFFSET, |hash, b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// The writer, and what it holds that no commit covers yet.
 struct WriterState {
     writer: IndexWriter,
-    /// Set by every change, cleared by a commit or a rollback: a writer handed over with
-    /// changes still pending (its holder failed or was cancelled) is rolled back first, so a
-    /// later commit never publishes half of someone else's work.
+    /// Set by every change, cleared by [`Writer::covers`], a commit or a rollback: a writer
+    /// handed over with a change its holder did not finish (it failed or was cancelled) is
+    /// rolled back first, so a later commit never publishes half of someone else's work.
     dirty: bool,
+    /// Finished changes not yet committed, and the feed position they bring the index to
+    /// ([`Writer::covers`]). A commit makes them durable; a rollback drops them with the rest.
+    pending: Option<Position>,
+    /// When the index last committed (or was opened).
+    committed_at: Instant,
 }
 
 /// The feed position searches see: that of the last commit once the reader has reloaded it.
@@ -233,7 +255,8 @@ impl SearchIndex {
         index.tokenizers().register(WORDS_ANALYZER, analysis::prefix_analyzer());
         let writer = index.writer_with_num_threads(options.writer_threads.max(1), options.writer_memory_bytes)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        let writer = Arc::new(Mutex::new(WriterState { writer, dirty: false }));
+        let writer =
+            Arc::new(Mutex::new(WriterState { writer, dirty: false, pending: None, committed_at: Instant::now() }));
         let searchable = Arc::new(std::sync::Mutex::new(read_cursor(&index)?));
         Ok(SearchIndex { index, reader, fields, writer, searchable })
     }
@@ -291,7 +314,7 @@ impl SearchIndex {
             None => PageCursor { offset: 0, as_of: crate::now_ms() },
         };
         let empty = Page { hits: Vec::new(), next: None };
-        let Some(filters) = self.filters(query, workspace, allowed, page.as_of) else { return Ok(empty) };
+        let Some((filters, permit)) = self.filters(query, workspace, allowed, page.as_of) else { return Ok(empty) };
         let text = self.text_queries(query);
         if !query.terms.is_empty() && text.positive.is_empty() {
             // Every word was punctuation: nothing can match it.
@@ -302,10 +325,11 @@ impl SearchIndex {
         clauses.extend(filters.into_iter().map(|f| (Occur::Must, zero_score(f))));
         clauses.extend(text.positive.into_iter().map(|q| (Occur::Must, q)));
         clauses.extend(text.negative.into_iter().map(|q| (Occur::MustNot, q)));
-        let tantivy_query = BooleanQuery::new(clauses);
+        let tantivy_query: Box<dyn TantivyQuery> =
+            if clauses.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(clauses)) };
 
         let searcher = self.reader.searcher();
-        let ranked = self.rank(&searcher, &tantivy_query, sort, &page, limit)?;
+        let ranked = self.rank(&searcher, tantivy_query.as_ref(), permit, sort, &page, limit)?;
         let more = ranked.len() > limit;
         let highlighter = Highlighter::new(&searcher, self.fields, text.highlight, &text.prefixes)?;
         let mut hits = Vec::with_capacity(limit);
@@ -322,6 +346,7 @@ impl SearchIndex {
         &self,
         searcher: &Searcher,
         query: &dyn TantivyQuery,
+        permit: Permit,
         sort: Sort,
         page: &PageCursor,
         limit: usize,
@@ -329,7 +354,8 @@ impl SearchIndex {
         let top = TopDocs::with_limit(limit + 1).and_offset(page.offset);
         match sort {
             Sort::Recent => {
-                let docs = searcher.search(query, &top.order_by_fast_field::<i64>("ts", Order::Desc))?;
+                let newest = permit.wrap(top.order_by_fast_field::<i64>("ts", Order::Desc));
+                let docs = searcher.search(query, &newest)?;
                 Ok(docs.into_iter().map(|(_, address)| (0.0, address)).collect())
             }
             Sort::Relevance => {
@@ -341,7 +367,7 @@ impl SearchIndex {
                         blend(score, as_of.saturating_sub(posted))
                     }
                 });
-                Ok(searcher.search(query, &collector)?)
+                Ok(searcher.search(query, &permit.wrap(collector))?)
             }
         }
     }
@@ -374,15 +400,16 @@ impl SearchIndex {
         })
     }
 
-    /// The filters of a search, or `None` when they can match nothing (no channel left to look
-    /// in, no author resolved).
+    /// The filters of a search: the queries of its operators, and the channels and times a
+    /// hit must be in; `None` when they can match nothing (no channel left to look in, no
+    /// author resolved).
     fn filters(
         &self,
         query: &Query,
         w: &WorkspaceId,
         allowed: &HashSet<ChannelId>,
         as_of: i64,
-    ) -> Option<Vec<Box<dyn TantivyQuery>>> {
+    ) -> Option<(Vec<Box<dyn TantivyQuery>>, Permit)> {
         let f = &self.fields;
         let mut channels: Vec<&ChannelId> = allowed.iter().collect();
         if !query.channels.is_empty() {
@@ -399,38 +426,34 @@ impl SearchIndex {
         if channels.is_empty() {
             return None;
         }
-        let mut filters: Vec<Box<dyn TantivyQuery>> = vec![
-            Box::new(TermQuery::new(Term::from_field_text(f.workspace, w.as_str()), IndexRecordOption::Basic)),
-            Box::new(TermSetQuery::new(channels.into_iter().map(|c| Term::from_field_text(f.channel, c.as_str())))),
-        ];
+        let mut rooms: Vec<u64> = channels.into_iter().map(|c| room(w, c)).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let (from, until) = time_bounds(query, as_of);
+        let permit = Permit { rooms: Arc::new(rooms), from, until };
+        let mut filters: Vec<Box<dyn TantivyQuery>> = Vec::new();
         if !query.from.is_empty() {
-            let authors: Vec<&UserId> = query
+            let authors: Vec<(Occur, Box<dyn TantivyQuery>)> = query
                 .from
                 .iter()
                 .filter_map(|u| match u {
                     UserRef::Id(id) => Some(id),
                     UserRef::Handle(_) => None,
                 })
+                .map(|u| (Occur::Should, term(Term::from_field_text(f.author, u.as_str()))))
                 .collect();
             if authors.is_empty() {
                 return None;
             }
-            filters.push(Box::new(TermSetQuery::new(
-                authors.into_iter().map(|u| Term::from_field_text(f.author, u.as_str())),
-            )));
+            filters.push(Box::new(BooleanQuery::new(authors)));
         }
-        let (from, until) = time_bounds(query, as_of);
-        filters.push(Box::new(RangeQuery::new(
-            Bound::Included(Term::from_field_i64(f.ts, from)),
-            Bound::Included(Term::from_field_i64(f.ts, until)),
-        )));
         for (wanted, field) in [(query.has_file, f.has_file), (query.has_link, f.has_link), (query.is_thread, f.thread)]
         {
             if wanted {
-                filters.push(Box::new(TermQuery::new(Term::from_field_bool(field, true), IndexRecordOption::Basic)));
+                filters.push(term(Term::from_field_bool(field, true)));
             }
         }
-        Some(filters)
+        Some((filters, permit))
     }
 
     /// The tantivy queries of the query's words and phrases, and what to highlight.
@@ -528,6 +551,102 @@ fn is_lone_cjk(terms: &[(usize, String)]) -> bool {
 /// A filter: it decides what matches and adds nothing to the score.
 fn zero_score(query: Box<dyn TantivyQuery>) -> Box<dyn TantivyQuery> {
     Box::new(ConstScoreQuery::new(query, 0.0))
+}
+
+/// A query for one term of a filter field (no frequencies, no positions).
+fn term(term: Term) -> Box<dyn TantivyQuery> {
+    Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+}
+
+/// Where a hit must be: in one of the channels the caller may read (by [`room`], sorted), and
+/// posted within `from..=until` (ms).
+#[derive(Clone)]
+struct Permit {
+    rooms: Arc<Vec<u64>>,
+    from: i64,
+    until: i64,
+}
+
+impl Permit {
+    /// `collector`, seeing only the documents this permits.
+    fn wrap<C: Collector>(self, collector: C) -> Permitted<C> {
+        Permitted { permit: self, inner: collector }
+    }
+}
+
+/// The permission filter, applied to every document the query matches before it is ranked:
+/// two fast-field reads and a binary search. It stands in for `room ∈ allowed AND ts in
+/// range` clauses in the tantivy query, whose cost grew with the number of channels (a term
+/// set built per search) and with the index (a range over every document).
+struct Permitted<C> {
+    permit: Permit,
+    inner: C,
+}
+
+impl<C: Collector> Collector for Permitted<C> {
+    type Fruit = C::Fruit;
+    type Child = PermittedSegment<C::Child>;
+
+    fn for_segment(&self, ordinal: u32, segment: &SegmentReader) -> tantivy::Result<Self::Child> {
+        let fast = segment.fast_fields();
+        Ok(PermittedSegment {
+            permit: self.permit.clone(),
+            room: fast.u64("room")?.first_or_default_col(0),
+            ts: fast.i64("ts")?.first_or_default_col(0),
+            inner: self.inner.for_segment(ordinal, segment)?,
+            block: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        self.inner.requires_scoring()
+    }
+
+    fn merge_fruits(&self, fruits: Vec<<C::Child as SegmentCollector>::Fruit>) -> tantivy::Result<C::Fruit> {
+        self.inner.merge_fruits(fruits)
+    }
+}
+
+/// [`Permitted`] in one segment.
+struct PermittedSegment<S> {
+    permit: Permit,
+    room: Arc<dyn ColumnValues<u64>>,
+    ts: Arc<dyn ColumnValues<i64>>,
+    inner: S,
+    block: Vec<DocId>,
+}
+
+impl<S> PermittedSegment<S> {
+    fn permits(&self, doc: DocId) -> bool {
+        let ts = self.ts.get_val(doc);
+        ts >= self.permit.from
+            && ts <= self.permit.until
+            && self.permit.rooms.binary_search(&self.room.get_val(doc)).is_ok()
+    }
+}
+
+impl<S: SegmentCollector> SegmentCollector for PermittedSegment<S> {
+    type Fruit = S::Fruit;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        if self.permits(doc) {
+            self.inner.collect(doc, score);
+        }
+    }
+
+    fn collect_block(&mut self, docs: &[DocId]) {
+        let mut block = std::mem::take(&mut self.block);
+        block.clear();
+        block.extend(docs.iter().copied().filter(|&doc| self.permits(doc)));
+        if !block.is_empty() {
+            self.inner.collect_block(&block);
+        }
+        self.block = block;
+    }
+
+    fn harvest(self) -> S::Fruit {
+        self.inner.harvest()
+    }
 }
 
 /// The first and last ms a message may have been posted at: `before:` (the day's start,
@@ -688,7 +807,7 @@ impl Writer {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_text(f.key, key(w, &message.channel, message.seq));
-        doc.add_text(f.workspace, w.as_str());
+        doc.add_u64(f.room, room(w, &message.channel));
         doc.add_text(f.channel, message.channel.as_str());
         doc.add_u64(f.seq, message.seq);
         doc.add_text(f.author, message.user.as_str());
@@ -723,6 +842,31 @@ impl Writer {
         read_cursor(&self.index)
     }
 
+    /// The feed position the index covers with its finished changes, committed or not.
+    pub fn covered(&self) -> Result<Option<Position>, SearchError> {
+        match self.state.pending {
+            Some(p) => Ok(Some(p)),
+            None => self.cursor(),
+        }
+    }
+
+    /// Marks the changes so far as finished, bringing the index up to `position` of the feed;
+    /// they stay with the writer, for its next holder, until a commit (or a rollback).
+    pub fn covers(&mut self, position: Position) {
+        self.state.dirty = false;
+        self.state.pending = Some(position);
+    }
+
+    /// Whether finished changes wait for a commit.
+    pub fn has_pending(&self) -> bool {
+        self.state.pending.is_some()
+    }
+
+    /// How long ago the index last committed (or was opened).
+    pub fn since_commit(&self) -> Duration {
+        self.state.committed_at.elapsed()
+    }
+
     /// Makes every change so far durable and visible to searches, recording that the index
     /// now covers the feed up to `covers` (kept in the commit's payload).
     pub fn commit(&mut self, covers: &Position) -> Result<(), SearchError> {
@@ -730,15 +874,26 @@ impl Writer {
         prepared.set_payload(feed::cursor(covers).as_ref());
         prepared.commit()?;
         self.state.dirty = false;
+        self.state.pending = None;
+        self.state.committed_at = Instant::now();
         self.reader.reload()?;
         *self.searchable.lock().unwrap_or_else(PoisonError::into_inner) = Some(*covers);
         Ok(())
     }
 
-    /// Drops every change since the last commit.
+    /// Commits the finished changes, if any wait.
+    pub fn commit_pending(&mut self) -> Result<bool, SearchError> {
+        match self.state.pending {
+            Some(covers) => self.commit(&covers).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Drops every change since the last commit, finished or not.
     pub fn rollback(&mut self) -> Result<(), SearchError> {
         self.state.writer.rollback()?;
         self.state.dirty = false;
+        self.state.pending = None;
         Ok(())
     }
 }

@@ -3,25 +3,31 @@
 //!
 //! **Following the feed.** In `deliver` (outside the store: at least once) each batch's
 //! `message` events are indexed (text and file names), `message_changed` replaces the
-//! message's document and `message_deleted` removes it; then the index commits with the
-//! batch's end as its payload ([`Writer::commit`]), and only then does the runner move the
-//! consumer's cursor in the store. A crash between the two delivers the batch again, which
-//! changes nothing: documents are replaced by `(workspace, channel, seq)`, never added twice.
-//! The first start begins at the oldest event the feed keeps.
+//! message's document and `message_deleted` removes it; the writer then records that its
+//! changes bring the index up to the batch's end ([`Writer::covers`]). It **commits** — with
+//! that position as the commit's payload, see [`Writer::commit`] — when the runner has caught
+//! up with the feed ([`Consumer::caught_up`]), and at least every [`COMMIT_EVERY`] while it is
+//! behind, not per batch: a tantivy commit writes and syncs a segment and reopens the readers,
+//! which a batch of a few hundred events cannot pay for. Documents are replaced by
+//! `(workspace, channel, seq)`, never added twice, so indexing an event again changes nothing.
 //!
-//! **Finding what the index misses.** Before a batch, the index's committed cursor is compared
-//! with where the batch starts (the consumer's cursor):
+//! **The index's cursor is the truth.** The consumer's cursor in the store moves after every
+//! batch; the index's commit may be up to [`COMMIT_EVERY`] behind it, and a crash loses what
+//! was not committed. So before a batch the indexer compares the position its index covers
+//! (committed, or finished and waiting for a commit) with where the batch starts:
 //!
-//! - equal, or the index ahead (a crash after the index committed and before the cursor
-//!   moved): carry on; replaying is harmless.
-//! - the index behind: events the consumer handled are not in this index — its directory was
-//!   lost or replaced by an older copy, the layout changed (`index::LAYOUT`), or another node
-//!   ran the consumer. The index is rebuilt from the store ([`rebuild`]) before the batch.
+//! - equal, or the index ahead (it committed, then the process died before the cursor moved):
+//!   the events the index already covers are skipped.
+//! - the index behind (a crash lost uncommitted work; the directory was lost or replaced by an
+//!   older copy; the layout changed, `index::LAYOUT`; another node ran the consumer): the
+//!   events in between are read from the feed again and indexed ([`Indexer::replay`],
+//!   counted in `selvage_search_index_replayed_events_total`). If the feed no longer holds
+//!   them (trimmed), the index is rebuilt from the store instead.
 //!
 //! **Resync.** When the feed was trimmed past the consumer's cursor, [`Consumer::resync`] marks
 //! the index for a rebuild (in memory: the mark needs no durability, since after a restart the
-//! index's cursor is behind the consumer's and the comparison above rebuilds it anyway), and
-//! the next batch rebuilds it before it is indexed.
+//! index's cursor is behind the trim point and the replay above finds the events gone), and the
+//! next batch rebuilds it before it is indexed.
 //!
 //! **A rebuild** holds the index's writer for its whole length, so nothing commits in between:
 //! it reads the feed's head, clears the index, and indexes every stored message that is not
@@ -32,9 +38,12 @@
 //! converges to the store by the time the consumer reaches the feed's head. A crash during a
 //! rebuild commits nothing: the old index stands, and the rebuild starts again.
 
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -47,10 +56,11 @@ use super::{
 use crate::{
     feed::{
         self,
-        consumer::{Batch, Consumer, ConsumerError, StartFrom},
-        Feed, Position,
+        consumer::{Batch, Consumer, ConsumerError, Item, StartFrom},
+        Feed, Position, Read,
     },
     messages::records,
+    metrics::Metrics,
     store::{decode, keys, prefix_range, tuple, KvTxn, RangeRead, Store},
     transact,
 };
@@ -58,8 +68,15 @@ use crate::{
 /// The consumer's name: the key of its cursor and lease. Never renamed.
 pub const NAME: &str = "search";
 
+/// Most time between two commits while the indexer is behind the feed; it commits at once
+/// when it catches up.
+pub const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
 /// Messages read per store transaction during a rebuild.
 const REBUILD_PAGE: usize = 500;
+
+/// Events read per store transaction when the index replays what it lost.
+const REPLAY_PAGE: usize = 1_000;
 
 /// One change a batch makes to the index.
 enum Change {
@@ -72,72 +89,132 @@ pub struct Indexer {
     index: Arc<SearchIndex>,
     feed: Arc<Feed>,
     store: Store,
+    metrics: Arc<Metrics>,
     /// Set by a resync: rebuild before the next batch.
     rebuild: AtomicBool,
 }
 
 impl Indexer {
     /// An indexer keeping `index` current with `feed`, rebuilding it from `store` when needed.
-    pub fn new(index: Arc<SearchIndex>, feed: Arc<Feed>, store: Store) -> Indexer {
-        Indexer { index, feed, store, rebuild: AtomicBool::new(false) }
-    }
-
-    /// Whether the index must be rebuilt before it takes `batch`, and why.
-    fn needs_rebuild(&self, covered: Option<Position>, batch: &Batch) -> Option<&'static str> {
-        if self.rebuild.load(Ordering::Acquire) {
-            Some("the feed was trimmed past the consumer's cursor")
-        } else if covered.unwrap_or(feed::START) < batch.after {
-            Some("the index covers less of the feed than the consumer handled")
-        } else {
-            None
-        }
+    pub fn new(index: Arc<SearchIndex>, feed: Arc<Feed>, store: Store, metrics: Arc<Metrics>) -> Indexer {
+        Indexer { index, feed, store, metrics, rebuild: AtomicBool::new(false) }
     }
 
     async fn index_batch(&self, batch: &Batch) -> Result<(), SearchError> {
         let mut writer = self.index.writer().await?;
-        let mut covers = batch.next;
-        let covered = writer.cursor()?;
-        let rebuilt = match self.needs_rebuild(covered, batch) {
-            Some(why) => {
-                tracing::warn!(
-                    reason = why,
-                    index.cursor = %feed::cursor(&covered.unwrap_or(feed::START)),
-                    consumer.cursor = %feed::cursor(&batch.after),
-                    "rebuilding the search index from the store"
-                );
-                let (rebuilt_writer, head) = rebuild(&self.feed, &self.store, writer).await?;
-                writer = rebuilt_writer;
-                covers = covers.max(head);
-                true
-            }
-            None => false,
-        };
-        let changes = changes(batch);
-        let count = changes.len();
-        writer
-            .run(move |w| {
-                for change in changes {
-                    match change {
-                        Change::Put(ws, m) => w.put(&ws, &m)?,
-                        Change::Delete(ws, c, seq) => w.delete(&ws, &c, seq),
+        let mut covered = writer.covered()?.unwrap_or(feed::START);
+        if self.rebuild.load(Ordering::Acquire) {
+            (writer, covered) =
+                self.rebuild(writer, covered, "the feed was trimmed past the consumer's cursor").await?;
+            self.rebuild.store(false, Ordering::Release);
+        }
+        if covered < batch.after {
+            (writer, covered) = self.replay(writer, covered, &batch.after).await?;
+        }
+        let items: Vec<&Item> = batch.items.iter().filter(|item| item.position > covered).collect();
+        writer = apply(writer, changes(&items), covered.max(batch.next)).await?;
+        if writer.since_commit() >= COMMIT_EVERY {
+            self.commit(writer).await?;
+        }
+        Ok(())
+    }
+
+    /// Indexes again the events after `covered` up to `until` that the index lost (work it
+    /// did not commit before a crash, or an older index directory), reading them from the
+    /// feed; rebuilds from the store instead if the feed no longer holds them. Answers the
+    /// writer and the position the index then covers (`until` or past it).
+    async fn replay(
+        &self,
+        mut writer: Writer,
+        mut covered: Position,
+        until: &Position,
+    ) -> Result<(Writer, Position), SearchError> {
+        tracing::warn!(
+            index.cursor = %feed::cursor(&covered),
+            consumer.cursor = %feed::cursor(until),
+            "the search index covers less of the feed than the consumer handled; indexing the difference again"
+        );
+        let mut replayed = 0u64;
+        while covered < *until {
+            match self.feed.read_after(&covered, REPLAY_PAGE).await? {
+                Read::Resync { .. } => {
+                    return self.rebuild(writer, covered, "the feed no longer holds the events the index misses").await;
+                }
+                Read::Events { items, next } => {
+                    if next <= covered {
+                        return Err(SearchError::Corrupt(format!(
+                            "the feed holds no event after {} though the consumer handled up to {}",
+                            feed::cursor(&covered),
+                            feed::cursor(until)
+                        )));
+                    }
+                    let items: Vec<Item> =
+                        items.into_iter().map(|(position, event)| Item { position, event }).collect();
+                    replayed += items.len() as u64;
+                    writer = apply(writer, changes(&items.iter().collect::<Vec<_>>()), next).await?;
+                    covered = next;
+                    if writer.since_commit() >= COMMIT_EVERY {
+                        writer = self.commit(writer).await?;
                     }
                 }
-                w.commit(&covers)
-            })
-            .await?;
-        if rebuilt {
-            self.rebuild.store(false, Ordering::Release);
-            tracing::info!(docs = self.index.len(), "search index rebuilt");
+            }
         }
-        tracing::debug!(changes = count, cursor = %feed::cursor(&covers), "search index committed");
-        Ok(())
+        self.metrics.search_index_replayed_events.inc_by(replayed);
+        tracing::info!(events = replayed, cursor = %feed::cursor(&covered), "search index caught up with the consumer");
+        Ok((writer, covered))
+    }
+
+    /// Rebuilds the index from the store and commits it; answers the writer and the position
+    /// it covers.
+    async fn rebuild(
+        &self,
+        writer: Writer,
+        covered: Position,
+        why: &'static str,
+    ) -> Result<(Writer, Position), SearchError> {
+        tracing::warn!(reason = why, index.cursor = %feed::cursor(&covered), "rebuilding the search index from the store");
+        self.metrics.search_index_rebuilds.with_label_values(&["trimmed"]).inc();
+        let (writer, head) = rebuild(&self.feed, &self.store, writer).await?;
+        let covers = covered.max(head);
+        let (writer, ()) = writer.run(move |w| w.commit(&covers)).await?;
+        self.metrics.search_index_commits.inc();
+        tracing::info!(docs = self.index.len(), "search index rebuilt");
+        Ok((writer, covers))
+    }
+
+    /// Commits what the writer holds finished.
+    async fn commit(&self, writer: Writer) -> Result<Writer, SearchError> {
+        let (writer, committed) = writer.run(Writer::commit_pending).await?;
+        if committed {
+            self.metrics.search_index_commits.inc();
+            self.metrics.search_index_documents.set(self.index.len() as i64);
+            tracing::debug!(cursor = ?writer.cursor().ok().flatten().map(|c| feed::cursor(&c)), "search index committed");
+        }
+        Ok(writer)
     }
 }
 
-/// What `batch` changes in the index.
-fn changes(batch: &Batch) -> Vec<Change> {
+/// Applies `changes` and marks the index as covering the feed up to `covers`.
+async fn apply(writer: Writer, changes: Vec<Change>, covers: Position) -> Result<Writer, SearchError> {
+    let (writer, ()) = writer
+        .run(move |w| {
+            for change in changes {
+                match change {
+                    Change::Put(ws, m) => w.put(&ws, &m)?,
+                    Change::Delete(ws, c, seq) => w.delete(&ws, &c, seq),
+                }
+            }
+            w.covers(covers);
+            Ok(())
+        })
+        .await?;
+    Ok(writer)
+}
+
+/// What `items` change in the index.
+fn changes(items: &[&Item]) -> Vec<Change> {
     let mut out = Vec::new();
-    for item in &batch.items {
+    for item in items {
         let w = &item.event.workspace;
         match &item.event.event {
             Event::Message(m) => out.push(Change::Put(w.clone(), Box::new(m.clone()))),
@@ -163,6 +240,14 @@ impl Consumer for Indexer {
         self.index_batch(batch).await.map_err(ConsumerError::handler)
     }
 
+    async fn caught_up(&self) -> Result<(), ConsumerError> {
+        let writer = self.index.writer().await.map_err(ConsumerError::handler)?;
+        if writer.has_pending() {
+            self.commit(writer).await.map_err(ConsumerError::handler)?;
+        }
+        Ok(())
+    }
+
     async fn resync(&self, _tx: &mut dyn KvTxn, from: Position, trim_point: Position) -> Result<(), ConsumerError> {
         tracing::error!(
             from = %feed::cursor(&from),
@@ -179,7 +264,7 @@ impl Consumer for Indexer {
 /// and holds the indexer back until it is done (see the module's documentation).
 pub async fn reindex(feed: &Feed, store: &Store, index: &SearchIndex) -> Result<u64, SearchError> {
     let writer = index.writer().await?;
-    let covered = writer.cursor()?.unwrap_or(feed::START);
+    let covered = writer.covered()?.unwrap_or(feed::START);
     let (writer, head) = rebuild(feed, store, writer).await?;
     let covers = covered.max(head);
     writer.run(move |w| w.commit(&covers)).await?;

@@ -17,7 +17,7 @@
 //! ```ignore
 //! let mut query = search::query::parse(&q)?;                        // 400 on a QueryError
 //! search::resolve(&mut query, &StoreResolver::new(&store, &caller.workspace)).await?;
-//! let allowed = search::readable_channels(&store, &caller).await?;  // the permission check
+//! let allowed = readable.of(&store, &caller).await?;                // the permission check
 //! let index = index.clone();
 //! let page = spawn_blocking(move || index.search(&query, &w, &allowed, Sort::Relevance, 20, cursor)).await??;
 //! // …then check every hit against the store again before answering (ARCHITECTURE §7).
@@ -32,10 +32,10 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use async_trait::async_trait;
-use selvage_shared::{Channel, ChannelId, UserId, WorkspaceId};
+use selvage_shared::{ChannelId, UserId, WorkspaceId};
 
 pub use self::{
     index::{Hit, IndexOptions, Page, SearchIndex, Snippet, Sort},
@@ -45,8 +45,8 @@ pub use self::{
 };
 use crate::{
     caller::Caller,
-    channels::records::visible,
-    store::{decode, keys, tuple::last_str, RangeRead, Store, StoreError},
+    channels::records::Gate,
+    store::{decode, keys, tuple::last_str, KvTxn, RangeRead, Store, StoreError},
     transact,
 };
 
@@ -163,24 +163,93 @@ impl Resolver for StoreResolver<'_> {
 
 /// The channels whose messages `caller` may find, now: every public channel of their
 /// workspace and every channel, private channel, DM and group DM they are a member of — the
-/// rule of every read (ARCHITECTURE §7). Read in one transaction.
+/// rule of every read (ARCHITECTURE §7). Read in one transaction, uncached (a search reads them
+/// through [`ReadableChannels`]).
 pub async fn readable_channels(store: &Store, caller: &Caller) -> Result<HashSet<ChannelId>, SearchError> {
-    let w = &caller.workspace;
-    let (readable, _) = transact!(store, |tx| {
-        let mut joined = HashSet::new();
-        for (key, _) in tx.get_range(&RangeRead::prefix(&keys::joined_by(w, &caller.user.id))).await? {
-            if let Some(c) = last_str(&key).and_then(|s| ChannelId::parse(&s)) {
-                joined.insert(c);
-            }
-        }
-        let mut readable = HashSet::new();
-        for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::channels(w))).await? {
-            let channel: Channel = decode("channel", &raw)?;
-            if visible(&channel, joined.contains(&channel.id)) {
-                readable.insert(channel.id);
-            }
-        }
-        readable
-    })?;
+    let (readable, _) = transact!(store, |tx| { read_readable(tx, caller, None).await? })?;
     Ok(readable)
+}
+
+/// The channels `caller` may read, from the records in `tx`; the workspace's public channels
+/// from `public` when given.
+async fn read_readable(
+    tx: &mut dyn KvTxn,
+    caller: &Caller,
+    public: Option<&HashSet<ChannelId>>,
+) -> Result<HashSet<ChannelId>, StoreError> {
+    let mut readable = match public {
+        Some(public) => public.clone(),
+        None => public_channels(tx, &caller.workspace).await?,
+    };
+    for (key, _) in tx.get_range(&RangeRead::prefix(&keys::joined_by(&caller.workspace, &caller.user.id))).await? {
+        if let Some(c) = last_str(&key).and_then(|s| ChannelId::parse(&s)) {
+            readable.insert(c);
+        }
+    }
+    Ok(readable)
+}
+
+/// The public channels of `w`: those every member of the workspace may read.
+async fn public_channels(tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<HashSet<ChannelId>, StoreError> {
+    let mut public = HashSet::new();
+    for (key, raw) in tx.get_range(&RangeRead::prefix(&keys::channels(w))).await? {
+        let gate: Gate = decode("channel", &raw)?;
+        if let Some(c) = last_str(&key).and_then(|s| ChannelId::parse(&s)).filter(|_| gate.visible(false)) {
+            public.insert(c);
+        }
+    }
+    Ok(public)
+}
+
+/// Channels read as of one value of a workspace's gates counter.
+struct AsOf {
+    gates: i64,
+    channels: Arc<HashSet<ChannelId>>,
+}
+
+/// The channels each user may read, cached while their workspace's gates counter stays the
+/// same. Every transaction that writes a channel record or a membership adds 1 to that
+/// counter (`keys::gates`), so a search reads the counter in its own transaction, and a cached
+/// set read at the same value is exactly what the store holds now: a membership removed, a
+/// channel made private, counts at once. Without this, every search read and decoded every
+/// channel record of the workspace.
+pub struct ReadableChannels {
+    /// Per workspace, its public channels.
+    public: moka::sync::Cache<WorkspaceId, Arc<AsOf>>,
+    /// Per user, the channels they may read.
+    users: moka::sync::Cache<(WorkspaceId, UserId), Arc<AsOf>>,
+}
+
+impl ReadableChannels {
+    /// A cache of at most `users` users' sets (and as many workspaces').
+    pub fn new(users: u64) -> ReadableChannels {
+        ReadableChannels { public: moka::sync::Cache::new(users.max(1)), users: moka::sync::Cache::new(users.max(1)) }
+    }
+
+    /// The channels `caller` may read now (see [`readable_channels`]).
+    pub async fn of(&self, store: &Store, caller: &Caller) -> Result<Arc<HashSet<ChannelId>>, SearchError> {
+        let w = &caller.workspace;
+        let user_key = (w.clone(), caller.user.id.clone());
+        let (channels, _) = transact!(store, |tx| {
+            let gates = tx.get(&keys::gates(w)).await?.as_deref().map_or(0, crate::feed::le_i64);
+            match self.users.get(&user_key).filter(|cached| cached.gates == gates) {
+                Some(cached) => cached.channels.clone(),
+                None => {
+                    let public = match self.public.get(w).filter(|cached| cached.gates == gates) {
+                        Some(cached) => cached,
+                        None => {
+                            let channels = Arc::new(public_channels(tx, w).await?);
+                            let fresh = Arc::new(AsOf { gates, channels });
+                            self.public.insert(w.clone(), fresh.clone());
+                            fresh
+                        }
+                    };
+                    let channels = Arc::new(read_readable(tx, caller, Some(&public.channels)).await?);
+                    self.users.insert(user_key.clone(), Arc::new(AsOf { gates, channels: channels.clone() }));
+                    channels
+                }
+            }
+        })?;
+        Ok(channels)
+    }
 }

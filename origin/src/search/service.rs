@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     indexer::{self, Indexer},
-    query, readable_channels, resolve, IndexOptions, SearchError, SearchIndex, Snippet, Sort, StoreResolver,
+    query, resolve, IndexOptions, ReadableChannels, SearchError, SearchIndex, Snippet, Sort, StoreResolver,
 };
 use crate::{
     caller::Caller,
@@ -52,6 +52,9 @@ const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The most events of lag measured: past it, the lag metric reads this many.
 const LAG_CAP: usize = 10_000;
+
+/// Users whose readable channels are cached (see [`ReadableChannels`]).
+const READABLE_CACHED: u64 = 10_000;
 
 /// What is told to a client when search is off.
 pub const DISABLED: &str = "search is not enabled on this origin";
@@ -86,6 +89,7 @@ impl Ask {
 /// The search service (see the module's documentation).
 pub struct Search {
     index: Arc<SearchIndex>,
+    readable: ReadableChannels,
     config: SearchConfig,
     metrics: Arc<Metrics>,
 }
@@ -99,7 +103,7 @@ impl Search {
         };
         let index = Arc::new(SearchIndex::open(&data_dir.join("search"), &options)?);
         metrics.search_index_documents.set(index.len() as i64);
-        Ok(Search { index, config: config.clone(), metrics })
+        Ok(Search { index, readable: ReadableChannels::new(READABLE_CACHED), config: config.clone(), metrics })
     }
 
     /// The index.
@@ -116,7 +120,7 @@ impl Search {
         consumers: &ConsumersConfig,
         shutdown: &CancellationToken,
     ) -> Result<Vec<JoinHandle<()>>, ConsumerError> {
-        let indexer = Indexer::new(self.index.clone(), feed.clone(), store.clone());
+        let indexer = Indexer::new(self.index.clone(), feed.clone(), store.clone(), self.metrics.clone());
         let runner = ConsumerRunner::new(feed.clone(), Arc::new(indexer), ConsumerOptions::from_config(consumers))?;
         let lag = tokio::spawn(measure_lag(self.index.clone(), feed.clone(), self.metrics.clone(), shutdown.clone()));
         Ok(vec![runner.spawn(shutdown.clone()), lag])
@@ -127,6 +131,7 @@ impl Search {
     pub async fn reindex(&self, feed: &Feed, store: &Store) -> Result<u64> {
         let started = Instant::now();
         let docs = indexer::reindex(feed, store, &self.index).await.map_err(internal)?;
+        self.metrics.search_index_rebuilds.with_label_values(&["requested"]).inc();
         self.metrics.search_index_documents.set(docs as i64);
         tracing::info!(docs, ms = started.elapsed().as_millis() as u64, "search index rebuilt on request");
         Ok(docs)
@@ -160,7 +165,7 @@ impl Search {
             None => true,
         };
         resolve(&mut query, &StoreResolver::new(store, &caller.workspace)).await.map_err(failed)?;
-        let allowed = readable_channels(store, caller).await.map_err(failed)?;
+        let allowed = self.readable.of(store, caller).await.map_err(failed)?;
         let index = self.index.clone();
         let w = caller.workspace.clone();
         let (sort, cursor) = (ask.sort, ask.cursor);

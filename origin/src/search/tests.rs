@@ -409,7 +409,7 @@ where
 
 /// Runs the indexer over `index` until the returned token is cancelled.
 fn run_indexer(origin: &crate::Origin, index: &Arc<SearchIndex>) -> (tokio::task::JoinHandle<()>, CancellationToken) {
-    let indexer = Indexer::new(index.clone(), origin.feed.clone(), origin.store.clone());
+    let indexer = Indexer::new(index.clone(), origin.feed.clone(), origin.store.clone(), origin.metrics.clone());
     let options = ConsumerOptions { batch_size: 5, ..ConsumerOptions::default() };
     let runner = ConsumerRunner::new(origin.feed.clone(), Arc::new(indexer), options).unwrap();
     let stop = CancellationToken::new();
@@ -508,7 +508,18 @@ async fn the_indexer_follows_the_feed_and_the_permissions_hold() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_index_is_rebuilt_from_the_store() {
+async fn a_lost_index_is_indexed_again_from_the_feed() {
+    lose_the_index(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_index_is_rebuilt_from_the_store_when_the_feed_was_trimmed() {
+    lose_the_index(true).await;
+}
+
+/// Loses the index's directory after the consumer handled the feed, trims the feed first if
+/// `trim`, and checks that the indexer restores what it lost: from the feed, or from the store.
+async fn lose_the_index(trim: bool) {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(&dir.path().join("origin")).await;
     let origin = node.origin();
@@ -536,13 +547,88 @@ async fn a_lost_index_is_rebuilt_from_the_store() {
     assert_eq!(index.cursor().unwrap(), None);
     let handled = feed::consumer::stored_cursor(&origin.feed, indexer::NAME).await.unwrap().unwrap();
     assert!(handled > feed::START);
+    if trim {
+        // Every event is past the retention and the consumers' hold.
+        assert!(origin.feed.trim(i64::MAX / 2).await.unwrap() > 0);
+    }
 
-    // The next event makes the indexer see the gap and rebuild before indexing it.
+    // The next event makes the indexer see the gap and fill it before indexing the event.
     let (task, stop) = run_indexer(&origin, &index);
     origin.send(&admin, &general, "after the new disk", "m2").await.unwrap();
     caught_up(&origin, &index).await;
     assert_eq!(search_as(&origin, &index, &admin, "disk").await.len(), 2);
+    let rebuilds = origin.metrics.search_index_rebuilds.with_label_values(&["trimmed"]).get();
+    let replayed = origin.metrics.search_index_replayed_events.get();
+    if trim {
+        assert_eq!(rebuilds, 1, "the feed no longer holds the first message: rebuilt from the store");
+    } else {
+        assert_eq!(rebuilds, 0, "the feed still holds every event: no rebuild");
+        assert!(replayed >= 2, "the workspace's and the message's events indexed again, {replayed}");
+    }
     stop.cancel();
     task.await.unwrap();
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_behind_the_consumer_indexes_the_difference_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, old) = (dir.path().join("search"), dir.path().join("search-old"));
+    let node = Node::start(&dir.path().join("origin")).await;
+    let origin = node.origin();
+    let (_, admin) = origin.create_workspace("acme", "admin", "Admin").await.unwrap();
+    let general = origin.channels(&admin).await.unwrap().remove(0).id;
+    origin.send(&admin, &general, "indexed before the crash", "m1").await.unwrap();
+    let index = Arc::new(SearchIndex::open(&live, &options()).unwrap());
+    let (task, stop) = run_indexer(&origin, &index);
+    caught_up(&origin, &index).await;
+    stop.cancel();
+    task.await.unwrap();
+    let committed = index.cursor().unwrap().unwrap();
+    copy_dir(&live, &old);
+
+    // The consumer handles two more messages, then the index loses them: the state a crash
+    // leaves when the consumer's cursor moved and the index had not committed yet.
+    let edited = origin.send(&admin, &general, "lost in the crash", "m2").await.unwrap().message.seq;
+    origin.send(&admin, &general, "also lost in the crash", "m3").await.unwrap();
+    let (task, stop) = run_indexer(&origin, &index);
+    caught_up(&origin, &index).await;
+    stop.cancel();
+    task.await.unwrap();
+    let handled = feed::consumer::stored_cursor(&origin.feed, indexer::NAME).await.unwrap().unwrap();
+    drop(index);
+    std::fs::remove_dir_all(&live).unwrap();
+    std::fs::rename(&old, &live).unwrap();
+    let index = Arc::new(SearchIndex::open(&live, &options()).unwrap());
+    assert_eq!(index.cursor().unwrap(), Some(committed));
+    assert!(committed < handled);
+    assert_eq!(search_as(&origin, &index, &admin, "crash").await.len(), 1);
+
+    // An edit after the crash: the indexer indexes what the index lost, then the edit.
+    crate::messages::edits::edit(&origin.store, admin.caller(), &general, edited, "found again", &origin.presence)
+        .await
+        .unwrap();
+    let (task, stop) = run_indexer(&origin, &index);
+    caught_up(&origin, &index).await;
+    assert_eq!(search_as(&origin, &index, &admin, "crash").await.len(), 2, "m1 and m3; m2 was edited");
+    assert_eq!(search_as(&origin, &index, &admin, "found").await, vec![(general.to_string(), edited)]);
+    assert_eq!(index.len(), 3, "one document per message");
+    assert_eq!(origin.metrics.search_index_rebuilds.with_label_values(&["trimmed"]).get(), 0);
+    assert!(origin.metrics.search_index_replayed_events.get() >= 2);
+    stop.cancel();
+    task.await.unwrap();
+    node.stop().await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
