@@ -2,25 +2,24 @@
 //! ([`crate::corpus`]), against PostgreSQL's full-text search on the same corpus, in one run.
 //!
 //! 1. **Load.** An origin starts in this process (embedded store, fsync on, in a temporary
-//!    directory); a workspace gets `--users` users, `--channels` private channels (the
-//!    searcher created `--member-of` of them and is a member of those only) and each channel
-//!    its authors as members. Then `--messages` messages are sent through the sequencer, as
-//!    their authors, `--send-concurrency` at once: they are durable in the store and in the
-//!    feed, with their seq and timestamp, as any message.
-//! 2. **Indexing.** The feed consumer `search` ([`Indexer`], run by a real [`ConsumerRunner`])
-//!    starts from its cursor at the oldest event and indexes the whole feed into a tantivy
-//!    index, committing per batch as it does in the origin. Measured: from the consumer's start
-//!    to the commit that makes the last message searchable (messages per second), and the
-//!    index's size on disk then.
-//! 3. **Queries.** `--searchers` searchers, all the same user, each search, wait for the
-//!    answer, search again, for `--duration` (closed loop), cycling through `--queries` fixed
-//!    queries of every kind ([`crate::corpus::QueryKind`]). Each search does what
-//!    `GET /v1/search` does: authenticate the token, parse the query, resolve `from:`/`in:`
-//!    names, read the channels the user may read now from the store, and run the tantivy
-//!    search on a blocking thread (relevance, 20 hits, snippets). Every hit's channel is checked
-//!    against the user's readable channels; a hit outside them fails the run. This calls the
-//!    search library directly, not over HTTP ([`SelvageSearcher::search`] is the one place to
-//!    change for HTTP), so HTTP's own cost is not in the figures.
+//!    directory) with search off; a workspace gets `--users` users, `--channels` private
+//!    channels (the searcher created `--member-of` of them and is a member of those only) and
+//!    each channel its authors as members. Then `--messages` messages are sent through the
+//!    sequencer, as their authors, `--send-concurrency` at once: they are durable in the store
+//!    and in the feed, with their seq and timestamp, as any message. The origin stops.
+//! 2. **Indexing.** The origin starts again on the same data with search on, as deployed
+//!    (`--writer-memory-mib`, `--writer-threads`, `--batch-size` set its `[search]` and
+//!    `[consumers]` options): its feed consumer `search` starts at the oldest event and indexes
+//!    the whole feed. Measured: from the origin's start to the commit that makes the last
+//!    message searchable (messages per second), and the index's size on disk then.
+//! 3. **Queries.** `--searchers` searchers, all the same user, each sending
+//!    `GET /v1/search?q=…&limit=20` to that origin over loopback HTTP (keep-alive connections),
+//!    waiting for the answer and searching again, for `--duration` (closed loop), cycling
+//!    through `--queries` fixed queries of every kind ([`crate::corpus::QueryKind`]). The origin
+//!    does all a search does: authenticate the token, parse, resolve `from:`/`in:` names, the
+//!    channels the user may read, the tantivy search (relevance, snippets), every hit re-read
+//!    and re-checked in the store, JSON. Every hit's channel is checked against the user's
+//!    readable channels; a hit outside them fails the run.
 //! 4. **The peer**, with `--postgres CONNINFO`: the same messages (same ids, seqs and
 //!    timestamps) loaded into PostgreSQL with a `tsvector` column and a GIN index, and the same
 //!    queries with the same permission filter, from `--searchers` connections, closed loop
@@ -47,13 +46,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use futures::{stream, StreamExt};
 use hdrhistogram::Histogram;
-use selvage_origin::{
-    accounts,
-    feed::consumer::{ConsumerOptions, ConsumerRunner},
-    search::{self, IndexOptions, Indexer, SearchIndex, Sort, StoreResolver},
-    Actor, Origin, OriginConfig,
-};
-use selvage_shared::ChannelId;
+use selvage_origin::{accounts, search, Actor, Origin, OriginConfig};
+use selvage_shared::{ChannelId, SearchPage};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -90,8 +84,8 @@ pub struct SearchArgs {
     /// Sends in flight at once while the corpus is loaded.
     #[arg(long, default_value_t = 4096)]
     pub send_concurrency: usize,
-    /// Events per batch of the `search` consumer (each batch is one index commit) [default:
-    /// the origin's `consumers.batch_size`].
+    /// Events per batch of the `search` consumer [default: the origin's
+    /// `consumers.batch_size`].
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// The index writer's memory budget, MiB (the origin's `search.writer_memory_mib`).
@@ -171,18 +165,20 @@ pub struct LoadReport {
 pub struct IndexingReport {
     /// Messages in the index at the end (must equal the messages sent).
     pub indexed: u64,
-    /// From the consumer's start to the commit covering the last message.
+    /// From the indexing origin's start to the commit covering the last message.
     pub seconds: f64,
     /// Messages indexed per second.
     pub per_sec: f64,
     /// The index's files, bytes.
     pub index_bytes: u64,
-    /// Events per consumer batch (one commit each).
+    /// Events per consumer batch.
     pub batch_size: usize,
     /// The writer's memory budget, MiB.
     pub writer_memory_mib: usize,
     /// The writer's threads.
     pub writer_threads: usize,
+    /// Commits of the index while it was built.
+    pub commits: u64,
 }
 
 /// A closed loop of searchers.
@@ -264,11 +260,12 @@ fn print_report(r: &SearchReport) {
     println!("  corpus sent      {} in {:.1} s = {:.0} messages/s ({} failed)", l.sent, l.seconds, l.per_sec, l.failed);
     let i = &r.indexing;
     println!(
-        "  indexed          {} in {:.1} s = {:.0} messages/s; index {:.1} MiB (batches of {}, writer {} MiB × {} thread)",
+        "  indexed          {} in {:.1} s = {:.0} messages/s; index {:.1} MiB ({} commits, batches of {}, writer {} MiB × {} thread)",
         i.indexed,
         i.seconds,
         i.per_sec,
         mib(i.index_bytes),
+        i.commits,
         i.batch_size,
         i.writer_memory_mib,
         i.writer_threads
@@ -368,53 +365,74 @@ pub async fn measure(args: &SearchArgs) -> Result<SearchReport> {
         }
     };
     let corpus = Arc::new(Corpus::new(args.seed, args.channels, args.users));
-    let shutdown = CancellationToken::new();
     let mut config =
         OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir.join("origin"), ..OriginConfig::default() };
     if let Some(b) = args.batch_size {
         config.consumers.batch_size = b;
     }
-    // The origin's own indexer stays off: the same consumer is started below, once the corpus
-    // is in the feed, so that indexing is timed alone.
-    config.search.enabled = false;
+    config.search.writer_memory_mib = args.writer_memory_mib;
+    config.search.writer_threads = args.writer_threads;
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    // Loading, with search off: the corpus is in the store and the feed before any indexer
+    // runs, so that indexing is timed alone.
+    let mut loading = config.clone();
+    loading.search.enabled = false;
+    let shutdown = CancellationToken::new();
+    let running = selvage_origin::start(loading, shutdown.clone()).await?;
+    let loaded = load(args, &running.origin, &corpus).await;
+    shutdown.cancel();
+    running.wait().await;
+    let (seeded, load, acked) = loaded?;
+
+    // The origin again on the same data, as deployed: its indexer starts at the oldest event.
+    eprintln!("indexing: the origin restarted with search on; its consumer `search` from the oldest event");
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
     let running = selvage_origin::start(config, shutdown.clone()).await?;
-    let origin = running.origin.clone();
-    let result = phases(args, &origin, &corpus, &dir.join("search"), &shutdown).await;
+    let result = search_phases(args, &running, &corpus, Loaded { seeded, load, acked, started }).await;
     shutdown.cancel();
     running.wait().await;
     result
 }
 
-async fn phases(
+/// What the loading phase left.
+struct Loaded {
+    seeded: Arc<Seeded>,
+    load: LoadReport,
+    acked: Vec<Acked>,
+    /// When the origin that indexes was started.
+    started: Instant,
+}
+
+/// Seeds the workspace and sends the corpus.
+async fn load(
     args: &SearchArgs,
     origin: &Arc<Origin>,
     corpus: &Arc<Corpus>,
-    index_dir: &Path,
-    shutdown: &CancellationToken,
-) -> Result<SearchReport> {
+) -> Result<(Arc<Seeded>, LoadReport, Vec<Acked>)> {
     eprintln!("seeding: {} users, {} private channels and their members", args.users, args.channels);
     let seeded = Arc::new(seed(origin, corpus, args).await?);
     eprintln!("loading: {} messages through the sequencer, {} at once", args.messages, args.send_concurrency);
     let (load, acked) = send_corpus(origin, corpus, &seeded, args).await?;
+    Ok((seeded, load, acked))
+}
 
-    eprintln!("indexing: the feed consumer `search` from the oldest event");
-    let options =
-        IndexOptions { writer_memory_bytes: args.writer_memory_mib * 1024 * 1024, writer_threads: args.writer_threads };
-    let index = Arc::new(SearchIndex::open(index_dir, &options)?);
-    let indexer = Indexer::new(index.clone(), origin.feed.clone(), origin.store.clone(), origin.metrics.clone());
-    let consumer_options = ConsumerOptions::from_config(&origin.config.consumers);
-    let runner = ConsumerRunner::new(origin.feed.clone(), Arc::new(indexer), consumer_options)?;
-    let started = Instant::now();
-    let consumer = runner.spawn(shutdown.child_token());
+async fn search_phases(
+    args: &SearchArgs,
+    running: &selvage_origin::Running,
+    corpus: &Arc<Corpus>,
+    loaded: Loaded,
+) -> Result<SearchReport> {
+    let Loaded { seeded, load, acked, started } = loaded;
+    let origin = &running.origin;
+    let Some(search) = origin.search.as_ref() else { bail!("the origin started without search") };
+    let index = search.index().clone();
     let progress = count_progress("messages indexed", load.sent, {
         let index = index.clone();
         move || index.len()
     });
     while index.len() < load.sent {
-        if consumer.is_finished() {
-            bail!("the search consumer stopped with {} of {} messages indexed", index.len(), load.sent);
-        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
@@ -423,15 +441,16 @@ async fn phases(
         indexed: index.len(),
         seconds,
         per_sec: index.len() as f64 / seconds,
-        index_bytes: dir_bytes(index_dir),
+        index_bytes: dir_bytes(&origin.config.data_dir.join("search")),
         batch_size: origin.config.consumers.batch_size,
         writer_memory_mib: args.writer_memory_mib,
         writer_threads: args.writer_threads,
+        commits: origin.metrics.search_index_commits.get(),
     };
 
     let queries = corpus.queries(args.queries, &seeded.readable_indexes, args.messages);
     let specs: Arc<Vec<(QueryKind, String)>> = Arc::new(queries.iter().map(|q| (q.kind, q.selvage())).collect());
-    let searcher = Arc::new(SelvageSearcher { origin: origin.clone(), index, token: seeded.searcher.token().into() });
+    let searcher = Arc::new(SelvageSearcher::new(running.addr, seeded.searcher.token(), args.searchers)?);
     eprintln!("queries: {} searchers against Selvage for {:.0} s", args.searchers, args.duration.as_secs_f64());
     let texts = specs.clone();
     let selvage = closed_loop(args, &specs, &seeded.readable, move |_, k| {
@@ -459,9 +478,9 @@ async fn phases(
         channels: args.channels,
         readable_channels: seeded.readable.len(),
         seed: args.seed,
-        path: "messages: sequencer → store and feed → consumer `search` → tantivy, in process; queries: \
-               the search library as GET /v1/search runs it (authenticate, parse, resolve, readable \
-               channels from the store, SearchIndex::search on a blocking thread), without HTTP"
+        path: "messages: sequencer → store and feed; the origin restarted with search on → its consumer \
+               `search` → tantivy; queries: GET /v1/search over loopback HTTP/1.1 (keep-alive), as a client \
+               sends them"
             .into(),
         load,
         indexing,
@@ -577,31 +596,37 @@ async fn send_corpus(
     Ok((LoadReport { sent, failed: 0, seconds, per_sec: sent as f64 / seconds }, acked))
 }
 
-/// Searches Selvage as one user.
+/// Searches Selvage as one user, over HTTP.
 struct SelvageSearcher {
-    origin: Arc<Origin>,
-    index: Arc<SearchIndex>,
-    token: String,
+    http: reqwest::Client,
+    url: String,
+    authorization: String,
 }
 
 impl SelvageSearcher {
-    /// One search of `q` as `GET /v1/search?q=…&sort=relevance&limit=20` runs it; answers the
-    /// channel of each hit. The one place to change to search over HTTP instead (the channel
-    /// of each hit is `results[].channel.id` there).
+    fn new(addr: std::net::SocketAddr, token: &str, connections: usize) -> Result<SelvageSearcher> {
+        let http = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+        Ok(SelvageSearcher { http, url: format!("http://{addr}/v1/search"), authorization: format!("Bearer {token}") })
+    }
+
+    /// `GET /v1/search?q=…&limit=20` (relevance, the default); answers the channel of each hit.
     async fn search(&self, q: &str) -> Result<Vec<String>, String> {
-        let store = &self.origin.store;
-        let caller = accounts::authenticate(store, &self.token).await.map_err(|e| e.to_string())?;
-        let mut query = search::query::parse(q).map_err(|e| format!("{q:?}: {e}"))?;
-        search::resolve(&mut query, &StoreResolver::new(store, &caller.workspace)).await.map_err(|e| e.to_string())?;
-        let allowed = search::readable_channels(store, &caller).await.map_err(|e| e.to_string())?;
-        let index = self.index.clone();
-        let page = tokio::task::spawn_blocking(move || {
-            index.search(&query, &caller.workspace, &allowed, Sort::Relevance, PAGE, None)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        Ok(page.hits.into_iter().map(|h| h.channel.to_string()).collect())
+        let limit = PAGE.to_string();
+        let response = self
+            .http
+            .get(&self.url)
+            .header(reqwest::header::AUTHORIZATION, &self.authorization)
+            .query(&[("q", q), ("limit", limit.as_str())])
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!("{q:?}: {status} {body}"));
+        }
+        let page: SearchPage = response.json().await.map_err(|e| format!("{q:?}: {e}"))?;
+        Ok(page.results.into_iter().map(|r| r.channel.id.to_string()).collect())
     }
 }
 
