@@ -4,9 +4,12 @@
 //! **Documents.** One per `(workspace, channel, seq)`, found for replacement by its unique
 //! `key` term (`W/C/seq`): an edit deletes the key and adds the message again, so a message
 //! is never in the index twice, however often it is indexed. A deleted message is only deleted.
-//! Its text and file names are indexed twice: stemmed (`text`, `files`, stored for snippets),
-//! which words and phrases search, and unstemmed (`text_words`, `files_words`), which the word
-//! being typed is a prefix of (see `analysis`).
+//! Its text and file names (one value each, so that a phrase never runs from one into the
+//! next) are indexed twice: stemmed (`body`), which words and phrases search, and unstemmed
+//! (`words`), which the word being typed is a prefix of (see `analysis`). Nothing is stored:
+//! what a hit needs to be found again (its channel, `seq` and time) is in fast fields, and its
+//! snippets are cut from the message as the store holds it ([`Highlighter`]), so they show
+//! the text the caller gets, never an older version the index still has.
 //!
 //! **Commits carry the feed cursor.** Each commit stores, as its payload, the position of the
 //! last feed event it covers ([`Writer::commit`]), read back by [`SearchIndex::cursor`]:
@@ -37,7 +40,7 @@
 //! flushes to a new segment when it is reached; readers reload only after a commit.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{hash_map::Entry, BTreeMap, HashMap, HashSet},
     ops::Range,
     path::Path,
     sync::{Arc, PoisonError},
@@ -47,13 +50,13 @@ use std::{
 use selvage_shared::{ChannelId, Message, SearchSort, Seq, WorkspaceId};
 use tantivy::{
     collector::{Collector, SegmentCollector, TopDocs},
-    columnar::ColumnValues,
+    columnar::{Column, ColumnIndex, ColumnValues, StrColumn},
     directory::MmapDirectory,
     query::{
         AllQuery, BooleanQuery, ConstScoreQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TantivyQuery,
         TermQuery,
     },
-    schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING},
+    schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STRING},
     snippet::SnippetGenerator,
     DocAddress, DocId, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score, Searcher, SegmentReader,
     TantivyDocument, Term,
@@ -116,12 +119,13 @@ pub struct IndexOptions {
 }
 
 /// One page of hits.
-#[derive(Clone, Debug, PartialEq)]
 pub struct Page {
     /// The hits, best (or newest) first.
     pub hits: Vec<Hit>,
     /// The cursor of the next page, if there may be one.
     pub next: Option<String>,
+    /// What to highlight in the hits' text and file names.
+    pub highlighter: Highlighter,
 }
 
 /// A message that matched.
@@ -135,10 +139,6 @@ pub struct Hit {
     pub ts: i64,
     /// Its ranking score (0 when sorted by time).
     pub score: f32,
-    /// Where the query matched its text; absent when only a file name or a filter matched.
-    pub text: Option<Snippet>,
-    /// Where the query matched its file names (joined by newlines), if it did.
-    pub files: Option<Snippet>,
 }
 
 /// An excerpt of a field around the matches.
@@ -155,21 +155,18 @@ pub struct Snippet {
 #[derive(Clone, Copy)]
 struct Fields {
     key: Field,
-    /// [`room`]: the workspace and channel as one number, for the permission filter.
+    /// `W/C`: the workspace and channel, a fast field for the permission filter and the hit.
     room: Field,
-    channel: Field,
     seq: Field,
     author: Field,
     ts: Field,
     thread: Field,
     has_file: Field,
     has_link: Field,
-    text: Field,
-    files: Field,
-    /// The text as words, unstemmed: what the word being typed is a prefix of.
-    text_words: Field,
-    /// The file names as words, unstemmed.
-    files_words: Field,
+    /// The text and the file names, stemmed: what words and phrases search.
+    body: Field,
+    /// The same, unstemmed: what the word being typed is a prefix of.
+    words: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -183,18 +180,15 @@ fn schema() -> (Schema, Fields) {
     };
     let fields = Fields {
         key: b.add_text_field("key", STRING),
-        room: b.add_u64_field("room", FAST),
-        channel: b.add_text_field("channel", STRING | STORED),
-        seq: b.add_u64_field("seq", STORED),
+        room: b.add_text_field("room", FAST),
+        seq: b.add_u64_field("seq", FAST),
         author: b.add_text_field("author", STRING),
-        ts: b.add_i64_field("ts", STORED | FAST),
+        ts: b.add_i64_field("ts", FAST),
         thread: b.add_bool_field("thread", INDEXED),
         has_file: b.add_bool_field("has_file", INDEXED),
         has_link: b.add_bool_field("has_link", INDEXED),
-        text: b.add_text_field("text", analysed(TEXT_ANALYZER).set_stored()),
-        files: b.add_text_field("files", analysed(TEXT_ANALYZER).set_stored()),
-        text_words: b.add_text_field("text_words", analysed(WORDS_ANALYZER)),
-        files_words: b.add_text_field("files_words", analysed(WORDS_ANALYZER)),
+        body: b.add_text_field("body", analysed(TEXT_ANALYZER)),
+        words: b.add_text_field("words", analysed(WORDS_ANALYZER)),
     };
     (b.build(), fields)
 }
@@ -204,16 +198,9 @@ fn key(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> String {
     format!("{w}/{c}/{seq}")
 }
 
-/// A channel of a workspace as one number: the 64-bit FNV-1a hash of `W/C`, written with each
-/// document as a fast field so that the permission filter is a lookup per matching document
-/// (see [`Permitted`]). Stable across releases and machines (it is on disk). Two channels
-/// sharing a number (odds of about one in 10^8 among a million channels) would let the filter
-/// pass the other's documents; the re-check of every hit against the store still drops them.
-fn room(w: &WorkspaceId, c: &ChannelId) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let bytes = w.as_str().bytes().chain(std::iter::once(b'/')).chain(c.as_str().bytes());
-    bytes.fold(OFFSET, |hash, b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
+/// A channel of a workspace as the index keeps it: `W/C`.
+fn room(w: &WorkspaceId, c: &ChannelId) -> String {
+    format!("{w}/{c}")
 }
 
 /// The writer, and what it holds that no commit covers yet.
@@ -313,12 +300,12 @@ impl SearchIndex {
             Some(c) => PageCursor::parse(c).ok_or(SearchError::BadCursor)?,
             None => PageCursor { offset: 0, as_of: crate::now_ms() },
         };
-        let empty = Page { hits: Vec::new(), next: None };
-        let Some((filters, permit)) = self.filters(query, workspace, allowed, page.as_of) else { return Ok(empty) };
+        let empty = || Page { hits: Vec::new(), next: None, highlighter: Highlighter::none() };
+        let Some((filters, permit)) = self.filters(query, workspace, allowed, page.as_of) else { return Ok(empty()) };
         let text = self.text_queries(query);
         if !query.terms.is_empty() && text.positive.is_empty() {
             // Every word was punctuation: nothing can match it.
-            return Ok(empty);
+            return Ok(empty());
         }
         let sort = if text.positive.is_empty() { Sort::Recent } else { sort };
         let mut clauses: Vec<(Occur, Box<dyn TantivyQuery>)> = Vec::new();
@@ -332,12 +319,17 @@ impl SearchIndex {
         let ranked = self.rank(&searcher, tantivy_query.as_ref(), permit, sort, &page, limit)?;
         let more = ranked.len() > limit;
         let highlighter = Highlighter::new(&searcher, self.fields, text.highlight, &text.prefixes)?;
+        let mut columns: HashMap<u32, HitColumns> = HashMap::new();
         let mut hits = Vec::with_capacity(limit);
         for (score, address) in ranked.into_iter().take(limit) {
-            hits.push(self.hit(&searcher, address, score, &highlighter)?);
+            let columns = match columns.entry(address.segment_ord) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(HitColumns::open(searcher.segment_reader(address.segment_ord))?),
+            };
+            hits.push(columns.hit(address.doc_id, score)?);
         }
         let next = more.then(|| PageCursor { offset: page.offset + limit, as_of: page.as_of }.encode());
-        Ok(Page { hits, next })
+        Ok(Page { hits, next, highlighter })
     }
 
     /// The documents of one page (and one more, to tell whether another page follows), with
@@ -372,34 +364,6 @@ impl SearchIndex {
         }
     }
 
-    /// A hit from its stored fields.
-    fn hit(
-        &self,
-        searcher: &Searcher,
-        address: DocAddress,
-        score: f32,
-        highlighter: &Highlighter,
-    ) -> Result<Hit, SearchError> {
-        let doc: TantivyDocument = searcher.doc(address)?;
-        let f = &self.fields;
-        let channel = doc.get_first(f.channel).and_then(|v| v.as_str()).and_then(ChannelId::parse);
-        let seq = doc.get_first(f.seq).and_then(|v| v.as_u64());
-        let (Some(channel), Some(seq)) = (channel, seq) else {
-            return Err(SearchError::Corrupt("a document without its channel or seq".into()));
-        };
-        let ts = doc.get_first(f.ts).and_then(|v| v.as_i64()).unwrap_or(0);
-        let text = doc.get_first(f.text).and_then(|v| v.as_str()).unwrap_or("");
-        let files = doc.get_first(f.files).and_then(|v| v.as_str()).unwrap_or("");
-        Ok(Hit {
-            channel,
-            seq,
-            ts,
-            score,
-            text: highlighter.text.as_ref().and_then(|g| snippet(g, text)),
-            files: highlighter.files.as_ref().and_then(|g| snippet(g, files)),
-        })
-    }
-
     /// The filters of a search: the queries of its operators, and the channels and times a
     /// hit must be in; `None` when they can match nothing (no channel left to look in, no
     /// author resolved).
@@ -426,7 +390,7 @@ impl SearchIndex {
         if channels.is_empty() {
             return None;
         }
-        let mut rooms: Vec<u64> = channels.into_iter().map(|c| room(w, c)).collect();
+        let mut rooms: Vec<String> = channels.into_iter().map(|c| room(w, c)).collect();
         rooms.sort_unstable();
         rooms.dedup();
         let (from, until) = time_bounds(query, as_of);
@@ -462,7 +426,6 @@ impl SearchIndex {
         let mut stemmed = analysis::text_analyzer();
         let mut unstemmed = analysis::prefix_analyzer();
         let f = &self.fields;
-        let fields = [(f.text, f.text_words), (f.files, f.files_words)];
         for term in &query.terms {
             let terms = analysis::terms(&mut stemmed, term.text());
             let prefix = match term {
@@ -471,34 +434,24 @@ impl SearchIndex {
                 QueryTerm::Word(_) if is_lone_cjk(&terms) => Some(terms.clone()),
                 _ => None,
             };
-            let mut per_field: Vec<(Occur, Box<dyn TantivyQuery>)> = Vec::new();
-            for (field, words) in fields {
-                if let Some(q) = sequence(field, &terms) {
-                    per_field.push((Occur::Should, q));
-                }
-                if let Some(q) = prefix.as_ref().and_then(|p| prefix_sequence(words, p)) {
-                    per_field.push((Occur::Should, q));
-                }
-            }
-            if per_field.is_empty() {
-                continue;
-            }
+            // The word, or a word it begins.
+            let mut either: Vec<Box<dyn TantivyQuery>> = Vec::new();
+            either.extend(sequence(f.body, &terms));
+            either.extend(prefix.as_ref().and_then(|p| prefix_sequence(f.words, p)));
+            let matches: Box<dyn TantivyQuery> = match either.len() {
+                0 => continue,
+                1 => either.remove(0),
+                _ => Box::new(BooleanQuery::new(either.into_iter().map(|q| (Occur::Should, q)).collect())),
+            };
             out.highlight.extend(terms.into_iter().map(|(_, t)| t));
             if let Some((_, last)) = prefix.and_then(|mut p| p.pop()) {
                 out.prefixes.push(last);
             }
-            out.positive.push(Box::new(BooleanQuery::new(per_field)));
+            out.positive.push(matches);
         }
         for term in &query.excluded {
             let terms = analysis::terms(&mut stemmed, term.text());
-            let per_field: Vec<(Occur, Box<dyn TantivyQuery>)> = fields
-                .into_iter()
-                .filter_map(|(field, _)| sequence(field, &terms))
-                .map(|q| (Occur::Should, q))
-                .collect();
-            if !per_field.is_empty() {
-                out.negative.push(Box::new(BooleanQuery::new(per_field)));
-            }
+            out.negative.extend(sequence(f.body, &terms));
         }
         out
     }
@@ -558,11 +511,11 @@ fn term(term: Term) -> Box<dyn TantivyQuery> {
     Box::new(TermQuery::new(term, IndexRecordOption::Basic))
 }
 
-/// Where a hit must be: in one of the channels the caller may read (by [`room`], sorted), and
-/// posted within `from..=until` (ms).
+/// Where a hit must be: in one of the channels the caller may read (as [`room`]s, sorted),
+/// and posted within `from..=until` (ms).
 #[derive(Clone)]
 struct Permit {
-    rooms: Arc<Vec<u64>>,
+    rooms: Arc<Vec<String>>,
     from: i64,
     until: i64,
 }
@@ -574,10 +527,12 @@ impl Permit {
     }
 }
 
-/// The permission filter, applied to every document the query matches before it is ranked:
-/// two fast-field reads and a binary search. It stands in for `room ∈ allowed AND ts in
-/// range` clauses in the tantivy query, whose cost grew with the number of channels (a term
-/// set built per search) and with the index (a range over every document).
+/// The permission filter, applied to every document the query matches before it is ranked.
+/// Per segment, the allowed rooms are looked up in the `room` column's dictionary once, as a
+/// bit set of its term ordinals; per document, one read of its ordinal and one bit (and its
+/// time, unless the segment lies wholly within the time bounds). It stands in for `room ∈
+/// allowed AND ts in range` clauses in the tantivy query, whose cost grew with the number of
+/// channels (a term set built per search) and with the index (a range over every document).
 struct Permitted<C> {
     permit: Permit,
     inner: C,
@@ -589,10 +544,23 @@ impl<C: Collector> Collector for Permitted<C> {
 
     fn for_segment(&self, ordinal: u32, segment: &SegmentReader) -> tantivy::Result<Self::Child> {
         let fast = segment.fast_fields();
+        let (mut allowed, mut rooms) = (Vec::new(), None);
+        if let Some(column) = fast.str("room")? {
+            allowed = vec![0u64; column.num_terms().div_ceil(64)];
+            for room in self.permit.rooms.iter() {
+                if let Some(ord) = column.dictionary().term_ord(room)? {
+                    allowed[(ord / 64) as usize] |= 1 << (ord % 64);
+                }
+            }
+            rooms = Some(dense(column.into_parts().1));
+        }
+        let ts = fast.i64("ts")?;
+        let (from, until) = (self.permit.from, self.permit.until);
+        let within = ts.min_value() >= from && ts.max_value() <= until;
         Ok(PermittedSegment {
-            permit: self.permit.clone(),
-            room: fast.u64("room")?.first_or_default_col(0),
-            ts: fast.i64("ts")?.first_or_default_col(0),
+            allowed,
+            rooms,
+            ts: (!within).then(|| (dense(ts), from, until)),
             inner: self.inner.for_segment(ordinal, segment)?,
             block: Vec::new(),
         })
@@ -607,21 +575,39 @@ impl<C: Collector> Collector for Permitted<C> {
     }
 }
 
+/// A column's values by document: read directly when every document has one (as every
+/// document has its room and time), through the column's index otherwise.
+fn dense<T: PartialOrd + Copy + std::fmt::Debug + Send + Sync + Default + 'static>(
+    column: Column<T>,
+) -> Arc<dyn ColumnValues<T>> {
+    match column.index {
+        ColumnIndex::Full => column.values,
+        _ => column.first_or_default_col(T::default()),
+    }
+}
+
 /// [`Permitted`] in one segment.
 struct PermittedSegment<S> {
-    permit: Permit,
-    room: Arc<dyn ColumnValues<u64>>,
-    ts: Arc<dyn ColumnValues<i64>>,
+    /// Bit set of the term ordinals of the allowed rooms in this segment.
+    allowed: Vec<u64>,
+    /// Each document's room, as its term ordinal; `None` in a segment without documents.
+    rooms: Option<Arc<dyn ColumnValues<u64>>>,
+    /// Each document's time and the bounds, when some documents of the segment may be outside.
+    ts: Option<(Arc<dyn ColumnValues<i64>>, i64, i64)>,
     inner: S,
     block: Vec<DocId>,
 }
 
 impl<S> PermittedSegment<S> {
     fn permits(&self, doc: DocId) -> bool {
-        let ts = self.ts.get_val(doc);
-        ts >= self.permit.from
-            && ts <= self.permit.until
-            && self.permit.rooms.binary_search(&self.room.get_val(doc)).is_ok()
+        let Some(rooms) = &self.rooms else { return false };
+        let ord = rooms.get_val(doc);
+        let allowed = self.allowed.get((ord / 64) as usize).is_some_and(|word| word & (1 << (ord % 64)) != 0);
+        allowed
+            && self.ts.as_ref().is_none_or(|(ts, from, until)| {
+                let t = ts.get_val(doc);
+                t >= *from && t <= *until
+            })
     }
 }
 
@@ -646,6 +632,33 @@ impl<S: SegmentCollector> SegmentCollector for PermittedSegment<S> {
 
     fn harvest(self) -> S::Fruit {
         self.inner.harvest()
+    }
+}
+
+/// The fast fields a hit is read from, in one segment.
+struct HitColumns {
+    rooms: StrColumn,
+    seq: Column<u64>,
+    ts: Column<i64>,
+}
+
+impl HitColumns {
+    fn open(segment: &SegmentReader) -> Result<HitColumns, SearchError> {
+        let fast = segment.fast_fields();
+        let rooms = fast.str("room")?.ok_or_else(|| SearchError::Corrupt("a segment without rooms".into()))?;
+        Ok(HitColumns { rooms, seq: fast.u64("seq")?, ts: fast.i64("ts")? })
+    }
+
+    fn hit(&self, doc: DocId, score: f32) -> Result<Hit, SearchError> {
+        let mut room = String::new();
+        if let Some(ord) = self.rooms.term_ords(doc).next() {
+            self.rooms.ord_to_str(ord, &mut room)?;
+        }
+        let channel = room.split_once('/').and_then(|(_, c)| ChannelId::parse(c));
+        let (Some(channel), Some(seq)) = (channel, self.seq.first(doc)) else {
+            return Err(SearchError::Corrupt("a document without its channel or seq".into()));
+        };
+        Ok(Hit { channel, seq, ts: self.ts.first(doc).unwrap_or(0), score })
     }
 }
 
@@ -698,34 +711,48 @@ impl PageCursor {
     }
 }
 
-/// Highlights the words of a search in its hits.
-struct Highlighter {
-    text: Option<SnippetGenerator>,
-    files: Option<SnippetGenerator>,
+/// Highlights the words of a search in its hits' text and file names.
+pub struct Highlighter {
+    generator: Option<SnippetGenerator>,
 }
 
 impl Highlighter {
     /// Highlights `terms`, and the terms of the index that `prefixes` begin.
     fn new(searcher: &Searcher, fields: Fields, terms: Vec<String>, prefixes: &[String]) -> Result<Self, SearchError> {
         if terms.is_empty() && prefixes.is_empty() {
-            return Ok(Highlighter { text: None, files: None });
+            return Ok(Highlighter::none());
         }
         // Snippets are cut with the stemming analyzer: a word a prefix begins is highlighted
         // through its stem.
         let mut stemmer = analysis::text_analyzer();
-        let mut generator = |field: Field, words_field: Field| -> Result<SnippetGenerator, SearchError> {
-            let mut words: BTreeMap<String, f32> = terms.iter().map(|t| (t.clone(), 1.0)).collect();
-            for prefix in prefixes {
-                for word in expand(searcher, words_field, prefix)? {
-                    for (_, stem) in analysis::terms(&mut stemmer, &word) {
-                        words.insert(stem, 1.0);
-                    }
+        let mut words: BTreeMap<String, f32> = terms.iter().map(|t| (t.clone(), 1.0)).collect();
+        for prefix in prefixes {
+            for word in expand(searcher, fields.words, prefix)? {
+                for (_, stem) in analysis::terms(&mut stemmer, &word) {
+                    words.insert(stem, 1.0);
                 }
             }
-            Ok(SnippetGenerator::new(words, analysis::text_analyzer(), field, SNIPPET_CHARS))
-        };
-        let text = generator(fields.text, fields.text_words)?;
-        Ok(Highlighter { text: Some(text), files: Some(generator(fields.files, fields.files_words)?) })
+        }
+        let generator = SnippetGenerator::new(words, analysis::text_analyzer(), fields.body, SNIPPET_CHARS);
+        Ok(Highlighter { generator: Some(generator) })
+    }
+
+    /// Highlights nothing.
+    pub fn none() -> Highlighter {
+        Highlighter { generator: None }
+    }
+
+    /// Where the search's words are in `text`: an excerpt around them, if any is there.
+    pub fn snippet(&self, text: &str) -> Option<Snippet> {
+        let s = self.generator.as_ref()?.snippet(text);
+        if s.highlighted().is_empty() {
+            return None;
+        }
+        Some(Snippet {
+            fragment: s.fragment().to_string(),
+            offset: s.fragment_range().start,
+            highlights: s.highlighted().to_vec(),
+        })
     }
 }
 
@@ -747,18 +774,6 @@ fn expand(searcher: &Searcher, field: Field, prefix: &str) -> Result<Vec<String>
         }
     }
     Ok(out)
-}
-
-fn snippet(generator: &SnippetGenerator, text: &str) -> Option<Snippet> {
-    let s = generator.snippet(text);
-    if s.highlighted().is_empty() {
-        return None;
-    }
-    Some(Snippet {
-        fragment: s.fragment().to_string(),
-        offset: s.fragment_range().start,
-        highlights: s.highlighted().to_vec(),
-    })
 }
 
 /// The cursor in a commit's payload.
@@ -807,19 +822,17 @@ impl Writer {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_text(f.key, key(w, &message.channel, message.seq));
-        doc.add_u64(f.room, room(w, &message.channel));
-        doc.add_text(f.channel, message.channel.as_str());
+        doc.add_text(f.room, room(w, &message.channel));
         doc.add_u64(f.seq, message.seq);
         doc.add_text(f.author, message.user.as_str());
         doc.add_i64(f.ts, message.ts);
         doc.add_bool(f.thread, message.thread_root.is_some() || message.reply_count > 0);
         doc.add_bool(f.has_file, !message.files.is_empty());
         doc.add_bool(f.has_link, analysis::has_link(&message.text));
-        doc.add_text(f.text, &message.text);
-        doc.add_text(f.text_words, &message.text);
-        let names = message.files.iter().map(|file| file.name.as_str()).collect::<Vec<_>>().join("\n");
-        doc.add_text(f.files, &names);
-        doc.add_text(f.files_words, &names);
+        for value in std::iter::once(&message.text).chain(message.files.iter().map(|file| &file.name)) {
+            doc.add_text(f.body, value);
+            doc.add_text(f.words, value);
+        }
         self.state.writer.add_document(doc)?;
         Ok(())
     }

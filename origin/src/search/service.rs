@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    index::Highlighter,
     indexer::{self, Indexer},
     query, resolve, IndexOptions, ReadableChannels, SearchError, SearchIndex, Snippet, Sort, StoreResolver,
 };
@@ -174,7 +175,7 @@ impl Search {
                 .await
                 .map_err(|e| OriginError::Internal(format!("search task: {e}")))?
                 .map_err(failed)?;
-        let results = recheck(store, caller, page.hits).await?;
+        let results = recheck(store, caller, page.hits, &page.highlighter).await?;
         Ok(SearchPage { results, next_cursor: page.next, caught_up })
     }
 
@@ -196,7 +197,12 @@ impl Search {
 }
 
 /// The hits the caller may read now, as the API shows them (see the module's documentation).
-async fn recheck(store: &Store, caller: &Caller, hits: Vec<super::Hit>) -> Result<Vec<SearchResult>> {
+async fn recheck(
+    store: &Store,
+    caller: &Caller,
+    hits: Vec<super::Hit>,
+    highlighter: &Highlighter,
+) -> Result<Vec<SearchResult>> {
     let w = &caller.workspace;
     let (results, _) = transact!(store, |tx| {
         let mut visible: HashMap<ChannelId, Option<Channel>> = HashMap::new();
@@ -211,7 +217,8 @@ async fn recheck(store: &Store, caller: &Caller, hits: Vec<super::Hit>) -> Resul
                 continue;
             };
             messages::decorate(tx, w, &hit.channel, std::slice::from_mut(&mut message)).await?;
-            let snippets = [("text", &hit.text), ("files", &hit.files)]
+            let names = message.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join("\n");
+            let snippets = [("text", highlighter.snippet(&message.text)), ("files", highlighter.snippet(&names))]
                 .into_iter()
                 .filter_map(|(field, s)| s.as_ref().map(|s| snippet(field, s)))
                 .collect();
