@@ -50,8 +50,9 @@ use std::{
 use selvage_shared::{ChannelId, Message, SearchSort, Seq, WorkspaceId};
 use tantivy::{
     collector::{Collector, SegmentCollector, TopDocs},
-    columnar::{Column, ColumnIndex, ColumnValues, StrColumn},
+    columnar::{Column, ColumnIndex, ColumnValues, Dictionary, StrColumn},
     directory::MmapDirectory,
+    index::SegmentId,
     query::{
         AllQuery, BooleanQuery, ConstScoreQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query as TantivyQuery,
         TermQuery,
@@ -229,6 +230,8 @@ pub struct SearchIndex {
     fields: Fields,
     writer: Arc<Mutex<WriterState>>,
     searchable: Searchable,
+    /// What the permission filter keeps of each segment.
+    segments: Arc<SegmentFilters>,
 }
 
 impl SearchIndex {
@@ -245,7 +248,7 @@ impl SearchIndex {
         let writer =
             Arc::new(Mutex::new(WriterState { writer, dirty: false, pending: None, committed_at: Instant::now() }));
         let searchable = Arc::new(std::sync::Mutex::new(read_cursor(&index)?));
-        Ok(SearchIndex { index, reader, fields, writer, searchable })
+        Ok(SearchIndex { index, reader, fields, writer, searchable, segments: Arc::default() })
     }
 
     /// The feed position the last commit covers, as searches see it; `None` for an index never
@@ -274,6 +277,7 @@ impl SearchIndex {
             index: self.index.clone(),
             fields: self.fields,
             searchable: self.searchable.clone(),
+            segments: self.segments.clone(),
         };
         if writer.state.dirty {
             writer = writer.run(Writer::rollback).await?.0;
@@ -346,20 +350,21 @@ impl SearchIndex {
         let top = TopDocs::with_limit(limit + 1).and_offset(page.offset);
         match sort {
             Sort::Recent => {
-                let newest = permit.wrap(top.order_by_fast_field::<i64>("ts", Order::Desc));
+                let newest = permit.wrap(&self.segments, top.order_by_fast_field::<i64>("ts", Order::Desc));
                 let docs = searcher.search(query, &newest)?;
                 Ok(docs.into_iter().map(|(_, address)| (0.0, address)).collect())
             }
             Sort::Relevance => {
                 let as_of = page.as_of;
+                let segments = self.segments.clone();
                 let collector = top.tweak_score(move |segment: &SegmentReader| {
-                    let ts = segment.fast_fields().i64("ts").ok().map(|c| c.first_or_default_col(0));
+                    let ts = segments.of(segment).ok().map(|filter| filter.ts.clone());
                     move |doc, score| {
                         let posted = ts.as_ref().map_or(as_of, |c| c.get_val(doc));
                         blend(score, as_of.saturating_sub(posted))
                     }
                 });
-                Ok(searcher.search(query, &permit.wrap(collector))?)
+                Ok(searcher.search(query, &permit.wrap(&self.segments, collector))?)
             }
         }
     }
@@ -522,45 +527,35 @@ struct Permit {
 
 impl Permit {
     /// `collector`, seeing only the documents this permits.
-    fn wrap<C: Collector>(self, collector: C) -> Permitted<C> {
-        Permitted { permit: self, inner: collector }
+    fn wrap<C: Collector>(self, segments: &SegmentFilters, collector: C) -> Permitted<'_, C> {
+        Permitted { permit: self, segments, inner: collector }
     }
 }
 
 /// The permission filter, applied to every document the query matches before it is ranked.
-/// Per segment, the allowed rooms are looked up in the `room` column's dictionary once, as a
-/// bit set of its term ordinals; per document, one read of its ordinal and one bit (and its
-/// time, unless the segment lies wholly within the time bounds). It stands in for `room ∈
+/// Per segment, the allowed rooms become a bit set of their term ordinals in the `room`
+/// column ([`SegmentFilter::allowed`]); per document, one read of its ordinal and one bit (and
+/// its time, unless the segment lies wholly within the time bounds). It stands in for `room ∈
 /// allowed AND ts in range` clauses in the tantivy query, whose cost grew with the number of
 /// channels (a term set built per search) and with the index (a range over every document).
-struct Permitted<C> {
+struct Permitted<'a, C> {
     permit: Permit,
+    segments: &'a SegmentFilters,
     inner: C,
 }
 
-impl<C: Collector> Collector for Permitted<C> {
+impl<C: Collector> Collector for Permitted<'_, C> {
     type Fruit = C::Fruit;
     type Child = PermittedSegment<C::Child>;
 
     fn for_segment(&self, ordinal: u32, segment: &SegmentReader) -> tantivy::Result<Self::Child> {
-        let fast = segment.fast_fields();
-        let (mut allowed, mut rooms) = (Vec::new(), None);
-        if let Some(column) = fast.str("room")? {
-            allowed = vec![0u64; column.num_terms().div_ceil(64)];
-            for room in self.permit.rooms.iter() {
-                if let Some(ord) = column.dictionary().term_ord(room)? {
-                    allowed[(ord / 64) as usize] |= 1 << (ord % 64);
-                }
-            }
-            rooms = Some(dense(column.into_parts().1));
-        }
-        let ts = fast.i64("ts")?;
+        let filter = self.segments.of(segment)?;
         let (from, until) = (self.permit.from, self.permit.until);
-        let within = ts.min_value() >= from && ts.max_value() <= until;
+        let within = filter.ts_range.0 >= from && filter.ts_range.1 <= until;
         Ok(PermittedSegment {
-            allowed,
-            rooms,
-            ts: (!within).then(|| (dense(ts), from, until)),
+            allowed: filter.allowed(&self.permit.rooms)?,
+            rooms: filter.rooms.as_ref().map(|(_, ords)| ords.clone()),
+            ts: (!within).then(|| (filter.ts.clone(), from, until)),
             inner: self.inner.for_segment(ordinal, segment)?,
             block: Vec::new(),
         })
@@ -572,6 +567,86 @@ impl<C: Collector> Collector for Permitted<C> {
 
     fn merge_fruits(&self, fruits: Vec<<C::Child as SegmentCollector>::Fruit>) -> tantivy::Result<C::Fruit> {
         self.inner.merge_fruits(fruits)
+    }
+}
+
+/// Most rooms whose term ordinal a segment remembers (see [`SegmentFilter`]).
+const ORDS_REMEMBERED: usize = 100_000;
+
+/// What the permission filter reads of one segment, opened once per segment rather than once
+/// per search: its columns, and the term ordinals of the rooms searches asked for so far (a
+/// lookup in the column's dictionary costs a microsecond or two, times the caller's channels,
+/// times the segments). A segment never changes once written, so neither does any of it.
+struct SegmentFilter {
+    /// The `room` column's dictionary and each document's term ordinal in it; `None` in a
+    /// segment without documents.
+    rooms: Option<(Arc<Dictionary>, Arc<dyn ColumnValues<u64>>)>,
+    /// Each document's time, and the least and greatest.
+    ts: Arc<dyn ColumnValues<i64>>,
+    ts_range: (i64, i64),
+    /// Room → its term ordinal here (`None`: no document of that room).
+    ords: std::sync::Mutex<HashMap<String, Option<u64>>>,
+}
+
+impl SegmentFilter {
+    fn open(segment: &SegmentReader) -> tantivy::Result<SegmentFilter> {
+        let fast = segment.fast_fields();
+        let rooms = fast.str("room")?.map(|column| {
+            let (dictionary, ords) = column.into_parts();
+            (dictionary, dense(ords))
+        });
+        let ts = fast.i64("ts")?;
+        let ts_range = (ts.min_value(), ts.max_value());
+        Ok(SegmentFilter { rooms, ts: dense(ts), ts_range, ords: std::sync::Mutex::new(HashMap::new()) })
+    }
+
+    /// The bit set of the term ordinals of `rooms` in this segment.
+    fn allowed(&self, rooms: &[String]) -> tantivy::Result<Vec<u64>> {
+        let Some((dictionary, _)) = &self.rooms else { return Ok(Vec::new()) };
+        let mut bits = vec![0u64; dictionary.num_terms().div_ceil(64)];
+        let mut known = self.ords.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.len() > ORDS_REMEMBERED {
+            known.clear();
+        }
+        for room in rooms {
+            let ord = match known.get(room) {
+                Some(ord) => *ord,
+                None => {
+                    let ord = dictionary.term_ord(room)?;
+                    known.insert(room.clone(), ord);
+                    ord
+                }
+            };
+            if let Some(ord) = ord {
+                bits[(ord / 64) as usize] |= 1 << (ord % 64);
+            }
+        }
+        Ok(bits)
+    }
+}
+
+/// The [`SegmentFilter`]s of the segments searches see, by segment; those of segments merged
+/// away are dropped when the index reloads.
+#[derive(Default)]
+struct SegmentFilters {
+    by_segment: std::sync::Mutex<HashMap<SegmentId, Arc<SegmentFilter>>>,
+}
+
+impl SegmentFilters {
+    fn of(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentFilter>> {
+        let id = segment.segment_id();
+        if let Some(filter) = self.by_segment.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
+            return Ok(filter.clone());
+        }
+        let filter = Arc::new(SegmentFilter::open(segment)?);
+        self.by_segment.lock().unwrap_or_else(PoisonError::into_inner).insert(id, filter.clone());
+        Ok(filter)
+    }
+
+    /// Keeps only the segments `searcher` sees.
+    fn retain(&self, searcher: &Searcher) {
+        let live: HashSet<SegmentId> = searcher.segment_readers().iter().map(|s| s.segment_id()).collect();
+        self.by_segment.lock().unwrap_or_else(PoisonError::into_inner).retain(|id, _| live.contains(id));
     }
 }
 
@@ -794,6 +869,7 @@ pub struct Writer {
     index: Index,
     fields: Fields,
     searchable: Searchable,
+    segments: Arc<SegmentFilters>,
 }
 
 impl Writer {
@@ -890,6 +966,7 @@ impl Writer {
         self.state.pending = None;
         self.state.committed_at = Instant::now();
         self.reader.reload()?;
+        self.segments.retain(&self.reader.searcher());
         *self.searchable.lock().unwrap_or_else(PoisonError::into_inner) = Some(*covers);
         Ok(())
     }
