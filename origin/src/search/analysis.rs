@@ -21,17 +21,41 @@
 //!
 //! [`prefix_analyzer`] is the same without stemming, for the word being typed: a prefix must
 //! be compared with the words as written (`stagi` begins `staging`, not its stem `stage`), so
-//! the index keeps the text a second time, analysed this way, in fields of its own.
+//! the index keeps the text a second time, analysed by [`words_analyzer`]: unstemmed, and each
+//! word followed by its beginnings of [`MIN_GRAM_CHARS`] to [`MAX_GRAM_CHARS`] characters as
+//! terms of their own, marked with [`GRAM_MARK`] (`deploy` → `deploy`, `de*`, `dep*`, …,
+//! `deploy*`) at the word's position. The word being typed is then one term (`depl*`, whose
+//! postings are every message with a word beginning `depl`) rather than the union of every
+//! word it begins, which a search would have to read and merge; a typed part of one or of more
+//! than 12 characters is still expanded into the words it begins. The mark keeps beginnings
+//! apart from words: `dep*` never finds the word `dep`, nor `dep` the beginnings.
 
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, Stemmer, TextAnalyzer, Token, TokenStream, Tokenizer,
+    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, Stemmer, TextAnalyzer, Token, TokenFilter, TokenStream,
+    Tokenizer,
 };
 
 /// The name [`text_analyzer`] is registered under on the index.
 pub const TEXT_ANALYZER: &str = "selvage_text";
 
-/// The name [`prefix_analyzer`] is registered under on the index.
+/// The name [`words_analyzer`] is registered under on the index.
 pub const WORDS_ANALYZER: &str = "selvage_words";
+
+/// Shortest beginning of a word indexed as a term (see the module's documentation).
+pub const MIN_GRAM_CHARS: usize = 2;
+
+/// Longest beginning of a word indexed as a term.
+pub const MAX_GRAM_CHARS: usize = 12;
+
+/// Ends the term of a word's beginning: `dep*`. Never part of a word (the tokenizer cuts at
+/// punctuation).
+pub const GRAM_MARK: char = '*';
+
+/// The term of the beginning `prefix`, if beginnings that long are indexed.
+pub fn gram(prefix: &str) -> Option<String> {
+    let chars = prefix.chars().count();
+    (MIN_GRAM_CHARS..=MAX_GRAM_CHARS).contains(&chars).then(|| format!("{prefix}{GRAM_MARK}"))
+}
 
 /// Longest term kept, in bytes: longer parts are noise (hashes, encoded blobs) and would only
 /// bloat the term dictionary.
@@ -54,6 +78,83 @@ pub fn prefix_analyzer() -> TextAnalyzer {
         .filter(LowerCaser)
         .filter(AsciiFoldingFilter)
         .build()
+}
+
+/// [`prefix_analyzer`] with each word's beginnings (see the module's documentation): the
+/// analysis of the unstemmed field at indexing.
+pub fn words_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(MessageTokenizer)
+        .filter(RemoveLongFilter::limit(MAX_TERM_BYTES))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .filter(EdgeGrams)
+        .build()
+}
+
+/// Follows each token with the terms of its beginnings, at its position.
+#[derive(Clone, Copy)]
+pub struct EdgeGrams;
+
+impl TokenFilter for EdgeGrams {
+    type Tokenizer<T: Tokenizer> = EdgeGramsFilter<T>;
+
+    fn transform<T: Tokenizer>(self, tokenizer: T) -> EdgeGramsFilter<T> {
+        EdgeGramsFilter { inner: tokenizer, pending: Vec::new() }
+    }
+}
+
+/// [`EdgeGrams`] over a tokenizer.
+#[derive(Clone)]
+pub struct EdgeGramsFilter<T> {
+    inner: T,
+    pending: Vec<Token>,
+}
+
+impl<T: Tokenizer> Tokenizer for EdgeGramsFilter<T> {
+    type TokenStream<'a> = EdgeGramsStream<'a, T::TokenStream<'a>>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Self::TokenStream<'a> {
+        self.pending.clear();
+        EdgeGramsStream { tail: self.inner.token_stream(text), pending: &mut self.pending }
+    }
+}
+
+/// The tokens of [`EdgeGramsFilter`]: the current one is the last of `pending`, the word
+/// itself first, then its beginnings.
+pub struct EdgeGramsStream<'a, T> {
+    tail: T,
+    pending: &'a mut Vec<Token>,
+}
+
+impl<T: TokenStream> TokenStream for EdgeGramsStream<'_, T> {
+    fn advance(&mut self) -> bool {
+        self.pending.pop();
+        if !self.pending.is_empty() {
+            return true;
+        }
+        if !self.tail.advance() {
+            return false;
+        }
+        let word = self.tail.token();
+        let ends: Vec<usize> = word.text.char_indices().map(|(i, c)| i + c.len_utf8()).collect();
+        for &end in ends.iter().take(MAX_GRAM_CHARS).skip(MIN_GRAM_CHARS - 1).rev() {
+            let text = format!("{}{GRAM_MARK}", &word.text[..end]);
+            self.pending.push(Token { text, ..word.clone() });
+        }
+        self.pending.push(word.clone());
+        true
+    }
+
+    fn token(&self) -> &Token {
+        self.pending.last().unwrap_or_else(|| self.tail.token())
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        match self.pending.last_mut() {
+            Some(token) => token,
+            None => self.tail.token_mut(),
+        }
+    }
 }
 
 /// The terms of `text` under `analyzer`, each with its position.
@@ -243,6 +344,23 @@ mod tests {
     fn the_prefix_analyzer_does_not_stem() {
         let terms: Vec<String> = terms(&mut prefix_analyzer(), "Deploying").into_iter().map(|(_, t)| t).collect();
         assert_eq!(terms, ["deploying"]);
+    }
+
+    #[test]
+    fn the_words_field_keeps_each_word_and_its_beginnings_at_its_position() {
+        let terms = terms(&mut words_analyzer(), "Rate_Limit a Café 東京都 internationalization");
+        let at = |p: usize| terms.iter().filter(|(q, _)| *q == p).map(|(_, t)| t.as_str()).collect::<Vec<_>>();
+        assert_eq!(at(0), ["rate", "ra*", "rat*", "rate*"]);
+        assert_eq!(at(1), ["limit", "li*", "lim*", "limi*", "limit*"]);
+        assert_eq!(at(2), ["a"], "a one-letter word has no beginning of two");
+        assert_eq!(at(3), ["cafe", "ca*", "caf*", "cafe*"]);
+        assert_eq!(at(4), ["東京", "東京*"]);
+        let long = at(6);
+        assert_eq!(long.len(), 1 + MAX_GRAM_CHARS - 1, "{long:?}");
+        assert_eq!(long.last(), Some(&"internationa*"));
+        assert_eq!(gram("dep").as_deref(), Some("dep*"));
+        assert_eq!(gram("d"), None);
+        assert_eq!(gram("internationali"), None);
     }
 
     #[test]

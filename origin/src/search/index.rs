@@ -74,7 +74,7 @@ use crate::feed::{self, Position};
 /// The layout's version: the index lives in a subdirectory named for it, so a release that
 /// changes the schema or the analysis starts an empty index, which the indexer rebuilds from
 /// the store (its cursor is then behind the consumer's).
-const LAYOUT: &str = "v2";
+const LAYOUT: &str = "v3";
 
 /// Most hits on one page (the edge checks a `search` query's limit against the same).
 pub const MAX_LIMIT: usize = selvage_shared::MAX_SEARCH_LIMIT;
@@ -242,7 +242,7 @@ impl SearchIndex {
         let (schema, fields) = schema();
         let index = Index::open_or_create(MmapDirectory::open(&dir)?, schema)?;
         index.tokenizers().register(TEXT_ANALYZER, analysis::text_analyzer());
-        index.tokenizers().register(WORDS_ANALYZER, analysis::prefix_analyzer());
+        index.tokenizers().register(WORDS_ANALYZER, analysis::words_analyzer());
         let writer = index.writer_with_num_threads(options.writer_threads.max(1), options.writer_memory_bytes)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer =
@@ -322,7 +322,7 @@ impl SearchIndex {
         let searcher = self.reader.searcher();
         let ranked = self.rank(&searcher, tantivy_query.as_ref(), permit, sort, &page, limit)?;
         let more = ranked.len() > limit;
-        let highlighter = Highlighter::new(&searcher, self.fields, text.highlight, &text.prefixes)?;
+        let highlighter = Highlighter::new(self.fields.body, text.highlight, text.prefixes);
         let mut columns: HashMap<u32, HitColumns> = HashMap::new();
         let mut hits = Vec::with_capacity(limit);
         for (score, address) in ranked.into_iter().take(limit) {
@@ -479,9 +479,7 @@ struct TextQueries {
 fn sequence(field: Field, terms: &[(usize, String)]) -> Option<Box<dyn TantivyQuery>> {
     match terms {
         [] => None,
-        [(_, one)] => {
-            Some(Box::new(TermQuery::new(Term::from_field_text(field, one), IndexRecordOption::WithFreqsAndPositions)))
-        }
+        [(_, one)] => Some(Box::new(TermQuery::new(Term::from_field_text(field, one), IndexRecordOption::WithFreqs))),
         many => {
             let first = many[0].0;
             let terms = many.iter().map(|(p, t)| (p - first, Term::from_field_text(field, t))).collect();
@@ -490,10 +488,17 @@ fn sequence(field: Field, terms: &[(usize, String)]) -> Option<Box<dyn TantivyQu
     }
 }
 
-/// The word being typed, in a field of unstemmed `words`: its parts in order, the last one
-/// the prefix of a term.
+/// The word being typed, in the field of unstemmed `words`: its parts in order, the last one
+/// the beginning of a word — one term when beginnings that long are indexed
+/// ([`analysis::gram`]), the words of the index it begins otherwise.
 fn prefix_sequence(words: Field, unstemmed: &[(usize, String)]) -> Option<Box<dyn TantivyQuery>> {
-    let first = unstemmed.first()?.0;
+    let ((_, last), parts) = unstemmed.split_last()?;
+    let first = unstemmed[0].0;
+    if let Some(gram) = analysis::gram(last) {
+        let mut terms: Vec<(usize, String)> = parts.iter().map(|(p, t)| (p - first, t.clone())).collect();
+        terms.push((unstemmed[unstemmed.len() - 1].0 - first, gram));
+        return sequence(words, &terms);
+    }
     let terms = unstemmed.iter().map(|(p, t)| (p - first, Term::from_field_text(words, t))).collect();
     let mut query = PhrasePrefixQuery::new_with_offset(terms);
     query.set_max_expansions(MAX_PREFIX_EXPANSIONS);
@@ -786,40 +791,43 @@ impl PageCursor {
     }
 }
 
-/// Highlights the words of a search in its hits' text and file names.
+/// Highlights the words of a search in its hits' text and file names: the terms its words
+/// and phrases analyse to, and the words its word being typed begins (found in the text being
+/// highlighted, and highlighted through their stem).
 pub struct Highlighter {
-    generator: Option<SnippetGenerator>,
+    terms: BTreeMap<String, f32>,
+    prefixes: Vec<String>,
+    field: Option<Field>,
 }
 
 impl Highlighter {
-    /// Highlights `terms`, and the terms of the index that `prefixes` begin.
-    fn new(searcher: &Searcher, fields: Fields, terms: Vec<String>, prefixes: &[String]) -> Result<Self, SearchError> {
-        if terms.is_empty() && prefixes.is_empty() {
-            return Ok(Highlighter::none());
-        }
-        // Snippets are cut with the stemming analyzer: a word a prefix begins is highlighted
-        // through its stem.
-        let mut stemmer = analysis::text_analyzer();
-        let mut words: BTreeMap<String, f32> = terms.iter().map(|t| (t.clone(), 1.0)).collect();
-        for prefix in prefixes {
-            for word in expand(searcher, fields.words, prefix)? {
-                for (_, stem) in analysis::terms(&mut stemmer, &word) {
-                    words.insert(stem, 1.0);
-                }
-            }
-        }
-        let generator = SnippetGenerator::new(words, analysis::text_analyzer(), fields.body, SNIPPET_CHARS);
-        Ok(Highlighter { generator: Some(generator) })
+    fn new(field: Field, terms: Vec<String>, prefixes: Vec<String>) -> Highlighter {
+        Highlighter { terms: terms.into_iter().map(|t| (t, 1.0)).collect(), prefixes, field: Some(field) }
     }
 
     /// Highlights nothing.
     pub fn none() -> Highlighter {
-        Highlighter { generator: None }
+        Highlighter { terms: BTreeMap::new(), prefixes: Vec::new(), field: None }
     }
 
     /// Where the search's words are in `text`: an excerpt around them, if any is there.
     pub fn snippet(&self, text: &str) -> Option<Snippet> {
-        let s = self.generator.as_ref()?.snippet(text);
+        let field = self.field?;
+        if text.is_empty() || (self.terms.is_empty() && self.prefixes.is_empty()) {
+            return None;
+        }
+        let mut words = self.terms.clone();
+        if !self.prefixes.is_empty() {
+            let mut stemmer = analysis::text_analyzer();
+            for (_, word) in analysis::terms(&mut analysis::prefix_analyzer(), text) {
+                if self.prefixes.iter().any(|p| word.starts_with(p.as_str())) {
+                    for (_, stem) in analysis::terms(&mut stemmer, &word) {
+                        words.insert(stem, 1.0);
+                    }
+                }
+            }
+        }
+        let s = SnippetGenerator::new(words, analysis::text_analyzer(), field, SNIPPET_CHARS).snippet(text);
         if s.highlighted().is_empty() {
             return None;
         }
@@ -829,26 +837,6 @@ impl Highlighter {
             highlights: s.highlighted().to_vec(),
         })
     }
-}
-
-/// The index's terms of `field` that begin with `prefix`, at most [`MAX_PREFIX_EXPANSIONS`]
-/// per segment.
-fn expand(searcher: &Searcher, field: Field, prefix: &str) -> Result<Vec<String>, SearchError> {
-    let mut out = Vec::new();
-    for segment in searcher.segment_readers() {
-        let inverted = segment.inverted_index(field)?;
-        let mut stream = inverted.terms().range().ge(prefix.as_bytes()).into_stream()?;
-        let mut n = 0;
-        while n < MAX_PREFIX_EXPANSIONS && stream.advance() {
-            let Ok(word) = std::str::from_utf8(stream.key()) else { continue };
-            if !word.starts_with(prefix) {
-                break;
-            }
-            out.push(word.to_string());
-            n += 1;
-        }
-    }
-    Ok(out)
 }
 
 /// The cursor in a commit's payload.
