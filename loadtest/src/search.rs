@@ -179,6 +179,10 @@ pub struct IndexingReport {
     pub writer_threads: usize,
     /// Commits of the index while it was built.
     pub commits: u64,
+    /// Segments searched once merges settled.
+    pub segments: usize,
+    /// How long after the last commit the merges took to settle (see [`settle`]).
+    pub settle_seconds: f64,
 }
 
 /// A closed loop of searchers.
@@ -260,11 +264,13 @@ fn print_report(r: &SearchReport) {
     println!("  corpus sent      {} in {:.1} s = {:.0} messages/s ({} failed)", l.sent, l.seconds, l.per_sec, l.failed);
     let i = &r.indexing;
     println!(
-        "  indexed          {} in {:.1} s = {:.0} messages/s; index {:.1} MiB ({} commits, batches of {}, writer {} MiB × {} thread)",
+        "  indexed          {} in {:.1} s = {:.0} messages/s; index {:.1} MiB in {} segments, merged {:.0} s later ({} commits, batches of {}, writer {} MiB × {} thread)",
         i.indexed,
         i.seconds,
         i.per_sec,
         mib(i.index_bytes),
+        i.segments,
+        i.settle_seconds,
         i.commits,
         i.batch_size,
         i.writer_memory_mib,
@@ -437,15 +443,19 @@ async fn search_phases(
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.abort();
+    let commits = origin.metrics.search_index_commits.get();
+    let (segments, settle_seconds) = settle(&index).await;
     let indexing = IndexingReport {
         indexed: index.len(),
         seconds,
         per_sec: index.len() as f64 / seconds,
         index_bytes: dir_bytes(&origin.config.data_dir.join("search")),
+        segments,
+        settle_seconds,
         batch_size: origin.config.consumers.batch_size,
         writer_memory_mib: args.writer_memory_mib,
         writer_threads: args.writer_threads,
-        commits: origin.metrics.search_index_commits.get(),
+        commits,
     };
 
     let queries = corpus.queries(args.queries, &seeded.readable_indexes, args.messages);
@@ -595,6 +605,30 @@ async fn send_corpus(
     }
     Ok((LoadReport { sent, failed: 0, seconds, per_sec: sent as f64 / seconds }, acked))
 }
+
+/// Waits until the index's merges in the background have settled — the segments searched
+/// unchanged for [`SETTLE`], at most [`SETTLE_MAX`] — so that queries are measured on the
+/// index as it stays, not while merges compete with them for the CPU (PostgreSQL's queries,
+/// likewise, run after its index is built and analysed). Answers the segments and the wait.
+async fn settle(index: &selvage_origin::search::SearchIndex) -> (usize, f64) {
+    let started = Instant::now();
+    let mut segments = index.segments();
+    let mut since = Instant::now();
+    while since.elapsed() < SETTLE && started.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = index.segments();
+        if now != segments {
+            (segments, since) = (now, Instant::now());
+        }
+    }
+    eprintln!("merges settled: {segments} segments after {:.1} s", started.elapsed().as_secs_f64());
+    (segments, started.elapsed().as_secs_f64())
+}
+
+/// How long the segments must stay the same to count as settled.
+const SETTLE: Duration = Duration::from_secs(5);
+/// Longest wait for merges to settle.
+const SETTLE_MAX: Duration = Duration::from_secs(180);
 
 /// Searches Selvage as one user, over HTTP.
 struct SelvageSearcher {

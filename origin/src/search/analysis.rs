@@ -21,14 +21,20 @@
 //!
 //! [`prefix_analyzer`] is the same without stemming, for the word being typed: a prefix must
 //! be compared with the words as written (`stagi` begins `staging`, not its stem `stage`), so
-//! the index keeps the text a second time, analysed by [`words_analyzer`]: unstemmed, and each
-//! word followed by its beginnings of [`MIN_GRAM_CHARS`] to [`MAX_GRAM_CHARS`] characters as
-//! terms of their own, marked with [`GRAM_MARK`] (`deploy` → `deploy`, `de*`, `dep*`, …,
-//! `deploy*`) at the word's position. The word being typed is then one term (`depl*`, whose
-//! postings are every message with a word beginning `depl`) rather than the union of every
-//! word it begins, which a search would have to read and merge; a typed part of one or of more
-//! than 12 characters is still expanded into the words it begins. The mark keeps beginnings
-//! apart from words: `dep*` never finds the word `dep`, nor `dep` the beginnings.
+//! the index keeps the text a second time, analysed by [`words_analyzer`]: unstemmed, each
+//! word as the terms of its beginnings of [`MIN_GRAM_CHARS`] to [`MAX_GRAM_CHARS`]
+//! characters, marked with [`GRAM_MARK`] (`deploy` → `dep*`, `depl*`, `deplo*`, `deploy*`),
+//! at the word's position. The word being typed is then one term (`depl*`, whose postings are
+//! every message with a word beginning `depl`) rather than the union of every word it
+//! begins, which a search would have to read and merge. A word shorter or longer than that is
+//! kept as itself (`db`, `東京`, `internationalization`), and a typed part of one or two, or
+//! of more than 12 characters, is expanded into the terms it begins. The mark keeps a word's
+//! beginnings apart from a whole word: `dep*` never finds the two-letter word `de`.
+//!
+//! In the words field, a word of 3 to 12 characters is only its beginnings: the last of them
+//! (`deploy*`) stands for it, also when an identifier's earlier parts are matched there
+//! (`rate_lim` → `rate*` then `lim*`), where it also matches the words it begins (`rates_limit`
+//! too) — as loose as stemming, and only for a word still being typed.
 
 use tantivy::tokenizer::{
     AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, Stemmer, TextAnalyzer, Token, TokenFilter, TokenStream,
@@ -42,7 +48,7 @@ pub const TEXT_ANALYZER: &str = "selvage_text";
 pub const WORDS_ANALYZER: &str = "selvage_words";
 
 /// Shortest beginning of a word indexed as a term (see the module's documentation).
-pub const MIN_GRAM_CHARS: usize = 2;
+pub const MIN_GRAM_CHARS: usize = 3;
 
 /// Longest beginning of a word indexed as a term.
 pub const MAX_GRAM_CHARS: usize = 12;
@@ -91,7 +97,8 @@ pub fn words_analyzer() -> TextAnalyzer {
         .build()
 }
 
-/// Follows each token with the terms of its beginnings, at its position.
+/// Turns each token into the terms of its beginnings, at its position, and keeps the token
+/// itself only when it is shorter or longer than the beginnings indexed.
 #[derive(Clone, Copy)]
 pub struct EdgeGrams;
 
@@ -119,8 +126,7 @@ impl<T: Tokenizer> Tokenizer for EdgeGramsFilter<T> {
     }
 }
 
-/// The tokens of [`EdgeGramsFilter`]: the current one is the last of `pending`, the word
-/// itself first, then its beginnings.
+/// The tokens of [`EdgeGramsFilter`]: the current one is the last of `pending`.
 pub struct EdgeGramsStream<'a, T> {
     tail: T,
     pending: &'a mut Vec<Token>,
@@ -137,11 +143,16 @@ impl<T: TokenStream> TokenStream for EdgeGramsStream<'_, T> {
         }
         let word = self.tail.token();
         let ends: Vec<usize> = word.text.char_indices().map(|(i, c)| i + c.len_utf8()).collect();
+        let whole = !(MIN_GRAM_CHARS..=MAX_GRAM_CHARS).contains(&ends.len());
         for &end in ends.iter().take(MAX_GRAM_CHARS).skip(MIN_GRAM_CHARS - 1).rev() {
-            let text = format!("{}{GRAM_MARK}", &word.text[..end]);
+            let mut text = String::with_capacity(end + 1);
+            text.push_str(&word.text[..end]);
+            text.push(GRAM_MARK);
             self.pending.push(Token { text, ..word.clone() });
         }
-        self.pending.push(word.clone());
+        if whole {
+            self.pending.push(word.clone());
+        }
         true
     }
 
@@ -350,16 +361,18 @@ mod tests {
     fn the_words_field_keeps_each_word_and_its_beginnings_at_its_position() {
         let terms = terms(&mut words_analyzer(), "Rate_Limit a Café 東京都 internationalization");
         let at = |p: usize| terms.iter().filter(|(q, _)| *q == p).map(|(_, t)| t.as_str()).collect::<Vec<_>>();
-        assert_eq!(at(0), ["rate", "ra*", "rat*", "rate*"]);
-        assert_eq!(at(1), ["limit", "li*", "lim*", "limi*", "limit*"]);
-        assert_eq!(at(2), ["a"], "a one-letter word has no beginning of two");
-        assert_eq!(at(3), ["cafe", "ca*", "caf*", "cafe*"]);
-        assert_eq!(at(4), ["東京", "東京*"]);
+        assert_eq!(at(0), ["rat*", "rate*"]);
+        assert_eq!(at(1), ["lim*", "limi*", "limit*"]);
+        assert_eq!(at(2), ["a"], "a short word is itself");
+        assert_eq!(at(3), ["caf*", "cafe*"]);
+        assert_eq!(at(4), ["東京"]);
         let long = at(6);
-        assert_eq!(long.len(), 1 + MAX_GRAM_CHARS - 1, "{long:?}");
+        assert_eq!(long.len(), 1 + MAX_GRAM_CHARS - MIN_GRAM_CHARS + 1, "a long word is itself and {long:?}");
+        assert_eq!(long[0], "internationalization");
         assert_eq!(long.last(), Some(&"internationa*"));
         assert_eq!(gram("dep").as_deref(), Some("dep*"));
-        assert_eq!(gram("d"), None);
+        assert_eq!(gram("de"), None);
+        assert_eq!(gram("internationa").as_deref(), Some("internationa*"));
         assert_eq!(gram("internationali"), None);
     }
 

@@ -244,7 +244,10 @@ impl SearchIndex {
         index.tokenizers().register(TEXT_ANALYZER, analysis::text_analyzer());
         index.tokenizers().register(WORDS_ANALYZER, analysis::words_analyzer());
         let writer = index.writer_with_num_threads(options.writer_threads.max(1), options.writer_memory_bytes)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        // Reloaded by every commit (`Writer::commit`), and on its own when a merge in the
+        // background replaces segments, so that an index left idle after a burst is searched
+        // merged, not in the many small segments the burst wrote.
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into()?;
         let writer =
             Arc::new(Mutex::new(WriterState { writer, dirty: false, pending: None, committed_at: Instant::now() }));
         let searchable = Arc::new(std::sync::Mutex::new(read_cursor(&index)?));
@@ -262,6 +265,11 @@ impl SearchIndex {
         self.reader.searcher().num_docs()
     }
 
+    /// How many segments searches read now.
+    pub fn segments(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
+    }
+
     /// Whether the index holds no message.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -277,7 +285,6 @@ impl SearchIndex {
             index: self.index.clone(),
             fields: self.fields,
             searchable: self.searchable.clone(),
-            segments: self.segments.clone(),
         };
         if writer.state.dirty {
             writer = writer.run(Writer::rollback).await?.0;
@@ -320,6 +327,7 @@ impl SearchIndex {
             if clauses.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(clauses)) };
 
         let searcher = self.reader.searcher();
+        self.segments.forget_merged(&searcher);
         let ranked = self.rank(&searcher, tantivy_query.as_ref(), permit, sort, &page, limit)?;
         let more = ranked.len() > limit;
         let highlighter = Highlighter::new(self.fields.body, text.highlight, text.prefixes);
@@ -488,18 +496,22 @@ fn sequence(field: Field, terms: &[(usize, String)]) -> Option<Box<dyn TantivyQu
     }
 }
 
-/// The word being typed, in the field of unstemmed `words`: its parts in order, the last one
-/// the beginning of a word — one term when beginnings that long are indexed
-/// ([`analysis::gram`]), the words of the index it begins otherwise.
+/// The word being typed, in the field of unstemmed `words` (see `analysis`): its parts in
+/// order, each earlier part as the term that stands for it there, the last the beginning of a
+/// word — one term when beginnings that long are indexed ([`analysis::gram`]), the terms of
+/// the index it begins otherwise.
 fn prefix_sequence(words: Field, unstemmed: &[(usize, String)]) -> Option<Box<dyn TantivyQuery>> {
     let ((_, last), parts) = unstemmed.split_last()?;
     let first = unstemmed[0].0;
+    let mut terms: Vec<(usize, String)> =
+        parts.iter().map(|(p, t)| (p - first, analysis::gram(t).unwrap_or_else(|| t.clone()))).collect();
+    let last_at = unstemmed[unstemmed.len() - 1].0 - first;
     if let Some(gram) = analysis::gram(last) {
-        let mut terms: Vec<(usize, String)> = parts.iter().map(|(p, t)| (p - first, t.clone())).collect();
-        terms.push((unstemmed[unstemmed.len() - 1].0 - first, gram));
+        terms.push((last_at, gram));
         return sequence(words, &terms);
     }
-    let terms = unstemmed.iter().map(|(p, t)| (p - first, Term::from_field_text(words, t))).collect();
+    terms.push((last_at, last.clone()));
+    let terms = terms.into_iter().map(|(p, t)| (p, Term::from_field_text(words, &t))).collect();
     let mut query = PhrasePrefixQuery::new_with_offset(terms);
     query.set_max_expansions(MAX_PREFIX_EXPANSIONS);
     Some(Box::new(query))
@@ -648,10 +660,15 @@ impl SegmentFilters {
         Ok(filter)
     }
 
-    /// Keeps only the segments `searcher` sees.
-    fn retain(&self, searcher: &Searcher) {
-        let live: HashSet<SegmentId> = searcher.segment_readers().iter().map(|s| s.segment_id()).collect();
-        self.by_segment.lock().unwrap_or_else(PoisonError::into_inner).retain(|id, _| live.contains(id));
+    /// Drops what it keeps of segments `searcher` no longer sees (merged away), if any.
+    fn forget_merged(&self, searcher: &Searcher) {
+        let segments = searcher.segment_readers();
+        let mut by_segment = self.by_segment.lock().unwrap_or_else(PoisonError::into_inner);
+        // Each segment searched adds its entry: more entries than segments means some are gone.
+        if by_segment.len() > segments.len() {
+            let live: HashSet<SegmentId> = segments.iter().map(|s| s.segment_id()).collect();
+            by_segment.retain(|id, _| live.contains(id));
+        }
     }
 }
 
@@ -857,7 +874,6 @@ pub struct Writer {
     index: Index,
     fields: Fields,
     searchable: Searchable,
-    segments: Arc<SegmentFilters>,
 }
 
 impl Writer {
@@ -954,7 +970,6 @@ impl Writer {
         self.state.pending = None;
         self.state.committed_at = Instant::now();
         self.reader.reload()?;
-        self.segments.retain(&self.reader.searcher());
         *self.searchable.lock().unwrap_or_else(PoisonError::into_inner) = Some(*covers);
         Ok(())
     }
