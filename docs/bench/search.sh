@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Search benchmarks of docs/BENCHMARKS.md ("Search"), with `selvage loadtest search`: a realistic
-# corpus (MESSAGES, default 1,000,000; 10 % CJK) sent through the sequencer of an in-process origin
-# and indexed by the feed consumer `search` (messages/s, index size); then 16 searchers as a user
-# in 50 of 1,000 private channels, closed loop for SECS seconds (p50, p99, searches/s). The peer,
+# corpus (MESSAGES, default 1,000,000; 10 % CJK) sent through the sequencer of an in-process origin,
+# which then restarts with search on and indexes it with its feed consumer `search` (messages/s,
+# index size); then 16 searchers as a user in 50 of 1,000 private channels send GET /v1/search to
+# it, closed loop for SECS seconds (p50, p99, searches/s). The peer,
 # in the same run: PostgreSQL 15's full-text search (tsvector, GIN, ts_rank) on the same corpus,
 # queries and permission filter, in a throwaway cluster on a loopback port started here.
 # Usage: docs/bench/search.sh [RUNS]      (run from the repository root, as root: the cluster

@@ -30,8 +30,11 @@
 //! message posted just now scores up to twice an equally relevant old one, one a month old
 //! 1.5 times. A query of filters alone has no scores and is ordered newest first.
 //!
-//! **Pages.** A page cursor is opaque to clients; it holds the offset of the next page and the
-//! time the first page was asked at (`as_of`). Every page only sees messages posted up to
+//! **Pages.** A page cursor is opaque to clients; it holds the offset of the next page, the
+//! time the first page was asked at (`as_of`), and the generation of the index the first page
+//! was read from: the next pages read the same generation while it is kept ([`PIN_FOR`], the
+//! [`PINNED`] latest), so a merge or a commit in between does not reorder them (a merge that
+//! purges deleted documents moves every score a little). Every page only sees messages posted up to
 //! `as_of` and scores recency against it, so messages posted meanwhile do not shift later
 //! pages. A message deleted between two pages shifts the rest by one. Pages go at most
 //! [`MAX_OFFSET`] deep.
@@ -86,6 +89,10 @@ const RECENCY_WEIGHT: f32 = 1.0;
 const RECENCY_HALF_LIFE_MS: f32 = 30.0 * 24.0 * 3600.0 * 1000.0;
 /// Most index terms the prefix of a word being typed expands to, per field and segment.
 const MAX_PREFIX_EXPANSIONS: u32 = 100;
+/// How long a generation of the index stays readable for the pages after the first.
+pub const PIN_FOR: Duration = Duration::from_secs(120);
+/// Most generations kept for pages.
+pub const PINNED: usize = 16;
 /// Longest snippet, in characters.
 const SNIPPET_CHARS: usize = 200;
 /// Milliseconds in a day.
@@ -232,6 +239,9 @@ pub struct SearchIndex {
     searchable: Searchable,
     /// What the permission filter keeps of each segment.
     segments: Arc<SegmentFilters>,
+    /// Recent generations of the index, for the pages after a first (see the module's
+    /// documentation): generation id, its searcher, when it was first read.
+    pinned: std::sync::Mutex<std::collections::VecDeque<(u64, Searcher, Instant)>>,
 }
 
 impl SearchIndex {
@@ -251,7 +261,15 @@ impl SearchIndex {
         let writer =
             Arc::new(Mutex::new(WriterState { writer, dirty: false, pending: None, committed_at: Instant::now() }));
         let searchable = Arc::new(std::sync::Mutex::new(read_cursor(&index)?));
-        Ok(SearchIndex { index, reader, fields, writer, searchable, segments: Arc::default() })
+        Ok(SearchIndex {
+            index,
+            reader,
+            fields,
+            writer,
+            searchable,
+            segments: Arc::default(),
+            pinned: std::sync::Mutex::default(),
+        })
     }
 
     /// The feed position the last commit covers, as searches see it; `None` for an index never
@@ -309,7 +327,7 @@ impl SearchIndex {
         }
         let page = match cursor {
             Some(c) => PageCursor::parse(c).ok_or(SearchError::BadCursor)?,
-            None => PageCursor { offset: 0, as_of: crate::now_ms() },
+            None => PageCursor { offset: 0, as_of: crate::now_ms(), generation: None },
         };
         let empty = || Page { hits: Vec::new(), next: None, highlighter: Highlighter::none() };
         let Some((filters, permit)) = self.filters(query, workspace, allowed, page.as_of) else { return Ok(empty()) };
@@ -326,7 +344,7 @@ impl SearchIndex {
         let tantivy_query: Box<dyn TantivyQuery> =
             if clauses.is_empty() { Box::new(AllQuery) } else { Box::new(BooleanQuery::new(clauses)) };
 
-        let searcher = self.reader.searcher();
+        let searcher = self.searcher(page.generation);
         self.segments.forget_merged(&searcher);
         let ranked = self.rank(&searcher, tantivy_query.as_ref(), permit, sort, &page, limit)?;
         let more = ranked.len() > limit;
@@ -340,8 +358,29 @@ impl SearchIndex {
             };
             hits.push(columns.hit(address.doc_id, score)?);
         }
-        let next = more.then(|| PageCursor { offset: page.offset + limit, as_of: page.as_of }.encode());
+        let generation = Some(searcher.generation().generation_id());
+        let next = more.then(|| PageCursor { offset: page.offset + limit, as_of: page.as_of, generation }.encode());
         Ok(Page { hits, next, highlighter })
+    }
+
+    /// The generation `generation` of the index if it is still kept, else the latest (which is
+    /// then kept for the pages after).
+    fn searcher(&self, generation: Option<u64>) -> Searcher {
+        let now = Instant::now();
+        let mut pinned = self.pinned.lock().unwrap_or_else(PoisonError::into_inner);
+        pinned.retain(|(_, _, at)| now.duration_since(*at) < PIN_FOR);
+        if let Some((_, kept, _)) = generation.and_then(|g| pinned.iter().find(|(id, _, _)| *id == g)) {
+            return kept.clone();
+        }
+        let latest = self.reader.searcher();
+        let id = latest.generation().generation_id();
+        if !pinned.iter().any(|(kept, _, _)| *kept == id) {
+            pinned.push_back((id, latest.clone(), now));
+            if pinned.len() > PINNED {
+                pinned.pop_front();
+            }
+        }
+        latest
     }
 
     /// The documents of one page (and one more, to tell whether another page follows), with
@@ -789,22 +828,32 @@ fn blend(score: f32, age_ms: i64) -> f32 {
 struct PageCursor {
     offset: usize,
     as_of: i64,
+    /// The generation of the index the first page was read from.
+    generation: Option<u64>,
 }
 
 impl PageCursor {
     fn encode(&self) -> String {
-        format!("{:x}.{:x}", self.offset, self.as_of)
+        match self.generation {
+            Some(g) => format!("{:x}.{:x}.{g:x}", self.offset, self.as_of),
+            None => format!("{:x}.{:x}", self.offset, self.as_of),
+        }
     }
 
     fn parse(s: &str) -> Option<PageCursor> {
-        let (offset, as_of) = s.split_once('.')?;
+        let mut parts = s.split('.');
+        let (offset, as_of, generation) = (parts.next()?, parts.next()?, parts.next());
         let hex = |s: &str| !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex(offset) || !hex(as_of) {
+        if parts.next().is_some() || !hex(offset) || !hex(as_of) || !generation.is_none_or(hex) {
             return None;
         }
         let offset = usize::from_str_radix(offset, 16).ok().filter(|o| *o <= MAX_OFFSET)?;
         let as_of = i64::from_str_radix(as_of, 16).ok().filter(|t| *t > 0)?;
-        Some(PageCursor { offset, as_of })
+        let generation = match generation {
+            Some(g) => Some(u64::from_str_radix(g, 16).ok()?),
+            None => None,
+        };
+        Some(PageCursor { offset, as_of, generation })
     }
 }
 
@@ -997,9 +1046,24 @@ mod tests {
 
     #[test]
     fn page_cursors_round_trip_and_refuse_garbage() {
-        let c = PageCursor { offset: 40, as_of: 1_700_000_000_000 };
+        let c = PageCursor { offset: 40, as_of: 1_700_000_000_000, generation: None };
         assert_eq!(PageCursor::parse(&c.encode()), Some(c));
-        for bad in ["", ".", "1.", ".1", "x.1", "1.-5", "1.0", &format!("{:x}.1", MAX_OFFSET + 1), "1.1.1", "+1.1"] {
+        let c = PageCursor { offset: 40, as_of: 1_700_000_000_000, generation: Some(7) };
+        assert_eq!(PageCursor::parse(&c.encode()), Some(c));
+        for bad in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "x.1",
+            "1.-5",
+            "1.0",
+            &format!("{:x}.1", MAX_OFFSET + 1),
+            "1.1.1.1",
+            "1.1.",
+            "1.1.x",
+            "+1.1",
+        ] {
             assert_eq!(PageCursor::parse(bad), None, "{bad:?}");
         }
     }

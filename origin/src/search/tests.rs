@@ -271,6 +271,23 @@ async fn pages_follow_their_cursor() {
     put_all(&index, &ws("W1"), vec![late], position(2)).await;
     let second = index.search(&query, &w, &chans, Sort::Recent, 10, first.next.as_deref()).unwrap();
     assert_eq!(second.hits.first().map(|h| h.seq), Some(15));
+    // Nor does a change to the index between pages: the next pages read the generation the
+    // first was read from (here, 15 is deleted after the first page and still on the second).
+    let first = index.search(&query, &w, &chans, Sort::Relevance, 10, None).unwrap();
+    let w1 = ws("W1");
+    let (writer, ()) = index.writer().await.unwrap().run(move |wr| Ok(wr.delete(&w1, &ch("C1"), 15))).await.unwrap();
+    writer.run(|wr| wr.commit(&position(3))).await.unwrap();
+    let mut all: Vec<Seq> = first.hits.iter().map(|h| h.seq).collect();
+    let mut cursor = first.next;
+    while let Some(c) = cursor {
+        let page = index.search(&query, &w, &chans, Sort::Relevance, 10, Some(&c)).unwrap();
+        all.extend(page.hits.iter().map(|h| h.seq));
+        cursor = page.next;
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=25).collect::<Vec<Seq>>(), "each once, as of the first page (26 is later)");
+    let fresh = index.search(&query, &w, &chans, Sort::Relevance, 100, None).unwrap();
+    assert!(fresh.hits.iter().all(|h| h.seq != 15), "a new search sees the delete");
 
     for bad in ["zz", "1", "ffffffff.1"] {
         let Err(err) = index.search(&query, &w, &chans, Sort::Recent, 10, Some(bad)) else {
