@@ -275,7 +275,11 @@ async fn pages_follow_their_cursor() {
     // first was read from (here, 15 is deleted after the first page and still on the second).
     let first = index.search(&query, &w, &chans, Sort::Relevance, 10, None).unwrap();
     let w1 = ws("W1");
-    let (writer, ()) = index.writer().await.unwrap().run(move |wr| Ok(wr.delete(&w1, &ch("C1"), 15))).await.unwrap();
+    let delete = move |wr: &mut super::index::Writer| {
+        wr.delete(&w1, &ch("C1"), 15);
+        Ok(())
+    };
+    let (writer, ()) = index.writer().await.unwrap().run(delete).await.unwrap();
     writer.run(|wr| wr.commit(&position(3))).await.unwrap();
     let mut all: Vec<Seq> = first.hits.iter().map(|h| h.seq).collect();
     let mut cursor = first.next;
