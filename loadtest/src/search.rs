@@ -438,8 +438,19 @@ async fn search_phases(
         let index = index.clone();
         move || index.len()
     });
+    // An indexer that fails keeps retrying its batch: give up when nothing moves for a while.
+    let (mut seen, mut moved) = (index.len(), Instant::now());
     while index.len() < load.sent {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        if index.len() != seen {
+            (seen, moved) = (index.len(), Instant::now());
+        } else if moved.elapsed() > STALLED {
+            bail!(
+                "indexing stalled at {seen} of {} messages for {} s (see the origin's log)",
+                load.sent,
+                STALLED.as_secs()
+            );
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.abort();
@@ -625,6 +636,8 @@ async fn settle(index: &selvage_origin::search::SearchIndex) -> (usize, f64) {
     (segments, started.elapsed().as_secs_f64())
 }
 
+/// How long indexing may make no progress before the run fails.
+const STALLED: Duration = Duration::from_secs(120);
 /// How long the segments must stay the same to count as settled.
 const SETTLE: Duration = Duration::from_secs(5);
 /// Longest wait for merges to settle.

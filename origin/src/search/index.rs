@@ -18,7 +18,7 @@
 //! it with the consumer's cursor in the store to find out whether the index misses events.
 //!
 //! **Permissions are not in the index.** Documents carry their workspace and channel only
-//! (and both as one number, [`room`]); a search is given the set of channels the caller may
+//! (as one fast field, [`room`]); a search is given the set of channels the caller may
 //! read *now* (computed from the store by the caller, see [`super::ReadableChannels`]), and
 //! only documents in one of those channels of the caller's workspace, posted within the
 //! query's dates, reach the ranking ([`Permitted`], a filter on fast fields applied to every
@@ -40,10 +40,11 @@
 //! [`MAX_OFFSET`] deep.
 //!
 //! **Memory.** One writer, with a fixed memory budget (`search.writer_memory_mib`) that tantivy
-//! flushes to a new segment when it is reached; readers reload only after a commit.
+//! flushes to a new segment when it is reached; readers reload after a commit and after a
+//! merge in the background.
 
 use std::{
-    collections::{hash_map::Entry, BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     ops::Range,
     path::Path,
     sync::{Arc, PoisonError},
@@ -53,7 +54,7 @@ use std::{
 use selvage_shared::{ChannelId, Message, SearchSort, Seq, WorkspaceId};
 use tantivy::{
     collector::{Collector, SegmentCollector, TopDocs},
-    columnar::{Column, ColumnIndex, ColumnValues, Dictionary, StrColumn},
+    columnar::{Column, ColumnIndex, ColumnValues, Dictionary},
     directory::MmapDirectory,
     index::SegmentId,
     query::{
@@ -237,8 +238,8 @@ pub struct SearchIndex {
     fields: Fields,
     writer: Arc<Mutex<WriterState>>,
     searchable: Searchable,
-    /// What the permission filter keeps of each segment.
-    segments: Arc<SegmentFilters>,
+    /// What searches read of each segment.
+    segments: Arc<ColumnsBySegment>,
     /// Recent generations of the index, for the pages after a first (see the module's
     /// documentation): generation id, its searcher, when it was first read.
     pinned: std::sync::Mutex<std::collections::VecDeque<(u64, Searcher, Instant)>>,
@@ -349,14 +350,10 @@ impl SearchIndex {
         let ranked = self.rank(&searcher, tantivy_query.as_ref(), permit, sort, &page, limit)?;
         let more = ranked.len() > limit;
         let highlighter = Highlighter::new(self.fields.body, text.highlight, text.prefixes);
-        let mut columns: HashMap<u32, HitColumns> = HashMap::new();
         let mut hits = Vec::with_capacity(limit);
         for (score, address) in ranked.into_iter().take(limit) {
-            let columns = match columns.entry(address.segment_ord) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => e.insert(HitColumns::open(searcher.segment_reader(address.segment_ord))?),
-            };
-            hits.push(columns.hit(address.doc_id, score)?);
+            let segment = self.segments.of(searcher.segment_reader(address.segment_ord))?;
+            hits.push(segment.hit(address.doc_id, score)?);
         }
         let generation = Some(searcher.generation().generation_id());
         let next = more.then(|| PageCursor { offset: page.offset + limit, as_of: page.as_of, generation }.encode());
@@ -405,7 +402,7 @@ impl SearchIndex {
                 let as_of = page.as_of;
                 let segments = self.segments.clone();
                 let collector = top.tweak_score(move |segment: &SegmentReader| {
-                    let ts = segments.of(segment).ok().map(|filter| filter.ts.clone());
+                    let ts = segments.of(segment).ok().map(|columns| columns.ts.clone());
                     move |doc, score| {
                         let posted = ts.as_ref().map_or(as_of, |c| c.get_val(doc));
                         blend(score, as_of.saturating_sub(posted))
@@ -583,20 +580,20 @@ struct Permit {
 
 impl Permit {
     /// `collector`, seeing only the documents this permits.
-    fn wrap<C: Collector>(self, segments: &SegmentFilters, collector: C) -> Permitted<'_, C> {
+    fn wrap<C: Collector>(self, segments: &ColumnsBySegment, collector: C) -> Permitted<'_, C> {
         Permitted { permit: self, segments, inner: collector }
     }
 }
 
 /// The permission filter, applied to every document the query matches before it is ranked.
 /// Per segment, the allowed rooms become a bit set of their term ordinals in the `room`
-/// column ([`SegmentFilter::allowed`]); per document, one read of its ordinal and one bit (and
+/// column ([`SegmentColumns::allowed`]); per document, one read of its ordinal and one bit (and
 /// its time, unless the segment lies wholly within the time bounds). It stands in for `room ∈
 /// allowed AND ts in range` clauses in the tantivy query, whose cost grew with the number of
 /// channels (a term set built per search) and with the index (a range over every document).
 struct Permitted<'a, C> {
     permit: Permit,
-    segments: &'a SegmentFilters,
+    segments: &'a ColumnsBySegment,
     inner: C,
 }
 
@@ -605,13 +602,13 @@ impl<C: Collector> Collector for Permitted<'_, C> {
     type Child = PermittedSegment<C::Child>;
 
     fn for_segment(&self, ordinal: u32, segment: &SegmentReader) -> tantivy::Result<Self::Child> {
-        let filter = self.segments.of(segment)?;
+        let columns = self.segments.of(segment)?;
         let (from, until) = (self.permit.from, self.permit.until);
-        let within = filter.ts_range.0 >= from && filter.ts_range.1 <= until;
+        let within = columns.ts_range.0 >= from && columns.ts_range.1 <= until;
         Ok(PermittedSegment {
-            allowed: filter.allowed(&self.permit.rooms)?,
-            rooms: filter.rooms.as_ref().map(|(_, ords)| ords.clone()),
-            ts: (!within).then(|| (filter.ts.clone(), from, until)),
+            allowed: columns.allowed(&self.permit.rooms)?,
+            rooms: columns.rooms.as_ref().map(|(_, ords)| ords.clone()),
+            ts: (!within).then(|| (columns.ts.clone(), from, until)),
             inner: self.inner.for_segment(ordinal, segment)?,
             block: Vec::new(),
         })
@@ -626,26 +623,29 @@ impl<C: Collector> Collector for Permitted<'_, C> {
     }
 }
 
-/// Most rooms whose term ordinal a segment remembers (see [`SegmentFilter`]).
+/// Most rooms whose term ordinal a segment remembers (see [`SegmentColumns`]).
 const ORDS_REMEMBERED: usize = 100_000;
 
-/// What the permission filter reads of one segment, opened once per segment rather than once
-/// per search: its columns, and the term ordinals of the rooms searches asked for so far (a
-/// lookup in the column's dictionary costs a microsecond or two, times the caller's channels,
-/// times the segments). A segment never changes once written, so neither does any of it.
-struct SegmentFilter {
+/// What searches read of one segment — the permission filter, the ranking and the hits —
+/// opened once per segment rather than once per search: its columns, and the term ordinals of
+/// the rooms searches asked for so far (a lookup in the column's dictionary costs a
+/// microsecond or two, times the caller's channels, times the segments). A segment never
+/// changes once written, so neither does any of it.
+struct SegmentColumns {
     /// The `room` column's dictionary and each document's term ordinal in it; `None` in a
     /// segment without documents.
     rooms: Option<(Arc<Dictionary>, Arc<dyn ColumnValues<u64>>)>,
     /// Each document's time, and the least and greatest.
     ts: Arc<dyn ColumnValues<i64>>,
     ts_range: (i64, i64),
+    /// Each document's `seq`.
+    seq: Arc<dyn ColumnValues<u64>>,
     /// Room → its term ordinal here (`None`: no document of that room).
     ords: std::sync::Mutex<HashMap<String, Option<u64>>>,
 }
 
-impl SegmentFilter {
-    fn open(segment: &SegmentReader) -> tantivy::Result<SegmentFilter> {
+impl SegmentColumns {
+    fn open(segment: &SegmentReader) -> tantivy::Result<SegmentColumns> {
         let fast = segment.fast_fields();
         let rooms = fast.str("room")?.map(|column| {
             let (dictionary, ords) = column.into_parts();
@@ -653,7 +653,22 @@ impl SegmentFilter {
         });
         let ts = fast.i64("ts")?;
         let ts_range = (ts.min_value(), ts.max_value());
-        Ok(SegmentFilter { rooms, ts: dense(ts), ts_range, ords: std::sync::Mutex::new(HashMap::new()) })
+        let seq = dense(fast.u64("seq")?);
+        Ok(SegmentColumns { rooms, ts: dense(ts), ts_range, seq, ords: std::sync::Mutex::new(HashMap::new()) })
+    }
+
+    /// The hit that document `doc` of this segment is.
+    fn hit(&self, doc: DocId, score: f32) -> Result<Hit, SearchError> {
+        let corrupt = || SearchError::Corrupt("a document without its room".into());
+        let (dictionary, ords) = self.rooms.as_ref().ok_or_else(corrupt)?;
+        let mut room = Vec::new();
+        if !dictionary.ord_to_term(ords.get_val(doc), &mut room)? {
+            return Err(corrupt());
+        }
+        let channel =
+            std::str::from_utf8(&room).ok().and_then(|r| r.split_once('/')).and_then(|(_, c)| ChannelId::parse(c));
+        let channel = channel.ok_or_else(corrupt)?;
+        Ok(Hit { channel, seq: self.seq.get_val(doc), ts: self.ts.get_val(doc), score })
     }
 
     /// The bit set of the term ordinals of `rooms` in this segment.
@@ -681,22 +696,22 @@ impl SegmentFilter {
     }
 }
 
-/// The [`SegmentFilter`]s of the segments searches see, by segment; those of segments merged
-/// away are dropped when the index reloads.
+/// The [`SegmentColumns`]s of the segments searches see, by segment; those of segments merged
+/// away are dropped by the next search that no longer sees them.
 #[derive(Default)]
-struct SegmentFilters {
-    by_segment: std::sync::Mutex<HashMap<SegmentId, Arc<SegmentFilter>>>,
+struct ColumnsBySegment {
+    by_segment: std::sync::Mutex<HashMap<SegmentId, Arc<SegmentColumns>>>,
 }
 
-impl SegmentFilters {
-    fn of(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentFilter>> {
+impl ColumnsBySegment {
+    fn of(&self, segment: &SegmentReader) -> tantivy::Result<Arc<SegmentColumns>> {
         let id = segment.segment_id();
-        if let Some(filter) = self.by_segment.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
-            return Ok(filter.clone());
+        if let Some(columns) = self.by_segment.lock().unwrap_or_else(PoisonError::into_inner).get(&id) {
+            return Ok(columns.clone());
         }
-        let filter = Arc::new(SegmentFilter::open(segment)?);
-        self.by_segment.lock().unwrap_or_else(PoisonError::into_inner).insert(id, filter.clone());
-        Ok(filter)
+        let columns = Arc::new(SegmentColumns::open(segment)?);
+        self.by_segment.lock().unwrap_or_else(PoisonError::into_inner).insert(id, columns.clone());
+        Ok(columns)
     }
 
     /// Drops what it keeps of segments `searcher` no longer sees (merged away), if any.
@@ -768,33 +783,6 @@ impl<S: SegmentCollector> SegmentCollector for PermittedSegment<S> {
 
     fn harvest(self) -> S::Fruit {
         self.inner.harvest()
-    }
-}
-
-/// The fast fields a hit is read from, in one segment.
-struct HitColumns {
-    rooms: StrColumn,
-    seq: Column<u64>,
-    ts: Column<i64>,
-}
-
-impl HitColumns {
-    fn open(segment: &SegmentReader) -> Result<HitColumns, SearchError> {
-        let fast = segment.fast_fields();
-        let rooms = fast.str("room")?.ok_or_else(|| SearchError::Corrupt("a segment without rooms".into()))?;
-        Ok(HitColumns { rooms, seq: fast.u64("seq")?, ts: fast.i64("ts")? })
-    }
-
-    fn hit(&self, doc: DocId, score: f32) -> Result<Hit, SearchError> {
-        let mut room = String::new();
-        if let Some(ord) = self.rooms.term_ords(doc).next() {
-            self.rooms.ord_to_str(ord, &mut room)?;
-        }
-        let channel = room.split_once('/').and_then(|(_, c)| ChannelId::parse(c));
-        let (Some(channel), Some(seq)) = (channel, self.seq.first(doc)) else {
-            return Err(SearchError::Corrupt("a document without its channel or seq".into()));
-        };
-        Ok(Hit { channel, seq, ts: self.ts.first(doc).unwrap_or(0), score })
     }
 }
 

@@ -47,7 +47,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use selvage_shared::{ChannelId, Event, Message, Seq, WorkspaceId};
+use selvage_shared::{ChannelId, Event, FeedEvent, Message, Seq, WorkspaceId};
 
 use super::{
     index::{SearchIndex, Writer},
@@ -56,7 +56,7 @@ use super::{
 use crate::{
     feed::{
         self,
-        consumer::{Batch, Consumer, ConsumerError, Item, StartFrom},
+        consumer::{Batch, Consumer, ConsumerError, StartFrom},
         Feed, Position, Read,
     },
     messages::records,
@@ -111,11 +111,9 @@ impl Indexer {
         if covered < batch.after {
             (writer, covered) = self.replay(writer, covered, &batch.after).await?;
         }
-        let items: Vec<&Item> = batch.items.iter().filter(|item| item.position > covered).collect();
-        writer = apply(writer, changes(&items), covered.max(batch.next)).await?;
-        if writer.since_commit() >= COMMIT_EVERY {
-            self.commit(writer).await?;
-        }
+        let events = batch.items.iter().filter(|item| item.position > covered).map(|item| &item.event);
+        writer = apply(writer, changes(events), covered.max(batch.next)).await?;
+        self.commit_if_due(writer).await?;
         Ok(())
     }
 
@@ -148,14 +146,10 @@ impl Indexer {
                             feed::cursor(until)
                         )));
                     }
-                    let items: Vec<Item> =
-                        items.into_iter().map(|(position, event)| Item { position, event }).collect();
                     replayed += items.len() as u64;
-                    writer = apply(writer, changes(&items.iter().collect::<Vec<_>>()), next).await?;
+                    writer = apply(writer, changes(items.iter().map(|(_, event)| event)), next).await?;
                     covered = next;
-                    if writer.since_commit() >= COMMIT_EVERY {
-                        writer = self.commit(writer).await?;
-                    }
+                    writer = self.commit_if_due(writer).await?;
                 }
             }
         }
@@ -180,6 +174,14 @@ impl Indexer {
         self.metrics.search_index_commits.inc();
         tracing::info!(docs = self.index.len(), "search index rebuilt");
         Ok((writer, covers))
+    }
+
+    /// Commits what the writer holds finished if the last commit is [`COMMIT_EVERY`] old.
+    async fn commit_if_due(&self, writer: Writer) -> Result<Writer, SearchError> {
+        if writer.since_commit() >= COMMIT_EVERY {
+            return self.commit(writer).await;
+        }
+        Ok(writer)
     }
 
     /// Commits what the writer holds finished.
@@ -211,12 +213,12 @@ async fn apply(writer: Writer, changes: Vec<Change>, covers: Position) -> Result
     Ok(writer)
 }
 
-/// What `items` change in the index.
-fn changes(items: &[&Item]) -> Vec<Change> {
+/// What `events` change in the index.
+fn changes<'a>(events: impl IntoIterator<Item = &'a FeedEvent>) -> Vec<Change> {
     let mut out = Vec::new();
-    for item in items {
-        let w = &item.event.workspace;
-        match &item.event.event {
+    for event in events {
+        let w = &event.workspace;
+        match &event.event {
             Event::Message(m) => out.push(Change::Put(w.clone(), Box::new(m.clone()))),
             Event::MessageChanged { message, .. } => out.push(Change::Put(w.clone(), Box::new(message.clone()))),
             Event::MessageDeleted { channel, seq } => out.push(Change::Delete(w.clone(), channel.clone(), *seq)),

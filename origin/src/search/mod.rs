@@ -166,21 +166,19 @@ impl Resolver for StoreResolver<'_> {
 /// rule of every read (ARCHITECTURE §7). Read in one transaction, uncached (a search reads them
 /// through [`ReadableChannels`]).
 pub async fn readable_channels(store: &Store, caller: &Caller) -> Result<HashSet<ChannelId>, SearchError> {
-    let (readable, _) = transact!(store, |tx| { read_readable(tx, caller, None).await? })?;
+    let (readable, _) = transact!(store, |tx| {
+        let public = public_channels(tx, &caller.workspace).await?;
+        with_joined(tx, caller, public).await?
+    })?;
     Ok(readable)
 }
 
-/// The channels `caller` may read, from the records in `tx`; the workspace's public channels
-/// from `public` when given.
-async fn read_readable(
+/// `readable` (the workspace's public channels) and the channels `caller` is a member of.
+async fn with_joined(
     tx: &mut dyn KvTxn,
     caller: &Caller,
-    public: Option<&HashSet<ChannelId>>,
+    mut readable: HashSet<ChannelId>,
 ) -> Result<HashSet<ChannelId>, StoreError> {
-    let mut readable = match public {
-        Some(public) => public.clone(),
-        None => public_channels(tx, &caller.workspace).await?,
-    };
     for (key, _) in tx.get_range(&RangeRead::prefix(&keys::joined_by(&caller.workspace, &caller.user.id))).await? {
         if let Some(c) = last_str(&key).and_then(|s| ChannelId::parse(&s)) {
             readable.insert(c);
@@ -244,7 +242,7 @@ impl ReadableChannels {
                             fresh
                         }
                     };
-                    let channels = Arc::new(read_readable(tx, caller, Some(&public.channels)).await?);
+                    let channels = Arc::new(with_joined(tx, caller, (*public.channels).clone()).await?);
                     self.users.insert(user_key.clone(), Arc::new(AsOf { gates, channels: channels.clone() }));
                     channels
                 }
