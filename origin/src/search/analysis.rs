@@ -27,11 +27,14 @@
 //! at the word's position. The word being typed is then one term (`depl*`, whose postings are
 //! every message with a word beginning `depl`) rather than the union of every word it
 //! begins, which a search would have to read and merge. A word shorter or longer than that is
-//! kept as itself (`db`, `東京`, `internationalization`), and a typed part of one or two, or
-//! of more than 12 characters, is expanded into the terms it begins. The mark keeps a word's
-//! beginnings apart from a whole word: `dep*` never finds the two-letter word `de`.
+//! kept as itself (`db`, `東京`, `internationalization`, besides `int*` to `intern*`), and a
+//! typed part of one or two, or of more than six characters, is expanded into the terms it
+//! begins: few words begin with the same seven letters, so that union is short, and the
+//! beginnings stop at six because each one more costs every longer word a term (a fifth of the
+//! indexing time and of the index at 12). The mark keeps a word's beginnings apart from a whole
+//! word: `dep*` never finds the two-letter word `de`.
 //!
-//! In the words field, a word of 3 to 12 characters is only its beginnings: the last of them
+//! In the words field, a word of 3 to 6 characters is only its beginnings: the last of them
 //! (`deploy*`) stands for it, also when an identifier's earlier parts are matched there
 //! (`rate_lim` → `rate*` then `lim*`), where it also matches the words it begins (`rates_limit`
 //! too) — as loose as stemming, and only for a word still being typed.
@@ -51,7 +54,7 @@ pub const WORDS_ANALYZER: &str = "selvage_words";
 pub const MIN_GRAM_CHARS: usize = 3;
 
 /// Longest beginning of a word indexed as a term.
-pub const MAX_GRAM_CHARS: usize = 12;
+pub const MAX_GRAM_CHARS: usize = 6;
 
 /// Ends the term of a word's beginning: `dep*`. Never part of a word (the tokenizer cuts at
 /// punctuation).
@@ -359,7 +362,7 @@ mod tests {
 
     #[test]
     fn the_words_field_keeps_each_word_and_its_beginnings_at_its_position() {
-        let terms = terms(&mut words_analyzer(), "Rate_Limit a Café 東京都 internationalization");
+        let terms = terms(&mut words_analyzer(), "Rate_Limit a Café 東京都 internationalization deploy deployed");
         let at = |p: usize| terms.iter().filter(|(q, _)| *q == p).map(|(_, t)| t.as_str()).collect::<Vec<_>>();
         assert_eq!(at(0), ["rat*", "rate*"]);
         assert_eq!(at(1), ["lim*", "limi*", "limit*"]);
@@ -369,11 +372,13 @@ mod tests {
         let long = at(6);
         assert_eq!(long.len(), 1 + MAX_GRAM_CHARS - MIN_GRAM_CHARS + 1, "a long word is itself and {long:?}");
         assert_eq!(long[0], "internationalization");
-        assert_eq!(long.last(), Some(&"internationa*"));
+        assert_eq!(long.last(), Some(&"intern*"));
+        assert_eq!(at(7), ["deploy*", "deplo*", "depl*", "dep*"].iter().rev().copied().collect::<Vec<_>>());
+        assert_eq!(at(8), ["deployed", "dep*", "depl*", "deplo*", "deploy*"], "one longer than the beginnings");
         assert_eq!(gram("dep").as_deref(), Some("dep*"));
         assert_eq!(gram("de"), None);
-        assert_eq!(gram("internationa").as_deref(), Some("internationa*"));
-        assert_eq!(gram("internationali"), None);
+        assert_eq!(gram("deploy").as_deref(), Some("deploy*"));
+        assert_eq!(gram("deploye"), None);
     }
 
     #[test]

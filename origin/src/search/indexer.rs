@@ -2,8 +2,8 @@
 //! rebuild from the store (ARCHITECTURE §8 "Search").
 //!
 //! **Following the feed.** In `deliver` (outside the store: at least once) each batch's
-//! `message` events are indexed (text and file names), `message_changed` replaces the
-//! message's document and `message_deleted` removes it; the writer then records that its
+//! `message` events are indexed (text and file names; added, see [`Writer::post`]),
+//! `message_changed` replaces the message's document and `message_deleted` removes it; the writer then records that its
 //! changes bring the index up to the batch's end ([`Writer::covers`]). It **commits** — with
 //! that position as the commit's payload, see [`Writer::commit`] — when the runner has caught
 //! up with the feed ([`Consumer::caught_up`]), and at least every [`COMMIT_EVERY`] while it is
@@ -32,7 +32,9 @@
 //! **A rebuild** holds the index's writer for its whole length, so nothing commits in between:
 //! it reads the feed's head, clears the index, and indexes every stored message that is not
 //! deleted, a page of each channel per store transaction. The messages it reads are at least
-//! as new as every event up to that head, so it commits with the head as its cursor. An event
+//! as new as every event up to that head, so it commits with the head as its cursor, and with
+//! the head read after its last read ([`Writer::rebuilt_until`]): the new messages up to there
+//! may be indexed already, so their `message` events replace their documents. An event
 //! after it that is delivered later may set a message back to an older state for a moment
 //! (the message was read newer); the events after it bring it forward again, so the index
 //! converges to the store by the time the consumer reaches the feed's head. A crash during a
@@ -80,6 +82,8 @@ const REPLAY_PAGE: usize = 1_000;
 
 /// One change a batch makes to the index.
 enum Change {
+    /// A new message, from its `message` event at this position.
+    Post(WorkspaceId, Box<Message>, Position),
     Put(WorkspaceId, Box<Message>),
     Delete(WorkspaceId, ChannelId, Seq),
 }
@@ -111,7 +115,8 @@ impl Indexer {
         if covered < batch.after {
             (writer, covered) = self.replay(writer, covered, &batch.after).await?;
         }
-        let events = batch.items.iter().filter(|item| item.position > covered).map(|item| &item.event);
+        let events =
+            batch.items.iter().filter(|item| item.position > covered).map(|item| (&item.position, &item.event));
         writer = apply(writer, changes(events), covered.max(batch.next)).await?;
         self.commit_if_due(writer).await?;
         Ok(())
@@ -147,7 +152,7 @@ impl Indexer {
                         )));
                     }
                     replayed += items.len() as u64;
-                    writer = apply(writer, changes(items.iter().map(|(_, event)| event)), next).await?;
+                    writer = apply(writer, changes(items.iter().map(|(position, event)| (position, event))), next).await?;
                     covered = next;
                     writer = self.commit_if_due(writer).await?;
                 }
@@ -202,6 +207,7 @@ async fn apply(writer: Writer, changes: Vec<Change>, covers: Position) -> Result
         .run(move |w| {
             for change in changes {
                 match change {
+                    Change::Post(ws, m, at) => w.post(&ws, &m, &at)?,
                     Change::Put(ws, m) => w.put(&ws, &m)?,
                     Change::Delete(ws, c, seq) => w.delete(&ws, &c, seq),
                 }
@@ -214,12 +220,12 @@ async fn apply(writer: Writer, changes: Vec<Change>, covers: Position) -> Result
 }
 
 /// What `events` change in the index.
-fn changes<'a>(events: impl IntoIterator<Item = &'a FeedEvent>) -> Vec<Change> {
+fn changes<'a>(events: impl IntoIterator<Item = (&'a Position, &'a FeedEvent)>) -> Vec<Change> {
     let mut out = Vec::new();
-    for event in events {
+    for (position, event) in events {
         let w = &event.workspace;
         match &event.event {
-            Event::Message(m) => out.push(Change::Put(w.clone(), Box::new(m.clone()))),
+            Event::Message(m) => out.push(Change::Post(w.clone(), Box::new(m.clone()), *position)),
             Event::MessageChanged { message, .. } => out.push(Change::Put(w.clone(), Box::new(message.clone()))),
             Event::MessageDeleted { channel, seq } => out.push(Change::Delete(w.clone(), channel.clone(), *seq)),
             _ => {}
@@ -285,6 +291,8 @@ async fn rebuild(feed: &Feed, store: &Store, writer: Writer) -> Result<(Writer, 
         }
         after_workspace = prefix_range(&keys::workspace(&w)).1;
     }
+    let settled = feed.head().await?;
+    writer.rebuilt_until(settled);
     Ok((writer, head))
 }
 

@@ -339,6 +339,65 @@ async fn relevance_ranks_matches_and_highlights_them() {
     assert!(page.highlighter.snippet("an outing").is_none(), "not a word of the index");
 }
 
+/// Indexes new messages as their `message` events at `at` would, and commits `covers`.
+async fn post_all(index: &SearchIndex, messages: Vec<(Message, Position)>, covers: Position) {
+    index
+        .writer()
+        .await
+        .unwrap()
+        .run(move |writer| {
+            for (m, at) in &messages {
+                writer.post(&ws("W1"), m, at)?;
+            }
+            writer.commit(&covers)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn messages_a_rebuild_indexed_are_replaced_by_their_events_also_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let early = msg("C1", 1, NOON_MARCH_10, "U1", "rebuilt early");
+    let late = msg("C1", 2, NOON_MARCH_10, "U1", "rebuilt late");
+    {
+        let index = SearchIndex::open(dir.path(), &options()).unwrap();
+        // A rebuild read its head at 5, then indexed both messages (the second was sent while
+        // it read) and found the head at 9 after its last read.
+        let (e, l) = (early.clone(), late.clone());
+        index
+            .writer()
+            .await
+            .unwrap()
+            .run(move |writer| {
+                writer.put(&ws("W1"), &e)?;
+                writer.put(&ws("W1"), &l)?;
+                writer.rebuilt_until(position(9));
+                writer.commit(&position(5))
+            })
+            .await
+            .unwrap();
+        assert_eq!(index.len(), 2);
+        // The first of the events after the rebuild's cursor: its message is not added twice.
+        post_all(&index, vec![(early.clone(), position(6))], position(6)).await;
+        assert_eq!(index.len(), 2);
+    }
+    // The process restarts before the index covers the end of the rebuild: the payload kept it.
+    let index = SearchIndex::open(dir.path(), &options()).unwrap();
+    assert_eq!(index.cursor().unwrap(), Some(position(6)));
+    let new = msg("C1", 3, NOON_MARCH_10, "U1", "posted after");
+    post_all(&index, vec![(late.clone(), position(8)), (new.clone(), position(10))], position(10)).await;
+    assert_eq!(index.len(), 3);
+    assert_eq!(find(&index, "rebuilt", &["C1"]).len(), 2);
+    // Past the rebuild, new messages are added; the payload no longer names it.
+    let dir2 = dir.path().to_path_buf();
+    drop(index);
+    let index = SearchIndex::open(&dir2, &options()).unwrap();
+    post_all(&index, vec![(msg("C1", 4, NOON_MARCH_10, "U1", "fresh"), position(11))], position(11)).await;
+    assert_eq!(index.len(), 4);
+    assert_eq!(find(&index, "posted", &["C1"]), [("C1".to_string(), 3)]);
+}
+
 #[tokio::test]
 async fn the_committed_cursor_survives_a_reopen_and_uncommitted_work_does_not() {
     let dir = tempfile::tempdir().unwrap();
