@@ -94,6 +94,10 @@ pub struct SearchArgs {
     /// The index writer's threads (the origin's `search.writer_threads`).
     #[arg(long, default_value_t = 1)]
     pub writer_threads: usize,
+    /// Searches the origin lets read its index at once; the rest wait in line (the origin's
+    /// `search.max_concurrent`; 0: one per CPU core).
+    #[arg(long, default_value_t = 0)]
+    pub search_concurrency: usize,
     /// Searchers at once, all the same user, each waiting for its answer (closed loop).
     #[arg(long, default_value_t = 16)]
     pub searchers: usize,
@@ -378,6 +382,7 @@ pub async fn measure(args: &SearchArgs) -> Result<SearchReport> {
     }
     config.search.writer_memory_mib = args.writer_memory_mib;
     config.search.writer_threads = args.writer_threads;
+    config.search.max_concurrent = args.search_concurrency;
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // Loading, with search off: the corpus is in the store and the feed before any indexer
@@ -499,10 +504,15 @@ async fn search_phases(
         channels: args.channels,
         readable_channels: seeded.readable.len(),
         seed: args.seed,
-        path: "messages: sequencer → store and feed; the origin restarted with search on → its consumer \
-               `search` → tantivy; queries: GET /v1/search over loopback HTTP/1.1 (keep-alive), as a client \
-               sends them"
-            .into(),
+        path: format!(
+            "messages: sequencer → store and feed; the origin restarted with search on → its consumer `search` \
+             → tantivy; queries: GET /v1/search over loopback HTTP/1.1 (keep-alive), as a client sends them, \
+             {} at once reading the index",
+            match args.search_concurrency {
+                0 => "one per core".to_string(),
+                n => n.to_string(),
+            }
+        ),
         load,
         indexing,
         queries: selvage,

@@ -100,6 +100,7 @@ async fn a_tiny_run_indexes_everything_and_finds_only_readable_messages() {
         batch_size: None,
         writer_memory_mib: 16,
         writer_threads: 1,
+        search_concurrency: 0,
         searchers: 4,
         duration: Duration::from_secs(2),
         queries: 40,

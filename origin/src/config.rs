@@ -61,11 +61,14 @@ pub struct SearchConfig {
     /// 8,000: under an edge's deadline for a call); past it the search answers with what is
     /// indexed, saying so (`caught_up: false`).
     pub max_wait_ms: u64,
+    /// Searches that read the index at once; more wait their turn, first come first served.
+    /// 0 (the default) is one per CPU core.
+    pub max_concurrent: usize,
 }
 
 impl Default for SearchConfig {
     fn default() -> Self {
-        SearchConfig { enabled: true, writer_memory_mib: 64, writer_threads: 1, max_wait_ms: 5_000 }
+        SearchConfig { enabled: true, writer_memory_mib: 64, writer_threads: 1, max_wait_ms: 5_000, max_concurrent: 0 }
     }
 }
 
@@ -85,6 +88,9 @@ impl SearchConfig {
         // through an edge answers rather than times out.
         if self.max_wait_ms > 8_000 {
             return Err("search.max_wait_ms must be at most 8000".into());
+        }
+        if self.max_concurrent > 1024 {
+            return Err("search.max_concurrent must be at most 1024 (0: one per CPU core)".into());
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use selvage_shared::{Channel, ChannelId, SearchPage, SearchResult, SearchSnippet};
-use tokio::task::JoinHandle;
+use tokio::{sync::Semaphore, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -90,6 +90,8 @@ impl Ask {
 /// The search service (see the module's documentation).
 pub struct Search {
     index: Arc<SearchIndex>,
+    /// One permit per search allowed to read the index at once (`search.max_concurrent`).
+    turns: Arc<Semaphore>,
     readable: ReadableChannels,
     config: SearchConfig,
     metrics: Arc<Metrics>,
@@ -104,7 +106,17 @@ impl Search {
         };
         let index = Arc::new(SearchIndex::open(&data_dir.join("search"), &options)?);
         metrics.search_index_documents.set(index.len() as i64);
-        Ok(Search { index, readable: ReadableChannels::new(READABLE_CACHED), config: config.clone(), metrics })
+        let turns = match config.max_concurrent {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => n,
+        };
+        Ok(Search {
+            index,
+            turns: Arc::new(Semaphore::new(turns)),
+            readable: ReadableChannels::new(READABLE_CACHED),
+            config: config.clone(),
+            metrics,
+        })
     }
 
     /// The index.
@@ -170,11 +182,18 @@ impl Search {
         let index = self.index.clone();
         let w = caller.workspace.clone();
         let (sort, cursor) = (ask.sort, ask.cursor);
-        let page =
-            tokio::task::spawn_blocking(move || index.search(&query, &w, &allowed, sort, limit, cursor.as_deref()))
-                .await
-                .map_err(|e| OriginError::Internal(format!("search task: {e}")))?
-                .map_err(failed)?;
+        // In line for the index: searches run to completion a few at a time (one per core)
+        // rather than all at once sharing the cores, so a search waits for those before it
+        // and is not slowed down by every one that arrives after it.
+        let turn = self.turns.clone().acquire_owned().await.map_err(|_| OriginError::Internal("the search queue is closed".into()))?;
+        let page = tokio::task::spawn_blocking(move || {
+            let page = index.search(&query, &w, &allowed, sort, limit, cursor.as_deref());
+            drop(turn);
+            page
+        })
+        .await
+        .map_err(|e| OriginError::Internal(format!("search task: {e}")))?
+        .map_err(failed)?;
         let results = recheck(store, caller, page.hits, &page.highlighter).await?;
         Ok(SearchPage { results, next_cursor: page.next, caught_up })
     }
