@@ -43,6 +43,93 @@ pub struct OriginConfig {
     pub files: FilesConfig,
     /// Full-text search: its index, kept by the feed consumer `search`. On by default.
     pub search: SearchConfig,
+    /// Notifications: push (Web Push and a push proxy) for what concerns users who are away.
+    /// On by default; nothing is sent until a user registers a push subscription or a push
+    /// proxy is configured.
+    pub notify: NotifyConfig,
+}
+
+/// The notification service (ARCHITECTURE §8 "Notifications").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// Whether this origin decides and sends notifications; off, their routes answer `404`.
+    pub enabled: bool,
+    /// How long after a message it is notified, if still unread and its reader away (ms).
+    pub delay_ms: u64,
+    /// Who runs this deployment, for push services (VAPID's `sub`): `mailto:` or `https:`.
+    pub vapid_subject: String,
+    /// How long a node may take to deliver a notification it claimed before another node
+    /// takes it over (ms).
+    pub claim_ms: u64,
+    /// Tries per notification before it is recorded as failed.
+    pub max_attempts: u32,
+    /// First pause before a failed delivery is tried again; doubles each time (ms).
+    pub retry_min_ms: u64,
+    /// Longest pause between tries (ms).
+    pub retry_max_ms: u64,
+    /// Longest wait for a push service or the push proxy to answer (ms).
+    pub request_timeout_ms: u64,
+    /// How long a push service keeps a notification for a browser that is offline (s).
+    pub ttl_secs: u64,
+    /// The push proxy: an HTTPS endpoint that gets each notification as signed JSON (for
+    /// mobile apps, as Mattermost's push proxy fronts APNs and FCM). Empty: none.
+    pub push_proxy_url: String,
+    /// The key of the proxy's HMAC-SHA256 signature (`X-Selvage-Signature`).
+    pub push_proxy_secret: String,
+    /// Let push endpoints and the proxy be internal addresses (loopback, private networks).
+    /// Off: a subscription to one is refused, a request to a name resolving to one fails.
+    pub allow_internal_endpoints: bool,
+    /// How often the dispatcher looks for due notifications (ms).
+    pub tick_ms: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            enabled: true,
+            delay_ms: 10_000,
+            vapid_subject: "mailto:notifications@selvage.invalid".into(),
+            claim_ms: 60_000,
+            max_attempts: 6,
+            retry_min_ms: 1_000,
+            retry_max_ms: 300_000,
+            request_timeout_ms: 10_000,
+            ttl_secs: 86_400,
+            push_proxy_url: String::new(),
+            push_proxy_secret: String::new(),
+            allow_internal_endpoints: false,
+            tick_ms: 500,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// Checks the section's fields (see [`OriginConfig::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.delay_ms > 24 * 3_600_000 {
+            return Err("notify.delay_ms must be at most a day (86400000)".into());
+        }
+        if !(self.vapid_subject.starts_with("mailto:") || self.vapid_subject.starts_with("https://")) {
+            return Err("notify.vapid_subject must be a mailto: or https:// URL".into());
+        }
+        if self.claim_ms < 100 || self.tick_ms < 10 || self.request_timeout_ms < 100 {
+            return Err("notify.claim_ms and notify.request_timeout_ms must be at least 100, notify.tick_ms 10".into());
+        }
+        if self.max_attempts == 0 || self.retry_min_ms == 0 || self.retry_max_ms < self.retry_min_ms {
+            return Err("notify.max_attempts and notify.retry_min_ms must be > 0, retry_max_ms ≥ retry_min_ms".into());
+        }
+        if !self.push_proxy_url.is_empty() {
+            // The address rules are checked when the service starts (`notify::outbound`).
+            if !(self.push_proxy_url.starts_with("https://") || self.push_proxy_url.starts_with("http://")) {
+                return Err("notify.push_proxy_url must be an https:// URL".into());
+            }
+            if self.push_proxy_secret.len() < 16 {
+                return Err("notify.push_proxy_secret must have at least 16 characters when a proxy is set".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Full-text search (ARCHITECTURE §8 "Search"): a tantivy index under `data_dir/search`, kept
@@ -531,6 +618,7 @@ impl Default for OriginConfig {
             consumers: ConsumersConfig::default(),
             files: FilesConfig::default(),
             search: SearchConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -629,6 +717,7 @@ impl OriginConfig {
         self.consumers.validate()?;
         self.link.validate()?;
         self.search.validate()?;
+        self.notify.validate()?;
         self.files.validate()
     }
 }

@@ -47,6 +47,7 @@ mod in_process;
 mod link;
 mod messages;
 mod metrics;
+pub mod notify;
 mod presence;
 pub mod search;
 mod snapshot;
@@ -90,6 +91,8 @@ pub struct Origin {
     pub files: Option<files::Files>,
     /// The search service, when `search.enabled`.
     pub search: Option<search::Search>,
+    /// The notification service, when `notify.enabled`.
+    pub notify: Option<notify::Notify>,
     /// Cancelled when the node is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -117,6 +120,9 @@ pub enum StartError {
     /// Search is enabled but its index cannot be opened.
     #[error("cannot open the search index: {0}")]
     Search(#[from] search::SearchError),
+    /// Notifications are enabled but cannot start (their key, their HTTP client, the proxy).
+    #[error("cannot start notifications: {0}")]
+    Notify(String),
     /// A service on the feed could not be set up.
     #[error("cannot start a feed consumer: {0}")]
     Consumer(#[from] feed::consumer::ConsumerError),
@@ -193,6 +199,10 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         true => Some(search::Search::open(&config.search, &config.data_dir, metrics.clone())?),
         false => None,
     };
+    let notify = match config.notify.enabled {
+        true => Some(notify::Notify::open(&config.notify, &store, metrics.clone()).await.map_err(StartError::Notify)?),
+        false => None,
+    };
     let presence = Arc::new(presence::Tracker::new(Duration::from_millis(config.link.presence_lease_ms)));
     let (sequencer, committer) =
         Sequencer::start(store.clone(), config.sequencer.clone(), metrics.clone(), presence.clone(), shutdown.clone());
@@ -212,6 +222,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         presence,
         files,
         search,
+        notify,
         shutdown: shutdown.clone(),
     });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
@@ -227,6 +238,10 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     };
     if let Some(search) = &origin.search {
         background.extend(search.start_background(&origin.store, &origin.feed, &origin.config.consumers, &shutdown)?);
+    }
+    if let Some(notify) = &origin.notify {
+        let (store, feed, presence) = (&origin.store, &origin.feed, &origin.presence);
+        background.extend(notify.start_background(store, feed, presence, &origin.config.consumers, &shutdown)?);
     }
     let app = http::router(origin.clone());
     let task = tokio::spawn(async move {

@@ -93,6 +93,18 @@ pub struct Metrics {
     pub search_index_replayed_events: IntCounter,
     /// Commits of the search index.
     pub search_index_commits: IntCounter,
+    /// (user, message) pairs the consumer `notify` found may notify, written as pending.
+    pub notify_pending: IntCounter,
+    /// Notifications by outcome: `delivered`, `read` (read before it was due), `active` (the
+    /// user was using a session), `muted` (preferences changed), `gone` (message deleted or
+    /// membership lost), `no_target` (no subscription, no proxy), `failed` (gave up).
+    pub notify_outcomes: IntCounterVec,
+    /// Deliveries to one target (`webpush`, `proxy`) by result: `ok`, `retry` (to be tried
+    /// again), `rejected` (refused for good), `expired` (a subscription the push service no
+    /// longer knows: removed).
+    pub notify_deliveries: IntCounterVec,
+    /// From a message being posted to its notification accepted by a push service (s).
+    pub notify_latency_seconds: Histogram,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -303,9 +315,29 @@ impl Metrics {
             .expect("valid counter"),
             search_index_commits: IntCounter::new("selvage_search_index_commits_total", "Commits of the search index")
                 .expect("valid counter"),
+            notify_pending: IntCounter::new(
+                "selvage_notify_pending_total",
+                "(user, message) pairs that may notify, written as pending by the consumer notify",
+            )
+            .expect("valid counter"),
+            notify_outcomes: IntCounterVec::new(
+                Opts::new("selvage_notify_outcomes_total", "Notifications by outcome"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
+            notify_deliveries: IntCounterVec::new(
+                Opts::new("selvage_notify_deliveries_total", "Deliveries to one target by result"),
+                &["target", "result"],
+            )
+            .expect("valid counter"),
+            notify_latency_seconds: histogram(
+                "selvage_notify_latency_seconds",
+                "From a message posted to its notification accepted by a push service",
+                vec![1.0, 2.0, 5.0, 10.0, 11.0, 12.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0],
+            ),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 38] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 42] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -344,6 +376,10 @@ impl Metrics {
             Box::new(m.search_index_rebuilds.clone()),
             Box::new(m.search_index_replayed_events.clone()),
             Box::new(m.search_index_commits.clone()),
+            Box::new(m.notify_pending.clone()),
+            Box::new(m.notify_outcomes.clone()),
+            Box::new(m.notify_deliveries.clone()),
+            Box::new(m.notify_latency_seconds.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

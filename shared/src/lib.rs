@@ -18,6 +18,7 @@ pub mod limits;
 pub mod link;
 pub mod mentions;
 pub mod model;
+pub mod notify;
 
 pub use api::*;
 pub use codec::*;
@@ -27,6 +28,7 @@ pub use frame::*;
 pub use ids::*;
 pub use limits::*;
 pub use model::*;
+pub use notify::*;
 
 /// Version of the client protocol (ARCHITECTURE §4), sent in `hello` as `protocol`. Bumped only for
 /// changes old clients cannot ignore.

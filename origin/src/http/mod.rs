@@ -21,6 +21,7 @@ mod events;
 mod extract;
 mod files;
 mod messages;
+mod notify;
 mod search;
 
 use std::{
@@ -95,6 +96,9 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/dms", post(open_dm))
         .route("/v1/events", get(events))
         .route("/v1/search", get(search::search_messages))
+        .route("/v1/notifications/prefs", get(notify::get_prefs).put(notify::put_prefs))
+        .route("/v1/push/key", get(notify::push_key))
+        .route("/v1/push/subscriptions", post(notify::subscribe).delete(notify::unsubscribe))
         .route("/v1/admin/search/reindex", post(search::reindex))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))

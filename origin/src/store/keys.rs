@@ -304,6 +304,98 @@ pub fn log_position(key: &[u8]) -> Option<[u8; 12]> {
     Some(out)
 }
 
+/// `(ws, W, nprefs, U)` → a user's notification preferences (ARCHITECTURE §8 "Notifications").
+pub fn notify_prefs(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    ws(w).str("nprefs").str(u.as_str()).finish()
+}
+
+/// `(ws, W, nall, C, U)` → empty: U wants a notification for every message of C — the
+/// members a message notifies without naming them, read per message instead of every member.
+pub fn notify_all(w: &WorkspaceId, c: &ChannelId, u: &UserId) -> Vec<u8> {
+    ws(w).str("nall").str(c.as_str()).str(u.as_str()).finish()
+}
+
+/// Prefix of C's [`notify_all`] entries.
+pub fn notify_all_in(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("nall").str(c.as_str()).finish()
+}
+
+/// `(ws, W, nkw, U)` → U's highlight keywords: the workspace's users with keywords, read per
+/// message.
+pub fn notify_keywords(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    ws(w).str("nkw").str(u.as_str()).finish()
+}
+
+/// Prefix of every [`notify_keywords`] entry of a workspace.
+pub fn notify_keywords_of(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("nkw").finish()
+}
+
+/// `(ws, W, pushsub, U, id)` → a Web Push subscription of U (`id`: a hash of its endpoint).
+pub fn push_subscription(w: &WorkspaceId, u: &UserId, id: &str) -> Vec<u8> {
+    ws(w).str("pushsub").str(u.as_str()).str(id).finish()
+}
+
+/// Prefix of U's [`push_subscription`]s.
+pub fn push_subscriptions(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    ws(w).str("pushsub").str(u.as_str()).finish()
+}
+
+/// `(ws, W, npend, U, C, seq)` → when it is due and why: message `seq` of C may notify U.
+/// Written with [`notify_due`] by the consumer `notify`; both are cleared when the
+/// conversation's notification is claimed.
+pub fn notify_pending(w: &WorkspaceId, u: &UserId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("npend").str(u.as_str()).str(c.as_str()).uint(seq).finish()
+}
+
+/// Prefix of U's [`notify_pending`] messages of C: one conversation's burst.
+pub fn notify_pending_in(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("npend").str(u.as_str()).str(c.as_str()).finish()
+}
+
+/// `(notify, due, due, W, U, C, seq)` → empty: the queue of pending messages by when they are
+/// due (ms).
+pub fn notify_due(due: i64, w: &WorkspaceId, u: &UserId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    Key::new().str("notify").str("due").int(due).str(w.as_str()).str(u.as_str()).str(c.as_str()).uint(seq).finish()
+}
+
+/// Prefix of the [`notify_due`] queue.
+pub fn notify_dues() -> Vec<u8> {
+    Key::new().str("notify").str("due").finish()
+}
+
+/// Where the [`notify_due`] entries due at `due` begin: the end of a range of those due before.
+pub fn notify_dues_at(due: i64) -> Vec<u8> {
+    Key::new().str("notify").str("due").int(due).finish()
+}
+
+/// `(notify, out, at, W, U, C, first)` → a notification being delivered or waiting to be tried
+/// again at `at` (ms): claimed by a node until then, so one that dies leaves it to another.
+pub fn notify_out(at: i64, w: &WorkspaceId, u: &UserId, c: &ChannelId, first: Seq) -> Vec<u8> {
+    Key::new().str("notify").str("out").int(at).str(w.as_str()).str(u.as_str()).str(c.as_str()).uint(first).finish()
+}
+
+/// Prefix of the [`notify_out`] queue.
+pub fn notify_outs() -> Vec<u8> {
+    Key::new().str("notify").str("out").finish()
+}
+
+/// Where the [`notify_out`] entries at `at` begin.
+pub fn notify_outs_at(at: i64) -> Vec<u8> {
+    Key::new().str("notify").str("out").int(at).finish()
+}
+
+/// `(ws, W, nfailed, U, at, C, first)` → why a notification could not be delivered: the record
+/// of one given up on.
+pub fn notify_failed(w: &WorkspaceId, u: &UserId, at: i64, c: &ChannelId, first: Seq) -> Vec<u8> {
+    ws(w).str("nfailed").str(u.as_str()).int(at).str(c.as_str()).uint(first).finish()
+}
+
+/// Prefix of U's [`notify_failed`] records.
+pub fn notify_failures(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    ws(w).str("nfailed").str(u.as_str()).finish()
+}
+
 /// `(meta, name)`: deployment-wide bookkeeping (log tick, log size, trim point).
 pub fn meta(name: &str) -> Vec<u8> {
     Key::new().str("meta").str(name).finish()

@@ -1,0 +1,164 @@
+//! Who a message may notify: the feed consumer `notify` (ARCHITECTURE §8 "Notifications").
+//!
+//! For each `message` event it finds the candidates — the members of a DM or group DM, the
+//! users the message mentions by name, every member for `@channel`, those `@here` reached, the
+//! followers of a thread for its replies, the members whose highlight keywords it contains and
+//! those who asked for every message of the channel — never the author, and only current
+//! members. Each candidate's preferences for the conversation decide (`prefs::notifies`); a
+//! message that notifies is written as *pending* for that user, due `notify.delay_ms` after it
+//! was posted. That write happens in [`Consumer::apply`], the transaction that moves the
+//! consumer's cursor: **exactly once** per (user, message), whatever crashes and retries
+//! happen, and its keys are the same every time, so there is nothing to deduplicate later.
+//! Whether the message is still unread, the user away and not in do-not-disturb is decided
+//! when it is due, by the dispatcher (`deliver`).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use selvage_shared::{Channel, ChannelId, Event, Message, NotifyPrefs, UserId, WorkspaceId};
+use serde::{Deserialize, Serialize};
+
+use super::prefs::{self, Reason};
+use crate::{
+    channels::records as channels,
+    feed::consumer::{Batch, Consumer, ConsumerError, StartFrom},
+    metrics::Metrics,
+    store::{keys, tuple::last_str, KvTxn, RangeRead, StoreError},
+};
+
+/// The consumer's name: the key of its cursor and lease. Never renamed.
+pub const NAME: &str = "notify";
+
+/// What a pending message records for its user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pending {
+    /// When it is due (ms).
+    pub due: i64,
+    /// Why it notifies.
+    pub reason: Reason,
+}
+
+/// The consumer `notify` (see the module's documentation).
+pub struct Decider {
+    /// How long after a message is posted it is due (ms).
+    pub delay_ms: i64,
+    /// Metrics.
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+#[async_trait]
+impl Consumer for Decider {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    /// Only messages from now on: a first start does not notify about history.
+    fn start_from(&self) -> StartFrom {
+        StartFrom::Head
+    }
+
+    async fn apply(&self, tx: &mut dyn KvTxn, batch: &Batch) -> Result<(), ConsumerError> {
+        let mut pending = 0u64;
+        for item in &batch.items {
+            let Event::Message(m) = &item.event.event else { continue };
+            if m.deleted {
+                continue;
+            }
+            pending += decide(tx, &item.event.workspace, m, self.delay_ms).await?;
+        }
+        self.metrics.notify_pending.inc_by(pending);
+        Ok(())
+    }
+}
+
+/// Writes the pending notifications of message `m` of workspace `w`; answers how many.
+pub async fn decide(tx: &mut dyn KvTxn, w: &WorkspaceId, m: &Message, delay_ms: i64) -> Result<u64, StoreError> {
+    let Some(channel) = channels::load(tx, w, &m.channel).await? else { return Ok(0) };
+    let candidates = candidates(tx, w, &channel, m).await?;
+    let due = m.ts.saturating_add(delay_ms);
+    let mut written = 0;
+    for (user, reason) in candidates {
+        let prefs = load_prefs(tx, w, &user).await?;
+        if !prefs::notifies(&prefs, &channel.id, channel.kind, reason) {
+            continue;
+        }
+        let value = selvage_shared::to_msgpack(&Pending { due, reason });
+        tx.set(&keys::notify_pending(w, &user, &channel.id, m.seq), &value)?;
+        tx.set(&keys::notify_due(due, w, &user, &channel.id, m.seq), &[])?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// Everyone `m` may notify, each with the strongest reason: current members other than the
+/// author.
+async fn candidates(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    channel: &Channel,
+    m: &Message,
+) -> Result<BTreeMap<UserId, Reason>, StoreError> {
+    let mut found: BTreeMap<UserId, Reason> = BTreeMap::new();
+    let mut add = |u: &UserId, r: Reason| {
+        found.entry(u.clone()).and_modify(|old| *old = (*old).min(r)).or_insert(r);
+    };
+    let c = &channel.id;
+    // Every member, read once if some rule needs them all.
+    let everyone = channel.is_conversation() || m.mentions_channel;
+    let members = match everyone {
+        true => Some(members(tx, w, c).await?),
+        false => None,
+    };
+    if let Some(members) = &members {
+        let r = if channel.is_conversation() { Reason::Direct } else { Reason::Broadcast };
+        members.iter().for_each(|u| add(u, r));
+    }
+    m.mentions.iter().for_each(|u| add(u, Reason::Mention));
+    m.mentions_here_users.iter().for_each(|u| add(u, Reason::Broadcast));
+    if m.thread_root.is_some() {
+        m.thread_followers.iter().for_each(|u| add(u, Reason::Thread));
+    }
+    let owners = tx.get_range(&RangeRead::prefix(&keys::notify_keywords_of(w))).await?;
+    for (k, raw) in owners {
+        let Some(u) = last_str(&k).and_then(|s| UserId::parse(&s)) else { continue };
+        let words: Vec<String> = selvage_shared::from_msgpack(&raw).unwrap_or_default();
+        if prefs::has_keyword(&m.text, &words) {
+            add(&u, Reason::Keyword);
+        }
+    }
+    for (k, _) in tx.get_range(&RangeRead::prefix(&keys::notify_all_in(w, c))).await? {
+        if let Some(u) = last_str(&k).and_then(|s| UserId::parse(&s)) {
+            add(&u, Reason::All);
+        }
+    }
+    found.remove(&m.user);
+    // Only members: a mention of someone outside a channel notifies nobody (as in Slack, the
+    // author is offered to invite them instead).
+    match &members {
+        Some(members) => found.retain(|u, _| members.binary_search(u).is_ok()),
+        None => {
+            let mut kept = BTreeMap::new();
+            for (u, r) in found {
+                if channels::is_member(tx, w, c, &u).await? {
+                    kept.insert(u, r);
+                }
+            }
+            found = kept;
+        }
+    }
+    Ok(found)
+}
+
+/// The members of `c`, sorted.
+async fn members(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Vec<UserId>, StoreError> {
+    let rows = tx.get_range(&RangeRead::prefix(&keys::members(w, c))).await?;
+    Ok(rows.iter().filter_map(|(k, _)| last_str(k).and_then(|s| UserId::parse(&s))).collect())
+}
+
+/// A user's preferences, or the defaults.
+pub async fn load_prefs(tx: &mut dyn KvTxn, w: &WorkspaceId, u: &UserId) -> Result<NotifyPrefs, StoreError> {
+    Ok(match tx.get(&keys::notify_prefs(w, u)).await? {
+        Some(raw) => selvage_shared::from_msgpack(&raw).unwrap_or_default(),
+        None => NotifyPrefs::default(),
+    })
+}

@@ -1,0 +1,346 @@
+//! Notifications end to end: a real origin on port 0 over the embedded store, a real Web Push
+//! receiver in the test (an HTTP server that checks each request's VAPID signature and
+//! decrypts its payload with the subscription's keys, written with other crypto crates than
+//! the origin's), messages sent over the HTTP API.
+
+mod support;
+#[path = "support/webpush.rs"]
+mod webpush_support;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    routing::post,
+    Router,
+};
+use reqwest::Method;
+use selvage_shared::{link::PresenceReport, Presence, UserId, WorkspaceId};
+use serde_json::{json, Value};
+use support::TestOrigin;
+
+const DELAY_MS: u64 = 400;
+
+/// What the receiver got: per subscription name, each push decrypted, with its headers.
+#[derive(Clone, Default)]
+struct Inbox {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Subscription name → (private key, auth).
+    keys: HashMap<String, (p256::SecretKey, Vec<u8>)>,
+    /// Subscription name → statuses to answer, first first (then 201).
+    answers: HashMap<String, Vec<u16>>,
+    /// Every request, in arrival order: (name, payload or the failure, headers).
+    got: Vec<(String, Result<Value, String>, HeaderMap)>,
+}
+
+impl Inbox {
+    fn pushes(&self, name: &str) -> Vec<Value> {
+        let inner = self.inner.lock().unwrap();
+        inner.got.iter().filter(|(n, ..)| n == name).filter_map(|(_, v, _)| v.as_ref().ok().cloned()).collect()
+    }
+
+    fn requests(&self, name: &str) -> usize {
+        self.inner.lock().unwrap().got.iter().filter(|(n, ..)| n == name).count()
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.inner.lock().unwrap().got.iter().filter_map(|(_, v, _)| v.as_ref().err().cloned()).collect()
+    }
+}
+
+/// A push service: `POST /push/{name}` checks VAPID, decrypts and records.
+async fn receive(State(inbox): State<Inbox>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+    let mut inner = inbox.inner.lock().unwrap();
+    let status = inner.answers.get_mut(&name).and_then(|a| (!a.is_empty()).then(|| a.remove(0))).unwrap_or(201);
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let decoded = match (inner.keys.get(&name), webpush_support::verify_vapid(&auth)) {
+        (None, _) => Err(format!("no subscription {name}")),
+        (_, Err(e)) => Err(format!("VAPID: {e}")),
+        (Some((key, secret)), Ok(_)) => webpush_support::decrypt(key, secret, &body)
+            .and_then(|plain| serde_json::from_slice::<Value>(&plain).map_err(|e| e.to_string())),
+    };
+    if headers.get("content-encoding").and_then(|v| v.to_str().ok()) != Some("aes128gcm") {
+        inner.got.push((name, Err("no Content-Encoding: aes128gcm".into()), headers));
+        return StatusCode::BAD_REQUEST;
+    }
+    inner.got.push((name, decoded, headers));
+    StatusCode::from_u16(status).unwrap()
+}
+
+struct World {
+    o: TestOrigin,
+    inbox: Inbox,
+    push_base: String,
+    workspace: WorkspaceId,
+    admin: String,
+    general: String,
+}
+
+impl World {
+    async fn start() -> World {
+        let inbox = Inbox::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let push_base = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new().route("/push/{name}", post(receive)).with_state(inbox.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let o = TestOrigin::start_with(|c| {
+            c.notify.delay_ms = DELAY_MS;
+            c.notify.tick_ms = 50;
+            c.notify.retry_min_ms = 100;
+            c.notify.allow_internal_endpoints = true;
+        })
+        .await;
+        let (admin, general) = o.workspace("acme").await;
+        let (_, me) = o.get("/v1/me", &admin).await;
+        let workspace = WorkspaceId::parse(me["workspace"].as_str().unwrap()).unwrap();
+        World { o, inbox, push_base, workspace, admin, general }
+    }
+
+    /// A user with a push subscription called `name` (answers its id and token).
+    async fn subscribed(&self, handle: &str, name: &str) -> (String, String) {
+        let (id, token) = self.o.user(&self.admin, handle).await;
+        self.subscribe(&token, name).await;
+        (id, token)
+    }
+
+    async fn subscribe(&self, token: &str, name: &str) {
+        use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+        let (key, p256dh, auth) = webpush_support::new_subscription_keys();
+        self.inbox.inner.lock().unwrap().keys.insert(name.into(), (key, auth.clone()));
+        let body = json!({
+            "endpoint": format!("{}/push/{name}", self.push_base),
+            "keys": { "p256dh": URL_SAFE_NO_PAD.encode(&p256dh), "auth": URL_SAFE_NO_PAD.encode(&auth) },
+        });
+        let (s, v) = self.o.post("/v1/push/subscriptions", token, body).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    async fn send(&self, token: &str, channel: &str, text: &str) -> u64 {
+        let id = format!("m{}", rand::random::<u64>());
+        let (s, v) =
+            self.o.post(&format!("/v1/channels/{channel}/messages"), token, json!({ "text": text, "client_msg_id": id })).await;
+        assert!(s.is_success(), "{s} {v}");
+        v["seq"].as_u64().or_else(|| v["message"]["seq"].as_u64()).unwrap()
+    }
+
+    async fn dm(&self, token: &str, with: &str) -> String {
+        let (s, v) = self.o.post("/v1/dms", token, json!({ "users": [with] })).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["channel"]["id"].as_str().unwrap().to_string()
+    }
+
+    fn presence(&self, user: &str, presence: Presence) {
+        let report = PresenceReport { user: UserId::parse(user).unwrap(), presence };
+        let edge: Arc<str> = Arc::from("test-edge");
+        self.o.running().origin.presence.report(&edge, &self.workspace, &[report], tokio::time::Instant::now());
+    }
+
+    async fn outcome(&self, outcome: &str) -> f64 {
+        self.o.metric(&format!("selvage_notify_outcomes_total{{outcome=\"{outcome}\"}}")).await
+    }
+}
+
+/// Waits until `name` has received `n` pushes (at most 10 s), then a little longer to see that
+/// no more arrive; answers them.
+async fn pushes(inbox: &Inbox, name: &str, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while inbox.pushes(name).len() < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(DELAY_MS + 300)).await;
+    assert!(inbox.failures().is_empty(), "bad push requests: {:?}", inbox.failures());
+    inbox.pushes(name)
+}
+
+/// Waits until the metric `outcome` has reached `n`.
+async fn wait_outcome(w: &World, outcome: &str, n: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while w.outcome(outcome).await < n {
+        assert!(tokio::time::Instant::now() < deadline, "no notification ended as {outcome}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_mention_of_an_away_user_arrives_signed_and_encrypted_and_a_burst_as_one() {
+    let w = World::start().await;
+    let (bob, _) = w.subscribed("bob", "bob").await;
+    w.presence(&bob, Presence::Away);
+    let seq = w.send(&w.admin, &w.general, &format!("can you look at the deploy, <@{bob}>?")).await;
+    // Not a mention: a channel notifies on mentions by default.
+    w.send(&w.admin, &w.general, "nobody in particular").await;
+    let got = pushes(&w.inbox, "bob", 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let p = &got[0];
+    assert_eq!(p["reason"], "mention");
+    assert_eq!(p["count"], 1);
+    assert_eq!(p["seq"], seq);
+    assert_eq!(p["channel"]["id"], w.general.as_str());
+    assert!(p["body"].as_str().unwrap().contains("can you look at the deploy"), "{p}");
+    assert_eq!(p["title"], "#general");
+    let headers = w.inbox.inner.lock().unwrap().got[0].2.clone();
+    let claims = webpush_support::verify_vapid(headers["authorization"].to_str().unwrap()).unwrap();
+    assert_eq!(claims.claims["aud"], w.push_base.as_str(), "the audience is the push service's origin");
+    assert!(claims.claims["sub"].as_str().unwrap().starts_with("mailto:"));
+    let (_, key) = w.o.get("/v1/push/key", &w.admin).await;
+    assert_eq!(claims.k, key["public_key"].as_str().unwrap(), "signed with the key browsers subscribe with");
+    assert_eq!(headers["urgency"], "high");
+    assert!(headers["ttl"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+
+    // A burst in a DM: five messages, one notification.
+    let dm = w.dm(&w.admin, &bob).await;
+    for i in 0..5 {
+        w.send(&w.admin, &dm, &format!("part {i} of the plan")).await;
+    }
+    let got = pushes(&w.inbox, "bob", 2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1]["count"], 5);
+    assert_eq!(got[1]["reason"], "direct");
+    assert_eq!(got[1]["body"], "5 new messages from admin");
+    assert_eq!(got[1]["text"], "part 4 of the plan");
+    // The author is never notified of their own messages.
+    assert_eq!(w.outcome("delivered").await, 2.0);
+    w.o.stop().await;
+}
+
+#[tokio::test]
+async fn an_active_session_reading_in_time_and_do_not_disturb_hold_or_cancel() {
+    let w = World::start().await;
+    let (bob, bob_token) = w.subscribed("bob", "bob").await;
+    let dm = w.dm(&w.admin, &bob).await;
+
+    // Using a session: the user sees it there; no push.
+    w.presence(&bob, Presence::Active);
+    w.send(&w.admin, &dm, "are you there?").await;
+    wait_outcome(&w, "active", 1.0).await;
+    assert!(w.inbox.pushes("bob").is_empty());
+
+    // Away, but reads it within the delay: cancelled.
+    w.presence(&bob, Presence::Away);
+    let seq = w.send(&w.admin, &dm, "read me quickly").await;
+    let (s, v) = w.o.call(Method::PUT, &format!("/v1/channels/{dm}/read"), &bob_token, Some(json!({ "seq": seq }))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_outcome(&w, "read", 1.0).await;
+    assert!(w.inbox.pushes("bob").is_empty());
+
+    // Do not disturb for a moment: held, then delivered once it ends.
+    let until = selvage_origin_now() + 1_500;
+    let (s, v) = w.o.call(Method::PUT, "/v1/notifications/prefs", &bob_token, Some(json!({ "dnd_until": until }))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    w.send(&w.admin, &dm, "when you are back").await;
+    tokio::time::sleep(Duration::from_millis(DELAY_MS + 500)).await;
+    assert!(w.inbox.pushes("bob").is_empty(), "held during do-not-disturb");
+    let got = pushes(&w.inbox, "bob", 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["text"], "when you are back");
+    assert!(selvage_origin_now() >= until);
+    w.o.stop().await;
+}
+
+fn selvage_origin_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+#[tokio::test]
+async fn a_gone_subscription_is_removed_and_a_failing_service_is_tried_again() {
+    let w = World::start().await;
+    let (bob, bob_token) = w.subscribed("bob", "gone").await;
+    w.subscribe(&bob_token, "flaky").await;
+    {
+        let mut inner = w.inbox.inner.lock().unwrap();
+        inner.answers.insert("gone".into(), vec![410]);
+        inner.answers.insert("flaky".into(), vec![503, 503]);
+    }
+    let dm = w.dm(&w.admin, &bob).await;
+    w.send(&w.admin, &dm, "first").await;
+    let got = pushes(&w.inbox, "flaky", 3).await;
+    assert_eq!(w.inbox.requests("flaky"), 3, "two 503s, then accepted");
+    assert_eq!(got.len(), 3, "the same notification each time");
+    assert!(got.iter().all(|p| p["id"] == got[0]["id"]));
+    assert_eq!(w.inbox.requests("gone"), 1, "tried once, answered 410, not retried");
+    // The next notification goes only to the subscription that still exists.
+    w.send(&w.admin, &dm, "second").await;
+    pushes(&w.inbox, "flaky", 4).await;
+    assert_eq!(w.inbox.requests("gone"), 1, "the 410 removed it");
+    assert_eq!(w.outcome("delivered").await, 2.0);
+    w.o.stop().await;
+}
+
+#[tokio::test]
+async fn preferences_are_the_callers_own_and_bad_ones_change_nothing() {
+    let w = World::start().await;
+    let (_, bob) = w.o.user(&w.admin, "bob").await;
+    let secret = w.o.channel(&w.admin, "secret", true).await;
+    let (other_admin, other_general) = w.o.workspace("globex").await;
+
+    let (s, v) = w.o.get("/v1/notifications/prefs", &bob).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({}), "defaults: {v}");
+    let mine = json!({
+        "channels": { w.general.clone(): { "level": "all" } },
+        "keywords": ["deploy"],
+        "timezone": "Europe/Berlin",
+        "dnd_schedule": [{ "days": ["mon", "tue"], "from": "22:00", "to": "07:30" }],
+        "email": false,
+    });
+    let (s, v) = w.o.call(Method::PUT, "/v1/notifications/prefs", &bob, Some(mine.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(w.o.get("/v1/notifications/prefs", &bob).await.1, mine);
+    assert_eq!(w.o.get("/v1/notifications/prefs", &w.admin).await.1, json!({}), "another user's are their own");
+    assert_eq!(w.o.get("/v1/notifications/prefs", &other_admin).await.1, json!({}));
+
+    for (bad, status, what) in [
+        (json!({ "timezone": "Mars/Olympus" }), StatusCode::BAD_REQUEST, "unknown time zone"),
+        (json!({ "dnd_schedule": [{ "days": ["mon"], "from": "25:00", "to": "07:00" }] }), StatusCode::BAD_REQUEST, "bad time"),
+        (json!({ "keywords": [""] }), StatusCode::BAD_REQUEST, "empty keyword"),
+        (json!({ "channels": { secret.clone(): { "level": "all" } } }), StatusCode::NOT_FOUND, "a private channel bob is not in"),
+        (json!({ "channels": { other_general.clone(): { "level": "all" } } }), StatusCode::NOT_FOUND, "another workspace's channel"),
+        (json!({ "channels": { w.general.clone(): { "level": "loud" } } }), StatusCode::BAD_REQUEST, "unknown level"),
+        (json!({ "user": "U1" }), StatusCode::BAD_REQUEST, "unknown field"),
+    ] {
+        let (s, v) = w.o.call(Method::PUT, "/v1/notifications/prefs", &bob, Some(bad)).await;
+        assert_eq!(s, status, "{what}: {v}");
+        assert!(!v.to_string().contains("panicked"));
+    }
+    assert_eq!(w.o.get("/v1/notifications/prefs", &bob).await.1, mine, "nothing changed");
+
+    // Subscriptions: keys that are not keys, and endpoints that are not URLs, are refused.
+    let keys = json!({ "p256dh": "AAAA", "auth": "AAAA" });
+    let (s, _) = w.o.post("/v1/push/subscriptions", &bob, json!({ "endpoint": format!("{}/push/x", w.push_base), "keys": keys })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = w.o.post("/v1/push/subscriptions", &bob, json!({ "endpoint": "ftp://x/", "keys": keys })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = w.o.call(Method::DELETE, "/v1/push/subscriptions", &bob, Some(json!({ "endpoint": "https://nowhere.example/" }))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = w.o.get("/v1/push/key", &bob).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["public_key"].as_str().unwrap().len(), 87, "65 bytes, base64url: {v}");
+    let (s, _) = w.o.get("/v1/push/key", "not-a-token").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    w.o.stop().await;
+}
+
+#[tokio::test]
+async fn push_endpoints_on_internal_addresses_are_refused_by_default() {
+    let o = TestOrigin::start().await;
+    let (admin, _) = o.workspace("acme").await;
+    let (_, p256dh, auth) = webpush_support::new_subscription_keys();
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+    let keys = json!({ "p256dh": URL_SAFE_NO_PAD.encode(&p256dh), "auth": URL_SAFE_NO_PAD.encode(&auth) });
+    for endpoint in ["http://127.0.0.1:9/push", "https://127.0.0.1/push", "https://169.254.169.254/", "https://[::1]/", "https://localhost/"] {
+        let (s, v) = o.post("/v1/push/subscriptions", &admin, json!({ "endpoint": endpoint, "keys": keys })).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{endpoint}: {v}");
+    }
+    let (s, v) = o.post("/v1/push/subscriptions", &admin, json!({ "endpoint": "https://push.example.com/abc", "keys": keys })).await;
+    assert_eq!(s, StatusCode::OK, "a public push service: {v}");
+    o.stop().await;
+}
