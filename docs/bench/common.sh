@@ -41,11 +41,11 @@ quiet() {
 
 # A fresh origin on an empty data directory (embedded store, fsync on). Sets origin_pid,
 # origin_url, and the link address and certificate fingerprint edges need (link, fingerprint).
-# Search is off unless SELVAGE_SEARCH__ENABLED says otherwise: these benchmarks measure the core
-# (search indexing has its own, docs/bench/search.sh).
+# Search and notifications are off unless SELVAGE_SEARCH__ENABLED / SELVAGE_NOTIFY__ENABLED say
+# otherwise: these benchmarks measure the core (search indexing has its own, docs/bench/search.sh).
 start_origin() {
   rm -rf "$out/data"
-  SELVAGE_SEARCH__ENABLED=${SELVAGE_SEARCH__ENABLED:-false} SELVAGE_OPERATOR_KEY=$key SELVAGE_LINK__EDGE_KEY=$edge_key SELVAGE_LINK__LISTEN=127.0.0.1:0 RUST_LOG=warn \
+  SELVAGE_SEARCH__ENABLED=${SELVAGE_SEARCH__ENABLED:-false} SELVAGE_NOTIFY__ENABLED=${SELVAGE_NOTIFY__ENABLED:-false} SELVAGE_OPERATOR_KEY=$key SELVAGE_LINK__EDGE_KEY=$edge_key SELVAGE_LINK__LISTEN=127.0.0.1:0 RUST_LOG=warn \
     $bin origin --listen 127.0.0.1:0 --data-dir "$out/data" > "$out/origin.out" 2> "$out/origin.err" &
   origin_pid=$!
   wait_for "$out/origin.out" "link on"

@@ -123,7 +123,9 @@ impl Deployment {
         config.link.edge_key = Some(edge_key.clone());
         // The benchmarks here measure the core (sends, fan-out, boot); search indexing has a
         // benchmark of its own (`loadtest search`), and the checker's scenarios do not search.
+        // Notifications are off for the same reason.
         config.search.enabled = false;
+        config.notify.enabled = false;
         adjust_origin(&mut config);
         let origin = selvage_origin::start(config, shutdown.clone()).await?;
         let (Some(link), Some(fingerprint)) = (origin.link_addr, origin.link_fingerprint.clone()) else {

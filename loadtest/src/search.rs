@@ -383,6 +383,8 @@ pub async fn measure(args: &SearchArgs) -> Result<SearchReport> {
     config.search.writer_memory_mib = args.writer_memory_mib;
     config.search.writer_threads = args.writer_threads;
     config.search.max_concurrent = args.search_concurrency;
+    // Search alone: the notification service would follow the same feed.
+    config.notify.enabled = false;
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
 
     // Loading, with search off: the corpus is in the store and the feed before any indexer

@@ -288,6 +288,7 @@ pub async fn measure(args: &SendsArgs) -> Result<SendsReport> {
         let mut config = OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir, ..OriginConfig::default() };
         // The core's durable sends, without the search indexer (measured by `loadtest search`).
         config.search.enabled = false;
+        config.notify.enabled = false;
         if let Some(ms) = args.flush_interval_ms {
             config.embedded.flush_interval_ms = ms;
             // Scaled with it, so that the interval, not the memtable's size, decides.
