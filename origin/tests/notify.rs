@@ -58,7 +58,12 @@ impl Inbox {
 }
 
 /// A push service: `POST /push/{name}` checks VAPID, decrypts and records.
-async fn receive(State(inbox): State<Inbox>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+async fn receive(
+    State(inbox): State<Inbox>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
     let mut inner = inbox.inner.lock().unwrap();
     let status = inner.answers.get_mut(&name).and_then(|a| (!a.is_empty()).then(|| a.remove(0))).unwrap_or(201);
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -118,8 +123,10 @@ impl World {
 
     async fn send(&self, token: &str, channel: &str, text: &str) -> u64 {
         let id = format!("m{}", rand::random::<u64>());
-        let (s, v) =
-            self.o.post(&format!("/v1/channels/{channel}/messages"), token, json!({ "text": text, "client_msg_id": id })).await;
+        let (s, v) = self
+            .o
+            .post(&format!("/v1/channels/{channel}/messages"), token, json!({ "text": text, "client_msg_id": id }))
+            .await;
         assert!(s.is_success(), "{s} {v}");
         v["seq"].as_u64().or_else(|| v["message"]["seq"].as_u64()).unwrap()
     }
@@ -219,14 +226,16 @@ async fn an_active_session_reading_in_time_and_do_not_disturb_hold_or_cancel() {
     // Away, but reads it within the delay: cancelled.
     w.presence(&bob, Presence::Away);
     let seq = w.send(&w.admin, &dm, "read me quickly").await;
-    let (s, v) = w.o.call(Method::PUT, &format!("/v1/channels/{dm}/read"), &bob_token, Some(json!({ "seq": seq }))).await;
+    let (s, v) =
+        w.o.call(Method::PUT, &format!("/v1/channels/{dm}/read"), &bob_token, Some(json!({ "seq": seq }))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     wait_outcome(&w, "read", 1.0).await;
     assert!(w.inbox.pushes("bob").is_empty());
 
     // Do not disturb for a moment: held, then delivered once it ends.
     let until = selvage_origin_now() + 1_500;
-    let (s, v) = w.o.call(Method::PUT, "/v1/notifications/prefs", &bob_token, Some(json!({ "dnd_until": until }))).await;
+    let (s, v) =
+        w.o.call(Method::PUT, "/v1/notifications/prefs", &bob_token, Some(json!({ "dnd_until": until }))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     w.send(&w.admin, &dm, "when you are back").await;
     tokio::time::sleep(Duration::from_millis(DELAY_MS + 500)).await;
@@ -292,10 +301,22 @@ async fn preferences_are_the_callers_own_and_bad_ones_change_nothing() {
 
     for (bad, status, what) in [
         (json!({ "timezone": "Mars/Olympus" }), StatusCode::BAD_REQUEST, "unknown time zone"),
-        (json!({ "dnd_schedule": [{ "days": ["mon"], "from": "25:00", "to": "07:00" }] }), StatusCode::BAD_REQUEST, "bad time"),
+        (
+            json!({ "dnd_schedule": [{ "days": ["mon"], "from": "25:00", "to": "07:00" }] }),
+            StatusCode::BAD_REQUEST,
+            "bad time",
+        ),
         (json!({ "keywords": [""] }), StatusCode::BAD_REQUEST, "empty keyword"),
-        (json!({ "channels": { secret.clone(): { "level": "all" } } }), StatusCode::NOT_FOUND, "a private channel bob is not in"),
-        (json!({ "channels": { other_general.clone(): { "level": "all" } } }), StatusCode::NOT_FOUND, "another workspace's channel"),
+        (
+            json!({ "channels": { secret.clone(): { "level": "all" } } }),
+            StatusCode::NOT_FOUND,
+            "a private channel bob is not in",
+        ),
+        (
+            json!({ "channels": { other_general.clone(): { "level": "all" } } }),
+            StatusCode::NOT_FOUND,
+            "another workspace's channel",
+        ),
         (json!({ "channels": { w.general.clone(): { "level": "loud" } } }), StatusCode::BAD_REQUEST, "unknown level"),
         (json!({ "user": "U1" }), StatusCode::BAD_REQUEST, "unknown field"),
     ] {
@@ -307,11 +328,17 @@ async fn preferences_are_the_callers_own_and_bad_ones_change_nothing() {
 
     // Subscriptions: keys that are not keys, and endpoints that are not URLs, are refused.
     let keys = json!({ "p256dh": "AAAA", "auth": "AAAA" });
-    let (s, _) = w.o.post("/v1/push/subscriptions", &bob, json!({ "endpoint": format!("{}/push/x", w.push_base), "keys": keys })).await;
+    let (s, _) = w
+        .o
+        .post("/v1/push/subscriptions", &bob, json!({ "endpoint": format!("{}/push/x", w.push_base), "keys": keys }))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = w.o.post("/v1/push/subscriptions", &bob, json!({ "endpoint": "ftp://x/", "keys": keys })).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = w.o.call(Method::DELETE, "/v1/push/subscriptions", &bob, Some(json!({ "endpoint": "https://nowhere.example/" }))).await;
+    let (s, _) = w
+        .o
+        .call(Method::DELETE, "/v1/push/subscriptions", &bob, Some(json!({ "endpoint": "https://nowhere.example/" })))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, v) = w.o.get("/v1/push/key", &bob).await;
     assert_eq!(s, StatusCode::OK);
@@ -328,11 +355,19 @@ async fn push_endpoints_on_internal_addresses_are_refused_by_default() {
     let (_, p256dh, auth) = webpush_support::new_subscription_keys();
     use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
     let keys = json!({ "p256dh": URL_SAFE_NO_PAD.encode(&p256dh), "auth": URL_SAFE_NO_PAD.encode(&auth) });
-    for endpoint in ["http://127.0.0.1:9/push", "https://127.0.0.1/push", "https://169.254.169.254/", "https://[::1]/", "https://localhost/"] {
+    for endpoint in [
+        "http://127.0.0.1:9/push",
+        "https://127.0.0.1/push",
+        "https://169.254.169.254/",
+        "https://[::1]/",
+        "https://localhost/",
+    ] {
         let (s, v) = o.post("/v1/push/subscriptions", &admin, json!({ "endpoint": endpoint, "keys": keys })).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{endpoint}: {v}");
     }
-    let (s, v) = o.post("/v1/push/subscriptions", &admin, json!({ "endpoint": "https://push.example.com/abc", "keys": keys })).await;
+    let (s, v) = o
+        .post("/v1/push/subscriptions", &admin, json!({ "endpoint": "https://push.example.com/abc", "keys": keys }))
+        .await;
     assert_eq!(s, StatusCode::OK, "a public push service: {v}");
     o.stop().await;
 }
@@ -398,7 +433,8 @@ async fn killed_mid_way_every_due_notification_is_delivered_after_the_restart() 
     let mut repeated = 0;
     for (i, (name, _)) in dms.iter().enumerate() {
         let got = inbox.pushes(name);
-        let ids: std::collections::BTreeSet<String> = got.iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
+        let ids: std::collections::BTreeSet<String> =
+            got.iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
         assert_eq!(ids.len(), 1, "{name} got different notifications: {got:?}");
         assert_eq!(got[0]["text"], format!("note {i}"));
         repeated += got.len() - 1;
@@ -446,7 +482,8 @@ async fn the_push_proxy_gets_each_notification_as_signed_json() {
                 signed.push(b'.');
                 signed.extend_from_slice(&body);
                 let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
-                let given = hex::decode(header("x-selvage-signature").trim_start_matches("sha256=")).unwrap_or_default();
+                let given =
+                    hex::decode(header("x-selvage-signature").trim_start_matches("sha256=")).unwrap_or_default();
                 let valid = ring::hmac::verify(&key, &signed, &given).is_ok();
                 seen.lock().unwrap().push((serde_json::from_slice(&body).unwrap_or(Value::Null), valid));
                 StatusCode::OK
@@ -467,7 +504,9 @@ async fn the_push_proxy_gets_each_notification_as_signed_json() {
     let (s, v) = o.post("/v1/dms", &admin, json!({ "users": [bob] })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let dm = v["channel"]["id"].as_str().unwrap().to_string();
-    let (s, _) = o.post(&format!("/v1/channels/{dm}/messages"), &admin, json!({ "text": "to your phone", "client_msg_id": "p1" })).await;
+    let (s, _) = o
+        .post(&format!("/v1/channels/{dm}/messages"), &admin, json!({ "text": "to your phone", "client_msg_id": "p1" }))
+        .await;
     assert!(s.is_success());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while got.lock().unwrap().is_empty() {

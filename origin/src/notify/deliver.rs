@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     decide::{load_prefs, Pending},
-    prefs::{self, Reason},
     outbound::Outbound,
+    prefs::{self, Reason},
     webpush::{self, Vapid},
     Subscription,
 };
@@ -162,8 +162,11 @@ impl Dispatcher {
     pub async fn step(&self, now: i64) -> Result<usize, StoreError> {
         let claims = self.claim(now).await?;
         let count = claims.len();
-        let handled: Vec<Result<(), StoreError>> =
-            futures::stream::iter(claims).map(|claim| self.handle(claim, now)).buffer_unordered(IN_FLIGHT).collect().await;
+        let handled: Vec<Result<(), StoreError>> = futures::stream::iter(claims)
+            .map(|claim| self.handle(claim, now))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
         handled.into_iter().collect::<Result<Vec<()>, StoreError>>()?;
         Ok(count)
     }
@@ -173,7 +176,8 @@ impl Dispatcher {
         let until = now.saturating_add(self.config.claim_ms as i64);
         let (claims, _) = transact!(self.store, |tx| {
             let mut claims = Vec::new();
-            let due = RangeRead::between(keys::notify_dues(), keys::notify_dues_at(now.saturating_add(1))).limit(CLAIM_BATCH);
+            let due =
+                RangeRead::between(keys::notify_dues(), keys::notify_dues_at(now.saturating_add(1))).limit(CLAIM_BATCH);
             let mut conversations = BTreeSet::new();
             for (k, _) in tx.get_range(&due).await? {
                 if let Some((_, w, u, c, _)) = parse_queue_key(&k) {
@@ -190,7 +194,8 @@ impl Dispatcher {
             let expired = RangeRead::between(keys::notify_outs(), keys::notify_outs_at(now.saturating_add(1)))
                 .limit(CLAIM_BATCH.saturating_sub(claims.len()).max(1));
             for (k, raw) in tx.get_range(&expired).await? {
-                let (Some((_, w, u, c, first)), Ok(out)) = (parse_queue_key(&k), selvage_shared::from_msgpack::<Outgoing>(&raw))
+                let (Some((_, w, u, c, first)), Ok(out)) =
+                    (parse_queue_key(&k), selvage_shared::from_msgpack::<Outgoing>(&raw))
                 else {
                     tx.clear(&k)?;
                     continue;
@@ -241,10 +246,14 @@ impl Dispatcher {
                         let mut next = out.clone();
                         next.attempts += 1;
                         if next.attempts >= max_attempts {
-                            let failed = Failed { seqs: next.seqs.clone(), attempts: next.attempts, error: error.clone() };
+                            let failed =
+                                Failed { seqs: next.seqs.clone(), attempts: next.attempts, error: error.clone() };
                             tx.set(&keys::notify_failed(&w, &u, now, &c, first), &selvage_shared::to_msgpack(&failed))?;
                         } else {
-                            tx.set(&keys::notify_out(backoff(next.attempts), &w, &u, &c, first), &selvage_shared::to_msgpack(&next))?;
+                            tx.set(
+                                &keys::notify_out(backoff(next.attempts), &w, &u, &c, first),
+                                &selvage_shared::to_msgpack(&next),
+                            )?;
                         }
                     }
                 }
@@ -365,7 +374,8 @@ impl Dispatcher {
             let mut seen: BTreeSet<UserId> = BTreeSet::new();
             for m in &messages {
                 if seen.insert(m.user.clone()) {
-                    let name = get_user(tx, w, &m.user).await?.map(|a| display_name(&a)).unwrap_or_else(|| m.user.to_string());
+                    let name =
+                        get_user(tx, w, &m.user).await?.map(|a| display_name(&a)).unwrap_or_else(|| m.user.to_string());
                     authors.push(name);
                 }
             }
@@ -461,12 +471,16 @@ async fn take_pending(
     let mut out: Option<Outgoing> = None;
     for (k, raw) in rows {
         tx.clear(&k)?;
-        let Some(seq) = tuple::unpack(&k).ok().and_then(|e| e.last().and_then(tuple::Element::as_int)) else { continue };
+        let Some(seq) = tuple::unpack(&k).ok().and_then(|e| e.last().and_then(tuple::Element::as_int)) else {
+            continue;
+        };
         let Ok(p) = selvage_shared::from_msgpack::<Pending>(&raw) else { continue };
         let seq = seq as Seq;
         tx.clear(&keys::notify_due(p.due, w, u, c, seq))?;
         match &mut out {
-            None => out = Some(Outgoing { seqs: vec![seq], reason: p.reason, attempts: 0, done: Vec::new(), due: p.due }),
+            None => {
+                out = Some(Outgoing { seqs: vec![seq], reason: p.reason, attempts: 0, done: Vec::new(), due: p.due })
+            }
             Some(o) => {
                 o.seqs.push(seq);
                 o.reason = o.reason.min(p.reason);

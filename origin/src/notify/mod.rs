@@ -75,7 +75,11 @@ pub struct Notify {
 
 impl Notify {
     /// Opens the service: reads the deployment's VAPID key pair, making it on the first start.
-    pub async fn open(config: &NotifyConfig, store: &Store, metrics: Arc<Metrics>) -> std::result::Result<Notify, String> {
+    pub async fn open(
+        config: &NotifyConfig,
+        store: &Store,
+        metrics: Arc<Metrics>,
+    ) -> std::result::Result<Notify, String> {
         if !config.push_proxy_url.is_empty() {
             outbound::check_url(&config.push_proxy_url, config.allow_internal_endpoints)
                 .map_err(|e| format!("notify.push_proxy_url: {e}"))?;
@@ -92,8 +96,10 @@ impl Notify {
             }
         })
         .map_err(|e| format!("cannot read the VAPID key: {e}"))?;
-        let vapid = Vapid::from_pkcs8(&pkcs8, &config.vapid_subject).map_err(|e| format!("the stored VAPID key: {e}"))?;
-        let client = outbound::Outbound::new(config.allow_internal_endpoints, Duration::from_millis(config.request_timeout_ms))?;
+        let vapid =
+            Vapid::from_pkcs8(&pkcs8, &config.vapid_subject).map_err(|e| format!("the stored VAPID key: {e}"))?;
+        let client =
+            outbound::Outbound::new(config.allow_internal_endpoints, Duration::from_millis(config.request_timeout_ms))?;
         Ok(Notify { config: config.clone(), vapid: Arc::new(vapid), client, metrics })
     }
 
@@ -149,7 +155,8 @@ impl Notify {
         let (w, u) = (&caller.workspace, &caller.user.id);
         let (full, _) = transact!(store, |tx| {
             let key = keys::push_subscription(w, u, &id);
-            let have = tx.get_range(&RangeRead::prefix(&keys::push_subscriptions(w, u)).limit(MAX_SUBSCRIPTIONS + 1)).await?;
+            let have =
+                tx.get_range(&RangeRead::prefix(&keys::push_subscriptions(w, u)).limit(MAX_SUBSCRIPTIONS + 1)).await?;
             let known = have.iter().any(|(k, _)| *k == key);
             if !known && have.len() >= MAX_SUBSCRIPTIONS {
                 true

@@ -236,7 +236,10 @@ mod tests {
         p.dnd_until = Some(now - 1);
         assert_eq!(dnd_until(&p, now), Some(ms("2026-03-11T08:00:00Z")), "an expired manual dnd is nothing");
         let day = ms("2026-03-11T12:00:00Z");
-        assert_eq!(dnd_until(&NotifyPrefs { dnd_until: Some(day + 60_000), ..NotifyPrefs::default() }, day), Some(day + 60_000));
+        assert_eq!(
+            dnd_until(&NotifyPrefs { dnd_until: Some(day + 60_000), ..NotifyPrefs::default() }, day),
+            Some(day + 60_000)
+        );
     }
 
     #[test]
@@ -268,7 +271,9 @@ mod tests {
     #[test]
     fn bad_documents_say_what_is_wrong() {
         let bad = |p: NotifyPrefs| validate(&p).unwrap_err();
-        assert!(bad(NotifyPrefs { timezone: Some("Mars/Olympus".into()), ..NotifyPrefs::default() }).contains("time zone"));
+        assert!(
+            bad(NotifyPrefs { timezone: Some("Mars/Olympus".into()), ..NotifyPrefs::default() }).contains("time zone")
+        );
         let window = |days: &[&str], from: &str, to: &str| NotifyPrefs {
             dnd_schedule: vec![DndWindow {
                 days: days.iter().map(|d| d.to_string()).collect(),

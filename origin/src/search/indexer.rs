@@ -152,7 +152,8 @@ impl Indexer {
                         )));
                     }
                     replayed += items.len() as u64;
-                    writer = apply(writer, changes(items.iter().map(|(position, event)| (position, event))), next).await?;
+                    writer =
+                        apply(writer, changes(items.iter().map(|(position, event)| (position, event))), next).await?;
                     covered = next;
                     writer = self.commit_if_due(writer).await?;
                 }

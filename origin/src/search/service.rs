@@ -185,7 +185,12 @@ impl Search {
         // In line for the index: searches run to completion a few at a time (one per core)
         // rather than all at once sharing the cores, so a search waits for those before it
         // and is not slowed down by every one that arrives after it.
-        let turn = self.turns.clone().acquire_owned().await.map_err(|_| OriginError::Internal("the search queue is closed".into()))?;
+        let turn = self
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| OriginError::Internal("the search queue is closed".into()))?;
         let page = tokio::task::spawn_blocking(move || {
             let page = index.search(&query, &w, &allowed, sort, limit, cursor.as_deref());
             drop(turn);
