@@ -144,12 +144,24 @@ impl Outbound {
         let mut http = HttpConnector::new_with_resolver(PublicOnly { allow_internal });
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(Arc::new(rustls::crypto::ring::default_provider()))
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let native = hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone());
+        let builder = match native {
+            Ok(builder) => builder,
+            // A machine without CA certificates (a minimal container) still starts: pushes to
+            // HTTPS services fail, are retried and recorded, and the log says why.
+            Err(e) => {
+                tracing::warn!(error = %e, "no CA certificates found: notifications to HTTPS endpoints will fail \
+                    (install the system's CA certificates, e.g. the ca-certificates package)");
+                let tls = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| format!("TLS setup: {e}"))?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls)
+            }
+        };
+        let https = builder.https_or_http().enable_http1().wrap_connector(http);
         Ok(Outbound { client: Client::builder(TokioExecutor::new()).build(https), timeout, allow_internal })
     }
 
