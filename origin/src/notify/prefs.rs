@@ -73,7 +73,7 @@ fn window(w: &DndWindow) -> Result<(Vec<u8>, u32, u32), String> {
         .map(|d| {
             ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
                 .iter()
-                .position(|n| n.eq_ignore_ascii_case(d))
+                .position(|n| n == d)
                 .map(|i| i as u8)
                 .ok_or_else(|| format!("unknown day {d:?}: use mon, tue, wed, thu, fri, sat or sun"))
         })

@@ -59,6 +59,14 @@ STATE_RULES = (
     "may be given only once",
     "a search needs a word",
     "the search cursor is invalid",
+    # Notifications (docs/API.md, Notifications): a push endpoint must be https and not an
+    # internal address, its keys a real P-256 point and a 16-byte secret; a time zone must be
+    # one the IANA database knows; a keyword must have a character once trimmed.
+    "endpoint: ",
+    "subscription: ",
+    "push subscriptions per user",
+    "unknown time zone",
+    "a keyword must",
 )
 
 
