@@ -42,8 +42,7 @@ pub fn validate(p: &NotifyPrefs) -> Result<(), String> {
         return Err(format!("at most {MAX_KEYWORDS} keywords"));
     }
     for k in &p.keywords {
-        let chars = k.trim().chars().count();
-        if chars == 0 || chars > MAX_KEYWORD_CHARS {
+        if k.trim().is_empty() || k.chars().count() > MAX_KEYWORD_CHARS {
             return Err(format!("a keyword must have 1 to {MAX_KEYWORD_CHARS} characters"));
         }
         if k.chars().any(char::is_control) {
