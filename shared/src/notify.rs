@@ -21,7 +21,7 @@ pub struct NotifyPrefs {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keywords: Vec<String>,
     /// Do not disturb until this instant (ms since the epoch); notifications wait until then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_ms")]
     pub dnd_until: Option<i64>,
     /// Recurring do-not-disturb windows, in [`NotifyPrefs::timezone`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -44,6 +44,22 @@ impl Default for NotifyPrefs {
             timezone: None,
             email: true,
         }
+    }
+}
+
+/// An instant in ms. JSON has one number type and JSON Schema counts `2.0` as the integer 2, so
+/// a whole number is taken in either spelling; a fraction, or one outside `i64`, is refused.
+fn whole_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    if let Some(v) = n.as_i64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        // -2^63 and 2^63 as f64: every whole f64 in between converts exactly.
+        Some(f) if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) => {
+            Ok(Some(f as i64))
+        }
+        _ => Err(serde::de::Error::custom(format!("{n} is not a whole number of milliseconds"))),
     }
 }
 
@@ -108,4 +124,23 @@ pub struct PushKeys {
     pub p256dh: String,
     /// The authentication secret (16 bytes).
     pub auth: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_are_whole_numbers_in_either_spelling_and_survive_msgpack() {
+        let p: NotifyPrefs = serde_json::from_str(r#"{"dnd_until": 42347.0}"#).unwrap();
+        assert_eq!(p.dnd_until, Some(42_347));
+        let p: NotifyPrefs = serde_json::from_str(r#"{"dnd_until": null}"#).unwrap();
+        assert_eq!(p.dnd_until, None);
+        for bad in [r#"{"dnd_until": 1.5}"#, r#"{"dnd_until": 9223372036854775808}"#, r#"{"dnd_until": "1"}"#] {
+            assert!(serde_json::from_str::<NotifyPrefs>(bad).is_err(), "{bad}");
+        }
+        let p = NotifyPrefs { dnd_until: Some(-5), email: false, ..NotifyPrefs::default() };
+        assert_eq!(crate::from_msgpack::<NotifyPrefs>(&crate::to_msgpack(&p)).unwrap(), p);
+        assert!(NotifyPrefs::default().email, "email is on unless turned off");
+    }
 }
