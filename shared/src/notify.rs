@@ -47,19 +47,22 @@ impl Default for NotifyPrefs {
     }
 }
 
+/// The largest instant taken, in ms: 2^53 − 1, the largest integer every JSON parser (and a
+/// float) holds exactly — about 285,000 years.
+pub const MAX_SAFE_MS: i64 = (1 << 53) - 1;
+
 /// An instant in ms. JSON has one number type and JSON Schema counts `2.0` as the integer 2, so
 /// a whole number is taken in either spelling; a fraction, or one outside `i64`, is refused.
 fn whole_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
-    if let Some(v) = n.as_i64() {
-        return Ok(Some(v));
-    }
-    match n.as_f64() {
-        // -2^63 and 2^63 as f64: every whole f64 in between converts exactly.
-        Some(f) if f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) => {
-            Ok(Some(f as i64))
-        }
-        _ => Err(serde::de::Error::custom(format!("{n} is not a whole number of milliseconds"))),
+    let whole = match (n.as_i64(), n.as_f64()) {
+        (Some(v), _) => Some(v),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() <= MAX_SAFE_MS as f64 => Some(f as i64),
+        _ => None,
+    };
+    match whole {
+        Some(v) if v.abs() <= MAX_SAFE_MS => Ok(Some(v)),
+        _ => Err(serde::de::Error::custom(format!("{n} is not a whole number of milliseconds within ±(2^53 - 1)"))),
     }
 }
 
@@ -136,7 +139,13 @@ mod tests {
         assert_eq!(p.dnd_until, Some(42_347));
         let p: NotifyPrefs = serde_json::from_str(r#"{"dnd_until": null}"#).unwrap();
         assert_eq!(p.dnd_until, None);
-        for bad in [r#"{"dnd_until": 1.5}"#, r#"{"dnd_until": 9223372036854775808}"#, r#"{"dnd_until": "1"}"#] {
+        for bad in [
+            r#"{"dnd_until": 1.5}"#,
+            r#"{"dnd_until": 9223372036854775808}"#,
+            r#"{"dnd_until": -9223372036854775809}"#,
+            r#"{"dnd_until": 9007199254740992}"#,
+            r#"{"dnd_until": "1"}"#,
+        ] {
             assert!(serde_json::from_str::<NotifyPrefs>(bad).is_err(), "{bad}");
         }
         let p = NotifyPrefs { dnd_until: Some(-5), email: false, ..NotifyPrefs::default() };

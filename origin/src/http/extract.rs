@@ -50,6 +50,10 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Default> FromRequest<S> fo
         if bytes.is_empty() {
             return Ok(OptionalJson(T::default()));
         }
+        // Every optional body is an object; serde would also take a struct from an array.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(OriginError::BadRequest("the body must be a JSON object (or empty)".into()));
+        }
         serde_json::from_slice(&bytes)
             .map(OptionalJson)
             .map_err(|e| OriginError::BadRequest(format!("invalid JSON body: {e}")))
