@@ -61,7 +61,7 @@ fn whole_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Er
         _ => None,
     };
     match whole {
-        Some(v) if v.abs() <= MAX_SAFE_MS => Ok(Some(v)),
+        Some(v) if (-MAX_SAFE_MS..=MAX_SAFE_MS).contains(&v) => Ok(Some(v)),
         _ => Err(serde::de::Error::custom(format!("{n} is not a whole number of milliseconds within ±(2^53 - 1)"))),
     }
 }
@@ -143,6 +143,7 @@ mod tests {
             r#"{"dnd_until": 1.5}"#,
             r#"{"dnd_until": 9223372036854775808}"#,
             r#"{"dnd_until": -9223372036854775809}"#,
+            r#"{"dnd_until": -9223372036854775808}"#,
             r#"{"dnd_until": 9007199254740992}"#,
             r#"{"dnd_until": "1"}"#,
         ] {
