@@ -400,23 +400,20 @@ impl Dispatcher {
             Err(e) => return Sent::Rejected(format!("cannot sign for this endpoint: {e}")),
         };
         let urgency = match claim.out.reason {
-            Reason::Direct | Reason::Mention => "high",
-            _ => "normal",
+            Reason::Direct | Reason::Mention => webpush::Urgency::High,
+            _ => webpush::Urgency::Normal,
         };
-        let headers = [
-            ("authorization", authorization),
-            ("ttl", self.config.ttl_secs.to_string()),
-            ("urgency", urgency.to_string()),
-            ("topic", topic(claim)),
-            ("content-encoding", "aes128gcm".to_string()),
-            ("content-type", "application/octet-stream".to_string()),
-        ];
+        let ttl = u32::try_from(self.config.ttl_secs).unwrap_or(u32::MAX);
+        let mut headers = match webpush::request_headers(ttl, urgency, Some(&topic(claim))) {
+            Ok(headers) => headers,
+            Err(e) => return Sent::Rejected(format!("cannot build the push request: {e}")),
+        };
+        headers.push(("authorization", authorization));
         classify(self.client.post(&s.endpoint, &headers, body).await)
     }
 
     async fn proxy(&self, claim: &Claim, payload: &[u8], now: i64) -> Sent {
-        let mut body = Vec::with_capacity(payload.len() + 64);
-        body.extend_from_slice(payload);
+        let body = payload.to_vec();
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.config.push_proxy_secret.as_bytes());
         let timestamp = (now / 1000).to_string();
         let mut signed = timestamp.clone().into_bytes();
