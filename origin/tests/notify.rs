@@ -345,6 +345,12 @@ async fn preferences_are_the_callers_own_and_bad_ones_change_nothing() {
     assert_eq!(v["public_key"].as_str().unwrap().len(), 87, "65 bytes, base64url: {v}");
     let (s, _) = w.o.get("/v1/push/key", "not-a-token").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A revoked token reads and changes nothing.
+    let (s, v) = w.o.post("/v1/tokens/revoke", &bob, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(w.o.get("/v1/notifications/prefs", &bob).await.0, StatusCode::UNAUTHORIZED);
+    let (s, _) = w.o.call(Method::PUT, "/v1/notifications/prefs", &bob, Some(json!({ "email": true }))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     w.o.stop().await;
 }
 
