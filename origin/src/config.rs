@@ -82,6 +82,19 @@ pub struct NotifyConfig {
     pub allow_internal_endpoints: bool,
     /// How often the dispatcher looks for due notifications (ms).
     pub tick_ms: u64,
+    /// The SMTP server email digests go through, as a URL: `smtps://host:465` (TLS),
+    /// `smtp://host:587?tls=required` (STARTTLS, refused without it), `smtp://host:25` (plain:
+    /// only for a relay on the same host or network), with `user:password@` for
+    /// authentication. Empty: no email.
+    pub smtp_url: String,
+    /// The digests' sender (`From`), as `Name <address>` or an address.
+    pub email_from: String,
+    /// How long a mention or DM stays unread, its reader not active, before it is emailed
+    /// (ms). Everything of the user's pending by then goes into the same digest.
+    pub email_after_ms: u64,
+    /// The URL people reach this origin's HTTP API at, for the links in emails (unsubscribe).
+    /// Empty: `http://` and the address the API listens on.
+    pub public_url: String,
 }
 
 impl Default for NotifyConfig {
@@ -100,6 +113,10 @@ impl Default for NotifyConfig {
             push_proxy_secret: String::new(),
             allow_internal_endpoints: false,
             tick_ms: 500,
+            smtp_url: String::new(),
+            email_from: "Selvage <notifications@selvage.invalid>".into(),
+            email_after_ms: 15 * 60_000,
+            public_url: String::new(),
         }
     }
 }
@@ -127,6 +144,20 @@ impl NotifyConfig {
             if self.push_proxy_secret.len() < 16 {
                 return Err("notify.push_proxy_secret must have at least 16 characters when a proxy is set".into());
             }
+        }
+        if !self.smtp_url.is_empty() {
+            if !(self.smtp_url.starts_with("smtp://") || self.smtp_url.starts_with("smtps://")) {
+                return Err("notify.smtp_url must be an smtp:// or smtps:// URL".into());
+            }
+            if self.email_from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err("notify.email_from must be an address or `Name <address>`".into());
+            }
+            if self.email_after_ms > 7 * 24 * 3_600_000 {
+                return Err("notify.email_after_ms must be at most a week (604800000)".into());
+            }
+        }
+        if !self.public_url.is_empty() && url::Url::parse(&self.public_url).is_err() {
+            return Err("notify.public_url must be a URL such as https://chat.example.com".into());
         }
         Ok(())
     }

@@ -199,10 +199,6 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         true => Some(search::Search::open(&config.search, &config.data_dir, metrics.clone())?),
         false => None,
     };
-    let notify = match config.notify.enabled {
-        true => Some(notify::Notify::open(&config.notify, &store, metrics.clone()).await.map_err(StartError::Notify)?),
-        false => None,
-    };
     let presence = Arc::new(presence::Tracker::new(Duration::from_millis(config.link.presence_lease_ms)));
     let (sequencer, committer) =
         Sequencer::start(store.clone(), config.sequencer.clone(), metrics.clone(), presence.clone(), shutdown.clone());
@@ -211,6 +207,15 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         .await
         .map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    // Emails link back to the API: the configured public URL, else the address just bound.
+    let notify = match config.notify.enabled {
+        true => Some(
+            notify::Notify::open(&config.notify, &store, &format!("http://{addr}"), metrics.clone())
+                .await
+                .map_err(StartError::Notify)?,
+        ),
+        false => None,
+    };
     tracing::info!(%addr, engine = store.engine(), "origin listening");
     let origin = Arc::new(Origin {
         config,

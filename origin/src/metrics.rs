@@ -105,6 +105,10 @@ pub struct Metrics {
     pub notify_deliveries: IntCounterVec,
     /// From a message being posted to its notification accepted by a push service (s).
     pub notify_latency_seconds: Histogram,
+    /// Email digests by outcome: `sent`, `read` (everything in it read before it was due),
+    /// `gone` (user deactivated, messages deleted, memberships lost), `email_off` (turned off
+    /// or no address), `failed` (the SMTP server refused it for good, or tries ran out).
+    pub notify_digests: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -335,9 +339,14 @@ impl Metrics {
                 "From a message posted to its notification accepted by a push service",
                 vec![1.0, 2.0, 5.0, 10.0, 11.0, 12.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0],
             ),
+            notify_digests: IntCounterVec::new(
+                Opts::new("selvage_notify_digests_total", "Email digests by outcome"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 42] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 43] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -380,6 +389,7 @@ impl Metrics {
             Box::new(m.notify_outcomes.clone()),
             Box::new(m.notify_deliveries.clone()),
             Box::new(m.notify_latency_seconds.clone()),
+            Box::new(m.notify_digests.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

@@ -32,6 +32,10 @@ pub struct NotifyPrefs {
     /// Whether unread mentions and DMs are also sent by email after the user has been away.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub email: bool,
+    /// Where those emails go. None: no email (an address is the user's own to give, and only
+    /// they and the origin's mailer ever read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
 }
 
 impl Default for NotifyPrefs {
@@ -43,6 +47,7 @@ impl Default for NotifyPrefs {
             dnd_schedule: Vec::new(),
             timezone: None,
             email: true,
+            email_address: None,
         }
     }
 }

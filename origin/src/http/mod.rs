@@ -97,6 +97,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/search", get(search::search_messages))
         .route("/v1/notifications/prefs", get(notify::get_prefs).put(notify::put_prefs))
+        .route("/v1/notifications/unsubscribe", get(notify::unsubscribe_page).post(notify::unsubscribe_email))
         .route("/v1/push/key", get(notify::push_key))
         .route("/v1/push/subscriptions", post(notify::subscribe).delete(notify::unsubscribe))
         .route("/v1/admin/search/reindex", post(search::reindex))

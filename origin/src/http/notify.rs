@@ -5,12 +5,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::{
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+};
 use selvage_shared::{NotifyPrefs, PushSubscriptionJson};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::extract::Json;
+use super::extract::{Json, Query};
 use crate::{
     caller::Caller,
     error::{OriginError, Result},
@@ -71,4 +75,66 @@ pub(super) async fn unsubscribe(
         true => Ok(Json(json!({ "ok": true }))),
         false => Err(OriginError::NotFound("no push subscription with this endpoint".into())),
     }
+}
+
+#[derive(Deserialize)]
+pub(super) struct UnsubscribeQuery {
+    token: String,
+}
+
+/// The unsubscribe pages are for people following a link in a mail: plain HTML that loads
+/// nothing, runs nothing and posts only to itself.
+fn page(title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>{title}</h1>{body}</body></html>"
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+fn refused() -> OriginError {
+    OriginError::NotFound("this unsubscribe link is not valid (or its user is gone)".into())
+}
+
+/// `GET /v1/notifications/unsubscribe?token=`: the page an email's link opens. It changes
+/// nothing (mail scanners open links): its button posts the same URL.
+pub(super) async fn unsubscribe_page(
+    State(origin): State<Arc<Origin>>,
+    Query(q): Query<UnsubscribeQuery>,
+) -> Result<Response> {
+    let handle = service(&origin)?.unsubscribe_email(&origin.store, &q.token, false).await?.ok_or_else(refused)?;
+    let body = format!(
+        "<p>Stop email notifications for <strong>@{}</strong>? Push notifications stay as they are.</p>\
+         <form method=\"post\"><button type=\"submit\">Unsubscribe</button></form>",
+        escape_html(&handle)
+    );
+    Ok(page("Unsubscribe from emails", &body))
+}
+
+/// `POST /v1/notifications/unsubscribe?token=`: turns the user's email off — the page's button,
+/// and the one-click unsubscribe of RFC 8058 that mail clients send (its form body is ignored).
+pub(super) async fn unsubscribe_email(
+    State(origin): State<Arc<Origin>>,
+    Query(q): Query<UnsubscribeQuery>,
+) -> Result<Response> {
+    let handle = service(&origin)?.unsubscribe_email(&origin.store, &q.token, true).await?.ok_or_else(refused)?;
+    let body = format!(
+        "<p>You will get no more notification emails as <strong>@{}</strong>. To have them again, turn email \
+         on in your notification preferences.</p>",
+        escape_html(&handle)
+    );
+    Ok(page("Unsubscribed", &body))
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

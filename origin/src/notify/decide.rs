@@ -38,10 +38,21 @@ pub struct Pending {
     pub reason: Reason,
 }
 
+/// What a message waiting for a user's email digest records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MailPending {
+    /// When it was posted (ms).
+    pub ts: i64,
+    /// Why it notifies.
+    pub reason: Reason,
+}
+
 /// The consumer `notify` (see the module's documentation).
 pub struct Decider {
     /// How long after a message is posted it is due (ms).
     pub delay_ms: i64,
+    /// How long after a message is posted its email digest is due (ms); `None`: no email.
+    pub email_after_ms: Option<i64>,
     /// Metrics.
     pub metrics: std::sync::Arc<Metrics>,
 }
@@ -64,15 +75,22 @@ impl Consumer for Decider {
             if m.deleted {
                 continue;
             }
-            pending += decide(tx, &item.event.workspace, m, self.delay_ms).await?;
+            pending += decide(tx, &item.event.workspace, m, self.delay_ms, self.email_after_ms).await?;
         }
         self.metrics.notify_pending.inc_by(pending);
         Ok(())
     }
 }
 
-/// Writes the pending notifications of message `m` of workspace `w`; answers how many.
-pub async fn decide(tx: &mut dyn KvTxn, w: &WorkspaceId, m: &Message, delay_ms: i64) -> Result<u64, StoreError> {
+/// Writes the pending notifications of message `m` of workspace `w`, and its pending emails
+/// when `email_after_ms` is set; answers how many notifications.
+pub async fn decide(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    m: &Message,
+    delay_ms: i64,
+    email_after_ms: Option<i64>,
+) -> Result<u64, StoreError> {
     let Some(channel) = channels::load(tx, w, &m.channel).await? else { return Ok(0) };
     let candidates = candidates(tx, w, &channel, m).await?;
     let due = m.ts.saturating_add(delay_ms);
@@ -86,6 +104,17 @@ pub async fn decide(tx: &mut dyn KvTxn, w: &WorkspaceId, m: &Message, delay_ms: 
         tx.set(&keys::notify_pending(w, &user, &channel.id, m.seq), &value)?;
         tx.set(&keys::notify_due(due, w, &user, &channel.id, m.seq), &[])?;
         written += 1;
+        if let Some(after) = email_after_ms.filter(|_| prefs::emails(&prefs, reason)) {
+            let value = selvage_shared::to_msgpack(&MailPending { ts: m.ts, reason });
+            tx.set(&keys::notify_mail_pending(w, &user, &channel.id, m.seq), &value)?;
+            // One queue entry per digest: the first message sets when it is due.
+            let queued = keys::notify_mail_queued(w, &user);
+            if tx.get(&queued).await?.is_none() {
+                let due = m.ts.saturating_add(after);
+                tx.set(&queued, &selvage_shared::to_msgpack(&due))?;
+                tx.set(&keys::notify_mail_due(due, w, &user), &[])?;
+            }
+        }
     }
     Ok(written)
 }

@@ -17,6 +17,7 @@
 
 pub mod decide;
 pub mod deliver;
+pub mod email;
 pub mod outbound;
 pub mod prefs;
 pub mod webpush;
@@ -28,7 +29,12 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::{decide::Decider, deliver::Dispatcher, webpush::Vapid};
+use self::{
+    decide::Decider,
+    deliver::Dispatcher,
+    email::{Links, Mailer},
+    webpush::Vapid,
+};
 use crate::{
     caller::Caller,
     channels::records as channels,
@@ -70,37 +76,62 @@ pub struct Notify {
     config: NotifyConfig,
     vapid: Arc<Vapid>,
     client: outbound::Outbound,
+    /// The unsubscribe links of emails.
+    links: Links,
+    /// The SMTP transport and sender, when `notify.smtp_url` is set.
+    smtp: Option<(lettre::AsyncSmtpTransport<lettre::Tokio1Executor>, lettre::message::Mailbox)>,
     metrics: Arc<Metrics>,
 }
 
 impl Notify {
-    /// Opens the service: reads the deployment's VAPID key pair, making it on the first start.
+    /// Opens the service: reads the deployment's VAPID key pair and the key of its unsubscribe
+    /// links, making them on the first start. `bound` is the API's address as a URL, for links
+    /// when `notify.public_url` is not set.
     pub async fn open(
         config: &NotifyConfig,
         store: &Store,
+        bound: &str,
         metrics: Arc<Metrics>,
     ) -> std::result::Result<Notify, String> {
         if !config.push_proxy_url.is_empty() {
             outbound::check_url(&config.push_proxy_url, config.allow_internal_endpoints)
                 .map_err(|e| format!("notify.push_proxy_url: {e}"))?;
         }
+        let smtp = match config.smtp_url.is_empty() {
+            true => None,
+            false => Some((email::transport(config)?, email::parse_from(&config.email_from)?)),
+        };
         let key = keys::meta("notify_vapid_pkcs8");
         let made = Vapid::generate().map_err(|e| e.to_string())?;
-        let (pkcs8, _) = transact!(store, |tx| {
-            match tx.get(&key).await? {
+        let links_key = keys::meta("notify_links_key");
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| "no randomness for the links key".to_string())?;
+        let ((pkcs8, link_secret), _) = transact!(store, |tx| {
+            let pkcs8 = match tx.get(&key).await? {
                 Some(kept) => kept,
                 None => {
                     tx.set(&key, &made)?;
                     made.clone()
                 }
-            }
+            };
+            let link_secret = match tx.get(&links_key).await? {
+                Some(kept) => kept,
+                None => {
+                    tx.set(&links_key, &secret)?;
+                    secret.to_vec()
+                }
+            };
+            (pkcs8, link_secret)
         })
-        .map_err(|e| format!("cannot read the VAPID key: {e}"))?;
+        .map_err(|e| format!("cannot read the notification keys: {e}"))?;
+        let base = if config.public_url.is_empty() { bound } else { config.public_url.as_str() };
+        let links = Links::new(base, &link_secret);
         let vapid =
             Vapid::from_pkcs8(&pkcs8, &config.vapid_subject).map_err(|e| format!("the stored VAPID key: {e}"))?;
         let client =
             outbound::Outbound::new(config.allow_internal_endpoints, Duration::from_millis(config.request_timeout_ms))?;
-        Ok(Notify { config: config.clone(), vapid: Arc::new(vapid), client, metrics })
+        Ok(Notify { config: config.clone(), vapid: Arc::new(vapid), client, links, smtp, metrics })
     }
 
     /// The public key browsers subscribe with (`applicationServerKey`), base64url.
@@ -117,10 +148,59 @@ impl Notify {
         consumers: &ConsumersConfig,
         shutdown: &CancellationToken,
     ) -> std::result::Result<Vec<JoinHandle<()>>, ConsumerError> {
-        let decider = Decider { delay_ms: self.config.delay_ms as i64, metrics: self.metrics.clone() };
+        let decider = Decider {
+            delay_ms: self.config.delay_ms as i64,
+            email_after_ms: self.smtp.as_ref().map(|_| self.config.email_after_ms as i64),
+            metrics: self.metrics.clone(),
+        };
         let runner = ConsumerRunner::new(feed.clone(), Arc::new(decider), ConsumerOptions::from_config(consumers))?;
         let dispatcher = Arc::new(self.dispatcher(store, presence));
-        Ok(vec![runner.spawn(shutdown.clone()), tokio::spawn(dispatcher.run(shutdown.clone()))])
+        let mut tasks = vec![runner.spawn(shutdown.clone()), tokio::spawn(dispatcher.run(shutdown.clone()))];
+        if let Some(mailer) = self.mailer(store, presence) {
+            tasks.push(tokio::spawn(Arc::new(mailer).run(shutdown.clone())));
+        }
+        Ok(tasks)
+    }
+
+    /// The email digest sender, when `notify.smtp_url` is set (the tests drive one step by step).
+    pub fn mailer(&self, store: &Store, presence: &Arc<Tracker>) -> Option<Mailer> {
+        let (transport, from) = self.smtp.clone()?;
+        Some(Mailer {
+            store: store.clone(),
+            presence: presence.clone(),
+            config: self.config.clone(),
+            transport,
+            from,
+            links: self.links.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Whether this origin sends email digests.
+    pub fn emails(&self) -> bool {
+        self.smtp.is_some()
+    }
+
+    /// Turns email off for the user an unsubscribe token was made for; answers their handle,
+    /// or `None` for a token that is not one of this deployment's (or a user who is gone).
+    pub async fn unsubscribe_email(&self, store: &Store, token: &str, apply: bool) -> Result<Option<String>> {
+        let Some((w, u)) = self.links.check(token) else { return Ok(None) };
+        let (handle, _) = transact!(store, |tx| {
+            match crate::caller::get_user(tx, &w, &u).await? {
+                None => None,
+                Some(user) => {
+                    if apply {
+                        let mut prefs = decide::load_prefs(tx, &w, &u).await?;
+                        if prefs.email {
+                            prefs.email = false;
+                            tx.set(&keys::notify_prefs(&w, &u), &selvage_shared::to_msgpack(&prefs))?;
+                        }
+                    }
+                    Some(user.handle)
+                }
+            }
+        })?;
+        Ok(handle)
     }
 
     /// A dispatcher over `store` (the tests drive one step by step).

@@ -58,6 +58,45 @@ pub fn validate(p: &NotifyPrefs) -> Result<(), String> {
     for w in &p.dnd_schedule {
         window(w)?;
     }
+    if let Some(a) = &p.email_address {
+        email_address(a)?;
+    }
+    Ok(())
+}
+
+/// Whether a message that notifies for `reason` also goes into the user's email digest: DMs
+/// and mentions (by name, `@channel`/`@here`, keywords), when they want email and gave an
+/// address — not thread replies or every message of a channel, as Slack's digests.
+pub fn emails(p: &NotifyPrefs, reason: Reason) -> bool {
+    p.email && p.email_address.is_some() && reason <= Reason::Keyword
+}
+
+/// Longest email address (RFC 5321's path limit less its brackets).
+pub const MAX_EMAIL_ADDRESS: usize = 254;
+
+/// Checks an email address: a dot-atom local part and a host name of at least two labels, the
+/// form every mail system takes (no quoted local parts, no address literals). The API's schema
+/// states the same rule as a pattern.
+pub fn email_address(a: &str) -> Result<(), String> {
+    let bad = || format!("{a:?} is not an email address like name@example.com");
+    if a.len() > MAX_EMAIL_ADDRESS {
+        return Err(format!("an email address has at most {MAX_EMAIL_ADDRESS} characters"));
+    }
+    let (local, domain) = a.split_once('@').ok_or_else(bad)?;
+    let atom = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&b));
+    if !local.split('.').all(atom) {
+        return Err(bad());
+    }
+    let label = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 || !labels.iter().all(|l| label(l)) {
+        return Err(bad());
+    }
     Ok(())
 }
 

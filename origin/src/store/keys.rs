@@ -396,6 +396,55 @@ pub fn notify_failures(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
     ws(w).str("nfailed").str(u.as_str()).finish()
 }
 
+/// `(ws, W, nmail, U, C, seq)` → when it was posted and why: message `seq` of C goes into U's
+/// next email digest if still unread then. Written by the consumer `notify`, cleared when the
+/// digest is claimed: each message is in at most one digest.
+pub fn notify_mail_pending(w: &WorkspaceId, u: &UserId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("nmail").str(u.as_str()).str(c.as_str()).uint(seq).finish()
+}
+
+/// Prefix of U's [`notify_mail_pending`] messages.
+pub fn notify_mail_pending_of(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    ws(w).str("nmail").str(u.as_str()).finish()
+}
+
+/// `(ws, W, nmailq, U)` → when U's next digest is due (ms): set with the first message of a
+/// digest, so that the queue holds one entry per user.
+pub fn notify_mail_queued(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    ws(w).str("nmailq").str(u.as_str()).finish()
+}
+
+/// `(notify, mail, due, W, U)` → empty: the queue of users' digests by when they are due.
+pub fn notify_mail_due(due: i64, w: &WorkspaceId, u: &UserId) -> Vec<u8> {
+    Key::new().str("notify").str("mail").int(due).str(w.as_str()).str(u.as_str()).finish()
+}
+
+/// Prefix of the [`notify_mail_due`] queue.
+pub fn notify_mail_dues() -> Vec<u8> {
+    Key::new().str("notify").str("mail").finish()
+}
+
+/// Where the [`notify_mail_due`] entries due at `due` begin.
+pub fn notify_mail_dues_at(due: i64) -> Vec<u8> {
+    Key::new().str("notify").str("mail").int(due).finish()
+}
+
+/// `(notify, mailout, at, W, U, id)` → a digest being sent or waiting to be tried again at
+/// `at` (ms), claimed by a node until then, as [`notify_out`] is.
+pub fn notify_mail_out(at: i64, w: &WorkspaceId, u: &UserId, id: &str) -> Vec<u8> {
+    Key::new().str("notify").str("mailout").int(at).str(w.as_str()).str(u.as_str()).str(id).finish()
+}
+
+/// Prefix of the [`notify_mail_out`] queue.
+pub fn notify_mail_outs() -> Vec<u8> {
+    Key::new().str("notify").str("mailout").finish()
+}
+
+/// Where the [`notify_mail_out`] entries at `at` begin.
+pub fn notify_mail_outs_at(at: i64) -> Vec<u8> {
+    Key::new().str("notify").str("mailout").int(at).finish()
+}
+
 /// `(meta, name)`: deployment-wide bookkeeping (log tick, log size, trim point).
 pub fn meta(name: &str) -> Vec<u8> {
     Key::new().str("meta").str(name).finish()
