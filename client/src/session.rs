@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use selvage_shared::link::{encode_frame, FRAME_PREFIX_BYTES};
 use selvage_shared::{
-    encode_client, ChannelId, ClientFrame, Cursor, ErrorCode, EventFrame, Format, Hello, Query, QueryKind, QueryResult,
-    SearchPage, SearchSort, Seq, ServerFrame, PROTOCOL_VERSION,
+    encode_client, ChannelId, ClientFrame, Cursor, ErrorCode, EventFrame, Format, Hello, NotifyPrefs, Query, QueryKind,
+    QueryResult, SearchPage, SearchSort, Seq, ServerFrame, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -279,6 +279,16 @@ impl Client {
         self.handle.ping().await
     }
 
+    /// The user's notification preferences. See [`Handle::notify_prefs`].
+    pub async fn notify_prefs(&self) -> Result<NotifyPrefs, ClientError> {
+        self.handle.notify_prefs().await
+    }
+
+    /// Replaces the user's notification preferences. See [`Handle::set_notify_prefs`].
+    pub async fn set_notify_prefs(&self, prefs: NotifyPrefs) -> Result<NotifyPrefs, ClientError> {
+        self.handle.set_notify_prefs(prefs).await
+    }
+
     /// Writes a frame without waiting for any answer. See [`Handle::send_frame`].
     pub async fn send_frame(&self, frame: &ClientFrame) -> Result<(), ClientError> {
         self.handle.send_frame(frame).await
@@ -418,6 +428,27 @@ impl Handle {
             return Err(ClientError::Protocol(format!("the result of search {} lacks caught_up", result.reply_to)));
         };
         Ok(SearchPage { results: result.results, next_cursor: result.next, caught_up })
+    }
+
+    /// The user's notification preferences, with a `notify_prefs` query.
+    pub async fn notify_prefs(&self) -> Result<NotifyPrefs, ClientError> {
+        let result = self.query(Query::new(String::new(), QueryKind::NotifyPrefs)).await?;
+        result.notify_prefs.map(|p| *p).ok_or_else(|| {
+            ClientError::Protocol(format!("the result of notify_prefs {} lacks notify_prefs", result.reply_to))
+        })
+    }
+
+    /// Replaces the user's notification preferences with a `set_notify_prefs` frame; returns
+    /// them as the origin stored them. A refusal (an unknown channel, a bad time zone) is
+    /// [`ClientError::Refused`].
+    pub async fn set_notify_prefs(&self, prefs: NotifyPrefs) -> Result<NotifyPrefs, ClientError> {
+        let id = self.shared.next_id("r");
+        let frame = ClientFrame::SetNotifyPrefs { id: id.clone(), prefs: Box::new(prefs) };
+        match self.request(&id, &frame, "result").await? {
+            Reply::Result(QueryResult { notify_prefs: Some(prefs), .. }) => Ok(*prefs),
+            Reply::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(unexpected_reply(&id, "result", &other)),
+        }
     }
 
     /// Sends a `ping` and returns the time until its `pong`.

@@ -669,7 +669,10 @@ impl Session {
                 // Never dropped: waits for a slot, and the client is not read meanwhile.
                 self.edge.one_way.run(async move { upstream.call(call).await }).await;
             }
-            ClientFrame::Send { .. } | ClientFrame::Query(_) | ClientFrame::MarkRead { .. } => {
+            ClientFrame::Send { .. }
+            | ClientFrame::Query(_)
+            | ClientFrame::MarkRead { .. }
+            | ClientFrame::SetNotifyPrefs { .. } => {
                 // Waiting here stops reading from the client: its requests in flight are capped.
                 let permits =
                     self.permits.get_or_init(|| Arc::new(Semaphore::new(self.edge.config.sessions.max_in_flight)));
@@ -735,6 +738,7 @@ impl Request {
                 }
             }
             ClientFrame::Query(query) => self.query(query).await,
+            ClientFrame::SetNotifyPrefs { id, prefs } => self.notify_prefs(id, Some(prefs)).await,
             other => EdgeError::Internal(format!("{} is not a request", other.kind())).frame(None),
         };
         Some(reply)
@@ -743,6 +747,9 @@ impl Request {
     async fn query(&self, query: Query) -> ServerFrame {
         if query.q == QueryKind::Search {
             return self.search(query).await;
+        }
+        if query.q == QueryKind::NotifyPrefs {
+            return self.notify_prefs(query.id, None).await;
         }
         let id = query.id.clone();
         let answer = self.live.lock().state.query(&self.principal.user, &query);
@@ -757,6 +764,20 @@ impl Request {
                 self.edge.metrics.cache_requests.with_label_values(&["query", "miss"]).inc();
                 self.ask_origin(query).await
             }
+        }
+    }
+
+    /// The user's notification preferences, read or replaced (`prefs`): kept by the origin
+    /// only, which checks them as it does over HTTP.
+    async fn notify_prefs(&self, id: String, prefs: Option<Box<selvage_shared::NotifyPrefs>>) -> ServerFrame {
+        let call =
+            Call::NotifyPrefs { workspace: self.principal.workspace.clone(), user: self.principal.user.clone(), prefs };
+        match self.edge.upstream.call(call).await {
+            Ok(Answer::NotifyPrefs(prefs)) => {
+                ServerFrame::Result(QueryResult { reply_to: id, notify_prefs: Some(prefs), ..Default::default() })
+            }
+            Ok(other) => unexpected(Some(id), &other),
+            Err(e) => EdgeError::Origin(e).frame(Some(id)),
         }
     }
 

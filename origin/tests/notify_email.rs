@@ -67,7 +67,9 @@ impl Sink {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json") && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json") && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+            })
             .collect();
         files.sort();
         files.iter().map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()).collect()
@@ -176,7 +178,8 @@ async fn unread_mentions_and_dms_arrive_in_one_digest_each_message_once() {
     let python = need_python!();
     let sink = Sink::start(&python, 0).await;
     let w = World::start(&sink).await;
-    let (bob, bob_token) = w.user("bob", json!({ "email_address": "bob@example.com", "timezone": "Europe/Berlin" })).await;
+    let (bob, bob_token) =
+        w.user("bob", json!({ "email_address": "bob@example.com", "timezone": "Europe/Berlin" })).await;
     let (carol, _) = w.user("carol", json!({ "email_address": "carol@example.com", "email": false })).await;
     let (dave, dave_token) = w.user("dave", json!({})).await;
     for bad in ["dave", "dave@localhost", "dave@example.com\nBcc: x@y.co", "<dave@example.com>", "a@b@example.com"] {
@@ -200,7 +203,8 @@ async fn unread_mentions_and_dms_arrive_in_one_digest_each_message_once() {
     w.send(&w.admin, &dm, "first-dm-41aa").await;
     w.send(&w.admin, &dm, "second-dm-5c7e").await;
     let (s, v) =
-        w.o.call(Method::PUT, &format!("/v1/channels/{}/read", w.general), &bob_token, Some(json!({ "seq": read }))).await;
+        w.o.call(Method::PUT, &format!("/v1/channels/{}/read", w.general), &bob_token, Some(json!({ "seq": read })))
+            .await;
     assert!(s.is_success(), "{s} {v}");
 
     let mails = sink.wait(1).await;
@@ -212,7 +216,9 @@ async fn unread_mentions_and_dms_arrive_in_one_digest_each_message_once() {
     assert_eq!(m["headers"]["subject"], "3 unread messages in 2 conversations");
     let text = m["text"].as_str().unwrap();
     let html = m["html"].as_str().unwrap();
-    for part in ["unread-mention-9b2e <b>&</b>", "first-dm-41aa", "second-dm-5c7e", "#random", "Direct messages with admin"] {
+    for part in
+        ["unread-mention-9b2e <b>&</b>", "first-dm-41aa", "second-dm-5c7e", "#random", "Direct messages with admin"]
+    {
         assert!(text.contains(part), "{part} in the text: {text}");
     }
     assert!(html.contains("unread-mention-9b2e &lt;b&gt;&amp;&lt;/b&gt;"), "escaped in the HTML: {html}");

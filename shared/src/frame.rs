@@ -18,6 +18,7 @@ use crate::limits::{
     MAX_SEARCH_LIMIT, MAX_TEXT_CHARS,
 };
 use crate::model::{ChannelBoot, Message, User};
+use crate::notify::NotifyPrefs;
 
 /// A frame a client sends to an edge.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +70,14 @@ pub enum ClientFrame {
         /// The last `seq` read.
         seq: Seq,
     },
+    /// Replace the user's notification preferences (as `PUT /v1/notifications/prefs`);
+    /// answered by `result` with `notify_prefs` as stored, or `error`.
+    SetNotifyPrefs {
+        /// Request id, echoed as `reply_to`.
+        id: String,
+        /// The whole document: fields left out take their defaults.
+        prefs: Box<NotifyPrefs>,
+    },
 }
 
 /// What a `query` asks for.
@@ -88,6 +97,9 @@ pub enum QueryKind {
     /// Messages the caller may read that match `text`, in the search query language; always
     /// answered by the origin, which holds the index (ARCHITECTURE §8 "Search").
     Search,
+    /// The caller's notification preferences (`notify_prefs` in the result); takes nothing
+    /// else.
+    NotifyPrefs,
 }
 
 /// A client `query` frame (its `"type"` is `query`).
@@ -182,6 +194,7 @@ impl ClientFrame {
                 Ok(())
             }
             ClientFrame::Query(query) => query.validate(),
+            ClientFrame::SetNotifyPrefs { id, .. } => check_request_id(id),
         }
     }
 
@@ -190,6 +203,7 @@ impl ClientFrame {
         match self {
             ClientFrame::Send { id, .. } | ClientFrame::Ping { id } => Some(id),
             ClientFrame::Query(q) => Some(&q.id),
+            ClientFrame::SetNotifyPrefs { id, .. } => Some(id),
             ClientFrame::Typing { .. }
             | ClientFrame::PresenceSub { .. }
             | ClientFrame::MarkRead { .. }
@@ -207,6 +221,7 @@ impl ClientFrame {
             ClientFrame::SetPresence { .. } => "set_presence",
             ClientFrame::Query(_) => "query",
             ClientFrame::MarkRead { .. } => "mark_read",
+            ClientFrame::SetNotifyPrefs { .. } => "set_notify_prefs",
         }
     }
 }
@@ -238,6 +253,9 @@ impl Query {
         check_request_id(&self.id)?;
         if self.q == QueryKind::Search {
             return self.validate_search();
+        }
+        if self.q == QueryKind::NotifyPrefs && *self != Query::new(self.id.clone(), QueryKind::NotifyPrefs) {
+            return invalid("a notify_prefs query takes nothing but its id");
         }
         if self.text.is_some() || self.sort.is_some() || self.wait_for.is_some() {
             return invalid("text, sort and wait_for are for search queries only");
@@ -427,6 +445,9 @@ pub struct QueryResult {
     /// Continuation token to pass as `page` for more; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// The caller's notification preferences (for `notify_prefs` and `set_notify_prefs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_prefs: Option<Box<NotifyPrefs>>,
 }
 
 impl ServerFrame {

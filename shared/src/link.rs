@@ -23,6 +23,7 @@ use crate::error::ErrorCode;
 use crate::event::{Event, FeedItem};
 use crate::ids::{ChannelId, Cursor, Seq, UserId, WorkspaceId};
 use crate::model::{Channel, Message, Presence, User, Workspace};
+use crate::notify::NotifyPrefs;
 
 /// ALPN of the origin ↔ edge link.
 pub const LINK_ALPN: &[u8] = b"selvage-link/1";
@@ -179,6 +180,17 @@ pub enum Call {
         /// One entry per user reported.
         reports: Vec<PresenceReport>,
     },
+    /// Read `user`'s notification preferences, or replace them with `prefs` (a client's
+    /// `notify_prefs` query and `set_notify_prefs` frame).
+    NotifyPrefs {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Whose: the session's user, never another.
+        user: UserId,
+        /// The new preferences; `None` reads them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefs: Option<Box<NotifyPrefs>>,
+    },
     /// Turn `user`'s do-not-disturb on or off.
     SetDnd {
         /// The workspace.
@@ -227,6 +239,8 @@ impl Call {
             Call::Relay { .. } => "relay",
             Call::Presence { .. } => "presence",
             Call::SetDnd { .. } => "set_dnd",
+            Call::NotifyPrefs { prefs: None, .. } => "notify_prefs",
+            Call::NotifyPrefs { prefs: Some(_), .. } => "set_notify_prefs",
             Call::PresenceSnapshot { .. } => "presence_snapshot",
         }
     }
@@ -285,6 +299,8 @@ pub enum Answer {
     },
     /// For [`Call::Search`].
     Found(SearchPage),
+    /// For [`Call::NotifyPrefs`]: the preferences as stored.
+    NotifyPrefs(Box<NotifyPrefs>),
     /// For [`Call::MarkRead`]: the marker as it now stands.
     ReadMarker {
         /// The last seq read.

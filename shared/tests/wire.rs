@@ -208,6 +208,17 @@ fn client_frames_parse() {
         decode_json(r#"{"channel":"C1","type":"mark_read","seq":4}"#),
         Ok(ClientFrame::MarkRead { channel: ChannelId::new_unchecked("C1"), seq: 4 })
     );
+    let set = decode_json(r#"{"type":"set_notify_prefs","id":"3","prefs":{"keywords":["deploy"],"email":false}}"#);
+    let prefs = NotifyPrefs { keywords: vec!["deploy".into()], email: false, ..NotifyPrefs::default() };
+    assert_eq!(set, Ok(ClientFrame::SetNotifyPrefs { id: "3".into(), prefs: Box::new(prefs) }));
+    assert_eq!(
+        decode_json(r#"{"type":"query","id":"4","q":"notify_prefs"}"#),
+        Ok(ClientFrame::Query(Query::new("4", QueryKind::NotifyPrefs)))
+    );
+    // A notify_prefs query takes nothing else; a document with an unknown field is refused.
+    assert_invalid(decode_json(r#"{"type":"query","id":"5","q":"notify_prefs","limit":5}"#));
+    assert_malformed(decode_json(r#"{"type":"set_notify_prefs","id":"6","prefs":{"sound":"ding"}}"#));
+    assert_invalid(decode_json(r#"{"type":"set_notify_prefs","id":"","prefs":{}}"#));
     let mp = msgpack_of(&json!({"type": "presence_sub", "users": ["U1", "U2"]}));
     assert_eq!(
         decode_client(&mp, Format::MsgPack),

@@ -200,6 +200,10 @@ async fn session(mut conn: ServerConn, hello: ServerFrame, seen: mpsc::Sender<St
                 conn.send(&ServerFrame::Resync { reason: "cursor too old".into() }).await
             }
             ClientFrame::SetPresence { .. } => {}
+            ClientFrame::SetNotifyPrefs { id, prefs } => {
+                let result = QueryResult { reply_to: id, notify_prefs: Some(prefs), ..Default::default() };
+                conn.send(&ServerFrame::Result(result)).await;
+            }
         }
     }
     conn.finish().await;

@@ -97,8 +97,9 @@ impl WorkspaceState {
                 QueryKind::Channels => self.query_channels(user, q),
                 QueryKind::History => self.query_history(user, q),
                 QueryKind::Thread => self.query_thread(user, q),
-                // The search index is the origin's (ARCHITECTURE §8 "Search").
-                QueryKind::Search => Ok(QueryAnswer::NeedsOrigin),
+                // The search index is the origin's (ARCHITECTURE §8 "Search"), and so are
+                // notification preferences, which no other user's session may read.
+                QueryKind::Search | QueryKind::NotifyPrefs => Ok(QueryAnswer::NeedsOrigin),
             }
         };
         answer.unwrap_or_else(|Refusal { code, message }| QueryAnswer::Refused { code, message })

@@ -27,7 +27,7 @@ use crate::{
     error::{OriginError, RequestId},
     feed::{self, relay::Relayed, Feed, Position, Read},
     messages::{history, sequencer::SendRequest},
-    presence,
+    notify, presence,
     search::{self, Ask},
     snapshot, Origin,
 };
@@ -231,6 +231,17 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
             let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
             let seq = read_markers::mark(&origin.store, &caller, &channel, seq).await?;
             Ok(Answer::ReadMarker { seq })
+        }
+        Call::NotifyPrefs { workspace, user, prefs } => {
+            if origin.notify.is_none() {
+                return Err(OriginError::NotFound(notify::DISABLED.into()));
+            }
+            let caller = accounts::caller_for(&origin.store, &workspace, &user).await?;
+            let prefs = match prefs {
+                None => notify::get_prefs(&origin.store, &caller).await?,
+                Some(prefs) => notify::put_prefs(&origin.store, &caller, *prefs).await?,
+            };
+            Ok(Answer::NotifyPrefs(Box::new(prefs)))
         }
         Call::Relay { .. } | Call::Presence { .. } | Call::SetDnd { .. } | Call::PresenceSnapshot { .. } => {
             Err(OriginError::BadRequest("ephemeral calls are answered by the calls stream".into()))

@@ -100,7 +100,10 @@ pub struct Links {
 impl Links {
     /// Links under `base`, signed with `secret` (kept in the store, the same on every node).
     pub fn new(base: &str, secret: &[u8]) -> Links {
-        Links { base: base.trim_end_matches('/').to_string(), key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret) }
+        Links {
+            base: base.trim_end_matches('/').to_string(),
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+        }
     }
 
     fn signed(w: &WorkspaceId, u: &UserId) -> String {
@@ -227,8 +230,9 @@ impl Mailer {
                 tx.set(&key, &selvage_shared::to_msgpack(&digest))?;
                 claims.push(Claim { key, w, u, digest });
             }
-            let expired = RangeRead::between(keys::notify_mail_outs(), keys::notify_mail_outs_at(now.saturating_add(1)))
-                .limit(CLAIM_BATCH.saturating_sub(claims.len()).max(1));
+            let expired =
+                RangeRead::between(keys::notify_mail_outs(), keys::notify_mail_outs_at(now.saturating_add(1)))
+                    .limit(CLAIM_BATCH.saturating_sub(claims.len()).max(1));
             for (k, raw) in tx.get_range(&expired).await? {
                 tx.clear(&k)?;
                 let (Some((w, u)), Ok(digest)) = (parse_out_key(&k), selvage_shared::from_msgpack::<Digest>(&raw))
@@ -409,7 +413,10 @@ impl Mailer {
             .to(to)
             .subject(subject)
             .message_id(Some(message_id))
-            .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("List-Unsubscribe"), format!("<{unsubscribe}>")))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{unsubscribe}>"),
+            ))
             .raw_header(HeaderValue::new(
                 HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
                 "List-Unsubscribe=One-Click".into(),
@@ -423,9 +430,8 @@ impl Mailer {
 /// Moves up to [`MAX_DIGEST_MESSAGES`] of U's pending mail entries into a digest; queues the
 /// rest again at `now`.
 async fn take_pending(tx: &mut dyn KvTxn, w: &WorkspaceId, u: &UserId, now: i64) -> Result<Option<Digest>, StoreError> {
-    let rows = tx
-        .get_range(&RangeRead::prefix(&keys::notify_mail_pending_of(w, u)).limit(MAX_DIGEST_MESSAGES + 1))
-        .await?;
+    let rows =
+        tx.get_range(&RangeRead::prefix(&keys::notify_mail_pending_of(w, u)).limit(MAX_DIGEST_MESSAGES + 1)).await?;
     if rows.len() > MAX_DIGEST_MESSAGES {
         tx.set(&keys::notify_mail_queued(w, u), &selvage_shared::to_msgpack(&now))?;
         tx.set(&keys::notify_mail_due(now, w, u), &[])?;
@@ -438,7 +444,8 @@ async fn take_pending(tx: &mut dyn KvTxn, w: &WorkspaceId, u: &UserId, now: i64)
         items.push(DigestItem { channel: c, seq, reason: p.reason });
     }
     let Some(first) = items.first() else { return Ok(None) };
-    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{w}/{u}/{}/{}", first.channel, first.seq).as_bytes());
+    let digest =
+        ring::digest::digest(&ring::digest::SHA256, format!("{w}/{u}/{}/{}", first.channel, first.seq).as_bytes());
     Ok(Some(Digest { id: hex::encode(&digest.as_ref()[..12]), items, attempts: 0 }))
 }
 
@@ -582,7 +589,9 @@ mod tests {
         let (w, u) = ids();
         let token = links.token(&w, &u);
         assert_eq!(links.check(&token), Some((w.clone(), u.clone())));
-        assert!(links.unsubscribe_url(&w, &u).starts_with("https://chat.example.com/v1/notifications/unsubscribe?token=W1.U1."));
+        assert!(links
+            .unsubscribe_url(&w, &u)
+            .starts_with("https://chat.example.com/v1/notifications/unsubscribe?token=W1.U1."));
         // Another user's name on this signature, another deployment's key, garbage: refused.
         let forged = token.replacen("U1", "U2", 1);
         assert_eq!(links.check(&forged), None);
@@ -604,7 +613,9 @@ mod tests {
             assert!(prefs::email_address(a).is_ok(), "{a}");
             assert!(a.parse::<lettre::Address>().is_ok(), "{a}");
         }
-        for a in ["", "a", "a@b", "@b.co", "a@.co", "a..b@c.co", ".a@c.co", "a@-b.co", "a@b-.co", "a b@c.co", "a@b.co\n"] {
+        for a in
+            ["", "a", "a@b", "@b.co", "a@.co", "a..b@c.co", ".a@c.co", "a@-b.co", "a@b-.co", "a b@c.co", "a@b.co\n"]
+        {
             assert!(prefs::email_address(a).is_err(), "{a:?}");
         }
     }

@@ -83,7 +83,8 @@ pub fn email_address(a: &str) -> Result<(), String> {
         return Err(format!("an email address has at most {MAX_EMAIL_ADDRESS} characters"));
     }
     let (local, domain) = a.split_once('@').ok_or_else(bad)?;
-    let atom = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&b));
+    let atom =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-".contains(&b));
     if !local.split('.').all(atom) {
         return Err(bad());
     }

@@ -261,6 +261,13 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
         search_query().prop_map(ClientFrame::Query),
         (channel_id(), any::<u64>()).prop_map(|(channel, seq)| ClientFrame::MarkRead { channel, seq }),
         any::<bool>().prop_map(|dnd| ClientFrame::SetPresence { dnd }),
+        request_id().prop_map(|id| ClientFrame::Query(Query::new(id, QueryKind::NotifyPrefs))),
+        (request_id(), vec("[a-z]{1,12}", 0..3), option::of(-(1i64 << 53) + 1..(1i64 << 53)), any::<bool>()).prop_map(
+            |(id, keywords, dnd_until, email)| {
+                let prefs = NotifyPrefs { keywords, dnd_until, email, ..NotifyPrefs::default() };
+                ClientFrame::SetNotifyPrefs { id, prefs: Box::new(prefs) }
+            }
+        ),
     ]
 }
 
@@ -316,8 +323,9 @@ pub fn query_result() -> impl Strategy<Value = QueryResult> {
         vec(search_result(), 0..2),
         option::of(any::<bool>()),
         option::of(text()),
+        option::of((vec("[a-z]{1,12}", 0..3), option::of("[A-Z][a-z]{2,8}/[A-Z][a-z]{2,8}"))),
     )
-        .prop_map(|(reply_to, users, channels, members, messages, results, caught_up, next)| QueryResult {
+        .prop_map(|(reply_to, users, channels, members, messages, results, caught_up, next, prefs)| QueryResult {
             reply_to,
             users,
             channels,
@@ -326,6 +334,8 @@ pub fn query_result() -> impl Strategy<Value = QueryResult> {
             results,
             caught_up,
             next,
+            notify_prefs: prefs
+                .map(|(keywords, timezone)| Box::new(NotifyPrefs { keywords, timezone, ..NotifyPrefs::default() })),
         })
 }
 
