@@ -28,6 +28,7 @@
 use std::{collections::BTreeMap, str::FromStr, sync::Arc, time::Duration};
 
 use base64::Engine as _;
+use futures::StreamExt;
 use lettre::{
     message::{
         header::{HeaderName, HeaderValue},
@@ -57,6 +58,8 @@ use crate::{
 
 /// Most users' digests claimed per transaction.
 const CLAIM_BATCH: usize = 16;
+/// Digests sent at once.
+const IN_FLIGHT: usize = 4;
 /// Most messages one digest takes; a user with more pending gets the rest in the next one,
 /// queued at once.
 pub const MAX_DIGEST_MESSAGES: usize = 200;
@@ -204,14 +207,17 @@ impl Mailer {
         }
     }
 
-    /// Claims the digests due at `now` (ms) and sends them, one after another (an SMTP server
-    /// takes a connection's mails in turn); answers how many were claimed.
+    /// Claims the digests due at `now` (ms) and sends them, [`IN_FLIGHT`] at once (each over a
+    /// connection of its own); answers how many were claimed.
     pub async fn step(&self, now: i64) -> Result<usize, StoreError> {
         let claims = self.claim(now).await?;
         let count = claims.len();
-        for claim in claims {
-            self.handle(claim, now).await?;
-        }
+        let handled: Vec<Result<(), StoreError>> = futures::stream::iter(claims)
+            .map(|claim| self.handle(claim, now))
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        handled.into_iter().collect::<Result<Vec<()>, StoreError>>()?;
         Ok(count)
     }
 
@@ -249,11 +255,7 @@ impl Mailer {
     }
 
     async fn handle(&self, claim: Claim, now: i64) -> Result<(), StoreError> {
-        let outcome = self.attempt(&claim, now).await;
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => return Err(e),
-        };
+        let outcome = self.attempt(&claim, now).await?;
         let Claim { key, w, u, digest } = claim;
         let max_attempts = self.config.max_attempts;
         let outcome = match outcome {
