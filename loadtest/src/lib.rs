@@ -33,6 +33,7 @@ pub mod html;
 pub mod idle;
 pub mod lean;
 pub mod nats;
+pub mod notify;
 pub mod presence;
 pub mod report;
 pub mod scenario;
@@ -70,6 +71,11 @@ enum LoadtestCommand {
     /// of 1,000 private channels (p50/p99, searches/s), against PostgreSQL's full-text search
     /// on the same corpus and queries with `--postgres`.
     Search(search::SearchArgs),
+    /// Notifications: the cost of deciding an `@channel` for 10,000 members (time and CPU per
+    /// message), the sequencer's rate with the notifier busy against with it off, Web Push
+    /// deliveries per second to a local receiver (against pywebpush with `--peer-python`) and
+    /// mention → push latency.
+    Notify(notify::NotifyArgs),
     /// Edge memory per idle WebSocket session (against an edge in its own process).
     Idle(idle::IdleArgs),
     /// Presence fan-out with subscriptions (`presence_sub`) against without (every change to
@@ -95,6 +101,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         LoadtestCommand::Fanout(a) => fanout::run(a).await,
         LoadtestCommand::Files(a) => files::run(a).await,
         LoadtestCommand::Search(a) => search::run(a).await,
+        LoadtestCommand::Notify(a) => notify::run(a).await,
         LoadtestCommand::NatsFanout(a) => nats::run(a).await,
         LoadtestCommand::Idle(a) => idle::run(a).await,
         LoadtestCommand::Presence(a) => presence::run(a).await,
