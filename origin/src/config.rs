@@ -95,6 +95,10 @@ pub struct NotifyConfig {
     /// The URL people reach this origin's HTTP API at, for the links in emails (unsubscribe).
     /// Empty: `http://` and the address the API listens on.
     pub public_url: String,
+    /// Members beyond which an `@channel` message is decided by the dispatcher, a chunk of
+    /// members per transaction, instead of by the consumer in one: keeps its transactions small
+    /// in channels of any size.
+    pub inline_members: usize,
 }
 
 impl Default for NotifyConfig {
@@ -117,6 +121,7 @@ impl Default for NotifyConfig {
             email_from: "Selvage <notifications@selvage.invalid>".into(),
             email_after_ms: 15 * 60_000,
             public_url: String::new(),
+            inline_members: 256,
         }
     }
 }

@@ -378,6 +378,46 @@ async fn push_endpoints_on_internal_addresses_are_refused_by_default() {
     o.stop().await;
 }
 
+/// An `@channel` in a channel larger than `notify.inline_members` is expanded by the
+/// dispatcher a chunk at a time: every member but the author is notified once, a member named
+/// as a mention, the rest as a broadcast.
+#[tokio::test]
+async fn an_at_channel_in_a_large_channel_notifies_every_member_once() {
+    let inbox = Inbox::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let push_base = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().route("/push/{name}", post(receive)).with_state(inbox.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let o = TestOrigin::start_with(|c| {
+        c.notify.delay_ms = DELAY_MS;
+        c.notify.tick_ms = 50;
+        c.notify.allow_internal_endpoints = true;
+        c.notify.inline_members = 2;
+    })
+    .await;
+    let (admin, general) = o.workspace("acme").await;
+    let (_, me) = o.get("/v1/me", &admin).await;
+    let workspace = WorkspaceId::parse(me["workspace"].as_str().unwrap()).unwrap();
+    let w = World { o, inbox, push_base, workspace, admin, general };
+    let mut ids = Vec::new();
+    for name in ["u1", "u2", "u3", "u4", "u5"] {
+        let (id, _) = w.subscribed(name, name).await;
+        let (s, v) = w.o.post(&format!("/v1/channels/{}/members", w.general), &w.admin, json!({ "user": id })).await;
+        assert!(s.is_success() || s == StatusCode::CONFLICT, "{s} {v}");
+        w.presence(&id, Presence::Away);
+        ids.push(id);
+    }
+    w.send(&w.admin, &w.general, &format!("@channel the release is out, <@{}> please check", ids[1])).await;
+    for (i, name) in ["u1", "u2", "u3", "u4", "u5"].iter().enumerate() {
+        let got = pushes(&w.inbox, name, 1).await;
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        let reason = if i == 1 { "mention" } else { "broadcast" };
+        assert_eq!(got[0]["reason"], reason, "{name}");
+        assert!(got[0]["body"].as_str().unwrap().contains("the release is out"));
+    }
+    assert_eq!(w.o.metric("selvage_notify_pending_total").await, 5.0, "one pending entry per member");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_origin() {
     support::child_origin().await

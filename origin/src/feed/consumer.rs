@@ -377,7 +377,9 @@ impl ConsumerRunner {
                         // Moving the cursor extends the lease.
                         renewed = tokio::time::Instant::now();
                         retry.reset();
-                        limit = self.options.batch_size;
+                        // Back up to full batches gradually: after a batch too large for one
+                        // transaction, the next few would be too.
+                        limit = limit.saturating_mul(2).min(self.options.batch_size);
                     }
                     Ok(Step::CaughtUp) => {
                         let finished = tokio::select! {

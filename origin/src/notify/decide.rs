@@ -15,13 +15,14 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use selvage_shared::{Channel, ChannelId, Event, Message, NotifyPrefs, UserId, WorkspaceId};
+use selvage_shared::{Channel, ChannelId, Event, Message, NotifyPrefs, Seq, UserId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 use super::prefs::{self, Reason};
 use crate::{
     channels::records as channels,
     feed::consumer::{Batch, Consumer, ConsumerError, StartFrom},
+    messages::records as messages,
     metrics::Metrics,
     store::{keys, tuple::last_str, KvTxn, RangeRead, StoreError},
 };
@@ -53,6 +54,8 @@ pub struct Decider {
     pub delay_ms: i64,
     /// How long after a message is posted its email digest is due (ms); `None`: no email.
     pub email_after_ms: Option<i64>,
+    /// Members beyond which an `@channel` is expanded by the dispatcher ([`INLINE_MEMBERS`]).
+    pub inline_members: usize,
     /// Metrics.
     pub metrics: std::sync::Arc<Metrics>,
 }
@@ -75,48 +78,139 @@ impl Consumer for Decider {
             if m.deleted {
                 continue;
             }
-            pending += decide(tx, &item.event.workspace, m, self.delay_ms, self.email_after_ms).await?;
+            let w = &item.event.workspace;
+            pending += decide(tx, w, m, self.delay_ms, self.email_after_ms, self.inline_members).await?;
         }
         self.metrics.notify_pending.inc_by(pending);
         Ok(())
     }
 }
 
+/// Members beyond which an `@channel` message is not decided at once but left to the
+/// dispatcher to expand, [`EXPAND_CHUNK`] members per transaction (see [`expand`]).
+pub const INLINE_MEMBERS: usize = 256;
+/// Members decided per expansion transaction.
+pub const EXPAND_CHUNK: usize = 512;
+
+/// An `@channel` message of a large channel still being expanded into pending entries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FanOut {
+    /// When its notifications are due (ms).
+    pub due: i64,
+    /// The last member decided so far.
+    pub after: Option<UserId>,
+}
+
 /// Writes the pending notifications of message `m` of workspace `w`, and its pending emails
-/// when `email_after_ms` is set; answers how many notifications.
+/// when `email_after_ms` is set; answers how many notifications. An `@channel` in a channel of
+/// more than `inline_members` members is only recorded as a [`FanOut`] here: one key instead of
+/// two per member, so that a consumer's transaction stays small whatever the channel's size.
 pub async fn decide(
     tx: &mut dyn KvTxn,
     w: &WorkspaceId,
     m: &Message,
     delay_ms: i64,
     email_after_ms: Option<i64>,
+    inline_members: usize,
 ) -> Result<u64, StoreError> {
     let Some(channel) = channels::load(tx, w, &m.channel).await? else { return Ok(0) };
-    let candidates = candidates(tx, w, &channel, m).await?;
     let due = m.ts.saturating_add(delay_ms);
-    let mut written = 0;
-    for (user, reason) in candidates {
-        let prefs = load_prefs(tx, w, &user).await?;
-        if !prefs::notifies(&prefs, &channel.id, channel.kind, reason) {
-            continue;
-        }
-        let value = selvage_shared::to_msgpack(&Pending { due, reason });
-        tx.set(&keys::notify_pending(w, &user, &channel.id, m.seq), &value)?;
-        tx.set(&keys::notify_due(due, w, &user, &channel.id, m.seq), &[])?;
-        written += 1;
-        if let Some(after) = email_after_ms.filter(|_| prefs::emails(&prefs, reason)) {
-            let value = selvage_shared::to_msgpack(&MailPending { ts: m.ts, reason });
-            tx.set(&keys::notify_mail_pending(w, &user, &channel.id, m.seq), &value)?;
-            // One queue entry per digest: the first message sets when it is due.
-            let queued = keys::notify_mail_queued(w, &user);
-            if tx.get(&queued).await?.is_none() {
-                let due = m.ts.saturating_add(after);
-                tx.set(&queued, &selvage_shared::to_msgpack(&due))?;
-                tx.set(&keys::notify_mail_due(due, w, &user), &[])?;
-            }
+    if m.mentions_channel && !channel.is_conversation() {
+        let some = tx.get_range(&RangeRead::prefix(&keys::members(w, &channel.id)).limit(inline_members + 1)).await?;
+        if some.len() > inline_members {
+            let job = FanOut { due, after: None };
+            tx.set(&keys::notify_fanout(w, &channel.id, m.seq), &selvage_shared::to_msgpack(&job))?;
+            return Ok(0);
         }
     }
+    let candidates = candidates(tx, w, &channel, m).await?;
+    let mut written = 0;
+    for (user, reason) in candidates {
+        written += u64::from(pend(tx, w, &channel, m, &user, reason, due, email_after_ms).await?);
+    }
     Ok(written)
+}
+
+/// Writes message `m`'s pending notification for `user` (and its pending email) if their
+/// preferences let `reason` notify them; answers whether it did.
+#[allow(clippy::too_many_arguments)]
+async fn pend(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    channel: &Channel,
+    m: &Message,
+    user: &UserId,
+    reason: Reason,
+    due: i64,
+    email_after_ms: Option<i64>,
+) -> Result<bool, StoreError> {
+    let prefs = load_prefs(tx, w, user).await?;
+    if !prefs::notifies(&prefs, &channel.id, channel.kind, reason) {
+        return Ok(false);
+    }
+    let value = selvage_shared::to_msgpack(&Pending { due, reason });
+    tx.set(&keys::notify_pending(w, user, &channel.id, m.seq), &value)?;
+    tx.set(&keys::notify_due(due, w, user, &channel.id, m.seq), &[])?;
+    if let Some(after) = email_after_ms.filter(|_| prefs::emails(&prefs, reason)) {
+        let value = selvage_shared::to_msgpack(&MailPending { ts: m.ts, reason });
+        tx.set(&keys::notify_mail_pending(w, user, &channel.id, m.seq), &value)?;
+        // One queue entry per digest: the first message sets when it is due.
+        let queued = keys::notify_mail_queued(w, user);
+        if tx.get(&queued).await?.is_none() {
+            let due = m.ts.saturating_add(after);
+            tx.set(&queued, &selvage_shared::to_msgpack(&due))?;
+            tx.set(&keys::notify_mail_due(due, w, user), &[])?;
+        }
+    }
+    Ok(true)
+}
+
+/// Expands the next `chunk` members of one [`FanOut`] into pending entries, in the transaction
+/// that moves its `after`: each member is decided exactly once, however many nodes expand it
+/// and whatever crashes. Every member but the author is a candidate — named (`mention`) or by
+/// `@channel` (`broadcast`), the two strongest reasons an `@channel` message can give. Answers
+/// the entries written and whether the fan-out is finished (its key is then gone).
+pub async fn expand(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    c: &ChannelId,
+    seq: Seq,
+    chunk: usize,
+    email_after_ms: Option<i64>,
+) -> Result<(u64, bool), StoreError> {
+    let key = keys::notify_fanout(w, c, seq);
+    let Some(raw) = tx.get(&key).await? else { return Ok((0, true)) };
+    let Ok(mut job) = selvage_shared::from_msgpack::<FanOut>(&raw) else {
+        tx.clear(&key)?;
+        return Ok((0, true));
+    };
+    let channel = channels::load(tx, w, c).await?;
+    let message = messages::load(tx, w, c, seq).await?.filter(|m| !m.deleted);
+    let (Some(channel), Some(m)) = (channel, message) else {
+        tx.clear(&key)?;
+        return Ok((0, true));
+    };
+    let (mut begin, end) = crate::store::prefix_range(&keys::members(w, c));
+    if let Some(after) = &job.after {
+        begin = keys::member(w, c, after);
+        begin.push(0x00);
+    }
+    let rows = tx.get_range(&RangeRead::between(begin, end).limit(chunk)).await?;
+    let mut written = 0;
+    for (k, _) in &rows {
+        let Some(user) = last_str(k).and_then(|s| UserId::parse(&s)) else { continue };
+        if user != m.user {
+            let reason = if m.mentions.contains(&user) { Reason::Mention } else { Reason::Broadcast };
+            written += u64::from(pend(tx, w, &channel, &m, &user, reason, job.due, email_after_ms).await?);
+        }
+        job.after = Some(user);
+    }
+    let done = rows.len() < chunk;
+    match done {
+        true => tx.clear(&key)?,
+        false => tx.set(&key, &selvage_shared::to_msgpack(&job))?,
+    }
+    Ok((written, done))
 }
 
 /// Everyone `m` may notify, each with the strongest reason: current members other than the

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    decide::{load_prefs, Pending},
+    decide::{self, load_prefs, Pending},
     outbound::Outbound,
     prefs::{self, Reason},
     webpush::{self, Vapid},
@@ -55,6 +55,8 @@ use crate::{
 
 /// Most conversations claimed per transaction.
 const CLAIM_BATCH: usize = 64;
+/// Most fan-outs expanded per step.
+const EXPAND_JOBS: usize = 16;
 /// Notifications delivered at once.
 const IN_FLIGHT: usize = 16;
 /// Most messages a notification quotes and counts in detail.
@@ -132,6 +134,7 @@ pub struct Dispatcher {
     pub(super) config: NotifyConfig,
     pub(super) vapid: Arc<Vapid>,
     pub(super) client: Outbound,
+    pub(super) email_after_ms: Option<i64>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -158,8 +161,10 @@ impl Dispatcher {
         }
     }
 
-    /// Claims what is due at `now` (ms) and handles it; answers how many were claimed.
+    /// Expands the `@channel` messages of large channels waiting for it, then claims what is
+    /// due at `now` (ms) and handles it; answers how many were claimed.
     pub async fn step(&self, now: i64) -> Result<usize, StoreError> {
+        self.expand().await?;
         let claims = self.claim(now).await?;
         let count = claims.len();
         let handled: Vec<Result<(), StoreError>> = futures::stream::iter(claims)
@@ -169,6 +174,27 @@ impl Dispatcher {
             .await;
         handled.into_iter().collect::<Result<Vec<()>, StoreError>>()?;
         Ok(count)
+    }
+
+    /// Expands every waiting fan-out ([`decide::expand`]), a chunk of members per transaction,
+    /// up to [`EXPAND_JOBS`] of them per step.
+    async fn expand(&self) -> Result<(), StoreError> {
+        let (jobs, _) = transact!(self.store, |tx| {
+            tx.get_range(&RangeRead::prefix(&keys::notify_fanouts()).limit(EXPAND_JOBS)).await?
+        })?;
+        for (k, _) in jobs {
+            let Some((w, c, seq)) = parse_fanout_key(&k) else { continue };
+            loop {
+                let ((written, done), _) = transact!(self.store, |tx| {
+                    decide::expand(tx, &w, &c, seq, decide::EXPAND_CHUNK, self.email_after_ms).await?
+                })?;
+                self.metrics.notify_pending.inc_by(written);
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Takes the due conversations and the expired claims (see the module's documentation).
@@ -486,6 +512,13 @@ async fn take_pending(
         }
     }
     Ok(out)
+}
+
+/// `(W, C, seq)` of a `notify_fanout` key.
+fn parse_fanout_key(k: &[u8]) -> Option<(WorkspaceId, ChannelId, Seq)> {
+    let e = tuple::unpack(k).ok()?;
+    let [_, _, w, c, seq] = e.as_slice() else { return None };
+    Some((WorkspaceId::parse(w.as_str()?)?, ChannelId::parse(c.as_str()?)?, Seq::try_from(seq.as_int()?).ok()?))
 }
 
 /// `(at, W, U, C, seq)` of a `notify_due` or `notify_out` key.

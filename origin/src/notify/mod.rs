@@ -150,7 +150,8 @@ impl Notify {
     ) -> std::result::Result<Vec<JoinHandle<()>>, ConsumerError> {
         let decider = Decider {
             delay_ms: self.config.delay_ms as i64,
-            email_after_ms: self.smtp.as_ref().map(|_| self.config.email_after_ms as i64),
+            email_after_ms: self.email_after_ms(),
+            inline_members: self.config.inline_members,
             metrics: self.metrics.clone(),
         };
         let runner = ConsumerRunner::new(feed.clone(), Arc::new(decider), ConsumerOptions::from_config(consumers))?;
@@ -211,8 +212,14 @@ impl Notify {
             config: self.config.clone(),
             vapid: self.vapid.clone(),
             client: self.client.clone(),
+            email_after_ms: self.email_after_ms(),
             metrics: self.metrics.clone(),
         }
+    }
+
+    /// How long after a message its email is due; `None` without SMTP.
+    fn email_after_ms(&self) -> Option<i64> {
+        self.smtp.as_ref().map(|_| self.config.email_after_ms as i64)
     }
 
     /// Registers a browser's push subscription for the caller (again: replaces its keys).

@@ -396,6 +396,17 @@ pub fn notify_failures(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
     ws(w).str("nfailed").str(u.as_str()).finish()
 }
 
+/// `(notify, fan, W, C, seq)` → an `@channel` message of a large channel being expanded into
+/// pending entries by the dispatcher, and the last member done.
+pub fn notify_fanout(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    Key::new().str("notify").str("fan").str(w.as_str()).str(c.as_str()).uint(seq).finish()
+}
+
+/// Prefix of every [`notify_fanout`].
+pub fn notify_fanouts() -> Vec<u8> {
+    Key::new().str("notify").str("fan").finish()
+}
+
 /// `(ws, W, nmail, U, C, seq)` → when it was posted and why: message `seq` of C goes into U's
 /// next email digest if still unread then. Written by the consumer `notify`, cleared when the
 /// digest is claimed: each message is in at most one digest.
