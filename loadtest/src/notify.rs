@@ -4,7 +4,9 @@
 //! and counts it).
 //!
 //! 1. **Seed.** A workspace with `--members` users, all members of two public channels
-//!    (`#all-hands` and `#announce`), and `#chatter` with two of them.
+//!    (`#all-hands` and `#announce`) and each with a Web Push subscription (an endpoint on the
+//!    receiver, real P-256 keys), and `#chatter` with two of them. Then mention → push (5.)
+//!    runs first, on a store not yet busy flushing the other phases' bulk writes.
 //! 2. **Decision.** `--broadcasts` `@channel` messages in `#all-hands`, each concerning every
 //!    member but its author. Measured: from the first send until the consumer `notify` has
 //!    written a pending entry for every (member, message) — wall time per message and per
@@ -16,8 +18,7 @@
 //!    every `--broadcast-every`, once with notifications on (the consumer deciding each for
 //!    every member) and once off (the same origin and data, `notify.enabled = false`), in turns,
 //!    `--rounds` times. The sends per second of each, and the ratio of their medians.
-//! 4. **Web Push deliveries.** Every member but the author subscribes (an endpoint on the
-//!    receiver, real P-256 keys); one `@channel` in `#announce` then notifies each, with
+//! 4. **Web Push deliveries.** One `@channel` in `#announce` notifies every subscriber, with
 //!    `notify.delay_ms` at 1 s. Measured at the receiver: from the first push to the last,
 //!    pushes per second — each encrypted (RFC 8291) and signed (VAPID) for its subscription,
 //!    after the dispatcher's claim and checks in the store. With `--peer-python`, the same
@@ -186,6 +187,11 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// Forgets what was received.
+    fn clear(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).got.clear();
+    }
+
     /// Subscribers that got at least one push.
     fn count(&self, kind: &str) -> u64 {
         let r = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -327,8 +333,31 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
     };
     let hour = 3_600_000;
     let (running, shutdown) = start(config(&dir, true, hour)?).await?;
-    eprintln!("seeding: {} users, all members of #all-hands and #announce", args.members);
-    let seeded = seed(&running.origin, args.members).await?;
+    eprintln!("seeding: {} users, all members of #all-hands and #announce, each with a push subscription", args.members);
+    let rx = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = Router::new().route("/{kind}/{index}", post(receive)).with_state(rx.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let keys = subscription_keys()?;
+    let seeded = match seed(&running.origin, args.members).await {
+        Ok(seeded) => subscribe_all(&running.origin, &seeded, &base, &keys).await.map(|()| seeded),
+        Err(e) => Err(e),
+    };
+    stop(running, shutdown).await;
+    let seeded = seeded?;
+
+    // Mention → push first, on a store not yet busy with the phases' bulk writes.
+    let c = config(&dir, true, 0)?;
+    let tick_ms = c.notify.tick_ms;
+    let (running, shutdown) = start(c).await?;
+    settle(&running.origin).await;
+    let latency = latency(&running.origin, &seeded, args, &rx).await;
+    stop(running, shutdown).await;
+    let latency = latency?;
+    rx.clear();
+
+    let (running, shutdown) = start(config(&dir, true, hour)?).await?;
     let decision = decide(&running.origin, &seeded, args.broadcasts).await;
     stop(running, shutdown).await;
     let decision = decision?;
@@ -337,7 +366,9 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
     let mut off = Vec::new();
     let mut decided = 0;
     for round in 0..args.rounds {
-        for notify in [true, false] {
+        // Off first: the last run is one with notifications on, which decides everything before
+        // it ends, so the push phase starts with nothing left to decide.
+        for notify in [false, true] {
             let (running, shutdown) = start(config(&dir, notify, hour)?).await?;
             if notify {
                 // The messages of the run with notifications off are decided first, not during
@@ -366,18 +397,10 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
     let ratio = median(&on) / median(&off);
     let sequencer = SequencerReport { on, off, ratio, broadcasts_decided: decided };
 
-    let rx = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = Router::new().route("/{kind}/{index}", post(receive)).with_state(rx.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-
     let (running, shutdown) = start(config(&dir, true, 1_000)?).await?;
-    // The last run's messages are decided (and, with nobody subscribed yet, dropped) first.
     settle(&running.origin).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let keys = subscription_keys()?;
-    let webpush = pushes(&running.origin, &seeded, &base, &keys, &rx).await;
+    rx.clear();
+    let webpush = pushes(&running.origin, &seeded, &rx).await;
     stop(running, shutdown).await;
     let webpush = webpush?;
 
@@ -388,12 +411,6 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
             (Some(peer(python, args.peer_threads, n, &base, &keys, &rx).await?), None)
         }
     };
-
-    let c = config(&dir, true, 0)?;
-    let tick_ms = c.notify.tick_ms;
-    let (running, shutdown) = start(c).await?;
-    let latency = latency(&running.origin, &seeded, args, &rx).await;
-    stop(running, shutdown).await;
     server.abort();
     Ok(NotifyReport {
         members: args.members,
@@ -402,7 +419,7 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
         webpush,
         peer,
         peer_skipped,
-        latency: latency?,
+        latency,
         tick_ms,
     })
 }
@@ -586,9 +603,8 @@ fn subscription_keys() -> Result<Keys> {
     Ok(Keys { p256dh: b64.encode(public.as_ref()), auth: b64.encode(auth) })
 }
 
-async fn pushes(origin: &Arc<Origin>, seeded: &Seeded, base: &str, keys: &Keys, rx: &Receiver) -> Result<PushReport> {
+async fn subscribe_all(origin: &Arc<Origin>, seeded: &Seeded, base: &str, keys: &Keys) -> Result<()> {
     let notify = origin.notify.as_ref().context("the origin started without notifications")?;
-    eprintln!("web push: {} subscriptions, then one @channel to all of them", seeded.members.len());
     stream::iter(seeded.members.iter().enumerate())
         .map(|(i, m)| {
             let sub = PushSubscriptionJson {
@@ -606,6 +622,11 @@ async fn pushes(origin: &Arc<Origin>, seeded: &Seeded, base: &str, keys: &Keys, 
         .await
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
+    Ok(())
+}
+
+async fn pushes(origin: &Arc<Origin>, seeded: &Seeded, rx: &Receiver) -> Result<PushReport> {
+    eprintln!("web push: one @channel to {} subscribed members", seeded.members.len());
     origin.send(&seeded.admin, &seeded.announce, "@channel the office is closed tomorrow", "announce-1").await?;
     let n = seeded.members.len() as u64;
     wait_for("pushes received", n, || rx.count("push")).await?;
