@@ -333,7 +333,10 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
     };
     let hour = 3_600_000;
     let (running, shutdown) = start(config(&dir, true, hour)?).await?;
-    eprintln!("seeding: {} users, all members of #all-hands and #announce, each with a push subscription", args.members);
+    eprintln!(
+        "seeding: {} users, all members of #all-hands and #announce, each with a push subscription",
+        args.members
+    );
     let rx = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -412,16 +415,7 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
         }
     };
     server.abort();
-    Ok(NotifyReport {
-        members: args.members,
-        decision,
-        sequencer,
-        webpush,
-        peer,
-        peer_skipped,
-        latency,
-        tick_ms,
-    })
+    Ok(NotifyReport { members: args.members, decision, sequencer, webpush, peer, peer_skipped, latency, tick_ms })
 }
 
 fn median(v: &[f64]) -> f64 {
