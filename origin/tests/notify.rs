@@ -195,17 +195,18 @@ async fn a_mention_of_an_away_user_arrives_signed_and_encrypted_and_a_burst_as_o
     assert_eq!(headers["urgency"], "high");
     assert!(headers["ttl"].to_str().unwrap().parse::<u64>().unwrap() > 0);
 
-    // A burst in a DM: five messages, one notification.
+    // A burst in a DM: 25 messages (more than a notification quotes), one notification that
+    // counts them all.
     let dm = w.dm(&w.admin, &bob).await;
-    for i in 0..5 {
-        w.send(&w.admin, &dm, &format!("part {i} of the plan")).await;
-    }
+    // Sent at once, so that all are posted within the delay even on a loaded machine.
+    let texts: Vec<String> = (0..25).map(|i| format!("part {i} of the plan")).collect();
+    futures::future::join_all(texts.iter().map(|t| w.send(&w.admin, &dm, t))).await;
     let got = pushes(&w.inbox, "bob", 2).await;
     assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!(got[1]["count"], 5);
+    assert_eq!(got[1]["count"], 25);
     assert_eq!(got[1]["reason"], "direct");
-    assert_eq!(got[1]["body"], "5 new messages from admin");
-    assert_eq!(got[1]["text"], "part 4 of the plan");
+    assert_eq!(got[1]["body"], "25 new messages from admin");
+    assert!(texts.iter().any(|t| got[1]["text"] == t.as_str()), "the latest quoted: {}", got[1]["text"]);
     // The author is never notified of their own messages.
     assert_eq!(w.outcome("delivered").await, 2.0);
     w.o.stop().await;
@@ -232,17 +233,23 @@ async fn an_active_session_reading_in_time_and_do_not_disturb_hold_or_cancel() {
     wait_outcome(&w, "read", 1.0).await;
     assert!(w.inbox.pushes("bob").is_empty());
 
-    // Do not disturb for a moment: held, then delivered once it ends.
-    let until = selvage_origin_now() + 1_500;
+    // Do not disturb for a moment: held, then delivered once it ends — with what arrived
+    // during the hold, as one notification.
+    let until = selvage_origin_now() + 2_500;
     let (s, v) =
         w.o.call(Method::PUT, "/v1/notifications/prefs", &bob_token, Some(json!({ "dnd_until": until }))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     w.send(&w.admin, &dm, "when you are back").await;
     tokio::time::sleep(Duration::from_millis(DELAY_MS + 500)).await;
     assert!(w.inbox.pushes("bob").is_empty(), "held during do-not-disturb");
+    w.send(&w.admin, &dm, "and one more").await;
+    tokio::time::sleep(Duration::from_millis(DELAY_MS + 300)).await;
+    assert!(selvage_origin_now() < until, "the machine was too slow to check the hold");
+    assert!(w.inbox.pushes("bob").is_empty(), "the second is held too");
     let got = pushes(&w.inbox, "bob", 1).await;
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0]["text"], "when you are back");
+    assert_eq!(got.len(), 1, "one notification for both: {got:?}");
+    assert_eq!(got[0]["text"], "and one more");
+    assert_eq!(got[0]["count"], 2);
     assert!(selvage_origin_now() >= until);
     w.o.stop().await;
 }

@@ -13,7 +13,9 @@
 //! muted since: dropped; do-not-disturb, manual or scheduled: held until it ends), the read
 //! marker (the messages read meanwhile are dropped, all of them: nothing to send), the
 //! messages (deleted: dropped), and presence (a session in active use: dropped, the user is
-//! looking; do-not-disturb set from a client: held).
+//! looking; do-not-disturb set from a client: held). A held notification's messages go back to
+//! pending, due when the hold ends, so that those arriving meanwhile join them: one
+//! notification after do-not-disturb, not one per burst.
 //!
 //! **Delivery.** To each of the user's Web Push subscriptions (RFC 8030 with VAPID and an
 //! encrypted payload, `webpush`) and to the push proxy if one is configured. A target that
@@ -117,6 +119,8 @@ enum Outcome {
 
 /// What the dispatcher reads before it decides.
 struct State {
+    /// Messages of the notification still unread (those quoted are at most [`MAX_MESSAGES`]).
+    unread: usize,
     user: Option<User>,
     channel: Option<Channel>,
     member: bool,
@@ -265,6 +269,17 @@ impl Dispatcher {
                 }
                 match &outcome {
                     Outcome::Delivered | Outcome::Dropped(_) => {}
+                    // Not tried yet: its messages wait as pending again, due when the hold
+                    // ends, so that what arrives meanwhile joins them in one notification.
+                    Outcome::Held(until) if out.attempts == 0 && out.done.is_empty() => {
+                        let value = selvage_shared::to_msgpack(&Pending { due: *until, reason: out.reason });
+                        for &seq in &out.seqs {
+                            tx.set(&keys::notify_pending(&w, &u, &c, seq), &value)?;
+                            tx.set(&keys::notify_due(*until, &w, &u, &c, seq), &[])?;
+                        }
+                    }
+                    // Tried before: kept whole, so the targets that accepted it are not sent it
+                    // again.
                     Outcome::Held(until) => {
                         tx.set(&keys::notify_out(*until, &w, &u, &c, first), &selvage_shared::to_msgpack(&out))?;
                     }
@@ -389,6 +404,7 @@ impl Dispatcher {
                 Some(raw) => selvage_shared::from_msgpack::<Seq>(&raw).unwrap_or(0),
                 None => 0,
             };
+            let unread = seqs.iter().filter(|&&s| s > read).count();
             let mut messages = Vec::new();
             for &seq in seqs.iter().filter(|&&s| s > read).rev().take(MAX_MESSAGES) {
                 if let Some(m) = messages::load(tx, w, c, seq).await?.filter(|m| !m.deleted) {
@@ -411,7 +427,7 @@ impl Dispatcher {
                 .into_iter()
                 .filter_map(|(_, raw)| selvage_shared::from_msgpack::<Subscription>(&raw).ok())
                 .collect();
-            State { user, channel, member, prefs, read, messages, authors, subscriptions }
+            State { unread, user, channel, member, prefs, read, messages, authors, subscriptions }
         })?;
         Ok(state)
     }
@@ -552,7 +568,8 @@ fn display_name(u: &User) -> String {
 
 /// The JSON a device shows (see docs/API.md "Notifications").
 fn payload(claim: &Claim, channel: &Channel, state: &State) -> Vec<u8> {
-    let count = state.messages.len();
+    // Past the messages quoted, the unread ones counted (some may be deleted since: not read).
+    let count = if state.unread > MAX_MESSAGES { state.unread } else { state.messages.len() };
     let Some(latest) = state.messages.last() else { return Vec::new() };
     let from = match state.authors.as_slice() {
         [one] => one.clone(),
