@@ -321,16 +321,7 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
     if args.members < 3 || args.broadcasts == 0 || args.senders == 0 || args.rounds == 0 {
         bail!("--members must be at least 3, --broadcasts, --senders and --rounds at least 1");
     }
-    let mut _tempdir = None;
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => {
-            let t = tempfile::tempdir()?;
-            let p = t.path().to_path_buf();
-            _tempdir = Some(t);
-            p
-        }
-    };
+    let (dir, _tempdir) = crate::report::data_dir(&args.data_dir)?;
     let hour = 3_600_000;
     let (running, shutdown) = start(config(&dir, true, hour)?).await?;
     eprintln!(

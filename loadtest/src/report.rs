@@ -94,3 +94,15 @@ pub fn progress(
         }
     })
 }
+
+/// The directory a scenario keeps its data in: the one given, or a temporary one (removed when
+/// the returned guard drops).
+pub fn data_dir(given: &Option<std::path::PathBuf>) -> anyhow::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match given {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    })
+}

@@ -364,16 +364,7 @@ pub async fn measure(args: &SearchArgs) -> Result<SearchReport> {
     if args.member_of == 0 || args.member_of > args.channels {
         bail!("--member-of must be between 1 and --channels");
     }
-    let mut _tempdir = None;
-    let dir = match &args.data_dir {
-        Some(d) => d.clone(),
-        None => {
-            let t = tempfile::tempdir()?;
-            let p = t.path().to_path_buf();
-            _tempdir = Some(t);
-            p
-        }
-    };
+    let (dir, _tempdir) = crate::report::data_dir(&args.data_dir)?;
     let corpus = Arc::new(Corpus::new(args.seed, args.channels, args.users));
     let mut config =
         OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir.join("origin"), ..OriginConfig::default() };

@@ -20,7 +20,7 @@ use axum::{
     Router,
 };
 use reqwest::Method;
-use selvage_shared::{link::PresenceReport, Presence, UserId, WorkspaceId};
+use selvage_shared::{Presence, WorkspaceId};
 use serde_json::{json, Value};
 use support::TestOrigin;
 
@@ -92,6 +92,11 @@ struct World {
 
 impl World {
     async fn start() -> World {
+        World::start_with(|_| {}).await
+    }
+
+    /// With the test's notification settings, then `tweak`'s.
+    async fn start_with(tweak: impl FnOnce(&mut selvage_origin::OriginConfig)) -> World {
         let inbox = Inbox::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let push_base = format!("http://{}", listener.local_addr().unwrap());
@@ -102,6 +107,7 @@ impl World {
             c.notify.tick_ms = 50;
             c.notify.retry_min_ms = 100;
             c.notify.allow_internal_endpoints = true;
+            tweak(c);
         })
         .await;
         let (admin, general) = o.workspace("acme").await;
@@ -122,25 +128,15 @@ impl World {
     }
 
     async fn send(&self, token: &str, channel: &str, text: &str) -> u64 {
-        let id = format!("m{}", rand::random::<u64>());
-        let (s, v) = self
-            .o
-            .post(&format!("/v1/channels/{channel}/messages"), token, json!({ "text": text, "client_msg_id": id }))
-            .await;
-        assert!(s.is_success(), "{s} {v}");
-        v["seq"].as_u64().or_else(|| v["message"]["seq"].as_u64()).unwrap()
+        self.o.send_text(token, channel, text).await
     }
 
     async fn dm(&self, token: &str, with: &str) -> String {
-        let (s, v) = self.o.post("/v1/dms", token, json!({ "users": [with] })).await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v["channel"]["id"].as_str().unwrap().to_string()
+        self.o.open_dm(token, with).await
     }
 
     fn presence(&self, user: &str, presence: Presence) {
-        let report = PresenceReport { user: UserId::parse(user).unwrap(), presence };
-        let edge: Arc<str> = Arc::from("test-edge");
-        self.o.running().origin.presence.report(&edge, &self.workspace, &[report], tokio::time::Instant::now());
+        self.o.set_presence(&self.workspace, user, presence)
     }
 
     async fn outcome(&self, outcome: &str) -> f64 {
@@ -390,22 +386,7 @@ async fn push_endpoints_on_internal_addresses_are_refused_by_default() {
 /// as a mention, the rest as a broadcast.
 #[tokio::test]
 async fn an_at_channel_in_a_large_channel_notifies_every_member_once() {
-    let inbox = Inbox::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let push_base = format!("http://{}", listener.local_addr().unwrap());
-    let app = Router::new().route("/push/{name}", post(receive)).with_state(inbox.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let o = TestOrigin::start_with(|c| {
-        c.notify.delay_ms = DELAY_MS;
-        c.notify.tick_ms = 50;
-        c.notify.allow_internal_endpoints = true;
-        c.notify.inline_members = 2;
-    })
-    .await;
-    let (admin, general) = o.workspace("acme").await;
-    let (_, me) = o.get("/v1/me", &admin).await;
-    let workspace = WorkspaceId::parse(me["workspace"].as_str().unwrap()).unwrap();
-    let w = World { o, inbox, push_base, workspace, admin, general };
+    let w = World::start_with(|c| c.notify.inline_members = 2).await;
     let mut ids = Vec::new();
     for name in ["u1", "u2", "u3", "u4", "u5"] {
         let (id, _) = w.subscribed(name, name).await;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use reqwest::{Method, StatusCode};
-use selvage_shared::{link::PresenceReport, Presence, UserId, WorkspaceId};
+use selvage_shared::{Presence, WorkspaceId};
 use serde_json::{json, Value};
 use support::TestOrigin;
 use tokio::io::AsyncBufReadExt;
@@ -127,25 +127,15 @@ impl World {
     }
 
     async fn send(&self, token: &str, channel: &str, text: &str) -> u64 {
-        let id = format!("m{}", rand::random::<u64>());
-        let (s, v) = self
-            .o
-            .post(&format!("/v1/channels/{channel}/messages"), token, json!({ "text": text, "client_msg_id": id }))
-            .await;
-        assert!(s.is_success(), "{s} {v}");
-        v["seq"].as_u64().or_else(|| v["message"]["seq"].as_u64()).unwrap()
+        self.o.send_text(token, channel, text).await
     }
 
     async fn dm(&self, token: &str, with: &str) -> String {
-        let (s, v) = self.o.post("/v1/dms", token, json!({ "users": [with] })).await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v["channel"]["id"].as_str().unwrap().to_string()
+        self.o.open_dm(token, with).await
     }
 
     fn presence(&self, user: &str, presence: Presence) {
-        let report = PresenceReport { user: UserId::parse(user).unwrap(), presence };
-        let edge: std::sync::Arc<str> = std::sync::Arc::from("test-edge");
-        self.o.running().origin.presence.report(&edge, &self.workspace, &[report], tokio::time::Instant::now());
+        self.o.set_presence(&self.workspace, user, presence)
     }
 
     async fn digests(&self, outcome: &str) -> f64 {

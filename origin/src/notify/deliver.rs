@@ -146,23 +146,7 @@ impl Dispatcher {
     /// Runs until `shutdown`: a step every `notify.tick_ms`, at once again after a full one.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.config.tick_ms);
-        loop {
-            let full = match self.step(crate::now_ms()).await {
-                Ok(claimed) => claimed >= CLAIM_BATCH,
-                Err(e) => {
-                    tracing::warn!(error = %e, "notification dispatcher step failed; will retry");
-                    false
-                }
-            };
-            if !full {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(tick) => {}
-                }
-            } else if shutdown.is_cancelled() {
-                return;
-            }
-        }
+        super::every_tick(tick, CLAIM_BATCH, "notification dispatcher", shutdown, |now| self.step(now)).await
     }
 
     /// Expands the `@channel` messages of large channels waiting for it, then claims what is

@@ -188,23 +188,7 @@ impl Mailer {
     /// Runs until `shutdown`: a step every `notify.tick_ms`, at once again after a full one.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.config.tick_ms);
-        loop {
-            let full = match self.step(crate::now_ms()).await {
-                Ok(claimed) => claimed >= CLAIM_BATCH,
-                Err(e) => {
-                    tracing::warn!(error = %e, "email digest step failed; will retry");
-                    false
-                }
-            };
-            if !full {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(tick) => {}
-                }
-            } else if shutdown.is_cancelled() {
-                return;
-            }
-        }
+        super::every_tick(tick, CLAIM_BATCH, "email digest", shutdown, |now| self.step(now)).await
     }
 
     /// Claims the digests due at `now` (ms) and sends them, [`IN_FLIGHT`] at once (each over a

@@ -272,6 +272,33 @@ impl Notify {
     }
 }
 
+/// Runs `step` (given the time in ms; answering how much it claimed) every `tick` until
+/// `shutdown`, and at once again after a step that claimed `batch` or more: the loop of the
+/// dispatcher and of the mailer. A failed step is logged as `what` and tried at the next tick.
+async fn every_tick<F, Fut>(tick: Duration, batch: usize, what: &'static str, shutdown: CancellationToken, step: F)
+where
+    F: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<usize, crate::store::StoreError>>,
+{
+    loop {
+        let full = match step(crate::now_ms()).await {
+            Ok(claimed) => claimed >= batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} step failed; will retry");
+                false
+            }
+        };
+        if !full {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+        } else if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
 /// The key of the subscription with this endpoint.
 fn subscription_id(endpoint: &str) -> String {
     hex::encode(&ring::digest::digest(&ring::digest::SHA256, endpoint.as_bytes()).as_ref()[..16])

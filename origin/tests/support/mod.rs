@@ -92,6 +92,23 @@ impl Api {
         v["channel"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Posts `text` in `channel` as the holder of `token` (a fresh `client_msg_id`); answers
+    /// its seq.
+    pub async fn send_text(&self, token: &str, channel: &str, text: &str) -> u64 {
+        let id = format!("m{}", rand::random::<u64>());
+        let body = json!({ "text": text, "client_msg_id": id });
+        let (s, v) = self.post(&format!("/v1/channels/{channel}/messages"), token, body).await;
+        assert!(s.is_success(), "{s} {v}");
+        v["seq"].as_u64().or_else(|| v["message"]["seq"].as_u64()).unwrap()
+    }
+
+    /// Opens the DM of the holder of `token` with `with`; answers its channel id.
+    pub async fn open_dm(&self, token: &str, with: &str) -> String {
+        let (s, v) = self.post("/v1/dms", token, json!({ "users": [with] })).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["channel"]["id"].as_str().unwrap().to_string()
+    }
+
     /// The value of one series of `/metrics` (its name and labels as rendered, e.g.
     /// `selvage_files_total{event="declared"}`), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
@@ -170,6 +187,19 @@ impl TestOrigin {
     /// Shuts it down and waits until it has.
     pub async fn stop(self) {
         self.origin.stop().await;
+    }
+
+    /// Tells the origin, as an edge would, that `user` of `workspace` is `presence`.
+    pub fn set_presence(
+        &self,
+        workspace: &selvage_shared::WorkspaceId,
+        user: &str,
+        presence: selvage_shared::Presence,
+    ) {
+        let report =
+            selvage_shared::link::PresenceReport { user: selvage_shared::UserId::parse(user).unwrap(), presence };
+        let edge: std::sync::Arc<str> = std::sync::Arc::from("test-edge");
+        self.running().origin.presence.report(&edge, workspace, &[report], tokio::time::Instant::now());
     }
 }
 
