@@ -121,7 +121,7 @@ impl Default for NotifyConfig {
             email_from: "Selvage <notifications@selvage.invalid>".into(),
             email_after_ms: 15 * 60_000,
             public_url: String::new(),
-            inline_members: 256,
+            inline_members: crate::notify::decide::INLINE_MEMBERS,
         }
     }
 }

@@ -115,7 +115,7 @@ pub(super) async fn unsubscribe_page(
     let body = format!(
         "<p>Stop email notifications for <strong>@{}</strong>? Push notifications stay as they are.</p>\
          <form method=\"post\"><button type=\"submit\">Unsubscribe</button></form>",
-        escape_html(&handle)
+        notify::email::escape(&handle)
     );
     Ok(page("Unsubscribe from emails", &body))
 }
@@ -130,11 +130,7 @@ pub(super) async fn unsubscribe_email(
     let body = format!(
         "<p>You will get no more notification emails as <strong>@{}</strong>. To have them again, turn email \
          on in your notification preferences.</p>",
-        escape_html(&handle)
+        notify::email::escape(&handle)
     );
     Ok(page("Unsubscribed", &body))
-}
-
-fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

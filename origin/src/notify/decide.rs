@@ -115,15 +115,22 @@ pub async fn decide(
 ) -> Result<u64, StoreError> {
     let Some(channel) = channels::load(tx, w, &m.channel).await? else { return Ok(0) };
     let due = m.ts.saturating_add(delay_ms);
-    if m.mentions_channel && !channel.is_conversation() {
-        let some = tx.get_range(&RangeRead::prefix(&keys::members(w, &channel.id)).limit(inline_members + 1)).await?;
-        if some.len() > inline_members {
-            let job = FanOut { due, after: None };
-            tx.set(&keys::notify_fanout(w, &channel.id, m.seq), &selvage_shared::to_msgpack(&job))?;
-            return Ok(0);
+    // Every member, read once if some rule needs them all; no more than `inline_members` + 1 for
+    // an `@channel`, which beyond that is a fan-out.
+    let members = match (channel.is_conversation(), m.mentions_channel) {
+        (true, _) => Some(members(tx, w, &channel.id, 0).await?),
+        (false, true) => {
+            let some = members(tx, w, &channel.id, inline_members + 1).await?;
+            if some.len() > inline_members {
+                let job = FanOut { due, after: None };
+                tx.set(&keys::notify_fanout(w, &channel.id, m.seq), &selvage_shared::to_msgpack(&job))?;
+                return Ok(0);
+            }
+            Some(some)
         }
-    }
-    let candidates = candidates(tx, w, &channel, m).await?;
+        (false, false) => None,
+    };
+    let candidates = candidates(tx, w, &channel, m, members).await?;
     let mut written = 0;
     for (user, reason) in candidates {
         written += u64::from(pend(tx, w, &channel, m, &user, reason, due, email_after_ms).await?);
@@ -214,24 +221,20 @@ pub async fn expand(
 }
 
 /// Everyone `m` may notify, each with the strongest reason: current members other than the
-/// author.
+/// author. `members` are every member of the channel when a rule needs them all (a DM, a group
+/// DM, `@channel`), sorted.
 async fn candidates(
     tx: &mut dyn KvTxn,
     w: &WorkspaceId,
     channel: &Channel,
     m: &Message,
+    members: Option<Vec<UserId>>,
 ) -> Result<BTreeMap<UserId, Reason>, StoreError> {
     let mut found: BTreeMap<UserId, Reason> = BTreeMap::new();
     let mut add = |u: &UserId, r: Reason| {
         found.entry(u.clone()).and_modify(|old| *old = (*old).min(r)).or_insert(r);
     };
     let c = &channel.id;
-    // Every member, read once if some rule needs them all.
-    let everyone = channel.is_conversation() || m.mentions_channel;
-    let members = match everyone {
-        true => Some(members(tx, w, c).await?),
-        false => None,
-    };
     if let Some(members) = &members {
         let r = if channel.is_conversation() { Reason::Direct } else { Reason::Broadcast };
         members.iter().for_each(|u| add(u, r));
@@ -272,9 +275,9 @@ async fn candidates(
     Ok(found)
 }
 
-/// The members of `c`, sorted.
-async fn members(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<Vec<UserId>, StoreError> {
-    let rows = tx.get_range(&RangeRead::prefix(&keys::members(w, c))).await?;
+/// The members of `c`, sorted; at most `limit` of them (0: all).
+async fn members(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId, limit: usize) -> Result<Vec<UserId>, StoreError> {
+    let rows = tx.get_range(&RangeRead::prefix(&keys::members(w, c)).limit(limit)).await?;
     Ok(rows.iter().filter_map(|(k, _)| last_str(k).and_then(|s| UserId::parse(&s))).collect())
 }
 

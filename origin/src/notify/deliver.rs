@@ -542,7 +542,8 @@ fn topic(claim: &Claim) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..18])
 }
 
-fn display_name(u: &User) -> String {
+/// The name people know a user by: their display name, else their handle.
+pub(super) fn display_name(u: &User) -> String {
     if u.name.is_empty() {
         u.handle.clone()
     } else {

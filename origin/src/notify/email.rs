@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     decide::{load_prefs, MailPending},
-    deliver::Failed,
+    deliver::{display_name, Failed},
     prefs::{self, Reason},
 };
 use crate::{
@@ -453,21 +453,12 @@ fn parse_pending_key(k: &[u8]) -> Option<(ChannelId, Seq)> {
     Some((ChannelId::parse(c.as_str()?)?, Seq::try_from(seq.as_int()?).ok()?))
 }
 
-fn display_name(u: &User) -> String {
-    if u.name.is_empty() {
-        u.handle.clone()
-    } else {
-        u.name.clone()
-    }
-}
-
 /// A conversation's name as a reader knows it.
 fn conversation_name(c: &Conversation) -> String {
     match c.channel.kind {
         ChannelKind::Channel => format!("#{}", c.channel.name),
         ChannelKind::Dm | ChannelKind::GroupDm => {
             let mut authors: Vec<&str> = c.messages.iter().map(|(_, a)| a.as_str()).collect();
-            authors.dedup();
             authors.sort_unstable();
             authors.dedup();
             format!("Direct messages with {}", authors.join(", "))
@@ -540,8 +531,8 @@ fn bodies(user: &User, state: &State, count: usize, unsubscribe: &str, tz: &jiff
     (text, html)
 }
 
-/// Text as HTML.
-fn escape(s: &str) -> String {
+/// Text as HTML (also what the unsubscribe pages show).
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {

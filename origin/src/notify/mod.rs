@@ -177,11 +177,6 @@ impl Notify {
         })
     }
 
-    /// Whether this origin sends email digests.
-    pub fn emails(&self) -> bool {
-        self.smtp.is_some()
-    }
-
     /// Turns email off for the user an unsubscribe token was made for; answers their handle,
     /// or `None` for a token that is not one of this deployment's (or a user who is gone).
     pub async fn unsubscribe_email(&self, store: &Store, token: &str, apply: bool) -> Result<Option<String>> {
