@@ -406,6 +406,57 @@ async fn an_at_channel_in_a_large_channel_notifies_every_member_once() {
     assert_eq!(w.o.metric("selvage_notify_pending_total").await, 5.0, "one pending entry per member");
 }
 
+#[tokio::test]
+async fn keywords_and_every_message_notify_whoever_asked_in_each_channel_of_a_batch() {
+    let w = World::start().await;
+    let ops = w.o.channel(&w.admin, "ops", false).await;
+    let mut users = HashMap::new();
+    for name in ["kim", "al", "nobody"] {
+        let (id, token) = w.subscribed(name, name).await;
+        for c in [&w.general, &ops] {
+            let (s, v) = w.o.post(&format!("/v1/channels/{c}/members"), &w.admin, json!({ "user": id })).await;
+            assert!(s.is_success() || s == StatusCode::CONFLICT, "{s} {v}");
+        }
+        w.presence(&id, Presence::Away);
+        users.insert(name, token);
+    }
+    // kim: a highlight keyword; al: every message of #ops (and mentions elsewhere).
+    let (s, v) =
+        w.o.call(Method::PUT, "/v1/notifications/prefs", &users["kim"], Some(json!({ "keywords": ["Rollback"] })))
+            .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) =
+        w.o.call(
+            Method::PUT,
+            "/v1/notifications/prefs",
+            &users["al"],
+            Some(json!({ "channels": { ops.clone(): { "level": "all" } } })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Sent at once, in both channels, so that the consumer decides them together.
+    let sends = [
+        (&w.general, "lunch at noon"),
+        (&ops, "disk at 80 %"),
+        (&w.general, "we may need a rollback tonight"),
+        (&ops, "the rollback plan is in the doc"),
+        (&w.general, "nothing else"),
+    ];
+    futures::future::join_all(sends.iter().map(|(c, t)| w.send(&w.admin, c, t))).await;
+    let kim = pushes(&w.inbox, "kim", 2).await;
+    assert_eq!(kim.len(), 2, "one per conversation with the keyword: {kim:?}");
+    assert!(kim.iter().all(|p| p["reason"] == "keyword" && p["count"] == 1), "{kim:?}");
+    let mut texts: Vec<&str> = kim.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    texts.sort();
+    assert_eq!(texts, ["the rollback plan is in the doc", "we may need a rollback tonight"]);
+    let al = pushes(&w.inbox, "al", 1).await;
+    assert_eq!(al.len(), 1, "#ops only, as one notification: {al:?}");
+    assert_eq!(al[0]["channel"]["id"], ops.as_str());
+    assert_eq!(al[0]["count"], 2, "{al:?}");
+    assert!(w.inbox.pushes("nobody").is_empty(), "asked for nothing, mentioned nowhere");
+    w.o.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_origin() {
     support::child_origin().await

@@ -12,7 +12,10 @@
 //! Whether the message is still unread, the user away and not in do-not-disturb is decided
 //! when it is due, by the dispatcher (`deliver`).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 use selvage_shared::{Channel, ChannelId, Event, Message, NotifyPrefs, Seq, UserId, WorkspaceId};
@@ -57,7 +60,7 @@ pub struct Decider {
     /// Members beyond which an `@channel` is expanded by the dispatcher ([`INLINE_MEMBERS`]).
     pub inline_members: usize,
     /// Metrics.
-    pub metrics: std::sync::Arc<Metrics>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[async_trait]
@@ -73,13 +76,14 @@ impl Consumer for Decider {
 
     async fn apply(&self, tx: &mut dyn KvTxn, batch: &Batch) -> Result<(), ConsumerError> {
         let mut pending = 0u64;
+        let mut read = Reads::default();
         for item in &batch.items {
             let Event::Message(m) = &item.event.event else { continue };
             if m.deleted {
                 continue;
             }
             let w = &item.event.workspace;
-            pending += decide(tx, w, m, self.delay_ms, self.email_after_ms, self.inline_members).await?;
+            pending += decide(tx, &mut read, w, m, self.delay_ms, self.email_after_ms, self.inline_members).await?;
         }
         self.metrics.notify_pending.inc_by(pending);
         Ok(())
@@ -101,19 +105,70 @@ pub struct FanOut {
     pub after: Option<UserId>,
 }
 
+/// What one batch's decisions read once and share: channels, each workspace's highlight
+/// keywords, each channel's members who want every message. Most messages notify nobody, and
+/// reading these once per message cost the sequencer a third of its rate (BENCHMARKS.md
+/// "Notifications"); a batch reads them in one snapshot, so sharing them changes nothing.
+#[derive(Default)]
+pub struct Reads {
+    channels: HashMap<WorkspaceId, HashMap<ChannelId, Option<Arc<Channel>>>>,
+    keywords: HashMap<WorkspaceId, Vec<(UserId, Vec<String>)>>,
+    all: HashMap<WorkspaceId, HashMap<ChannelId, Vec<UserId>>>,
+}
+
+impl Reads {
+    async fn channel(
+        &mut self,
+        tx: &mut dyn KvTxn,
+        w: &WorkspaceId,
+        c: &ChannelId,
+    ) -> Result<Option<Arc<Channel>>, StoreError> {
+        if let Some(known) = self.channels.get(w).and_then(|of| of.get(c)) {
+            return Ok(known.clone());
+        }
+        let loaded = channels::load(tx, w, c).await?.map(Arc::new);
+        self.channels.entry(w.clone()).or_default().insert(c.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn keywords(&mut self, tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<&[(UserId, Vec<String>)], StoreError> {
+        if !self.keywords.contains_key(w) {
+            let mut owners = Vec::new();
+            for (k, raw) in tx.get_range(&RangeRead::prefix(&keys::notify_keywords_of(w))).await? {
+                let Some(u) = last_str(&k).and_then(|s| UserId::parse(&s)) else { continue };
+                owners.push((u, selvage_shared::from_msgpack(&raw).unwrap_or_default()));
+            }
+            self.keywords.insert(w.clone(), owners);
+        }
+        Ok(self.keywords.get(w).map(Vec::as_slice).unwrap_or_default())
+    }
+
+    async fn all(&mut self, tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId) -> Result<&[UserId], StoreError> {
+        if self.all.get(w).and_then(|of| of.get(c)).is_none() {
+            let rows = tx.get_range(&RangeRead::prefix(&keys::notify_all_in(w, c))).await?;
+            let users = rows.iter().filter_map(|(k, _)| last_str(k).and_then(|s| UserId::parse(&s))).collect();
+            self.all.entry(w.clone()).or_default().insert(c.clone(), users);
+        }
+        Ok(self.all.get(w).and_then(|of| of.get(c)).map(Vec::as_slice).unwrap_or_default())
+    }
+}
+
 /// Writes the pending notifications of message `m` of workspace `w`, and its pending emails
 /// when `email_after_ms` is set; answers how many notifications. An `@channel` in a channel of
 /// more than `inline_members` members is only recorded as a [`FanOut`] here: one key instead of
 /// two per member, so that a consumer's transaction stays small whatever the channel's size.
+/// `read` holds what earlier messages of the same transaction read.
+#[allow(clippy::too_many_arguments)]
 pub async fn decide(
     tx: &mut dyn KvTxn,
+    read: &mut Reads,
     w: &WorkspaceId,
     m: &Message,
     delay_ms: i64,
     email_after_ms: Option<i64>,
     inline_members: usize,
 ) -> Result<u64, StoreError> {
-    let Some(channel) = channels::load(tx, w, &m.channel).await? else { return Ok(0) };
+    let Some(channel) = read.channel(tx, w, &m.channel).await? else { return Ok(0) };
     let due = m.ts.saturating_add(delay_ms);
     // Every member, read once if some rule needs them all; no more than `inline_members` + 1 for
     // an `@channel`, which beyond that is a fan-out.
@@ -130,7 +185,7 @@ pub async fn decide(
         }
         (false, false) => None,
     };
-    let candidates = candidates(tx, w, &channel, m, members).await?;
+    let candidates = candidates(tx, read, w, &channel, m, members).await?;
     let mut written = 0;
     for (user, reason) in candidates {
         written += u64::from(pend(tx, w, &channel, m, &user, reason, due, email_after_ms).await?);
@@ -152,13 +207,29 @@ async fn pend(
     email_after_ms: Option<i64>,
 ) -> Result<bool, StoreError> {
     let prefs = load_prefs(tx, w, user).await?;
-    if !prefs::notifies(&prefs, &channel.id, channel.kind, reason) {
+    pend_with(tx, &prefs, w, channel, m, user, reason, due, email_after_ms).await
+}
+
+/// [`pend`] with the user's preferences already read.
+#[allow(clippy::too_many_arguments)]
+async fn pend_with(
+    tx: &mut dyn KvTxn,
+    prefs: &NotifyPrefs,
+    w: &WorkspaceId,
+    channel: &Channel,
+    m: &Message,
+    user: &UserId,
+    reason: Reason,
+    due: i64,
+    email_after_ms: Option<i64>,
+) -> Result<bool, StoreError> {
+    if !prefs::notifies(prefs, &channel.id, channel.kind, reason) {
         return Ok(false);
     }
     let value = selvage_shared::to_msgpack(&Pending { due, reason });
-    tx.set(&keys::notify_pending(w, user, &channel.id, m.seq), &value)?;
-    tx.set(&keys::notify_due(due, w, user, &channel.id, m.seq), &[])?;
-    if let Some(after) = email_after_ms.filter(|_| prefs::emails(&prefs, reason)) {
+    tx.set_owned(keys::notify_pending(w, user, &channel.id, m.seq), value)?;
+    tx.set_owned(keys::notify_due(due, w, user, &channel.id, m.seq), Vec::new())?;
+    if let Some(after) = email_after_ms.filter(|_| prefs::emails(prefs, reason)) {
         let value = selvage_shared::to_msgpack(&MailPending { ts: m.ts, reason });
         tx.set(&keys::notify_mail_pending(w, user, &channel.id, m.seq), &value)?;
         // One queue entry per digest: the first message sets when it is due.
@@ -203,12 +274,16 @@ pub async fn expand(
         begin.push(0x00);
     }
     let rows = tx.get_range(&RangeRead::between(begin, end).limit(chunk)).await?;
+    let users: Vec<UserId> = rows.iter().filter_map(|(k, _)| last_str(k).and_then(|s| UserId::parse(&s))).collect();
+    // Every member's preferences in one read of the chunk.
+    let prefs_keys: Vec<Vec<u8>> = users.iter().map(|u| keys::notify_prefs(w, u)).collect();
+    let prefs_of = tx.get_many(&prefs_keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?;
     let mut written = 0;
-    for (k, _) in &rows {
-        let Some(user) = last_str(k).and_then(|s| UserId::parse(&s)) else { continue };
+    for (user, raw) in users.into_iter().zip(prefs_of) {
         if user != m.user {
+            let prefs = raw.and_then(|raw| selvage_shared::from_msgpack(&raw).ok()).unwrap_or_default();
             let reason = if m.mentions.contains(&user) { Reason::Mention } else { Reason::Broadcast };
-            written += u64::from(pend(tx, w, &channel, &m, &user, reason, job.due, email_after_ms).await?);
+            written += u64::from(pend_with(tx, &prefs, w, &channel, &m, &user, reason, job.due, email_after_ms).await?);
         }
         job.after = Some(user);
     }
@@ -225,6 +300,7 @@ pub async fn expand(
 /// DM, `@channel`), sorted.
 async fn candidates(
     tx: &mut dyn KvTxn,
+    read: &mut Reads,
     w: &WorkspaceId,
     channel: &Channel,
     m: &Message,
@@ -244,19 +320,12 @@ async fn candidates(
     if m.thread_root.is_some() {
         m.thread_followers.iter().for_each(|u| add(u, Reason::Thread));
     }
-    let owners = tx.get_range(&RangeRead::prefix(&keys::notify_keywords_of(w))).await?;
-    for (k, raw) in owners {
-        let Some(u) = last_str(&k).and_then(|s| UserId::parse(&s)) else { continue };
-        let words: Vec<String> = selvage_shared::from_msgpack(&raw).unwrap_or_default();
-        if prefs::has_keyword(&m.text, &words) {
-            add(&u, Reason::Keyword);
+    for (u, words) in read.keywords(tx, w).await? {
+        if prefs::has_keyword(&m.text, words) {
+            add(u, Reason::Keyword);
         }
     }
-    for (k, _) in tx.get_range(&RangeRead::prefix(&keys::notify_all_in(w, c))).await? {
-        if let Some(u) = last_str(&k).and_then(|s| UserId::parse(&s)) {
-            add(&u, Reason::All);
-        }
-    }
+    read.all(tx, w, c).await?.iter().for_each(|u| add(u, Reason::All));
     found.remove(&m.user);
     // Only members: a mention of someone outside a channel notifies nobody (as in Slack, the
     // author is offered to invite them instead).
