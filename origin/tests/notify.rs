@@ -395,6 +395,16 @@ async fn an_at_channel_in_a_large_channel_notifies_every_member_once() {
         w.presence(&id, Presence::Away);
         ids.push(id);
     }
+    // Members with no push target, enough for several groups of a claim's size: each is
+    // claimed once (and dropped for want of a target).
+    let quiet = 150;
+    let w = &w;
+    futures::future::join_all((0..quiet).map(|i| async move {
+        let (id, _) = w.o.user(&w.admin, &format!("quiet{i}")).await;
+        let (s, v) = w.o.post(&format!("/v1/channels/{}/members", w.general), &w.admin, json!({ "user": id })).await;
+        assert!(s.is_success() || s == StatusCode::CONFLICT, "{s} {v}");
+    }))
+    .await;
     w.send(&w.admin, &w.general, &format!("@channel the release is out, <@{}> please check", ids[1])).await;
     for (i, name) in ["u1", "u2", "u3", "u4", "u5"].iter().enumerate() {
         let got = pushes(&w.inbox, name, 1).await;
@@ -403,7 +413,12 @@ async fn an_at_channel_in_a_large_channel_notifies_every_member_once() {
         assert_eq!(got[0]["reason"], reason, "{name}");
         assert!(got[0]["body"].as_str().unwrap().contains("the release is out"));
     }
-    assert_eq!(w.o.metric("selvage_notify_pending_total").await, 5.0, "one pending entry per member");
+    wait_outcome(&w, "no_target", quiet as f64).await;
+    let members = 5 + quiet as usize;
+    assert_eq!(w.o.metric("selvage_notify_pending_total").await, members as f64, "one pending entry per member");
+    tokio::time::sleep(Duration::from_millis(DELAY_MS + 300)).await;
+    assert_eq!(w.outcome("no_target").await, quiet as f64, "each member claimed once");
+    assert_eq!(w.outcome("delivered").await, 5.0);
 }
 
 #[tokio::test]
