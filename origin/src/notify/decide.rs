@@ -188,31 +188,16 @@ pub async fn decide(
     let candidates = candidates(tx, read, w, &channel, m, members).await?;
     let mut written = 0;
     for (user, reason) in candidates {
-        written += u64::from(pend(tx, w, &channel, m, &user, reason, due, email_after_ms).await?);
+        let prefs = load_prefs(tx, w, &user).await?;
+        written += u64::from(pend(tx, &prefs, w, &channel, m, &user, reason, due, email_after_ms).await?);
     }
     Ok(written)
 }
 
 /// Writes message `m`'s pending notification for `user` (and its pending email) if their
-/// preferences let `reason` notify them; answers whether it did.
+/// preferences `prefs` let `reason` notify them; answers whether it did.
 #[allow(clippy::too_many_arguments)]
 async fn pend(
-    tx: &mut dyn KvTxn,
-    w: &WorkspaceId,
-    channel: &Channel,
-    m: &Message,
-    user: &UserId,
-    reason: Reason,
-    due: i64,
-    email_after_ms: Option<i64>,
-) -> Result<bool, StoreError> {
-    let prefs = load_prefs(tx, w, user).await?;
-    pend_with(tx, &prefs, w, channel, m, user, reason, due, email_after_ms).await
-}
-
-/// [`pend`] with the user's preferences already read.
-#[allow(clippy::too_many_arguments)]
-async fn pend_with(
     tx: &mut dyn KvTxn,
     prefs: &NotifyPrefs,
     w: &WorkspaceId,
@@ -283,7 +268,7 @@ pub async fn expand(
         if user != m.user {
             let prefs = raw.and_then(|raw| selvage_shared::from_msgpack(&raw).ok()).unwrap_or_default();
             let reason = if m.mentions.contains(&user) { Reason::Mention } else { Reason::Broadcast };
-            written += u64::from(pend_with(tx, &prefs, w, &channel, &m, &user, reason, job.due, email_after_ms).await?);
+            written += u64::from(pend(tx, &prefs, w, &channel, &m, &user, reason, job.due, email_after_ms).await?);
         }
         job.after = Some(user);
     }
