@@ -395,8 +395,8 @@ async fn an_at_channel_in_a_large_channel_notifies_every_member_once() {
         w.presence(&id, Presence::Away);
         ids.push(id);
     }
-    // Members with no push target, enough for several groups of a claim's size: each is
-    // claimed once (and dropped for want of a target).
+    // Members with no push target, more than one claim takes (64): each is claimed once (and
+    // dropped for want of a target).
     let quiet = 150;
     let w = &w;
     futures::future::join_all((0..quiet).map(|i| async move {
@@ -413,7 +413,7 @@ async fn an_at_channel_in_a_large_channel_notifies_every_member_once() {
         assert_eq!(got[0]["reason"], reason, "{name}");
         assert!(got[0]["body"].as_str().unwrap().contains("the release is out"));
     }
-    wait_outcome(&w, "no_target", quiet as f64).await;
+    wait_outcome(w, "no_target", quiet as f64).await;
     let members = 5 + quiet as usize;
     assert_eq!(w.o.metric("selvage_notify_pending_total").await, members as f64, "one pending entry per member");
     tokio::time::sleep(Duration::from_millis(DELAY_MS + 300)).await;
