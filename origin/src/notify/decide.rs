@@ -185,11 +185,11 @@ pub async fn decide(
         }
         (false, false) => None,
     };
-    let candidates = candidates(tx, read, w, &channel, m, members).await?;
+    let (users, reasons): (Vec<UserId>, Vec<Reason>) =
+        candidates(tx, read, w, &channel, m, members).await?.into_iter().unzip();
     let mut written = 0;
-    for (user, reason) in candidates {
-        let prefs = load_prefs(tx, w, &user).await?;
-        written += u64::from(pend(tx, &prefs, w, &channel, m, &user, reason, due, email_after_ms).await?);
+    for ((user, reason), prefs) in users.iter().zip(reasons).zip(load_prefs_of(tx, w, &users).await?) {
+        written += u64::from(pend(tx, &prefs, w, &channel, m, user, reason, due, email_after_ms).await?);
     }
     Ok(written)
 }
@@ -260,13 +260,10 @@ pub async fn expand(
     }
     let rows = tx.get_range(&RangeRead::between(begin, end).limit(chunk)).await?;
     let users: Vec<UserId> = rows.iter().filter_map(|(k, _)| last_str(k).and_then(|s| UserId::parse(&s))).collect();
-    // Every member's preferences in one read of the chunk.
-    let prefs_keys: Vec<Vec<u8>> = users.iter().map(|u| keys::notify_prefs(w, u)).collect();
-    let prefs_of = tx.get_many(&prefs_keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?;
+    let prefs_of = load_prefs_of(tx, w, &users).await?;
     let mut written = 0;
-    for (user, raw) in users.into_iter().zip(prefs_of) {
+    for (user, prefs) in users.into_iter().zip(prefs_of) {
         if user != m.user {
-            let prefs = raw.and_then(|raw| selvage_shared::from_msgpack(&raw).ok()).unwrap_or_default();
             let reason = if m.mentions.contains(&user) { Reason::Mention } else { Reason::Broadcast };
             written += u64::from(pend(tx, &prefs, w, &channel, &m, &user, reason, job.due, email_after_ms).await?);
         }
@@ -337,8 +334,17 @@ async fn members(tx: &mut dyn KvTxn, w: &WorkspaceId, c: &ChannelId, limit: usiz
 
 /// A user's preferences, or the defaults.
 pub async fn load_prefs(tx: &mut dyn KvTxn, w: &WorkspaceId, u: &UserId) -> Result<NotifyPrefs, StoreError> {
-    Ok(match tx.get(&keys::notify_prefs(w, u)).await? {
-        Some(raw) => selvage_shared::from_msgpack(&raw).unwrap_or_default(),
-        None => NotifyPrefs::default(),
-    })
+    Ok(prefs_from(tx.get(&keys::notify_prefs(w, u)).await?))
+}
+
+/// The preferences of each of `users`, in order, in one read.
+async fn load_prefs_of(tx: &mut dyn KvTxn, w: &WorkspaceId, users: &[UserId]) -> Result<Vec<NotifyPrefs>, StoreError> {
+    let keys: Vec<Vec<u8>> = users.iter().map(|u| keys::notify_prefs(w, u)).collect();
+    let raw = tx.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?;
+    Ok(raw.into_iter().map(prefs_from).collect())
+}
+
+/// A stored preferences record, or the defaults (none, or one that does not decode).
+fn prefs_from(raw: Option<Vec<u8>>) -> NotifyPrefs {
+    raw.and_then(|raw| selvage_shared::from_msgpack(&raw).ok()).unwrap_or_default()
 }
