@@ -421,6 +421,58 @@ async fn an_at_channel_in_a_large_channel_notifies_every_member_once() {
     assert_eq!(w.outcome("delivered").await, 5.0);
 }
 
+/// A large channel's `@channel` messages keep their pending entries side by side, apart from
+/// each user's own; a claim still takes a user's whole burst in the conversation — a mention
+/// and two `@channel`s become one notification — and a message's mark goes with its last entry.
+#[tokio::test]
+async fn a_mention_and_at_channels_in_a_large_channel_arrive_as_one_notification() {
+    let w = World::start_with(|c| {
+        c.notify.inline_members = 2;
+        c.notify.delay_ms = 1500;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for name in ["v1", "v2", "v3", "v4"] {
+        let (id, _) = w.subscribed(name, name).await;
+        let (s, v) = w.o.post(&format!("/v1/channels/{}/members", w.general), &w.admin, json!({ "user": id })).await;
+        assert!(s.is_success() || s == StatusCode::CONFLICT, "{s} {v}");
+        w.presence(&id, Presence::Away);
+        ids.push(id);
+    }
+    w.send(&w.admin, &w.general, &format!("<@{}> a question for you first", ids[0])).await;
+    w.send(&w.admin, &w.general, "@channel the release is out").await;
+    w.send(&w.admin, &w.general, "@channel and the notes are in the wiki").await;
+    let v1 = pushes(&w.inbox, "v1", 1).await;
+    assert_eq!(v1.len(), 1, "one notification for the burst: {v1:?}");
+    assert_eq!(v1[0]["count"], 3, "{v1:?}");
+    assert_eq!(v1[0]["reason"], "mention", "the strongest reason of the three");
+    for name in ["v2", "v3", "v4"] {
+        let got = pushes(&w.inbox, name, 1).await;
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        assert_eq!(got[0]["count"], 2, "{name}: {got:?}");
+        assert_eq!(got[0]["reason"], "broadcast", "{name}");
+        assert_eq!(got[0]["text"], "@channel and the notes are in the wiki", "{name}");
+    }
+    assert_eq!(w.outcome("delivered").await, 4.0);
+    let store = &w.o.running().origin.store;
+    let workspace = &w.workspace;
+    let general = selvage_shared::ChannelId::parse(&w.general).unwrap();
+    let (left, _) = selvage_origin::transact!(store, |tx| {
+        let marks = tx
+            .get_range(&selvage_origin::store::RangeRead::prefix(&selvage_origin::store::keys::notify_broadcasts_in(
+                workspace, &general,
+            )))
+            .await?;
+        let dues = tx
+            .get_range(&selvage_origin::store::RangeRead::prefix(&selvage_origin::store::keys::notify_dues()))
+            .await?;
+        (marks.len(), dues.len())
+    })
+    .unwrap();
+    assert_eq!(left, (0, 0), "no @channel marked, nothing queued once everything is claimed");
+    w.o.stop().await;
+}
+
 #[tokio::test]
 async fn keywords_and_every_message_notify_whoever_asked_in_each_channel_of_a_batch() {
     let w = World::start().await;

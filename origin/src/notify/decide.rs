@@ -189,13 +189,14 @@ pub async fn decide(
         candidates(tx, read, w, &channel, m, members).await?.into_iter().unzip();
     let mut written = 0;
     for ((user, reason), prefs) in users.iter().zip(reasons).zip(load_prefs_of(tx, w, &users).await?) {
-        written += u64::from(pend(tx, &prefs, w, &channel, m, user, reason, due, email_after_ms).await?);
+        let key = keys::notify_pending(w, user, &channel.id, m.seq);
+        written += u64::from(pend(tx, &prefs, w, &channel, m, user, reason, due, email_after_ms, key).await?);
     }
     Ok(written)
 }
 
-/// Writes message `m`'s pending notification for `user` (and its pending email) if their
-/// preferences `prefs` let `reason` notify them; answers whether it did.
+/// Writes message `m`'s pending notification for `user` under `key` (and its pending email) if
+/// their preferences `prefs` let `reason` notify them; answers whether it did.
 #[allow(clippy::too_many_arguments)]
 async fn pend(
     tx: &mut dyn KvTxn,
@@ -207,12 +208,13 @@ async fn pend(
     reason: Reason,
     due: i64,
     email_after_ms: Option<i64>,
+    key: Vec<u8>,
 ) -> Result<bool, StoreError> {
     if !prefs::notifies(prefs, &channel.id, channel.kind, reason) {
         return Ok(false);
     }
     let value = selvage_shared::to_msgpack(&Pending { due, reason });
-    tx.set_owned(keys::notify_pending(w, user, &channel.id, m.seq), value)?;
+    tx.set_owned(key, value)?;
     tx.set_owned(keys::notify_due(due, w, user, &channel.id, m.seq), Vec::new())?;
     if let Some(after) = email_after_ms.filter(|_| prefs::emails(prefs, reason)) {
         let value = selvage_shared::to_msgpack(&MailPending { ts: m.ts, reason });
@@ -231,8 +233,10 @@ async fn pend(
 /// Expands the next `chunk` members of one [`FanOut`] into pending entries, in the transaction
 /// that moves its `after`: each member is decided exactly once, however many nodes expand it
 /// and whatever crashes. Every member but the author is a candidate — named (`mention`) or by
-/// `@channel` (`broadcast`), the two strongest reasons an `@channel` message can give. Answers
-/// the entries written and whether the fan-out is finished (its key is then gone).
+/// `@channel` (`broadcast`), the two strongest reasons an `@channel` message can give. The
+/// entries are the message's own ([`keys::notify_broadcast_pending`], side by side), and the
+/// message is marked as having some ([`keys::notify_broadcast`]) so that claims find them.
+/// Answers the entries written and whether the fan-out is finished (its key is then gone).
 pub async fn expand(
     tx: &mut dyn KvTxn,
     w: &WorkspaceId,
@@ -265,9 +269,13 @@ pub async fn expand(
     for (user, prefs) in users.into_iter().zip(prefs_of) {
         if user != m.user {
             let reason = if m.mentions.contains(&user) { Reason::Mention } else { Reason::Broadcast };
-            written += u64::from(pend(tx, &prefs, w, &channel, &m, &user, reason, job.due, email_after_ms).await?);
+            let key = keys::notify_broadcast_pending(w, c, seq, &user);
+            written += u64::from(pend(tx, &prefs, w, &channel, &m, &user, reason, job.due, email_after_ms, key).await?);
         }
         job.after = Some(user);
+    }
+    if written > 0 {
+        tx.set(&keys::notify_broadcast(w, c, seq), &[])?;
     }
     let done = rows.len() < chunk;
     match done {

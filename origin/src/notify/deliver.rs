@@ -194,6 +194,9 @@ impl Dispatcher {
                 RangeRead::between(keys::notify_dues(), keys::notify_dues_at(now.saturating_add(1))).limit(CLAIM_BATCH);
             let mut conversations = BTreeSet::new();
             for (k, _) in tx.get_range(&due).await? {
+                // Cleared here too, not only with its pending entry: a queue entry left without
+                // one must not come back at every step.
+                tx.clear(&k)?;
                 if let Some((_, w, u, c, _)) = parse_queue_key(&k) {
                     conversations.insert((w, u, c));
                 }
@@ -483,22 +486,42 @@ fn classify(answer: Result<u16, String>) -> Sent {
     }
 }
 
-/// Moves the pending messages of one conversation of a user into an outgoing record.
+/// Moves the pending messages of one conversation of a user into an outgoing record: theirs
+/// alone (`notify_pending`) and theirs among the `@channel` messages of C still marked as
+/// having entries (`notify_broadcast_pending`); a message whose last entry this takes loses its
+/// mark.
 async fn take_pending(
     tx: &mut dyn KvTxn,
     w: &WorkspaceId,
     u: &UserId,
     c: &ChannelId,
 ) -> Result<Option<Outgoing>, StoreError> {
-    let rows = tx.get_range(&RangeRead::prefix(&keys::notify_pending_in(w, u, c))).await?;
-    let mut out: Option<Outgoing> = None;
-    for (k, raw) in rows {
+    let mut taken: Vec<(Seq, Pending)> = Vec::new();
+    for (k, raw) in tx.get_range(&RangeRead::prefix(&keys::notify_pending_in(w, u, c))).await? {
         tx.clear(&k)?;
-        let Some(seq) = tuple::unpack(&k).ok().and_then(|e| e.last().and_then(tuple::Element::as_int)) else {
+        if let (Some(seq), Ok(p)) = (last_seq(&k), selvage_shared::from_msgpack::<Pending>(&raw)) {
+            taken.push((seq, p));
+        }
+    }
+    for (mark, _) in tx.get_range(&RangeRead::prefix(&keys::notify_broadcasts_in(w, c))).await? {
+        let Some(seq) = last_seq(&mark) else {
+            tx.clear(&mark)?;
             continue;
         };
-        let Ok(p) = selvage_shared::from_msgpack::<Pending>(&raw) else { continue };
-        let seq = seq as Seq;
+        let key = keys::notify_broadcast_pending(w, c, seq, u);
+        let Some(raw) = tx.get(&key).await? else { continue };
+        tx.clear(&key)?;
+        if let Ok(p) = selvage_shared::from_msgpack::<Pending>(&raw) {
+            taken.push((seq, p));
+        }
+        let left = RangeRead::prefix(&keys::notify_broadcast_pending_of(w, c, seq)).limit(1);
+        if tx.get_range(&left).await?.is_empty() {
+            tx.clear(&mark)?;
+        }
+    }
+    taken.sort_by_key(|(seq, _)| *seq);
+    let mut out: Option<Outgoing> = None;
+    for (seq, p) in taken {
         tx.clear(&keys::notify_due(p.due, w, u, c, seq))?;
         match &mut out {
             None => {
@@ -512,6 +535,12 @@ async fn take_pending(
         }
     }
     Ok(out)
+}
+
+/// The seq a key ends with.
+fn last_seq(k: &[u8]) -> Option<Seq> {
+    let e = tuple::unpack(k).ok()?;
+    Seq::try_from(e.last()?.as_int()?).ok()
 }
 
 /// `(W, C, seq)` of a `notify_fanout` key.

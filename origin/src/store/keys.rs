@@ -353,6 +353,31 @@ pub fn notify_pending_in(w: &WorkspaceId, u: &UserId, c: &ChannelId) -> Vec<u8> 
     ws(w).str("npend").str(u.as_str()).str(c.as_str()).finish()
 }
 
+/// `(ws, W, nbpend, C, seq, U)` → when it is due and why: message `seq` of C, an `@channel` of
+/// a channel too large to decide at once, may notify U. What [`notify_pending`] is for one
+/// message and user, laid out by message so that a fan-out's thousands of entries sit side by
+/// side (a few B-tree pages written, not one per member); with [`notify_broadcast`] and the
+/// same [`notify_due`] queue.
+pub fn notify_broadcast_pending(w: &WorkspaceId, c: &ChannelId, seq: Seq, u: &UserId) -> Vec<u8> {
+    ws(w).str("nbpend").str(c.as_str()).uint(seq).str(u.as_str()).finish()
+}
+
+/// Prefix of message `seq`'s [`notify_broadcast_pending`] entries.
+pub fn notify_broadcast_pending_of(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("nbpend").str(c.as_str()).uint(seq).finish()
+}
+
+/// `(ws, W, nbcast, C, seq)` → empty: message `seq` of C has [`notify_broadcast_pending`]
+/// entries left — where a claim of a user's burst in C looks for theirs.
+pub fn notify_broadcast(w: &WorkspaceId, c: &ChannelId, seq: Seq) -> Vec<u8> {
+    ws(w).str("nbcast").str(c.as_str()).uint(seq).finish()
+}
+
+/// Prefix of C's [`notify_broadcast`] entries.
+pub fn notify_broadcasts_in(w: &WorkspaceId, c: &ChannelId) -> Vec<u8> {
+    ws(w).str("nbcast").str(c.as_str()).finish()
+}
+
 /// `(notify, due, due, W, U, C, seq)` → empty: the queue of pending messages by when they are
 /// due (ms).
 pub fn notify_due(due: i64, w: &WorkspaceId, u: &UserId, c: &ChannelId, seq: Seq) -> Vec<u8> {
