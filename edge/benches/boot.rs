@@ -43,6 +43,7 @@ fn user(i: usize) -> User {
         admin: i == 1,
         deactivated: false,
         tokens_valid_from: 0,
+        bot: None,
         created_at: CREATED_AT + i as i64,
     }
 }

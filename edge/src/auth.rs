@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use selvage_shared::{
     link::{Answer, Call, LinkError},
-    ErrorCode, UserId, WorkspaceId,
+    ErrorCode, Grant, UserId, WorkspaceId,
 };
 use sha2::{Digest, Sha256};
 
@@ -31,6 +31,8 @@ pub struct Principal {
     pub user: UserId,
     /// When the token stops working (ms since the epoch), if ever.
     pub expires_at: Option<i64>,
+    /// What the token may do: anything its user may, or only its scopes (an app's token).
+    pub grant: Grant,
 }
 
 impl Principal {
@@ -96,8 +98,8 @@ impl Tokens {
 
     async fn ask(&self, token_hash: String) -> Result<Principal, LinkError> {
         match self.upstream.call(Call::Authenticate { token_hash: token_hash.clone() }).await? {
-            Answer::Principal { workspace, user, expires_at } => {
-                Ok(Principal { token_hash, workspace, user, expires_at })
+            Answer::Principal { workspace, user, expires_at, scopes } => {
+                Ok(Principal { token_hash, workspace, user, expires_at, grant: Grant { scopes } })
             }
             other => Err(LinkError {
                 code: ErrorCode::Internal,

@@ -28,7 +28,8 @@ pub mod close {
     pub const DRAINING: u16 = 1012;
     /// The edge is too busy to take a large frame now (WebSocket "try again later").
     pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// Authentication failed, or the token was revoked or expired.
+    /// Authentication failed, the token was revoked or expired, or it is an app's token
+    /// without the `events` scope.
     pub const UNAUTHORIZED: u16 = 4001;
     /// The session could not be booted (origin unreachable and nothing cached, …); retry.
     pub const UNAVAILABLE: u16 = 4003;
@@ -126,7 +127,8 @@ impl EdgeError {
     /// How a session that could not start for this error is closed (after its `error` frame).
     pub fn close_code(&self) -> u16 {
         match self.code() {
-            ErrorCode::Unauthorized => close::UNAUTHORIZED,
+            // An app token without `events`: trying again will not help either.
+            ErrorCode::Unauthorized | ErrorCode::Forbidden => close::UNAUTHORIZED,
             ErrorCode::RateLimited => close::TOO_MANY_CONNECTIONS,
             _ => close::UNAVAILABLE,
         }

@@ -31,8 +31,8 @@ use std::{
 use rand::Rng;
 use selvage_shared::{
     link::{Answer, Call},
-    ClientFrame, Cursor, Event, EventFrame, FeedItem, Format, Hello, Query, QueryKind, QueryResult, ServerFrame,
-    MAX_QUERY_LIMIT, PROTOCOL_VERSION,
+    ClientFrame, Cursor, ErrorCode, Event, EventFrame, FeedItem, Format, Hello, Need, Query, QueryKind, QueryResult,
+    Scope, ServerFrame, MAX_QUERY_LIMIT, PROTOCOL_VERSION,
 };
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -198,6 +198,10 @@ struct Booted {
 /// Boots a session, with its place in its user's count of connections.
 async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), EdgeError> {
     let principal = edge.tokens.authenticate(&opening.token).await?;
+    // A session delivers every event its user may see: an app's token needs `events`.
+    if let Err(message) = principal.grant.allows(Need::Scope(Scope::Events)) {
+        return Err(EdgeError::Refused { code: ErrorCode::Forbidden, message });
+    }
     let Some(slot) = edge.slots.take(&principal.workspace, &principal.user) else {
         edge.metrics.connections_refused.with_label_values(&["user_cap"]).inc();
         return Err(EdgeError::TooManyConnections { max: edge.slots.max() });
@@ -621,6 +625,12 @@ impl Session {
             }
         };
         metrics.client_frames.with_label_values(&[frame.kind()]).inc();
+        if let Err(message) = self.principal.grant.allows(frame.need()) {
+            let reply =
+                EdgeError::Refused { code: ErrorCode::Forbidden, message }.frame(frame.request_id().map(String::from));
+            self.outbox.reply(encode(&reply, format)).await;
+            return;
+        }
         if !matches!(frame, ClientFrame::Ping { .. }) {
             self.touch();
         }

@@ -222,7 +222,7 @@ async fn calls_answer_and_the_feed_carries_what_follows_a_snapshot() {
 
     // Authenticate: a real token's hash resolves; anything else is unauthorized.
     match up.call(Call::Authenticate { token_hash: token_hash(&a.admin_token) }).await {
-        Ok(Answer::Principal { workspace, user, expires_at }) => {
+        Ok(Answer::Principal { workspace, user, expires_at, .. }) => {
             assert_eq!((workspace, user, expires_at), (a.ws.clone(), a.admin.clone(), None));
         }
         other => panic!("unexpected {other:?}"),

@@ -7,7 +7,7 @@
 //! revoking one deletes it and puts a `token_revoked` event in the feed so edge caches forget it
 //! too.
 
-use selvage_shared::{Channel, ChannelId, ChannelKind, Event, User, UserId, Workspace, WorkspaceId};
+use selvage_shared::{Channel, ChannelId, ChannelKind, Event, Grant, Scope, User, UserId, Workspace, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -31,6 +31,9 @@ pub struct TokenRecord {
     pub created_at: i64,
     /// When it stops working, if ever.
     pub expires_at: Option<i64>,
+    /// An app's token: only these scopes. `None`: a user's token, with the user's full rights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<Scope>>,
 }
 
 /// A created user (or workspace admin) and the one copy of their token.
@@ -73,12 +76,26 @@ pub fn issue_token(
     ttl_secs: u64,
     now: i64,
 ) -> Result<String, StoreError> {
+    issue_scoped_token(tx, workspace, user, ttl_secs, now, None)
+}
+
+/// Writes a new token for `user` in `tx`, limited to `scopes` if given (an app's), and
+/// returns it.
+pub fn issue_scoped_token(
+    tx: &mut dyn KvTxn,
+    workspace: &WorkspaceId,
+    user: &UserId,
+    ttl_secs: u64,
+    now: i64,
+    scopes: Option<Vec<Scope>>,
+) -> Result<String, StoreError> {
     let token = ids::new_token();
     let record = TokenRecord {
         workspace: workspace.clone(),
         user: user.clone(),
         created_at: now,
         expires_at: (ttl_secs > 0).then(|| now + (ttl_secs as i64) * 1000),
+        scopes,
     };
     tx.set(&keys::token(&ids::token_hash(&token)), &selvage_shared::to_msgpack(&record))?;
     Ok(token)
@@ -106,6 +123,7 @@ pub async fn create_workspace(
             admin: true,
             deactivated: false,
             tokens_valid_from: 0,
+            bot: None,
             created_at: now,
         };
         let general = Channel {
@@ -134,7 +152,8 @@ pub async fn create_workspace(
     Ok((workspace, issued))
 }
 
-fn write_user(
+/// Writes a user's record and handle, and logs `user_updated`.
+pub(crate) fn write_user(
     tx: &mut dyn KvTxn,
     log: &mut Appender,
     w: &WorkspaceId,
@@ -175,6 +194,7 @@ pub async fn create_user(
                 admin,
                 deactivated: false,
                 tokens_valid_from: 0,
+                bot: None,
                 created_at: now,
             };
             let mut log = Appender::new();
@@ -237,7 +257,8 @@ pub async fn authenticate_hash(store: &Store, hash: &[u8; 32]) -> Result<(Caller
         // Issued before the user was deactivated: revoked with everything else they held.
         return Err(unauthorized());
     }
-    Ok((Caller { workspace: record.workspace, user, token_hash: hash }, record.expires_at))
+    let grant = Grant { scopes: record.scopes };
+    Ok((Caller { workspace: record.workspace, user, token_hash: hash, grant }, record.expires_at))
 }
 
 /// Revokes `token` (or, when `None`, the caller's own token). Revoking someone else's token
@@ -296,6 +317,10 @@ pub async fn set_active(
         match get_user(tx, w, u).await? {
             None => Err(OriginError::NotFound(format!("user {u} not found"))),
             Some(user) if user.deactivated != active => Ok((user, None)),
+            // Reactivating would hand out a token without the app's scopes.
+            Some(user) if active && user.bot.is_some() => {
+                Err(OriginError::BadRequest(format!("{u} is an app's bot user: create the app again instead")))
+            }
             Some(mut user) => {
                 let now = crate::now_ms();
                 user.deactivated = !active;
@@ -342,5 +367,5 @@ pub async fn caller_for(store: &Store, w: &WorkspaceId, u: &UserId) -> Result<Ca
     if user.deactivated {
         return Err(OriginError::Unauthorized("user is deactivated".into()));
     }
-    Ok(Caller { workspace: w.clone(), user, token_hash: [0; 32] })
+    Ok(Caller { workspace: w.clone(), user, token_hash: [0; 32], grant: Grant::user() })
 }

@@ -6,7 +6,7 @@
 //! not in `accounts`, because channels need it too (inviting someone, opening a DM) while
 //! `accounts` builds on channels (a new workspace gets `#general`, a new user joins it).
 
-use selvage_shared::{User, UserId, WorkspaceId};
+use selvage_shared::{Grant, Need, User, UserId, WorkspaceId};
 
 use crate::store::{keys, KvTxn, StoreError};
 
@@ -19,6 +19,15 @@ pub struct Caller {
     pub user: User,
     /// Hash of the token used, so the caller can revoke it.
     pub token_hash: [u8; 32],
+    /// What the token may do: anything the user may (a user's token), or its scopes (an app's).
+    pub grant: Grant,
+}
+
+impl Caller {
+    /// Checks that the caller's token may do what `need` names (`forbidden` if not).
+    pub fn require(&self, need: Need) -> Result<(), crate::error::OriginError> {
+        self.grant.allows(need).map_err(crate::error::OriginError::Forbidden)
+    }
 }
 
 /// Reads a user of a workspace.

@@ -35,6 +35,7 @@
 //!    parse, authenticate and render; the rules and the storage access live in the layers below.
 
 pub mod accounts;
+pub mod apps;
 pub mod caller;
 pub mod channels;
 pub mod config;

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::{SearchResult, SearchSort};
+use crate::apps::{Need, Scope};
 use crate::codec::DecodeError;
 use crate::error::ErrorCode;
 use crate::event::{Event, FeedItem};
@@ -208,6 +209,25 @@ impl ClientFrame {
             | ClientFrame::PresenceSub { .. }
             | ClientFrame::MarkRead { .. }
             | ClientFrame::SetPresence { .. } => None,
+        }
+    }
+
+    /// What the frame needs of the session's token (an app's token only what its scopes
+    /// allow; see [`crate::apps`]).
+    pub fn need(&self) -> Need {
+        match self {
+            ClientFrame::Ping { .. } => Need::Any,
+            ClientFrame::Send { .. } | ClientFrame::Typing { .. } | ClientFrame::MarkRead { .. } => {
+                Need::Scope(Scope::ChatWrite)
+            }
+            ClientFrame::PresenceSub { .. } => Need::Scope(Scope::ChannelsRead),
+            ClientFrame::SetPresence { .. } | ClientFrame::SetNotifyPrefs { .. } => Need::User,
+            ClientFrame::Query(q) => match q.q {
+                QueryKind::Users | QueryKind::Members | QueryKind::Channels => Need::Scope(Scope::ChannelsRead),
+                QueryKind::History | QueryKind::Thread => Need::Scope(Scope::ChannelsHistory),
+                QueryKind::Search => Need::Scope(Scope::SearchRead),
+                QueryKind::NotifyPrefs => Need::User,
+            },
         }
     }
 

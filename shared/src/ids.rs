@@ -150,6 +150,11 @@ id_type!(
     ChannelId,
     "channel id"
 );
+id_type!(
+    /// Identifies an app (an integration with a bot user and scoped tokens) within a workspace.
+    AppId,
+    "app id"
+);
 
 /// Deserialises a string and validates it with `make`, taking ownership when the format hands
 /// over an owned string.

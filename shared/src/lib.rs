@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod apps;
 pub mod codec;
 pub mod error;
 pub mod event;
@@ -21,6 +22,7 @@ pub mod model;
 pub mod notify;
 
 pub use api::*;
+pub use apps::*;
 pub use codec::*;
 pub use error::*;
 pub use event::*;

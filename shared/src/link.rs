@@ -277,6 +277,10 @@ pub enum Answer {
         /// When the token stops working (ms since the epoch), if ever.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<i64>,
+        /// An app's token: only these scopes, which the edge checks for every frame (the calls
+        /// it makes on the token's behalf carry only the user). `None`: a user's token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scopes: Option<Vec<crate::apps::Scope>>,
     },
     /// For [`Call::Snapshot`].
     Snapshot(Box<WorkspaceSnapshot>),

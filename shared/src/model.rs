@@ -44,6 +44,9 @@ pub struct User {
     /// Creation time, ms since the epoch.
     #[serde(default)]
     pub created_at: i64,
+    /// The app this user is the bot user of; `None` for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<crate::ids::AppId>,
 }
 
 /// What sort of conversation a [`Channel`] is.

@@ -15,6 +15,7 @@ fn user(id: &str) -> User {
         admin: false,
         deactivated: false,
         tokens_valid_from: 0,
+        bot: None,
         created_at: 1_700_000_000_000,
     }
 }

@@ -69,6 +69,7 @@ fn hello(resume: Option<Cursor>, heartbeat_ms: u64, session: &str) -> ServerFram
             admin: false,
             deactivated: false,
             tokens_valid_from: 0,
+            bot: None,
             created_at: 1,
         },
         channels: Vec::new(),

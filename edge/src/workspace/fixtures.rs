@@ -40,6 +40,7 @@ pub(crate) fn user(id: &str) -> User {
         admin: false,
         deactivated: false,
         tokens_valid_from: 0,
+        bot: None,
         created_at: 1,
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::{
     extract::{
         rejection::{JsonRejection, PathRejection, QueryRejection},
-        FromRequest, FromRequestParts, Request,
+        FromRequest, FromRequestParts, MatchedPath, Request,
     },
     http::{header, request::Parts, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
@@ -176,7 +176,10 @@ impl FromRequestParts<Arc<Origin>> for Caller {
     async fn from_request_parts(parts: &mut Parts, origin: &Arc<Origin>) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)
             .ok_or_else(|| OriginError::Unauthorized("missing `Authorization: Bearer <token>` header".into()))?;
-        accounts::authenticate(&origin.store, token).await
+        let caller = accounts::authenticate(&origin.store, token).await?;
+        let path = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or_default();
+        caller.require(super::scopes::need(&parts.method, path))?;
+        Ok(caller)
     }
 }
 

@@ -15,6 +15,7 @@
 //! schemathesis (`origin/tests/schemathesis/run.sh`).
 
 mod accounts;
+mod apps;
 mod channels;
 pub mod error;
 mod events;
@@ -22,6 +23,7 @@ mod extract;
 mod files;
 mod messages;
 mod notify;
+mod scopes;
 mod search;
 
 use std::{
@@ -83,6 +85,9 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/me", get(me))
         .route("/v1/tokens", post(new_token))
         .route("/v1/tokens/revoke", post(revoke_token))
+        .route("/v1/apps", get(apps::list_apps).post(apps::create_app))
+        .route("/v1/apps/{id}", get(apps::get_app).delete(apps::delete_app))
+        .route("/v1/apps/{id}/tokens", post(apps::new_app_token))
         .route("/v1/channels", get(list_channels).post(create_channel))
         .route("/v1/channels/{id}", get(get_channel).patch(update_channel))
         .route("/v1/channels/{id}/members", get(list_members).post(add_member))

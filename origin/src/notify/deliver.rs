@@ -514,9 +514,17 @@ async fn take_pending(
         if let Ok(p) = selvage_shared::from_msgpack::<Pending>(&raw) {
             taken.push((seq, p));
         }
-        let left = RangeRead::prefix(&keys::notify_broadcast_pending_of(w, c, seq)).limit(1);
-        if tx.get_range(&left).await?.is_empty() {
-            tx.clear(&mark)?;
+        // Claims take a message's entries in user order (its queue keys share one due time),
+        // so most find the next one at once; only the last looks back over the whole message,
+        // in case an entry before this one is left.
+        let (_, end) = crate::store::prefix_range(&keys::notify_broadcast_pending_of(w, c, seq));
+        let mut after = key;
+        after.push(0x00);
+        if tx.get_range(&RangeRead::between(after, end).limit(1)).await?.is_empty() {
+            let left = RangeRead::prefix(&keys::notify_broadcast_pending_of(w, c, seq)).limit(1);
+            if tx.get_range(&left).await?.is_empty() {
+                tx.clear(&mark)?;
+            }
         }
     }
     taken.sort_by_key(|(seq, _)| *seq);

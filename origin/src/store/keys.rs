@@ -4,7 +4,7 @@
 //! by construction; the feed log lives under `("log", versionstamp)` and tokens under
 //! `("tok", sha256)`. Keeping the builders in one place keeps the layout reviewable.
 
-use selvage_shared::{ChannelId, Seq, UserId, WorkspaceId};
+use selvage_shared::{AppId, ChannelId, Seq, UserId, WorkspaceId};
 
 use super::tuple::Key;
 
@@ -302,6 +302,16 @@ pub fn log_position(key: &[u8]) -> Option<[u8; 12]> {
     let mut out = [0u8; 12];
     out.copy_from_slice(pos);
     Some(out)
+}
+
+/// `(ws, W, app, A)` → an app: its name, bot user and scopes (ARCHITECTURE §8 "Apps").
+pub fn app(w: &WorkspaceId, a: &AppId) -> Vec<u8> {
+    ws(w).str("app").str(a.as_str()).finish()
+}
+
+/// Prefix of a workspace's [`app`]s.
+pub fn apps(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("app").finish()
 }
 
 /// `(ws, W, nprefs, U)` → a user's notification preferences (ARCHITECTURE §8 "Notifications").

@@ -48,6 +48,7 @@ pub fn user() -> impl Strategy<Value = User> {
             deactivated,
             created_at,
             tokens_valid_from: 0,
+            bot: None,
         },
     )
 }
