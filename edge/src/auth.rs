@@ -99,7 +99,7 @@ impl Tokens {
     async fn ask(&self, token_hash: String) -> Result<Principal, LinkError> {
         match self.upstream.call(Call::Authenticate { token_hash: token_hash.clone() }).await? {
             Answer::Principal { workspace, user, expires_at, scopes } => {
-                Ok(Principal { token_hash, workspace, user, expires_at, grant: Grant { scopes } })
+                Ok(Principal { token_hash, workspace, user, expires_at, grant: Grant::from_scopes(scopes.as_deref()) })
             }
             other => Err(LinkError {
                 code: ErrorCode::Internal,

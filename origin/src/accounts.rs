@@ -257,7 +257,7 @@ pub async fn authenticate_hash(store: &Store, hash: &[u8; 32]) -> Result<(Caller
         // Issued before the user was deactivated: revoked with everything else they held.
         return Err(unauthorized());
     }
-    let grant = Grant { scopes: record.scopes };
+    let grant = Grant::from_scopes(record.scopes.as_deref());
     Ok((Caller { workspace: record.workspace, user, token_hash: hash, grant }, record.expires_at))
 }
 

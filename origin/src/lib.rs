@@ -49,6 +49,7 @@ mod link;
 mod messages;
 mod metrics;
 pub mod notify;
+pub mod outbound;
 mod presence;
 pub mod search;
 mod snapshot;

@@ -59,6 +59,11 @@ impl Scope {
         Scope::Commands,
     ];
 
+    /// Its bit in a [`Grant`].
+    fn bit(self) -> u16 {
+        1 << (Scope::ALL.iter().position(|s| *s == self).unwrap_or(15) as u16)
+    }
+
     /// Its name on the wire, e.g. `chat:write`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,35 +98,44 @@ pub enum Need {
 }
 
 /// What a token may do: everything its user may (a user's token), or only what its scopes
-/// allow (an app's).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// allow (an app's). Two bytes and a tag: every session holds one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Grant {
-    /// `None`: a user's token, limited by nothing but the user's rights.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scopes: Option<Vec<Scope>>,
+    /// `None`: a user's token; else one bit per scope, in [`Scope::ALL`]'s order.
+    bits: Option<u16>,
 }
 
 impl Grant {
-    /// A user's token.
+    /// A user's token, limited by nothing but the user's rights.
     pub fn user() -> Grant {
-        Grant { scopes: None }
+        Grant { bits: None }
     }
 
     /// An app's token with these scopes.
-    pub fn app(scopes: Vec<Scope>) -> Grant {
-        Grant { scopes: Some(scopes) }
+    pub fn app(scopes: &[Scope]) -> Grant {
+        Grant { bits: Some(scopes.iter().fold(0, |bits, s| bits | s.bit())) }
+    }
+
+    /// From a token record's scopes (`None`: a user's token).
+    pub fn from_scopes(scopes: Option<&[Scope]>) -> Grant {
+        scopes.map(Grant::app).unwrap_or_default()
+    }
+
+    /// The scopes of an app's token (`None` for a user's).
+    pub fn scopes(&self) -> Option<Vec<Scope>> {
+        self.bits.map(|bits| Scope::ALL.into_iter().filter(|s| bits & s.bit() != 0).collect())
     }
 
     /// Whether the token is an app's.
     pub fn is_app(&self) -> bool {
-        self.scopes.is_some()
+        self.bits.is_some()
     }
 
     /// Whether the token may do what `need` names; else the refusal to show the caller.
     pub fn allows(&self, need: Need) -> Result<(), String> {
-        match (&self.scopes, need) {
+        match (self.bits, need) {
             (None, _) | (Some(_), Need::Any) => Ok(()),
-            (Some(scopes), Need::Scope(s)) if scopes.contains(&s) => Ok(()),
+            (Some(bits), Need::Scope(s)) if bits & s.bit() != 0 => Ok(()),
             (Some(_), Need::Scope(s)) => Err(format!("this app token lacks the scope `{s}`")),
             (Some(_), Need::User) => Err("app tokens cannot do this; use a user's token".to_string()),
         }
@@ -153,7 +167,10 @@ mod tests {
     fn a_user_token_may_do_anything_an_app_token_only_its_scopes() {
         let user = Grant::user();
         assert!(user.allows(Need::User).is_ok() && user.allows(Need::Scope(Scope::ChatWrite)).is_ok());
-        let app = Grant::app(vec![Scope::ChannelsRead]);
+        let app = Grant::app(&[Scope::ChannelsRead]);
+        assert_eq!(app.scopes(), Some(vec![Scope::ChannelsRead]));
+        assert_eq!(Grant::from_scopes(Some(&Scope::ALL)).scopes(), Some(Scope::ALL.to_vec()));
+        assert_eq!(user.scopes(), None);
         assert!(app.allows(Need::Any).is_ok());
         assert!(app.allows(Need::Scope(Scope::ChannelsRead)).is_ok());
         let refused = app.allows(Need::Scope(Scope::ChatWrite)).unwrap_err();

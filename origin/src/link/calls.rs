@@ -192,7 +192,7 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
                 OriginError::Unauthorized("token_hash must be the 64-hex-digit SHA-256 of the token".into())
             })?;
             let (caller, expires_at) = accounts::authenticate_hash(&origin.store, &hash).await?;
-            let scopes = caller.grant.scopes;
+            let scopes = caller.grant.scopes();
             Ok(Answer::Principal { workspace: caller.workspace, user: caller.user.id, expires_at, scopes })
         }
         Call::Snapshot { workspace } => {

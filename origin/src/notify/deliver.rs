@@ -39,7 +39,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     decide::{self, load_prefs, Pending},
-    outbound::Outbound,
     prefs::{self, Reason},
     webpush::{self, Vapid},
     Subscription,
@@ -50,6 +49,7 @@ use crate::{
     config::NotifyConfig,
     messages::records as messages,
     metrics::Metrics,
+    outbound::Outbound,
     presence::Tracker,
     store::{keys, tuple, KvTxn, RangeRead, Store, StoreError},
     transact,

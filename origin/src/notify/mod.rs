@@ -18,7 +18,6 @@
 pub mod decide;
 pub mod deliver;
 pub mod email;
-pub mod outbound;
 pub mod prefs;
 pub mod webpush;
 
@@ -45,6 +44,7 @@ use crate::{
         Feed,
     },
     metrics::Metrics,
+    outbound,
     presence::Tracker,
     store::{keys, RangeRead, Store},
     transact,
@@ -94,7 +94,7 @@ impl Notify {
         metrics: Arc<Metrics>,
     ) -> std::result::Result<Notify, String> {
         if !config.push_proxy_url.is_empty() {
-            outbound::check_url(&config.push_proxy_url, config.allow_internal_endpoints)
+            outbound::check_url(&config.push_proxy_url, &config.allow_internal_endpoints.into())
                 .map_err(|e| format!("notify.push_proxy_url: {e}"))?;
         }
         let smtp = match config.smtp_url.is_empty() {
@@ -219,7 +219,7 @@ impl Notify {
 
     /// Registers a browser's push subscription for the caller (again: replaces its keys).
     pub async fn subscribe(&self, store: &Store, caller: &Caller, s: &PushSubscriptionJson) -> Result<()> {
-        outbound::check_url(&s.endpoint, self.config.allow_internal_endpoints)
+        outbound::check_url(&s.endpoint, &self.config.allow_internal_endpoints.into())
             .map_err(|e| OriginError::BadRequest(format!("endpoint: {e}")))?;
         if s.endpoint.len() > 2048 {
             return Err(OriginError::BadRequest("endpoint: at most 2048 bytes".into()));

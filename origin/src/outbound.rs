@@ -1,10 +1,12 @@
-//! Outgoing HTTP for notifications: one client for push services and the push proxy that never
-//! reaches an internal address unless configured to (ARCHITECTURE §7): a push subscription's
-//! endpoint is a URL a client chose, so without this check any user could make the origin
-//! call its own network (SSRF). Hosts are resolved by [`PublicOnly`], which drops loopback,
-//! private, link-local and other non-public addresses — at connection time, so a name that
-//! resolves differently later (DNS rebinding) is checked again — and URLs with an address for
-//! a host are checked by [`check_url`].
+//! Outgoing HTTP to URLs that users chose — push services, the push proxy, apps' webhooks and
+//! slash commands — that never reaches an internal address unless configured to (ARCHITECTURE
+//! §7): without this check anyone who may register a URL could make the origin call its own
+//! network (SSRF). Hosts are resolved by [`PublicOnly`], which drops loopback, private,
+//! link-local and other non-public addresses — at connection time, so a name that resolves
+//! differently later (DNS rebinding) is checked again — and URLs with an address for a host are
+//! checked by [`check_url`]. An [`Allow`] lets through what an operator allowed: every internal
+//! address, or only some networks (`apps.allow_networks = ["127.0.0.1/32"]`). Redirects are
+//! never followed, and every request has a deadline; answers' bodies are read up to a cap.
 
 use std::{
     future::Future,
@@ -63,14 +65,55 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.to_ipv4().is_some_and(|v4| !is_public_v4(v4)))
 }
 
+/// Which internal addresses outgoing requests may reach besides the public internet.
+#[derive(Clone, Debug, Default)]
+pub struct Allow {
+    /// Every one of them.
+    pub internal: bool,
+    /// These networks.
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+impl From<bool> for Allow {
+    fn from(internal: bool) -> Allow {
+        Allow { internal, networks: Vec::new() }
+    }
+}
+
+impl Allow {
+    /// Every internal address when `internal`, else the networks of `cidrs` (e.g.
+    /// `127.0.0.1/32`); an entry that is not a network is an error naming it.
+    pub fn parse(internal: bool, cidrs: &[String]) -> Result<Allow, String> {
+        let networks = cidrs
+            .iter()
+            .map(|c| c.parse::<ipnet::IpNet>().map_err(|_| format!("{c:?} is not a network like 127.0.0.1/32")))
+            .collect::<Result<_, _>>()?;
+        Ok(Allow { internal, networks })
+    }
+
+    /// Whether a request may connect to `ip`.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.internal || is_public(ip) || self.networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether plain `http` is allowed: only towards internal addresses an operator allowed.
+    fn http(&self) -> bool {
+        self.internal || !self.networks.is_empty()
+    }
+}
+
 /// Checks a URL the origin is asked to call: `https` (or `http` when internal addresses are
-/// allowed, for a local test or a push proxy inside the network), no credentials, and a host
-/// that is not itself an internal address.
-pub fn check_url(raw: &str, allow_internal: bool) -> Result<Url, String> {
+/// allowed, for a local test or a service inside the network), no credentials, and a host
+/// that is not itself an internal address `allow` does not let through.
+pub fn check_url(raw: &str, allow: &Allow) -> Result<Url, String> {
     let url = Url::parse(raw).map_err(|_| "not a valid URL".to_string())?;
     match url.scheme() {
         "https" => {}
-        "http" if allow_internal => {}
+        "http" if allow.http() => {}
         _ => return Err("the URL must be https".into()),
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -86,25 +129,25 @@ pub fn check_url(raw: &str, allow_internal: bool) -> Result<Url, String> {
         url::Host::Domain(_) => None,
     };
     if let Some(ip) = literal {
-        if !allow_internal && !is_public(ip) {
+        if !allow.permits(ip) {
             return Err("the URL points to an internal address".into());
         }
     }
     Ok(url)
 }
 
-/// A resolver that answers only public addresses (all of them when internal ones are allowed).
-#[derive(Clone, Copy, Debug)]
+/// A resolver that answers only public addresses, and the internal ones [`Allow`] lets through.
+#[derive(Clone, Debug)]
 pub struct PublicOnly {
-    /// Let internal addresses through (`notify.allow_internal_endpoints`).
-    pub allow_internal: bool,
+    /// What else it answers.
+    pub allow: Arc<Allow>,
 }
 
 impl PublicOnly {
     /// The addresses of `host` this resolver lets a connection use.
-    pub async fn lookup(self, host: &str) -> std::io::Result<Vec<SocketAddr>> {
+    pub async fn lookup(&self, host: &str) -> std::io::Result<Vec<SocketAddr>> {
         let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
-        let kept: Vec<SocketAddr> = found.into_iter().filter(|a| self.allow_internal || is_public(a.ip())).collect();
+        let kept: Vec<SocketAddr> = found.into_iter().filter(|a| self.allow.permits(a.ip())).collect();
         if kept.is_empty() {
             return Err(std::io::Error::other(format!("{host} resolves to no public address")));
         }
@@ -124,24 +167,25 @@ impl tower_service::Service<Name> for PublicOnly {
     }
 
     fn call(&mut self, name: Name) -> Lookup {
-        let resolver = *self;
+        let resolver = self.clone();
         Box::pin(async move { Ok(resolver.lookup(name.as_str()).await?.into_iter()) })
     }
 }
 
-/// The HTTPS client notifications are sent with: HTTP/1.1 over rustls (ring, the platform's
-/// roots), connections kept alive per host, no redirects followed, a deadline per request.
+/// The HTTPS client of outgoing requests: HTTP/1.1 over rustls (ring, the platform's roots),
+/// connections kept alive per host, no redirects followed, a deadline per request.
 #[derive(Clone)]
 pub struct Outbound {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector<PublicOnly>>, Full<Bytes>>,
     timeout: Duration,
-    allow_internal: bool,
+    allow: Arc<Allow>,
 }
 
 impl Outbound {
-    /// A client that reaches internal addresses only if `allow_internal`.
-    pub fn new(allow_internal: bool, timeout: Duration) -> Result<Outbound, String> {
-        let mut http = HttpConnector::new_with_resolver(PublicOnly { allow_internal });
+    /// A client that reaches internal addresses only as `allow` says.
+    pub fn new(allow: impl Into<Allow>, timeout: Duration) -> Result<Outbound, String> {
+        let allow = Arc::new(allow.into());
+        let mut http = HttpConnector::new_with_resolver(PublicOnly { allow: allow.clone() });
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeout));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -162,13 +206,25 @@ impl Outbound {
             }
         };
         let https = builder.https_or_http().enable_http1().wrap_connector(http);
-        Ok(Outbound { client: Client::builder(TokioExecutor::new()).build(https), timeout, allow_internal })
+        Ok(Outbound { client: Client::builder(TokioExecutor::new()).build(https), timeout, allow })
     }
 
     /// POSTs `body` with `headers` to `url` (checked again by [`check_url`]); answers the
     /// status, or why there was none.
     pub async fn post(&self, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Result<u16, String> {
-        let url = check_url(url, self.allow_internal)?;
+        self.post_for(url, headers, body, 0).await.map(|(status, _)| status)
+    }
+
+    /// [`Outbound::post`], answering also the first `keep` bytes of the answer's body (a longer
+    /// body is cut there, and not read further).
+    pub async fn post_for(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        keep: usize,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let url = check_url(url, &self.allow)?;
         let mut request = hyper::Request::post(url.as_str())
             .header("user-agent", concat!("selvage/", env!("CARGO_PKG_VERSION")))
             .header("content-length", body.len().to_string());
@@ -179,10 +235,22 @@ impl Outbound {
         let answer = async {
             let response = self.client.request(request).await.map_err(|e| format!("no answer: {e}"))?;
             let status = response.status().as_u16();
-            // Read (and drop) the body so the connection can be reused; its size is bounded by
-            // the deadline, not trusted.
-            let _ = response.into_body().collect().await;
-            Ok(status)
+            // Read the body so the connection can be reused, keeping at most `keep` bytes; past
+            // that the connection is dropped rather than read on (its size is not trusted).
+            let mut body = response.into_body();
+            let mut kept = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Some(data) = frame.data_ref() {
+                    if kept.len() + data.len() > keep.max(64 * 1024) {
+                        kept.extend_from_slice(&data[..keep.saturating_sub(kept.len()).min(data.len())]);
+                        break;
+                    }
+                    kept.extend_from_slice(data);
+                }
+            }
+            kept.truncate(keep);
+            Ok((status, kept))
         };
         tokio::time::timeout(self.timeout, answer).await.map_err(|_| "no answer within the deadline".to_string())?
     }
@@ -209,22 +277,22 @@ mod tests {
             "https://localhost:8080/",
             "https://push.localhost/",
         ] {
-            assert!(check_url(bad, false).is_err(), "{bad}");
-            assert!(check_url(bad, true).is_ok(), "{bad} allowed when configured");
+            assert!(check_url(bad, &false.into()).is_err(), "{bad}");
+            assert!(check_url(bad, &true.into()).is_ok(), "{bad} allowed when configured");
         }
-        assert!(check_url("https://fcm.googleapis.com/fcm/send/abc", false).is_ok());
-        assert!(check_url("https://8.8.8.8/", false).is_ok());
-        assert!(check_url("http://push.example.com/", false).unwrap_err().contains("https"));
-        assert!(check_url("ftp://push.example.com/", true).is_err());
-        assert!(check_url("https://user:pw@push.example.com/", false).unwrap_err().contains("credentials"));
-        assert!(check_url("not a url", false).is_err());
+        assert!(check_url("https://fcm.googleapis.com/fcm/send/abc", &false.into()).is_ok());
+        assert!(check_url("https://8.8.8.8/", &false.into()).is_ok());
+        assert!(check_url("http://push.example.com/", &false.into()).unwrap_err().contains("https"));
+        assert!(check_url("ftp://push.example.com/", &true.into()).is_err());
+        assert!(check_url("https://user:pw@push.example.com/", &false.into()).unwrap_err().contains("credentials"));
+        assert!(check_url("not a url", &false.into()).is_err());
     }
 
     #[tokio::test]
     async fn names_that_resolve_internally_are_refused_at_connection() {
-        let refused = PublicOnly { allow_internal: false }.lookup("localhost").await;
+        let refused = PublicOnly { allow: Arc::new(false.into()) }.lookup("localhost").await;
         assert!(refused.unwrap_err().to_string().contains("no public address"));
-        let allowed = PublicOnly { allow_internal: true }.lookup("localhost").await.unwrap();
+        let allowed = PublicOnly { allow: Arc::new(true.into()) }.lookup("localhost").await.unwrap();
         assert!(allowed.iter().all(|a| a.ip().is_loopback()));
         // A request is checked again when it is made.
         let outbound = Outbound::new(false, Duration::from_secs(2)).unwrap();
@@ -232,5 +300,18 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let refused = outbound.post(&format!("https://127.0.0.1:{port}/"), &[], Vec::new()).await;
         assert!(refused.unwrap_err().contains("internal"));
+    }
+
+    #[test]
+    fn an_allowed_network_lets_through_only_itself() {
+        let allow = Allow::parse(false, &["127.0.0.1/32".to_string()]).unwrap();
+        assert!(check_url("http://127.0.0.1:8080/hook", &allow).is_ok());
+        assert!(check_url("http://[::ffff:127.0.0.1]:8080/hook", &allow).is_ok());
+        for bad in
+            ["http://127.0.0.2/", "https://169.254.169.254/latest/meta-data/", "https://10.0.0.1/", "https://[::1]/"]
+        {
+            assert!(check_url(bad, &allow).is_err(), "{bad}");
+        }
+        assert!(Allow::parse(false, &["not a network".to_string()]).unwrap_err().contains("not a network"));
     }
 }
