@@ -8,6 +8,8 @@
 //! [`issue_token`]; any one is revoked as a user's is (`POST /v1/tokens/revoke`), and deleting
 //! the app deactivates its bot user, which revokes them all.
 
+pub mod webhooks;
+
 use std::collections::BTreeSet;
 
 use selvage_shared::{App, AppId, Scope, User, UserId};
@@ -172,6 +174,13 @@ pub async fn delete(store: &Store, caller: &Caller, a: &AppId) -> Result<()> {
     let (found, _) = transact!(store, |tx| {
         let Some(app) = load(tx, w, a).await? else { return Ok(false) };
         tx.clear(&keys::app(w, a))?;
+        for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await? {
+            if let Ok(hook) = selvage_shared::from_msgpack::<webhooks::Webhook>(&raw) {
+                if hook.app == *a {
+                    webhooks::clear_hook(tx, w, &hook.id)?;
+                }
+            }
+        }
         if let Some(mut bot) = get_user(tx, w, &app.bot_user).await? {
             if !bot.deactivated {
                 let now = crate::now_ms();

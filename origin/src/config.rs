@@ -47,6 +47,65 @@ pub struct OriginConfig {
     /// On by default; nothing is sent until a user registers a push subscription or a push
     /// proxy is configured.
     pub notify: NotifyConfig,
+    /// Apps: their event webhooks and the outgoing requests they cause.
+    pub apps: AppsConfig,
+}
+
+/// Apps' outgoing requests: event webhooks (ARCHITECTURE §8 "Apps").
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppsConfig {
+    /// Whether this origin runs the consumer `hooks` and delivers event webhooks.
+    pub webhooks: bool,
+    /// Internal networks that webhooks may reach besides the public internet, e.g.
+    /// `["10.1.0.0/16"]` (and `http://` to them). None by default: loopback, private and
+    /// link-local addresses are refused.
+    pub allow_networks: Vec<String>,
+    /// How long an endpoint has to answer a delivery (ms); more counts as a failure.
+    pub webhook_timeout_ms: u64,
+    /// The pause after an endpoint's first failed try (ms); each next one is 4× longer, up to
+    /// `webhook_retry_max_ms`.
+    pub webhook_retry_min_ms: u64,
+    /// The longest pause between tries (ms).
+    pub webhook_retry_max_ms: u64,
+    /// How long an endpoint may keep failing before it is disabled (s).
+    pub webhook_disable_after_secs: u64,
+    /// How long a secret rotated out still signs deliveries beside the new one (s).
+    pub secret_overlap_secs: u64,
+    /// How often the dispatcher looks for deliveries to make (ms).
+    pub tick_ms: u64,
+}
+
+impl Default for AppsConfig {
+    fn default() -> Self {
+        AppsConfig {
+            webhooks: true,
+            allow_networks: Vec::new(),
+            webhook_timeout_ms: 10_000,
+            webhook_retry_min_ms: 5_000,
+            webhook_retry_max_ms: 10 * 3_600_000,
+            webhook_disable_after_secs: 86_400,
+            secret_overlap_secs: 86_400,
+            tick_ms: 200,
+        }
+    }
+}
+
+impl AppsConfig {
+    /// Checks the section's fields (see [`OriginConfig::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        crate::outbound::Allow::parse(false, &self.allow_networks).map_err(|e| format!("apps.allow_networks: {e}"))?;
+        if !(100..=60_000).contains(&self.webhook_timeout_ms) {
+            return Err("apps.webhook_timeout_ms must be between 100 and 60000".into());
+        }
+        if self.webhook_retry_min_ms == 0 || self.webhook_retry_min_ms > self.webhook_retry_max_ms {
+            return Err("apps.webhook_retry_min_ms must be at least 1 and at most apps.webhook_retry_max_ms".into());
+        }
+        if !(10..=10_000).contains(&self.tick_ms) {
+            return Err("apps.tick_ms must be between 10 and 10000".into());
+        }
+        Ok(())
+    }
 }
 
 /// The notification service (ARCHITECTURE §8 "Notifications").
@@ -655,6 +714,7 @@ impl Default for OriginConfig {
             files: FilesConfig::default(),
             search: SearchConfig::default(),
             notify: NotifyConfig::default(),
+            apps: AppsConfig::default(),
         }
     }
 }
@@ -754,6 +814,7 @@ impl OriginConfig {
         self.link.validate()?;
         self.search.validate()?;
         self.notify.validate()?;
+        self.apps.validate()?;
         self.files.validate()
     }
 }

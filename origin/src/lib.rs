@@ -95,6 +95,8 @@ pub struct Origin {
     pub search: Option<search::Search>,
     /// The notification service, when `notify.enabled`.
     pub notify: Option<notify::Notify>,
+    /// Apps' event webhook endpoints (their API; delivery runs when `apps.webhooks`).
+    pub webhooks: apps::webhooks::Webhooks,
     /// Cancelled when the node is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -218,6 +220,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         ),
         false => None,
     };
+    let webhooks = apps::webhooks::Webhooks::new(&store, &config.apps).map_err(StartError::Config)?;
     tracing::info!(%addr, engine = store.engine(), "origin listening");
     let origin = Arc::new(Origin {
         config,
@@ -230,6 +233,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         files,
         search,
         notify,
+        webhooks,
         shutdown: shutdown.clone(),
     });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
@@ -249,6 +253,13 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     if let Some(notify) = &origin.notify {
         let (store, feed, presence) = (&origin.store, &origin.feed, &origin.presence);
         background.extend(notify.start_background(store, feed, presence, &origin.config.consumers, &shutdown)?);
+    }
+    if origin.config.apps.webhooks {
+        let (store, feed, config) = (&origin.store, &origin.feed, &origin.config);
+        background.extend(
+            apps::webhooks::start(store, feed, &config.apps, &config.consumers, &origin.metrics, &shutdown)
+                .map_err(StartError::Config)?,
+        );
     }
     let app = http::router(origin.clone());
     let task = tokio::spawn(async move {

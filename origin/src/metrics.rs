@@ -109,6 +109,13 @@ pub struct Metrics {
     /// `gone` (user deactivated, messages deleted, memberships lost), `email_off` (turned off
     /// or no address), `failed` (the SMTP server refused it for good, or tries ran out).
     pub notify_digests: IntCounterVec,
+    /// Event webhook deliveries by outcome: `delivered` (a `2xx`), `retry` (a failed try, to be
+    /// tried again), `disabled` (a failed try that disabled the endpoint).
+    pub webhook_deliveries: IntCounterVec,
+    /// From an event committed to its webhook delivered (s).
+    pub webhook_latency_seconds: Histogram,
+    /// Events written for delivery to webhook endpoints by the consumer `hooks`.
+    pub webhook_queued: IntCounter,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -344,9 +351,24 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid counter"),
+            webhook_deliveries: IntCounterVec::new(
+                Opts::new("selvage_webhook_deliveries_total", "Event webhook delivery tries by outcome"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
+            webhook_latency_seconds: histogram(
+                "selvage_webhook_latency_seconds",
+                "From an event committed to its webhook delivered",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0, 3600.0],
+            ),
+            webhook_queued: IntCounter::new(
+                "selvage_webhook_queued_total",
+                "Events written for delivery to webhook endpoints by the consumer hooks",
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 43] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 46] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -390,6 +412,9 @@ impl Metrics {
             Box::new(m.notify_deliveries.clone()),
             Box::new(m.notify_latency_seconds.clone()),
             Box::new(m.notify_digests.clone()),
+            Box::new(m.webhook_deliveries.clone()),
+            Box::new(m.webhook_latency_seconds.clone()),
+            Box::new(m.webhook_queued.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

@@ -1,4 +1,4 @@
-//! Handlers of apps: `/v1/apps` (ARCHITECTURE §8 "Apps").
+//! Handlers of apps and their event webhooks: `/v1/apps` (ARCHITECTURE §8 "Apps").
 
 use std::sync::Arc;
 
@@ -7,8 +7,8 @@ use selvage_shared::{AppId, Scope};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{created, Json, OptionalJson, Path};
-use crate::{apps, caller::Caller, error::OriginError, error::Result, Origin};
+use super::extract::{created, page_limit, Json, OptionalJson, Path, Query};
+use crate::{apps, apps::webhooks::WebhookView, caller::Caller, error::OriginError, error::Result, Origin};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,4 +69,117 @@ pub(super) async fn new_app_token(
     let ttl = origin.config.token_ttl_secs;
     let (token, scopes) = apps::issue_token(&origin.store, &caller, &app_id(&id)?, &body.scopes, ttl).await?;
     Ok(created(json!({ "token": token, "scopes": scopes })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateWebhook {
+    url: String,
+    events: Vec<String>,
+}
+
+pub(super) async fn create_webhook(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<CreateWebhook>,
+) -> Result<Response> {
+    let (webhook, secret) = origin.webhooks.create(&caller, &app_id(&id)?, &body.url, &body.events).await?;
+    Ok(created(json!({ "webhook": webhook, "secret": secret })))
+}
+
+pub(super) async fn list_webhooks(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    Ok(Json(json!({ "webhooks": origin.webhooks.list(&caller, &app_id(&id)?).await? })))
+}
+
+pub(super) async fn get_hook(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, hook)): Path<(String, String)>,
+) -> Result<Json<WebhookView>> {
+    Ok(Json(origin.webhooks.get(&caller, &app_id(&id)?, &hook).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateWebhook {
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    enabled: Option<bool>,
+}
+
+pub(super) async fn update_hook(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, hook)): Path<(String, String)>,
+    Json(body): Json<UpdateWebhook>,
+) -> Result<Json<WebhookView>> {
+    let a = app_id(&id)?;
+    let view =
+        origin.webhooks.update(&caller, &a, &hook, body.url.as_deref(), body.events.as_deref(), body.enabled).await?;
+    Ok(Json(view))
+}
+
+pub(super) async fn delete_hook(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, hook)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    origin.webhooks.delete(&caller, &app_id(&id)?, &hook).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn rotate_webhook(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, hook)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>> {
+    let secret = origin.webhooks.rotate(&caller, &app_id(&id)?, &hook).await?;
+    Ok(Json(json!({ "secret": secret })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeliveriesQuery {
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn webhook_deliveries(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, hook)): Path<(String, String)>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<Json<serde_json::Value>> {
+    let limit = page_limit(q.limit, 100)?;
+    let (page, next) = origin.webhooks.deliveries(&caller, &app_id(&id)?, &hook, q.before.as_deref(), limit).await?;
+    let deliveries: Vec<serde_json::Value> = page
+        .into_iter()
+        .map(|(cursor, d)| {
+            let mut v = serde_json::to_value(d).unwrap_or_default();
+            v["cursor"] = json!(cursor);
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "deliveries": deliveries, "next": next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Replay {
+    cursor: String,
+}
+
+pub(super) async fn replay_webhook(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, hook)): Path<(String, String)>,
+    Json(body): Json<Replay>,
+) -> Result<Json<serde_json::Value>> {
+    let (queued, cursor) = origin.webhooks.replay(&caller, &origin.feed, &app_id(&id)?, &hook, &body.cursor).await?;
+    Ok(Json(json!({ "queued": queued, "cursor": cursor })))
 }

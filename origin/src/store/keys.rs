@@ -314,6 +314,52 @@ pub fn apps(w: &WorkspaceId) -> Vec<u8> {
     ws(w).str("app").finish()
 }
 
+/// `(ws, W, hook, H)` → an event webhook endpoint: its app, URL, event types, secrets, state.
+pub fn webhook(w: &WorkspaceId, h: &str) -> Vec<u8> {
+    ws(w).str("hook").str(h).finish()
+}
+
+/// Prefix of a workspace's [`webhook`]s.
+pub fn webhooks(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("hook").finish()
+}
+
+/// `(hooks, q, W, H, position)` → the body of an event waiting for delivery to endpoint H, by
+/// its 12-byte feed position: an endpoint's queue in feed order.
+pub fn hook_queued(w: &WorkspaceId, h: &str, position: &[u8]) -> Vec<u8> {
+    Key::new().str("hooks").str("q").str(w.as_str()).str(h).bytes(position).finish()
+}
+
+/// Prefix of endpoint H's [`hook_queued`] events.
+pub fn hook_queue(w: &WorkspaceId, h: &str) -> Vec<u8> {
+    Key::new().str("hooks").str("q").str(w.as_str()).str(h).finish()
+}
+
+/// `(hooks, ready, W, H)` → empty: endpoint H has queued events (the dispatcher's list).
+pub fn hook_ready(w: &WorkspaceId, h: &str) -> Vec<u8> {
+    Key::new().str("hooks").str("ready").str(w.as_str()).str(h).finish()
+}
+
+/// Prefix of every [`hook_ready`] entry.
+pub fn hooks_ready() -> Vec<u8> {
+    Key::new().str("hooks").str("ready").finish()
+}
+
+/// `(hooks, state, W, H)` → endpoint H's delivery state: who holds it, failures, next try.
+pub fn hook_state(w: &WorkspaceId, h: &str) -> Vec<u8> {
+    Key::new().str("hooks").str("state").str(w.as_str()).str(h).finish()
+}
+
+/// `(ws, W, hooklog, H, position)` → what became of the delivery of one event to H.
+pub fn hook_log(w: &WorkspaceId, h: &str, position: &[u8]) -> Vec<u8> {
+    ws(w).str("hooklog").str(h).bytes(position).finish()
+}
+
+/// Prefix of H's [`hook_log`].
+pub fn hook_logs(w: &WorkspaceId, h: &str) -> Vec<u8> {
+    ws(w).str("hooklog").str(h).finish()
+}
+
 /// `(ws, W, nprefs, U)` → a user's notification preferences (ARCHITECTURE §8 "Notifications").
 pub fn notify_prefs(w: &WorkspaceId, u: &UserId) -> Vec<u8> {
     ws(w).str("nprefs").str(u.as_str()).finish()
