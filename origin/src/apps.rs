@@ -8,6 +8,7 @@
 //! [`issue_token`]; any one is revoked as a user's is (`POST /v1/tokens/revoke`), and deleting
 //! the app deactivates its bot user, which revokes them all.
 
+pub mod incoming;
 pub mod webhooks;
 
 use std::collections::BTreeSet;
@@ -174,6 +175,7 @@ pub async fn delete(store: &Store, caller: &Caller, a: &AppId) -> Result<()> {
     let (found, _) = transact!(store, |tx| {
         let Some(app) = load(tx, w, a).await? else { return Ok(false) };
         tx.clear(&keys::app(w, a))?;
+        incoming::clear_of_app(tx, w, a).await?;
         for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await? {
             if let Ok(hook) = selvage_shared::from_msgpack::<webhooks::Webhook>(&raw) {
                 if hook.app == *a {

@@ -163,3 +163,56 @@ async fn admins_manage_apps_and_their_tokens_and_deleting_one_revokes_them_all()
     assert_eq!(o.get(&format!("/v1/apps/{notifier}"), &admin).await.0, StatusCode::NOT_FOUND);
     o.stop().await;
 }
+
+#[tokio::test]
+async fn an_incoming_webhook_posts_as_its_bot_once_per_key_until_revoked() {
+    let o = TestOrigin::start().await;
+    let (admin, _) = o.workspace("acme").await;
+    let alerts = o.channel(&admin, "alerts", true).await;
+    let (app_id, bot, _) = app(&o, &admin, "monitor", &["chat:write"]).await;
+    let (s, v) = o.post(&format!("/v1/apps/{app_id}/incoming"), &admin, json!({ "channel": alerts })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let url = v["url"].as_str().unwrap().to_string();
+    let hook = v["hook"]["id"].as_str().unwrap().to_string();
+    assert!(url.starts_with("/v1/hooks/") && url.len() > 40, "{url}");
+
+    // No token: the URL is the credential. A retry with the same key posts once.
+    let post = |body: Value| {
+        let url = o.url(&url);
+        let http = o.http.clone();
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = post(json!({ "text": "disk at 91 %", "client_msg_id": "alert-1" })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let seq = v["seq"].as_u64().unwrap();
+    let (s, v) = post(json!({ "text": "disk at 91 %", "client_msg_id": "alert-1" })).await;
+    assert_eq!((s, v["seq"].as_u64(), &v["duplicate"]), (StatusCode::OK, Some(seq), &json!(true)), "{v}");
+    let (s, _) = post(json!({ "text": "disk at 95 %" })).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, v) = o.get(&format!("/v1/channels/{alerts}/messages"), &admin).await;
+    let msgs = v["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2, "posted once per key: {v}");
+    assert!(msgs.iter().all(|m| m["user"] == bot.as_str()), "as the bot user: {v}");
+
+    // Bad bodies change nothing; unknown secrets say nothing.
+    let (s, _) = post(json!({ "text": "" })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = post(json!({ "text": "x", "channel": "elsewhere" })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "unknown fields are refused");
+    let r = o.http.post(o.url("/v1/hooks/not-a-secret")).json(&json!({ "text": "x" })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let (s, v) = o.get(&format!("/v1/apps/{app_id}/incoming"), &admin).await;
+    assert_eq!((s, v["hooks"].as_array().unwrap().len()), (StatusCode::OK, 1), "{v}");
+    let (s, _) = o.call(Method::DELETE, &format!("/v1/apps/{app_id}/incoming/{hook}"), &admin, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = post(json!({ "text": "after the revocation" })).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "revoked");
+    let (_, v) = o.get(&format!("/v1/channels/{alerts}/messages"), &admin).await;
+    assert_eq!(v["messages"].as_array().unwrap().len(), 2);
+    o.stop().await;
+}

@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, http::StatusCode, response::Response};
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
 use selvage_shared::{AppId, Scope};
 use serde::Deserialize;
 use serde_json::json;
@@ -182,4 +186,61 @@ pub(super) async fn replay_webhook(
 ) -> Result<Json<serde_json::Value>> {
     let (queued, cursor) = origin.webhooks.replay(&caller, &origin.feed, &app_id(&id)?, &hook, &body.cursor).await?;
     Ok(Json(json!({ "queued": queued, "cursor": cursor })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateIncoming {
+    channel: String,
+}
+
+pub(super) async fn create_incoming(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<CreateIncoming>,
+) -> Result<Response> {
+    let channel = super::extract::channel_id(&body.channel)?;
+    let (hook, secret) = apps::incoming::create(&origin.store, &caller, &app_id(&id)?, &channel).await?;
+    Ok(created(json!({ "hook": hook, "url": format!("/v1/hooks/{secret}") })))
+}
+
+pub(super) async fn list_incoming(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    Ok(Json(json!({ "hooks": apps::incoming::list(&origin.store, &caller, &app_id(&id)?).await? })))
+}
+
+pub(super) async fn delete_incoming(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, hook)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    apps::incoming::delete(&origin.store, &caller, &app_id(&id)?, &hook).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct IncomingPost {
+    text: String,
+    client_msg_id: Option<String>,
+}
+
+/// `POST /v1/hooks/{secret}`: no token; the secret in the URL is the credential.
+pub(super) async fn post_incoming(
+    State(origin): State<Arc<Origin>>,
+    Path(secret): Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<IncomingPost>,
+) -> Result<Response> {
+    let key =
+        body.client_msg_id.or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(String::from));
+    let sent = apps::incoming::post(&origin, &secret, body.text, key).await?;
+    let status = if sent.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let m = &sent.message;
+    let answer = json!({ "channel": m.channel, "seq": m.seq, "ts": m.ts, "duplicate": sent.duplicate });
+    Ok((status, axum::Json(answer)).into_response())
 }

@@ -314,6 +314,23 @@ pub fn apps(w: &WorkspaceId) -> Vec<u8> {
     ws(w).str("app").finish()
 }
 
+/// `(inhook, hash)` → an incoming webhook, by the SHA-256 of its secret: what
+/// `POST /v1/hooks/{secret}` looks up.
+pub fn incoming(hash: &[u8; 32]) -> Vec<u8> {
+    Key::new().str("inhook").bytes(hash).finish()
+}
+
+/// `(ws, W, inhooks, A, I)` → incoming webhook I of app A and its secret's hash: to list and
+/// delete them.
+pub fn incoming_listed(w: &WorkspaceId, a: &AppId, i: &str) -> Vec<u8> {
+    ws(w).str("inhooks").str(a.as_str()).str(i).finish()
+}
+
+/// Prefix of app A's [`incoming_listed`] hooks.
+pub fn incoming_of(w: &WorkspaceId, a: &AppId) -> Vec<u8> {
+    ws(w).str("inhooks").str(a.as_str()).finish()
+}
+
 /// `(ws, W, hook, H)` → an event webhook endpoint: its app, URL, event types, secrets, state.
 pub fn webhook(w: &WorkspaceId, h: &str) -> Vec<u8> {
     ws(w).str("hook").str(h).finish()

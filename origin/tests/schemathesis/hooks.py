@@ -67,6 +67,14 @@ STATE_RULES = (
     "push subscriptions per user",
     "unknown time zone",
     "a keyword must",
+    # Apps (docs/API.md, Apps): a token's scopes must be among its app's; a webhook's URL must be
+    # https and not an internal address, its app must have `events`, and an app has at most 20;
+    # a replay's cursor must still be in the feed.
+    "the app was not given the scope",
+    "url: ",
+    "the app needs the",
+    "an app has at most",
+    "is older than the feed's retention",
 )
 
 
