@@ -41,6 +41,7 @@ pub mod search;
 pub mod seed;
 pub mod sends;
 pub mod wan;
+pub mod webhooks;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -76,6 +77,10 @@ enum LoadtestCommand {
     /// deliveries per second to a local receiver (against pywebpush with `--peer-python`) and
     /// mention → push latency.
     Notify(notify::NotifyArgs),
+    /// Event webhooks: deliveries per second to 100 local endpoints, event → delivered latency,
+    /// the cost of a signature, and the sequencer's rate with deliveries running against with
+    /// webhooks off.
+    Webhooks(webhooks::WebhooksArgs),
     /// Edge memory per idle WebSocket session (against an edge in its own process).
     Idle(idle::IdleArgs),
     /// Presence fan-out with subscriptions (`presence_sub`) against without (every change to
@@ -102,6 +107,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         LoadtestCommand::Files(a) => files::run(a).await,
         LoadtestCommand::Search(a) => search::run(a).await,
         LoadtestCommand::Notify(a) => notify::run(a).await,
+        LoadtestCommand::Webhooks(a) => webhooks::run(a).await,
         LoadtestCommand::NatsFanout(a) => nats::run(a).await,
         LoadtestCommand::Idle(a) => idle::run(a).await,
         LoadtestCommand::Presence(a) => presence::run(a).await,

@@ -101,8 +101,8 @@ impl AppsConfig {
         if self.webhook_retry_min_ms == 0 || self.webhook_retry_min_ms > self.webhook_retry_max_ms {
             return Err("apps.webhook_retry_min_ms must be at least 1 and at most apps.webhook_retry_max_ms".into());
         }
-        if !(10..=10_000).contains(&self.tick_ms) {
-            return Err("apps.tick_ms must be between 10 and 10000".into());
+        if !(10..=3_600_000).contains(&self.tick_ms) {
+            return Err("apps.tick_ms must be between 10 and 3600000 (an hour)".into());
         }
         Ok(())
     }
