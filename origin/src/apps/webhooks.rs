@@ -34,7 +34,6 @@ use std::{
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use futures::StreamExt;
 use selvage_shared::{AppId, ChannelId, Cursor, Event, FeedEvent, UserId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -706,63 +705,70 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     /// This node's name in leases.
     me: String,
+    /// The endpoints this node is serving now, each in a task of its own: a slow endpoint
+    /// never holds the others up.
+    serving: std::sync::Mutex<std::collections::HashSet<(WorkspaceId, String)>>,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `store` (the tests drive one step by step).
+    /// A dispatcher over `store`.
     pub fn new(store: &Store, config: &AppsConfig, metrics: Arc<Metrics>) -> std::result::Result<Dispatcher, String> {
         let allow = Allow::parse(false, &config.allow_networks)?;
         let client = Outbound::new(allow, Duration::from_millis(config.webhook_timeout_ms))?;
-        Ok(Dispatcher { store: store.clone(), client, config: config.clone(), metrics, me: ids::new_id('N') })
+        Ok(Dispatcher {
+            store: store.clone(),
+            client,
+            config: config.clone(),
+            metrics,
+            me: ids::new_id('N'),
+            serving: Default::default(),
+        })
     }
 
-    /// Runs until `shutdown`: a step every `apps.tick_ms`, at once again after a busy one.
+    /// Runs until `shutdown`: a step every `apps.tick_ms`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.config.tick_ms);
         loop {
-            let busy = match self.step(crate::now_ms()).await {
-                Ok(sent) => sent > 0,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook dispatcher step failed; will retry");
-                    false
-                }
-            };
-            if shutdown.is_cancelled() {
-                return;
+            if let Err(e) = self.step(crate::now_ms()).await {
+                tracing::warn!(error = %e, "webhook dispatcher step failed; will retry");
             }
-            if !busy {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(tick) => {}
-                }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
             }
         }
     }
 
-    /// Serves every endpoint with queued events that is due at `now` (ms); answers how many
-    /// deliveries were made.
-    pub async fn step(&self, now: i64) -> Result<usize, StoreError> {
+    /// Starts serving every endpoint with queued events this node is not serving yet, up to
+    /// [`IN_FLIGHT`] at once, each in its own task; answers how many it started.
+    pub async fn step(self: &Arc<Self>, now: i64) -> Result<usize, StoreError> {
         let (ready, _) = transact!(self.store, |tx| {
             tx.get_range(&RangeRead::prefix(&keys::hooks_ready()).limit(READY_BATCH)).await?
         })?;
-        let endpoints: Vec<(WorkspaceId, String)> = ready
-            .iter()
-            .filter_map(|(k, _)| {
-                let e = crate::store::tuple::unpack(k).ok()?;
-                let [_, _, w, h] = e.as_slice() else { return None };
-                Some((WorkspaceId::parse(w.as_str()?)?, h.as_str()?.to_string()))
-            })
-            .collect();
-        let served: Vec<Result<usize, StoreError>> = futures::stream::iter(endpoints)
-            .map(|(w, h)| async move { self.serve(&w, &h, now).await })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
-        let mut sent = 0;
-        for s in served {
-            sent += s?;
+        let mut started = 0;
+        for (k, _) in ready {
+            let Some((w, h)) = crate::store::tuple::unpack(&k).ok().and_then(|e| match e.as_slice() {
+                [_, _, w, h] => Some((WorkspaceId::parse(w.as_str()?)?, h.as_str()?.to_string())),
+                _ => None,
+            }) else {
+                continue;
+            };
+            {
+                let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+                if serving.len() >= IN_FLIGHT || !serving.insert((w.clone(), h.clone())) {
+                    continue;
+                }
+            }
+            started += 1;
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.serve(&w, &h, now).await {
+                    tracing::warn!(ws.id = %w, webhook.id = %h, error = %e, "serving a webhook failed; will retry");
+                }
+                me.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(&(w, h));
+            });
         }
-        Ok(sent)
+        Ok(started)
     }
 
     /// Leases endpoint `h` and sends its queue's head, in order, until one fails or the batch is
