@@ -31,6 +31,7 @@ pub mod files;
 pub mod hello;
 pub mod html;
 pub mod idle;
+pub mod in_process;
 pub mod lean;
 pub mod nats;
 pub mod notify;

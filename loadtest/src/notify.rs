@@ -54,14 +54,13 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    in_process::{median, start, stop, wait_for, STALLED},
     report::{latency_histogram, Latency},
     sends::parse_duration,
 };
 
 /// Store transactions in flight at once while the workspace is seeded.
 const SEED_CONCURRENCY: usize = 32;
-/// How long nothing may move before a phase gives up.
-const STALLED: Duration = Duration::from_secs(60);
 
 /// `selvage loadtest notify` arguments.
 #[derive(Args, Clone, Debug)]
@@ -305,17 +304,6 @@ fn config(dir: &std::path::Path, notify: bool, delay_ms: u64) -> Result<OriginCo
     Ok(c)
 }
 
-async fn start(config: OriginConfig) -> Result<(selvage_origin::Running, CancellationToken)> {
-    let shutdown = CancellationToken::new();
-    let running = selvage_origin::start(config, shutdown.clone()).await?;
-    Ok((running, shutdown))
-}
-
-async fn stop(running: selvage_origin::Running, shutdown: CancellationToken) {
-    shutdown.cancel();
-    running.wait().await;
-}
-
 /// Runs the phases and summarises.
 pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
     if args.members < 3 || args.broadcasts == 0 || args.senders == 0 || args.rounds == 0 {
@@ -409,16 +397,6 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
     Ok(NotifyReport { members: args.members, decision, sequencer, webpush, peer, peer_skipped, latency, tick_ms })
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Waits until the consumer `notify` has caught up with the feed: no new pending entries for a
 /// second (at most a minute).
 async fn settle(origin: &Origin) {
@@ -431,21 +409,6 @@ async fn settle(origin: &Origin) {
             (seen, since) = (now, Instant::now());
         }
     }
-}
-
-/// Waits until `count()` reaches `target`, failing when it stops moving for [`STALLED`].
-async fn wait_for(what: &str, target: u64, count: impl Fn() -> u64) -> Result<()> {
-    let (mut seen, mut moved) = (count(), Instant::now());
-    while count() < target {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let now = count();
-        if now != seen {
-            (seen, moved) = (now, Instant::now());
-        } else if moved.elapsed() > STALLED {
-            bail!("{what} stalled at {seen} of {target} for {} s", STALLED.as_secs());
-        }
-    }
-    Ok(())
 }
 
 async fn seed(origin: &Arc<Origin>, members: usize) -> Result<Seeded> {

@@ -41,14 +41,15 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    in_process::{median, start, stop, wait_for},
     report::{latency_histogram, Latency},
     sends::parse_duration,
 };
 
-/// How long nothing may move before a phase gives up.
-const STALLED: Duration = Duration::from_secs(60);
 /// Endpoints per app (an app's most).
 const PER_APP: usize = 20;
+/// The dispatcher's tick: the default (`apps.tick_ms`).
+const TICK_MS: u64 = 200;
 
 /// `selvage loadtest webhooks` arguments.
 #[derive(Args, Clone, Debug)]
@@ -177,17 +178,6 @@ fn config(dir: &std::path::Path, webhooks: bool, tick_ms: u64) -> Result<OriginC
     Ok(c)
 }
 
-async fn start(config: OriginConfig) -> Result<(selvage_origin::Running, CancellationToken)> {
-    let shutdown = CancellationToken::new();
-    let running = selvage_origin::start(config, shutdown.clone()).await?;
-    Ok((running, shutdown))
-}
-
-async fn stop(running: selvage_origin::Running, shutdown: CancellationToken) {
-    shutdown.cancel();
-    running.wait().await;
-}
-
 async fn seed(origin: &Arc<Origin>, endpoints: usize, base: &str) -> Result<Seeded> {
     let (_, admin) = origin.create_workspace("webhooks loadtest", "admin", "Admin").await?;
     let caller = accounts::authenticate(&origin.store, admin.token()).await?;
@@ -243,7 +233,7 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
 
     let expected = (args.events * args.endpoints) as u64;
     eprintln!("deliveries: {expected} queued ({} events × {} endpoints)", args.events, args.endpoints);
-    let (running, shutdown) = start(config(&dir, true, 20)?).await?;
+    let (running, shutdown) = start(config(&dir, true, TICK_MS)?).await?;
     let started = Instant::now();
     let waited = wait_for("deliveries", expected, || rx.received.load(Ordering::Relaxed)).await;
     let seconds = started.elapsed().as_secs_f64();
@@ -272,7 +262,7 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     let mut deliveries = 0;
     for round in 0..args.rounds {
         for webhooks in [false, true] {
-            let (running, shutdown) = start(config(&dir, webhooks, 20)?).await?;
+            let (running, shutdown) = start(config(&dir, webhooks, TICK_MS)?).await?;
             let before = rx.received.load(Ordering::Relaxed);
             let result = sequencer_run(&running.origin, &seeded, args, round, webhooks).await;
             if webhooks {
@@ -415,31 +405,6 @@ fn signing() -> Signing {
     let ns = started.elapsed().as_nanos() as f64 / n as f64;
     std::hint::black_box(len);
     Signing { body_bytes: body.len(), ns_per_signature: ns }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Waits until `count()` reaches `target`, failing when it stops moving for [`STALLED`].
-async fn wait_for(what: &str, target: u64, count: impl Fn() -> u64) -> Result<()> {
-    let (mut seen, mut moved) = (count(), Instant::now());
-    while count() < target {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let now = count();
-        if now != seen {
-            (seen, moved) = (now, Instant::now());
-        } else if moved.elapsed() > STALLED {
-            bail!("{what} stalled at {seen} of {target} for {} s", STALLED.as_secs());
-        }
-    }
-    Ok(())
 }
 
 /// Runs the scenario and prints its report.

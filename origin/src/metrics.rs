@@ -109,8 +109,8 @@ pub struct Metrics {
     /// `gone` (user deactivated, messages deleted, memberships lost), `email_off` (turned off
     /// or no address), `failed` (the SMTP server refused it for good, or tries ran out).
     pub notify_digests: IntCounterVec,
-    /// Event webhook deliveries by outcome: `delivered` (a `2xx`), `retry` (a failed try, to be
-    /// tried again), `disabled` (a failed try that disabled the endpoint).
+    /// Event webhook delivery tries by outcome: `delivered` (a `2xx`), `retry` (a failed try;
+    /// the endpoint waits, and is disabled once it has failed for a day).
     pub webhook_deliveries: IntCounterVec,
     /// From an event committed to its webhook delivered (s).
     pub webhook_latency_seconds: Histogram,

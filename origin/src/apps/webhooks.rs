@@ -26,11 +26,7 @@
 //! A crash between an endpoint's `2xx` and the transaction that records it sends that event
 //! again, with the same `webhook-id`: receivers deduplicate by it.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -725,44 +721,76 @@ impl Dispatcher {
         })
     }
 
-    /// Runs until `shutdown`: a step every `apps.tick_ms`.
+    /// Runs until `shutdown`: a step every `apps.tick_ms`. Deliveries in flight at shutdown are
+    /// dropped; their events are still queued, and go out again when the lease has expired.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.config.tick_ms);
+        let mut tasks = tokio::task::JoinSet::new();
         loop {
-            if let Err(e) = self.step(crate::now_ms()).await {
+            while tasks.try_join_next().is_some() {}
+            if let Err(e) = self.step(crate::now_ms(), &mut tasks).await {
                 tracing::warn!(error = %e, "webhook dispatcher step failed; will retry");
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(tick) => {}
             }
         }
+        tasks.shutdown().await;
     }
 
-    /// Starts serving every endpoint with queued events this node is not serving yet, up to
-    /// [`IN_FLIGHT`] at once, each in its own task; answers how many it started.
-    pub async fn step(self: &Arc<Self>, now: i64) -> Result<usize, StoreError> {
-        let (ready, _) = transact!(self.store, |tx| {
-            tx.get_range(&RangeRead::prefix(&keys::hooks_ready()).limit(READY_BATCH)).await?
-        })?;
-        let mut started = 0;
-        for (k, _) in ready {
-            let Some((w, h)) = crate::store::tuple::unpack(&k).ok().and_then(|e| match e.as_slice() {
-                [_, _, w, h] => Some((WorkspaceId::parse(w.as_str()?)?, h.as_str()?.to_string())),
-                _ => None,
-            }) else {
-                continue;
-            };
-            {
-                let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
-                if serving.len() >= IN_FLIGHT || !serving.insert((w.clone(), h.clone())) {
+    /// In one transaction, leases every endpoint with queued events that is due at `now` (ms)
+    /// and that this node is not serving yet — up to [`IN_FLIGHT`] at once — with the head of
+    /// its queue; then serves each in a task of its own. Answers how many it started.
+    pub async fn step(self: &Arc<Self>, now: i64, tasks: &mut tokio::task::JoinSet<()>) -> Result<usize, StoreError> {
+        let lease_ms = (self.config.webhook_timeout_ms as i64) * (SEND_BATCH as i64 + 1);
+        let busy: std::collections::HashSet<(WorkspaceId, String)> =
+            self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let room = IN_FLIGHT.saturating_sub(busy.len());
+        let me = &self.me;
+        let (leased, _) = transact!(self.store, |tx| {
+            let mut leased = Vec::new();
+            for (k, _) in tx.get_range(&RangeRead::prefix(&keys::hooks_ready()).limit(READY_BATCH)).await? {
+                if leased.len() >= room {
+                    break;
+                }
+                let Some((w, h)) = crate::store::tuple::unpack(&k).ok().and_then(|e| match e.as_slice() {
+                    [_, _, w, h] => Some((WorkspaceId::parse(w.as_str()?)?, h.as_str()?.to_string())),
+                    _ => None,
+                }) else {
+                    tx.clear(&k)?;
+                    continue;
+                };
+                if busy.contains(&(w.clone(), h.clone())) {
                     continue;
                 }
+                let mut state = load_state(tx, &w, &h).await?;
+                let hook = tx.get(&keys::webhook(&w, &h)).await?.and_then(|raw| decode::<Webhook>(&raw));
+                let Some(hook) = hook else {
+                    tx.clear(&k)?;
+                    continue;
+                };
+                if !hook.enabled || (state.lease_until > now && state.owner != *me) || state.next_at > now {
+                    continue;
+                }
+                let head = tx.get_range(&RangeRead::prefix(&keys::hook_queue(&w, &h)).limit(SEND_BATCH)).await?;
+                if head.is_empty() {
+                    tx.clear(&k)?;
+                    continue;
+                }
+                state.owner = me.clone();
+                state.lease_until = now + lease_ms;
+                tx.set(&keys::hook_state(&w, &h), &selvage_shared::to_msgpack(&state))?;
+                leased.push((w, h, hook, head, state.lease_until));
             }
-            started += 1;
+            leased
+        })?;
+        let started = leased.len();
+        for (w, h, hook, head, lease_until) in leased {
+            self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert((w.clone(), h.clone()));
             let me = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.serve(&w, &h, now).await {
+            tasks.spawn(async move {
+                if let Err(e) = me.serve(&w, &h, hook, head, lease_until).await {
                     tracing::warn!(ws.id = %w, webhook.id = %h, error = %e, "serving a webhook failed; will retry");
                 }
                 me.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(&(w, h));
@@ -771,86 +799,67 @@ impl Dispatcher {
         Ok(started)
     }
 
-    /// Leases endpoint `h` and sends its queue's head, in order, until one fails or the batch is
-    /// done; answers how many were delivered.
-    async fn serve(&self, w: &WorkspaceId, h: &str, now: i64) -> Result<usize, StoreError> {
-        let lease_ms = (self.config.webhook_timeout_ms as i64) * (SEND_BATCH as i64 + 1);
-        let me = &self.me;
-        let (taken, _) = transact!(self.store, |tx| {
-            let mut state = load_state(tx, w, h).await?;
-            let hook = tx.get(&keys::webhook(w, h)).await?.and_then(|raw| decode::<Webhook>(&raw));
-            match hook {
-                None => {
-                    tx.clear(&keys::hook_ready(w, h))?;
-                    None
-                }
-                Some(hook) if !hook.enabled => None,
-                Some(_) if state.lease_until > now && state.owner != *me => None,
-                Some(_) if state.next_at > now => None,
-                Some(hook) => {
-                    let head = tx.get_range(&RangeRead::prefix(&keys::hook_queue(w, h)).limit(SEND_BATCH)).await?;
-                    if head.is_empty() {
-                        tx.clear(&keys::hook_ready(w, h))?;
-                        None
-                    } else {
-                        state.owner = me.clone();
-                        state.lease_until = now + lease_ms;
-                        tx.set(&keys::hook_state(w, h), &selvage_shared::to_msgpack(&state))?;
-                        Some((hook, head, state))
-                    }
-                }
-            }
-        })?;
-        let Some((hook, head, lease)) = taken else { return Ok(0) };
-        let mut delivered = 0;
+    /// Sends the leased head of endpoint `h`'s queue, in order, until one fails or all are
+    /// delivered; then, in one transaction, removes those delivered from the queue, logs every
+    /// try, records a failure's backoff (or disables the endpoint) and lets the lease go.
+    async fn serve(
+        &self,
+        w: &WorkspaceId,
+        h: &str,
+        hook: Webhook,
+        head: Vec<(Vec<u8>, Vec<u8>)>,
+        lease_until: i64,
+    ) -> Result<(), StoreError> {
+        let mut tried: Vec<(Vec<u8>, Position, String, String, Sent, i64)> = Vec::new();
         for (key, body) in head {
-            let Some(position) = position_of(&key) else {
-                transact!(self.store, |tx| { tx.clear(&key)? })?;
-                continue;
-            };
+            let Some(position) = position_of(&key) else { continue };
             let id = format!("evt_{}", feed::cursor(&position));
             let kind = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["type"].as_str().map(String::from))
                 .unwrap_or_default();
-            let started = Instant::now();
             let sent = self.send(&hook, &id, &body).await;
             let at = crate::now_ms();
-            let (still_ours, _) = transact!(self.store, |tx| {
-                let mut state = load_state(tx, w, h).await?;
-                if state.owner != *me || state.lease_until != lease.lease_until {
-                    false
-                } else {
-                    let log_key = keys::hook_log(w, h, &position);
+            let failed = matches!(sent, Sent::Failed(..));
+            if !failed {
+                let committed = event_ms(&body).unwrap_or(at);
+                self.metrics.webhook_latency_seconds.observe((at - committed).max(0) as f64 / 1000.0);
+            }
+            tried.push((key, position, id, kind, sent, at));
+            if failed {
+                break;
+            }
+        }
+        let me = &self.me;
+        let (recorded, _) = transact!(self.store, |tx| {
+            let mut state = load_state(tx, w, h).await?;
+            if state.owner != *me || state.lease_until != lease_until {
+                // Another node took the endpoint over: what was sent here goes again from there.
+                false
+            } else {
+                for (key, position, id, kind, sent, at) in &tried {
                     let attempts = state.attempts + 1;
-                    let entry = match &sent {
-                        Sent::Delivered(status) => Delivery {
-                            id: id.clone(),
-                            event: kind.clone(),
-                            status: "delivered".into(),
-                            attempts,
-                            response_status: Some(*status),
-                            error: None,
-                            at,
-                        },
-                        Sent::Failed(status, error) => Delivery {
-                            id: id.clone(),
-                            event: kind.clone(),
-                            status: "failing".into(),
-                            attempts,
-                            response_status: *status,
-                            error: Some(error.clone()),
-                            at,
-                        },
+                    let (status, response_status, error) = match sent {
+                        Sent::Delivered(status) => ("delivered", Some(*status), None),
+                        Sent::Failed(status, error) => ("failing", *status, Some(error.clone())),
                     };
-                    tx.set(&log_key, &selvage_shared::to_msgpack(&entry))?;
-                    match &sent {
-                        Sent::Delivered(_) => {
-                            tx.clear(&key)?;
+                    let entry = Delivery {
+                        id: id.clone(),
+                        event: kind.clone(),
+                        status: status.into(),
+                        attempts,
+                        response_status,
+                        error: error.clone(),
+                        at: *at,
+                    };
+                    tx.set(&keys::hook_log(w, h, position), &selvage_shared::to_msgpack(&entry))?;
+                    match error {
+                        None => {
+                            tx.clear(key)?;
                             (state.attempts, state.failing_since, state.next_at) = (0, None, 0);
                         }
-                        Sent::Failed(_, error) => {
-                            let since = *state.failing_since.get_or_insert(at);
+                        Some(error) => {
+                            let since = *state.failing_since.get_or_insert(*at);
                             state.attempts = attempts;
                             let pause = self
                                 .config
@@ -858,7 +867,6 @@ impl Dispatcher {
                                 .saturating_mul(4u64.saturating_pow(attempts.saturating_sub(1).min(16)))
                                 .min(self.config.webhook_retry_max_ms);
                             state.next_at = at + pause as i64;
-                            state.lease_until = 0;
                             if at - since >= self.config.webhook_disable_after_secs as i64 * 1000 {
                                 if let Some(mut hook) =
                                     tx.get(&keys::webhook(w, h)).await?.and_then(|raw| decode::<Webhook>(&raw))
@@ -873,37 +881,26 @@ impl Dispatcher {
                             }
                         }
                     }
-                    tx.set(&keys::hook_state(w, h), &selvage_shared::to_msgpack(&state))?;
-                    true
                 }
-            })?;
-            if !still_ours {
-                return Ok(delivered);
+                state.lease_until = 0;
+                tx.set(&keys::hook_state(w, h), &selvage_shared::to_msgpack(&state))?;
+                true
             }
-            match &sent {
-                Sent::Delivered(_) => {
-                    delivered += 1;
-                    self.metrics.webhook_deliveries.with_label_values(&["delivered"]).inc();
-                    let committed = event_ms(&body).unwrap_or(at);
-                    self.metrics.webhook_latency_seconds.observe((at - committed).max(0) as f64 / 1000.0);
-                }
+        })?;
+        if !recorded {
+            return Ok(());
+        }
+        for (.., sent, _) in &tried {
+            match sent {
+                Sent::Delivered(_) => self.metrics.webhook_deliveries.with_label_values(&["delivered"]).inc(),
                 Sent::Failed(_, error) => {
                     self.metrics.webhook_deliveries.with_label_values(&["retry"]).inc();
-                    tracing::warn!(ws.id = %w, webhook.id = %h, ms = started.elapsed().as_millis() as u64, error = %error,
+                    tracing::warn!(ws.id = %w, webhook.id = %h, error = %error,
                         "webhook delivery failed; the endpoint waits before its next try");
-                    return Ok(delivered);
                 }
             }
         }
-        // Done with this batch: let the lease go so the next step (any node) takes the rest.
-        transact!(self.store, |tx| {
-            let mut state = load_state(tx, w, h).await?;
-            if state.owner == *me && state.lease_until == lease.lease_until {
-                state.lease_until = 0;
-                tx.set(&keys::hook_state(w, h), &selvage_shared::to_msgpack(&state))?;
-            }
-        })?;
-        Ok(delivered)
+        Ok(())
     }
 
     /// One try: the request, signed with every secret still valid.
