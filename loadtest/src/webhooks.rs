@@ -263,6 +263,11 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     for round in 0..args.rounds {
         for webhooks in [false, true] {
             let (running, shutdown) = start(config(&dir, webhooks, TICK_MS)?).await?;
+            if webhooks {
+                // The consumer first catches up with the run with webhooks off, and delivers what
+                // it queued then, before this run starts.
+                settle(&running.origin, &rx).await;
+            }
             let before = rx.received.load(Ordering::Relaxed);
             let result = sequencer_run(&running.origin, &seeded, args, round, webhooks).await;
             if webhooks {
@@ -294,6 +299,24 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
         signing,
         sequencer: SequencerReport { on, off, ratio, deliveries },
     })
+}
+
+/// Waits until the consumer `hooks` has caught up with the feed and the deliveries it queued
+/// have arrived: neither moves for a second (at most a minute).
+async fn settle(origin: &Origin, rx: &Receiver) {
+    let seen = || {
+        let handled = origin.metrics.consumer_events.with_label_values(&[apps::webhooks::NAME]).get();
+        (handled, rx.received.load(Ordering::Relaxed))
+    };
+    let started = Instant::now();
+    let (mut last, mut since) = (seen(), Instant::now());
+    while since.elapsed() < Duration::from_secs(1) && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = seen();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
 }
 
 /// Posts the throughput phase's messages to `#hooks` and waits until the consumer has queued

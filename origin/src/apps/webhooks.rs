@@ -515,29 +515,42 @@ fn position_of(k: &[u8]) -> Option<Position> {
     e.last()?.as_bytes()?.try_into().ok()
 }
 
-/// What one transaction of the consumer reads once: each workspace's endpoints with their bot
-/// users, and whether a bot user is in a channel.
+/// An app's bot user and its enabled endpoints.
+pub struct Bot {
+    user: UserId,
+    app: AppId,
+    hooks: Vec<Webhook>,
+}
+
+/// What one transaction of the consumer reads once: each workspace's bots with their
+/// endpoints, and whether a bot user is in a channel. Most events concern no bot, and a batch
+/// looks each of these up per event, so they are read once and looked up without allocating.
 #[derive(Default)]
 pub struct Reads {
-    hooks: HashMap<WorkspaceId, Arc<Vec<(Webhook, UserId)>>>,
-    member: HashMap<(UserId, ChannelId), bool>,
+    bots: HashMap<WorkspaceId, Arc<Vec<Bot>>>,
+    member: HashMap<UserId, HashMap<ChannelId, bool>>,
 }
 
 impl Reads {
-    async fn hooks(&mut self, tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<Arc<Vec<(Webhook, UserId)>>, StoreError> {
-        if let Some(known) = self.hooks.get(w) {
+    async fn bots(&mut self, tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<Arc<Vec<Bot>>, StoreError> {
+        if let Some(known) = self.bots.get(w) {
             return Ok(known.clone());
         }
-        let mut found = Vec::new();
+        let mut bots: Vec<Bot> = Vec::new();
         for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await? {
             let Some(hook) = decode::<Webhook>(&raw).filter(|h| h.enabled) else { continue };
-            if let Some(app) = super::load(tx, w, &hook.app).await? {
-                found.push((hook, app.bot_user));
+            match bots.iter_mut().find(|b| b.app == hook.app) {
+                Some(bot) => bot.hooks.push(hook),
+                None => {
+                    if let Some(app) = super::load(tx, w, &hook.app).await? {
+                        bots.push(Bot { user: app.bot_user, app: app.id, hooks: vec![hook] });
+                    }
+                }
             }
         }
-        let found = Arc::new(found);
-        self.hooks.insert(w.clone(), found.clone());
-        Ok(found)
+        let bots = Arc::new(bots);
+        self.bots.insert(w.clone(), bots.clone());
+        Ok(bots)
     }
 
     async fn member(
@@ -547,14 +560,18 @@ impl Reads {
         u: &UserId,
         c: &ChannelId,
     ) -> Result<bool, StoreError> {
-        let key = (u.clone(), c.clone());
-        if let Some(known) = self.member.get(&key) {
+        if let Some(known) = self.member.get(u).and_then(|of| of.get(c)) {
             return Ok(*known);
         }
         let is = channels::is_member(tx, w, c, u).await?;
-        self.member.insert(key, is);
+        self.member.entry(u.clone()).or_default().insert(c.clone(), is);
         Ok(is)
     }
+}
+
+/// Whether `hook` asked for events of type `kind`.
+fn wants(hook: &Webhook, kind: &str) -> bool {
+    hook.events.iter().any(|t| t == "*" || t == kind)
 }
 
 /// Whether bot user `bot` may get `event` of `w` by webhook: an event of a channel only while
@@ -583,14 +600,14 @@ async fn visible_to(
 
 /// The body of a delivery: Standard Webhooks' `{type, timestamp, data}`, the data being the
 /// event as clients get it, with its workspace, app and cursor.
-fn body(hook: &Webhook, position: &Position, e: &FeedEvent) -> Vec<u8> {
+fn body(app: &AppId, position: &Position, e: &FeedEvent) -> Vec<u8> {
     let timestamp = jiff::Timestamp::from_millisecond(e.ts).map(|t| t.to_string()).unwrap_or_default();
     serde_json::to_vec(&serde_json::json!({
         "type": e.event.kind(),
         "timestamp": timestamp,
         "data": {
             "workspace": e.workspace,
-            "app": hook.app,
+            "app": app,
             "cursor": feed::cursor(position),
             "event": e.event,
         },
@@ -607,8 +624,7 @@ async fn queue_for(
     position: &Position,
     e: &FeedEvent,
 ) -> Result<bool, StoreError> {
-    let kind = e.event.kind();
-    if !hook.events.iter().any(|t| t == "*" || t == kind) {
+    if !wants(hook, e.event.kind()) {
         return Ok(false);
     }
     let bot = match super::load(tx, &e.workspace, &hook.app).await? {
@@ -618,7 +634,7 @@ async fn queue_for(
     if !visible_to(tx, reads, &e.workspace, &bot, &e.event).await? {
         return Ok(false);
     }
-    tx.set_owned(keys::hook_queued(&e.workspace, &hook.id, position), body(hook, position, e))?;
+    tx.set_owned(keys::hook_queued(&e.workspace, &hook.id, position), body(&hook.app, position, e))?;
     Ok(true)
 }
 
@@ -641,25 +657,25 @@ impl Consumer for Queuer {
     async fn apply(&self, tx: &mut dyn KvTxn, batch: &Batch) -> Result<(), ConsumerError> {
         let mut reads = Reads::default();
         let mut queued = 0u64;
-        let mut ready: Vec<(WorkspaceId, String)> = Vec::new();
+        let mut ready: std::collections::HashSet<(WorkspaceId, String)> = Default::default();
         for item in &batch.items {
             let e = &item.event;
             if e.event.is_internal() || e.event.is_ephemeral() {
                 continue;
             }
             let w = &e.workspace;
-            for (hook, bot) in reads.hooks(tx, w).await?.iter() {
-                let kind = e.event.kind();
-                if !hook.events.iter().any(|t| t == "*" || t == kind) {
+            let kind = e.event.kind();
+            for bot in reads.bots(tx, w).await?.iter() {
+                if !bot.hooks.iter().any(|h| wants(h, kind))
+                    || !visible_to(tx, &mut reads, w, &bot.user, &e.event).await?
+                {
                     continue;
                 }
-                if !visible_to(tx, &mut reads, w, bot, &e.event).await? {
-                    continue;
-                }
-                tx.set_owned(keys::hook_queued(w, &hook.id, &item.position), body(hook, &item.position, e))?;
-                queued += 1;
-                if !ready.iter().any(|(rw, rh)| rw == w && *rh == hook.id) {
-                    ready.push((w.clone(), hook.id.clone()));
+                let body = body(&bot.app, &item.position, e);
+                for hook in bot.hooks.iter().filter(|h| wants(h, kind)) {
+                    tx.set_owned(keys::hook_queued(w, &hook.id, &item.position), body.clone())?;
+                    queued += 1;
+                    ready.insert((w.clone(), hook.id.clone()));
                 }
             }
         }
