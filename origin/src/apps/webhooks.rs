@@ -209,11 +209,6 @@ fn checked_events(events: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The app `a` of the caller's workspace (admins only).
-async fn admin_app(tx: &mut dyn KvTxn, caller: &Caller, a: &AppId) -> Result<Option<selvage_shared::App>, StoreError> {
-    super::load(tx, &caller.workspace, a).await
-}
-
 /// The endpoint `h` of app `a`, if it is one of the caller's workspace's.
 async fn load_hook(tx: &mut dyn KvTxn, w: &WorkspaceId, a: &AppId, h: &str) -> Result<Option<Webhook>, StoreError> {
     if !selvage_shared::is_valid_id(h) {
@@ -257,7 +252,7 @@ impl Webhooks {
         let (secret, shown) = new_secret()?;
         let w = &caller.workspace;
         let (made, _) = transact!(self.store, |tx| {
-            match admin_app(tx, caller, a).await? {
+            match super::load(tx, w, a).await? {
                 None => return Ok(Err(super::no_app(a))),
                 Some(app) if !app.scopes.contains(&selvage_shared::Scope::Events) => {
                     return Ok(Err(OriginError::BadRequest(
@@ -294,7 +289,7 @@ impl Webhooks {
         super::require_admin(caller)?;
         let w = &caller.workspace;
         let (found, _) = transact!(self.store, |tx| {
-            match admin_app(tx, caller, a).await? {
+            match super::load(tx, w, a).await? {
                 None => None,
                 Some(_) => Some(tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await?),
             }
@@ -456,8 +451,13 @@ impl Webhooks {
         let w = &caller.workspace;
         let mut pos =
             feed::parse_cursor(from).ok_or_else(|| OriginError::BadRequest(format!("{from:?} is not a cursor")))?;
-        let (hook, _) = transact!(self.store, |tx| { load_hook(tx, w, a, h).await? })?;
-        let hook = hook.ok_or_else(|| no_webhook(h))?;
+        let (found, _) = transact!(self.store, |tx| {
+            match load_hook(tx, w, a, h).await? {
+                None => None,
+                Some(hook) => super::load(tx, w, a).await?.map(|app| (hook, app.bot_user)),
+            }
+        })?;
+        let (hook, bot) = found.ok_or_else(|| no_webhook(h))?;
         let head = feed.head().await?;
         let mut queued = 0;
         while pos < head && queued < MAX_REPLAY {
@@ -476,7 +476,7 @@ impl Webhooks {
                 let mut reads = Reads::default();
                 let mut n = 0;
                 for (p, e) in &items {
-                    if &e.workspace == w && queue_for(tx, &mut reads, &hook, p, e).await? {
+                    if &e.workspace == w && queue_for(tx, &mut reads, &hook, &bot, p, e).await? {
                         n += 1;
                     }
                 }
@@ -615,23 +615,20 @@ fn body(app: &AppId, position: &Position, e: &FeedEvent) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Queues event `e` at `position` for `hook` if it asked for its type and its bot user may see
-/// it; answers whether it did.
+/// Queues event `e` at `position` for `hook` if it asked for its type and its bot user `bot`
+/// may see it; answers whether it did.
 async fn queue_for(
     tx: &mut dyn KvTxn,
     reads: &mut Reads,
     hook: &Webhook,
+    bot: &UserId,
     position: &Position,
     e: &FeedEvent,
 ) -> Result<bool, StoreError> {
     if !wants(hook, e.event.kind()) {
         return Ok(false);
     }
-    let bot = match super::load(tx, &e.workspace, &hook.app).await? {
-        Some(app) => app.bot_user,
-        None => return Ok(false),
-    };
-    if !visible_to(tx, reads, &e.workspace, &bot, &e.event).await? {
+    if !visible_to(tx, reads, &e.workspace, bot, &e.event).await? {
         return Ok(false);
     }
     tx.set_owned(keys::hook_queued(&e.workspace, &hook.id, position), body(&hook.app, position, e))?;
