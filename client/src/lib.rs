@@ -89,5 +89,5 @@ pub use options::{
     ws_url, ClientSettings, ConnectOptions, Heartbeat, Transport, DEFAULT_CONNECT_TIMEOUT, DEFAULT_EVENT_QUEUE,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_SERVER_NAME, MAX_SERVER_FRAME_BYTES,
 };
-pub use session::{Ack, Client, Handle, Inbound, SearchOptions};
+pub use session::{Ack, Client, CommandRan, Handle, Inbound, SearchOptions};
 pub use transport::{open_quic_session, quic_client_config};

@@ -47,6 +47,16 @@ pub struct Ack {
     pub cursor: Option<Cursor>,
 }
 
+/// A `send` ran a slash command instead of posting: the command and what its app did. The
+/// app's answer follows as events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandRan {
+    /// The command, with its slash.
+    pub command: String,
+    /// What the app did with it.
+    pub answer: selvage_shared::CommandAnswer,
+}
+
 /// How a [`Handle::search`] orders, pages and waits. The default: best matches first, the
 /// origin's page size, the first page, no waiting.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -264,6 +274,16 @@ impl Client {
         self.handle.send(channel, text, client_msg_id, thread_root).await
     }
 
+    /// Runs a slash command. See [`Handle::command`].
+    pub async fn command(
+        &self,
+        channel: &ChannelId,
+        text: &str,
+        thread_root: Option<Seq>,
+    ) -> Result<CommandRan, ClientError> {
+        self.handle.command(channel, text, thread_root).await
+    }
+
     /// Asks a query. See [`Handle::query`].
     pub async fn query(&self, q: Query) -> Result<QueryResult, ClientError> {
         self.handle.query(q).await
@@ -395,6 +415,34 @@ impl Handle {
             }
             Reply::Error { code, message } => Err(ClientError::Refused { code, message }),
             other => Err(unexpected_reply(&id, "ack", &other)),
+        }
+    }
+
+    /// Sends `text`, a slash command (`/deploy prod`), in `channel` and waits for the app to
+    /// take it. An unknown command, or an app that failed or did not answer in time, is
+    /// [`ClientError::Refused`] (`unknown_command`, `command_failed`); text that is not a
+    /// command is posted, and answered as a protocol error here (use [`Handle::send`]).
+    pub async fn command(
+        &self,
+        channel: &ChannelId,
+        text: &str,
+        thread_root: Option<Seq>,
+    ) -> Result<CommandRan, ClientError> {
+        let id = self.shared.next_id("r");
+        // Unique enough across sessions: an answer in the channel posts the command under it.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let client_msg_id = self.shared.next_id(&format!("cmd{nanos:x}-"));
+        let frame = ClientFrame::Send {
+            id: id.clone(),
+            channel: channel.clone(),
+            text: text.to_owned(),
+            client_msg_id,
+            thread_root,
+        };
+        match self.request(&id, &frame, "command").await? {
+            Reply::Command(ran) => Ok(ran),
+            Reply::Error { code, message } => Err(ClientError::Refused { code, message }),
+            other => Err(unexpected_reply(&id, "command", &other)),
         }
     }
 
@@ -531,15 +579,21 @@ fn unexpected_reply(id: &str, expected: &str, got: &Reply) -> ClientError {
 /// A reply to a request, routed by its `reply_to`.
 pub(crate) enum Reply {
     Ack(Ack),
+    /// A `send` that ran a slash command: the command and what its app did.
+    Command(CommandRan),
     Result(QueryResult),
     Pong,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl Reply {
     fn kind(&self) -> &'static str {
         match self {
             Reply::Ack(_) => "ack",
+            Reply::Command(..) => "command",
             Reply::Result(_) => "result",
             Reply::Pong => "pong",
             Reply::Error { .. } => "error",
@@ -775,6 +829,9 @@ pub(crate) fn dispatch(shared: &Shared, frame: ServerFrame) -> Result<Option<Inb
         }
         ServerFrame::Pong { reply_to } => (reply_to, Reply::Pong),
         ServerFrame::Result(result) => (result.reply_to.clone(), Reply::Result(result)),
+        ServerFrame::Command { reply_to, command, answer } => {
+            (reply_to, Reply::Command(CommandRan { command, answer }))
+        }
     };
     match shared.complete(&id, reply) {
         None => Ok(None),

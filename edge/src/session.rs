@@ -743,6 +743,9 @@ impl Request {
                         ts: message.ts,
                         cursor,
                     },
+                    Ok(Answer::Command { command, outcome }) => {
+                        ServerFrame::Command { reply_to: id, command, answer: outcome }
+                    }
                     Ok(other) => unexpected(Some(id), &other),
                     Err(e) => EdgeError::Origin(e).frame(Some(id)),
                 }

@@ -8,6 +8,7 @@
 //! [`issue_token`]; any one is revoked as a user's is (`POST /v1/tokens/revoke`), and deleting
 //! the app deactivates its bot user, which revokes them all.
 
+pub mod commands;
 pub mod incoming;
 pub mod webhooks;
 
@@ -176,6 +177,7 @@ pub async fn delete(store: &Store, caller: &Caller, a: &AppId) -> Result<()> {
         let Some(app) = load(tx, w, a).await? else { return Ok(false) };
         tx.clear(&keys::app(w, a))?;
         incoming::clear_of_app(tx, w, a).await?;
+        commands::clear_of_app(tx, w, a).await?;
         for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await? {
             if let Ok(hook) = selvage_shared::from_msgpack::<webhooks::Webhook>(&raw) {
                 if hook.app == *a {

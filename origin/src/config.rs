@@ -74,6 +74,11 @@ pub struct AppsConfig {
     pub secret_overlap_secs: u64,
     /// How often the dispatcher looks for deliveries to make (ms).
     pub tick_ms: u64,
+    /// How long an app has to answer a slash command (ms); Slack's 3 s by default.
+    pub command_timeout_ms: u64,
+    /// The URL apps reach this origin's HTTP API at, for the `response_url` of a slash command.
+    /// Empty: `notify.public_url`, else `http://` and the address the API listens on.
+    pub public_url: String,
 }
 
 impl Default for AppsConfig {
@@ -87,6 +92,8 @@ impl Default for AppsConfig {
             webhook_disable_after_secs: 86_400,
             secret_overlap_secs: 86_400,
             tick_ms: 200,
+            command_timeout_ms: 3_000,
+            public_url: String::new(),
         }
     }
 }
@@ -103,6 +110,12 @@ impl AppsConfig {
         }
         if !(10..=3_600_000).contains(&self.tick_ms) {
             return Err("apps.tick_ms must be between 10 and 3600000 (an hour)".into());
+        }
+        if !(100..=30_000).contains(&self.command_timeout_ms) {
+            return Err("apps.command_timeout_ms must be between 100 and 30000".into());
+        }
+        if !self.public_url.is_empty() && url::Url::parse(&self.public_url).is_err() {
+            return Err("apps.public_url must be a URL such as https://chat.example.com".into());
         }
         Ok(())
     }

@@ -51,6 +51,12 @@ pub enum OriginError {
     /// A uniqueness rule was broken (a taken handle or channel name).
     #[error("{0}")]
     Conflict(String),
+    /// The text starts with a slash command the workspace does not have.
+    #[error("{0}")]
+    UnknownCommand(String),
+    /// A slash command's app did not answer in time, or failed (424; nothing was posted).
+    #[error("{0}")]
+    CommandFailed(String),
     /// A bounded queue is full; retry with backoff.
     #[error("{0}")]
     Overloaded(String),
@@ -79,6 +85,8 @@ impl OriginError {
             OriginError::NotMember(_) => ErrorCode::NotMember,
             OriginError::Archived(_) => ErrorCode::Archived,
             OriginError::Conflict(_) => ErrorCode::Conflict,
+            OriginError::UnknownCommand(_) => ErrorCode::UnknownCommand,
+            OriginError::CommandFailed(_) => ErrorCode::CommandFailed,
             OriginError::Overloaded(_) => ErrorCode::Overloaded,
             OriginError::Unavailable(_) => ErrorCode::Unavailable,
             OriginError::Store(e) if e.is_retryable() => ErrorCode::Unavailable,
@@ -99,7 +107,8 @@ impl OriginError {
             _ => {}
         }
         match self.code() {
-            ErrorCode::BadFrame | ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::BadFrame | ErrorCode::BadRequest | ErrorCode::UnknownCommand => StatusCode::BAD_REQUEST,
+            ErrorCode::CommandFailed => StatusCode::FAILED_DEPENDENCY,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden | ErrorCode::NotMember | ErrorCode::Archived => StatusCode::FORBIDDEN,

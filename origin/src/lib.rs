@@ -97,6 +97,8 @@ pub struct Origin {
     pub notify: Option<notify::Notify>,
     /// Apps' event webhook endpoints (their API; delivery runs when `apps.webhooks`).
     pub webhooks: apps::webhooks::Webhooks,
+    /// Apps' slash commands.
+    pub commands: apps::commands::Commands,
     /// Cancelled when the node is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -221,6 +223,13 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         false => None,
     };
     let webhooks = apps::webhooks::Webhooks::new(&store, &config.apps).map_err(StartError::Config)?;
+    // A command's `response_url`: the apps' public URL, else the notifications', else the
+    // address just bound.
+    let base = match config.notify.public_url.is_empty() {
+        true => format!("http://{addr}"),
+        false => config.notify.public_url.clone(),
+    };
+    let commands = apps::commands::Commands::new(&store, &config.apps, &base).map_err(StartError::Config)?;
     tracing::info!(%addr, engine = store.engine(), "origin listening");
     let origin = Arc::new(Origin {
         config,
@@ -234,6 +243,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         search,
         notify,
         webhooks,
+        commands,
         shutdown: shutdown.clone(),
     });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));

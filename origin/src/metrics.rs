@@ -116,6 +116,12 @@ pub struct Metrics {
     pub webhook_latency_seconds: Histogram,
     /// Events written for delivery to webhook endpoints by the consumer `hooks`.
     pub webhook_queued: IntCounter,
+    /// Slash commands run, by outcome: `in_channel`, `ephemeral`, `deferred` (the app's
+    /// answer), `failed` (no answer in time, or a failure), `unknown` (no such command).
+    pub commands: IntCounterVec,
+    /// Requests and frames refused for going over their token's rate, by class (`read`,
+    /// `write`, `typing`, `webhook`…).
+    pub rate_limited: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -366,9 +372,19 @@ impl Metrics {
                 "Events written for delivery to webhook endpoints by the consumer hooks",
             )
             .expect("valid counter"),
+            commands: IntCounterVec::new(
+                Opts::new("selvage_commands_total", "Slash commands run, by outcome"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
+            rate_limited: IntCounterVec::new(
+                Opts::new("selvage_rate_limited_total", "Requests refused for going over their token's rate, by class"),
+                &["class"],
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 46] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 48] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -415,6 +431,8 @@ impl Metrics {
             Box::new(m.webhook_deliveries.clone()),
             Box::new(m.webhook_latency_seconds.clone()),
             Box::new(m.webhook_queued.clone()),
+            Box::new(m.commands.clone()),
+            Box::new(m.rate_limited.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

@@ -35,6 +35,10 @@ pub enum ErrorCode {
     Unavailable,
     /// The request conflicts with the current state (e.g. a channel name already taken).
     Conflict,
+    /// The text starts with a slash command nobody registered in the workspace.
+    UnknownCommand,
+    /// The app behind a slash command did not answer in time, or answered with a failure.
+    CommandFailed,
     /// A bug or unexpected failure on the server side.
     Internal,
 }
@@ -55,6 +59,8 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::CommandFailed => "command_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -90,6 +96,8 @@ mod tests {
             ErrorCode::Overloaded,
             ErrorCode::Unavailable,
             ErrorCode::Conflict,
+            ErrorCode::UnknownCommand,
+            ErrorCode::CommandFailed,
             ErrorCode::Internal,
         ];
         for code in all {

@@ -110,6 +110,20 @@ pub enum Event {
         /// The new presence.
         presence: Presence,
     },
+    /// A message only `user` sees, in `channel`: an app's private answer to a slash command.
+    /// Ephemeral: never logged, never in history, gone when the client reloads.
+    EphemeralMessage {
+        /// The channel it is shown in.
+        channel: ChannelId,
+        /// The one user who sees it.
+        user: UserId,
+        /// Who says it (the app's bot user).
+        from: UserId,
+        /// The text.
+        text: String,
+        /// When it was made, ms since the epoch.
+        ts: i64,
+    },
     /// A token was revoked: edges drop it from their token caches and close its sessions.
     /// Internal: never sent to clients.
     TokenRevoked {
@@ -131,16 +145,17 @@ impl Event {
             | Event::MemberJoined { channel, .. }
             | Event::MemberLeft { channel, .. }
             | Event::ReadMarker { channel, .. }
-            | Event::Typing { channel, .. } => Some(channel),
+            | Event::Typing { channel, .. }
+            | Event::EphemeralMessage { channel, .. } => Some(channel),
             Event::ChannelCreated { channel } | Event::ChannelUpdated { channel } => Some(&channel.id),
             Event::UserUpdated { .. } | Event::PresenceChange { .. } | Event::TokenRevoked { .. } => None,
         }
     }
 
-    /// Whether the event is ephemeral (typing, presence): never logged, first to be dropped for a
-    /// slow consumer.
+    /// Whether the event is ephemeral (typing, presence, ephemeral messages): never logged, first
+    /// to be dropped for a slow consumer.
     pub fn is_ephemeral(&self) -> bool {
-        matches!(self, Event::Typing { .. } | Event::PresenceChange { .. })
+        matches!(self, Event::Typing { .. } | Event::PresenceChange { .. } | Event::EphemeralMessage { .. })
     }
 
     /// Whether the event is internal to Selvage (token revocation) and must never reach a client.
@@ -164,6 +179,7 @@ impl Event {
             Event::ReadMarker { .. } => "read_marker",
             Event::Typing { .. } => "typing",
             Event::PresenceChange { .. } => "presence_change",
+            Event::EphemeralMessage { .. } => "ephemeral_message",
             Event::TokenRevoked { .. } => "token_revoked",
         }
     }

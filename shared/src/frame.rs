@@ -352,6 +352,16 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<Cursor>,
     },
+    /// A `send` whose text was a slash command ran it instead of posting it: the app's answer
+    /// follows as events (a `message` in the channel, or an `ephemeral_message` to the sender).
+    Command {
+        /// The `send`'s request id.
+        reply_to: String,
+        /// The command, with its slash: `/deploy`.
+        command: String,
+        /// What the app did with it.
+        answer: CommandAnswer,
+    },
     /// A request, or the frame itself, failed.
     Error {
         /// The failed request's id, when known.
@@ -383,6 +393,18 @@ pub enum ServerFrame {
     /// An event with its cursor. Untagged here because the event carries its own `"type"`.
     #[serde(untagged)]
     Event(EventFrame),
+}
+
+/// What an app did with a slash command it was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandAnswer {
+    /// It answered in the channel, for everyone: the command and its answer were posted.
+    InChannel,
+    /// It answered the sender alone, with an `ephemeral_message`.
+    Ephemeral,
+    /// It took the command and will answer later, through its `response_url`, if at all.
+    Deferred,
 }
 
 /// An event as a client receives it: the event's fields plus the feed cursor to resume from.
@@ -486,6 +508,7 @@ impl ServerFrame {
         match self {
             ServerFrame::Hello(_) => "hello",
             ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Command { .. } => "command",
             ServerFrame::Error { .. } => "error",
             ServerFrame::Pong { .. } => "pong",
             ServerFrame::Result(_) => "result",

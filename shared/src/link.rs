@@ -294,6 +294,13 @@ pub enum Answer {
         /// Whether this was a retry of an earlier send.
         duplicate: bool,
     },
+    /// For a [`Call::Send`] whose text was a slash command: it ran instead of being posted.
+    Command {
+        /// The command, with its slash.
+        command: String,
+        /// What the app did with it.
+        outcome: crate::CommandAnswer,
+    },
     /// For [`Call::History`] and [`Call::Thread`].
     Messages {
         /// Oldest first.

@@ -165,13 +165,21 @@ impl LiveInner {
         outboxes
     }
 
-    /// Hands an ephemeral event (typing) of `channel` to its members' sessions, except `from`'s.
+    /// Hands an ephemeral event (typing) of `channel` to its members' sessions, except `from`'s;
+    /// an ephemeral message to its one user's sessions.
     /// It carries the cursor of the newest event applied: every durable event at or before it
     /// is already ahead of it in each outbox, so a client may resume from it.
     pub fn relay(&mut self, event: Event, from: Option<u64>, metrics: &Metrics) {
         if let Event::PresenceChange { user, presence } = event {
             // Handed to followers on the next presence tick, batched.
             self.presence.announce(user, presence);
+            return;
+        }
+        if let Event::EphemeralMessage { user, .. } = &event {
+            // To the one user's sessions, all of them.
+            let ids = self.sessions_of(&Recipients::User(user.clone()), None);
+            let encoded = Arc::new(Encoded::new(self.state.cursor().clone(), event));
+            self.deliver(&encoded, ids, true, metrics);
             return;
         }
         let Some(channel) = event.channel() else { return };

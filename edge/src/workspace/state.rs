@@ -178,6 +178,7 @@ impl WorkspaceState {
                 Event::Typing { channel, .. } => {
                     self.channels.get(channel).map_or(Recipients::Nobody, ChannelEntry::recipients)
                 }
+                Event::EphemeralMessage { user, .. } => Recipients::User(user.clone()),
                 _ => Recipients::Nobody,
             };
             return Some(Applied { recipients });
@@ -303,7 +304,7 @@ impl WorkspaceState {
             // Internal: the edge's token cache handles revocations; nothing to keep here.
             Event::TokenRevoked { .. } => Recipients::Nobody,
             // Ephemeral events are routed by `apply` before this point.
-            Event::Typing { .. } | Event::PresenceChange { .. } => Recipients::Nobody,
+            Event::Typing { .. } | Event::PresenceChange { .. } | Event::EphemeralMessage { .. } => Recipients::Nobody,
         }
     }
 

@@ -179,6 +179,9 @@ pub(super) fn event_heap(event: &Event) -> usize {
         Event::UserUpdated { user } => user_heap(user),
         Event::PresenceChange { user, .. } => user.as_str().len(),
         Event::TokenRevoked { token_hash } => token_hash.len(),
+        Event::EphemeralMessage { channel, user, from, text, .. } => {
+            channel.as_str().len() + user.as_str().len() + from.as_str().len() + text.len()
+        }
     }
 }
 

@@ -46,6 +46,16 @@ impl Drop for Rig {
 /// Starts a rig whose edge is `edge_id` (its link key is named for it too), listening for QUIC
 /// clients as well when `quic`; `adjust` changes the edge's config before it starts.
 pub async fn rig(edge_id: &str, quic: bool, adjust: impl FnOnce(&mut EdgeConfig)) -> Rig {
+    rig_with_origin(edge_id, quic, adjust, |_| {}).await
+}
+
+/// [`rig`], with `adjust_origin` changing the origin's config before it starts.
+pub async fn rig_with_origin(
+    edge_id: &str,
+    quic: bool,
+    adjust: impl FnOnce(&mut EdgeConfig),
+    adjust_origin: impl FnOnce(&mut OriginConfig),
+) -> Rig {
     let edge_key = format!("{edge_id}-test-edge-key-0123456789");
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
@@ -56,6 +66,7 @@ pub async fn rig(edge_id: &str, quic: bool, adjust: impl FnOnce(&mut EdgeConfig)
     };
     config.link.listen = "127.0.0.1:0".parse().unwrap();
     config.link.edge_key = Some(edge_key.clone());
+    adjust_origin(&mut config);
     let running = selvage_origin::start(config, shutdown.clone()).await.unwrap();
     let origin = running.origin.clone();
     let (workspace, admin) = accounts::create_workspace(&origin.store, "acme", "admin", "Admin", 0).await.unwrap();

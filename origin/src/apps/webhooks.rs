@@ -181,7 +181,7 @@ fn no_webhook(h: &str) -> OriginError {
 }
 
 /// A new secret and how it is shown (`whsec_` and its base64, once).
-fn new_secret() -> Result<(Secret, String)> {
+pub(crate) fn new_secret() -> Result<(Secret, String)> {
     let mut key = [0u8; 24];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
         .map_err(|_| OriginError::Internal("no randomness for a webhook secret".into()))?;

@@ -17,7 +17,7 @@
 //! it, on the same feed streams.
 
 pub mod consumer;
-pub(crate) mod relay;
+pub mod relay;
 
 use std::{sync::Arc, time::Duration};
 

@@ -244,3 +244,72 @@ pub(super) async fn post_incoming(
     let answer = json!({ "channel": m.channel, "seq": m.seq, "ts": m.ts, "duplicate": sent.duplicate });
     Ok((status, axum::Json(answer)).into_response())
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateCommand {
+    command: String,
+    url: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    usage_hint: String,
+}
+
+pub(super) async fn create_command(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<CreateCommand>,
+) -> Result<Response> {
+    let (command, secret) = origin
+        .commands
+        .create(&caller, &app_id(&id)?, &body.command, &body.url, &body.description, &body.usage_hint)
+        .await?;
+    Ok(created(json!({ "command": command, "secret": secret })))
+}
+
+pub(super) async fn list_commands(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    Ok(Json(json!({ "commands": origin.commands.list(&caller, &app_id(&id)?).await? })))
+}
+
+pub(super) async fn delete_command(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<StatusCode> {
+    origin.commands.delete(&caller, &app_id(&id)?, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/commands`: the workspace's slash commands, for a client to offer as one types `/`.
+pub(super) async fn workspace_commands(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>> {
+    Ok(Json(json!({ "commands": origin.commands.all(&caller).await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CommandResponse {
+    text: String,
+    #[serde(default)]
+    response_type: Option<String>,
+}
+
+/// `POST /v1/commands/respond/{secret}`: an app's later answer to a slash command. No token;
+/// the secret in the `response_url` is the credential.
+pub(super) async fn command_response(
+    State(origin): State<Arc<Origin>>,
+    Path(secret): Path<String>,
+    Json(body): Json<CommandResponse>,
+) -> Result<Json<serde_json::Value>> {
+    let answer = apps::commands::Answer { text: Some(body.text), response_type: body.response_type };
+    let outcome = origin.commands.respond(&origin, &secret, answer).await?;
+    Ok(Json(json!({ "answer": outcome })))
+}

@@ -44,6 +44,9 @@ pub(super) async fn post_message(
         thread_root: body.thread_root,
         files: Vec::new(),
     };
+    if let Some((command, answer)) = origin.commands.run(&origin, &request).await? {
+        return Ok(axum::Json(json!({ "command": command, "answer": answer })).into_response());
+    }
     let sent = origin.sequencer.send(request).await?;
     let status = if sent.duplicate { StatusCode::OK } else { StatusCode::CREATED };
     let m = &sent.message;

@@ -200,6 +200,9 @@ async fn answer(origin: &Origin, call: Call) -> Result<Answer, OriginError> {
         }
         Call::Send { workspace, user, channel, text, client_msg_id, thread_root } => {
             let request = SendRequest { workspace, channel, user, text, client_msg_id, thread_root, files: Vec::new() };
+            if let Some((command, outcome)) = origin.commands.run(origin, &request).await? {
+                return Ok(Answer::Command { command, outcome });
+            }
             let sent = origin.sequencer.send(request).await?;
             Ok(Answer::Sent { message: Box::new(sent.message), cursor: sent.cursor, duplicate: sent.duplicate })
         }

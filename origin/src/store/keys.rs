@@ -331,6 +331,35 @@ pub fn incoming_of(w: &WorkspaceId, a: &AppId) -> Vec<u8> {
     ws(w).str("inhooks").str(a.as_str()).finish()
 }
 
+/// `(ws, W, cmd, name)` → slash command `/name` of the workspace: its app, URL and secret.
+pub fn command(w: &WorkspaceId, name: &str) -> Vec<u8> {
+    ws(w).str("cmd").str(name).finish()
+}
+
+/// Prefix of a workspace's [`command`]s.
+pub fn commands(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("cmd").finish()
+}
+
+/// `(cmdresp, hash)` → where the answers to one run of a command go, by the SHA-256 of its
+/// `response_url`'s secret, until it expires.
+pub fn command_response(hash: &[u8; 32]) -> Vec<u8> {
+    Key::new().str("cmdresp").bytes(hash).finish()
+}
+
+/// `(cmdexp, expires_at, hash)` → empty: [`command_response`]s by expiry, to clear them.
+pub fn command_expiry(expires_at: i64, hash: &[u8; 32]) -> Vec<u8> {
+    Key::new().str("cmdexp").int(expires_at).bytes(hash).finish()
+}
+
+/// The hash of a [`command_expiry`] key.
+pub fn command_expiry_hash(key: &[u8]) -> Option<[u8; 32]> {
+    match super::tuple::unpack(key).ok()?.pop()? {
+        super::tuple::Element::Bytes(b) => b.try_into().ok(),
+        _ => None,
+    }
+}
+
 /// `(ws, W, hook, H)` → an event webhook endpoint: its app, URL, event types, secrets, state.
 pub fn webhook(w: &WorkspaceId, h: &str) -> Vec<u8> {
     ws(w).str("hook").str(h).finish()
