@@ -821,9 +821,9 @@ pub(crate) fn dispatch(shared: &Shared, frame: ServerFrame) -> Result<Option<Inb
         ServerFrame::Event(event) => return Ok(Some(Inbound::Event(event))),
         ServerFrame::Goodbye { reconnect_in_ms } => return Ok(Some(Inbound::Goodbye { reconnect_in_ms })),
         ServerFrame::Resync { reason } => return Ok(Some(Inbound::Resync { reason })),
-        ServerFrame::Error { reply_to: None, code, message } => return Ok(Some(Inbound::Error { code, message })),
+        ServerFrame::Error { reply_to: None, code, message, .. } => return Ok(Some(Inbound::Error { code, message })),
         ServerFrame::Hello(_) => return Err("a second `hello`".to_owned()),
-        ServerFrame::Error { reply_to: Some(id), code, message } => (id, Reply::Error { code, message }),
+        ServerFrame::Error { reply_to: Some(id), code, message, .. } => (id, Reply::Error { code, message }),
         ServerFrame::Ack { reply_to, channel, seq, ts, cursor } => {
             (reply_to, Reply::Ack(Ack { channel, seq, ts, cursor }))
         }

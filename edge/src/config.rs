@@ -49,6 +49,35 @@ pub struct EdgeConfig {
     pub cache: CacheConfig,
     /// Client sessions.
     pub sessions: SessionConfig,
+    /// Rate limits per token on client frames.
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// Rate limits per token on client frames (ARCHITECTURE §7): a token bucket per token and
+/// class. A frame over its rate is answered with a `rate_limited` error carrying
+/// `retry_after_ms`, and the session goes on. `typing` and `presence_sub` have limits of their
+/// own (`sessions`); `ping` has none.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Whether frames are limited at all. The in-process load tests turn it off: their
+    /// simulated clients share a few tokens.
+    pub enabled: bool,
+    /// `query` frames (history, members, search…) of one token, over all its sessions.
+    pub read: selvage_shared::rate::Rate,
+    /// `send`, `mark_read`, `set_presence` and `set_notify_prefs` frames of one token.
+    pub write: selvage_shared::rate::Rate,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        use selvage_shared::rate::Rate;
+        RateLimitsConfig {
+            enabled: true,
+            read: Rate { per_second: 100, burst: 1000 },
+            write: Rate { per_second: 20, burst: 400 },
+        }
+    }
 }
 
 /// Where the origin is and how to trust it.
@@ -147,6 +176,7 @@ impl Default for EdgeConfig {
             origin: OriginLink::default(),
             cache: CacheConfig::default(),
             sessions: SessionConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -230,6 +260,8 @@ impl EdgeConfig {
                 return Err("operator_key must be 16 characters or more".into());
             }
         }
+        self.rate_limits.read.validate("rate_limits.read")?;
+        self.rate_limits.write.validate("rate_limits.write")?;
         let s = &self.sessions;
         if s.heartbeat_ms < 100 {
             return Err("sessions.heartbeat_ms must be 100 or more".into());

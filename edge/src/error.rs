@@ -184,7 +184,7 @@ mod tests {
         let bug = EdgeError::Internal("query is not a request".into());
         assert_eq!((bug.code(), bug.client_message().as_str()), (ErrorCode::Internal, INTERNAL));
         match bug.frame(Some("q1".into())) {
-            ServerFrame::Error { reply_to, code, message } => {
+            ServerFrame::Error { reply_to, code, message, .. } => {
                 assert_eq!((reply_to.as_deref(), code, message.as_str()), (Some("q1"), ErrorCode::Internal, INTERNAL))
             }
             other => panic!("not an error frame: {other:?}"),

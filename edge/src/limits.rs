@@ -1,7 +1,7 @@
 //! What one client may take of an edge, whatever its token: connection slots per user
 //! ([`UserSlots`]), a share of the memory held by client frames still arriving
-//! ([`FrameBudget`]), and the origin calls its frames start without waiting for them
-//! ([`OneWayCalls`]).
+//! ([`FrameBudget`]), the origin calls its frames start without waiting for them
+//! ([`OneWayCalls`]), and its token's rate of requests ([`FrameRates`]).
 //!
 //! Both are edge-wide and fixed at start (`sessions.max_connections_per_user`,
 //! `sessions.frame_budget_bytes`), so that one token — or many connections of anyone — cannot
@@ -339,6 +339,54 @@ impl OneWayCalls {
     /// Calls running now.
     pub fn in_flight(&self) -> usize {
         self.max.saturating_sub(self.slots.available_permits())
+    }
+}
+
+/// Rate limits per token on client frames (`[rate_limits]`): a token bucket per token for
+/// queries (`read`) and one for writes, shared by every session of the token on this edge.
+pub struct FrameRates {
+    config: crate::config::RateLimitsConfig,
+    read: selvage_shared::rate::Bucket<Box<str>>,
+    write: selvage_shared::rate::Bucket<Box<str>>,
+}
+
+impl FrameRates {
+    /// Buckets as `config` sets them.
+    pub fn new(config: &crate::config::RateLimitsConfig) -> Arc<FrameRates> {
+        use selvage_shared::rate::Bucket;
+        Arc::new(FrameRates {
+            config: config.clone(),
+            read: Bucket::new(config.read),
+            write: Bucket::new(config.write),
+        })
+    }
+
+    /// Takes one frame of `class` (`read` or `write`) from the bucket of the token whose hash
+    /// is `token_hash`; when it is empty, answers why and how long to wait.
+    pub fn check(&self, class: &'static str, token_hash: &str, metrics: &Metrics) -> Result<(), (String, Duration)> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        let (bucket, rate) = match class {
+            "read" => (&self.read, self.config.read),
+            _ => (&self.write, self.config.write),
+        };
+        bucket.check(&Box::from(token_hash)).map_err(|wait| {
+            metrics.rate_limited.with_label_values(&[class]).inc();
+            let message = format!(
+                "over this token's {class} rate of {} frames a second (bursts of {}); retry in {} ms",
+                rate.per_second,
+                rate.burst,
+                wait.as_millis().max(1)
+            );
+            (message, wait)
+        })
+    }
+
+    /// Drops the buckets of tokens idle long enough to be full again.
+    pub fn sweep(&self) {
+        self.read.sweep();
+        self.write.sweep();
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub one_way_in_flight: IntGauge,
     /// Such calls dropped because as many were running already, by call (`typing`).
     pub one_way_dropped: IntCounterVec,
+    /// Client frames refused for going over their token's rate, by class (`read`, `write`).
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -130,9 +132,17 @@ impl Metrics {
                 &["call"],
             )
             .expect("valid counter"),
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "selvage_edge_rate_limited_total",
+                    "Client frames refused for going over their token's rate, by class",
+                ),
+                &["class"],
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(m.connections.clone()),
             Box::new(m.boot_latency.clone()),
             Box::new(m.cache_requests.clone()),
@@ -148,6 +158,7 @@ impl Metrics {
             Box::new(m.frame_bytes_held.clone()),
             Box::new(m.one_way_in_flight.clone()),
             Box::new(m.one_way_dropped.clone()),
+            Box::new(m.rate_limited.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

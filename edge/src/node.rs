@@ -37,6 +37,8 @@ pub struct Edge {
     pub frame_budget: Arc<FrameBudget>,
     /// Origin calls started by client frames that nobody waits for, bounded.
     pub one_way: OneWayCalls,
+    /// Rate limits per token on client frames.
+    pub rates: Arc<crate::limits::FrameRates>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the edge starts draining.

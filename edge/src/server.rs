@@ -95,6 +95,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     let slots = UserSlots::new(config.sessions.max_connections_per_user);
     let frame_budget = FrameBudget::new(config.sessions.frame_budget_bytes, &metrics);
     let one_way = OneWayCalls::new(ONE_WAY_IN_FLIGHT, &metrics);
+    let rates = crate::limits::FrameRates::new(&config.rate_limits);
     let edge = Arc::new(Edge {
         config,
         instance,
@@ -104,6 +105,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         slots,
         frame_budget,
         one_way,
+        rates,
         metrics,
         drain: CancellationToken::new(),
     });
@@ -124,6 +126,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         shutdown.clone(),
     ));
     let feed_task = tokio::spawn(fanout::run_feed(workspaces, tokens, feed, shutdown.clone()));
+    tokio::spawn(sweep_rates(edge.rates.clone(), shutdown.clone()));
     if !edge.config.cache.preload.is_empty() {
         tokio::spawn(preload(edge.clone(), shutdown.clone()));
     }
@@ -230,4 +233,15 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListen
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+/// Sweeps idle tokens' rate buckets every minute until `shutdown`.
+async fn sweep_rates(rates: Arc<crate::limits::FrameRates>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => rates.sweep(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }

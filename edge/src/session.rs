@@ -631,6 +631,26 @@ impl Session {
             self.outbox.reply(encode(&reply, format)).await;
             return;
         }
+        let class = match &frame {
+            ClientFrame::Query(_) => Some("read"),
+            ClientFrame::Send { .. }
+            | ClientFrame::MarkRead { .. }
+            | ClientFrame::SetPresence { .. }
+            | ClientFrame::SetNotifyPrefs { .. } => Some("write"),
+            ClientFrame::Ping { .. } | ClientFrame::Typing { .. } | ClientFrame::PresenceSub { .. } => None,
+        };
+        if let Some(class) = class {
+            if let Err((message, wait)) = self.edge.rates.check(class, &self.principal.token_hash, metrics) {
+                let reply = ServerFrame::Error {
+                    reply_to: frame.request_id().map(String::from),
+                    code: ErrorCode::RateLimited,
+                    message,
+                    retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                };
+                self.outbox.reply(encode(&reply, format)).await;
+                return;
+            }
+        }
         if !matches!(frame, ClientFrame::Ping { .. }) {
             self.touch();
         }

@@ -309,3 +309,64 @@ async fn a_large_frame_holds_its_share_from_its_header_until_it_is_handled() {
     assert_eq!(budget.held(), 0);
     assert!(server.is_idle(), "no buffer kept after the large frame");
 }
+
+/// The next frame that answers a request (skipping events).
+async fn reply(ws: &mut Ws) -> ServerFrame {
+    loop {
+        match ws.next().await {
+            Got::Frame(ServerFrame::Event(_)) => {}
+            Got::Frame(frame) => return frame,
+            Got::Closed(code, reason) => panic!("closed: {code:?} {reason}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_their_token_s_rate_are_refused_with_a_retry_hint_and_the_session_goes_on() {
+    use selvage_shared::rate::Rate;
+    let rig = rig(|c| {
+        c.rate_limits.write = Rate { per_second: 1, burst: 2 };
+        c.rate_limits.read = Rate { per_second: 1, burst: 3 };
+    })
+    .await;
+    let general = rig.general.as_str();
+    let send = |n: usize| {
+        format!(r#"{{"type":"send","id":"s{n}","channel":"{general}","text":"m{n}","client_msg_id":"c{n}"}}"#)
+    };
+    let mut ws = Ws::session(rig.edge.addr, &rig.token).await;
+    // Two sessions of one token share its buckets.
+    let mut other = Ws::session(rig.edge.addr, &rig.token).await;
+    ws.send_text(&send(1)).await;
+    assert!(matches!(reply(&mut ws).await, ServerFrame::Ack { .. }));
+    other.send_text(&send(2)).await;
+    assert!(matches!(reply(&mut other).await, ServerFrame::Ack { .. }));
+    ws.send_text(&send(3)).await;
+    let wait = match reply(&mut ws).await {
+        ServerFrame::Error { reply_to, code, message, retry_after_ms } => {
+            assert_eq!((reply_to.as_deref(), code), (Some("s3"), ErrorCode::RateLimited), "{message}");
+            assert!(message.contains("write rate"), "{message}");
+            retry_after_ms.expect("a retry hint")
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!((1..=1000).contains(&wait), "{wait}");
+
+    // Queries have a bucket of their own; ping none.
+    let query = |n: usize| format!(r#"{{"type":"query","id":"q{n}","q":"channels"}}"#);
+    for n in 0..3 {
+        ws.send_text(&query(n)).await;
+        assert!(matches!(reply(&mut ws).await, ServerFrame::Result(_)), "query {n}");
+    }
+    ws.send_text(&query(3)).await;
+    assert!(matches!(reply(&mut ws).await, ServerFrame::Error { code: ErrorCode::RateLimited, .. }));
+    for n in 0..5 {
+        ws.send_text(&format!(r#"{{"type":"ping","id":"p{n}"}}"#)).await;
+        assert!(matches!(reply(&mut ws).await, ServerFrame::Pong { .. }));
+    }
+
+    // Once the hint has passed, the send goes through.
+    tokio::time::sleep(std::time::Duration::from_millis(wait + 20)).await;
+    ws.send_text(&send(3)).await;
+    assert!(matches!(reply(&mut ws).await, ServerFrame::Ack { .. }), "recovered");
+    assert!(rig.metric("selvage_edge_rate_limited_total{class=\"write\"}") >= 1.0);
+}

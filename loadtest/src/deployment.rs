@@ -126,6 +126,8 @@ impl Deployment {
         // Notifications are off for the same reason.
         config.search.enabled = false;
         config.notify.enabled = false;
+        // Simulated clients share a few tokens: rate limits per token would measure themselves.
+        config.rate_limits.enabled = false;
         adjust_origin(&mut config);
         let origin = selvage_origin::start(config, shutdown.clone()).await?;
         let (Some(link), Some(fingerprint)) = (origin.link_addr, origin.link_fingerprint.clone()) else {
@@ -140,6 +142,7 @@ impl Deployment {
         // Simulated clients share a few users' tokens, far past a person's devices: an edge
         // under load test needs its per-user cap raised (see docs/BENCHMARKS.md).
         edge_config.sessions.max_connections_per_user = LOADTEST_CONNECTIONS_PER_USER;
+        edge_config.rate_limits.enabled = false;
         edge_config.origin.link = link.to_string();
         edge_config.origin.fingerprint = Some(fingerprint);
         edge_config.origin.edge_key = edge_key;

@@ -297,6 +297,7 @@ fn config(dir: &std::path::Path, notify: bool, delay_ms: u64) -> Result<OriginCo
     let mut c =
         OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir.join("origin"), ..OriginConfig::default() };
     c.search.enabled = false;
+    c.rate_limits.enabled = false;
     c.notify.enabled = notify;
     c.notify.delay_ms = delay_ms;
     c.notify.allow_internal_endpoints = true;

@@ -368,6 +368,7 @@ pub async fn measure(args: &SearchArgs) -> Result<SearchReport> {
     let corpus = Arc::new(Corpus::new(args.seed, args.channels, args.users));
     let mut config =
         OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir.join("origin"), ..OriginConfig::default() };
+    config.rate_limits.enabled = false;
     if let Some(b) = args.batch_size {
         config.consumers.batch_size = b;
     }

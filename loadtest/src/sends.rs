@@ -289,6 +289,7 @@ pub async fn measure(args: &SendsArgs) -> Result<SendsReport> {
         // The core's durable sends, without the search indexer (measured by `loadtest search`).
         config.search.enabled = false;
         config.notify.enabled = false;
+        config.rate_limits.enabled = false;
         if let Some(ms) = args.flush_interval_ms {
             config.embedded.flush_interval_ms = ms;
             // Scaled with it, so that the interval, not the memtable's size, decides.

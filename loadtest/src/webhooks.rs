@@ -171,6 +171,7 @@ fn config(dir: &std::path::Path, webhooks: bool, tick_ms: u64) -> Result<OriginC
         OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir.join("origin"), ..OriginConfig::default() };
     c.search.enabled = false;
     c.notify.enabled = false;
+    c.rate_limits.enabled = false;
     c.apps.webhooks = webhooks;
     c.apps.tick_ms = tick_ms;
     c.apps.allow_networks = vec!["127.0.0.1/32".into()];

@@ -49,6 +49,47 @@ pub struct OriginConfig {
     pub notify: NotifyConfig,
     /// Apps: their event webhooks and the outgoing requests they cause.
     pub apps: AppsConfig,
+    /// Rate limits per token on the HTTP API.
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// Rate limits per token on the HTTP API (ARCHITECTURE §7): a token bucket per token and
+/// class. Reads are looser than writes; an incoming webhook has a bucket of its own, by its
+/// secret. A request over its rate answers `429 rate_limited` with `Retry-After`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Whether requests are limited at all. The in-process load tests turn it off: their
+    /// simulated clients share a few tokens.
+    pub enabled: bool,
+    /// `GET` requests of one token.
+    pub read: selvage_shared::rate::Rate,
+    /// Every other request of one token: posts, edits, reactions, uploads, admin changes.
+    pub write: selvage_shared::rate::Rate,
+    /// Posts to one incoming webhook (`POST /v1/hooks/{secret}`) and to one slash command's
+    /// `response_url`: Slack allows about one a second, with bursts.
+    pub incoming: selvage_shared::rate::Rate,
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        use selvage_shared::rate::Rate;
+        RateLimitsConfig {
+            enabled: true,
+            read: Rate { per_second: 100, burst: 1000 },
+            write: Rate { per_second: 20, burst: 400 },
+            incoming: Rate { per_second: 1, burst: 30 },
+        }
+    }
+}
+
+impl RateLimitsConfig {
+    /// Checks the section's fields (see [`OriginConfig::validate`]).
+    pub fn validate(&self) -> Result<(), String> {
+        self.read.validate("rate_limits.read")?;
+        self.write.validate("rate_limits.write")?;
+        self.incoming.validate("rate_limits.incoming")
+    }
 }
 
 /// Apps' outgoing requests: event webhooks (ARCHITECTURE §8 "Apps").
@@ -728,6 +769,7 @@ impl Default for OriginConfig {
             search: SearchConfig::default(),
             notify: NotifyConfig::default(),
             apps: AppsConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
         }
     }
 }
@@ -828,6 +870,7 @@ impl OriginConfig {
         self.search.validate()?;
         self.notify.validate()?;
         self.apps.validate()?;
+        self.rate_limits.validate()?;
         self.files.validate()
     }
 }

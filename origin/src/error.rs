@@ -57,6 +57,10 @@ pub enum OriginError {
     /// A slash command's app did not answer in time, or failed (424; nothing was posted).
     #[error("{0}")]
     CommandFailed(String),
+    /// The token (or incoming webhook) is over its rate: retry after the seconds given (429,
+    /// with `Retry-After`).
+    #[error("{0}")]
+    RateLimited(String, u64),
     /// A bounded queue is full; retry with backoff.
     #[error("{0}")]
     Overloaded(String),
@@ -87,6 +91,7 @@ impl OriginError {
             OriginError::Conflict(_) => ErrorCode::Conflict,
             OriginError::UnknownCommand(_) => ErrorCode::UnknownCommand,
             OriginError::CommandFailed(_) => ErrorCode::CommandFailed,
+            OriginError::RateLimited(..) => ErrorCode::RateLimited,
             OriginError::Overloaded(_) => ErrorCode::Overloaded,
             OriginError::Unavailable(_) => ErrorCode::Unavailable,
             OriginError::Store(e) if e.is_retryable() => ErrorCode::Unavailable,

@@ -51,6 +51,7 @@ mod metrics;
 pub mod notify;
 pub mod outbound;
 mod presence;
+pub mod rate;
 pub mod search;
 mod snapshot;
 pub mod store;
@@ -99,6 +100,8 @@ pub struct Origin {
     pub webhooks: apps::webhooks::Webhooks,
     /// Apps' slash commands.
     pub commands: apps::commands::Commands,
+    /// Rate limits per token.
+    pub rate: Arc<rate::RateLimits>,
     /// Cancelled when the node is shutting down.
     pub shutdown: CancellationToken,
 }
@@ -230,6 +233,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         false => config.notify.public_url.clone(),
     };
     let commands = apps::commands::Commands::new(&store, &config.apps, &base).map_err(StartError::Config)?;
+    let rate = Arc::new(rate::RateLimits::new(&config.rate_limits, metrics.clone()));
     tracing::info!(%addr, engine = store.engine(), "origin listening");
     let origin = Arc::new(Origin {
         config,
@@ -244,6 +248,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         notify,
         webhooks,
         commands,
+        rate,
         shutdown: shutdown.clone(),
     });
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
@@ -251,6 +256,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
     let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
     let sweeper = tokio::spawn(presence::run_sweeper(origin.presence.clone(), origin.relay.clone(), shutdown.clone()));
+    let rate_sweeper = tokio::spawn(origin.rate.clone().run_sweeper(shutdown.clone()));
     // The services on the feed: the files service's thumbnail worker and sweeper, the search
     // indexer.
     let mut background = match &origin.files {
@@ -294,6 +300,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         let _ = notifier.await;
         let _ = trimmer.await;
         let _ = sweeper.await;
+        let _ = rate_sweeper.await;
         // A consumer gives up its lease on the way out, so it stops before the store closes.
         for task in background {
             let _ = task.await;

@@ -371,6 +371,9 @@ pub enum ServerFrame {
         code: ErrorCode,
         /// Human-readable explanation.
         message: String,
+        /// For `rate_limited`: how long to wait before the next such request (ms).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// Answer to `ping`.
     Pong {
@@ -500,7 +503,7 @@ impl ServerFrame {
 
     /// An `error` frame.
     pub fn error(reply_to: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerFrame::Error { reply_to, code, message: message.into() }
+        ServerFrame::Error { reply_to, code, message: message.into(), retry_after_ms: None }
     }
 
     /// The frame's `"type"` string on the wire (an event frame's is its event's).

@@ -20,6 +20,7 @@ pub mod link;
 pub mod mentions;
 pub mod model;
 pub mod notify;
+pub mod rate;
 
 pub use api::*;
 pub use apps::*;

@@ -236,6 +236,7 @@ pub(super) async fn post_incoming(
     headers: axum::http::HeaderMap,
     Json(body): Json<IncomingPost>,
 ) -> Result<Response> {
+    origin.rate.check(crate::rate::Class::Incoming, &crate::ids::token_hash(&secret))?;
     let key =
         body.client_msg_id.or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(String::from));
     let sent = apps::incoming::post(&origin, &secret, body.text, key).await?;
@@ -309,6 +310,7 @@ pub(super) async fn command_response(
     Path(secret): Path<String>,
     Json(body): Json<CommandResponse>,
 ) -> Result<Json<serde_json::Value>> {
+    origin.rate.check(crate::rate::Class::Incoming, &crate::ids::token_hash(&secret))?;
     let answer = apps::commands::Answer { text: Some(body.text), response_type: body.response_type };
     let outcome = origin.commands.respond(&origin, &secret, answer).await?;
     Ok(Json(json!({ "answer": outcome })))

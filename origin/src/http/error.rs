@@ -22,7 +22,13 @@ impl OriginError {
             tracing::error!(request.id = %id, status = status.as_u16(), code, error = %self, "request failed");
             error["request_id"] = id.0.clone().into();
         }
+        if let OriginError::RateLimited(_, secs) = self {
+            error["retry_after_ms"] = (secs * 1000).into();
+        }
         let mut response = (status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let OriginError::RateLimited(_, secs) = self {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*secs));
+        }
         response.extensions_mut().insert(ErrorShape);
         response
     }

@@ -179,6 +179,7 @@ impl FromRequestParts<Arc<Origin>> for Caller {
         let caller = accounts::authenticate(&origin.store, token).await?;
         let path = parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or_default();
         caller.require(super::scopes::need(&parts.method, path))?;
+        origin.rate.check(crate::rate::Class::of(&parts.method), &caller.token_hash)?;
         Ok(caller)
     }
 }

@@ -173,6 +173,8 @@ pub fn event() -> impl Strategy<Value = Event> {
         (channel_id(), user_id()).prop_map(|(channel, user)| Event::Typing { channel, user }),
         (user_id(), presence()).prop_map(|(user, presence)| Event::PresenceChange { user, presence }),
         "[0-9a-f]{64}".prop_map(|token_hash| Event::TokenRevoked { token_hash }),
+        (channel_id(), user_id(), user_id(), text(), any::<i64>())
+            .prop_map(|(channel, user, from, text, ts)| { Event::EphemeralMessage { channel, user, from, text, ts } }),
     ]
 }
 
@@ -300,6 +302,8 @@ pub fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Overloaded),
         Just(ErrorCode::Unavailable),
         Just(ErrorCode::Conflict),
+        Just(ErrorCode::UnknownCommand),
+        Just(ErrorCode::CommandFailed),
         Just(ErrorCode::Internal),
     ]
 }
@@ -352,13 +356,15 @@ pub fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 cursor
             }
         ),
-        1 => (option::of(text()), error_code(), text()).prop_map(|(reply_to, code, message)| {
-            ServerFrame::Error {
-                reply_to,
-                code,
-                message,
-            }
-        }),
+        1 => (option::of(text()), error_code(), text(), option::of(any::<u64>())).prop_map(
+            |(reply_to, code, message, retry_after_ms)| ServerFrame::Error { reply_to, code, message, retry_after_ms }
+        ),
+        1 => (text(), text(), prop_oneof![
+            Just(CommandAnswer::InChannel),
+            Just(CommandAnswer::Ephemeral),
+            Just(CommandAnswer::Deferred)
+        ])
+            .prop_map(|(reply_to, command, answer)| ServerFrame::Command { reply_to, command, answer }),
         1 => text().prop_map(|reply_to| ServerFrame::Pong { reply_to }),
         1 => query_result().prop_map(ServerFrame::Result),
         1 => any::<u64>().prop_map(|reconnect_in_ms| ServerFrame::Goodbye { reconnect_in_ms }),
