@@ -42,7 +42,10 @@ trap cleanup EXIT
 
 operator_key=st-operator-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 # Long-polls of /v1/events wait at most 200 ms, so that they cannot eat the time budget.
-SELVAGE_OPERATOR_KEY=$operator_key SELVAGE_FEED__MAX_WAIT_MS=200 RUST_LOG=${RUST_LOG:-info} \
+# Rate limits are off: thousands of requests on a few tokens would spend the run on `429`s
+# (which origin/tests/rate_limits.rs covers).
+SELVAGE_OPERATOR_KEY=$operator_key SELVAGE_FEED__MAX_WAIT_MS=200 SELVAGE_RATE_LIMITS__ENABLED=false \
+  RUST_LOG=${RUST_LOG:-info} \
   "$bin" origin --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/stdout" 2>"$work/origin.log" &
 origin_pid=$!
 
