@@ -1,7 +1,7 @@
 //! `selvage dev`: Selvage on one machine for development — an origin on the embedded store with
-//! a demo workspace (alice, an admin, and bob, both in #general), one edge linked to it, and an
-//! S3 endpoint (s3local) under the data directory for the origin's files service, printing
-//! where to connect.
+//! a demo workspace (alice, an admin, and bob, both in #general), one edge linked to it, an S3
+//! endpoint (s3local) under the data directory for the origin's files service, and a mailbox
+//! (an SMTP sink) that keeps the notifier's email digests as files, printing where to connect.
 
 use std::path::PathBuf;
 
@@ -77,6 +77,13 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     config.files.path_style = true;
     config.files.access_key_id = Some(selvage_s3local::DEFAULT_ACCESS_KEY.into());
     config.files.secret_access_key = Some(selvage_s3local::DEFAULT_SECRET_KEY.into());
+    // Email: digests go to a mailbox in this process that keeps each as a file; the demo users
+    // have addresses, and a digest goes out after a minute away rather than fifteen.
+    let mailbox = crate::mailbox::start(&args.data_dir.join("mail"), shutdown.clone())
+        .await
+        .context("cannot start the dev mailbox")?;
+    config.notify.smtp_url = format!("smtp://{}", mailbox.addr);
+    config.notify.email_after_ms = 60_000;
     let running = selvage_origin::start(config, shutdown.clone()).await?;
     let (Some(link_addr), Some(link_fingerprint)) = (running.link_addr, running.link_fingerprint.clone()) else {
         anyhow::bail!("the origin's edge link did not start");
@@ -102,6 +109,14 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
             let (workspace, alice) = accounts::create_workspace(&origin.store, "Demo", "alice", "Alice", 0).await?;
             let caller = accounts::authenticate(&origin.store, &alice.token).await?;
             let bob = accounts::create_user(&origin.store, &caller, "bob", "Bob", false, 0).await?;
+            for (token, handle) in [(&alice.token, "alice"), (&bob.token, "bob")] {
+                let caller = accounts::authenticate(&origin.store, token).await?;
+                let prefs = selvage_shared::NotifyPrefs {
+                    email_address: Some(format!("{handle}@demo.invalid")),
+                    ..selvage_shared::NotifyPrefs::default()
+                };
+                selvage_origin::notify::put_prefs(&origin.store, &caller, prefs).await?;
+            }
             let users = vec![(alice.user.id, alice.user.handle), (bob.user.id, bob.user.handle)];
             let demo = Demo { workspace: workspace.id, users };
             std::fs::write(&demo_file, serde_json::to_vec_pretty(&demo)?)?;
@@ -120,6 +135,11 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         s3.endpoint(),
         selvage_s3local::DEFAULT_BUCKET,
         s3.root().display()
+    );
+    println!(
+        "  email (SMTP)      smtp://{}   (digests of what stays unread a minute, kept as files in {})",
+        mailbox.addr,
+        mailbox.dir.display()
     );
     println!("  data directory    {}", args.data_dir.display());
     println!("  operator key      {operator_key}   (valid for this run)");

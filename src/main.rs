@@ -4,6 +4,7 @@
 mod admin;
 mod config;
 mod dev;
+mod mailbox;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -36,7 +36,9 @@ fn adversarial_text(id: &str, w: usize, i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
-    let mut origin = OriginProcess::spawn(dir.path());
+    // Sixteen writers share one token, far past its rate: limits are not what this tests.
+    let unlimited = [("SELVAGE_RATE_LIMITS__ENABLED", "false")];
+    let mut origin = OriginProcess::spawn_with(dir.path(), &unlimited);
     let http = reqwest::Client::new();
     let (_, ws) = call(
         http.post(format!("{}/v1/workspaces", origin.base))
@@ -89,7 +91,7 @@ async fn sigkill_loses_no_acknowledged_message() {
         for w in writers {
             w.await.unwrap();
         }
-        origin = OriginProcess::spawn(dir.path());
+        origin = OriginProcess::spawn_with(dir.path(), &unlimited);
         let (seqs, stored) = read_history(&http, &origin.base, &channel, &token).await;
         assert_eq!(
             seqs,

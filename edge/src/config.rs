@@ -72,11 +72,7 @@ pub struct RateLimitsConfig {
 impl Default for RateLimitsConfig {
     fn default() -> Self {
         use selvage_shared::rate::Rate;
-        RateLimitsConfig {
-            enabled: true,
-            read: Rate { per_second: 100, burst: 1000 },
-            write: Rate { per_second: 20, burst: 400 },
-        }
+        RateLimitsConfig { enabled: true, read: Rate::READS, write: Rate::WRITES }
     }
 }
 

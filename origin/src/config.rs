@@ -76,8 +76,8 @@ impl Default for RateLimitsConfig {
         use selvage_shared::rate::Rate;
         RateLimitsConfig {
             enabled: true,
-            read: Rate { per_second: 100, burst: 1000 },
-            write: Rate { per_second: 20, burst: 400 },
+            read: Rate::READS,
+            write: Rate::WRITES,
             incoming: Rate { per_second: 1, burst: 30 },
         }
     }

@@ -359,3 +359,47 @@ async fn killed_mid_delivery_every_event_arrives_after_the_restart() {
     assert!(repeated <= 64, "only a batch in flight at the kill can repeat");
     child.kill().await;
 }
+
+#[tokio::test]
+async fn an_apps_delivery_log_merges_its_endpoints_newest_first_page_by_whole_events() {
+    let o = TestOrigin::start_with(tweak).await;
+    let (admin, general) = o.workspace("acme").await;
+    let (first, url) = Receiver::start(0).await;
+    let (app, hook, _) = app_with_hook(&o, &admin, &general, &url, json!(["message"])).await;
+    let (second, url) = Receiver::start(0).await;
+    let (s, v) = o.post(&format!("/v1/apps/{app}/webhooks"), &admin, json!({ "url": url, "events": ["*"] })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let other = v["webhook"]["id"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        o.send_text(&admin, &general, &format!("m{i}")).await;
+    }
+    first.wait_delivered(3).await;
+    second.wait_delivered(3).await;
+
+    let path = format!("/v1/apps/{app}/deliveries");
+    let (s, v) = o.get(&format!("{path}?limit=3"), &admin).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let page = v["deliveries"].as_array().unwrap();
+    // The page ends after the whole second-newest event: its entry on each endpoint.
+    assert_eq!(page.len(), 4, "{v}");
+    assert_eq!(page[0]["cursor"], page[1]["cursor"]);
+    assert_eq!(page[2]["cursor"], page[3]["cursor"]);
+    assert!(page[0]["cursor"].as_str() > page[2]["cursor"].as_str(), "newest first: {v}");
+    let mut hooks: Vec<&str> = page[..2].iter().map(|d| d["webhook"].as_str().unwrap()).collect();
+    hooks.sort();
+    let mut want = vec![hook.as_str(), other.as_str()];
+    want.sort();
+    assert_eq!(hooks, want, "{v}");
+    assert!(page.iter().all(|d| d["status"] == "delivered"), "{v}");
+    let (_, v) = o.get(&format!("{path}?limit=3&before={}", v["next"].as_str().unwrap()), &admin).await;
+    assert_eq!(v["deliveries"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["next"], Value::Null, "{v}");
+
+    // Admins of this workspace only.
+    let (other_admin, _) = o.workspace("globex").await;
+    assert_eq!(o.get(&path, &other_admin).await.0, StatusCode::NOT_FOUND);
+    let (_, alice) = o.user(&admin, "alice").await;
+    assert_eq!(o.get(&path, &alice).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(o.get(&format!("{path}?before=nope"), &admin).await.0, StatusCode::BAD_REQUEST);
+    o.stop().await;
+}

@@ -30,6 +30,11 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// The default for reads of one token: 100 a second, bursts of 1,000.
+    pub const READS: Rate = Rate { per_second: 100, burst: 1000 };
+    /// The default for writes of one token: 20 a second, bursts of 400.
+    pub const WRITES: Rate = Rate { per_second: 20, burst: 400 };
+
     /// Checks the rate can be a bucket: both at least 1.
     pub fn validate(&self, name: &str) -> Result<(), String> {
         if self.per_second == 0 || self.burst == 0 {

@@ -436,6 +436,72 @@ impl Webhooks {
         Ok((page, next))
     }
 
+    /// The delivery log of every endpoint of app `a` together, newest first: a page of `limit`
+    /// before the cursor `before` (a few more when the last event went to several endpoints),
+    /// each with its endpoint's id, and the cursor of the next page. Logs are keyed by feed position, so the endpoints' entries merge in feed
+    /// order.
+    #[allow(clippy::type_complexity)]
+    pub async fn app_deliveries(
+        &self,
+        caller: &Caller,
+        a: &AppId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(Cursor, String, Delivery)>, Option<Cursor>)> {
+        super::require_admin(caller)?;
+        let w = &caller.workspace;
+        let before = match before {
+            None => None,
+            Some(c) => {
+                Some(feed::parse_cursor(c).ok_or_else(|| OriginError::BadRequest(format!("{c:?} is not a cursor")))?)
+            }
+        };
+        let (found, _) = transact!(self.store, |tx| {
+            match super::load(tx, w, a).await? {
+                None => None,
+                Some(_) => {
+                    let hooks: Vec<Webhook> = tx
+                        .get_range(&RangeRead::prefix(&keys::webhooks(w)))
+                        .await?
+                        .iter()
+                        .filter_map(|(_, raw)| decode::<Webhook>(raw))
+                        .filter(|h| h.app == *a)
+                        .collect();
+                    let mut rows = Vec::new();
+                    for hook in hooks {
+                        let (begin, mut end) = crate::store::prefix_range(&keys::hook_logs(w, &hook.id));
+                        if let Some(pos) = &before {
+                            end = keys::hook_log(w, &hook.id, pos);
+                        }
+                        let page = tx.get_range(&RangeRead::between(begin, end).limit(limit + 1).reverse(true)).await?;
+                        rows.extend(page.into_iter().map(|row| (hook.id.clone(), row)));
+                    }
+                    Some(rows)
+                }
+            }
+        })?;
+        let rows = found.ok_or_else(|| super::no_app(a))?;
+        let mut merged: Vec<(Position, String, Delivery)> = rows
+            .into_iter()
+            .filter_map(|(hook, (k, raw))| Some((position_of(&k)?, hook, decode::<Delivery>(&raw)?)))
+            .collect();
+        merged.sort_by(|x, y| y.0.cmp(&x.0).then_with(|| x.1.cmp(&y.1)));
+        // A page ends after a whole event: its entries on every endpoint share its cursor, and
+        // the next page starts before it. (Each endpoint's read took `limit + 1`, so whether
+        // more follow is known.)
+        let mut cut = merged.len().min(limit);
+        if let Some(last) = cut.checked_sub(1).map(|i| merged[i].0) {
+            while cut < merged.len() && merged[cut].0 == last {
+                cut += 1;
+            }
+        }
+        let more = merged.len() > cut;
+        merged.truncate(cut);
+        let next = if more { merged.last().map(|(p, ..)| feed::cursor(p)) } else { None };
+        let page = merged.into_iter().map(|(p, hook, d)| (feed::cursor(&p), hook, d)).collect();
+        Ok((page, next))
+    }
+
     /// Queues again, for one endpoint, the events after `from` (a cursor) up to the feed's head
     /// as it is now — what the consumer would have queued for it — at most [`MAX_REPLAY`].
     /// Answers how many were queued and where it stopped (more may follow from there).

@@ -153,6 +153,20 @@ pub(super) struct DeliveriesQuery {
     limit: Option<usize>,
 }
 
+/// `GET /v1/apps/{id}/deliveries`: every endpoint's log of the app, merged, newest first.
+pub(super) async fn app_deliveries(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<Json<serde_json::Value>> {
+    let limit = page_limit(q.limit, 100)?;
+    let (page, next) = origin.webhooks.app_deliveries(&caller, &app_id(&id)?, q.before.as_deref(), limit).await?;
+    let deliveries: Vec<serde_json::Value> =
+        page.into_iter().map(|(cursor, hook, d)| delivery_json(cursor, Some(hook), d)).collect();
+    Ok(Json(json!({ "deliveries": deliveries, "next": next })))
+}
+
 pub(super) async fn webhook_deliveries(
     State(origin): State<Arc<Origin>>,
     caller: Caller,
@@ -161,15 +175,24 @@ pub(super) async fn webhook_deliveries(
 ) -> Result<Json<serde_json::Value>> {
     let limit = page_limit(q.limit, 100)?;
     let (page, next) = origin.webhooks.deliveries(&caller, &app_id(&id)?, &hook, q.before.as_deref(), limit).await?;
-    let deliveries: Vec<serde_json::Value> = page
-        .into_iter()
-        .map(|(cursor, d)| {
-            let mut v = serde_json::to_value(d).unwrap_or_default();
-            v["cursor"] = json!(cursor);
-            v
-        })
-        .collect();
+    let deliveries: Vec<serde_json::Value> =
+        page.into_iter().map(|(cursor, d)| delivery_json(cursor, None, d)).collect();
     Ok(Json(json!({ "deliveries": deliveries, "next": next })))
+}
+
+/// A log entry as the API shows it: the delivery, its event's cursor and, in an app's merged
+/// log, its endpoint.
+fn delivery_json(
+    cursor: selvage_shared::Cursor,
+    hook: Option<String>,
+    d: apps::webhooks::Delivery,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(d).unwrap_or_default();
+    v["cursor"] = json!(cursor);
+    if let Some(hook) = hook {
+        v["webhook"] = json!(hook);
+    }
+    v
 }
 
 #[derive(Deserialize)]

@@ -88,6 +88,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/apps", get(apps::list_apps).post(apps::create_app))
         .route("/v1/apps/{id}", get(apps::get_app).delete(apps::delete_app))
         .route("/v1/apps/{id}/tokens", post(apps::new_app_token))
+        .route("/v1/apps/{id}/deliveries", get(apps::app_deliveries))
         .route("/v1/apps/{id}/webhooks", get(apps::list_webhooks).post(apps::create_webhook))
         .route("/v1/apps/{id}/webhooks/{hook}", get(apps::get_hook).patch(apps::update_hook).delete(apps::delete_hook))
         .route("/v1/apps/{id}/webhooks/{hook}/rotate", post(apps::rotate_webhook))
