@@ -35,6 +35,10 @@ pub struct DevArgs {
     /// Delete the data directory first and start from nothing.
     #[arg(long)]
     fresh: bool,
+    /// Turn off the rate limits per token (on by default, as in production): for
+    /// `selvage loadtest run --target` at scale, whose simulated clients share a few tokens.
+    #[arg(long)]
+    no_rate_limits: bool,
 }
 
 /// What `selvage dev` remembers about its demo workspace between runs (ids only, no tokens:
@@ -62,6 +66,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
         ..OriginConfig::default()
     };
     config.link.listen = args.link_listen;
+    config.rate_limits.enabled = !args.no_rate_limits;
     config.link.edge_key = Some(edge_key.clone());
     // Files: an S3 endpoint in this process, its objects under the data directory
     // (ARCHITECTURE §8 "Files"). Clients upload to and download from it directly.
@@ -97,6 +102,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     // `selvage loadtest run --target` against this edge shares a few users' tokens among
     // many simulated clients, far past a person's devices.
     edge_config.sessions.max_connections_per_user = selvage_loadtest::deployment::LOADTEST_CONNECTIONS_PER_USER;
+    edge_config.rate_limits.enabled = !args.no_rate_limits;
     edge_config.origin.link = link_addr.to_string();
     edge_config.origin.fingerprint = Some(link_fingerprint);
     edge_config.origin.edge_key = edge_key;

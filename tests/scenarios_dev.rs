@@ -20,7 +20,9 @@ impl Dev {
     fn spawn(data_dir: &Path) -> Dev {
         let mut child = Command::new(env!("CARGO_BIN_EXE_selvage"))
             .args(["dev", "--listen", "127.0.0.1:0", "--link-listen", "127.0.0.1:0"])
-            .args(["--edge-listen", "127.0.0.1:0", "--edge-quic-listen", "127.0.0.1:0", "--data-dir"])
+            // As README says for load tests: the simulated clients share a few tokens.
+            .args(["--edge-listen", "127.0.0.1:0", "--edge-quic-listen", "127.0.0.1:0", "--no-rate-limits"])
+            .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
