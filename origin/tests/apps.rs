@@ -206,6 +206,21 @@ async fn an_incoming_webhook_posts_as_its_bot_once_per_key_until_revoked() {
     let r = o.http.post(o.url("/v1/hooks/not-a-secret")).json(&json!({ "text": "x" })).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
+    // Another workspace's admin can neither see, add to nor revoke this app's hooks; a member
+    // who is no admin neither; and an admin cannot point a hook at another workspace's channel.
+    let (other_admin, other_general) = o.workspace("globex").await;
+    let (_, alice) = o.user(&admin, "alice").await;
+    for token in [&other_admin, &alice] {
+        let (s, v) = o.get(&format!("/v1/apps/{app_id}/incoming"), token).await;
+        assert!(s == StatusCode::NOT_FOUND || s == StatusCode::FORBIDDEN, "{v}");
+        let (s, _) = o.post(&format!("/v1/apps/{app_id}/incoming"), token, json!({ "channel": alerts })).await;
+        assert!(s == StatusCode::NOT_FOUND || s == StatusCode::FORBIDDEN, "{s}");
+        let (s, _) = o.call(Method::DELETE, &format!("/v1/apps/{app_id}/incoming/{hook}"), token, None).await;
+        assert!(s == StatusCode::NOT_FOUND || s == StatusCode::FORBIDDEN, "{s}");
+    }
+    let (s, v) = o.post(&format!("/v1/apps/{app_id}/incoming"), &admin, json!({ "channel": other_general })).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
     let (s, v) = o.get(&format!("/v1/apps/{app_id}/incoming"), &admin).await;
     assert_eq!((s, v["hooks"].as_array().unwrap().len()), (StatusCode::OK, 1), "{v}");
     let (s, _) = o.call(Method::DELETE, &format!("/v1/apps/{app_id}/incoming/{hook}"), &admin, None).await;
