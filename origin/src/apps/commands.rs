@@ -409,9 +409,6 @@ impl Commands {
             return Err(gone());
         }
         let text = answer.text.clone().unwrap_or_default();
-        if text.trim().is_empty() {
-            return Err(OriginError::BadRequest("text: the answer to show".into()));
-        }
         validate_text(&text)?;
         let in_channel = match answer.response_type.as_deref() {
             None | Some("ephemeral") => false,
