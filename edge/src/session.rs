@@ -211,8 +211,9 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), EdgeErro
     }
     // The copy fetched can be retired (dropped by the cache sweep, or by a reset) before the
     // session registers under its lock; then the session boots from a fresh one. A user the
-    // origin just authenticated but the copy does not know yet was created a moment ago: the
-    // feed brings them shortly.
+    // origin just authenticated but the copy does not know yet was created a moment ago, and
+    // one the copy still has as deactivated was reactivated a moment ago: the feed brings the
+    // change shortly.
     let mut retired = 0;
     let unknown_until = tokio::time::Instant::now() + NEW_USER_PATIENCE;
     loop {
@@ -226,18 +227,20 @@ async fn boot(edge: &Edge, opening: &Opening) -> Result<(Booted, Slot), EdgeErro
             BootOn::Retired => {
                 return Err(EdgeError::Unavailable("the workspace is being reloaded; retry".into()));
             }
-            BootOn::UnknownUser if tokio::time::Instant::now() < unknown_until => {
+            BootOn::UnknownUser | BootOn::Deactivated if tokio::time::Instant::now() < unknown_until => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             BootOn::UnknownUser => {
                 return Err(EdgeError::Unauthorized("the user is deactivated or unknown".into()));
             }
+            BootOn::Deactivated => return Err(EdgeError::Unauthorized("the user is deactivated".into())),
         }
     }
 }
 
 /// How long a boot waits for the feed to bring a user whose token the origin has just
-/// accepted (a user created a moment ago) before it refuses them as unknown.
+/// accepted (a user created, or reactivated, a moment ago) before it refuses them as unknown
+/// or deactivated.
 const NEW_USER_PATIENCE: Duration = Duration::from_secs(3);
 
 /// What booting on one copy of a workspace came to.
@@ -247,6 +250,8 @@ enum BootOn {
     Retired,
     /// That copy does not know the user (yet).
     UnknownUser,
+    /// That copy has the user as deactivated (still, if they were just reactivated).
+    Deactivated,
 }
 
 /// What a boot costs without warm caches (`cache.cold_boots`): the token and the workspace
@@ -278,7 +283,7 @@ fn boot_on(edge: &Edge, opening: &Opening, principal: &Principal, live: Arc<Live
         if inner.state.user(&principal.user).is_none() {
             return Ok(BootOn::UnknownUser);
         }
-        return Err(EdgeError::Unauthorized("the user is deactivated".into()));
+        return Ok(BootOn::Deactivated);
     };
     let cursor = inner.state.cursor().clone();
     let replay = match &opening.resume {
