@@ -48,6 +48,7 @@ STATE_RULES = (
     "duplicate of a rejected send",  # a retry of a refused send in the same group commit
     "is deactivated",  # inviting a deactivated user, or opening a DM with one
     "you cannot deactivate yourself",
+    "is an app's bot user",  # a deleted app's bot user is not reactivated (docs/API.md, Apps)
     # The search language's grammar and the search cursor's contents, which a schema cannot
     # state (docs/API.md, Search): each refusal says what to fix.
     "the search query is",  # empty (only spaces), too long, too many parts
