@@ -346,8 +346,8 @@ impl OneWayCalls {
 /// queries (`read`) and one for writes, shared by every session of the token on this edge.
 pub struct FrameRates {
     config: crate::config::RateLimitsConfig,
-    read: selvage_shared::rate::Bucket<Box<str>>,
-    write: selvage_shared::rate::Bucket<Box<str>>,
+    read: selvage_shared::rate::Bucket<String>,
+    write: selvage_shared::rate::Bucket<String>,
 }
 
 impl FrameRates {
@@ -363,7 +363,7 @@ impl FrameRates {
 
     /// Takes one frame of `class` (`read` or `write`) from the bucket of the token whose hash
     /// is `token_hash`; when it is empty, answers why and how long to wait.
-    pub fn check(&self, class: &'static str, token_hash: &str, metrics: &Metrics) -> Result<(), (String, Duration)> {
+    pub fn check(&self, class: &'static str, token_hash: &String, metrics: &Metrics) -> Result<(), (String, Duration)> {
         if !self.config.enabled {
             return Ok(());
         }
@@ -371,7 +371,7 @@ impl FrameRates {
             "read" => (&self.read, self.config.read),
             _ => (&self.write, self.config.write),
         };
-        bucket.check(&Box::from(token_hash)).map_err(|wait| {
+        bucket.check(token_hash).map_err(|wait| {
             metrics.rate_limited.with_label_values(&[class]).inc();
             let message = format!(
                 "over this token's {class} rate of {} frames a second (bursts of {}); retry in {} ms",

@@ -56,6 +56,19 @@ fn checked_scopes(scopes: &[Scope]) -> Result<Vec<Scope>> {
     Ok(set.into_iter().collect())
 }
 
+/// The bot user of app `a`, if the app exists and its bot user is active: who posts for an
+/// incoming webhook or answers a slash command.
+pub async fn active_bot(
+    tx: &mut dyn KvTxn,
+    w: &selvage_shared::WorkspaceId,
+    a: &AppId,
+) -> Result<Option<User>, StoreError> {
+    match load(tx, w, a).await? {
+        Some(app) => Ok(get_user(tx, w, &app.bot_user).await?.filter(|b| !b.deactivated)),
+        None => Ok(None),
+    }
+}
+
 /// Reads an app of a workspace.
 pub async fn load(tx: &mut dyn KvTxn, w: &selvage_shared::WorkspaceId, a: &AppId) -> Result<Option<App>, StoreError> {
     match tx.get(&keys::app(w, a)).await? {

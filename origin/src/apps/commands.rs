@@ -297,11 +297,7 @@ impl Commands {
             }
             let command = tx.get(&keys::command(w, &name)).await?.and_then(|raw| decode::<Command>(&raw));
             let Some(command) = command else { return Ok(Ok(Some(None))) };
-            let bot = match super::load(tx, w, &command.app).await? {
-                Some(app) => get_user(tx, w, &app.bot_user).await?.filter(|b| !b.deactivated),
-                None => None,
-            };
-            let Some(bot) = bot else { return Ok(Ok(Some(None))) };
+            let Some(bot) = super::active_bot(tx, w, &command.app).await? else { return Ok(Ok(Some(None))) };
             let respond = Respond {
                 workspace: w.clone(),
                 app: command.app.clone(),
@@ -427,11 +423,7 @@ impl Commands {
                 Some(mut r) if r.expires_at > now && r.uses_left > 0 => {
                     r.uses_left -= 1;
                     tx.set(&key, &selvage_shared::to_msgpack(&r))?;
-                    let bot = match super::load(tx, &r.workspace, &r.app).await? {
-                        Some(app) => get_user(tx, &r.workspace, &app.bot_user).await?.filter(|b| !b.deactivated),
-                        None => None,
-                    };
-                    bot.map(|b| (r, b.id))
+                    super::active_bot(tx, &r.workspace, &r.app).await?.map(|b| (r, b.id))
                 }
                 _ => None,
             }

@@ -12,7 +12,7 @@ use selvage_shared::{AppId, ChannelId, UserId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    caller::{get_user, Caller},
+    caller::Caller,
     channels,
     error::{OriginError, Result},
     ids,
@@ -166,16 +166,10 @@ pub async fn post(origin: &Origin, secret: &str, text: String, client_msg_id: Op
             .and_then(|raw| selvage_shared::from_msgpack::<IncomingHook>(&raw).ok())
         {
             None => None,
-            Some(hook) => match super::load(tx, &hook.workspace, &hook.app).await? {
-                None => None,
-                Some(app) => get_user(tx, &hook.workspace, &app.bot_user).await?.map(|bot| (hook, bot)),
-            },
+            Some(hook) => super::active_bot(tx, &hook.workspace, &hook.app).await?.map(|bot| (hook, bot)),
         }
     })?;
     let (hook, bot) = found.ok_or_else(unknown)?;
-    if bot.deactivated {
-        return Err(unknown());
-    }
     // Keys are the sender's, per hook: two hooks of one bot may be given the same one. Without
     // a key every post is a new message.
     let client_msg_id = match client_msg_id {
