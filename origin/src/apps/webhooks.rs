@@ -209,6 +209,17 @@ fn checked_events(events: &[String]) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The endpoints of app `a`.
+async fn hooks_of(tx: &mut dyn KvTxn, w: &WorkspaceId, a: &AppId) -> Result<Vec<Webhook>, StoreError> {
+    let rows = tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await?;
+    Ok(rows.iter().filter_map(|(_, raw)| decode::<Webhook>(raw)).filter(|h| h.app == *a).collect())
+}
+
+/// The position of a delivery log's `before` cursor.
+fn log_cursor(c: &str) -> Result<Position> {
+    feed::parse_cursor(c).ok_or_else(|| OriginError::BadRequest(format!("{c:?} is not a cursor")))
+}
+
 /// The endpoint `h` of app `a`, if it is one of the caller's workspace's.
 async fn load_hook(tx: &mut dyn KvTxn, w: &WorkspaceId, a: &AppId, h: &str) -> Result<Option<Webhook>, StoreError> {
     if !selvage_shared::is_valid_id(h) {
@@ -291,16 +302,11 @@ impl Webhooks {
         let (found, _) = transact!(self.store, |tx| {
             match super::load(tx, w, a).await? {
                 None => None,
-                Some(_) => Some(tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await?),
+                Some(_) => Some(hooks_of(tx, w, a).await?),
             }
         })?;
-        let rows = found.ok_or_else(|| super::no_app(a))?;
-        let mut hooks: Vec<WebhookView> = rows
-            .iter()
-            .filter_map(|(_, raw)| decode::<Webhook>(raw))
-            .filter(|h| h.app == *a)
-            .map(|h| WebhookView::from(&h))
-            .collect();
+        let mut hooks: Vec<WebhookView> =
+            found.ok_or_else(|| super::no_app(a))?.iter().map(WebhookView::from).collect();
         hooks.sort_by_key(|h| h.created_at);
         Ok(hooks)
     }
@@ -409,11 +415,7 @@ impl Webhooks {
         let w = &caller.workspace;
         let end = match before {
             None => crate::store::prefix_range(&keys::hook_logs(w, h)).1,
-            Some(c) => {
-                let pos =
-                    feed::parse_cursor(c).ok_or_else(|| OriginError::BadRequest(format!("{c:?} is not a cursor")))?;
-                keys::hook_log(w, h, &pos)
-            }
+            Some(c) => keys::hook_log(w, h, &log_cursor(c)?),
         };
         let begin = crate::store::prefix_range(&keys::hook_logs(w, h)).0;
         let (rows, _) = transact!(self.store, |tx| {
@@ -450,23 +452,12 @@ impl Webhooks {
     ) -> Result<(Vec<(Cursor, String, Delivery)>, Option<Cursor>)> {
         super::require_admin(caller)?;
         let w = &caller.workspace;
-        let before = match before {
-            None => None,
-            Some(c) => {
-                Some(feed::parse_cursor(c).ok_or_else(|| OriginError::BadRequest(format!("{c:?} is not a cursor")))?)
-            }
-        };
+        let before = before.map(log_cursor).transpose()?;
         let (found, _) = transact!(self.store, |tx| {
             match super::load(tx, w, a).await? {
                 None => None,
                 Some(_) => {
-                    let hooks: Vec<Webhook> = tx
-                        .get_range(&RangeRead::prefix(&keys::webhooks(w)))
-                        .await?
-                        .iter()
-                        .filter_map(|(_, raw)| decode::<Webhook>(raw))
-                        .filter(|h| h.app == *a)
-                        .collect();
+                    let hooks = hooks_of(tx, w, a).await?;
                     let mut rows = Vec::new();
                     for hook in hooks {
                         let (begin, mut end) = crate::store::prefix_range(&keys::hook_logs(w, &hook.id));
