@@ -313,6 +313,13 @@ async fn registering_commands_is_for_admins_checked_and_scoped_to_the_workspace(
     assert!(!v.to_string().contains("whsec_"), "{v}");
     assert_eq!(o.get("/v1/commands", &other_admin).await.1["commands"], json!([]));
 
+    // A revoked token reaches none of it.
+    let (_, doomed) = o.user(&admin, "doomed").await;
+    assert_eq!(o.post("/v1/tokens/revoke", &doomed, json!({})).await.0, StatusCode::OK);
+    assert_eq!(o.get("/v1/commands", &doomed).await.0, StatusCode::UNAUTHORIZED);
+    let general = o.get("/v1/channels", &admin).await.1["channels"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(run(&o, &doomed, &general, "/deploy eph").await.0, StatusCode::UNAUTHORIZED);
+
     // An app without the `commands` scope has none.
     let (_, v) =
         o.post("/v1/apps", &admin, json!({ "name": "Poster", "handle": "poster", "scopes": ["chat:write"] })).await;
@@ -329,7 +336,6 @@ async fn registering_commands_is_for_admins_checked_and_scoped_to_the_workspace(
         o.call(reqwest::Method::DELETE, &format!("{path}/deploy"), &admin, None).await.0,
         StatusCode::NO_CONTENT
     );
-    let general = o.get("/v1/channels", &admin).await.1["channels"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(run(&o, &admin, &general, "/deploy eph").await.1["error"]["code"], "unknown_command");
     let (s, _) = o.post(&path, &admin, json!({ "command": "/again", "url": url })).await;
     assert_eq!(s, StatusCode::CREATED);
