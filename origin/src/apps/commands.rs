@@ -98,12 +98,9 @@ impl From<&Command> for CommandView {
 /// Where a command's later answers go, kept under the hash of its `response_url`'s secret.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Respond {
-    workspace: WorkspaceId,
+    /// The run's channel, sender and command.
+    to: Target,
     app: AppId,
-    command: String,
-    channel: ChannelId,
-    user: UserId,
-    thread_root: Option<Seq>,
     expires_at: i64,
     uses_left: u32,
 }
@@ -299,12 +296,14 @@ impl Commands {
             let Some(command) = command else { return Ok(Ok(Some(None))) };
             let Some(bot) = super::active_bot(tx, w, &command.app).await? else { return Ok(Ok(Some(None))) };
             let respond = Respond {
-                workspace: w.clone(),
+                to: Target {
+                    workspace: w.clone(),
+                    channel: c.clone(),
+                    user: u.clone(),
+                    thread_root: request.thread_root,
+                    command: name.clone(),
+                },
                 app: command.app.clone(),
-                command: name.clone(),
-                channel: c.clone(),
-                user: u.clone(),
-                thread_root: request.thread_root,
                 expires_at: now + RESPONSE_URL_TTL_MS,
                 uses_left: RESPONSE_URL_USES,
             };
@@ -312,10 +311,10 @@ impl Commands {
             tx.set(&keys::command_response(&hash), &selvage_shared::to_msgpack(&respond))?;
             tx.set(&keys::command_expiry(respond.expires_at, &hash), &[])?;
             sweep(tx, now).await?;
-            Ok(Some(Some((command, bot.id))))
+            Ok(Some(Some((command, bot.id, respond.to))))
         })?;
         let metrics = &origin.metrics.commands;
-        let (command, bot) = match found? {
+        let (command, bot, to) = match found? {
             None => return Ok(None),
             Some(None) => {
                 metrics.with_label_values(&["unknown"]).inc();
@@ -337,13 +336,6 @@ impl Commands {
                     // As in Slack: the channel sees the command, then its answer.
                     origin.sequencer.send(request.clone()).await?;
                 }
-                let to = Target {
-                    workspace: w.clone(),
-                    channel: c.clone(),
-                    user: u.clone(),
-                    thread_root: request.thread_root,
-                    command: name.clone(),
-                };
                 deliver(origin, &to, &bot, answer.text.unwrap_or_default(), in_channel).await?
             }
         };
@@ -423,19 +415,12 @@ impl Commands {
                 Some(mut r) if r.expires_at > now && r.uses_left > 0 => {
                     r.uses_left -= 1;
                     tx.set(&key, &selvage_shared::to_msgpack(&r))?;
-                    super::active_bot(tx, &r.workspace, &r.app).await?.map(|b| (r, b.id))
+                    super::active_bot(tx, &r.to.workspace, &r.app).await?.map(|b| (r.to, b.id))
                 }
                 _ => None,
             }
         })?;
-        let (r, bot) = found.ok_or_else(gone)?;
-        let to = Target {
-            workspace: r.workspace,
-            channel: r.channel,
-            user: r.user,
-            thread_root: r.thread_root,
-            command: r.command,
-        };
+        let (to, bot) = found.ok_or_else(gone)?;
         deliver(origin, &to, &bot, text, in_channel).await
     }
 }
@@ -470,6 +455,7 @@ fn read_answer(body: &[u8]) -> std::result::Result<Answer, String> {
 }
 
 /// Where an answer goes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Target {
     workspace: WorkspaceId,
     channel: ChannelId,
