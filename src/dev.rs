@@ -106,6 +106,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     edge_config.origin.link = link_addr.to_string();
     edge_config.origin.fingerprint = Some(link_fingerprint);
     edge_config.origin.edge_key = edge_key;
+    // The web client on the edge passes the API through to this origin, and shows files from
+    // the S3 endpoint.
+    edge_config.web.api_url = format!("http://{}", running.addr);
+    edge_config.web.connect_origins = vec![s3.endpoint()];
     let edge = selvage_edge::start(edge_config, shutdown).await?;
     let origin = running.origin.clone();
     let demo_file = args.data_dir.join("demo.json");
@@ -131,6 +135,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     };
     let base = format!("http://{}", running.addr);
     println!("\nSelvage dev is running.\n");
+    println!("  web client        http://{}/   (sign-in links below)", edge.addr);
     println!("  edge WebSocket    ws://{}/v1/connect?token=TOKEN   (metrics: http://{}/metrics)", edge.addr, edge.addr);
     if let (Some(addr), Some(fp)) = (edge.quic_addr, edge.quic_fingerprint.as_deref()) {
         println!("  edge QUIC         {addr}   (ALPN selvage/1; pin certificate sha256 {fp})");
@@ -151,10 +156,17 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     println!("  operator key      {operator_key}   (valid for this run)");
     println!("\nDemo workspace {}; fresh tokens for this run:", demo.workspace);
     let mut first_token = None;
+    let mut links = Vec::new();
     for (user, handle) in &demo.users {
         let token = accounts::mint_token(&origin.store, &demo.workspace, user, 0).await?;
         println!("  {handle:<6} {user}  {token}");
+        // The token rides in the fragment, which a browser never sends to a server.
+        links.push(format!("  {handle:<6} http://{}/#token={token}", edge.addr));
         first_token.get_or_insert(token);
+    }
+    println!("\nOpen the web client, signed in (one link per demo user; try two windows):");
+    for link in links {
+        println!("{link}");
     }
     if let Some(token) = first_token {
         let caller = accounts::authenticate(&origin.store, &token).await?;

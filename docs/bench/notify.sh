@@ -25,7 +25,7 @@ for r in $(seq "$runs"); do
   [ "${QUIET:-1}" = 0 ] || quiet
   RUST_LOG=warn $bin loadtest notify --members "$members" --duration "${secs}s" --peer-python "$venv/bin/python" \
     --data-dir "$out/run$r" --json > "$out/run$r.json" 2> "$out/run$r.err" \
-    || { echo "run $r failed:" >&2; tail -20 "$out/run$r.err" "$out/run$r.json" >&2; exit 1; }
+    || { echo "run $r failed:" >&2; tail -n 20 "$out/run$r.err" "$out/run$r.json" >&2; exit 1; }
   rm -rf "$out/run$r"
   f=$out/run$r.json
   printf 'run %s: decide %s ms/msg (CPU %s ms) | sends/s on %s off %s ratio %s | push %s/s pywebpush %s/s | mention→push p99 %s ms\n' "$r" \

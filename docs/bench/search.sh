@@ -47,7 +47,7 @@ for r in $(seq "$runs"); do
   RUST_LOG=warn $bin loadtest search --messages "$messages" --searchers "$searchers" --duration "${secs}s" \
     --seed "$seed" --postgres "$conninfo" --postgres-config "$pg_config" --data-dir "$out/run$r" --json \
     > "$out/run$r.json" 2> "$out/run$r.err" \
-    || { echo "run $r failed:" >&2; tail -20 "$out/run$r.err" "$out/run$r.json" >&2; exit 1; }
+    || { echo "run $r failed:" >&2; tail -n 20 "$out/run$r.err" "$out/run$r.json" >&2; exit 1; }
   rm -rf "$out/run$r"
   f=$out/run$r.json
   printf 'run %s: indexed %s msg/s (%s MiB) | PG %s rows/s (%s MiB) | Selvage %s searches/s p50 %s p99 %s ms | PG %s/s p50 %s p99 %s ms\n' "$r" \

@@ -20,7 +20,7 @@ for r in $(seq "$runs"); do
   [ "${QUIET:-1}" = 0 ] || quiet
   RUST_LOG=warn $bin loadtest webhooks --endpoints "$endpoints" --events "$events" --duration "${secs}s" \
     --latency-duration "${secs}s" --data-dir "$out/run$r" --json > "$out/run$r.json" 2> "$out/run$r.err" \
-    || { echo "run $r failed:" >&2; tail -20 "$out/run$r.err" "$out/run$r.json" >&2; exit 1; }
+    || { echo "run $r failed:" >&2; tail -n 20 "$out/run$r.err" "$out/run$r.json" >&2; exit 1; }
   rm -rf "$out/run$r"
   f=$out/run$r.json
   printf 'run %s: %s deliveries/s | event→delivered p50 %s ms p99 %s ms | sign %s ns | sends/s on %s off %s ratio %s\n' "$r" \

@@ -51,6 +51,42 @@ pub struct EdgeConfig {
     pub sessions: SessionConfig,
     /// Rate limits per token on client frames.
     pub rate_limits: RateLimitsConfig,
+    /// The web client at `/` and the API passage at `/v1/…`.
+    pub web: WebConfig,
+}
+
+/// The web client every edge serves, and the origin's HTTP API passed through beside it
+/// (ARCHITECTURE §3 "The web client"): a browser's one address is its edge.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Whether `/` serves the web client and `/v1/…` the API.
+    pub enabled: bool,
+    /// The origin's HTTP API, where requests to `/v1/…` (all but `/v1/connect`) go, as
+    /// `http://host:port`. Empty: they answer `503`.
+    pub api_url: String,
+    /// Origins besides the edge's own the client may connect to and show images from: the
+    /// object store's, whose presigned URLs uploads go to and previews come from
+    /// (`https://files.example.com`). They join the page's Content-Security-Policy.
+    pub connect_origins: Vec<String>,
+    /// Largest request body passed to the API (its bodies are JSON; files go to the object
+    /// store).
+    pub max_body_bytes: usize,
+    /// How long the API may take to answer, in ms (a long-poll of `/v1/events` waits up to
+    /// its `wait_ms`).
+    pub api_timeout_ms: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            api_url: "http://127.0.0.1:7700".into(),
+            connect_origins: Vec::new(),
+            max_body_bytes: 1 << 20,
+            api_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// Rate limits per token on client frames (ARCHITECTURE §7): a token bucket per token and
@@ -173,6 +209,7 @@ impl Default for EdgeConfig {
             cache: CacheConfig::default(),
             sessions: SessionConfig::default(),
             rate_limits: RateLimitsConfig::default(),
+            web: WebConfig::default(),
         }
     }
 }
@@ -227,6 +264,9 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.edge_id.is_empty() || self.edge_id.len() > 64 {
             return Err("edge_id must be 1 to 64 characters".into());
+        }
+        if self.web.max_body_bytes == 0 || self.web.api_timeout_ms == 0 {
+            return Err("web.max_body_bytes and web.api_timeout_ms must be more than 0".into());
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err("cert_file and key_file go together: set both or neither".into());

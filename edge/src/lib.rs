@@ -43,6 +43,7 @@ pub mod quic;
 pub mod server;
 pub mod session;
 pub mod upstream;
+pub mod web;
 pub mod wire;
 pub mod workspace;
 pub mod ws;

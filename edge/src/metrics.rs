@@ -47,6 +47,9 @@ pub struct Metrics {
     pub one_way_dropped: IntCounterVec,
     /// Client frames refused for going over their token's rate, by class (`read`, `write`).
     pub rate_limited: IntCounterVec,
+    /// Requests passed to the origin's HTTP API, by outcome (`answered`, `unavailable`,
+    /// `timeout`).
+    pub api_passed: IntCounterVec,
 }
 
 impl Metrics {
@@ -140,9 +143,14 @@ impl Metrics {
                 &["class"],
             )
             .expect("valid counter"),
+            api_passed: IntCounterVec::new(
+                Opts::new("selvage_edge_api_requests_total", "Requests passed to the origin's HTTP API, by outcome"),
+                &["outcome"],
+            )
+            .expect("valid counter"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(m.connections.clone()),
             Box::new(m.boot_latency.clone()),
             Box::new(m.cache_requests.clone()),
@@ -159,6 +167,7 @@ impl Metrics {
             Box::new(m.one_way_in_flight.clone()),
             Box::new(m.one_way_dropped.clone()),
             Box::new(m.rate_limited.clone()),
+            Box::new(m.api_passed.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.

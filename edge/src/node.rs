@@ -43,6 +43,8 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the edge starts draining.
     pub drain: CancellationToken,
+    /// The web client and the API passage, unless `web.enabled` is off.
+    pub web: Option<crate::web::Api>,
 }
 
 impl Edge {

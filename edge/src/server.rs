@@ -11,7 +11,7 @@ use axum::{
     extract::State,
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
     Router,
 };
 use subtle::ConstantTimeEq;
@@ -27,6 +27,7 @@ use crate::{
     node::Edge,
     quic,
     upstream::{Upstream, UpstreamConfig},
+    web,
     workspace::CacheLimits,
     ws,
 };
@@ -96,6 +97,10 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
     let frame_budget = FrameBudget::new(config.sessions.frame_budget_bytes, &metrics);
     let one_way = OneWayCalls::new(ONE_WAY_IN_FLIGHT, &metrics);
     let rates = crate::limits::FrameRates::new(&config.rate_limits);
+    let web = match config.web.enabled {
+        true => Some(web::Api::new(&config.web).map_err(StartError::Config)?),
+        false => None,
+    };
     let edge = Arc::new(Edge {
         config,
         instance,
@@ -108,6 +113,7 @@ pub async fn start(config: EdgeConfig, shutdown: CancellationToken) -> Result<Ru
         rates,
         metrics,
         drain: CancellationToken::new(),
+        web,
     });
     let quic = match edge.config.quic_listen {
         Some(quic_addr) => Some(quic::listen(edge.clone(), quic_addr, shutdown.clone())?),
@@ -191,6 +197,9 @@ fn router(edge: Arc<Edge>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/admin/drain", post(drain))
+        .route("/", get(web::index))
+        .route("/{name}", get(web::file))
+        .route("/v1/{*rest}", any(web::api))
         .with_state(edge)
 }
 

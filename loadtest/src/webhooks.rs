@@ -121,8 +121,15 @@ pub struct SequencerReport {
     pub on: Vec<f64>,
     pub off: Vec<f64>,
     pub ratio: f64,
-    /// Deliveries made during the runs with webhooks on.
+    /// Deliveries made for the runs with webhooks on (during them and after).
     pub deliveries: u64,
+    /// Per run with webhooks on: deliveries its `#hooks` messages asked for, how many of them
+    /// arrived before the run ended, and how long after its end the last one arrived (ms).
+    /// The consumers run at a lower CPU priority than the sequencer (`consumers.nice`): while
+    /// the senders keep both cores busy, deliveries fall behind, and catch up after.
+    pub asked: Vec<u64>,
+    pub in_run: Vec<u64>,
+    pub catch_up_ms: Vec<f64>,
 }
 
 /// What the receiver saw.
@@ -203,6 +210,9 @@ async fn seed(origin: &Arc<Origin>, endpoints: usize, base: &str) -> Result<Seed
     Ok(Seeded { admin, hooks, chatter })
 }
 
+/// How much lower the receiver's CPU priority is (see [`measure`]): the consumers'.
+const RECEIVER_NICE: i32 = 10;
+
 /// Runs the phases and summarises.
 pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     if args.endpoints == 0 || args.events == 0 || args.senders == 0 || args.rounds == 0 || args.rate == 0 {
@@ -210,10 +220,16 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     }
     let (dir, _tempdir) = crate::report::data_dir(&args.data_dir)?;
     let rx = Arc::new(Receiver::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let base = format!("http://{}", listener.local_addr()?);
     let app = Router::new().route("/hook/{n}", post(receive)).with_state(rx.clone());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // The receiver stands for the apps' servers, which run on machines of their own: here it
+    // has a runtime of its own at the consumers' priority, so that it takes from the sequencer
+    // no more than the deliveries it answers do.
+    let elsewhere = selvage_origin::background::Background::new(1, RECEIVER_NICE)?;
+    let server =
+        elsewhere.handle().spawn(async move { axum::serve(tokio::net::TcpListener::from_std(listener)?, app).await });
     let hour = 3_600_000;
 
     // Seed, and queue the throughput phase's events with the dispatcher held back.
@@ -261,6 +277,7 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     let mut on = Vec::new();
     let mut off = Vec::new();
     let mut deliveries = 0;
+    let (mut asked, mut in_run, mut catch_up_ms) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
         for webhooks in [false, true] {
             let (running, shutdown) = start(config(&dir, webhooks, TICK_MS)?).await?;
@@ -272,6 +289,8 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
             let before = rx.received.load(Ordering::Relaxed);
             let result = sequencer_run(&running.origin, &seeded, args, round, webhooks).await;
             if webhooks {
+                let ended = Instant::now();
+                let during = rx.received.load(Ordering::Relaxed) - before;
                 let sent = result.as_ref().map(|r| r.1).unwrap_or(0);
                 // What the run queued is delivered before the next one starts.
                 wait_for("deliveries of the run", before + sent * args.endpoints as u64, || {
@@ -279,6 +298,9 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
                 })
                 .await?;
                 deliveries += rx.received.load(Ordering::Relaxed) - before;
+                asked.push(sent * args.endpoints as u64);
+                in_run.push(during);
+                catch_up_ms.push(ended.elapsed().as_secs_f64() * 1000.0);
             }
             stop(running, shutdown).await;
             let (rate, _) = result?;
@@ -298,7 +320,7 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
         latency,
         latency_deliveries: histogram.len(),
         signing,
-        sequencer: SequencerReport { on, off, ratio, deliveries },
+        sequencer: SequencerReport { on, off, ratio, deliveries, asked, in_run, catch_up_ms },
     })
 }
 
@@ -459,4 +481,9 @@ fn print_report(r: &WebhooksReport) {
         list(&s.off),
         s.ratio
     );
+    for ((asked, in_run), catch_up) in s.asked.iter().zip(&s.in_run).zip(&s.catch_up_ms) {
+        println!(
+            "                   a run asked for {asked} deliveries: {in_run} arrived during it, the last {catch_up:.0} ms after it"
+        );
+    }
 }

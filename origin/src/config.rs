@@ -654,11 +654,25 @@ pub struct ConsumersConfig {
     pub retry_min_ms: u64,
     /// Longest pause between retries of a failing batch, in ms.
     pub retry_max_ms: u64,
+    /// Worker threads of the runtime the services on the feed run on, apart from the one that
+    /// serves the API and the sequencer; 0 runs them on that one.
+    pub threads: usize,
+    /// How much lower than the origin's the CPU priority of those threads is, as a nice
+    /// increment (0–19; Linux): a busy machine serves the sequencer first and the consumers,
+    /// which catch up from their cursors, with what is left.
+    pub nice: i32,
 }
 
 impl Default for ConsumersConfig {
     fn default() -> Self {
-        ConsumersConfig { batch_size: 256, lease_ms: 15_000, retry_min_ms: 100, retry_max_ms: 30_000 }
+        ConsumersConfig {
+            batch_size: 256,
+            lease_ms: 15_000,
+            retry_min_ms: 100,
+            retry_max_ms: 30_000,
+            threads: 2,
+            nice: 10,
+        }
     }
 }
 
@@ -673,6 +687,12 @@ impl ConsumersConfig {
         }
         if self.retry_min_ms == 0 || self.retry_max_ms < self.retry_min_ms {
             return Err("consumers.retry_min_ms must be > 0 and consumers.retry_max_ms at least as long".into());
+        }
+        if self.threads > 256 {
+            return Err("consumers.threads must be 256 or fewer".into());
+        }
+        if !(0..=19).contains(&self.nice) {
+            return Err("consumers.nice must be between 0 and 19".into());
         }
         Ok(())
     }

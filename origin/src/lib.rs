@@ -36,6 +36,7 @@
 
 pub mod accounts;
 pub mod apps;
+pub mod background;
 pub mod caller;
 pub mod channels;
 pub mod config;
@@ -258,7 +259,12 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     let sweeper = tokio::spawn(presence::run_sweeper(origin.presence.clone(), origin.relay.clone(), shutdown.clone()));
     let rate_sweeper = tokio::spawn(origin.rate.clone().run_sweeper(shutdown.clone()));
     // The services on the feed: the files service's thumbnail worker and sweeper, the search
-    // indexer.
+    // indexer, the notifier, the webhook dispatcher — on a runtime of their own, at a lower
+    // CPU priority than the sequencer's.
+    let consumers = &origin.config.consumers;
+    let runtime = background::Background::new(consumers.threads, consumers.nice)
+        .map_err(|e| StartError::Config(format!("cannot start the consumers' runtime: {e}")))?;
+    let entered = runtime.handle().enter();
     let mut background = match &origin.files {
         Some(files) => files.start_background(&origin.store, &origin.feed, &origin.config.consumers, &shutdown)?,
         None => Vec::new(),
@@ -277,6 +283,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
                 .map_err(StartError::Config)?,
         );
     }
+    drop(entered);
     let app = http::router(origin.clone());
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();
@@ -305,6 +312,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         for task in background {
             let _ = task.await;
         }
+        drop(runtime);
         tracing::info!("origin stopped");
     });
     Ok(Running { addr, link_addr, link_fingerprint, origin, task })

@@ -110,6 +110,7 @@ impl Origin {
         c.origin.edge_key = EDGE_KEY.into();
         c.operator_key = Some(OPERATOR_KEY.into());
         c.sessions.drain_grace_ms = 1500;
+        c.web.api_url = self.base.clone();
         c
     }
 

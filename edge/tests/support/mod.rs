@@ -27,7 +27,7 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 pub struct Rig {
     pub origin: Arc<selvage_origin::Origin>,
     pub edge: selvage_edge::Running,
-    _origin: selvage_origin::Running,
+    pub(crate) _origin: selvage_origin::Running,
     pub ws: WorkspaceId,
     pub admin: UserId,
     pub token: String,
@@ -84,6 +84,7 @@ pub async fn rig_with_origin(
         },
         ..EdgeConfig::default()
     };
+    edge_config.web.api_url = format!("http://{}", running.addr);
     adjust(&mut edge_config);
     let edge = selvage_edge::start(edge_config, shutdown.clone()).await.unwrap();
     wait_until("the edge links to the origin", || edge.edge.is_ready()).await;

@@ -1,0 +1,81 @@
+// Do-not-disturb and desktop notifications.
+//
+// DnD is `set_presence {dnd}` on the session; the user's own presence (the session follows it
+// with `presence_sub`) tells every tab whether it is on. Notifications are Web Push (API.md
+// "Notifications"): the origin pushes only while the user is away from every session, so a
+// service worker (sw.js) shows them even with no tab open. Asked for only when the user clicks.
+
+import { $, toast } from './dom.js';
+import { api } from './api.js';
+
+let ctx; // {store, session}
+let dndButton;
+let pushButton;
+
+export function initNotify(context) {
+  ctx = context;
+  dndButton = $('#dnd-toggle');
+  pushButton = $('#push-toggle');
+  dndButton.addEventListener('click', () => {
+    const on = dndButton.getAttribute('aria-pressed') !== 'true';
+    ctx.session.fire({ type: 'set_presence', dnd: on });
+    showDnd(on); // the presence event confirms it
+  });
+  ctx.store.on('presence', (user) => {
+    if (user === ctx.store.self?.id) showDnd(ctx.store.presence.get(user) === 'dnd');
+  });
+  if (!('serviceWorker' in navigator) || !('PushManager' in window)) {
+    pushButton.hidden = true;
+    return;
+  }
+  pushButton.addEventListener('click', enablePush);
+  // Already allowed in an earlier visit: keep the subscription current, quietly.
+  if (Notification.permission === 'granted' && localStorage.getItem('selvage.push') === 'on') {
+    subscribe().catch((e) => console.warn('selvage: push subscription', e));
+  }
+  showPush();
+}
+
+function showDnd(on) {
+  dndButton.setAttribute('aria-pressed', String(on));
+  dndButton.textContent = on ? '🌙 DnD on' : '🌙 DnD off';
+  dndButton.title = on ? 'Do not disturb is on: notifications wait' : 'Turn on do not disturb';
+}
+
+function showPush() {
+  const on = Notification.permission === 'granted' && localStorage.getItem('selvage.push') === 'on';
+  pushButton.setAttribute('aria-pressed', String(on));
+  pushButton.title = on ? 'Desktop notifications are on' : 'Turn on desktop notifications';
+}
+
+async function enablePush() {
+  try {
+    if (Notification.permission !== 'granted' && (await Notification.requestPermission()) !== 'granted') {
+      toast('Notifications are blocked for this site in the browser.');
+      return;
+    }
+    await subscribe();
+    localStorage.setItem('selvage.push', 'on');
+    toast('Desktop notifications are on.');
+  } catch (e) {
+    toast(`Could not turn on notifications: ${e.message}`);
+  }
+  showPush();
+}
+
+/** Registers the service worker and hands the browser's push subscription to the origin. */
+async function subscribe() {
+  const registration = await navigator.serviceWorker.register('/sw.js');
+  await navigator.serviceWorker.ready;
+  const { public_key: key } = await api('GET', '/v1/push/key');
+  let sub = await registration.pushManager.getSubscription();
+  if (!sub) {
+    sub = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: base64UrlBytes(key) });
+  }
+  await api('POST', '/v1/push/subscriptions', sub.toJSON());
+}
+
+function base64UrlBytes(text) {
+  const b64 = text.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(text.length / 4) * 4, '=');
+  return Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+}
