@@ -116,18 +116,18 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     let demo: Demo = match std::fs::read(&demo_file).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
         Some(demo) => demo,
         None => {
-            let (workspace, alice) = accounts::create_workspace(&origin.store, "Demo", "alice", "Alice", 0).await?;
-            let caller = accounts::authenticate(&origin.store, &alice.token).await?;
-            let bob = accounts::create_user(&origin.store, &caller, "bob", "Bob", false, 0).await?;
-            for (token, handle) in [(&alice.token, "alice"), (&bob.token, "bob")] {
-                let caller = accounts::authenticate(&origin.store, token).await?;
+            let (workspace, alice) = origin.create_workspace("Demo", "alice", "Alice").await?;
+            let bob = origin.create_user(&alice, "bob", "Bob").await?;
+            for actor in [&alice, &bob] {
+                let caller = accounts::authenticate(&origin.store, actor.token()).await?;
                 let prefs = selvage_shared::NotifyPrefs {
-                    email_address: Some(format!("{handle}@demo.invalid")),
+                    email_address: Some(format!("{}@demo.invalid", actor.user().handle)),
                     ..selvage_shared::NotifyPrefs::default()
                 };
                 selvage_origin::notify::put_prefs(&origin.store, &caller, prefs).await?;
             }
-            let users = vec![(alice.user.id, alice.user.handle), (bob.user.id, bob.user.handle)];
+            seed_conversation(&origin, &alice, &bob).await?;
+            let users = [&alice, &bob].iter().map(|a| (a.user().id.clone(), a.user().handle.clone())).collect();
             let demo = Demo { workspace: workspace.id, users };
             std::fs::write(&demo_file, serde_json::to_vec_pretty(&demo)?)?;
             demo
@@ -197,5 +197,29 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<()> {
     running.wait().await;
     // Last, so that the origin's work in flight could still reach it.
     s3.shutdown().await;
+    Ok(())
+}
+
+/// A first conversation in the demo workspace, so the web client opens on something to read:
+/// a few messages in `#general`, a thread, and `#random`.
+async fn seed_conversation(
+    origin: &selvage_origin::Origin,
+    alice: &selvage_origin::Actor,
+    bob: &selvage_origin::Actor,
+) -> Result<()> {
+    let channels = origin.channels(alice).await?;
+    let Some(general) = channels.iter().find(|c| c.name == "general") else {
+        return Ok(());
+    };
+    let welcome = origin
+        .send(alice, &general.id, "Welcome to Selvage! Everyone in the workspace is in #general.", "demo-welcome")
+        .await?;
+    origin
+        .send(bob, &general.id, "Hi Alice. Threads, reactions, mentions, files and search all work here.", "demo-hi")
+        .await?;
+    origin
+        .reply(bob, &general.id, welcome.message.seq, "A reply in the welcome message's thread.", "demo-reply")
+        .await?;
+    origin.create_channel(alice, "random", false).await?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! its documentation; only the parsing and rendering of HTTP are skipped. Tokens made here never
 //! expire.
 
-use selvage_shared::{link::WorkspaceSnapshot, Channel, ChannelId, User, Workspace, WorkspaceId};
+use selvage_shared::{link::WorkspaceSnapshot, Channel, ChannelId, Seq, User, Workspace, WorkspaceId};
 
 use crate::{
     accounts::{self, Issued},
@@ -89,13 +89,36 @@ impl Origin {
         text: &str,
         client_msg_id: impl Into<String>,
     ) -> Result<Sent> {
+        self.post(author, channel, None, text, client_msg_id.into()).await
+    }
+
+    /// [`Origin::send`], as a reply in the thread rooted at `root`.
+    pub async fn reply(
+        &self,
+        author: &Actor,
+        channel: &ChannelId,
+        root: Seq,
+        text: &str,
+        client_msg_id: impl Into<String>,
+    ) -> Result<Sent> {
+        self.post(author, channel, Some(root), text, client_msg_id.into()).await
+    }
+
+    async fn post(
+        &self,
+        author: &Actor,
+        channel: &ChannelId,
+        thread_root: Option<Seq>,
+        text: &str,
+        client_msg_id: String,
+    ) -> Result<Sent> {
         let request = SendRequest {
             workspace: author.caller.workspace.clone(),
             channel: channel.clone(),
             user: author.caller.user.id.clone(),
             text: text.to_string(),
-            client_msg_id: client_msg_id.into(),
-            thread_root: None,
+            client_msg_id,
+            thread_root,
             files: Vec::new(),
         };
         self.sequencer.send(request).await
