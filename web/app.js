@@ -15,7 +15,8 @@
 // The token comes in the URL fragment (`#token=…`, never sent to a server), is kept in
 // sessionStorage (`selvage.token`) and removed from the address bar at once.
 //
-// Modules: session.js (connection, resume, requests), store.js (state, unread counts, gaps),
+// Modules: boot.js (first to run: the token, and the socket opened before the rest has loaded),
+// session.js (connection, resume, requests), store.js (state, unread counts, gaps),
 // conversation.js, thread.js, sidebar.js, search.js, composer.js, message.js (views),
 // files.js (uploads, previews), notify.js (do-not-disturb, Web Push; sw.js), dom.js, api.js.
 //
@@ -33,20 +34,20 @@
 //   message a search result opened. performance.mark('selvage-first-messages') is set when the
 //   first message list is on screen.
 
+import { token, early, takeToken, fragmentParams, startParams, TOKEN_KEY } from './boot.js';
 import { Session } from './session.js';
 import { Store } from './store.js';
 import { $, toast } from './dom.js';
 import { setToken, editMessage as patchMessage, deleteMessage, react as putReaction, getChannel } from './api.js';
 import { configureMessages } from './message.js';
 import { configureComposer, toWire, fromWire } from './composer.js';
-import { initConversation, openChannel, currentChannel, fill, reveal, messageElement, focusComposer, maybeMarkRead } from './conversation.js';
+import { initConversation, openChannel, currentChannel, fill, reveal, messageElement, maybeMarkRead } from './conversation.js';
 import { initThread, openThread, closeThread, isThreadOpen } from './thread.js';
 import { initSidebar } from './sidebar.js';
 import { initSearch, closeSearch, isSearchOpen, focusSearch } from './search.js';
 import { initNotify } from './notify.js';
 import { uploadFile } from './files.js';
 
-const TOKEN_KEY = 'selvage.token';
 const SEND_RETRIES = 3;
 /** Errors after which the same send may simply go again (API.md, the error table). */
 const RETRYABLE = new Set(['rate_limited', 'overloaded', 'unavailable']);
@@ -55,26 +56,8 @@ const store = new Store();
 let session = null;
 let booted = false;
 let presenceKey = '';
-const startParams = fragmentParams();
 
 // ---- signing in ----
-
-function fragmentParams() {
-  return new URLSearchParams(location.hash.slice(1));
-}
-
-/** Takes the token out of the fragment (and the address bar) into this tab's sessionStorage. */
-function takeToken() {
-  const params = fragmentParams();
-  const token = params.get('token');
-  if (token) {
-    sessionStorage.setItem(TOKEN_KEY, token);
-    params.delete('token');
-    const rest = params.toString();
-    history.replaceState(null, '', location.pathname + location.search + (rest ? `#${rest}` : ''));
-  }
-  return sessionStorage.getItem(TOKEN_KEY);
-}
 
 function showSignIn(message = '') {
   $('#app').hidden = true;
@@ -85,11 +68,11 @@ function showSignIn(message = '') {
 
 $('#signin-form').addEventListener('submit', (e) => {
   e.preventDefault();
-  const token = $('#signin-token').value.trim();
-  if (!token) return;
-  sessionStorage.setItem(TOKEN_KEY, token);
+  const entered = $('#signin-token').value.trim();
+  if (!entered) return;
+  sessionStorage.setItem(TOKEN_KEY, entered);
   $('#signin').hidden = true;
-  start(token);
+  start(entered);
 });
 
 $('#me').addEventListener('click', () => {
@@ -100,18 +83,16 @@ $('#me').addEventListener('click', () => {
 
 // ---- the session ----
 
-function start(token) {
+function start(token, early = null) {
   setToken(token);
   $('#app').hidden = false;
   session = new Session(token, { hello: onHello, event: onEvent, state: showState, fatal: onFatal });
-  // Connecting comes first: everything else can be set up while the edge answers.
-  session.start();
   const ctx = {
     store, session, send, upload, openChannel, openThread, openAt, ensureUsers, loadAllUsers,
     updatePresenceSub, editMessage: startEdit,
   };
   configureMessages(store, {
-    react, edit: startEdit, remove, retry, openThread: (cid, root) => openThread(cid, root),
+    react, edit: startEdit, remove, retry, discard: (p) => store.settle(p), openThread: (cid, root) => openThread(cid, root),
   });
   configureComposer(store, loadAllUsers);
   initSidebar(ctx);
@@ -120,6 +101,8 @@ function start(token) {
   initSearch(ctx);
   initNotify(ctx);
   watchUsers();
+  // Last: taking over boot.js's socket may deliver `hello` (and more) at once, to the views.
+  session.start(early);
 }
 
 function showState(state) {
@@ -364,6 +347,9 @@ async function react(m, emoji, add) {
 function startEdit(m, element = messageElement(m.seq)) {
   if (!element || element.dataset.editing) return;
   element.dataset.editing = '1';
+  // Where the user was (the composer, after Up; the message itself): back there afterwards.
+  const before = document.activeElement;
+  const list = element.parentElement;
   const textEl = element.querySelector('[data-testid="message-text"]');
   const input = document.createElement('textarea');
   input.className = 'edit-input';
@@ -377,7 +363,8 @@ function startEdit(m, element = messageElement(m.seq)) {
     const c = store.channels.get(m.channel);
     if (next) c?.msgs.set(next.seq, next);
     store.emit('message', c?.msgs.get(m.seq) ?? m); // draws it again, form gone
-    if (element.closest('#conversation')) focusComposer();
+    const back = before?.isConnected && before !== document.body ? before : list?.querySelector(`:scope > [data-seq="${m.seq}"]`);
+    back?.focus();
   };
   input.addEventListener('keydown', async (e) => {
     if (e.key === 'Escape') {
@@ -466,6 +453,5 @@ navigator.serviceWorker?.addEventListener('message', (e) => {
 
 // ---- go ----
 
-const token = takeToken();
-if (token) start(token);
+if (token) start(token, early);
 else showSignIn();

@@ -5,7 +5,7 @@
 // Mentions: people type `@handle`; the wire form is `<@U…>` (API.md "Mentions"). `toWire`
 // turns every `@handle` of a known user into it when sending, and `fromWire` back when editing.
 
-import { h } from './dom.js';
+import { h, icon } from './dom.js';
 
 const TYPING_EVERY_MS = 3000;
 const MAX_SUGGESTIONS = 8;
@@ -52,7 +52,7 @@ export function makeComposer(opts) {
   const list = h('ul', { class: 'mention-list', id: listId, role: 'listbox', hidden: true, 'aria-label': 'People to mention' });
   const sendButton = h('button', { type: 'submit', class: 'send', 'data-testid': opts.sendTestid, 'aria-label': 'Send message' }, 'Send');
   const attach = h('input', { type: 'file', multiple: true, class: 'visually-hidden', id: `${opts.testid}-file`, tabindex: '-1' });
-  const attachLabel = h('label', { for: `${opts.testid}-file`, class: 'attach', title: 'Attach files', role: 'button', tabindex: '0', 'aria-label': 'Attach files' }, '📎');
+  const attachLabel = h('label', { for: `${opts.testid}-file`, class: 'attach', title: 'Attach files', role: 'button', tabindex: '0', 'aria-label': 'Attach files' }, icon('clip'));
   const form = h('form', { class: 'composer', 'aria-label': opts.label }, list, attach, attachLabel, input, sendButton);
 
   let lastTyping = 0;

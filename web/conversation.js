@@ -2,8 +2,8 @@
 // history`, older pages as the user scrolls back), the typing line and the composer. It moves
 // the read marker as the user reads: when the list is scrolled to the bottom of a visible tab.
 
-import { h, $, toast } from './dom.js';
-import { renderMessage, renderPending, place } from './message.js';
+import { h, icon, $, toast } from './dom.js';
+import { renderMessage, renderPending, place, placeAll, keyboardNavigation, messageToolbars, KEYS_HELP } from './message.js';
 import { makeComposer } from './composer.js';
 import { getChannel, joinChannel, ApiError } from './api.js';
 
@@ -45,7 +45,10 @@ export function initConversation(context) {
   list = h('div', {
     class: 'messages', 'data-testid': 'message-list', role: 'log', 'aria-live': 'polite',
     'aria-relevant': 'additions', 'aria-labelledby': 'channel-title', tabindex: '0',
+    'aria-describedby': 'keys-help',
   });
+  keyboardNavigation(list);
+  messageToolbars(list);
   typingEl = h('div', { class: 'typing', 'data-testid': 'typing', 'aria-live': 'polite' });
   composer = makeComposer({
     label: 'Message', testid: 'composer', sendTestid: 'send-button',
@@ -55,9 +58,12 @@ export function initConversation(context) {
     editLast,
   });
   footer = h('footer', { class: 'conversation-footer' }, typingEl, composer.form);
-  root.append(h('header', { class: 'conversation-header' }, titleEl, topicEl), list, footer);
+  root.append(h('header', { class: 'conversation-header' }, titleEl, topicEl), list, footer,
+    h('p', { id: 'keys-help', hidden: true }, KEYS_HELP));
 
   list.addEventListener('scroll', onScroll, { passive: true });
+  // An image drawn after its message grows the list: keep the newest message in view.
+  list.addEventListener('load', () => stuck && scrollToBottom(), true);
   document.addEventListener('visibilitychange', maybeMarkRead);
   window.addEventListener('focus', maybeMarkRead);
   dropTarget(root, (files) => current && ctx.upload(files, current));
@@ -84,6 +90,7 @@ export async function openChannel(cid, { at, focus = true } = {}) {
   current = cid;
   history.replaceState(null, '', `#c=${encodeURIComponent(cid)}`);
   els.clear();
+  stuck = !at;
   typists.forEach(clearTimeout);
   typists.clear();
   drawTyping();
@@ -148,12 +155,12 @@ function header(c) {
   if (!c || !c.info) return;
   const { store } = ctx;
   const name = store.displayName(c);
-  titleEl.textContent = c.info.kind === 'channel' ? `${c.info.private ? '🔒' : '#'} ${name}` : name;
-  topicEl.textContent = c.info.topic || '';
+  const label = c.info.kind === 'channel' ? `${c.info.private ? '' : '# '}${name}` : name;
+  titleEl.replaceChildren(c.info.private && c.info.kind === 'channel' ? icon('lock') : '', label);
+  topicEl.textContent = c.info.topic || c.info.purpose || '';
   document.title = `${name} · Selvage`;
   footer.hidden = false;
-  const join = footer.querySelector('.join');
-  join?.remove();
+  footer.querySelector('.join')?.remove();
   composer.form.hidden = !c.member || c.info.archived;
   if (c.info.archived) {
     footer.append(h('p', { class: 'join notice' }, 'This channel is archived: it is read-only.'));
@@ -161,8 +168,8 @@ function header(c) {
     footer.append(h('p', { class: 'join' },
       h('button', { type: 'button', class: 'primary', onclick: () => join(c) }, `Join #${c.info.name}`)));
   }
-  composer.input.setAttribute('aria-label', `Message ${titleEl.textContent}`);
-  composer.input.placeholder = `Message ${titleEl.textContent}`;
+  composer.input.setAttribute('aria-label', `Message ${label}`);
+  composer.input.placeholder = `Message ${label}`;
 }
 
 async function join(c) {
@@ -180,7 +187,9 @@ async function join(c) {
 // ---- history ----
 
 async function loadNewest(c) {
-  const r = await ctx.session.query({ q: 'history', channel: c.id, limit: PAGE });
+  // The first conversation's page was asked for by boot.js, before this code was loaded.
+  const early = ctx.session.takeEarlyHistory(c.id);
+  const r = await (early ?? ctx.session.query({ q: 'history', channel: c.id, limit: PAGE }));
   ctx.store.putPage(c, r.messages ?? [], 'newest', Boolean(r.next));
 }
 
@@ -243,22 +252,41 @@ function isAtBottom() {
   return list.scrollHeight - list.scrollTop - list.clientHeight < 60;
 }
 
+/**
+ * Whether the list should follow its bottom: true until the user scrolls up. Kept apart from
+ * the scroll position because content grows under it (an image loads, a reaction wraps) without
+ * any scroll event, and the list should keep showing the newest message then.
+ */
+let stuck = true;
+
 function scrollToBottom() {
   list.scrollTop = list.scrollHeight;
+  stuck = true;
 }
 
 /** Brings the list in line with the store: every top-level message, then pending sends. */
 function draw(force = false) {
   const c = ctx.store.channels.get(current);
   if (!c?.loaded) return;
-  const bottom = isAtBottom();
+  const bottom = stuck;
   list.querySelector(':scope > .notice')?.remove();
   const keep = new Set();
   const messages = ctx.store.topLevel(c);
+  const first = !els.size;
+  if (first) {
+    // A first page: drawn off the document and put in at once.
+    const elements = messages.map((m) => {
+      const el = renderMessage(m, 'channel');
+      drawn.set(el, m);
+      els.set(m.seq, el);
+      return el;
+    });
+    placeAll(list, elements);
+  }
   for (const m of messages) {
     keep.add(m.seq);
     const el = els.get(m.seq);
-    if (!el || force || drawn.get(el) !== m) put(m);
+    if (!el || (force && !first) || drawn.get(el) !== m) put(m);
   }
   for (const [seq, el] of els) {
     if (!keep.has(seq)) {
@@ -282,7 +310,7 @@ function put(m) {
 function drawOne(m) {
   const c = ctx.store.channels.get(current);
   if (!c?.loaded) return;
-  const bottom = isAtBottom() || m.user === ctx.store.self.id;
+  const bottom = stuck || m.user === ctx.store.self.id;
   list.querySelector(':scope > .notice')?.remove();
   put(m);
   if (typists.has(m.user)) {
@@ -310,7 +338,7 @@ function drawPending(p) {
 }
 
 function drawEphemeral(e) {
-  const bottom = isAtBottom();
+  const bottom = stuck;
   list.append(h('article', { class: 'msg ephemeral', 'data-testid': 'ephemeral-message' },
     h('div', { class: 'meta' }, h('span', { class: 'author' }, ctx.store.userName(e.from)), h('span', { class: 'status' }, 'Only visible to you')),
     h('div', { class: 'text' }, e.text)));
@@ -343,6 +371,7 @@ function markFirstMessages() {
 // ---- reading ----
 
 function onScroll() {
+  stuck = isAtBottom();
   if (list.scrollTop < 300) loadOlder();
   const c = ctx.store.channels.get(current);
   if (c?.loaded && isAtBottom() && c.lastSeq > c.high) fill(c);
@@ -355,7 +384,7 @@ function onScroll() {
  */
 export function maybeMarkRead() {
   const c = ctx.store.channels.get(current);
-  if (!c?.member || !c.loaded || document.visibilityState !== 'visible' || !isAtBottom()) return;
+  if (!c?.member || !c.loaded || document.visibilityState !== 'visible' || !(stuck || isAtBottom())) return;
   const seq = c.lastSeq;
   if (seq <= c.readSeq) return;
   c.readSeq = seq;
@@ -402,10 +431,6 @@ function editLast() {
 /** The element of a message in the open channel, for editing in place. */
 export function messageElement(seq) {
   return els.get(seq);
-}
-
-export function focusComposer() {
-  composer.focus();
 }
 
 /** Makes `el` accept dropped files (highlighted while something is dragged over it). */

@@ -38,6 +38,36 @@ export function replaceChildren(el, ...children) {
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
+// Icons as SVG paths (24×24, stroked), drawn into the page: the same on every system, where
+// emoji fonts are not (Chromium on a bare Debian has none), and no request or inline style.
+const ICONS = {
+  moon: 'M21 12.8A9 9 0 1 1 11.2 3a7 7 0 0 0 9.8 9.8z',
+  bell: 'M18 8a6 6 0 0 0-12 0c0 7-3 9-3 9h18s-3-2-3-9M13.7 21a2 2 0 0 1-3.4 0',
+  lock: 'M5 11h14v10H5zM8 11V7a4 4 0 0 1 8 0v4',
+  smile: 'M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zM8 14s1.5 2 4 2 4-2 4-2M9 9h.01M15 9h.01',
+  reply: 'M21 15a2 2 0 0 1-2 2H7l-4 4V5a2 2 0 0 1 2-2h14a2 2 0 0 1 2 2z',
+  pencil: 'M17 3a2.8 2.8 0 0 1 4 4L7.5 20.5 2 22l1.5-5.5z',
+  trash: 'M3 6h18M8 6V4h8v2M19 6l-1 14H6L5 6',
+  clip: 'M21.4 11.1l-9.2 9.2a6 6 0 0 1-8.5-8.5l9.2-9.2a4 4 0 0 1 5.7 5.7l-9.2 9.2a2 2 0 0 1-2.8-2.8l8.5-8.5',
+  close: 'M18 6L6 18M6 6l12 12',
+  list: 'M4 6h16M4 12h16M4 18h16',
+  plus: 'M12 5v14M5 12h14',
+  file: 'M14 2H6v20h12V6zM14 2v4h4',
+};
+
+/** An icon, hidden from screen readers: the button or link around it carries the label. */
+export function icon(name) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('class', `icon-svg icon-${name}`);
+  svg.setAttribute('aria-hidden', 'true');
+  const path = document.createElementNS(ns, 'path');
+  path.setAttribute('d', ICONS[name]);
+  svg.append(path);
+  return svg;
+}
+
 /** The emoji the picker offers, by the names the API stores (`a-z 0-9 _ + - ' :`). */
 export const EMOJI = {
   thumbsup: '👍',
@@ -54,13 +84,19 @@ export function emojiGlyph(name) {
   return EMOJI[name] ?? `:${name}:`;
 }
 
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
-const dayFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium' });
+// Times by hand, not with Intl.DateTimeFormat: the first formatter a page makes costs Chromium
+// 15-25 ms (it loads locale data), a tenth of the budget for showing the first messages.
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+const two = (n) => String(n).padStart(2, '0');
 
+/** `14:05` today; `Dec 6 14:05` this year; `Dec 6, 2025 14:05` before. */
 export function formatTime(ms) {
   const date = new Date(ms);
-  const today = new Date().toDateString() === date.toDateString();
-  return today ? timeFormat.format(date) : `${dayFormat.format(date)} ${timeFormat.format(date)}`;
+  const now = new Date();
+  const time = `${two(date.getHours())}:${two(date.getMinutes())}`;
+  if (date.toDateString() === now.toDateString()) return time;
+  const year = date.getFullYear() === now.getFullYear() ? '' : `, ${date.getFullYear()}`;
+  return `${MONTHS[date.getMonth()]} ${date.getDate()}${year} ${time}`;
 }
 
 export function formatBytes(n) {

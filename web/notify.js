@@ -5,7 +5,7 @@
 // "Notifications"): the origin pushes only while the user is away from every session, so a
 // service worker (sw.js) shows them even with no tab open. Asked for only when the user clicks.
 
-import { $, toast } from './dom.js';
+import { $, icon, toast } from './dom.js';
 import { api } from './api.js';
 
 let ctx; // {store, session}
@@ -16,6 +16,8 @@ export function initNotify(context) {
   ctx = context;
   dndButton = $('#dnd-toggle');
   pushButton = $('#push-toggle');
+  pushButton.replaceChildren(icon('bell'));
+  showDnd(false);
   dndButton.addEventListener('click', () => {
     const on = dndButton.getAttribute('aria-pressed') !== 'true';
     ctx.session.fire({ type: 'set_presence', dnd: on });
@@ -38,7 +40,7 @@ export function initNotify(context) {
 
 function showDnd(on) {
   dndButton.setAttribute('aria-pressed', String(on));
-  dndButton.textContent = on ? '🌙 DnD on' : '🌙 DnD off';
+  dndButton.replaceChildren(icon('moon'), on ? ' Do not disturb' : ' Available');
   dndButton.title = on ? 'Do not disturb is on: notifications wait' : 'Turn on do not disturb';
 }
 

@@ -2,7 +2,7 @@
 // against what the user may read now). `wait_for` is the session's cursor, so whatever this
 // client has already seen — its own sends included — is in the index before the search runs.
 
-import { h, $, renderSnippet, formatTime } from './dom.js';
+import { h, icon, $, renderSnippet, formatTime } from './dom.js';
 
 let ctx; // {store, session, openAt, ensureUsers}
 let box;
@@ -18,7 +18,7 @@ export function initSearch(context) {
   panel.append(
     h('header', { class: 'panel-header' },
       h('h2', { id: 'search-title' }, 'Search'),
-      h('button', { type: 'button', class: 'close', 'aria-label': 'Close search', onclick: closeSearch }, '✕')),
+      h('button', { type: 'button', class: 'close', 'aria-label': 'Close search', onclick: closeSearch }, icon('close'))),
     results);
   $('#search-form').addEventListener('submit', (e) => {
     e.preventDefault();

@@ -11,6 +11,8 @@
 // `send` carries its `client_msg_id`, so the origin answers a repeat with the original `seq`.
 // Callers therefore see an answer, an `error` frame, or a timeout — never a dropped socket.
 
+import { sessionUrl } from './boot.js';
+
 /** Frames that are answers to a request, by their `type`. */
 const ANSWERS = new Set(['ack', 'result', 'error', 'pong', 'command']);
 
@@ -26,7 +28,7 @@ const BACKOFF_MAX_MS = 4_000;
 
 export class Session {
   /**
-   * `handlers`: `hello(hello, {fresh})`, `event(frame)`, `state(name)` with one of
+   * `handlers`: `hello(hello, {fresh, reconnect})`, `event(frame)`, `state(name)` with one of
    * `connecting`, `connected`, `reconnecting`, `resumed`, and `fatal(message)` when the token
    * is refused (nothing to retry).
    */
@@ -39,7 +41,8 @@ export class Session {
     this.stopped = false;
     this.attempt = 0;
     this.nextId = 1;
-    this.inflight = new Map(); // request id → {frame, resolve, reject, timer}
+    // request id → {frame, resolve, reject, timer, sent: the socket it went out on, or false}
+    this.inflight = new Map();
     this.queued = []; // fire-and-forget frames held until the next hello
     this.heartbeatTimer = 0;
     this.reconnectTimer = 0;
@@ -47,8 +50,33 @@ export class Session {
     this.everConnected = false;
   }
 
-  start() {
-    this.connect('connecting');
+  /**
+   * Connects; or, given the socket boot.js opened before the client loaded (`early`), takes it
+   * over with the frames it already received. Its history query becomes a request like any
+   * other, answered through `earlyAnswer`.
+   */
+  start(early) {
+    if (early?.query) {
+      this.earlyChannel = early.query.channel;
+      // Sent on the early socket (by its onopen, if not yet); if that one fails, after `hello`.
+      this.earlyAnswer = this.track(early.query, early.ws);
+      this.earlyAnswer.catch(() => {}); // a conversation never opened need not be read
+    }
+    if (!early || early.ws.readyState > WebSocket.OPEN) {
+      this.connect('connecting');
+      return;
+    }
+    this.setState('connecting');
+    this.attach(early.ws);
+    for (const e of early.frames.splice(0)) early.ws.onmessage(e);
+  }
+
+  /** The answer to boot.js's history query if it was for `channel`, once; else null. */
+  takeEarlyHistory(channel) {
+    if (!this.earlyAnswer || this.earlyChannel !== channel) return null;
+    const answer = this.earlyAnswer;
+    this.earlyAnswer = null;
+    return answer;
   }
 
   stop() {
@@ -60,15 +88,20 @@ export class Session {
 
   /** Sends a request and resolves with its answer frame, or rejects with the `error` frame. */
   request(frame) {
-    const id = `r${this.nextId++}`;
-    const full = { ...frame, id };
+    const full = { ...frame, id: `r${this.nextId++}` };
+    const answer = this.track(full);
+    if (this.ready) this.write(full);
+    return answer;
+  }
+
+  /** Waits for the answer to `frame` (sent, or to be sent after the next `hello`). */
+  track(frame, sent = false) {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.inflight.delete(id);
+        this.inflight.delete(frame.id);
         reject({ code: 'timeout', message: 'no answer from the edge in time' });
       }, REQUEST_TIMEOUT_MS);
-      this.inflight.set(id, { frame: full, resolve, reject, timer });
-      if (this.ready) this.write(full);
+      this.inflight.set(frame.id, { frame, resolve, reject, timer, sent });
     });
   }
 
@@ -85,18 +118,18 @@ export class Session {
     else if (frame.type !== 'typing') this.queued.push(frame);
   }
 
-  url() {
-    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    let url = `${scheme}//${location.host}/v1/connect?token=${encodeURIComponent(this.token)}`;
-    if (this.cursor) url += `&resume=${encodeURIComponent(this.cursor)}`;
-    return url;
-  }
-
   connect(state) {
     if (this.stopped) return;
     this.setState(state);
-    const ws = new WebSocket(this.url());
+    this.attach(new WebSocket(sessionUrl(this.token, this.cursor)));
+  }
+
+  attach(ws) {
     this.ws = ws;
+    // Requests written on an earlier socket are lost with it: they go again after `hello`.
+    for (const pending of this.inflight.values()) {
+      if (pending.sent !== ws) pending.sent = false;
+    }
     const helloTimer = setTimeout(() => ws.close(4000, 'no hello in time'), HELLO_TIMEOUT_MS);
     ws.onmessage = (e) => {
       if (ws !== this.ws) return;
@@ -117,7 +150,10 @@ export class Session {
   }
 
   write(frame) {
-    if (this.ws?.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
+    if (this.ws?.readyState !== WebSocket.OPEN) return;
+    this.ws.send(JSON.stringify(frame));
+    const pending = frame.id && this.inflight.get(frame.id);
+    if (pending) pending.sent = this.ws;
   }
 
   receive(frame) {
@@ -161,16 +197,15 @@ export class Session {
     this.attempt = 0;
     this.startHeartbeat(hello.heartbeat_ms);
     this.setState(fresh ? 'connected' : 'resumed');
-    // Requests lost with the last connection go again (pings only tested that one); those the
-    // hello handler makes go out by themselves.
-    const lost = [...this.inflight];
-    this.handlers.hello(hello, { fresh, reconnect: this.everConnected });
-    this.everConnected = true;
-    for (const [id, { frame }] of lost) {
+    // Requests not written on this socket go now (pings only tested a lost one).
+    for (const [id, { frame, sent }] of this.inflight) {
+      if (sent) continue;
       if (frame.type === 'ping') this.inflight.delete(id);
       else this.write(frame);
     }
     for (const frame of this.queued.splice(0)) this.write(frame);
+    this.handlers.hello(hello, { fresh, reconnect: this.everConnected });
+    this.everConnected = true;
   }
 
   answered(frame) {

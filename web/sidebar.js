@@ -2,7 +2,7 @@
 // presence dots, and the dialogs to create or join a channel and to start a conversation.
 // Items are links (`#c=<id>`), so Tab, Enter and "open in new tab" work as on any page.
 
-import { h, $, toast } from './dom.js';
+import { h, icon, $, toast } from './dom.js';
 import { createChannel, joinChannel, getChannel, openDm } from './api.js';
 
 let ctx; // {store, session, openChannel, loadAllUsers}
@@ -20,19 +20,23 @@ export function initSidebar(context) {
     h('section', {},
       h('div', { class: 'section-header' },
         h('h2', { id: 'channels-heading' }, 'Channels'),
-        h('button', { type: 'button', class: 'icon', 'aria-label': 'Browse and join channels', title: 'Browse channels', 'data-testid': 'browse-channels', onclick: browseChannels }, '☰'),
-        h('button', { type: 'button', class: 'icon', 'aria-label': 'Create a channel', title: 'Create a channel', 'data-testid': 'create-channel', onclick: createDialog }, '+')),
+        h('button', { type: 'button', class: 'icon', 'aria-label': 'Browse and join channels', title: 'Browse channels', 'data-testid': 'browse-channels', onclick: browseChannels }, icon('list')),
+        h('button', { type: 'button', class: 'icon', 'aria-label': 'Create a channel', title: 'Create a channel', 'data-testid': 'create-channel', onclick: createDialog }, icon('plus'))),
       channelList),
     h('section', {},
       h('div', { class: 'section-header' },
         h('h2', { id: 'dms-heading' }, 'Direct messages'),
-        h('button', { type: 'button', class: 'icon', 'aria-label': 'Start a direct message', title: 'New message', 'data-testid': 'new-dm', onclick: dmDialog }, '+')),
+        h('button', { type: 'button', class: 'icon', 'aria-label': 'Start a direct message', title: 'New message', 'data-testid': 'new-dm', onclick: dmDialog }, icon('plus'))),
       dmList));
 
   const { store } = ctx;
   store.on('channels', render);
   store.on('users', render);
   store.on('channel', update);
+  // A channel created while the list of channels to join is open: list it too.
+  store.on('directory', () => {
+    if ($('#dialog').open && $('#dialog').dataset.view === 'browse') browseChannels();
+  });
   store.on('presence', (user) => {
     for (const c of store.channels.values()) {
       if (c.member && c.info?.kind === 'dm' && store.partners(c).some((u) => u.id === user)) update(c.id);
@@ -73,6 +77,8 @@ function item(c) {
       class: 'item', href: `#c=${encodeURIComponent(c.id)}`, 'data-testid': 'channel-item', 'data-channel-id': c.id,
     },
     h('span', { class: 'presence', 'aria-hidden': 'true' }),
+    h('span', { class: 'hash', 'aria-hidden': 'true' }, '#'),
+    icon('lock'),
     h('span', { class: 'name' }),
     h('span', { class: 'badge', 'data-testid': 'badge' }));
     // The open one again (after a jump to an old message, say): no hashchange, so open it here.
@@ -97,7 +103,9 @@ function update(cid) {
   const mentions = store.mentions(c);
   const name = store.displayName(c);
   const isDm = c.info.kind !== 'channel';
-  a.querySelector('.name').textContent = isDm ? name : `${c.info.private ? '🔒 ' : '# '}${name}`;
+  a.querySelector('.name').textContent = name;
+  a.querySelector('.hash').hidden = isDm || c.info.private;
+  a.querySelector('.icon-lock').classList.toggle('shown', !isDm && c.info.private);
   a.dataset.unread = unread;
   a.dataset.mentions = mentions;
   a.classList.toggle('unread', unread > 0);
@@ -117,12 +125,13 @@ function update(cid) {
 
 // ---- dialogs ----
 
-function dialog(title, ...body) {
+function dialog(title, view, ...body) {
   const d = $('#dialog');
+  d.dataset.view = view;
   d.replaceChildren(
     h('header', { class: 'panel-header' },
       h('h2', { id: 'dialog-title' }, title),
-      h('button', { type: 'button', class: 'close', 'aria-label': 'Close', onclick: () => d.close() }, '✕')),
+      h('button', { type: 'button', class: 'close', 'aria-label': 'Close', onclick: () => d.close() }, icon('close'))),
     ...body);
   d.setAttribute('aria-labelledby', 'dialog-title');
   if (!d.open) d.showModal();
@@ -149,14 +158,14 @@ function createDialog() {
       error.textContent = err.message;
     }
   });
-  dialog('Create a channel', form);
+  dialog('Create a channel', 'create', form);
   name.focus();
 }
 
 /** Every channel the user may see and is not in, from `query channels`, page by page. */
 async function browseChannels() {
   const listEl = h('ul', { class: 'pick-list' }, h('li', { class: 'notice' }, 'Loading…'));
-  dialog('Browse channels', listEl);
+  dialog('Browse channels', 'browse', listEl);
   const found = [];
   let page;
   try {
@@ -201,7 +210,7 @@ async function dmDialog() {
   const error = h('p', { class: 'error', role: 'alert' });
   const form = h('form', { class: 'stack' }, filter, listEl, error,
     h('div', { class: 'buttons' }, h('button', { type: 'submit', class: 'primary', 'data-testid': 'start-dm' }, 'Start conversation')));
-  dialog('New message', form);
+  dialog('New message', 'dm', form);
   filter.focus();
   try {
     await ctx.loadAllUsers();

@@ -162,6 +162,7 @@ export class Store {
       c.readSeq = Math.max(c.readSeq, read_seq);
       c.baseMentions = mentions;
       c.baseTop = last_seq;
+      for (const seq of c.liveMentions) if (seq <= c.baseTop) c.liveMentions.delete(seq);
     }
     this.emit('channels');
     return c;
@@ -237,8 +238,13 @@ export class Store {
 
   /** Live `message`: returns whether the channel now has a hole to fill from history. */
   onMessage(m) {
-    const c = this.channels.get(m.channel);
-    if (!c) return false;
+    let c = this.channels.get(m.channel);
+    if (!c) {
+      // A conversation just joined whose record is still on its way (`joined`): the message
+      // counts already; the sidebar shows the channel once its record arrives.
+      c = this.channel(m.channel);
+      c.member = true;
+    }
     this.put(c, m);
     // Posting reads the channel (API.md "Read markers"), on every device of the author.
     if (m.user === this.self.id) c.readSeq = Math.max(c.readSeq, m.seq);
@@ -323,11 +329,11 @@ export class Store {
         return;
       case 'member_joined':
         if (e.user !== this.self.id) return;
-        if (c) {
+        if (c?.info) {
           c.member = true;
           this.emit('channels');
         } else {
-          this.emit('joined', e.channel);
+          this.emit('joined', e.channel); // the app reads its record
         }
         return;
       case 'member_left':

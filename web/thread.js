@@ -3,8 +3,8 @@
 // everyone else the root's `message_changed` says a newer reply exists, and the panel reads
 // the replies after the last it shows.
 
-import { h, $, toast } from './dom.js';
-import { renderMessage, renderPending, place } from './message.js';
+import { h, icon, $, toast } from './dom.js';
+import { renderMessage, renderPending, place, keyboardNavigation, messageToolbars } from './message.js';
 import { makeComposer } from './composer.js';
 import { dropTarget } from './conversation.js';
 import { follow } from './api.js';
@@ -25,7 +25,13 @@ export function initThread(context) {
   ctx = context;
   panel = $('#thread');
   rootBox = h('div', { class: 'thread-root' });
-  list = h('div', { class: 'messages thread-replies', role: 'log', 'aria-live': 'polite', 'aria-label': 'Replies' });
+  list = h('div', {
+    class: 'messages thread-replies', role: 'log', 'aria-live': 'polite', 'aria-label': 'Replies',
+    tabindex: '0', 'aria-describedby': 'keys-help',
+  });
+  keyboardNavigation(list);
+  messageToolbars(list);
+  messageToolbars(rootBox);
   followButton = h('button', { type: 'button', class: 'follow', 'data-testid': 'follow-toggle', 'aria-pressed': 'false', onclick: toggleFollow }, 'Follow');
   composer = makeComposer({
     label: 'Reply', testid: 'thread-composer', sendTestid: 'thread-send-button',
@@ -37,7 +43,7 @@ export function initThread(context) {
     h('header', { class: 'panel-header' },
       h('h2', { id: 'thread-title' }, 'Thread'),
       followButton,
-      h('button', { type: 'button', class: 'close', 'aria-label': 'Close thread', onclick: closeThread }, '✕')),
+      h('button', { type: 'button', class: 'close', 'aria-label': 'Close thread', onclick: closeThread }, icon('close'))),
     rootBox, list, h('footer', { class: 'conversation-footer' }, composer.form));
   dropTarget(panel, (files) => open && ctx.upload(files, open.cid, open.root));
 

@@ -89,13 +89,16 @@ async function signIn(context, label, edge, user, hash = '') {
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_MS);
   page.on('console', (m) => {
-    if (m.type() === 'error') console.log(`# console error [${label}]: ${m.text()}`);
+    if (m.type() === 'error') console.log(`# console error [${label}]: ${redact(m.text())}`);
   });
-  page.on('pageerror', (e) => console.log(`# page error [${label}]: ${e.message}`));
+  page.on('pageerror', (e) => console.log(`# page error [${label}]: ${redact(e.message)}`));
   await page.goto(`${edge}/#token=${encodeURIComponent(user.token)}${hash ? `&${hash}` : ''}`);
   await waitState(page, ['connected']);
   return page;
 }
+
+/** Tokens out of what is printed (a refused WebSocket's URL carries one). */
+const redact = (text) => text.replace(/token=[^&\s']+/g, 'token=…');
 
 async function waitState(page, states, timeout = STEP_MS) {
   await page.waitForFunction((wanted) => wanted.includes(document.querySelector('[data-testid="conn-state"]')?.textContent),
@@ -216,8 +219,8 @@ await scenario('c: a reaction shows for the other user', async () => {
   const target = message(bobPage, rootText);
   await target.hover();
   await target.locator('[data-action="react"]').click();
-  await target.locator('.picker [data-emoji="tada"]').click();
-  await message(alicePage, rootText).locator('[data-testid="reaction"][data-emoji="tada"][data-count="1"]').waitFor();
+  await target.locator('.picker [data-emoji="heart"]').click();
+  await message(alicePage, rootText).locator('[data-testid="reaction"][data-emoji="heart"][data-count="1"]').waitFor();
 });
 
 await scenario('d: an uploaded image previews for bob', async () => {
@@ -314,6 +317,7 @@ await scenario('g: edge B killed: bob reconnects, resumes, every message once an
   }
   await askHarness('RESTART_EDGE_B', 'EDGE_B_RESTARTED');
   await waitState(bobPage, ['resumed', 'connected'], 45_000);
+  console.log(`# bob's connection after the restart: ${await bobPage.getByTestId('conn-state').textContent()}`);
   await message(bobPage, texts.at(-1)).waitFor();
   const seen = await bobPage.locator('[data-testid="message-list"] [data-testid="message"]').evaluateAll((els) =>
     els.map((el) => ({ seq: Number(el.dataset.seq), text: el.querySelector('[data-testid="message-text"]')?.textContent ?? '' })));
@@ -342,10 +346,26 @@ await scenario('i: navigation to the first message list (Performance API)', asyn
   console.log(`# first-messages-ms runs: ${runs.join(' ')}`);
 });
 
+/** Calls the API from a page, with its tab's token. */
+function apiFrom(page, method, path, body) {
+  return page.evaluate(async ({ method, path, body }) => {
+    const token = sessionStorage.getItem('selvage.token');
+    const headers = { Authorization: `Bearer ${token}`, ...(body ? { 'Content-Type': 'application/json' } : {}) };
+    const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
+    return r.json();
+  }, { method, path, body });
+}
+
 await scenario('j: screenshot of the main view', async () => {
+  // A DM from bob waiting for alice, so the sidebar shows a conversation, a presence dot and a badge.
+  const { channel: dm } = await apiFrom(alicePage, 'POST', '/v1/dms', { users: [bob.id] });
+  await apiFrom(bobPage, 'POST', `/v1/channels/${dm.id}/messages`, { text: 'Lunch at noon?', client_msg_id: `lunch-${nonce}` });
+  await alicePage.waitForFunction((id) => Number(document.querySelector(`[data-channel-id="${id}"]`)?.dataset.unread) > 0, dm.id);
   await openChannel(alicePage, general);
   await message(alicePage, rootText).getByTestId('reply-count').click();
   await alicePage.getByTestId('thread-panel').getByTestId('thread-reply').first().waitFor();
+  await alicePage.getByTestId('search-box').fill('');
+  await alicePage.getByTestId('search-box').blur();
   await alicePage.mouse.move(0, 0);
   await alicePage.screenshot({ path: rig.screenshot });
   console.log(`# screenshot: ${rig.screenshot}`);
