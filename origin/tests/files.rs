@@ -337,6 +337,33 @@ async fn a_file_goes_up_is_shared_in_a_message_and_comes_back_down() {
     o.stop().await;
 }
 
+#[tokio::test]
+async fn a_shared_file_is_readable_as_soon_as_its_message_can_be_seen() {
+    let o = Rig::start().await;
+    let (admin, general) = o.workspace("acme").await;
+    let (_, bob) = o.user(&admin, "bob").await;
+    let declared = o.declare(&admin, "chart.png", 3, "image/png").await;
+    let id = declared["file"]["id"].as_str().unwrap().to_string();
+    assert!(upload(&declared["upload"], vec![1, 2, 3]).await.is_success());
+    let head = o.get("/v1/events", &bob).await.1["cursor"].as_str().unwrap().to_string();
+    // Bob waits for the message; the moment it reaches him, he asks for its file. The share is
+    // recorded in the message's own transaction, so there is no moment between the two.
+    let watch = async {
+        let mut cursor = head;
+        loop {
+            let (_, page) = o.get(&format!("/v1/events?cursor={cursor}&wait_ms=10000"), &bob).await;
+            if page["events"].as_array().unwrap().iter().any(|e| e["type"] == "message" && e["files"].is_array()) {
+                return o.get(&format!("/v1/files/{id}"), &bob).await;
+            }
+            cursor = page["cursor"].as_str().unwrap().to_string();
+        }
+    };
+    let ((s, got), (done, _)) = tokio::join!(watch, o.complete(&admin, &id, &general, "m1"));
+    assert_eq!(done, StatusCode::CREATED);
+    assert_eq!(s, StatusCode::OK, "bob saw the message but not its file: {got}");
+    assert_eq!(got["file"]["id"], id.as_str());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_share_leaves_the_file_to_share_again() {
     let o = Rig::start().await;

@@ -30,7 +30,7 @@
 //! completed (indexed by `(files, pending, …)`) after `files.pending_ttl_secs`.
 
 mod objects;
-mod records;
+pub(crate) mod records;
 mod sweeper;
 mod thumbs;
 
@@ -328,6 +328,9 @@ impl Files {
                 return Err(e);
             }
         };
+        // The sequencer recorded the share in the message's own transaction; a message
+        // committed before it did (an older version, answered again as a duplicate) is
+        // recorded here.
         let seq = sent.message.seq;
         let (file, _) = transact!(store, |tx| {
             match records::load(tx, w, id).await? {

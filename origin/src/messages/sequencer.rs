@@ -200,6 +200,27 @@ fn validate(r: &SendRequest) -> Result<()> {
     Ok(())
 }
 
+/// Records that the files a message carries were shared by it, in the transaction that commits
+/// it: from the moment anyone sees the message, its members may read its files (the files
+/// service claimed each for this channel and this send before asking; ARCHITECTURE §8 "Files").
+async fn share_files(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    c: &ChannelId,
+    seq: Seq,
+    files: &[FileRef],
+) -> Result<(), StoreError> {
+    use crate::files::records::{self as file_records, FileRecord, FileState};
+    for f in files {
+        let Some(file) = file_records::load(tx, w, &f.id).await? else { continue };
+        if file.state == FileState::Ready && file.seq.is_none() && file.channel.as_ref() == Some(c) {
+            file_records::write(tx, w, &FileRecord { seq: Some(seq), ..file })?;
+            tx.set(&keys::channel_file(w, c, seq, &f.id), f.id.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
 /// Most files one message carries.
 pub const MAX_FILES: usize = 10;
 
@@ -796,6 +817,7 @@ async fn sequence(
             }
         }
         records::index_mentions(tx, w, &message)?;
+        share_files(tx, w, c, seq, &r.files).await?;
         let record = selvage_shared::to_msgpack_sized(&message, RECORD_ROOM + message.text.len());
         let order = log.append_message(tx, w, now, &record)?;
         tx.set_owned(keys::message_in(&channel_keys.messages, seq), record)?;
