@@ -376,6 +376,13 @@ pub fn spawn_writer(
                 .send()
                 .await
                 .unwrap();
+            if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                // Over the token's write rate (a run slower than usual outlasts the burst): the
+                // same message again once the origin says, as a client does.
+                let secs = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                continue;
+            }
             assert!(resp.status().is_success(), "{}", resp.text().await.unwrap_or_default());
             sent += 1;
             tokio::time::sleep(every).await;
