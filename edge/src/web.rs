@@ -133,7 +133,7 @@ fn asset(edge: &Edge, name: &str, request: &HeaderMap) -> Response {
     let etag = format!("\"{}\"", hex::encode(&found.metadata.sha256_hash()[..16]));
     let mut response = match request.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         Some(seen) if seen.split(',').any(|t| t.trim() == etag) => StatusCode::NOT_MODIFIED.into_response(),
-        _ => ([(header::CONTENT_TYPE, kind)], found.data.into_owned()).into_response(),
+        _ => ([(header::CONTENT_TYPE, kind)], found.data).into_response(),
     };
     let headers = response.headers_mut();
     security_headers(api, headers);
@@ -171,20 +171,25 @@ fn content_type(name: &str) -> Option<&'static str> {
 
 /// Headers that belong to one connection, not to the request or answer (RFC 9110 §7.6.1),
 /// and `host`, which the client sets for the origin.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-    )
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// `headers` without those of [`HOP_BY_HOP`].
+fn end_to_end(mut headers: HeaderMap) -> HeaderMap {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers
 }
 
 fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
@@ -221,15 +226,10 @@ pub async fn api(State(edge): State<Arc<Edge>>, request: Request) -> Response {
         }
         Err(_) => return api_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "the request body broke off"),
     };
-    let mut outgoing = hyper::Request::builder().method(parts.method.clone()).uri(uri);
-    if let Some(headers) = outgoing.headers_mut() {
-        for (name, value) in parts.headers.iter().filter(|(name, _)| !hop_by_hop(name)) {
-            headers.append(name, value.clone());
-        }
-    }
-    let Ok(outgoing) = outgoing.body(Body::from(bytes)) else {
-        return api_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, "malformed request");
-    };
+    let mut outgoing = hyper::Request::new(Body::from(bytes));
+    *outgoing.method_mut() = parts.method.clone();
+    *outgoing.uri_mut() = uri;
+    *outgoing.headers_mut() = end_to_end(parts.headers);
     let answer = match tokio::time::timeout(api.timeout, api.client.request(outgoing)).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
@@ -249,12 +249,7 @@ pub async fn api(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     };
     edge.metrics.api_passed.with_label_values(&["answered"]).inc();
     let (mut parts, body) = answer.into_parts();
-    let kept: Vec<_> =
-        parts.headers.iter().filter(|(name, _)| !hop_by_hop(name)).map(|(n, v)| (n.clone(), v.clone())).collect();
-    parts.headers.clear();
-    for (name, value) in kept {
-        parts.headers.append(name, value);
-    }
+    parts.headers = end_to_end(std::mem::take(&mut parts.headers));
     Response::from_parts(parts, Body::new(body))
 }
 
