@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use selvage_origin::OriginConfig;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 /// How long nothing may move before a phase gives up.
@@ -47,4 +48,38 @@ pub async fn wait_for(what: &str, target: u64, count: impl Fn() -> u64) -> Resul
         }
     }
     Ok(())
+}
+
+/// Whether a service on the feed kept up with sequencer runs: per run, the work the run asked
+/// of it, how much was done before the run ended, and how long after its end the last was
+/// (ms). The services run at a lower CPU priority than the sequencer (`consumers.nice`): while
+/// senders keep both cores busy they may fall behind, and catch up after.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KeptUp {
+    pub asked: Vec<u64>,
+    pub in_run: Vec<u64>,
+    pub catch_up_ms: Vec<f64>,
+}
+
+impl KeptUp {
+    /// Right after a run, with `count` at `before` when it began: records what was done during
+    /// it, waits until `count` reaches `target`, and records how long that took.
+    pub async fn wait(&mut self, what: &str, before: u64, target: u64, count: impl Fn() -> u64) -> Result<()> {
+        let ended = Instant::now();
+        let during = count() - before;
+        wait_for(what, target, &count).await?;
+        self.asked.push(target - before);
+        self.in_run.push(during);
+        self.catch_up_ms.push(ended.elapsed().as_secs_f64() * 1000.0);
+        Ok(())
+    }
+
+    /// One line per run: "a run asked for N `things`: M `done` during it, …".
+    pub fn print(&self, things: &str, done: &str) {
+        for ((asked, in_run), catch_up) in self.asked.iter().zip(&self.in_run).zip(&self.catch_up_ms) {
+            println!(
+                "                   a run asked for {asked} {things}: {in_run} {done} during it, the last {catch_up:.0} ms after it"
+            );
+        }
+    }
 }

@@ -54,7 +54,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    in_process::{median, start, stop, wait_for, STALLED},
+    in_process::{median, start, stop, wait_for, KeptUp, STALLED},
     report::{latency_histogram, Latency},
     sends::parse_duration,
 };
@@ -156,13 +156,9 @@ pub struct SequencerReport {
     /// `@channel` messages decided for the runs with notifications on (during them and after).
     pub broadcasts_decided: u64,
     /// Per run with notifications on: the pending notifications its `@channel` messages asked
-    /// for, how many were decided before the run ended, and how long after its end the last
-    /// was (ms). The notifier runs at a lower CPU priority than the sequencer
-    /// (`consumers.nice`): while the senders keep both cores busy it falls behind, and catches
-    /// up after.
-    pub asked: Vec<u64>,
-    pub in_run: Vec<u64>,
-    pub catch_up_ms: Vec<f64>,
+    /// for, how many were decided before it ended, and how long after its end the last was.
+    #[serde(flatten)]
+    pub kept_up: KeptUp,
 }
 
 /// Pushes received.
@@ -269,11 +265,7 @@ fn print_report(r: &NotifyReport) {
         list(&s.off),
         s.ratio
     );
-    for ((asked, in_run), catch_up) in s.asked.iter().zip(&s.in_run).zip(&s.catch_up_ms) {
-        println!(
-            "                   a run asked for {asked} notifications: {in_run} decided during it, the last {catch_up:.0} ms after it"
-        );
-    }
+    s.kept_up.print("notifications", "decided");
     let print_push = |p: &PushReport| {
         println!(
             "  web push         {:<12} {} received in {:.2} s = {:.0}/s ({} malformed)",
@@ -361,7 +353,7 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
     let mut on = Vec::new();
     let mut off = Vec::new();
     let mut decided = 0;
-    let (mut asked, mut in_run, mut catch_up_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut kept_up = KeptUp::default();
     for round in 0..args.rounds {
         // Off first: the last run is one with notifications on, which decides everything before
         // it ends, so the push phase starts with nothing left to decide.
@@ -377,14 +369,10 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
             // Wait for the consumer to decide what was sent, so the next run starts idle.
             let broadcasts = result.as_ref().map(|r| r.1).unwrap_or(0);
             if notify {
-                let ended = Instant::now();
-                let during = running.origin.metrics.notify_pending.get() - pending_before;
                 let expected = pending_before + broadcasts * (args.members as u64 - 1);
-                wait_for("pending entries", expected, || running.origin.metrics.notify_pending.get()).await?;
+                let pending = || running.origin.metrics.notify_pending.get();
+                kept_up.wait("pending entries", pending_before, expected, pending).await?;
                 decided += broadcasts;
-                asked.push(broadcasts * (args.members as u64 - 1));
-                in_run.push(during);
-                catch_up_ms.push(ended.elapsed().as_secs_f64() * 1000.0);
             }
             stop(running, shutdown).await;
             let (rate, _) = result?;
@@ -397,7 +385,7 @@ pub async fn measure(args: &NotifyArgs) -> Result<NotifyReport> {
         }
     }
     let ratio = median(&on) / median(&off);
-    let sequencer = SequencerReport { on, off, ratio, broadcasts_decided: decided, asked, in_run, catch_up_ms };
+    let sequencer = SequencerReport { on, off, ratio, broadcasts_decided: decided, kept_up };
 
     let (running, shutdown) = start(config(&dir, true, 1_000)?).await?;
     settle(&running.origin).await;

@@ -41,7 +41,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    in_process::{median, start, stop, wait_for},
+    in_process::{median, start, stop, wait_for, KeptUp},
     report::{latency_histogram, Latency},
     sends::parse_duration,
 };
@@ -124,12 +124,9 @@ pub struct SequencerReport {
     /// Deliveries made for the runs with webhooks on (during them and after).
     pub deliveries: u64,
     /// Per run with webhooks on: deliveries its `#hooks` messages asked for, how many of them
-    /// arrived before the run ended, and how long after its end the last one arrived (ms).
-    /// The consumers run at a lower CPU priority than the sequencer (`consumers.nice`): while
-    /// the senders keep both cores busy, deliveries fall behind, and catch up after.
-    pub asked: Vec<u64>,
-    pub in_run: Vec<u64>,
-    pub catch_up_ms: Vec<f64>,
+    /// arrived before it ended, and how long after its end the last one arrived.
+    #[serde(flatten)]
+    pub kept_up: KeptUp,
 }
 
 /// What the receiver saw.
@@ -277,7 +274,7 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     let mut on = Vec::new();
     let mut off = Vec::new();
     let mut deliveries = 0;
-    let (mut asked, mut in_run, mut catch_up_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut kept_up = KeptUp::default();
     for round in 0..args.rounds {
         for webhooks in [false, true] {
             let (running, shutdown) = start(config(&dir, webhooks, TICK_MS)?).await?;
@@ -289,18 +286,12 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
             let before = rx.received.load(Ordering::Relaxed);
             let result = sequencer_run(&running.origin, &seeded, args, round, webhooks).await;
             if webhooks {
-                let ended = Instant::now();
-                let during = rx.received.load(Ordering::Relaxed) - before;
                 let sent = result.as_ref().map(|r| r.1).unwrap_or(0);
                 // What the run queued is delivered before the next one starts.
-                wait_for("deliveries of the run", before + sent * args.endpoints as u64, || {
-                    rx.received.load(Ordering::Relaxed)
-                })
-                .await?;
+                let target = before + sent * args.endpoints as u64;
+                let received = || rx.received.load(Ordering::Relaxed);
+                kept_up.wait("deliveries of the run", before, target, received).await?;
                 deliveries += rx.received.load(Ordering::Relaxed) - before;
-                asked.push(sent * args.endpoints as u64);
-                in_run.push(during);
-                catch_up_ms.push(ended.elapsed().as_secs_f64() * 1000.0);
             }
             stop(running, shutdown).await;
             let (rate, _) = result?;
@@ -320,7 +311,7 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
         latency,
         latency_deliveries: histogram.len(),
         signing,
-        sequencer: SequencerReport { on, off, ratio, deliveries, asked, in_run, catch_up_ms },
+        sequencer: SequencerReport { on, off, ratio, deliveries, kept_up },
     })
 }
 
@@ -481,9 +472,5 @@ fn print_report(r: &WebhooksReport) {
         list(&s.off),
         s.ratio
     );
-    for ((asked, in_run), catch_up) in s.asked.iter().zip(&s.in_run).zip(&s.catch_up_ms) {
-        println!(
-            "                   a run asked for {asked} deliveries: {in_run} arrived during it, the last {catch_up:.0} ms after it"
-        );
-    }
+    s.kept_up.print("deliveries", "arrived");
 }
