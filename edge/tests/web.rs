@@ -95,6 +95,15 @@ async fn the_api_passes_through_to_the_origin_which_checks_the_token() {
     let texts: Vec<&str> = history["messages"].as_array().unwrap().iter().filter_map(|m| m["text"].as_str()).collect();
     assert_eq!(texts.iter().filter(|t| **t == "through the edge").count(), 1, "{history}");
 
+    // Whose the channel is stays the origin's to check: a private channel is not found by a
+    // workspace member outside it, through the edge as anywhere.
+    let made = call(Method::POST, "/v1/channels", Some(&rig.token), Some(json!({"name": "plans", "private": true})));
+    let made: Value = made.await.unwrap().json().await.unwrap();
+    let plans = made["channel"]["id"].as_str().unwrap().to_string();
+    let outsider = rig.user("outsider").await;
+    let peek = call(Method::GET, &format!("/v1/channels/{plans}/messages"), Some(&outsider), None).await.unwrap();
+    assert_eq!(peek.status(), StatusCode::NOT_FOUND);
+
     // A body over the edge's cap is refused here and changes nothing.
     let huge = json!({"text": "x".repeat(100 * 1024), "client_msg_id": "web-2"});
     let refused = call(Method::POST, &path, Some(&rig.token), Some(huge)).await.unwrap();
