@@ -201,7 +201,7 @@ async fn seed(origin: &Arc<Origin>, endpoints: usize, base: &str) -> Result<Seed
         selvage_origin::channels::add_member(&origin.store, &caller, &hooks, &app.bot_user.id).await?;
         for e in (a * PER_APP)..((a + 1) * PER_APP).min(endpoints) {
             let url = format!("{base}/hook/{e}");
-            origin.webhooks.create(&caller, &app.app.id, &url, &["message".to_string()]).await?;
+            origin.webhooks.create(&caller, &origin.feed, &app.app.id, &url, &["message".to_string()]).await?;
         }
     }
     Ok(Seeded { admin, hooks, chatter })

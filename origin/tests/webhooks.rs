@@ -89,6 +89,22 @@ impl Receiver {
     }
 }
 
+/// Waits until the delivery log at `path` lists `n` deliveries, all `delivered` (at most
+/// 20 s). A receiver has a request before the dispatcher writes its result to the log.
+async fn wait_logged(api: &Api, admin: &str, path: &str, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = api.get(&format!("{path}?limit=100"), admin).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let log = v["deliveries"].as_array().unwrap();
+        if log.len() >= n && log.iter().all(|d| d["status"] == "delivered") {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the log has {log:?}, waiting for {n} delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let mut inner = r.inner.lock().unwrap();
@@ -172,6 +188,7 @@ async fn events_arrive_signed_in_feed_order_through_failures_each_with_one_id() 
     }
 
     // The log, newest first.
+    wait_logged(&o, &admin, &format!("/v1/apps/{app}/webhooks/{hook}/deliveries"), 5).await;
     let (s, v) = o.get(&format!("/v1/apps/{app}/webhooks/{hook}/deliveries?limit=3"), &admin).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let log = v["deliveries"].as_array().unwrap();
@@ -377,6 +394,7 @@ async fn an_apps_delivery_log_merges_its_endpoints_newest_first_page_by_whole_ev
     second.wait_delivered(3).await;
 
     let path = format!("/v1/apps/{app}/deliveries");
+    wait_logged(&o, &admin, &path, 6).await;
     let (s, v) = o.get(&format!("{path}?limit=3"), &admin).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let page = v["deliveries"].as_array().unwrap();

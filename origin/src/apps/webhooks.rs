@@ -5,7 +5,8 @@
 //! Three parts, on the feed's consumer mechanism:
 //!
 //! - **The consumer `hooks`** reads the feed once for every endpoint. For each event and each
-//!   enabled endpoint of its workspace that asked for its type and whose bot user may see it
+//!   enabled endpoint of its workspace that asked for its type, was created before the event
+//!   (`since`, the feed's head at its creation) and whose bot user may see it
 //!   ([`visible_to`]), it writes the delivery's body under `(hooks, q, W, H, position)` in
 //!   [`Consumer::apply`], the transaction that moves its cursor: **exactly once**, in a queue
 //!   per endpoint ordered by feed position, so a SIGKILL anywhere loses nothing.
@@ -108,6 +109,9 @@ pub struct Webhook {
     pub disabled_reason: Option<String>,
     /// When it was created (ms).
     pub created_at: i64,
+    /// The feed's head when it was created: it gets the events after it (older ones by replay).
+    #[serde(default)]
+    pub since: Option<Position>,
 }
 
 /// An endpoint as the API shows it: no secrets.
@@ -249,10 +253,12 @@ impl Webhooks {
         outbound::check_url(url, &self.allow).map(|_| ()).map_err(|e| OriginError::BadRequest(format!("url: {e}")))
     }
 
-    /// Adds an endpoint to app `a`; answers it and its secret (shown once).
+    /// Adds an endpoint to app `a`, for the events after the feed's head of now; answers it and
+    /// its secret (shown once).
     pub async fn create(
         &self,
         caller: &Caller,
+        feed: &Feed,
         a: &AppId,
         url: &str,
         events: &[String],
@@ -261,6 +267,9 @@ impl Webhooks {
         self.check_url(url)?;
         let events = checked_events(events)?;
         let (secret, shown) = new_secret()?;
+        // Read before the transaction, not in it: a read of the log's end would conflict with
+        // every send.
+        let since = feed.head().await?;
         let w = &caller.workspace;
         let (made, _) = transact!(self.store, |tx| {
             match super::load(tx, w, a).await? {
@@ -286,6 +295,7 @@ impl Webhooks {
                 enabled: true,
                 disabled_reason: None,
                 created_at: crate::now_ms(),
+                since: Some(since),
             };
             tx.set(&keys::webhook(w, &hook.id), &selvage_shared::to_msgpack(&hook))?;
             Ok(WebhookView::from(&hook))
@@ -726,7 +736,8 @@ impl Consumer for Queuer {
                     continue;
                 }
                 let body = body(&bot.app, &item.position, e);
-                for hook in bot.hooks.iter().filter(|h| wants(h, kind)) {
+                let after_creation = |h: &&Webhook| h.since.is_none_or(|since| item.position > since);
+                for hook in bot.hooks.iter().filter(|h| wants(h, kind)).filter(after_creation) {
                     tx.set_owned(keys::hook_queued(w, &hook.id, &item.position), body.clone())?;
                     queued += 1;
                     ready.insert((w.clone(), hook.id.clone()));

@@ -88,7 +88,8 @@ pub(super) async fn create_webhook(
     Path(id): Path<String>,
     Json(body): Json<CreateWebhook>,
 ) -> Result<Response> {
-    let (webhook, secret) = origin.webhooks.create(&caller, &app_id(&id)?, &body.url, &body.events).await?;
+    let (webhook, secret) =
+        origin.webhooks.create(&caller, &origin.feed, &app_id(&id)?, &body.url, &body.events).await?;
     Ok(created(json!({ "webhook": webhook, "secret": secret })))
 }
 
