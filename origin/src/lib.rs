@@ -252,6 +252,18 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         rate,
         shutdown: shutdown.clone(),
     });
+    // The consumers that start at the feed's head register their cursors before this node
+    // serves anything: what is sent from the first request on reaches them.
+    let mut from_head = Vec::new();
+    if origin.notify.is_some() {
+        from_head.push(notify::decide::NAME);
+    }
+    if origin.config.apps.webhooks {
+        from_head.push(apps::webhooks::NAME);
+    }
+    for name in from_head {
+        feed::consumer::register(&origin.feed, name, feed::consumer::StartFrom::Head).await?;
+    }
     let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
     let (link_addr, link_fingerprint) = link.as_ref().map(|l| (l.addr, l.fingerprint.clone())).unzip();
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));

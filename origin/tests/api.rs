@@ -411,11 +411,14 @@ async fn events_of_private_channels_reach_members_only() {
 
 #[tokio::test]
 async fn trimmed_cursors_get_resync() {
-    // No search indexer: as a feed consumer it would hold the events it has not indexed yet
-    // back from the trimmer (ARCHITECTURE §8), which tests of its own cover.
+    // No search indexer, notifier or webhooks: as feed consumers they would hold the events
+    // they have not handled yet back from the trimmer (ARCHITECTURE §8), which tests of their
+    // own cover.
     let o = TestOrigin::start_with(|c| {
         c.feed.max_events = 3;
         c.search.enabled = false;
+        c.notify.enabled = false;
+        c.apps.webhooks = false;
     })
     .await;
     let (admin, general) = o.workspace("acme").await;

@@ -536,7 +536,13 @@ async fn the_trimmer_keeps_old_events_for_a_consumer_up_to_the_hold_age() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_consumers_the_trimmer_trims_as_before() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), |c| c.feed.retention_secs = 3600).await;
+    let node = Node::start(dir.path(), |c| {
+        c.feed.retention_secs = 3600;
+        // None of the services' consumers either: each registers its cursor at the start.
+        c.notify.enabled = false;
+        c.apps.webhooks = false;
+    })
+    .await;
     let origin = node.origin();
     let (admin, chan) = channel(&origin).await;
     post(&origin, &admin, &chan, 0, 5).await;
@@ -608,6 +614,29 @@ async fn a_runner_that_lost_its_lease_cannot_move_the_cursor() {
     wait_caught_up(&origin, "gated").await;
     assert_eq!(read_i64(&origin, &test_key("gated", "count")).await, 5);
     assert!(gated.entered.load(Ordering::SeqCst) >= 2, "the fenced batch was delivered again");
+    stop.cancel();
+    task.await.unwrap();
+    drop(origin);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_registered_at_the_head_gets_what_came_before_its_runner_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), |_| {}).await;
+    let origin = node.origin();
+    let (admin, chan) = channel(&origin).await;
+    post(&origin, &admin, &chan, 0, 3).await;
+    // Registered as a node does at its start; its runner comes later, as a busy runtime's would.
+    let at = consumer::register(&origin.feed, "late", StartFrom::Head).await.unwrap();
+    assert_eq!(at, origin.feed.head().await.unwrap(), "registered at the head");
+    post(&origin, &admin, &chan, 3, 5).await;
+    // Registering again keeps the cursor where it is.
+    assert_eq!(consumer::register(&origin.feed, "late", StartFrom::Head).await.unwrap(), at);
+    let (task, stop) = spawn(&origin, Counter::new("late"), 2_000);
+    wait_caught_up(&origin, "late").await;
+    assert_eq!(read_i64(&origin, &test_key("late", "count")).await, 5, "the five sent after the registration");
+    assert!(consumer::register(&origin.feed, "Not a name", StartFrom::Head).await.is_err());
     stop.cancel();
     task.await.unwrap();
     drop(origin);

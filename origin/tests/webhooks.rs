@@ -6,7 +6,10 @@ mod support;
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -49,10 +52,11 @@ impl Got {
 }
 
 /// A receiver: records every request and answers `fail_first` of them `500`, the rest `200`
-/// (while `failing`, all of them `500`).
+/// (while `failing`, all of them `500`), after `stall_ms`.
 #[derive(Clone, Default)]
 struct Receiver {
     inner: Arc<Mutex<(Vec<Got>, usize, bool)>>,
+    stall_ms: Arc<AtomicU64>,
 }
 
 impl Receiver {
@@ -107,20 +111,24 @@ async fn wait_logged(api: &Api, admin: &str, path: &str, n: usize) {
 
 async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let mut inner = r.inner.lock().unwrap();
-    let answered = if inner.2 || inner.1 > 0 {
-        inner.1 = inner.1.saturating_sub(1);
-        500
-    } else {
-        200
+    let answered = {
+        let mut inner = r.inner.lock().unwrap();
+        let answered = if inner.2 || inner.1 > 0 {
+            inner.1 = inner.1.saturating_sub(1);
+            500
+        } else {
+            200
+        };
+        inner.0.push(Got {
+            id: header("webhook-id"),
+            timestamp: header("webhook-timestamp"),
+            signatures: header("webhook-signature").split(' ').map(String::from).collect(),
+            body: body.to_vec(),
+            answered,
+        });
+        answered
     };
-    inner.0.push(Got {
-        id: header("webhook-id"),
-        timestamp: header("webhook-timestamp"),
-        signatures: header("webhook-signature").split(' ').map(String::from).collect(),
-        body: body.to_vec(),
-        answered,
-    });
+    tokio::time::sleep(Duration::from_millis(r.stall_ms.load(Ordering::Relaxed))).await;
     StatusCode::from_u16(answered).unwrap()
 }
 
@@ -240,7 +248,7 @@ async fn a_failing_endpoint_is_disabled_with_its_reason_and_resumes_when_enabled
         if v["enabled"] == false {
             break v["disabled_reason"].as_str().unwrap().to_string();
         }
-        assert!(tokio::time::Instant::now() < deadline, "never disabled: {v}");
+        assert!(tokio::time::Instant::now() < deadline, "never disabled: {v}, {} tries", receiver.got().len());
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(reason.contains("500"), "says what failed: {reason}");
@@ -419,5 +427,52 @@ async fn an_apps_delivery_log_merges_its_endpoints_newest_first_page_by_whole_ev
     let (_, alice) = o.user(&admin, "alice").await;
     assert_eq!(o.get(&path, &alice).await.0, StatusCode::FORBIDDEN);
     assert_eq!(o.get(&format!("{path}?before=nope"), &admin).await.0, StatusCode::BAD_REQUEST);
+    o.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopped_origin_lets_its_endpoints_go_so_the_next_delivers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = support::config(dir.path());
+    tweak(&mut c);
+    // The longest leases there are (4 × 60 s): an endpoint still leased by the stopped origin
+    // would wait four minutes.
+    c.apps.webhook_timeout_ms = 60_000;
+    // Two origins over one store in one process: the search index's writer lock is the
+    // process's until the first has let it go, which this test does not wait for.
+    c.search.enabled = false;
+    let o = support::Origin::start(c.clone()).await;
+    let (admin, general) = o.workspace("acme").await;
+    let (receiver, url) = Receiver::start(0).await;
+    receiver.stall_ms.store(120_000, Ordering::Relaxed);
+    app_with_hook(&o, &admin, &general, &url, json!(["message"])).await;
+    for i in 0..3 {
+        o.send_text(&admin, &general, &format!("m{i}")).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.got().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the first delivery never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stopped while the receiver holds the first request.
+    o.stop().await;
+    let before = receiver.got().len();
+    receiver.stall_ms.store(0, Ordering::Relaxed);
+
+    let o = support::Origin::start(c).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let after: BTreeSet<String> = receiver.got()[before..].iter().map(Got::text).collect();
+        if after.len() == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the next origin delivered {after:?} in 30 s: the endpoint is still leased"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let firsts: Vec<String> = receiver.got()[before..].iter().map(Got::text).collect();
+    assert_eq!(firsts[..3], ["m0", "m1", "m2"], "in order, starting with the one in flight at the stop");
     o.stop().await;
 }

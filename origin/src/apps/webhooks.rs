@@ -7,7 +7,7 @@
 //! - **The consumer `hooks`** reads the feed once for every endpoint. For each event and each
 //!   enabled endpoint of its workspace that asked for its type, was created before the event
 //!   (`since`, the feed's head at its creation) and whose bot user may see it
-//!   ([`visible_to`]), it writes the delivery's body under `(hooks, q, W, H, position)` in
+//!   ([`visible_to`]), it writes the delivery's body under `(hooks, q, W, H, position, 0)` in
 //!   [`Consumer::apply`], the transaction that moves its cursor: **exactly once**, in a queue
 //!   per endpoint ordered by feed position, so a SIGKILL anywhere loses nothing.
 //! - **The dispatcher** ([`Dispatcher`]), every `apps.tick_ms` on every node, takes the
@@ -58,6 +58,13 @@ pub const NAME: &str = "hooks";
 pub const MAX_WEBHOOKS: usize = 20;
 /// Events sent to one endpoint per lease.
 const SEND_BATCH: usize = 64;
+/// A lease lasts this many request timeouts (`apps.webhook_timeout_ms`). A node starts a try
+/// only while two are left, so it records its tries before the lease ends; a node that died
+/// holds its endpoints this long at most.
+const LEASE_TIMEOUTS: i64 = 4;
+/// How long a stopping dispatcher waits for its endpoints to record what they sent and let
+/// their leases go.
+const DRAIN: Duration = Duration::from_secs(5);
 /// Endpoints served at once by one node.
 const IN_FLIGHT: usize = 128;
 /// Most endpoints looked at per step.
@@ -526,6 +533,7 @@ impl Webhooks {
         })?;
         let (hook, bot) = found.ok_or_else(|| no_webhook(h))?;
         let head = feed.head().await?;
+        let replay = crate::now_ms().max(1) as u64;
         let mut queued = 0;
         while pos < head && queued < MAX_REPLAY {
             let items = match feed.read_after(&pos, 256).await? {
@@ -543,7 +551,7 @@ impl Webhooks {
                 let mut reads = Reads::default();
                 let mut n = 0;
                 for (p, e) in &items {
-                    if &e.workspace == w && queue_for(tx, &mut reads, &hook, &bot, p, e).await? {
+                    if &e.workspace == w && queue_for(tx, &mut reads, &hook, &bot, p, e, replay).await? {
                         n += 1;
                     }
                 }
@@ -579,7 +587,7 @@ async fn load_state(tx: &mut dyn KvTxn, w: &WorkspaceId, h: &str) -> Result<Stat
 /// The feed position a queue or log key ends with.
 fn position_of(k: &[u8]) -> Option<Position> {
     let e = crate::store::tuple::unpack(k).ok()?;
-    e.last()?.as_bytes()?.try_into().ok()
+    e.iter().rev().find_map(|e| e.as_bytes()?.try_into().ok())
 }
 
 /// An app's bot user and its enabled endpoints.
@@ -682,8 +690,9 @@ fn body(app: &AppId, position: &Position, e: &FeedEvent) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-/// Queues event `e` at `position` for `hook` if it asked for its type and its bot user `bot`
-/// may see it; answers whether it did.
+/// Queues event `e` at `position` again for `hook`, for replay `replay` (see
+/// [`keys::hook_queued`]), if it asked for its type and its bot user `bot` may see it; answers
+/// whether it did.
 async fn queue_for(
     tx: &mut dyn KvTxn,
     reads: &mut Reads,
@@ -691,6 +700,7 @@ async fn queue_for(
     bot: &UserId,
     position: &Position,
     e: &FeedEvent,
+    replay: u64,
 ) -> Result<bool, StoreError> {
     if !wants(hook, e.event.kind()) {
         return Ok(false);
@@ -698,7 +708,7 @@ async fn queue_for(
     if !visible_to(tx, reads, &e.workspace, bot, &e.event).await? {
         return Ok(false);
     }
-    tx.set_owned(keys::hook_queued(&e.workspace, &hook.id, position), body(&hook.app, position, e))?;
+    tx.set_owned(keys::hook_queued(&e.workspace, &hook.id, position, replay), body(&hook.app, position, e))?;
     Ok(true)
 }
 
@@ -738,7 +748,7 @@ impl Consumer for Queuer {
                 let body = body(&bot.app, &item.position, e);
                 let after_creation = |h: &&Webhook| h.since.is_none_or(|since| item.position > since);
                 for hook in bot.hooks.iter().filter(|h| wants(h, kind)).filter(after_creation) {
-                    tx.set_owned(keys::hook_queued(w, &hook.id, &item.position), body.clone())?;
+                    tx.set_owned(keys::hook_queued(w, &hook.id, &item.position, 0), body.clone())?;
                     queued += 1;
                     ready.insert((w.clone(), hook.id.clone()));
                 }
@@ -802,14 +812,16 @@ impl Dispatcher {
         })
     }
 
-    /// Runs until `shutdown`: a step every `apps.tick_ms`. Deliveries in flight at shutdown are
-    /// dropped; their events are still queued, and go out again when the lease has expired.
+    /// Runs until `shutdown`: a step every `apps.tick_ms`. At shutdown each endpoint being
+    /// served stops (a request in flight is dropped, its event still queued), records what it
+    /// delivered and lets its lease go, so the next node to start serves it at once — within
+    /// [`DRAIN`]; past that, the lease expires on its own.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let tick = Duration::from_millis(self.config.tick_ms);
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             while tasks.try_join_next().is_some() {}
-            if let Err(e) = self.step(crate::now_ms(), &mut tasks).await {
+            if let Err(e) = self.step(crate::now_ms(), &mut tasks, &shutdown).await {
                 tracing::warn!(error = %e, "webhook dispatcher step failed; will retry");
             }
             tokio::select! {
@@ -817,14 +829,24 @@ impl Dispatcher {
                 _ = tokio::time::sleep(tick) => {}
             }
         }
+        let drained = tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(left = tasks.len(), "webhook endpoints still recording at shutdown; their leases expire");
+        }
         tasks.shutdown().await;
     }
 
     /// In one transaction, leases every endpoint with queued events that is due at `now` (ms)
     /// and that this node is not serving yet — up to [`IN_FLIGHT`] at once — with the head of
-    /// its queue; then serves each in a task of its own. Answers how many it started.
-    pub async fn step(self: &Arc<Self>, now: i64, tasks: &mut tokio::task::JoinSet<()>) -> Result<usize, StoreError> {
-        let lease_ms = (self.config.webhook_timeout_ms as i64) * (SEND_BATCH as i64 + 1);
+    /// its queue; then serves each in a task of its own, until `stop`. Answers how many it
+    /// started.
+    pub async fn step(
+        self: &Arc<Self>,
+        now: i64,
+        tasks: &mut tokio::task::JoinSet<()>,
+        stop: &CancellationToken,
+    ) -> Result<usize, StoreError> {
+        let lease_ms = self.config.webhook_timeout_ms as i64 * LEASE_TIMEOUTS;
         let busy: std::collections::HashSet<(WorkspaceId, String)> =
             self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let room = IN_FLIGHT.saturating_sub(busy.len());
@@ -869,9 +891,9 @@ impl Dispatcher {
         let started = leased.len();
         for (w, h, hook, head, lease_until) in leased {
             self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert((w.clone(), h.clone()));
-            let me = self.clone();
+            let (me, stop) = (self.clone(), stop.clone());
             tasks.spawn(async move {
-                if let Err(e) = me.serve(&w, &h, hook, head, lease_until).await {
+                if let Err(e) = me.serve(&w, &h, hook, head, lease_until, &stop).await {
                     tracing::warn!(ws.id = %w, webhook.id = %h, error = %e, "serving a webhook failed; will retry");
                 }
                 me.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(&(w, h));
@@ -880,9 +902,10 @@ impl Dispatcher {
         Ok(started)
     }
 
-    /// Sends the leased head of endpoint `h`'s queue, in order, until one fails or all are
-    /// delivered; then, in one transaction, removes those delivered from the queue, logs every
-    /// try, records a failure's backoff (or disables the endpoint) and lets the lease go.
+    /// Sends the leased head of endpoint `h`'s queue, in order, until one fails, all are
+    /// delivered, the lease runs short or `stop`; then, in one transaction, removes those
+    /// delivered from the queue, logs every try, records a failure's backoff (or disables the
+    /// endpoint) and lets the lease go.
     async fn serve(
         &self,
         w: &WorkspaceId,
@@ -890,16 +913,25 @@ impl Dispatcher {
         hook: Webhook,
         head: Vec<(Vec<u8>, Vec<u8>)>,
         lease_until: i64,
+        stop: &CancellationToken,
     ) -> Result<(), StoreError> {
+        let timeout_ms = self.config.webhook_timeout_ms as i64;
         let mut tried: Vec<(Vec<u8>, Position, String, String, Sent, i64)> = Vec::new();
         for (key, body) in head {
+            if stop.is_cancelled() || crate::now_ms() + 2 * timeout_ms > lease_until {
+                break;
+            }
             let Some(position) = position_of(&key) else { continue };
             let id = format!("evt_{}", feed::cursor(&position));
             let kind = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v["type"].as_str().map(String::from))
                 .unwrap_or_default();
-            let sent = self.send(&hook, &id, &body).await;
+            let sent = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                sent = self.send(&hook, &id, &body) => sent,
+            };
             let at = crate::now_ms();
             let failed = matches!(sent, Sent::Failed(..));
             if !failed {

@@ -520,32 +520,7 @@ impl ConsumerRunner {
     /// The stored cursor, registering one (where [`Consumer::start_from`] says) the first time;
     /// `None` if the lease was lost meanwhile.
     async fn open_cursor(&self) -> Result<Option<Position>, ConsumerError> {
-        let key = keys::consumer_cursor(&self.name);
-        let start = self.consumer.start_from();
-        // The head is read apart: read inside, it would make the registration conflict with
-        // every append. What is appended in between comes after it, so it is not missed.
-        let head = match start {
-            StartFrom::Head => self.feed.head().await?,
-            StartFrom::Oldest => super::START,
-        };
-        let (opened, _) = crate::transact!(self.feed.store, |tx| {
-            if !self.holds_lease(tx).await? {
-                None
-            } else if let Some(pos) = read_position(tx, &key).await? {
-                Some((pos, false))
-            } else {
-                // Never before the trim point, which this transaction reads and so conflicts
-                // with a trim that moves it.
-                let pos = head.max(trim_point(tx).await?);
-                tx.set(&key, &pos)?;
-                tx.atomic_add(&keys::consumer_registrations(), 1)?;
-                Some((pos, true))
-            }
-        })?;
-        if let Some((pos, true)) = opened {
-            tracing::info!(cursor = %super::cursor(&pos), from = ?start, "consumer registered");
-        }
-        Ok(opened.map(|(pos, _)| pos))
+        cursor_or_register(&self.feed, &self.name, self.consumer.start_from(), Some(self)).await
     }
 
     /// Reads one batch after `cursor` and handles it (or resyncs), moving `cursor`. A shutdown
@@ -758,6 +733,56 @@ pub(super) async fn registered(tx: &mut dyn KvTxn) -> store::Result<(i64, Vec<(S
 /// The registration counter: moves whenever a consumer registers a new cursor.
 pub(super) async fn registrations(tx: &mut dyn KvTxn) -> store::Result<i64> {
     Ok(tx.get(&keys::consumer_registrations()).await?.as_deref().map(le_i64).unwrap_or(0))
+}
+
+/// Registers consumer `name`'s cursor where `from` says, unless it has one: a node calls it at
+/// its start, before it serves anything, for each consumer that starts at the head. Left to the
+/// consumer's own task, which a busy runtime may get to late, the cursor would start after
+/// events that came in meanwhile, and those would never be handled. Answers the cursor.
+pub async fn register(feed: &Feed, name: &str, from: StartFrom) -> Result<Position, ConsumerError> {
+    check_name(name)?;
+    let registered = cursor_or_register(feed, name, from, None).await?;
+    // Without a runner no lease is asked for, so there is always a cursor.
+    registered.ok_or_else(|| ConsumerError::Handler("no cursor registered".into()))
+}
+
+/// The stored cursor of consumer `name`, registering one where `from` says the first time;
+/// with `runner`, only while it holds the lease (`None` once it was lost).
+async fn cursor_or_register(
+    feed: &Feed,
+    name: &str,
+    from: StartFrom,
+    runner: Option<&ConsumerRunner>,
+) -> Result<Option<Position>, ConsumerError> {
+    let key = keys::consumer_cursor(name);
+    // The head is read apart: read inside, it would make the registration conflict with
+    // every append. What is appended in between comes after it, so it is not missed.
+    let head = match from {
+        StartFrom::Head => feed.head().await?,
+        StartFrom::Oldest => super::START,
+    };
+    let (opened, _) = crate::transact!(feed.store, |tx| {
+        let leased = match runner {
+            Some(runner) => runner.holds_lease(tx).await?,
+            None => true,
+        };
+        if !leased {
+            None
+        } else if let Some(pos) = read_position(tx, &key).await? {
+            Some((pos, false))
+        } else {
+            // Never before the trim point, which this transaction reads and so conflicts
+            // with a trim that moves it.
+            let pos = head.max(trim_point(tx).await?);
+            tx.set(&key, &pos)?;
+            tx.atomic_add(&keys::consumer_registrations(), 1)?;
+            Some((pos, true))
+        }
+    })?;
+    if let Some((pos, true)) = opened {
+        tracing::info!(consumer.name = %name, cursor = %super::cursor(&pos), from = ?from, "consumer registered");
+    }
+    Ok(opened.map(|(pos, _)| pos))
 }
 
 #[cfg(test)]

@@ -370,10 +370,12 @@ pub fn webhooks(w: &WorkspaceId) -> Vec<u8> {
     ws(w).str("hook").finish()
 }
 
-/// `(hooks, q, W, H, position)` → the body of an event waiting for delivery to endpoint H, by
-/// its 12-byte feed position: an endpoint's queue in feed order.
-pub fn hook_queued(w: &WorkspaceId, h: &str, position: &[u8]) -> Vec<u8> {
-    Key::new().str("hooks").str("q").str(w.as_str()).str(h).bytes(position).finish()
+/// `(hooks, q, W, H, position, replay)` → the body of an event waiting for delivery to endpoint
+/// H, by its 12-byte feed position: an endpoint's queue in feed order. `replay` is 0 for what
+/// the consumer queued and the replay's time (ms) for what a replay queued again, so a replay
+/// never writes the key of an entry a delivery in flight is about to remove.
+pub fn hook_queued(w: &WorkspaceId, h: &str, position: &[u8], replay: u64) -> Vec<u8> {
+    Key::new().str("hooks").str("q").str(w.as_str()).str(h).bytes(position).uint(replay).finish()
 }
 
 /// Prefix of endpoint H's [`hook_queued`] events.
