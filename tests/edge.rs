@@ -400,8 +400,10 @@ async fn a_slow_client_is_shed_and_others_keep_up() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let got = collect(&mut alice, &general, count as usize);
-    let (text, got) = tokio::time::timeout(WAIT * 2, async { tokio::join!(shed, got) }).await.expect("shed in time");
+    // 12 MB through one edge: a busy machine (a debug build, other tests beside it) takes a
+    // while, so the deadline is longer than the others'.
+    let got = collect_within(&mut alice, &general, count as usize, WAIT * 3);
+    let (text, got) = tokio::time::timeout(WAIT * 3, async { tokio::join!(shed, got) }).await.expect("shed in time");
     stop.cancel();
     let sent = writer.await.unwrap();
     assert!(sent >= count);

@@ -78,6 +78,10 @@ pub struct WebhooksArgs {
     /// Sequencer runs with webhooks on and off, in turns, each.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// How much lower than the origin's the CPU priority of the services on the feed and of
+    /// the receiver is (the origin's `consumers.nice`, 0–19).
+    #[arg(long, default_value_t = selvage_origin::config::ConsumersConfig::default().nice)]
+    pub nice: i32,
     /// Data directory of the origin [default: a temporary directory].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -170,13 +174,14 @@ struct Seeded {
     chatter: ChannelId,
 }
 
-fn config(dir: &std::path::Path, webhooks: bool, tick_ms: u64) -> Result<OriginConfig> {
+fn config(dir: &std::path::Path, webhooks: bool, tick_ms: u64, nice: i32) -> Result<OriginConfig> {
     let mut c =
         OriginConfig { listen: "127.0.0.1:0".parse()?, data_dir: dir.join("origin"), ..OriginConfig::default() };
     c.search.enabled = false;
     c.notify.enabled = false;
     c.rate_limits.enabled = false;
     c.apps.webhooks = webhooks;
+    c.consumers.nice = nice;
     c.apps.tick_ms = tick_ms;
     c.apps.allow_networks = vec!["127.0.0.1/32".into()];
     c.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -207,9 +212,6 @@ async fn seed(origin: &Arc<Origin>, endpoints: usize, base: &str) -> Result<Seed
     Ok(Seeded { admin, hooks, chatter })
 }
 
-/// How much lower the receiver's CPU priority is (see [`measure`]): the consumers'.
-const RECEIVER_NICE: i32 = 10;
-
 /// Runs the phases and summarises.
 pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     if args.endpoints == 0 || args.events == 0 || args.senders == 0 || args.rounds == 0 || args.rate == 0 {
@@ -224,13 +226,13 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     // The receiver stands for the apps' servers, which run on machines of their own: here it
     // has a runtime of its own at the consumers' priority, so that it takes from the sequencer
     // no more than the deliveries it answers do.
-    let elsewhere = selvage_origin::background::Background::new(1, RECEIVER_NICE)?;
+    let elsewhere = selvage_origin::background::Background::new(1, args.nice)?;
     let server =
         elsewhere.handle().spawn(async move { axum::serve(tokio::net::TcpListener::from_std(listener)?, app).await });
     let hour = 3_600_000;
 
     // Seed, and queue the throughput phase's events with the dispatcher held back.
-    let (running, shutdown) = start(config(&dir, true, hour)?).await?;
+    let (running, shutdown) = start(config(&dir, true, hour, args.nice)?).await?;
     eprintln!(
         "seeding: {} endpoints on {} apps, every bot in #hooks",
         args.endpoints,
@@ -247,7 +249,7 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
 
     let expected = (args.events * args.endpoints) as u64;
     eprintln!("deliveries: {expected} queued ({} events × {} endpoints)", args.events, args.endpoints);
-    let (running, shutdown) = start(config(&dir, true, TICK_MS)?).await?;
+    let (running, shutdown) = start(config(&dir, true, TICK_MS, args.nice)?).await?;
     let started = Instant::now();
     let waited = wait_for("deliveries", expected, || rx.received.load(Ordering::Relaxed)).await;
     let seconds = started.elapsed().as_secs_f64();
@@ -277,13 +279,14 @@ pub async fn measure(args: &WebhooksArgs) -> Result<WebhooksReport> {
     let mut kept_up = KeptUp::default();
     for round in 0..args.rounds {
         for webhooks in [false, true] {
-            let (running, shutdown) = start(config(&dir, webhooks, TICK_MS)?).await?;
+            let (running, shutdown) = start(config(&dir, webhooks, TICK_MS, args.nice)?).await?;
             if webhooks {
                 // The consumer first catches up with the run with webhooks off, and delivers what
                 // it queued then, before this run starts.
                 settle(&running.origin, &rx).await;
             }
             let before = rx.received.load(Ordering::Relaxed);
+            eprintln!("  sequencer run, webhooks {}, for {:?}", if webhooks { "on" } else { "off" }, args.duration);
             let result = sequencer_run(&running.origin, &seeded, args, round, webhooks).await;
             if webhooks {
                 let sent = result.as_ref().map(|r| r.1).unwrap_or(0);

@@ -327,9 +327,19 @@ pub fn quic(edge: &selvage_edge::Running) -> Transport {
 
 /// Message events of `channel` a client receives until it holds `count` distinct seqs.
 pub async fn collect(client: &mut Client, channel: &ChannelId, count: usize) -> Vec<(u64, String)> {
+    collect_within(client, channel, count, WAIT).await
+}
+
+/// [`collect`], failing after `wait` rather than [`WAIT`].
+pub async fn collect_within(
+    client: &mut Client,
+    channel: &ChannelId,
+    count: usize,
+    wait: Duration,
+) -> Vec<(u64, String)> {
     let mut got = Vec::new();
     let mut seqs = HashSet::new();
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait;
     while seqs.len() < count {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "timed out with {} of {count} messages: {got:?}", seqs.len());

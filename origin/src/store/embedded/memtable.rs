@@ -612,7 +612,7 @@ type PointIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Versions)> + 'a>;
 
 /// A merged walk over the memtable's tables: yields each key the view has a write for, with
 /// its value or `None` where the newest thing the view sees is a clear (which must hide the
-/// key in redb). [`MemRange::covered`] tells which other keys a cleared range hides.
+/// key in redb). [`MemChunks::covered`] tells which other keys a cleared range hides.
 pub(super) struct MemRange<'a> {
     /// Newest table (and within it newest run) first.
     sources: Vec<Peekable<PointIter<'a>>>,
@@ -622,10 +622,123 @@ pub(super) struct MemRange<'a> {
     reverse: bool,
 }
 
+#[cfg(test)]
 impl MemRange<'_> {
     /// Whether a cleared range of the memtable hides `key` (one the walk does not yield).
     pub(super) fn covered(&self, key: &[u8]) -> bool {
         self.ranges.iter().any(|(_, b, e)| *b <= key && key < *e)
+    }
+}
+
+/// A key of a [`MemChunks`] walk with its value, `None` for a clear.
+pub(super) type MemEntry = (Vec<u8>, Option<Vec<u8>>);
+
+/// Entries of a [`MemChunks`] chunk.
+type Chunk = VecDeque<MemEntry>;
+
+/// A [`MemRange`] taken a chunk of owned entries at a time, the memtable's read lock held only
+/// while one is copied out. A range read walks redb and builds its answer between chunks, so
+/// the commit thread, which needs the write lock to add each group, never waits on that; nor
+/// on a reader at a lower CPU priority (the services on the feed) that the scheduler puts
+/// aside while it holds the lock — with a writer waiting, every other reader would wait too.
+///
+/// Taking the lock again later sees the same entries: the view is fixed and the tables it needs
+/// stay while the transaction is young enough, which `check` (run under the lock) makes sure.
+pub(super) struct MemChunks<'a> {
+    mem: &'a Memtable,
+    check: &'a dyn Fn() -> crate::store::Result<()>,
+    /// What is left to read: `[begin, end)`.
+    begin: Vec<u8>,
+    end: Vec<u8>,
+    reverse: bool,
+    view: View,
+    /// The cleared ranges the view sees over the whole read, taken with the first chunk.
+    cleared: Vec<(Vec<u8>, Vec<u8>)>,
+    chunk: Chunk,
+    /// How many entries the next chunk takes: from what the read asks for, doubling.
+    size: usize,
+    started: bool,
+    exhausted: bool,
+}
+
+/// The largest chunk a [`MemChunks`] copies under one hold of the lock.
+const MAX_CHUNK: usize = 256;
+
+impl<'a> MemChunks<'a> {
+    /// The memtable's keys in `[begin, end)` as `view` sees them (see [`MemRead::range`]),
+    /// `first` of them in the first chunk (a read's limit, when it has one).
+    pub(super) fn new(
+        mem: &'a Memtable,
+        check: &'a dyn Fn() -> crate::store::Result<()>,
+        (begin, end): (&[u8], &[u8]),
+        reverse: bool,
+        view: View,
+        first: usize,
+    ) -> Self {
+        MemChunks {
+            mem,
+            check,
+            begin: begin.to_vec(),
+            end: end.to_vec(),
+            reverse,
+            view,
+            cleared: Vec::new(),
+            chunk: VecDeque::new(),
+            size: first.clamp(1, MAX_CHUNK),
+            started: false,
+            exhausted: begin >= end,
+        }
+    }
+
+    /// Whether a cleared range of the memtable hides `key` (one the walk does not yield).
+    /// Known once the first entry was asked for.
+    pub(super) fn covered(&self, key: &[u8]) -> bool {
+        self.cleared.iter().any(|(b, e)| b.as_slice() <= key && key < e.as_slice())
+    }
+
+    /// Copies the next chunk under the read lock; narrows what is left past it.
+    fn fill(&mut self) -> crate::store::Result<()> {
+        let read = self.mem.read();
+        (self.check)()?;
+        let mut range = read.range(&self.begin, &self.end, self.reverse, self.view);
+        if !self.started {
+            self.started = true;
+            self.cleared = range.ranges.iter().map(|(_, b, e)| (b.to_vec(), e.to_vec())).collect();
+        }
+        for (k, v) in range.by_ref().take(self.size) {
+            self.chunk.push_back((k.to_vec(), v.map(<[u8]>::to_vec)));
+        }
+        drop(range);
+        drop(read);
+        match self.chunk.back() {
+            Some((last, _)) if self.chunk.len() == self.size => {
+                if self.reverse {
+                    self.end = last.clone();
+                } else {
+                    self.begin = last.iter().copied().chain([0]).collect();
+                }
+            }
+            _ => self.exhausted = true,
+        }
+        self.size = (self.size * 2).min(MAX_CHUNK);
+        Ok(())
+    }
+
+    /// The next entry, in the read's order.
+    pub(super) fn next_entry(&mut self) -> crate::store::Result<Option<MemEntry>> {
+        if self.chunk.is_empty() && !self.exhausted {
+            self.fill()?;
+        }
+        Ok(self.chunk.pop_front())
+    }
+
+    /// Takes the cleared ranges without reading an entry (so that [`MemChunks::covered`]
+    /// answers before the first one).
+    pub(super) fn start(&mut self) -> crate::store::Result<()> {
+        if !self.started && !self.exhausted {
+            self.fill()?;
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,11 @@ use std::{cmp::Ordering as CmpOrdering, collections::btree_map, sync::atomic::Or
 
 use redb::{ReadOnlyTable, ReadableDatabase};
 
-use super::{engine_err, lock, memtable::MemRange, Shared, KV, META, VERSION_KEY};
+use super::{
+    engine_err, lock,
+    memtable::{MemChunks, MemEntry},
+    Shared, KV, META, VERSION_KEY,
+};
 use crate::store::{KeyValue, Result};
 
 impl Shared {
@@ -71,15 +75,15 @@ pub(super) type SnapIter<'a> = Box<dyn Iterator<Item = Result<KeyValue, redb::St
 /// whose writes replace redb's values and whose clears and cleared ranges hide redb's keys.
 pub(super) struct Merged<'a> {
     redb: SnapIter<'a>,
-    mem: MemRange<'a>,
+    mem: MemChunks<'a>,
     redb_head: Option<KeyValue>,
-    mem_head: Option<(&'a [u8], Option<&'a [u8]>)>,
+    mem_head: Option<MemEntry>,
     started: bool,
     reverse: bool,
 }
 
 impl<'a> Merged<'a> {
-    pub(super) fn new(redb: SnapIter<'a>, mem: MemRange<'a>, reverse: bool) -> Self {
+    pub(super) fn new(redb: SnapIter<'a>, mem: MemChunks<'a>, reverse: bool) -> Self {
         Merged { redb, mem, redb_head: None, mem_head: None, started: false, reverse }
     }
 
@@ -99,8 +103,9 @@ impl<'a> Merged<'a> {
     pub(super) fn next_entry(&mut self) -> Result<Option<KeyValue>> {
         if !self.started {
             self.started = true;
+            self.mem.start()?;
             self.advance_redb()?;
-            self.mem_head = self.mem.next();
+            self.mem_head = self.mem.next_entry()?;
         }
         loop {
             let order = match (&self.redb_head, &self.mem_head) {
@@ -108,7 +113,7 @@ impl<'a> Merged<'a> {
                 (Some(_), None) => CmpOrdering::Less,
                 (None, Some(_)) => CmpOrdering::Greater,
                 (Some((rk, _)), Some((mk, _))) => {
-                    let o = rk.as_slice().cmp(mk);
+                    let o = rk.cmp(mk);
                     if self.reverse {
                         o.reverse()
                     } else {
@@ -126,9 +131,9 @@ impl<'a> Merged<'a> {
                 self.advance_redb()?;
             }
             let head = self.mem_head.take();
-            self.mem_head = self.mem.next();
+            self.mem_head = self.mem.next_entry()?;
             if let Some((k, Some(v))) = head {
-                return Ok(Some((k.to_vec(), v.to_vec())));
+                return Ok(Some((k, v)));
             }
         }
     }
@@ -360,5 +365,76 @@ mod tests {
             }
         }
         assert!(embedded.stats().flushes > 10, "{:?}", embedded.stats());
+    }
+
+    /// Long range reads, which take the memtable a chunk at a time (doubling up to 256 entries)
+    /// while commits and flushes go on between chunks: forward and reverse, with and without a
+    /// limit, over clears and cleared ranges, with the reader's own writes merged in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn long_range_reads_across_chunks_match_a_model() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store = EmbeddedStore::open(&dir.path().join("s.redb"), constant_flush()).unwrap();
+        let key = |i: u16| [b"c".as_slice(), &i.to_be_bytes()].concat();
+        let mut rng = StdRng::seed_from_u64(0xc4u64);
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for step in 0..60 {
+            let mut tx = store.begin().await.unwrap();
+            for _ in 0..rng.random_range(50..400) {
+                let i = rng.random_range(0..1500);
+                if rng.random_bool(0.8) {
+                    let v = vec![rng.random::<u8>(); rng.random_range(1..4)];
+                    tx.set(&key(i), &v).unwrap();
+                    model.insert(key(i), v);
+                } else {
+                    tx.clear(&key(i)).unwrap();
+                    model.remove(&key(i));
+                }
+            }
+            if step % 5 == 0 {
+                let i = rng.random_range(0..1400);
+                let j = i + rng.random_range(1..100);
+                tx.clear_range(&key(i), &key(j)).unwrap();
+                model.retain(|k, _| k < &key(i) || k >= &key(j));
+            }
+            tx.commit().await.unwrap();
+            // A reader with writes of its own, reading while the next commits land.
+            let mut reader = store.begin().await.unwrap();
+            let mut seen = model.clone();
+            for _ in 0..20 {
+                let i = rng.random_range(0..1500);
+                reader.set(&key(i), b"own").unwrap();
+                seen.insert(key(i), b"own".to_vec());
+            }
+            let writer = {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for n in 0..20u16 {
+                        let mut tx = store.begin().await.unwrap();
+                        tx.set(&key(1500 + n), b"later").unwrap();
+                        tx.clear(&key(n * 7)).unwrap();
+                        tx.commit().await.unwrap();
+                    }
+                })
+            };
+            for _ in 0..4 {
+                let (lo, hi) = (rng.random_range(0..1500u16), rng.random_range(0..1600u16));
+                let limit = [0, 1, 3, 100, 300, 700][rng.random_range(0..6)];
+                let r = RangeRead::between(key(lo.min(hi)), key(lo.max(hi))).limit(limit).reverse(rng.random_bool(0.5));
+                let rows: Vec<KeyValue> =
+                    seen.range(r.begin.clone()..r.end.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let mut want: Vec<KeyValue> = if r.reverse { rows.into_iter().rev().collect() } else { rows };
+                if r.limit > 0 {
+                    want.truncate(r.limit);
+                }
+                assert_eq!(reader.get_range(&r).await.unwrap(), want, "step {step}: {r:?}");
+            }
+            writer.await.unwrap();
+            // What the writer did is part of the model from now on.
+            for n in 0..20u16 {
+                model.insert(key(1500 + n), b"later".to_vec());
+                model.remove(&key(n * 7));
+            }
+        }
     }
 }

@@ -189,10 +189,12 @@ impl EmbeddedTxn {
     fn read_range(&self, r: &RangeRead) -> Result<(Vec<KeyValue>, bool)> {
         type OwnIter<'a> = Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Op)> + 'a>;
 
-        let mem = self.store.shared.mem.read();
-        // Under the memtable lock, as in `snapshot_get_each`.
-        self.check_age()?;
         let (begin, end) = (r.begin.as_slice(), r.end.as_slice());
+        // The memtable a chunk at a time, each checked for age under its lock as in
+        // `snapshot_get_each`; redb is walked with no lock held.
+        let check = || self.check_age();
+        let first = if r.limit > 0 { r.limit + 1 } else { 64 };
+        let mem = memtable::MemChunks::new(&self.store.shared.mem, &check, (begin, end), r.reverse, self.view(), first);
         let range = self.snapshot.kv.range::<&[u8]>(begin..end).map_err(engine_err)?;
         let own = self
             .writes
@@ -205,7 +207,7 @@ impl EmbeddedTxn {
         } else {
             (Box::new(range.map(owned_entry)), Box::new(own))
         };
-        let mut snap = Merged::new(redb, mem.range(begin, end, r.reverse, self.view()), r.reverse);
+        let mut snap = Merged::new(redb, mem, r.reverse);
         // The next snapshot entry not hidden by a range this transaction cleared.
         let next_snap = |snap: &mut Merged<'_>| -> Result<Option<KeyValue>> {
             while let Some((k, v)) = snap.next_entry()? {
