@@ -8,6 +8,10 @@
 //! and started again on the same port: it prints `KILL_EDGE_B` and waits for `EDGE_B_KILLED`,
 //! then `RESTART_EDGE_B` and waits for `EDGE_B_RESTARTED`.
 //!
+//! Headless Chromium has no Web Push service, so the script runs one on 127.0.0.1: the origin
+//! here may push to internal addresses (`notify.allow_internal_endpoints`), after half a second
+//! rather than ten, and the script hands what it receives to the page's service worker.
+//!
 //! It needs `node`, Chromium (`SELVAGE_CHROMIUM`, else `/usr/bin/chromium`) and playwright-core
 //! (`PLAYWRIGHT_CORE`, else `web/tests/node_modules/playwright-core`; `.ci/run` installs all
 //! three). Without them it says so and is skipped.
@@ -25,7 +29,7 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Scenarios `e2e.mjs` runs; each reports `ok - NAME` or `skip - NAME: why`.
-const SCENARIOS: usize = 10;
+const SCENARIOS: usize = 17;
 
 /// Where the browser and its driver are, or why the test cannot run.
 fn browser() -> Result<(PathBuf, PathBuf), String> {
@@ -62,7 +66,14 @@ async fn the_web_client_works_in_chromium_across_two_edges() {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (s3, _s3_dir) = start_s3local().await;
-    let origin = Origin::start_with(|c| files_on(c, &s3)).await;
+    let origin = Origin::start_with(|c| {
+        files_on(c, &s3);
+        // The push service e2e.mjs runs is on 127.0.0.1; its scenario waits for each push.
+        c.notify.allow_internal_endpoints = true;
+        c.notify.delay_ms = 500;
+        c.notify.tick_ms = 100;
+    })
+    .await;
     let (alice, alice_id, general) = origin.workspace().await;
     let (bob_id, bob) = origin.user(&alice, "bob").await;
     let (carol_id, carol) = origin.user(&alice, "carol").await;

@@ -17,8 +17,9 @@
 //
 // Modules: boot.js (first to run: the token, and the socket opened before the rest has loaded),
 // session.js (connection, resume, requests), store.js (state, unread counts, gaps),
-// conversation.js, thread.js, sidebar.js, search.js, composer.js, message.js (views),
-// files.js (uploads, previews), notify.js (do-not-disturb, Web Push; sw.js), dom.js, api.js.
+// conversation.js, thread.js, sidebar.js, search.js, composer.js, message.js, details.js
+// (members, leave, archive) (views), files.js (uploads, previews), notify.js (do-not-disturb,
+// Web Push; sw.js), dom.js, api.js.
 //
 // Stable hooks for browser tests (web/tests/e2e.mjs) — `data-testid` values:
 //   conn-state (text: connecting | connected | reconnecting | resumed), sidebar,
@@ -30,9 +31,12 @@
 //   and beyond those: thread-root (the root in the thread panel), thread-composer,
 //   thread-send-button, follow-toggle, not-found (a conversation that cannot be shown),
 //   ephemeral-message, browse-channels, create-channel, new-channel-name, join-channel, new-dm,
-//   dm-user, start-dm, signin-token. Messages also carry data-channel; `.highlight` marks the
-//   message a search result opened. performance.mark('selvage-first-messages') is set when the
-//   first message list is on screen.
+//   dm-user, start-dm, signin-token, push-toggle, toast, new-divider (above the first message
+//   unread when the conversation opened), archived-note, channel-details (the header's button
+//   to the members dialog), member (data-user-id, data-presence), leave-channel,
+//   archive-channel. Messages also carry data-channel; `.highlight` marks the message a search
+//   result opened; a message's <time> has its full date and time as its title.
+//   performance.mark('selvage-first-messages') is set when the first message list is on screen.
 
 import { token, early, takeToken, fragmentParams, startParams, TOKEN_KEY } from './boot.js';
 import { Session } from './session.js';
@@ -46,6 +50,7 @@ import { initThread, openThread, closeThread, isThreadOpen } from './thread.js';
 import { initSidebar } from './sidebar.js';
 import { initSearch, closeSearch, isSearchOpen, focusSearch } from './search.js';
 import { initNotify } from './notify.js';
+import { initDetails } from './details.js';
 import { uploadFile } from './files.js';
 
 const SEND_RETRIES = 3;
@@ -89,7 +94,7 @@ function start(token, early = null) {
   session = new Session(token, { hello: onHello, event: onEvent, state: showState, fatal: onFatal });
   const ctx = {
     store, session, send, upload, openChannel, openThread, openAt, ensureUsers, loadAllUsers,
-    updatePresenceSub, editMessage: startEdit,
+    updatePresenceSub, editMessage: startEdit, followPresence: (ids) => updatePresenceSub(ids),
   };
   configureMessages(store, {
     react, edit: startEdit, remove, retry, discard: (p) => store.settle(p), openThread: (cid, root) => openThread(cid, root),
@@ -100,6 +105,7 @@ function start(token, early = null) {
   initThread(ctx);
   initSearch(ctx);
   initNotify(ctx);
+  initDetails(ctx);
   watchUsers();
   // Last: taking over boot.js's socket may deliver `hello` (and more) at once, to the views.
   session.start(early);
@@ -182,10 +188,16 @@ store.on('left', (cid) => {
   if (next && next.cid !== cid) openChannel(next.cid);
 });
 
-/** Follows the presence of the user's DM partners, and their own (it carries do-not-disturb). */
-function updatePresenceSub() {
+let followed = []; // people whose presence a view shows for now (a members list)
+
+/**
+ * Follows the presence of the user's DM partners, their own (it carries do-not-disturb) and
+ * of `extra`, who a view shows for now (a members list), until it says otherwise.
+ */
+function updatePresenceSub(extra) {
+  if (extra) followed = extra;
   if (!store.self) return;
-  const ids = new Set([store.self.id]);
+  const ids = new Set([store.self.id, ...followed]);
   for (const c of store.channels.values()) {
     if (c.member && c.info?.kind !== 'channel') for (const u of store.partners(c)) ids.add(u.id);
   }

@@ -1,11 +1,13 @@
 // The open conversation: its header, the message list (history read lazily with `query
-// history`, older pages as the user scrolls back), the typing line and the composer. It moves
-// the read marker as the user reads: when the list is scrolled to the bottom of a visible tab.
+// history`, older pages as the user scrolls back), the typing line and the composer. It opens
+// at the first unread message, under a "New" divider, and moves the read marker as the user
+// reads: when the list is scrolled to the bottom of a visible tab.
 
 import { h, icon, $, toast } from './dom.js';
 import { renderMessage, renderPending, place, placeAll, keyboardNavigation, messageToolbars, KEYS_HELP } from './message.js';
 import { makeComposer } from './composer.js';
 import { getChannel, joinChannel, ApiError } from './api.js';
+import { showDetails } from './details.js';
 
 const PAGE = 50;
 const FILL_PAGE = 100;
@@ -24,6 +26,7 @@ const marks = new Map(); // channel id → seq to send in mark_read
 let markTimer = 0;
 let firstMessagesMarked = false;
 let loadingOlder = false;
+let newSeq = null; // the first message that was unread when the conversation opened
 
 let root;
 let titleEl;
@@ -32,6 +35,7 @@ let list;
 let typingEl;
 let footer;
 let composer;
+let divider;
 
 export function currentChannel() {
   return current;
@@ -42,6 +46,7 @@ export function initConversation(context) {
   root = $('#conversation');
   titleEl = h('h1', { id: 'channel-title' }, '');
   topicEl = h('p', { class: 'topic' });
+  divider = h('div', { class: 'new-divider', role: 'separator', 'data-testid': 'new-divider' }, h('span', {}, 'New'));
   list = h('div', {
     class: 'messages', 'data-testid': 'message-list', role: 'log', 'aria-live': 'polite',
     'aria-relevant': 'additions', 'aria-labelledby': 'channel-title', tabindex: '0',
@@ -58,7 +63,11 @@ export function initConversation(context) {
     editLast,
   });
   footer = h('footer', { class: 'conversation-footer' }, typingEl, composer.form);
-  root.append(h('header', { class: 'conversation-header' }, titleEl, topicEl), list, footer,
+  const details = h('button', {
+    type: 'button', class: 'details', 'aria-label': 'Members and details', title: 'Members', 'data-testid': 'channel-details',
+    onclick: () => ctx.store.channels.get(current)?.info && showDetails(ctx.store.channels.get(current)),
+  }, icon('people'));
+  root.append(h('header', { class: 'conversation-header' }, titleEl, topicEl, details), list, footer,
     h('p', { id: 'keys-help', hidden: true }, KEYS_HELP));
 
   list.addEventListener('scroll', onScroll, { passive: true });
@@ -82,7 +91,8 @@ export function initConversation(context) {
 
 /**
  * Opens a conversation: from the cache when its messages are loaded, else with one history
- * query. `at`: a seq to show and highlight (a search hit), read as a window around it.
+ * query. `at`: a seq to show and highlight (a search hit), read as a window around it; without
+ * it, the conversation opens at its first unread message, if any, else at its newest.
  */
 export async function openChannel(cid, { at, focus = true } = {}) {
   const { store } = ctx;
@@ -90,7 +100,7 @@ export async function openChannel(cid, { at, focus = true } = {}) {
   current = cid;
   history.replaceState(null, '', `#c=${encodeURIComponent(cid)}`);
   els.clear();
-  stuck = !at;
+  newSeq = null;
   typists.forEach(clearTimeout);
   typists.clear();
   drawTyping();
@@ -107,8 +117,13 @@ export async function openChannel(cid, { at, focus = true } = {}) {
   header(c);
   // Opened again after a jump to an old message: start from the newest again.
   if (!at && c.window) store.forget(c);
+  // What the user had read, if not everything: the first unread is shown first, and it has to
+  // be read around when the newest page would not reach it.
+  const since = c.member && c.lastSeq > c.readSeq ? c.readSeq : null;
+  stuck = !at && since === null;
   try {
     if (at) await loadWindow(c, at);
+    else if (since !== null && (c.loaded ? since + 1 < c.low : c.lastSeq - since > PAGE)) await loadWindow(c, since + 1);
     else if (!c.loaded) await loadNewest(c);
   } catch (e) {
     if (token !== opening) return;
@@ -117,9 +132,13 @@ export async function openChannel(cid, { at, focus = true } = {}) {
   if (token !== opening) return;
   if (c.member) localStorage.setItem('selvage.last', cid);
   list.removeAttribute('aria-busy');
+  if (since !== null) newSeq = store.topLevel(c).find((m) => m.seq > since && m.user !== store.self.id)?.seq ?? null;
   draw();
   if (at) highlight(at);
-  else scrollToBottom();
+  else if (newSeq) {
+    list.scrollTop += divider.getBoundingClientRect().top - list.getBoundingClientRect().top - 8;
+    stuck = isAtBottom();
+  } else scrollToBottom();
   markFirstMessages();
   if (store.hasGap(c) || (c.lastSeq > c.high && c.lastSeq - c.high <= AUTO_FILL_LIMIT)) fill(c);
   maybeMarkRead();
@@ -163,7 +182,7 @@ function header(c) {
   footer.querySelector('.join')?.remove();
   composer.form.hidden = !c.member || c.info.archived;
   if (c.info.archived) {
-    footer.append(h('p', { class: 'join notice' }, 'This channel is archived: it is read-only.'));
+    footer.append(h('p', { class: 'join notice', 'data-testid': 'archived-note' }, 'This channel is archived: it is read-only.'));
   } else if (!c.member) {
     footer.append(h('p', { class: 'join' },
       h('button', { type: 'button', class: 'primary', onclick: () => join(c) }, `Join #${c.info.name}`)));
@@ -186,17 +205,30 @@ async function join(c) {
 
 // ---- history ----
 
+/**
+ * A history query. A conversation the user just made or joined over HTTP can be news to the
+ * edge for a moment (its cache follows the origin's feed): `not_found` then means "not yet".
+ */
+async function readHistory(c, q) {
+  for (let wait = 100; ; wait *= 2) {
+    try {
+      return await ctx.session.query({ q: 'history', channel: c.id, ...q });
+    } catch (e) {
+      if (e.code !== 'not_found' || !c.member || wait > 1600) throw e;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+}
+
 async function loadNewest(c) {
   // The first conversation's page was asked for by boot.js, before this code was loaded.
   const early = ctx.session.takeEarlyHistory(c.id);
-  const r = await (early ?? ctx.session.query({ q: 'history', channel: c.id, limit: PAGE }));
+  const r = await (early ?? readHistory(c, { limit: PAGE }));
   ctx.store.putPage(c, r.messages ?? [], 'newest', Boolean(r.next));
 }
 
 async function loadWindow(c, seq) {
-  const r = await ctx.session.query({
-    q: 'history', channel: c.id, after: Math.max(0, seq - PAGE / 2), before: seq + PAGE / 2, limit: PAGE,
-  });
+  const r = await readHistory(c, { after: Math.max(0, seq - PAGE / 2), before: seq + PAGE / 2, limit: PAGE });
   ctx.store.putPage(c, r.messages ?? [], 'window', Boolean(r.next));
 }
 
@@ -298,13 +330,23 @@ function draw(force = false) {
   if (!messages.length && !list.querySelector('[data-state]')) {
     list.append(h('p', { class: 'notice' }, 'No messages yet. Say hello!'));
   }
+  markNew();
   if (bottom) scrollToBottom();
+}
+
+/** Keeps the "New" divider right above the first message that was unread at opening. */
+function markNew() {
+  const el = newSeq && els.get(newSeq);
+  if (!el) return divider.remove();
+  if (el.previousElementSibling !== divider) el.before(divider);
+  el.classList.remove('cont'); // under the divider, a message shows who wrote it
 }
 
 function put(m) {
   const el = renderMessage(m, 'channel');
   drawn.set(el, m);
   els.set(m.seq, place(list, el, m.seq));
+  markNew();
 }
 
 function drawOne(m) {

@@ -53,6 +53,7 @@ const ICONS = {
   list: 'M4 6h16M4 12h16M4 18h16',
   plus: 'M12 5v14M5 12h14',
   file: 'M14 2H6v20h12V6zM14 2v4h4',
+  people: 'M17 21v-2a4 4 0 0 0-4-4H5a4 4 0 0 0-4 4v2M9 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8zM23 21v-2a4 4 0 0 0-3-3.9M16 3.1a4 4 0 0 1 0 7.8',
 };
 
 /** An icon, hidden from screen readers: the button or link around it carries the label. */
@@ -84,19 +85,22 @@ export function emojiGlyph(name) {
   return EMOJI[name] ?? `:${name}:`;
 }
 
-// Times by hand, not with Intl.DateTimeFormat: the first formatter a page makes costs Chromium
-// 15-25 ms (it loads locale data), a tenth of the budget for showing the first messages.
-const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
-const two = (n) => String(n).padStart(2, '0');
+// Times in the browser's locale. The formatters are made once, on first use: the first one a
+// page makes costs Chromium some milliseconds (it loads the locale's data).
+let formats;
 
-/** `14:05` today; `Dec 6 14:05` this year; `Dec 6, 2025 14:05` before. */
+/** A time of today as its time of day (`14:05`, `2:05 PM`), an earlier one as its date. */
 export function formatTime(ms) {
+  formats ??= [{ timeStyle: 'short' }, { dateStyle: 'medium' }, { dateStyle: 'full', timeStyle: 'short' }]
+    .map((o) => new Intl.DateTimeFormat(undefined, o));
   const date = new Date(ms);
-  const now = new Date();
-  const time = `${two(date.getHours())}:${two(date.getMinutes())}`;
-  if (date.toDateString() === now.toDateString()) return time;
-  const year = date.getFullYear() === now.getFullYear() ? '' : `, ${date.getFullYear()}`;
-  return `${MONTHS[date.getMonth()]} ${date.getDate()}${year} ${time}`;
+  return formats[date.toDateString() === new Date().toDateString() ? 0 : 1].format(date);
+}
+
+/** The full date and time, for a `title`. */
+export function fullTime(ms) {
+  formatTime(ms);
+  return formats[2].format(ms);
 }
 
 export function formatBytes(n) {
@@ -163,4 +167,18 @@ export function toast(text) {
   el.hidden = false;
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => { el.hidden = true; }, 5000);
+}
+
+/** Shows the page's one modal dialog with `title` and `body`; `view` names what it shows. */
+export function dialog(title, view, ...body) {
+  const d = $('#dialog');
+  d.dataset.view = view;
+  d.replaceChildren(
+    h('header', { class: 'panel-header' },
+      h('h2', { id: 'dialog-title' }, title),
+      h('button', { type: 'button', class: 'close', 'aria-label': 'Close', onclick: () => d.close() }, icon('close'))),
+    ...body);
+  d.setAttribute('aria-labelledby', 'dialog-title');
+  if (!d.open) d.showModal();
+  return d;
 }

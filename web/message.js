@@ -4,7 +4,7 @@
 // buttons are not part of it: one toolbar is made for the message under the pointer or the
 // focus (`messageToolbars`), which keeps drawing a page of history cheap.
 
-import { h, icon, renderText, formatTime, formatBytes, emojiGlyph, EMOJI, toast } from './dom.js';
+import { h, icon, renderText, formatTime, fullTime, formatBytes, emojiGlyph, EMOJI, toast } from './dom.js';
 import { previewUrl, downloadUrl } from './files.js';
 
 let store;
@@ -47,7 +47,7 @@ export function renderMessage(m, where = 'channel') {
 function header(m) {
   return h('div', { class: 'meta' },
     h('span', { class: 'author', 'data-user': m.user }, store.userName(m.user)),
-    h('time', { datetime: new Date(m.ts).toISOString() }, formatTime(m.ts)),
+    h('time', { datetime: new Date(m.ts).toISOString(), title: fullTime(m.ts) }, formatTime(m.ts)),
     m.edited_at && !m.deleted ? h('span', { class: 'edited' }, '(edited)') : null);
 }
 

@@ -60,7 +60,8 @@ async function enablePush() {
     localStorage.setItem('selvage.push', 'on');
     toast('Desktop notifications are on.');
   } catch (e) {
-    toast(`Could not turn on notifications: ${e.message}`);
+    localStorage.removeItem('selvage.push');
+    toast(`Desktop notifications could not be turned on: ${e.message}`);
   }
   showPush();
 }
@@ -72,7 +73,12 @@ async function subscribe() {
   const { public_key: key } = await api('GET', '/v1/push/key');
   let sub = await registration.pushManager.getSubscription();
   if (!sub) {
-    sub = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: base64UrlBytes(key) });
+    // Refused when the browser has no push service (a headless or de-Googled Chromium), or
+    // blocks push for this site: say so in words, not as the browser's terse DOMException.
+    sub = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: base64UrlBytes(key) })
+      .catch((e) => {
+        throw new Error(`this browser refused to subscribe to push messages, so it cannot be sent any (${e.message}).`);
+      });
   }
   await api('POST', '/v1/push/subscriptions', sub.toJSON());
 }

@@ -2,7 +2,7 @@
 // presence dots, and the dialogs to create or join a channel and to start a conversation.
 // Items are links (`#c=<id>`), so Tab, Enter and "open in new tab" work as on any page.
 
-import { h, icon, $, toast } from './dom.js';
+import { h, icon, $, toast, dialog } from './dom.js';
 import { createChannel, joinChannel, getChannel, openDm } from './api.js';
 
 let ctx; // {store, session, openChannel, loadAllUsers}
@@ -124,19 +124,6 @@ function update(cid) {
 }
 
 // ---- dialogs ----
-
-function dialog(title, view, ...body) {
-  const d = $('#dialog');
-  d.dataset.view = view;
-  d.replaceChildren(
-    h('header', { class: 'panel-header' },
-      h('h2', { id: 'dialog-title' }, title),
-      h('button', { type: 'button', class: 'close', 'aria-label': 'Close', onclick: () => d.close() }, icon('close'))),
-    ...body);
-  d.setAttribute('aria-labelledby', 'dialog-title');
-  if (!d.open) d.showModal();
-  return d;
-}
 
 function createDialog() {
   const name = h('input', { id: 'new-channel-name', required: true, maxlength: 80, pattern: '[a-z0-9_\\-]+', autocomplete: 'off', 'data-testid': 'new-channel-name' });

@@ -18,7 +18,8 @@ self.addEventListener('push', (event) => {
     body: data.body || data.text || '',
     // One notification per conversation: a newer push replaces the one still shown.
     tag: channel || data.id,
-    icon: '/icon.svg',
+    renotify: Boolean(channel || data.id), // …and says so: it is news
+    icon: '/icon.png', // Chrome shows no SVG in a notification
     data: { channel, seq: data.seq },
   }));
 });

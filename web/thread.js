@@ -55,6 +55,13 @@ export function initThread(context) {
   });
   store.on('pending', (p) => open && p.channel === open.cid && p.threadRoot === open.root && drawPending(p));
   store.on('users', () => open && drawAll());
+  store.on('channels', writable); // archived meanwhile, or left
+}
+
+/** Shows the reply composer only where the user may write: a member, in no archived channel. */
+function writable() {
+  const c = open && ctx.store.channels.get(open.cid);
+  if (c) composer.form.hidden = !c.member || Boolean(c.info?.archived);
 }
 
 export function isThreadOpen() {
@@ -72,7 +79,7 @@ export async function openThread(cid, root, { highlight } = {}) {
   rootBox.replaceChildren();
   list.replaceChildren(h('p', { class: 'notice' }, 'Loading…'));
   const c = store.channels.get(cid) ?? store.channel(cid);
-  composer.form.hidden = !c.member;
+  writable();
   try {
     if (!c.msgs.has(root)) {
       const r = await session.query({ q: 'history', channel: cid, after: root - 1, before: root + 1, limit: 1 });

@@ -13,6 +13,11 @@
 // `KILL_EDGE_B` and waits for the line `EDGE_B_KILLED` on stdin, later `RESTART_EDGE_B` and
 // `EDGE_B_RESTARTED` (edge B comes back on the same port).
 //
+// Headless Chromium has no Web Push service (`PushManager.subscribe` is refused), so this script
+// runs one (`pushService`): the origin pushes to it, encrypted, as to any browser's vendor; it
+// decrypts each push as the browser would and hands it to the page's service worker with the
+// DevTools protocol (`ServiceWorker.deliverPushMessage`).
+//
 // Each scenario prints `ok - <name>` (or `skip - <name>: reason`); the first failure prints
 // `not ok - <name>: <why>` and exits with code 1. Every page's console errors are printed as
 // `# console error [page]: …` (some are expected: a WebSocket refused while edge B is down).
@@ -24,6 +29,8 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import readline from 'node:readline';
+import http from 'node:http';
+import crypto from 'node:crypto';
 
 const require = createRequire(import.meta.url);
 const { chromium } = require(process.env.PLAYWRIGHT_CORE || 'playwright-core');
@@ -69,6 +76,75 @@ function askHarness(say, expect, timeoutMs = 60_000) {
     const timer = setTimeout(() => reject(new Error(`the harness did not answer ${say} with ${expect} in ${timeoutMs} ms`)), timeoutMs);
     lineWaiters.push({ line: expect, resolve: () => { clearTimeout(timer); resolve(); } });
   });
+}
+
+// ---- a push service ----
+
+/**
+ * A Web Push service of our own on 127.0.0.1, as the browser's vendor runs one: Chromium here
+ * has none (`PushManager.subscribe` is refused). It holds one subscription's keys, takes the
+ * origin's encrypted pushes for it (`POST`, RFC 8291 `aes128gcm`), decrypts each as the browser
+ * would, and hands over the plaintext: what `ServiceWorker.deliverPushMessage` then gives sw.js.
+ */
+async function pushService() {
+  const ecdh = crypto.createECDH('prime256v1');
+  const uaPublic = ecdh.generateKeys();
+  const authSecret = crypto.randomBytes(16);
+  const inbox = [];
+  let wake = () => {};
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      let got;
+      try {
+        if (req.headers['content-encoding'] !== 'aes128gcm') throw new Error(`content-encoding ${req.headers['content-encoding']}`);
+        got = { text: decrypt(Buffer.concat(chunks)) };
+      } catch (e) {
+        got = { error: e.message };
+      }
+      inbox.push(got);
+      res.writeHead(got.error ? 400 : 201).end();
+      wake();
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const hkdf = (ikm, salt, info, len) => Buffer.from(crypto.hkdfSync('sha256', ikm, salt, Buffer.from(info), len));
+  function decrypt(body) {
+    const salt = body.subarray(0, 16);
+    const rs = body.readUInt32BE(16);
+    const idLen = body[20];
+    const asPublic = body.subarray(21, 21 + idLen);
+    const record = body.subarray(21 + idLen);
+    if (record.length > rs) throw new Error('more than one record');
+    const ikm = hkdf(ecdh.computeSecret(asPublic), authSecret, Buffer.concat([Buffer.from('WebPush: info\0'), uaPublic, asPublic]), 32);
+    const decipher = crypto.createDecipheriv('aes-128-gcm', hkdf(ikm, salt, 'Content-Encoding: aes128gcm\0', 16),
+      hkdf(ikm, salt, 'Content-Encoding: nonce\0', 12));
+    decipher.setAuthTag(record.subarray(record.length - 16));
+    const plain = Buffer.concat([decipher.update(record.subarray(0, record.length - 16)), decipher.final()]);
+    let end = plain.length - 1;
+    while (end > 0 && plain[end] === 0) end--;
+    if (plain[end] !== 2) throw new Error('no last-record delimiter');
+    return plain.subarray(0, end).toString('utf8');
+  }
+  return {
+    subscription: {
+      endpoint: `http://127.0.0.1:${server.address().port}/push/${nonce}`,
+      keys: { p256dh: uaPublic.toString('base64url'), auth: authSecret.toString('base64url') },
+    },
+    /** The next push's plaintext. */
+    async next(timeoutMs = STEP_MS) {
+      const deadline = Date.now() + timeoutMs;
+      while (!inbox.length) {
+        if (Date.now() > deadline) throw new Error('no push from the origin in time');
+        await new Promise((resolve) => { wake = resolve; setTimeout(resolve, 200); });
+      }
+      const got = inbox.shift();
+      if (got.error) throw new Error(`a push that does not decrypt: ${got.error}`);
+      return got.text;
+    },
+    close: () => server.close(),
+  };
 }
 
 // ---- browsers and pages ----
@@ -369,6 +445,257 @@ await scenario('j: screenshot of the main view', async () => {
   await alicePage.mouse.move(0, 0);
   await alicePage.screenshot({ path: rig.screenshot });
   console.log(`# screenshot: ${rig.screenshot}`);
+});
+
+await scenario('k: a Web Push from the origin is shown by sw.js; a refused subscription says so', async () => {
+  // Carol turns notifications on: the browser allows them, but its PushManager refuses to
+  // subscribe (no push service here). She is told, and the toggle stays off.
+  await carolContext.grantPermissions(['notifications'], { origin: edgeA });
+  const carolPage = await signIn(carolContext, 'carol', edgeA, carol);
+  const toggle = carolPage.getByTestId('push-toggle');
+  await toggle.click();
+  const toast = carolPage.getByTestId('toast');
+  await toast.filter({ hasText: 'Desktop notifications could not be turned on' }).waitFor();
+  const said = await toast.textContent();
+  if (!/refused to subscribe/.test(said)) throw new Error(`the notice says "${said}"`);
+  if (await toggle.getAttribute('aria-pressed') !== 'false') throw new Error('the toggle shows notifications on');
+  // What the browser would have done: register a subscription, here with our push service.
+  const push = await pushService();
+  try {
+    const sub = await apiFrom(carolPage, 'POST', '/v1/push/subscriptions', push.subscription);
+    if (sub.error) throw new Error(`the subscription was refused: ${sub.error.message}`);
+    await carolPage.close(); // away from every session: the origin notifies her
+    // A tab of the site with nobody signed in: no session, but the service worker's registration.
+    const page = await carolContext.newPage();
+    page.setDefaultTimeout(STEP_MS);
+    await page.goto(`${edgeA}/`);
+    await page.locator('#signin').waitFor();
+    const cdp = await carolContext.newCDPSession(page);
+    const scripts = new Map(); // registration id → script URL, once a version of it is activated
+    cdp.on('ServiceWorker.workerVersionUpdated', ({ versions }) => {
+      for (const v of versions) if (v.status === 'activated') scripts.set(v.registrationId, v.scriptURL);
+    });
+    await cdp.send('ServiceWorker.enable');
+    const deadline = Date.now() + STEP_MS;
+    let registrationId;
+    while (!(registrationId = [...scripts].find(([, url]) => url === `${edgeA}/sw.js`)?.[0])) {
+      if (Date.now() > deadline) throw new Error(`no registration of sw.js (saw ${[...scripts.values()].join(', ') || 'none'})`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    // Alice writes to her twice; the origin's push — one for both — arrives, decrypted, as the
+    // browser would see it. Its `body` ("2 new messages from …") is not its `text`.
+    const { channel: dm } = await apiFrom(alicePage, 'POST', '/v1/dms', { users: [carol.id] });
+    const texts = [`carol? ${nonce}`, `are you there? ${nonce}`];
+    for (const [i, text] of texts.entries()) {
+      await apiFrom(alicePage, 'POST', `/v1/channels/${dm.id}/messages`, { text, client_msg_id: `push-${i}-${nonce}` });
+    }
+    const plaintext = await push.next();
+    const payload = JSON.parse(plaintext);
+    const me = await apiFrom(alicePage, 'GET', '/v1/me');
+    const aliceName = me.user.name || me.user.handle;
+    if (payload.channel?.id !== dm.id || payload.text !== texts[1] || payload.title !== aliceName
+      || payload.body !== `2 new messages from ${aliceName}`) {
+      throw new Error(`an unexpected push: ${plaintext}`);
+    }
+    // Chromium keeps its list of notifications in step with the screen on every read, and one
+    // read while a notification is still being put up loses it. So the page asks only after a
+    // pause, and a push lost that way is delivered again (sw.js shows each under the same tag).
+    const notifications = () => page.evaluate(async () => (await (await navigator.serviceWorker.ready).getNotifications())
+      .map((n) => ({ title: n.title, body: n.body, tag: n.tag, data: n.data })));
+    let shown = [];
+    for (let attempt = 1; !shown.length; attempt++) {
+      if (attempt > 3) throw new Error('sw.js showed no notification for three pushes');
+      await cdp.send('ServiceWorker.deliverPushMessage', { origin: edgeA, registrationId, data: plaintext });
+      for (let wait = 0; wait < 5 && !shown.length; wait++) {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        shown = await notifications();
+      }
+    }
+    if (shown.length !== 1) throw new Error(`it shows ${shown.length} notifications for one conversation`);
+    const [n] = shown;
+    if (n.title !== payload.title || n.body !== payload.body) throw new Error(`it shows "${n.title}": "${n.body}"`);
+    // A click opens the conversation: sw.js finds it in the notification's data.
+    if (n.data?.channel !== dm.id || n.data?.seq !== payload.seq || n.tag !== dm.id) {
+      throw new Error(`its data ${JSON.stringify(n.data)} (tag ${n.tag}) does not name the DM ${dm.id}, seq ${payload.seq}`);
+    }
+    await cdp.detach();
+    await page.close();
+  } finally {
+    await fetch(`${edgeA}/v1/push/subscriptions`, {
+      method: 'DELETE', headers: { Authorization: `Bearer ${carol.token}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ endpoint: push.subscription.endpoint }),
+    }).catch(() => {});
+    push.close();
+  }
+});
+
+const item = (page, cid) => page.locator(`[data-testid="channel-item"][data-channel-id="${cid}"]`);
+
+/** A new public channel of alice's with bob in it, shown in both sidebars. */
+async function channelWithBob(name) {
+  const { channel } = await apiFrom(alicePage, 'POST', '/v1/channels', { name, private: false });
+  const added = await apiFrom(alicePage, 'POST', `/v1/channels/${channel.id}/members`, { user: bob.id });
+  if (!added.ok) throw new Error(`bob could not be added: ${JSON.stringify(added)}`);
+  await item(alicePage, channel.id).waitFor();
+  await item(bobPage, channel.id).waitFor();
+  return channel.id;
+}
+
+await scenario('l: bob leaves a channel and it leaves his sidebar', async () => {
+  const cid = await channelWithBob(`leave-me-${nonce}`);
+  await openChannel(bobPage, cid);
+  await bobPage.getByTestId('channel-details').click();
+  await bobPage.locator('[data-testid="member"]').first().waitFor();
+  if (await bobPage.getByTestId('archive-channel').count()) throw new Error('bob, neither its creator nor an admin, is offered to archive it');
+  await bobPage.getByTestId('leave-channel').click();
+  await item(bobPage, cid).waitFor({ state: 'detached' });
+  await bobPage.waitForFunction((id) => !location.hash.includes(id), cid);
+  const { members } = await apiFrom(alicePage, 'GET', `/v1/channels/${cid}/members`);
+  if (members.includes(bob.id) || !members.includes(alice.id)) throw new Error(`the channel's members are ${members}`);
+  if (!(await item(alicePage, cid).count())) throw new Error('it left alice\'s sidebar too');
+});
+
+await scenario('m: alice archives a channel and bob\'s composer turns read-only, live', async () => {
+  const cid = await channelWithBob(`archive-me-${nonce}`);
+  await openChannel(bobPage, cid);
+  await send(bobPage, `before the archive ${nonce}`);
+  await openChannel(alicePage, cid);
+  await alicePage.getByTestId('channel-details').click();
+  alicePage.once('dialog', (d) => d.accept());
+  await alicePage.getByTestId('archive-channel').click();
+  await bobPage.getByTestId('archived-note').waitFor();
+  if (await bobPage.getByTestId('composer').isVisible()) throw new Error('bob\'s composer is still there');
+  await alicePage.getByTestId('archived-note').waitFor();
+  if (await alicePage.getByTestId('composer').isVisible()) throw new Error('alice\'s composer is still there');
+  const refused = await apiFrom(bobPage, 'POST', `/v1/channels/${cid}/messages`, { text: 'too late', client_msg_id: `late-${nonce}` });
+  if (refused.error?.code !== 'archived') throw new Error(`the origin answered a post with ${JSON.stringify(refused)}`);
+});
+
+await scenario('n: the members dialog lists alice, bob and carol, with live presence', async () => {
+  await openChannel(bobPage, general);
+  await send(bobPage, `bob is here ${nonce}`);
+  await openChannel(alicePage, general);
+  await alicePage.getByTestId('channel-details').click();
+  const member = (id) => alicePage.locator(`[data-testid="member"][data-user-id="${id}"]`);
+  const presence = (id, wanted, what) => alicePage.waitForFunction(({ id, wanted }) =>
+    wanted.includes(document.querySelector(`[data-testid="member"][data-user-id="${id}"]`)?.dataset.presence), { id, wanted })
+    .catch(() => { throw new Error(`${what} never showed as ${wanted.join(' or ')}`); });
+  for (const [id, handle] of [[alice.id, 'alice'], [bob.id, 'bob'], [carol.id, 'carol']]) {
+    await member(id).waitFor();
+    const text = await member(id).textContent();
+    if (!text.includes(`@${handle}`)) throw new Error(`the member ${id} reads "${text}"`);
+  }
+  const listed = await alicePage.locator('#dialog ul').evaluate((ul) => [...ul.childNodes].map((n) => n.textContent));
+  if (listed.length !== 3) throw new Error(`the list has ${listed.length} entries: ${listed.join(' | ')}`);
+  await presence(bob.id, ['active'], 'bob, who just wrote');
+  await presence(alice.id, ['active'], 'alice herself');
+  await presence(carol.id, ['offline'], 'carol, signed out');
+  // Carol comes and goes on the other edge: her dot follows.
+  const carolPage = await signIn(carolContext, 'carol', edgeB, carol);
+  await presence(carol.id, ['active', 'away'], 'carol, signed in');
+  await carolPage.close();
+  await presence(carol.id, ['offline'], 'carol, gone again');
+  await alicePage.keyboard.press('Escape');
+  await alicePage.locator('#dialog').waitFor({ state: 'hidden' });
+});
+
+await scenario('o: a conversation with unread messages opens at the first, under "New"', async () => {
+  const lastRead = `read up to here ${nonce}`;
+  await send(bobPage, lastRead);
+  await openChannel(bobPage, secret);
+  // More than a page of unread messages (50): a fresh tab reads a window around the first.
+  const texts = [];
+  for (let i = 1; i <= 60; i++) {
+    texts.push(`unread ${i} ${nonce}\nsecond line\nthird line`);
+    await apiFrom(alicePage, 'POST', `/v1/channels/${general}/messages`, { text: texts.at(-1), client_msg_id: `unread-${i}-${nonce}` });
+  }
+  await bobPage.waitForFunction((id) => document.querySelector(`[data-testid="channel-item"][data-channel-id="${id}"]`)?.dataset.unread === '60', general);
+  const check = async (page, where) => {
+    const divider = page.getByTestId('new-divider');
+    await divider.waitFor();
+    const seen = await divider.evaluate((d) => {
+      const text = (el) => el?.querySelector('[data-testid="message-text"]')?.textContent;
+      const list = d.closest('[data-testid="message-list"]');
+      const [l, r] = [list.getBoundingClientRect(), d.getBoundingClientRect()];
+      return {
+        next: text(d.nextElementSibling), prev: text(d.previousElementSibling), inView: r.top >= l.top && r.bottom <= l.bottom,
+        atBottom: list.scrollHeight - list.scrollTop - list.clientHeight < 60,
+      };
+    });
+    if (seen.next !== texts[0]) throw new Error(`${where}: under "New" is "${seen.next}"`);
+    if (seen.prev !== lastRead) throw new Error(`${where}: above "New" is "${seen.prev}"`);
+    if (!seen.inView || seen.atBottom) throw new Error(`${where}: opened at the newest message, not at the first unread`);
+    const { unread } = await channelCounts(page, general);
+    if (unread !== 60) throw new Error(`${where}: ${unread} unread before bob read them`);
+  };
+  const fresh = await signIn(bobContext, 'bob tab 2', edgeA, bob, `c=${general}`);
+  await check(fresh, 'a fresh tab');
+  await fresh.close();
+  await openChannel(bobPage, general);
+  await check(bobPage, 'the tab that was elsewhere');
+  // Scrolled down to the newest, they are read.
+  await bobPage.getByTestId('message-list').evaluate((list) => { list.scrollTop = list.scrollHeight; });
+  await waitUnread(bobPage, general, 'none', 'read once scrolled to the bottom');
+});
+
+await scenario('p: a group DM alice starts with bob and carol shows up live, and its messages reach both', async () => {
+  const carolPage = await signIn(carolContext, 'carol', edgeA, carol);
+  await alicePage.getByTestId('new-dm').click();
+  await alicePage.locator(`[data-testid="dm-user"][value="${bob.id}"]`).check();
+  await alicePage.locator(`[data-testid="dm-user"][value="${carol.id}"]`).check();
+  await alicePage.getByTestId('start-dm').click();
+  await alicePage.locator('#dialog').waitFor({ state: 'hidden' });
+  const gdm = await alicePage.evaluate(() => new URLSearchParams(location.hash.slice(1)).get('c'));
+  for (const [page, who, others] of [[bobPage, 'bob', ['alice', 'carol']], [carolPage, 'carol', ['alice', 'bob']]]) {
+    const name = await item(page, gdm).locator('.name').textContent();
+    if (!others.every((o) => name.includes(o))) throw new Error(`${who}'s sidebar calls it "${name}"`);
+  }
+  const text = `hello you two ${nonce}`;
+  await send(alicePage, text);
+  for (const page of [bobPage, carolPage]) {
+    await waitUnread(page, gdm, 'some', 'unread');
+    await openChannel(page, gdm);
+    await message(page, text).waitFor();
+  }
+  const reply = `hi both ${nonce}`;
+  await send(bobPage, reply);
+  await message(alicePage, reply).waitFor();
+  await message(carolPage, reply).waitFor();
+  await carolPage.close();
+});
+
+await scenario('q: times are in the browser\'s language and time zone, the full date in their title', async () => {
+  const [locale, timeZone] = ['fr-CA', 'Asia/Tokyo']; // `14 h 05`: no other locale's way
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale, timezoneId: timeZone });
+  try {
+    const page = await signIn(context, `bob (${locale})`, edgeA, bob, `c=${general}`);
+    /** The newest message's time as shown, and as this browser's Intl says it in `locale`. */
+    const newest = () => page.evaluate(({ locale, timeZone }) => {
+      const last = [...document.querySelectorAll('[data-testid="message-list"] [data-testid="message"][data-seq]')].at(-1);
+      const ts = Number(last.dataset.ts);
+      const f = (options) => new Intl.DateTimeFormat(locale, { timeZone, ...options }).format(ts);
+      const today = f({ dateStyle: 'short' }) === new Intl.DateTimeFormat(locale, { timeZone, dateStyle: 'short' }).format(Date.now());
+      const time = last.querySelector('time');
+      return {
+        text: time.textContent, title: time.title,
+        want: f(today ? { timeStyle: 'short' } : { dateStyle: 'medium' }), full: f({ dateStyle: 'full', timeStyle: 'short' }), today,
+      };
+    }, { locale, timeZone });
+    await page.locator('[data-testid="message-list"] [data-testid="message"][data-seq] time').first().waitFor({ state: 'attached' });
+    const now = await newest();
+    if (now.text !== now.want || now.title !== now.full) throw new Error(`a message of today shows "${now.text}" ("${now.title}"), not "${now.want}" ("${now.full}")`);
+    // Three days on, the same message shows its date.
+    await page.clock.setFixedTime(Date.now() + 3 * 24 * 3600 * 1000);
+    await page.reload();
+    await waitState(page, ['connected']);
+    await page.locator('[data-testid="message-list"] [data-testid="message"][data-seq] time').first().waitFor({ state: 'attached' });
+    const later = await newest();
+    if (later.today || later.text !== later.want || later.title !== later.full) {
+      throw new Error(`an older message shows "${later.text}" ("${later.title}"), not "${later.want}" ("${later.full}")`);
+    }
+  } finally {
+    await context.close();
+  }
 });
 
 await finish();
