@@ -296,6 +296,16 @@ mod tests {
         check(reopened, "reopened").await;
     }
 
+    /// What range read `r` answers over `model`.
+    fn model_range(model: &BTreeMap<Vec<u8>, Vec<u8>>, r: &RangeRead) -> Vec<KeyValue> {
+        let rows = model.range(r.begin.clone()..r.end.clone()).map(|(k, v)| (k.clone(), v.clone()));
+        let mut want: Vec<KeyValue> = if r.reverse { rows.rev().collect() } else { rows.collect() };
+        if r.limit > 0 {
+            want.truncate(r.limit);
+        }
+        want
+    }
+
     /// Random transactions against a model, with flushes running all the time: every
     /// transaction, however old, reads exactly the state of its read version.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,13 +365,7 @@ mod tests {
                 let r = RangeRead::between(key(lo.min(hi)), key(lo.max(hi)))
                     .limit(rng.random_range(0..5))
                     .reverse(rng.random_bool(0.5));
-                let rows: Vec<KeyValue> =
-                    seen.range(r.begin.clone()..r.end.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
-                let mut want: Vec<KeyValue> = if r.reverse { rows.into_iter().rev().collect() } else { rows };
-                if r.limit > 0 {
-                    want.truncate(r.limit);
-                }
-                assert_eq!(reader.get_range(&r).await.unwrap(), want, "step {step}: {r:?}");
+                assert_eq!(reader.get_range(&r).await.unwrap(), model_range(seen, &r), "step {step}: {r:?}");
             }
         }
         assert!(embedded.stats().flushes > 10, "{:?}", embedded.stats());
@@ -421,13 +425,7 @@ mod tests {
                 let (lo, hi) = (rng.random_range(0..1500u16), rng.random_range(0..1600u16));
                 let limit = [0, 1, 3, 100, 300, 700][rng.random_range(0..6)];
                 let r = RangeRead::between(key(lo.min(hi)), key(lo.max(hi))).limit(limit).reverse(rng.random_bool(0.5));
-                let rows: Vec<KeyValue> =
-                    seen.range(r.begin.clone()..r.end.clone()).map(|(k, v)| (k.clone(), v.clone())).collect();
-                let mut want: Vec<KeyValue> = if r.reverse { rows.into_iter().rev().collect() } else { rows };
-                if r.limit > 0 {
-                    want.truncate(r.limit);
-                }
-                assert_eq!(reader.get_range(&r).await.unwrap(), want, "step {step}: {r:?}");
+                assert_eq!(reader.get_range(&r).await.unwrap(), model_range(&seen, &r), "step {step}: {r:?}");
             }
             writer.await.unwrap();
             // What the writer did is part of the model from now on.
