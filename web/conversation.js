@@ -3,7 +3,7 @@
 // at the first unread message, under a "New" divider, and moves the read marker as the user
 // reads: when the list is scrolled to the bottom of a visible tab.
 
-import { h, icon, $, toast } from './dom.js';
+import { h, icon, $, toast, localiseTimes } from './dom.js';
 import { renderMessage, renderPending, place, placeAll, keyboardNavigation, messageToolbars, KEYS_HELP } from './message.js';
 import { makeComposer } from './composer.js';
 import { getChannel, joinChannel, ApiError } from './api.js';
@@ -408,6 +408,8 @@ function markFirstMessages() {
   if (firstMessagesMarked) return;
   firstMessagesMarked = true;
   performance.mark('selvage-first-messages');
+  // After that paint, not before it.
+  requestAnimationFrame(() => setTimeout(localiseTimes));
 }
 
 // ---- reading ----

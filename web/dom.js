@@ -85,23 +85,39 @@ export function emojiGlyph(name) {
   return EMOJI[name] ?? `:${name}:`;
 }
 
-// Times in the browser's locale. The formatters are made once, on first use: the first one a
-// page makes costs Chromium some milliseconds (it loads the locale's data).
+// Times in the browser's locale. Chromium takes 30–50 ms to make a page's first formatter (it
+// loads the locale's data), so they are made just after the first message list is painted
+// (`localiseTimes`, or two seconds after load at the latest); until then times read `14:05` or
+// `2026-12-07`, and the `<time>` elements on screen are redone once the formatters exist.
 let formats;
+const pad = (n) => String(n).padStart(2, '0');
 
 /** A time of today as its time of day (`14:05`, `2:05 PM`), an earlier one as its date. */
 export function formatTime(ms) {
-  formats ??= [{ timeStyle: 'short' }, { dateStyle: 'medium' }, { dateStyle: 'full', timeStyle: 'short' }]
-    .map((o) => new Intl.DateTimeFormat(undefined, o));
-  const date = new Date(ms);
-  return formats[date.toDateString() === new Date().toDateString() ? 0 : 1].format(date);
+  const d = new Date(ms);
+  const today = d.toDateString() === new Date().toDateString();
+  if (formats) return formats[today ? 0 : 1].format(d);
+  return today ? `${pad(d.getHours())}:${pad(d.getMinutes())}` : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
 }
 
 /** The full date and time, for a `title`. */
 export function fullTime(ms) {
-  formatTime(ms);
-  return formats[2].format(ms);
+  const d = new Date(ms);
+  return formats ? formats[2].format(d) : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
 }
+
+/** Makes the locale's formatters and rewrites the times on screen with them. */
+export function localiseTimes() {
+  if (formats) return;
+  formats = [{ timeStyle: 'short' }, { dateStyle: 'medium' }, { dateStyle: 'full', timeStyle: 'short' }]
+    .map((o) => new Intl.DateTimeFormat(undefined, o));
+  for (const t of document.querySelectorAll('time[datetime]')) {
+    const ms = Date.parse(t.dateTime);
+    t.textContent = formatTime(ms);
+    t.title = fullTime(ms);
+  }
+}
+setTimeout(localiseTimes, 2000);
 
 export function formatBytes(n) {
   if (n < 1024) return `${n} B`;

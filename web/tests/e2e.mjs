@@ -681,15 +681,24 @@ await scenario('q: times are in the browser\'s language and time zone, the full 
         want: f(today ? { timeStyle: 'short' } : { dateStyle: 'medium' }), full: f({ dateStyle: 'full', timeStyle: 'short' }), today,
       };
     }, { locale, timeZone });
-    await page.locator('[data-testid="message-list"] [data-testid="message"][data-seq] time').first().waitFor({ state: 'attached' });
-    const now = await newest();
+    /** The newest message's time once it is localised (the formatters are made just after the first paint). */
+    const localised = async () => {
+      await page.locator('[data-testid="message-list"] [data-testid="message"][data-seq] time').first().waitFor({ state: 'attached' });
+      let t;
+      for (let i = 0; i < 60; i++) {
+        t = await newest();
+        if (t.text === t.want && t.title === t.full) break;
+        await page.waitForTimeout(50);
+      }
+      return t;
+    };
+    const now = await localised();
     if (now.text !== now.want || now.title !== now.full) throw new Error(`a message of today shows "${now.text}" ("${now.title}"), not "${now.want}" ("${now.full}")`);
     // Three days on, the same message shows its date.
     await page.clock.setFixedTime(Date.now() + 3 * 24 * 3600 * 1000);
     await page.reload();
     await waitState(page, ['connected']);
-    await page.locator('[data-testid="message-list"] [data-testid="message"][data-seq] time').first().waitFor({ state: 'attached' });
-    const later = await newest();
+    const later = await localised();
     if (later.today || later.text !== later.want || later.title !== later.full) {
       throw new Error(`an older message shows "${later.text}" ("${later.title}"), not "${later.want}" ("${later.full}")`);
     }
