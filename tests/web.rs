@@ -6,7 +6,8 @@
 //! the script drives the browsers and reports `ok - …` per scenario. Edge B runs on a runtime
 //! of its own so the script can have it killed — every socket gone at once, as in a crash —
 //! and started again on the same port: it prints `KILL_EDGE_B` and waits for `EDGE_B_KILLED`,
-//! then `RESTART_EDGE_B` and waits for `EDGE_B_RESTARTED`.
+//! then `RESTART_EDGE_B` and waits for `EDGE_B_RESTARTED`. `DRAIN_EDGE_B` (answered
+//! `EDGE_B_DRAINED`) drains it through its operator API, as an operator replacing it would.
 //!
 //! Headless Chromium has no Web Push service, so the script runs one on 127.0.0.1: the origin
 //! here may push to internal addresses (`notify.allow_internal_endpoints`), after half a second
@@ -29,7 +30,7 @@ use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Scenarios `e2e.mjs` runs; each reports `ok - NAME` or `skip - NAME: why`.
-const SCENARIOS: usize = 17;
+const SCENARIOS: usize = 18;
 
 /// Where the browser and its driver are, or why the test cannot run.
 fn browser() -> Result<(PathBuf, PathBuf), String> {
@@ -134,6 +135,16 @@ async fn the_web_client_works_in_chromium_across_two_edges() {
                         edge.kill();
                     }
                     stdin.write_all(b"EDGE_B_KILLED\n").await.unwrap();
+                }
+                "DRAIN_EDGE_B" => {
+                    let drain = reqwest::Client::new()
+                        .post(format!("http://{addr_b}/admin/drain"))
+                        .bearer_auth(OPERATOR_KEY)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(drain.status(), 202, "the drain is accepted");
+                    stdin.write_all(b"EDGE_B_DRAINED\n").await.unwrap();
                 }
                 "RESTART_EDGE_B" => {
                     edge_b = Some(KillableEdge::start(config_b.clone()).await);

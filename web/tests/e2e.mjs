@@ -11,7 +11,8 @@
 //
 // Edge B is killed and restarted through a line protocol with the harness: this script prints
 // `KILL_EDGE_B` and waits for the line `EDGE_B_KILLED` on stdin, later `RESTART_EDGE_B` and
-// `EDGE_B_RESTARTED` (edge B comes back on the same port).
+// `EDGE_B_RESTARTED` (edge B comes back on the same port); `DRAIN_EDGE_B` and `EDGE_B_DRAINED`
+// (edge B drains through its operator API).
 //
 // Headless Chromium has no Web Push service (`PushManager.subscribe` is refused), so this script
 // runs one (`pushService`): the origin pushes to it, encrypted, as to any browser's vendor; it
@@ -405,6 +406,30 @@ await scenario('g: edge B killed: bob reconnects, resumes, every message once an
   if (order.some((at, i) => i > 0 && at < order[i - 1])) throw new Error(`out of order: ${order.join(',')}`);
   const seqs = seen.map((m) => m.seq);
   if (seqs.some((s, i) => i > 0 && s <= seqs[i - 1])) throw new Error(`seqs not strictly increasing: ${seqs.join(',')}`);
+});
+
+await scenario('r: edge B drains: bob is told goodbye, comes back once it is replaced, every message once', async () => {
+  await openChannel(bobPage, general);
+  await waitState(bobPage, ['resumed', 'connected']);
+  await askHarness('DRAIN_EDGE_B', 'EDGE_B_DRAINED');
+  // The goodbye, not a dropped socket: edge B is still up, refusing new sessions.
+  await waitState(bobPage, ['reconnecting']);
+  const texts = [];
+  for (let i = 1; i <= 3; i++) {
+    texts.push(`while edge B drained ${i} ${nonce}`);
+    await send(alicePage, texts.at(-1));
+  }
+  await askHarness('KILL_EDGE_B', 'EDGE_B_KILLED');
+  await askHarness('RESTART_EDGE_B', 'EDGE_B_RESTARTED');
+  await waitState(bobPage, ['resumed', 'connected'], 45_000);
+  await message(bobPage, texts.at(-1)).waitFor();
+  const seen = await bobPage.locator('[data-testid="message-list"] [data-testid="message-text"]').allTextContents();
+  for (const text of texts) {
+    const n = seen.filter((t) => t === text).length;
+    if (n !== 1) throw new Error(`"${text}" shows ${n} times`);
+  }
+  const order = texts.map((t) => seen.indexOf(t));
+  if (order.some((at, i) => i > 0 && at < order[i - 1])) throw new Error(`out of order: ${order.join(',')}`);
 });
 
 await scenario('i: navigation to the first message list (Performance API)', async () => {
