@@ -383,20 +383,20 @@ await scenario('h: carol never sees the private channel', async () => {
   await carolPage.close();
 });
 
-await scenario('g: edge B killed: bob reconnects, resumes, every message once and in order', async () => {
-  await openChannel(bobPage, general);
-  await askHarness('KILL_EDGE_B', 'EDGE_B_KILLED');
-  await waitState(bobPage, ['reconnecting']);
+/** Alice sends `n` messages to #general (on her page); answers their texts. */
+async function sendMany(n, what) {
   const texts = [];
-  for (let i = 1; i <= 5; i++) {
-    texts.push(`while bob was away ${i} ${nonce}`);
+  for (let i = 1; i <= n; i++) {
+    texts.push(`${what} ${i} ${nonce}`);
     await send(alicePage, texts.at(-1));
   }
-  await askHarness('RESTART_EDGE_B', 'EDGE_B_RESTARTED');
-  await waitState(bobPage, ['resumed', 'connected'], 45_000);
-  console.log(`# bob's connection after the restart: ${await bobPage.getByTestId('conn-state').textContent()}`);
-  await message(bobPage, texts.at(-1)).waitFor();
-  const seen = await bobPage.locator('[data-testid="message-list"] [data-testid="message"]').evaluateAll((els) =>
+  return texts;
+}
+
+/** `texts` each show once on `page`, in their order, and the list's seqs only go up. */
+async function assertOnceInOrder(page, texts) {
+  await message(page, texts.at(-1)).waitFor();
+  const seen = await page.locator('[data-testid="message-list"] [data-testid="message"]').evaluateAll((els) =>
     els.map((el) => ({ seq: Number(el.dataset.seq), text: el.querySelector('[data-testid="message-text"]')?.textContent ?? '' })));
   for (const text of texts) {
     const n = seen.filter((m) => m.text === text).length;
@@ -406,6 +406,17 @@ await scenario('g: edge B killed: bob reconnects, resumes, every message once an
   if (order.some((at, i) => i > 0 && at < order[i - 1])) throw new Error(`out of order: ${order.join(',')}`);
   const seqs = seen.map((m) => m.seq);
   if (seqs.some((s, i) => i > 0 && s <= seqs[i - 1])) throw new Error(`seqs not strictly increasing: ${seqs.join(',')}`);
+}
+
+await scenario('g: edge B killed: bob reconnects, resumes, every message once and in order', async () => {
+  await openChannel(bobPage, general);
+  await askHarness('KILL_EDGE_B', 'EDGE_B_KILLED');
+  await waitState(bobPage, ['reconnecting']);
+  const texts = await sendMany(5, 'while bob was away');
+  await askHarness('RESTART_EDGE_B', 'EDGE_B_RESTARTED');
+  await waitState(bobPage, ['resumed', 'connected'], 45_000);
+  console.log(`# bob's connection after the restart: ${await bobPage.getByTestId('conn-state').textContent()}`);
+  await assertOnceInOrder(bobPage, texts);
 });
 
 await scenario('r: edge B drains: bob is told goodbye, comes back once it is replaced, every message once', async () => {
@@ -414,22 +425,11 @@ await scenario('r: edge B drains: bob is told goodbye, comes back once it is rep
   await askHarness('DRAIN_EDGE_B', 'EDGE_B_DRAINED');
   // The goodbye, not a dropped socket: edge B is still up, refusing new sessions.
   await waitState(bobPage, ['reconnecting']);
-  const texts = [];
-  for (let i = 1; i <= 3; i++) {
-    texts.push(`while edge B drained ${i} ${nonce}`);
-    await send(alicePage, texts.at(-1));
-  }
+  const texts = await sendMany(3, 'while edge B drained');
   await askHarness('KILL_EDGE_B', 'EDGE_B_KILLED');
   await askHarness('RESTART_EDGE_B', 'EDGE_B_RESTARTED');
   await waitState(bobPage, ['resumed', 'connected'], 45_000);
-  await message(bobPage, texts.at(-1)).waitFor();
-  const seen = await bobPage.locator('[data-testid="message-list"] [data-testid="message-text"]').allTextContents();
-  for (const text of texts) {
-    const n = seen.filter((t) => t === text).length;
-    if (n !== 1) throw new Error(`"${text}" shows ${n} times`);
-  }
-  const order = texts.map((t) => seen.indexOf(t));
-  if (order.some((at, i) => i > 0 && at < order[i - 1])) throw new Error(`out of order: ${order.join(',')}`);
+  await assertOnceInOrder(bobPage, texts);
 });
 
 await scenario('i: navigation to the first message list (Performance API)', async () => {
