@@ -252,20 +252,6 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         rate,
         shutdown: shutdown.clone(),
     });
-    // The consumers that start at the feed's head register their cursors before this node
-    // serves anything: what is sent from the first request on reaches them.
-    let mut from_head = Vec::new();
-    if origin.notify.is_some() {
-        from_head.push(notify::decide::NAME);
-    }
-    if origin.config.apps.webhooks {
-        from_head.push(apps::webhooks::NAME);
-    }
-    for name in from_head {
-        feed::consumer::register(&origin.feed, name, feed::consumer::StartFrom::Head).await?;
-    }
-    let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
-    let (link_addr, link_fingerprint) = link.as_ref().map(|l| (l.addr, l.fingerprint.clone())).unzip();
     let notifier = tokio::spawn(feed.clone().run_notifier(shutdown.clone()));
     let trimmer = tokio::spawn(feed.run_trimmer(shutdown.clone()));
     let sweeper = tokio::spawn(presence::run_sweeper(origin.presence.clone(), origin.relay.clone(), shutdown.clone()));
@@ -296,6 +282,11 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
         );
     }
     drop(entered);
+    // The consumers' cursors exist before this node serves anything: what is sent from the
+    // first request on reaches every one of them.
+    feed::consumer::register_spawned(&origin.feed).await?;
+    let link = link.map(|bound| bound.serve(origin.clone(), shutdown.clone()));
+    let (link_addr, link_fingerprint) = link.as_ref().map(|l| (l.addr, l.fingerprint.clone())).unzip();
     let app = http::router(origin.clone());
     let task = tokio::spawn(async move {
         let stop = shutdown.clone();

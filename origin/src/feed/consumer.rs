@@ -306,8 +306,11 @@ impl ConsumerRunner {
         &self.owner
     }
 
-    /// Runs the consumer on a task of its own until `shutdown`.
+    /// Runs the consumer on a task of its own until `shutdown`; [`register_spawned`] makes
+    /// sure of its cursor before the node serves anything.
     pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
+        let spawned = (self.name.clone(), self.consumer.start_from());
+        self.feed.spawned.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(spawned);
         tokio::spawn(self.run(shutdown))
     }
 
@@ -735,10 +738,20 @@ pub(super) async fn registrations(tx: &mut dyn KvTxn) -> store::Result<i64> {
     Ok(tx.get(&keys::consumer_registrations()).await?.as_deref().map(le_i64).unwrap_or(0))
 }
 
-/// Registers consumer `name`'s cursor where `from` says, unless it has one: a node calls it at
-/// its start, before it serves anything, for each consumer that starts at the head. Left to the
-/// consumer's own task, which a busy runtime may get to late, the cursor would start after
-/// events that came in meanwhile, and those would never be handled. Answers the cursor.
+/// Registers the cursor of every consumer spawned on this node since the last call
+/// ([`ConsumerRunner::spawn`]), where its [`Consumer::start_from`] says, unless it has one. A
+/// node calls it once its services are started and before it serves anything. Left to each
+/// consumer's own task, which a busy runtime may get to late, a cursor at the head would start
+/// after events that came in meanwhile, and those would never be handled.
+pub async fn register_spawned(feed: &Feed) -> Result<(), ConsumerError> {
+    let spawned = std::mem::take(&mut *feed.spawned.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    for (name, from) in spawned {
+        register(feed, &name, from).await?;
+    }
+    Ok(())
+}
+
+/// Registers consumer `name`'s cursor where `from` says, unless it has one; answers the cursor.
 pub async fn register(feed: &Feed, name: &str, from: StartFrom) -> Result<Position, ConsumerError> {
     check_name(name)?;
     let registered = cursor_or_register(feed, name, from, None).await?;

@@ -150,13 +150,16 @@ pub struct Feed {
     config: FeedConfig,
     metrics: Arc<Metrics>,
     tick: watch::Sender<u64>,
+    /// Consumers spawned here whose cursors [`consumer::register_spawned`] has yet to make
+    /// sure of: name and where each starts.
+    spawned: std::sync::Mutex<Vec<(String, consumer::StartFrom)>>,
 }
 
 impl Feed {
     /// A feed over `store`; start [`Feed::run_notifier`] and [`Feed::run_trimmer`] beside it.
     pub fn new(store: Store, config: FeedConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         let (tick, _) = watch::channel(0);
-        Arc::new(Feed { store, config, metrics, tick })
+        Arc::new(Feed { store, config, metrics, tick, spawned: Default::default() })
     }
 
     /// Reads up to `limit` events after `after`.
