@@ -91,19 +91,21 @@ export function emojiGlyph(name) {
 // `2026-12-07`, and the `<time>` elements on screen are redone once the formatters exist.
 let formats;
 const pad = (n) => String(n).padStart(2, '0');
+const day = (d) => `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+const clock = (d) => `${pad(d.getHours())}:${pad(d.getMinutes())}`;
 
 /** A time of today as its time of day (`14:05`, `2:05 PM`), an earlier one as its date. */
 export function formatTime(ms) {
   const d = new Date(ms);
   const today = d.toDateString() === new Date().toDateString();
   if (formats) return formats[today ? 0 : 1].format(d);
-  return today ? `${pad(d.getHours())}:${pad(d.getMinutes())}` : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  return today ? clock(d) : day(d);
 }
 
 /** The full date and time, for a `title`. */
 export function fullTime(ms) {
   const d = new Date(ms);
-  return formats ? formats[2].format(d) : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+  return formats ? formats[2].format(d) : `${day(d)} ${clock(d)}`;
 }
 
 /** Makes the locale's formatters and rewrites the times on screen with them. */
