@@ -1,5 +1,12 @@
-//! `selvage admin`: workspaces, users, tokens and the search index from the command line, through a running
-//! origin's HTTP API (the embedded store is locked by the origin that has it open).
+//! `selvage admin`: workspaces, users, tokens, the search index and backups from the command
+//! line, through a running origin's HTTP API (the embedded store is locked by the origin that
+//! has it open) — and the one offline command, `restore`, which makes a new data directory
+//! from a backup (docs/STORAGE.md, "Backup and restore").
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -8,8 +15,8 @@ use serde_json::{json, Value};
 /// `selvage admin` arguments.
 #[derive(Args)]
 pub struct AdminArgs {
-    /// The origin's base URL.
-    #[arg(long, env = "SELVAGE_URL", default_value = "http://127.0.0.1:7700")]
+    /// The origin's base URL (before or after the command).
+    #[arg(long, visible_alias = "origin", global = true, env = "SELVAGE_URL", default_value = "http://127.0.0.1:7700")]
     url: String,
     #[command(subcommand)]
     command: AdminCommand,
@@ -89,6 +96,35 @@ enum AdminCommand {
         #[arg(long, env = "SELVAGE_OPERATOR_KEY", hide_env_values = true)]
         operator_key: String,
     },
+    /// Take an online, consistent backup of a running origin's embedded store into a file:
+    /// every key at one version, while the origin goes on serving. The file is checked whole
+    /// before it is given its name; prints its version and size.
+    Backup {
+        /// The origin's operator key.
+        #[arg(long, env = "SELVAGE_OPERATOR_KEY", hide_env_values = true)]
+        operator_key: String,
+        /// The file to write (refused if it exists; written as FILE.partial until complete).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check that a Selvage process answers: GET URL/healthz (--url, SELVAGE_URL: an origin, an
+    /// edge or `selvage s3`) must answer 200 within --timeout-ms. Exits 0 if so, 1 otherwise;
+    /// prints nothing on success. For container health checks, where the image has no curl.
+    Health {
+        /// Longest wait for the answer, ms.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// Make a new origin data directory from a backup (offline: no origin needed, none may run
+    /// on DIR). Refuses a directory that is not empty and a backup that is not whole.
+    Restore {
+        /// The backup file (from `selvage admin backup`).
+        #[arg(long)]
+        file: PathBuf,
+        /// The new data directory (created if missing; `data_dir` of the origin to start on it).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 async fn call(client: &reqwest::Client, url: String, bearer: &str, body: Value) -> Result<Value> {
@@ -135,7 +171,110 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         AdminCommand::Reindex { operator_key } => {
             call(&client, format!("{base}/v1/admin/search/reindex"), &operator_key, json!({})).await?
         }
+        AdminCommand::Backup { operator_key, out } => backup(&client, base, &operator_key, &out).await?,
+        AdminCommand::Restore { file, data_dir } => {
+            tokio::task::spawn_blocking(move || restore(&file, &data_dir)).await.context("the restore stopped")??
+        }
+        // Silent on success: a health check's output goes to the container runtime's log.
+        AdminCommand::Health { timeout_ms } => {
+            return health(&client, base, std::time::Duration::from_millis(timeout_ms)).await;
+        }
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
+}
+
+/// `GET {base}/healthz` must answer 200 within `timeout`.
+async fn health(client: &reqwest::Client, base: &str, timeout: std::time::Duration) -> Result<()> {
+    let url = format!("{base}/healthz");
+    let response = client
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .with_context(|| format!("unhealthy: {url} did not answer within {} ms", timeout.as_millis()))?;
+    let status = response.status();
+    if status != reqwest::StatusCode::OK {
+        bail!("unhealthy: {url} answered {status}");
+    }
+    Ok(())
+}
+
+/// Streams `GET /v1/admin/backup` into `out.partial`, syncs it, reads it back whole (header,
+/// records, checksum), and only then renames it `out`. Nothing is left behind on failure.
+async fn backup(client: &reqwest::Client, base: &str, operator_key: &str, out: &Path) -> Result<Value> {
+    if out.exists() {
+        bail!("{} exists: choose a new file for the backup", out.display());
+    }
+    let url = format!("{base}/v1/admin/backup");
+    let mut response = client
+        .get(&url)
+        .bearer_auth(operator_key)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the origin at {url}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let value: Value = response.json().await.unwrap_or_default();
+        let message = value["error"]["message"].as_str().unwrap_or("no message");
+        let code = value["error"]["code"].as_str().unwrap_or("unknown");
+        bail!("{url} answered {status}: {code}: {message}");
+    }
+    let mut partial_name = out.as_os_str().to_owned();
+    partial_name.push(".partial");
+    let partial = PathBuf::from(partial_name);
+    let written = async {
+        let mut file =
+            std::fs::File::create_new(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut bytes = 0u64;
+        while let Some(piece) = response.chunk().await.context("the backup stream broke off (see the origin's log)")? {
+            file.write_all(&piece).with_context(|| format!("cannot write {}", partial.display()))?;
+            bytes += piece.len() as u64;
+        }
+        file.sync_all().with_context(|| format!("cannot sync {}", partial.display()))?;
+        let reader = std::io::BufReader::new(std::fs::File::open(&partial)?);
+        let decoder = selvage_origin::store::backup::Decoder::open(reader)?;
+        let (header, records) = decoder.verify().context("the backup received is not whole")?;
+        std::fs::rename(&partial, out)
+            .with_context(|| format!("cannot rename {} to {}", partial.display(), out.display()))?;
+        anyhow::Ok(json!({
+            "file": out.display().to_string(),
+            "version": header.version,
+            "created_ms": header.created_ms,
+            "records": records,
+            "bytes": bytes,
+        }))
+    }
+    .await;
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
+}
+
+/// Writes a new embedded store in `data_dir` (missing or empty but for `lost+found`, as a
+/// freshly formatted volume has) from the backup `file`.
+fn restore(file: &Path, data_dir: &Path) -> Result<Value> {
+    if data_dir.exists() {
+        let mut entries = std::fs::read_dir(data_dir).with_context(|| format!("cannot read {}", data_dir.display()))?;
+        if entries.any(|e| e.map_or(true, |e| e.file_name() != "lost+found")) {
+            bail!("{} is not empty: restore into a new data directory", data_dir.display());
+        }
+    }
+    let input = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let made = !data_dir.exists();
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let target = data_dir.join(selvage_origin::store::embedded::DATA_FILE);
+    let restored = selvage_origin::store::embedded::restore(&target, std::io::BufReader::new(input));
+    if restored.is_err() && made {
+        // The restore removed what it wrote; the directory it was to go in goes too.
+        let _ = std::fs::remove_dir(data_dir);
+    }
+    let restored = restored.with_context(|| format!("cannot restore {}", file.display()))?;
+    Ok(json!({
+        "data_dir": data_dir.display().to_string(),
+        "version": restored.version,
+        "continues_at": restored.continues_at,
+        "records": restored.records,
+    }))
 }

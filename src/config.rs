@@ -18,6 +18,11 @@ pub struct OriginArgs {
     /// TOML configuration file (see infra/origin.example.toml for every field).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Load and check the configuration as a start would (files it reads included, without
+    /// binding ports or opening the store), print `ok: …` or every problem, and exit: 0 when
+    /// valid, 2 when not.
+    #[arg(long)]
+    pub check_config: bool,
     #[command(flatten)]
     pub flags: OriginFlags,
 }
@@ -66,22 +71,78 @@ fn fields_of<T: Serialize + Default>() -> Vec<String> {
 
 /// Builds the origin's configuration from its layers and validates it.
 pub fn load_origin(file: Option<&Path>, flags: &OriginFlags) -> Result<OriginConfig> {
-    let mut figment = Figment::from(Serialized::defaults(OriginConfig::default()));
+    let config = layered_origin(file, flags).context("invalid origin configuration")?;
+    config.validate().map_err(|e| anyhow::anyhow!("invalid origin configuration: {e}"))?;
+    Ok(config)
+}
+
+/// The origin's configuration from its layers, unchecked.
+fn layered_origin(file: Option<&Path>, flags: &OriginFlags) -> Result<OriginConfig, Problems> {
+    let figment = layers(Serialized::defaults(OriginConfig::default()), file, fields_of::<OriginConfig>())?;
+    figment.merge(Serialized::defaults(flags)).extract().map_err(Problems::from)
+}
+
+/// Defaults, then `file`, then the `SELVAGE_*` variables naming one of `fields`.
+fn layers(defaults: impl figment::Provider, file: Option<&Path>, fields: Vec<String>) -> Result<Figment, Problems> {
+    let mut figment = Figment::from(defaults);
     if let Some(file) = file {
         if !file.exists() {
-            anyhow::bail!("config file {} does not exist", file.display());
+            return Err(Problems(vec![format!("config file {} does not exist", file.display())]));
         }
         figment = figment.merge(Toml::file_exact(file));
     }
-    let fields = fields_of::<OriginConfig>();
     let env = Env::prefixed("SELVAGE_").split("__").filter(move |key| {
         let key = key.as_str().to_ascii_lowercase();
         fields.iter().any(|f| key == *f || key.starts_with(&format!("{f}__")) || key.starts_with(&format!("{f}.")))
     });
-    let config: OriginConfig =
-        figment.merge(env).merge(Serialized::defaults(flags)).extract().context("invalid origin configuration")?;
-    config.validate().map_err(|e| anyhow::anyhow!("invalid origin configuration: {e}"))?;
-    Ok(config)
+    Ok(figment.merge(env))
+}
+
+/// What is wrong with a configuration's layers: each error figment found (a file that does not
+/// parse, an unknown field, a value of the wrong type), each naming its field and layer.
+#[derive(Debug)]
+struct Problems(Vec<String>);
+
+impl From<figment::Error> for Problems {
+    fn from(error: figment::Error) -> Self {
+        Problems(error.into_iter().map(|e| e.to_string()).collect())
+    }
+}
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// `selvage origin --check-config`: a summary of the configuration, or every problem found
+/// (see [`OriginConfig::problems`] and [`OriginConfig::start_problems`]).
+pub fn check_origin(file: Option<&Path>, flags: &OriginFlags) -> Result<String, Vec<String>> {
+    let config = layered_origin(file, flags).map_err(|p| p.0)?;
+    let mut problems = config.problems();
+    problems.extend(config.start_problems());
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let store = match config.store {
+        StoreKind::Embedded => format!("embedded store in {}", config.data_dir.display()),
+        StoreKind::Fdb => "FoundationDB store".to_string(),
+    };
+    let link = match &config.link.edge_key {
+        Some(_) => format!("edge link on {}", config.link.listen),
+        None => "edge link off (no link.edge_key)".to_string(),
+    };
+    let on = |b: bool| if b { "on" } else { "off" };
+    Ok(format!(
+        "origin on {}, {store}, {link}, operator key {}, files {}, search {}, notify {}",
+        config.listen,
+        if config.operator_key.is_some() { "set" } else { "unset" },
+        on(config.files.enabled),
+        on(config.search.enabled),
+        on(config.notify.enabled),
+    ))
 }
 
 /// `selvage edge` arguments.
@@ -90,6 +151,11 @@ pub struct EdgeArgs {
     /// TOML configuration file (see infra/edge.example.toml for every field).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Load and check the configuration as a start would (certificate files included, without
+    /// binding ports or reaching the origin), print `ok: …` or every problem, and exit: 0 when
+    /// valid, 2 when not.
+    #[arg(long)]
+    pub check_config: bool,
     #[command(flatten)]
     pub flags: EdgeFlags,
 }
@@ -140,22 +206,42 @@ impl OriginLinkFlags {
 
 /// Builds the edge's configuration from its layers and validates it.
 pub fn load_edge(file: Option<&Path>, flags: &EdgeFlags) -> Result<selvage_edge::EdgeConfig> {
-    let mut figment = Figment::from(Serialized::defaults(selvage_edge::EdgeConfig::default()));
-    if let Some(file) = file {
-        if !file.exists() {
-            anyhow::bail!("config file {} does not exist", file.display());
-        }
-        figment = figment.merge(Toml::file_exact(file));
-    }
-    let fields = fields_of::<selvage_edge::EdgeConfig>();
-    let env = Env::prefixed("SELVAGE_").split("__").filter(move |key| {
-        let key = key.as_str().to_ascii_lowercase();
-        fields.iter().any(|f| key == *f || key.starts_with(&format!("{f}__")) || key.starts_with(&format!("{f}.")))
-    });
-    let config: selvage_edge::EdgeConfig =
-        figment.merge(env).merge(Serialized::defaults(flags)).extract().context("invalid edge configuration")?;
+    let config = layered_edge(file, flags).context("invalid edge configuration")?;
     config.validate().map_err(|e| anyhow::anyhow!("invalid edge configuration: {e}"))?;
     Ok(config)
+}
+
+/// The edge's configuration from its layers, unchecked.
+fn layered_edge(file: Option<&Path>, flags: &EdgeFlags) -> Result<selvage_edge::EdgeConfig, Problems> {
+    use selvage_edge::EdgeConfig;
+    let figment = layers(Serialized::defaults(EdgeConfig::default()), file, fields_of::<EdgeConfig>())?;
+    figment.merge(Serialized::defaults(flags)).extract().map_err(Problems::from)
+}
+
+/// `selvage edge --check-config`: a summary of the configuration, or every problem found (see
+/// [`selvage_edge::EdgeConfig::problems`] and [`selvage_edge::EdgeConfig::start_problems`]).
+pub fn check_edge(file: Option<&Path>, flags: &EdgeFlags) -> Result<String, Vec<String>> {
+    let config = layered_edge(file, flags).map_err(|p| p.0)?;
+    let mut problems = config.problems();
+    problems.extend(config.start_problems());
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let quic = match config.quic_listen {
+        Some(addr) => format!("QUIC on {addr}"),
+        None => "QUIC off".to_string(),
+    };
+    let trust = match (&config.origin.fingerprint, &config.origin.ca_file) {
+        (Some(_), _) => "pinned by fingerprint",
+        _ => "checked against origin.ca_file",
+    };
+    Ok(format!(
+        "edge {} on {}, {quic}, origin link {} ({trust}), web client {}",
+        config.edge_id,
+        config.listen,
+        config.origin.link,
+        if config.web.enabled { "on" } else { "off" },
+    ))
 }
 
 #[cfg(test)]

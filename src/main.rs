@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod dev;
 mod mailbox;
+mod s3;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -39,8 +40,15 @@ enum Command {
     /// for nested fields, e.g. SELVAGE_ORIGIN__EDGE_KEY, then flags). SIGTERM drains: clients
     /// get `goodbye` and are spread over the grace period before the edge exits.
     Edge(config::EdgeArgs),
-    /// Administer a running origin over its HTTP API: workspaces, users, tokens.
+    /// Administer a running origin over its HTTP API: workspaces, users, tokens, the search
+    /// index, online backups — and restore a backup into a new data directory (offline).
     Admin(admin::AdminArgs),
+    /// Run the S3-compatible endpoint of `selvage dev` on its own, for the origin's files
+    /// service where no object store is at hand (a one-machine deployment, the compose demo).
+    ///
+    /// One credential, no TLS, objects as plain files: not for production. `GET /healthz`
+    /// (unsigned) answers 200 for health checks. SIGTERM stops it once requests in flight end.
+    S3(s3::S3Args),
     /// Load-test a deployment: durable sends, warm boots, fan-out through an edge, memory per
     /// session, the files service; and a WAN emulation proxy for trying a far-away edge on one machine.
     Loadtest(selvage_loadtest::LoadtestArgs),
@@ -121,10 +129,48 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Exit status of `--check-config` for a configuration that would not start.
+const INVALID_CONFIG: i32 = 2;
+
+/// Prints the outcome of `--check-config` — `ok: <summary>` on stdout, or every problem on
+/// stderr — and exits 0 or [`INVALID_CONFIG`].
+fn report_check(role: &str, outcome: Result<String, Vec<String>>) -> Result<()> {
+    match outcome {
+        Ok(summary) => {
+            println!("ok: {summary}");
+            Ok(())
+        }
+        Err(problems) => {
+            eprintln!("invalid {role} configuration ({} problem{}):", problems.len(), plural(problems.len()));
+            for problem in &problems {
+                // A TOML parse error spans lines (the line and a caret under the column).
+                eprintln!("  - {}", problem.replace('\n', "\n    "));
+            }
+            std::process::exit(INVALID_CONFIG)
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Origin(args) if args.check_config => {
+            init_tracing_at("warn");
+            report_check("origin", config::check_origin(args.config.as_deref(), &args.flags))
+        }
+        Command::Edge(args) if args.check_config => {
+            init_tracing_at("warn");
+            report_check("edge", config::check_edge(args.config.as_deref(), &args.flags))
+        }
         Command::Origin(args) => {
             init_tracing();
             raise_fd_limit();
@@ -174,6 +220,10 @@ async fn main() -> Result<()> {
             dev::run(args, shutdown_on_signals()).await
         }
         Command::Admin(args) => admin::run(args).await,
+        Command::S3(args) => {
+            init_tracing();
+            s3::run(args, shutdown_on_signals()).await
+        }
         Command::Loadtest(args) => {
             // An in-process origin and edge would drown the progress line in their info logs.
             init_tracing_at("warn");

@@ -92,6 +92,24 @@ fn admin_creates_workspaces_users_and_tokens_through_a_running_origin() {
 }
 
 #[test]
+fn admin_health_answers_for_a_running_origin_and_fails_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = OriginProcess::spawn(dir.path());
+    let healthy = selvage(&["admin", "health"], &[("SELVAGE_URL", origin.base.as_str())]);
+    assert!(healthy.status.success(), "{healthy:?}");
+    assert!(healthy.stdout.is_empty(), "silent on success: {healthy:?}");
+    // Something that answers, but not 200: the origin's API has no /v1/healthz.
+    let wrong = selvage(&["admin", "--url", &format!("{}/v1", origin.base), "health"], &[]);
+    assert_eq!(wrong.status.code(), Some(1), "{wrong:?}");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("answered 404"), "{wrong:?}");
+    drop(origin);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = selvage(&["admin", "--url", &format!("http://127.0.0.1:{port}"), "health"], &[]);
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"), "{down:?}");
+}
+
+#[test]
 fn admin_explains_an_unreachable_origin() {
     // Bind and drop a listener to get a port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -394,7 +394,7 @@ async fn a_slow_client_is_shed_and_others_keep_up() {
     let shed = async {
         loop {
             let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
-            if text.contains("selvage_edge_queue_drops_total{outcome=\"connection_closed\"}") {
+            if metric_sum(&text, "selvage_edge_queue_drops_total{outcome=\"connection_closed\"}") > 0.0 {
                 return text;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

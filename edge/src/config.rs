@@ -122,6 +122,10 @@ pub struct OriginLink {
     pub server_name: String,
     /// SHA-256 fingerprint of the origin's link certificate, as `selvage origin` prints it.
     pub fingerprint: Option<String>,
+    /// While the origin's link certificate is being replaced: the new certificate's
+    /// fingerprint, trusted beside `fingerprint` (docs/OPERATIONS.md, "Rotating the link key
+    /// and certificates").
+    pub next_fingerprint: Option<String>,
     /// PEM bundle of CAs to verify the origin's certificate with, instead of a fingerprint.
     pub ca_file: Option<PathBuf>,
     /// The shared secret of the link (the origin's `link.edge_key`).
@@ -220,6 +224,7 @@ impl Default for OriginLink {
             link: "127.0.0.1:7701".into(),
             server_name: "localhost".into(),
             fingerprint: None,
+            next_fingerprint: None,
             ca_file: None,
             edge_key: String::new(),
             call_timeout_ms: 10_000,
@@ -260,76 +265,125 @@ impl Default for SessionConfig {
 }
 
 impl EdgeConfig {
-    /// Checks what serde cannot: the first problem found, in words an operator can act on.
+    /// Checks what serde cannot: the first problem found, in words an operator can act on (the
+    /// first of [`EdgeConfig::problems`]).
     pub fn validate(&self) -> Result<(), String> {
-        if self.edge_id.is_empty() || self.edge_id.len() > 64 {
-            return Err("edge_id must be 1 to 64 characters".into());
+        match self.problems().into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
         }
-        if self.web.max_body_bytes == 0 || self.web.api_timeout_ms == 0 {
-            return Err("web.max_body_bytes and web.api_timeout_ms must be more than 0".into());
+    }
+
+    /// Every problem [`EdgeConfig::validate`] finds, for `selvage edge --check-config`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = Vec::new();
+        let mut check = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_string());
+            }
+        };
+        check(!self.edge_id.is_empty() && self.edge_id.len() <= 64, "edge_id must be 1 to 64 characters");
+        check(
+            self.web.max_body_bytes > 0 && self.web.api_timeout_ms > 0,
+            "web.max_body_bytes and web.api_timeout_ms must be more than 0",
+        );
+        check(
+            self.cert_file.is_some() == self.key_file.is_some(),
+            "cert_file and key_file go together: set both or neither",
+        );
+        check(
+            self.origin.edge_key.len() >= 16,
+            "origin.edge_key must be set to the origin's link.edge_key (16 characters or more)",
+        );
+        check(
+            self.origin.fingerprint.is_some() || self.origin.ca_file.is_some(),
+            "set origin.fingerprint (printed by `selvage origin`) or origin.ca_file to trust the origin",
+        );
+        if let Some(Err(e)) = self.origin.fingerprint.as_ref().map(|fp| selvage_net::tls::parse_fingerprint(fp)) {
+            check(false, &format!("origin.fingerprint: {e}"));
         }
-        if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err("cert_file and key_file go together: set both or neither".into());
-        }
-        if self.origin.edge_key.len() < 16 {
-            return Err("origin.edge_key must be set to the origin's link.edge_key (16 characters or more)".into());
-        }
-        if self.origin.fingerprint.is_none() && self.origin.ca_file.is_none() {
-            return Err(
-                "set origin.fingerprint (printed by `selvage origin`) or origin.ca_file to trust the origin".into()
+        if let Some(next) = &self.origin.next_fingerprint {
+            check(
+                self.origin.fingerprint.is_some(),
+                "origin.next_fingerprint is for rotating a pinned certificate: set origin.fingerprint too",
             );
-        }
-        if let Some(fp) = &self.origin.fingerprint {
-            selvage_net::tls::parse_fingerprint(fp).map_err(|e| format!("origin.fingerprint: {e}"))?;
-        }
-        if !(64..=1 << 20).contains(&self.listen_backlog) {
-            return Err("listen_backlog must be between 64 and 1048576".into());
-        }
-        if !(64 << 10..=1 << 30).contains(&self.quic_socket_buffer) {
-            return Err("quic_socket_buffer must be between 65536 and 1073741824 bytes".into());
-        }
-        if self.origin.call_timeout_ms == 0 {
-            return Err("origin.call_timeout_ms must be above 0".into());
-        }
-        if let Some(key) = &self.operator_key {
-            if key.len() < 16 {
-                return Err("operator_key must be 16 characters or more".into());
+            if let Err(e) = selvage_net::tls::parse_fingerprint(next) {
+                check(false, &format!("origin.next_fingerprint: {e}"));
             }
         }
-        self.rate_limits.read.validate("rate_limits.read")?;
-        self.rate_limits.write.validate("rate_limits.write")?;
+        check((64..=1 << 20).contains(&self.listen_backlog), "listen_backlog must be between 64 and 1048576");
+        check(
+            (64 << 10..=1 << 30).contains(&self.quic_socket_buffer),
+            "quic_socket_buffer must be between 65536 and 1073741824 bytes",
+        );
+        check(self.origin.call_timeout_ms > 0, "origin.call_timeout_ms must be above 0");
+        check(
+            self.operator_key.as_ref().is_none_or(|key| key.len() >= 16),
+            "operator_key must be 16 characters or more",
+        );
+        for (rate, name) in
+            [(&self.rate_limits.read, "rate_limits.read"), (&self.rate_limits.write, "rate_limits.write")]
+        {
+            if let Err(e) = rate.validate(name) {
+                check(false, &e);
+            }
+        }
         let s = &self.sessions;
-        if s.heartbeat_ms < 100 {
-            return Err("sessions.heartbeat_ms must be 100 or more".into());
+        check(s.heartbeat_ms >= 100, "sessions.heartbeat_ms must be 100 or more");
+        check(s.outbound_queue >= 16, "sessions.outbound_queue must be 16 or more");
+        check(s.max_in_flight > 0, "sessions.max_in_flight must be above 0");
+        check(s.max_connections_per_user > 0, "sessions.max_connections_per_user must be above 0");
+        // A fragmented message at the frame limit may need twice the limit at once.
+        check(s.frame_budget_bytes >= 1 << 20, "sessions.frame_budget_bytes must be 1048576 or more");
+        check(
+            s.away_after_ms >= 100 && s.presence_renew_ms >= 100 && s.presence_subs_per_10s > 0,
+            "sessions.away_after_ms and sessions.presence_renew_ms must be 100 or more, sessions.presence_subs_per_10s \
+             above 0",
+        );
+        check(
+            self.cache.recent_events_per_channel > 0 && self.cache.recent_workspace_events > 0,
+            "cache.recent_events_per_channel and cache.recent_workspace_events must be above 0",
+        );
+        problems
+    }
+
+    /// What [`crate::start`] would refuse beyond [`EdgeConfig::problems`], found without binding
+    /// a port or reaching the origin: the QUIC certificate and key files, the origin's CA file,
+    /// `origin.link` that is not `host:port`, the web client's API URL and connect origins. Not
+    /// checked: whether the ports are free, whether the origin answers and trusts this edge's
+    /// key.
+    pub fn start_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            if let Err(e) = selvage_net::tls::Identity::from_pem_files(cert, key) {
+                problems.push(format!("cert_file and key_file: {e}"));
+            }
         }
-        if s.outbound_queue < 16 {
-            return Err("sessions.outbound_queue must be 16 or more".into());
+        if let Some(ca) = &self.origin.ca_file {
+            let trust = selvage_net::tls::Trust::CaFile(ca.clone());
+            if let Err(e) = selvage_net::tls::client_config(&trust, &[]) {
+                problems.push(format!("origin.ca_file: {e}"));
+            }
         }
-        if s.max_in_flight == 0 {
-            return Err("sessions.max_in_flight must be above 0".into());
+        let port = self.origin.link.rsplit_once(':').map(|(host, port)| (host, port.parse::<u16>()));
+        if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p > 0) {
+            problems.push(format!("origin.link {:?} must be host:port (the origin's link.listen)", self.origin.link));
         }
-        if s.max_connections_per_user == 0 {
-            return Err("sessions.max_connections_per_user must be above 0".into());
+        if self.web.enabled {
+            if let Err(e) = crate::web::Api::new(&self.web) {
+                problems.push(e);
+            }
         }
-        if s.frame_budget_bytes < 1 << 20 {
-            // A fragmented message at the frame limit may need twice the limit at once.
-            return Err("sessions.frame_budget_bytes must be 1048576 or more".into());
-        }
-        if s.away_after_ms < 100 || s.presence_renew_ms < 100 || s.presence_subs_per_10s == 0 {
-            return Err("sessions.away_after_ms and sessions.presence_renew_ms must be 100 or more, \
-                 sessions.presence_subs_per_10s above 0"
-                .into());
-        }
-        if self.cache.recent_events_per_channel == 0 || self.cache.recent_workspace_events == 0 {
-            return Err("cache.recent_events_per_channel and cache.recent_workspace_events must be above 0".into());
-        }
-        Ok(())
+        problems
     }
 
     /// How the edge trusts the origin's certificate.
     pub fn origin_trust(&self) -> selvage_net::tls::Trust {
         match (&self.origin.fingerprint, &self.origin.ca_file) {
-            (Some(fp), _) => selvage_net::tls::Trust::Pinned(fp.clone()),
+            (Some(fp), _) => match &self.origin.next_fingerprint {
+                Some(next) => selvage_net::tls::Trust::PinnedAny(vec![fp.clone(), next.clone()]),
+                None => selvage_net::tls::Trust::Pinned(fp.clone()),
+            },
             (None, Some(ca)) => selvage_net::tls::Trust::CaFile(ca.clone()),
             // validate() refuses this; pin nothing that could match.
             (None, None) => selvage_net::tls::Trust::Pinned(String::new()),
@@ -377,5 +431,21 @@ mod tests {
         c.listen_backlog = 1024;
         c.quic_socket_buffer = 1024;
         assert!(c.validate().unwrap_err().contains("quic_socket_buffer"));
+    }
+
+    #[test]
+    fn a_second_pinned_fingerprint_is_trusted_while_a_certificate_is_rotated() {
+        let mut c = valid();
+        c.origin.next_fingerprint = Some("nope".into());
+        assert!(c.validate().unwrap_err().contains("origin.next_fingerprint"));
+        c.origin.next_fingerprint = Some("cd".repeat(32));
+        assert_eq!(c.validate(), Ok(()));
+        match c.origin_trust() {
+            selvage_net::tls::Trust::PinnedAny(fps) => assert_eq!(fps, vec!["ab".repeat(32), "cd".repeat(32)]),
+            other => panic!("expected both fingerprints pinned, got {other:?}"),
+        }
+        c.origin.fingerprint = None;
+        c.origin.ca_file = Some("ca.pem".into());
+        assert!(c.validate().unwrap_err().contains("set origin.fingerprint too"));
     }
 }

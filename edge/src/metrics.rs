@@ -50,6 +50,10 @@ pub struct Metrics {
     /// Requests passed to the origin's HTTP API, by outcome (`answered`, `unavailable`,
     /// `timeout`).
     pub api_passed: IntCounterVec,
+    /// 1 while `/readyz` says ready (linked to the origin and not draining), as of the scrape.
+    pub ready: IntGauge,
+    /// 1 once the edge is draining (SIGTERM or `POST /admin/drain`), as of the scrape.
+    pub draining: IntGauge,
 }
 
 impl Metrics {
@@ -148,9 +152,15 @@ impl Metrics {
                 &["outcome"],
             )
             .expect("valid counter"),
+            ready: IntGauge::new(
+                "selvage_edge_ready",
+                "1 while /readyz says ready: linked to the origin, not draining",
+            )
+            .expect("valid gauge"),
+            draining: IntGauge::new("selvage_edge_draining", "1 once the edge is draining").expect("valid gauge"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(m.connections.clone()),
             Box::new(m.boot_latency.clone()),
             Box::new(m.cache_requests.clone()),
@@ -168,6 +178,8 @@ impl Metrics {
             Box::new(m.one_way_dropped.clone()),
             Box::new(m.rate_limited.clone()),
             Box::new(m.api_passed.clone()),
+            Box::new(m.ready.clone()),
+            Box::new(m.draining.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.
@@ -180,6 +192,22 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         if let Err(e) = m.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
             tracing::warn!(error = %e, "cannot register the process metrics");
+        }
+        // Show every series the dashboards and alerts (infra/) ask for from the start, at 0:
+        // "no slow consumer closed" is then a line that reads 0, not a missing series.
+        for transport in ["ws", "quic"] {
+            m.connections.with_label_values(&[transport]);
+        }
+        for outcome in ["ephemeral_dropped", "connection_closed"] {
+            m.queue_drops.with_label_values(&[outcome]);
+        }
+        for reason in ["user_cap", "frame_budget", "frame_too_slow"] {
+            m.connections_refused.with_label_values(&[reason]);
+        }
+        for cache in ["workspace", "token", "replay"] {
+            for outcome in ["hit", "miss"] {
+                m.cache_requests.with_label_values(&[cache, outcome]);
+            }
         }
         m
     }

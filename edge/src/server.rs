@@ -218,6 +218,8 @@ async fn readyz(State(edge): State<Arc<Edge>>) -> Response {
 }
 
 async fn metrics(State(edge): State<Arc<Edge>>) -> Response {
+    edge.metrics.ready.set(i64::from(edge.is_ready()));
+    edge.metrics.draining.set(i64::from(edge.is_draining()));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], edge.metrics.render()).into_response()
 }
 

@@ -36,6 +36,16 @@ impl TestOrigin {
     /// Starts an origin over `data_dir` with its link on `link_listen`. Retries while the port or
     /// the store file is still held by a previous run on the same directory.
     async fn start(data_dir: &Path, link_listen: SocketAddr, cert: Option<&(PathBuf, PathBuf)>) -> Self {
+        Self::start_with(data_dir, link_listen, cert, None).await
+    }
+
+    /// [`TestOrigin::start`], taking `previous_key` beside [`EDGE_KEY`] (a link key rotation).
+    async fn start_with(
+        data_dir: &Path,
+        link_listen: SocketAddr,
+        cert: Option<&(PathBuf, PathBuf)>,
+        previous_key: Option<&str>,
+    ) -> Self {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let mut config = OriginConfig {
@@ -45,6 +55,7 @@ impl TestOrigin {
             };
             config.link.listen = link_listen;
             config.link.edge_key = Some(EDGE_KEY.into());
+            config.link.previous_edge_key = previous_key.map(String::from);
             if let Some((cert, key)) = cert {
                 config.link.cert_file = Some(cert.clone());
                 config.link.key_file = Some(key.clone());
@@ -399,6 +410,36 @@ async fn a_wrong_edge_key_is_refused_clearly() {
     assert_eq!(metric(&e.metrics.render(), "selvage_edge_link_connects_total"), 0);
     assert!(o.metric("selvage_link_refused_total") >= 1);
     drop(e);
+    o.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_link_key_and_certificate_are_rotated_edges_with_either_link_and_others_are_refused() {
+    const OLD_KEY: &str = "the-link-key-being-replaced-0123";
+    let dir = tempfile::tempdir().unwrap();
+    let o = TestOrigin::start_with(dir.path(), "127.0.0.1:0".parse().unwrap(), None, Some(OLD_KEY)).await;
+    // An edge not yet given the new key, and one already given it that trusts the origin's
+    // certificate beside a new one (the next certificate's fingerprint).
+    let old = edge(o.link_addr, OLD_KEY, Trust::Pinned(o.fingerprint.clone()));
+    let new = edge(o.link_addr, EDGE_KEY, Trust::PinnedAny(vec!["cd".repeat(32), o.fingerprint.clone()]));
+    let (old_up, new_up) = (old.upstream.clone(), new.upstream.clone());
+    wait_until("both edges link", || old_up.is_up() && new_up.is_up()).await;
+    let answer = old_up.call(Call::Snapshot { workspace: WorkspaceId::new_unchecked("W1") }).await;
+    assert!(
+        !matches!(&answer, Err(e) if e.code == ErrorCode::Unauthorized),
+        "calls of the edge with the previous key are served: {answer:?}"
+    );
+    let wrong = edge(o.link_addr, "neither-the-old-nor-the-new-key", Trust::Pinned(o.fingerprint.clone()));
+    let wrong_up = wrong.upstream.clone();
+    wait_until("the origin refuses a third key", || wrong_up.last_error().is_some()).await;
+    assert_eq!(wrong_up.last_error().unwrap().code, ErrorCode::Unauthorized);
+    assert!(!wrong_up.is_up());
+    // Neither pinned fingerprint is the origin's: refused.
+    let unpinned = edge(o.link_addr, EDGE_KEY, Trust::PinnedAny(vec!["cd".repeat(32), "ef".repeat(32)]));
+    let unpinned_up = unpinned.upstream.clone();
+    wait_until("the handshake fails", || unpinned_up.last_error().is_some()).await;
+    assert!(unpinned_up.last_error().unwrap().message.contains("pinned"));
+    drop((old, new, wrong, unpinned));
     o.stop().await;
 }
 

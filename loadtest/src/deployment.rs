@@ -46,10 +46,15 @@ pub struct DeploymentArgs {
     pub seed_concurrency: usize,
 }
 
-/// An origin and an edge running inside this process.
+/// An origin and an edge (or more, [`Deployment::add_in_process_edge`]) running inside this
+/// process.
 struct InProcess {
     origin: selvage_origin::Running,
     edge: selvage_edge::Running,
+    /// Edges added after the first.
+    more_edges: Vec<selvage_edge::Running>,
+    /// The first edge's configuration before its adjustment: what further edges start from.
+    edge_base: EdgeConfig,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -60,8 +65,12 @@ pub struct Deployment {
     pub api: Api,
     /// The key that creates workspaces.
     pub operator_key: String,
-    /// `host:port` of the edge's HTTP listener (`/v1/connect`, `/metrics`).
+    /// `host:port` of the edge's HTTP listener (`/v1/connect`, `/metrics`): the first of
+    /// `edge_addrs`.
     pub edge_addr: String,
+    /// `host:port` of every edge clients may use (`selvage loadtest run --target A --target B`),
+    /// the first being `edge_addr`.
+    pub edge_addrs: Vec<String>,
     in_process: Option<InProcess>,
     http: reqwest::Client,
 }
@@ -84,7 +93,8 @@ impl Deployment {
             .clone()
             .context("--operator-key (or SELVAGE_OPERATOR_KEY) is needed to create the test workspace")?;
         let api = Api::new(http.clone(), origin, args.seed_concurrency);
-        Ok(Deployment { api, operator_key, edge_addr: host_port(edge)?, in_process: None, http })
+        let edge_addr = host_port(edge)?;
+        Ok(Deployment { api, operator_key, edge_addrs: vec![edge_addr.clone()], edge_addr, in_process: None, http })
     }
 
     async fn in_process(http: reqwest::Client, seed_concurrency: usize) -> Result<Deployment> {
@@ -146,25 +156,54 @@ impl Deployment {
         edge_config.origin.link = link.to_string();
         edge_config.origin.fingerprint = Some(fingerprint);
         edge_config.origin.edge_key = edge_key;
+        let edge_base = edge_config.clone();
         adjust_edge(&mut edge_config);
-        let edge = selvage_edge::start(edge_config, shutdown.clone()).await?;
-        let deadline = Instant::now() + LINK_TIMEOUT;
-        while !edge.edge.is_ready() {
-            if Instant::now() > deadline {
+        let edge = match start_linked_edge(edge_config, &shutdown).await {
+            Ok(edge) => edge,
+            Err(e) => {
                 shutdown.cancel();
-                bail!("the in-process edge did not link to the in-process origin within {LINK_TIMEOUT:?}");
+                return Err(e);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        };
         let api = Api::new(http.clone(), &format!("http://{}", origin.addr), seed_concurrency);
         let edge_addr = edge.addr.to_string();
         Ok(Deployment {
             api,
             operator_key,
+            edge_addrs: vec![edge_addr.clone()],
             edge_addr,
-            in_process: Some(InProcess { origin, edge, shutdown, _dir: dir }),
+            in_process: Some(InProcess { origin, edge, more_edges: Vec::new(), edge_base, shutdown, _dir: dir }),
             http,
         })
+    }
+
+    /// Starts one more edge in this process, linked to the in-process origin like the first
+    /// (its configuration before that one's adjustment, then `adjust`), and adds it to
+    /// `edge_addrs`; returns its `host:port`. Only for an in-process deployment.
+    pub async fn add_in_process_edge(&mut self, edge_id: &str, adjust: impl FnOnce(&mut EdgeConfig)) -> Result<String> {
+        let Some(p) = self.in_process.as_mut() else {
+            bail!("edges are added only to an in-process deployment");
+        };
+        let mut config = p.edge_base.clone();
+        config.edge_id = edge_id.into();
+        adjust(&mut config);
+        let edge = start_linked_edge(config, &p.shutdown).await?;
+        let addr = edge.addr.to_string();
+        p.more_edges.push(edge);
+        self.edge_addrs.push(addr.clone());
+        Ok(addr)
+    }
+
+    /// Points the clients at these edges (URLs like `http://h:p`, `ws://h:p` or `h:p`), the
+    /// first becoming `edge_addr`.
+    pub fn set_edges(&mut self, urls: &[String]) -> Result<()> {
+        let addrs = urls.iter().map(|u| host_port(u)).collect::<Result<Vec<_>>>()?;
+        let Some(first) = addrs.first() else {
+            bail!("no edge given");
+        };
+        self.edge_addr = first.clone();
+        self.edge_addrs = addrs;
+        Ok(())
     }
 
     /// `in-process` or `remote`, for reports.
@@ -217,9 +256,25 @@ impl Deployment {
         if let Some(p) = self.in_process {
             p.shutdown.cancel();
             p.edge.wait().await;
+            for edge in p.more_edges {
+                edge.wait().await;
+            }
             p.origin.wait().await;
         }
     }
+}
+
+/// Starts an in-process edge and waits until it has linked to its origin.
+async fn start_linked_edge(config: EdgeConfig, shutdown: &CancellationToken) -> Result<selvage_edge::Running> {
+    let edge = selvage_edge::start(config, shutdown.clone()).await?;
+    let deadline = Instant::now() + LINK_TIMEOUT;
+    while !edge.edge.is_ready() {
+        if Instant::now() > deadline {
+            bail!("the in-process edge did not link to the in-process origin within {LINK_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(edge)
 }
 
 /// `host:port` of a URL like `http://h:p`, `ws://h:p/…` or a bare `h:p`.

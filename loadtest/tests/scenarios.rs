@@ -21,7 +21,7 @@ fn args(name: &str, out: &Path) -> RunArgs {
             .join(format!("{name}.toml"))
             .display()
             .to_string(),
-        target: None,
+        target: Vec::new(),
         origin: None,
         operator_key: None,
         in_process: true,
@@ -87,7 +87,7 @@ async fn every_shipped_scenario_passes_at_a_tiny_scale() {
 async fn a_target_without_an_origin_is_refused_clearly() {
     let mut a = args("steady", Path::new("unused"));
     a.in_process = false;
-    a.target = Some("ws://127.0.0.1:1".into());
+    a.target = vec!["ws://127.0.0.1:1".into()];
     let err = format!("{:#}", scenario::execute(&a).await.unwrap_err());
     assert!(err.contains("--origin"), "{err}");
     a.scenario = "no-such-scenario".into();

@@ -155,6 +155,9 @@ pub enum Trust {
     /// Exactly the certificate with this fingerprint (any name, no expiry check): development
     /// and self-signed deployments.
     Pinned(String),
+    /// Any certificate with one of these fingerprints: while a pinned certificate is being
+    /// replaced, the old one and the new one.
+    PinnedAny(Vec<String>),
     /// Certificates chaining to the CAs in this PEM file, for the name dialled.
     CaFile(std::path::PathBuf),
 }
@@ -165,7 +168,12 @@ pub fn client_config(trust: &Trust, alpn: &[&[u8]]) -> Result<rustls::ClientConf
         rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut config = match trust {
         Trust::Pinned(fp) => {
-            let verifier = PinnedVerifier { fingerprint: parse_fingerprint(fp)?, provider: provider() };
+            let verifier = PinnedVerifier { fingerprints: vec![parse_fingerprint(fp)?], provider: provider() };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
+        Trust::PinnedAny(fps) => {
+            let fingerprints = fps.iter().map(|fp| parse_fingerprint(fp)).collect::<Result<Vec<_>, _>>()?;
+            let verifier = PinnedVerifier { fingerprints, provider: provider() };
             builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
         }
         Trust::CaFile(path) => {
@@ -184,10 +192,11 @@ pub fn client_config(trust: &Trust, alpn: &[&[u8]]) -> Result<rustls::ClientConf
     Ok(config)
 }
 
-/// Accepts exactly one certificate, by its SHA-256; handshake signatures are still verified.
+/// Accepts exactly the certificates with these SHA-256s (one, or two during a rotation);
+/// handshake signatures are still verified.
 #[derive(Debug)]
 struct PinnedVerifier {
-    fingerprint: [u8; 32],
+    fingerprints: Vec<[u8; 32]>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -201,13 +210,14 @@ impl ServerCertVerifier for PinnedVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if seen == self.fingerprint {
+        if self.fingerprints.contains(&seen) {
             Ok(ServerCertVerified::assertion())
         } else {
+            let pinned: Vec<String> = self.fingerprints.iter().map(|fp| hex(fp)).collect();
             Err(rustls::Error::General(format!(
                 "server certificate {} is not the pinned one {}",
                 hex(&seen),
-                hex(&self.fingerprint)
+                pinned.join(" or ")
             )))
         }
     }

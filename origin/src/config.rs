@@ -710,6 +710,10 @@ pub struct LinkConfig {
     pub listen: SocketAddr,
     /// The shared secret every edge presents (at least 16 characters). Unset leaves the link off.
     pub edge_key: Option<String>,
+    /// While the link key is being rotated: the key being replaced, which edges may still
+    /// present beside `edge_key` (docs/OPERATIONS.md, "Rotating the link key"). Each edge that
+    /// links with it is logged, so an operator knows when every edge has the new one.
+    pub previous_edge_key: Option<String>,
     /// PEM certificate chain for the link; set together with `key_file`, or neither for a
     /// self-signed certificate.
     pub cert_file: Option<PathBuf>,
@@ -729,6 +733,7 @@ impl Default for LinkConfig {
         LinkConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7701)),
             edge_key: None,
+            previous_edge_key: None,
             cert_file: None,
             key_file: None,
             names: vec!["localhost".into(), "127.0.0.1".into()],
@@ -747,6 +752,20 @@ impl LinkConfig {
             if key.chars().count() < Self::MIN_EDGE_KEY_CHARS {
                 return Err(format!("link.edge_key must be at least {} characters", Self::MIN_EDGE_KEY_CHARS));
             }
+        }
+        match (&self.edge_key, &self.previous_edge_key) {
+            (None, Some(_)) => {
+                return Err(
+                    "link.previous_edge_key is set without link.edge_key: set the new key in link.edge_key".into()
+                );
+            }
+            (Some(key), Some(previous)) if key == previous => {
+                return Err("link.previous_edge_key equals link.edge_key: set the new key in link.edge_key".into());
+            }
+            (_, Some(previous)) if previous.chars().count() < Self::MIN_EDGE_KEY_CHARS => {
+                return Err(format!("link.previous_edge_key must be at least {} characters", Self::MIN_EDGE_KEY_CHARS));
+            }
+            _ => {}
         }
         match (&self.cert_file, &self.key_file) {
             (Some(_), None) | (None, Some(_)) => {
@@ -832,67 +851,181 @@ impl Default for FeedConfig {
 }
 
 impl OriginConfig {
-    /// Checks the values that defaults and types cannot; the message says which field and why.
+    /// Checks the values that defaults and types cannot; the message says which field and why
+    /// (the first of [`OriginConfig::problems`]).
     pub fn validate(&self) -> Result<(), String> {
-        if self.store == StoreKind::Fdb && !cfg!(feature = "fdb") {
-            return Err("store = \"fdb\" needs a selvage built with `--features fdb`".into());
+        match self.problems().into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(()),
         }
-        if self.store == StoreKind::Embedded && self.data_dir.as_os_str().is_empty() {
-            return Err("data_dir must be set for the embedded store".into());
+    }
+
+    /// Every problem [`OriginConfig::validate`] finds, for `selvage origin --check-config`:
+    /// each top-level rule broken, and the first problem of each section.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = Vec::new();
+        let mut check = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_string());
+            }
+        };
+        check(
+            self.store != StoreKind::Fdb || cfg!(feature = "fdb"),
+            "store = \"fdb\" needs a selvage built with `--features fdb`",
+        );
+        check(
+            self.store != StoreKind::Embedded || !self.data_dir.as_os_str().is_empty(),
+            "data_dir must be set for the embedded store",
+        );
+        check(
+            self.operator_key.as_ref().is_none_or(|key| key.len() >= 16),
+            "operator_key must be at least 16 characters",
+        );
+        check(
+            (1024..=64 * 1024 * 1024).contains(&self.max_body_bytes),
+            "max_body_bytes must be between 1024 and 67108864",
+        );
+        let e = &self.embedded;
+        check((10..=60_000).contains(&e.flush_interval_ms), "embedded.flush_interval_ms must be between 10 and 60000");
+        check(
+            (1..=16 * 1024).contains(&e.memtable_mib) && (1..=1024 * 1024).contains(&e.cache_mib),
+            "embedded.memtable_mib must be 1 to 16384 and embedded.cache_mib 1 to 1048576",
+        );
+        check(
+            (1000..=100_000_000).contains(&e.memtable_entries),
+            "embedded.memtable_entries must be between 1000 and 100000000",
+        );
+        let s = &self.sequencer;
+        check(
+            s.queue_capacity > 0 && s.max_batch_messages > 0,
+            "sequencer.queue_capacity and sequencer.max_batch_messages must be > 0",
+        );
+        check(s.shards <= 64, "sequencer.shards must be between 0 (one per two cores) and 64");
+        check(
+            s.max_batch_messages <= u16::MAX as usize,
+            &format!("sequencer.max_batch_messages must be at most {}", u16::MAX),
+        );
+        check(
+            (64 * 1024..=8 * 1024 * 1024).contains(&s.max_batch_bytes),
+            "sequencer.max_batch_bytes must be between 65536 and 8388608 (FoundationDB allows 10 MB per transaction)",
+        );
+        check(s.ack_timeout_ms > 0, "sequencer.ack_timeout_ms must be > 0");
+        let f = &self.feed;
+        check(
+            f.retention_secs > 0 && f.max_events > 0 && f.trim_interval_secs > 0,
+            "feed.retention_secs, feed.max_events and feed.trim_interval_secs must be > 0",
+        );
+        check(
+            f.consumer_hold_secs >= f.retention_secs && f.consumer_hold_events >= f.max_events,
+            "feed.consumer_hold_secs must be at least feed.retention_secs and feed.consumer_hold_events at least \
+             feed.max_events",
+        );
+        let sections = [
+            self.consumers.validate(),
+            self.link.validate(),
+            self.search.validate(),
+            self.notify.validate(),
+            self.apps.validate(),
+            self.rate_limits.validate(),
+            self.files.validate(),
+        ];
+        problems.extend(sections.into_iter().filter_map(Result::err));
+        problems
+    }
+
+    /// What [`crate::start`] would refuse beyond [`OriginConfig::problems`], found without
+    /// binding a port, opening the store or calling anything on the network: the data
+    /// directory cannot be made or written, the link's certificate and key files (given, or
+    /// kept in `data_dir`) do not load, the FoundationDB cluster file cannot be read, the
+    /// push proxy's URL or the SMTP server's URL or sender is refused. Not checked: whether
+    /// the ports are free, whether another origin holds the store, whether the files bucket
+    /// exists and the push proxy and SMTP server answer.
+    pub fn start_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.store {
+            StoreKind::Embedded if !self.data_dir.as_os_str().is_empty() => {
+                if let Err(e) = check_writable_dir(&self.data_dir) {
+                    problems.push(format!("data_dir {}: {e}", self.data_dir.display()));
+                }
+            }
+            StoreKind::Fdb => {
+                if let Some(file) = &self.fdb_cluster_file {
+                    if let Err(e) = std::fs::read(file) {
+                        problems.push(format!("fdb_cluster_file {}: cannot read it: {e}", file.display()));
+                    }
+                }
+            }
+            StoreKind::Embedded => {}
         }
-        if let Some(key) = &self.operator_key {
-            if key.len() < 16 {
-                return Err("operator_key must be at least 16 characters".into());
+        if self.link.edge_key.is_some() {
+            let kept = (self.data_dir.join("link-cert.pem"), self.data_dir.join("link-key.pem"));
+            let (cert, key, what) = match (&self.link.cert_file, &self.link.key_file) {
+                (Some(cert), Some(key)) => (cert.clone(), key.clone(), "link.cert_file and link.key_file"),
+                _ => (kept.0, kept.1, "the link certificate kept in data_dir"),
+            };
+            // The self-signed certificate is made at the first start: only one already kept is read.
+            let given = self.link.cert_file.is_some() && self.link.key_file.is_some();
+            if given || (cert.exists() && key.exists()) {
+                if let Err(e) = selvage_net::tls::Identity::from_pem_files(&cert, &key) {
+                    problems.push(format!("{what}: {e}"));
+                }
             }
         }
-        if !(1024..=64 * 1024 * 1024).contains(&self.max_body_bytes) {
-            return Err("max_body_bytes must be between 1024 and 67108864".into());
+        if self.notify.enabled {
+            let n = &self.notify;
+            if !n.push_proxy_url.is_empty() {
+                if let Err(e) = crate::outbound::check_url(&n.push_proxy_url, &n.allow_internal_endpoints.into()) {
+                    problems.push(format!("notify.push_proxy_url: {e}"));
+                }
+            }
+            if !n.smtp_url.is_empty() {
+                if let Err(e) = crate::notify::email::transport(n) {
+                    problems.push(e);
+                }
+                if let Err(e) = crate::notify::email::parse_from(&n.email_from) {
+                    problems.push(e);
+                }
+            }
         }
-        let e = &self.embedded;
-        if !(10..=60_000).contains(&e.flush_interval_ms) {
-            return Err("embedded.flush_interval_ms must be between 10 and 60000".into());
-        }
-        if !(1..=16 * 1024).contains(&e.memtable_mib) || !(1..=1024 * 1024).contains(&e.cache_mib) {
-            return Err("embedded.memtable_mib must be 1 to 16384 and embedded.cache_mib 1 to 1048576".into());
-        }
-        if !(1000..=100_000_000).contains(&e.memtable_entries) {
-            return Err("embedded.memtable_entries must be between 1000 and 100000000".into());
-        }
-        let s = &self.sequencer;
-        if s.queue_capacity == 0 || s.max_batch_messages == 0 {
-            return Err("sequencer.queue_capacity and sequencer.max_batch_messages must be > 0".into());
-        }
-        if s.shards > 64 {
-            return Err("sequencer.shards must be between 0 (one per two cores) and 64".into());
-        }
-        if s.max_batch_messages > u16::MAX as usize {
-            return Err(format!("sequencer.max_batch_messages must be at most {}", u16::MAX));
-        }
-        if !(64 * 1024..=8 * 1024 * 1024).contains(&s.max_batch_bytes) {
-            return Err("sequencer.max_batch_bytes must be between 65536 and 8388608 (FoundationDB allows 10 MB per transaction)".into());
-        }
-        if s.ack_timeout_ms == 0 {
-            return Err("sequencer.ack_timeout_ms must be > 0".into());
-        }
-        let f = &self.feed;
-        if f.retention_secs == 0 || f.max_events == 0 || f.trim_interval_secs == 0 {
-            return Err("feed.retention_secs, feed.max_events and feed.trim_interval_secs must be > 0".into());
-        }
-        if f.consumer_hold_secs < f.retention_secs || f.consumer_hold_events < f.max_events {
-            return Err(
-                "feed.consumer_hold_secs must be at least feed.retention_secs and feed.consumer_hold_events at \
-                        least feed.max_events"
-                    .into(),
-            );
-        }
-        self.consumers.validate()?;
-        self.link.validate()?;
-        self.search.validate()?;
-        self.notify.validate()?;
-        self.apps.validate()?;
-        self.rate_limits.validate()?;
-        self.files.validate()
+        problems
     }
+}
+
+/// Whether the origin could make `dir` (as `create_dir_all` would) and write in it: `dir`, or
+/// the nearest of its parents that exists, is a directory this process may write to.
+fn check_writable_dir(dir: &std::path::Path) -> Result<(), String> {
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(meta) if !meta.is_dir() => return Err(format!("{} is not a directory", at.display())),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match at.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                // A relative path with no parent left: the working directory decides.
+                Some(_) if at != std::path::Path::new(".") => at = std::path::Path::new("."),
+                _ => return Err(format!("cannot read {}: {e}", at.display())),
+            },
+            Err(e) => return Err(format!("cannot read {}: {e}", at.display())),
+        }
+    }
+    writable(at).map_err(|e| format!("cannot write in {}: {e}", at.display()))
+}
+
+/// Whether this process may create files in the directory `dir` (access(2) with `W_OK`).
+#[cfg(unix)]
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: access only reads the NUL-terminated path, which outlives the call.
+    match unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(unix))]
+fn writable(_dir: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -975,6 +1108,16 @@ mod tests {
         c.link.edge_key = Some("short".into());
         assert!(c.validate().unwrap_err().contains("link.edge_key"));
         c.link.edge_key = Some("a-long-enough-edge-key".into());
+        c.link.previous_edge_key = Some("a-long-enough-edge-key".into());
+        assert!(c.validate().unwrap_err().contains("link.previous_edge_key equals"));
+        c.link.previous_edge_key = Some("short".into());
+        assert!(c.validate().unwrap_err().contains("link.previous_edge_key must be at least"));
+        c.link.previous_edge_key = Some("the-key-being-replaced".into());
+        assert!(c.validate().is_ok());
+        c.link.edge_key = None;
+        assert!(c.validate().unwrap_err().contains("without link.edge_key"));
+        c.link.edge_key = Some("a-long-enough-edge-key".into());
+        c.link.previous_edge_key = None;
         c.validate().expect("a long key validates");
         c.link.cert_file = Some("cert.pem".into());
         assert!(c.validate().unwrap_err().contains("link.key_file"));

@@ -199,6 +199,7 @@ pub async fn start(config: OriginConfig, shutdown: CancellationToken) -> Result<
     // The link binds first: a taken UDP port then fails the start before storage is opened.
     let link = link::bind(&config.link, &config.data_dir)?;
     let metrics = Arc::new(Metrics::new());
+    metrics.configured(&config);
     // The object store is checked before storage is opened: a missing bucket fails the start.
     let files = match config.files.enabled {
         true => Some(files::Files::start(&config.files, metrics.clone()).await?),

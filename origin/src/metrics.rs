@@ -3,6 +3,8 @@
 //! One registry per [`crate::Origin`] (not the global default), so several origins in one test
 //! process keep separate counts.
 
+use std::{path::PathBuf, sync::OnceLock};
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -122,6 +124,19 @@ pub struct Metrics {
     /// Requests and frames refused for going over their token's rate, by class (`read`,
     /// `write`, `typing`, `webhook`…).
     pub rate_limited: IntCounterVec,
+    /// `sequencer.queue_capacity`: sends past it are refused (`overloaded`).
+    pub queue_capacity: IntGauge,
+    /// Bytes an unprivileged process may still write on the data directory's disk, read at
+    /// every scrape.
+    pub data_dir_free_bytes: IntGauge,
+    /// Size of the data directory's filesystem, bytes.
+    pub data_dir_size_bytes: IntGauge,
+    /// `embedded.min_free_mib` in bytes: below it (plus twice what waits to be flushed) the
+    /// embedded store refuses commits. 0 with the check off or another engine.
+    pub data_dir_min_free_bytes: IntGauge,
+    /// The data directory whose disk [`Metrics::render`] reports, set by
+    /// [`Metrics::configured`].
+    data_dir: OnceLock<PathBuf>,
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -382,9 +397,27 @@ impl Metrics {
                 &["class"],
             )
             .expect("valid counter"),
+            queue_capacity: IntGauge::new(
+                "selvage_sequencer_queue_capacity",
+                "Sends the sequencer's queue holds before new ones are refused (sequencer.queue_capacity)",
+            )
+            .expect("valid gauge"),
+            data_dir_free_bytes: IntGauge::new(
+                "selvage_data_dir_free_bytes",
+                "Bytes the origin may still write on its data directory's disk",
+            )
+            .expect("valid gauge"),
+            data_dir_size_bytes: IntGauge::new("selvage_data_dir_size_bytes", "Size of the data directory's disk")
+                .expect("valid gauge"),
+            data_dir_min_free_bytes: IntGauge::new(
+                "selvage_data_dir_min_free_bytes",
+                "Free space the embedded store keeps on its disk (embedded.min_free_mib): commits are refused below it",
+            )
+            .expect("valid gauge"),
+            data_dir: OnceLock::new(),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 48] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 52] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_latency.clone()),
             Box::new(m.queue_depth.clone()),
@@ -433,6 +466,10 @@ impl Metrics {
             Box::new(m.webhook_queued.clone()),
             Box::new(m.commands.clone()),
             Box::new(m.rate_limited.clone()),
+            Box::new(m.queue_capacity.clone()),
+            Box::new(m.data_dir_free_bytes.clone()),
+            Box::new(m.data_dir_size_bytes.clone()),
+            Box::new(m.data_dir_min_free_bytes.clone()),
         ];
         for c in collectors {
             // Names are distinct constants, so registration cannot collide.
@@ -457,11 +494,62 @@ impl Metrics {
         for state in ["running", "waiting"] {
             m.object_store_in_flight.with_label_values(&[state]);
         }
+        // Likewise every outcome the dashboards and alerts (infra/) ask for.
+        for event in ["declared", "completed", "rejected", "deleted", "expired"] {
+            m.files.with_label_values(&[event]);
+        }
+        for outcome in ["made", "refused", "gone"] {
+            m.thumbnails.with_label_values(&[outcome]);
+        }
+        for outcome in ["ok", "bad_request", "error"] {
+            m.search_queries.with_label_values(&[outcome]);
+        }
+        for outcome in ["delivered", "read", "active", "muted", "gone", "no_target", "failed"] {
+            m.notify_outcomes.with_label_values(&[outcome]);
+        }
+        for target in ["webpush", "proxy", "email"] {
+            for result in ["ok", "retry", "rejected"] {
+                m.notify_deliveries.with_label_values(&[target, result]);
+            }
+        }
+        for outcome in ["delivered", "retry"] {
+            m.webhook_deliveries.with_label_values(&[outcome]);
+        }
+        for outcome in ["in_channel", "ephemeral", "deferred", "failed", "unknown"] {
+            m.commands.with_label_values(&[outcome]);
+        }
+        m.commit_retries.with_label_values(&["conflict_or_unknown"]);
         m
+    }
+
+    /// Notes what the node's configuration says the metrics are measured against: the
+    /// sequencer's queue capacity, and the data directory whose disk every scrape reports.
+    pub fn configured(&self, config: &crate::config::OriginConfig) {
+        self.queue_capacity.set(i64::try_from(config.sequencer.queue_capacity).unwrap_or(i64::MAX));
+        let min_free = match config.store {
+            crate::config::StoreKind::Embedded => config.embedded.min_free_mib.saturating_mul(1 << 20),
+            crate::config::StoreKind::Fdb => 0,
+        };
+        self.data_dir_min_free_bytes.set(i64::try_from(min_free).unwrap_or(i64::MAX));
+        let _ = self.data_dir.set(config.data_dir.clone());
+    }
+
+    /// Shows a feed consumer's series at 0 from its start: "no failures" is then a line that
+    /// reads 0, not a missing series.
+    pub fn consumer_started(&self, name: &str) {
+        self.consumer_events.with_label_values(&[name]);
+        self.consumer_batches_failed.with_label_values(&[name]);
+        self.consumer_lag_seconds.with_label_values(&[name]);
+        self.consumer_resyncs.with_label_values(&[name]);
+        self.consumer_lease_held.with_label_values(&[name]);
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some((free, size)) = self.data_dir.get().and_then(|dir| disk_space(dir)) {
+            self.data_dir_free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
+            self.data_dir_size_bytes.set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
         let mut buf = Vec::new();
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
@@ -469,6 +557,27 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem holding `dir`, and its size;
+/// `None` where that cannot be read.
+#[cfg(unix)]
+fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the zeroed struct we own, through a valid pointer, and
+    // reads the NUL-terminated path, which outlives the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let block = st.f_frsize as u64;
+    Some(((st.f_bavail as u64).saturating_mul(block), (st.f_blocks as u64).saturating_mul(block)))
+}
+
+#[cfg(not(unix))]
+fn disk_space(_dir: &std::path::Path) -> Option<(u64, u64)> {
+    None
 }
 
 impl Default for Metrics {

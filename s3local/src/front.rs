@@ -6,6 +6,10 @@
 //! and tests, so its rule is the most permissive one: any origin may `GET`, `PUT` and `HEAD`
 //! with any header it asks for. Only signed requests get past s3s, so CORS grants no access a
 //! URL's holder does not already have.
+//!
+//! It also answers `GET` (and `HEAD`) `/healthz` with `200 ok` when the request is unsigned,
+//! for health checks of a container or a load balancer, which cannot sign; a signed request to
+//! that path still goes to s3s (a bucket named `healthz`).
 
 use std::{future::Future, pin::Pin};
 
@@ -14,7 +18,7 @@ use hyper::{
     header::{
         ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
         ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
-        ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+        ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CONTENT_TYPE, ORIGIN, VARY,
     },
     http::HeaderValue,
     Method, Request, Response, StatusCode,
@@ -54,6 +58,12 @@ impl hyper::service::Service<Request<Incoming>> for Front {
         // The path only: the query of a presigned URL carries its signature.
         let path = req.uri().path().to_owned();
 
+        if is_health_check(&req) {
+            let mut response = Response::new(Body::from(HEALTHY.to_owned()));
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return Box::pin(std::future::ready(Ok(response)));
+        }
+
         if let Some(origin) = &origin {
             if method == Method::OPTIONS && req.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD) {
                 let response = preflight(origin, req.headers().get(ACCESS_CONTROL_REQUEST_HEADERS));
@@ -72,6 +82,19 @@ impl hyper::service::Service<Request<Incoming>> for Front {
             Ok(response)
         })
     }
+}
+
+/// What `/healthz` answers.
+const HEALTHY: &str = "ok\n";
+
+/// An unsigned `GET` or `HEAD` of `/healthz`: signed in neither the `Authorization` header nor
+/// a presigned URL's query.
+fn is_health_check(req: &Request<Incoming>) -> bool {
+    let signed_query = req.uri().query().is_some_and(|q| q.contains("X-Amz-Signature="));
+    matches!(*req.method(), Method::GET | Method::HEAD)
+        && req.uri().path() == "/healthz"
+        && !req.headers().contains_key(AUTHORIZATION)
+        && !signed_query
 }
 
 /// The answer to a preflight: the origin may go ahead with any of [`ALLOWED_METHODS`] and the

@@ -11,7 +11,8 @@
 //! # What it checks
 //! - Every request must be signed (SigV4 in the `Authorization` header, or a presigned URL's
 //!   query) with the configured credential; unsigned requests and wrong signatures get `403`.
-//!   The path (bucket and key) is part of the signature.
+//!   The path (bucket and key) is part of the signature. The one exception: an unsigned `GET`
+//!   or `HEAD` of `/healthz` answers `200 ok`, for health checks (module `front`).
 //! - A presigned URL is refused (`403 AccessDenied`, "Request has expired") once
 //!   `X-Amz-Date + X-Amz-Expires` has passed, by the wall clock. Header-signed requests must be
 //!   within 15 minutes of the server's clock (s3s's default).

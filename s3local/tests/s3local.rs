@@ -473,3 +473,30 @@ async fn configured_buckets_are_created_and_bad_options_refused() {
     options.buckets = vec!["../escape".into()];
     assert!(matches!(S3Local::start(options).await, Err(selvage_s3local::Error::Options(_))));
 }
+
+/// Health checks cannot sign: an unsigned `GET /healthz` answers 200, any other unsigned
+/// request is still refused, and a signed request to that path still reaches S3 (a bucket
+/// named `healthz`).
+#[tokio::test]
+async fn unsigned_healthz_answers_for_health_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::new(dir.path());
+    options.buckets = vec![BUCKET.into(), "healthz".into()];
+    let s3 = S3Local::start(options).await.unwrap();
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{}/healthz", s3.endpoint())).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+    let head = http.head(format!("{}/healthz", s3.endpoint())).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    let unsigned = http.get(format!("{}/{BUCKET}", s3.endpoint())).send().await.unwrap();
+    assert_eq!(unsigned.status(), 403, "other unsigned requests are refused as before");
+    let put = http.put(format!("{}/healthz", s3.endpoint())).send().await.unwrap();
+    assert_eq!(put.status(), 403, "only GET and HEAD are health checks");
+
+    let c = client(&s3);
+    c.put_object().bucket("healthz").key("k").body(ByteStream::from_static(b"v")).send().await.unwrap();
+    let listed = c.list_objects_v2().bucket("healthz").send().await.expect("a signed request reaches S3");
+    assert_eq!(listed.contents().iter().filter_map(|o| o.key()).collect::<Vec<_>>(), ["k"]);
+    s3.shutdown().await;
+}

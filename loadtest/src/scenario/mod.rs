@@ -1,10 +1,11 @@
 //! `selvage loadtest run SCENARIO`: scenarios described in TOML files (shipped ones in
-//! `loadtest/scenarios/`, built into the binary), run against an edge with many simulated
-//! clients, measured (HDR histograms, a per-second timeline, errors by code) and *checked*:
-//! from what every client received, the [`checker`] decides whether every member of every
-//! channel saw one order, without gaps or duplicates, and got every acknowledged message; and,
-//! when the scenario changes messages (`load.changes`: edits, deletes, reactions), whether every
-//! member ended up seeing each message of its window as the origin's final history shows it.
+//! `loadtest/scenarios/`, built into the binary), run against an edge (or several, sharing the
+//! clients) with many simulated clients, measured (HDR histograms, a per-second timeline,
+//! errors by code) and *checked*: from what every client received, the [`checker`] decides
+//! whether every member of every channel saw one order, without gaps or duplicates, and got
+//! every acknowledged message; and, when the scenario changes messages (`load.changes`: edits,
+//! deletes, reactions), whether every member ended up seeing each message of its window as the
+//! origin's final history shows it.
 //!
 //! - [`config`]: the scenario file and its validation;
 //! - [`runner`]: seeding, the simulated clients, the open-loop scheduler, storms;
@@ -57,8 +58,11 @@ pub struct RunArgs {
     /// reconnect-storm, slow-consumers, mixed.
     pub scenario: String,
     /// The edge the clients connect to, e.g. ws://127.0.0.1:7800 or http://127.0.0.1:7800.
-    #[arg(long, conflicts_with = "in_process")]
-    pub target: Option<String>,
+    /// Several edges (repeat the flag, or separate them with commas) share the clients: client
+    /// i starts at edge i mod n, and a client whose edge says `goodbye` (drains) or refuses it
+    /// resumes at the next one.
+    #[arg(long, value_delimiter = ',', conflicts_with = "in_process")]
+    pub target: Vec<String>,
     /// The origin's HTTP API (needed with --target): the workspace is seeded through it, and a
     /// scenario's message changes (load.changes) are made and checked through it.
     #[arg(long, conflicts_with = "in_process")]
@@ -136,10 +140,11 @@ pub async fn execute(args: &RunArgs) -> Result<Report> {
 pub async fn execute_with(args: &RunArgs, interrupt: CancellationToken) -> Result<Report> {
     let (scenario, file) = resolve(&args.scenario)?;
     let scenario = if args.scale == 1.0 { scenario } else { scenario.scaled(args.scale)? };
+    let targets: Vec<String> = args.target.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
     if !args.in_process {
-        match (&args.target, &args.origin) {
-            (None, _) => bail!("give --target EDGE_URL (with --origin URL and --operator-key), or --in-process"),
-            (Some(_), None) => bail!(
+        match (targets.is_empty(), &args.origin) {
+            (true, _) => bail!("give --target EDGE_URL (with --origin URL and --operator-key), or --in-process"),
+            (false, None) => bail!(
                 "--target names the edge; the workspace is seeded through the origin, so --origin URL (and \
                  --operator-key or SELVAGE_OPERATOR_KEY) is needed too"
             ),
@@ -149,11 +154,17 @@ pub async fn execute_with(args: &RunArgs, interrupt: CancellationToken) -> Resul
     let deployment_args = DeploymentArgs {
         in_process: args.in_process,
         origin: args.origin.clone(),
-        edge: args.target.clone(),
+        edge: targets.first().cloned(),
         operator_key: args.operator_key.clone(),
         seed_concurrency: args.seed_concurrency,
     };
-    let deployment = Deployment::start(&deployment_args).await?;
+    let mut deployment = Deployment::start(&deployment_args).await?;
+    if !args.in_process {
+        if let Err(e) = deployment.set_edges(&targets) {
+            deployment.stop().await;
+            return Err(e);
+        }
+    }
     let result = run_on(&scenario, &file, args, &deployment, interrupt).await;
     deployment.stop().await;
     let report = result?;
@@ -235,6 +246,7 @@ async fn run_on(
         totals.deliveries += c.log.deliveries.len() as u64;
         totals.connections_opened += c.opened;
         totals.reconnects += c.reconnects;
+        totals.moved += c.moved;
         totals.sessions_shed += c.shed;
         totals.changes += c.changes;
         totals.changes_acked += c.changes_acked;
@@ -265,7 +277,7 @@ async fn run_on(
         })
         .collect();
     let target = Target {
-        edge: deployment.edge_addr.clone(),
+        edge: deployment.edge_addrs.join(", "),
         origin: if deployment.is_in_process() {
             format!("{} (in process)", deployment.api.base())
         } else {

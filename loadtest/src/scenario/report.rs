@@ -68,7 +68,7 @@ pub struct ScenarioInfo {
 /// `target`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
-    /// The edge clients connected to (`host:port`).
+    /// The edge clients connected to (`host:port`; several separated by ", ").
     pub edge: String,
     /// The origin the workspace was seeded through.
     pub origin: String,
@@ -163,6 +163,9 @@ pub struct Totals {
     pub connections_opened: u64,
     /// Sessions resumed.
     pub reconnects: u64,
+    /// Times a client moved to the next of several edges (`--target A --target B`) because
+    /// its edge said `goodbye` or refused it.
+    pub moved: u64,
     /// Sessions the edge closed as slow consumers.
     pub sessions_shed: u64,
     /// Changes (edits, deletes, reactions) requested from the origin.
@@ -232,6 +235,9 @@ pub fn print(r: &Report) {
         "  sessions          {} opened, {} resumed, {} shed as slow",
         t.connections_opened, t.reconnects, t.sessions_shed
     );
+    if t.moved > 0 {
+        println!("  moved             {} times to another edge (goodbye or refused)", t.moved);
+    }
     println!("  send → ack        {}", r.latency.send_ack);
     println!("  send → delivered  {}", r.latency.send_delivered);
     if t.changes > 0 {

@@ -7,9 +7,11 @@
 //! Every simulated client is one task owning its WebSocket stream: it writes the sends the
 //! scheduler gives it, reads and records every frame, pings at the heartbeat, and after a
 //! close (its own in a storm, or the edge shedding it as a slow consumer) resumes from the
-//! last cursor it processed. Sends carry their *scheduled* time in their text and id, so both
-//! send → ack and send → delivered latencies include any time the send waited (no coordinated
-//! omission).
+//! last cursor it processed. Given several edges, client i starts at edge i mod n; when its
+//! edge says `goodbye` (it drains) the client resumes at the next edge after the delay the
+//! goodbye asks for, and when an edge refuses it, it tries the next one. Sends carry their
+//! *scheduled* time in their text and id, so both send → ack and send → delivered latencies
+//! include any time the send waited (no coordinated omission).
 //!
 //! With `load.changes`, some operations go to the sender of a recent send in the channel as a
 //! change instead (see [`super::changes`]): the client makes it over HTTP in a task of its own,
@@ -57,6 +59,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const INTERRUPTED_DRAIN: Duration = Duration::from_secs(3);
 /// The edge's close code for a slow consumer (edge `error::close::SLOW_CONSUMER`).
 const SLOW_CONSUMER: u16 = 4008;
+/// The edge's close code at the end of a drain (edge `error::close::DRAINING`, "service
+/// restart").
+const DRAINING: u16 = 1012;
 /// Recent sends (channel, sender) the scheduler picks a change's channel and sender from.
 const RECENT_SENDS: usize = 1024;
 /// How long a change may wait for the origin's answer before it counts as failed.
@@ -205,6 +210,8 @@ pub struct ClientResult {
     pub errors: HashMap<String, u64>,
     /// Sessions resumed.
     pub reconnects: u64,
+    /// Times it moved to the next edge (its edge said goodbye or refused it).
+    pub moved: u64,
     /// Times the edge closed it as a slow consumer.
     pub shed: u64,
     /// Sessions opened.
@@ -213,7 +220,8 @@ pub struct ClientResult {
 
 /// The run's fixed facts every client task reads.
 struct RunContext {
-    addr: SocketAddr,
+    /// The edges; each client starts at one (`Plan::first_edge`) and moves on along them.
+    addrs: Vec<SocketAddr>,
     /// The origin's API, for changes.
     api: Api,
     /// The scenario changes messages (`load.changes` > 0).
@@ -235,6 +243,8 @@ struct RunContext {
 /// One client's own plan.
 struct Plan {
     token: String,
+    /// Index into `RunContext::addrs` of the edge it boots at.
+    first_edge: usize,
     source: Option<IpAddr>,
     connect_at: Instant,
     reconnect_at: Option<Instant>,
@@ -270,19 +280,30 @@ pub async fn drive(
     epoch: Instant,
     interrupt: CancellationToken,
 ) -> Result<Recorded> {
-    let addr: SocketAddr = tokio::net::lookup_host(&deployment.edge_addr)
-        .await?
-        .next()
-        .with_context(|| format!("{} does not resolve", deployment.edge_addr))?;
+    let mut addrs = Vec::with_capacity(deployment.edge_addrs.len());
+    for edge in &deployment.edge_addrs {
+        let addr: SocketAddr = tokio::net::lookup_host(edge)
+            .await
+            .with_context(|| format!("cannot resolve {edge}"))?
+            .next()
+            .with_context(|| format!("{edge} does not resolve"))?;
+        addrs.push(addr);
+    }
+    if addrs.is_empty() {
+        bail!("no edge to connect to");
+    }
     let c = &scenario.clients;
-    if c.source_ips > 1 && !(addr.ip().is_loopback() && addr.is_ipv4()) {
-        bail!("clients.source_ips > 1 needs an edge on an IPv4 loopback address, not {addr}");
+    if let Some(addr) = addrs.iter().find(|a| !(a.ip().is_loopback() && a.is_ipv4())) {
+        if c.source_ips > 1 {
+            bail!("clients.source_ips > 1 needs edges on IPv4 loopback addresses, not {addr}");
+        }
     }
     let n = c.count;
     let channel_ix: HashMap<String, ChannelIx> =
         seeded.channels.iter().enumerate().map(|(i, ch)| (ch.id.as_str().to_string(), i as ChannelIx)).collect();
+    let edges = addrs.len();
     let ctx = Arc::new(RunContext {
-        addr,
+        addrs,
         api: deployment.api.clone(),
         changes: scenario.load.changes > 0.0,
         format: c.format.format(),
@@ -323,8 +344,15 @@ pub async fn drive(
             .filter(|s| (ix as f64) >= n as f64 * (1.0 - s.fraction) && s.fraction > 0.0)
             .map(|s| s.read_delay);
         let source = (c.source_ips > 1).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (ix % c.source_ips) as u8)));
-        let plan =
-            Plan { token: member.token.clone(), source, connect_at, reconnect_at, read_delay, slow_until: load_end };
+        let plan = Plan {
+            token: member.token.clone(),
+            first_edge: ix % edges,
+            source,
+            connect_at,
+            reconnect_at,
+            read_delay,
+            slow_until: load_end,
+        };
         let shared = Arc::new(Shared {
             slow: read_delay.is_some(),
             connected: AtomicBool::new(false),
@@ -547,6 +575,8 @@ enum Ended {
     Stopped,
     Closed(String, Option<u16>),
     Reconnect,
+    /// Its edge said goodbye: on to the next edge.
+    Leave,
 }
 
 /// A client's changes, shared between its task and the change tasks it spawns.
@@ -573,6 +603,20 @@ struct State {
     heartbeat: Duration,
     /// The scheduler has finished and dropped its end of the command queue.
     commands_done: bool,
+    /// Index into `RunContext::addrs` of the edge it connects to.
+    edge: usize,
+    /// Its edge said goodbye: when to leave for the next edge (with several edges).
+    leave_at: Option<Instant>,
+}
+
+impl State {
+    /// Moves on to the next edge, when there are several.
+    fn next_edge(&mut self, ctx: &RunContext) {
+        if ctx.addrs.len() > 1 {
+            self.edge = (self.edge + 1) % ctx.addrs.len();
+            self.result.moved += 1;
+        }
+    }
 }
 
 /// One simulated client for the whole run.
@@ -596,6 +640,7 @@ async fn client(
             reconnect: latency_histogram(),
             errors: HashMap::new(),
             reconnects: 0,
+            moved: 0,
             shed: 0,
             opened: 0,
         },
@@ -611,6 +656,8 @@ async fn client(
         booted: false,
         heartbeat: Duration::from_secs(30),
         commands_done: false,
+        edge: plan.first_edge,
+        leave_at: None,
     };
     tokio::select! {
         _ = ctx.stop.cancelled() => {}
@@ -643,6 +690,8 @@ async fn client(
                     st.result.log.lost = Some(format!("{code} {failures} times: {e:#}"));
                     break;
                 }
+                // Refused (a draining or stopped edge): the next edge, if there are several.
+                st.next_edge(&ctx);
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(failures))).await;
                 continue;
             }
@@ -670,14 +719,22 @@ async fn client(
                 break;
             }
             Ended::Reconnect => lean::start_close(&mut ws).await,
+            Ended::Leave => {
+                lean::start_close(&mut ws).await;
+                st.next_edge(&ctx);
+            }
             Ended::Closed(why, code) => {
                 if code == Some(SLOW_CONSUMER) {
                     st.result.shed += 1;
+                } else if code == Some(DRAINING) && st.leave_at.is_some() {
+                    // Closed at the end of the drain before its own time to leave came: no error.
+                    st.next_edge(&ctx);
                 } else {
                     error(&ctx, &mut st, &why);
                 }
             }
         }
+        st.leave_at = None;
     }
     // Changes still in flight end (answered or timed out) before the client reports.
     let _ = tokio::time::timeout(CHANGE_TIMEOUT, async { while st.change_tasks.join_next().await.is_some() {} }).await;
@@ -704,8 +761,8 @@ fn error(ctx: &RunContext, st: &mut State, code: &str) {
 /// Opens a session (resuming from the last cursor after the first) and reads its `hello`.
 async fn connect(ctx: &RunContext, plan: &Plan, st: &mut State, shared: &Shared) -> Result<Ws> {
     let config = lean::ws_config(READ_BUFFER);
-    let mut ws =
-        lean::dial_resuming(ctx.addr, plan.source, &plan.token, ctx.format, config, st.cursor.as_deref()).await?;
+    let addr = ctx.addrs[st.edge];
+    let mut ws = lean::dial_resuming(addr, plan.source, &plan.token, ctx.format, config, st.cursor.as_deref()).await?;
     st.result.opened += 1;
     ctx.counters.opened.fetch_add(1, Ordering::Relaxed);
     let first = tokio::time::timeout(HELLO_TIMEOUT, lean::next_data(&mut ws)).await.context("no hello in time")??;
@@ -736,6 +793,7 @@ enum Wake {
     Command(Option<Command>),
     Ping,
     Reconnect,
+    Leave,
     Stop,
 }
 
@@ -759,10 +817,18 @@ async fn session(
                 None => std::future::pending().await,
             }
         };
+        let leave_at = st.leave_at;
+        let leave = async move {
+            match leave_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let wake = tokio::select! {
             biased;
             _ = ctx.stop.cancelled() => Wake::Stop,
             _ = storm => Wake::Reconnect,
+            _ = leave => Wake::Leave,
             frame = ws.next() => Wake::Frame(frame),
             command = commands.recv(), if !st.commands_done => Wake::Command(command),
             _ = ping.tick() => Wake::Ping,
@@ -773,6 +839,7 @@ async fn session(
                 *reconnect_at = None;
                 return Ended::Reconnect;
             }
+            Wake::Leave => return Ended::Leave,
             Wake::Ping => {
                 pings += 1;
                 let frame = ClientFrame::Ping { id: format!("ping{pings}") };
@@ -966,7 +1033,11 @@ fn handle(ctx: &RunContext, st: &mut State, shared: &Shared, bytes: &[u8]) -> Op
             st.result.log.lost = Some("the edge asked for a resync".into());
             return Some(Ended::Stopped);
         }
-        ServerFrame::Goodbye { .. } => {}
+        // With several edges, leave for the next one when the goodbye says (the session goes on
+        // until then); with one, wait for the close and resume at the same edge as before.
+        ServerFrame::Goodbye { reconnect_in_ms } if ctx.addrs.len() > 1 && st.leave_at.is_none() => {
+            st.leave_at = Some(Instant::now() + Duration::from_millis(reconnect_in_ms));
+        }
         _ => {}
     }
     None

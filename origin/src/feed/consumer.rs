@@ -317,6 +317,7 @@ impl ConsumerRunner {
     /// Runs the consumer until `shutdown`, then gives up its lease.
     pub async fn run(self, shutdown: CancellationToken) {
         let span = tracing::info_span!("consumer", consumer.name = %self.name, consumer.owner = %self.owner);
+        self.feed.metrics.consumer_started(&self.name);
         async {
             self.follow(&shutdown).await;
             self.lease_held(false);

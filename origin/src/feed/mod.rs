@@ -134,13 +134,19 @@ fn message_event(workspace: &WorkspaceId, ts: i64, message: &[u8]) -> Option<Vec
 const TICK: &str = "log_tick";
 const COUNT: &str = "log_count";
 const TRIM_POINT: &str = "log_trim_point";
+/// Set by a restore (`selvage admin restore`): the restored log's head and the first position
+/// the restored store can give, 12 bytes each. Cursors strictly between them were handed out
+/// by the store before the restore, after its backup was taken: the events they follow are
+/// gone, so their readers must resync.
+pub const RESTORED_GAP: &str = "log_restored_gap";
 
 /// What a read of the log found.
 #[derive(Debug)]
 pub enum Read {
     /// Events after the cursor (possibly none) and the position to read after next time.
     Events { items: Vec<(Position, FeedEvent)>, next: Position },
-    /// The cursor is older than the trim point: events were dropped, the reader must resync.
+    /// The cursor is older than the trim point, or from before a restore and past what its
+    /// backup held: events were dropped, the reader must resync and go on after `trim_point`.
     Resync { trim_point: Position },
 }
 
@@ -166,8 +172,12 @@ impl Feed {
     pub async fn read_after(&self, after: &Position, limit: usize) -> Result<Read> {
         let (read, _) = transact!(self.store, |tx| {
             let trim = trim_point(tx).await?;
+            let lost = restored_gap(tx).await?.filter(|(head, first)| after > head && after < first);
             if *after < trim {
                 Read::Resync { trim_point: trim }
+            } else if let Some((head, _)) = lost {
+                // A cursor from before a restore, past what the backup held.
+                Read::Resync { trim_point: head }
             } else {
                 let mut begin = keys::log_entry(after);
                 begin.push(0x00);
@@ -369,6 +379,15 @@ async fn trim_point(tx: &mut dyn KvTxn) -> Result<Position> {
     Ok(tx.get(&keys::meta(TRIM_POINT)).await?.and_then(|v| v.as_slice().try_into().ok()).unwrap_or(START))
 }
 
+/// The gap a restore left in the log's positions ([`RESTORED_GAP`]), if one did.
+async fn restored_gap(tx: &mut dyn KvTxn) -> Result<Option<(Position, Position)>> {
+    let raw = tx.get(&keys::meta(RESTORED_GAP)).await?;
+    Ok(raw.filter(|v| v.len() == 24).map(|v| {
+        let (head, first) = v.split_at(12);
+        (head.try_into().unwrap_or(START), first.try_into().unwrap_or(START))
+    }))
+}
+
 /// A little-endian integer as atomic adds keep them (shorter values are zero-extended).
 pub fn le_i64(v: &[u8]) -> i64 {
     let mut b = [0u8; 8];
@@ -471,5 +490,39 @@ mod tests {
         assert_eq!(feed.trim_some(&held, epoch, Some(START)).await.unwrap(), Some((0, None)));
         // Events from 1970 are past every hold.
         assert_eq!(feed.trim(crate::now_ms()).await.unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn cursors_from_past_a_restored_backup_resync_to_its_head_and_others_read_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let feed = feed_of(dir.path(), 4).await;
+        let Read::Events { items, .. } = feed.read_after(&START, 10).await.unwrap() else { panic!("events") };
+        let positions: Vec<Position> = items.iter().map(|(p, _)| *p).collect();
+        let head = positions[3];
+        // As a restore leaves it: the backup ended at the fourth event, and the store now gives
+        // positions from far past what the store before the restore handed out.
+        let mut handed_out = head;
+        handed_out[7] = handed_out[7].wrapping_add(9);
+        let mut first = head;
+        first[0] = first[0].wrapping_add(1);
+        transact!(feed.store, |tx| {
+            tx.set(&keys::meta(RESTORED_GAP), &[head, first].concat())?;
+        })
+        .unwrap();
+        match feed.read_after(&handed_out, 10).await.unwrap() {
+            Read::Resync { trim_point } => assert_eq!(trim_point, head, "resync goes on after the restored head"),
+            other => panic!("a cursor from past the backup must resync, got {other:?}"),
+        }
+        let Read::Events { items, .. } = feed.read_after(&positions[1], 10).await.unwrap() else {
+            panic!("a cursor inside the backup reads on")
+        };
+        assert_eq!(items.iter().map(|(p, _)| *p).collect::<Vec<_>>(), positions[2..]);
+        let Read::Events { items, .. } = feed.read_after(&head, 10).await.unwrap() else {
+            panic!("the restored head reads on")
+        };
+        assert!(items.is_empty());
+        let Read::Events { .. } = feed.read_after(&first, 10).await.unwrap() else {
+            panic!("a cursor the restored store gave reads on")
+        };
     }
 }

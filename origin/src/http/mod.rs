@@ -3,8 +3,9 @@
 //! Handlers are thin: extract and check the request, call the domain module that owns the
 //! concept, and render the result. One handler module per service — `accounts` (workspaces,
 //! users, tokens), `channels` (channels, members, DMs, read markers), `messages` (posting,
-//! changes, history), `events` (the long-poll feed), `files` (uploads and downloads) and `search` — with
-//! the extractors they share in `extract`, and the rendering of errors in [`error`]. Every rejection axum would produce (bad
+//! changes, history), `events` (the long-poll feed), `files` (uploads and downloads), `search`
+//! and `backup` (the operator's online backup) — with the extractors they share in `extract`,
+//! and the rendering of errors in [`error`]. Every rejection axum would produce (bad
 //! JSON, unknown fields, oversized bodies, a missing content type, bad query strings or path
 //! parameters, unknown routes, wrong methods) is turned into ARCHITECTURE §5's
 //! `{"error": {"code", "message"}}` shape, and the middleware here ([`track`]) re-renders
@@ -16,6 +17,7 @@
 
 mod accounts;
 mod apps;
+mod backup;
 mod channels;
 pub mod error;
 mod events;
@@ -119,6 +121,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/push/key", get(notify::push_key))
         .route("/v1/push/subscriptions", post(notify::subscribe).delete(notify::unsubscribe))
         .route("/v1/admin/search/reindex", post(search::reindex))
+        .route("/v1/admin/backup", get(backup::backup))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

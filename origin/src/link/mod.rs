@@ -90,7 +90,39 @@ pub struct Bound {
     endpoint: quinn::Endpoint,
     addr: SocketAddr,
     fingerprint: String,
-    key_digest: [u8; 32],
+    keys: Keys,
+}
+
+/// Digests of the link keys edges may present: `link.edge_key`, and during a rotation
+/// `link.previous_edge_key`.
+#[derive(Clone, Copy)]
+struct Keys {
+    current: [u8; 32],
+    previous: Option<[u8; 32]>,
+}
+
+/// Which of the link keys an edge presented.
+#[derive(PartialEq)]
+enum KeyMatch {
+    Current,
+    Previous,
+    Wrong,
+}
+
+impl Keys {
+    /// Compares `presented` with each key's digest in constant time: neither a key nor its
+    /// length leaks through timing.
+    fn check(&self, presented: &str) -> KeyMatch {
+        let presented = digest(presented);
+        let current: bool = presented.ct_eq(&self.current).into();
+        // Both comparisons always run, so timing does not tell which key matched.
+        let previous: bool = self.previous.map(|p| presented.ct_eq(&p).into()).unwrap_or(false);
+        match (current, previous) {
+            (true, _) => KeyMatch::Current,
+            (false, true) => KeyMatch::Previous,
+            (false, false) => KeyMatch::Wrong,
+        }
+    }
 }
 
 /// A serving link endpoint.
@@ -143,7 +175,11 @@ pub fn bind(config: &LinkConfig, data_dir: &std::path::Path) -> Result<Option<Bo
     let endpoint =
         quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime)).map_err(bind_err)?;
     let addr = endpoint.local_addr().map_err(bind_err)?;
-    Ok(Some(Bound { endpoint, addr, fingerprint, key_digest: digest(edge_key) }))
+    let keys = Keys { current: digest(edge_key), previous: config.previous_edge_key.as_deref().map(digest) };
+    if keys.previous.is_some() {
+        tracing::info!("the link takes link.previous_edge_key beside link.edge_key while the key is rotated");
+    }
+    Ok(Some(Bound { endpoint, addr, fingerprint, keys }))
 }
 
 /// The link endpoint's connection ids and stateless resets, keyed by secrets derived from the
@@ -174,9 +210,9 @@ fn link_secrets(identity: &tls::Identity) -> ([u8; 32], u64) {
 impl Bound {
     /// Starts accepting edges; runs until `shutdown`, then closes every connection.
     pub fn serve(self, origin: Arc<Origin>, shutdown: CancellationToken) -> Link {
-        let Bound { endpoint, addr, fingerprint, key_digest } = self;
+        let Bound { endpoint, addr, fingerprint, keys } = self;
         tracing::info!(%addr, %fingerprint, "edge link listening");
-        let ctx = Arc::new(Ctx { origin, shutdown, tracker: TaskTracker::new(), key_digest });
+        let ctx = Arc::new(Ctx { origin, shutdown, tracker: TaskTracker::new(), keys });
         let task = tokio::spawn(accept_loop(ctx, endpoint));
         Link { addr, fingerprint, task }
     }
@@ -187,7 +223,7 @@ struct Ctx {
     origin: Arc<Origin>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    key_digest: [u8; 32],
+    keys: Keys,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -316,9 +352,8 @@ async fn serve_stream(ctx: Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::R
             }
         },
     };
-    // Compare digests in constant time: neither the key nor its length leaks through timing.
-    let key_ok: bool = digest(&open.edge_key).ct_eq(&ctx.key_digest).into();
-    if !key_ok {
+    let key = ctx.keys.check(&open.edge_key);
+    if key == KeyMatch::Wrong {
         let e =
             link_error(ErrorCode::Unauthorized, "wrong edge key: the edge's key must equal the origin's link.edge_key");
         return refuse(&ctx, send, recv, e).await;
@@ -331,6 +366,9 @@ async fn serve_stream(ctx: Arc<Ctx>, send: quinn::SendStream, mut recv: quinn::R
         return refuse(&ctx, send, recv, e).await;
     }
     let edge_id: Arc<str> = open.edge_id.chars().take(64).collect::<String>().into();
+    if key == KeyMatch::Previous && matches!(open.stream, LenientStream::Feed { .. }) {
+        tracing::warn!(edge.id = %edge_id, "edge linked with the previous link key: give it link.edge_key's new value");
+    }
     match open.stream {
         LenientStream::Feed { cursor } => {
             // Edges write nothing after link_open on a feed stream.

@@ -16,6 +16,7 @@
 //! Callers retry with [`KvTxn::on_error`], FoundationDB's retry loop, usually via [`transact`](crate::transact).
 //! Keys are built with the tuple layer in [`tuple`](mod@tuple) under the subspaces of [`keys`].
 
+pub mod backup;
 mod budget;
 pub mod embedded;
 #[cfg(feature = "fdb")]
@@ -195,11 +196,43 @@ pub fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<
 /// A future that resolves when a watched key changes. Errors if the engine goes away.
 pub type Watch = BoxFuture<'static, Result<()>>;
 
+/// A consistent view of every key at one version, for a backup (docs/STORAGE.md, "Backup and
+/// restore"): unlike a transaction, readable for longer than [`MAX_TXN_AGE`], up to a bound of
+/// the engine's.
+pub trait BackupSource: Send {
+    /// The version the view holds: every commit up to it, none after.
+    fn version(&self) -> u64;
+
+    /// Calls `each` with every key and its value, in ascending key order, until it answers
+    /// [`ControlFlow::Break`](std::ops::ControlFlow::Break). Blocking: run it off the async
+    /// runtime. Fails once the view is older than the engine keeps one.
+    fn scan(&mut self, each: &mut ScanFn<'_>) -> Result<()>;
+}
+
+/// What [`BackupSource::scan`] calls with each key and value: whether to go on.
+pub type ScanFn<'a> = dyn FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()> + 'a;
+
+/// What [`KvStore::backup`] answers.
+pub enum BackupStart {
+    /// The view to back up.
+    Source(Box<dyn BackupSource>),
+    /// Another backup of this store is still being read: one at a time.
+    Busy,
+    /// The engine is backed up with tools of its own (FoundationDB's `fdbbackup`).
+    Unsupported,
+}
+
 /// A storage engine: a factory of transactions.
 #[async_trait]
 pub trait KvStore: Send + Sync + 'static {
     /// Starts a transaction. Its reads see one consistent snapshot, taken now.
     async fn begin(&self) -> Result<Box<dyn KvTxn>>;
+
+    /// A view of everything committed before the call, for an online backup; by default
+    /// [`BackupStart::Unsupported`].
+    async fn backup(&self) -> Result<BackupStart> {
+        Ok(BackupStart::Unsupported)
+    }
 
     /// The engine's name, for logs and metrics ("embedded", "fdb").
     fn engine(&self) -> &'static str;

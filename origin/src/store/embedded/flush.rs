@@ -74,9 +74,13 @@ impl Shared {
         }
         while let Some(table) = self.mem.next_to_flush() {
             let started = Instant::now();
-            self.write_table(&table, paced)?;
             let flushed = table.newest();
-            self.flushed_version.store(flushed, Ordering::Release);
+            {
+                // A backup's view waits for the whole table (see `Shared::flushing`).
+                let _writing = lock(&self.flushing);
+                self.write_table(&table, paced)?;
+                self.flushed_version.store(flushed, Ordering::Release);
+            }
             self.mem.mark_flushed(&table);
             self.flushes.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(

@@ -57,6 +57,11 @@
 //!   segments deleted, and versions continue after the last replayed one.
 //! - **Watches** resolve once a commit after the watching transaction's read version writes the
 //!   key.
+//! - **Backups** (module `backup`). [`KvStore::backup`] flushes and opens a redb read
+//!   transaction between two flushes, where redb holds exactly the flushed version: a view of
+//!   one version that lasts as long as the backup streams (up to
+//!   [`EmbeddedOptions::max_backup_age`]), free of the memtable's 5 s. [`restore`] writes a new
+//!   redb file from a backup, its versions continuing past the backup's.
 //! - **Health** (module `health`). A failed write to the log or to redb, or a disk short of
 //!   [`EmbeddedOptions::min_free_bytes`], shows in [`KvStore::write_problem`] until writes succeed
 //!   again; while the disk is short, commits are refused.
@@ -69,6 +74,7 @@
 //! that are almost always in its page cache cost about what a hand-off to a blocking thread
 //! would. Everything that waits on the disk runs on the commit and flush threads.
 
+mod backup;
 mod buffer;
 mod commit;
 mod conflicts;
@@ -107,8 +113,9 @@ use self::{
     recovery::OnDisk,
     wal::Wal,
 };
-use super::{KvStore, KvTxn, Result, StoreError, MAX_TXN_AGE};
+use super::{BackupStart, KvStore, KvTxn, Result, StoreError, MAX_TXN_AGE};
 
+pub use self::backup::{restore, RestoreError, Restored, RESTORE_VERSION_GAP};
 #[doc(hidden)]
 pub use self::recovery::replay_log_for_fuzzing;
 
@@ -119,6 +126,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The flushed version in [`META`]: every commit up to it is in [`KV`] (later ones are in the
 /// write-ahead log).
 const VERSION_KEY: &str = "version";
+/// The name of the store's file in the origin's `data_dir` (the log's segments are named after
+/// it).
+pub const DATA_FILE: &str = "selvage.redb";
 
 /// Settings of an [`EmbeddedStore`].
 #[derive(Clone, Debug)]
@@ -148,6 +158,10 @@ pub struct EmbeddedOptions {
     /// and the log never meet a full disk (redb refuses all further work after a failed write,
     /// until it is reopened). 0 turns the check off.
     pub min_free_bytes: u64,
+    /// The longest a backup may read its view ([`KvStore::backup`]); one still reading then
+    /// fails and its file is incomplete. While a view lives, redb cannot reuse the pages later
+    /// flushes free, so the file grows by what is rewritten meanwhile.
+    pub max_backup_age: Duration,
 }
 
 impl Default for EmbeddedOptions {
@@ -165,6 +179,7 @@ impl Default for EmbeddedOptions {
             memtable_bytes: 64 * 1024 * 1024,
             memtable_entries: 200_000,
             min_free_bytes: 64 * 1024 * 1024,
+            max_backup_age: Duration::from_secs(3600),
         }
     }
 }
@@ -223,6 +238,12 @@ struct Shared {
     /// Held by the commit thread from publishing a group in the memtable until it is synced
     /// and visible, and by a freeze: a frozen table never holds a commit not yet in the log.
     publish_gate: Mutex<()>,
+    /// Held by the flusher while it writes a table into redb (in several redb transactions,
+    /// so redb holds part of it meanwhile): a backup's view begins outside it, where redb
+    /// holds exactly the flushed version.
+    flushing: Mutex<()>,
+    /// Whether a backup's view is open (one at a time).
+    backup_running: AtomicBool,
     flush: FlushControl,
     /// Every key in redb, and some that are not (see module `filter`).
     filter: KeyFilter,
@@ -312,6 +333,8 @@ impl EmbeddedStore {
             flushed_version: AtomicU64::new(flushed),
             pins: Mutex::new(BTreeMap::new()),
             publish_gate: Mutex::new(()),
+            flushing: Mutex::new(()),
+            backup_running: AtomicBool::new(false),
             flush: FlushControl::default(),
             filter: KeyFilter::new(usize::try_from(keys).unwrap_or(usize::MAX)),
             closing: AtomicBool::new(false),
@@ -450,6 +473,10 @@ impl Drop for EmbeddedStore {
 impl KvStore for EmbeddedStore {
     async fn begin(&self) -> Result<Box<dyn KvTxn>> {
         Ok(Box::new(self.begin_txn()?))
+    }
+
+    async fn backup(&self) -> Result<BackupStart> {
+        self.start_backup().await
     }
 
     fn engine(&self) -> &'static str {
