@@ -107,6 +107,18 @@ enum AdminCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Drain an edge (--url is the edge's address here): POST URL/admin/drain, after waiting
+    /// --after-ms. The edge reports not ready, refuses new connections and sends every session
+    /// `goodbye`, spread over its drain grace. For Kubernetes' preStop hook (infra/k8s/), where
+    /// the pause lets the pod's removal from the Service reach the load balancers first.
+    Drain {
+        /// The edge's operator key (its `operator_key`).
+        #[arg(long, env = "SELVAGE_OPERATOR_KEY", hide_env_values = true)]
+        operator_key: String,
+        /// How long to wait before asking, ms.
+        #[arg(long, default_value_t = 0)]
+        after_ms: u64,
+    },
     /// Check that a Selvage process answers: GET URL/healthz (--url, SELVAGE_URL: an origin, an
     /// edge or `selvage s3`) must answer 200 within --timeout-ms. Exits 0 if so, 1 otherwise;
     /// prints nothing on success. For container health checks, where the image has no curl.
@@ -175,6 +187,10 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         AdminCommand::Restore { file, data_dir } => {
             tokio::task::spawn_blocking(move || restore(&file, &data_dir)).await.context("the restore stopped")??
         }
+        AdminCommand::Drain { operator_key, after_ms } => {
+            tokio::time::sleep(std::time::Duration::from_millis(after_ms)).await;
+            drain(&client, base, &operator_key).await?
+        }
         // Silent on success: a health check's output goes to the container runtime's log.
         AdminCommand::Health { timeout_ms } => {
             return health(&client, base, std::time::Duration::from_millis(timeout_ms)).await;
@@ -182,6 +198,27 @@ pub async fn run(args: AdminArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
+}
+
+/// `POST {base}/admin/drain` with the operator key; the edge answers 202.
+async fn drain(client: &reqwest::Client, base: &str, operator_key: &str) -> Result<Value> {
+    let url = format!("{base}/admin/drain");
+    let response = client
+        .post(&url)
+        .bearer_auth(operator_key)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the edge at {url}"))?;
+    match response.status() {
+        reqwest::StatusCode::ACCEPTED => Ok(json!({ "draining": true })),
+        reqwest::StatusCode::UNAUTHORIZED => {
+            bail!("{url} refused the operator key (401): give the edge's operator_key")
+        }
+        reqwest::StatusCode::NOT_FOUND => {
+            bail!("{url} answered 404: the edge has no operator_key set, so its drain endpoint is off (SIGTERM drains)")
+        }
+        status => bail!("{url} answered {status}"),
+    }
 }
 
 /// `GET {base}/healthz` must answer 200 within `timeout`.

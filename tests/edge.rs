@@ -321,6 +321,36 @@ async fn drain_says_goodbye_and_refuses_new_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selvage_admin_drain_drains_an_edge_as_the_kubernetes_pre_stop_hook_does() {
+    let origin = Origin::start().await;
+    let (alice_token, _, _) = origin.workspace().await;
+    let (edge, _s) = start_edge(&origin, "edge-a").await;
+    let mut alice = Client::connect(options(&edge, &Transport::WsJson, &alice_token)).await.unwrap();
+    let url = format!("http://{}", edge.addr);
+    let drain = |key: &'static str| {
+        let url = url.clone();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_selvage"))
+            .args(["admin", "--url", &url, "drain", "--after-ms", "100"])
+            .env("SELVAGE_OPERATOR_KEY", key)
+            .env("RUST_LOG", "warn")
+            .output()
+    };
+    let refused = drain("wrong-key-wrong-key").await.unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("refused the operator key"), "{refused:?}");
+    let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "a wrong key changes nothing");
+    let drained = drain(OPERATOR_KEY).await.unwrap();
+    assert!(drained.status.success(), "{drained:?}");
+    match alice.next_event(WAIT).await.unwrap() {
+        Some(Inbound::Goodbye { .. }) => {}
+        other => panic!("expected goodbye, got {other:?}"),
+    }
+    let ready = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "a draining edge is not ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_its_origin_the_edge_serves_boots_and_catches_up_after() {
     let mut origin = Origin::start().await;
     let (alice_token, _, general) = origin.workspace().await;

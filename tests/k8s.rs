@@ -181,11 +181,22 @@ fn every_region_runs_edges_that_drain_spread_scale_and_are_scraped() {
         let ws = container_port("TCP", ws_port).unwrap_or_else(|| panic!("{}", ctx("TCP container port")));
         let quic = container_port("UDP", quic_port).unwrap_or_else(|| panic!("{}", ctx("UDP container port")));
 
-        // Drain: SIGTERM drains (as POST /admin/drain does); the grace period outlasts the
-        // preStop pause plus the drain grace.
-        let pre_stop = &c["lifecycle"]["preStop"];
-        assert!(!pre_stop.is_null(), "{}", ctx("a preStop hook"));
-        let pause = pre_stop["sleep"]["seconds"].as_u64().unwrap_or(0);
+        // Drain: the preStop hook pauses, then POSTs /admin/drain (`selvage admin drain`, with
+        // the binary the container runs and the edge's own port); the grace period outlasts
+        // the pause plus the drain grace.
+        let pre_stop: Vec<&str> = seq(&c["lifecycle"]["preStop"]["exec"]["command"]).iter().map(str_of).collect();
+        let program = seq(&c["command"]).first().map(str_of).unwrap_or_default();
+        assert!(
+            pre_stop.first() == Some(&program) && pre_stop.windows(2).any(|w| w == ["admin", "--url"]),
+            "{}",
+            ctx(&format!("a preStop hook running `{program} admin --url … drain`, not {pre_stop:?}"))
+        );
+        let url = pre_stop.iter().skip_while(|a| **a != "--url").nth(1).copied().unwrap_or_default();
+        assert_eq!(url, format!("http://127.0.0.1:{ws_port}"), "{}", ctx("preStop drains this edge"));
+        let after = pre_stop.iter().skip_while(|a| **a != "--after-ms").nth(1).copied();
+        assert!(pre_stop.contains(&"drain"), "{}", ctx("preStop drains"));
+        let pause = after.and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0) / 1000;
+        assert!(pause >= 1, "{}", ctx("preStop pauses before draining, for the Service's endpoints to update"));
         let drain_ms = config.get("sessions").and_then(|s| s.get("drain_grace_ms")).and_then(|v| v.as_integer());
         let drain_secs = drain_ms.unwrap_or(30_000) as u64 / 1000;
         let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
