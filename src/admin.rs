@@ -150,11 +150,16 @@ async fn call(client: &reqwest::Client, url: String, bearer: &str, body: Value) 
     let status = response.status();
     let value: Value = response.json().await.with_context(|| format!("{url} answered {status} without JSON"))?;
     if !status.is_success() {
-        let message = value["error"]["message"].as_str().unwrap_or("no message");
-        let code = value["error"]["code"].as_str().unwrap_or("unknown");
-        bail!("{url} answered {status}: {code}: {message}");
+        return Err(refusal(&url, status, &value));
     }
     Ok(value)
+}
+
+/// The error for an origin's non-2xx answer `value` (`{"error": {code, message}}`).
+fn refusal(url: &str, status: reqwest::StatusCode, value: &Value) -> anyhow::Error {
+    let message = value["error"]["message"].as_str().unwrap_or("no message");
+    let code = value["error"]["code"].as_str().unwrap_or("unknown");
+    anyhow::anyhow!("{url} answered {status}: {code}: {message}")
 }
 
 /// Runs one admin command and prints its JSON result.
@@ -253,9 +258,7 @@ async fn backup(client: &reqwest::Client, base: &str, operator_key: &str, out: &
     let status = response.status();
     if !status.is_success() {
         let value: Value = response.json().await.unwrap_or_default();
-        let message = value["error"]["message"].as_str().unwrap_or("no message");
-        let code = value["error"]["code"].as_str().unwrap_or("unknown");
-        bail!("{url} answered {status}: {code}: {message}");
+        return Err(refusal(&url, status, &value));
     }
     let mut partial_name = out.as_os_str().to_owned();
     partial_name.push(".partial");

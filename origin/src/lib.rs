@@ -178,7 +178,7 @@ pub fn open_store(config: &OriginConfig) -> Result<Store, StartError> {
                 source: store::StoreError::Engine(format!("cannot create {}: {e}", dir.display())),
             })?;
             let opts = config.embedded.options(config.fsync);
-            let store = store::embedded::EmbeddedStore::open(&dir.join("selvage.redb"), opts)
+            let store = store::embedded::EmbeddedStore::open(&dir.join(store::embedded::DATA_FILE), opts)
                 .map_err(|source| StartError::Store { engine: "embedded", source })?;
             Ok(store)
         }

@@ -546,7 +546,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        if let Some((free, size)) = self.data_dir.get().and_then(|dir| disk_space(dir)) {
+        if let Some((free, size)) = self.data_dir.get().and_then(|dir| crate::store::embedded::disk_space(dir).ok()) {
             self.data_dir_free_bytes.set(i64::try_from(free).unwrap_or(i64::MAX));
             self.data_dir_size_bytes.set(i64::try_from(size).unwrap_or(i64::MAX));
         }
@@ -557,27 +557,6 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
-}
-
-/// Bytes an unprivileged process may still write on the filesystem holding `dir`, and its size;
-/// `None` where that cannot be read.
-#[cfg(unix)]
-fn disk_space(dir: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs only writes into the zeroed struct we own, through a valid pointer, and
-    // reads the NUL-terminated path, which outlives the call.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let block = st.f_frsize as u64;
-    Some(((st.f_bavail as u64).saturating_mul(block), (st.f_blocks as u64).saturating_mul(block)))
-}
-
-#[cfg(not(unix))]
-fn disk_space(_dir: &std::path::Path) -> Option<(u64, u64)> {
-    None
 }
 
 impl Default for Metrics {

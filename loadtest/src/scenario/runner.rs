@@ -293,10 +293,9 @@ pub async fn drive(
         bail!("no edge to connect to");
     }
     let c = &scenario.clients;
-    if let Some(addr) = addrs.iter().find(|a| !(a.ip().is_loopback() && a.is_ipv4())) {
-        if c.source_ips > 1 {
-            bail!("clients.source_ips > 1 needs edges on IPv4 loopback addresses, not {addr}");
-        }
+    let not_loopback = addrs.iter().find(|a| !(a.ip().is_loopback() && a.is_ipv4()));
+    if let (true, Some(addr)) = (c.source_ips > 1, not_loopback) {
+        bail!("clients.source_ips > 1 needs edges on IPv4 loopback addresses, not {addr}");
     }
     let n = c.count;
     let channel_ix: HashMap<String, ChannelIx> =

@@ -84,9 +84,10 @@ pub(super) struct SpaceCheck {
     warned: bool,
 }
 
-/// Bytes an unprivileged process may still write on the filesystem holding `dir`.
+/// Bytes an unprivileged process may still write on the filesystem holding `dir`, and the
+/// filesystem's size (the commit thread's check here, and the origin's metrics).
 #[cfg(unix)]
-fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+pub(crate) fn disk_space(dir: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
     // SAFETY: statvfs only writes into the zeroed struct we own, through a valid pointer, and
@@ -96,11 +97,12 @@ fn available_bytes(dir: &Path) -> std::io::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    let block = st.f_frsize as u64;
+    Ok(((st.f_bavail as u64).saturating_mul(block), (st.f_blocks as u64).saturating_mul(block)))
 }
 
 #[cfg(not(unix))]
-fn available_bytes(_dir: &Path) -> std::io::Result<u64> {
+pub(crate) fn disk_space(_dir: &Path) -> std::io::Result<(u64, u64)> {
     Err(std::io::Error::other("free space is only read on Unix"))
 }
 
@@ -120,7 +122,7 @@ impl SpaceCheck {
             return if self.short.is_some() { Err(DISK_FULL) } else { Ok(()) };
         }
         self.next = now + SPACE_CHECK_INTERVAL;
-        let free = match available_bytes(shared.wal.dir()) {
+        let free = match disk_space(shared.wal.dir()).map(|(free, _)| free) {
             Ok(free) => free,
             Err(e) => {
                 if !std::mem::replace(&mut self.warned, true) {

@@ -81,6 +81,7 @@ mod conflicts;
 mod filter;
 mod flush;
 mod health;
+pub(crate) use health::disk_space;
 mod memtable;
 mod recovery;
 mod snapshot;
