@@ -111,6 +111,12 @@ pub struct AppsConfig {
     pub webhook_retry_max_ms: u64,
     /// How long an endpoint may keep failing before it is disabled (s).
     pub webhook_disable_after_secs: u64,
+    /// How long a disabled endpoint's undelivered events are kept for it (s): enabled again
+    /// within this, it gets them in order; later, what is past it is queued again from the feed
+    /// (which keeps `feed.retention_secs`) as a replay would.
+    pub webhook_keep_disabled_secs: u64,
+    /// How long entries of the delivery log are kept (s).
+    pub delivery_log_secs: u64,
     /// How long a secret rotated out still signs deliveries beside the new one (s).
     pub secret_overlap_secs: u64,
     /// How often the dispatcher looks for deliveries to make (ms).
@@ -131,6 +137,8 @@ impl Default for AppsConfig {
             webhook_retry_min_ms: 5_000,
             webhook_retry_max_ms: 10 * 3_600_000,
             webhook_disable_after_secs: 86_400,
+            webhook_keep_disabled_secs: 3 * 86_400,
+            delivery_log_secs: 7 * 86_400,
             secret_overlap_secs: 86_400,
             tick_ms: 200,
             command_timeout_ms: 3_000,
@@ -148,6 +156,9 @@ impl AppsConfig {
         }
         if self.webhook_retry_min_ms == 0 || self.webhook_retry_min_ms > self.webhook_retry_max_ms {
             return Err("apps.webhook_retry_min_ms must be at least 1 and at most apps.webhook_retry_max_ms".into());
+        }
+        if self.delivery_log_secs == 0 {
+            return Err("apps.delivery_log_secs must be at least 1".into());
         }
         if !(10..=3_600_000).contains(&self.tick_ms) {
             return Err("apps.tick_ms must be between 10 and 3600000 (an hour)".into());

@@ -4,20 +4,26 @@
 //!
 //! Three parts, on the feed's consumer mechanism:
 //!
-//! - **The consumer `hooks`** reads the feed once for every endpoint. For each event and each
-//!   enabled endpoint of its workspace that asked for its type, was created before the event
-//!   (`since`, the feed's head at its creation) and whose bot user may see it
-//!   ([`visible_to`]), it writes the delivery's body under `(hooks, q, W, H, position, 0)` in
-//!   [`Consumer::apply`], the transaction that moves its cursor: **exactly once**, in a queue
-//!   per endpoint ordered by feed position, so a SIGKILL anywhere loses nothing.
+//! - **The consumer `hooks`** reads the feed once for every endpoint. For each event whose
+//!   workspace has apps with endpoints that asked for its type and whose bot user may see it
+//!   ([`visible_to`]), it writes the event with those apps under `(hooks, e, W, position)` in
+//!   [`Consumer::apply`], the transaction that moves its cursor: **exactly once**, in one queue
+//!   per workspace ordered by feed position, so a SIGKILL anywhere loses nothing. One entry
+//!   serves every endpoint, and a batch's entries go together at the queue's end: the disk
+//!   writes grow with the events, not with the endpoints.
 //! - **The dispatcher** ([`Dispatcher`]), every `apps.tick_ms` on every node, takes the
-//!   endpoints with queued events; a node leases one endpoint at a time (`(hooks, state, W, H)`,
-//!   transactions make the lease exclusive), sends its queue's head, and only after a `2xx`
-//!   removes it and logs the delivery. A failure pauses the whole endpoint — later events wait,
-//!   so deliveries stay in feed order — for `apps.webhook_retry_min_ms`, then 4× longer each
-//!   time up to `apps.webhook_retry_max_ms`; an endpoint failing for
-//!   `apps.webhook_disable_after_secs` (a day) is disabled with the reason, and its queue kept
-//!   for when an admin enables it again.
+//!   workspaces with events to deliver; a node leases one endpoint at a time (`(hooks, state, W,
+//!   H)`, transactions make the lease exclusive), sends the entries after its `done` position
+//!   that are for it (its app, its event types, after its creation: `since`), and only after a
+//!   `2xx` moves `done` past them and logs the deliveries. A failure pauses the whole endpoint —
+//!   later events wait, so deliveries stay in feed order — for `apps.webhook_retry_min_ms`,
+//!   then 4× longer each time up to `apps.webhook_retry_max_ms`; an endpoint failing for
+//!   `apps.webhook_disable_after_secs` (a day) is disabled with the reason. The queue is cleared
+//!   up to the lowest `done` of the workspace's endpoints — a disabled one's counting for
+//!   `apps.webhook_keep_disabled_secs`, so enabled again within it, it gets what it missed in
+//!   order; later, what was cleared is queued again from the feed, as a replay.
+//! - **Replays** queue bodies for one endpoint under `(hooks, r, W, H, position, replay)`; the
+//!   dispatcher merges them with the queue by position.
 //! - **Signing.** `webhook-id` is `evt_` and the event's cursor — the same on every try and every
 //!   replay — `webhook-timestamp` the try's time, and `webhook-signature` `v1,<base64 HMAC-SHA256
 //!   of id.timestamp.body>` for each secret still valid: after a rotation the old secret signs
@@ -58,6 +64,12 @@ pub const NAME: &str = "hooks";
 pub const MAX_WEBHOOKS: usize = 20;
 /// Events sent to one endpoint per lease.
 const SEND_BATCH: usize = 64;
+/// Entries of a workspace's queue one lease reads at most, looking for an endpoint's.
+const SCAN_BATCH: usize = 1_024;
+/// How often a node marks every workspace with endpoints and clears old log entries (ms).
+const UPKEEP_MS: i64 = 60_000;
+/// Log entries one upkeep looks at per workspace.
+const UPKEEP_BATCH: usize = 10_000;
 /// A lease lasts this many request timeouts (`apps.webhook_timeout_ms`). A node starts a try
 /// only while two are left, so it records its tries before the lease ends; a node that died
 /// holds its endpoints this long at most.
@@ -119,6 +131,9 @@ pub struct Webhook {
     /// The feed's head when it was created: it gets the events after it (older ones by replay).
     #[serde(default)]
     pub since: Option<Position>,
+    /// When it was disabled (ms), while it is.
+    #[serde(default)]
+    pub disabled_at: Option<i64>,
 }
 
 /// An endpoint as the API shows it: no secrets.
@@ -160,6 +175,34 @@ pub struct State {
     pub failing_since: Option<i64>,
     /// No try before this (ms).
     pub next_at: i64,
+    /// Every entry of the workspace's queue up to this position is delivered or not for it;
+    /// `None`: nothing delivered yet, the endpoint's `since` stands.
+    #[serde(default)]
+    pub done: Option<Position>,
+}
+
+/// An entry of a workspace's queue: an event and the apps it is for.
+#[derive(Serialize, Deserialize)]
+struct Queued {
+    apps: Vec<AppId>,
+    event: FeedEvent,
+}
+
+/// Where endpoint `hook` with `state` has delivered to in its workspace's queue.
+fn done_of(hook: &Webhook, state: &State) -> Position {
+    state.done.or(hook.since).unwrap_or_default()
+}
+
+/// Whether a disabled endpoint's events are still kept for it at `now` (ms).
+fn kept_for(hook: &Webhook, now: i64, keep_ms: i64) -> bool {
+    hook.enabled || hook.disabled_at.is_some_and(|at| now - at < keep_ms)
+}
+
+/// The first key after `key`.
+fn after(key: &[u8]) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.push(0);
+    k
 }
 
 /// What became of one event's delivery to one endpoint.
@@ -303,6 +346,7 @@ impl Webhooks {
                 disabled_reason: None,
                 created_at: crate::now_ms(),
                 since: Some(since),
+                disabled_at: None,
             };
             tx.set(&keys::webhook(w, &hook.id), &selvage_shared::to_msgpack(&hook))?;
             Ok(WebhookView::from(&hook))
@@ -336,10 +380,14 @@ impl Webhooks {
     }
 
     /// Changes an endpoint: its URL, its event types, or whether it is enabled. Enabling one
-    /// clears its failures, so its queue is tried again at once.
+    /// clears its failures, so what it has not delivered is tried again at once: from the
+    /// workspace's queue if it was kept (`apps.webhook_keep_disabled_secs`), else queued again
+    /// from the feed as a replay would.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update(
         &self,
         caller: &Caller,
+        feed: &Feed,
         a: &AppId,
         h: &str,
         url: Option<&str>,
@@ -352,7 +400,8 @@ impl Webhooks {
         }
         let events = events.map(checked_events).transpose()?;
         let w = &caller.workspace;
-        let (hook, _) = transact!(self.store, |tx| {
+        let now = crate::now_ms();
+        let (updated, _) = transact!(self.store, |tx| {
             let Some(mut hook) = load_hook(tx, w, a, h).await? else { return Ok(None) };
             if let Some(url) = url {
                 hook.url = url.to_string();
@@ -360,20 +409,43 @@ impl Webhooks {
             if let Some(events) = &events {
                 hook.events = events.clone();
             }
-            if let Some(enabled) = enabled {
-                if enabled && !hook.enabled {
+            let mut missed = None;
+            match enabled {
+                Some(true) if !hook.enabled => {
                     let mut state = load_state(tx, w, h).await?;
                     (state.attempts, state.failing_since, state.next_at) = (0, None, 0);
+                    // What the queue no longer holds for it goes again from the feed.
+                    let done = done_of(&hook, &state);
+                    let swept = tx.get(&keys::hook_swept(w)).await?.and_then(|raw| Position::try_from(raw).ok());
+                    if let Some(swept) = swept.filter(|s| *s > done) {
+                        missed = Some((done, swept));
+                        state.done = Some(swept);
+                    }
                     tx.set(&keys::hook_state(w, h), &selvage_shared::to_msgpack(&state))?;
-                    tx.set(&keys::hook_ready(w, h), &[])?;
-                    hook.disabled_reason = None;
+                    tx.set(&keys::hook_ready(w), &[])?;
+                    (hook.enabled, hook.disabled_reason, hook.disabled_at) = (true, None, None);
                 }
-                hook.enabled = enabled;
+                Some(false) if hook.enabled => (hook.enabled, hook.disabled_at) = (false, Some(now)),
+                _ => {}
             }
             tx.set(&keys::webhook(w, h), &selvage_shared::to_msgpack(&hook))?;
-            Some(WebhookView::from(&hook))
+            Some((hook, missed))
         })?;
-        hook.ok_or_else(|| no_webhook(h))
+        let (hook, missed) = updated.ok_or_else(|| no_webhook(h))?;
+        if let Some((from, until)) = missed {
+            let bot = transact!(self.store, |tx| { super::load(tx, w, a).await?.map(|app| app.bot_user) })?.0;
+            let queued = match bot {
+                Some(bot) => self.requeue(feed, w, &hook, &bot, from, until).await,
+                None => Ok((0, from)),
+            };
+            match queued {
+                Ok((queued, _)) => tracing::info!(ws.id = %w, webhook.id = %h, queued,
+                    "webhook enabled again; what its workspace's queue no longer held was queued again from the feed"),
+                Err(e) => tracing::warn!(ws.id = %w, webhook.id = %h, from = %feed::cursor(&from), error = %e,
+                    "webhook enabled again, but what it missed could not be queued from the feed; replay from this cursor"),
+            }
+        }
+        Ok(WebhookView::from(&hook))
     }
 
     /// Makes a new secret for an endpoint; the current one keeps signing beside it for
@@ -430,35 +502,20 @@ impl Webhooks {
     ) -> Result<(Vec<(Cursor, Delivery)>, Option<Cursor>)> {
         super::require_admin(caller)?;
         let w = &caller.workspace;
-        let end = match before {
-            None => crate::store::prefix_range(&keys::hook_logs(w, h)).1,
-            Some(c) => keys::hook_log(w, h, &log_cursor(c)?),
-        };
-        let begin = crate::store::prefix_range(&keys::hook_logs(w, h)).0;
-        let (rows, _) = transact!(self.store, |tx| {
+        let before = before.map(log_cursor).transpose()?;
+        let (found, _) = transact!(self.store, |tx| {
             match load_hook(tx, w, a, h).await? {
                 None => None,
-                Some(_) => Some(
-                    tx.get_range(&RangeRead::between(begin.clone(), end.clone()).limit(limit + 1).reverse(true))
-                        .await?,
-                ),
+                Some(_) => Some(log_page(tx, w, before.as_ref(), limit, &|hook| hook == h).await?),
             }
         })?;
-        let rows = rows.ok_or_else(|| no_webhook(h))?;
-        let more = rows.len() > limit;
-        let page: Vec<(Cursor, Delivery)> = rows
-            .into_iter()
-            .take(limit)
-            .filter_map(|(k, raw)| Some((feed::cursor(&position_of(&k)?), decode::<Delivery>(&raw)?)))
-            .collect();
-        let next = if more { page.last().map(|(c, _)| c.clone()) } else { None };
-        Ok((page, next))
+        let (rows, next) = found.ok_or_else(|| no_webhook(h))?;
+        Ok((rows.into_iter().map(|(p, _, d)| (feed::cursor(&p), d)).collect(), next.map(|p| feed::cursor(&p))))
     }
 
     /// The delivery log of every endpoint of app `a` together, newest first: a page of `limit`
     /// before the cursor `before` (a few more when the last event went to several endpoints),
-    /// each with its endpoint's id, and the cursor of the next page. Logs are keyed by feed position, so the endpoints' entries merge in feed
-    /// order.
+    /// each with its endpoint's id, and the cursor of the next page.
     #[allow(clippy::type_complexity)]
     pub async fn app_deliveries(
         &self,
@@ -474,40 +531,14 @@ impl Webhooks {
             match super::load(tx, w, a).await? {
                 None => None,
                 Some(_) => {
-                    let hooks = hooks_of(tx, w, a).await?;
-                    let mut rows = Vec::new();
-                    for hook in hooks {
-                        let (begin, mut end) = crate::store::prefix_range(&keys::hook_logs(w, &hook.id));
-                        if let Some(pos) = &before {
-                            end = keys::hook_log(w, &hook.id, pos);
-                        }
-                        let page = tx.get_range(&RangeRead::between(begin, end).limit(limit + 1).reverse(true)).await?;
-                        rows.extend(page.into_iter().map(|row| (hook.id.clone(), row)));
-                    }
-                    Some(rows)
+                    let mine: Vec<String> = hooks_of(tx, w, a).await?.into_iter().map(|h| h.id).collect();
+                    Some(log_page(tx, w, before.as_ref(), limit, &|hook| mine.iter().any(|m| m == hook)).await?)
                 }
             }
         })?;
-        let rows = found.ok_or_else(|| super::no_app(a))?;
-        let mut merged: Vec<(Position, String, Delivery)> = rows
-            .into_iter()
-            .filter_map(|(hook, (k, raw))| Some((position_of(&k)?, hook, decode::<Delivery>(&raw)?)))
-            .collect();
-        merged.sort_by(|x, y| y.0.cmp(&x.0).then_with(|| x.1.cmp(&y.1)));
-        // A page ends after a whole event: its entries on every endpoint share its cursor, and
-        // the next page starts before it. (Each endpoint's read took `limit + 1`, so whether
-        // more follow is known.)
-        let mut cut = merged.len().min(limit);
-        if let Some(last) = cut.checked_sub(1).map(|i| merged[i].0) {
-            while cut < merged.len() && merged[cut].0 == last {
-                cut += 1;
-            }
-        }
-        let more = merged.len() > cut;
-        merged.truncate(cut);
-        let next = if more { merged.last().map(|(p, ..)| feed::cursor(p)) } else { None };
-        let page = merged.into_iter().map(|(p, hook, d)| (feed::cursor(&p), hook, d)).collect();
-        Ok((page, next))
+        let (rows, next) = found.ok_or_else(|| super::no_app(a))?;
+        let page = rows.into_iter().map(|(p, hook, d)| (feed::cursor(&p), hook, d)).collect();
+        Ok((page, next.map(|p| feed::cursor(&p))))
     }
 
     /// Queues again, for one endpoint, the events after `from` (a cursor) up to the feed's head
@@ -523,7 +554,7 @@ impl Webhooks {
     ) -> Result<(usize, Cursor)> {
         super::require_admin(caller)?;
         let w = &caller.workspace;
-        let mut pos =
+        let from =
             feed::parse_cursor(from).ok_or_else(|| OriginError::BadRequest(format!("{from:?} is not a cursor")))?;
         let (found, _) = transact!(self.store, |tx| {
             match load_hook(tx, w, a, h).await? {
@@ -533,9 +564,25 @@ impl Webhooks {
         })?;
         let (hook, bot) = found.ok_or_else(|| no_webhook(h))?;
         let head = feed.head().await?;
+        let (queued, pos) = self.requeue(feed, w, &hook, &bot, from, head).await?;
+        tracing::info!(ws.id = %w, webhook.id = %h, queued, by = %caller.user.id, "webhook replay queued");
+        Ok((queued, feed::cursor(&pos)))
+    }
+
+    /// Queues for `hook` (of bot user `bot`) the events after `from` up to `until` that it
+    /// would have got, at most [`MAX_REPLAY`]; answers how many and where it stopped.
+    async fn requeue(
+        &self,
+        feed: &Feed,
+        w: &WorkspaceId,
+        hook: &Webhook,
+        bot: &UserId,
+        from: Position,
+        until: Position,
+    ) -> Result<(usize, Position)> {
         let replay = crate::now_ms().max(1) as u64;
-        let mut queued = 0;
-        while pos < head && queued < MAX_REPLAY {
+        let (mut pos, mut queued) = (from, 0);
+        while pos < until && queued < MAX_REPLAY {
             let items = match feed.read_after(&pos, 256).await? {
                 Read::Resync { .. } => {
                     return Err(OriginError::BadRequest(
@@ -545,38 +592,100 @@ impl Webhooks {
                 Read::Events { items, .. } if items.is_empty() => break,
                 Read::Events { items, .. } => items,
             };
-            let items: Vec<(Position, FeedEvent)> = items.into_iter().filter(|(p, _)| *p <= head).collect();
+            let items: Vec<(Position, FeedEvent)> = items.into_iter().filter(|(p, _)| *p <= until).collect();
             let Some(last) = items.last().map(|(p, _)| *p) else { break };
             let (n, _) = transact!(self.store, |tx| {
                 let mut reads = Reads::default();
                 let mut n = 0;
                 for (p, e) in &items {
-                    if &e.workspace == w && queue_for(tx, &mut reads, &hook, &bot, p, e, replay).await? {
+                    if &e.workspace == w && queue_for(tx, &mut reads, hook, bot, p, e, replay).await? {
                         n += 1;
                     }
                 }
                 if n > 0 {
-                    tx.set(&keys::hook_ready(w, h), &[])?;
+                    tx.set(&keys::hook_ready(w), &[])?;
                 }
                 n
             })?;
             queued += n;
             pos = last;
         }
-        tracing::info!(ws.id = %w, webhook.id = %h, queued, by = %caller.user.id, "webhook replay queued");
-        Ok((queued, feed::cursor(&pos)))
+        Ok((queued, pos))
     }
 }
 
-/// Removes everything of endpoint `h` of `w`.
+/// Most log entries of other endpoints one page reads past those it answers.
+const LOG_SCAN: usize = 20_000;
+
+/// A page of W's delivery log, newest first: the entries of endpoints `of` accepts before
+/// `before`, `limit` of them unless the log ends first, and whole events — an event's entries on
+/// every endpoint share its cursor, and the next page starts before it. Answers the page and
+/// the position of the next one, `None` when nothing is left. After [`LOG_SCAN`] entries of
+/// other endpoints a page ends short, with the position to go on from.
+#[allow(clippy::type_complexity)]
+async fn log_page(
+    tx: &mut dyn KvTxn,
+    w: &WorkspaceId,
+    before: Option<&Position>,
+    limit: usize,
+    of: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<(Vec<(Position, String, Delivery)>, Option<Position>), StoreError> {
+    let (begin, mut end) = crate::store::prefix_range(&keys::hook_logs(w));
+    if let Some(pos) = before {
+        end = keys::hook_log_at(w, pos);
+    }
+    let mut page: Vec<(Position, String, Delivery)> = Vec::new();
+    let mut scanned = 0;
+    // The event being read (its entries are together); a page ends only after a whole one.
+    let mut at: Option<Position> = None;
+    // The page has `limit`: what is read now only tells whether more follow.
+    let mut full = false;
+    loop {
+        let rows = tx.get_range(&RangeRead::between(begin.clone(), end.clone()).limit(1_000).reverse(true)).await?;
+        let Some((last, _)) = rows.last() else { return Ok((page, None)) };
+        end = last.clone();
+        for (k, raw) in &rows {
+            let Some((position, hook)) = log_key(k) else { continue };
+            if at.is_some() && at != Some(position) {
+                full |= page.len() >= limit;
+                if scanned >= LOG_SCAN {
+                    return Ok((page, at));
+                }
+            }
+            if !full {
+                at = Some(position);
+            }
+            scanned += 1;
+            if of(&hook) {
+                if full {
+                    return Ok((page, at));
+                }
+                if let Some(d) = decode::<Delivery>(raw) {
+                    page.push((position, hook, d));
+                }
+            }
+        }
+    }
+}
+
+/// The position and endpoint of a [`keys::hook_log`] key.
+fn log_key(k: &[u8]) -> Option<(Position, String)> {
+    let e = crate::store::tuple::unpack(k).ok()?;
+    match e.as_slice() {
+        [.., position, hook] => Some((position.as_bytes()?.try_into().ok()?, hook.as_str()?.to_string())),
+        _ => None,
+    }
+}
+
+/// Removes endpoint `h` of `w`: it, its state and its replays. Its log entries stay until the
+/// log's retention clears them (listings show only endpoints that exist), and the workspace's
+/// queue is swept at the dispatcher's next look, as if it had delivered everything.
 pub fn clear_hook(tx: &mut dyn KvTxn, w: &WorkspaceId, h: &str) -> Result<(), StoreError> {
     tx.clear(&keys::webhook(w, h))?;
     tx.clear(&keys::hook_state(w, h))?;
-    tx.clear(&keys::hook_ready(w, h))?;
-    for prefix in [keys::hook_queue(w, h), keys::hook_logs(w, h)] {
-        let (begin, end) = crate::store::prefix_range(&prefix);
-        tx.clear_range(&begin, &end)?;
-    }
+    tx.set(&keys::hook_ready(w), &[])?;
+    let (begin, end) = crate::store::prefix_range(&keys::hook_replays(w, h));
+    tx.clear_range(&begin, &end)?;
     Ok(())
 }
 
@@ -590,7 +699,8 @@ fn position_of(k: &[u8]) -> Option<Position> {
     e.iter().rev().find_map(|e| e.as_bytes()?.try_into().ok())
 }
 
-/// An app's bot user and its enabled endpoints.
+/// An app's bot user and its endpoints that events are queued for: enabled ones, and those
+/// disabled less than `apps.webhook_keep_disabled_secs` ago.
 pub struct Bot {
     user: UserId,
     app: AppId,
@@ -604,6 +714,9 @@ pub struct Bot {
 pub struct Reads {
     bots: HashMap<WorkspaceId, Arc<Vec<Bot>>>,
     member: HashMap<UserId, HashMap<ChannelId, bool>>,
+    /// The time the queue is written at, and how long disabled endpoints are kept for (ms).
+    now: i64,
+    keep_ms: i64,
 }
 
 impl Reads {
@@ -612,8 +725,9 @@ impl Reads {
             return Ok(known.clone());
         }
         let mut bots: Vec<Bot> = Vec::new();
+        let (now, keep_ms) = (self.now, self.keep_ms);
         for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await? {
-            let Some(hook) = decode::<Webhook>(&raw).filter(|h| h.enabled) else { continue };
+            let Some(hook) = decode::<Webhook>(&raw).filter(|h| kept_for(h, now, keep_ms)) else { continue };
             match bots.iter_mut().find(|b| b.app == hook.app) {
                 Some(bot) => bot.hooks.push(hook),
                 None => {
@@ -691,8 +805,8 @@ fn body(app: &AppId, position: &Position, e: &FeedEvent) -> Vec<u8> {
 }
 
 /// Queues event `e` at `position` again for `hook`, for replay `replay` (see
-/// [`keys::hook_queued`]), if it asked for its type and its bot user `bot` may see it; answers
-/// whether it did.
+/// [`keys::hook_replayed`]), if it asked for its type and its bot user `bot` may see it;
+/// answers whether it did.
 async fn queue_for(
     tx: &mut dyn KvTxn,
     reads: &mut Reads,
@@ -708,13 +822,15 @@ async fn queue_for(
     if !visible_to(tx, reads, &e.workspace, bot, &e.event).await? {
         return Ok(false);
     }
-    tx.set_owned(keys::hook_queued(&e.workspace, &hook.id, position, replay), body(&hook.app, position, e))?;
+    tx.set_owned(keys::hook_replayed(&e.workspace, &hook.id, position, replay), body(&hook.app, position, e))?;
     Ok(true)
 }
 
 /// The consumer `hooks` (see the module's documentation).
 pub struct Queuer {
     pub metrics: Arc<Metrics>,
+    /// How long a disabled endpoint's events are kept for it (ms).
+    pub keep_ms: i64,
 }
 
 #[async_trait]
@@ -729,9 +845,9 @@ impl Consumer for Queuer {
     }
 
     async fn apply(&self, tx: &mut dyn KvTxn, batch: &Batch) -> Result<(), ConsumerError> {
-        let mut reads = Reads::default();
+        let mut reads = Reads { now: crate::now_ms(), keep_ms: self.keep_ms, ..Default::default() };
         let mut queued = 0u64;
-        let mut ready: std::collections::HashSet<(WorkspaceId, String)> = Default::default();
+        let mut ready: std::collections::HashSet<WorkspaceId> = Default::default();
         for item in &batch.items {
             let e = &item.event;
             if e.event.is_internal() || e.event.is_ephemeral() {
@@ -739,23 +855,24 @@ impl Consumer for Queuer {
             }
             let w = &e.workspace;
             let kind = e.event.kind();
+            let mut apps = Vec::new();
             for bot in reads.bots(tx, w).await?.iter() {
-                if !bot.hooks.iter().any(|h| wants(h, kind))
-                    || !visible_to(tx, &mut reads, w, &bot.user, &e.event).await?
-                {
+                let after_creation = |h: &&Webhook| h.since.is_none_or(|since| item.position > since);
+                let hooks = bot.hooks.iter().filter(|h| wants(h, kind)).filter(after_creation).count();
+                if hooks == 0 || !visible_to(tx, &mut reads, w, &bot.user, &e.event).await? {
                     continue;
                 }
-                let body = body(&bot.app, &item.position, e);
-                let after_creation = |h: &&Webhook| h.since.is_none_or(|since| item.position > since);
-                for hook in bot.hooks.iter().filter(|h| wants(h, kind)).filter(after_creation) {
-                    tx.set_owned(keys::hook_queued(w, &hook.id, &item.position, 0), body.clone())?;
-                    queued += 1;
-                    ready.insert((w.clone(), hook.id.clone()));
-                }
+                apps.push(bot.app.clone());
+                queued += hooks as u64;
+            }
+            if !apps.is_empty() {
+                let entry = Queued { apps, event: e.clone() };
+                tx.set_owned(keys::hook_event(w, &item.position), selvage_shared::to_msgpack(&entry))?;
+                ready.insert(w.clone());
             }
         }
-        for (w, h) in &ready {
-            tx.set(&keys::hook_ready(w, h), &[])?;
+        for w in &ready {
+            tx.set(&keys::hook_ready(w), &[])?;
         }
         self.metrics.webhook_queued.inc_by(queued);
         Ok(())
@@ -771,7 +888,7 @@ pub fn start(
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> std::result::Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let queuer = Queuer { metrics: metrics.clone() };
+    let queuer = Queuer { metrics: metrics.clone(), keep_ms: config.webhook_keep_disabled_secs as i64 * 1000 };
     let runner = ConsumerRunner::new(feed.clone(), Arc::new(queuer), ConsumerOptions::from_config(consumers))
         .map_err(|e| e.to_string())?;
     let dispatcher = Arc::new(Dispatcher::new(store, config, metrics.clone())?);
@@ -795,6 +912,8 @@ pub struct Dispatcher {
     /// The endpoints this node is serving now, each in a task of its own: a slow endpoint
     /// never holds the others up.
     serving: std::sync::Mutex<std::collections::HashSet<(WorkspaceId, String)>>,
+    /// When this node last swept the delivery logs (ms).
+    swept_logs: std::sync::atomic::AtomicI64,
 }
 
 impl Dispatcher {
@@ -809,6 +928,7 @@ impl Dispatcher {
             metrics,
             me: ids::new_id('N'),
             serving: Default::default(),
+            swept_logs: Default::default(),
         })
     }
 
@@ -836,17 +956,26 @@ impl Dispatcher {
         tasks.shutdown().await;
     }
 
-    /// In one transaction, leases every endpoint with queued events that is due at `now` (ms)
-    /// and that this node is not serving yet — up to [`IN_FLIGHT`] at once — with the head of
-    /// its queue; then serves each in a task of its own, until `stop`. Answers how many it
-    /// started.
+    /// In one transaction, for each workspace with events to deliver: leases every endpoint
+    /// behind the queue's end (or with replays) that is due at `now` (ms) and that this node
+    /// is not serving yet — up to [`IN_FLIGHT`] at once; clears the queue up to what every
+    /// endpoint that keeps it is past; and unmarks the workspace when no endpoint is behind.
+    /// Then serves each endpoint leased in a task of its own, until `stop`. Once a minute it
+    /// also marks every workspace with endpoints (so what a disabled endpoint stopped keeping is
+    /// swept) and clears delivery log entries older than `apps.delivery_log_secs`. Answers how
+    /// many endpoints it started.
     pub async fn step(
         self: &Arc<Self>,
         now: i64,
         tasks: &mut tokio::task::JoinSet<()>,
         stop: &CancellationToken,
     ) -> Result<usize, StoreError> {
+        if now - self.swept_logs.load(std::sync::atomic::Ordering::Relaxed) >= UPKEEP_MS {
+            self.swept_logs.store(now, std::sync::atomic::Ordering::Relaxed);
+            self.upkeep(now).await?;
+        }
         let lease_ms = self.config.webhook_timeout_ms as i64 * LEASE_TIMEOUTS;
+        let keep_ms = self.config.webhook_keep_disabled_secs as i64 * 1000;
         let busy: std::collections::HashSet<(WorkspaceId, String)> =
             self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let room = IN_FLIGHT.saturating_sub(busy.len());
@@ -857,43 +986,64 @@ impl Dispatcher {
                 if leased.len() >= room {
                     break;
                 }
-                let Some((w, h)) = crate::store::tuple::unpack(&k).ok().and_then(|e| match e.as_slice() {
-                    [_, _, w, h] => Some((WorkspaceId::parse(w.as_str()?)?, h.as_str()?.to_string())),
+                let Some(w) = crate::store::tuple::unpack(&k).ok().and_then(|e| match e.as_slice() {
+                    [_, _, w] => WorkspaceId::parse(w.as_str()?),
                     _ => None,
                 }) else {
                     tx.clear(&k)?;
                     continue;
                 };
-                if busy.contains(&(w.clone(), h.clone())) {
-                    continue;
+                let (begin, end) = crate::store::prefix_range(&keys::hook_events(&w));
+                let tail = tx.get_range(&RangeRead::between(begin.clone(), end).limit(1).reverse(true)).await?;
+                let tail = tail.first().and_then(|(k, _)| position_of(k));
+                // The lowest `done` of the endpoints the queue is kept for.
+                let mut floor: Option<Position> = None;
+                let mut behind = false;
+                for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::webhooks(&w))).await? {
+                    let Some(hook) = decode::<Webhook>(&raw) else { continue };
+                    let mut state = load_state(tx, &w, &hook.id).await?;
+                    let done = done_of(&hook, &state);
+                    if kept_for(&hook, now, keep_ms) {
+                        floor = Some(floor.map_or(done, |f| f.min(done)));
+                    }
+                    if !hook.enabled {
+                        continue;
+                    }
+                    let replays = tx.get_range(&RangeRead::prefix(&keys::hook_replays(&w, &hook.id)).limit(1)).await?;
+                    if replays.is_empty() && tail.is_none_or(|t| t <= done) {
+                        continue;
+                    }
+                    behind = true;
+                    let due = (state.lease_until <= now || state.owner == *me) && state.next_at <= now;
+                    if !due || leased.len() >= room || busy.contains(&(w.clone(), hook.id.clone())) {
+                        continue;
+                    }
+                    state.owner = me.clone();
+                    state.lease_until = now + lease_ms;
+                    tx.set(&keys::hook_state(&w, &hook.id), &selvage_shared::to_msgpack(&state))?;
+                    leased.push((w.clone(), hook, done, state.lease_until));
                 }
-                let mut state = load_state(tx, &w, &h).await?;
-                let hook = tx.get(&keys::webhook(&w, &h)).await?.and_then(|raw| decode::<Webhook>(&raw));
-                let Some(hook) = hook else {
+                // Clear what every endpoint keeping the queue is past; with none, all of it.
+                if let Some(to) = tail.map(|t| floor.map_or(t, |f| f.min(t))) {
+                    let swept = tx.get(&keys::hook_swept(&w)).await?.and_then(|raw| Position::try_from(raw).ok());
+                    if swept.is_none_or(|s| s < to) {
+                        tx.clear_range(&begin, &after(&keys::hook_event(&w, &to)))?;
+                        tx.set(&keys::hook_swept(&w), &to)?;
+                    }
+                }
+                if !behind {
                     tx.clear(&k)?;
-                    continue;
-                };
-                if !hook.enabled || (state.lease_until > now && state.owner != *me) || state.next_at > now {
-                    continue;
                 }
-                let head = tx.get_range(&RangeRead::prefix(&keys::hook_queue(&w, &h)).limit(SEND_BATCH)).await?;
-                if head.is_empty() {
-                    tx.clear(&k)?;
-                    continue;
-                }
-                state.owner = me.clone();
-                state.lease_until = now + lease_ms;
-                tx.set(&keys::hook_state(&w, &h), &selvage_shared::to_msgpack(&state))?;
-                leased.push((w, h, hook, head, state.lease_until));
             }
             leased
         })?;
         let started = leased.len();
-        for (w, h, hook, head, lease_until) in leased {
+        for (w, hook, done, lease_until) in leased {
+            let h = hook.id.clone();
             self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert((w.clone(), h.clone()));
             let (me, stop) = (self.clone(), stop.clone());
             tasks.spawn(async move {
-                if let Err(e) = me.serve(&w, &h, hook, head, lease_until, &stop).await {
+                if let Err(e) = me.serve(&w, hook, done, lease_until, &stop).await {
                     tracing::warn!(ws.id = %w, webhook.id = %h, error = %e, "serving a webhook failed; will retry");
                 }
                 me.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(&(w, h));
@@ -902,26 +1052,108 @@ impl Dispatcher {
         Ok(started)
     }
 
-    /// Sends the leased head of endpoint `h`'s queue, in order, until one fails, all are
-    /// delivered, the lease runs short or `stop`; then, in one transaction, removes those
-    /// delivered from the queue, logs every try, records a failure's backoff (or disables the
-    /// endpoint) and lets the lease go.
+    /// Marks every workspace with endpoints, for [`Dispatcher::step`] to sweep its queue, and
+    /// clears its delivery log's entries older than `apps.delivery_log_secs` (the oldest
+    /// [`UPKEEP_BATCH`] looked at per workspace: the rest at the next upkeep).
+    async fn upkeep(&self, now: i64) -> Result<(), StoreError> {
+        let (states, _) = transact!(self.store, |tx| {
+            tx.get_range(&RangeRead::prefix(&keys::hook_states()).limit(100_000)).await?
+        })?;
+        let mut workspaces: Vec<WorkspaceId> = states
+            .iter()
+            .filter_map(|(k, _)| match crate::store::tuple::unpack(k).ok()?.as_slice() {
+                [_, _, w, _] => WorkspaceId::parse(w.as_str()?),
+                _ => None,
+            })
+            .collect();
+        workspaces.dedup();
+        let cutoff = now - self.config.delivery_log_secs as i64 * 1000;
+        for w in &workspaces {
+            let (cleared, _) = transact!(self.store, |tx| {
+                tx.set(&keys::hook_ready(w), &[])?;
+                let mut cleared = 0;
+                for (k, raw) in tx.get_range(&RangeRead::prefix(&keys::hook_logs(w)).limit(UPKEEP_BATCH)).await? {
+                    if decode::<Delivery>(&raw).is_some_and(|d| d.at >= cutoff) {
+                        break;
+                    }
+                    tx.clear(&k)?;
+                    cleared += 1;
+                }
+                cleared
+            })?;
+            if cleared > 0 {
+                tracing::debug!(ws.id = %w, cleared, "old webhook delivery log entries cleared");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends, in feed order, what endpoint `hook` of `w` has to deliver after `done`: the
+    /// queue's entries for it merged with its replays, until one fails, all are delivered, the
+    /// lease runs short or `stop`; then, in one transaction, moves `done` past what was
+    /// delivered (and past entries not for it), removes delivered replays, logs every try,
+    /// records a failure's backoff (or disables the endpoint) and lets the lease go.
     async fn serve(
         &self,
         w: &WorkspaceId,
-        h: &str,
         hook: Webhook,
-        head: Vec<(Vec<u8>, Vec<u8>)>,
+        done: Position,
         lease_until: i64,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
+        let h = hook.id.as_str();
+        let (begin, end) = (after(&keys::hook_event(w, &done)), crate::store::prefix_range(&keys::hook_events(w)).1);
+        let ((replays, queued), _) = transact!(self.store, |tx| {
+            let replays = tx.get_range(&RangeRead::prefix(&keys::hook_replays(w, h)).limit(SEND_BATCH)).await?;
+            let queued = tx.get_range(&RangeRead::between(begin.clone(), end.clone()).limit(SCAN_BATCH)).await?;
+            (replays, queued)
+        })?;
+        // What to send: (position, body, the replay's key).
+        let mut pending: Vec<(Position, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        // How far the queue's entries read are all in `pending` or not for this endpoint.
+        let mut covered = done;
+        let mut matched = 0;
+        for (k, raw) in &queued {
+            let Some(position) = position_of(k) else { continue };
+            let Some(entry) = decode::<Queued>(raw) else {
+                covered = position;
+                continue;
+            };
+            let mine = entry.apps.contains(&hook.app)
+                && wants(&hook, entry.event.event.kind())
+                && hook.since.is_none_or(|since| position > since);
+            if mine {
+                if matched == SEND_BATCH {
+                    break;
+                }
+                matched += 1;
+                pending.push((position, body(&hook.app, &position, &entry.event), None));
+            }
+            covered = position;
+        }
+        for (k, raw) in replays {
+            if let Some(position) = position_of(&k) {
+                pending.push((position, raw, Some(k)));
+            }
+        }
+        // Replays first among equals: a replay's copy of an event goes before the queue's.
+        pending.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| b.2.is_some().cmp(&a.2.is_some())));
+        if pending.len() > SEND_BATCH {
+            if let Some(cut) = pending[SEND_BATCH..].iter().find(|p| p.2.is_none()) {
+                // A queue entry left for later: `done` may not pass it.
+                covered = pending[..SEND_BATCH].iter().rev().find(|p| p.2.is_none()).map_or(done, |p| p.0);
+                debug_assert!(cut.0 > covered);
+            }
+            pending.truncate(SEND_BATCH);
+        }
+
         let timeout_ms = self.config.webhook_timeout_ms as i64;
-        let mut tried: Vec<(Vec<u8>, Position, String, String, Sent, i64)> = Vec::new();
-        for (key, body) in head {
+        let mut tried: Vec<(Position, Option<Vec<u8>>, String, String, Sent, i64)> = Vec::new();
+        let total = pending.len();
+        for (position, body, replay) in pending {
             if stop.is_cancelled() || crate::now_ms() + 2 * timeout_ms > lease_until {
                 break;
             }
-            let Some(position) = position_of(&key) else { continue };
             let id = format!("evt_{}", feed::cursor(&position));
             let kind = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -938,11 +1170,24 @@ impl Dispatcher {
                 let committed = event_ms(&body).unwrap_or(at);
                 self.metrics.webhook_latency_seconds.observe((at - committed).max(0) as f64 / 1000.0);
             }
-            tried.push((key, position, id, kind, sent, at));
+            tried.push((position, replay, id, kind, sent, at));
             if failed {
                 break;
             }
         }
+        // Where `done` may go: past everything read if all went, else past the queue's
+        // entries delivered before the first that did not.
+        let all_delivered = tried.len() == total && !tried.iter().any(|t| matches!(t.4, Sent::Failed(..)));
+        let new_done = if all_delivered {
+            covered
+        } else {
+            tried
+                .iter()
+                .filter(|t| t.1.is_none() && matches!(t.4, Sent::Delivered(_)))
+                .map(|t| t.0)
+                .max()
+                .unwrap_or(done)
+        };
         let me = &self.me;
         let (recorded, _) = transact!(self.store, |tx| {
             let mut state = load_state(tx, w, h).await?;
@@ -950,7 +1195,7 @@ impl Dispatcher {
                 // Another node took the endpoint over: what was sent here goes again from there.
                 false
             } else {
-                for (key, position, id, kind, sent, at) in &tried {
+                for (position, replay, id, kind, sent, at) in &tried {
                     let attempts = state.attempts + 1;
                     let (status, response_status, error) = match sent {
                         Sent::Delivered(status) => ("delivered", Some(*status), None),
@@ -965,10 +1210,12 @@ impl Dispatcher {
                         error: error.clone(),
                         at: *at,
                     };
-                    tx.set(&keys::hook_log(w, h, position), &selvage_shared::to_msgpack(&entry))?;
+                    tx.set(&keys::hook_log(w, position, h), &selvage_shared::to_msgpack(&entry))?;
                     match error {
                         None => {
-                            tx.clear(key)?;
+                            if let Some(key) = replay {
+                                tx.clear(key)?;
+                            }
                             (state.attempts, state.failing_since, state.next_at) = (0, None, 0);
                         }
                         Some(error) => {
@@ -985,6 +1232,7 @@ impl Dispatcher {
                                     tx.get(&keys::webhook(w, h)).await?.and_then(|raw| decode::<Webhook>(&raw))
                                 {
                                     hook.enabled = false;
+                                    hook.disabled_at = Some(*at);
                                     hook.disabled_reason = Some(format!(
                                         "disabled after failing for {} s, {attempts} tries in a row; last: {error}",
                                         (at - since) / 1000
@@ -994,6 +1242,9 @@ impl Dispatcher {
                             }
                         }
                     }
+                }
+                if new_done > done {
+                    state.done = Some(new_done);
                 }
                 state.lease_until = 0;
                 tx.set(&keys::hook_state(w, h), &selvage_shared::to_msgpack(&state))?;

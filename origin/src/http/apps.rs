@@ -124,8 +124,10 @@ pub(super) async fn update_hook(
     Json(body): Json<UpdateWebhook>,
 ) -> Result<Json<WebhookView>> {
     let a = app_id(&id)?;
-    let view =
-        origin.webhooks.update(&caller, &a, &hook, body.url.as_deref(), body.events.as_deref(), body.enabled).await?;
+    let view = origin
+        .webhooks
+        .update(&caller, &origin.feed, &a, &hook, body.url.as_deref(), body.events.as_deref(), body.enabled)
+        .await?;
     Ok(Json(view))
 }
 

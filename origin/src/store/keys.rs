@@ -370,22 +370,34 @@ pub fn webhooks(w: &WorkspaceId) -> Vec<u8> {
     ws(w).str("hook").finish()
 }
 
-/// `(hooks, q, W, H, position, replay)` → the body of an event waiting for delivery to endpoint
-/// H, by its 12-byte feed position: an endpoint's queue in feed order. `replay` is 0 for what
-/// the consumer queued and the replay's time (ms) for what a replay queued again, so a replay
+/// `(hooks, e, W, position)` → an event some app of W gets by webhook, with those apps: the
+/// workspace's one queue, in feed order, shared by its endpoints. Each endpoint keeps how far
+/// it has delivered in its [`hook_state`]; what every endpoint is past is cleared. Keyed by
+/// position first, so a batch's entries are written together at the queue's end.
+pub fn hook_event(w: &WorkspaceId, position: &[u8]) -> Vec<u8> {
+    Key::new().str("hooks").str("e").str(w.as_str()).bytes(position).finish()
+}
+
+/// Prefix of W's [`hook_event`]s.
+pub fn hook_events(w: &WorkspaceId) -> Vec<u8> {
+    Key::new().str("hooks").str("e").str(w.as_str()).finish()
+}
+
+/// `(hooks, r, W, H, position, replay)` → the body of an event a replay queued again for
+/// endpoint H, by its 12-byte feed position; `replay` is the replay's time (ms), so a replay
 /// never writes the key of an entry a delivery in flight is about to remove.
-pub fn hook_queued(w: &WorkspaceId, h: &str, position: &[u8], replay: u64) -> Vec<u8> {
-    Key::new().str("hooks").str("q").str(w.as_str()).str(h).bytes(position).uint(replay).finish()
+pub fn hook_replayed(w: &WorkspaceId, h: &str, position: &[u8], replay: u64) -> Vec<u8> {
+    Key::new().str("hooks").str("r").str(w.as_str()).str(h).bytes(position).uint(replay).finish()
 }
 
-/// Prefix of endpoint H's [`hook_queued`] events.
-pub fn hook_queue(w: &WorkspaceId, h: &str) -> Vec<u8> {
-    Key::new().str("hooks").str("q").str(w.as_str()).str(h).finish()
+/// Prefix of endpoint H's [`hook_replayed`] events.
+pub fn hook_replays(w: &WorkspaceId, h: &str) -> Vec<u8> {
+    Key::new().str("hooks").str("r").str(w.as_str()).str(h).finish()
 }
 
-/// `(hooks, ready, W, H)` → empty: endpoint H has queued events (the dispatcher's list).
-pub fn hook_ready(w: &WorkspaceId, h: &str) -> Vec<u8> {
-    Key::new().str("hooks").str("ready").str(w.as_str()).str(h).finish()
+/// `(hooks, ready, W)` → empty: W's endpoints have events to deliver (the dispatcher's list).
+pub fn hook_ready(w: &WorkspaceId) -> Vec<u8> {
+    Key::new().str("hooks").str("ready").str(w.as_str()).finish()
 }
 
 /// Prefix of every [`hook_ready`] entry.
@@ -393,19 +405,36 @@ pub fn hooks_ready() -> Vec<u8> {
     Key::new().str("hooks").str("ready").finish()
 }
 
-/// `(hooks, state, W, H)` → endpoint H's delivery state: who holds it, failures, next try.
+/// `(hooks, swept, W)` → the feed position up to which W's [`hook_event`]s were cleared.
+pub fn hook_swept(w: &WorkspaceId) -> Vec<u8> {
+    Key::new().str("hooks").str("swept").str(w.as_str()).finish()
+}
+
+/// `(hooks, state, W, H)` → endpoint H's delivery state: how far it has delivered, who holds
+/// it, failures, next try.
 pub fn hook_state(w: &WorkspaceId, h: &str) -> Vec<u8> {
     Key::new().str("hooks").str("state").str(w.as_str()).str(h).finish()
 }
 
-/// `(ws, W, hooklog, H, position)` → what became of the delivery of one event to H.
-pub fn hook_log(w: &WorkspaceId, h: &str, position: &[u8]) -> Vec<u8> {
-    ws(w).str("hooklog").str(h).bytes(position).finish()
+/// Prefix of every [`hook_state`]: the workspaces with endpoints.
+pub fn hook_states() -> Vec<u8> {
+    Key::new().str("hooks").str("state").finish()
 }
 
-/// Prefix of H's [`hook_log`].
-pub fn hook_logs(w: &WorkspaceId, h: &str) -> Vec<u8> {
-    ws(w).str("hooklog").str(h).finish()
+/// `(ws, W, hooklog, position, H)` → what became of the delivery of one event to H. By
+/// position first, as the queue, so one flush's entries lie together.
+pub fn hook_log(w: &WorkspaceId, position: &[u8], h: &str) -> Vec<u8> {
+    ws(w).str("hooklog").bytes(position).str(h).finish()
+}
+
+/// Prefix of W's [`hook_log`] entries at one position.
+pub fn hook_log_at(w: &WorkspaceId, position: &[u8]) -> Vec<u8> {
+    ws(w).str("hooklog").bytes(position).finish()
+}
+
+/// Prefix of W's [`hook_log`].
+pub fn hook_logs(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("hooklog").finish()
 }
 
 /// `(ws, W, nprefs, U)` → a user's notification preferences (ARCHITECTURE §8 "Notifications").
