@@ -17,6 +17,10 @@ use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post, Router};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use hmac::{Hmac, Mac};
 use reqwest::{Method, StatusCode};
+use selvage_origin::{
+    store::{keys, RangeRead},
+    transact,
+};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use support::{Api, TestOrigin};
@@ -474,5 +478,126 @@ async fn a_stopped_origin_lets_its_endpoints_go_so_the_next_delivers_at_once() {
     }
     let firsts: Vec<String> = receiver.got()[before..].iter().map(Got::text).collect();
     assert_eq!(firsts[..3], ["m0", "m1", "m2"], "in order, starting with the one in flight at the stop");
+    o.stop().await;
+}
+
+/// How many entries the workspace of `admin` has in its webhook queue.
+async fn queue_len(o: &TestOrigin, admin: &str) -> usize {
+    let (_, me) = o.get("/v1/me", admin).await;
+    let w = selvage_shared::WorkspaceId::parse(me["workspace"].as_str().unwrap()).unwrap();
+    let store = o.running().origin.store.clone();
+    let (rows, _) = transact!(store, |tx| { tx.get_range(&RangeRead::prefix(&keys::hook_events(&w))).await? }).unwrap();
+    rows.len()
+}
+
+/// Waits until `check` holds, for at most 20 s.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not in 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The queue holds one entry per event, however many endpoints get it; it is cleared once every
+/// endpoint is past it — one that asked for other event types holds nothing back.
+#[tokio::test]
+async fn one_queue_entry_serves_every_endpoint_and_goes_once_all_are_past_it() {
+    let o = TestOrigin::start_with(tweak).await;
+    let (admin, general) = o.workspace("acme").await;
+    let (first, url) = Receiver::start(0).await;
+    first.set_failing(true);
+    let (app, _, _) = app_with_hook(&o, &admin, &general, &url, json!(["message"])).await;
+    let (second, url) = Receiver::start(0).await;
+    let (s, v) =
+        o.post(&format!("/v1/apps/{app}/webhooks"), &admin, json!({ "url": url, "events": ["message"] })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Another app's endpoint that never gets any of these.
+    let (s, v) =
+        o.post("/v1/apps", &admin, json!({ "name": "Reacts", "handle": "reacts", "scopes": ["events"] })).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (other_app, bot) = (v["app"]["id"].as_str().unwrap().to_string(), v["bot_user"]["id"].clone());
+    let (s, v) = o.post(&format!("/v1/channels/{general}/members"), &admin, json!({ "user": bot })).await;
+    assert!(s.is_success(), "{v}");
+    let (third, url) = Receiver::start(0).await;
+    let (s, v) = o
+        .post(&format!("/v1/apps/{other_app}/webhooks"), &admin, json!({ "url": url, "events": ["reaction_added"] }))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    for i in 0..5 {
+        o.send_text(&admin, &general, &format!("m{i}")).await;
+    }
+    second.wait_delivered(5).await;
+    // The first endpoint fails: the five events wait in the queue for it, once each.
+    until("five entries queued", || async { queue_len(&o, &admin).await == 5 }).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(queue_len(&o, &admin).await, 5, "one entry per event, kept while an endpoint needs it");
+
+    first.set_failing(false);
+    let texts: Vec<String> = first.wait_delivered(5).await.iter().map(Got::text).collect();
+    assert_eq!(texts, ["m0", "m1", "m2", "m3", "m4"]);
+    until("the queue cleared", || async { queue_len(&o, &admin).await == 0 }).await;
+    assert!(third.got().is_empty(), "{:?}", third.got());
+    o.stop().await;
+}
+
+/// A disabled endpoint the queue no longer keeps events for (`webhook_keep_disabled_secs` 0):
+/// enabled again, it gets everything it missed — before and while it was disabled — from the
+/// feed, in order, then what follows.
+#[tokio::test]
+async fn enabled_after_the_queue_let_it_go_an_endpoint_gets_what_it_missed_from_the_feed() {
+    let o = TestOrigin::start_with(|c| {
+        tweak(c);
+        c.apps.webhook_disable_after_secs = 1;
+        c.apps.webhook_keep_disabled_secs = 0;
+    })
+    .await;
+    let (admin, general) = o.workspace("acme").await;
+    let (receiver, url) = Receiver::start(0).await;
+    receiver.set_failing(true);
+    let (app, hook, _) = app_with_hook(&o, &admin, &general, &url, json!(["message"])).await;
+    o.send_text(&admin, &general, "first").await;
+    o.send_text(&admin, &general, "second").await;
+    until("disabled", || async {
+        o.get(&format!("/v1/apps/{app}/webhooks/{hook}"), &admin).await.1["enabled"] == false
+    })
+    .await;
+    o.send_text(&admin, &general, "while disabled").await;
+    until("the queue let go", || async { queue_len(&o, &admin).await == 0 }).await;
+
+    receiver.set_failing(false);
+    let (s, v) = o
+        .call(Method::PATCH, &format!("/v1/apps/{app}/webhooks/{hook}"), &admin, Some(json!({ "enabled": true })))
+        .await;
+    assert_eq!((s, &v["enabled"]), (StatusCode::OK, &json!(true)), "{v}");
+    o.send_text(&admin, &general, "after").await;
+    let texts: Vec<String> = receiver.wait_delivered(4).await.iter().map(Got::text).collect();
+    assert_eq!(texts, ["first", "second", "while disabled", "after"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.delivered().len(), 4, "each once");
+    o.stop().await;
+}
+
+/// Delivery log entries older than `apps.delivery_log_secs` are cleared.
+#[tokio::test]
+async fn the_delivery_log_keeps_its_retention() {
+    let o = TestOrigin::start_with(|c| {
+        tweak(c);
+        c.apps.delivery_log_secs = 1;
+    })
+    .await;
+    let (admin, general) = o.workspace("acme").await;
+    let (receiver, url) = Receiver::start(0).await;
+    let (app, hook, _) = app_with_hook(&o, &admin, &general, &url, json!(["message"])).await;
+    for i in 0..3 {
+        o.send_text(&admin, &general, &format!("m{i}")).await;
+    }
+    receiver.wait_delivered(3).await;
+    let path = format!("/v1/apps/{app}/webhooks/{hook}/deliveries");
+    let logged = o.get(&path, &admin).await.1["deliveries"].as_array().unwrap().len();
+    assert!(logged > 0, "logged at first");
+    until("the log cleared", || async { o.get(&path, &admin).await.1["deliveries"].as_array().unwrap().is_empty() })
+        .await;
     o.stop().await;
 }

@@ -66,6 +66,9 @@ pub const MAX_WEBHOOKS: usize = 20;
 const SEND_BATCH: usize = 64;
 /// Entries of a workspace's queue one lease reads at most, looking for an endpoint's.
 const SCAN_BATCH: usize = 1_024;
+/// How long an endpoint enabled again waits for what it missed to be queued from the feed
+/// (ms): the pause ends as soon as it is; a node that died meanwhile leaves it this long.
+const REQUEUE_HOLD_MS: i64 = 60_000;
 /// How often a node marks every workspace with endpoints and clears old log entries (ms).
 const UPKEEP_MS: i64 = 60_000;
 /// Log entries one upkeep looks at per workspace.
@@ -287,13 +290,19 @@ pub struct Webhooks {
     store: Store,
     allow: Allow,
     overlap_ms: i64,
+    keep_ms: i64,
 }
 
 impl Webhooks {
     /// The API over `store`, checking URLs against `config.allow_networks`.
     pub fn new(store: &Store, config: &AppsConfig) -> std::result::Result<Webhooks, String> {
         let allow = Allow::parse(false, &config.allow_networks)?;
-        Ok(Webhooks { store: store.clone(), allow, overlap_ms: config.secret_overlap_secs as i64 * 1000 })
+        Ok(Webhooks {
+            store: store.clone(),
+            allow,
+            overlap_ms: config.secret_overlap_secs as i64 * 1000,
+            keep_ms: config.webhook_keep_disabled_secs as i64 * 1000,
+        })
     }
 
     fn check_url(&self, url: &str) -> Result<()> {
@@ -401,6 +410,7 @@ impl Webhooks {
         let events = events.map(checked_events).transpose()?;
         let w = &caller.workspace;
         let now = crate::now_ms();
+        let keep_ms = self.keep_ms;
         let (updated, _) = transact!(self.store, |tx| {
             let Some(mut hook) = load_hook(tx, w, a, h).await? else { return Ok(None) };
             if let Some(url) = url {
@@ -414,12 +424,13 @@ impl Webhooks {
                 Some(true) if !hook.enabled => {
                     let mut state = load_state(tx, w, h).await?;
                     (state.attempts, state.failing_since, state.next_at) = (0, None, 0);
-                    // What the queue no longer holds for it goes again from the feed.
                     let done = done_of(&hook, &state);
                     let swept = tx.get(&keys::hook_swept(w)).await?.and_then(|raw| Position::try_from(raw).ok());
-                    if let Some(swept) = swept.filter(|s| *s > done) {
-                        missed = Some((done, swept));
-                        state.done = Some(swept);
+                    if !kept_for(&hook, now, keep_ms) || swept.is_some_and(|s| s > done) {
+                        // The queue did not keep everything for it: what it missed goes
+                        // again from the feed, and the dispatcher waits until it is queued.
+                        missed = Some(done);
+                        state.next_at = now + REQUEUE_HOLD_MS;
                     }
                     tx.set(&keys::hook_state(w, h), &selvage_shared::to_msgpack(&state))?;
                     tx.set(&keys::hook_ready(w), &[])?;
@@ -432,20 +443,40 @@ impl Webhooks {
             Some((hook, missed))
         })?;
         let (hook, missed) = updated.ok_or_else(|| no_webhook(h))?;
-        if let Some((from, until)) = missed {
-            let bot = transact!(self.store, |tx| { super::load(tx, w, a).await?.map(|app| app.bot_user) })?.0;
-            let queued = match bot {
-                Some(bot) => self.requeue(feed, w, &hook, &bot, from, until).await,
-                None => Ok((0, from)),
-            };
-            match queued {
-                Ok((queued, _)) => tracing::info!(ws.id = %w, webhook.id = %h, queued,
-                    "webhook enabled again; what its workspace's queue no longer held was queued again from the feed"),
-                Err(e) => tracing::warn!(ws.id = %w, webhook.id = %h, from = %feed::cursor(&from), error = %e,
-                    "webhook enabled again, but what it missed could not be queued from the feed; replay from this cursor"),
-            }
+        if let Some(from) = missed {
+            self.catch_up(feed, w, a, &hook, from).await?;
         }
         Ok(WebhookView::from(&hook))
+    }
+
+    /// For `hook`, enabled again after its workspace's queue stopped keeping its events: queues
+    /// again from the feed what it missed after `from` — up to the feed's head once the
+    /// consumer sees it enabled, so nothing falls between the two — then moves its `done` to
+    /// that head and lets the dispatcher serve it.
+    async fn catch_up(&self, feed: &Feed, w: &WorkspaceId, a: &AppId, hook: &Webhook, from: Position) -> Result<()> {
+        let h = hook.id.as_str();
+        let head = feed.head().await?;
+        let bot = transact!(self.store, |tx| { super::load(tx, w, a).await?.map(|app| app.bot_user) })?.0;
+        let queued = match &bot {
+            Some(bot) => self.requeue(feed, w, hook, bot, from, head).await,
+            None => Ok((0, head)),
+        };
+        match &queued {
+            Ok((n, to)) if *to >= head => tracing::info!(ws.id = %w, webhook.id = %h, queued = n,
+                "webhook enabled again; what its workspace's queue no longer kept was queued again from the feed"),
+            Ok((n, to)) => tracing::warn!(ws.id = %w, webhook.id = %h, queued = n, from = %feed::cursor(to),
+                "webhook enabled again; it missed more than one replay queues: replay from this cursor for the rest"),
+            Err(e) => tracing::warn!(ws.id = %w, webhook.id = %h, from = %feed::cursor(&from), error = %e,
+                "webhook enabled again, but what it missed could not be queued from the feed: replay from this cursor"),
+        }
+        transact!(self.store, |tx| {
+            let mut state = load_state(tx, w, h).await?;
+            state.done = Some(done_of(hook, &state).max(head));
+            state.next_at = 0;
+            tx.set(&keys::hook_state(w, h), &selvage_shared::to_msgpack(&state))?;
+            tx.set(&keys::hook_ready(w), &[])?;
+        })?;
+        Ok(())
     }
 
     /// Makes a new secret for an endpoint; the current one keeps signing beside it for
@@ -970,7 +1001,9 @@ impl Dispatcher {
         tasks: &mut tokio::task::JoinSet<()>,
         stop: &CancellationToken,
     ) -> Result<usize, StoreError> {
-        if now - self.swept_logs.load(std::sync::atomic::Ordering::Relaxed) >= UPKEEP_MS {
+        // At least twice per log retention, for a short one.
+        let upkeep_ms = UPKEEP_MS.min(self.config.delivery_log_secs as i64 * 500);
+        if now - self.swept_logs.load(std::sync::atomic::Ordering::Relaxed) >= upkeep_ms {
             self.swept_logs.store(now, std::sync::atomic::Ordering::Relaxed);
             self.upkeep(now).await?;
         }
@@ -1113,8 +1146,11 @@ impl Dispatcher {
         // How far the queue's entries read are all in `pending` or not for this endpoint.
         let mut covered = done;
         let mut matched = 0;
+        // The queue's entries read, in order.
+        let mut scanned: Vec<Position> = Vec::with_capacity(queued.len());
         for (k, raw) in &queued {
             let Some(position) = position_of(k) else { continue };
+            scanned.push(position);
             let Some(entry) = decode::<Queued>(raw) else {
                 covered = position;
                 continue;
@@ -1147,9 +1183,9 @@ impl Dispatcher {
             pending.truncate(SEND_BATCH);
         }
 
+        let pending_positions: Vec<Position> = pending.iter().map(|p| p.0).collect();
         let timeout_ms = self.config.webhook_timeout_ms as i64;
         let mut tried: Vec<(Position, Option<Vec<u8>>, String, String, Sent, i64)> = Vec::new();
-        let total = pending.len();
         for (position, body, replay) in pending {
             if stop.is_cancelled() || crate::now_ms() + 2 * timeout_ms > lease_until {
                 break;
@@ -1175,18 +1211,12 @@ impl Dispatcher {
                 break;
             }
         }
-        // Where `done` may go: past everything read if all went, else past the queue's
-        // entries delivered before the first that did not.
-        let all_delivered = tried.len() == total && !tried.iter().any(|t| matches!(t.4, Sent::Failed(..)));
-        let new_done = if all_delivered {
-            covered
-        } else {
-            tried
-                .iter()
-                .filter(|t| t.1.is_none() && matches!(t.4, Sent::Delivered(_)))
-                .map(|t| t.0)
-                .max()
-                .unwrap_or(done)
+        // Where `done` may go: past everything read if all went, else past the entries read
+        // before the first that was not delivered (those not for this endpoint included).
+        let delivered = tried.iter().take_while(|t| matches!(t.4, Sent::Delivered(_))).count();
+        let new_done = match pending_positions.get(delivered) {
+            None => covered,
+            Some(stuck) => scanned.iter().take_while(|p| *p < stuck).last().copied().unwrap_or(done).min(covered),
         };
         let me = &self.me;
         let (recorded, _) = transact!(self.store, |tx| {
