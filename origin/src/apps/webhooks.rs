@@ -66,6 +66,8 @@ pub const MAX_WEBHOOKS: usize = 20;
 const SEND_BATCH: usize = 64;
 /// Entries of a workspace's queue one lease reads at most, looking for an endpoint's.
 const SCAN_BATCH: usize = 1_024;
+/// Queue entries (and delivery bodies) a node keeps decoded.
+const ENTRY_CACHE: u64 = 20_000;
 /// How long an endpoint enabled again waits for what it missed to be queued from the feed
 /// (ms): the pause ends as soon as it is; a node that died meanwhile leaves it this long.
 const REQUEUE_HOLD_MS: i64 = 60_000;
@@ -357,7 +359,7 @@ impl Webhooks {
                 since: Some(since),
                 disabled_at: None,
             };
-            tx.set(&keys::webhook(w, &hook.id), &selvage_shared::to_msgpack(&hook))?;
+            save_hook(tx, w, &hook)?;
             Ok(WebhookView::from(&hook))
         })?;
         let view = made?;
@@ -439,7 +441,7 @@ impl Webhooks {
                 Some(false) if hook.enabled => (hook.enabled, hook.disabled_at) = (false, Some(now)),
                 _ => {}
             }
-            tx.set(&keys::webhook(w, h), &selvage_shared::to_msgpack(&hook))?;
+            save_hook(tx, w, &hook)?;
             Some((hook, missed))
         })?;
         let (hook, missed) = updated.ok_or_else(|| no_webhook(h))?;
@@ -494,7 +496,7 @@ impl Webhooks {
                 s.until = Some(now + overlap);
             }
             hook.secrets.push(secret.clone());
-            tx.set(&keys::webhook(w, h), &selvage_shared::to_msgpack(&hook))?;
+            save_hook(tx, w, &hook)?;
             true
         })?;
         match found {
@@ -708,11 +710,18 @@ fn log_key(k: &[u8]) -> Option<(Position, String)> {
     }
 }
 
+/// Writes `hook`, and bumps its workspace's [`keys::webhooks_version`].
+fn save_hook(tx: &mut dyn KvTxn, w: &WorkspaceId, hook: &Webhook) -> Result<(), StoreError> {
+    tx.set(&keys::webhook(w, &hook.id), &selvage_shared::to_msgpack(hook))?;
+    tx.atomic_add(&keys::webhooks_version(w), 1)
+}
+
 /// Removes endpoint `h` of `w`: it, its state and its replays. Its log entries stay until the
 /// log's retention clears them (listings show only endpoints that exist), and the workspace's
 /// queue is swept at the dispatcher's next look, as if it had delivered everything.
 pub fn clear_hook(tx: &mut dyn KvTxn, w: &WorkspaceId, h: &str) -> Result<(), StoreError> {
     tx.clear(&keys::webhook(w, h))?;
+    tx.atomic_add(&keys::webhooks_version(w), 1)?;
     tx.clear(&keys::hook_state(w, h))?;
     tx.set(&keys::hook_ready(w), &[])?;
     let (begin, end) = crate::store::prefix_range(&keys::hook_replays(w, h));
@@ -730,8 +739,7 @@ fn position_of(k: &[u8]) -> Option<Position> {
     e.iter().rev().find_map(|e| e.as_bytes()?.try_into().ok())
 }
 
-/// An app's bot user and its endpoints that events are queued for: enabled ones, and those
-/// disabled less than `apps.webhook_keep_disabled_secs` ago.
+/// An app's bot user and its endpoints.
 pub struct Bot {
     user: UserId,
     app: AppId,
@@ -745,20 +753,32 @@ pub struct Bot {
 pub struct Reads {
     bots: HashMap<WorkspaceId, Arc<Vec<Bot>>>,
     member: HashMap<UserId, HashMap<ChannelId, bool>>,
-    /// The time the queue is written at, and how long disabled endpoints are kept for (ms).
-    now: i64,
-    keep_ms: i64,
+    /// Each workspace's bots as decoded by earlier transactions, with the
+    /// [`keys::webhooks_version`] they were read at.
+    known: Option<BotsCache>,
 }
 
+/// A workspace's bots by the [`keys::webhooks_version`] they were read at.
+pub type BotsCache = moka::sync::Cache<WorkspaceId, (Option<Vec<u8>>, Arc<Vec<Bot>>)>;
+
 impl Reads {
+    /// W's apps that have endpoints, each with all of them. The version key is read in the
+    /// transaction, so a change to an endpoint conflicts with it as a read of them all would;
+    /// while it holds, the endpoints decoded by an earlier transaction serve.
     async fn bots(&mut self, tx: &mut dyn KvTxn, w: &WorkspaceId) -> Result<Arc<Vec<Bot>>, StoreError> {
         if let Some(known) = self.bots.get(w) {
             return Ok(known.clone());
         }
+        let version = tx.get(&keys::webhooks_version(w)).await?;
+        if let Some((v, bots)) = self.known.as_ref().and_then(|c| c.get(w)) {
+            if v == version {
+                self.bots.insert(w.clone(), bots.clone());
+                return Ok(bots);
+            }
+        }
         let mut bots: Vec<Bot> = Vec::new();
-        let (now, keep_ms) = (self.now, self.keep_ms);
         for (_, raw) in tx.get_range(&RangeRead::prefix(&keys::webhooks(w))).await? {
-            let Some(hook) = decode::<Webhook>(&raw).filter(|h| kept_for(h, now, keep_ms)) else { continue };
+            let Some(hook) = decode::<Webhook>(&raw) else { continue };
             match bots.iter_mut().find(|b| b.app == hook.app) {
                 Some(bot) => bot.hooks.push(hook),
                 None => {
@@ -770,6 +790,9 @@ impl Reads {
         }
         let bots = Arc::new(bots);
         self.bots.insert(w.clone(), bots.clone());
+        if let Some(known) = &self.known {
+            known.insert(w.clone(), (version, bots.clone()));
+        }
         Ok(bots)
     }
 
@@ -862,6 +885,8 @@ pub struct Queuer {
     pub metrics: Arc<Metrics>,
     /// How long a disabled endpoint's events are kept for it (ms).
     pub keep_ms: i64,
+    /// The workspaces' bots, decoded once per change of their endpoints.
+    pub bots: BotsCache,
 }
 
 #[async_trait]
@@ -876,7 +901,8 @@ impl Consumer for Queuer {
     }
 
     async fn apply(&self, tx: &mut dyn KvTxn, batch: &Batch) -> Result<(), ConsumerError> {
-        let mut reads = Reads { now: crate::now_ms(), keep_ms: self.keep_ms, ..Default::default() };
+        let mut reads = Reads { known: Some(self.bots.clone()), ..Default::default() };
+        let (now, keep_ms) = (crate::now_ms(), self.keep_ms);
         let mut queued = 0u64;
         let mut ready: std::collections::HashSet<WorkspaceId> = Default::default();
         for item in &batch.items {
@@ -889,7 +915,12 @@ impl Consumer for Queuer {
             let mut apps = Vec::new();
             for bot in reads.bots(tx, w).await?.iter() {
                 let after_creation = |h: &&Webhook| h.since.is_none_or(|since| item.position > since);
-                let hooks = bot.hooks.iter().filter(|h| wants(h, kind)).filter(after_creation).count();
+                let hooks = bot
+                    .hooks
+                    .iter()
+                    .filter(|h| kept_for(h, now, keep_ms) && wants(h, kind))
+                    .filter(after_creation)
+                    .count();
                 if hooks == 0 || !visible_to(tx, &mut reads, w, &bot.user, &e.event).await? {
                     continue;
                 }
@@ -919,7 +950,11 @@ pub fn start(
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
 ) -> std::result::Result<Vec<tokio::task::JoinHandle<()>>, String> {
-    let queuer = Queuer { metrics: metrics.clone(), keep_ms: config.webhook_keep_disabled_secs as i64 * 1000 };
+    let queuer = Queuer {
+        metrics: metrics.clone(),
+        keep_ms: config.webhook_keep_disabled_secs as i64 * 1000,
+        bots: moka::sync::Cache::new(10_000),
+    };
     let runner = ConsumerRunner::new(feed.clone(), Arc::new(queuer), ConsumerOptions::from_config(consumers))
         .map_err(|e| e.to_string())?;
     let dispatcher = Arc::new(Dispatcher::new(store, config, metrics.clone())?);
@@ -945,6 +980,10 @@ pub struct Dispatcher {
     serving: std::sync::Mutex<std::collections::HashSet<(WorkspaceId, String)>>,
     /// When this node last swept the delivery logs (ms).
     swept_logs: std::sync::atomic::AtomicI64,
+    /// Queue entries decoded, and delivery bodies made (one per app), shared by the endpoints
+    /// that read them: an entry never changes once written.
+    entries: moka::sync::Cache<(WorkspaceId, Position), Arc<Queued>>,
+    bodies: moka::sync::Cache<(WorkspaceId, Position, AppId), Arc<Vec<u8>>>,
 }
 
 impl Dispatcher {
@@ -960,6 +999,8 @@ impl Dispatcher {
             me: ids::new_id('N'),
             serving: Default::default(),
             swept_logs: Default::default(),
+            entries: moka::sync::Cache::new(ENTRY_CACHE),
+            bodies: moka::sync::Cache::new(ENTRY_CACHE),
         })
     }
 
@@ -1141,8 +1182,7 @@ impl Dispatcher {
             let queued = tx.get_range(&RangeRead::between(begin.clone(), end.clone()).limit(SCAN_BATCH)).await?;
             (replays, queued)
         })?;
-        // What to send: (position, body, the replay's key).
-        let mut pending: Vec<(Position, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         // How far the queue's entries read are all in `pending` or not for this endpoint.
         let mut covered = done;
         let mut matched = 0;
@@ -1151,50 +1191,55 @@ impl Dispatcher {
         for (k, raw) in &queued {
             let Some(position) = position_of(k) else { continue };
             scanned.push(position);
-            let Some(entry) = decode::<Queued>(raw) else {
+            let Some(entry) = self.entry(w, position, raw) else {
                 covered = position;
                 continue;
             };
-            let mine = entry.apps.contains(&hook.app)
-                && wants(&hook, entry.event.event.kind())
-                && hook.since.is_none_or(|since| position > since);
+            let kind = entry.event.event.kind();
+            let mine =
+                entry.apps.contains(&hook.app) && wants(&hook, kind) && hook.since.is_none_or(|since| position > since);
             if mine {
                 if matched == SEND_BATCH {
                     break;
                 }
                 matched += 1;
-                pending.push((position, body(&hook.app, &position, &entry.event), None));
+                let body = self.bodies.get_with((w.clone(), position, hook.app.clone()), || {
+                    Arc::new(body(&hook.app, &position, &entry.event))
+                });
+                pending.push(Pending {
+                    position,
+                    body,
+                    kind: kind.to_string(),
+                    ts: Some(entry.event.ts),
+                    replay: None,
+                });
             }
             covered = position;
         }
         for (k, raw) in replays {
             if let Some(position) = position_of(&k) {
-                pending.push((position, raw, Some(k)));
+                let (kind, ts) = replayed_kind_and_time(&raw);
+                pending.push(Pending { position, body: Arc::new(raw), kind, ts, replay: Some(k) });
             }
         }
         // Replays first among equals: a replay's copy of an event goes before the queue's.
-        pending.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| b.2.is_some().cmp(&a.2.is_some())));
+        pending.sort_by(|a, b| a.position.cmp(&b.position).then_with(|| b.replay.is_some().cmp(&a.replay.is_some())));
         if pending.len() > SEND_BATCH {
-            if let Some(cut) = pending[SEND_BATCH..].iter().find(|p| p.2.is_none()) {
+            if pending[SEND_BATCH..].iter().any(|p| p.replay.is_none()) {
                 // A queue entry left for later: `done` may not pass it.
-                covered = pending[..SEND_BATCH].iter().rev().find(|p| p.2.is_none()).map_or(done, |p| p.0);
-                debug_assert!(cut.0 > covered);
+                covered = pending[..SEND_BATCH].iter().rev().find(|p| p.replay.is_none()).map_or(done, |p| p.position);
             }
             pending.truncate(SEND_BATCH);
         }
 
-        let pending_positions: Vec<Position> = pending.iter().map(|p| p.0).collect();
+        let pending_positions: Vec<Position> = pending.iter().map(|p| p.position).collect();
         let timeout_ms = self.config.webhook_timeout_ms as i64;
         let mut tried: Vec<(Position, Option<Vec<u8>>, String, String, Sent, i64)> = Vec::new();
-        for (position, body, replay) in pending {
+        for Pending { position, body, kind, ts, replay } in pending {
             if stop.is_cancelled() || crate::now_ms() + 2 * timeout_ms > lease_until {
                 break;
             }
             let id = format!("evt_{}", feed::cursor(&position));
-            let kind = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["type"].as_str().map(String::from))
-                .unwrap_or_default();
             let sent = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
@@ -1203,7 +1248,7 @@ impl Dispatcher {
             let at = crate::now_ms();
             let failed = matches!(sent, Sent::Failed(..));
             if !failed {
-                let committed = event_ms(&body).unwrap_or(at);
+                let committed = ts.unwrap_or(at);
                 self.metrics.webhook_latency_seconds.observe((at - committed).max(0) as f64 / 1000.0);
             }
             tried.push((position, replay, id, kind, sent, at));
@@ -1267,7 +1312,7 @@ impl Dispatcher {
                                         "disabled after failing for {} s, {attempts} tries in a row; last: {error}",
                                         (at - since) / 1000
                                     ));
-                                    tx.set(&keys::webhook(w, h), &selvage_shared::to_msgpack(&hook))?;
+                                    save_hook(tx, w, &hook)?;
                                 }
                             }
                         }
@@ -1297,6 +1342,17 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// The queue entry at `position` of W's queue, decoded from `raw` unless known.
+    fn entry(&self, w: &WorkspaceId, position: Position, raw: &[u8]) -> Option<Arc<Queued>> {
+        let key = (w.clone(), position);
+        if let Some(known) = self.entries.get(&key) {
+            return Some(known);
+        }
+        let entry = Arc::new(decode::<Queued>(raw)?);
+        self.entries.insert(key, entry.clone());
+        Some(entry)
+    }
+
     /// One try: the request, signed with every secret still valid.
     async fn send(&self, hook: &Webhook, id: &str, body: &[u8]) -> Sent {
         let now = crate::now_ms();
@@ -1319,11 +1375,22 @@ impl Dispatcher {
     }
 }
 
-/// When the event in a delivery's body was committed (ms).
-fn event_ms(body: &[u8]) -> Option<i64> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let t: jiff::Timestamp = v["timestamp"].as_str()?.parse().ok()?;
-    Some(t.as_millisecond())
+/// The event type of a replayed delivery's body, and when its event was committed (ms).
+fn replayed_kind_and_time(body: &[u8]) -> (String, Option<i64>) {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return (String::new(), None) };
+    let ts = v["timestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_millisecond());
+    (v["type"].as_str().unwrap_or_default().to_string(), ts)
+}
+
+/// One delivery to make.
+struct Pending {
+    position: Position,
+    body: Arc<Vec<u8>>,
+    /// Its event's type, and when the event was committed (ms).
+    kind: String,
+    ts: Option<i64>,
+    /// The key of the replay that queued it; `None`: the workspace's queue.
+    replay: Option<Vec<u8>>,
 }
 
 /// `webhook-signature`: `v1,<base64 HMAC-SHA256 of id.timestamp.body>` for each secret valid at

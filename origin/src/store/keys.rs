@@ -365,6 +365,12 @@ pub fn webhook(w: &WorkspaceId, h: &str) -> Vec<u8> {
     ws(w).str("hook").str(h).finish()
 }
 
+/// `(ws, W, hookver)` → a counter (little-endian i64, atomic adds) bumped at every change of
+/// one of W's [`webhook`]s: the consumer `hooks` keeps W's endpoints decoded while it holds.
+pub fn webhooks_version(w: &WorkspaceId) -> Vec<u8> {
+    ws(w).str("hookver").finish()
+}
+
 /// Prefix of a workspace's [`webhook`]s.
 pub fn webhooks(w: &WorkspaceId) -> Vec<u8> {
     ws(w).str("hook").finish()
