@@ -346,3 +346,62 @@ async fn registering_commands_is_for_admins_checked_and_scoped_to_the_workspace(
     assert_eq!(o.get("/v1/commands", &alice).await.1["commands"], json!([]));
     o.stop().await;
 }
+
+/// A rotated command secret: the old one keeps signing beside the new one, so the app can
+/// switch without failing a run; only the app's admins rotate it.
+#[tokio::test]
+async fn a_rotated_command_secret_signs_beside_the_old_one() {
+    let o = TestOrigin::start_with(tweak).await;
+    let (admin, general) = o.workspace("acme").await;
+    let (app, url) = App::start().await;
+    let (app_id, _) = app_with_command(&o, &admin, &url, &app).await;
+    let (s, v) = o.post(&format!("/v1/apps/{app_id}/commands/deploy/rotate"), &admin, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rotated = v["secret"].as_str().unwrap().to_string();
+    assert!(rotated.starts_with("whsec_"), "{v}");
+    // The app still checks with the old secret.
+    let (s, v) = run(&o, &admin, &general, "/deploy eph one").await;
+    assert!(s.is_success(), "{v}");
+    // Then with the new one.
+    app.inner.lock().unwrap().0 = rotated;
+    let (s, v) = run(&o, &admin, &general, "/deploy eph two").await;
+    assert!(s.is_success(), "{v}");
+    let got = app.got();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|g| g.signed), "{got:?}");
+
+    let (_, alice) = o.user(&admin, "alice").await;
+    let path = format!("/v1/apps/{app_id}/commands/deploy/rotate");
+    assert_eq!(o.post(&path, &alice, json!({})).await.0, StatusCode::FORBIDDEN);
+    let (other, _) = o.workspace("globex").await;
+    assert_eq!(o.post(&path, &other, json!({})).await.0, StatusCode::NOT_FOUND);
+    let missing = format!("/v1/apps/{app_id}/commands/nope/rotate");
+    assert_eq!(o.post(&missing, &admin, json!({})).await.0, StatusCode::NOT_FOUND);
+    o.stop().await;
+}
+
+/// A retried send of a command (the same `client_msg_id`) does not run it again: it answers what
+/// the first run came to. A run that failed did nothing, so its retry runs it.
+#[tokio::test]
+async fn a_retried_command_send_runs_it_once_and_a_failed_one_again() {
+    let o = TestOrigin::start_with(tweak).await;
+    let (admin, general) = o.workspace("acme").await;
+    let (app, url) = App::start().await;
+    app_with_command(&o, &admin, &url, &app).await;
+    let first = run(&o, &admin, &general, "/deploy chan once").await;
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    assert_eq!(first.1["answer"], "in_channel", "{}", first.1);
+    let again = run(&o, &admin, &general, "/deploy chan once").await;
+    assert_eq!(first, again, "the retry answers what the first run came to");
+    assert_eq!(app.got().len(), 1, "the app was asked once");
+    let posted = texts(&o, &admin, &general).await;
+    assert_eq!(posted.iter().filter(|(_, t)| t == "/deploy chan once").count(), 1, "{posted:?}");
+    assert_eq!(posted.iter().filter(|(_, t)| t == "deployed for all").count(), 1, "{posted:?}");
+
+    let (s, v) = run(&o, &admin, &general, "/deploy fail").await;
+    assert!(!s.is_success(), "{v}");
+    let (s, v) = run(&o, &admin, &general, "/deploy fail").await;
+    assert!(!s.is_success(), "{v}");
+    assert_eq!(app.got().len(), 3, "a failed run is tried again");
+    o.stop().await;
+}

@@ -64,6 +64,9 @@ pub struct Command {
     pub usage_hint: String,
     /// The secret that signs what it is sent.
     pub secret: Secret,
+    /// Secrets rotated out that still sign beside it until their `until`.
+    #[serde(default)]
+    pub previous: Vec<Secret>,
     /// Who registered it.
     pub created_by: UserId,
     /// When (ms).
@@ -103,6 +106,23 @@ struct Respond {
     app: AppId,
     expires_at: i64,
     uses_left: u32,
+}
+
+/// What a send that starts with a command comes to, as its transaction finds it.
+enum Found {
+    /// No such command (or its app's bot is gone).
+    Unknown,
+    /// A retry of a send that already ran it: the first run's outcome (`Deferred` while it runs).
+    Again(CommandAnswer),
+    /// To run: the command, its app's bot user, where its answers go.
+    Run(Box<(Command, UserId, Target)>),
+}
+
+/// One run of a command, for retries of its send (kept as long as its `response_url`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Run {
+    /// What it came to; `None` while it runs.
+    outcome: Option<CommandAnswer>,
 }
 
 /// What an app answered, or sent to a `response_url`.
@@ -147,6 +167,8 @@ pub struct Commands {
     timeout: Duration,
     /// Where `response_url`s point: the API's public URL, no trailing slash.
     base: String,
+    /// How long a secret rotated out still signs (ms).
+    overlap_ms: i64,
 }
 
 impl Commands {
@@ -157,7 +179,14 @@ impl Commands {
         let timeout = Duration::from_millis(config.command_timeout_ms);
         let client = Outbound::new(allow.clone(), timeout)?;
         let base = if config.public_url.is_empty() { base } else { config.public_url.as_str() };
-        Ok(Commands { store: store.clone(), allow, client, timeout, base: base.trim_end_matches('/').to_string() })
+        Ok(Commands {
+            store: store.clone(),
+            allow,
+            client,
+            timeout,
+            base: base.trim_end_matches('/').to_string(),
+            overlap_ms: config.secret_overlap_secs as i64 * 1000,
+        })
     }
 
     /// Registers `/name` for app `a` (admins; the app needs the `commands` scope). Answers it and
@@ -199,6 +228,7 @@ impl Commands {
             description: description.to_string(),
             usage_hint: usage_hint.to_string(),
             secret,
+            previous: Vec::new(),
             created_by: caller.user.id.clone(),
             created_at: crate::now_ms(),
         };
@@ -240,6 +270,39 @@ impl Commands {
         Ok(rows.iter().filter_map(|(_, raw)| decode::<Command>(raw)).map(|c| CommandView::from(&c)).collect())
     }
 
+    /// Makes a new signing secret for `/name` of app `a` (admins); the current one keeps
+    /// signing beside it for `apps.secret_overlap_secs`, so the app can switch without failing a
+    /// run. Answers the new one (shown once).
+    pub async fn rotate(&self, caller: &Caller, a: &AppId, name: &str) -> Result<String> {
+        super::require_admin(caller)?;
+        let name = name.strip_prefix('/').unwrap_or(name);
+        if !valid_name(name) {
+            return Err(no_command(name));
+        }
+        let (secret, shown) = new_secret()?;
+        let w = &caller.workspace;
+        let overlap = self.overlap_ms;
+        let (found, _) = transact!(self.store, |tx| {
+            let key = keys::command(w, name);
+            match tx.get(&key).await?.and_then(|raw| decode::<Command>(&raw)).filter(|c| c.app == *a) {
+                None => false,
+                Some(mut command) => {
+                    let now = crate::now_ms();
+                    command.previous.retain(|s| s.until.is_some_and(|t| t > now));
+                    let mut old = std::mem::replace(&mut command.secret, secret.clone());
+                    old.until = Some(now + overlap);
+                    command.previous.push(old);
+                    tx.set(&key, &selvage_shared::to_msgpack(&command))?;
+                    true
+                }
+            }
+        })?;
+        match found {
+            true => Ok(shown),
+            false => Err(no_command(name)),
+        }
+    }
+
     /// Removes `/name` of app `a` (admins).
     pub async fn delete(&self, caller: &Caller, a: &AppId, name: &str) -> Result<()> {
         super::require_admin(caller)?;
@@ -271,6 +334,7 @@ impl Commands {
         let (w, c, u) = (&request.workspace, &request.channel, &request.user);
         let now = crate::now_ms();
         let token = ids::new_token();
+        let run_hash = ids::token_hash(&format!("{w}\0{u}\0{}", request.client_msg_id));
         let (found, _) = transact!(self.store, |tx| {
             let Some(user) = get_user(tx, w, u).await? else {
                 return Ok(Err(OriginError::Unauthorized("the sender is not a user of this workspace".into())));
@@ -293,8 +357,14 @@ impl Commands {
                 _ => return Ok(Err(OriginError::no_channel(c.as_str()))),
             }
             let command = tx.get(&keys::command(w, &name)).await?.and_then(|raw| decode::<Command>(&raw));
-            let Some(command) = command else { return Ok(Ok(Some(None))) };
-            let Some(bot) = super::active_bot(tx, w, &command.app).await? else { return Ok(Ok(Some(None))) };
+            let Some(command) = command else { return Ok(Ok(Some(Found::Unknown))) };
+            let Some(bot) = super::active_bot(tx, w, &command.app).await? else { return Ok(Ok(Some(Found::Unknown))) };
+            // A retried send: what the first run came to, or taken while it runs.
+            if let Some(run) = tx.get(&keys::command_run(&run_hash)).await?.and_then(|raw| decode::<Run>(&raw)) {
+                return Ok(Ok(Some(Found::Again(run.outcome.unwrap_or(CommandAnswer::Deferred)))));
+            }
+            tx.set(&keys::command_run(&run_hash), &selvage_shared::to_msgpack(&Run { outcome: None }))?;
+            tx.set(&keys::command_expiry(now + RESPONSE_URL_TTL_MS, &run_hash), &[])?;
             let respond = Respond {
                 to: Target {
                     workspace: w.clone(),
@@ -311,34 +381,50 @@ impl Commands {
             tx.set(&keys::command_response(&hash), &selvage_shared::to_msgpack(&respond))?;
             tx.set(&keys::command_expiry(respond.expires_at, &hash), &[])?;
             sweep(tx, now).await?;
-            Ok(Some(Some((command, bot.id, respond.to))))
+            Ok(Some(Found::Run(Box::new((command, bot.id, respond.to)))))
         })?;
         let metrics = &origin.metrics.commands;
+        let shown = format!("/{name}");
         let (command, bot, to) = match found? {
             None => return Ok(None),
-            Some(None) => {
+            Some(Found::Unknown) => {
                 metrics.with_label_values(&["unknown"]).inc();
                 return Err(OriginError::UnknownCommand(format!(
                     "/{name} is not a command in this workspace; to post the text as it is, start it with a space"
                 )));
             }
-            Some(Some(found)) => found,
+            Some(Found::Again(outcome)) => return Ok(Some((shown, outcome))),
+            Some(Found::Run(run)) => *run,
         };
-        let shown = format!("/{name}");
-        let answer = self.ask(&command, request, args, &token, now).await.inspect_err(|_| {
-            metrics.with_label_values(&["failed"]).inc();
-        })?;
-        let outcome = match answer.text.as_deref().map(str::trim) {
-            None | Some("") => CommandAnswer::Deferred,
-            Some(_) => {
-                let in_channel = answer.response_type.as_deref() == Some("in_channel");
-                if in_channel {
-                    // As in Slack: the channel sees the command, then its answer.
-                    origin.sequencer.send(request.clone()).await?;
+        let ran = async {
+            let answer = self.ask(&command, request, args, &token, now).await?;
+            Ok::<_, OriginError>(match answer.text.as_deref().map(str::trim) {
+                None | Some("") => CommandAnswer::Deferred,
+                Some(_) => {
+                    let in_channel = answer.response_type.as_deref() == Some("in_channel");
+                    if in_channel {
+                        // As in Slack: the channel sees the command, then its answer.
+                        origin.sequencer.send(request.clone()).await?;
+                    }
+                    deliver(origin, &to, &bot, answer.text.unwrap_or_default(), in_channel).await?
                 }
-                deliver(origin, &to, &bot, answer.text.unwrap_or_default(), in_channel).await?
+            })
+        }
+        .await;
+        // Recorded for a retry of the same send: its outcome, or — a failure having done
+        // nothing — no run, so that a retry runs it.
+        let recorded = ran.as_ref().ok().map(|outcome| Run { outcome: Some(*outcome) });
+        let key = keys::command_run(&run_hash);
+        let kept = transact!(self.store, |tx| {
+            match &recorded {
+                Some(run) => tx.set(&key, &selvage_shared::to_msgpack(run))?,
+                None => tx.clear(&key)?,
             }
-        };
+        });
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, command = %shown, "could not record a command's run; a retry of its send finds it running");
+        }
+        let outcome = ran.inspect_err(|_| metrics.with_label_values(&["failed"]).inc())?;
         metrics.with_label_values(&[outcome_label(outcome)]).inc();
         Ok(Some((shown, outcome)))
     }
@@ -362,7 +448,8 @@ impl Commands {
             "timestamp": jiff::Timestamp::from_millisecond(now).map(|t| t.to_string()).unwrap_or_default(),
         });
         let body = serde_json::to_vec(&body).map_err(|e| OriginError::Internal(format!("command body: {e}")))?;
-        let signature = sign(std::slice::from_ref(&command.secret), now, &id, &timestamp, &body);
+        let secrets: Vec<Secret> = command.previous.iter().chain([&command.secret]).cloned().collect();
+        let signature = sign(&secrets, now, &id, &timestamp, &body);
         let headers = [
             ("content-type", "application/json".to_string()),
             ("webhook-id", id.clone()),
@@ -528,6 +615,7 @@ async fn sweep(tx: &mut dyn KvTxn, now: i64) -> Result<(), StoreError> {
         tx.clear(&key)?;
         if let Some(hash) = keys::command_expiry_hash(&key) {
             tx.clear(&keys::command_response(&hash))?;
+            tx.clear(&keys::command_run(&hash))?;
         }
     }
     Ok(())

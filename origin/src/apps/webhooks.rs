@@ -1234,6 +1234,8 @@ impl Dispatcher {
 
         let pending_positions: Vec<Position> = pending.iter().map(|p| p.position).collect();
         let timeout_ms = self.config.webhook_timeout_ms as i64;
+        // What was sent: its position, replay key, `webhook-id`, type, outcome and time.
+        #[allow(clippy::type_complexity)]
         let mut tried: Vec<(Position, Option<Vec<u8>>, String, String, Sent, i64)> = Vec::new();
         for Pending { position, body, kind, ts, replay } in pending {
             if stop.is_cancelled() || crate::now_ms() + 2 * timeout_ms > lease_until {

@@ -313,6 +313,16 @@ pub(super) async fn delete_command(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /v1/apps/{id}/commands/{name}/rotate`: a new signing secret (shown once).
+pub(super) async fn rotate_command(
+    State(origin): State<Arc<Origin>>,
+    caller: Caller,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>> {
+    let secret = origin.commands.rotate(&caller, &app_id(&id)?, &name).await?;
+    Ok(Json(json!({ "secret": secret })))
+}
+
 /// `GET /v1/commands`: the workspace's slash commands, for a client to offer as one types `/`.
 pub(super) async fn workspace_commands(
     State(origin): State<Arc<Origin>>,

@@ -101,6 +101,7 @@ pub fn router(origin: Arc<Origin>) -> Router {
         .route("/v1/hooks/{secret}", post(apps::post_incoming))
         .route("/v1/apps/{id}/commands", get(apps::list_commands).post(apps::create_command))
         .route("/v1/apps/{id}/commands/{name}", delete(apps::delete_command))
+        .route("/v1/apps/{id}/commands/{name}/rotate", post(apps::rotate_command))
         .route("/v1/commands", get(apps::workspace_commands))
         .route("/v1/commands/respond/{secret}", post(apps::command_response))
         .route("/v1/channels", get(list_channels).post(create_channel))

@@ -347,7 +347,14 @@ pub fn command_response(hash: &[u8; 32]) -> Vec<u8> {
     Key::new().str("cmdresp").bytes(hash).finish()
 }
 
-/// `(cmdexp, expires_at, hash)` → empty: [`command_response`]s by expiry, to clear them.
+/// `(cmdrun, hash)` → one run of a command by the SHA-256 of its workspace, sender and
+/// `client_msg_id`: a retried send finds it and does not run the command again.
+pub fn command_run(hash: &[u8; 32]) -> Vec<u8> {
+    Key::new().str("cmdrun").bytes(hash).finish()
+}
+
+/// `(cmdexp, expires_at, hash)` → empty: [`command_response`]s and [`command_run`]s by expiry,
+/// to clear them.
 pub fn command_expiry(expires_at: i64, hash: &[u8; 32]) -> Vec<u8> {
     Key::new().str("cmdexp").int(expires_at).bytes(hash).finish()
 }
