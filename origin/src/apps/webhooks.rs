@@ -84,7 +84,7 @@ const LEASE_TIMEOUTS: i64 = 4;
 const DRAIN: Duration = Duration::from_secs(5);
 /// Endpoints served at once by one node.
 const IN_FLIGHT: usize = 128;
-/// Most endpoints looked at per step.
+/// Most workspaces looked at per step.
 const READY_BATCH: usize = 1_000;
 /// Most events one replay queues.
 pub const MAX_REPLAY: usize = 10_000;
