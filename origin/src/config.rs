@@ -672,9 +672,6 @@ pub struct ConsumersConfig {
     /// increment (0–19; Linux): a busy machine serves the sequencer first and the consumers,
     /// which catch up from their cursors, with what is left.
     pub nice: i32,
-    /// How long a consumer that has caught up lets new events gather before it reads them, in
-    /// ms: on a busy feed, fewer and larger batches, each a transaction of its own.
-    pub gather_ms: u64,
 }
 
 impl Default for ConsumersConfig {
@@ -686,7 +683,6 @@ impl Default for ConsumersConfig {
             retry_max_ms: 30_000,
             threads: 2,
             nice: 10,
-            gather_ms: 0,
         }
     }
 }

@@ -88,7 +88,6 @@ fn options(lease_ms: u64) -> ConsumerOptions {
         lease: Duration::from_millis(lease_ms),
         retry_min: Duration::from_millis(10),
         retry_max: Duration::from_millis(100),
-        gather: Duration::ZERO,
     }
 }
 

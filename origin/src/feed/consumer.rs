@@ -211,8 +211,6 @@ pub struct ConsumerOptions {
     pub retry_min: Duration,
     /// Longest pause between retries.
     pub retry_max: Duration,
-    /// How long a caught-up runner lets new events gather before it reads them.
-    pub gather: Duration,
 }
 
 impl ConsumerOptions {
@@ -223,7 +221,6 @@ impl ConsumerOptions {
             lease: Duration::from_millis(c.lease_ms),
             retry_min: Duration::from_millis(c.retry_min_ms.max(1)),
             retry_max: Duration::from_millis(c.retry_max_ms.max(c.retry_min_ms).max(1)),
-            gather: Duration::from_millis(c.gather_ms),
         }
     }
 }
@@ -299,7 +296,6 @@ impl ConsumerRunner {
             lease: options.lease.max(Duration::from_millis(100)),
             retry_min,
             retry_max: options.retry_max.max(retry_min),
-            gather: options.gather,
         };
         let owner = hex::encode(rand::random::<[u8; 8]>());
         Ok(ConsumerRunner { feed, consumer, options, name, owner })
@@ -403,13 +399,10 @@ impl ConsumerRunner {
                         }
                         retry.reset();
                         let until_renewal = renew_every.saturating_sub(renewed.elapsed());
-                        let woken = tokio::select! {
+                        tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = ticks.changed() => true,
-                            _ = tokio::time::sleep(until_renewal) => false,
-                        };
-                        if woken && !self.options.gather.is_zero() && !pause(shutdown, self.options.gather).await {
-                            return;
+                            _ = ticks.changed() => {}
+                            _ = tokio::time::sleep(until_renewal) => {}
                         }
                     }
                     Err(StepError::Fenced(why)) => {
