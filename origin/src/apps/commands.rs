@@ -22,7 +22,7 @@ use selvage_shared::{AppId, ChannelId, CommandAnswer, Event, Scope, Seq, UserId,
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::webhooks::{new_secret, sign, Secret};
+use super::webhooks::{new_secret, retire, sign, Secret};
 use crate::{
     caller::{get_user, Caller},
     channels::records as channel_records,
@@ -288,10 +288,8 @@ impl Commands {
                 None => false,
                 Some(mut command) => {
                     let now = crate::now_ms();
-                    command.previous.retain(|s| s.until.is_some_and(|t| t > now));
-                    let mut old = std::mem::replace(&mut command.secret, secret.clone());
-                    old.until = Some(now + overlap);
-                    command.previous.push(old);
+                    command.previous.push(std::mem::replace(&mut command.secret, secret.clone()));
+                    retire(&mut command.previous, now, overlap);
                     tx.set(&key, &selvage_shared::to_msgpack(&command))?;
                     true
                 }

@@ -248,6 +248,15 @@ pub(crate) fn new_secret() -> Result<(Secret, String)> {
     Ok((Secret { key: key.to_vec(), until: None }, shown))
 }
 
+/// Rotates `secrets` out at `now` (ms): those whose end has passed go, and the current ones
+/// sign for `overlap_ms` more — for a webhook's secrets and a slash command's alike.
+pub(crate) fn retire(secrets: &mut Vec<Secret>, now: i64, overlap_ms: i64) {
+    secrets.retain(|s| s.until.is_none_or(|t| t > now));
+    for s in secrets.iter_mut().filter(|s| s.until.is_none()) {
+        s.until = Some(now + overlap_ms);
+    }
+}
+
 /// The event types asked for: known ones, or `*`.
 fn checked_events(events: &[String]) -> Result<Vec<String>> {
     if events.is_empty() {
@@ -491,10 +500,7 @@ impl Webhooks {
         let (found, _) = transact!(self.store, |tx| {
             let Some(mut hook) = load_hook(tx, w, a, h).await? else { return Ok(false) };
             let now = crate::now_ms();
-            hook.secrets.retain(|s| s.until.is_none_or(|t| t > now));
-            for s in hook.secrets.iter_mut().filter(|s| s.until.is_none()) {
-                s.until = Some(now + overlap);
-            }
+            retire(&mut hook.secrets, now, overlap);
             hook.secrets.push(secret.clone());
             save_hook(tx, w, &hook)?;
             true
