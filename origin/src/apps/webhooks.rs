@@ -984,8 +984,8 @@ pub struct Dispatcher {
     /// The endpoints this node is serving now, each in a task of its own: a slow endpoint
     /// never holds the others up.
     serving: std::sync::Mutex<std::collections::HashSet<(WorkspaceId, String)>>,
-    /// When this node last swept the delivery logs (ms).
-    swept_logs: std::sync::atomic::AtomicI64,
+    /// When this node last ran [`Dispatcher::upkeep`] (ms).
+    last_upkeep: std::sync::atomic::AtomicI64,
     /// Queue entries decoded, and delivery bodies made (one per app), shared by the endpoints
     /// that read them: an entry never changes once written.
     entries: moka::sync::Cache<(WorkspaceId, Position), Arc<Queued>>,
@@ -1004,7 +1004,7 @@ impl Dispatcher {
             metrics,
             me: ids::new_id('N'),
             serving: Default::default(),
-            swept_logs: Default::default(),
+            last_upkeep: Default::default(),
             entries: moka::sync::Cache::new(ENTRY_CACHE),
             bodies: moka::sync::Cache::new(ENTRY_CACHE),
         })
@@ -1050,8 +1050,8 @@ impl Dispatcher {
     ) -> Result<usize, StoreError> {
         // At least twice per log retention, for a short one.
         let upkeep_ms = UPKEEP_MS.min(self.config.delivery_log_secs as i64 * 500);
-        if now - self.swept_logs.load(std::sync::atomic::Ordering::Relaxed) >= upkeep_ms {
-            self.swept_logs.store(now, std::sync::atomic::Ordering::Relaxed);
+        if now - self.last_upkeep.load(std::sync::atomic::Ordering::Relaxed) >= upkeep_ms {
+            self.last_upkeep.store(now, std::sync::atomic::Ordering::Relaxed);
             self.upkeep(now).await?;
         }
         let lease_ms = self.config.webhook_timeout_ms as i64 * LEASE_TIMEOUTS;
@@ -1076,6 +1076,8 @@ impl Dispatcher {
                 let (begin, end) = crate::store::prefix_range(&keys::hook_events(&w));
                 let tail = tx.get_range(&RangeRead::between(begin.clone(), end).limit(1).reverse(true)).await?;
                 let tail = tail.first().and_then(|(k, _)| position_of(k));
+                let any_replays =
+                    !tx.get_range(&RangeRead::prefix(&keys::hook_replays_of(&w)).limit(1)).await?.is_empty();
                 // The lowest `done` of the endpoints the queue is kept for.
                 let mut floor: Option<Position> = None;
                 let mut behind = false;
@@ -1089,8 +1091,14 @@ impl Dispatcher {
                     if !hook.enabled {
                         continue;
                     }
-                    let replays = tx.get_range(&RangeRead::prefix(&keys::hook_replays(&w, &hook.id)).limit(1)).await?;
-                    if replays.is_empty() && tail.is_none_or(|t| t <= done) {
+                    // Behind the queue's end, or with replays (looked for only where W has some).
+                    let pending = tail.is_some_and(|t| t > done)
+                        || (any_replays
+                            && !tx
+                                .get_range(&RangeRead::prefix(&keys::hook_replays(&w, &hook.id)).limit(1))
+                                .await?
+                                .is_empty());
+                    if !pending {
                         continue;
                     }
                     behind = true;
@@ -1352,13 +1360,7 @@ impl Dispatcher {
 
     /// The queue entry at `position` of W's queue, decoded from `raw` unless known.
     fn entry(&self, w: &WorkspaceId, position: Position, raw: &[u8]) -> Option<Arc<Queued>> {
-        let key = (w.clone(), position);
-        if let Some(known) = self.entries.get(&key) {
-            return Some(known);
-        }
-        let entry = Arc::new(decode::<Queued>(raw)?);
-        self.entries.insert(key, entry.clone());
-        Some(entry)
+        self.entries.optionally_get_with((w.clone(), position), || decode::<Queued>(raw).map(Arc::new))
     }
 
     /// One try: the request, signed with every secret still valid.

@@ -408,6 +408,11 @@ pub fn hook_replays(w: &WorkspaceId, h: &str) -> Vec<u8> {
     Key::new().str("hooks").str("r").str(w.as_str()).str(h).finish()
 }
 
+/// Prefix of every [`hook_replayed`] event of W's endpoints.
+pub fn hook_replays_of(w: &WorkspaceId) -> Vec<u8> {
+    Key::new().str("hooks").str("r").str(w.as_str()).finish()
+}
+
 /// `(hooks, ready, W)` → empty: W's endpoints have events to deliver (the dispatcher's list).
 pub fn hook_ready(w: &WorkspaceId) -> Vec<u8> {
     Key::new().str("hooks").str("ready").str(w.as_str()).finish()
